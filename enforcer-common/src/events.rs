@@ -1,0 +1,157 @@
+//! Denial events, as written into the ring buffer by the programs.
+//!
+//! An event is an [`EventHeader`] followed by `path_len` bytes of path
+//! components, leaf first, each terminated by NUL (the programs walk the
+//! dentry chain upwards; userspace reverses and joins).
+
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 4 << 20;
+/// Per-CPU count of events the ring buffer could not take.
+pub const LOST_MAP: &str = "LOST";
+
+/// Deepest path the programs walk; a deeper one is denied (fail closed).
+pub const MAX_PATH_DEPTH: u32 = 64;
+/// Bytes of path components an event can carry.
+pub const PATH_BYTES: usize = 4096;
+/// Longest single component read (NAME_MAX + NUL).
+pub const NAME_BYTES: usize = 256;
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    FileWrite = 1,
+    FileRead = 2,
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Open = 1,
+    Create = 2,
+    Mknod = 3,
+    Mkdir = 4,
+    Rmdir = 5,
+    Unlink = 6,
+    Rename = 7,
+    Link = 8,
+    Symlink = 9,
+    Truncate = 10,
+    Chmod = 11,
+    Chown = 12,
+    Setattr = 13,
+    Setxattr = 14,
+    Removexattr = 15,
+    SetAcl = 16,
+    RemoveAcl = 17,
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Deny = 1,
+    Audit = 2,
+}
+
+/// Why the operation was refused.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not below any `files.write` tree.
+    OutsideWriteTrees = 1,
+    /// Below a `files.read_deny` tree.
+    ReadDenied = 2,
+    /// Deeper than [`MAX_PATH_DEPTH`]: cannot be judged, so denied.
+    TooDeep = 3,
+    /// A kernel structure could not be read: cannot be judged, so denied.
+    Unreadable = 4,
+}
+
+/// `EventHeader::flags`: the path did not fit and was cut at the root end.
+pub const EVENT_PATH_TRUNCATED: u8 = 1 << 0;
+/// `EventHeader::flags`: the hook gave no mount, so the path starts at the
+/// root of the file's filesystem rather than at `/`.
+pub const EVENT_PATH_FROM_FS_ROOT: u8 = 1 << 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_boot_ns()` at the decision.
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub policy_id: u32,
+    pub errno: u32,
+    pub path_len: u32,
+    pub kind: u8,
+    pub op: u8,
+    pub action: u8,
+    pub reason: u8,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    pub comm: [u8; 16],
+}
+pub const EVENT_HEADER_BYTES: usize = 64;
+const _: () = assert!(core::mem::size_of::<EventHeader>() == EVENT_HEADER_BYTES);
+
+impl Kind {
+    #[must_use]
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::FileWrite,
+            2 => Self::FileRead,
+            _ => return None,
+        })
+    }
+}
+
+impl Action {
+    #[must_use]
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Deny,
+            2 => Self::Audit,
+            _ => return None,
+        })
+    }
+}
+
+impl Reason {
+    #[must_use]
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::OutsideWriteTrees,
+            2 => Self::ReadDenied,
+            3 => Self::TooDeep,
+            4 => Self::Unreadable,
+            _ => return None,
+        })
+    }
+}
+
+impl Op {
+    #[must_use]
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Open,
+            2 => Self::Create,
+            3 => Self::Mknod,
+            4 => Self::Mkdir,
+            5 => Self::Rmdir,
+            6 => Self::Unlink,
+            7 => Self::Rename,
+            8 => Self::Link,
+            9 => Self::Symlink,
+            10 => Self::Truncate,
+            11 => Self::Chmod,
+            12 => Self::Chown,
+            13 => Self::Setattr,
+            14 => Self::Setxattr,
+            15 => Self::Removexattr,
+            16 => Self::SetAcl,
+            17 => Self::RemoveAcl,
+            _ => return None,
+        })
+    }
+}

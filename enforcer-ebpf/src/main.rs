@@ -1,0 +1,245 @@
+//! The enforcer's BPF LSM programs.
+//!
+//! Each hook is a short entry that asks `tag::current_tag` whether the task
+//! is in an agent cgroup (nearly free when it is not), then judges the
+//! dentry the kernel resolved with `walk::judge`, and reports a refusal with
+//! `report::report`. Programs only ever return 0 or `-EPERM` (Linux 6.12
+//! rejects LSM programs that can return a positive value).
+#![no_std]
+#![no_main]
+#![expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "BPF code narrows kernel values on purpose")]
+
+mod kernel;
+mod report;
+mod tag;
+mod walk;
+
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use enforcer_common::{
+    events::{Action, Kind, Op},
+    policy::{TAG_AUDIT, TAG_FILES, TAG_READ_DENY, TagInfo},
+};
+
+use crate::{
+    kernel::{Direct, Read, off},
+    report::{Denial, report},
+    walk::{Question, judge},
+};
+
+const EPERM: i32 = 1;
+const FMODE_WRITE: u32 = 0x2;
+const O_TRUNC: u32 = 0o1000;
+const S_IFMT: u32 = 0o170_000;
+const S_IFREG: u32 = 0o100_000;
+const ATTR_MODE: u32 = 1 << 0;
+const ATTR_UID: u32 = 1 << 1;
+const ATTR_GID: u32 = 1 << 2;
+const ATTR_SIZE: u32 = 1 << 3;
+const ATTR_ATIME: u32 = 1 << 4;
+const ATTR_MTIME: u32 = 1 << 5;
+
+/// The tag of the current task, if its policy restricts files.
+#[inline(always)]
+fn files_tag() -> Option<TagInfo> {
+    tag::current_tag().filter(|tag| tag.flags & TAG_FILES != 0)
+}
+
+/// Judges one operation and turns the verdict into the hook's return value.
+#[inline(always)]
+fn decide(tag: &TagInfo, kind: Kind, op: Op, allow_self: bool, dentry: *const u8, vfsmount: *const u8) -> i32 {
+    let question = Question {
+        policy_id: tag.policy_id,
+        write: kind == Kind::FileWrite,
+        allow_self,
+        read_deny: tag.flags & TAG_READ_DENY != 0,
+    };
+    let Err(reason) = judge(&question, dentry, vfsmount) else {
+        return 0;
+    };
+    let denial = Denial { kind, op, reason, dentry, vfsmount };
+    if tag.flags & TAG_AUDIT != 0 {
+        report(tag, &denial, Action::Audit, 0);
+        0
+    } else {
+        report(tag, &denial, Action::Deny, EPERM as u32);
+        -EPERM
+    }
+}
+
+/// An operation on a directory entry (create, remove, rename): judged at the
+/// entry's parent, the directory being written.
+#[inline(always)]
+fn entry_op(ctx: &LsmContext, dir_arg: usize, dentry_arg: usize, op: Op) -> i32 {
+    let Some(tag) = files_tag() else { return 0 };
+    let dir: *const u8 = ctx.arg(dir_arg);
+    let dentry: *const u8 = ctx.arg(dentry_arg);
+    let vfsmount = unsafe { Direct::ptr(dir, off!(path_mnt)) };
+    decide(&tag, Kind::FileWrite, op, false, dentry, vfsmount)
+}
+
+/// An operation on an object named by a `struct path` (truncate, chmod...).
+#[inline(always)]
+fn path_op(ctx: &LsmContext, path_arg: usize, op: Op) -> i32 {
+    let Some(tag) = files_tag() else { return 0 };
+    let path: *const u8 = ctx.arg(path_arg);
+    let (dentry, vfsmount) = unsafe { (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt))) };
+    decide(&tag, Kind::FileWrite, op, true, dentry, vfsmount)
+}
+
+/// An operation on a bare dentry (xattrs, setattr): the hook gives no mount,
+/// so the walk ends at the root of the dentry's filesystem.
+#[inline(always)]
+fn dentry_op(tag: &TagInfo, dentry: *const u8, op: Op) -> i32 {
+    decide(tag, Kind::FileWrite, op, true, dentry, core::ptr::null())
+}
+
+/// Opening a file: writing needs a write tree; any open of a `read_deny`
+/// tree is refused. `O_TRUNC` counts as a write even with `O_RDONLY`.
+#[inline(always)]
+fn open_file(file: *const u8, op: Op) -> i32 {
+    let Some(tag) = files_tag() else { return 0 };
+    let (mode, flags) = unsafe { (Direct::read::<u32>(file, off!(file_f_mode)), Direct::read::<u32>(file, off!(file_f_flags))) };
+    let write = mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0;
+    if !write && tag.flags & TAG_READ_DENY == 0 {
+        return 0;
+    }
+    let path = file.wrapping_add(off!(file_f_path));
+    let (dentry, vfsmount) = unsafe { (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt))) };
+    let kind = if write { Kind::FileWrite } else { Kind::FileRead };
+    decide(&tag, kind, op, true, dentry, vfsmount)
+}
+
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    open_file(ctx.arg(0), Op::Open)
+}
+
+/// Linux 6.2+: `ftruncate` (before, it reaches `path_truncate`).
+#[lsm(hook = "file_truncate")]
+pub fn file_truncate(ctx: LsmContext) -> i32 {
+    let Some(tag) = files_tag() else { return 0 };
+    let file: *const u8 = ctx.arg(0);
+    let path = file.wrapping_add(off!(file_f_path));
+    let (dentry, vfsmount) = unsafe { (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt))) };
+    decide(&tag, Kind::FileWrite, Op::Truncate, true, dentry, vfsmount)
+}
+
+/// `mknod`, and `open(O_CREAT)` of a new file (the kernel asks this hook).
+#[lsm(hook = "path_mknod")]
+pub fn path_mknod(ctx: LsmContext) -> i32 {
+    let mode: u32 = ctx.arg(2);
+    let op = if mode & S_IFMT == S_IFREG || mode & S_IFMT == 0 { Op::Create } else { Op::Mknod };
+    entry_op(&ctx, 0, 1, op)
+}
+
+#[lsm(hook = "path_mkdir")]
+pub fn path_mkdir(ctx: LsmContext) -> i32 {
+    entry_op(&ctx, 0, 1, Op::Mkdir)
+}
+
+#[lsm(hook = "path_rmdir")]
+pub fn path_rmdir(ctx: LsmContext) -> i32 {
+    entry_op(&ctx, 0, 1, Op::Rmdir)
+}
+
+#[lsm(hook = "path_unlink")]
+pub fn path_unlink(ctx: LsmContext) -> i32 {
+    entry_op(&ctx, 0, 1, Op::Unlink)
+}
+
+#[lsm(hook = "path_symlink")]
+pub fn path_symlink(ctx: LsmContext) -> i32 {
+    entry_op(&ctx, 0, 1, Op::Symlink)
+}
+
+/// Both ends of a rename must be in write trees.
+#[lsm(hook = "path_rename")]
+pub fn path_rename(ctx: LsmContext) -> i32 {
+    let verdict = entry_op(&ctx, 0, 1, Op::Rename);
+    if verdict != 0 {
+        return verdict;
+    }
+    entry_op(&ctx, 2, 3, Op::Rename)
+}
+
+/// A new name in a write tree, for a file that is itself in a write tree: a
+/// hard link must not give a write tree a name for a file outside it.
+#[lsm(hook = "path_link")]
+pub fn path_link(ctx: LsmContext) -> i32 {
+    let verdict = entry_op(&ctx, 1, 2, Op::Link);
+    if verdict != 0 {
+        return verdict;
+    }
+    let Some(tag) = files_tag() else { return 0 };
+    let old_dentry: *const u8 = ctx.arg(0);
+    let new_dir: *const u8 = ctx.arg(1);
+    // link(2) never crosses mounts: the old name lives on the new one's mount.
+    let vfsmount = unsafe { Direct::ptr(new_dir, off!(path_mnt)) };
+    decide(&tag, Kind::FileWrite, Op::Link, true, old_dentry, vfsmount)
+}
+
+#[lsm(hook = "path_truncate")]
+pub fn path_truncate(ctx: LsmContext) -> i32 {
+    path_op(&ctx, 0, Op::Truncate)
+}
+
+#[lsm(hook = "path_chmod")]
+pub fn path_chmod(ctx: LsmContext) -> i32 {
+    path_op(&ctx, 0, Op::Chmod)
+}
+
+#[lsm(hook = "path_chown")]
+pub fn path_chown(ctx: LsmContext) -> i32 {
+    path_op(&ctx, 0, Op::Chown)
+}
+
+/// `utimes` and friends (mode, owner and size changes reach the `path_*`
+/// hooks above first; judging them here too would report them twice).
+#[lsm(hook = "inode_setattr")]
+pub fn inode_setattr(ctx: LsmContext) -> i32 {
+    let Some(tag) = files_tag() else { return 0 };
+    // Read every candidate at a constant offset (the verifier refuses a
+    // computed context offset), then pick by this kernel's signature.
+    let (arg0, arg1, arg2): (*const u8, *const u8, *const u8) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    let (dentry, attr) = if off!(inode_setattr_dentry_arg) == 0 { (arg0, arg1) } else { (arg1, arg2) };
+    let valid = unsafe { Direct::read::<u32>(attr, off!(iattr_ia_valid)) };
+    if valid & (ATTR_ATIME | ATTR_MTIME) == 0 || valid & (ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_SIZE) != 0 {
+        return 0;
+    }
+    dentry_op(&tag, dentry, Op::Setattr)
+}
+
+#[lsm(hook = "inode_setxattr")]
+pub fn inode_setxattr(ctx: LsmContext) -> i32 {
+    let Some(tag) = files_tag() else { return 0 };
+    dentry_op(&tag, ctx.arg(1), Op::Setxattr)
+}
+
+#[lsm(hook = "inode_removexattr")]
+pub fn inode_removexattr(ctx: LsmContext) -> i32 {
+    let Some(tag) = files_tag() else { return 0 };
+    dentry_op(&tag, ctx.arg(1), Op::Removexattr)
+}
+
+/// Linux 6.2+: POSIX ACLs no longer pass through the xattr hooks.
+#[lsm(hook = "inode_set_acl")]
+pub fn inode_set_acl(ctx: LsmContext) -> i32 {
+    let Some(tag) = files_tag() else { return 0 };
+    dentry_op(&tag, ctx.arg(1), Op::SetAcl)
+}
+
+#[lsm(hook = "inode_remove_acl")]
+pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
+    let Some(tag) = files_tag() else { return 0 };
+    dentry_op(&tag, ctx.arg(1), Op::RemoveAcl)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

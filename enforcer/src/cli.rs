@@ -1,0 +1,44 @@
+//! The command line.
+
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+
+/// A deterministic, kernel-level boundary around AI agents (BPF LSM).
+#[derive(Debug, Parser)]
+#[command(name = "enforcer", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a fresh agent cgroup, enforcing a policy on it and
+    /// everything it starts. Denials stream as JSON lines.
+    Run {
+        /// The policy file (TOML).
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Append denial events here instead of stderr.
+        #[arg(long, value_name = "FILE")]
+        events: Option<PathBuf>,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file: errors with file:line:column and a hint.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+    },
+}

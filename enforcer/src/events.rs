@@ -1,0 +1,228 @@
+//! Decoding ring-buffer records into the JSON lines auditors read.
+//!
+//! Field names are a contract other tools parse; add fields, never rename.
+
+use std::time::{Duration, SystemTime};
+
+use enforcer_common::events::{
+    Action, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EventHeader, Kind, Op, Reason,
+};
+use serde::Serialize;
+
+/// One denial (or audited operation), as written out.
+#[derive(Debug, Serialize)]
+pub struct Event {
+    pub ts: String,
+    pub kind: &'static str,
+    pub action: &'static str,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub policy: String,
+    pub op: &'static str,
+    pub path: String,
+    pub errno: u32,
+    pub reason: &'static str,
+    /// The path did not fit the programs' buffers; the part near the root is missing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
+    /// The hook gave no mount, so `path` starts at its filesystem's root.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_from_fs_root: bool,
+}
+
+/// A count of events that were lost (never silently).
+#[derive(Debug, Serialize)]
+pub struct Lost {
+    pub ts: String,
+    pub kind: &'static str,
+    pub count: u64,
+}
+
+/// Converts `bpf_ktime_get_boot_ns` stamps to wall-clock time.
+pub struct Clock {
+    boot_epoch: SystemTime,
+}
+
+impl Clock {
+    #[must_use]
+    pub fn new() -> Self {
+        let boot = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        let since_boot = Duration::new(u64::try_from(boot.tv_sec).unwrap_or(0), u32::try_from(boot.tv_nsec).unwrap_or(0));
+        Self { boot_epoch: SystemTime::now() - since_boot }
+    }
+
+    #[must_use]
+    pub fn format(&self, boot_ns: u64) -> String {
+        humantime::format_rfc3339_micros(self.boot_epoch + Duration::from_nanos(boot_ns)).to_string()
+    }
+
+    #[must_use]
+    pub fn now(&self) -> String {
+        humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The raw fields of a record, before names are looked up.
+#[derive(Debug)]
+pub struct Record {
+    pub header: EventHeader,
+    pub path: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed event record ({0} bytes)")]
+pub struct Malformed(usize);
+
+/// Splits a ring-buffer record into its header and path.
+pub fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
+    if bytes.len() < EVENT_HEADER_BYTES {
+        return Err(Malformed(bytes.len()));
+    }
+    // SAFETY: EventHeader is plain old data and the slice is long enough.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let names = bytes.get(EVENT_HEADER_BYTES..).unwrap_or_default();
+    let names = &names[..(header.path_len as usize).min(names.len())];
+    Ok(Record { header, path: join_path(names, header.flags & EVENT_PATH_TRUNCATED != 0) })
+}
+
+/// Leaf-first NUL-terminated names to a `/`-separated path.
+fn join_path(names: &[u8], truncated: bool) -> String {
+    let mut parts: Vec<String> =
+        names.split(|&b| b == 0).filter(|n| !n.is_empty()).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+    parts.reverse();
+    let joined = parts.join("/");
+    if truncated { format!("…/{joined}") } else { format!("/{joined}") }
+}
+
+/// What userspace knows that the kernel record does not.
+pub struct Context<'a> {
+    pub clock: &'a Clock,
+    pub policy: &'a str,
+    pub cgroup: Option<String>,
+}
+
+impl Record {
+    #[must_use]
+    pub fn into_event(self, ctx: Context<'_>) -> Event {
+        let h = self.header;
+        let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
+        Event {
+            ts: ctx.clock.format(h.boot_ns),
+            kind: Kind::from_u8(h.kind).map_or("unknown", kind_name),
+            action: match Action::from_u8(h.action) {
+                Some(Action::Deny) => "deny",
+                Some(Action::Audit) => "audit",
+                None => "unknown",
+            },
+            pid: h.pid,
+            tgid: h.tgid,
+            comm: String::from_utf8_lossy(&h.comm[..comm_len]).into_owned(),
+            exe: std::fs::read_link(format!("/proc/{}/exe", h.tgid)).ok().map(|p| p.display().to_string()),
+            cgroup_id: h.cgroup_id,
+            cgroup: ctx.cgroup,
+            policy: ctx.policy.to_owned(),
+            op: Op::from_u8(h.op).map_or("unknown", op_name),
+            path: self.path,
+            errno: h.errno,
+            reason: Reason::from_u8(h.reason).map_or("unknown", reason_name),
+            path_truncated: h.flags & EVENT_PATH_TRUNCATED != 0,
+            path_from_fs_root: h.flags & EVENT_PATH_FROM_FS_ROOT != 0,
+        }
+    }
+}
+
+const fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::FileWrite => "file_write",
+        Kind::FileRead => "file_read",
+    }
+}
+
+const fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Open => "open",
+        Op::Create => "create",
+        Op::Mknod => "mknod",
+        Op::Mkdir => "mkdir",
+        Op::Rmdir => "rmdir",
+        Op::Unlink => "unlink",
+        Op::Rename => "rename",
+        Op::Link => "link",
+        Op::Symlink => "symlink",
+        Op::Truncate => "truncate",
+        Op::Chmod => "chmod",
+        Op::Chown => "chown",
+        Op::Setattr => "setattr",
+        Op::Setxattr => "setxattr",
+        Op::Removexattr => "removexattr",
+        Op::SetAcl => "set_acl",
+        Op::RemoveAcl => "remove_acl",
+    }
+}
+
+const fn reason_name(reason: Reason) -> &'static str {
+    match reason {
+        Reason::OutsideWriteTrees => "outside_write_trees",
+        Reason::ReadDenied => "read_deny",
+        Reason::TooDeep => "path_too_deep",
+        Reason::Unreadable => "unreadable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_leaf_first_names() {
+        assert_eq!(join_path(b"credentials\0.aws\0root\0", false), "/root/.aws/credentials");
+        assert_eq!(join_path(b"", false), "/");
+        assert_eq!(join_path(b"c\0b\0", true), "…/b/c");
+    }
+
+    #[test]
+    fn decodes_a_record_into_the_contract_fields() {
+        let header = EventHeader {
+            boot_ns: 5,
+            cgroup_id: 42,
+            pid: 7,
+            tgid: 7,
+            policy_id: 1,
+            errno: 1,
+            path_len: 13,
+            kind: Kind::FileWrite as u8,
+            op: Op::Open as u8,
+            action: Action::Deny as u8,
+            reason: Reason::OutsideWriteTrees as u8,
+            flags: 0,
+            _pad: [0; 3],
+            comm: *b"bash\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let mut bytes = vec![0u8; EVENT_HEADER_BYTES];
+        // SAFETY: writing a POD header into a buffer of its size.
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), header) };
+        bytes.extend_from_slice(b".bashrc\0root\0");
+        let clock = Clock::new();
+        let event = decode(&bytes).unwrap().into_event(Context { clock: &clock, policy: "p", cgroup: Some("/x".into()) });
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["kind"], "file_write");
+        assert_eq!(json["action"], "deny");
+        assert_eq!(json["op"], "open");
+        assert_eq!(json["path"], "/root/.bashrc");
+        assert_eq!(json["comm"], "bash");
+        assert_eq!(json["errno"], 1);
+        assert_eq!(json["cgroup"], "/x");
+        assert!(json.get("path_truncated").is_none());
+        assert!(decode(&bytes[..10]).is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! What the running kernel offers, checked before anything is loaded, with
+//! the fix for each thing it lacks.
+
+use std::path::Path;
+
+use enforcer_common::KernelOffsets;
+
+use crate::btf::{Btf, BtfError};
+
+const LSM_LIST: &str = "/sys/kernel/security/lsm";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("the enforcer must run as root: it loads BPF programs and creates cgroups")]
+    NotRoot,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(
+        "cannot read {LSM_LIST} ({0}); mount securityfs with `mount -t securityfs none /sys/kernel/security`"
+    )]
+    NoSecurityfs(std::io::Error),
+    #[error(
+        "BPF LSM is not active on this kernel: the active LSMs are `{active}`. Boot with \
+         `lsm={active},bpf` on the kernel command line (the kernel also needs CONFIG_BPF_LSM=y); \
+         the Debian kernels the VM tier uses have it (`cargo xtask demo`)"
+    )]
+    BpfLsmInactive { active: String },
+}
+
+/// Checks privileges and that BPF LSM is active.
+pub fn check_bpf_lsm() -> Result<(), KernelError> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(KernelError::NotRoot);
+    }
+    let active = read_lsm_list()?;
+    if !active.split(',').any(|lsm| lsm == "bpf") {
+        return Err(KernelError::BpfLsmInactive { active });
+    }
+    Ok(())
+}
+
+fn read_lsm_list() -> Result<String, KernelError> {
+    let path = Path::new(LSM_LIST);
+    if !path.exists() {
+        // securityfs is often not mounted at boot; we are root, so mount it.
+        let _ = rustix::mount::mount("none", "/sys/kernel/security", "securityfs", rustix::mount::MountFlags::empty(), None);
+    }
+    std::fs::read_to_string(path).map(|s| s.trim().to_owned()).map_err(KernelError::NoSecurityfs)
+}
+
+/// The struct offsets the programs read at, from the kernel's own BTF.
+pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+    let path_dentry = btf.field_offset("path", &["dentry"])?;
+    Ok(KernelOffsets {
+        file_f_mode: btf.field_offset("file", &["f_mode"])?,
+        file_f_flags: btf.field_offset("file", &["f_flags"])?,
+        file_f_path: btf.field_offset("file", &["f_path"])?,
+        path_mnt: btf.field_offset("path", &["mnt"])?,
+        path_dentry,
+        dentry_d_parent: btf.field_offset("dentry", &["d_parent"])?,
+        dentry_d_inode: btf.field_offset("dentry", &["d_inode"])?,
+        dentry_d_name_ptr: btf.field_offset("dentry", &["d_name", "name"])?,
+        inode_i_ino: btf.field_offset("inode", &["i_ino"])?,
+        inode_i_sb: btf.field_offset("inode", &["i_sb"])?,
+        super_block_s_dev: btf.field_offset("super_block", &["s_dev"])?,
+        mount_mnt: btf.field_offset("mount", &["mnt"])?,
+        mount_mnt_parent: btf.field_offset("mount", &["mnt_parent"])?,
+        mount_mnt_mountpoint: btf.field_offset("mount", &["mnt_mountpoint"])?,
+        vfsmount_mnt_root: btf.field_offset("vfsmount", &["mnt_root"])?,
+        iattr_ia_valid: btf.field_offset("iattr", &["ia_valid"])?,
+        inode_setattr_dentry_arg: btf.param_index("bpf_lsm_inode_setattr", "dentry")?,
+        _pad: 0,
+    })
+}

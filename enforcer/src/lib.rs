@@ -1,0 +1,14 @@
+//! The enforcer: loads BPF LSM programs, keeps policy in BPF maps, tags agent
+//! cgroups, and streams every denial as JSON lines.
+
+pub mod btf;
+pub mod cgroups;
+pub mod cli;
+pub mod events;
+pub mod kernel;
+pub mod load;
+pub mod mounts;
+pub mod policy;
+pub mod rules;
+pub mod run;
+pub mod stream;

@@ -1,0 +1,191 @@
+//! Loading and attaching the BPF programs, and the maps userspace fills.
+//!
+//! One `Enforcer` holds the loaded programs for as long as it lives; policy
+//! and tags are map updates, so a long-running daemon can add and remove
+//! them without reloading anything.
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{Lsm, ProgramError},
+};
+use enforcer_common::{
+    events::{EVENTS_MAP, LOST_MAP},
+    policy::{FILE_RULES_MAP, FileRuleKey, TAG_FILTER_MAP, TAGGED_MAP, TagFilter, TagInfo},
+};
+
+use crate::{
+    btf::Btf,
+    cgroups::Cgroup,
+    kernel::{self, KernelError},
+};
+
+/// The programs, built by `build.rs`.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
+
+/// Every hook, and whether the enforcer can work without it. Optional hooks
+/// appeared in later kernels, where they close paths older kernels send
+/// through the required ones.
+pub const HOOKS: &[(&str, bool)] = &[
+    ("file_open", true),
+    ("path_mknod", true),
+    ("path_mkdir", true),
+    ("path_rmdir", true),
+    ("path_unlink", true),
+    ("path_symlink", true),
+    ("path_rename", true),
+    ("path_link", true),
+    ("path_truncate", true),
+    ("path_chmod", true),
+    ("path_chown", true),
+    ("inode_setattr", true),
+    ("inode_setxattr", true),
+    ("inode_removexattr", true),
+    ("file_truncate", false),   // Linux 6.2
+    ("inode_set_acl", false),   // Linux 6.2
+    ("inode_remove_acl", false), // Linux 6.2
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Btf(#[from] crate::btf::BtfError),
+    #[error(
+        "the kernel refused to load the BPF LSM program for `{hook}` (EPERM, empty verifier log) \
+         although `bpf` is in the active LSM list: this kernel cannot attach BPF trampolines, which \
+         BPF LSM needs. Run on a kernel where BPF LSM works (e.g. Debian's; see `cargo xtask demo`)"
+    )]
+    TrampolineRefused { hook: &'static str },
+    #[error("the verifier rejected the program for `{hook}`: {source}")]
+    Program { hook: &'static str, source: ProgramError },
+    #[error("loading the BPF object failed: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("BPF map `{name}`: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("BPF map `{0}` is missing from the programs")]
+    MissingMap(&'static str),
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
+    move |source| LoadError::Map { name, source }
+}
+
+/// Loaded and attached programs and their maps.
+pub struct Enforcer {
+    _ebpf: Ebpf,
+    tagged: HashMap<MapData, u64, TagInfo>,
+    tag_filter: Array<MapData, TagFilter>,
+    file_rules: HashMap<MapData, FileRuleKey, u32>,
+    lost: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    /// Tagged cgroup id -> level, to rebuild the pre-filter.
+    levels: StdHashMap<u64, u32>,
+    /// Optional hooks this kernel does not have.
+    pub missing_hooks: Vec<&'static str>,
+}
+
+impl Enforcer {
+    /// Checks the kernel, loads every program and attaches it.
+    pub fn load() -> Result<Self, LoadError> {
+        kernel::check_bpf_lsm()?;
+        let btf = Btf::from_sys_fs()?;
+        let offsets = kernel::offsets(&btf)?;
+        raise_memlock_limit();
+        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
+        let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(PROGRAMS)?;
+
+        let mut missing_hooks = Vec::new();
+        for &(hook, required) in HOOKS {
+            if !required && !btf.has_function(&format!("bpf_lsm_{hook}")) {
+                missing_hooks.push(hook);
+                continue;
+            }
+            let program: &mut Lsm = ebpf
+                .program_mut(hook)
+                .ok_or(LoadError::Program { hook, source: ProgramError::NotLoaded })?
+                .try_into()
+                .map_err(|source| LoadError::Program { hook, source })?;
+            program.load(hook, &aya_btf).map_err(|source| classify(hook, source))?;
+            program.attach().map_err(|source| LoadError::Program { hook, source })?;
+        }
+
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));
+        let tagged = HashMap::try_from(take(TAGGED_MAP)?).map_err(map_err(TAGGED_MAP))?;
+        let tag_filter = Array::try_from(take(TAG_FILTER_MAP)?).map_err(map_err(TAG_FILTER_MAP))?;
+        let file_rules = HashMap::try_from(take(FILE_RULES_MAP)?).map_err(map_err(FILE_RULES_MAP))?;
+        let lost = PerCpuArray::try_from(take(LOST_MAP)?).map_err(map_err(LOST_MAP))?;
+        let events = Some(RingBuf::try_from(take(EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?);
+        Ok(Self { _ebpf: ebpf, tagged, tag_filter, file_rules, lost, events, levels: StdHashMap::new(), missing_hooks })
+    }
+
+    /// The denial stream (taken once, by the event reader).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Events the ring buffer could not take, since load, over all CPUs.
+    pub fn lost_events(&self) -> Result<u64, LoadError> {
+        let per_cpu = self.lost.get(&0, 0).map_err(map_err(LOST_MAP))?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// Installs file tree roots for `policy_id`.
+    pub fn add_file_rules(&mut self, rules: &[(FileRuleKey, u32)]) -> Result<(), LoadError> {
+        for (key, flags) in rules {
+            self.file_rules.insert(key, flags, 0).map_err(map_err(FILE_RULES_MAP))?;
+        }
+        Ok(())
+    }
+
+    pub fn remove_file_rules(&mut self, rules: &[(FileRuleKey, u32)]) -> Result<(), LoadError> {
+        for (key, _) in rules {
+            self.file_rules.remove(key).map_err(map_err(FILE_RULES_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// Tags `cgroup`: from now on it and all its descendants are judged by
+    /// `tag`. The entry goes in before the pre-filter bit, so a filter hit
+    /// always finds it.
+    pub fn tag(&mut self, cgroup: &Cgroup, tag: TagInfo) -> Result<(), LoadError> {
+        self.tagged.insert(cgroup.id, tag, 0).map_err(map_err(TAGGED_MAP))?;
+        self.levels.insert(cgroup.id, cgroup.level);
+        self.write_filter()
+    }
+
+    /// Untags `cgroup` (pre-filter first, then the entry).
+    pub fn untag(&mut self, cgroup: &Cgroup) -> Result<(), LoadError> {
+        self.levels.remove(&cgroup.id);
+        self.write_filter()?;
+        self.tagged.remove(&cgroup.id).map_err(map_err(TAGGED_MAP))
+    }
+
+    fn write_filter(&mut self) -> Result<(), LoadError> {
+        let mut filter = TagFilter::EMPTY;
+        for (&id, &level) in &self.levels {
+            filter.insert(id, level);
+        }
+        self.tag_filter.set(0, filter, 0).map_err(map_err(TAG_FILTER_MAP))
+    }
+}
+
+/// Turns the kernel's refusal into a message that says what to do.
+fn classify(hook: &'static str, source: ProgramError) -> LoadError {
+    if let ProgramError::LoadError { io_error, verifier_log } = &source {
+        if io_error.raw_os_error() == Some(libc::EPERM) && verifier_log.to_string().trim().is_empty() {
+            return LoadError::TrampolineRefused { hook };
+        }
+    }
+    LoadError::Program { hook, source }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we pass.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
+}

@@ -1,0 +1,65 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use enforcer::{
+    cli::{Cli, Command, PolicyCommand},
+    policy,
+    run::{self, RunOptions},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run { policy, events, command } => run_command(RunOptions { policy, events, command }),
+        Command::Policy { command: PolicyCommand::Check { file } } => check_policy(&file),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn run_command(opts: RunOptions) -> i32 {
+    // One thread: the child is forked from it, and nothing else runs then.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("enforcer: error: cannot start the async runtime: {e}");
+            return 125;
+        }
+    };
+    match runtime.block_on(run::run(opts)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("enforcer: error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn check_policy(file: &std::path::Path) -> i32 {
+    match policy::load(file) {
+        Ok((policy, warnings)) => {
+            for warning in &warnings {
+                eprintln!("{warning}");
+            }
+            if let Some(files) = &policy.files {
+                for path in files.read_deny.iter().filter(|p| !p.exists()) {
+                    eprintln!(
+                        "{}: warning: read_deny tree {} does not exist here: nothing is protected there \
+                         unless it exists when the policy is loaded",
+                        file.display(),
+                        path.display()
+                    );
+                }
+            }
+            let files = policy.files.as_ref().map_or_else(
+                || "files unrestricted".to_owned(),
+                |f| format!("{} write trees, {} read_deny trees", f.write.len(), f.read_deny.len()),
+            );
+            println!("{}: ok: policy `{}`, mode {}, {files}", file.display(), policy.name, policy.mode.as_str());
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            2
+        }
+    }
+}

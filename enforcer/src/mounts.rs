@@ -1,0 +1,81 @@
+//! The mount table, read from `/proc/self/mountinfo`: where cgroup2 is, and
+//! which superblock device a path lives on.
+
+use std::path::{Path, PathBuf};
+
+use procfs::process::{MountInfo, Process};
+use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    MountInfo(#[from] procfs::ProcError),
+    #[error("{}: {source}", path.display())]
+    Stat { path: PathBuf, source: std::io::Error },
+    #[error("{}: its mount (id {mnt_id}) is not in /proc/self/mountinfo", path.display())]
+    UnknownMount { path: PathBuf, mnt_id: u64 },
+    #[error("mountinfo has a malformed device number `{0}`")]
+    BadDevice(String),
+}
+
+pub fn mount_table() -> Result<Vec<MountInfo>, MountError> {
+    Ok(Process::myself()?.mountinfo()?.0)
+}
+
+/// Identity of a file as the kernel's programs see it: the inode number and
+/// the device number of its superblock in kernel encoding (`MAJOR << 20 |
+/// MINOR`). Taken from mountinfo, not `st_dev`: filesystems such as btrfs
+/// report a per-subvolume `st_dev` that is not the superblock's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InodeId {
+    pub ino: u64,
+    pub dev: u32,
+}
+
+/// The [`InodeId`] of `path` (symlinks followed), or `Ok(None)` if it does
+/// not exist.
+pub fn inode_id(path: &Path, mounts: &[MountInfo]) -> Result<Option<InodeId>, MountError> {
+    let stx = match statx(CWD, path, AtFlags::empty(), StatxFlags::INO | StatxFlags::MNT_ID) {
+        Ok(stx) => stx,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(MountError::Stat { path: path.to_owned(), source: e.into() }),
+    };
+    let mount = mounts
+        .iter()
+        .find(|m| u64::try_from(m.mnt_id).ok() == Some(stx.stx_mnt_id))
+        .ok_or(MountError::UnknownMount { path: path.to_owned(), mnt_id: stx.stx_mnt_id })?;
+    Ok(Some(InodeId { ino: stx.stx_ino, dev: kernel_dev(&mount.majmin)? }))
+}
+
+/// `"MAJOR:MINOR"` to the kernel's internal `dev_t` encoding.
+fn kernel_dev(majmin: &str) -> Result<u32, MountError> {
+    let bad = || MountError::BadDevice(majmin.to_owned());
+    let (major, minor) = majmin.split_once(':').ok_or_else(bad)?;
+    let major: u32 = major.parse().map_err(|_| bad())?;
+    let minor: u32 = minor.parse().map_err(|_| bad())?;
+    if major >= 1 << 12 || minor >= 1 << 20 {
+        return Err(bad());
+    }
+    Ok(major << 20 | minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_dev_encoding() {
+        assert_eq!(kernel_dev("0:25").unwrap(), 25);
+        assert_eq!(kernel_dev("8:1").unwrap(), (8 << 20) | 1);
+        assert!(kernel_dev("8").is_err());
+        assert!(kernel_dev("4096:0").is_err());
+    }
+
+    #[test]
+    fn inode_id_of_root_and_missing() {
+        let mounts = mount_table().unwrap();
+        let root = inode_id(Path::new("/"), &mounts).unwrap().unwrap();
+        assert!(root.ino > 0);
+        assert_eq!(inode_id(Path::new("/no/such/path/here"), &mounts).unwrap(), None);
+    }
+}

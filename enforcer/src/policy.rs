@@ -1,0 +1,312 @@
+//! Policy files: TOML, validated with file:line:column errors and hints.
+//!
+//! A section that is absent restricts nothing of its kind; `check` says so
+//! as a warning so nobody mistakes an absent section for a locked-down one.
+
+use std::{
+    fmt,
+    ops::Range,
+    path::{Component, Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Enforce (deny and report) or audit (allow and report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+impl Mode {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+/// The `[files]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Files {
+    /// Trees where writing is allowed; all other writes are denied.
+    pub write: Vec<PathBuf>,
+    /// Trees that may be neither read nor written (wins over `write`).
+    pub read_deny: Vec<PathBuf>,
+}
+
+/// A validated policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub mode: Mode,
+    pub files: Option<Files>,
+}
+
+/// Where in a policy file something was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// A policy that cannot be used: what is wrong, where, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{}: cannot read policy: {source}", file.display())]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{at}: error: {message}\n  hint: {hint}")]
+    Invalid { at: Location, message: String, hint: String },
+}
+
+/// Something legal that deserves a second look.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub at: Location,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: warning: {}", self.at, self.message)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    files: Option<Spanned<RawFiles>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    #[serde(default)]
+    write: Vec<Spanned<String>>,
+    #[serde(default)]
+    read_deny: Vec<Spanned<String>>,
+}
+
+const KEYS_HINT: &str = "a policy has `name`, `mode` and a `[files]` table with `write` and `read_deny`; \
+see policies/coding-agent.toml";
+
+/// Reads and validates the policy file at `file`.
+pub fn load(file: &Path) -> Result<(Policy, Vec<Warning>), PolicyError> {
+    let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read { file: file.to_owned(), source })?;
+    parse(&text, file)
+}
+
+/// Validates policy `text`; `file` is only used in messages.
+pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyError> {
+    let ctx = Ctx { text, file };
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_owned();
+        let hint = hint_for(&message);
+        ctx.invalid(e.span().unwrap_or(0..0), message, hint)
+    })?;
+    let mut warnings = Vec::new();
+
+    let name = validate_name(&ctx, &raw.name)?;
+    let mode = match raw.mode.as_ref() {
+        None => Mode::Enforce,
+        Some(m) => match m.get_ref().as_str() {
+            "enforce" => Mode::Enforce,
+            "audit" => Mode::Audit,
+            other => {
+                return Err(ctx.invalid(
+                    m.span(),
+                    format!("unknown mode `{other}`"),
+                    "mode is \"enforce\" (deny and report) or \"audit\" (allow and report)",
+                ));
+            }
+        },
+    };
+    let files = match raw.files {
+        None => {
+            warnings.push(ctx.warning(
+                0..0,
+                "no [files] section: this policy does not restrict file access at all".to_owned(),
+            ));
+            None
+        }
+        Some(files) => Some(validate_files(&ctx, files, &mut warnings)?),
+    };
+    Ok((Policy { name, mode, files }, warnings))
+}
+
+fn hint_for(message: &str) -> String {
+    if message.contains("unknown field") || message.contains("missing field") {
+        KEYS_HINT.to_owned()
+    } else if message.contains("invalid type") {
+        "check the value's type: `name` and `mode` are strings, `write` and `read_deny` are arrays of strings".to_owned()
+    } else {
+        "the file is not valid TOML; see https://toml.io for the syntax".to_owned()
+    }
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn locate(&self, span: &Range<usize>) -> Location {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
+        Location { file: self.file.to_owned(), line, column }
+    }
+
+    fn invalid(&self, span: Range<usize>, message: String, hint: impl Into<String>) -> PolicyError {
+        PolicyError::Invalid { at: self.locate(&span), message, hint: hint.into() }
+    }
+
+    fn warning(&self, span: Range<usize>, message: String) -> Warning {
+        Warning { at: self.locate(&span), message }
+    }
+}
+
+fn validate_name(ctx: &Ctx<'_>, name: &Spanned<String>) -> Result<String, PolicyError> {
+    let value = name.get_ref();
+    let valid = !value.is_empty()
+        && value.len() <= 64
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(value.clone())
+    } else {
+        Err(ctx.invalid(
+            name.span(),
+            format!("invalid policy name `{value}`"),
+            "use 1 to 64 characters from A-Z a-z 0-9 - _ . (it appears in every event)",
+        ))
+    }
+}
+
+fn validate_files(ctx: &Ctx<'_>, files: Spanned<RawFiles>, warnings: &mut Vec<Warning>) -> Result<Files, PolicyError> {
+    let RawFiles { write, read_deny } = files.into_inner();
+    let write = validate_paths(ctx, "write", &write, warnings)?;
+    let read_deny = validate_paths(ctx, "read_deny", &read_deny, warnings)?;
+    Ok(Files { write, read_deny })
+}
+
+fn validate_paths(
+    ctx: &Ctx<'_>,
+    key: &str,
+    paths: &[Spanned<String>],
+    warnings: &mut Vec<Warning>,
+) -> Result<Vec<PathBuf>, PolicyError> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for entry in paths {
+        let path = validate_path(ctx, key, entry)?;
+        if out.contains(&path) {
+            warnings.push(ctx.warning(entry.span(), format!("`{}` is listed twice in files.{key}", path.display())));
+            continue;
+        }
+        if key == "write" && path == Path::new("/") {
+            warnings.push(ctx.warning(entry.span(), "files.write contains `/`: writes are allowed everywhere".to_owned()));
+        }
+        out.push(path);
+    }
+    Ok(out)
+}
+
+fn validate_path(ctx: &Ctx<'_>, key: &str, entry: &Spanned<String>) -> Result<PathBuf, PolicyError> {
+    let raw = entry.get_ref();
+    let fail = |message: String, hint: &str| Err(ctx.invalid(entry.span(), message, hint));
+    if raw.is_empty() {
+        return fail(format!("empty path in files.{key}"), "write an absolute path such as \"/workspace\"");
+    }
+    if !raw.starts_with('/') {
+        return fail(
+            format!("relative path `{raw}` in files.{key}"),
+            &format!("paths must be absolute, e.g. \"/{}\"", raw.trim_start_matches("./")),
+        );
+    }
+    if raw.contains('\0') {
+        return fail(format!("path in files.{key} contains a NUL byte"), "remove the NUL byte");
+    }
+    let path = Path::new(raw);
+    if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) || raw.contains("/./") {
+        return fail(
+            format!("path `{raw}` in files.{key} contains `.` or `..`"),
+            "write the normalized path: the enforcer judges resolved paths, so `..` in a rule is never what you mean",
+        );
+    }
+    Ok(path.components().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<(Policy, Vec<Warning>), PolicyError> {
+        parse(text, Path::new("p.toml"))
+    }
+
+    fn error_of(text: &str) -> String {
+        check(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_contract_keys() {
+        let (policy, warnings) = check(
+            "name = \"coding-agent\"\nmode = \"audit\"\n[files]\nwrite = [\"/workspace/\", \"/tmp\"]\nread_deny = [\"/root/.aws\"]\n",
+        )
+        .unwrap();
+        assert_eq!(policy.name, "coding-agent");
+        assert_eq!(policy.mode, Mode::Audit);
+        let files = policy.files.unwrap();
+        assert_eq!(files.write, vec![PathBuf::from("/workspace"), PathBuf::from("/tmp")]);
+        assert_eq!(files.read_deny, vec![PathBuf::from("/root/.aws")]);
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn mode_defaults_to_enforce_and_absent_files_warns() {
+        let (policy, warnings) = check("name = \"x\"\n").unwrap();
+        assert_eq!(policy.mode, Mode::Enforce);
+        assert_eq!(policy.files, None);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].to_string().contains("does not restrict file access"), "{}", warnings[0]);
+    }
+
+    #[test]
+    fn unknown_key_is_located_with_a_hint() {
+        let e = error_of("name = \"x\"\n[files]\nwirte = [\"/a\"]\n");
+        assert!(e.starts_with("p.toml:3:1: error: unknown field `wirte`"), "{e}");
+        assert!(e.contains("hint: a policy has"), "{e}");
+    }
+
+    #[test]
+    fn relative_path_is_located_with_a_hint() {
+        let e = error_of("name = \"x\"\n[files]\nwrite = [\"/tmp\", \"workspace\"]\n");
+        assert!(e.starts_with("p.toml:3:18: error: relative path `workspace` in files.write"), "{e}");
+        assert!(e.contains("hint: paths must be absolute, e.g. \"/workspace\""), "{e}");
+    }
+
+    #[test]
+    fn bad_mode_is_located() {
+        let e = error_of("name = \"x\"\nmode = \"block\"\n");
+        assert!(e.starts_with("p.toml:2:8: error: unknown mode `block`"), "{e}");
+    }
+
+    #[test]
+    fn dotdot_and_bad_names_and_syntax_are_refused() {
+        assert!(error_of("name = \"x\"\n[files]\nwrite = [\"/a/../etc\"]\n").contains("contains `.` or `..`"));
+        assert!(error_of("name = \"a b\"\n").contains("invalid policy name"));
+        assert!(error_of("name = \n").starts_with("p.toml:1:"));
+        assert!(error_of("mode = \"audit\"\n").contains("missing field `name`"));
+    }
+}

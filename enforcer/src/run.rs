@@ -1,0 +1,159 @@
+//! `enforcer run`: one command in a fresh agent cgroup, no daemon needed.
+
+use std::{ffi::OsString, path::PathBuf, process::ExitStatus, time::Duration};
+
+use enforcer_common::policy::{TAG_AUDIT, TAG_FILES, TAG_READ_DENY, TagInfo};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cgroups::{self, CgroupError, Hierarchy, Names, RunCgroup},
+    load::{Enforcer, LoadError},
+    mounts::MountError,
+    policy::{self, Mode, Policy, PolicyError},
+    rules,
+    stream::{EventStream, Sink},
+};
+
+pub struct RunOptions {
+    pub policy: PathBuf,
+    pub events: Option<PathBuf>,
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("cannot enforce the policy, so the command was not run: {0}")]
+    Load(#[from] LoadError),
+    #[error("cannot set up the agent cgroup, so the command was not run: {0}")]
+    Cgroup(#[from] CgroupError),
+    #[error("cannot resolve the policy's file trees: {0}")]
+    Mounts(#[from] MountError),
+    #[error("cannot open the events file {}: {source}", path.display())]
+    Events { path: PathBuf, source: std::io::Error },
+    #[error("cannot run `{}`: {source}", command.to_string_lossy())]
+    Spawn { command: OsString, source: std::io::Error },
+    #[error("waiting for the command failed: {0}")]
+    Wait(std::io::Error),
+}
+
+impl RunError {
+    /// Exit codes in the convention of `env`/`timeout`: 2 for a bad policy,
+    /// 125 when the enforcer itself cannot work, 126/127 when the command
+    /// cannot be run.
+    #[must_use]
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Policy(_) => 2,
+            Self::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 127,
+            Self::Spawn { .. } => 126,
+            _ => 125,
+        }
+    }
+}
+
+const POLICY_ID: u32 = 1;
+
+fn tag_for(policy: &Policy) -> TagInfo {
+    let mut flags = 0;
+    if policy.mode == Mode::Audit {
+        flags |= TAG_AUDIT;
+    }
+    if let Some(files) = &policy.files {
+        flags |= TAG_FILES;
+        if !files.read_deny.is_empty() {
+            flags |= TAG_READ_DENY;
+        }
+    }
+    TagInfo { policy_id: POLICY_ID, flags }
+}
+
+/// Runs the command under the policy; returns the command's exit code.
+pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
+    let (policy, warnings) = policy::load(&opts.policy)?;
+    for warning in warnings {
+        eprintln!("enforcer: {warning}");
+    }
+    let sink = Sink::open(opts.events.as_deref())
+        .map_err(|source| RunError::Events { path: opts.events.clone().unwrap_or_default(), source })?;
+
+    let mut enforcer = Enforcer::load()?;
+    let hierarchy = Hierarchy::find()?;
+    let run_cgroup = RunCgroup::create(&hierarchy)?;
+    let cgroup = &run_cgroup.cgroup;
+
+    if let Some(files) = &policy.files {
+        let rules = rules::resolve(files, POLICY_ID)?;
+        for (path, key) in &rules.missing {
+            eprintln!("enforcer: warning: files.{key} tree {} does not exist; {}", path.display(), missing_effect(key));
+        }
+        enforcer.add_file_rules(&rules.entries)?;
+    }
+    let ring = enforcer.take_events().ok_or(LoadError::MissingMap("EVENTS"))?;
+    let mut names = Names::new(hierarchy);
+    names.add_root(cgroup);
+    let mut stream = EventStream::new(ring, sink, names).map_err(|e| RunError::Events { path: "ring buffer".into(), source: e })?;
+    stream.add_policy(POLICY_ID, &policy.name);
+    enforcer.tag(cgroup, tag_for(&policy))?;
+
+    let status = spawn_and_wait(&opts.command, cgroup, &mut stream, &enforcer).await;
+
+    // Nothing of the agent may outlive the run unenforced: kill what is left
+    // while still tagged, then collect the last events.
+    let cleanup = cgroup.kill_all();
+    stream.drain();
+    stream.report_lost(enforcer.lost_events()?);
+    enforcer.untag(cgroup)?;
+    cleanup?;
+    drop(run_cgroup);
+    Ok(exit_code(status?))
+}
+
+fn missing_effect(key: &str) -> &'static str {
+    if key == "write" {
+        "writes there are denied until it exists and the policy is loaded again"
+    } else {
+        "it is NOT protected if created later, until the policy is loaded again"
+    }
+}
+
+async fn spawn_and_wait(
+    command: &[OsString],
+    cgroup: &cgroups::Cgroup,
+    stream: &mut EventStream,
+    enforcer: &Enforcer,
+) -> Result<ExitStatus, RunError> {
+    let procs = cgroup.procs_file()?;
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    // SAFETY: `join` only calls write(2) on an fd opened before fork.
+    unsafe { cmd.pre_exec(move || cgroups::join(&procs)) };
+    let mut child = cmd.spawn().map_err(|source| RunError::Spawn { command: command[0].clone(), source })?;
+
+    let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Wait)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Wait)?;
+    let mut lost_tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            status = child.wait() => return status.map_err(RunError::Wait),
+            result = stream.next_batch() => result.map_err(RunError::Wait)?,
+            _ = lost_tick.tick() => stream.report_lost(enforcer.lost_events().unwrap_or(0)),
+            _ = terminate.recv() => forward(&child, libc::SIGTERM),
+            // The terminal already sent SIGINT to the command; do not die first.
+            _ = interrupt.recv() => {}
+        }
+    }
+}
+
+fn forward(child: &tokio::process::Child, signal: i32) {
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        // SAFETY: kill(2) has no memory effects.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
