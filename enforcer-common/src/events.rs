@@ -1,8 +1,9 @@
 //! Denial events, as written into the ring buffer by the programs.
 //!
-//! An event is an [`EventHeader`] followed by `path_len` bytes of path
-//! components, leaf first, each terminated by NUL (the programs walk the
-//! dentry chain upwards; userspace reverses and joins).
+//! An event is an [`EventHeader`] followed by `path_len` bytes of the
+//! file's path and `exe_len` bytes of the acting program's path, each as
+//! components leaf first, each terminated by NUL (the programs walk dentry
+//! chains upwards; userspace reverses and joins).
 
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
@@ -12,7 +13,7 @@ pub const LOST_MAP: &str = "LOST";
 
 /// Deepest path the programs walk; a deeper one is denied (fail closed).
 pub const MAX_PATH_DEPTH: u32 = 64;
-/// Bytes of path components an event can carry.
+/// Bytes of path components an event can carry (file path and exe together).
 pub const PATH_BYTES: usize = 4096;
 /// Longest single component read (NAME_MAX + NUL).
 pub const NAME_BYTES: usize = 256;
@@ -72,6 +73,8 @@ pub const EVENT_PATH_TRUNCATED: u8 = 1 << 0;
 /// `EventHeader::flags`: the hook gave no mount, so the path starts at the
 /// root of the file's filesystem rather than at `/`.
 pub const EVENT_PATH_FROM_FS_ROOT: u8 = 1 << 1;
+/// `EventHeader::flags`: the program's path did not fit.
+pub const EVENT_EXE_TRUNCATED: u8 = 1 << 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -83,13 +86,14 @@ pub struct EventHeader {
     pub tgid: u32,
     pub policy_id: u32,
     pub errno: u32,
-    pub path_len: u32,
+    pub path_len: u16,
+    pub exe_len: u16,
     pub kind: u8,
     pub op: u8,
     pub action: u8,
     pub reason: u8,
     pub flags: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
     pub comm: [u8; 16],
 }
 pub const EVENT_HEADER_BYTES: usize = 64;

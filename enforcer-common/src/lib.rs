@@ -35,9 +35,11 @@ pub struct KernelOffsets {
     /// Index of the `struct dentry *` argument of the `inode_setattr` hook
     /// (0 before Linux 6.3, 1 once it gained an idmap argument).
     pub inode_setattr_dentry_arg: u32,
+    pub task_struct_mm: u32,
+    pub mm_struct_exe_file: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for KernelOffsets {}

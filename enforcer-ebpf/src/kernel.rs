@@ -31,6 +31,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     vfsmount_mnt_root: 0,
     iattr_ia_valid: 0,
     inode_setattr_dentry_arg: 0,
+    task_struct_mm: 0,
+    mm_struct_exe_file: 0,
     _pad: 0,
 };
 

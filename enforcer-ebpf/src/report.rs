@@ -6,20 +6,20 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel_str},
+        generated::{bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel_str},
     },
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
 use enforcer_common::{
     events::{
-        Action, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EVENTS_BYTES, EventHeader, Kind,
+        Action, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EVENTS_BYTES, EventHeader, Kind,
         MAX_PATH_DEPTH, NAME_BYTES, Op, PATH_BYTES, Reason,
     },
     policy::TagInfo,
 };
 
-use crate::kernel::{Probe, Read, mount_of, off, vfsmount_of};
+use crate::kernel::{Direct, Probe, Read, mount_of, off, vfsmount_of};
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -35,6 +35,10 @@ pub struct EventBuf {
     /// Room for one more name past `PATH_BYTES`, so a read that starts below
     /// `PATH_BYTES` always fits.
     path: [u8; PATH_BYTES + NAME_BYTES],
+    /// Bytes of `path` written so far. It lives in map memory on purpose:
+    /// the verifier does not track it, so the writer's `bpf_loop` step
+    /// converges at once instead of once per possible length.
+    cursor: u32,
 }
 
 #[map]
@@ -64,9 +68,12 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
         count_lost();
         return;
     };
-    let truncated = write_path(buf, denial.dentry, denial.vfsmount);
+    unsafe { (*buf).cursor = 0 };
+    let path_truncated = write_path(buf, denial.dentry, denial.vfsmount);
+    let path_len = unsafe { (*buf).cursor };
+    let exe_truncated = write_exe(buf);
     let buf = unsafe { &mut *buf };
-    let path_len = buf.header.path_len;
+    let total = buf.cursor;
     let pid_tgid = bpf_get_current_pid_tgid();
     buf.header = EventHeader {
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
@@ -75,27 +82,27 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
         tgid: (pid_tgid >> 32) as u32,
         policy_id: tag.policy_id,
         errno,
-        path_len,
+        path_len: path_len as u16,
+        exe_len: total.wrapping_sub(path_len) as u16,
         kind: denial.kind as u8,
         op: denial.op as u8,
         action: action as u8,
         reason: denial.reason as u8,
-        flags: if truncated { EVENT_PATH_TRUNCATED } else { 0 }
+        flags: if path_truncated { EVENT_PATH_TRUNCATED } else { 0 }
+            | if exe_truncated { EVENT_EXE_TRUNCATED } else { 0 }
             | if denial.vfsmount.is_null() { EVENT_PATH_FROM_FS_ROOT } else { 0 },
-        _pad: [0; 3],
+        _pad: [0; 7],
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
-    let len = EVENT_HEADER_BYTES + (path_len as usize).min(PATH_BYTES + NAME_BYTES);
+    let len = EVENT_HEADER_BYTES + (total as usize).min(PATH_BYTES + NAME_BYTES);
     let bytes = unsafe { core::slice::from_raw_parts((buf as *const EventBuf).cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count_lost();
     }
 }
 
-/// State of the path writer, shared with its `bpf_loop` step. The length
-/// written so far lives in the map value (`header.path_len`), not here: the
-/// verifier does not track map memory, so the step converges at once instead
-/// of once per possible length.
+/// State of the path writer, shared with its `bpf_loop` step (the length
+/// written so far is `EventBuf::cursor`).
 #[repr(C)]
 struct PathWriter {
     buf: *mut EventBuf,
@@ -127,7 +134,7 @@ extern "C" fn write_step(_level: u32, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let buf = unsafe { &mut *w.buf };
-    let len = buf.header.path_len as usize;
+    let len = buf.cursor as usize;
     if len >= PATH_BYTES {
         w.done = 2;
         return 1;
@@ -139,14 +146,14 @@ extern "C" fn write_step(_level: u32, ctx: *mut c_void) -> i64 {
         w.done = 2;
         return 1;
     }
-    buf.header.path_len = (len + (n as usize & (NAME_BYTES * 2 - 1))) as u32;
+    buf.cursor = (len + (n as usize & (NAME_BYTES * 2 - 1))) as u32;
     w.dentry = parent;
     0
 }
 
-/// Writes the names from `dentry` up to the root into `buf.path`, leaf
-/// first, each ending in NUL, and their length into `buf.header.path_len`.
-/// Returns whether the path was cut short.
+/// Appends the names from `dentry` up to the root to `buf.path` at
+/// `buf.cursor`, leaf first, each ending in NUL. Returns whether the path
+/// was cut short.
 #[inline(always)]
 fn write_path(buf: *mut EventBuf, dentry: *const u8, vfsmount: *const u8) -> bool {
     let (mount, mnt_root) = if vfsmount.is_null() {
@@ -154,8 +161,28 @@ fn write_path(buf: *mut EventBuf, dentry: *const u8, vfsmount: *const u8) -> boo
     } else {
         (mount_of(vfsmount), unsafe { Probe::ptr(vfsmount, off!(vfsmount_mnt_root)) })
     };
-    unsafe { (*buf).header.path_len = 0 };
     let mut writer = PathWriter { buf, dentry, mount, mnt_root, done: 0 };
     unsafe { bpf_loop(2 * MAX_PATH_DEPTH, write_step as *mut c_void, (&raw mut writer).cast(), 0) };
     writer.done != 1
+}
+
+/// Appends the current task's executable path (`mm->exe_file`). Returns
+/// whether it was cut short; a task without one (a kernel thread) adds
+/// nothing.
+#[inline(always)]
+fn write_exe(buf: *mut EventBuf) -> bool {
+    let task = unsafe { bpf_get_current_task_btf() }.cast::<u8>().cast_const();
+    let (dentry, vfsmount) = unsafe {
+        let mm = Direct::ptr(task, off!(task_struct_mm));
+        if mm.is_null() {
+            return false;
+        }
+        let file = Direct::ptr(mm, off!(mm_struct_exe_file));
+        if file.is_null() {
+            return false;
+        }
+        let path = file.wrapping_add(off!(file_f_path));
+        (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt)))
+    };
+    write_path(buf, dentry, vfsmount)
 }

@@ -5,7 +5,8 @@
 use std::time::{Duration, SystemTime};
 
 use enforcer_common::events::{
-    Action, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EventHeader, Kind, Op, Reason,
+    Action, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EventHeader, Kind,
+    Op, Reason,
 };
 use serde::Serialize;
 
@@ -77,6 +78,8 @@ impl Default for Clock {
 pub struct Record {
     pub header: EventHeader,
     pub path: String,
+    /// The acting program, when the kernel could name it.
+    pub exe: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +94,13 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
     // SAFETY: EventHeader is plain old data and the slice is long enough.
     let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let names = bytes.get(EVENT_HEADER_BYTES..).unwrap_or_default();
-    let names = &names[..(header.path_len as usize).min(names.len())];
-    Ok(Record { header, path: join_path(names, header.flags & EVENT_PATH_TRUNCATED != 0) })
+    let (path, rest) = names.split_at((header.path_len as usize).min(names.len()));
+    let exe = &rest[..(header.exe_len as usize).min(rest.len())];
+    Ok(Record {
+        header,
+        path: join_path(path, header.flags & EVENT_PATH_TRUNCATED != 0),
+        exe: (!exe.is_empty()).then(|| join_path(exe, header.flags & EVENT_EXE_TRUNCATED != 0)),
+    })
 }
 
 /// Leaf-first NUL-terminated names to a `/`-separated path.
@@ -127,7 +135,7 @@ impl Record {
             pid: h.pid,
             tgid: h.tgid,
             comm: String::from_utf8_lossy(&h.comm[..comm_len]).into_owned(),
-            exe: std::fs::read_link(format!("/proc/{}/exe", h.tgid)).ok().map(|p| p.display().to_string()),
+            exe: self.exe,
             cgroup_id: h.cgroup_id,
             cgroup: ctx.cgroup,
             policy: ctx.policy.to_owned(),
@@ -200,18 +208,19 @@ mod tests {
             policy_id: 1,
             errno: 1,
             path_len: 13,
+            exe_len: 13,
             kind: Kind::FileWrite as u8,
             op: Op::Open as u8,
             action: Action::Deny as u8,
             reason: Reason::OutsideWriteTrees as u8,
             flags: 0,
-            _pad: [0; 3],
+            _pad: [0; 7],
             comm: *b"bash\0\0\0\0\0\0\0\0\0\0\0\0",
         };
         let mut bytes = vec![0u8; EVENT_HEADER_BYTES];
         // SAFETY: writing a POD header into a buffer of its size.
         unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), header) };
-        bytes.extend_from_slice(b".bashrc\0root\0");
+        bytes.extend_from_slice(b".bashrc\0root\0bash\0bin\0usr\0");
         let clock = Clock::new();
         let event = decode(&bytes).unwrap().into_event(Context { clock: &clock, policy: "p", cgroup: Some("/x".into()) });
         let json = serde_json::to_value(&event).unwrap();
@@ -220,6 +229,7 @@ mod tests {
         assert_eq!(json["op"], "open");
         assert_eq!(json["path"], "/root/.bashrc");
         assert_eq!(json["comm"], "bash");
+        assert_eq!(json["exe"], "/usr/bin/bash");
         assert_eq!(json["errno"], 1);
         assert_eq!(json["cgroup"], "/x");
         assert!(json.get("path_truncated").is_none());

@@ -69,6 +69,8 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         vfsmount_mnt_root: btf.field_offset("vfsmount", &["mnt_root"])?,
         iattr_ia_valid: btf.field_offset("iattr", &["ia_valid"])?,
         inode_setattr_dentry_arg: btf.param_index("bpf_lsm_inode_setattr", "dentry")?,
+        task_struct_mm: btf.field_offset("task_struct", &["mm"])?,
+        mm_struct_exe_file: btf.field_offset("mm_struct", &["exe_file"])?,
         _pad: 0,
     })
 }
