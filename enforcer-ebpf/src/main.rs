@@ -44,37 +44,60 @@ fn files_tag() -> Option<TagInfo> {
     tag::current_tag().filter(|tag| tag.flags & TAG_FILES != 0)
 }
 
-/// Judges one operation and turns the verdict into the hook's return value.
-#[inline(always)]
-fn decide(tag: &TagInfo, kind: Kind, op: Op, allow_self: bool, dentry: *const u8, vfsmount: *const u8) -> i32 {
-    let question = Question {
-        policy_id: tag.policy_id,
-        write: kind == Kind::FileWrite,
-        allow_self,
-        read_deny: tag.flags & TAG_READ_DENY != 0,
-    };
-    let Err(reason) = judge(&question, dentry, vfsmount) else {
-        return 0;
-    };
-    let denial = Denial { kind, op, reason, dentry, vfsmount };
-    if tag.flags & TAG_AUDIT != 0 {
-        report(tag, &denial, Action::Audit, 0);
-        0
-    } else {
-        report(tag, &denial, Action::Deny, EPERM as u32);
-        -EPERM
-    }
+/// One check: an operation on a dentry, reached through a mount (null when
+/// the hook gives none).
+struct Check {
+    kind: Kind,
+    op: Op,
+    allow_self: bool,
+    dentry: *const u8,
+    vfsmount: *const u8,
 }
 
-/// An operation on a directory entry (create, remove, rename): judged at the
-/// entry's parent, the directory being written.
+/// Judges a check; `Some` is a refusal to report.
 #[inline(always)]
-fn entry_op(ctx: &LsmContext, dir_arg: usize, dentry_arg: usize, op: Op) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
+fn judge_check(tag: &TagInfo, check: Check) -> Option<Denial> {
+    let question = Question {
+        policy_id: tag.policy_id,
+        write: check.kind == Kind::FileWrite,
+        allow_self: check.allow_self,
+        read_deny: tag.flags & TAG_READ_DENY != 0,
+    };
+    let reason = judge(&question, check.dentry, check.vfsmount).err()?;
+    Some(Denial { kind: check.kind, op: check.op, reason, dentry: check.dentry, vfsmount: check.vfsmount })
+}
+
+/// Reports a refusal (one call site per program: the verifier checks the
+/// reporter once) and turns it into the hook's return value.
+#[inline(always)]
+fn enforce(tag: &TagInfo, denial: Option<Denial>) -> i32 {
+    let Some(denial) = denial else { return 0 };
+    let audit = tag.flags & TAG_AUDIT != 0;
+    let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EPERM) };
+    report(tag, &denial, action, errno as u32);
+    -errno
+}
+
+#[inline(always)]
+fn decide(tag: &TagInfo, check: Check) -> i32 {
+    enforce(tag, judge_check(tag, check))
+}
+
+/// A directory-entry check (create, remove, rename): judged at the entry's
+/// parent, the directory being written.
+#[inline(always)]
+fn entry_check(ctx: &LsmContext, dir_arg: usize, dentry_arg: usize, op: Op) -> Check {
     let dir: *const u8 = ctx.arg(dir_arg);
     let dentry: *const u8 = ctx.arg(dentry_arg);
     let vfsmount = unsafe { Direct::ptr(dir, off!(path_mnt)) };
-    decide(&tag, Kind::FileWrite, op, false, dentry, vfsmount)
+    Check { kind: Kind::FileWrite, op, allow_self: false, dentry, vfsmount }
+}
+
+/// An operation on a directory entry.
+#[inline(always)]
+fn entry_op(ctx: &LsmContext, dir_arg: usize, dentry_arg: usize, op: Op) -> i32 {
+    let Some(tag) = files_tag() else { return 0 };
+    decide(&tag, entry_check(ctx, dir_arg, dentry_arg, op))
 }
 
 /// An operation on an object named by a `struct path` (truncate, chmod...).
@@ -83,14 +106,14 @@ fn path_op(ctx: &LsmContext, path_arg: usize, op: Op) -> i32 {
     let Some(tag) = files_tag() else { return 0 };
     let path: *const u8 = ctx.arg(path_arg);
     let (dentry, vfsmount) = unsafe { (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt))) };
-    decide(&tag, Kind::FileWrite, op, true, dentry, vfsmount)
+    decide(&tag, Check { kind: Kind::FileWrite, op, allow_self: true, dentry, vfsmount })
 }
 
 /// An operation on a bare dentry (xattrs, setattr): the hook gives no mount,
 /// so the walk ends at the root of the dentry's filesystem.
 #[inline(always)]
 fn dentry_op(tag: &TagInfo, dentry: *const u8, op: Op) -> i32 {
-    decide(tag, Kind::FileWrite, op, true, dentry, core::ptr::null())
+    decide(tag, Check { kind: Kind::FileWrite, op, allow_self: true, dentry, vfsmount: core::ptr::null() })
 }
 
 /// Opening a file: writing needs a write tree; any open of a `read_deny`
@@ -106,7 +129,7 @@ fn open_file(file: *const u8, op: Op) -> i32 {
     let path = file.wrapping_add(off!(file_f_path));
     let (dentry, vfsmount) = unsafe { (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt))) };
     let kind = if write { Kind::FileWrite } else { Kind::FileRead };
-    decide(&tag, kind, op, true, dentry, vfsmount)
+    decide(&tag, Check { kind, op, allow_self: true, dentry, vfsmount })
 }
 
 #[lsm(hook = "file_open")]
@@ -121,7 +144,7 @@ pub fn file_truncate(ctx: LsmContext) -> i32 {
     let file: *const u8 = ctx.arg(0);
     let path = file.wrapping_add(off!(file_f_path));
     let (dentry, vfsmount) = unsafe { (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt))) };
-    decide(&tag, Kind::FileWrite, Op::Truncate, true, dentry, vfsmount)
+    decide(&tag, Check { kind: Kind::FileWrite, op: Op::Truncate, allow_self: true, dentry, vfsmount })
 }
 
 /// `mknod`, and `open(O_CREAT)` of a new file (the kernel asks this hook).
@@ -155,27 +178,22 @@ pub fn path_symlink(ctx: LsmContext) -> i32 {
 /// Both ends of a rename must be in write trees.
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
-    let verdict = entry_op(&ctx, 0, 1, Op::Rename);
-    if verdict != 0 {
-        return verdict;
-    }
-    entry_op(&ctx, 2, 3, Op::Rename)
+    let Some(tag) = files_tag() else { return 0 };
+    let denial = judge_check(&tag, entry_check(&ctx, 0, 1, Op::Rename))
+        .or_else(|| judge_check(&tag, entry_check(&ctx, 2, 3, Op::Rename)));
+    enforce(&tag, denial)
 }
 
 /// A new name in a write tree, for a file that is itself in a write tree: a
 /// hard link must not give a write tree a name for a file outside it.
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
-    let verdict = entry_op(&ctx, 1, 2, Op::Link);
-    if verdict != 0 {
-        return verdict;
-    }
     let Some(tag) = files_tag() else { return 0 };
-    let old_dentry: *const u8 = ctx.arg(0);
-    let new_dir: *const u8 = ctx.arg(1);
+    let new_name = entry_check(&ctx, 1, 2, Op::Link);
     // link(2) never crosses mounts: the old name lives on the new one's mount.
-    let vfsmount = unsafe { Direct::ptr(new_dir, off!(path_mnt)) };
-    decide(&tag, Kind::FileWrite, Op::Link, true, old_dentry, vfsmount)
+    let old_name = Check { allow_self: true, dentry: ctx.arg(0), ..entry_check(&ctx, 1, 2, Op::Link) };
+    let denial = judge_check(&tag, new_name).or_else(|| judge_check(&tag, old_name));
+    enforce(&tag, denial)
 }
 
 #[lsm(hook = "path_truncate")]

@@ -35,10 +35,9 @@ pub struct EventBuf {
     /// Room for one more name past `PATH_BYTES`, so a read that starts below
     /// `PATH_BYTES` always fits.
     path: [u8; PATH_BYTES + NAME_BYTES],
-    /// Bytes of `path` written so far. It lives in map memory on purpose:
-    /// the verifier does not track it, so the writer's `bpf_loop` step
-    /// converges at once instead of once per possible length.
+    /// Bytes of `path` written so far.
     cursor: u32,
+    writer: PathWriter,
 }
 
 #[map]
@@ -68,12 +67,32 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
         count_lost();
         return;
     };
-    unsafe { (*buf).cursor = 0 };
-    let path_truncated = write_path(buf, denial.dentry, denial.vfsmount);
-    let path_len = unsafe { (*buf).cursor };
-    let exe_truncated = write_exe(buf);
+    let (exe_dentry, exe_vfsmount) = current_exe();
     let buf = unsafe { &mut *buf };
+    buf.cursor = 0;
+    buf.writer = PathWriter {
+        dentry: denial.dentry,
+        mount: core::ptr::null(),
+        mnt_root: core::ptr::null(),
+        exe_dentry,
+        exe_vfsmount,
+        phase: 0,
+        truncated: 0,
+        path_len: 0,
+    };
+    buf.writer.enter(denial.vfsmount);
+    let mut ctx = StepCtx { buf };
+    unsafe { bpf_loop(4 * MAX_PATH_DEPTH, write_step as *mut c_void, (&raw mut ctx).cast(), 0) };
     let total = buf.cursor;
+    let writer = &buf.writer;
+    // A loop that ran out mid-path leaves that path cut short.
+    let mut truncated = writer.truncated;
+    match writer.phase {
+        0 => truncated |= EVENT_PATH_TRUNCATED,
+        1 => truncated |= EVENT_EXE_TRUNCATED,
+        _ => {}
+    }
+    let path_len = if writer.phase == 0 { total } else { writer.path_len };
     let pid_tgid = bpf_get_current_pid_tgid();
     buf.header = EventHeader {
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
@@ -88,9 +107,7 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
         op: denial.op as u8,
         action: action as u8,
         reason: denial.reason as u8,
-        flags: if path_truncated { EVENT_PATH_TRUNCATED } else { 0 }
-            | if exe_truncated { EVENT_EXE_TRUNCATED } else { 0 }
-            | if denial.vfsmount.is_null() { EVENT_PATH_FROM_FS_ROOT } else { 0 },
+        flags: truncated | if denial.vfsmount.is_null() { EVENT_PATH_FROM_FS_ROOT } else { 0 },
         _pad: [0; 7],
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
@@ -101,88 +118,124 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
     }
 }
 
-/// State of the path writer, shared with its `bpf_loop` step (the length
-/// written so far is `EventBuf::cursor`).
+/// The current task's executable (`mm->exe_file`), or nulls for a task
+/// without one (a kernel thread).
+#[inline(always)]
+fn current_exe() -> (*const u8, *const u8) {
+    let null = (core::ptr::null(), core::ptr::null());
+    let task = unsafe { bpf_get_current_task_btf() }.cast::<u8>().cast_const();
+    unsafe {
+        let mm = Direct::ptr(task, off!(task_struct_mm));
+        if mm.is_null() {
+            return null;
+        }
+        let file = Direct::ptr(mm, off!(mm_struct_exe_file));
+        if file.is_null() {
+            return null;
+        }
+        let path = file.wrapping_add(off!(file_f_path));
+        (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt)))
+    }
+}
+
+/// State of the path writer: it writes the file's path (phase 0), then the
+/// executable's (phase 1), then is done (phase 2). It lives in map memory,
+/// which the verifier does not track, so the `bpf_loop` step below is
+/// verified in one pass instead of once per combination of values.
 #[repr(C)]
 struct PathWriter {
-    buf: *mut EventBuf,
     dentry: *const u8,
     mount: *const u8,
     mnt_root: *const u8,
-    /// 0 while writing, 1 when complete, 2 when cut short.
-    done: u32,
+    exe_dentry: *const u8,
+    exe_vfsmount: *const u8,
+    phase: u32,
+    /// `EVENT_*_TRUNCATED` flags.
+    truncated: u8,
+    path_len: u32,
+}
+
+// SAFETY: per-CPU map memory, used by one program run at a time per CPU.
+unsafe impl Sync for PathWriter {}
+
+/// What the step gets on the stack: only the map value.
+#[repr(C)]
+struct StepCtx {
+    buf: *mut EventBuf,
+}
+
+impl PathWriter {
+    /// Starts on a path whose dentry is already in `self.dentry`.
+    #[inline(always)]
+    fn enter(&mut self, vfsmount: *const u8) {
+        if vfsmount.is_null() {
+            self.mount = core::ptr::null();
+            self.mnt_root = core::ptr::null();
+        } else {
+            self.mount = mount_of(vfsmount);
+            self.mnt_root = unsafe { Probe::ptr(vfsmount, off!(vfsmount_mnt_root)) };
+        }
+    }
+
+    /// The current path ended (`cut`: before its root) at `cursor`. Moves
+    /// to the next.
+    #[inline(always)]
+    fn path_done(&mut self, cut: bool, cursor: u32) -> i64 {
+        if self.phase == 0 {
+            if cut {
+                self.truncated |= EVENT_PATH_TRUNCATED;
+            }
+            self.path_len = cursor;
+            self.phase = 1;
+            self.dentry = self.exe_dentry;
+            if self.dentry.is_null() {
+                self.phase = 2;
+                return 1;
+            }
+            self.enter(self.exe_vfsmount);
+            0
+        } else {
+            if cut {
+                self.truncated |= EVENT_EXE_TRUNCATED;
+            }
+            self.phase = 2;
+            1
+        }
+    }
 }
 
 /// Writes one name and moves up, crossing mounts like `d_path`.
 extern "C" fn write_step(_level: u32, ctx: *mut c_void) -> i64 {
-    let w = unsafe { &mut *ctx.cast::<PathWriter>() };
+    let buf = unsafe { &mut *(*ctx.cast::<StepCtx>()).buf };
+    let cursor = buf.cursor;
+    let w = &mut buf.writer;
     let d = w.dentry;
     if !w.mount.is_null() && d == w.mnt_root {
-        let parent_mount = unsafe { Probe::ptr(w.mount, off!(mount_mnt_parent)) };
-        if parent_mount.is_null() || parent_mount == w.mount {
-            w.done = if parent_mount.is_null() { 2 } else { 1 };
-            return 1;
+        let mount = w.mount;
+        let parent_mount = unsafe { Probe::ptr(mount, off!(mount_mnt_parent)) };
+        if parent_mount.is_null() || parent_mount == mount {
+            return w.path_done(parent_mount.is_null(), cursor);
         }
-        w.dentry = unsafe { Probe::ptr(w.mount, off!(mount_mnt_mountpoint)) };
+        w.dentry = unsafe { Probe::ptr(mount, off!(mount_mnt_mountpoint)) };
         w.mount = parent_mount;
         w.mnt_root = unsafe { Probe::ptr(vfsmount_of(parent_mount), off!(vfsmount_mnt_root)) };
         return 0;
     }
     let parent = unsafe { Probe::ptr(d, off!(dentry_d_parent)) };
     if parent.is_null() || parent == d {
-        w.done = if parent.is_null() { 2 } else { 1 };
-        return 1;
+        return w.path_done(parent.is_null(), cursor);
     }
-    let buf = unsafe { &mut *w.buf };
-    let len = buf.cursor as usize;
+    let len = cursor as usize;
     if len >= PATH_BYTES {
-        w.done = 2;
-        return 1;
+        return w.path_done(true, cursor);
     }
+    w.dentry = parent;
     let name = unsafe { Probe::ptr(d, off!(dentry_d_name_ptr)) };
     let dst = buf.path.as_mut_ptr().wrapping_add(len & (PATH_BYTES - 1));
     let n = unsafe { bpf_probe_read_kernel_str(dst.cast(), NAME_BYTES as u32, name.cast()) };
     if n <= 0 {
-        w.done = 2;
-        return 1;
+        return buf.writer.path_done(true, cursor);
     }
     buf.cursor = (len + (n as usize & (NAME_BYTES * 2 - 1))) as u32;
-    w.dentry = parent;
     0
-}
-
-/// Appends the names from `dentry` up to the root to `buf.path` at
-/// `buf.cursor`, leaf first, each ending in NUL. Returns whether the path
-/// was cut short.
-#[inline(always)]
-fn write_path(buf: *mut EventBuf, dentry: *const u8, vfsmount: *const u8) -> bool {
-    let (mount, mnt_root) = if vfsmount.is_null() {
-        (core::ptr::null(), core::ptr::null())
-    } else {
-        (mount_of(vfsmount), unsafe { Probe::ptr(vfsmount, off!(vfsmount_mnt_root)) })
-    };
-    let mut writer = PathWriter { buf, dentry, mount, mnt_root, done: 0 };
-    unsafe { bpf_loop(2 * MAX_PATH_DEPTH, write_step as *mut c_void, (&raw mut writer).cast(), 0) };
-    writer.done != 1
-}
-
-/// Appends the current task's executable path (`mm->exe_file`). Returns
-/// whether it was cut short; a task without one (a kernel thread) adds
-/// nothing.
-#[inline(always)]
-fn write_exe(buf: *mut EventBuf) -> bool {
-    let task = unsafe { bpf_get_current_task_btf() }.cast::<u8>().cast_const();
-    let (dentry, vfsmount) = unsafe {
-        let mm = Direct::ptr(task, off!(task_struct_mm));
-        if mm.is_null() {
-            return false;
-        }
-        let file = Direct::ptr(mm, off!(mm_struct_exe_file));
-        if file.is_null() {
-            return false;
-        }
-        let path = file.wrapping_add(off!(file_f_path));
-        (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt)))
-    };
-    write_path(buf, dentry, vfsmount)
 }

@@ -109,8 +109,13 @@ impl Enforcer {
                 .ok_or(LoadError::Program { hook, source: ProgramError::NotLoaded })?
                 .try_into()
                 .map_err(|source| LoadError::Program { hook, source })?;
+            let started = std::time::Instant::now();
             program.load(hook, &aya_btf).map_err(|source| classify(hook, source))?;
             program.attach().map_err(|source| LoadError::Program { hook, source })?;
+            if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
+                let insns = program.info().ok().and_then(|i| i.verified_instruction_count());
+                eprintln!("enforcer: loaded {hook} in {:?}, verifier processed {insns:?} insns", started.elapsed());
+            }
         }
 
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));

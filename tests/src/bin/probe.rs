@@ -1,0 +1,143 @@
+//! `enforcer-probe`: the misbehaving agent of the integration tests.
+//!
+//! Each argument is one step, `OP:ARG[:ARG]`, done with the syscall a real
+//! program would make; each prints one JSON line `{"step":..,"errno":N}`
+//! (0 on success), so tests can assert the exact errno of every attempt.
+
+use std::{
+    ffi::CString,
+    io::{BufRead as _, Write as _},
+};
+
+fn c(path: &str) -> CString {
+    CString::new(path).expect("path without NUL")
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+}
+
+/// 0 if `ret` is not -1, else errno.
+fn check(ret: libc::c_long) -> i32 {
+    if ret == -1 { errno() } else { 0 }
+}
+
+fn open(path: &str, flags: i32) -> Result<i32, i32> {
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(c(path).as_ptr(), flags, 0o644) };
+    if fd < 0 { Err(errno()) } else { Ok(fd) }
+}
+
+fn close(fd: i32) {
+    // SAFETY: closing an fd we opened.
+    unsafe { libc::close(fd) };
+}
+
+/// Opens `path` with `flags`, writes a byte if it opened for writing.
+fn open_write(path: &str, flags: i32) -> i32 {
+    match open(path, flags) {
+        Ok(fd) => {
+            // SAFETY: one byte from a static buffer.
+            let r = unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) };
+            close(fd);
+            check(r as libc::c_long)
+        }
+        Err(e) => e,
+    }
+}
+
+fn read(path: &str) -> i32 {
+    match open(path, libc::O_RDONLY) {
+        Ok(fd) => {
+            let mut buf = [0u8; 64];
+            // SAFETY: reading into a local buffer of its size.
+            let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            close(fd);
+            check(r as libc::c_long)
+        }
+        Err(e) => e,
+    }
+}
+
+/// Opens `path` read-only, then re-opens it for writing via /proc/self/fd.
+fn reopen_write(path: &str) -> i32 {
+    match open(path, libc::O_RDONLY) {
+        Ok(fd) => {
+            let r = open_write(&format!("/proc/self/fd/{fd}"), libc::O_WRONLY | libc::O_APPEND);
+            close(fd);
+            r
+        }
+        Err(e) => e,
+    }
+}
+
+/// An anonymous file in `dir` (O_TMPFILE), then linked in as `target`.
+fn tmpfile_link(dir: &str, target: &str) -> i32 {
+    match open(dir, libc::O_TMPFILE | libc::O_WRONLY) {
+        Ok(fd) => {
+            // SAFETY: NUL-terminated paths; AT_EMPTY_PATH links the fd itself.
+            let r = unsafe { libc::linkat(fd, c"".as_ptr(), libc::AT_FDCWD, c(target).as_ptr(), libc::AT_EMPTY_PATH) };
+            close(fd);
+            check(r.into())
+        }
+        Err(e) => e,
+    }
+}
+
+fn step(op: &str, a: &str, b: &str) -> i32 {
+    let (pa, pb) = (c(a), c(b));
+    // SAFETY: each call gets NUL-terminated paths and plain values.
+    unsafe {
+        match op {
+            "write" => open_write(a, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND),
+            "read" => read(a),
+            "trunc-open" => match open(a, libc::O_RDONLY | libc::O_TRUNC) {
+                Ok(fd) => {
+                    close(fd);
+                    0
+                }
+                Err(e) => e,
+            },
+            "mknod" => check(libc::mknod(pa.as_ptr(), libc::S_IFIFO | 0o644, 0).into()),
+            "mkdir" => check(libc::mkdir(pa.as_ptr(), 0o755).into()),
+            "rmdir" => check(libc::rmdir(pa.as_ptr()).into()),
+            "unlink" => check(libc::unlink(pa.as_ptr()).into()),
+            "rename" => check(libc::rename(pa.as_ptr(), pb.as_ptr()).into()),
+            "link" => check(libc::link(pa.as_ptr(), pb.as_ptr()).into()),
+            "symlink" => check(libc::symlink(pa.as_ptr(), pb.as_ptr()).into()),
+            "truncate" => check(libc::truncate(pa.as_ptr(), 0).into()),
+            "chmod" => check(libc::chmod(pa.as_ptr(), 0o600).into()),
+            "chown" => check(libc::chown(pa.as_ptr(), 0, 0).into()),
+            "utimes" => check(libc::utimes(pa.as_ptr(), std::ptr::null()).into()),
+            "setxattr" => check(libc::setxattr(pa.as_ptr(), c"trusted.enforcer".as_ptr(), b"1".as_ptr().cast(), 1, 0).into()),
+            "removexattr" => check(libc::removexattr(pa.as_ptr(), c"trusted.enforcer".as_ptr()).into()),
+            "reopen-write" => reopen_write(a),
+            "tmpfile-link" => tmpfile_link(a, b),
+            // Blocks until a line arrives on stdin (the test moves us meanwhile).
+            "wait-stdin" => {
+                let mut line = String::new();
+                let _ = std::io::stdin().lock().read_line(&mut line);
+                0
+            }
+            "sleep-ms" => {
+                std::thread::sleep(std::time::Duration::from_millis(a.parse().unwrap_or(0)));
+                0
+            }
+            other => panic!("unknown probe op `{other}`"),
+        }
+    }
+}
+
+fn main() {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", serde_json::json!({"ready": std::process::id()}));
+    let _ = out.flush();
+    for arg in std::env::args().skip(1) {
+        let mut parts = arg.splitn(3, ':');
+        let op = parts.next().unwrap_or_default();
+        let (a, b) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let errno = step(op, a, b);
+        let _ = writeln!(out, "{}", serde_json::json!({"step": arg, "errno": errno}));
+        let _ = out.flush();
+    }
+}

@@ -1,0 +1,200 @@
+//! Helpers for the privileged integration tests: a sandbox of directories,
+//! a policy for it, and `enforcer run` of the probe with its results and
+//! the denial events it produced.
+//!
+//! The binaries come from `ENFORCER_BIN` and `ENFORCER_PROBE_BIN` (set by
+//! `cargo xtask test` on the host and inside the VMs).
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use serde_json::Value;
+
+pub const EPERM: i64 = 1;
+
+fn bin(var: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| panic!("set {var} (cargo xtask test does)"))
+}
+
+#[must_use]
+pub fn enforcer_bin() -> PathBuf {
+    bin("ENFORCER_BIN")
+}
+
+#[must_use]
+pub fn probe_bin() -> PathBuf {
+    bin("ENFORCER_PROBE_BIN")
+}
+
+/// `<root>/<name>/{allowed,outside,secret}` plus a policy file; removed on drop.
+pub struct Sandbox {
+    pub base: PathBuf,
+    pub allowed: PathBuf,
+    pub outside: PathBuf,
+    pub secret: PathBuf,
+    pub policy: PathBuf,
+    pub events: PathBuf,
+}
+
+impl Sandbox {
+    /// A sandbox under `/tmp/enforcer-tests` (a tmpfs in the VMs, so walks
+    /// cross a mount) with the default policy: write `allowed`, deny `secret`.
+    #[must_use]
+    pub fn new(name: &str) -> Self {
+        let base = Path::new("/tmp/enforcer-tests").join(name);
+        let _ = std::fs::remove_dir_all(&base);
+        let sandbox = Self {
+            allowed: base.join("allowed"),
+            outside: base.join("outside"),
+            secret: base.join("secret"),
+            policy: base.join("policy.toml"),
+            events: base.join("events.jsonl"),
+            base,
+        };
+        for dir in [&sandbox.allowed, &sandbox.outside, &sandbox.secret] {
+            std::fs::create_dir_all(dir).expect("create sandbox dir");
+        }
+        std::fs::write(sandbox.secret.join("credentials"), "aws_secret_access_key=x\n").expect("write secret");
+        sandbox.write_policy("enforce");
+        sandbox
+    }
+
+    pub fn write_policy(&self, mode: &str) {
+        let policy = format!(
+            "name = \"test-policy\"\nmode = \"{mode}\"\n[files]\nwrite = [\"{}\"]\nread_deny = [\"{}\"]\n",
+            self.allowed.display(),
+            self.secret.display()
+        );
+        std::fs::write(&self.policy, policy).expect("write policy");
+    }
+
+    /// A file under `outside`, created now (unenforced).
+    #[must_use]
+    pub fn outside_file(&self, name: &str) -> String {
+        let path = self.outside.join(name);
+        std::fs::write(&path, "original\n").expect("create outside file");
+        path.display().to_string()
+    }
+
+    #[must_use]
+    pub fn path(dir: &Path, name: &str) -> String {
+        dir.join(name).display().to_string()
+    }
+
+    /// Starts `enforcer run` of the probe with `steps`, stdin and stdout piped.
+    pub fn spawn(&self, steps: &[String]) -> Child {
+        let _ = std::fs::remove_file(&self.events);
+        Command::new(enforcer_bin())
+            .arg("run")
+            .arg("--policy")
+            .arg(&self.policy)
+            .arg("--events")
+            .arg(&self.events)
+            .arg("--")
+            .arg(probe_bin())
+            .args(steps)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn enforcer")
+    }
+
+    /// Runs the probe under the policy and collects everything.
+    #[must_use]
+    pub fn run(&self, steps: &[String]) -> Outcome {
+        let child = self.spawn(steps);
+        self.finish(child)
+    }
+
+    #[must_use]
+    pub fn finish(&self, child: Child) -> Outcome {
+        let output = child.wait_with_output().expect("wait for enforcer");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let events = std::fs::read_to_string(&self.events).unwrap_or_default();
+        Outcome {
+            code: output.status.code(),
+            results: stdout.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.get("step").is_some()).collect(),
+            events: events.lines().map(|l| serde_json::from_str(l).expect("event is JSON")).collect(),
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// What one run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    /// One `{"step","errno"}` per probe step, in order.
+    pub results: Vec<Value>,
+    pub events: Vec<Value>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// The errno of the step that was exactly `step`.
+    #[must_use]
+    pub fn errno(&self, step: &str) -> i64 {
+        let result = self.results.iter().find(|r| r["step"] == step);
+        let result = result.unwrap_or_else(|| panic!("no result for step `{step}`:\n{self:#?}"));
+        result["errno"].as_i64().expect("errno")
+    }
+
+    /// Events about `path` (or, for hooks without a mount, its tail).
+    #[must_use]
+    pub fn events_for(&self, path: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| {
+                let p = e["path"].as_str().unwrap_or_default();
+                p == path || (e["path_from_fs_root"] == true && path.ends_with(p))
+            })
+            .collect()
+    }
+
+    /// Asserts `step` failed with EPERM and produced exactly one deny event
+    /// about `path` with operation `op`; returns that event.
+    pub fn assert_denied(&self, step: &str, op: &str, path: &str) -> &Value {
+        assert_eq!(self.errno(step), EPERM, "step `{step}` should fail with EPERM:\n{self:#?}");
+        let events = self.events_for(path);
+        assert_eq!(events.len(), 1, "step `{step}`: want exactly one event for {path}, got {events:#?}\n{self:#?}");
+        let event = events[0];
+        assert_eq!(event["op"], op, "step `{step}`: {event}");
+        assert_eq!(event["action"], "deny", "step `{step}`: {event}");
+        assert_eq!(event["errno"], EPERM, "step `{step}`: {event}");
+        event
+    }
+
+    pub fn assert_succeeded(&self, step: &str) {
+        assert_eq!(self.errno(step), 0, "step `{step}` should succeed:\n{self:#?}");
+    }
+}
+
+/// Reads the probe's `{"ready": pid}` line from a spawned run.
+pub fn wait_ready(child: &mut Child) -> (u32, BufReader<std::process::ChildStdout>) {
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read ready line");
+    let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("probe did not start: `{line}`"));
+    let pid = ready["ready"].as_u64().expect("ready pid");
+    (u32::try_from(pid).expect("pid"), stdout)
+}
+
+/// Sends the line a `wait-stdin` step waits for.
+pub fn release(child: &mut Child) {
+    let stdin = child.stdin.as_mut().expect("piped stdin");
+    stdin.write_all(b"go\n").expect("release probe");
+    stdin.flush().expect("flush");
+}

@@ -1,0 +1,213 @@
+//! BPF LSM file enforcement, run inside real BPF LSM kernels (the VM tier).
+//!
+//! Every attempt is the syscall a real program would make (by the probe, in
+//! the agent cgroup); each test asserts the errno and the denial event.
+
+use enforcer_tests::{EPERM, Sandbox, release, wait_ready};
+
+#[test]
+fn writes_inside_write_trees_succeed_without_events() {
+    let sb = Sandbox::new("allowed");
+    let a = |n: &str| Sandbox::path(&sb.allowed, n);
+    let list = [
+        format!("write:{}", a("f")),
+        format!("mkdir:{}", a("d")),
+        format!("mknod:{}", a("fifo")),
+        format!("symlink:{}:{}", a("f"), a("sl")),
+        format!("link:{}:{}", a("f"), a("hl")),
+        format!("rename:{}:{}", a("hl"), a("hl2")),
+        format!("truncate:{}", a("f")),
+        format!("chmod:{}", a("f")),
+        format!("chown:{}", a("f")),
+        format!("utimes:{}", a("f")),
+        format!("setxattr:{}", a("f")),
+        format!("removexattr:{}", a("f")),
+        format!("trunc-open:{}", a("f")),
+        format!("tmpfile-link:{}:{}", sb.allowed.display(), a("tmp")),
+        format!("unlink:{}", a("hl2")),
+        format!("rmdir:{}", a("d")),
+        format!("read:{}", sb.outside_file("readable")),
+    ];
+    let out = sb.run(&list);
+    for step in &list {
+        out.assert_succeeded(step);
+    }
+    assert!(out.events.is_empty(), "no denials expected: {:#?}", out.events);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+}
+
+#[test]
+fn every_write_like_operation_outside_is_denied_with_one_event() {
+    let sb = Sandbox::new("outside");
+    let o = |n: &str| Sandbox::path(&sb.outside, n);
+    let a = |n: &str| Sandbox::path(&sb.allowed, n);
+    let existing = sb.outside_file("existing");
+    let truncated = sb.outside_file("truncated");
+    // A fresh victim per operation, so each event is unambiguous in one run.
+    let v = |n: &str| sb.outside_file(n);
+    std::fs::create_dir(sb.outside.join("emptydir")).unwrap();
+    std::fs::write(sb.allowed.join("mine"), "x").unwrap();
+    // (step, op, path the event must name)
+    let cases = [
+        (format!("write:{}", o("new")), "create", o("new")),
+        (format!("write:{existing}"), "open", existing.clone()),
+        (format!("trunc-open:{truncated}"), "open", truncated.clone()),
+        (format!("mknod:{}", o("fifo")), "mknod", o("fifo")),
+        (format!("mkdir:{}", o("d")), "mkdir", o("d")),
+        (format!("rmdir:{}", o("emptydir")), "rmdir", o("emptydir")),
+        (format!("unlink:{}", v("unlinked")), "unlink", o("unlinked")),
+        (format!("rename:{}:{}", a("mine"), o("moved")), "rename", o("moved")),
+        (format!("rename:{}:{}", v("renamed"), a("stolen")), "rename", o("renamed")),
+        (format!("link:{}:{}", a("mine"), o("hl")), "link", o("hl")),
+        (format!("symlink:/etc/passwd:{}", o("sl")), "symlink", o("sl")),
+        (format!("truncate:{}", v("truncate")), "truncate", o("truncate")),
+        (format!("chmod:{}", v("chmod")), "chmod", o("chmod")),
+        (format!("chown:{}", v("chown")), "chown", o("chown")),
+        (format!("utimes:{}", v("utimes")), "setattr", o("utimes")),
+        (format!("setxattr:{}", v("setxattr")), "setxattr", o("setxattr")),
+        (format!("removexattr:{}", v("removexattr")), "removexattr", o("removexattr")),
+    ];
+    let out = sb.run(&cases.iter().map(|(s, _, _)| s.clone()).collect::<Vec<_>>());
+    for (step, op, path) in &cases {
+        out.assert_denied(step, op, path);
+    }
+    assert_eq!(out.events.len(), cases.len(), "one event per attempt: {:#?}", out.events);
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "original\n", "the file must be untouched");
+    assert_eq!(std::fs::read_to_string(&truncated).unwrap(), "original\n", "the file must be untouched");
+    assert!(sb.outside.join("unlinked").exists() && sb.outside.join("renamed").exists());
+}
+
+#[test]
+fn events_carry_the_contract_fields() {
+    let sb = Sandbox::new("fields");
+    let target = Sandbox::path(&sb.outside, "bashrc");
+    let step = format!("write:{target}");
+    let out = sb.run(std::slice::from_ref(&step));
+    let e = out.assert_denied(&step, "create", &target);
+    assert_eq!(e["kind"], "file_write");
+    assert_eq!(e["policy"], "test-policy");
+    assert_eq!(e["comm"], "enforcer-probe");
+    assert_eq!(e["reason"], "outside_write_trees");
+    assert!(e["exe"].as_str().unwrap().ends_with("enforcer-probe"), "{e}");
+    assert!(e["cgroup"].as_str().unwrap().starts_with("/enforcer/run-"), "{e}");
+    assert!(e["cgroup_id"].as_u64().unwrap() > 0);
+    assert!(e["pid"].as_u64().unwrap() > 0 && e["pid"] == e["tgid"]);
+    let ts = e["ts"].as_str().unwrap();
+    assert!(ts.len() == 27 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "RFC 3339 with microseconds: {ts}");
+}
+
+#[test]
+fn escapes_through_links_proc_fd_tmpfile_and_dotdot_are_denied() {
+    let sb = Sandbox::new("escapes");
+    let a = |n: &str| Sandbox::path(&sb.allowed, n);
+    let target = sb.outside_file("target");
+    let via_proc = sb.outside_file("via-proc");
+    let via_dotdot = sb.outside_file("via-dotdot");
+    std::os::unix::fs::symlink(&target, sb.allowed.join("link-out")).unwrap();
+    let dotdot = format!("{}/../outside/via-dotdot", sb.allowed.display());
+    let cases = [
+        (format!("write:{}", a("link-out")), "open", target.clone()),
+        (format!("reopen-write:{via_proc}"), "open", via_proc.clone()),
+        (format!("write:{dotdot}"), "open", via_dotdot.clone()),
+        (format!("tmpfile-link:{}:{}", sb.allowed.display(), Sandbox::path(&sb.outside, "planted")), "link", Sandbox::path(&sb.outside, "planted")),
+    ];
+    let out = sb.run(&cases.iter().map(|(s, _, _)| s.clone()).collect::<Vec<_>>());
+    for (step, op, path) in &cases {
+        out.assert_denied(step, op, path);
+    }
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "original\n");
+}
+
+#[test]
+fn a_path_deeper_than_the_walk_is_denied_not_allowed() {
+    let sb = Sandbox::new("deep");
+    let mut deep = sb.allowed.clone();
+    for _ in 0..80 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let file = deep.join("f").display().to_string();
+    let step = format!("write:{file}");
+    let out = sb.run(std::slice::from_ref(&step));
+    assert_eq!(out.errno(&step), EPERM, "{out:#?}");
+    assert_eq!(out.events.len(), 1, "{out:#?}");
+    assert_eq!(out.events[0]["reason"], "path_too_deep");
+}
+
+#[test]
+fn read_deny_blocks_reads_even_through_symlinks_and_links() {
+    let sb = Sandbox::new("readdeny");
+    let secret = Sandbox::path(&sb.secret, "credentials");
+    std::os::unix::fs::symlink(&secret, sb.allowed.join("innocent")).unwrap();
+    let read = format!("read:{secret}");
+    let via_symlink = format!("read:{}", Sandbox::path(&sb.allowed, "innocent"));
+    let out = sb.run(std::slice::from_ref(&read));
+    let e = out.assert_denied(&read, "open", &secret);
+    assert_eq!(e["kind"], "file_read");
+    assert_eq!(e["reason"], "read_deny");
+    let out = sb.run(std::slice::from_ref(&via_symlink));
+    out.assert_denied(&via_symlink, "open", &secret);
+    let link = format!("link:{secret}:{}", Sandbox::path(&sb.allowed, "copy"));
+    let out = sb.run(std::slice::from_ref(&link));
+    assert_eq!(out.errno(&link), EPERM, "{out:#?}");
+}
+
+#[test]
+fn audit_mode_allows_and_reports() {
+    let sb = Sandbox::new("audit");
+    sb.write_policy("audit");
+    let target = Sandbox::path(&sb.outside, "audited");
+    let step = format!("write:{target}");
+    let out = sb.run(std::slice::from_ref(&step));
+    out.assert_succeeded(&step);
+    // Audit reports every check that would have denied: the create, then
+    // the open of what was created.
+    let events = out.events_for(&target);
+    let ops: Vec<_> = events.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["create", "open"], "{out:#?}");
+    for event in events {
+        assert_eq!(event["action"], "audit", "{event}");
+        assert_eq!(event["errno"], 0, "{event}");
+    }
+    assert!(std::path::Path::new(&target).exists());
+}
+
+#[test]
+fn a_child_cgroup_created_after_tagging_is_enforced() {
+    let sb = Sandbox::new("childcg");
+    let target = Sandbox::path(&sb.outside, "from-child");
+    let step = format!("write:{target}");
+    let mut child = sb.spawn(&["wait-stdin:".to_owned(), step.clone()]);
+    let (pid, stdout) = wait_ready(&mut child);
+    // The test (untagged) creates a cgroup below the tagged one, after
+    // tagging, and moves the probe into it.
+    let cgroup_rel = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let rel = cgroup_rel.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim().to_owned();
+    let new_cgroup = format!("/sys/fs/cgroup{rel}/late-child");
+    std::fs::create_dir(&new_cgroup).unwrap();
+    std::fs::write(format!("{new_cgroup}/cgroup.procs"), pid.to_string()).unwrap();
+    // Untagged processes stay unaffected meanwhile.
+    let untagged = sb.outside_file("untagged-write");
+    std::fs::write(&untagged, "still writable\n").unwrap();
+    release(&mut child);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout.into_inner(), &mut rest).unwrap();
+    let out = sb.finish(child);
+    assert!(rest.contains(&format!("{{\"errno\":{EPERM},\"step\":\"{step}\"}}")), "{rest}\n{out:#?}");
+    let events = out.events_for(&target);
+    assert_eq!(events.len(), 1, "{out:#?}");
+    assert!(events[0]["cgroup"].as_str().unwrap().ends_with("/late-child"), "{}", events[0]);
+    assert!(out.events_for(&untagged).is_empty());
+    assert!(!std::path::Path::new(&target).exists());
+}
+
+#[test]
+fn a_malformed_policy_is_refused_with_a_located_error() {
+    let sb = Sandbox::new("badpolicy");
+    std::fs::write(&sb.policy, "name = \"x\"\n[files]\nwrite = [\"relative/path\"]\n").unwrap();
+    let marker = Sandbox::path(&sb.allowed, "ran");
+    let out = sb.run(&[format!("write:{marker}")]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(out.stderr.contains("policy.toml:3:10: error: relative path `relative/path`"), "{}", out.stderr);
+    assert!(!std::path::Path::new(&marker).exists(), "the command must not run");
+}

@@ -1,0 +1,97 @@
+//! `cargo xtask demo`: boot a BPF LSM kernel and let a scripted misbehaving agent
+//! (demo/agent.sh) run under `enforcer run --policy policies/coding-agent.toml`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Parser;
+
+use crate::vm::{self, VmSpec};
+use crate::{cargo, cmd, kernel, setup};
+
+const POLICY: &str = "policies/coding-agent.toml";
+const TIMEOUT: Duration = Duration::from_mins(15);
+
+/// Runs in the VM: set the scene (a repository outside the workspace, as on a real
+/// machine), run the agent under the enforcer, then show what the agent left behind.
+const SCRIPT: &str = r#"
+mkdir -p /root/project/.git/hooks && printf '[core]\n\tbare = false\n' > /root/project/.git/config
+echo "demo: running: enforcer run --policy /policies/coding-agent.toml -- sh /demo/agent.sh"
+echo "demo: (denials are JSON lines from the enforcer on stderr, shown inline)"
+echo
+enforcer run --policy /policies/coding-agent.toml -- sh /demo/agent.sh
+code=$?
+echo
+echo "demo: enforcer exited $code; what the agent left behind:"
+echo "demo: /workspace:"; ls -l /workspace
+echo "demo: tail of ~/.bashrc:"; tail -n 3 /root/.bashrc
+echo "demo: /root/project/.git/hooks:"; ls -l /root/project/.git/hooks
+exit $code
+"#;
+
+#[derive(Debug, Parser)]
+pub struct Options {
+    /// Kernel series to boot.
+    #[arg(long, default_value = "6.12")]
+    kernel: String,
+    /// Build the enforcer in release mode (faster in the emulated VM, slower to build).
+    #[arg(long)]
+    release: bool,
+}
+
+pub fn run(opts: &Options) -> Result<ExitCode> {
+    setup::ensure(true, std::slice::from_ref(&opts.kernel))?;
+    let root = cmd::workspace_root();
+    let policy = root.join(POLICY);
+    if !policy.is_file() {
+        bail!(
+            "{} is missing; the demo runs the agent under that policy",
+            policy.display()
+        );
+    }
+    let mut args = vec!["build", "-p", "enforcer", "--bins"];
+    if opts.release {
+        args.push("--release");
+    }
+    let built = cargo::build(&args)?;
+    let enforcer = cargo::executable(&built, "bin", "enforcer")?;
+
+    let spec = VmSpec {
+        kernel: kernel::cached(&opts.kernel)?,
+        files: files(enforcer, policy),
+        script: SCRIPT.to_string(),
+        icount: false,
+        timeout: TIMEOUT,
+        echo: true,
+    };
+    let run = vm::run(&spec)?;
+    match run.exit_code {
+        Some(0) => Ok(ExitCode::SUCCESS),
+        Some(code) => {
+            eprintln!("demo: the enforcer exited {code} (see the output above)");
+            Ok(ExitCode::FAILURE)
+        }
+        None => bail!("the demo VM stopped before the agent finished; see the console above"),
+    }
+}
+
+/// What the demo VM gets: the enforcer, the policy and the agent script.
+pub fn files(enforcer: PathBuf, policy: PathBuf) -> Vec<(PathBuf, String)> {
+    let agent = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/demo/agent.sh");
+    vec![
+        (enforcer, "/bin/enforcer".to_string()),
+        (policy, "/policies/coding-agent.toml".to_string()),
+        (agent, "/demo/agent.sh".to_string()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn agent_script_is_staged_from_the_source_tree() {
+        let files = super::files("/bin/true".into(), "/dev/null".into());
+        assert!(files[2].0.is_file(), "{} missing", files[2].0.display());
+    }
+}

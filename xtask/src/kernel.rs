@@ -1,0 +1,79 @@
+//! The cache of Debian kernels the VM tier boots.
+//!
+//! It lives outside the repository (CI works in fresh clones on the same machine):
+//! `$ENFORCER_CACHE`, else `$XDG_CACHE_HOME/enforcer`, else `$HOME/.cache/enforcer`,
+//! with one directory per series: `kernels/<series>/{vmlinuz,config,version,package}`.
+//! `cargo xtask setup` fills it (see `setup::kernels`).
+
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+/// The kernel series the VM tier runs on by default.
+pub const SERIES: &[&str] = &["6.1", "6.12"];
+
+/// A cached kernel.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// "6.1", "6.12".
+    pub series: String,
+    /// The kernel image qemu boots.
+    pub vmlinuz: PathBuf,
+    /// Debian package it came from, e.g. `linux-image-6.1.0-41-cloud-amd64`.
+    pub package: String,
+    /// That package's full version, e.g. `6.1.158-1`.
+    pub version: String,
+}
+
+/// The cache root.
+pub fn cache_dir() -> Result<PathBuf> {
+    let non_empty = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = non_empty("ENFORCER_CACHE") {
+        return Ok(dir);
+    }
+    if let Some(dir) = non_empty("XDG_CACHE_HOME") {
+        return Ok(dir.join("enforcer"));
+    }
+    if let Some(home) = non_empty("HOME") {
+        return Ok(home.join(".cache").join("enforcer"));
+    }
+    bail!("no cache directory: set ENFORCER_CACHE (or HOME) to a directory that persists")
+}
+
+/// Where the kernel of a series is cached (whether or not it is).
+pub fn series_dir(series: &str) -> Result<PathBuf> {
+    Ok(cache_dir()?.join("kernels").join(series))
+}
+
+/// The cached kernel of a series, or an error saying how to get it.
+pub fn cached(series: &str) -> Result<Kernel> {
+    let dir = series_dir(series)?;
+    let vmlinuz = dir.join("vmlinuz");
+    if !vmlinuz.is_file() {
+        bail!(
+            "no kernel cached for {series} (looked for {}); run `cargo xtask setup`",
+            vmlinuz.display()
+        );
+    }
+    let read = |name: &str| fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string());
+    Ok(Kernel {
+        series: series.to_string(),
+        vmlinuz,
+        package: read("package").unwrap_or_else(|_| "unknown package".to_string()),
+        version: read("version").unwrap_or_else(|_| "unknown version".to_string()),
+    })
+}
+
+/// Whether the cached kernel's build config has `CONFIG_BPF_LSM=y` (None: no config cached).
+pub fn has_bpf_lsm(series: &str) -> Result<Option<bool>> {
+    let path = series_dir(series)?.join("config");
+    let Ok(config) = fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    Ok(Some(config.lines().any(|l| l.trim() == "CONFIG_BPF_LSM=y")))
+}

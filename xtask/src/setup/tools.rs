@@ -1,0 +1,144 @@
+//! Host tools: qemu >= 10, static busybox, cpio, nightly rust-src and bpf-linker.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use super::apt;
+use crate::cmd;
+use crate::vm::initramfs;
+
+const MIN_QEMU_MAJOR: u32 = 10;
+const BUSYBOX: &str = "/bin/busybox";
+
+/// qemu-system-x86 from bookworm-backports (Debian 12's QEMU 7.2 corrupts 6.12 guests),
+/// busybox-static and cpio.
+pub fn debian_packages() -> Result<()> {
+    let missing = missing_packages();
+    if missing.is_empty() {
+        let version = qemu_version().map(|(_, v)| v).unwrap_or_default();
+        println!("setup: qemu {version}, static busybox and cpio present");
+        return Ok(());
+    }
+    println!("setup: missing {}; installing", missing.join(", "));
+    apt::require_apt("installing qemu, busybox-static and cpio")?;
+    apt::ensure_backports_source()?;
+    apt::update()?;
+    apt::install(&["-t", "bookworm-backports", "qemu-system-x86"])?;
+    apt::install(&["busybox-static", "cpio"])?;
+
+    let still = missing_packages();
+    if !still.is_empty() {
+        bail!("after apt-get install still missing: {}", still.join(", "));
+    }
+    let version = qemu_version().map(|(_, v)| v).unwrap_or_default();
+    println!("setup: qemu {version}, static busybox and cpio installed");
+    Ok(())
+}
+
+fn missing_packages() -> Vec<String> {
+    let mut missing = Vec::new();
+    match qemu_version() {
+        Some((major, _)) if major >= MIN_QEMU_MAJOR => {}
+        Some((_, version)) => {
+            missing.push(format!("qemu >= {MIN_QEMU_MAJOR} (found {version})"));
+        }
+        None => missing.push("qemu-system-x86_64".to_string()),
+    }
+    if !busybox_is_static() {
+        missing.push(format!("static busybox at {BUSYBOX}"));
+    }
+    if !cmd::on_path("cpio") {
+        missing.push("cpio".to_string());
+    }
+    missing
+}
+
+/// (major, full version) of qemu-system-x86_64, if it runs.
+pub fn qemu_version() -> Option<(u32, String)> {
+    let out = cmd::output(Command::new("qemu-system-x86_64").arg("--version")).ok()?;
+    // "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"
+    let version = out
+        .lines()
+        .next()?
+        .split("version ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    let major = version.split('.').next()?.parse().ok()?;
+    Some((major, version.to_string()))
+}
+
+fn busybox_is_static() -> bool {
+    Path::new(BUSYBOX).is_file()
+        && initramfs::shared_libraries(Path::new(BUSYBOX)).is_ok_and(|libs| libs.is_empty())
+}
+
+/// The nightly toolchain's rust-src, needed for `-Z build-std=core` on the bpf target.
+pub fn rust_src() -> Result<()> {
+    let installed = cmd::output(nightly("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("could not list the nightly toolchain's components; is rustup's nightly installed?")?;
+    if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
+        println!("setup: nightly rust-src present");
+        return Ok(());
+    }
+    println!("setup: installing nightly rust-src");
+    cmd::run(nightly("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker, built against the nightly toolchain's own LLVM so both agree on the bitcode.
+pub fn bpf_linker() -> Result<()> {
+    if let Ok(version) = cmd::output(Command::new("bpf-linker").arg("--version")) {
+        println!("setup: {} present", version.trim());
+        return Ok(());
+    }
+    println!("setup: building bpf-linker against nightly's LLVM (takes about a minute)");
+    let sysroot = cmd::output(nightly("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("could not list {}", lib.display()))?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find(|name| {
+            name.starts_with("libLLVM-")
+                && Path::new(name).extension().is_some_and(|ext| ext == "so")
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM-*.so in {}; is nightly installed fully?",
+                lib.display()
+            )
+        })?;
+    let llvm = llvm.trim_start_matches("lib").trim_end_matches(".so");
+    let lib = lib.display();
+    cmd::run(
+        nightly("cargo")
+            .args(["+nightly", "install", "bpf-linker", "--no-default-features"])
+            .args(["--features", "llvm-22,no-llvm-linking"])
+            .env(
+                "RUSTFLAGS",
+                format!("-L {lib} -l dylib={llvm} -C link-arg=-Wl,-rpath,{lib}"),
+            ),
+    )
+    .context("building bpf-linker failed")?;
+    let version = cmd::output(Command::new("bpf-linker").arg("--version"))
+        .context("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?")?;
+    println!("setup: {} installed", version.trim());
+    Ok(())
+}
+
+/// A command for the nightly toolchain, without the toolchain pins `cargo run` leaves
+/// in our environment.
+fn nightly(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("LD_LIBRARY_PATH");
+    cmd
+}
