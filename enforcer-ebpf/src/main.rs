@@ -9,6 +9,7 @@
 #![no_main]
 #![expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "BPF code narrows kernel values on purpose")]
 
+mod floor;
 mod kernel;
 mod report;
 mod tag;

@@ -231,7 +231,10 @@ extern "C" fn write_step(_level: u32, ctx: *mut c_void) -> i64 {
     }
     w.dentry = parent;
     let name = unsafe { Probe::ptr(d, off!(dentry_d_name_ptr)) };
-    let dst = buf.path.as_mut_ptr().wrapping_add(len & (PATH_BYTES - 1));
+    // Re-read and mask: with the check above in view the compiler would drop
+    // a mask of `len`, and older verifiers cannot bound the offset without it.
+    let offset = unsafe { core::ptr::read_volatile(&raw const buf.cursor) } as usize & (PATH_BYTES - 1);
+    let dst = buf.path.as_mut_ptr().wrapping_add(offset);
     let n = unsafe { bpf_probe_read_kernel_str(dst.cast(), NAME_BYTES as u32, name.cast()) };
     if n <= 0 {
         return buf.writer.path_done(true, cursor);

@@ -27,6 +27,14 @@ pub enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
+    /// Benchmarks only: run a command with empty BPF LSM programs attached
+    /// on the enforcer's hooks (the floor), enforcing nothing.
+    #[command(name = "bench-floor", hide = true)]
+    BenchFloor {
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
     /// Work with policy files.
     Policy {
         #[command(subcommand)]

@@ -1,6 +1,7 @@
 //! The enforcer: loads BPF LSM programs, keeps policy in BPF maps, tags agent
 //! cgroups, and streams every denial as JSON lines.
 
+pub mod bench;
 pub mod btf;
 pub mod cgroups;
 pub mod cli;

@@ -13,7 +13,7 @@ use aya::{
 };
 use enforcer_common::{
     events::{EVENTS_MAP, LOST_MAP},
-    policy::{FILE_RULES_MAP, FileRuleKey, TAG_FILTER_MAP, TAGGED_MAP, TagFilter, TagInfo},
+    policy::{FILE_RULES_MAP, FileRuleKey, MAX_TAG_LEVEL, TAG_FILTER_MAP, TAGGED_MAP, TagFilter, TagInfo},
 };
 
 use crate::{
@@ -62,12 +62,19 @@ pub enum LoadError {
     TrampolineRefused { hook: &'static str },
     #[error("the verifier rejected the program for `{hook}`: {source}")]
     Program { hook: &'static str, source: ProgramError },
+    #[error("the verifier rejected the program for `{hook}` ({errno}); the end of its log:\n{log_tail}")]
+    Verifier { hook: &'static str, errno: std::io::Error, log_tail: String },
     #[error("loading the BPF object failed: {0}")]
     Object(#[from] aya::EbpfError),
     #[error("BPF map `{name}`: {source}")]
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("BPF map `{0}` is missing from the programs")]
     MissingMap(&'static str),
+    #[error(
+        "cgroup {name} is {level} levels deep; the programs find tagged cgroups only down to level \
+         {MAX_TAG_LEVEL}: tag a shallower ancestor"
+    )]
+    TooDeep { name: String, level: u32 },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
@@ -157,6 +164,9 @@ impl Enforcer {
     /// `tag`. The entry goes in before the pre-filter bit, so a filter hit
     /// always finds it.
     pub fn tag(&mut self, cgroup: &Cgroup, tag: TagInfo) -> Result<(), LoadError> {
+        if cgroup.level > MAX_TAG_LEVEL {
+            return Err(LoadError::TooDeep { name: cgroup.name.clone(), level: cgroup.level });
+        }
         self.tagged.insert(cgroup.id, tag, 0).map_err(map_err(TAGGED_MAP))?;
         self.levels.insert(cgroup.id, cgroup.level);
         self.write_filter()
@@ -178,14 +188,57 @@ impl Enforcer {
     }
 }
 
+/// The floor of any BPF LSM design, for benchmarks: an empty program
+/// (`floor_<hook>`, returning 0) attached on every hook the enforcer uses
+/// (optional hooks only where the kernel has them), and nothing else. Held
+/// attached for as long as the value lives.
+pub struct Floor {
+    _ebpf: Ebpf,
+    /// Optional hooks this kernel does not have.
+    pub missing_hooks: Vec<&'static str>,
+}
+
+/// Loads and attaches the floor programs only (see [`Floor`]).
+pub fn load_floor() -> Result<Floor, LoadError> {
+    kernel::check_bpf_lsm()?;
+    let btf = Btf::from_sys_fs()?;
+    let offsets = kernel::offsets(&btf)?;
+    raise_memlock_limit();
+    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
+    // The same object as `Enforcer::load`: every map is created, but only the
+    // floor programs are loaded.
+    let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(PROGRAMS)?;
+    let mut missing_hooks = Vec::new();
+    for &(hook, required) in HOOKS {
+        if !required && !btf.has_function(&format!("bpf_lsm_{hook}")) {
+            missing_hooks.push(hook);
+            continue;
+        }
+        let name = format!("floor_{hook}");
+        let program: &mut Lsm = ebpf
+            .program_mut(&name)
+            .ok_or(LoadError::Program { hook, source: ProgramError::NotLoaded })?
+            .try_into()
+            .map_err(|source| LoadError::Program { hook, source })?;
+        program.load(hook, &aya_btf).map_err(|source| classify(hook, source))?;
+        program.attach().map_err(|source| LoadError::Program { hook, source })?;
+    }
+    Ok(Floor { _ebpf: ebpf, missing_hooks })
+}
+
 /// Turns the kernel's refusal into a message that says what to do.
 fn classify(hook: &'static str, source: ProgramError) -> LoadError {
-    if let ProgramError::LoadError { io_error, verifier_log } = &source {
-        if io_error.raw_os_error() == Some(libc::EPERM) && verifier_log.to_string().trim().is_empty() {
-            return LoadError::TrampolineRefused { hook };
-        }
+    let ProgramError::LoadError { io_error, verifier_log } = source else {
+        return LoadError::Program { hook, source };
+    };
+    let log = verifier_log.to_string();
+    if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
+        return LoadError::TrampolineRefused { hook };
     }
-    LoadError::Program { hook, source }
+    // The whole log can run to megabytes; the reason is at its end.
+    let lines: Vec<&str> = log.lines().collect();
+    let log_tail = lines[lines.len().saturating_sub(30)..].join("\n");
+    LoadError::Verifier { hook, errno: io_error, log_tail }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.

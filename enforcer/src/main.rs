@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use enforcer::{
+    bench,
     cli::{Cli, Command, PolicyCommand},
     policy,
     run::{self, RunOptions},
@@ -12,6 +13,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run { policy, events, command } => run_command(RunOptions { policy, events, command }),
         Command::Policy { command: PolicyCommand::Check { file } } => check_policy(&file),
+        Command::BenchFloor { command } => bench::run_floor(&command),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -37,6 +37,9 @@ pub struct Sandbox {
     pub secret: PathBuf,
     pub policy: PathBuf,
     pub events: PathBuf,
+    /// The enforcer's stderr (a file, not a pipe: a long error must not
+    /// block it while a test waits on stdout).
+    pub stderr: PathBuf,
 }
 
 impl Sandbox {
@@ -52,6 +55,7 @@ impl Sandbox {
             secret: base.join("secret"),
             policy: base.join("policy.toml"),
             events: base.join("events.jsonl"),
+            stderr: base.join("stderr.log"),
             base,
         };
         for dir in [&sandbox.allowed, &sandbox.outside, &sandbox.secret] {
@@ -98,7 +102,7 @@ impl Sandbox {
             .args(steps)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&self.stderr).expect("create stderr log"))
             .spawn()
             .expect("spawn enforcer")
     }
@@ -114,7 +118,7 @@ impl Sandbox {
     pub fn finish(&self, child: Child) -> Outcome {
         let output = child.wait_with_output().expect("wait for enforcer");
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
         let events = std::fs::read_to_string(&self.events).unwrap_or_default();
         Outcome {
             code: output.status.code(),

@@ -211,3 +211,17 @@ fn a_malformed_policy_is_refused_with_a_located_error() {
     assert!(out.stderr.contains("policy.toml:3:10: error: relative path `relative/path`"), "{}", out.stderr);
     assert!(!std::path::Path::new(&marker).exists(), "the command must not run");
 }
+
+#[test]
+fn a_denial_storm_is_denied_throughout_and_every_event_is_accounted_for() {
+    let sb = Sandbox::new("storm");
+    let target = sb.outside_file("storm");
+    let attempts = 20_000;
+    let step = format!("storm:{target}:{attempts}");
+    let out = sb.run(std::slice::from_ref(&step));
+    assert_eq!(out.errno(&step), EPERM, "stderr: {}", out.stderr);
+    let delivered = out.events_for(&target).len();
+    let lost: u64 = out.events.iter().filter(|e| e["kind"] == "lost").map(|e| e["count"].as_u64().unwrap()).sum();
+    assert_eq!(delivered as u64 + lost, attempts, "delivered {delivered} + lost {lost}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "original\n");
+}

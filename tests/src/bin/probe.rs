@@ -119,6 +119,14 @@ fn step(op: &str, a: &str, b: &str) -> i32 {
                 let _ = std::io::stdin().lock().read_line(&mut line);
                 0
             }
+            // N opens for writing; returns the errno of the last.
+            "storm" => {
+                let mut last = 0;
+                for _ in 0..b.parse::<u32>().unwrap_or(0) {
+                    last = open_write(a, libc::O_WRONLY);
+                }
+                last
+            }
             "sleep-ms" => {
                 std::thread::sleep(std::time::Duration::from_millis(a.parse().unwrap_or(0)));
                 0
