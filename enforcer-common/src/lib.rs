@@ -37,7 +37,7 @@ pub struct KernelOffsets {
     pub inode_setattr_dentry_arg: u32,
     pub task_struct_mm: u32,
     pub mm_struct_exe_file: u32,
-    pub _pad: u32,
+    pub inode_i_mode: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
 

@@ -33,7 +33,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     inode_setattr_dentry_arg: 0,
     task_struct_mm: 0,
     mm_struct_exe_file: 0,
-    _pad: 0,
+    inode_i_mode: 0,
 };
 
 /// One field offset, read from the map (not folded by the compiler) so the

@@ -32,6 +32,9 @@ const FMODE_WRITE: u32 = 0x2;
 const O_TRUNC: u32 = 0o1000;
 const S_IFMT: u32 = 0o170_000;
 const S_IFREG: u32 = 0o100_000;
+const S_IFCHR: u32 = 0o020_000;
+const S_IFIFO: u32 = 0o010_000;
+const S_IFSOCK: u32 = 0o140_000;
 const ATTR_MODE: u32 = 1 << 0;
 const ATTR_UID: u32 = 1 << 1;
 const ATTR_GID: u32 = 1 << 2;
@@ -119,16 +122,22 @@ fn dentry_op(tag: &TagInfo, dentry: *const u8, op: Op) -> i32 {
 
 /// Opening a file: writing needs a write tree; any open of a `read_deny`
 /// tree is refused. `O_TRUNC` counts as a write even with `O_RDONLY`.
+/// Character devices, FIFOs and sockets hold no file data: opening them for
+/// writing (`/dev/null`, a terminal, a pipe re-opened via `/dev/stdout`) is
+/// not a file write. Block devices are: they stay judged.
 #[inline(always)]
 fn open_file(file: *const u8, op: Op) -> i32 {
     let Some(tag) = files_tag() else { return 0 };
     let (mode, flags) = unsafe { (Direct::read::<u32>(file, off!(file_f_mode)), Direct::read::<u32>(file, off!(file_f_flags))) };
-    let write = mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0;
+    let path = file.wrapping_add(off!(file_f_path));
+    let (dentry, vfsmount) = unsafe { (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt))) };
+    let inode = unsafe { Direct::ptr(dentry, off!(dentry_d_inode)) };
+    let file_type = u32::from(unsafe { Direct::read::<u16>(inode, off!(inode_i_mode)) }) & S_IFMT;
+    let holds_data = !matches!(file_type, S_IFCHR | S_IFIFO | S_IFSOCK);
+    let write = holds_data && (mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0);
     if !write && tag.flags & TAG_READ_DENY == 0 {
         return 0;
     }
-    let path = file.wrapping_add(off!(file_f_path));
-    let (dentry, vfsmount) = unsafe { (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt))) };
     let kind = if write { Kind::FileWrite } else { Kind::FileRead };
     decide(&tag, Check { kind, op, allow_self: true, dentry, vfsmount })
 }

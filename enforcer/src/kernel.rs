@@ -71,6 +71,6 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         inode_setattr_dentry_arg: btf.param_index("bpf_lsm_inode_setattr", "dentry")?,
         task_struct_mm: btf.field_offset("task_struct", &["mm"])?,
         mm_struct_exe_file: btf.field_offset("mm_struct", &["exe_file"])?,
-        _pad: 0,
+        inode_i_mode: btf.field_offset("inode", &["i_mode"])?,
     })
 }

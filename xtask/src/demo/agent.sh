@@ -7,6 +7,7 @@
 # "Operation not permitted" here and as JSON lines from the enforcer on stderr.
 
 step() {
+    sleep 1 # let each denial stream out before the next attempt
     echo
     echo "agent: $*"
 }
