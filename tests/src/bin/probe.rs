@@ -112,6 +112,17 @@ fn step(op: &str, a: &str, b: &str) -> i32 {
             "setxattr" => check(libc::setxattr(pa.as_ptr(), c"trusted.enforcer".as_ptr(), b"1".as_ptr().cast(), 1, 0).into()),
             "removexattr" => check(libc::removexattr(pa.as_ptr(), c"trusted.enforcer".as_ptr()).into()),
             "reopen-write" => reopen_write(a),
+            // A pipe's write end re-opened by path, as `echo > /dev/stdout` does.
+            "pipe-reopen" => {
+                let mut fds = [0; 2];
+                if libc::pipe(fds.as_mut_ptr()) != 0 {
+                    return errno();
+                }
+                let r = open_write(&format!("/proc/self/fd/{}", fds[1]), libc::O_WRONLY);
+                close(fds[0]);
+                close(fds[1]);
+                r
+            }
             "tmpfile-link" => tmpfile_link(a, b),
             // Blocks until a line arrives on stdin (the test moves us meanwhile).
             "wait-stdin" => {
