@@ -15,7 +15,7 @@ pub const LOST_MAP: &str = "LOST";
 pub const MAX_PATH_DEPTH: u32 = 64;
 /// Bytes of path components an event can carry (file path and exe together).
 pub const PATH_BYTES: usize = 4096;
-/// Longest single component read (NAME_MAX + NUL).
+/// Longest single component read (`NAME_MAX` + NUL).
 pub const NAME_BYTES: usize = 256;
 
 #[repr(u8)]
@@ -93,7 +93,7 @@ pub struct EventHeader {
     pub action: u8,
     pub reason: u8,
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub pad: [u8; 7],
     pub comm: [u8; 16],
 }
 pub const EVENT_HEADER_BYTES: usize = 64;

@@ -52,7 +52,6 @@ impl TagFilter {
 
     /// The word holding `bit`, masked so the bound is evident (no panic path
     /// in the BPF programs).
-    #[expect(clippy::cast_possible_truncation, reason = "bit < TAG_BLOOM_BITS")]
     const fn word(bit: u64) -> usize {
         (bit / 64) as usize & (TAG_BLOOM_WORDS - 1)
     }

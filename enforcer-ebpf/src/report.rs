@@ -108,7 +108,7 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
         action: action as u8,
         reason: denial.reason as u8,
         flags: truncated | if denial.vfsmount.is_null() { EVENT_PATH_FROM_FS_ROOT } else { 0 },
-        _pad: [0; 7],
+        pad: [0; 7],
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
     let len = EVENT_HEADER_BYTES + (total as usize).min(PATH_BYTES + NAME_BYTES);

@@ -55,7 +55,7 @@ struct Type {
     kind: u32,
     name: u32,
     /// Size, or the referenced type id (typedef, pointer, func...).
-    size_or_type: u32,
+    size_or_ref: u32,
     members: Vec<Member>,
 }
 
@@ -100,7 +100,7 @@ impl Btf {
         let strings = section(str_off, str_len)?.to_vec();
 
         // Type id 0 is void.
-        let mut types = vec![Type { kind: 0, name: 0, size_or_type: 0, members: Vec::new() }];
+        let mut types = vec![Type { kind: 0, name: 0, size_or_ref: 0, members: Vec::new() }];
         let mut at = 0;
         while at < type_data.len() {
             let (ty, next) = parse_type(type_data, at)?;
@@ -132,7 +132,7 @@ impl Btf {
         for _ in 0..32 {
             match self.ty(id) {
                 Some(t) if matches!(t.kind, KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) => {
-                    id = t.size_or_type;
+                    id = t.size_or_ref;
                 }
                 _ => break,
             }
@@ -144,6 +144,7 @@ impl Btf {
         self.by_name.get(name)?.iter().copied().find(|&id| self.ty(id).is_some_and(|t| t.kind == kind))
     }
 
+    #[must_use]
     pub fn has_function(&self, name: &str) -> bool {
         self.find(name, KIND_FUNC).is_some()
     }
@@ -177,10 +178,10 @@ impl Btf {
             }
             if m.name == 0 {
                 let inner = self.ty(self.resolve(m.type_id))?;
-                if matches!(inner.kind, KIND_STRUCT | KIND_UNION) {
-                    if let Some((bits, ty)) = self.member(m.type_id, name) {
-                        return Some((m.bit_offset + bits, ty));
-                    }
+                if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                    && let Some((bits, ty)) = self.member(m.type_id, name)
+                {
+                    return Some((m.bit_offset + bits, ty));
                 }
             } else if self.string(m.name) == name {
                 return Some((m.bit_offset, m.type_id));
@@ -192,7 +193,7 @@ impl Btf {
     /// Position of parameter `param` of function `func`.
     pub fn param_index(&self, func: &str, param: &str) -> Result<u32, BtfError> {
         let id = self.find(func, KIND_FUNC).ok_or_else(|| BtfError::NoFunction(func.to_owned()))?;
-        let proto = self.ty(id).and_then(|f| self.ty(f.size_or_type)).filter(|p| p.kind == KIND_FUNC_PROTO);
+        let proto = self.ty(id).and_then(|f| self.ty(f.size_or_ref)).filter(|p| p.kind == KIND_FUNC_PROTO);
         proto
             .and_then(|p| p.members.iter().position(|m| self.string(m.name) == param))
             .and_then(|i| u32::try_from(i).ok())
@@ -204,7 +205,7 @@ impl Btf {
 fn parse_type(b: &[u8], at: usize) -> Result<(Type, usize), BtfError> {
     let name = u32_at(b, at)?;
     let info = u32_at(b, at + 4)?;
-    let size_or_type = u32_at(b, at + 8)?;
+    let size_or_ref = u32_at(b, at + 8)?;
     let kind = (info >> 24) & 0x1f;
     let vlen = (info & 0xffff) as usize;
     let kind_flag = info >> 31 == 1;
@@ -235,7 +236,7 @@ fn parse_type(b: &[u8], at: usize) -> Result<(Type, usize), BtfError> {
         0 | 20.. => return Err(BtfError::Malformed("unknown type kind")),
         _ => body,
     };
-    Ok((Type { kind, name, size_or_type, members }, next))
+    Ok((Type { kind, name, size_or_ref, members }, next))
 }
 
 #[cfg(test)]

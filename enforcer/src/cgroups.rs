@@ -206,11 +206,11 @@ impl Names {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         for entry in entries.flatten() {
             let path = entry.path();
-            if let Ok(meta) = entry.metadata() {
-                if meta.is_dir() {
-                    self.known.insert(meta.ino(), self.hierarchy.name_of(&path));
-                    self.scan(&path, depth + 1);
-                }
+            if let Ok(meta) = entry.metadata()
+                && meta.is_dir()
+            {
+                self.known.insert(meta.ino(), self.hierarchy.name_of(&path));
+                self.scan(&path, depth + 1);
             }
         }
     }

@@ -44,7 +44,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate a policy file: errors with file:line:column and a hint.
+    /// Validate a policy file: errors name the file, line and column, with a hint.
     Check {
         /// The policy file (TOML).
         file: PathBuf,

@@ -214,7 +214,7 @@ mod tests {
             action: Action::Deny as u8,
             reason: Reason::OutsideWriteTrees as u8,
             flags: 0,
-            _pad: [0; 7],
+            pad: [0; 7],
             comm: *b"bash\0\0\0\0\0\0\0\0\0\0\0\0",
         };
         let mut bytes = vec![0u8; EVENT_HEADER_BYTES];

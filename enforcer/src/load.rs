@@ -241,7 +241,7 @@ fn classify(hook: &'static str, source: ProgramError) -> LoadError {
     LoadError::Verifier { hook, errno: io_error, log_tail }
 }
 
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+/// Kernels before 5.11 charge BPF memory to `RLIMIT_MEMLOCK`.
 fn raise_memlock_limit() {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads the struct we pass.

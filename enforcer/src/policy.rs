@@ -1,4 +1,5 @@
-//! Policy files: TOML, validated with file:line:column errors and hints.
+//! Policy files: TOML, validated with errors that name the file, line and
+//! column, with a hint.
 //!
 //! A section that is absent restricts nothing of its kind; `check` says so
 //! as a warning so nobody mistakes an absent section for a locked-down one.

@@ -16,7 +16,7 @@ use serde_json::Value;
 pub const EPERM: i64 = 1;
 
 fn bin(var: &str) -> PathBuf {
-    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| panic!("set {var} (cargo xtask test does)"))
+    std::env::var_os(var).map_or_else(|| panic!("set {var} (cargo xtask test does)"), PathBuf::from)
 }
 
 #[must_use]
@@ -89,6 +89,7 @@ impl Sandbox {
     }
 
     /// Starts `enforcer run` of the probe with `steps`, stdin and stdout piped.
+    #[must_use]
     pub fn spawn(&self, steps: &[String]) -> Child {
         let _ = std::fs::remove_file(&self.events);
         Command::new(enforcer_bin())
@@ -170,6 +171,7 @@ impl Outcome {
 
     /// Asserts `step` failed with EPERM and produced exactly one deny event
     /// about `path` with operation `op`; returns that event.
+    #[expect(clippy::must_use_candidate, reason = "an assertion; returning the event is a convenience")]
     pub fn assert_denied(&self, step: &str, op: &str, path: &str) -> &Value {
         assert_eq!(self.errno(step), EPERM, "step `{step}` should fail with EPERM:\n{self:#?}");
         let events = self.events_for(path);

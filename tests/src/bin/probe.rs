@@ -71,7 +71,7 @@ fn reopen_write(path: &str) -> i32 {
     }
 }
 
-/// An anonymous file in `dir` (O_TMPFILE), then linked in as `target`.
+/// An anonymous file in `dir` (`O_TMPFILE`), then linked in as `target`.
 fn tmpfile_link(dir: &str, target: &str) -> i32 {
     match open(dir, libc::O_TMPFILE | libc::O_WRONLY) {
         Ok(fd) => {
