@@ -1,9 +1,10 @@
 //! Developer tasks for the enforcer workspace: `cargo xtask <command>`.
 //!
-//! One module per subcommand (setup, test, demo, vm); `vm` also holds the
+//! One module per subcommand (setup, test, demo, vm, bench); `vm` also holds the
 //! VM runner the other commands use, `kernel` the kernel cache and `cargo`
 //! and `cmd` the process helpers.
 
+mod bench;
 mod cargo;
 mod cmd;
 mod demo;
@@ -34,6 +35,8 @@ enum Subcommand {
     Demo(demo::Options),
     /// Boot a VM with a cached kernel and run a shell command in it (for debugging).
     Vm(vm::Options),
+    /// Measure what the enforcer costs, in the BPF LSM kernels under qemu (icount).
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Subcommand::Test(opts) => Ok(test::run(&opts)),
         Subcommand::Demo(opts) => demo::run(&opts),
         Subcommand::Vm(opts) => vm::run_command(&opts),
+        Subcommand::Bench(opts) => bench::run(&opts),
     };
 
     match result {

@@ -1,0 +1,685 @@
+//! `cargo xtask bench files`: what the enforcer costs file syscalls, measured inside the
+//! BPF LSM kernels under qemu with `-icount shift=0,sleep=off` (the guest clock counts
+//! instructions, so ratios repeat to about 0.1%).
+//!
+//! Per kernel, one boot: the guest script (`FILES_SCRIPT`, busybox sh) creates 10 000
+//! write-tree roots and the policies on the guest's tmpfs, warms up, then runs ROUNDS
+//! rounds; in each, every scenario runs right after a no-enforcer baseline of the same
+//! loops (`enforcer-bench`, one line per loop). The host parses those lines and prints,
+//! per scenario and loop, the median over rounds of scenario/baseline.
+//!
+//! Scenarios: (f) empty BPF LSM programs on the enforcer's hooks (`enforcer
+//! bench-floor`); (a) enforcer loaded with another cgroup tagged, bench untagged, in the
+//! root cgroup and in a cgroup as deep as the tagged one (there the pre-filter costs a
+//! helper call and a bloom-filter test); (b) bench tagged, operations allowed, 1 / 100 /
+//! 10 000 `files.write` rules; (b') 1 write rule plus a `read_deny` tree elsewhere (every
+//! open walks to the root); (c) tagged, open for write denied (EPERM and an event each
+//! time, events to /dev/null). (a), (b) with one rule and (c) share one `enforcer run`:
+//! (a) runs outside it while the tagged shell waits on a fifo, then the tagged shell runs
+//! (b) and (c).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use crate::vm::{self, VmSpec};
+use crate::{cargo, cmd, kernel, setup};
+
+/// One kernel's run: boot, 10 000 mkdirs, and per round five enforcer loads (one with
+/// 10 000 rules) under icount; generous, since icount is several times slower than TCG.
+const TIMEOUT: Duration = Duration::from_mins(45);
+
+#[derive(Debug, Parser)]
+pub struct Options {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// File syscalls (open+close, write, stat, read) under each scenario, as ratios to a
+    /// no-enforcer baseline measured in the same boot.
+    Files(FilesOptions),
+}
+
+#[derive(Debug, Parser)]
+struct FilesOptions {
+    /// Kernel series to measure; repeatable (default: 6.1 and 6.12).
+    #[arg(long = "kernel", value_name = "SERIES")]
+    kernels: Vec<String>,
+    /// Interleaved rounds (baseline, scenario) per scenario; medians are taken over them.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Timed iterations per loop (each loop first runs a tenth of them untimed).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..))]
+    iterations: u64,
+    /// Do not show the guest's console while it runs (the raw lines are still saved).
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The loops of `enforcer-bench`, in table order, with their column titles.
+const LOOPS: &[(&str, &str)] = &[
+    ("open", "open+close"),
+    ("write", "write 64B"),
+    ("stat", "stat"),
+    ("read", "read 64B"),
+];
+
+/// Files that live in a write tree, and the one outside every write tree.
+const FILE: &str = "/tmp/rules/r09999/file";
+const DENIED: &str = "/tmp/outside/file";
+
+struct Scenario {
+    /// `scenario=` of the guest's lines.
+    key: &'static str,
+    label: &'static str,
+    /// `scenario=` of the baseline measured right before it, in the same round.
+    baseline: &'static str,
+    /// Loops that mean something here (the others print n/a).
+    loops: &'static [&'static str],
+    /// At most this many points above the floor, on every loop.
+    target: Option<f64>,
+    /// Every open is expected to fail with EPERM.
+    denied: bool,
+}
+
+const ALL: &[&str] = &["open", "write", "stat", "read"];
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        key: "f",
+        label: "(f)  floor: empty LSM programs",
+        baseline: "base-f",
+        loops: ALL,
+        target: None,
+        denied: false,
+    },
+    Scenario {
+        key: "a",
+        label: "(a)  untagged, root cgroup",
+        baseline: "base-b1",
+        loops: ALL,
+        target: Some(0.5),
+        denied: false,
+    },
+    Scenario {
+        key: "a2",
+        label: "(a)  untagged, level-2 cgroup",
+        baseline: "base-a2",
+        loops: ALL,
+        target: Some(0.5),
+        denied: false,
+    },
+    Scenario {
+        key: "b1",
+        label: "(b)  tagged, 1 write rule",
+        baseline: "base-b1",
+        loops: ALL,
+        target: None,
+        denied: false,
+    },
+    Scenario {
+        key: "b100",
+        label: "(b)  tagged, 100 write rules",
+        baseline: "base-b100",
+        loops: ALL,
+        target: None,
+        denied: false,
+    },
+    Scenario {
+        key: "b10k",
+        label: "(b)  tagged, 10000 write rules",
+        baseline: "base-b10k",
+        loops: ALL,
+        target: Some(4.0),
+        denied: false,
+    },
+    Scenario {
+        key: "brd",
+        label: "(b') tagged, 1 rule + read_deny",
+        baseline: "base-brd",
+        loops: ALL,
+        target: None,
+        denied: false,
+    },
+    Scenario {
+        key: "c",
+        label: "(c)  tagged, open denied",
+        baseline: "base-c",
+        loops: &["open"],
+        target: None,
+        denied: true,
+    },
+];
+
+/// The guest script. `@ROUNDS@` and `@ITERATIONS@` are filled in.
+const FILES_SCRIPT: &str = r#"
+# cargo xtask bench files (xtask/src/bench.rs): runs in the VM, busybox sh.
+export N=@ITERATIONS@ W=/tmp/rules/r09999
+export FILE=$W/file DENIED=/tmp/outside/file LOOPS="open write stat read"
+ROUNDS=@ROUNDS@
+fail() { echo "BENCH-ERROR $*"; }
+
+echo "BENCH-PHASE setup: 10000 write-tree roots and the policies on tmpfs"
+mkdir -p /tmp/rules /tmp/outside
+awk 'BEGIN { for (i = 0; i < 10000; i++) printf "/tmp/rules/r%05d\n", i }' | xargs mkdir
+head -c 4096 /dev/zero > $FILE
+head -c 4096 /dev/zero > $DENIED
+
+# policy NAME FIRST LAST [READ_DENY]: write trees /tmp/rules/r<FIRST>..r<LAST>.
+policy() {
+    {
+        cat <<EOF
+name = "bench-$1"
+mode = "enforce"
+[files]
+EOF
+        awk -v first=$2 -v last=$3 'BEGIN {
+            print "write = ["
+            for (i = first; i <= last; i++) printf "  \"/tmp/rules/r%05d\",\n", i
+            print "]"
+        }'
+        if [ -n "$4" ]; then echo "read_deny = [\"$4\"]"; fi
+    } > /tmp/policy-$1.toml
+}
+policy b1 9999 9999
+policy b100 9900 9999
+policy b10k 0 9999
+policy brd 9999 9999 /root/.aws
+enforcer policy check /tmp/policy-brd.toml || fail "policy brd"
+
+# loops.sh ROUND SCENARIO PATH LOOP...: one timed run per loop, one line each.
+cat > /tmp/loops.sh <<'EOF'
+r=$1 s=$2 p=$3
+shift 3
+for l in "$@"; do
+    if out=$(/bin/enforcer-bench $l $p $N); then
+        echo "BENCH round=$r scenario=$s $out"
+    else
+        echo "BENCH-ERROR round=$r scenario=$s loop=$l: enforcer-bench failed"
+    fi
+done
+EOF
+# The tagged shell of the shared session: waits while (a) runs outside, then (b), (c).
+cat > /tmp/inside-b1.sh <<'EOF'
+echo ready > $W/ready
+read x < $W/go
+sh /tmp/loops.sh $1 b1 $FILE $LOOPS
+sh /tmp/loops.sh $1 c $DENIED open
+EOF
+
+# in_cgroup SCRIPT ARGS...: runs a script in /bench/untagged, a cgroup at the depth of
+# the tagged one (/enforcer/run-PID), as a service would be.
+mkdir -p /sys/fs/cgroup/bench/untagged
+in_cgroup() {
+    sh -c 'echo $$ > /sys/fs/cgroup/bench/untagged/cgroup.procs && exec sh "$@"' sh "$@"
+}
+
+session_b1() {
+    rm -f $W/ready $W/go
+    mkfifo $W/ready $W/go
+    exec 3<>$W/ready 4<>$W/go
+    enforcer run --policy /tmp/policy-b1.toml --events /dev/null -- sh /tmp/inside-b1.sh $1 &
+    pid=$!
+    if read -t 300 x <&3; then
+        sh /tmp/loops.sh $1 a $FILE $LOOPS
+        in_cgroup /tmp/loops.sh $1 a2 $FILE $LOOPS
+    else
+        fail "round=$1: the tagged shell of (a), (b) 1 rule, (c) never started"
+    fi
+    echo go >&4
+    wait $pid || fail "round=$1: enforcer run (policy b1) exited $?"
+    exec 3<&- 4<&-
+}
+
+# Warm up: the first seconds after boot run about 2x slow. Repeat the open loop until
+# two runs in a row agree within 0.5%, then run every loop once.
+echo "BENCH-PHASE warm-up (cgroup controllers enabled at the root: '$(cat /sys/fs/cgroup/cgroup.subtree_control)')"
+prev=0 i=0
+while [ $i -lt 40 ]; do
+    cur=$(/bin/enforcer-bench open $FILE $N | sed 's/.*ns_per_op=\([0-9.]*\).*/\1/')
+    awk -v a=$prev -v b=$cur 'BEGIN { d = (a - b) / b; exit !(d < 0.005 && d > -0.005) }' && break
+    prev=$cur i=$((i + 1))
+done
+echo "BENCH-PHASE warmed up after $((i + 1)) open loops ($(cut -d' ' -f1 /proc/uptime)s guest uptime)"
+sh /tmp/loops.sh 0 warm-up $FILE $LOOPS > /dev/null
+sh /tmp/loops.sh 0 warm-up $DENIED open > /dev/null
+
+r=1
+while [ $r -le $ROUNDS ]; do
+    echo "BENCH-PHASE round $r of $ROUNDS ($(cut -d' ' -f1 /proc/uptime)s guest uptime)"
+    sh /tmp/loops.sh $r base-f $FILE $LOOPS
+    enforcer bench-floor -- sh /tmp/loops.sh $r f $FILE $LOOPS || fail "round=$r: enforcer bench-floor exited $?"
+    sh /tmp/loops.sh $r base-b1 $FILE $LOOPS
+    in_cgroup /tmp/loops.sh $r base-a2 $FILE $LOOPS
+    sh /tmp/loops.sh $r base-c $DENIED open
+    session_b1 $r
+    for p in b100 b10k brd; do
+        sh /tmp/loops.sh $r base-$p $FILE $LOOPS
+        enforcer run --policy /tmp/policy-$p.toml --events /dev/null -- sh /tmp/loops.sh $r $p $FILE $LOOPS \
+            || fail "round=$r: enforcer run (policy $p) exited $?"
+    done
+    r=$((r + 1))
+done
+echo "BENCH-DONE ($(cut -d' ' -f1 /proc/uptime)s guest uptime)"
+"#;
+
+pub fn run(opts: &Options) -> Result<ExitCode> {
+    match &opts.what {
+        What::Files(files) => run_files(files),
+    }
+}
+
+fn run_files(opts: &FilesOptions) -> Result<ExitCode> {
+    let series: Vec<String> = if opts.kernels.is_empty() {
+        kernel::SERIES.iter().map(ToString::to_string).collect()
+    } else {
+        opts.kernels.clone()
+    };
+    setup::ensure(true, &series)?;
+    let built = cargo::build(&[
+        "build",
+        "--release",
+        "-p",
+        "enforcer",
+        "-p",
+        "enforcer-tests",
+        "--bin",
+        "enforcer",
+        "--bin",
+        "enforcer-bench",
+    ])?;
+    let files = vec![
+        (
+            cargo::executable(&built, "bin", "enforcer")?,
+            "/bin/enforcer".to_string(),
+        ),
+        (
+            cargo::executable(&built, "bin", "enforcer-bench")?,
+            "/bin/enforcer-bench".to_string(),
+        ),
+    ];
+    let script = FILES_SCRIPT
+        .replace("@ROUNDS@", &opts.rounds.to_string())
+        .replace("@ITERATIONS@", &opts.iterations.to_string());
+    let log_dir = cmd::workspace_root().join("target/bench");
+    fs::create_dir_all(&log_dir)
+        .with_context(|| format!("could not create {}", log_dir.display()))?;
+
+    let mut reports = Vec::new();
+    let mut ok = true;
+    for s in &series {
+        println!("\n== bench files: kernel {s} (icount; this takes several minutes) ==");
+        let spec = VmSpec {
+            kernel: kernel::cached(s)?,
+            files: files.clone(),
+            script: script.clone(),
+            icount: true,
+            timeout: TIMEOUT,
+            echo: !opts.quiet,
+        };
+        let report = match vm::run(&spec) {
+            Ok(run) => {
+                let log = log_dir.join(format!("files-{s}.log"));
+                if let Err(e) = fs::write(&log, &run.output) {
+                    eprintln!(
+                        "bench: could not save the console to {}: {e}",
+                        log.display()
+                    );
+                }
+                let (report, complete) = report(s, &run, opts, &log.display().to_string());
+                ok &= complete;
+                report
+            }
+            Err(e) => {
+                ok = false;
+                format!("kernel {s}: could not run: {e:#}\n")
+            }
+        };
+        println!("\n{report}");
+        reports.push(report);
+    }
+    if reports.len() > 1 {
+        println!("\n== bench files: all kernels ==\n");
+        for report in &reports {
+            println!("{report}");
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One `BENCH ...` line of the guest.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    round: u32,
+    scenario: String,
+    op: String,
+    ns_per_op: f64,
+    failures: u64,
+    first_errno: i32,
+}
+
+fn parse_line(line: &str) -> Option<Sample> {
+    let rest = line.split("BENCH ").nth(1)?;
+    let mut words = rest.split_whitespace();
+    let field = |word: Option<&str>, key: &str| -> Option<String> {
+        Some(word?.strip_prefix(key)?.strip_prefix('=')?.to_string())
+    };
+    let round = field(words.next(), "round")?.parse().ok()?;
+    let scenario = field(words.next(), "scenario")?;
+    let op = words.next()?.to_string();
+    let ns_per_op = field(words.next(), "ns_per_op")?.parse().ok()?;
+    let failures = field(words.next(), "failures")?.parse().ok()?;
+    let first_errno = field(words.next(), "first_errno")?.parse().ok()?;
+    Some(Sample {
+        round,
+        scenario,
+        op,
+        ns_per_op,
+        failures,
+        first_errno,
+    })
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        f64::midpoint(values[mid - 1], values[mid])
+    })
+}
+
+/// What the samples say about one scenario and loop.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    /// Median over rounds of scenario / baseline of the same round.
+    ratio: f64,
+    /// (max - min) / median of those ratios.
+    spread: f64,
+    rounds: usize,
+}
+
+/// Samples keyed by (scenario, loop, round).
+struct Samples(BTreeMap<(String, String, u32), Sample>);
+
+impl Samples {
+    fn parse(output: &str) -> Self {
+        Self(
+            output
+                .lines()
+                .filter_map(parse_line)
+                .filter(|s| s.round > 0)
+                .map(|s| ((s.scenario.clone(), s.op.clone(), s.round), s))
+                .collect(),
+        )
+    }
+
+    fn of<'a>(&'a self, scenario: &'a str, op: &'a str) -> impl Iterator<Item = &'a Sample> {
+        self.0
+            .values()
+            .filter(move |s| s.scenario == scenario && s.op == op)
+    }
+
+    fn cell(&self, scenario: &Scenario, op: &str) -> Option<Cell> {
+        let mut ratios: Vec<f64> = self
+            .of(scenario.key, op)
+            .filter_map(|s| {
+                let key = (scenario.baseline.to_string(), op.to_string(), s.round);
+                let base = self.0.get(&key)?;
+                Some(s.ns_per_op / base.ns_per_op)
+            })
+            .collect();
+        let rounds = ratios.len();
+        let ratio = median(&mut ratios)?;
+        let spread = (ratios[rounds - 1] - ratios[0]) / ratio;
+        Some(Cell {
+            ratio,
+            spread,
+            rounds,
+        })
+    }
+
+    /// Median ns/op of the baselines of the scenarios in `keys`.
+    fn baseline_ns(&self, keys: &[&str], op: &str) -> Option<f64> {
+        let mut values: Vec<f64> = keys
+            .iter()
+            .flat_map(|k| self.of(k, op))
+            .map(|s| s.ns_per_op)
+            .collect();
+        median(&mut values)
+    }
+}
+
+/// The table of one kernel; `false` when the measurements are incomplete or wrong.
+fn report(series: &str, run: &vm::VmRun, opts: &FilesOptions, log: &str) -> (String, bool) {
+    let samples = Samples::parse(&run.output);
+    let release = run.kernel_release.as_deref().unwrap_or("?");
+    let mut out = String::new();
+    let mut problems = Vec::new();
+    let _ = writeln!(
+        out,
+        "kernel {release} ({series}): mode icount (qemu -icount shift=0,sleep=off, TCG, 1 vCPU: \
+         1 guest ns = 1 instruction)"
+    );
+    let _ = writeln!(
+        out,
+        "ratio = ns/op / no-enforcer baseline of the same round; median of {} interleaved \
+         rounds, {} iterations per loop",
+        opts.rounds, opts.iterations
+    );
+    let _ = writeln!(
+        out,
+        "file {FILE} (tmpfs; the denied open: {DENIED}); points = 100 x (ratio - floor ratio)"
+    );
+    let _ = writeln!(out);
+
+    let mut header = format!("{:<33}", "scenario");
+    for (_, title) in LOOPS {
+        let _ = write!(header, "{title:>11}");
+    }
+    let _ = write!(header, "   points above floor (o/w/s/r)   target");
+    let _ = writeln!(out, "{}", header.trim_end());
+
+    let mut line = format!("{:<33}", "baseline, ns/op");
+    let file_bases: Vec<&str> = SCENARIOS
+        .iter()
+        .filter(|s| !s.denied)
+        .map(|s| s.baseline)
+        .collect();
+    for (op, _) in LOOPS {
+        match samples.baseline_ns(&file_bases, op) {
+            Some(ns) => {
+                let _ = write!(line, "{ns:>11.1}");
+            }
+            None => {
+                let _ = write!(line, "{:>11}", "-");
+            }
+        }
+    }
+    let _ = writeln!(out, "{}", line.trim_end());
+
+    let floor = SCENARIOS
+        .iter()
+        .find(|s| s.key == "f")
+        .expect("floor scenario");
+    let floor_cells: BTreeMap<&str, Cell> = LOOPS
+        .iter()
+        .filter_map(|(op, _)| Some((*op, samples.cell(floor, op)?)))
+        .collect();
+    let mut widest: Option<(f64, String)> = None;
+    for scenario in SCENARIOS {
+        let line = scenario_row(
+            &samples,
+            scenario,
+            &floor_cells,
+            opts,
+            &mut problems,
+            &mut widest,
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    if let Some(ns) = samples.baseline_ns(&["base-c"], "open") {
+        let _ = writeln!(
+            out,
+            "(c) is relative to its own baseline: open+close of {DENIED}, {ns:.1} ns/op; \
+             every open failed with EPERM and sent an event (to /dev/null)"
+        );
+    }
+    if let Some((spread, what)) = widest {
+        let _ = writeln!(
+            out,
+            "widest spread of a ratio across rounds: {:.2}% ({what})",
+            100.0 * spread
+        );
+    }
+    for line in run.output.lines().filter(|l| l.contains("BENCH-ERROR")) {
+        problems.push(line.trim().to_string());
+    }
+    if !run.output.contains("BENCH-DONE") {
+        problems.push(if run.timed_out {
+            format!("the VM did not finish within {TIMEOUT:?}")
+        } else {
+            "the guest script did not finish (see the console)".to_string()
+        });
+    }
+    let _ = writeln!(
+        out,
+        "run took {:.0}s (boot {:.1}s); raw lines: {log}",
+        run.elapsed.as_secs_f64(),
+        run.boot_time.as_secs_f64()
+    );
+    for problem in &problems {
+        let _ = writeln!(out, "!! {problem}");
+    }
+    (out, problems.is_empty())
+}
+
+/// One scenario's line of the table: ratios, points above the floor, target.
+fn scenario_row(
+    samples: &Samples,
+    scenario: &Scenario,
+    floor: &BTreeMap<&str, Cell>,
+    opts: &FilesOptions,
+    problems: &mut Vec<String>,
+    widest: &mut Option<(f64, String)>,
+) -> String {
+    let name = scenario.label.trim();
+    let mut line = format!("{:<33}", scenario.label);
+    let mut points = Vec::new();
+    let mut complete = true;
+    for (op, _) in LOOPS {
+        if !scenario.loops.contains(op) {
+            let _ = write!(line, "{:>11}", "n/a");
+            continue;
+        }
+        let Some(cell) = samples.cell(scenario, op) else {
+            let _ = write!(line, "{:>11}", "-");
+            complete = false;
+            continue;
+        };
+        let _ = write!(line, "{:>11.3}", cell.ratio);
+        if cell.rounds != opts.rounds as usize {
+            problems.push(format!(
+                "{name} {op}: {} of {} rounds measured",
+                cell.rounds, opts.rounds
+            ));
+        }
+        if widest.as_ref().is_none_or(|(w, _)| cell.spread > *w) {
+            *widest = Some((cell.spread, format!("{name} {op}")));
+        }
+        if let Some(f) = floor.get(op).filter(|_| scenario.key != "f") {
+            points.push(100.0 * (cell.ratio - f.ratio));
+        }
+    }
+    if !complete {
+        problems.push(format!("{name}: measurements missing"));
+    }
+    check_errors(samples, scenario, problems);
+    if scenario.key == "f" || scenario.denied {
+        return line;
+    }
+    let shown: Vec<String> = points.iter().map(|p| format!("{p:+.1}")).collect();
+    let _ = write!(line, "   {:<30}", shown.join(" "));
+    if let Some(target) = scenario.target {
+        let worst = points.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let measured = complete && points.len() == scenario.loops.len();
+        let verdict = if measured && worst <= target {
+            "PASS"
+        } else {
+            "MISS"
+        };
+        let _ = write!(line, " <= {target:.1}  {verdict}");
+    }
+    line
+}
+
+/// Allowed scenarios must not fail; the denied one must fail every open with EPERM.
+fn check_errors(samples: &Samples, scenario: &Scenario, problems: &mut Vec<String>) {
+    for op in scenario.loops {
+        for s in samples.of(scenario.key, op) {
+            let wrong = if scenario.denied {
+                s.first_errno != libc::EPERM
+            } else {
+                s.failures > 0
+            };
+            if wrong {
+                problems.push(format!(
+                    "{} {op} round {}: {} failures, first errno {} (expected {})",
+                    scenario.label.trim(),
+                    s.round,
+                    s.failures,
+                    s.first_errno,
+                    if scenario.denied { "EPERM" } else { "none" }
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bench_lines_amid_console_noise() {
+        let s = parse_line(
+            "x BENCH round=2 scenario=b10k open ns_per_op=10.50 failures=3 first_errno=1",
+        )
+        .unwrap();
+        assert_eq!(s.round, 2);
+        assert_eq!(s.scenario, "b10k");
+        assert_eq!(s.op, "open");
+        assert!((s.ns_per_op - 10.5).abs() < 1e-9);
+        assert_eq!((s.failures, s.first_errno), (3, 1));
+        assert!(parse_line("BENCH-PHASE round 1 of 3").is_none());
+    }
+
+    #[test]
+    fn ratios_are_medians_of_same_round_ratios() {
+        let output = "BENCH round=1 scenario=base-f open ns_per_op=100 failures=0 first_errno=0\n\
+                      BENCH round=1 scenario=f open ns_per_op=102 failures=0 first_errno=0\n\
+                      BENCH round=2 scenario=base-f open ns_per_op=200 failures=0 first_errno=0\n\
+                      BENCH round=2 scenario=f open ns_per_op=206 failures=0 first_errno=0\n\
+                      BENCH round=3 scenario=base-f open ns_per_op=100 failures=0 first_errno=0\n\
+                      BENCH round=3 scenario=f open ns_per_op=104 failures=0 first_errno=0\n";
+        let samples = Samples::parse(output);
+        let cell = samples.cell(&SCENARIOS[0], "open").unwrap();
+        assert!((cell.ratio - 1.03).abs() < 1e-9, "{}", cell.ratio);
+        assert_eq!(cell.rounds, 3);
+    }
+}
