@@ -98,33 +98,7 @@ pub struct Enforcer {
 impl Enforcer {
     /// Checks the kernel, loads every program and attaches it.
     pub fn load() -> Result<Self, LoadError> {
-        kernel::check_bpf_lsm()?;
-        let btf = Btf::from_sys_fs()?;
-        let offsets = kernel::offsets(&btf)?;
-        raise_memlock_limit();
-        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
-        let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(PROGRAMS)?;
-
-        let mut missing_hooks = Vec::new();
-        for &(hook, required) in HOOKS {
-            if !required && !btf.has_function(&format!("bpf_lsm_{hook}")) {
-                missing_hooks.push(hook);
-                continue;
-            }
-            let program: &mut Lsm = ebpf
-                .program_mut(hook)
-                .ok_or(LoadError::Program { hook, source: ProgramError::NotLoaded })?
-                .try_into()
-                .map_err(|source| LoadError::Program { hook, source })?;
-            let started = std::time::Instant::now();
-            program.load(hook, &aya_btf).map_err(|source| classify(hook, source))?;
-            program.attach().map_err(|source| LoadError::Program { hook, source })?;
-            if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
-                let insns = program.info().ok().and_then(|i| i.verified_instruction_count());
-                eprintln!("enforcer: loaded {hook} in {:?}, verifier processed {insns:?} insns", started.elapsed());
-            }
-        }
-
+        let (mut ebpf, missing_hooks) = load_programs("")?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));
         let tagged = HashMap::try_from(take(TAGGED_MAP)?).map_err(map_err(TAGGED_MAP))?;
         let tag_filter = Array::try_from(take(TAG_FILTER_MAP)?).map_err(map_err(TAG_FILTER_MAP))?;
@@ -200,13 +174,19 @@ pub struct Floor {
 
 /// Loads and attaches the floor programs only (see [`Floor`]).
 pub fn load_floor() -> Result<Floor, LoadError> {
+    let (ebpf, missing_hooks) = load_programs("floor_")?;
+    Ok(Floor { _ebpf: ebpf, missing_hooks })
+}
+
+/// Checks the kernel, loads the object (every map is created) and loads and
+/// attaches the program `<prefix><hook>` for each hook this kernel has.
+/// Returns the object and the optional hooks the kernel lacks.
+fn load_programs(prefix: &str) -> Result<(Ebpf, Vec<&'static str>), LoadError> {
     kernel::check_bpf_lsm()?;
     let btf = Btf::from_sys_fs()?;
     let offsets = kernel::offsets(&btf)?;
     raise_memlock_limit();
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
-    // The same object as `Enforcer::load`: every map is created, but only the
-    // floor programs are loaded.
     let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(PROGRAMS)?;
     let mut missing_hooks = Vec::new();
     for &(hook, required) in HOOKS {
@@ -214,16 +194,20 @@ pub fn load_floor() -> Result<Floor, LoadError> {
             missing_hooks.push(hook);
             continue;
         }
-        let name = format!("floor_{hook}");
         let program: &mut Lsm = ebpf
-            .program_mut(&name)
+            .program_mut(&format!("{prefix}{hook}"))
             .ok_or(LoadError::Program { hook, source: ProgramError::NotLoaded })?
             .try_into()
             .map_err(|source| LoadError::Program { hook, source })?;
+        let started = std::time::Instant::now();
         program.load(hook, &aya_btf).map_err(|source| classify(hook, source))?;
         program.attach().map_err(|source| LoadError::Program { hook, source })?;
+        if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
+            let insns = program.info().ok().and_then(|i| i.verified_instruction_count());
+            eprintln!("enforcer: loaded {prefix}{hook} in {:?}, verifier processed {insns:?} insns", started.elapsed());
+        }
     }
-    Ok(Floor { _ebpf: ebpf, missing_hooks })
+    Ok((ebpf, missing_hooks))
 }
 
 /// Turns the kernel's refusal into a message that says what to do.

@@ -238,8 +238,13 @@ session_b1() {
     exec 3<&- 4<&-
 }
 
-# Warm up: the first seconds after boot run about 2x slow. Repeat the open loop until
-# two runs in a row agree within 0.5%, then run every loop once.
+# Same addresses in every run: where ASLR puts buffers changes the instructions a copy
+# takes (about 0.5% on the 64-byte loops).
+echo 0 > /proc/sys/kernel/randomize_va_space
+# Warm up: the first seconds after boot run about 2x slow (idle them away: with
+# sleep=off an idle guest costs no host time), then repeat the open loop until two runs
+# in a row agree within 0.5%, then run every loop once.
+sleep 5
 echo "BENCH-PHASE warm-up (cgroup controllers enabled at the root: '$(cat /sys/fs/cgroup/cgroup.subtree_control)')"
 prev=0 i=0
 while [ $i -lt 40 ]; do

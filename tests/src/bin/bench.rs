@@ -25,6 +25,11 @@ fn now_ns() -> u128 {
     u128::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u128::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
+/// A 64-byte buffer at a fixed alignment, so where ASLR puts the stack does
+/// not change how many instructions the kernel's copy takes.
+#[repr(C, align(64))]
+struct Aligned<T>(T);
+
 /// Failures of one loop: how many, and the errno of the first.
 #[derive(Default)]
 struct Failures {
@@ -70,7 +75,7 @@ fn main() {
     };
     let path = CString::new(path.as_str()).expect("path without NUL");
     let warmup = iterations / 10;
-    let mut buf = [0x61u8; 64];
+    let mut buf = Aligned([0x61u8; 64]);
     let mut failures = Failures::default();
     let mut timed = |op: &mut dyn FnMut() -> isize| {
         repeat(warmup, &mut Failures::default(), &mut *op);
@@ -90,17 +95,17 @@ fn main() {
         "write" => {
             let fd = open(&path, libc::O_WRONLY);
             // SAFETY: 64 bytes from a local buffer of that size.
-            timed(&mut || unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), 0) })
+            timed(&mut || unsafe { libc::pwrite(fd, buf.0.as_ptr().cast(), buf.0.len(), 0) })
         }
         "stat" => {
             // SAFETY: an all-zero `struct stat` is valid; stat writes into it.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            timed(&mut || unsafe { libc::stat(path.as_ptr(), &raw mut st) as isize })
+            let mut st: Aligned<libc::stat> = Aligned(unsafe { std::mem::zeroed() });
+            timed(&mut || unsafe { libc::stat(path.as_ptr(), &raw mut st.0) as isize })
         }
         "read" => {
             let fd = open(&path, libc::O_RDONLY);
             // SAFETY: at most 64 bytes into a local buffer of that size.
-            timed(&mut || unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) })
+            timed(&mut || unsafe { libc::pread(fd, buf.0.as_mut_ptr().cast(), buf.0.len(), 0) })
         }
         other => {
             eprintln!("enforcer-bench: unknown loop `{other}` (open, write, stat, read)");
