@@ -194,10 +194,13 @@ policy b10k 0 9999
 policy brd 9999 9999 /root/.aws
 enforcer policy check /tmp/policy-brd.toml || fail "policy brd"
 
-# loops.sh ROUND SCENARIO PATH LOOP...: one timed run per loop, one line each.
+# loops.sh ROUND SCENARIO PATH LOOP...: one timed run per loop, one line each. It idles
+# a second first (free with sleep=off), so work the kernel deferred after attaching or
+# detaching programs (RCU, workqueues) is done before the clock runs.
 cat > /tmp/loops.sh <<'EOF'
 r=$1 s=$2 p=$3
 shift 3
+sleep 1
 for l in "$@"; do
     if out=$(/bin/enforcer-bench $l $p $N); then
         echo "BENCH round=$r scenario=$s $out"
