@@ -38,8 +38,15 @@ pub struct KernelOffsets {
     pub task_struct_mm: u32,
     pub mm_struct_exe_file: u32,
     pub inode_i_mode: u32,
+    pub task_struct_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_level: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_parent: u32,
+    pub kernfs_node_id: u32,
+    pub dentry_d_sb: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 108);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for KernelOffsets {}

@@ -1,33 +1,77 @@
 //! Policy as the kernel sees it: tagged cgroups and inode-keyed tree roots.
 
-/// Tagged cgroups (cgroup id -> [`TagInfo`]).
-pub const TAGGED_MAP: &str = "TAGGED";
-pub const TAGGED_MAX: u32 = 4096;
-/// The cheap pre-filter every hook reads first (one-entry array).
-pub const TAG_FILTER_MAP: &str = "TAG_FILTER";
-/// File tree roots ([`FileRuleKey`] -> `FILE_*` flags).
-pub const FILE_RULES_MAP: &str = "FILE_RULES";
-pub const FILE_RULES_MAX: u32 = 65_536;
+/// Which cgroups are tagged, as one [`TagTable`] (an array-of-maps holding
+/// one single-entry array; see [`TagTable`]).
+pub const TAG_TABLES_MAP: &str = "TAG_TABLES";
+/// The programs' `.bss`: their [`TagFilter`], `TAG_FILTER`.
+pub const TAG_FILTER_MAP: &str = ".bss";
+/// File tree roots, as one [`FileTable`] (same shape).
+pub const FILE_TABLES_MAP: &str = "FILE_TABLES";
+
+/// Tagged cgroups at most (a [`TagTable`] stays at most a quarter full,
+/// where cuckoo placement practically never fails).
+pub const TAGGED_MAX: usize = TAG_SLOTS / 4;
+pub const TAG_SLOTS: usize = 1 << 14;
+/// Tree roots at most, over all policies (a [`FileTable`], 2 MiB, stays at
+/// most a quarter full).
+pub const FILE_RULES_MAX: usize = FILE_SLOTS / 4;
+pub const FILE_SLOTS: usize = 1 << 17;
+/// Deepest cgroup level that can be tagged (levels are bits of a u64).
+pub const MAX_TAG_LEVEL: u32 = 63;
+
+// Policy tables are cuckoo hash tables in plain array memory: every key
+// lives in one of its two home slots, so a lookup is two multiplies, two
+// shifts and two compares, with no loop for the verifier to walk, where a
+// BPF hash map costs a jhash, a bucket walk and a memcmp (about 180
+// instructions). The tables are never changed in place: userspace builds a
+// new one and swaps it into the array-of-maps, so the kernel's RCU hands each
+// program run one consistent table, old or new.
+
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+const SECOND: u64 = 0xC2B2_AE3D_27D4_EB4F;
+
+/// The two home slots of a hashed key in a table of `2^bits` slots.
+#[expect(clippy::cast_possible_truncation, reason = "the shift leaves `bits` bits")]
+const fn homes(hash: u64, bits: u32) -> [usize; 2] {
+    [(hash.wrapping_mul(GOLDEN) >> (64 - bits)) as usize, (hash.wrapping_mul(SECOND) >> (64 - bits)) as usize]
+}
+
+/// Home slots of a cgroup id in a [`TagTable`].
+#[must_use]
+pub const fn tag_homes(cgroup_id: u64, seed: u64) -> [usize; 2] {
+    homes(cgroup_id ^ seed, TAG_SLOTS.trailing_zeros())
+}
+
+/// The part of a file key's hash shared by one walk segment (one
+/// filesystem, one policy), computed once per mount rather than per level.
+#[must_use]
+pub const fn file_hash_base(dev: u32, policy_id: u16, seed: u64) -> u64 {
+    ((dev as u64) << 16 | policy_id as u64).wrapping_mul(SECOND).rotate_left(29) ^ seed
+}
+
+/// Home slots of an inode in a [`FileTable`], given [`file_hash_base`].
+#[must_use]
+pub const fn file_homes(ino: u64, base: u64) -> [usize; 2] {
+    homes(ino ^ base, FILE_SLOTS.trailing_zeros())
+}
 
 /// Bits in the tag pre-filter's bloom filter.
 pub const TAG_BLOOM_BITS: u64 = 1 << 16;
 pub const TAG_BLOOM_WORDS: usize = (TAG_BLOOM_BITS / 64) as usize;
-/// Deepest cgroup level that can be tagged (levels are bits of a u64).
-pub const MAX_TAG_LEVEL: u32 = 63;
 
-/// Where a cgroup id lands in the bloom filter (multiplicative hashing: one
-/// multiply and a shift, cheap enough for every hook of every process).
+/// Where a cgroup id lands in the bloom filter.
 #[must_use]
 pub const fn tag_bloom_bit(cgroup_id: u64) -> u64 {
-    cgroup_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 16)
+    cgroup_id.wrapping_mul(GOLDEN) >> (64 - TAG_BLOOM_BITS.trailing_zeros())
 }
 
-/// The pre-filter that keeps untagged processes nearly free: a mask of the
-/// cgroup levels at which tagged cgroups exist and a bloom filter of their
-/// ids. A process whose ancestors at those levels all miss the filter is not
-/// tagged, decided without a hash lookup.
+/// The pre-filter that keeps untagged processes nearly free, read as a
+/// global (no map lookup): the cgroup levels at which tagged cgroups exist,
+/// and a bloom filter of their ids. A process whose ancestors at those
+/// levels all miss the filter is not tagged, decided without the tag table.
+/// Userspace keeps it a superset of the current table while tables change.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TagFilter {
     /// Bit `n` set: some tagged cgroup sits at level `n`.
     pub levels: u64,
@@ -44,17 +88,61 @@ impl TagFilter {
         self.bloom[Self::word(bit)] |= 1 << (bit % 64);
     }
 
+    /// Everything either filter lets through.
     #[must_use]
-    pub fn may_contain(&self, cgroup_id: u64) -> bool {
-        let bit = tag_bloom_bit(cgroup_id);
-        self.bloom[Self::word(bit)] & (1 << (bit % 64)) != 0
+    pub fn union(&self, other: &Self) -> Self {
+        let mut union = *self;
+        union.levels |= other.levels;
+        for (word, other) in union.bloom.iter_mut().zip(other.bloom) {
+            *word |= other;
+        }
+        union
     }
 
     /// The word holding `bit`, masked so the bound is evident (no panic path
     /// in the BPF programs).
-    const fn word(bit: u64) -> usize {
+    #[must_use]
+    pub const fn word(bit: u64) -> usize {
         (bit / 64) as usize & (TAG_BLOOM_WORDS - 1)
     }
+}
+
+/// One tagged cgroup; `cgroup_id == 0` marks an empty slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TagSlot {
+    pub cgroup_id: u64,
+    pub tag: TagInfo,
+}
+const _: () = assert!(core::mem::size_of::<TagSlot>() == 16);
+
+/// Every tagged cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TagTable {
+    pub seed: u64,
+    pub slots: [TagSlot; TAG_SLOTS],
+}
+
+/// One tree root of one policy; an empty slot is all zero (policy ids start
+/// at 1, so it matches no key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileSlot {
+    pub ino: u64,
+    pub dev: u32,
+    pub policy_id: u16,
+    /// `FILE_*` bits.
+    pub flags: u16,
+}
+const _: () = assert!(core::mem::size_of::<FileSlot>() == 16);
+
+/// Every policy's tree roots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileTable {
+    pub seed: u64,
+    pub slots: [FileSlot; FILE_SLOTS],
 }
 
 /// `TagInfo::flags`: report but allow (policy `mode = "audit"`).
@@ -81,18 +169,17 @@ const _: () = assert!(core::mem::size_of::<TagInfo>() == 8);
 pub struct FileRuleKey {
     pub ino: u64,
     pub dev: u32,
-    pub policy_id: u32,
+    pub policy_id: u16,
 }
-const _: () = assert!(core::mem::size_of::<FileRuleKey>() == 16);
 
 /// Writing below this root is allowed.
-pub const FILE_WRITE: u32 = 1 << 0;
+pub const FILE_WRITE: u16 = 1 << 0;
 /// Nothing below this root may be read or written.
-pub const FILE_READ_DENY: u32 = 1 << 1;
+pub const FILE_READ_DENY: u16 = 1 << 1;
 
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::TagFilter {}
-    unsafe impl aya::Pod for super::TagInfo {}
-    unsafe impl aya::Pod for super::FileRuleKey {}
+    unsafe impl aya::Pod for super::TagTable {}
+    unsafe impl aya::Pod for super::FileTable {}
 }

@@ -13,28 +13,7 @@ use enforcer_common::KernelOffsets;
 /// Filled in by the loader (`EbpfLoader::override_global`) before load; the
 /// map is frozen, so the verifier sees every offset as a constant.
 #[unsafe(no_mangle)]
-pub static OFFSETS: KernelOffsets = KernelOffsets {
-    file_f_mode: 0,
-    file_f_flags: 0,
-    file_f_path: 0,
-    path_mnt: 0,
-    path_dentry: 0,
-    dentry_d_parent: 0,
-    dentry_d_inode: 0,
-    dentry_d_name_ptr: 0,
-    inode_i_ino: 0,
-    inode_i_sb: 0,
-    super_block_s_dev: 0,
-    mount_mnt: 0,
-    mount_mnt_parent: 0,
-    mount_mnt_mountpoint: 0,
-    vfsmount_mnt_root: 0,
-    iattr_ia_valid: 0,
-    inode_setattr_dentry_arg: 0,
-    task_struct_mm: 0,
-    mm_struct_exe_file: 0,
-    inode_i_mode: 0,
-};
+pub static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 
 /// One field offset, read from the map (not folded by the compiler) so the
 /// verifier sees the loader's constant.

@@ -62,7 +62,7 @@ struct Check {
 #[inline(always)]
 fn judge_check(tag: &TagInfo, check: Check) -> Option<Denial> {
     let question = Question {
-        policy_id: tag.policy_id,
+        policy_id: tag.policy_id as u16,
         write: check.kind == Kind::FileWrite,
         allow_self: check.allow_self,
         read_deny: tag.flags & TAG_READ_DENY != 0,
@@ -125,26 +125,35 @@ fn dentry_op(tag: &TagInfo, dentry: *const u8, op: Op) -> i32 {
 /// Character devices, FIFOs and sockets hold no file data: opening them for
 /// writing (`/dev/null`, a terminal, a pipe re-opened via `/dev/stdout`) is
 /// not a file write. Block devices are: they stay judged.
-#[inline(always)]
-fn open_file(file: *const u8, op: Op) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
+///
+/// Out of line: every open on the host runs `file_open`, and keeping the
+/// untagged answer in a small function keeps its prologue small.
+#[inline(never)]
+fn open_file(tag: &TagInfo, file: *const u8) -> i32 {
     let (mode, flags) = unsafe { (Direct::read::<u32>(file, off!(file_f_mode)), Direct::read::<u32>(file, off!(file_f_flags))) };
+    let read_deny = tag.flags & TAG_READ_DENY != 0;
+    let writes = mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0;
+    if !writes && !read_deny {
+        return 0;
+    }
     let path = file.wrapping_add(off!(file_f_path));
     let (dentry, vfsmount) = unsafe { (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt))) };
-    let inode = unsafe { Direct::ptr(dentry, off!(dentry_d_inode)) };
-    let file_type = u32::from(unsafe { Direct::read::<u16>(inode, off!(inode_i_mode)) }) & S_IFMT;
-    let holds_data = !matches!(file_type, S_IFCHR | S_IFIFO | S_IFSOCK);
-    let write = holds_data && (mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0);
-    if !write && tag.flags & TAG_READ_DENY == 0 {
+    let write = writes && {
+        let inode = unsafe { Direct::ptr(dentry, off!(dentry_d_inode)) };
+        let file_type = u32::from(unsafe { Direct::read::<u16>(inode, off!(inode_i_mode)) }) & S_IFMT;
+        !matches!(file_type, S_IFCHR | S_IFIFO | S_IFSOCK)
+    };
+    if !write && !read_deny {
         return 0;
     }
     let kind = if write { Kind::FileWrite } else { Kind::FileRead };
-    decide(&tag, Check { kind, op, allow_self: true, dentry, vfsmount })
+    decide(tag, Check { kind, op: Op::Open, allow_self: true, dentry, vfsmount })
 }
 
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
-    open_file(ctx.arg(0), Op::Open)
+    let Some(tag) = files_tag() else { return 0 };
+    open_file(&tag, ctx.arg(0))
 }
 
 /// Linux 6.2+: `ftruncate` (before, it reaches `path_truncate`).

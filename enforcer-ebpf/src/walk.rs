@@ -1,8 +1,10 @@
 //! Is a dentry below an allowed write tree, or below a `read_deny` tree?
 //!
-//! Tree roots are keyed by inode (device, inode number, policy) in a hash map,
-//! so a decision walks the dentry's ancestors and does one lookup per level:
-//! its cost follows the path's depth, never the number of rules. The walk
+//! Tree roots are keyed by inode (device, inode number, policy) in the file
+//! table (see `enforcer_common::policy::FileTable`), so a decision walks the
+//! dentry's ancestors and does one table probe per level: its cost follows
+//! the path's depth, never the number of rules. The device is read once per
+//! filesystem the walk passes through, the inode number once per level. The walk
 //! crosses mounts the way `d_path` does, so the answer is about the path the
 //! kernel resolved (symlinks, `..`, `/proc/self/fd` re-opens are already
 //! resolved by the time a hook sees the dentry). A path deeper than
@@ -13,21 +15,26 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{helpers::generated::bpf_loop, macros::map, maps::HashMap};
+use aya_ebpf::{
+    btf_maps::{Array, ArrayOfMaps},
+    helpers::generated::bpf_loop,
+    macros::btf_map,
+};
 use enforcer_common::{
     events::{MAX_PATH_DEPTH, Reason},
-    policy::{FILE_READ_DENY, FILE_RULES_MAX, FILE_WRITE, FileRuleKey},
+    policy::{FILE_READ_DENY, FILE_SLOTS, FILE_WRITE, FileSlot, FileTable, file_hash_base, file_homes},
 };
 
 use crate::kernel::{Direct, Probe, Read, mount_of, off, vfsmount_of};
 
-#[map]
-static FILE_RULES: HashMap<FileRuleKey, u32> = HashMap::with_max_entries(FILE_RULES_MAX, 0);
+/// Slot 0 holds the current table; userspace swaps in a new one per change.
+#[btf_map]
+static FILE_TABLES: ArrayOfMaps<Array<FileTable, 1>, 1> = ArrayOfMaps::new();
 
 /// What is being asked of the tree.
 #[derive(Clone, Copy)]
 pub struct Question {
-    pub policy_id: u32,
+    pub policy_id: u16,
     /// The operation writes: it needs a `write` tree above it.
     pub write: bool,
     /// A `write` root names the object itself (open, truncate, chmod...), not
@@ -47,11 +54,15 @@ const DENIED: u32 = 16; // + Reason
 /// The walk's state, shared with the `bpf_loop` step callbacks.
 #[repr(C)]
 struct Walk {
+    table: *const FileTable,
     dentry: *const u8,
     /// Root dentry of the mount being walked (null: no mount known).
     mnt_root: *const u8,
     /// The `struct mount` being walked (above-mount phase only).
     mount: *const u8,
+    /// The device of the filesystem being walked, and `file_hash_base` of it.
+    dev: u32,
+    hash_base: u64,
     question: Question,
     allowed: bool,
     verdict: u32,
@@ -73,10 +84,37 @@ impl Walk {
         self.decide(verdict)
     }
 
+    /// Starts a walk segment on the filesystem of the current dentry.
+    #[inline(always)]
+    fn enter_filesystem<R: Read>(&mut self) {
+        let dev = unsafe { R::read::<u32>(R::ptr(self.dentry, off!(dentry_d_sb)), off!(super_block_s_dev)) };
+        self.dev = dev;
+        self.hash_base = file_hash_base(dev, self.question.policy_id, unsafe { (*self.table).seed });
+    }
+
+    /// The rule flags of the current dentry's inode, if it is a tree root.
+    #[inline(always)]
+    unsafe fn rule<R: Read>(&self) -> Option<u16> {
+        let inode = unsafe { R::ptr(self.dentry, off!(dentry_d_inode)) };
+        if inode.is_null() {
+            return None; // a negative dentry (a name being created)
+        }
+        let ino = unsafe { R::read::<u64>(inode, off!(inode_i_ino)) };
+        let table = unsafe { &*self.table };
+        let holds = |slot: &FileSlot| slot.ino == ino && slot.dev == self.dev && slot.policy_id == self.question.policy_id;
+        let [first, second] = file_homes(ino, self.hash_base);
+        let slot = &table.slots[first & (FILE_SLOTS - 1)];
+        if holds(slot) {
+            return Some(slot.flags);
+        }
+        let slot = &table.slots[second & (FILE_SLOTS - 1)];
+        holds(slot).then_some(slot.flags)
+    }
+
     /// Judges the current dentry; `Some` ends the walk.
     #[inline(always)]
     fn check<R: Read>(&mut self, level: u32) -> Option<i64> {
-        let flags = unsafe { rule::<R>(self.dentry, self.question.policy_id) }?;
+        let flags = unsafe { self.rule::<R>() }?;
         if flags & FILE_READ_DENY != 0 {
             return Some(self.decide(Err(Reason::ReadDenied)));
         }
@@ -90,27 +128,18 @@ impl Walk {
     }
 }
 
-/// The rule flags of one dentry's inode, if its inode is a tree root.
-#[inline(always)]
-unsafe fn rule<R: Read>(dentry: *const u8, policy_id: u32) -> Option<u32> {
-    let inode = unsafe { R::ptr(dentry, off!(dentry_d_inode)) };
-    if inode.is_null() {
-        return None; // a negative dentry (a name being created)
-    }
-    let key = unsafe {
-        let sb = R::ptr(inode, off!(inode_i_sb));
-        FileRuleKey {
-            ino: R::read::<u64>(inode, off!(inode_i_ino)),
-            dev: R::read::<u32>(sb, off!(super_block_s_dev)),
-            policy_id,
-        }
-    };
-    unsafe { FILE_RULES.get(&key).copied() }
+/// Levels judged before the first `bpf_loop` (most walks end within them:
+/// the object and its directory), saving the loop's per-level call.
+const INLINE_LEVELS: u32 = 2;
+
+extern "C" fn step_in_mount(index: u32, ctx: *mut c_void) -> i64 {
+    in_mount(unsafe { &mut *ctx.cast::<Walk>() }, index + INLINE_LEVELS)
 }
 
-/// One level within the starting mount: BTF-typed loads.
-extern "C" fn step_in_mount(level: u32, ctx: *mut c_void) -> i64 {
-    let walk = unsafe { &mut *ctx.cast::<Walk>() };
+/// One level within the starting mount (BTF-typed loads); nonzero ends the
+/// walk.
+#[inline(always)]
+fn in_mount(walk: &mut Walk, level: u32) -> i64 {
     if let Some(stop) = walk.check::<Direct>(level) {
         return stop;
     }
@@ -145,6 +174,7 @@ extern "C" fn step_above_mount(_level: u32, ctx: *mut c_void) -> i64 {
         walk.dentry = unsafe { Probe::ptr(mount, off!(mount_mnt_mountpoint)) };
         walk.mount = parent_mount;
         walk.mnt_root = unsafe { Probe::ptr(vfsmount_of(parent_mount), off!(vfsmount_mnt_root)) };
+        walk.enter_filesystem::<Probe>();
     }
     // Above the start every level is a parent, so `write` roots count.
     if let Some(stop) = walk.check::<Probe>(1) {
@@ -166,23 +196,33 @@ extern "C" fn step_above_mount(_level: u32, ctx: *mut c_void) -> i64 {
 
 /// Judges `dentry`, reached through `vfsmount` (null when the hook gives no
 /// mount: the walk then ends at the root of the dentry's filesystem).
-#[inline(never)]
+/// Inlined: the verifier checks a static function once per call anyway, and
+/// the call would cost every judged syscall.
+#[inline(always)]
 pub fn judge(question: &Question, dentry: *const u8, vfsmount: *const u8) -> Result<(), Reason> {
+    // No table yet: nothing can be judged, so nothing is allowed.
+    let table: *const FileTable = FILE_TABLES.get_value(0, &0).ok_or(Reason::Unreadable)?;
     let mnt_root = if vfsmount.is_null() {
         core::ptr::null()
     } else {
         unsafe { Direct::ptr(vfsmount, off!(vfsmount_mnt_root)) }
     };
     let mut walk = Walk {
+        table,
         dentry,
         mnt_root,
         mount: core::ptr::null(),
+        dev: 0,
+        hash_base: 0,
         question: *question,
         allowed: !question.write,
         verdict: UNDECIDED,
     };
+    walk.enter_filesystem::<Direct>();
     let ctx = (&raw mut walk).cast::<c_void>();
-    unsafe { bpf_loop(MAX_PATH_DEPTH, step_in_mount as *mut c_void, ctx, 0) };
+    if in_mount(&mut walk, 0) == 0 && in_mount(&mut walk, 1) == 0 {
+        unsafe { bpf_loop(MAX_PATH_DEPTH - INLINE_LEVELS, step_in_mount as *mut c_void, ctx, 0) };
+    }
     if walk.verdict == AT_MOUNT_ROOT {
         walk.mount = mount_of(vfsmount);
         walk.verdict = UNDECIDED;

@@ -72,5 +72,15 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         task_struct_mm: btf.field_offset("task_struct", &["mm"])?,
         mm_struct_exe_file: btf.field_offset("mm_struct", &["exe_file"])?,
         inode_i_mode: btf.field_offset("inode", &["i_mode"])?,
+        task_struct_cgroups: btf.field_offset("task_struct", &["cgroups"])?,
+        css_set_dfl_cgrp: btf.field_offset("css_set", &["dfl_cgrp"])?,
+        cgroup_level: btf.field_offset("cgroup", &["level"])?,
+        cgroup_kn: btf.field_offset("cgroup", &["kn"])?,
+        // Renamed `__parent` in Linux 6.15 (it became RCU-protected).
+        kernfs_node_parent: btf
+            .field_offset("kernfs_node", &["parent"])
+            .or_else(|_| btf.field_offset("kernfs_node", &["__parent"]))?,
+        kernfs_node_id: btf.field_offset("kernfs_node", &["id"])?,
+        dentry_d_sb: btf.field_offset("dentry", &["d_sb"])?,
     })
 }

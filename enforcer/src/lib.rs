@@ -13,3 +13,5 @@ pub mod policy;
 pub mod rules;
 pub mod run;
 pub mod stream;
+pub mod table_map;
+pub mod tables;

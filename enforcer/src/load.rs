@@ -1,25 +1,28 @@
 //! Loading and attaching the BPF programs, and the maps userspace fills.
 //!
 //! One `Enforcer` holds the loaded programs for as long as it lives; policy
-//! and tags are map updates, so a long-running daemon can add and remove
-//! them without reloading anything.
+//! and tags are table swaps (see `tables`), so a long-running daemon can add
+//! and remove them without reloading anything.
 
 use std::collections::HashMap as StdHashMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    Pod,
+    maps::{Array, ArrayOfMaps, MapData, PerCpuArray, RingBuf},
     programs::{Lsm, ProgramError},
 };
 use enforcer_common::{
     events::{EVENTS_MAP, LOST_MAP},
-    policy::{FILE_RULES_MAP, FileRuleKey, MAX_TAG_LEVEL, TAG_FILTER_MAP, TAGGED_MAP, TagFilter, TagInfo},
+    policy::{FILE_TABLES_MAP, FileRuleKey, MAX_TAG_LEVEL, TAG_FILTER_MAP, TAG_TABLES_MAP, TagFilter, TagInfo},
 };
 
 use crate::{
     btf::Btf,
     cgroups::Cgroup,
     kernel::{self, KernelError},
+    table_map,
+    tables::{self, TableError},
 };
 
 /// The programs, built by `build.rs`.
@@ -66,8 +69,12 @@ pub enum LoadError {
     Verifier { hook: &'static str, errno: std::io::Error, log_tail: String },
     #[error("loading the BPF object failed: {0}")]
     Object(#[from] aya::EbpfError),
-    #[error("BPF map `{name}`: {source}")]
+    #[error("BPF map `{name}`: {}", chain(source))]
     Map { name: &'static str, source: aya::maps::MapError },
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error("cannot create a table map for `{name}`: {source}")]
+    TableMap { name: &'static str, source: std::io::Error },
     #[error("BPF map `{0}` is missing from the programs")]
     MissingMap(&'static str),
     #[error(
@@ -77,20 +84,39 @@ pub enum LoadError {
     TooDeep { name: String, level: u32 },
 }
 
+/// An error and its sources, `: `-separated (aya's say "`call` failed" and
+/// keep the errno in the source).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(error) = source {
+        text = format!("{text}: {error}");
+        source = error.source();
+    }
+    text
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
     move |source| LoadError::Map { name, source }
 }
 
+/// A table map: an array-of-maps whose slot 0 holds the current table.
+type Tables<T> = ArrayOfMaps<MapData, Array<MapData, T>>;
+
 /// Loaded and attached programs and their maps.
 pub struct Enforcer {
     _ebpf: Ebpf,
-    tagged: HashMap<MapData, u64, TagInfo>,
+    tag_tables: Tables<enforcer_common::policy::TagTable>,
+    /// The programs' `TAG_FILTER`, and what it holds.
     tag_filter: Array<MapData, TagFilter>,
-    file_rules: HashMap<MapData, FileRuleKey, u32>,
+    published_filter: TagFilter,
+    file_tables: Tables<enforcer_common::policy::FileTable>,
     lost: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
-    /// Tagged cgroup id -> level, to rebuild the pre-filter.
-    levels: StdHashMap<u64, u32>,
+    /// Tagged cgroup id -> (level, tag): what the tag table is built from.
+    tags: StdHashMap<u64, (u32, TagInfo)>,
+    /// Every loaded policy's tree roots: what the file table is built from.
+    file_rules: StdHashMap<FileRuleKey, u16>,
     /// Optional hooks this kernel does not have.
     pub missing_hooks: Vec<&'static str>,
 }
@@ -100,12 +126,28 @@ impl Enforcer {
     pub fn load() -> Result<Self, LoadError> {
         let (mut ebpf, missing_hooks) = load_programs("")?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));
-        let tagged = HashMap::try_from(take(TAGGED_MAP)?).map_err(map_err(TAGGED_MAP))?;
+        let tag_tables = ArrayOfMaps::try_from(take(TAG_TABLES_MAP)?).map_err(map_err(TAG_TABLES_MAP))?;
         let tag_filter = Array::try_from(take(TAG_FILTER_MAP)?).map_err(map_err(TAG_FILTER_MAP))?;
-        let file_rules = HashMap::try_from(take(FILE_RULES_MAP)?).map_err(map_err(FILE_RULES_MAP))?;
+        let file_tables = ArrayOfMaps::try_from(take(FILE_TABLES_MAP)?).map_err(map_err(FILE_TABLES_MAP))?;
         let lost = PerCpuArray::try_from(take(LOST_MAP)?).map_err(map_err(LOST_MAP))?;
         let events = Some(RingBuf::try_from(take(EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?);
-        Ok(Self { _ebpf: ebpf, tagged, tag_filter, file_rules, lost, events, levels: StdHashMap::new(), missing_hooks })
+        let mut enforcer = Self {
+            _ebpf: ebpf,
+            tag_tables,
+            tag_filter,
+            published_filter: TagFilter::EMPTY,
+            file_tables,
+            lost,
+            events,
+            tags: StdHashMap::new(),
+            file_rules: StdHashMap::new(),
+            missing_hooks,
+        };
+        // Until a file table is in place, tagged processes cannot be judged
+        // (and are denied); publish the empty ones now.
+        enforcer.publish_files()?;
+        enforcer.publish_tags()?;
+        Ok(enforcer)
     }
 
     /// The denial stream (taken once, by the event reader).
@@ -119,47 +161,69 @@ impl Enforcer {
         Ok(per_cpu.iter().sum())
     }
 
-    /// Installs file tree roots for `policy_id`.
-    pub fn add_file_rules(&mut self, rules: &[(FileRuleKey, u32)]) -> Result<(), LoadError> {
-        for (key, flags) in rules {
-            self.file_rules.insert(key, flags, 0).map_err(map_err(FILE_RULES_MAP))?;
-        }
-        Ok(())
+    /// Installs file tree roots (of a policy loaded before it is tagged).
+    pub fn add_file_rules(&mut self, rules: &[(FileRuleKey, u16)]) -> Result<(), LoadError> {
+        let before = self.file_rules.clone();
+        self.file_rules.extend(rules.iter().copied());
+        self.publish_files().inspect_err(|_| self.file_rules = before)
     }
 
-    pub fn remove_file_rules(&mut self, rules: &[(FileRuleKey, u32)]) -> Result<(), LoadError> {
+    pub fn remove_file_rules(&mut self, rules: &[(FileRuleKey, u16)]) -> Result<(), LoadError> {
         for (key, _) in rules {
-            self.file_rules.remove(key).map_err(map_err(FILE_RULES_MAP))?;
+            self.file_rules.remove(key);
         }
-        Ok(())
+        self.publish_files()
     }
 
     /// Tags `cgroup`: from now on it and all its descendants are judged by
-    /// `tag`. The entry goes in before the pre-filter bit, so a filter hit
-    /// always finds it.
+    /// `tag`.
     pub fn tag(&mut self, cgroup: &Cgroup, tag: TagInfo) -> Result<(), LoadError> {
         if cgroup.level > MAX_TAG_LEVEL {
             return Err(LoadError::TooDeep { name: cgroup.name.clone(), level: cgroup.level });
         }
-        self.tagged.insert(cgroup.id, tag, 0).map_err(map_err(TAGGED_MAP))?;
-        self.levels.insert(cgroup.id, cgroup.level);
-        self.write_filter()
+        let previous = self.tags.insert(cgroup.id, (cgroup.level, tag));
+        self.publish_tags().inspect_err(|_| match previous {
+            Some(previous) => _ = self.tags.insert(cgroup.id, previous),
+            None => _ = self.tags.remove(&cgroup.id),
+        })
     }
 
-    /// Untags `cgroup` (pre-filter first, then the entry).
     pub fn untag(&mut self, cgroup: &Cgroup) -> Result<(), LoadError> {
-        self.levels.remove(&cgroup.id);
-        self.write_filter()?;
-        self.tagged.remove(&cgroup.id).map_err(map_err(TAGGED_MAP))
+        self.tags.remove(&cgroup.id);
+        self.publish_tags()
     }
 
-    fn write_filter(&mut self) -> Result<(), LoadError> {
+    fn publish_tags(&mut self) -> Result<(), LoadError> {
+        let table = tables::tag_table(&self.tags)?;
         let mut filter = TagFilter::EMPTY;
-        for (&id, &level) in &self.levels {
+        for (&id, &(level, _)) in &self.tags {
             filter.insert(id, level);
         }
-        self.tag_filter.set(0, filter, 0).map_err(map_err(TAG_FILTER_MAP))
+        // A filter bit goes up before the table that needs it, and down only
+        // after the table without it: a task the table tags always passes.
+        self.set_filter(&self.published_filter.union(&filter))?;
+        publish(&mut self.tag_tables, TAG_TABLES_MAP, &*table)?;
+        self.set_filter(&filter)
     }
+
+    fn set_filter(&mut self, filter: &TagFilter) -> Result<(), LoadError> {
+        self.tag_filter.set(0, filter, 0).map_err(map_err(TAG_FILTER_MAP))?;
+        self.published_filter = *filter;
+        Ok(())
+    }
+
+    fn publish_files(&mut self) -> Result<(), LoadError> {
+        publish(&mut self.file_tables, FILE_TABLES_MAP, &*tables::file_table(&self.file_rules)?)
+    }
+}
+
+/// Puts `table` in a new map and swaps it into slot 0 of `tables`: programs
+/// running now finish with the old table (the kernel frees it after an RCU
+/// grace period), later runs see the new one. Never a half-written table.
+fn publish<T: Pod>(tables: &mut Tables<T>, name: &'static str, table: &T) -> Result<(), LoadError> {
+    let mut inner = table_map::create::<T>(name).map_err(|source| LoadError::TableMap { name, source })?;
+    inner.set(0, table, 0).map_err(map_err(name))?;
+    tables.set(0, &inner, 0).map_err(map_err(name))
 }
 
 /// The floor of any BPF LSM design, for benchmarks: an empty program

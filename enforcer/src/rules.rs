@@ -15,18 +15,18 @@ use crate::{
     policy::Files,
 };
 
-/// One policy's rules, ready for the `FILE_RULES` map.
+/// One policy's rules, ready for the file table.
 #[derive(Debug, Default)]
 pub struct FileRules {
-    pub entries: Vec<(FileRuleKey, u32)>,
+    pub entries: Vec<(FileRuleKey, u16)>,
     /// Trees named in the policy that do not exist now.
     pub missing: Vec<(PathBuf, &'static str)>,
 }
 
-pub fn resolve(files: &Files, policy_id: u32) -> Result<FileRules, MountError> {
+pub fn resolve(files: &Files, policy_id: u16) -> Result<FileRules, MountError> {
     let mounts = mounts::mount_table()?;
     let mut rules = FileRules::default();
-    let lists: [(&[PathBuf], u32, &'static str); 2] =
+    let lists: [(&[PathBuf], u16, &'static str); 2] =
         [(&files.write, FILE_WRITE, "write"), (&files.read_deny, FILE_READ_DENY, "read_deny")];
     for (paths, flag, key) in lists {
         for path in paths {

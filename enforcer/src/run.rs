@@ -53,7 +53,7 @@ impl RunError {
     }
 }
 
-const POLICY_ID: u32 = 1;
+const POLICY_ID: u16 = 1;
 
 fn tag_for(policy: &Policy) -> TagInfo {
     let mut flags = 0;
@@ -66,7 +66,7 @@ fn tag_for(policy: &Policy) -> TagInfo {
             flags |= TAG_READ_DENY;
         }
     }
-    TagInfo { policy_id: POLICY_ID, flags }
+    TagInfo { policy_id: u32::from(POLICY_ID), flags }
 }
 
 /// Runs the command under the policy; returns the command's exit code.
@@ -94,7 +94,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let mut names = Names::new(hierarchy);
     names.add_root(cgroup);
     let mut stream = EventStream::new(ring, sink, names).map_err(|e| RunError::Events { path: "ring buffer".into(), source: e })?;
-    stream.add_policy(POLICY_ID, &policy.name);
+    stream.add_policy(u32::from(POLICY_ID), &policy.name);
     enforcer.tag(cgroup, tag_for(&policy))?;
 
     let status = spawn_and_wait(&opts.command, cgroup, &mut stream, &enforcer).await;

@@ -1,0 +1,168 @@
+//! Builds the policy tables the programs look in: cuckoo hash tables in
+//! plain array memory (see `enforcer_common::policy::TagTable`), rebuilt
+//! whole on every change and swapped in by the loader.
+
+use std::collections::HashMap;
+
+use enforcer_common::policy::{
+    FILE_RULES_MAX, FILE_SLOTS, FileRuleKey, FileSlot, FileTable, TAG_SLOTS, TAGGED_MAX, TagInfo, TagSlot, TagTable,
+    file_hash_base, file_homes, tag_homes,
+};
+
+/// Seeds tried before giving up: at a quarter load, cuckoo placement fails
+/// for a seed with a probability of about one in the number of keys.
+const SEEDS: u64 = 16;
+/// Evictions tried for one key before the seed is given up.
+const MAX_KICKS: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("{count} tagged cgroups: the enforcer tags at most {TAGGED_MAX}; untag some first")]
+    TooManyTags { count: usize },
+    #[error(
+        "{count} file tree roots over all loaded policies: the enforcer holds at most {FILE_RULES_MAX}; \
+         unload policies or name fewer trees"
+    )]
+    TooManyFileRules { count: usize },
+    #[error("no seed placed every {what} in one of its two slots; please report this")]
+    Unplaceable { what: &'static str },
+}
+
+/// The tag table for `tags` (cgroup id -> (level, tag)).
+#[expect(clippy::implicit_hasher, reason = "the loader's maps use the default hasher")]
+pub fn tag_table(tags: &HashMap<u64, (u32, TagInfo)>) -> Result<Box<TagTable>, TableError> {
+    if tags.len() > TAGGED_MAX {
+        return Err(TableError::TooManyTags { count: tags.len() });
+    }
+    let mut table = zeroed::<TagTable>();
+    for seed in seeds() {
+        let homes: Vec<_> = tags.keys().map(|&id| tag_homes(id, seed)).collect();
+        let Some(positions) = place(&homes, TAG_SLOTS) else { continue };
+        table.seed = seed;
+        for ((&cgroup_id, &(_, tag)), position) in tags.iter().zip(positions) {
+            table.slots[position] = TagSlot { cgroup_id, tag };
+        }
+        return Ok(table);
+    }
+    Err(TableError::Unplaceable { what: "tagged cgroup" })
+}
+
+/// The file table for every loaded policy's tree roots (key -> `FILE_*`).
+#[expect(clippy::implicit_hasher, reason = "the loader's maps use the default hasher")]
+pub fn file_table(rules: &HashMap<FileRuleKey, u16>) -> Result<Box<FileTable>, TableError> {
+    if rules.len() > FILE_RULES_MAX {
+        return Err(TableError::TooManyFileRules { count: rules.len() });
+    }
+    let mut table = zeroed::<FileTable>();
+    for seed in seeds() {
+        let homes: Vec<_> =
+            rules.keys().map(|key| file_homes(key.ino, file_hash_base(key.dev, key.policy_id, seed))).collect();
+        let Some(positions) = place(&homes, FILE_SLOTS) else { continue };
+        table.seed = seed;
+        for ((key, &flags), position) in rules.iter().zip(positions) {
+            table.slots[position] = FileSlot { ino: key.ino, dev: key.dev, policy_id: key.policy_id, flags };
+        }
+        return Ok(table);
+    }
+    Err(TableError::Unplaceable { what: "file tree root" })
+}
+
+fn seeds() -> impl Iterator<Item = u64> {
+    (0..SEEDS).map(|i| i.wrapping_mul(0xD6E8_FEB8_6659_FD93))
+}
+
+/// Cuckoo placement: for each key (given its two home slots), the slot it
+/// gets, one of its homes; `None` if some key found no place within
+/// `MAX_KICKS` evictions.
+fn place(homes: &[[usize; 2]], size: usize) -> Option<Vec<usize>> {
+    let mut owner: Vec<Option<usize>> = vec![None; size];
+    for key in 0..homes.len() {
+        let (mut moving, mut slot) = (key, homes[key][0]);
+        let mut placed = false;
+        for _ in 0..MAX_KICKS {
+            if owner[slot].is_none() {
+                owner[slot] = Some(moving);
+                placed = true;
+                break;
+            }
+            let [first, second] = homes[moving];
+            if slot == first && owner[second].is_none() {
+                owner[second] = Some(moving);
+                placed = true;
+                break;
+            }
+            // Take the slot and send its owner to the owner's other home.
+            let evicted = owner[slot].replace(moving).expect("checked occupied");
+            let [a, b] = homes[evicted];
+            (moving, slot) = (evicted, if a == slot { b } else { a });
+        }
+        if !placed {
+            return None;
+        }
+    }
+    let mut positions = vec![0; homes.len()];
+    for (slot, key) in owner.iter().enumerate() {
+        if let Some(key) = key {
+            positions[*key] = slot;
+        }
+    }
+    Some(positions)
+}
+
+/// A table on the heap, all slots empty (all-zero is empty), without
+/// building megabytes on the stack first.
+#[expect(clippy::unnecessary_box_returns, reason = "megabytes: the point is not to have them on the stack")]
+fn zeroed<T>() -> Box<T> {
+    // SAFETY: the tables are plain integers, for which all-zero is valid.
+    unsafe { Box::<T>::new_zeroed().assume_init() }
+}
+
+#[cfg(test)]
+mod tests {
+    use enforcer_common::policy::FILE_WRITE;
+
+    use super::*;
+
+    /// What the programs do: look in the key's two home slots.
+    fn probe_file(table: &FileTable, key: FileRuleKey) -> Option<u16> {
+        let homes = file_homes(key.ino, file_hash_base(key.dev, key.policy_id, table.seed));
+        homes.iter().map(|&home| &table.slots[home]).find_map(|slot| {
+            (slot.ino == key.ino && slot.dev == key.dev && slot.policy_id == key.policy_id).then_some(slot.flags)
+        })
+    }
+
+    #[test]
+    fn a_full_file_table_finds_every_root_and_nothing_else() {
+        let rules: HashMap<FileRuleKey, u16> = (0..FILE_RULES_MAX as u64)
+            .map(|i| (FileRuleKey { ino: 1000 + i, dev: 0x80_0001, policy_id: (i % 3) as u16 + 1 }, FILE_WRITE))
+            .collect();
+        let table = file_table(&rules).expect("half load fits");
+        for key in rules.keys() {
+            assert_eq!(probe_file(&table, *key), Some(FILE_WRITE), "{key:?}");
+        }
+        let other_policy = FileRuleKey { ino: 1000, dev: 0x80_0001, policy_id: 9 };
+        assert_eq!(probe_file(&table, other_policy), None);
+        let other_dev = FileRuleKey { ino: 1000, dev: 0x80_0002, policy_id: 1 };
+        assert_eq!(probe_file(&table, other_dev), None);
+    }
+
+    #[test]
+    fn too_many_rules_is_an_error_that_says_the_limit() {
+        let rules: HashMap<FileRuleKey, u16> = (0..=FILE_RULES_MAX as u64)
+            .map(|i| (FileRuleKey { ino: i + 1, dev: 1, policy_id: 1 }, FILE_WRITE))
+            .collect();
+        let err = file_table(&rules).unwrap_err().to_string();
+        assert!(err.contains(&FILE_RULES_MAX.to_string()), "{err}");
+    }
+
+    #[test]
+    fn tag_table_finds_each_tag() {
+        let tags: HashMap<u64, (u32, TagInfo)> =
+            (1..=TAGGED_MAX as u64).map(|id| (id * 7, ((id % 5) as u32, TagInfo { policy_id: 1, flags: 2 }))).collect();
+        let table = tag_table(&tags).expect("half load fits");
+        for (&id, &(_, tag)) in &tags {
+            let found = tag_homes(id, table.seed).map(|home| table.slots[home]);
+            assert!(found.contains(&TagSlot { cgroup_id: id, tag }), "{id}");
+        }
+    }
+}
