@@ -88,6 +88,12 @@ impl TagFilter {
         self.bloom[Self::word(bit)] |= 1 << (bit % 64);
     }
 
+    #[must_use]
+    pub fn may_contain(&self, cgroup_id: u64) -> bool {
+        let bit = tag_bloom_bit(cgroup_id);
+        self.bloom[Self::word(bit)] & (1 << (bit % 64)) != 0
+    }
+
     /// Everything either filter lets through.
     #[must_use]
     pub fn union(&self, other: &Self) -> Self {
@@ -101,8 +107,7 @@ impl TagFilter {
 
     /// The word holding `bit`, masked so the bound is evident (no panic path
     /// in the BPF programs).
-    #[must_use]
-    pub const fn word(bit: u64) -> usize {
+    const fn word(bit: u64) -> usize {
         (bit / 64) as usize & (TAG_BLOOM_WORDS - 1)
     }
 }

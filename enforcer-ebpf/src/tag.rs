@@ -18,7 +18,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use enforcer_common::policy::{
-    MAX_TAG_LEVEL, TAG_SLOTS, TagFilter, TagInfo, TagTable, tag_bloom_bit, tag_homes,
+    MAX_TAG_LEVEL, TAG_SLOTS, TagFilter, TagInfo, TagTable, tag_homes,
 };
 
 use crate::kernel::{Direct, Read, off};
@@ -56,12 +56,8 @@ pub fn current_tag() -> Option<TagInfo> {
     let node = unsafe { Direct::ptr(cgroup, off!(cgroup_kn)) };
     // Most tagged tasks sit in the tagged cgroup itself, the deepest place a
     // tag can be: look there first, without the climb's calls.
-    let own = if level > MAX_TAG_LEVEL { 0 } else { 1u64 << level };
-    if levels & own != 0 {
-        if let Some(tag) = lookup(unsafe { Direct::read::<u64>(node, off!(kernfs_node_id)) }) {
-            return Some(tag);
-        }
-        levels &= !own;
+    if let Some(tag) = visit(&mut levels, level, node) {
+        return Some(tag);
     }
     if levels == 0 {
         return None;
@@ -96,17 +92,13 @@ fn climb(levels: u64, level: u32, node: *const u8) -> Option<TagInfo> {
 
 extern "C" fn climb_step(_: u32, ctx: *mut c_void) -> i64 {
     let climb = unsafe { &mut *ctx.cast::<Climb>() };
-    let bit = if climb.level > MAX_TAG_LEVEL { 0 } else { 1u64 << climb.level };
-    if climb.levels & bit != 0 {
-        if let Some(tag) = lookup(unsafe { Direct::read::<u64>(climb.node, off!(kernfs_node_id)) }) {
-            climb.found = true;
-            climb.tag = tag;
-            return 1;
-        }
-        climb.levels &= !bit;
-        if climb.levels == 0 {
-            return 1;
-        }
+    if let Some(tag) = visit(&mut climb.levels, climb.level, climb.node) {
+        climb.found = true;
+        climb.tag = tag;
+        return 1;
+    }
+    if climb.levels == 0 {
+        return 1;
     }
     climb.node = unsafe { Direct::ptr(climb.node, off!(kernfs_node_parent)) };
     if climb.node.is_null() {
@@ -116,14 +108,25 @@ extern "C" fn climb_step(_: u32, ctx: *mut c_void) -> i64 {
     0
 }
 
+/// One cgroup directory `node` at `level`: if the level is among `levels`,
+/// takes it out and looks the cgroup's tag up.
+#[inline(always)]
+fn visit(levels: &mut u64, level: u32, node: *const u8) -> Option<TagInfo> {
+    let bit = if level > MAX_TAG_LEVEL { 0 } else { 1u64 << level };
+    if *levels & bit == 0 {
+        return None;
+    }
+    *levels &= !bit;
+    lookup(unsafe { Direct::read::<u64>(node, off!(kernfs_node_id)) })
+}
+
 /// The tag of cgroup `id`: the bloom filter first, then the id's two home
 /// slots in the tag table.
 #[inline(always)]
 fn lookup(id: u64) -> Option<TagInfo> {
-    let bit = tag_bloom_bit(id);
-    let word = unsafe { core::ptr::read_volatile(&raw const TAG_FILTER.bloom[TagFilter::word(bit)]) };
-    if id == 0 || word & (1 << (bit % 64)) == 0 {
-        return None; // 0: no such cgroup (and 0 marks empty slots)
+    // 0: no such cgroup (and 0 marks empty slots).
+    if id == 0 || !unsafe { &*(&raw const TAG_FILTER) }.may_contain(id) {
+        return None;
     }
     let table = TAG_TABLES.get_value(0, &0)?;
     let [first, second] = tag_homes(id, table.seed);

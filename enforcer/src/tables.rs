@@ -34,17 +34,15 @@ pub fn tag_table(tags: &HashMap<u64, (u32, TagInfo)>) -> Result<Box<TagTable>, T
     if tags.len() > TAGGED_MAX {
         return Err(TableError::TooManyTags { count: tags.len() });
     }
+    let keys: Vec<_> = tags.iter().collect();
+    let homes = |seed| keys.iter().map(|&(&id, _)| tag_homes(id, seed)).collect();
+    let (seed, positions) = place_seeded(homes, TAG_SLOTS).ok_or(TableError::Unplaceable { what: "tagged cgroup" })?;
     let mut table = zeroed::<TagTable>();
-    for seed in seeds() {
-        let homes: Vec<_> = tags.keys().map(|&id| tag_homes(id, seed)).collect();
-        let Some(positions) = place(&homes, TAG_SLOTS) else { continue };
-        table.seed = seed;
-        for ((&cgroup_id, &(_, tag)), position) in tags.iter().zip(positions) {
-            table.slots[position] = TagSlot { cgroup_id, tag };
-        }
-        return Ok(table);
+    table.seed = seed;
+    for ((&cgroup_id, &(_, tag)), position) in keys.into_iter().zip(positions) {
+        table.slots[position] = TagSlot { cgroup_id, tag };
     }
-    Err(TableError::Unplaceable { what: "tagged cgroup" })
+    Ok(table)
 }
 
 /// The file table for every loaded policy's tree roots (key -> `FILE_*`).
@@ -53,22 +51,22 @@ pub fn file_table(rules: &HashMap<FileRuleKey, u16>) -> Result<Box<FileTable>, T
     if rules.len() > FILE_RULES_MAX {
         return Err(TableError::TooManyFileRules { count: rules.len() });
     }
+    let keys: Vec<_> = rules.iter().collect();
+    let homes = |seed| keys.iter().map(|(key, _)| file_homes(key.ino, file_hash_base(key.dev, key.policy_id, seed))).collect();
+    let (seed, positions) =
+        place_seeded(homes, FILE_SLOTS).ok_or(TableError::Unplaceable { what: "file tree root" })?;
     let mut table = zeroed::<FileTable>();
-    for seed in seeds() {
-        let homes: Vec<_> =
-            rules.keys().map(|key| file_homes(key.ino, file_hash_base(key.dev, key.policy_id, seed))).collect();
-        let Some(positions) = place(&homes, FILE_SLOTS) else { continue };
-        table.seed = seed;
-        for ((key, &flags), position) in rules.iter().zip(positions) {
-            table.slots[position] = FileSlot { ino: key.ino, dev: key.dev, policy_id: key.policy_id, flags };
-        }
-        return Ok(table);
+    table.seed = seed;
+    for ((key, &flags), position) in keys.into_iter().zip(positions) {
+        table.slots[position] = FileSlot { ino: key.ino, dev: key.dev, policy_id: key.policy_id, flags };
     }
-    Err(TableError::Unplaceable { what: "file tree root" })
+    Ok(table)
 }
 
-fn seeds() -> impl Iterator<Item = u64> {
-    (0..SEEDS).map(|i| i.wrapping_mul(0xD6E8_FEB8_6659_FD93))
+/// The first seed whose home slots (`homes(seed)`, one pair per key) place
+/// every key, and each key's slot.
+fn place_seeded(homes: impl Fn(u64) -> Vec<[usize; 2]>, size: usize) -> Option<(u64, Vec<usize>)> {
+    (0..SEEDS).map(|i| i.wrapping_mul(0xD6E8_FEB8_6659_FD93)).find_map(|seed| Some((seed, place(&homes(seed), size)?)))
 }
 
 /// Cuckoo placement: for each key (given its two home slots), the slot it
