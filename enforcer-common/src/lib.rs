@@ -9,14 +9,18 @@ pub mod events;
 pub mod policy;
 
 /// Kernel struct field offsets, read from the running kernel's BTF at load
-/// time and handed to the programs as a read-only global (Rust eBPF has no
-/// CO-RE relocations, and these offsets differ between kernels).
+/// time (Rust eBPF has no CO-RE relocations, and these offsets differ between
+/// kernels). The loader writes each into the load instructions that carry its
+/// [`field_load_mark`], and hands the whole struct to the programs as a
+/// read-only global for the reads that are not plain loads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
     pub file_f_mode: u32,
     pub file_f_flags: u32,
-    pub file_f_path: u32,
+    /// `f_path.dentry` and `f_path.mnt` inside `struct file`.
+    pub file_f_path_dentry: u32,
+    pub file_f_path_mnt: u32,
     pub path_mnt: u32,
     pub path_dentry: u32,
     pub dentry_d_parent: u32,
@@ -46,7 +50,36 @@ pub struct KernelOffsets {
     pub kernfs_node_id: u32,
     pub dentry_d_sb: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 108);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets::FIELDS);
+
+impl KernelOffsets {
+    /// Number of offsets (all `u32`).
+    pub const FIELDS: usize = 28;
+
+    /// The offset at `index` (`offset_of!(KernelOffsets, field) / 4`).
+    #[must_use]
+    pub fn get(&self, index: usize) -> Option<u32> {
+        // SAFETY: `repr(C)` and only `u32` fields (size checked above).
+        let all: &[u32; Self::FIELDS] = unsafe { &*(&raw const *self).cast() };
+        all.get(index).copied()
+    }
+}
+
+/// Load instructions of the programs that read a kernel field carry, instead
+/// of the field's offset, `-(FIELD_LOAD_MARK + index)`, where `index` is the
+/// field's position in `KernelOffsets`; the loader replaces it with the
+/// running kernel's offset (like a CO-RE field relocation). The range is far
+/// below any stack slot (at least -512) and any real negative offset.
+pub const FIELD_LOAD_MARK: i16 = 0x7000;
+
+/// The marked instruction offset of the `KernelOffsets` field at byte
+/// offset `byte_offset`.
+#[must_use]
+#[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "at most FIELDS (< 256)")]
+pub const fn field_load_mark(byte_offset: usize) -> i16 {
+    assert!(byte_offset / 4 < KernelOffsets::FIELDS, "not a KernelOffsets field");
+    -(FIELD_LOAD_MARK + (byte_offset / 4) as i16)
+}
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for KernelOffsets {}

@@ -73,17 +73,22 @@ pub const fn tag_bloom_bit(cgroup_id: u64) -> u64 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TagFilter {
+    /// The shallowest level with a tagged cgroup (`u32::MAX`: none): a task
+    /// above it is untagged, decided by one compare.
+    pub shallowest: u32,
+    pub pad: u32,
     /// Bit `n` set: some tagged cgroup sits at level `n`.
     pub levels: u64,
     pub bloom: [u64; TAG_BLOOM_WORDS],
 }
-const _: () = assert!(core::mem::size_of::<TagFilter>() == 8 + 8 * TAG_BLOOM_WORDS);
+const _: () = assert!(core::mem::size_of::<TagFilter>() == 16 + 8 * TAG_BLOOM_WORDS);
 
 impl TagFilter {
-    pub const EMPTY: Self = Self { levels: 0, bloom: [0; TAG_BLOOM_WORDS] };
+    pub const EMPTY: Self = Self { shallowest: u32::MAX, pad: 0, levels: 0, bloom: [0; TAG_BLOOM_WORDS] };
 
     pub fn insert(&mut self, cgroup_id: u64, level: u32) {
         let bit = tag_bloom_bit(cgroup_id);
+        self.shallowest = self.shallowest.min(level);
         self.levels |= 1 << level;
         self.bloom[Self::word(bit)] |= 1 << (bit % 64);
     }
@@ -98,6 +103,7 @@ impl TagFilter {
     #[must_use]
     pub fn union(&self, other: &Self) -> Self {
         let mut union = *self;
+        union.shallowest = union.shallowest.min(other.shallowest);
         union.levels |= other.levels;
         for (word, other) in union.bloom.iter_mut().zip(other.bloom) {
             *word |= other;
@@ -187,4 +193,23 @@ mod pod {
     unsafe impl aya::Pod for super::TagFilter {}
     unsafe impl aya::Pod for super::TagTable {}
     unsafe impl aya::Pod for super::FileTable {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TagFilter;
+
+    #[test]
+    fn the_filter_knows_the_shallowest_tagged_level() {
+        let mut deep = TagFilter::EMPTY;
+        assert_eq!(deep.shallowest, u32::MAX, "nothing tagged: every level is above it");
+        deep.insert(40, 3);
+        deep.insert(41, 5);
+        assert_eq!((deep.shallowest, deep.levels), (3, 1 << 3 | 1 << 5));
+        let mut shallow = TagFilter::EMPTY;
+        shallow.insert(7, 1);
+        let union = deep.union(&shallow);
+        assert_eq!((union.shallowest, union.levels), (1, 1 << 1 | 1 << 3 | 1 << 5));
+        assert!(union.may_contain(7) && union.may_contain(40) && union.may_contain(41));
+    }
 }

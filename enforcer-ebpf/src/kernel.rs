@@ -1,11 +1,13 @@
 //! Reading kernel structures at offsets taken from the running kernel's BTF.
 //!
-//! Two readers: `Direct` loads through pointers the verifier knows the BTF
-//! type of (hook arguments and what is reached from them field by field): a
-//! plain load, the cheap path used for every decision. `Probe` uses
-//! `bpf_probe_read_kernel` for pointers the verifier cannot type (reached
-//! through `container_of`, e.g. `struct mount`): slower, used only above a
-//! mount root and when writing a denial's path.
+//! Each field the programs read is a type implementing [`Field`]. Two
+//! readers: `Direct` loads through pointers the verifier knows the BTF type
+//! of (hook arguments and what is reached from them field by field) with one
+//! load instruction whose offset the loader writes in (see
+//! `enforcer_common::field_load_mark`): the cheap path used for every
+//! decision. `Probe` uses `bpf_probe_read_kernel` for pointers the verifier
+//! cannot type (reached through `container_of`, e.g. `struct mount`): slower,
+//! used only above a mount root and when writing a denial's path.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use enforcer_common::KernelOffsets;
@@ -16,7 +18,8 @@ use enforcer_common::KernelOffsets;
 pub static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 
 /// One field offset, read from the map (not folded by the compiler) so the
-/// verifier sees the loader's constant.
+/// verifier sees the loader's constant. For pointer arithmetic and `Probe`
+/// reads; plain loads use [`Field::load`].
 macro_rules! off {
     ($field:ident) => {
         $crate::kernel::read_offset(&raw const $crate::kernel::OFFSETS.$field)
@@ -30,13 +33,116 @@ pub fn read_offset(field: *const u32) -> usize {
 }
 pub(crate) use off;
 
+/// A kernel struct field.
+pub trait Field {
+    /// Its offset, from `OFFSETS`.
+    fn offset() -> usize;
+    /// One load at `base` whose offset the loader patched in. A fault reads
+    /// as zero (the JIT's exception table for BTF-typed loads).
+    unsafe fn load(base: *const u8) -> u64;
+    /// `bpf_probe_read_kernel` of the field; a fault reads as zero.
+    unsafe fn probe(base: *const u8) -> u64;
+}
+
+/// Declares field types: `Name: size = KernelOffsets entry`.
+macro_rules! fields {
+    ($($(#[$doc:meta])* $name:ident: $size:ident = $entry:ident;)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+
+        impl Field for $name {
+            #[inline(always)]
+            fn offset() -> usize {
+                off!($entry)
+            }
+
+            #[inline(always)]
+            unsafe fn load(base: *const u8) -> u64 {
+                let value: u64;
+                // SAFETY: a load through a BTF-typed pointer; the verifier
+                // checks the patched offset against the field's type.
+                unsafe {
+                    core::arch::asm!(
+                        concat!("{value} = *(", stringify!($size), " *)({base} - {mark})"),
+                        value = lateout(reg) value,
+                        base = in(reg) base,
+                        mark = const -(enforcer_common::field_load_mark(core::mem::offset_of!(KernelOffsets, $entry)) as i32),
+                        options(pure, readonly, nostack, preserves_flags),
+                    );
+                }
+                value
+            }
+
+            #[inline(always)]
+            unsafe fn probe(base: *const u8) -> u64 {
+                let value = unsafe { bpf_probe_read_kernel(base.wrapping_add(Self::offset()).cast::<$size>()) };
+                value.map_or(0, u64::from)
+            }
+        }
+    )*};
+}
+
+fields! {
+    /// `file->f_mode`
+    FileMode: u32 = file_f_mode;
+    /// `file->f_flags`
+    FileFlags: u32 = file_f_flags;
+    /// `file->f_path.dentry`
+    FileDentry: u64 = file_f_path_dentry;
+    /// `file->f_path.mnt`
+    FileMnt: u64 = file_f_path_mnt;
+    /// `path->mnt`
+    PathMnt: u64 = path_mnt;
+    /// `path->dentry`
+    PathDentry: u64 = path_dentry;
+    /// `dentry->d_parent`
+    DentryParent: u64 = dentry_d_parent;
+    /// `dentry->d_inode`
+    DentryInode: u64 = dentry_d_inode;
+    /// `dentry->d_name.name`
+    DentryName: u64 = dentry_d_name_ptr;
+    /// `dentry->d_sb`
+    DentrySb: u64 = dentry_d_sb;
+    /// `inode->i_ino`
+    InodeIno: u64 = inode_i_ino;
+    /// `inode->i_mode`
+    InodeMode: u16 = inode_i_mode;
+    /// `super_block->s_dev`
+    SuperBlockDev: u32 = super_block_s_dev;
+    /// `mount->mnt_parent`
+    MountParent: u64 = mount_mnt_parent;
+    /// `mount->mnt_mountpoint`
+    MountMountpoint: u64 = mount_mnt_mountpoint;
+    /// `vfsmount->mnt_root`
+    VfsmountRoot: u64 = vfsmount_mnt_root;
+    /// `iattr->ia_valid`
+    IattrValid: u32 = iattr_ia_valid;
+    /// `task->mm`
+    TaskMm: u64 = task_struct_mm;
+    /// `mm->exe_file`
+    MmExeFile: u64 = mm_struct_exe_file;
+    /// `task->cgroups`
+    TaskCgroups: u64 = task_struct_cgroups;
+    /// `css_set->dfl_cgrp`
+    CssSetDflCgrp: u64 = css_set_dfl_cgrp;
+    /// `cgroup->level`
+    CgroupLevel: u32 = cgroup_level;
+    /// `cgroup->kn`
+    CgroupKn: u64 = cgroup_kn;
+    /// `kernfs_node->parent`
+    KernfsParent: u64 = kernfs_node_parent;
+    /// `kernfs_node->id`
+    KernfsId: u64 = kernfs_node_id;
+}
+
 pub trait Read {
-    /// Reads a `T` at `base + offset`; a fault reads as zero.
-    unsafe fn read<T: Copy + Default>(base: *const u8, offset: usize) -> T;
+    /// Reads field `F` of the struct at `base`, zero-extended; a fault
+    /// reads as zero.
+    unsafe fn get<F: Field>(base: *const u8) -> u64;
 
     #[inline(always)]
-    unsafe fn ptr(base: *const u8, offset: usize) -> *const u8 {
-        unsafe { Self::read::<usize>(base, offset) as *const u8 }
+    unsafe fn ptr<F: Field>(base: *const u8) -> *const u8 {
+        unsafe { Self::get::<F>(base) as *const u8 }
     }
 }
 
@@ -45,16 +151,15 @@ pub struct Probe;
 
 impl Read for Direct {
     #[inline(always)]
-    unsafe fn read<T: Copy + Default>(base: *const u8, offset: usize) -> T {
-        // A BTF-typed load: the JIT turns a fault into zero.
-        unsafe { core::ptr::read_volatile(base.add(offset).cast::<T>()) }
+    unsafe fn get<F: Field>(base: *const u8) -> u64 {
+        unsafe { F::load(base) }
     }
 }
 
 impl Read for Probe {
     #[inline(always)]
-    unsafe fn read<T: Copy + Default>(base: *const u8, offset: usize) -> T {
-        unsafe { bpf_probe_read_kernel(base.wrapping_add(offset).cast::<T>()).unwrap_or_default() }
+    unsafe fn get<F: Field>(base: *const u8) -> u64 {
+        unsafe { F::probe(base) }
     }
 }
 

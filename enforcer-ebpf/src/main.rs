@@ -6,6 +6,7 @@
 //! `report::report`. Programs only ever return 0 or `-EPERM` (Linux 6.12
 //! rejects LSM programs that can return a positive value).
 #![no_std]
+#![feature(asm_experimental_arch)]
 #![no_main]
 #![expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "BPF code narrows kernel values on purpose")]
 
@@ -22,8 +23,9 @@ use enforcer_common::{
 };
 
 use crate::{
-    kernel::{Direct, Read, off},
+    kernel::{DentryInode, Direct, FileDentry, FileFlags, FileMnt, FileMode, IattrValid, InodeMode, PathDentry, PathMnt, Read, off},
     report::{Denial, report},
+    tag::Suspect,
     walk::{Question, judge},
 };
 
@@ -45,7 +47,12 @@ const ATTR_MTIME: u32 = 1 << 5;
 /// The tag of the current task, if its policy restricts files.
 #[inline(always)]
 fn files_tag() -> Option<TagInfo> {
-    tag::current_tag().filter(|tag| tag.flags & TAG_FILES != 0)
+    tag::current_tag().filter(restricts_files)
+}
+
+#[inline(always)]
+fn restricts_files(tag: &TagInfo) -> bool {
+    tag.flags & TAG_FILES != 0
 }
 
 /// One check: an operation on a dentry, reached through a mount (null when
@@ -93,7 +100,7 @@ fn decide(tag: &TagInfo, check: Check) -> i32 {
 fn entry_check(ctx: &LsmContext, dir_arg: usize, dentry_arg: usize, op: Op) -> Check {
     let dir: *const u8 = ctx.arg(dir_arg);
     let dentry: *const u8 = ctx.arg(dentry_arg);
-    let vfsmount = unsafe { Direct::ptr(dir, off!(path_mnt)) };
+    let vfsmount = unsafe { Direct::ptr::<PathMnt>(dir) };
     Check { kind: Kind::FileWrite, op, allow_self: false, dentry, vfsmount }
 }
 
@@ -109,7 +116,7 @@ fn entry_op(ctx: &LsmContext, dir_arg: usize, dentry_arg: usize, op: Op) -> i32 
 fn path_op(ctx: &LsmContext, path_arg: usize, op: Op) -> i32 {
     let Some(tag) = files_tag() else { return 0 };
     let path: *const u8 = ctx.arg(path_arg);
-    let (dentry, vfsmount) = unsafe { (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt))) };
+    let (dentry, vfsmount) = unsafe { (Direct::ptr::<PathDentry>(path), Direct::ptr::<PathMnt>(path)) };
     decide(&tag, Check { kind: Kind::FileWrite, op, allow_self: true, dentry, vfsmount })
 }
 
@@ -127,33 +134,34 @@ fn dentry_op(tag: &TagInfo, dentry: *const u8, op: Op) -> i32 {
 /// not a file write. Block devices are: they stay judged.
 ///
 /// Out of line: every open on the host runs `file_open`, and keeping the
-/// untagged answer in a small function keeps its prologue small.
+/// untagged answer (`tag::screen`) in a small function keeps its prologue
+/// small.
 #[inline(never)]
-fn open_file(tag: &TagInfo, file: *const u8) -> i32 {
-    let (mode, flags) = unsafe { (Direct::read::<u32>(file, off!(file_f_mode)), Direct::read::<u32>(file, off!(file_f_flags))) };
+fn open_file(suspect: Suspect, file: *const u8) -> i32 {
+    let Some(tag) = tag::tag_of(suspect).filter(restricts_files) else { return 0 };
+    let (mode, flags) = unsafe { (Direct::get::<FileMode>(file) as u32, Direct::get::<FileFlags>(file) as u32) };
     let read_deny = tag.flags & TAG_READ_DENY != 0;
     let writes = mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0;
     if !writes && !read_deny {
         return 0;
     }
-    let path = file.wrapping_add(off!(file_f_path));
-    let (dentry, vfsmount) = unsafe { (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt))) };
+    let (dentry, vfsmount) = unsafe { (Direct::ptr::<FileDentry>(file), Direct::ptr::<FileMnt>(file)) };
     let write = writes && {
-        let inode = unsafe { Direct::ptr(dentry, off!(dentry_d_inode)) };
-        let file_type = u32::from(unsafe { Direct::read::<u16>(inode, off!(inode_i_mode)) }) & S_IFMT;
+        let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
+        let file_type = unsafe { Direct::get::<InodeMode>(inode) } as u32 & S_IFMT;
         !matches!(file_type, S_IFCHR | S_IFIFO | S_IFSOCK)
     };
     if !write && !read_deny {
         return 0;
     }
     let kind = if write { Kind::FileWrite } else { Kind::FileRead };
-    decide(tag, Check { kind, op: Op::Open, allow_self: true, dentry, vfsmount })
+    decide(&tag, Check { kind, op: Op::Open, allow_self: true, dentry, vfsmount })
 }
 
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
-    open_file(&tag, ctx.arg(0))
+    let Some(suspect) = tag::screen() else { return 0 };
+    open_file(suspect, ctx.arg(0))
 }
 
 /// Linux 6.2+: `ftruncate` (before, it reaches `path_truncate`).
@@ -161,8 +169,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 pub fn file_truncate(ctx: LsmContext) -> i32 {
     let Some(tag) = files_tag() else { return 0 };
     let file: *const u8 = ctx.arg(0);
-    let path = file.wrapping_add(off!(file_f_path));
-    let (dentry, vfsmount) = unsafe { (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt))) };
+    let (dentry, vfsmount) = unsafe { (Direct::ptr::<FileDentry>(file), Direct::ptr::<FileMnt>(file)) };
     decide(&tag, Check { kind: Kind::FileWrite, op: Op::Truncate, allow_self: true, dentry, vfsmount })
 }
 
@@ -239,7 +246,7 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
     // computed context offset), then pick by this kernel's signature.
     let (arg0, arg1, arg2): (*const u8, *const u8, *const u8) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
     let (dentry, attr) = if off!(inode_setattr_dentry_arg) == 0 { (arg0, arg1) } else { (arg1, arg2) };
-    let valid = unsafe { Direct::read::<u32>(attr, off!(iattr_ia_valid)) };
+    let valid = unsafe { Direct::get::<IattrValid>(attr) } as u32;
     if valid & (ATTR_ATIME | ATTR_MTIME) == 0 || valid & (ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_SIZE) != 0 {
         return 0;
     }

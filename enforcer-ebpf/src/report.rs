@@ -19,7 +19,7 @@ use enforcer_common::{
     policy::TagInfo,
 };
 
-use crate::kernel::{Direct, Probe, Read, mount_of, off, vfsmount_of};
+use crate::kernel::{DentryName, DentryParent, Direct, FileDentry, FileMnt, MmExeFile, MountMountpoint, MountParent, Probe, Read, TaskMm, VfsmountRoot, mount_of, vfsmount_of};
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -125,16 +125,15 @@ fn current_exe() -> (*const u8, *const u8) {
     let null = (core::ptr::null(), core::ptr::null());
     let task = unsafe { bpf_get_current_task_btf() }.cast::<u8>().cast_const();
     unsafe {
-        let mm = Direct::ptr(task, off!(task_struct_mm));
+        let mm = Direct::ptr::<TaskMm>(task);
         if mm.is_null() {
             return null;
         }
-        let file = Direct::ptr(mm, off!(mm_struct_exe_file));
+        let file = Direct::ptr::<MmExeFile>(mm);
         if file.is_null() {
             return null;
         }
-        let path = file.wrapping_add(off!(file_f_path));
-        (Direct::ptr(path, off!(path_dentry)), Direct::ptr(path, off!(path_mnt)))
+        (Direct::ptr::<FileDentry>(file), Direct::ptr::<FileMnt>(file))
     }
 }
 
@@ -173,7 +172,7 @@ impl PathWriter {
             self.mnt_root = core::ptr::null();
         } else {
             self.mount = mount_of(vfsmount);
-            self.mnt_root = unsafe { Probe::ptr(vfsmount, off!(vfsmount_mnt_root)) };
+            self.mnt_root = unsafe { Probe::ptr::<VfsmountRoot>(vfsmount) };
         }
     }
 
@@ -212,16 +211,16 @@ extern "C" fn write_step(_level: u32, ctx: *mut c_void) -> i64 {
     let d = w.dentry;
     if !w.mount.is_null() && d == w.mnt_root {
         let mount = w.mount;
-        let parent_mount = unsafe { Probe::ptr(mount, off!(mount_mnt_parent)) };
+        let parent_mount = unsafe { Probe::ptr::<MountParent>(mount) };
         if parent_mount.is_null() || parent_mount == mount {
             return w.path_done(parent_mount.is_null(), cursor);
         }
-        w.dentry = unsafe { Probe::ptr(mount, off!(mount_mnt_mountpoint)) };
+        w.dentry = unsafe { Probe::ptr::<MountMountpoint>(mount) };
         w.mount = parent_mount;
-        w.mnt_root = unsafe { Probe::ptr(vfsmount_of(parent_mount), off!(vfsmount_mnt_root)) };
+        w.mnt_root = unsafe { Probe::ptr::<VfsmountRoot>(vfsmount_of(parent_mount)) };
         return 0;
     }
-    let parent = unsafe { Probe::ptr(d, off!(dentry_d_parent)) };
+    let parent = unsafe { Probe::ptr::<DentryParent>(d) };
     if parent.is_null() || parent == d {
         return w.path_done(parent.is_null(), cursor);
     }
@@ -230,7 +229,7 @@ extern "C" fn write_step(_level: u32, ctx: *mut c_void) -> i64 {
         return w.path_done(true, cursor);
     }
     w.dentry = parent;
-    let name = unsafe { Probe::ptr(d, off!(dentry_d_name_ptr)) };
+    let name = unsafe { Probe::ptr::<DentryName>(d) };
     // Re-read and mask: with the check above in view the compiler would drop
     // a mask of `len`, and older verifiers cannot bound the offset without it.
     let offset = unsafe { core::ptr::read_volatile(&raw const buf.cursor) } as usize & (PATH_BYTES - 1);

@@ -25,7 +25,7 @@ use enforcer_common::{
     policy::{FILE_READ_DENY, FILE_SLOTS, FILE_WRITE, FileSlot, FileTable, file_hash_base, file_homes},
 };
 
-use crate::kernel::{Direct, Probe, Read, mount_of, off, vfsmount_of};
+use crate::kernel::{DentryInode, DentryParent, DentrySb, Direct, InodeIno, MountMountpoint, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, mount_of, vfsmount_of};
 
 /// Slot 0 holds the current table; userspace swaps in a new one per change.
 #[btf_map]
@@ -52,13 +52,17 @@ const AT_MOUNT_ROOT: u32 = 2;
 const DENIED: u32 = 16; // + Reason
 
 /// The walk's state, shared with the `bpf_loop` step callbacks.
+///
+/// Fields that can both be null are kept apart: the compiler turns a run of
+/// zeroed fields into a `memset` call, a byte loop in BPF.
 #[repr(C)]
 struct Walk {
     table: *const FileTable,
-    dentry: *const u8,
     /// Root dentry of the mount being walked (null: no mount known).
     mnt_root: *const u8,
-    /// The `struct mount` being walked (above-mount phase only).
+    dentry: *const u8,
+    /// The `struct mount` being walked (above-mount phase; before it, the
+    /// starting `struct vfsmount`).
     mount: *const u8,
     /// The device of the filesystem being walked, and `file_hash_base` of it.
     dev: u32,
@@ -87,19 +91,17 @@ impl Walk {
     /// Starts a walk segment on the filesystem of the current dentry.
     #[inline(always)]
     fn enter_filesystem<R: Read>(&mut self) {
-        let dev = unsafe { R::read::<u32>(R::ptr(self.dentry, off!(dentry_d_sb)), off!(super_block_s_dev)) };
-        self.dev = dev;
-        self.hash_base = file_hash_base(dev, self.question.policy_id, unsafe { (*self.table).seed });
+        (self.dev, self.hash_base) = filesystem::<R>(self.dentry, self.question.policy_id, self.table);
     }
 
     /// The rule flags of the current dentry's inode, if it is a tree root.
     #[inline(always)]
     unsafe fn rule<R: Read>(&self) -> Option<u16> {
-        let inode = unsafe { R::ptr(self.dentry, off!(dentry_d_inode)) };
+        let inode = unsafe { R::ptr::<DentryInode>(self.dentry) };
         if inode.is_null() {
             return None; // a negative dentry (a name being created)
         }
-        let ino = unsafe { R::read::<u64>(inode, off!(inode_i_ino)) };
+        let ino = unsafe { R::get::<InodeIno>(inode) };
         let table = unsafe { &*self.table };
         let holds = |slot: &FileSlot| slot.ino == ino && slot.dev == self.dev && slot.policy_id == self.question.policy_id;
         let [first, second] = file_homes(ino, self.hash_base);
@@ -128,6 +130,13 @@ impl Walk {
     }
 }
 
+/// The device of `dentry`'s filesystem, and `file_hash_base` of it.
+#[inline(always)]
+fn filesystem<R: Read>(dentry: *const u8, policy_id: u16, table: *const FileTable) -> (u32, u64) {
+    let dev = unsafe { R::get::<SuperBlockDev>(R::ptr::<DentrySb>(dentry)) as u32 };
+    (dev, file_hash_base(dev, policy_id, unsafe { (*table).seed }))
+}
+
 /// Levels judged before the first `bpf_loop` (most walks end within them:
 /// the object and its directory), saving the loop's per-level call.
 const INLINE_LEVELS: u32 = 2;
@@ -148,7 +157,7 @@ fn in_mount(walk: &mut Walk, level: u32) -> i64 {
         walk.verdict = AT_MOUNT_ROOT;
         return 1;
     }
-    let parent = unsafe { Direct::ptr(d, off!(dentry_d_parent)) };
+    let parent = unsafe { Direct::ptr::<DentryParent>(d) };
     if parent.is_null() {
         return walk.decide(Err(Reason::Unreadable));
     }
@@ -164,16 +173,16 @@ extern "C" fn step_above_mount(_level: u32, ctx: *mut c_void) -> i64 {
     let walk = unsafe { &mut *ctx.cast::<Walk>() };
     if walk.dentry == walk.mnt_root {
         let mount = walk.mount;
-        let parent_mount = unsafe { Probe::ptr(mount, off!(mount_mnt_parent)) };
+        let parent_mount = unsafe { Probe::ptr::<MountParent>(mount) };
         if parent_mount.is_null() {
             return walk.decide(Err(Reason::Unreadable));
         }
         if parent_mount == mount {
             return walk.at_fs_root();
         }
-        walk.dentry = unsafe { Probe::ptr(mount, off!(mount_mnt_mountpoint)) };
+        walk.dentry = unsafe { Probe::ptr::<MountMountpoint>(mount) };
         walk.mount = parent_mount;
-        walk.mnt_root = unsafe { Probe::ptr(vfsmount_of(parent_mount), off!(vfsmount_mnt_root)) };
+        walk.mnt_root = unsafe { Probe::ptr::<VfsmountRoot>(vfsmount_of(parent_mount)) };
         walk.enter_filesystem::<Probe>();
     }
     // Above the start every level is a parent, so `write` roots count.
@@ -182,7 +191,7 @@ extern "C" fn step_above_mount(_level: u32, ctx: *mut c_void) -> i64 {
     }
     let d = walk.dentry;
     if d != walk.mnt_root {
-        let parent = unsafe { Probe::ptr(d, off!(dentry_d_parent)) };
+        let parent = unsafe { Probe::ptr::<DentryParent>(d) };
         if parent.is_null() {
             return walk.decide(Err(Reason::Unreadable));
         }
@@ -205,26 +214,26 @@ pub fn judge(question: &Question, dentry: *const u8, vfsmount: *const u8) -> Res
     let mnt_root = if vfsmount.is_null() {
         core::ptr::null()
     } else {
-        unsafe { Direct::ptr(vfsmount, off!(vfsmount_mnt_root)) }
+        unsafe { Direct::ptr::<VfsmountRoot>(vfsmount) }
     };
+    let (dev, hash_base) = filesystem::<Direct>(dentry, question.policy_id, table);
     let mut walk = Walk {
         table,
         dentry,
         mnt_root,
-        mount: core::ptr::null(),
-        dev: 0,
-        hash_base: 0,
+        mount: vfsmount, // its `struct mount` once the walk leaves it
+        dev,
+        hash_base,
         question: *question,
         allowed: !question.write,
         verdict: UNDECIDED,
     };
-    walk.enter_filesystem::<Direct>();
     let ctx = (&raw mut walk).cast::<c_void>();
     if in_mount(&mut walk, 0) == 0 && in_mount(&mut walk, 1) == 0 {
         unsafe { bpf_loop(MAX_PATH_DEPTH - INLINE_LEVELS, step_in_mount as *mut c_void, ctx, 0) };
     }
     if walk.verdict == AT_MOUNT_ROOT {
-        walk.mount = mount_of(vfsmount);
+        walk.mount = mount_of(walk.mount);
         walk.verdict = UNDECIDED;
         unsafe { bpf_loop(MAX_PATH_DEPTH, step_above_mount as *mut c_void, ctx, 0) };
     }

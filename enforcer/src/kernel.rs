@@ -54,7 +54,8 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     Ok(KernelOffsets {
         file_f_mode: btf.field_offset("file", &["f_mode"])?,
         file_f_flags: btf.field_offset("file", &["f_flags"])?,
-        file_f_path: btf.field_offset("file", &["f_path"])?,
+        file_f_path_dentry: btf.field_offset("file", &["f_path", "dentry"])?,
+        file_f_path_mnt: btf.field_offset("file", &["f_path", "mnt"])?,
         path_mnt: btf.field_offset("path", &["mnt"])?,
         path_dentry,
         dentry_d_parent: btf.field_offset("dentry", &["d_parent"])?,

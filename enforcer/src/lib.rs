@@ -6,6 +6,7 @@ pub mod btf;
 pub mod cgroups;
 pub mod cli;
 pub mod events;
+pub mod field_loads;
 pub mod kernel;
 pub mod load;
 pub mod mounts;

@@ -13,6 +13,7 @@ use aya::{
     programs::{Lsm, ProgramError},
 };
 use enforcer_common::{
+    KernelOffsets,
     events::{EVENTS_MAP, LOST_MAP},
     policy::{FILE_TABLES_MAP, FileRuleKey, MAX_TAG_LEVEL, TAG_FILTER_MAP, TAG_TABLES_MAP, TagFilter, TagInfo},
 };
@@ -21,12 +22,35 @@ use crate::{
     btf::Btf,
     cgroups::Cgroup,
     kernel::{self, KernelError},
-    table_map,
+    field_loads, table_map,
     tables::{self, TableError},
 };
 
 /// The programs, built by `build.rs`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
+
+/// A copy of the programs with this kernel's field offsets in their loads,
+/// in 8-byte aligned memory (the ELF reader needs aligned headers).
+struct Programs {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Programs {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` holds at least `len` initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast(), self.len) }
+    }
+}
+
+fn programs_for(offsets: &KernelOffsets) -> Result<Programs, field_loads::FieldLoadError> {
+    let mut words = vec![0u64; PROGRAMS.len().div_ceil(8)];
+    // SAFETY: `words` spans at least `PROGRAMS.len()` bytes.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), PROGRAMS.len()) };
+    bytes.copy_from_slice(PROGRAMS);
+    field_loads::patch(bytes, offsets)?;
+    Ok(Programs { words, len: PROGRAMS.len() })
+}
 
 /// Every hook, and whether the enforcer can work without it. Optional hooks
 /// appeared in later kernels, where they close paths older kernels send
@@ -73,6 +97,8 @@ pub enum LoadError {
     Map { name: &'static str, source: aya::maps::MapError },
     #[error(transparent)]
     Table(#[from] TableError),
+    #[error(transparent)]
+    FieldLoads(#[from] field_loads::FieldLoadError),
     #[error("cannot create a table map for `{name}`: {source}")]
     TableMap { name: &'static str, source: std::io::Error },
     #[error("BPF map `{0}` is missing from the programs")]
@@ -251,7 +277,8 @@ fn load_programs(prefix: &str) -> Result<(Ebpf, Vec<&'static str>), LoadError> {
     let offsets = kernel::offsets(&btf)?;
     raise_memlock_limit();
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
-    let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(PROGRAMS)?;
+    let programs = programs_for(&offsets)?;
+    let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(programs.bytes())?;
     let mut missing_hooks = Vec::new();
     for &(hook, required) in HOOKS {
         if !required && !btf.has_function(&format!("bpf_lsm_{hook}")) {
@@ -294,4 +321,40 @@ fn raise_memlock_limit() {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads the struct we pass.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
+}
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+
+    use super::PROGRAMS;
+
+    /// The compiler turns struct copies and zeroed runs into `memset` and
+    /// `memcpy` calls, which in BPF are byte loops (about five instructions a
+    /// byte): one on the open path once cost 1.1 points of the benchmark.
+    /// Only the denial writer (not on any allowed path) may call them.
+    #[test]
+    fn no_byte_loop_builtins_outside_the_denial_writer() {
+        let file = object::File::parse(PROGRAMS).unwrap();
+        let functions: Vec<_> = file.symbols().filter(|s| s.kind() == object::SymbolKind::Text).collect();
+        let mut offenders = Vec::new();
+        for section in file.sections().filter(|s| s.kind() == object::SectionKind::Text) {
+            for (offset, relocation) in section.relocations() {
+                let RelocationTarget::Symbol(index) = relocation.target() else { continue };
+                let target = file.symbol_by_index(index).unwrap().name().unwrap_or_default();
+                if !matches!(target, "memset" | "memcpy" | "memmove" | "memcmp" | "bcmp") {
+                    continue;
+                }
+                let caller = functions
+                    .iter()
+                    .filter(|f| f.section_index() == Some(section.index()) && f.address() <= offset)
+                    .max_by_key(|f| f.address())
+                    .map_or("?", |f| f.name().unwrap_or("?"));
+                if !caller.contains("report") {
+                    offenders.push(format!("{} calls {target} at {offset:#x} (in {caller})", section.name().unwrap_or("?")));
+                }
+            }
+        }
+        assert!(offenders.is_empty(), "byte-loop builtins on a hot path:\n{}", offenders.join("\n"));
+    }
 }
