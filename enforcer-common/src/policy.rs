@@ -1,12 +1,10 @@
 //! Policy as the kernel sees it: tagged cgroups and inode-keyed tree roots.
 
-/// Which cgroups are tagged, as one [`TagTable`] (an array-of-maps holding
-/// one single-entry array; see [`TagTable`]).
-pub const TAG_TABLES_MAP: &str = "TAG_TABLES";
+/// The policy tables, as one [`Tables`] (an array-of-maps holding one
+/// single-entry array).
+pub const TABLES_MAP: &str = "TABLES";
 /// The programs' `.bss`: their [`TagFilter`], `TAG_FILTER`.
 pub const TAG_FILTER_MAP: &str = ".bss";
-/// File tree roots, as one [`FileTable`] (same shape).
-pub const FILE_TABLES_MAP: &str = "FILE_TABLES";
 
 /// Tagged cgroups at most (a [`TagTable`] stays at most a quarter full,
 /// where cuckoo placement practically never fails).
@@ -16,7 +14,7 @@ pub const TAG_SLOTS: usize = 1 << 14;
 /// most a quarter full).
 pub const FILE_RULES_MAX: usize = FILE_SLOTS / 4;
 pub const FILE_SLOTS: usize = 1 << 17;
-/// Deepest cgroup level that can be tagged (levels are bits of a u64).
+/// Deepest cgroup level that can be tagged (see `TagFilter::levels`).
 pub const MAX_TAG_LEVEL: u32 = 63;
 
 // Policy tables are cuckoo hash tables in plain array memory: every key
@@ -77,20 +75,36 @@ pub struct TagFilter {
     /// above it is untagged, decided by one compare.
     pub shallowest: u32,
     pub pad: u32,
-    /// Bit `n` set: some tagged cgroup sits at level `n`.
-    pub levels: u64,
+    /// `levels[n] != 0`: some tagged cgroup sits at level `n` (bytes, not
+    /// bits: a byte load costs the screen less than a variable shift).
+    pub levels: [u8; MAX_TAG_LEVEL as usize + 1],
+    /// The same, as bits (bit `n`: level `n`), for the climb's loop: an
+    /// index into `levels` would make the 6.12 verifier walk the loop once
+    /// per possible level.
+    pub level_bits: u64,
     pub bloom: [u64; TAG_BLOOM_WORDS],
 }
-const _: () = assert!(core::mem::size_of::<TagFilter>() == 16 + 8 * TAG_BLOOM_WORDS);
+const _: () = assert!(core::mem::size_of::<TagFilter>() == 8 + 64 + 8 + 8 * TAG_BLOOM_WORDS);
 
 impl TagFilter {
-    pub const EMPTY: Self = Self { shallowest: u32::MAX, pad: 0, levels: 0, bloom: [0; TAG_BLOOM_WORDS] };
+    pub const EMPTY: Self =
+        Self { shallowest: u32::MAX, pad: 0, levels: [0; MAX_TAG_LEVEL as usize + 1], level_bits: 0, bloom: [0; TAG_BLOOM_WORDS] };
 
     pub fn insert(&mut self, cgroup_id: u64, level: u32) {
         let bit = tag_bloom_bit(cgroup_id);
         self.shallowest = self.shallowest.min(level);
-        self.levels |= 1 << level;
+        if let Some(tagged) = self.levels.get_mut(level as usize) {
+            *tagged = 1;
+            self.level_bits |= 1 << level;
+        }
         self.bloom[Self::word(bit)] |= 1 << (bit % 64);
+    }
+
+    /// Whether some tagged cgroup sits at `level` (the programs have their
+    /// own, verifier-proof, copy).
+    #[must_use]
+    pub fn tagged_at(&self, level: u64) -> bool {
+        usize::try_from(level).ok().and_then(|level| self.levels.get(level)).is_some_and(|&tagged| tagged != 0)
     }
 
     #[must_use]
@@ -104,7 +118,10 @@ impl TagFilter {
     pub fn union(&self, other: &Self) -> Self {
         let mut union = *self;
         union.shallowest = union.shallowest.min(other.shallowest);
-        union.levels |= other.levels;
+        for (tagged, other) in union.levels.iter_mut().zip(other.levels) {
+            *tagged |= other;
+        }
+        union.level_bits |= other.level_bits;
         for (word, other) in union.bloom.iter_mut().zip(other.bloom) {
             *word |= other;
         }
@@ -156,6 +173,16 @@ pub struct FileTable {
     pub slots: [FileSlot; FILE_SLOTS],
 }
 
+/// Every table the programs judge by, swapped as one: a tagged open finds
+/// its tag and its tree roots with one map lookup, and always from the same
+/// generation of the policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Tables {
+    pub tags: TagTable,
+    pub files: FileTable,
+}
+
 /// `TagInfo::flags`: report but allow (policy `mode = "audit"`).
 pub const TAG_AUDIT: u32 = 1 << 0;
 /// `TagInfo::flags`: the policy has a `[files]` section.
@@ -191,12 +218,14 @@ pub const FILE_READ_DENY: u16 = 1 << 1;
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::TagFilter {}
-    unsafe impl aya::Pod for super::TagTable {}
-    unsafe impl aya::Pod for super::FileTable {}
+    unsafe impl aya::Pod for super::Tables {}
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
     use super::TagFilter;
 
     #[test]
@@ -205,11 +234,13 @@ mod tests {
         assert_eq!(deep.shallowest, u32::MAX, "nothing tagged: every level is above it");
         deep.insert(40, 3);
         deep.insert(41, 5);
-        assert_eq!((deep.shallowest, deep.levels), (3, 1 << 3 | 1 << 5));
+        assert_eq!(deep.shallowest, 3);
+        assert_eq!((0..8).filter(|&l| deep.tagged_at(l)).collect::<Vec<_>>(), [3, 5]);
         let mut shallow = TagFilter::EMPTY;
         shallow.insert(7, 1);
         let union = deep.union(&shallow);
-        assert_eq!((union.shallowest, union.levels), (1, 1 << 1 | 1 << 3 | 1 << 5));
+        assert_eq!((union.shallowest, union.level_bits), (1, 1 << 1 | 1 << 3 | 1 << 5));
+        assert_eq!((0..70).filter(|&l| union.tagged_at(l)).collect::<Vec<_>>(), [1, 3, 5]);
         assert!(union.may_contain(7) && union.may_contain(40) && union.may_contain(41));
     }
 }

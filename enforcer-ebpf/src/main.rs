@@ -13,19 +13,20 @@
 mod floor;
 mod kernel;
 mod report;
+mod tables;
 mod tag;
 mod walk;
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use enforcer_common::{
     events::{Action, Kind, Op},
-    policy::{TAG_AUDIT, TAG_FILES, TAG_READ_DENY, TagInfo},
+    policy::{TAG_AUDIT, TAG_FILES, TAG_READ_DENY},
 };
 
 use crate::{
     kernel::{DentryInode, Direct, FileDentry, FileFlags, FileMnt, FileMode, IattrValid, InodeMode, PathDentry, PathMnt, Read, off},
     report::{Denial, report},
-    tag::Suspect,
+    tag::{Suspect, Tagged},
     walk::{Question, judge},
 };
 
@@ -46,13 +47,13 @@ const ATTR_MTIME: u32 = 1 << 5;
 
 /// The tag of the current task, if its policy restricts files.
 #[inline(always)]
-fn files_tag() -> Option<TagInfo> {
+fn files_tag() -> Option<Tagged> {
     tag::current_tag().filter(restricts_files)
 }
 
 #[inline(always)]
-fn restricts_files(tag: &TagInfo) -> bool {
-    tag.flags & TAG_FILES != 0
+fn restricts_files(tag: &Tagged) -> bool {
+    tag.info.flags & TAG_FILES != 0
 }
 
 /// One check: an operation on a dentry, reached through a mount (null when
@@ -67,30 +68,30 @@ struct Check {
 
 /// Judges a check; `Some` is a refusal to report.
 #[inline(always)]
-fn judge_check(tag: &TagInfo, check: Check) -> Option<Denial> {
+fn judge_check(tag: &Tagged, check: Check) -> Option<Denial> {
     let question = Question {
-        policy_id: tag.policy_id as u16,
+        policy_id: tag.info.policy_id as u16,
         write: check.kind == Kind::FileWrite,
         allow_self: check.allow_self,
-        read_deny: tag.flags & TAG_READ_DENY != 0,
+        read_deny: tag.info.flags & TAG_READ_DENY != 0,
     };
-    let reason = judge(&question, check.dentry, check.vfsmount).err()?;
+    let reason = judge(&question, tag.files, check.dentry, check.vfsmount).err()?;
     Some(Denial { kind: check.kind, op: check.op, reason, dentry: check.dentry, vfsmount: check.vfsmount })
 }
 
 /// Reports a refusal (one call site per program: the verifier checks the
 /// reporter once) and turns it into the hook's return value.
 #[inline(always)]
-fn enforce(tag: &TagInfo, denial: Option<Denial>) -> i32 {
+fn enforce(tag: &Tagged, denial: Option<Denial>) -> i32 {
     let Some(denial) = denial else { return 0 };
-    let audit = tag.flags & TAG_AUDIT != 0;
+    let audit = tag.info.flags & TAG_AUDIT != 0;
     let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EPERM) };
-    report(tag, &denial, action, errno as u32);
+    report(&tag.info, &denial, action, errno as u32);
     -errno
 }
 
 #[inline(always)]
-fn decide(tag: &TagInfo, check: Check) -> i32 {
+fn decide(tag: &Tagged, check: Check) -> i32 {
     enforce(tag, judge_check(tag, check))
 }
 
@@ -123,7 +124,7 @@ fn path_op(ctx: &LsmContext, path_arg: usize, op: Op) -> i32 {
 /// An operation on a bare dentry (xattrs, setattr): the hook gives no mount,
 /// so the walk ends at the root of the dentry's filesystem.
 #[inline(always)]
-fn dentry_op(tag: &TagInfo, dentry: *const u8, op: Op) -> i32 {
+fn dentry_op(tag: &Tagged, dentry: *const u8, op: Op) -> i32 {
     decide(tag, Check { kind: Kind::FileWrite, op, allow_self: true, dentry, vfsmount: core::ptr::null() })
 }
 
@@ -140,7 +141,7 @@ fn dentry_op(tag: &TagInfo, dentry: *const u8, op: Op) -> i32 {
 fn open_file(suspect: Suspect, file: *const u8) -> i32 {
     let Some(tag) = tag::tag_of(suspect).filter(restricts_files) else { return 0 };
     let (mode, flags) = unsafe { (Direct::get::<FileMode>(file) as u32, Direct::get::<FileFlags>(file) as u32) };
-    let read_deny = tag.flags & TAG_READ_DENY != 0;
+    let read_deny = tag.info.flags & TAG_READ_DENY != 0;
     let writes = mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0;
     if !writes && !read_deny {
         return 0;

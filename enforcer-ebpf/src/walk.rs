@@ -15,21 +15,13 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps},
-    helpers::generated::bpf_loop,
-    macros::btf_map,
-};
+use aya_ebpf::helpers::generated::bpf_loop;
 use enforcer_common::{
     events::{MAX_PATH_DEPTH, Reason},
     policy::{FILE_READ_DENY, FILE_SLOTS, FILE_WRITE, FileSlot, FileTable, file_hash_base, file_homes},
 };
 
 use crate::kernel::{DentryInode, DentryParent, DentrySb, Direct, InodeIno, MountMountpoint, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, mount_of, vfsmount_of};
-
-/// Slot 0 holds the current table; userspace swaps in a new one per change.
-#[btf_map]
-static FILE_TABLES: ArrayOfMaps<Array<FileTable, 1>, 1> = ArrayOfMaps::new();
 
 /// What is being asked of the tree.
 #[derive(Clone, Copy)]
@@ -204,13 +196,16 @@ extern "C" fn step_above_mount(_level: u32, ctx: *mut c_void) -> i64 {
 }
 
 /// Judges `dentry`, reached through `vfsmount` (null when the hook gives no
-/// mount: the walk then ends at the root of the dentry's filesystem).
+/// mount: the walk then ends at the root of the dentry's filesystem), by
+/// the file `table` of the tables the task's tag came from.
 /// Inlined: the verifier checks a static function once per call anyway, and
 /// the call would cost every judged syscall.
 #[inline(always)]
-pub fn judge(question: &Question, dentry: *const u8, vfsmount: *const u8) -> Result<(), Reason> {
-    // No table yet: nothing can be judged, so nothing is allowed.
-    let table: *const FileTable = FILE_TABLES.get_value(0, &0).ok_or(Reason::Unreadable)?;
+pub fn judge(question: &Question, table: *const FileTable, dentry: *const u8, vfsmount: *const u8) -> Result<(), Reason> {
+    // No table: nothing can be judged, so nothing is allowed.
+    if table.is_null() {
+        return Err(Reason::Unreadable);
+    }
     let mnt_root = if vfsmount.is_null() {
         core::ptr::null()
     } else {

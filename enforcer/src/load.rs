@@ -8,14 +8,13 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    Pod,
     maps::{Array, ArrayOfMaps, MapData, PerCpuArray, RingBuf},
     programs::{Lsm, ProgramError},
 };
 use enforcer_common::{
     KernelOffsets,
     events::{EVENTS_MAP, LOST_MAP},
-    policy::{FILE_TABLES_MAP, FileRuleKey, MAX_TAG_LEVEL, TAG_FILTER_MAP, TAG_TABLES_MAP, TagFilter, TagInfo},
+    policy::{FileRuleKey, FileTable, MAX_TAG_LEVEL, TABLES_MAP, TAG_FILTER_MAP, TagFilter, TagInfo, TagTable, Tables},
 };
 
 use crate::{
@@ -127,16 +126,18 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError 
 }
 
 /// A table map: an array-of-maps whose slot 0 holds the current table.
-type Tables<T> = ArrayOfMaps<MapData, Array<MapData, T>>;
+type TableMaps = ArrayOfMaps<MapData, Array<MapData, Tables>>;
 
 /// Loaded and attached programs and their maps.
 pub struct Enforcer {
     _ebpf: Ebpf,
-    tag_tables: Tables<enforcer_common::policy::TagTable>,
+    tables: TableMaps,
+    /// What the published tables hold.
+    tag_table: Box<TagTable>,
+    file_table: Box<FileTable>,
     /// The programs' `TAG_FILTER`, and what it holds.
     tag_filter: Array<MapData, TagFilter>,
     published_filter: TagFilter,
-    file_tables: Tables<enforcer_common::policy::FileTable>,
     lost: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     /// Tagged cgroup id -> (level, tag): what the tag table is built from.
@@ -152,27 +153,28 @@ impl Enforcer {
     pub fn load() -> Result<Self, LoadError> {
         let (mut ebpf, missing_hooks) = load_programs("")?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));
-        let tag_tables = ArrayOfMaps::try_from(take(TAG_TABLES_MAP)?).map_err(map_err(TAG_TABLES_MAP))?;
+        let tables = ArrayOfMaps::try_from(take(TABLES_MAP)?).map_err(map_err(TABLES_MAP))?;
         let tag_filter = Array::try_from(take(TAG_FILTER_MAP)?).map_err(map_err(TAG_FILTER_MAP))?;
-        let file_tables = ArrayOfMaps::try_from(take(FILE_TABLES_MAP)?).map_err(map_err(FILE_TABLES_MAP))?;
         let lost = PerCpuArray::try_from(take(LOST_MAP)?).map_err(map_err(LOST_MAP))?;
         let events = Some(RingBuf::try_from(take(EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?);
+        let tag_table = tables::tag_table(&StdHashMap::new())?;
+        let file_table = tables::file_table(&StdHashMap::new())?;
         let mut enforcer = Self {
             _ebpf: ebpf,
-            tag_tables,
+            tables,
+            tag_table,
+            file_table,
             tag_filter,
             published_filter: TagFilter::EMPTY,
-            file_tables,
             lost,
             events,
             tags: StdHashMap::new(),
             file_rules: StdHashMap::new(),
             missing_hooks,
         };
-        // Until a file table is in place, tagged processes cannot be judged
-        // (and are denied); publish the empty ones now.
-        enforcer.publish_files()?;
-        enforcer.publish_tags()?;
+        // Until tables are in place nothing is tagged; publish empty ones.
+        enforcer.publish(&tables::combine(&enforcer.tag_table, &enforcer.file_table))?;
+        enforcer.set_filter(&TagFilter::EMPTY)?;
         Ok(enforcer)
     }
 
@@ -228,7 +230,8 @@ impl Enforcer {
         // A filter bit goes up before the table that needs it, and down only
         // after the table without it: a task the table tags always passes.
         self.set_filter(&self.published_filter.union(&filter))?;
-        publish(&mut self.tag_tables, TAG_TABLES_MAP, &*table)?;
+        self.publish(&tables::combine(&table, &self.file_table))?;
+        self.tag_table = table;
         self.set_filter(&filter)
     }
 
@@ -239,17 +242,22 @@ impl Enforcer {
     }
 
     fn publish_files(&mut self) -> Result<(), LoadError> {
-        publish(&mut self.file_tables, FILE_TABLES_MAP, &*tables::file_table(&self.file_rules)?)
+        let table = tables::file_table(&self.file_rules)?;
+        self.publish(&tables::combine(&self.tag_table, &table))?;
+        self.file_table = table;
+        Ok(())
     }
-}
 
-/// Puts `table` in a new map and swaps it into slot 0 of `tables`: programs
-/// running now finish with the old table (the kernel frees it after an RCU
-/// grace period), later runs see the new one. Never a half-written table.
-fn publish<T: Pod>(tables: &mut Tables<T>, name: &'static str, table: &T) -> Result<(), LoadError> {
-    let mut inner = table_map::create::<T>(name).map_err(|source| LoadError::TableMap { name, source })?;
-    inner.set(0, table, 0).map_err(map_err(name))?;
-    tables.set(0, &inner, 0).map_err(map_err(name))
+    /// Puts `tables` in a new map and swaps it into slot 0 of the programs'
+    /// `TABLES`: programs running now finish with the old tables (the kernel
+    /// frees them after an RCU grace period), later runs see the new ones.
+    /// Never a half-written table.
+    fn publish(&mut self, tables: &Tables) -> Result<(), LoadError> {
+        let name = TABLES_MAP;
+        let mut inner = table_map::create::<Tables>(name).map_err(|source| LoadError::TableMap { name, source })?;
+        inner.set(0, tables, 0).map_err(map_err(name))?;
+        self.tables.set(0, &inner, 0).map_err(map_err(name))
+    }
 }
 
 /// The floor of any BPF LSM design, for benchmarks: an empty program

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use enforcer_common::policy::{
     FILE_RULES_MAX, FILE_SLOTS, FileRuleKey, FileSlot, FileTable, TAG_SLOTS, TAGGED_MAX, TagInfo, TagSlot, TagTable,
-    file_hash_base, file_homes, tag_homes,
+    Tables, file_hash_base, file_homes, tag_homes,
 };
 
 /// Seeds tried before giving up: at a quarter load, cuckoo placement fails
@@ -105,6 +105,18 @@ fn place(homes: &[[usize; 2]], size: usize) -> Option<Vec<usize>> {
         }
     }
     Some(positions)
+}
+
+/// The tables the programs get: `tags` and `files`, copied in the heap
+/// (slice copies: the 2 MiB file table never passes through the stack).
+#[must_use]
+pub fn combine(tags: &TagTable, files: &FileTable) -> Box<Tables> {
+    let mut tables = zeroed::<Tables>();
+    tables.tags.seed = tags.seed;
+    tables.tags.slots.copy_from_slice(&tags.slots);
+    tables.files.seed = files.seed;
+    tables.files.slots.copy_from_slice(&files.slots);
+    tables
 }
 
 /// A table on the heap, all slots empty (all-zero is empty), without

@@ -182,12 +182,14 @@ fn a_child_cgroup_created_after_tagging_is_enforced() {
     let step = format!("write:{target}");
     let mut child = sb.spawn(&["wait-stdin:".to_owned(), step.clone()]);
     let (pid, stdout) = wait_ready(&mut child);
-    // The test (untagged) creates a cgroup below the tagged one, after
-    // tagging, and moves the probe into it.
+    // The test (untagged) creates cgroups below the tagged one, after
+    // tagging, and moves the probe into the deepest: six levels down, past
+    // the levels the programs' screen looks at inline, so the tag is found
+    // by the climb's loop.
     let cgroup_rel = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let rel = cgroup_rel.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim().to_owned();
-    let new_cgroup = format!("/sys/fs/cgroup{rel}/late-child");
-    std::fs::create_dir(&new_cgroup).unwrap();
+    let new_cgroup = format!("/sys/fs/cgroup{rel}/late-child/a/b/c/d/e");
+    std::fs::create_dir_all(&new_cgroup).unwrap();
     std::fs::write(format!("{new_cgroup}/cgroup.procs"), pid.to_string()).unwrap();
     // Untagged processes stay unaffected meanwhile.
     let untagged = sb.outside_file("untagged-write");
@@ -199,7 +201,7 @@ fn a_child_cgroup_created_after_tagging_is_enforced() {
     assert!(rest.contains(&format!("{{\"errno\":{EPERM},\"step\":\"{step}\"}}")), "{rest}\n{out:#?}");
     let events = out.events_for(&target);
     assert_eq!(events.len(), 1, "{out:#?}");
-    assert!(events[0]["cgroup"].as_str().unwrap().ends_with("/late-child"), "{}", events[0]);
+    assert!(events[0]["cgroup"].as_str().unwrap().ends_with("/late-child/a/b/c/d/e"), "{}", events[0]);
     assert!(out.events_for(&untagged).is_empty());
     assert!(!std::path::Path::new(&target).exists());
 }

@@ -10,8 +10,8 @@
 //!
 //! Scenarios: (f) empty BPF LSM programs on the enforcer's hooks (`enforcer
 //! bench-floor`); (a) enforcer loaded with another cgroup tagged, bench untagged, in the
-//! root cgroup and in a cgroup as deep as the tagged one (there the pre-filter costs a
-//! helper call and a bloom-filter test); (b) bench tagged, operations allowed, 1 / 100 /
+//! root cgroup, in a cgroup as deep as the tagged one and one level deeper (there the
+//! screen tests the cgroup or its parent against the bloom filter); (b) bench tagged, operations allowed, 1 / 100 /
 //! 10 000 `files.write` rules; (b') 1 write rule plus a `read_deny` tree elsewhere (every
 //! open walks to the root); (c) tagged, open for write denied (EPERM and an event each
 //! time, events to /dev/null). (a), (b) with one rule and (c) share one `enforcer run`:
@@ -117,6 +117,14 @@ const SCENARIOS: &[Scenario] = &[
         denied: false,
     },
     Scenario {
+        key: "a3",
+        label: "(a)  untagged, level-3 cgroup",
+        baseline: "base-a3",
+        loops: ALL,
+        target: Some(0.5),
+        denied: false,
+    },
+    Scenario {
         key: "b1",
         label: "(b)  tagged, 1 write rule",
         baseline: "base-b1",
@@ -217,11 +225,14 @@ sh /tmp/loops.sh $1 b1 $FILE $LOOPS
 sh /tmp/loops.sh $1 c $DENIED open
 EOF
 
-# in_cgroup SCRIPT ARGS...: runs a script in /bench/untagged, a cgroup at the depth of
-# the tagged one (/enforcer/run-PID), as a service would be.
-mkdir -p /sys/fs/cgroup/bench/untagged
+# in_cgroup DIR SCRIPT ARGS...: runs a script in cgroup /bench/DIR: `untagged` is at the
+# depth of the tagged one (/enforcer/run-PID), as a service would be (system.slice/x);
+# `untagged/deeper` one below, as a login session would be (user.slice/user-0/session-1).
+mkdir -p /sys/fs/cgroup/bench/untagged/deeper
 in_cgroup() {
-    sh -c 'echo $$ > /sys/fs/cgroup/bench/untagged/cgroup.procs && exec sh "$@"' sh "$@"
+    dir=$1
+    shift
+    sh -c 'echo $$ > /sys/fs/cgroup/bench/'$dir'/cgroup.procs && exec sh "$@"' sh "$@"
 }
 
 session_b1() {
@@ -232,7 +243,8 @@ session_b1() {
     pid=$!
     if read -t 300 x <&3; then
         sh /tmp/loops.sh $1 a $FILE $LOOPS
-        in_cgroup /tmp/loops.sh $1 a2 $FILE $LOOPS
+        in_cgroup untagged /tmp/loops.sh $1 a2 $FILE $LOOPS
+        in_cgroup untagged/deeper /tmp/loops.sh $1 a3 $FILE $LOOPS
     else
         fail "round=$1: the tagged shell of (a), (b) 1 rule, (c) never started"
     fi
@@ -265,7 +277,8 @@ while [ $r -le $ROUNDS ]; do
     sh /tmp/loops.sh $r base-f $FILE $LOOPS
     enforcer bench-floor -- sh /tmp/loops.sh $r f $FILE $LOOPS || fail "round=$r: enforcer bench-floor exited $?"
     sh /tmp/loops.sh $r base-b1 $FILE $LOOPS
-    in_cgroup /tmp/loops.sh $r base-a2 $FILE $LOOPS
+    in_cgroup untagged /tmp/loops.sh $r base-a2 $FILE $LOOPS
+    in_cgroup untagged/deeper /tmp/loops.sh $r base-a3 $FILE $LOOPS
     sh /tmp/loops.sh $r base-c $DENIED open
     session_b1 $r
     for p in b100 b10k brd; do
