@@ -5,8 +5,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel_str},
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        generated::{self as helper, bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel_str},
     },
     macros::map,
     maps::{PerCpuArray, RingBuf},
@@ -94,23 +94,28 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
     }
     let path_len = if writer.phase == 0 { total } else { writer.path_len };
     let pid_tgid = bpf_get_current_pid_tgid();
-    buf.header = EventHeader {
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        policy_id: tag.policy_id,
-        errno,
-        path_len: path_len as u16,
-        exe_len: total.wrapping_sub(path_len) as u16,
-        kind: denial.kind as u8,
-        op: denial.op as u8,
-        action: action as u8,
-        reason: denial.reason as u8,
-        flags: truncated | if denial.vfsmount.is_null() { EVENT_PATH_FROM_FS_ROOT } else { 0 },
-        pad: [0; 7],
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    };
+    // Field by field: a zeroed run in a struct literal (the padding, the
+    // name before the helper fills it) compiles to a `memset` call, a byte
+    // loop in BPF.
+    let header = &mut buf.header;
+    // Straight into the event (aya's wrapper zeroes a copy on the stack).
+    unsafe { helper::bpf_get_current_comm((&raw mut header.comm).cast(), size_of::<[u8; 16]>() as u32) };
+    header.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    header.pid = pid_tgid as u32;
+    header.tgid = (pid_tgid >> 32) as u32;
+    header.policy_id = tag.policy_id;
+    header.errno = errno;
+    header.path_len = path_len as u16;
+    header.exe_len = total.wrapping_sub(path_len) as u16;
+    header.kind = denial.kind as u8;
+    header.op = denial.op as u8;
+    header.action = action as u8;
+    header.reason = denial.reason as u8;
+    let flags = truncated | if denial.vfsmount.is_null() { EVENT_PATH_FROM_FS_ROOT } else { 0 };
+    // `flags` and the padding after it, in one aligned store.
+    const { assert!(core::mem::offset_of!(EventHeader, flags) % 8 == 0 && core::mem::offset_of!(EventHeader, comm) == core::mem::offset_of!(EventHeader, flags) + 8) };
+    unsafe { (&raw mut header.flags).cast::<u64>().write(u64::from(flags)) };
     let len = EVENT_HEADER_BYTES + (total as usize).min(PATH_BYTES + NAME_BYTES);
     let bytes = unsafe { core::slice::from_raw_parts((buf as *const EventBuf).cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
@@ -141,12 +146,15 @@ fn current_exe() -> (*const u8, *const u8) {
 /// executable's (phase 1), then is done (phase 2). It lives in map memory,
 /// which the verifier does not track, so the `bpf_loop` step below is
 /// verified in one pass instead of once per combination of values.
+///
+/// `mount` and `mnt_root`, often both null, are kept apart: the compiler turns
+/// a run of zeroed fields into a `memset` call, a byte loop in BPF.
 #[repr(C)]
 struct PathWriter {
     dentry: *const u8,
     mount: *const u8,
-    mnt_root: *const u8,
     exe_dentry: *const u8,
+    mnt_root: *const u8,
     exe_vfsmount: *const u8,
     phase: u32,
     /// `EVENT_*_TRUNCATED` flags.
