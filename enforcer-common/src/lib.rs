@@ -28,7 +28,6 @@ pub struct KernelOffsets {
     /// Offset of `d_name.name` (the `qstr` name pointer) inside `struct dentry`.
     pub dentry_d_name_ptr: u32,
     pub inode_i_ino: u32,
-    pub inode_i_sb: u32,
     pub super_block_s_dev: u32,
     /// Offset of the embedded `struct vfsmount mnt` inside `struct mount`.
     pub mount_mnt: u32,
@@ -54,7 +53,7 @@ const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets
 
 impl KernelOffsets {
     /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 28;
+    pub const FIELDS: usize = 27;
 
     /// The offset at `index` (`offset_of!(KernelOffsets, field) / 4`).
     #[must_use]

@@ -163,6 +163,12 @@ impl Read for Probe {
     }
 }
 
+/// `file->f_path`: its dentry and mount.
+#[inline(always)]
+pub fn file_path(file: *const u8) -> (*const u8, *const u8) {
+    unsafe { (Direct::ptr::<FileDentry>(file), Direct::ptr::<FileMnt>(file)) }
+}
+
 /// `container_of(vfsmount, struct mount, mnt)`.
 #[inline(always)]
 pub fn mount_of(vfsmount: *const u8) -> *const u8 {

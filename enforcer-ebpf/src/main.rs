@@ -24,7 +24,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    kernel::{DentryInode, Direct, FileDentry, FileFlags, FileMnt, FileMode, IattrValid, InodeMode, PathDentry, PathMnt, Read, off},
+    kernel::{DentryInode, Direct, FileFlags, FileMode, IattrValid, InodeMode, PathDentry, PathMnt, Read, file_path, off},
     report::{Denial, report},
     tag::{Suspect, Tagged},
     walk::{Question, judge},
@@ -146,7 +146,7 @@ fn open_file(suspect: Suspect, file: *const u8) -> i32 {
     if !writes && !read_deny {
         return 0;
     }
-    let (dentry, vfsmount) = unsafe { (Direct::ptr::<FileDentry>(file), Direct::ptr::<FileMnt>(file)) };
+    let (dentry, vfsmount) = file_path(file);
     let write = writes && {
         let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
         let file_type = unsafe { Direct::get::<InodeMode>(inode) } as u32 & S_IFMT;
@@ -170,7 +170,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 pub fn file_truncate(ctx: LsmContext) -> i32 {
     let Some(tag) = files_tag() else { return 0 };
     let file: *const u8 = ctx.arg(0);
-    let (dentry, vfsmount) = unsafe { (Direct::ptr::<FileDentry>(file), Direct::ptr::<FileMnt>(file)) };
+    let (dentry, vfsmount) = file_path(file);
     decide(&tag, Check { kind: Kind::FileWrite, op: Op::Truncate, allow_self: true, dentry, vfsmount })
 }
 

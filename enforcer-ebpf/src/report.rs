@@ -19,7 +19,7 @@ use enforcer_common::{
     policy::TagInfo,
 };
 
-use crate::kernel::{DentryName, DentryParent, Direct, FileDentry, FileMnt, MmExeFile, MountMountpoint, MountParent, Probe, Read, TaskMm, VfsmountRoot, mount_of, vfsmount_of};
+use crate::kernel::{DentryName, DentryParent, Direct, MmExeFile, MountMountpoint, MountParent, Probe, Read, TaskMm, VfsmountRoot, file_path, mount_of, vfsmount_of};
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -138,7 +138,7 @@ fn current_exe() -> (*const u8, *const u8) {
         if file.is_null() {
             return null;
         }
-        (Direct::ptr::<FileDentry>(file), Direct::ptr::<FileMnt>(file))
+        file_path(file)
     }
 }
 

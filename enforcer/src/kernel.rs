@@ -62,7 +62,6 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         dentry_d_inode: btf.field_offset("dentry", &["d_inode"])?,
         dentry_d_name_ptr: btf.field_offset("dentry", &["d_name", "name"])?,
         inode_i_ino: btf.field_offset("inode", &["i_ino"])?,
-        inode_i_sb: btf.field_offset("inode", &["i_sb"])?,
         super_block_s_dev: btf.field_offset("super_block", &["s_dev"])?,
         mount_mnt: btf.field_offset("mount", &["mnt"])?,
         mount_mnt_parent: btf.field_offset("mount", &["mnt_parent"])?,
