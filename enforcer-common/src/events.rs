@@ -3,7 +3,8 @@
 //! An event is an [`EventHeader`] followed by `path_len` bytes of the
 //! file's path and `exe_len` bytes of the acting program's path, each as
 //! components leaf first, each terminated by NUL (the programs walk dentry
-//! chains upwards; userspace reverses and joins).
+//! chains upwards; userspace reverses and joins). A network event (kinds
+//! from `Connect` on) is an [`EventHeader`] followed by one [`NetDetail`].
 
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
@@ -23,6 +24,22 @@ pub const NAME_BYTES: usize = 256;
 pub enum Kind {
     FileWrite = 1,
     FileRead = 2,
+    /// `connect` to an IP destination.
+    Connect = 3,
+    /// UDP `sendto`/`sendmsg` with a destination address.
+    Sendmsg = 4,
+    /// Creating a socket of a class the policy does not allow.
+    Socket = 5,
+    /// Connecting or sending to a unix socket.
+    UnixConnect = 6,
+}
+
+impl Kind {
+    /// Whether the record carries a [`NetDetail`] rather than paths.
+    #[must_use]
+    pub const fn is_net(self) -> bool {
+        matches!(self, Self::Connect | Self::Sendmsg | Self::Socket | Self::UnixConnect)
+    }
 }
 
 #[repr(u8)]
@@ -66,7 +83,35 @@ pub enum Reason {
     TooDeep = 3,
     /// A kernel structure could not be read: cannot be judged, so denied.
     Unreadable = 4,
+    /// The destination (address and port, or unix socket name) is not allowed.
+    NotAllowed = 5,
+    /// The socket's class (family, type, protocol) is not allowed.
+    SocketClass = 6,
+    /// A socket made in an agent cgroup was used by a task outside it: no
+    /// policy to judge by, so denied.
+    Untagged = 7,
 }
+
+/// What a network event is about, after its header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NetDetail {
+    /// The destination as IPv6 (IPv4 as `::ffff:a.b.c.d`).
+    pub addr: [u8; 16],
+    /// Destination port, host order.
+    pub port: u16,
+    /// The address family the caller used (`AF_INET6` for a v4-mapped one).
+    pub family: u16,
+    pub sock_type: u16,
+    pub protocol: u16,
+    /// Bytes of `unix_path` used (unix events).
+    pub unix_len: u16,
+    pub pad: [u8; 6],
+    /// The unix socket's bound name (an abstract one starts with NUL).
+    pub unix_path: [u8; 108],
+}
+pub const NET_DETAIL_BYTES: usize = 140;
+const _: () = assert!(core::mem::size_of::<NetDetail>() == NET_DETAIL_BYTES);
 
 /// `EventHeader::flags`: the path did not fit and was cut at the root end.
 pub const EVENT_PATH_TRUNCATED: u8 = 1 << 0;
@@ -105,6 +150,10 @@ impl Kind {
         Some(match v {
             1 => Self::FileWrite,
             2 => Self::FileRead,
+            3 => Self::Connect,
+            4 => Self::Sendmsg,
+            5 => Self::Socket,
+            6 => Self::UnixConnect,
             _ => return None,
         })
     }
@@ -129,6 +178,9 @@ impl Reason {
             2 => Self::ReadDenied,
             3 => Self::TooDeep,
             4 => Self::Unreadable,
+            5 => Self::NotAllowed,
+            6 => Self::SocketClass,
+            7 => Self::Untagged,
             _ => return None,
         })
     }

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod events;
+pub mod net;
 pub mod policy;
 
 /// Kernel struct field offsets, read from the running kernel's BTF at load
@@ -48,12 +49,18 @@ pub struct KernelOffsets {
     pub kernfs_node_parent: u32,
     pub kernfs_node_id: u32,
     pub dentry_d_sb: u32,
+    /// `unix_sock->addr` (a `struct unix_sock` starts with its `struct sock`).
+    pub unix_sock_addr: u32,
+    pub unix_address_len: u32,
+    /// Offset of the bound `struct sockaddr_un name` in `struct unix_address`.
+    pub unix_address_name: u32,
+    pub socket_sk: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets::FIELDS);
 
 impl KernelOffsets {
     /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 27;
+    pub const FIELDS: usize = 31;
 
     /// The offset at `index` (`offset_of!(KernelOffsets, field) / 4`).
     #[must_use]

@@ -182,6 +182,10 @@ pub const TAG_AUDIT: u32 = 1 << 0;
 pub const TAG_FILES: u32 = 1 << 1;
 /// `TagInfo::flags`: the policy has `read_deny` trees (every open is judged).
 pub const TAG_READ_DENY: u32 = 1 << 2;
+/// `TagInfo::flags`: the policy has a `[network]` section (destinations,
+/// unix sockets and socket classes are judged). Bits from 8 up are the
+/// socket classes it allows (`crate::net::SOCKET_CLASSES`).
+pub const TAG_NET: u32 = 1 << 3;
 
 /// What a tagged cgroup is judged by.
 #[repr(C)]

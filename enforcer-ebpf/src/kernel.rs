@@ -133,6 +133,12 @@ fields! {
     KernfsParent: u64 = kernfs_node_parent;
     /// `kernfs_node->id`
     KernfsId: u64 = kernfs_node_id;
+    /// `unix_sock->addr`
+    UnixSockAddr: u64 = unix_sock_addr;
+    /// `unix_address->len`
+    UnixAddressLen: u32 = unix_address_len;
+    /// `socket->sk`
+    SocketSk: u64 = socket_sk;
 }
 
 pub trait Read {

@@ -12,6 +12,7 @@
 
 mod floor;
 mod kernel;
+mod net;
 mod report;
 mod tables;
 mod tag;

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     events::{
-        Action, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EVENTS_BYTES, EventHeader, Kind,
+        Action, NetDetail, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EVENTS_BYTES, EventHeader, Kind,
         MAX_PATH_DEPTH, NAME_BYTES, Op, PATH_BYTES, Reason,
     },
     policy::TagInfo,
@@ -121,6 +121,43 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count_lost();
     }
+}
+
+/// Emits one network event: the header, then the [`NetDetail`] `fill`
+/// writes. The acting program is named by userspace (from `/proc`), so
+/// programs that cannot read the task can report too.
+#[inline(always)]
+pub fn report_net(policy_id: u32, kind: Kind, reason: Reason, action: Action, errno: u32, fill: impl FnOnce(&mut NetDetail)) {
+    let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
+        count_lost();
+        return;
+    };
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let header = &mut event.header;
+    unsafe { helper::bpf_get_current_comm((&raw mut header.comm).cast(), size_of::<[u8; 16]>() as u32) };
+    header.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    header.pid = pid_tgid as u32;
+    header.tgid = (pid_tgid >> 32) as u32;
+    header.policy_id = policy_id;
+    header.errno = errno;
+    header.path_len = 0;
+    header.exe_len = 0;
+    header.kind = kind as u8;
+    header.op = 0;
+    header.action = action as u8;
+    header.reason = reason as u8;
+    unsafe { (&raw mut header.flags).cast::<u64>().write(0) };
+    fill(&mut event.detail);
+    entry.submit(0);
+}
+
+/// A network event as it sits in the ring buffer.
+#[repr(C)]
+struct NetEvent {
+    header: EventHeader,
+    detail: NetDetail,
 }
 
 /// The current task's executable (`mm->exe_file`), or nulls for a task

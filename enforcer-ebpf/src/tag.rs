@@ -12,7 +12,7 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_get_current_task_btf, bpf_loop};
+use aya_ebpf::helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_task_btf, bpf_loop};
 use enforcer_common::policy::{FileTable, MAX_TAG_LEVEL, TAG_SLOTS, TagFilter, TagInfo, tag_homes};
 
 use crate::{
@@ -122,6 +122,32 @@ pub fn screen() -> Option<Suspect> {
 #[inline(always)]
 pub fn current_tag() -> Option<Tagged> {
     screen().and_then(tag_of)
+}
+
+/// The tag of the current task for programs that cannot read the task
+/// (cgroup socket programs): the task's ancestor at each tagged level,
+/// deepest first, from `bpf_get_current_ancestor_cgroup_id` (0 below the
+/// task's own level).
+#[inline(always)]
+pub fn tag_by_ancestors() -> Option<Tagged> {
+    let bits = unsafe { core::ptr::read_volatile(&raw const TAG_FILTER.level_bits) };
+    let mut level = MAX_TAG_LEVEL;
+    for _ in 0..=MAX_TAG_LEVEL {
+        if (bits >> level) & 1 != 0 {
+            let id = unsafe { bpf_get_current_ancestor_cgroup_id(i32::try_from(level).unwrap_or(0)) };
+            if id != 0
+                && filter().may_contain(id)
+                && let Some(tagged) = table_lookup(id)
+            {
+                return Some(tagged);
+            }
+        }
+        if level == 0 {
+            break;
+        }
+        level -= 1;
+    }
+    None
 }
 
 /// The tag of a suspect: the bloom hit's, if the tag table has it (most

@@ -23,6 +23,11 @@ pub enum Command {
         /// Append denial events here instead of stderr.
         #[arg(long, value_name = "FILE")]
         events: Option<PathBuf>,
+        /// On a kernel that cannot enforce the whole policy (no BPF LSM),
+        /// enforce what it can (the network destinations) instead of
+        /// refusing; what is not enforced is printed first.
+        #[arg(long)]
+        degraded: bool,
         /// The command and its arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
         command: Vec<OsString>,

@@ -4,9 +4,14 @@
 
 use std::time::{Duration, SystemTime};
 
-use enforcer_common::events::{
-    Action, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EventHeader, Kind,
-    Op, Reason,
+use std::net::Ipv6Addr;
+
+use enforcer_common::{
+    events::{
+        Action, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EventHeader, Kind,
+        NET_DETAIL_BYTES, NetDetail, Op, Reason,
+    },
+    net::{self, SOCKET_CLASSES},
 };
 use serde::Serialize;
 
@@ -23,8 +28,15 @@ pub struct Event {
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
     pub policy: String,
-    pub op: &'static str,
-    pub path: String,
+    /// File events: the operation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<&'static str>,
+    /// File events: the file; unix socket events: the socket's bound name
+    /// (`@name` for an abstract one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(flatten)]
+    pub net: Option<NetFields>,
     pub errno: u32,
     pub reason: &'static str,
     /// The path did not fit the programs' buffers; the part near the root is missing.
@@ -33,6 +45,27 @@ pub struct Event {
     /// The hook gave no mount, so `path` starts at its filesystem's root.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub path_from_fs_root: bool,
+}
+
+/// What a network event says about the socket.
+#[derive(Debug, Serialize)]
+pub struct NetFields {
+    /// The address family the caller used: `inet`, `inet6`, `unix`, ...
+    pub family: String,
+    /// `tcp`, `udp`, or the protocol number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    /// The destination; an IPv4-mapped IPv6 address as the IPv4 address it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daddr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    /// Socket events: `stream`, `dgram`, `raw`, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sock_type: Option<&'static str>,
+    /// Socket events: the policy's name for the refused class (`raw`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<&'static str>,
 }
 
 /// A count of events that were lost (never silently).
@@ -77,9 +110,12 @@ impl Default for Clock {
 #[derive(Debug)]
 pub struct Record {
     pub header: EventHeader,
+    /// File events: the file's path.
     pub path: String,
     /// The acting program, when the kernel could name it.
     pub exe: Option<String>,
+    /// Network events.
+    pub net: Option<NetDetail>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +129,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
     }
     // SAFETY: EventHeader is plain old data and the slice is long enough.
     let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if Kind::from_u8(header.kind).is_some_and(Kind::is_net) {
+        let detail = bytes.get(EVENT_HEADER_BYTES..EVENT_HEADER_BYTES + NET_DETAIL_BYTES).ok_or(Malformed(bytes.len()))?;
+        // SAFETY: NetDetail is plain old data and the slice is its size.
+        let net: NetDetail = unsafe { std::ptr::read_unaligned(detail.as_ptr().cast()) };
+        // Named from /proc while the task is (most likely) still alive.
+        let exe = std::fs::read_link(format!("/proc/{}/exe", header.tgid)).ok().map(|p| p.display().to_string());
+        return Ok(Record { header, path: String::new(), exe, net: Some(net) });
+    }
     let names = bytes.get(EVENT_HEADER_BYTES..).unwrap_or_default();
     let (path, rest) = names.split_at((header.path_len as usize).min(names.len()));
     let exe = &rest[..(header.exe_len as usize).min(rest.len())];
@@ -100,6 +144,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
         header,
         path: join_path(path, header.flags & EVENT_PATH_TRUNCATED != 0),
         exe: (!exe.is_empty()).then(|| join_path(exe, header.flags & EVENT_EXE_TRUNCATED != 0)),
+        net: None,
     })
 }
 
@@ -139,8 +184,12 @@ impl Record {
             cgroup_id: h.cgroup_id,
             cgroup: ctx.cgroup,
             policy: ctx.policy.to_owned(),
-            op: Op::from_u8(h.op).map_or("unknown", op_name),
-            path: self.path,
+            op: self.net.is_none().then(|| Op::from_u8(h.op).map_or("unknown", op_name)),
+            path: match &self.net {
+                None => Some(self.path),
+                Some(net) => unix_name(net),
+            },
+            net: self.net.as_ref().map(|net| net_fields(Kind::from_u8(h.kind), net)),
             errno: h.errno,
             reason: Reason::from_u8(h.reason).map_or("unknown", reason_name),
             path_truncated: h.flags & EVENT_PATH_TRUNCATED != 0,
@@ -153,6 +202,63 @@ const fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::FileWrite => "file_write",
         Kind::FileRead => "file_read",
+        Kind::Connect => "connect",
+        Kind::Sendmsg => "sendmsg",
+        Kind::Socket => "socket",
+        Kind::UnixConnect => "unix_connect",
+    }
+}
+
+/// A unix socket's bound name: a path, or `@name` for an abstract one.
+fn unix_name(net: &NetDetail) -> Option<String> {
+    let name = net.unix_path.get(..usize::from(net.unix_len))?;
+    match name.split_first() {
+        None => None,
+        Some((0, abstract_name)) => Some(format!("@{}", String::from_utf8_lossy(abstract_name).replace('\0', "@"))),
+        Some(_) => {
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            Some(String::from_utf8_lossy(&name[..end]).into_owned())
+        }
+    }
+}
+
+fn net_fields(kind: Option<Kind>, net: &NetDetail) -> NetFields {
+    let family = match net.family {
+        net::AF_UNIX => "unix".to_owned(),
+        net::AF_INET => "inet".to_owned(),
+        net::AF_INET6 => "inet6".to_owned(),
+        net::AF_NETLINK => "netlink".to_owned(),
+        net::AF_PACKET => "packet".to_owned(),
+        other => other.to_string(),
+    };
+    let proto = match (net.family, net.protocol) {
+        (net::AF_UNIX, _) => None,
+        (net::AF_INET | net::AF_INET6, net::IPPROTO_TCP) => Some("tcp".to_owned()),
+        (net::AF_INET | net::AF_INET6, net::IPPROTO_UDP) => Some("udp".to_owned()),
+        (net::AF_INET | net::AF_INET6, net::IPPROTO_ICMP) => Some("icmp".to_owned()),
+        (net::AF_INET | net::AF_INET6, net::IPPROTO_ICMPV6) => Some("icmpv6".to_owned()),
+        (_, protocol) => Some(protocol.to_string()),
+    };
+    let destination = matches!(kind, Some(Kind::Connect | Kind::Sendmsg));
+    let addr = Ipv6Addr::from(net.addr);
+    let daddr = addr.to_ipv4_mapped().map_or_else(|| addr.to_string(), |v4| v4.to_string());
+    let socket = matches!(kind, Some(Kind::Socket));
+    let class_bit = net::socket_class(net.family, net.sock_type, net.protocol);
+    NetFields {
+        family,
+        proto,
+        daddr: destination.then_some(daddr),
+        dport: destination.then_some(net.port),
+        sock_type: socket.then(|| match net.sock_type {
+            net::SOCK_STREAM => "stream",
+            net::SOCK_DGRAM => "dgram",
+            net::SOCK_RAW => "raw",
+            4 => "rdm",
+            5 => "seqpacket",
+            10 => "packet",
+            _ => "unknown",
+        }),
+        class: socket.then(|| SOCKET_CLASSES.iter().find(|c| c.1 == class_bit).map_or("unknown", |c| c.0)),
     }
 }
 
@@ -184,6 +290,9 @@ const fn reason_name(reason: Reason) -> &'static str {
         Reason::ReadDenied => "read_deny",
         Reason::TooDeep => "path_too_deep",
         Reason::Unreadable => "unreadable",
+        Reason::NotAllowed => "not_allowed",
+        Reason::SocketClass => "socket_class_not_allowed",
+        Reason::Untagged => "socket_used_outside_agent",
     }
 }
 

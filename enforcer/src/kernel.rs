@@ -27,11 +27,13 @@ pub enum KernelError {
     BpfLsmInactive { active: String },
 }
 
-/// Checks privileges and that BPF LSM is active.
+/// Checks privileges.
+pub fn check_root() -> Result<(), KernelError> {
+    if rustix::process::geteuid().is_root() { Ok(()) } else { Err(KernelError::NotRoot) }
+}
+
+/// Checks that BPF LSM is active.
 pub fn check_bpf_lsm() -> Result<(), KernelError> {
-    if !rustix::process::geteuid().is_root() {
-        return Err(KernelError::NotRoot);
-    }
     let active = read_lsm_list()?;
     if !active.split(',').any(|lsm| lsm == "bpf") {
         return Err(KernelError::BpfLsmInactive { active });
@@ -82,5 +84,9 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
             .or_else(|_| btf.field_offset("kernfs_node", &["__parent"]))?,
         kernfs_node_id: btf.field_offset("kernfs_node", &["id"])?,
         dentry_d_sb: btf.field_offset("dentry", &["d_sb"])?,
+        unix_sock_addr: btf.field_offset("unix_sock", &["addr"])?,
+        unix_address_len: btf.field_offset("unix_address", &["len"])?,
+        unix_address_name: btf.field_offset("unix_address", &["name"])?,
+        socket_sk: btf.field_offset("socket", &["sk"])?,
     })
 }

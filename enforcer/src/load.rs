@@ -8,12 +8,13 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, MapData, PerCpuArray, RingBuf},
-    programs::{Lsm, ProgramError},
+    maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, lpm_trie::{Key, LpmTrie}},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError},
 };
 use enforcer_common::{
     KernelOffsets,
     events::{EVENTS_MAP, LOST_MAP},
+    net::{NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, UNIX_RULES_MAP, UnixKey},
     policy::{FileRuleKey, FileTable, MAX_TAG_LEVEL, TABLES_MAP, TAG_FILTER_MAP, TagFilter, TagInfo, TagTable, Tables},
 };
 
@@ -21,7 +22,9 @@ use crate::{
     btf::Btf,
     cgroups::Cgroup,
     kernel::{self, KernelError},
-    field_loads, table_map,
+    field_loads,
+    net_rules::NetRules,
+    table_map,
     tables::{self, TableError},
 };
 
@@ -74,6 +77,15 @@ pub const HOOKS: &[(&str, bool)] = &[
     ("inode_remove_acl", false), // Linux 6.2
 ];
 
+/// The network hooks of BPF LSM kernels: socket classes of every family and
+/// unix socket peers (the cgroup programs see IPv4 and IPv6 only).
+pub const NET_HOOKS: &[(&str, bool)] = &[("socket_create", true), ("unix_stream_connect", true), ("unix_may_send", true)];
+
+/// The cgroup socket programs, attached to each tagged cgroup whose policy
+/// restricts the network.
+const SOCK_ADDR_PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+const SOCK_CREATE_PROGRAM: &str = "sock_create";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
@@ -102,6 +114,12 @@ pub enum LoadError {
     TableMap { name: &'static str, source: std::io::Error },
     #[error("BPF map `{0}` is missing from the programs")]
     MissingMap(&'static str),
+    #[error("the kernel refused the cgroup socket program `{name}`: {}", chain(source))]
+    SockProgram { name: &'static str, source: ProgramError },
+    #[error("cannot attach the network programs to cgroup {cgroup}: {}", chain(source))]
+    Attach { cgroup: String, source: ProgramError },
+    #[error("cannot open cgroup {}: {source}", path.display())]
+    OpenCgroup { path: std::path::PathBuf, source: std::io::Error },
     #[error(
         "cgroup {name} is {level} levels deep; the programs find tagged cgroups only down to level \
          {MAX_TAG_LEVEL}: tag a shallower ancestor"
@@ -130,7 +148,12 @@ type TableMaps = ArrayOfMaps<MapData, Array<MapData, Tables>>;
 
 /// Loaded and attached programs and their maps.
 pub struct Enforcer {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    net_rules: LpmTrie<MapData, NetKey, NetPorts>,
+    unix_rules: BpfHashMap<MapData, UnixKey, u8>,
+    /// Why BPF LSM programs are not loaded (`None`: they are): only the
+    /// cgroup socket programs enforce then.
+    pub lsm_missing: Option<LoadError>,
     tables: TableMaps,
     /// What the published tables hold.
     tag_table: Box<TagTable>,
@@ -149,18 +172,33 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
-    /// Checks the kernel, loads every program and attaches it.
+    /// Checks the kernel, loads every program and attaches the BPF LSM ones.
+    /// A kernel that cannot run BPF LSM programs is not an error here (see
+    /// `lsm_missing`): the caller decides whether what remains is enough.
     pub fn load() -> Result<Self, LoadError> {
-        let (mut ebpf, missing_hooks) = load_programs("")?;
+        let (mut ebpf, lsm) = load_object()?;
+        let (lsm_missing, missing_hooks) = match lsm.and_then(|()| load_lsm(&mut ebpf, "", &[HOOKS, NET_HOOKS].concat())) {
+            Ok(missing_hooks) => (None, missing_hooks),
+            Err(e @ (LoadError::TrampolineRefused { .. } | LoadError::Kernel(KernelError::BpfLsmInactive { .. }))) => {
+                (Some(e), Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
+        load_sock_programs(&mut ebpf)?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));
         let tables = ArrayOfMaps::try_from(take(TABLES_MAP)?).map_err(map_err(TABLES_MAP))?;
         let tag_filter = Array::try_from(take(TAG_FILTER_MAP)?).map_err(map_err(TAG_FILTER_MAP))?;
         let lost = PerCpuArray::try_from(take(LOST_MAP)?).map_err(map_err(LOST_MAP))?;
         let events = Some(RingBuf::try_from(take(EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?);
+        let net_rules = LpmTrie::try_from(take(NET_RULES_MAP)?).map_err(map_err(NET_RULES_MAP))?;
+        let unix_rules = BpfHashMap::try_from(take(UNIX_RULES_MAP)?).map_err(map_err(UNIX_RULES_MAP))?;
         let tag_table = tables::tag_table(&StdHashMap::new())?;
         let file_table = tables::file_table(&StdHashMap::new())?;
         let mut enforcer = Self {
-            _ebpf: ebpf,
+            ebpf,
+            net_rules,
+            unix_rules,
+            lsm_missing,
             tables,
             tag_table,
             file_table,
@@ -201,6 +239,49 @@ impl Enforcer {
             self.file_rules.remove(key);
         }
         self.publish_files()
+    }
+
+    /// Installs a policy's network rules (before a cgroup is tagged with it).
+    pub fn add_net_rules(&mut self, rules: &NetRules) -> Result<(), LoadError> {
+        for (prefix, key, ports) in &rules.prefixes {
+            let key = Key::new(NET_KEY_POLICY_BITS + prefix, *key);
+            self.net_rules.insert(&key, ports, 0).map_err(map_err(NET_RULES_MAP))?;
+        }
+        for key in &rules.unix {
+            self.unix_rules.insert(key, 1, 0).map_err(map_err(UNIX_RULES_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the cgroup socket programs to `cgroup`: from now on its
+    /// sockets' connects, sends and creations are judged. Returns what
+    /// [`Enforcer::detach_net`] takes.
+    pub fn attach_net(&mut self, cgroup: &Cgroup) -> Result<NetAttachment, LoadError> {
+        let dir = std::fs::File::open(&cgroup.path).map_err(|source| LoadError::OpenCgroup { path: cgroup.path.clone(), source })?;
+        let attach_err = |source| LoadError::Attach { cgroup: cgroup.name.clone(), source };
+        // A link: the kernel runs it along with any other program on the
+        // cgroup or its ancestors (links take no attach flags).
+        let mode = CgroupAttachMode::Single;
+        let mut attachment = NetAttachment::default();
+        for &name in SOCK_ADDR_PROGRAMS {
+            let program: &mut CgroupSockAddr = sock_program(&mut self.ebpf, name)?;
+            attachment.sock_addr.push((name, program.attach(&dir, mode).map_err(attach_err)?));
+        }
+        let program: &mut CgroupSock = sock_program(&mut self.ebpf, SOCK_CREATE_PROGRAM)?;
+        attachment.sock_create.push(program.attach(&dir, mode).map_err(attach_err)?);
+        Ok(attachment)
+    }
+
+    pub fn detach_net(&mut self, attachment: NetAttachment) -> Result<(), LoadError> {
+        for (name, link) in attachment.sock_addr {
+            let program: &mut CgroupSockAddr = sock_program(&mut self.ebpf, name)?;
+            program.detach(link).map_err(|source| LoadError::SockProgram { name, source })?;
+        }
+        for link in attachment.sock_create {
+            let program: &mut CgroupSock = sock_program(&mut self.ebpf, SOCK_CREATE_PROGRAM)?;
+            program.detach(link).map_err(|source| LoadError::SockProgram { name: SOCK_CREATE_PROGRAM, source })?;
+        }
+        Ok(())
     }
 
     /// Tags `cgroup`: from now on it and all its descendants are judged by
@@ -260,6 +341,31 @@ impl Enforcer {
     }
 }
 
+/// The cgroup socket programs attached to one cgroup.
+#[derive(Debug, Default)]
+pub struct NetAttachment {
+    sock_addr: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
+    sock_create: Vec<aya::programs::cgroup_sock::CgroupSockLinkId>,
+}
+
+fn sock_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoadError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or(LoadError::SockProgram { name, source: ProgramError::NotLoaded })?;
+    program.try_into().map_err(|source| LoadError::SockProgram { name, source })
+}
+
+/// Loads (does not attach) the cgroup socket programs.
+fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    for &name in SOCK_ADDR_PROGRAMS {
+        let program: &mut CgroupSockAddr = sock_program(ebpf, name)?;
+        program.load().map_err(|source| LoadError::SockProgram { name, source })?;
+    }
+    let program: &mut CgroupSock = sock_program(ebpf, SOCK_CREATE_PROGRAM)?;
+    program.load().map_err(|source| LoadError::SockProgram { name: SOCK_CREATE_PROGRAM, source })
+}
+
 /// The floor of any BPF LSM design, for benchmarks: an empty program
 /// (`floor_<hook>`, returning 0) attached on every hook the enforcer uses
 /// (optional hooks only where the kernel has them), and nothing else. Held
@@ -272,23 +378,33 @@ pub struct Floor {
 
 /// Loads and attaches the floor programs only (see [`Floor`]).
 pub fn load_floor() -> Result<Floor, LoadError> {
-    let (ebpf, missing_hooks) = load_programs("floor_")?;
+    let (mut ebpf, lsm) = load_object()?;
+    lsm?;
+    let missing_hooks = load_lsm(&mut ebpf, "floor_", HOOKS)?;
     Ok(Floor { _ebpf: ebpf, missing_hooks })
 }
 
-/// Checks the kernel, loads the object (every map is created) and loads and
-/// attaches the program `<prefix><hook>` for each hook this kernel has.
-/// Returns the object and the optional hooks the kernel lacks.
-fn load_programs(prefix: &str) -> Result<(Ebpf, Vec<&'static str>), LoadError> {
-    kernel::check_bpf_lsm()?;
+/// Checks the kernel and loads the object (every map is created). The
+/// second value says whether BPF LSM is active.
+fn load_object() -> Result<(Ebpf, Result<(), LoadError>), LoadError> {
+    kernel::check_root()?;
+    let lsm = kernel::check_bpf_lsm().map_err(LoadError::from);
     let btf = Btf::from_sys_fs()?;
     let offsets = kernel::offsets(&btf)?;
     raise_memlock_limit();
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
     let programs = programs_for(&offsets)?;
-    let mut ebpf = EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(programs.bytes())?;
+    let ebpf = EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(programs.bytes())?;
+    Ok((ebpf, lsm))
+}
+
+/// Loads and attaches the program `<prefix><hook>` for each of `hooks` this
+/// kernel has. Returns the optional hooks the kernel lacks.
+fn load_lsm(ebpf: &mut Ebpf, prefix: &str, hooks: &[(&'static str, bool)]) -> Result<Vec<&'static str>, LoadError> {
+    let btf = Btf::from_sys_fs()?;
+    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
     let mut missing_hooks = Vec::new();
-    for &(hook, required) in HOOKS {
+    for &(hook, required) in hooks {
         if !required && !btf.has_function(&format!("bpf_lsm_{hook}")) {
             missing_hooks.push(hook);
             continue;
@@ -306,7 +422,7 @@ fn load_programs(prefix: &str) -> Result<(Ebpf, Vec<&'static str>), LoadError> {
             eprintln!("enforcer: loaded {prefix}{hook} in {:?}, verifier processed {insns:?} insns", started.elapsed());
         }
     }
-    Ok((ebpf, missing_hooks))
+    Ok(missing_hooks)
 }
 
 /// Turns the kernel's refusal into a message that says what to do.

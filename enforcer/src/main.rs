@@ -11,7 +11,7 @@ use enforcer::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run { policy, events, command } => run_command(RunOptions { policy, events, command }),
+        Command::Run { policy, events, degraded, command } => run_command(RunOptions { policy, events, degraded, command }),
         Command::Policy { command: PolicyCommand::Check { file } } => check_policy(&file),
         Command::BenchFloor { command } => bench::run_floor(&command),
     };

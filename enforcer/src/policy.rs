@@ -10,8 +10,11 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
+use enforcer_common::net::{SOCKET_CLASSES, UNIX_PATH_BYTES};
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::destinations::{Destination, EntryError, Target};
 
 /// Enforce (deny and report) or audit (allow and report).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,12 +42,26 @@ pub struct Files {
     pub read_deny: Vec<PathBuf>,
 }
 
+/// The `[network]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Network {
+    /// Destinations an agent may connect or send to, each with where the
+    /// policy says so (for errors found later, e.g. too many port ranges).
+    pub allow: Vec<(Destination, Location)>,
+    /// Unix socket names it may connect or send to: absolute paths, or
+    /// `@name` for an abstract socket.
+    pub unix: Vec<String>,
+    /// Socket classes allowed beyond the default (`net::SOCKET_CLASSES`).
+    pub sockets: Vec<&'static str>,
+}
+
 /// A validated policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
     pub mode: Mode,
     pub files: Option<Files>,
+    pub network: Option<Network>,
 }
 
 /// Where in a policy file something was found.
@@ -89,6 +106,18 @@ struct RawPolicy {
     name: Spanned<String>,
     mode: Option<Spanned<String>>,
     files: Option<Spanned<RawFiles>>,
+    network: Option<Spanned<RawNetwork>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    unix: Vec<Spanned<String>>,
+    #[serde(default)]
+    sockets: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -100,8 +129,8 @@ struct RawFiles {
     read_deny: Vec<Spanned<String>>,
 }
 
-const KEYS_HINT: &str = "a policy has `name`, `mode` and a `[files]` table with `write` and `read_deny`; \
-see policies/coding-agent.toml";
+const KEYS_HINT: &str = "a policy has `name`, `mode`, a `[files]` table with `write` and `read_deny`, and a \
+`[network]` table with `allow`, `unix` and `sockets`; see policies/coding-agent.toml";
 
 /// Reads and validates the policy file at `file`.
 pub fn load(file: &Path) -> Result<(Policy, Vec<Warning>), PolicyError> {
@@ -144,7 +173,17 @@ pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyEr
         }
         Some(files) => Some(validate_files(&ctx, files, &mut warnings)?),
     };
-    Ok((Policy { name, mode, files }, warnings))
+    let network = match raw.network {
+        None => {
+            warnings.push(ctx.warning(
+                0..0,
+                "no [network] section: this policy does not restrict network access at all".to_owned(),
+            ));
+            None
+        }
+        Some(network) => Some(validate_network(&ctx, network.into_inner(), &mut warnings)?),
+    };
+    Ok((Policy { name, mode, files, network }, warnings))
 }
 
 fn hint_for(message: &str) -> String {
@@ -200,6 +239,50 @@ fn validate_files(ctx: &Ctx<'_>, files: Spanned<RawFiles>, warnings: &mut Vec<Wa
     let write = validate_paths(ctx, "write", &write, warnings)?;
     let read_deny = validate_paths(ctx, "read_deny", &read_deny, warnings)?;
     Ok(Files { write, read_deny })
+}
+
+fn validate_network(ctx: &Ctx<'_>, raw: RawNetwork, warnings: &mut Vec<Warning>) -> Result<Network, PolicyError> {
+    let mut network = Network::default();
+    for entry in &raw.allow {
+        let destination: Destination =
+            entry.get_ref().parse().map_err(|e: EntryError| ctx.invalid(entry.span(), format!("network.allow: {}", e.message), e.hint))?;
+        if let Target::Net { prefix: 0 | 96, .. } = destination.target {
+            warnings.push(ctx.warning(entry.span(), format!("network.allow `{}` allows every address", entry.get_ref())));
+        }
+        network.allow.push((destination, ctx.locate(&entry.span())));
+    }
+    for entry in &raw.unix {
+        let name = entry.get_ref();
+        let hint = "write the path the socket is bound to, e.g. \"/run/user/1000/agent.sock\", or \"@name\" for an abstract socket";
+        let body = name.strip_prefix('@').unwrap_or(name);
+        if !(name.starts_with('/') || name.starts_with('@')) || body.is_empty() {
+            return Err(ctx.invalid(entry.span(), format!("network.unix: `{name}` is neither an absolute path nor `@name`"), hint));
+        }
+        if name.len() > UNIX_PATH_BYTES - 1 || name.contains('\0') {
+            return Err(ctx.invalid(
+                entry.span(),
+                format!("network.unix: `{name}` cannot be a unix socket name"),
+                format!("a unix socket name has at most {} bytes and no NUL", UNIX_PATH_BYTES - 1),
+            ));
+        }
+        if !network.unix.contains(name) {
+            network.unix.push(name.clone());
+        }
+    }
+    for entry in &raw.sockets {
+        let Some(&(class, _, _)) = SOCKET_CLASSES.iter().find(|c| c.0 == entry.get_ref()) else {
+            let names: Vec<&str> = SOCKET_CLASSES.iter().map(|c| c.0).collect();
+            return Err(ctx.invalid(
+                entry.span(),
+                format!("network.sockets: unknown socket class `{}`", entry.get_ref()),
+                format!("the classes are {}; unix, TCP, UDP and netlink route sockets are always allowed", names.join(", ")),
+            ));
+        };
+        if !network.sockets.contains(&class) {
+            network.sockets.push(class);
+        }
+    }
+    Ok(network)
 }
 
 fn validate_paths(
@@ -271,16 +354,42 @@ mod tests {
         let files = policy.files.unwrap();
         assert_eq!(files.write, vec![PathBuf::from("/workspace"), PathBuf::from("/tmp")]);
         assert_eq!(files.read_deny, vec![PathBuf::from("/root/.aws")]);
-        assert!(warnings.is_empty());
+        assert_eq!(warnings.len(), 1, "only the absent [network] section: {warnings:?}");
     }
 
     #[test]
-    fn mode_defaults_to_enforce_and_absent_files_warns() {
+    fn mode_defaults_to_enforce_and_absent_sections_warn() {
         let (policy, warnings) = check("name = \"x\"\n").unwrap();
         assert_eq!(policy.mode, Mode::Enforce);
         assert_eq!(policy.files, None);
-        assert_eq!(warnings.len(), 1);
+        assert_eq!(policy.network, None);
+        assert_eq!(warnings.len(), 2);
         assert!(warnings[0].to_string().contains("does not restrict file access"), "{}", warnings[0]);
+        assert!(warnings[1].to_string().contains("does not restrict network access"), "{}", warnings[1]);
+    }
+
+    #[test]
+    fn parses_the_network_section() {
+        let (policy, _) = check(
+            "name = \"x\"\n[network]\nallow = [\"10.0.0.0/8:1-1024/tcp\", \"api.github.com:443\"]\nunix = [\"/run/a.sock\", \"@bus\"]\nsockets = [\"raw\"]\n",
+        )
+        .unwrap();
+        let network = policy.network.unwrap();
+        assert_eq!(network.allow.len(), 2);
+        assert_eq!(network.allow[1].1.line, 3);
+        assert_eq!(network.unix, ["/run/a.sock", "@bus"]);
+        assert_eq!(network.sockets, ["raw"]);
+    }
+
+    #[test]
+    fn bad_network_entries_are_located_with_hints() {
+        let e = error_of("name = \"x\"\n[network]\nallow = [\"1.2.3.4:443\",\n  \"10.0.0.0/8:99999\"]\n");
+        assert!(e.starts_with("p.toml:4:3: error: network.allow: port 99999 is out of range"), "{e}");
+        assert!(e.contains("hint: ports are 1 to 65535"), "{e}");
+        let e = error_of("name = \"x\"\n[network]\nunix = [\"run/a.sock\"]\n");
+        assert!(e.starts_with("p.toml:3:9: error: network.unix: `run/a.sock` is neither"), "{e}");
+        let e = error_of("name = \"x\"\n[network]\nsockets = [\"bluetooth\"]\n");
+        assert!(e.contains("unknown socket class `bluetooth`") && e.contains("raw, icmp, packet"), "{e}");
     }
 
     #[test]

@@ -2,13 +2,18 @@
 
 use std::{ffi::OsString, path::PathBuf, process::ExitStatus, time::Duration};
 
-use enforcer_common::policy::{TAG_AUDIT, TAG_FILES, TAG_READ_DENY, TagInfo};
+use enforcer_common::{
+    net::SOCKET_CLASSES,
+    policy::{TAG_AUDIT, TAG_FILES, TAG_NET, TAG_READ_DENY, TagInfo},
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cgroups::{self, CgroupError, Hierarchy, Names, RunCgroup},
+    destinations::Target,
     load::{Enforcer, LoadError},
     mounts::MountError,
+    net_rules::{self, TooManyRanges},
     policy::{self, Mode, Policy, PolicyError},
     rules,
     stream::{EventStream, Sink},
@@ -17,6 +22,8 @@ use crate::{
 pub struct RunOptions {
     pub policy: PathBuf,
     pub events: Option<PathBuf>,
+    /// Enforce what the kernel can when it cannot enforce the whole policy.
+    pub degraded: bool,
     pub command: Vec<OsString>,
 }
 
@@ -26,6 +33,14 @@ pub enum RunError {
     Policy(#[from] PolicyError),
     #[error("cannot enforce the policy, so the command was not run: {0}")]
     Load(#[from] LoadError),
+    #[error(
+        "cannot enforce the policy, so the command was not run: {why}\n  not enforceable on this kernel:\n{}\n  \
+         hint: run on a kernel with BPF LSM, or pass --degraded to enforce only the rest",
+        parts.iter().map(|p| format!("    - {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    Unenforceable { why: LoadError, parts: Vec<&'static str> },
+    #[error(transparent)]
+    Network(#[from] TooManyRanges),
     #[error("cannot set up the agent cgroup, so the command was not run: {0}")]
     Cgroup(#[from] CgroupError),
     #[error("cannot resolve the policy's file trees: {0}")]
@@ -45,7 +60,7 @@ impl RunError {
     #[must_use]
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Policy(_) => 2,
+            Self::Policy(_) | Self::Network(_) => 2,
             Self::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 127,
             Self::Spawn { .. } => 126,
             _ => 125,
@@ -66,6 +81,12 @@ fn tag_for(policy: &Policy) -> TagInfo {
             flags |= TAG_READ_DENY;
         }
     }
+    if let Some(network) = &policy.network {
+        flags |= TAG_NET;
+        for class in &network.sockets {
+            flags |= SOCKET_CLASSES.iter().find(|c| c.0 == *class).map_or(0, |c| c.1);
+        }
+    }
     TagInfo { policy_id: u32::from(POLICY_ID), flags }
 }
 
@@ -79,6 +100,28 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         .map_err(|source| RunError::Events { path: opts.events.clone().unwrap_or_default(), source })?;
 
     let mut enforcer = Enforcer::load()?;
+    if let Some(why) = enforcer.lsm_missing.take() {
+        let parts = needs_lsm(&policy);
+        if !parts.is_empty() {
+            if !opts.degraded {
+                return Err(RunError::Unenforceable { why, parts });
+            }
+            eprintln!("enforcer: warning: --degraded: this kernel cannot run BPF LSM programs ({why})");
+            for part in parts {
+                eprintln!("enforcer: warning: --degraded: NOT enforced: {part}");
+            }
+        }
+    }
+    if let Some(network) = &policy.network {
+        for (destination, at) in &network.allow {
+            if let Target::Host { .. } = destination.target {
+                eprintln!(
+                    "enforcer: warning: {at}: network.allow `{destination}`: host names are not resolved by this version \
+                     yet; connections to the name's addresses are denied"
+                );
+            }
+        }
+    }
     let hierarchy = Hierarchy::find()?;
     let run_cgroup = RunCgroup::create(&hierarchy)?;
     let cgroup = &run_cgroup.cgroup;
@@ -90,6 +133,13 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         }
         enforcer.add_file_rules(&rules.entries)?;
     }
+    let net = match &policy.network {
+        Some(network) => {
+            enforcer.add_net_rules(&net_rules::build(network, u32::from(POLICY_ID))?)?;
+            Some(enforcer.attach_net(cgroup)?)
+        }
+        None => None,
+    };
     let ring = enforcer.take_events().ok_or(LoadError::MissingMap("EVENTS"))?;
     let mut names = Names::new(hierarchy);
     names.add_root(cgroup);
@@ -105,9 +155,28 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     stream.drain();
     stream.report_lost(enforcer.lost_events()?);
     enforcer.untag(cgroup)?;
+    if let Some(net) = net {
+        enforcer.detach_net(net)?;
+    }
     cleanup?;
     drop(run_cgroup);
     Ok(exit_code(status?))
+}
+
+/// The parts of `policy` only BPF LSM programs enforce.
+fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
+    let mut parts = Vec::new();
+    if policy.files.is_some() {
+        parts.push("[files]: file writes and reads (BPF LSM file hooks)");
+    }
+    if policy.network.is_some() {
+        parts.push("network.unix: connecting and sending to unix sockets (BPF LSM unix hooks)");
+        parts.push(
+            "socket classes of families other than IPv4/IPv6 (packet, netlink, vsock...): only raw, ICMP, SCTP \
+             and MPTCP IP sockets are refused (BPF LSM socket_create)",
+        );
+    }
+    parts
 }
 
 fn missing_effect(key: &str) -> &'static str {

@@ -1,0 +1,310 @@
+//! Network enforcement: where an agent may connect and send, which sockets
+//! it may create, which unix sockets it may reach.
+//!
+//! The cgroup programs (connect4/6, sendmsg4/6, sock_create) are attached to
+//! tagged cgroups only, so processes elsewhere never run them. They judge by
+//! the policy of the current task's deepest tagged ancestor
+//! (`tag::tag_by_ancestors`). The LSM programs (socket_create,
+//! unix_stream_connect, unix_may_send) run for every task and screen it like
+//! the file hooks.
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::generated::bpf_probe_read_kernel,
+    macros::{cgroup_sock, cgroup_sock_addr, lsm, map},
+    maps::{HashMap, LpmTrie, lpm_trie::Key},
+    programs::{LsmContext, SockAddrContext, SockContext},
+};
+use enforcer_common::{
+    events::{Action, Kind, NetDetail, Reason},
+    net::{
+        AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, NET_KEY_POLICY_BITS, NET_RULES_MAX, NetKey, NetPorts, PROTO_TCP,
+        PROTO_UDP, SOCK_DGRAM, SOCK_STREAM, UNIX_PATH_BYTES, UNIX_RULES_MAX, UnixKey, socket_class,
+    },
+    policy::{TAG_AUDIT, TAG_NET, TagInfo},
+};
+
+use crate::{
+    kernel::{Probe, Read, UnixAddressLen, UnixSockAddr, off},
+    report::report_net,
+    tag::{self, Tagged},
+};
+
+const EPERM: i32 = 1;
+/// What a cgroup socket program returns to allow or to refuse (`EPERM`).
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+
+#[map]
+static NET_RULES: LpmTrie<NetKey, NetPorts> = LpmTrie::with_max_entries(NET_RULES_MAX, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+#[map]
+static UNIX_RULES: HashMap<UnixKey, u8> = HashMap::with_max_entries(enforcer_common::net::UNIX_RULES_MAX, 0);
+
+const _: () = assert!(UNIX_RULES_MAX > 0);
+
+/// A refusal about to be reported.
+struct NetDenial {
+    kind: Kind,
+    reason: Reason,
+    detail: Detail,
+}
+
+/// What the event says about the socket.
+#[derive(Clone, Copy)]
+struct Detail {
+    addr: [u8; 16],
+    port: u16,
+    family: u16,
+    sock_type: u16,
+    protocol: u16,
+}
+
+/// Reports a refusal and turns it into the answer: `refuse` unless the
+/// policy only audits (`tag` is `None` when no policy could be found).
+#[inline(always)]
+fn refuse(tag: Option<&TagInfo>, denial: &NetDenial, unix: Option<&UnixName>, allow: i32, refuse: i32) -> i32 {
+    let audit = tag.is_some_and(|t| t.flags & TAG_AUDIT != 0);
+    let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EPERM) };
+    let detail = &denial.detail;
+    report_net(tag.map_or(0, |t| t.policy_id), denial.kind, denial.reason, action, errno as u32, |event: &mut NetDetail| {
+        event.addr = detail.addr;
+        event.port = detail.port;
+        event.family = detail.family;
+        event.sock_type = detail.sock_type;
+        event.protocol = detail.protocol;
+        event.unix_len = 0;
+        if let Some(name) = unix {
+            name.copy_into(event);
+        }
+    });
+    if audit { allow } else { refuse }
+}
+
+/// The protocol bit a destination rule must grant, or 0 for a socket whose
+/// destinations the rules do not judge (raw, ICMP, SCTP: allowed or refused
+/// as a whole when created, by their socket class).
+#[inline(always)]
+fn proto_bit(sock_type: u16, protocol: u16) -> u8 {
+    match (sock_type, protocol) {
+        (SOCK_STREAM, IPPROTO_TCP) => PROTO_TCP,
+        (SOCK_DGRAM, IPPROTO_UDP) => PROTO_UDP,
+        _ => 0,
+    }
+}
+
+/// Judges a destination given to `connect` or `sendmsg` by a task whose
+/// socket belongs to a tagged cgroup.
+#[inline(always)]
+fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
+    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    // Context fields must be read with loads of their own size.
+    let read = |field: *const u32| unsafe { core::ptr::read_volatile(field) };
+    let mut addr = [0u8; 16];
+    if v6 {
+        for i in 0..4 {
+            let word = read(unsafe { (&raw const (*sa).user_ip6).cast::<u32>().add(i) });
+            addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+    } else {
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..].copy_from_slice(&read(unsafe { &raw const (*sa).user_ip4 }).to_ne_bytes());
+    }
+    let detail = Detail {
+        addr,
+        port: u16::from_be(read(unsafe { &raw const (*sa).user_port }) as u16),
+        family: read(unsafe { &raw const (*sa).user_family }) as u16,
+        sock_type: read(unsafe { &raw const (*sa).type_ }) as u16,
+        protocol: read(unsafe { &raw const (*sa).protocol }) as u16,
+    };
+    let Some(tag) = tag::tag_by_ancestors() else {
+        // The socket was made in an agent cgroup and handed to a task
+        // outside it: there is no policy to judge by.
+        return refuse(None, &NetDenial { kind, reason: Reason::Untagged, detail }, None, ALLOW, REFUSE);
+    };
+    let info = tag.info;
+    if info.flags & TAG_NET == 0 {
+        return ALLOW;
+    }
+    let proto = proto_bit(detail.sock_type, detail.protocol);
+    if proto == 0 {
+        return ALLOW;
+    }
+    let key = Key::new(NET_KEY_POLICY_BITS + 128, NetKey { policy_id: info.policy_id.to_be_bytes(), addr });
+    if NET_RULES.get(&key).is_some_and(|ports| ports.allows(detail.port, proto)) {
+        return ALLOW;
+    }
+    refuse(Some(&info), &NetDenial { kind, reason: Reason::NotAllowed, detail }, None, ALLOW, REFUSE)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    judge_destination(&ctx, Kind::Connect, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    judge_destination(&ctx, Kind::Connect, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    judge_destination(&ctx, Kind::Sendmsg, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    judge_destination(&ctx, Kind::Sendmsg, true)
+}
+
+/// The socket class a task may create, judged by its policy.
+#[inline(always)]
+fn judge_socket(tag: &Tagged, family: u16, sock_type: u16, protocol: u16, allow: i32, refused: i32) -> i32 {
+    let info = tag.info;
+    if info.flags & TAG_NET == 0 {
+        return allow;
+    }
+    let class = socket_class(family, sock_type, protocol);
+    if class == 0 || info.flags & class != 0 {
+        return allow;
+    }
+    let detail = Detail { addr: [0; 16], port: 0, family, sock_type, protocol };
+    refuse(Some(&info), &NetDenial { kind: Kind::Socket, reason: Reason::SocketClass, detail }, None, allow, refused)
+}
+
+/// IPv4 and IPv6 sockets (the kernel runs this for those families only;
+/// on a kernel with BPF LSM, `socket_create` has judged every family first).
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    let sock = ctx.sock;
+    let read = |field: *const u32| unsafe { core::ptr::read_volatile(field) } as u16;
+    let (family, sock_type, protocol) =
+        unsafe { (read(&raw const (*sock).family), read(&raw const (*sock).type_), read(&raw const (*sock).protocol)) };
+    let Some(tag) = tag::tag_by_ancestors() else {
+        let detail = Detail { addr: [0; 16], port: 0, family, sock_type, protocol };
+        return refuse(None, &NetDenial { kind: Kind::Socket, reason: Reason::Untagged, detail }, None, ALLOW, REFUSE);
+    };
+    judge_socket(&tag, family, sock_type, protocol, ALLOW, REFUSE)
+}
+
+/// Every socket of every family (BPF LSM kernels). The caller's protocol 0
+/// means the family's default, resolved here the way the kernel will.
+#[lsm(hook = "socket_create")]
+pub fn socket_create(ctx: LsmContext) -> i32 {
+    let Some(tag) = tag::current_tag() else { return 0 };
+    let (family, sock_type, protocol, kern): (i32, i32, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
+    if kern != 0 {
+        return 0;
+    }
+    let (family, sock_type) = (family as u16, sock_type as u16);
+    let protocol = match (family, sock_type, protocol) {
+        (AF_INET | AF_INET6, SOCK_STREAM, 0) => IPPROTO_TCP,
+        (AF_INET | AF_INET6, SOCK_DGRAM, 0) => IPPROTO_UDP,
+        (_, _, protocol) => protocol as u16,
+    };
+    judge_socket(&tag, family, sock_type, protocol, 0, -EPERM)
+}
+
+/// A unix socket's bound name, read from the kernel.
+struct UnixName {
+    /// Kernel address of the name's bytes (`sun_path`).
+    path: *const u8,
+    /// Bytes of it.
+    len: u32,
+}
+
+impl UnixName {
+    /// The name `sock` (a `struct sock` of a unix socket) is bound to;
+    /// `None` for an unbound socket (a socketpair's end).
+    #[inline(always)]
+    fn of(sock: *const u8) -> Option<Self> {
+        let addr = unsafe { Probe::ptr::<UnixSockAddr>(sock) };
+        if addr.is_null() {
+            return None;
+        }
+        let len = unsafe { Probe::get::<UnixAddressLen>(addr) } as u32;
+        // `len` counts `sun_family` (2 bytes) and the name.
+        let name = addr.wrapping_add(off!(unix_address_name));
+        let len = len.saturating_sub(2).min(UNIX_PATH_BYTES as u32);
+        Some(Self { path: name.wrapping_add(2), len })
+    }
+
+    #[inline(always)]
+    fn copy_into(&self, event: &mut NetDetail) {
+        let len = self.len & 127;
+        if len == 0 || len > UNIX_PATH_BYTES as u32 {
+            return;
+        }
+        let n = unsafe { bpf_probe_read_kernel(event.unix_path.as_mut_ptr().cast(), len, self.path.cast()) };
+        event.unix_len = if n == 0 { len as u16 } else { 0 };
+    }
+}
+
+/// Per-CPU room for a unix rule key (116 bytes, built without a `memset`).
+#[map]
+static UNIX_KEY: aya_ebpf::maps::PerCpuArray<UnixKey> = aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
+
+/// Whether the policy allows the unix socket bound to `name`. A pathname
+/// is compared up to its NUL; an abstract name (leading NUL) byte for byte,
+/// its length included.
+#[inline(always)]
+fn unix_allowed(policy_id: u32, name: &UnixName) -> bool {
+    let Some(key) = UNIX_KEY.get_ptr_mut(0) else { return false };
+    let key = unsafe { &mut *key };
+    let words = key.path.as_mut_ptr().cast::<u32>();
+    for i in 0..UNIX_PATH_BYTES / 4 {
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    let len = name.len & 127;
+    if len == 0 || len > UNIX_PATH_BYTES as u32 {
+        return false;
+    }
+    if unsafe { bpf_probe_read_kernel(key.path.as_mut_ptr().cast(), len, name.path.cast()) } != 0 {
+        return false;
+    }
+    key.policy_id = policy_id;
+    if key.path[0] == 0 {
+        key.len = len;
+    } else {
+        // A pathname's bound length may or may not count its NUL.
+        key.len = 0;
+    }
+    unsafe { UNIX_RULES.get(&*key) }.is_some()
+}
+
+/// Judges reaching the unix socket `other` (a `struct sock`).
+#[inline(always)]
+fn judge_unix(other: *const u8) -> i32 {
+    let Some(tag) = tag::current_tag() else { return 0 };
+    let info = tag.info;
+    if info.flags & TAG_NET == 0 {
+        return 0;
+    }
+    // An unbound peer was never reachable by name: a socketpair's other end.
+    let Some(name) = UnixName::of(other) else { return 0 };
+    if unix_allowed(info.policy_id, &name) {
+        return 0;
+    }
+    let detail = Detail { addr: [0; 16], port: 0, family: enforcer_common::net::AF_UNIX, sock_type: 0, protocol: 0 };
+    let denial = NetDenial { kind: Kind::UnixConnect, reason: Reason::NotAllowed, detail };
+    refuse(Some(&info), &denial, Some(&name), 0, -EPERM)
+}
+
+/// `connect` of a stream or seqpacket unix socket; `other` is the listener.
+#[lsm(hook = "unix_stream_connect")]
+pub fn unix_stream_connect(ctx: LsmContext) -> i32 {
+    judge_unix(ctx.arg(1))
+}
+
+/// A datagram to a unix socket (`connect`, and every send); `other` is
+/// the receiving `struct socket`.
+#[lsm(hook = "unix_may_send")]
+pub fn unix_may_send(ctx: LsmContext) -> i32 {
+    let other: *const u8 = ctx.arg(1);
+    if other.is_null() {
+        return 0;
+    }
+    let sock = unsafe { Probe::ptr::<crate::kernel::SocketSk>(other) };
+    judge_unix(sock)
+}
