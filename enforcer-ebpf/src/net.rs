@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::{LsmContext, SockAddrContext, SockContext},
 };
 use enforcer_common::{
-    events::{Action, Kind, NetDetail, Reason},
+    events::{Action, Kind, Reason},
     net::{
         AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, NET_KEY_POLICY_BITS, NET_RULES_MAX, NetKey, NetPorts, PROTO_TCP,
         PROTO_UDP, SOCK_DGRAM, SOCK_STREAM, UNIX_PATH_BYTES, UNIX_RULES_MAX, UnixKey, socket_class,
@@ -26,7 +26,7 @@ use enforcer_common::{
 
 use crate::{
     kernel::{Probe, Read, UnixAddressLen, UnixSockAddr, off},
-    report::report_net,
+    report::{NetDenial, report_net},
     tag::{self, Tagged},
 };
 
@@ -43,42 +43,40 @@ static UNIX_RULES: HashMap<UnixKey, u8> = HashMap::with_max_entries(enforcer_com
 
 const _: () = assert!(UNIX_RULES_MAX > 0);
 
-/// A refusal about to be reported.
-struct NetDenial {
-    kind: Kind,
-    reason: Reason,
-    detail: Detail,
-}
-
 /// What the event says about the socket.
 #[derive(Clone, Copy)]
 struct Detail {
-    addr: [u8; 16],
+    /// The destination as IPv6 words, in network order (IPv4 as
+    /// `::ffff:a.b.c.d`); words, not bytes: zeroing a byte array compiles
+    /// to a `memset` call, a byte loop in BPF.
+    addr: [u32; 4],
     port: u16,
     family: u16,
     sock_type: u16,
     protocol: u16,
 }
 
-/// Reports a refusal and turns it into the answer: `refuse` unless the
+/// Reports a refusal and turns it into the answer: `refused` unless the
 /// policy only audits (`tag` is `None` when no policy could be found).
 #[inline(always)]
-fn refuse(tag: Option<&TagInfo>, denial: &NetDenial, unix: Option<&UnixName>, allow: i32, refuse: i32) -> i32 {
+fn refuse(tag: Option<&TagInfo>, kind: Kind, reason: Reason, detail: &Detail, unix: Option<&UnixName>, allow: i32, refused: i32) -> i32 {
     let audit = tag.is_some_and(|t| t.flags & TAG_AUDIT != 0);
     let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EPERM) };
-    let detail = &denial.detail;
-    report_net(tag.map_or(0, |t| t.policy_id), denial.kind, denial.reason, action, errno as u32, |event: &mut NetDetail| {
-        event.addr = detail.addr;
-        event.port = detail.port;
-        event.family = detail.family;
-        event.sock_type = detail.sock_type;
-        event.protocol = detail.protocol;
-        event.unix_len = 0;
-        if let Some(name) = unix {
-            name.copy_into(event);
-        }
+    report_net(&NetDenial {
+        policy_id: tag.map_or(0, |t| t.policy_id),
+        errno: errno as u32,
+        kind,
+        reason,
+        action,
+        addr: detail.addr,
+        port: detail.port,
+        family: detail.family,
+        sock_type: detail.sock_type,
+        protocol: detail.protocol,
+        unix_path: unix.map_or(core::ptr::null(), |u| u.path),
+        unix_len: unix.map_or(0, |u| u.len),
     });
-    if audit { allow } else { refuse }
+    if audit { allow } else { refused }
 }
 
 /// The protocol bit a destination rule must grant, or 0 for a socket whose
@@ -100,17 +98,12 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     let sa: *const bpf_sock_addr = ctx.sock_addr;
     // Context fields must be read with loads of their own size.
     let read = |field: *const u32| unsafe { core::ptr::read_volatile(field) };
-    let mut addr = [0u8; 16];
-    if v6 {
-        for i in 0..4 {
-            let word = read(unsafe { (&raw const (*sa).user_ip6).cast::<u32>().add(i) });
-            addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
+    let addr = if v6 {
+        let word = |i: usize| read(unsafe { (&raw const (*sa).user_ip6).cast::<u32>().add(i) });
+        [word(0), word(1), word(2), word(3)]
     } else {
-        addr[10] = 0xff;
-        addr[11] = 0xff;
-        addr[12..].copy_from_slice(&read(unsafe { &raw const (*sa).user_ip4 }).to_ne_bytes());
-    }
+        [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), read(unsafe { &raw const (*sa).user_ip4 })]
+    };
     let detail = Detail {
         addr,
         port: u16::from_be(read(unsafe { &raw const (*sa).user_port }) as u16),
@@ -121,7 +114,7 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     let Some(tag) = tag::tag_by_ancestors() else {
         // The socket was made in an agent cgroup and handed to a task
         // outside it: there is no policy to judge by.
-        return refuse(None, &NetDenial { kind, reason: Reason::Untagged, detail }, None, ALLOW, REFUSE);
+        return refuse(None, kind, Reason::Untagged, &detail, None, ALLOW, REFUSE);
     };
     let info = tag.info;
     if info.flags & TAG_NET == 0 {
@@ -131,11 +124,13 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     if proto == 0 {
         return ALLOW;
     }
+    // SAFETY: sixteen bytes either way.
+    let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(addr) };
     let key = Key::new(NET_KEY_POLICY_BITS + 128, NetKey { policy_id: info.policy_id.to_be_bytes(), addr });
     if NET_RULES.get(&key).is_some_and(|ports| ports.allows(detail.port, proto)) {
         return ALLOW;
     }
-    refuse(Some(&info), &NetDenial { kind, reason: Reason::NotAllowed, detail }, None, ALLOW, REFUSE)
+    refuse(Some(&info), kind, Reason::NotAllowed, &detail, None, ALLOW, REFUSE)
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -169,8 +164,8 @@ fn judge_socket(tag: &Tagged, family: u16, sock_type: u16, protocol: u16, allow:
     if class == 0 || info.flags & class != 0 {
         return allow;
     }
-    let detail = Detail { addr: [0; 16], port: 0, family, sock_type, protocol };
-    refuse(Some(&info), &NetDenial { kind: Kind::Socket, reason: Reason::SocketClass, detail }, None, allow, refused)
+    let detail = socket_detail(family, sock_type, protocol);
+    refuse(Some(&info), Kind::Socket, Reason::SocketClass, &detail, None, allow, refused)
 }
 
 /// IPv4 and IPv6 sockets (the kernel runs this for those families only;
@@ -182,8 +177,8 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let (family, sock_type, protocol) =
         unsafe { (read(&raw const (*sock).family), read(&raw const (*sock).type_), read(&raw const (*sock).protocol)) };
     let Some(tag) = tag::tag_by_ancestors() else {
-        let detail = Detail { addr: [0; 16], port: 0, family, sock_type, protocol };
-        return refuse(None, &NetDenial { kind: Kind::Socket, reason: Reason::Untagged, detail }, None, ALLOW, REFUSE);
+        let detail = socket_detail(family, sock_type, protocol);
+        return refuse(None, Kind::Socket, Reason::Untagged, &detail, None, ALLOW, REFUSE);
     };
     judge_socket(&tag, family, sock_type, protocol, ALLOW, REFUSE)
 }
@@ -229,16 +224,6 @@ impl UnixName {
         let len = len.saturating_sub(2).min(UNIX_PATH_BYTES as u32);
         Some(Self { path: name.wrapping_add(2), len })
     }
-
-    #[inline(always)]
-    fn copy_into(&self, event: &mut NetDetail) {
-        let len = self.len & 127;
-        if len == 0 || len > UNIX_PATH_BYTES as u32 {
-            return;
-        }
-        let n = unsafe { bpf_probe_read_kernel(event.unix_path.as_mut_ptr().cast(), len, self.path.cast()) };
-        event.unix_len = if n == 0 { len as u16 } else { 0 };
-    }
 }
 
 /// Per-CPU room for a unix rule key (116 bytes, built without a `memset`).
@@ -256,10 +241,11 @@ fn unix_allowed(policy_id: u32, name: &UnixName) -> bool {
     for i in 0..UNIX_PATH_BYTES / 4 {
         unsafe { words.add(i).write_volatile(0) };
     }
-    let len = name.len & 127;
+    let len = name.len;
     if len == 0 || len > UNIX_PATH_BYTES as u32 {
         return false;
     }
+    let len = mask_127(len);
     if unsafe { bpf_probe_read_kernel(key.path.as_mut_ptr().cast(), len, name.path.cast()) } != 0 {
         return false;
     }
@@ -271,6 +257,31 @@ fn unix_allowed(policy_id: u32, name: &UnixName) -> bool {
         key.len = 0;
     }
     unsafe { UNIX_RULES.get(&*key) }.is_some()
+}
+
+/// Zero the compiler cannot see as a constant: a struct with a run of
+/// known zeros compiles to a `memset` call, a byte loop in BPF.
+#[inline(always)]
+fn opaque_zero() -> u32 {
+    let zero: u64;
+    unsafe { core::arch::asm!("{0} = 0", out(reg) zero, options(pure, nomem, nostack)) };
+    zero as u32
+}
+
+/// What a socket event says: no destination.
+#[inline(always)]
+fn socket_detail(family: u16, sock_type: u16, protocol: u16) -> Detail {
+    let zero = opaque_zero();
+    Detail { addr: [zero; 4], port: zero as u16, family, sock_type, protocol }
+}
+
+/// `value & 127`, in asm: the compiler drops a mask the checks before it
+/// make redundant, and the verifier needs it to bound a read's size.
+#[inline(always)]
+pub fn mask_127(value: u32) -> u32 {
+    let mut value = u64::from(value);
+    unsafe { core::arch::asm!("{0} &= 127", inout(reg) value, options(pure, nomem, nostack)) };
+    value as u32
 }
 
 /// Judges reaching the unix socket `other` (a `struct sock`).
@@ -286,9 +297,9 @@ fn judge_unix(other: *const u8) -> i32 {
     if unix_allowed(info.policy_id, &name) {
         return 0;
     }
-    let detail = Detail { addr: [0; 16], port: 0, family: enforcer_common::net::AF_UNIX, sock_type: 0, protocol: 0 };
-    let denial = NetDenial { kind: Kind::UnixConnect, reason: Reason::NotAllowed, detail };
-    refuse(Some(&info), &denial, Some(&name), 0, -EPERM)
+    let zero = opaque_zero() as u16;
+    let detail = socket_detail(enforcer_common::net::AF_UNIX, zero, zero);
+    refuse(Some(&info), Kind::UnixConnect, Reason::NotAllowed, &detail, Some(&name), 0, -EPERM)
 }
 
 /// `connect` of a stream or seqpacket unix socket; `other` is the listener.

@@ -6,20 +6,20 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
-        generated::{self as helper, bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel_str},
+        generated::{self as helper, bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_kernel_str},
     },
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
 use enforcer_common::{
     events::{
-        Action, NetDetail, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EVENTS_BYTES, EventHeader, Kind,
+        Action, NET_DETAIL_BYTES, NetDetail, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EVENTS_BYTES, EventHeader, Kind,
         MAX_PATH_DEPTH, NAME_BYTES, Op, PATH_BYTES, Reason,
     },
     policy::TagInfo,
 };
 
-use crate::kernel::{DentryName, DentryParent, Direct, MmExeFile, MountMountpoint, MountParent, Probe, Read, TaskMm, VfsmountRoot, file_path, mount_of, vfsmount_of};
+use crate::kernel::{DentryName, DentryParent, Direct, FileDentry, FileMnt, MmExeFile, MountMountpoint, MountParent, Probe, Read, TaskMm, VfsmountRoot, file_path, mount_of, vfsmount_of};
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -93,19 +93,11 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
         _ => {}
     }
     let path_len = if writer.phase == 0 { total } else { writer.path_len };
-    let pid_tgid = bpf_get_current_pid_tgid();
     // Field by field: a zeroed run in a struct literal (the padding, the
     // name before the helper fills it) compiles to a `memset` call, a byte
     // loop in BPF.
     let header = &mut buf.header;
-    // Straight into the event (aya's wrapper zeroes a copy on the stack).
-    unsafe { helper::bpf_get_current_comm((&raw mut header.comm).cast(), size_of::<[u8; 16]>() as u32) };
-    header.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    header.pid = pid_tgid as u32;
-    header.tgid = (pid_tgid >> 32) as u32;
-    header.policy_id = tag.policy_id;
-    header.errno = errno;
+    fill_header(header, tag.policy_id, errno);
     header.path_len = path_len as u16;
     header.exe_len = total.wrapping_sub(path_len) as u16;
     header.kind = denial.kind as u8;
@@ -123,18 +115,99 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
     }
 }
 
-/// Emits one network event: the header, then the [`NetDetail`] `fill`
-/// writes. The acting program is named by userspace (from `/proc`), so
-/// programs that cannot read the task can report too.
-#[inline(always)]
-pub fn report_net(policy_id: u32, kind: Kind, reason: Reason, action: Action, errno: u32, fill: impl FnOnce(&mut NetDetail)) {
-    let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
+/// A network refusal to report.
+pub struct NetDenial {
+    pub policy_id: u32,
+    pub errno: u32,
+    pub kind: Kind,
+    pub reason: Reason,
+    pub action: Action,
+    /// The destination as IPv6 words in network order (IPv4 as
+    /// `::ffff:a.b.c.d`).
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub family: u16,
+    pub sock_type: u16,
+    pub protocol: u16,
+    /// A unix socket's bound name (kernel memory), or null.
+    pub unix_path: *const u8,
+    pub unix_len: u32,
+}
+
+/// Emits one network event: the header, a [`NetDetail`] (in the place of a
+/// file path), then the acting program's path. Task fields are read with
+/// `bpf_probe_read_kernel`, so the cgroup socket programs (which get no
+/// BTF-typed task) report the same way.
+#[inline(never)]
+pub fn report_net(denial: &NetDenial) {
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
         count_lost();
         return;
     };
-    let event = unsafe { &mut *entry.as_mut_ptr() };
+    let buf = unsafe { &mut *buf };
+    const { assert!(core::mem::align_of::<NetDetail>() <= 8 && EVENT_HEADER_BYTES % 8 == 0) };
+    let detail = unsafe { &mut *buf.path.as_mut_ptr().cast::<NetDetail>() };
+    let words = detail.addr.as_mut_ptr().cast::<u32>();
+    for (i, word) in denial.addr.iter().enumerate() {
+        // SAFETY: `addr` is 16 bytes at a 4-aligned offset of the buffer.
+        unsafe { words.add(i).write(*word) };
+    }
+    detail.port = denial.port;
+    detail.family = denial.family;
+    detail.sock_type = denial.sock_type;
+    detail.protocol = denial.protocol;
+    detail.unix_len = 0;
+    let unix_len = denial.unix_len;
+    if !denial.unix_path.is_null() && unix_len > 0 && unix_len <= detail.unix_path.len() as u32 {
+        let unix_len = crate::net::mask_127(unix_len);
+        let read = unsafe { bpf_probe_read_kernel(detail.unix_path.as_mut_ptr().cast(), unix_len, denial.unix_path.cast()) };
+        if read == 0 {
+            detail.unix_len = unix_len as u16;
+        }
+    }
+    let (policy_id, errno, kind, reason, action) = (denial.policy_id, denial.errno, denial.kind, denial.reason, denial.action);
+    let (exe_dentry, exe_vfsmount) = current_exe_probed();
+    let detail = NET_DETAIL_BYTES as u32;
+    buf.cursor = detail;
+    // Field by field: four null pointers in a row make a `memset` call.
+    let writer = &mut buf.writer;
+    writer.dentry = exe_dentry;
+    writer.phase = 1;
+    writer.truncated = 0;
+    writer.path_len = detail;
+    for null in [&raw mut writer.mount, &raw mut writer.exe_dentry, &raw mut writer.mnt_root, &raw mut writer.exe_vfsmount] {
+        unsafe { null.write_volatile(core::ptr::null()) };
+    }
+    if exe_dentry.is_null() {
+        buf.writer.phase = 2;
+    } else {
+        buf.writer.enter(exe_vfsmount);
+        let mut ctx = StepCtx { buf };
+        unsafe { bpf_loop(2 * MAX_PATH_DEPTH, write_step as *mut c_void, (&raw mut ctx).cast(), 0) };
+    }
+    let total = buf.cursor;
+    let flags = buf.writer.truncated | if buf.writer.phase == 1 { EVENT_EXE_TRUNCATED } else { 0 };
+    let header = &mut buf.header;
+    fill_header(header, policy_id, errno);
+    header.path_len = detail as u16;
+    header.exe_len = total.wrapping_sub(detail) as u16;
+    header.kind = kind as u8;
+    header.op = 0;
+    header.action = action as u8;
+    header.reason = reason as u8;
+    unsafe { (&raw mut header.flags).cast::<u64>().write(u64::from(flags)) };
+    let len = EVENT_HEADER_BYTES + (total as usize).min(PATH_BYTES + NAME_BYTES);
+    let bytes = unsafe { core::slice::from_raw_parts((buf as *const EventBuf).cast::<u8>(), len) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count_lost();
+    }
+}
+
+/// The header fields every event fills the same way.
+#[inline(always)]
+fn fill_header(header: &mut EventHeader, policy_id: u32, errno: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let header = &mut event.header;
+    // Straight into the event (aya's wrapper zeroes a copy on the stack).
     unsafe { helper::bpf_get_current_comm((&raw mut header.comm).cast(), size_of::<[u8; 16]>() as u32) };
     header.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -142,22 +215,25 @@ pub fn report_net(policy_id: u32, kind: Kind, reason: Reason, action: Action, er
     header.tgid = (pid_tgid >> 32) as u32;
     header.policy_id = policy_id;
     header.errno = errno;
-    header.path_len = 0;
-    header.exe_len = 0;
-    header.kind = kind as u8;
-    header.op = 0;
-    header.action = action as u8;
-    header.reason = reason as u8;
-    unsafe { (&raw mut header.flags).cast::<u64>().write(0) };
-    fill(&mut event.detail);
-    entry.submit(0);
 }
 
-/// A network event as it sits in the ring buffer.
-#[repr(C)]
-struct NetEvent {
-    header: EventHeader,
-    detail: NetDetail,
+/// [`current_exe`] through `bpf_probe_read_kernel`, for programs that get
+/// no BTF-typed task.
+#[inline(always)]
+fn current_exe_probed() -> (*const u8, *const u8) {
+    let null = (core::ptr::null(), core::ptr::null());
+    let task = unsafe { helper::bpf_get_current_task() } as *const u8;
+    unsafe {
+        let mm = Probe::ptr::<TaskMm>(task);
+        if mm.is_null() {
+            return null;
+        }
+        let file = Probe::ptr::<MmExeFile>(mm);
+        if file.is_null() {
+            return null;
+        }
+        (Probe::ptr::<FileDentry>(file), Probe::ptr::<FileMnt>(file))
+    }
 }
 
 /// The current task's executable (`mm->exe_file`), or nulls for a task

@@ -133,8 +133,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
         let detail = bytes.get(EVENT_HEADER_BYTES..EVENT_HEADER_BYTES + NET_DETAIL_BYTES).ok_or(Malformed(bytes.len()))?;
         // SAFETY: NetDetail is plain old data and the slice is its size.
         let net: NetDetail = unsafe { std::ptr::read_unaligned(detail.as_ptr().cast()) };
-        // Named from /proc while the task is (most likely) still alive.
-        let exe = std::fs::read_link(format!("/proc/{}/exe", header.tgid)).ok().map(|p| p.display().to_string());
+        let exe = bytes.get(EVENT_HEADER_BYTES + NET_DETAIL_BYTES..).unwrap_or_default();
+        let exe = &exe[..usize::from(header.exe_len).min(exe.len())];
+        let exe = (!exe.is_empty()).then(|| join_path(exe, header.flags & EVENT_EXE_TRUNCATED != 0));
         return Ok(Record { header, path: String::new(), exe, net: Some(net) });
     }
     let names = bytes.get(EVENT_HEADER_BYTES..).unwrap_or_default();

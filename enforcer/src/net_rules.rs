@@ -141,8 +141,8 @@ mod tests {
 
     #[test]
     fn ranges_merge_and_too_many_is_an_error_at_the_entry() {
-        let rules = rules(&["1.2.3.4:80", "1.2.3.4:81-90", "1.2.3.4:85-100"]).unwrap();
-        let ports = ports_of(&rules, "1.2.3.4", 128);
+        let merged = rules(&["1.2.3.4:80", "1.2.3.4:81-90", "1.2.3.4:85-100"]).unwrap();
+        let ports = ports_of(&merged, "1.2.3.4", 128);
         assert_eq!((ports.ranges[0].first, ports.ranges[0].last), (80, 100));
         assert_eq!(ports.ranges[1].protos, 0);
         let many: Vec<String> = (1..=17).map(|p| format!("1.2.3.4:{}", p * 10)).collect();

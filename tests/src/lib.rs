@@ -40,6 +40,8 @@ pub struct Sandbox {
     /// The enforcer's stderr (a file, not a pipe: a long error must not
     /// block it while a test waits on stdout).
     pub stderr: PathBuf,
+    /// Pass `--degraded` (the host kernel: no BPF LSM).
+    pub degraded: bool,
 }
 
 impl Sandbox {
@@ -56,6 +58,7 @@ impl Sandbox {
             policy: base.join("policy.toml"),
             events: base.join("events.jsonl"),
             stderr: base.join("stderr.log"),
+            degraded: false,
             base,
         };
         for dir in [&sandbox.allowed, &sandbox.outside, &sandbox.secret] {
@@ -67,8 +70,13 @@ impl Sandbox {
     }
 
     pub fn write_policy(&self, mode: &str) {
+        self.write_policy_with(mode, "");
+    }
+
+    /// The default policy plus `more` (e.g. a `[network]` section).
+    pub fn write_policy_with(&self, mode: &str, more: &str) {
         let policy = format!(
-            "name = \"test-policy\"\nmode = \"{mode}\"\n[files]\nwrite = [\"{}\"]\nread_deny = [\"{}\"]\n",
+            "name = \"test-policy\"\nmode = \"{mode}\"\n[files]\nwrite = [\"{}\"]\nread_deny = [\"{}\"]\n{more}",
             self.allowed.display(),
             self.secret.display()
         );
@@ -98,6 +106,7 @@ impl Sandbox {
             .arg(&self.policy)
             .arg("--events")
             .arg(&self.events)
+            .args(self.degraded.then_some("--degraded"))
             .arg("--")
             .arg(probe_bin())
             .args(steps)
@@ -180,6 +189,20 @@ impl Outcome {
         assert_eq!(event["op"], op, "step `{step}`: {event}");
         assert_eq!(event["action"], "deny", "step `{step}`: {event}");
         assert_eq!(event["errno"], EPERM, "step `{step}`: {event}");
+        event
+    }
+
+    /// Asserts `step` failed with EPERM and produced exactly one deny event
+    /// of `kind` for which `about` holds; returns that event.
+    #[expect(clippy::must_use_candidate, reason = "an assertion; returning the event is a convenience")]
+    pub fn assert_denied_net(&self, step: &str, kind: &str, about: impl Fn(&Value) -> bool) -> &Value {
+        assert_eq!(self.errno(step), EPERM, "step `{step}` should fail with EPERM:\n{self:#?}");
+        let events: Vec<&Value> = self.events.iter().filter(|e| e["kind"] == kind && about(e)).collect();
+        assert_eq!(events.len(), 1, "step `{step}`: want exactly one {kind} event, got {events:#?}\n{self:#?}");
+        let event = events[0];
+        assert_eq!(event["action"], "deny", "step `{step}`: {event}");
+        assert_eq!(event["errno"], EPERM, "step `{step}`: {event}");
+        assert_eq!(event["policy"], "test-policy", "step `{step}`: {event}");
         event
     }
 

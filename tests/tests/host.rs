@@ -7,6 +7,10 @@ use std::process::Command;
 use enforcer::cgroups::{Cgroup, Hierarchy, RunCgroup};
 use enforcer_tests::enforcer_bin;
 
+/// The host kernel runs the cgroup programs but not BPF LSM ones.
+const DEGRADED: bool = true;
+mod network;
+
 #[test]
 fn run_refuses_to_start_the_command_when_bpf_lsm_cannot_load() {
     let marker = std::env::temp_dir().join(format!("enforcer-host-marker-{}", std::process::id()));
@@ -25,6 +29,8 @@ fn run_refuses_to_start_the_command_when_bpf_lsm_cannot_load() {
         "says what the kernel lacks: {stderr}"
     );
     assert!(!marker.exists(), "the command must not have run");
+    assert!(stderr.contains("not enforceable on this kernel:") && stderr.contains("[files]"), "lists the parts: {stderr}");
+    assert!(stderr.contains("pass --degraded"), "says what to do: {stderr}");
 }
 
 #[test]

@@ -5,6 +5,10 @@
 
 use enforcer_tests::{EPERM, Sandbox, release, wait_ready};
 
+/// BPF LSM works here: nothing is enforced in a degraded way.
+const DEGRADED: bool = false;
+mod network;
+
 #[test]
 fn writes_inside_write_trees_succeed_without_events() {
     let sb = Sandbox::new("allowed");
@@ -229,4 +233,53 @@ fn a_denial_storm_is_denied_throughout_and_every_event_is_accounted_for() {
     let lost: u64 = out.events.iter().filter(|e| e["kind"] == "lost").map(|e| e["count"].as_u64().unwrap()).sum();
     assert_eq!(delivered as u64 + lost, attempts, "delivered {delivered} + lost {lost}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "original\n");
+}
+
+#[test]
+fn unix_sockets_outside_the_policy_are_denied_however_they_are_reached() {
+    use std::os::{linux::net::SocketAddrExt as _, unix::net};
+    let sb = Sandbox::new("net-unix");
+    let at = |name: &str| sb.base.join(name).display().to_string();
+    let (allowed, runtime, log, link) = (at("agent.sock"), at("runtime.sock"), at("log.sock"), at("link.sock"));
+    let abstract_listener = |name: &str| net::UnixListener::bind_addr(&net::SocketAddr::from_abstract_name(name).unwrap()).unwrap();
+    let _held = (
+        net::UnixListener::bind(&allowed).unwrap(),
+        net::UnixListener::bind(&runtime).unwrap(),
+        net::UnixDatagram::bind(&log).unwrap(),
+        abstract_listener("enforcer-test-ok"),
+        abstract_listener("enforcer-test-no"),
+    );
+    std::os::unix::fs::symlink(&runtime, &link).unwrap();
+    sb.write_policy_with("enforce", &format!("[network]\nunix = [\"{allowed}\", \"@enforcer-test-ok\"]\n"));
+    let steps = [
+        format!("unix-connect:{allowed}"),
+        "unix-connect:@enforcer-test-ok".to_owned(),
+        format!("unix-connect:{runtime}"),
+        // Through a symlink: judged by the name the listener is bound to.
+        format!("unix-connect:{link}"),
+        "unix-connect:@enforcer-test-no".to_owned(),
+        format!("unix-sendto:{log}"),
+        // Packet and netlink audit sockets: classes the policy did not allow.
+        "socket:17:3:768".to_owned(),
+        "socket:16:3:9".to_owned(),
+        // Netlink route queries (getaddrinfo, `ip addr`) are always allowed.
+        "socket:16:3:0".to_owned(),
+    ];
+    let out = sb.run(&steps);
+    for step in [&steps[0], &steps[1], &steps[8]] {
+        out.assert_succeeded(step);
+    }
+    for step in [&steps[2], &steps[3]] {
+        assert_eq!(out.errno(step), EPERM, "{step}: {out:#?}");
+    }
+    let to_runtime: Vec<_> = out.events.iter().filter(|e| e["path"] == runtime.as_str()).collect();
+    assert_eq!(to_runtime.len(), 2, "one event per attempt, both naming the bound socket: {out:#?}");
+    assert!(to_runtime.iter().all(|e| e["kind"] == "unix_connect" && e["family"] == "unix"), "{to_runtime:#?}");
+    out.assert_denied_net(&steps[4], "unix_connect", |e| e["path"] == "@enforcer-test-no");
+    out.assert_denied_net(&steps[5], "unix_connect", |e| e["path"] == log.as_str());
+    let packet = out.assert_denied_net(&steps[6], "socket", |e| e["family"] == "packet");
+    assert_eq!(packet["class"], "packet", "{packet}");
+    let netlink = out.assert_denied_net(&steps[7], "socket", |e| e["family"] == "netlink");
+    assert_eq!(netlink["class"], "netlink", "{netlink}");
+    assert_eq!(out.events.len(), 6, "{:#?}", out.events);
 }

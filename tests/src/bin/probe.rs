@@ -1,12 +1,16 @@
 //! `enforcer-probe`: the misbehaving agent of the integration tests.
 //!
-//! Each argument is one step, `OP:ARG[:ARG]`, done with the syscall a real
-//! program would make; each prints one JSON line `{"step":..,"errno":N}`
-//! (0 on success), so tests can assert the exact errno of every attempt.
+//! Each argument is one step, `OP:ARG[:ARG]` (network steps: `OP:ADDRESS`),
+//! done with the syscall a real program would make; each prints one JSON
+//! line `{"step":..,"errno":N}` (0 on success), so tests can assert the
+//! exact errno of every attempt.
 
 use std::{
     ffi::CString,
     io::{BufRead as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    os::{linux::net::SocketAddrExt as _, unix::net},
+    time::Duration,
 };
 
 fn c(path: &str) -> CString {
@@ -84,6 +88,52 @@ fn tmpfile_link(dir: &str, target: &str) -> i32 {
     }
 }
 
+fn io_errno(result: std::io::Result<()>) -> i32 {
+    result.err().map_or(0, |e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// A unix socket address: a path, or `@name` for an abstract one.
+fn unix_addr(name: &str) -> std::io::Result<net::SocketAddr> {
+    match name.strip_prefix('@') {
+        Some(abstract_name) => net::SocketAddr::from_abstract_name(abstract_name),
+        None => net::SocketAddr::from_pathname(name),
+    }
+}
+
+/// Network steps; `None` if `op` is not one.
+fn net_step(op: &str, address: &str) -> Option<i32> {
+    let socket_addr = || address.parse::<SocketAddr>().unwrap_or_else(|_| panic!("bad address `{address}`"));
+    let unbound_udp = |to: &SocketAddr| UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" });
+    Some(match op {
+        "tcp-connect" => io_errno(TcpStream::connect_timeout(&socket_addr(), Duration::from_secs(5)).map(drop)),
+        "udp-sendto" => {
+            let to = socket_addr();
+            io_errno(unbound_udp(&to).and_then(|s| s.send_to(b"ping", to)).map(drop))
+        }
+        "udp-connect" => {
+            let to = socket_addr();
+            io_errno(unbound_udp(&to).and_then(|s| s.connect(to)))
+        }
+        // FAMILY:TYPE:PROTOCOL, numbers, as socket(2) takes them.
+        "socket" => {
+            let n: Vec<i32> = address.split(':').map(|n| n.parse().expect("socket numbers")).collect();
+            // SAFETY: socket(2) with plain values; the fd is closed.
+            let fd = unsafe { libc::socket(n[0], n[1], n[2]) };
+            if fd < 0 {
+                errno()
+            } else {
+                close(fd);
+                0
+            }
+        }
+        "unix-connect" => io_errno(unix_addr(address).and_then(|a| net::UnixStream::connect_addr(&a)).map(drop)),
+        "unix-sendto" => {
+            io_errno(unix_addr(address).and_then(|a| net::UnixDatagram::unbound()?.send_to_addr(b"ping", &a)).map(drop))
+        }
+        _ => return None,
+    })
+}
+
 fn step(op: &str, a: &str, b: &str) -> i32 {
     let (pa, pb) = (c(a), c(b));
     // SAFETY: each call gets NUL-terminated paths and plain values.
@@ -152,10 +202,11 @@ fn main() {
     let _ = writeln!(out, "{}", serde_json::json!({"ready": std::process::id()}));
     let _ = out.flush();
     for arg in std::env::args().skip(1) {
-        let mut parts = arg.splitn(3, ':');
-        let op = parts.next().unwrap_or_default();
-        let (a, b) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-        let errno = step(op, a, b);
+        let (op, rest) = arg.split_once(':').unwrap_or((&arg, ""));
+        let errno = net_step(op, rest).unwrap_or_else(|| {
+            let (a, b) = rest.split_once(':').unwrap_or((rest, ""));
+            step(op, a, b)
+        });
         let _ = writeln!(out, "{}", serde_json::json!({"step": arg, "errno": errno}));
         let _ = out.flush();
     }
