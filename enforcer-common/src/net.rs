@@ -6,6 +6,41 @@ pub const NET_RULES_MAP: &str = "NET_RULES";
 /// Allowed unix socket names: a hash map keyed by [`UnixKey`].
 pub const UNIX_RULES_MAP: &str = "UNIX_RULES";
 
+/// Addresses resolved from allowed host names: a hash map keyed by the
+/// exact address ([`NetKey`]), valued [`DnsGrant`].
+pub const DNS_GRANTS_MAP: &str = "DNS_GRANTS";
+/// The resolver each policy's DNS is redirected to: policy id -> [`Resolver`].
+pub const RESOLVERS_MAP: &str = "RESOLVERS";
+
+/// Resolved addresses at most, over all policies.
+pub const DNS_GRANTS_MAX: u32 = 1 << 16;
+/// Policies with a resolver at most.
+pub const RESOLVERS_MAX: u32 = 256;
+/// UDP sockets whose DNS was redirected, remembered so replies seem to come
+/// from the server they were sent to (least recently used ones are dropped).
+pub const DNS_ORIGINS_MAX: u32 = 1 << 14;
+
+/// DNS port: connects and sends to it are redirected to the resolver.
+pub const DNS_PORT: u16 = 53;
+
+/// An address resolved from an allowed name: allowed for `ports` until
+/// `expires_boot_ns` (`CLOCK_BOOTTIME`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsGrant {
+    pub expires_boot_ns: u64,
+    pub ports: NetPorts,
+}
+
+/// Where a policy's DNS goes: the enforcer's resolver on loopback
+/// (127.0.0.1, and ::1 when `v6`), at `port`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resolver {
+    pub port: u16,
+    pub v6: u16,
+}
+
 /// Destination prefixes at most, over all policies.
 pub const NET_RULES_MAX: u32 = 1 << 18;
 /// Unix socket names at most, over all policies.
@@ -152,4 +187,6 @@ mod pod {
     unsafe impl aya::Pod for super::NetKey {}
     unsafe impl aya::Pod for super::NetPorts {}
     unsafe impl aya::Pod for super::UnixKey {}
+    unsafe impl aya::Pod for super::DnsGrant {}
+    unsafe impl aya::Pod for super::Resolver {}
 }

@@ -10,15 +10,15 @@
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::generated::bpf_probe_read_kernel,
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::{cgroup_sock, cgroup_sock_addr, lsm, map},
-    maps::{HashMap, LpmTrie, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
     programs::{LsmContext, SockAddrContext, SockContext},
 };
 use enforcer_common::{
     events::{Action, Kind, Reason},
     net::{
-        AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, NET_KEY_POLICY_BITS, NET_RULES_MAX, NetKey, NetPorts, PROTO_TCP,
+        AF_INET, AF_INET6, DNS_GRANTS_MAX, DNS_ORIGINS_MAX, DNS_PORT, DnsGrant, RESOLVERS_MAX, Resolver, IPPROTO_TCP, IPPROTO_UDP, NET_KEY_POLICY_BITS, NET_RULES_MAX, NetKey, NetPorts, PROTO_TCP,
         PROTO_UDP, SOCK_DGRAM, SOCK_STREAM, UNIX_PATH_BYTES, UNIX_RULES_MAX, UnixKey, socket_class,
     },
     policy::{TAG_AUDIT, TAG_NET, TagInfo},
@@ -42,6 +42,31 @@ static NET_RULES: LpmTrie<NetKey, NetPorts> = LpmTrie::with_max_entries(NET_RULE
 static UNIX_RULES: HashMap<UnixKey, u8> = HashMap::with_max_entries(enforcer_common::net::UNIX_RULES_MAX, 0);
 
 const _: () = assert!(UNIX_RULES_MAX > 0);
+
+#[map]
+static DNS_GRANTS: HashMap<NetKey, DnsGrant> = HashMap::with_max_entries(DNS_GRANTS_MAX, 0);
+
+#[map]
+static RESOLVERS: HashMap<u32, Resolver> = HashMap::with_max_entries(RESOLVERS_MAX, 0);
+
+/// Where a redirected UDP socket's DNS was headed, by socket cookie.
+#[map]
+static DNS_ORIGINS: LruHashMap<u64, DnsOrigin> = LruHashMap::with_max_entries(DNS_ORIGINS_MAX, 0);
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct DnsOrigin {
+    /// The server the caller addressed (context words: network order).
+    addr: [u32; 4],
+    port: u32,
+    /// The resolver port its replies come from (context word).
+    via_port: u32,
+}
+
+/// 127.0.0.1 and ::1 as context words (network order).
+const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 /// What the event says about the socket.
 #[derive(Clone, Copy)]
@@ -124,13 +149,98 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     if proto == 0 {
         return ALLOW;
     }
+    if detail.port == DNS_PORT
+        // SAFETY: the value is only read, while the program runs.
+        && let Some(resolver) = unsafe { RESOLVERS.get(&info.policy_id) }
+    {
+        redirect_dns(ctx, v6, &addr, resolver, proto == PROTO_UDP);
+        return ALLOW;
+    }
     // SAFETY: sixteen bytes either way.
     let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(addr) };
-    let key = Key::new(NET_KEY_POLICY_BITS + 128, NetKey { policy_id: info.policy_id.to_be_bytes(), addr });
-    if NET_RULES.get(&key).is_some_and(|ports| ports.allows(detail.port, proto)) {
+    let key = NetKey { policy_id: info.policy_id.to_be_bytes(), addr };
+    if NET_RULES.get(&Key::new(NET_KEY_POLICY_BITS + 128, key)).is_some_and(|ports| ports.allows(detail.port, proto)) {
+        return ALLOW;
+    }
+    // SAFETY: as above.
+    if let Some(grant) = unsafe { DNS_GRANTS.get(&key) }
+        && grant.ports.allows(detail.port, proto)
+        && grant.expires_boot_ns > unsafe { bpf_ktime_get_boot_ns() }
+    {
         return ALLOW;
     }
     refuse(Some(&info), kind, Reason::NotAllowed, &detail, None, ALLOW, REFUSE)
+}
+
+/// Sends a DNS connect or datagram to the policy's resolver instead; for
+/// UDP, remembers where it was headed so replies seem to come from there.
+#[inline(always)]
+fn redirect_dns(ctx: &SockAddrContext, v6: bool, addr: &[u32; 4], resolver: &Resolver, udp: bool) {
+    let sa = ctx.sock_addr;
+    let port = u32::from(resolver.port.to_be());
+    if udp {
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        let user_port = unsafe { core::ptr::read_volatile(&raw const (*sa).user_port) };
+        let origin = DnsOrigin { addr: *addr, port: user_port, via_port: port };
+        let _ = DNS_ORIGINS.insert(&cookie, &origin, 0);
+    }
+    unsafe {
+        if v6 {
+            let words = if resolver.v6 != 0 { LOOPBACK6 } else { [0, 0, MAPPED, LOOPBACK4] };
+            let ip6 = (&raw mut (*sa).user_ip6).cast::<u32>();
+            for (i, word) in words.iter().enumerate() {
+                ip6.add(i).write_volatile(*word);
+            }
+        } else {
+            (&raw mut (*sa).user_ip4).write_volatile(LOOPBACK4);
+        }
+        (&raw mut (*sa).user_port).write_volatile(port);
+    }
+}
+
+/// A reply from the resolver to a redirected UDP socket: named as coming
+/// from the server the caller addressed (resolvers check that).
+#[inline(always)]
+fn restore_dns_origin(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let sa = ctx.sock_addr;
+    let read = |field: *const u32| unsafe { core::ptr::read_volatile(field) };
+    let from_loopback = if v6 {
+        let word = |i: usize| read(unsafe { (&raw const (*sa).user_ip6).cast::<u32>().add(i) });
+        let last = [word(0), word(1), word(2), word(3)];
+        last == LOOPBACK6 || last == [0, 0, MAPPED, LOOPBACK4]
+    } else {
+        read(unsafe { &raw const (*sa).user_ip4 }) == LOOPBACK4
+    };
+    if !from_loopback {
+        return ALLOW;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    let Some(origin) = (unsafe { DNS_ORIGINS.get(&cookie) }) else { return ALLOW };
+    if read(unsafe { &raw const (*sa).user_port }) != origin.via_port {
+        return ALLOW;
+    }
+    unsafe {
+        if v6 {
+            let ip6 = (&raw mut (*sa).user_ip6).cast::<u32>();
+            for (i, word) in origin.addr.iter().enumerate() {
+                ip6.add(i).write_volatile(*word);
+            }
+        } else {
+            (&raw mut (*sa).user_ip4).write_volatile(origin.addr[3]);
+        }
+        (&raw mut (*sa).user_port).write_volatile(origin.port);
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore_dns_origin(&ctx, false)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore_dns_origin(&ctx, true)
 }
 
 #[cgroup_sock_addr(connect4)]

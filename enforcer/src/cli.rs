@@ -28,6 +28,10 @@ pub enum Command {
         /// refusing; what is not enforced is printed first.
         #[arg(long)]
         degraded: bool,
+        /// The DNS resolver to ask for allowed host names (default: the
+        /// first nameserver in /etc/resolv.conf).
+        #[arg(long, value_name = "ADDRESS:PORT")]
+        dns_upstream: Option<std::net::SocketAddr>,
         /// The command and its arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
         command: Vec<OsString>,

@@ -66,6 +66,10 @@ pub struct NetFields {
     /// Socket events: the policy's name for the refused class (`raw`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class: Option<&'static str>,
+    /// Connect and sendmsg events: the host name the address was last
+    /// resolved from by the enforcer's resolver, `null` if never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_from: Option<Option<String>>,
 }
 
 /// A count of events that were lost (never silently).
@@ -260,6 +264,7 @@ fn net_fields(kind: Option<Kind>, net: &NetDetail) -> NetFields {
             _ => "unknown",
         }),
         class: socket.then(|| SOCKET_CLASSES.iter().find(|c| c.1 == class_bit).map_or("unknown", |c| c.0)),
+        resolved_from: destination.then_some(None),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod btf;
 pub mod cgroups;
 pub mod cli;
 pub mod destinations;
+pub mod dns;
 pub mod events;
 pub mod field_loads;
 pub mod kernel;

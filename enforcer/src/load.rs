@@ -14,7 +14,7 @@ use aya::{
 use enforcer_common::{
     KernelOffsets,
     events::{EVENTS_MAP, LOST_MAP},
-    net::{NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, UNIX_RULES_MAP, UnixKey},
+    net::{DNS_GRANTS_MAP, DnsGrant, NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver, UNIX_RULES_MAP, UnixKey},
     policy::{FileRuleKey, FileTable, MAX_TAG_LEVEL, TABLES_MAP, TAG_FILTER_MAP, TagFilter, TagInfo, TagTable, Tables},
 };
 
@@ -83,7 +83,7 @@ pub const NET_HOOKS: &[(&str, bool)] = &[("socket_create", true), ("unix_stream_
 
 /// The cgroup socket programs, attached to each tagged cgroup whose policy
 /// restricts the network.
-const SOCK_ADDR_PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+const SOCK_ADDR_PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6"];
 const SOCK_CREATE_PROGRAM: &str = "sock_create";
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +151,8 @@ pub struct Enforcer {
     ebpf: Ebpf,
     net_rules: LpmTrie<MapData, NetKey, NetPorts>,
     unix_rules: BpfHashMap<MapData, UnixKey, u8>,
+    resolvers: BpfHashMap<MapData, u32, Resolver>,
+    dns_grants: Option<BpfHashMap<MapData, NetKey, DnsGrant>>,
     /// Why BPF LSM programs are not loaded (`None`: they are): only the
     /// cgroup socket programs enforce then.
     pub lsm_missing: Option<LoadError>,
@@ -192,12 +194,16 @@ impl Enforcer {
         let events = Some(RingBuf::try_from(take(EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?);
         let net_rules = LpmTrie::try_from(take(NET_RULES_MAP)?).map_err(map_err(NET_RULES_MAP))?;
         let unix_rules = BpfHashMap::try_from(take(UNIX_RULES_MAP)?).map_err(map_err(UNIX_RULES_MAP))?;
+        let resolvers = BpfHashMap::try_from(take(RESOLVERS_MAP)?).map_err(map_err(RESOLVERS_MAP))?;
+        let dns_grants = Some(BpfHashMap::try_from(take(DNS_GRANTS_MAP)?).map_err(map_err(DNS_GRANTS_MAP))?);
         let tag_table = tables::tag_table(&StdHashMap::new())?;
         let file_table = tables::file_table(&StdHashMap::new())?;
         let mut enforcer = Self {
             ebpf,
             net_rules,
             unix_rules,
+            resolvers,
+            dns_grants,
             lsm_missing,
             tables,
             tag_table,
@@ -251,6 +257,17 @@ impl Enforcer {
             self.unix_rules.insert(key, 1, 0).map_err(map_err(UNIX_RULES_MAP))?;
         }
         Ok(())
+    }
+
+    /// The grants of resolved addresses (taken once, by the resolver).
+    pub fn take_dns_grants(&mut self) -> Option<BpfHashMap<MapData, NetKey, DnsGrant>> {
+        self.dns_grants.take()
+    }
+
+    /// Sends the DNS of tagged cgroups under policy `policy_id` to the
+    /// resolver at `resolver`.
+    pub fn set_resolver(&mut self, policy_id: u32, resolver: Resolver) -> Result<(), LoadError> {
+        self.resolvers.insert(policy_id, resolver, 0).map_err(map_err(RESOLVERS_MAP))
     }
 
     /// Attaches the cgroup socket programs to `cgroup`: from now on its

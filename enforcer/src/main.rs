@@ -11,7 +11,9 @@ use enforcer::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run { policy, events, degraded, command } => run_command(RunOptions { policy, events, degraded, command }),
+        Command::Run { policy, events, degraded, dns_upstream, command } => {
+            run_command(RunOptions { policy, events, degraded, dns_upstream, command })
+        }
         Command::Policy { command: PolicyCommand::Check { file } } => check_policy(&file),
         Command::BenchFloor { command } => bench::run_floor(&command),
     };

@@ -43,7 +43,7 @@ pub struct Files {
 }
 
 /// The `[network]` section.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Network {
     /// Destinations an agent may connect or send to, each with where the
     /// policy says so (for errors found later, e.g. too many port ranges).
@@ -53,7 +53,13 @@ pub struct Network {
     pub unix: Vec<String>,
     /// Socket classes allowed beyond the default (`net::SOCKET_CLASSES`).
     pub sockets: Vec<&'static str>,
+    /// Shortest time an address resolved from an allowed name stays allowed
+    /// (answers with a shorter TTL get this one).
+    pub dns_min_ttl: std::time::Duration,
 }
+
+/// Default for `network.dns_min_ttl`, seconds.
+pub const DNS_MIN_TTL_DEFAULT: u64 = 30;
 
 /// A validated policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,6 +124,7 @@ struct RawNetwork {
     unix: Vec<Spanned<String>>,
     #[serde(default)]
     sockets: Vec<Spanned<String>>,
+    dns_min_ttl: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -130,7 +137,7 @@ struct RawFiles {
 }
 
 const KEYS_HINT: &str = "a policy has `name`, `mode`, a `[files]` table with `write` and `read_deny`, and a \
-`[network]` table with `allow`, `unix` and `sockets`; see policies/coding-agent.toml";
+`[network]` table with `allow`, `unix`, `sockets` and `dns_min_ttl`; see policies/coding-agent.toml";
 
 /// Reads and validates the policy file at `file`.
 pub fn load(file: &Path) -> Result<(Policy, Vec<Warning>), PolicyError> {
@@ -242,7 +249,22 @@ fn validate_files(ctx: &Ctx<'_>, files: Spanned<RawFiles>, warnings: &mut Vec<Wa
 }
 
 fn validate_network(ctx: &Ctx<'_>, raw: RawNetwork, warnings: &mut Vec<Warning>) -> Result<Network, PolicyError> {
-    let mut network = Network::default();
+    let dns_min_ttl = match &raw.dns_min_ttl {
+        None => DNS_MIN_TTL_DEFAULT,
+        Some(ttl) => u64::try_from(*ttl.get_ref()).ok().filter(|&t| (1..=86_400).contains(&t)).ok_or_else(|| {
+            ctx.invalid(
+                ttl.span(),
+                format!("network.dns_min_ttl: {} is not 1 to 86400 seconds", ttl.get_ref()),
+                "how long (seconds) a resolved address stays allowed at least, e.g. 30",
+            )
+        })?,
+    };
+    let mut network = Network {
+        allow: Vec::new(),
+        unix: Vec::new(),
+        sockets: Vec::new(),
+        dns_min_ttl: std::time::Duration::from_secs(dns_min_ttl),
+    };
     for entry in &raw.allow {
         let destination: Destination =
             entry.get_ref().parse().map_err(|e: EntryError| ctx.invalid(entry.span(), format!("network.allow: {}", e.message), e.hint))?;

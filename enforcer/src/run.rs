@@ -1,20 +1,26 @@
 //! `enforcer run`: one command in a fresh agent cgroup, no daemon needed.
 
-use std::{ffi::OsString, path::PathBuf, process::ExitStatus, time::Duration};
+use std::{
+    ffi::OsString,
+    path::PathBuf,
+    process::ExitStatus,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use enforcer_common::{
-    net::SOCKET_CLASSES,
+    net::{Resolver, SOCKET_CLASSES},
     policy::{TAG_AUDIT, TAG_FILES, TAG_NET, TAG_READ_DENY, TagInfo},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cgroups::{self, CgroupError, Hierarchy, Names, RunCgroup},
-    destinations::Target,
+    dns::{self, DnsError, DnsEvent, grants::Grants, names::{HostRules, TooManyHostRanges}},
     load::{Enforcer, LoadError},
     mounts::MountError,
     net_rules::{self, TooManyRanges},
-    policy::{self, Mode, Policy, PolicyError},
+    policy::{self, Mode, Network, Policy, PolicyError},
     rules,
     stream::{EventStream, Sink},
 };
@@ -24,6 +30,9 @@ pub struct RunOptions {
     pub events: Option<PathBuf>,
     /// Enforce what the kernel can when it cannot enforce the whole policy.
     pub degraded: bool,
+    /// Where the resolver asks for allowed names (default: the first
+    /// nameserver of /etc/resolv.conf).
+    pub dns_upstream: Option<std::net::SocketAddr>,
     pub command: Vec<OsString>,
 }
 
@@ -41,6 +50,10 @@ pub enum RunError {
     Unenforceable { why: LoadError, parts: Vec<&'static str> },
     #[error(transparent)]
     Network(#[from] TooManyRanges),
+    #[error(transparent)]
+    HostRanges(#[from] TooManyHostRanges),
+    #[error("cannot resolve allowed host names, so the command was not run: {0}")]
+    Dns(#[from] DnsError),
     #[error("cannot set up the agent cgroup, so the command was not run: {0}")]
     Cgroup(#[from] CgroupError),
     #[error("cannot resolve the policy's file trees: {0}")]
@@ -60,7 +73,7 @@ impl RunError {
     #[must_use]
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Policy(_) | Self::Network(_) => 2,
+            Self::Policy(_) | Self::Network(_) | Self::HostRanges(_) => 2,
             Self::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 127,
             Self::Spawn { .. } => 126,
             _ => 125,
@@ -112,16 +125,6 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
             }
         }
     }
-    if let Some(network) = &policy.network {
-        for (destination, at) in &network.allow {
-            if let Target::Host { .. } = destination.target {
-                eprintln!(
-                    "enforcer: warning: {at}: network.allow `{destination}`: host names are not resolved by this version \
-                     yet; connections to the name's addresses are denied"
-                );
-            }
-        }
-    }
     let hierarchy = Hierarchy::find()?;
     let run_cgroup = RunCgroup::create(&hierarchy)?;
     let cgroup = &run_cgroup.cgroup;
@@ -133,9 +136,12 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         }
         enforcer.add_file_rules(&rules.entries)?;
     }
+    let (dns_tx, dns_events) = tokio::sync::mpsc::unbounded_channel::<DnsEvent>();
+    let mut resolver = None;
     let net = match &policy.network {
         Some(network) => {
             enforcer.add_net_rules(&net_rules::build(network, u32::from(POLICY_ID))?)?;
+            resolver = Some(start_resolver(&mut enforcer, &policy, network, opts.dns_upstream, dns_tx).await?);
             Some(enforcer.attach_net(cgroup)?)
         }
         None => None,
@@ -145,9 +151,14 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     names.add_root(cgroup);
     let mut stream = EventStream::new(ring, sink, names).map_err(|e| RunError::Events { path: "ring buffer".into(), source: e })?;
     stream.add_policy(u32::from(POLICY_ID), &policy.name);
+    if let Some(resolver) = &resolver {
+        stream.set_grants(resolver.grants.clone());
+    }
     enforcer.tag(cgroup, tag_for(&policy))?;
 
-    let status = spawn_and_wait(&opts.command, cgroup, &mut stream, &enforcer).await;
+    let mut dns = Dns { events: dns_events, grants: resolver.as_ref().map(|r| r.grants.clone()), cgroup: cgroup.name.clone(), policy: policy.name.clone() };
+    let status = spawn_and_wait(&opts.command, cgroup, &mut stream, &enforcer, &mut dns).await;
+    drop(resolver);
 
     // Nothing of the agent may outlive the run unenforced: kill what is left
     // while still tagged, then collect the last events.
@@ -187,11 +198,61 @@ fn missing_effect(key: &str) -> &'static str {
     }
 }
 
+/// A running resolver (stopped when dropped) and its grants.
+struct RunningResolver {
+    task: tokio::task::JoinHandle<()>,
+    grants: Arc<Mutex<Grants>>,
+}
+
+impl Drop for RunningResolver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the policy's resolver and sends the cgroup's DNS to it.
+async fn start_resolver(
+    enforcer: &mut Enforcer,
+    policy: &Policy,
+    network: &Network,
+    upstream: Option<std::net::SocketAddr>,
+    events: tokio::sync::mpsc::UnboundedSender<DnsEvent>,
+) -> Result<RunningResolver, RunError> {
+    let upstream = match upstream {
+        Some(upstream) => upstream,
+        None => dns::system_upstream()?,
+    };
+    let listeners = dns::Listeners::bind().await?;
+    let grants = Arc::new(Mutex::new(Grants::new(enforcer.take_dns_grants().ok_or(LoadError::MissingMap("DNS_GRANTS"))?)));
+    let resolver = dns::Resolver {
+        policy_id: u32::from(POLICY_ID),
+        audit: policy.mode == Mode::Audit,
+        rules: HostRules::of(network)?,
+        upstream,
+        min_ttl: network.dns_min_ttl,
+        grants: grants.clone(),
+        events,
+    };
+    enforcer.set_resolver(u32::from(POLICY_ID), Resolver { port: listeners.port, v6: u16::from(listeners.v6) })?;
+    let task = tokio::spawn(dns::serve(resolver, listeners));
+    Ok(RunningResolver { task, grants })
+}
+
+/// What the run loop needs of the resolver: its events, and its grants to
+/// sweep.
+struct Dns {
+    events: tokio::sync::mpsc::UnboundedReceiver<DnsEvent>,
+    grants: Option<Arc<Mutex<Grants>>>,
+    cgroup: String,
+    policy: String,
+}
+
 async fn spawn_and_wait(
     command: &[OsString],
     cgroup: &cgroups::Cgroup,
     stream: &mut EventStream,
     enforcer: &Enforcer,
+    dns: &mut Dns,
 ) -> Result<ExitStatus, RunError> {
     let procs = cgroup.procs_file()?;
     let mut cmd = tokio::process::Command::new(&command[0]);
@@ -207,7 +268,15 @@ async fn spawn_and_wait(
         tokio::select! {
             status = child.wait() => return status.map_err(RunError::Wait),
             result = stream.next_batch() => result.map_err(RunError::Wait)?,
-            _ = lost_tick.tick() => stream.report_lost(enforcer.lost_events().unwrap_or(0)),
+            _ = lost_tick.tick() => {
+                stream.report_lost(enforcer.lost_events().unwrap_or(0));
+                if let Some(grants) = &dns.grants
+                    && let Ok(mut grants) = grants.lock()
+                {
+                    grants.sweep();
+                }
+            }
+            Some(event) = dns.events.recv() => stream.dns_event(&event, &dns.policy, &dns.cgroup, cgroup.id),
             _ = terminate.recv() => forward(&child, libc::SIGTERM),
             // The terminal already sent SIGINT to the command; do not die first.
             _ = interrupt.recv() => {}

@@ -1,14 +1,31 @@
 //! Reads the denial ring buffer and writes one JSON object per line.
 
-use std::{collections::HashMap, io::Write, path::Path};
+use std::{
+    collections::HashMap,
+    io::Write,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     cgroups::Names,
+    dns::{DnsEvent, grants::Grants},
     events::{self, Clock, Context, Lost},
 };
+
+/// A `dns` event as written out: the resolver's, plus the common fields.
+#[derive(serde::Serialize)]
+struct DnsLine<'a> {
+    ts: String,
+    policy: &'a str,
+    cgroup: &'a str,
+    cgroup_id: u64,
+    #[serde(flatten)]
+    event: &'a DnsEvent,
+}
 
 /// Where JSON lines go: a file (appended) or stderr.
 pub struct Sink(Box<dyn Write + Send>);
@@ -39,6 +56,8 @@ pub struct EventStream {
     names: Names,
     policies: HashMap<u32, String>,
     lost_reported: u64,
+    /// The resolver's grants: which name a denied address was resolved from.
+    grants: Option<Arc<Mutex<Grants>>>,
 }
 
 impl EventStream {
@@ -52,11 +71,21 @@ impl EventStream {
             names,
             policies: HashMap::new(),
             lost_reported: 0,
+            grants: None,
         })
     }
 
     pub fn add_policy(&mut self, id: u32, name: &str) {
         self.policies.insert(id, name.to_owned());
+    }
+
+    pub fn set_grants(&mut self, grants: Arc<Mutex<Grants>>) {
+        self.grants = Some(grants);
+    }
+
+    /// Writes a `dns` event of the resolver.
+    pub fn dns_event(&mut self, event: &DnsEvent, policy: &str, cgroup: &str, cgroup_id: u64) {
+        self.sink.line(&DnsLine { ts: self.clock.now(), policy, cgroup, cgroup_id, event });
     }
 
     pub fn names(&mut self) -> &mut Names {
@@ -73,14 +102,21 @@ impl EventStream {
 
     /// Writes every record available now.
     pub fn drain(&mut self) {
-        let Self { ring, sink, clock, names, policies, .. } = self;
+        let Self { ring, sink, clock, names, policies, grants, .. } = self;
         let ring = ring.get_mut();
         while let Some(item) = ring.next() {
             match events::decode(&item) {
                 Ok(record) => {
                     let policy = policies.get(&record.header.policy_id).map_or("unknown", String::as_str);
                     let cgroup = names.name(record.header.cgroup_id);
-                    sink.line(&record.into_event(Context { clock, policy, cgroup }));
+                    let mut event = record.into_event(Context { clock, policy, cgroup });
+                    if let (Some(net), Some(grants)) = (event.net.as_mut(), grants.as_ref())
+                        && let Some(daddr) = net.daddr.as_deref().and_then(|d| d.parse().ok())
+                        && let Ok(grants) = grants.lock()
+                    {
+                        net.resolved_from = Some(grants.resolved_from(daddr).map(str::to_owned));
+                    }
+                    sink.line(&event);
                 }
                 Err(e) => eprintln!("enforcer: warning: {e}"),
             }

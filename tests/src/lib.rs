@@ -42,6 +42,8 @@ pub struct Sandbox {
     pub stderr: PathBuf,
     /// Pass `--degraded` (the host kernel: no BPF LSM).
     pub degraded: bool,
+    /// `--dns-upstream` for the run.
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 impl Sandbox {
@@ -59,6 +61,7 @@ impl Sandbox {
             events: base.join("events.jsonl"),
             stderr: base.join("stderr.log"),
             degraded: false,
+            dns_upstream: None,
             base,
         };
         for dir in [&sandbox.allowed, &sandbox.outside, &sandbox.secret] {
@@ -107,6 +110,7 @@ impl Sandbox {
             .arg("--events")
             .arg(&self.events)
             .args(self.degraded.then_some("--degraded"))
+            .args(self.dns_upstream.iter().flat_map(|a| ["--dns-upstream".to_owned(), a.to_string()]))
             .arg("--")
             .arg(probe_bin())
             .args(steps)
@@ -226,4 +230,103 @@ pub fn release(child: &mut Child) {
     let stdin = child.stdin.as_mut().expect("piped stdin");
     stdin.write_all(b"go\n").expect("release probe");
     stdin.flush().expect("flush");
+}
+
+/// A DNS server on loopback for the tests (the enforcer's upstream): A and
+/// AAAA answers from a table, NXDOMAIN for other names, over UDP and TCP.
+/// Runs until dropped.
+pub struct DnsServer {
+    pub addr: std::net::SocketAddr,
+    queries: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DnsServer {
+    /// Serves `records`: (name, address, TTL seconds).
+    #[must_use]
+    pub fn start(records: &[(&str, std::net::IpAddr, u32)]) -> Self {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool};
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind DNS server");
+        let addr = udp.local_addr().expect("DNS server address");
+        let tcp = std::net::TcpListener::bind(addr).expect("bind DNS server (TCP)");
+        udp.set_read_timeout(Some(std::time::Duration::from_millis(100))).expect("timeout");
+        tcp.set_nonblocking(true).expect("nonblocking");
+        let records: Vec<(String, std::net::IpAddr, u32)> = records.iter().map(|(n, a, t)| ((*n).to_owned(), *a, *t)).collect();
+        let records = Arc::new(records);
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, q, s) = (records.clone(), queries.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((len, from)) = udp.recv_from(&mut buf)
+                    && let Some(reply) = dns_reply(&buf[..len], &r, &q)
+                {
+                    let _ = udp.send_to(&reply, from);
+                }
+                while let Ok((mut stream, _)) = tcp.accept() {
+                    use std::io::Read as _;
+                    let _ = stream.set_nonblocking(false);
+                    let mut len = [0u8; 2];
+                    if stream.read_exact(&mut len).is_err() {
+                        continue;
+                    }
+                    let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if stream.read_exact(&mut query).is_ok()
+                        && let Some(reply) = dns_reply(&query, &r, &q)
+                    {
+                        let len = u16::try_from(reply.len()).unwrap_or(0).to_be_bytes();
+                        let _ = stream.write_all(&[&len[..], &reply].concat());
+                    }
+                }
+            }
+        });
+        Self { addr, queries, stop }
+    }
+
+    /// The names asked so far (lower case, no trailing dot).
+    #[must_use]
+    pub fn queries(&self) -> Vec<String> {
+        self.queries.lock().map(|q| q.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn dns_reply(
+    query: &[u8],
+    records: &[(String, std::net::IpAddr, u32)],
+    queries: &std::sync::Mutex<Vec<String>>,
+) -> Option<Vec<u8>> {
+    use hickory_proto::{
+        op::{Message, ResponseCode},
+        rr::{RData, Record, RecordType, rdata},
+    };
+    let request = Message::from_vec(query).ok()?;
+    let question = request.queries.first()?.clone();
+    let name = question.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    if let Ok(mut q) = queries.lock() {
+        q.push(name.clone());
+    }
+    let mut reply = Message::response(request.metadata.id, request.metadata.op_code);
+    reply.metadata.recursion_desired = request.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.add_query(question.clone());
+    let known: Vec<_> = records.iter().filter(|(n, _, _)| *n == name).collect();
+    if known.is_empty() {
+        reply.metadata.response_code = ResponseCode::NXDomain;
+    }
+    for (_, addr, ttl) in known {
+        let data = match (addr, question.query_type()) {
+            (std::net::IpAddr::V4(v4), RecordType::A) => RData::A(rdata::A(*v4)),
+            (std::net::IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(rdata::AAAA(*v6)),
+            _ => continue,
+        };
+        reply.add_answer(Record::from_rdata(question.name().clone(), *ttl, data));
+    }
+    reply.to_vec().ok()
 }

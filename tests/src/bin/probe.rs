@@ -100,6 +100,56 @@ fn unix_addr(name: &str) -> std::io::Result<net::SocketAddr> {
     }
 }
 
+fn dns_query(tcp: bool, arg: &str) -> i32 {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RecordType},
+    };
+    let (name, server) = arg.split_once('@').expect("NAME@SERVER");
+    let server: SocketAddr = server.parse().expect("server address");
+    let mut query = Message::query();
+    query.metadata.id = 4242;
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(name).expect("name"), RecordType::A));
+    let bytes = query.to_vec().expect("encode query");
+    let reply = if tcp {
+        (|| {
+            use std::io::{Read as _, Write as _};
+            let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let len = u16::try_from(bytes.len()).unwrap_or(0).to_be_bytes();
+            stream.write_all(&[&len[..], &bytes].concat())?;
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len)?;
+            let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            stream.read_exact(&mut reply)?;
+            Ok::<_, std::io::Error>(reply)
+        })()
+    } else {
+        (|| {
+            let socket = UdpSocket::bind(if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+            socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+            socket.send_to(&bytes, server)?;
+            let mut buf = vec![0u8; 4096];
+            let (len, from) = socket.recv_from(&mut buf)?;
+            // As resolvers do: only the server asked may answer.
+            if from != server {
+                return Err(std::io::Error::other(format!("reply from {from}, not {server}")));
+            }
+            buf.truncate(len);
+            Ok(buf)
+        })()
+    };
+    match reply {
+        Err(e) => e.raw_os_error().unwrap_or(999),
+        Ok(reply) => match Message::from_vec(&reply) {
+            Err(_) => 998,
+            Ok(m) if m.answers.is_empty() => 100 + i32::from(u16::from(m.metadata.response_code)),
+            Ok(_) => 0,
+        },
+    }
+}
+
 /// Network steps; `None` if `op` is not one.
 fn net_step(op: &str, address: &str) -> Option<i32> {
     let socket_addr = || address.parse::<SocketAddr>().unwrap_or_else(|_| panic!("bad address `{address}`"));
@@ -126,6 +176,18 @@ fn net_step(op: &str, address: &str) -> Option<i32> {
                 0
             }
         }
+        // NAME:PORT through getaddrinfo (the system resolver), then a TCP
+        // connect to the first address; 1000 when the name does not resolve.
+        "resolve-connect" => {
+            let resolved = std::net::ToSocketAddrs::to_socket_addrs(address).map(|mut addrs| addrs.next());
+            match resolved {
+                Ok(Some(to)) => io_errno(TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(drop)),
+                Ok(None) | Err(_) => 1000,
+            }
+        }
+        // NAME@SERVER: one A query of our own over UDP or TCP; 0 when
+        // answered with addresses, 100 + the response code otherwise.
+        "dns-udp" | "dns-tcp" => dns_query(op == "dns-tcp", address),
         "unix-connect" => io_errno(unix_addr(address).and_then(|a| net::UnixStream::connect_addr(&a)).map(drop)),
         "unix-sendto" => {
             io_errno(unix_addr(address).and_then(|a| net::UnixDatagram::unbound()?.send_to_addr(b"ping", &a)).map(drop))

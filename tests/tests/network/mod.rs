@@ -137,3 +137,105 @@ fn a_policy_without_a_network_section_leaves_the_network_alone() {
         assert!(out.stderr.contains("--degraded: NOT enforced: [files]"), "says what is not enforced: {}", out.stderr);
     }
 }
+
+/// Names the test DNS server knows, and listeners at their addresses.
+struct Names {
+    dns: enforcer_tests::DnsServer,
+    port: u16,
+    /// `api.allowed.test`'s address (the one DNS answers with).
+    answered: SocketAddr,
+    /// Another address of the same service, never in an answer.
+    other: SocketAddr,
+    _held: Vec<TcpListener>,
+}
+
+impl Names {
+    fn new(ttl: u32) -> Self {
+        let first = TcpListener::bind("127.0.0.3:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        let second = TcpListener::bind(("127.0.0.4", port)).unwrap();
+        let evil = TcpListener::bind(("127.0.0.5", port)).unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let dns = enforcer_tests::DnsServer::start(&[
+            ("api.allowed.test", ip("127.0.0.3"), ttl),
+            ("files.wild.test", ip("127.0.0.3"), ttl),
+            ("evil.test", ip("127.0.0.5"), ttl),
+        ]);
+        Self {
+            dns,
+            port,
+            answered: first.local_addr().unwrap(),
+            other: second.local_addr().unwrap(),
+            _held: vec![first, second, evil],
+        }
+    }
+
+    fn policy(&self, min_ttl: u32) -> String {
+        format!(
+            "[network]\nallow = [\"api.allowed.test:{port}\", \"*.wild.test:{port}/tcp\"]\ndns_min_ttl = {min_ttl}\n",
+            port = self.port
+        )
+    }
+}
+
+/// A loopback address nothing serves DNS on: an agent's "own" resolver.
+const OTHER_RESOLVER: &str = "127.0.0.77:53";
+
+#[test]
+fn host_names_resolve_through_the_enforcer_and_only_their_answers_connect() {
+    let mut sb = sandbox("net-dns");
+    let names = Names::new(300);
+    sb.dns_upstream = Some(names.dns.addr);
+    sb.write_policy_with("enforce", &names.policy(30));
+    let port = names.port;
+    let steps = [
+        // The system resolver (getaddrinfo), redirected: the first try connects.
+        format!("resolve-connect:api.allowed.test:{port}"),
+        format!("resolve-connect:files.wild.test:{port}"),
+        // A hard-coded address of the same service that no answer gave.
+        format!("tcp-connect:{}", names.other),
+        // An address an allowed name resolved to, on another port.
+        format!("tcp-connect:127.0.0.3:{}", port - 1),
+        format!("resolve-connect:evil.test:{port}"),
+        // DNS to another resolver, over UDP and TCP: redirected, same rules.
+        format!("dns-udp:api.allowed.test@{OTHER_RESOLVER}"),
+        format!("dns-tcp:api.allowed.test@{OTHER_RESOLVER}"),
+        format!("dns-udp:evil.test@{OTHER_RESOLVER}"),
+        // DNS over TLS to a resolver the policy does not allow.
+        "tcp-connect:127.0.0.77:853".to_owned(),
+    ];
+    let out = sb.run(&steps);
+    for step in [&steps[0], &steps[1], &steps[5], &steps[6]] {
+        out.assert_succeeded(step);
+    }
+    assert_eq!(out.errno(&steps[4]), 1000, "a name the policy does not allow does not resolve: {out:#?}");
+    assert_eq!(out.errno(&steps[7]), 103, "NXDOMAIN from the enforcer's resolver: {out:#?}");
+    let never = out.assert_denied_net(&steps[2], "connect", to(names.other, "inet"));
+    assert_eq!(never["resolved_from"], Value::Null, "never resolved: {never}");
+    let resolved = out.assert_denied_net(&steps[3], "connect", |e| e["daddr"] == "127.0.0.3");
+    // Both names resolved to it; the event names the latest.
+    assert!(["api.allowed.test", "files.wild.test"].contains(&resolved["resolved_from"].as_str().unwrap_or_default()), "{resolved}");
+    out.assert_denied_net(&steps[8], "connect", |e| e["dport"] == 853);
+    let refused: Vec<&Value> = out.events.iter().filter(|e| e["kind"] == "dns").collect();
+    assert!(!refused.is_empty() && refused.iter().all(|e| e["qname"] == "evil.test" && e["action"] == "deny"), "{refused:#?}");
+    assert!(refused.iter().all(|e| e["policy"] == "test-policy" && e["reason"] == "not_allowed"), "{refused:#?}");
+    assert!(!names.dns.queries().contains(&"evil.test".to_owned()), "refused names never reach upstream");
+    assert_eq!(out.events.len(), 3 + refused.len(), "{:#?}", out.events);
+}
+
+#[test]
+fn resolved_addresses_expire_after_the_ttl() {
+    let mut sb = sandbox("net-dns-ttl");
+    let names = Names::new(1);
+    sb.dns_upstream = Some(names.dns.addr);
+    sb.write_policy_with("enforce", &names.policy(1));
+    let steps = [
+        format!("resolve-connect:api.allowed.test:{}", names.port),
+        "sleep-ms:2500".to_owned(),
+        format!("tcp-connect:{}", names.answered),
+    ];
+    let out = sb.run(&steps);
+    out.assert_succeeded(&steps[0]);
+    let expired = out.assert_denied_net(&steps[2], "connect", to(names.answered, "inet"));
+    assert_eq!(expired["resolved_from"], "api.allowed.test", "{expired}");
+}

@@ -1,0 +1,115 @@
+//! The addresses allowed because an allowed name resolved to them: kept
+//! here per (policy, address) with each name's own expiry, and written to
+//! the programs' `DNS_GRANTS` map as one merged entry per address.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use enforcer_common::net::{DnsGrant, NetKey, NetPorts};
+
+use super::names::merge_ports;
+
+/// `CLOCK_BOOTTIME` in nanoseconds: the clock the programs compare with.
+#[must_use]
+pub fn boot_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+/// One name's grant of one address.
+#[derive(Clone, Debug)]
+struct NameGrant {
+    name: String,
+    ports: NetPorts,
+    expires_boot_ns: u64,
+}
+
+/// Names remembered per address for events, at most (then forgotten whole).
+const HISTORY_MAX: usize = 1 << 17;
+
+pub struct Grants {
+    map: BpfHashMap<MapData, NetKey, DnsGrant>,
+    grants: HashMap<(u32, Ipv6Addr), Vec<NameGrant>>,
+    /// The last name each address was resolved from (expired or not), for
+    /// the `resolved_from` of a denied connect.
+    history: HashMap<Ipv6Addr, String>,
+}
+
+impl Grants {
+    #[must_use]
+    pub fn new(map: BpfHashMap<MapData, NetKey, DnsGrant>) -> Self {
+        Self { map, grants: HashMap::new(), history: HashMap::new() }
+    }
+
+    /// Allows `addr` for `ports` under policy `policy_id` for `ttl`, because
+    /// `name` resolved to it. The map holds it when this returns.
+    pub fn grant(&mut self, policy_id: u32, addr: IpAddr, name: &str, ports: NetPorts, ttl: Duration) -> Result<(), MapError> {
+        let addr = as_v6(addr);
+        let expires_boot_ns = boot_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
+        let list = self.grants.entry((policy_id, addr)).or_default();
+        list.retain(|g| g.name != name);
+        list.push(NameGrant { name: name.to_owned(), ports, expires_boot_ns });
+        if self.history.len() >= HISTORY_MAX {
+            self.history.clear();
+        }
+        self.history.insert(addr, name.to_owned());
+        self.write(policy_id, addr)
+    }
+
+    /// Removes what has expired; returns how many addresses lost every grant.
+    pub fn sweep(&mut self) -> usize {
+        let now = boot_ns();
+        let mut changed = Vec::new();
+        for (key, list) in &mut self.grants {
+            let before = list.len();
+            list.retain(|g| g.expires_boot_ns > now);
+            if list.len() != before {
+                changed.push(*key);
+            }
+        }
+        let mut emptied = 0;
+        for (policy_id, addr) in changed {
+            if self.grants.get(&(policy_id, addr)).is_some_and(Vec::is_empty) {
+                emptied += 1;
+            }
+            // A failed rewrite leaves the older entry, which expires in the
+            // kernel by itself.
+            let _ = self.write(policy_id, addr);
+        }
+        self.grants.retain(|_, list| !list.is_empty());
+        emptied
+    }
+
+    /// The name `addr` was last resolved from, if any.
+    #[must_use]
+    pub fn resolved_from(&self, addr: IpAddr) -> Option<&str> {
+        self.history.get(&as_v6(addr)).map(String::as_str)
+    }
+
+    /// Writes the merged entry of one address (or removes it).
+    fn write(&mut self, policy_id: u32, addr: Ipv6Addr) -> Result<(), MapError> {
+        let key = NetKey { policy_id: policy_id.to_be_bytes(), addr: addr.octets() };
+        let list = self.grants.get(&(policy_id, addr)).map(Vec::as_slice).unwrap_or_default();
+        if list.is_empty() {
+            return match self.map.remove(&key) {
+                Err(MapError::KeyNotFound) => Ok(()),
+                other => other,
+            };
+        }
+        let ports = list.iter().fold(NetPorts::default(), |all, g| merge_ports(&all, &g.ports));
+        let expires_boot_ns = list.iter().map(|g| g.expires_boot_ns).max().unwrap_or(0);
+        self.map.insert(key, DnsGrant { expires_boot_ns, ports }, 0)
+    }
+}
+
+/// IPv4 as the programs key it: `::ffff:a.b.c.d`.
+fn as_v6(addr: IpAddr) -> Ipv6Addr {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6, |v4| v4.to_ipv6_mapped()),
+    }
+}

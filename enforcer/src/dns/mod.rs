@@ -1,0 +1,263 @@
+//! The resolver agents' DNS is redirected to (the connect and sendmsg
+//! programs send every UDP and TCP port-53 packet of a tagged cgroup here).
+//!
+//! It answers names the policy allows by asking the upstream resolver, and
+//! puts each answer's addresses into the programs' grants, with the answer's
+//! TTL (bounded below), before the answer is released: the first connection
+//! never races the map. Other names get NXDOMAIN and a `dns` denial event.
+
+pub mod grants;
+pub mod names;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Message, MessageType, ResponseCode},
+    rr::{RData, RecordType},
+};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::mpsc,
+};
+
+use self::{grants::Grants, names::HostRules};
+
+/// How long the upstream resolver gets to answer one query.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(4);
+/// Largest DNS message over UDP we take or relay (EDNS allows up to 64 KiB;
+/// this is what resolvers use in practice).
+const UDP_MESSAGE_MAX: usize = 4096;
+
+/// A DNS query the resolver refused (or could not serve), for the stream.
+#[derive(Debug, Serialize)]
+pub struct DnsEvent {
+    pub kind: &'static str,
+    pub action: &'static str,
+    pub qname: String,
+    pub qtype: String,
+    pub reason: &'static str,
+}
+
+/// What one resolver serves: one policy.
+pub struct Resolver {
+    pub policy_id: u32,
+    /// Answer names the policy does not allow too, and report them.
+    pub audit: bool,
+    pub rules: HostRules,
+    pub upstream: SocketAddr,
+    pub min_ttl: Duration,
+    pub grants: Arc<Mutex<Grants>>,
+    pub events: mpsc::UnboundedSender<DnsEvent>,
+}
+
+/// The loopback sockets a resolver listens on.
+pub struct Listeners {
+    pub port: u16,
+    /// Whether it also listens on `[::1]` (same port).
+    pub v6: bool,
+    udp4: UdpSocket,
+    tcp4: TcpListener,
+    v6_sockets: Option<(UdpSocket, TcpListener)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("cannot start the DNS resolver on loopback: {0}")]
+    Listen(std::io::Error),
+    #[error(
+        "no upstream DNS resolver: {0}; name one with --dns-upstream ADDRESS:PORT (the host's resolver, \
+         e.g. 127.0.0.53:53)"
+    )]
+    NoUpstream(String),
+}
+
+impl Listeners {
+    /// Binds UDP and TCP on 127.0.0.1 (one free port, both protocols), and
+    /// on [::1] at the same port when the host has IPv6 loopback.
+    pub async fn bind() -> Result<Self, DnsError> {
+        // A port free for UDP may be taken for TCP: try a few.
+        let mut last = None;
+        for _ in 0..16 {
+            let udp4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(DnsError::Listen)?;
+            let port = udp4.local_addr().map_err(DnsError::Listen)?.port();
+            match TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
+                Ok(tcp4) => {
+                    let v6_sockets = match (UdpSocket::bind((Ipv6Addr::LOCALHOST, port)).await, TcpListener::bind((Ipv6Addr::LOCALHOST, port)).await) {
+                        (Ok(udp), Ok(tcp)) => Some((udp, tcp)),
+                        _ => None,
+                    };
+                    return Ok(Self { port, v6: v6_sockets.is_some(), udp4, tcp4, v6_sockets });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(DnsError::Listen(last.unwrap_or_else(|| std::io::Error::other("no free port"))))
+    }
+}
+
+/// The first `nameserver` of `/etc/resolv.conf`, port 53.
+pub fn system_upstream() -> Result<SocketAddr, DnsError> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").map_err(|e| DnsError::NoUpstream(format!("/etc/resolv.conf: {e}")))?;
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .find_map(|addr| addr.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .ok_or_else(|| DnsError::NoUpstream("/etc/resolv.conf names no nameserver".to_owned()))
+}
+
+/// Serves queries on `listeners` until the task is dropped.
+pub async fn serve(resolver: Resolver, listeners: Listeners) {
+    let resolver = Arc::new(resolver);
+    let Listeners { udp4, tcp4, v6_sockets, .. } = listeners;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut sockets = vec![(udp4, tcp4)];
+    sockets.extend(v6_sockets);
+    for (udp, tcp) in sockets {
+        tasks.spawn(serve_udp(resolver.clone(), udp));
+        tasks.spawn(serve_tcp(resolver.clone(), tcp));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn serve_udp(resolver: Arc<Resolver>, socket: UdpSocket) {
+    let socket = Arc::new(socket);
+    let mut buf = vec![0u8; UDP_MESSAGE_MAX];
+    loop {
+        let Ok((len, from)) = socket.recv_from(&mut buf).await else { continue };
+        let query = buf[..len].to_vec();
+        let (resolver, socket) = (resolver.clone(), socket.clone());
+        tokio::spawn(async move {
+            if let Some(reply) = resolver.answer(&query, Transport::Udp).await {
+                let _ = socket.send_to(&reply, from).await;
+            }
+        });
+    }
+}
+
+async fn serve_tcp(resolver: Arc<Resolver>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let resolver = resolver.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(30), serve_connection(&resolver, stream)).await;
+        });
+    }
+}
+
+/// DNS over TCP: two-byte length, message; as many as the client sends.
+async fn serve_connection(resolver: &Resolver, mut stream: TcpStream) -> std::io::Result<()> {
+    loop {
+        let query = read_framed(&mut stream).await?;
+        if let Some(reply) = resolver.answer(&query, Transport::Tcp).await {
+            write_framed(&mut stream, &reply).await?;
+        }
+    }
+}
+
+async fn read_framed(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let len = stream.read_u16().await?;
+    let mut message = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut message).await?;
+    Ok(message)
+}
+
+async fn write_framed(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(message.len()).map_err(|_| std::io::Error::other("DNS message too long"))?;
+    stream.write_all(&[&len.to_be_bytes()[..], message].concat()).await
+}
+
+#[derive(Clone, Copy)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Resolver {
+    /// The reply to one query, or `None` to stay silent (not a DNS query).
+    async fn answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let request = Message::from_vec(query).ok()?;
+        if request.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let Some(question) = request.queries.first() else {
+            return refusal(&request, ResponseCode::FormErr);
+        };
+        let qname = question.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        let qtype = question.query_type();
+        let Some(ports) = self.rules.ports_for(&qname) else {
+            self.report(&qname, qtype, "not_allowed");
+            if self.audit {
+                return self.ask_upstream(query, transport).await.ok();
+            }
+            return refusal(&request, ResponseCode::NXDomain);
+        };
+        let Ok(reply) = self.ask_upstream(query, transport).await else {
+            self.report(&qname, qtype, "upstream_failed");
+            return refusal(&request, ResponseCode::ServFail);
+        };
+        let Ok(response) = Message::from_vec(&reply) else {
+            self.report(&qname, qtype, "upstream_failed");
+            return refusal(&request, ResponseCode::ServFail);
+        };
+        // The grants go in before the answer goes out.
+        for record in &response.answers {
+            let addr = match &record.data {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
+                _ => continue,
+            };
+            let ttl = Duration::from_secs(u64::from(record.ttl)).max(self.min_ttl);
+            let granted = self.grants.lock().map_err(|_| ()).and_then(|mut g| g.grant(self.policy_id, addr, &qname, ports, ttl).map_err(|_| ()));
+            if granted.is_err() {
+                // Without the grant the connect would be denied: say so now.
+                self.report(&qname, qtype, "grant_table_full");
+                return refusal(&request, ResponseCode::ServFail);
+            }
+        }
+        Some(reply)
+    }
+
+    async fn ask_upstream(&self, query: &[u8], transport: Transport) -> std::io::Result<Vec<u8>> {
+        let ask = async {
+            match transport {
+                Transport::Udp => {
+                    let bind: SocketAddr = if self.upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+                    let socket = UdpSocket::bind(bind).await?;
+                    socket.connect(self.upstream).await?;
+                    socket.send(query).await?;
+                    let mut buf = vec![0u8; UDP_MESSAGE_MAX];
+                    let len = socket.recv(&mut buf).await?;
+                    buf.truncate(len);
+                    Ok(buf)
+                }
+                Transport::Tcp => {
+                    let mut stream = TcpStream::connect(self.upstream).await?;
+                    write_framed(&mut stream, query).await?;
+                    read_framed(&mut stream).await
+                }
+            }
+        };
+        tokio::time::timeout(UPSTREAM_TIMEOUT, ask).await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+    }
+
+    fn report(&self, qname: &str, qtype: RecordType, reason: &'static str) {
+        let action = if self.audit { "audit" } else { "deny" };
+        let event = DnsEvent { kind: "dns", action, qname: qname.to_owned(), qtype: qtype.to_string(), reason };
+        let _ = self.events.send(event);
+    }
+}
+
+/// An answer with no records and `code`, for `request`.
+fn refusal(request: &Message, code: ResponseCode) -> Option<Vec<u8>> {
+    let mut reply = Message::error_msg(request.metadata.id, request.metadata.op_code, code);
+    reply.metadata.recursion_desired = request.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.add_queries(request.queries.iter().cloned());
+    reply.to_vec().ok()
+}

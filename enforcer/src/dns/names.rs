@@ -1,0 +1,134 @@
+//! Which names a policy lets an agent resolve, and for which ports.
+
+use enforcer_common::net::{NET_PORT_RANGES, NetPorts, PortRange};
+
+use crate::{
+    destinations::Target,
+    policy::{Location, Network},
+};
+
+/// One `HOST:PORTS` entry of `network.allow`.
+#[derive(Clone, Debug)]
+struct HostRule {
+    name: String,
+    wildcard: bool,
+    range: PortRange,
+}
+
+/// The host name entries of one policy.
+#[derive(Clone, Debug, Default)]
+pub struct HostRules {
+    rules: Vec<HostRule>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{at}: error: network.allow: host name `{name}` ends up with more than {NET_PORT_RANGES} separate port ranges\n  \
+     hint: merge its ports into ranges"
+)]
+pub struct TooManyHostRanges {
+    at: Location,
+    name: String,
+}
+
+impl HostRules {
+    /// The host name entries of `network`; refused if a name could match
+    /// more separate port ranges than a grant holds.
+    pub fn of(network: &Network) -> Result<Self, TooManyHostRanges> {
+        let mut rules = Vec::new();
+        for (destination, at) in &network.allow {
+            let Target::Host { name, wildcard } = &destination.target else { continue };
+            let (first, last) = (*destination.ports.start(), *destination.ports.end());
+            let range = PortRange { first, last, protos: destination.protos, pad: [0; 3] };
+            rules.push(HostRule { name: name.clone(), wildcard: *wildcard, range });
+            let this = Self { rules: rules.clone() };
+            let probe = if *wildcard { format!("x.{name}") } else { name.clone() };
+            if this.ranges(&probe).len() > NET_PORT_RANGES {
+                return Err(TooManyHostRanges { at: at.clone(), name: name.clone() });
+            }
+        }
+        Ok(Self { rules })
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// What the policy allows for addresses of `qname` (lower case, no
+    /// trailing dot); `None` if the name is not allowed at all.
+    #[must_use]
+    pub fn ports_for(&self, qname: &str) -> Option<NetPorts> {
+        let ranges = self.ranges(qname);
+        if ranges.is_empty() {
+            return None;
+        }
+        let mut ports = NetPorts::default();
+        for (slot, range) in ports.ranges.iter_mut().zip(ranges) {
+            *slot = range;
+        }
+        Some(ports)
+    }
+
+    fn ranges(&self, qname: &str) -> Vec<PortRange> {
+        let mut ranges: Vec<PortRange> = self.rules.iter().filter(|r| r.matches(qname)).map(|r| r.range).collect();
+        ranges.sort_unstable_by_key(|r| (r.protos, r.first, r.last));
+        ranges.dedup();
+        ranges
+    }
+}
+
+impl HostRule {
+    /// `*.pypi.org` matches exactly one label in front of `pypi.org`.
+    fn matches(&self, qname: &str) -> bool {
+        if !self.wildcard {
+            return qname == self.name;
+        }
+        qname
+            .strip_suffix(self.name.as_str())
+            .and_then(|front| front.strip_suffix('.'))
+            .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+    }
+}
+
+/// Merges the ports of two grants of one address (two names may share it).
+#[must_use]
+pub fn merge_ports(a: &NetPorts, b: &NetPorts) -> NetPorts {
+    let mut all: Vec<PortRange> = a.ranges.iter().chain(&b.ranges).filter(|r| r.protos != 0).copied().collect();
+    all.sort_unstable_by_key(|r| (r.protos, r.first, r.last));
+    all.dedup();
+    let mut merged = NetPorts::default();
+    // Past the slots, allow less rather than more: the grant is cut, never widened.
+    for (slot, range) in merged.ranges.iter_mut().zip(all) {
+        *slot = range;
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use enforcer_common::net::{PROTO_TCP, PROTO_UDP};
+
+    use super::*;
+    use crate::policy;
+
+    fn rules(allow: &str) -> HostRules {
+        let text = format!("name = \"x\"\n[network]\nallow = [{allow}]\n");
+        HostRules::of(&policy::parse(&text, Path::new("p.toml")).unwrap().0.network.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn names_and_one_label_wildcards_match() {
+        let rules = rules("\"api.github.com:443\", \"*.pypi.org:443/tcp\", \"*.pypi.org:80\", \"10.0.0.0/8:53\"");
+        assert!(rules.ports_for("api.github.com").unwrap().allows(443, PROTO_UDP));
+        assert!(rules.ports_for("github.com").is_none());
+        assert!(rules.ports_for("evil.api.github.com").is_none());
+        let files = rules.ports_for("files.pypi.org").unwrap();
+        assert!(files.allows(443, PROTO_TCP) && files.allows(80, PROTO_UDP) && !files.allows(443, PROTO_UDP));
+        assert!(rules.ports_for("pypi.org").is_none(), "the wildcard needs a label");
+        assert!(rules.ports_for("a.b.pypi.org").is_none(), "one label only");
+        assert!(rules.ports_for("xpypi.org").is_none());
+    }
+}
