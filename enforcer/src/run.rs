@@ -218,10 +218,7 @@ async fn start_resolver(
     upstream: Option<std::net::SocketAddr>,
     events: tokio::sync::mpsc::UnboundedSender<DnsEvent>,
 ) -> Result<RunningResolver, RunError> {
-    let upstream = match upstream {
-        Some(upstream) => upstream,
-        None => dns::system_upstream()?,
-    };
+    let upstream = upstream.unwrap_or_else(dns::system_upstream);
     let listeners = dns::Listeners::bind().await?;
     let grants = Arc::new(Mutex::new(Grants::new(enforcer.take_dns_grants().ok_or(LoadError::MissingMap("DNS_GRANTS"))?)));
     let resolver = dns::Resolver {

@@ -70,11 +70,6 @@ pub struct Listeners {
 pub enum DnsError {
     #[error("cannot start the DNS resolver on loopback: {0}")]
     Listen(std::io::Error),
-    #[error(
-        "no upstream DNS resolver: {0}; name one with --dns-upstream ADDRESS:PORT (the host's resolver, \
-         e.g. 127.0.0.53:53)"
-    )]
-    NoUpstream(String),
 }
 
 impl Listeners {
@@ -101,14 +96,17 @@ impl Listeners {
     }
 }
 
-/// The first `nameserver` of `/etc/resolv.conf`, port 53.
-pub fn system_upstream() -> Result<SocketAddr, DnsError> {
-    let text = std::fs::read_to_string("/etc/resolv.conf").map_err(|e| DnsError::NoUpstream(format!("/etc/resolv.conf: {e}")))?;
-    text.lines()
+/// The first `nameserver` of `/etc/resolv.conf`, port 53; like the C
+/// library, 127.0.0.1 when the file is missing or names none.
+#[must_use]
+pub fn system_upstream() -> SocketAddr {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let ip = text
+        .lines()
         .filter_map(|line| line.trim().strip_prefix("nameserver"))
         .find_map(|addr| addr.trim().parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .ok_or_else(|| DnsError::NoUpstream("/etc/resolv.conf names no nameserver".to_owned()))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    SocketAddr::new(ip, 53)
 }
 
 /// Serves queries on `listeners` until the task is dropped.
