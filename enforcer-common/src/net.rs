@@ -33,7 +33,7 @@ pub struct DnsGrant {
 }
 
 /// Where a policy's DNS goes: the enforcer's resolver on loopback
-/// (127.0.0.1, and ::1 when `v6`), at `port`.
+/// (127.0.0.1, and `::1` when `v6`), at `port`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Resolver {
@@ -90,6 +90,7 @@ const _: () = assert!(core::mem::size_of::<NetPorts>() == 8 * NET_PORT_RANGES);
 
 impl NetPorts {
     /// Whether `port` is allowed for `proto` (one `PROTO_*` bit).
+    #[expect(clippy::inline_always, reason = "BPF programs: no calls on the connect path")]
     #[inline(always)]
     #[must_use]
     pub fn allows(&self, port: u16, proto: u8) -> bool {

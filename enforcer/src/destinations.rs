@@ -63,9 +63,8 @@ fn split_target(entry: &str) -> Result<(&str, &str), EntryError> {
             return fail(format!("`{entry}`: `[` without `]`"), "write an IPv6 prefix as \"[2606:50c0::]/32:443\"");
         };
         let after = &inner[close + 1..];
-        let (prefix, ports) = match after.split_once(':') {
-            Some((prefix, ports)) => (prefix, ports),
-            None => return fail(format!("`{entry}` has no port"), FORMS),
+        let Some((prefix, ports)) = after.split_once(':') else {
+            return fail(format!("`{entry}` has no port"), FORMS);
         };
         // `[addr]/len:ports`, or `[addr/len]:ports`.
         let target = &entry[..close + 2 + prefix.len()];

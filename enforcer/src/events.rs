@@ -254,7 +254,7 @@ fn net_fields(kind: Option<Kind>, net: &NetDetail) -> NetFields {
         proto,
         daddr: destination.then_some(daddr),
         dport: destination.then_some(net.port),
-        sock_type: socket.then(|| match net.sock_type {
+        sock_type: socket.then_some(match net.sock_type {
             net::SOCK_STREAM => "stream",
             net::SOCK_DGRAM => "dgram",
             net::SOCK_RAW => "raw",

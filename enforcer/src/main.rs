@@ -58,7 +58,19 @@ fn check_policy(file: &std::path::Path) -> i32 {
                 || "files unrestricted".to_owned(),
                 |f| format!("{} write trees, {} read_deny trees", f.write.len(), f.read_deny.len()),
             );
-            println!("{}: ok: policy `{}`, mode {}, {files}", file.display(), policy.name, policy.mode.as_str());
+            let network = policy.network.as_ref().map_or_else(
+                || "network unrestricted".to_owned(),
+                |n| {
+                    let hosts = n.allow.iter().filter(|(d, _)| matches!(d.target, enforcer::destinations::Target::Host { .. })).count();
+                    format!(
+                        "{} destinations ({hosts} by host name), {} unix sockets, extra socket classes: {}",
+                        n.allow.len(),
+                        n.unix.len(),
+                        if n.sockets.is_empty() { "none".to_owned() } else { n.sockets.join(", ") }
+                    )
+                },
+            );
+            println!("{}: ok: policy `{}`, mode {}, {files}, {network}", file.display(), policy.name, policy.mode.as_str());
             0
         }
         Err(e) => {

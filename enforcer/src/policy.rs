@@ -188,7 +188,7 @@ pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyEr
             ));
             None
         }
-        Some(network) => Some(validate_network(&ctx, network.into_inner(), &mut warnings)?),
+        Some(network) => Some(validate_network(&ctx, network.get_ref(), &mut warnings)?),
     };
     Ok((Policy { name, mode, files, network }, warnings))
 }
@@ -248,7 +248,7 @@ fn validate_files(ctx: &Ctx<'_>, files: Spanned<RawFiles>, warnings: &mut Vec<Wa
     Ok(Files { write, read_deny })
 }
 
-fn validate_network(ctx: &Ctx<'_>, raw: RawNetwork, warnings: &mut Vec<Warning>) -> Result<Network, PolicyError> {
+fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>) -> Result<Network, PolicyError> {
     let dns_min_ttl = match &raw.dns_min_ttl {
         None => DNS_MIN_TTL_DEFAULT,
         Some(ttl) => u64::try_from(*ttl.get_ref()).ok().filter(|&t| (1..=86_400).contains(&t)).ok_or_else(|| {

@@ -77,9 +77,9 @@ impl Sandbox {
     }
 
     /// The default policy plus `more` (e.g. a `[network]` section).
-    pub fn write_policy_with(&self, mode: &str, more: &str) {
+    pub fn write_policy_with(&self, mode: &str, sections: &str) {
         let policy = format!(
-            "name = \"test-policy\"\nmode = \"{mode}\"\n[files]\nwrite = [\"{}\"]\nread_deny = [\"{}\"]\n{more}",
+            "name = \"test-policy\"\nmode = \"{mode}\"\n[files]\nwrite = [\"{}\"]\nread_deny = [\"{}\"]\n{sections}",
             self.allowed.display(),
             self.secret.display()
         );
@@ -198,7 +198,6 @@ impl Outcome {
 
     /// Asserts `step` failed with EPERM and produced exactly one deny event
     /// of `kind` for which `about` holds; returns that event.
-    #[expect(clippy::must_use_candidate, reason = "an assertion; returning the event is a convenience")]
     pub fn assert_denied_net(&self, step: &str, kind: &str, about: impl Fn(&Value) -> bool) -> &Value {
         assert_eq!(self.errno(step), EPERM, "step `{step}` should fail with EPERM:\n{self:#?}");
         let events: Vec<&Value> = self.events.iter().filter(|e| e["kind"] == kind && about(e)).collect();

@@ -45,6 +45,9 @@ enum What {
     /// File syscalls (open+close, write, stat, read) under each scenario, as ratios to a
     /// no-enforcer baseline measured in the same boot.
     Files(FilesOptions),
+    /// TCP connect+close and UDP sendto, natively on the host kernel and in the VMs, as
+    /// ratios to a no-enforcer baseline measured in the same run.
+    Net(crate::bench_net::NetOptions),
 }
 
 #[derive(Debug, Parser)]
@@ -294,6 +297,7 @@ echo "BENCH-DONE ($(cut -d' ' -f1 /proc/uptime)s guest uptime)"
 pub fn run(opts: &Options) -> Result<ExitCode> {
     match &opts.what {
         What::Files(files) => run_files(files),
+        What::Net(net) => crate::bench_net::run(net),
     }
 }
 
@@ -381,13 +385,13 @@ fn run_files(opts: &FilesOptions) -> Result<ExitCode> {
 
 /// One `BENCH ...` line of the guest.
 #[derive(Debug, Clone, PartialEq)]
-struct Sample {
-    round: u32,
+pub(crate) struct Sample {
+    pub(crate) round: u32,
     scenario: String,
     op: String,
-    ns_per_op: f64,
-    failures: u64,
-    first_errno: i32,
+    pub(crate) ns_per_op: f64,
+    pub(crate) failures: u64,
+    pub(crate) first_errno: i32,
 }
 
 fn parse_line(line: &str) -> Option<Sample> {
@@ -412,7 +416,7 @@ fn parse_line(line: &str) -> Option<Sample> {
     })
 }
 
-fn median(values: &mut [f64]) -> Option<f64> {
+pub(crate) fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
@@ -427,19 +431,19 @@ fn median(values: &mut [f64]) -> Option<f64> {
 
 /// What the samples say about one scenario and loop.
 #[derive(Debug, Clone, Copy)]
-struct Cell {
+pub(crate) struct Cell {
     /// Median over rounds of scenario / baseline of the same round.
-    ratio: f64,
+    pub(crate) ratio: f64,
     /// (max - min) / median of those ratios.
     spread: f64,
     rounds: usize,
 }
 
 /// Samples keyed by (scenario, loop, round).
-struct Samples(BTreeMap<(String, String, u32), Sample>);
+pub(crate) struct Samples(BTreeMap<(String, String, u32), Sample>);
 
 impl Samples {
-    fn parse(output: &str) -> Self {
+    pub(crate) fn parse(output: &str) -> Self {
         Self(
             output
                 .lines()
@@ -450,17 +454,22 @@ impl Samples {
         )
     }
 
-    fn of<'a>(&'a self, scenario: &'a str, op: &'a str) -> impl Iterator<Item = &'a Sample> {
+    pub(crate) fn of<'a>(&'a self, scenario: &'a str, op: &'a str) -> impl Iterator<Item = &'a Sample> {
         self.0
             .values()
             .filter(move |s| s.scenario == scenario && s.op == op)
     }
 
     fn cell(&self, scenario: &Scenario, op: &str) -> Option<Cell> {
+        self.ratio(scenario.key, scenario.baseline, op)
+    }
+
+    /// Scenario `key` against `baseline`, loop `op`, over rounds.
+    pub(crate) fn ratio(&self, key: &str, baseline: &str, op: &str) -> Option<Cell> {
         let mut ratios: Vec<f64> = self
-            .of(scenario.key, op)
+            .of(key, op)
             .filter_map(|s| {
-                let key = (scenario.baseline.to_string(), op.to_string(), s.round);
+                let key = (baseline.to_string(), op.to_string(), s.round);
                 let base = self.0.get(&key)?;
                 Some(s.ns_per_op / base.ns_per_op)
             })

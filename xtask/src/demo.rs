@@ -18,6 +18,8 @@ const TIMEOUT: Duration = Duration::from_mins(15);
 /// machine), run the agent under the enforcer, then show what the agent left behind.
 const SCRIPT: &str = r#"
 mkdir -p /root/project/.git/hooks && printf '[core]\n\tbare = false\n' > /root/project/.git/config
+# A stand-in for a container runtime's socket (root on the host, if reachable).
+mkdir -p /run && (enforcer-probe unix-listen:/run/docker.sock > /dev/null 2>&1 &)
 echo "demo: running: enforcer run --policy /policies/coding-agent.toml -- sh /demo/agent.sh"
 echo "demo: (denials are JSON lines from the enforcer on stderr, shown inline)"
 echo
@@ -51,16 +53,17 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
             policy.display()
         );
     }
-    let mut args = vec!["build", "-p", "enforcer", "--bins"];
+    let mut args = vec!["build", "-p", "enforcer", "-p", "enforcer-tests", "--bins"];
     if opts.release {
         args.push("--release");
     }
     let built = cargo::build(&args)?;
     let enforcer = cargo::executable(&built, "bin", "enforcer")?;
+    let probe = cargo::executable(&built, "bin", "enforcer-probe")?;
 
     let spec = VmSpec {
         kernel: kernel::cached(&opts.kernel)?,
-        files: files(enforcer, policy),
+        files: files(enforcer, probe, policy),
         script: SCRIPT.to_string(),
         icount: false,
         timeout: TIMEOUT,
@@ -78,10 +81,11 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
 }
 
 /// What the demo VM gets: the enforcer, the policy and the agent script.
-pub fn files(enforcer: PathBuf, policy: PathBuf) -> Vec<(PathBuf, String)> {
+pub fn files(enforcer: PathBuf, probe: PathBuf, policy: PathBuf) -> Vec<(PathBuf, String)> {
     let agent = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/demo/agent.sh");
     vec![
         (enforcer, "/bin/enforcer".to_string()),
+        (probe, "/bin/enforcer-probe".to_string()),
         (policy, "/policies/coding-agent.toml".to_string()),
         (agent, "/demo/agent.sh".to_string()),
     ]
@@ -91,7 +95,8 @@ pub fn files(enforcer: PathBuf, policy: PathBuf) -> Vec<(PathBuf, String)> {
 mod tests {
     #[test]
     fn agent_script_is_staged_from_the_source_tree() {
-        let files = super::files("/bin/true".into(), "/dev/null".into());
-        assert!(files[2].0.is_file(), "{} missing", files[2].0.display());
+        let files = super::files("/bin/true".into(), "/bin/true".into(), "/dev/null".into());
+        let agent = files.iter().find(|f| f.1 == "/demo/agent.sh").expect("the agent is staged");
+        assert!(agent.0.is_file(), "{} missing", agent.0.display());
     }
 }

@@ -5,6 +5,7 @@
 //! and `cmd` the process helpers.
 
 mod bench;
+mod bench_net;
 mod cargo;
 mod cmd;
 mod demo;

@@ -33,7 +33,7 @@ const HISTORY_MAX: usize = 1 << 17;
 
 pub struct Grants {
     map: BpfHashMap<MapData, NetKey, DnsGrant>,
-    grants: HashMap<(u32, Ipv6Addr), Vec<NameGrant>>,
+    by_address: HashMap<(u32, Ipv6Addr), Vec<NameGrant>>,
     /// The last name each address was resolved from (expired or not), for
     /// the `resolved_from` of a denied connect.
     history: HashMap<Ipv6Addr, String>,
@@ -42,7 +42,7 @@ pub struct Grants {
 impl Grants {
     #[must_use]
     pub fn new(map: BpfHashMap<MapData, NetKey, DnsGrant>) -> Self {
-        Self { map, grants: HashMap::new(), history: HashMap::new() }
+        Self { map, by_address: HashMap::new(), history: HashMap::new() }
     }
 
     /// Allows `addr` for `ports` under policy `policy_id` for `ttl`, because
@@ -50,7 +50,7 @@ impl Grants {
     pub fn grant(&mut self, policy_id: u32, addr: IpAddr, name: &str, ports: NetPorts, ttl: Duration) -> Result<(), MapError> {
         let addr = as_v6(addr);
         let expires_boot_ns = boot_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
-        let list = self.grants.entry((policy_id, addr)).or_default();
+        let list = self.by_address.entry((policy_id, addr)).or_default();
         list.retain(|g| g.name != name);
         list.push(NameGrant { name: name.to_owned(), ports, expires_boot_ns });
         if self.history.len() >= HISTORY_MAX {
@@ -64,7 +64,7 @@ impl Grants {
     pub fn sweep(&mut self) -> usize {
         let now = boot_ns();
         let mut changed = Vec::new();
-        for (key, list) in &mut self.grants {
+        for (key, list) in &mut self.by_address {
             let before = list.len();
             list.retain(|g| g.expires_boot_ns > now);
             if list.len() != before {
@@ -73,14 +73,14 @@ impl Grants {
         }
         let mut emptied = 0;
         for (policy_id, addr) in changed {
-            if self.grants.get(&(policy_id, addr)).is_some_and(Vec::is_empty) {
+            if self.by_address.get(&(policy_id, addr)).is_some_and(Vec::is_empty) {
                 emptied += 1;
             }
             // A failed rewrite leaves the older entry, which expires in the
             // kernel by itself.
             let _ = self.write(policy_id, addr);
         }
-        self.grants.retain(|_, list| !list.is_empty());
+        self.by_address.retain(|_, list| !list.is_empty());
         emptied
     }
 
@@ -93,7 +93,7 @@ impl Grants {
     /// Writes the merged entry of one address (or removes it).
     fn write(&mut self, policy_id: u32, addr: Ipv6Addr) -> Result<(), MapError> {
         let key = NetKey { policy_id: policy_id.to_be_bytes(), addr: addr.octets() };
-        let list = self.grants.get(&(policy_id, addr)).map(Vec::as_slice).unwrap_or_default();
+        let list = self.by_address.get(&(policy_id, addr)).map(Vec::as_slice).unwrap_or_default();
         if list.is_empty() {
             return match self.map.remove(&key) {
                 Err(MapError::KeyNotFound) => Ok(()),

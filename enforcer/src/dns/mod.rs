@@ -74,7 +74,7 @@ pub enum DnsError {
 
 impl Listeners {
     /// Binds UDP and TCP on 127.0.0.1 (one free port, both protocols), and
-    /// on [::1] at the same port when the host has IPv6 loopback.
+    /// on `[::1]` at the same port when the host has IPv6 loopback.
     pub async fn bind() -> Result<Self, DnsError> {
         // A port free for UDP may be taken for TCP: try a few.
         let mut last = None;

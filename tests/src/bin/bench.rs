@@ -1,11 +1,19 @@
 //! `enforcer-bench LOOP PATH ITERATIONS`: one timed syscall loop, for
-//! `cargo xtask bench files`.
+//! `cargo xtask bench files` and `cargo xtask bench net`.
 //!
 //! Loops (each first runs a tenth of ITERATIONS untimed, to warm caches):
 //! - `open`: `open(PATH, O_WRONLY)` of an existing file, then `close`;
 //! - `write`: `pwrite` of 64 bytes at offset 0 on an fd opened once;
 //! - `stat`: `stat(PATH)`;
-//! - `read`: `pread` of 64 bytes at offset 0 on an fd opened once.
+//! - `read`: `pread` of 64 bytes at offset 0 on an fd opened once;
+//! - `connect` (PATH is `ADDRESS:PORT`): a TCP socket, `connect`, `close`
+//!   (with `SO_LINGER` 0: a reset, so no `TIME_WAIT` socket is left to use
+//!   up the ephemeral ports);
+//! - `sendto` (PATH is `ADDRESS:PORT`): `sendto` of 64 bytes on an unbound,
+//!   unconnected UDP socket made once.
+//!
+//! `enforcer-bench listen ADDRESS:PORT 0` serves the `connect` loop (accepts
+//! and closes, forever) and binds UDP at port + 1 for `sendto`.
 //!
 //! Prints one line, `LOOP ns_per_op=N failures=F first_errno=E`, timed with
 //! `CLOCK_MONOTONIC` (under qemu's `-icount` one guest ns is one
@@ -65,12 +73,46 @@ fn repeat(n: u64, failures: &mut Failures, mut op: impl FnMut() -> isize) {
     }
 }
 
+/// A socket address for the network loops, as `sockaddr_in`.
+fn sockaddr(text: &str) -> libc::sockaddr_in {
+    let addr: std::net::SocketAddrV4 = text.parse().unwrap_or_else(|_| {
+        eprintln!("enforcer-bench: `{text}` is not an IPv4 ADDRESS:PORT");
+        std::process::exit(2);
+    });
+    libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or_default(),
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+#[expect(clippy::cast_possible_truncation, reason = "16 bytes")]
+const SOCKADDR_IN_LEN: libc::socklen_t = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+#[expect(clippy::cast_possible_truncation, reason = "8 bytes")]
+const LINGER_LEN: libc::socklen_t = size_of::<libc::linger>() as libc::socklen_t;
+
+/// Accepts and closes TCP connections at `text`, and holds a UDP socket at
+/// the next port (datagrams past its buffer are dropped), forever.
+fn listen(text: &str) -> ! {
+    let tcp = std::net::TcpListener::bind(text).unwrap_or_else(|e| {
+        eprintln!("enforcer-bench: cannot listen on {text}: {e}");
+        std::process::exit(2);
+    });
+    let mut udp_addr = tcp.local_addr().expect("bound address");
+    udp_addr.set_port(udp_addr.port() + 1);
+    let _udp = std::net::UdpSocket::bind(udp_addr).expect("bind the UDP sink");
+    loop {
+        drop(tcp.accept());
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(kind), Some(path), Some(Ok(iterations))) =
         (args.get(1), args.get(2), args.get(3).map(|n| n.parse::<u64>()))
     else {
-        eprintln!("usage: enforcer-bench open|write|stat|read PATH ITERATIONS");
+        eprintln!("usage: enforcer-bench open|write|stat|read|connect|sendto|listen PATH ITERATIONS");
         std::process::exit(2);
     };
     let path = CString::new(path.as_str()).expect("path without NUL");
@@ -107,8 +149,31 @@ fn main() {
             // SAFETY: at most 64 bytes into a local buffer of that size.
             timed(&mut || unsafe { libc::pread(fd, buf.0.as_mut_ptr().cast(), buf.0.len(), 0) })
         }
+        "listen" => listen(&path.to_string_lossy()),
+        "connect" => {
+            let to = sockaddr(&path.to_string_lossy());
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            timed(&mut || {
+                // SAFETY: socket(2), setsockopt(2) and connect(2) with structs of their
+                // lengths, close(2).
+                unsafe {
+                    let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                    libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&raw const linger).cast(), LINGER_LEN);
+                    let r = libc::connect(fd, (&raw const to).cast(), SOCKADDR_IN_LEN);
+                    libc::close(fd);
+                    r as isize
+                }
+            })
+        }
+        "sendto" => {
+            let to = sockaddr(&path.to_string_lossy());
+            // SAFETY: a UDP socket, kept for the whole loop.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+            // SAFETY: 64 bytes from a local buffer, to a sockaddr_in of its length.
+            timed(&mut || unsafe { libc::sendto(fd, buf.0.as_ptr().cast(), buf.0.len(), 0, (&raw const to).cast(), SOCKADDR_IN_LEN) })
+        }
         other => {
-            eprintln!("enforcer-bench: unknown loop `{other}` (open, write, stat, read)");
+            eprintln!("enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, listen)");
             std::process::exit(2);
         }
     };

@@ -188,6 +188,13 @@ fn net_step(op: &str, address: &str) -> Option<i32> {
         // NAME@SERVER: one A query of our own over UDP or TCP; 0 when
         // answered with addresses, 100 + the response code otherwise.
         "dns-udp" | "dns-tcp" => dns_query(op == "dns-tcp", address),
+        // Serves a unix socket until killed (a stand-in daemon for the demo).
+        "unix-listen" => {
+            let listener = net::UnixListener::bind(address).expect("bind the unix socket");
+            loop {
+                drop(listener.accept());
+            }
+        }
         "unix-connect" => io_errno(unix_addr(address).and_then(|a| net::UnixStream::connect_addr(&a)).map(drop)),
         "unix-sendto" => {
             io_errno(unix_addr(address).and_then(|a| net::UnixDatagram::unbound()?.send_to_addr(b"ping", &a)).map(drop))

@@ -1,0 +1,282 @@
+//! `cargo xtask bench net`: what the enforcer costs connects and sends.
+//!
+//! One script (`NET_SCRIPT`: bash on the host, busybox sh in the VMs) runs natively on the host kernel (the cgroup
+//! programs work there: `enforcer run --degraded`, wall-clock time, so more rounds) and
+//! in each BPF LSM kernel under qemu (`-icount`, instruction-exact). Loops of
+//! `enforcer-bench`: `connect` (TCP socket + connect + close to a loopback listener that
+//! accepts and closes) and `sendto` (64-byte UDP datagrams on one unconnected socket).
+//! Each scenario runs right after a no-enforcer baseline of the same loops, in the same
+//! round; the table shows the median over rounds of scenario / baseline.
+//!
+//! Scenarios: (a) untagged (an `enforcer run` holds another cgroup tagged); (b) tagged,
+//! destinations allowed, with 1 / 100 / 10 000 / 100 000 CIDR rules (the others are
+//! other /32s); (c) tagged, destinations denied (EPERM and an event each time, events to
+//! /dev/null; its baseline is the same loops to ports nobody listens on).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+
+use crate::bench::{Samples, median};
+use crate::vm::{self, VmSpec};
+use crate::{cargo, cmd, kernel, setup};
+
+const TIMEOUT: Duration = Duration::from_mins(40);
+
+#[derive(Debug, Parser)]
+pub struct NetOptions {
+    /// Kernel series to measure in qemu; repeatable (default: 6.1 and 6.12).
+    #[arg(long = "kernel", value_name = "SERIES")]
+    kernels: Vec<String>,
+    /// Measure on the host kernel only (no VMs).
+    #[arg(long)]
+    host_only: bool,
+    /// Interleaved rounds in the VMs (instruction counts: few are needed).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Interleaved rounds on the host (wall clock: more are needed).
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    host_rounds: u32,
+    /// Timed iterations per loop.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..))]
+    iterations: u64,
+}
+
+struct Scenario {
+    key: &'static str,
+    label: &'static str,
+    baseline: &'static str,
+    /// At most this ratio, per loop (`connect`, `sendto`).
+    targets: [Option<f64>; 2],
+}
+
+const LOOPS: [(&str, &str); 2] = [("connect", "connect+close"), ("sendto", "UDP sendto")];
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario { key: "a", label: "(a) untagged", baseline: "base-b1", targets: [Some(1.00), Some(1.00)] },
+    Scenario { key: "b1", label: "(b) tagged, 1 rule", baseline: "base-b1", targets: [Some(1.02), None] },
+    Scenario { key: "b100", label: "(b) tagged, 100 rules", baseline: "base-b100", targets: [Some(1.02), None] },
+    Scenario { key: "b10k", label: "(b) tagged, 10 000 rules", baseline: "base-b10k", targets: [Some(1.02), None] },
+    Scenario { key: "b100k", label: "(b) tagged, 100 000 rules", baseline: "base-b100k", targets: [Some(1.02), Some(1.05)] },
+    Scenario { key: "c", label: "(c) tagged, denied", baseline: "base-c", targets: [None, None] },
+];
+
+/// The script, for the host (`sh`) and the guest (busybox `sh`). `@...@` are filled in.
+const NET_SCRIPT: &str = r#"
+# cargo xtask bench net (xtask/src/bench_net.rs)
+export N=@ITERATIONS@
+ROUNDS=@ROUNDS@ BENCH=@BENCH@ ENFORCER=@ENFORCER@ DEGRADED="@DEGRADED@"
+fail() { echo "BENCH-ERROR $*"; }
+T=$(mktemp -d /tmp/enforcer-bench-net.XXXXXX)
+OK=127.0.0.1:47001 OK_UDP=127.0.0.1:47002 NO=127.0.0.1:47003 NO_UDP=127.0.0.1:47004
+
+# policy NAME COUNT: the bench destinations plus COUNT - 1 other /32s.
+policy() {
+    {
+        echo "name = \"bench-$1\""
+        echo "[network]"
+        echo "allow = [\"$OK/tcp\", \"$OK_UDP/udp\","
+        awk -v n=$2 'BEGIN { for (i = 1; i < n; i++) printf "  \"10.%d.%d.%d/32:443\",\n", int(i / 65536) % 256, int(i / 256) % 256, i % 256 }'
+        echo "]"
+    } > $T/policy-$1.toml
+}
+for p in "b1 1" "b100 100" "b10k 10000" "b100k 100000"; do policy $p; done
+
+$BENCH listen $OK 0 &
+LISTENER=$!
+# loops ROUND SCENARIO TCP_TO UDP_TO: one line per loop.
+cat > $T/loops.sh <<EOF
+sleep 1
+out=\$($BENCH connect \$3 \$N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 connect failed"
+out=\$($BENCH sendto \$4 \$N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 sendto failed"
+EOF
+cat > $T/inside.sh <<EOF
+echo ready > $T/ready
+read x < $T/go
+sh $T/loops.sh \$1 b1 $OK $OK_UDP
+sh $T/loops.sh \$1 c $NO $NO_UDP
+EOF
+
+# One tagged session: (a) runs outside it while the tagged shell waits, then (b) 1 rule and (c) inside.
+session_b1() {
+    rm -f $T/ready $T/go
+    mkfifo $T/ready $T/go
+    exec 3<>$T/ready 4<>$T/go
+    $ENFORCER run $DEGRADED --policy $T/policy-b1.toml --events /dev/null -- sh $T/inside.sh $1 2>$T/err &
+    pid=$!
+    if read -t 300 x <&3; then
+        sh $T/loops.sh $1 a $OK $OK_UDP
+    else
+        fail "round=$1: the tagged shell never started: $(cat $T/err)"
+    fi
+    echo go >&4
+    wait $pid || fail "round=$1: enforcer run (policy b1) exited $?: $(cat $T/err)"
+    exec 3<&- 4<&-
+}
+
+sh $T/loops.sh 0 warm-up $OK $OK_UDP > /dev/null
+r=1
+while [ $r -le $ROUNDS ]; do
+    echo "BENCH-PHASE round $r of $ROUNDS"
+    sh $T/loops.sh $r base-b1 $OK $OK_UDP
+    sh $T/loops.sh $r base-c $NO $NO_UDP
+    session_b1 $r
+    for p in b100 b10k b100k; do
+        sh $T/loops.sh $r base-$p $OK $OK_UDP
+        $ENFORCER run $DEGRADED --policy $T/policy-$p.toml --events /dev/null -- sh $T/loops.sh $r $p $OK $OK_UDP 2>$T/err \
+            || fail "round=$r: enforcer run (policy $p) exited $?: $(cat $T/err)"
+    done
+    r=$((r + 1))
+done
+kill $LISTENER
+rm -rf $T
+echo "BENCH-DONE"
+"#;
+
+fn script(opts: &NetOptions, rounds: u32, bench: &str, enforcer: &str, degraded: bool) -> String {
+    NET_SCRIPT
+        .replace("@ITERATIONS@", &opts.iterations.to_string())
+        .replace("@ROUNDS@", &rounds.to_string())
+        .replace("@BENCH@", bench)
+        .replace("@ENFORCER@", enforcer)
+        .replace("@DEGRADED@", if degraded { "--degraded" } else { "" })
+}
+
+pub fn run(opts: &NetOptions) -> Result<ExitCode> {
+    let series: Vec<String> = if opts.host_only {
+        Vec::new()
+    } else if opts.kernels.is_empty() {
+        kernel::SERIES.iter().map(ToString::to_string).collect()
+    } else {
+        opts.kernels.clone()
+    };
+    setup::ensure(!series.is_empty(), &series)?;
+    let built = cargo::build(&["build", "--release", "-p", "enforcer", "-p", "enforcer-tests", "--bin", "enforcer", "--bin", "enforcer-bench"])?;
+    let enforcer = cargo::executable(&built, "bin", "enforcer")?;
+    let bench = cargo::executable(&built, "bin", "enforcer-bench")?;
+    let log_dir = cmd::workspace_root().join("target/bench");
+    fs::create_dir_all(&log_dir).with_context(|| format!("could not create {}", log_dir.display()))?;
+    let mut reports = Vec::new();
+    let mut ok = true;
+
+    println!("\n== bench net: host kernel (native, wall clock) ==");
+    anyhow::ensure!(cmd::is_root(), "the net benchmark loads BPF programs: run it as root");
+    let text = script(opts, opts.host_rounds, &bench.display().to_string(), &enforcer.display().to_string(), true);
+    let output = Command::new("bash").arg("-c").arg(&text).output().context("could not run the host script")?;
+    let output = String::from_utf8_lossy(&output.stdout).into_owned();
+    let log = log_dir.join("net-host.log");
+    let _ = fs::write(&log, &output);
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mode = format!("host kernel {} (native; wall clock, CLOCK_MONOTONIC)", release.trim());
+    let (table, complete) = report(&mode, &output, opts.host_rounds, opts.iterations, &log.display().to_string());
+    ok &= complete;
+    println!("\n{table}");
+    reports.push(table);
+
+    for s in &series {
+        println!("\n== bench net: kernel {s} (icount) ==");
+        let spec = VmSpec {
+            kernel: kernel::cached(s)?,
+            files: vec![(enforcer.clone(), "/bin/enforcer".to_string()), (bench.clone(), "/bin/enforcer-bench".to_string())],
+            script: script(opts, opts.rounds, "/bin/enforcer-bench", "/bin/enforcer", false),
+            icount: true,
+            timeout: TIMEOUT,
+            echo: false,
+        };
+        let table = match vm::run(&spec) {
+            Ok(run) => {
+                let log = log_dir.join(format!("net-{s}.log"));
+                let _ = fs::write(&log, &run.output);
+                let release = run.kernel_release.as_deref().unwrap_or("?");
+                let mode = format!("kernel {release} ({s}) under qemu -icount shift=0,sleep=off (1 guest ns = 1 instruction)");
+                let (table, complete) = report(&mode, &run.output, opts.rounds, opts.iterations, &log.display().to_string());
+                ok &= complete;
+                table
+            }
+            Err(e) => {
+                ok = false;
+                format!("kernel {s}: could not run: {e:#}\n")
+            }
+        };
+        println!("\n{table}");
+        reports.push(table);
+    }
+    if reports.len() > 1 {
+        println!("\n== bench net: all kernels ==\n");
+        for report in &reports {
+            println!("{report}");
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The table of one kernel; `false` when the measurements are incomplete.
+fn report(mode: &str, output: &str, rounds: u32, iterations: u64, log: &str) -> (String, bool) {
+    let samples = Samples::parse(output);
+    let mut out = String::new();
+    let mut problems: Vec<String> = Vec::new();
+    let _ = writeln!(out, "{mode}");
+    let _ = writeln!(out, "ratio = ns/op / no-enforcer baseline of the same round; median of {rounds} interleaved rounds, {iterations} iterations per loop");
+    let mut header = format!("{:<30}", "scenario");
+    for (_, title) in LOOPS {
+        let _ = write!(header, "{title:>15}");
+    }
+    let _ = writeln!(out, "{header}   target");
+    let mut line = format!("{:<30}", "baseline, ns/op");
+    for (op, _) in LOOPS {
+        let mut values: Vec<f64> = ["base-b1", "base-b100", "base-b10k", "base-b100k"].iter().flat_map(|k| samples.of(k, op)).map(|s| s.ns_per_op).collect();
+        let _ = match median(&mut values) {
+            Some(ns) => write!(line, "{ns:>15.1}"),
+            None => write!(line, "{:>15}", "-"),
+        };
+    }
+    let _ = writeln!(out, "{line}");
+    for scenario in SCENARIOS {
+        let mut line = format!("{:<30}", scenario.label);
+        let mut verdicts = Vec::new();
+        for ((op, _), target) in LOOPS.iter().zip(scenario.targets) {
+            let Some(cell) = samples.ratio(scenario.key, scenario.baseline, op) else {
+                let _ = write!(line, "{:>15}", "-");
+                problems.push(format!("no samples for {} {op}", scenario.key));
+                continue;
+            };
+            let _ = write!(line, "{:>15.3}", cell.ratio);
+            if let Some(target) = target {
+                // Ratios are reported to three places; a target is met at that precision.
+                let met = (cell.ratio * 1000.0).round() <= (target * 1000.0).round();
+                verdicts.push(format!("{op} <= {target:.2} {}", if met { "PASS" } else { "MISS" }));
+            }
+            let denied = scenario.key == "c";
+            for sample in samples.of(scenario.key, op) {
+                let expected = i32::from(denied);
+                if (sample.failures > 0) != denied || (denied && sample.first_errno != expected) {
+                    problems.push(format!(
+                        "round {} {} {op}: {} failures, first errno {} ({})",
+                        sample.round,
+                        scenario.key,
+                        sample.failures,
+                        sample.first_errno,
+                        if denied { "every attempt should fail with EPERM" } else { "none should fail" }
+                    ));
+                }
+            }
+        }
+        let _ = writeln!(out, "{line}   {}", verdicts.join(", "));
+    }
+    let _ = writeln!(out, "(c) is relative to the same loops to ports nobody listens on (TCP: refused; UDP: sent)");
+    for line in output.lines().filter(|l| l.contains("BENCH-ERROR")) {
+        problems.push(line.trim().to_string());
+    }
+    if !output.contains("BENCH-DONE") {
+        problems.push("the script did not finish (see the log)".to_string());
+    }
+    let _ = writeln!(out, "raw lines: {log}");
+    for problem in &problems {
+        let _ = writeln!(out, "!! {problem}");
+    }
+    (out, problems.is_empty())
+}
