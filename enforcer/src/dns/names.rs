@@ -40,14 +40,18 @@ impl HostRules {
             let Target::Host { name, wildcard } = &destination.target else { continue };
             let (first, last) = (*destination.ports.start(), *destination.ports.end());
             let range = PortRange { first, last, protos: destination.protos, pad: [0; 3] };
-            rules.push(HostRule { name: name.clone(), wildcard: *wildcard, range });
-            let this = Self { rules: rules.clone() };
-            let probe = if *wildcard { format!("x.{name}") } else { name.clone() };
-            if this.ranges(&probe).len() > NET_PORT_RANGES {
-                return Err(TooManyHostRanges { at: at.clone(), name: name.clone() });
+            rules.push((HostRule { name: name.clone(), wildcard: *wildcard, range }, at));
+        }
+        let this = Self { rules: rules.iter().map(|(rule, _)| rule.clone()).collect() };
+        // Checked per distinct name (a policy may list thousands of names).
+        let mut checked = std::collections::HashSet::new();
+        for (rule, at) in &rules {
+            let probe = if rule.wildcard { format!("x.{}", rule.name) } else { rule.name.clone() };
+            if checked.insert(probe.clone()) && this.ranges(&probe).len() > NET_PORT_RANGES {
+                return Err(TooManyHostRanges { at: (*at).clone(), name: rule.name.clone() });
             }
         }
-        Ok(Self { rules })
+        Ok(this)
     }
 
     #[must_use]
