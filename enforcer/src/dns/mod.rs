@@ -186,10 +186,12 @@ impl Resolver {
         let Some(question) = request.queries.first() else {
             return refusal(&request, ResponseCode::FormErr);
         };
-        let qname = question.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        // Reported as asked (letter case can carry data too), matched in lower case.
+        let asked = question.name().to_ascii().trim_end_matches('.').to_owned();
+        let qname = asked.to_ascii_lowercase();
         let qtype = question.query_type();
         let Some(ports) = self.rules.ports_for(&qname) else {
-            self.report(&qname, qtype, "not_allowed");
+            self.report(&asked, qtype, "not_allowed");
             if self.audit {
                 return self.ask_upstream(query, transport).await.ok();
             }
