@@ -1,15 +1,17 @@
 //! Network enforcement: where an agent may connect and send, which sockets
 //! it may create, which unix sockets it may reach.
 //!
-//! The cgroup programs (connect4/6, sendmsg4/6, sock_create) are attached to
-//! tagged cgroups only, so processes elsewhere never run them. They judge by
-//! the policy of the current task's deepest tagged ancestor
-//! (`tag::tag_by_ancestors`). The LSM programs (socket_create,
+//! The cgroup programs (connect4/6, sendmsg4/6, recvmsg4/6, sock_create)
+//! are attached to tagged cgroups only, so processes elsewhere never run
+//! them. They judge by the policy of the current task's deepest tagged
+//! ancestor (`tag::tag_by_ancestors`): static rules in an LPM trie, then
+//! the addresses the enforcer's resolver granted; port-53 traffic goes to
+//! that resolver instead. The LSM programs (socket_create,
 //! unix_stream_connect, unix_may_send) run for every task and screen it like
 //! the file hooks.
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
+    bindings::{BPF_F_NO_PREALLOC, bpf_sock_addr},
     helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::{cgroup_sock, cgroup_sock_addr, lsm, map},
     maps::{HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
@@ -18,8 +20,9 @@ use aya_ebpf::{
 use enforcer_common::{
     events::{Action, Kind, Reason},
     net::{
-        AF_INET, AF_INET6, DNS_GRANTS_MAX, DNS_ORIGINS_MAX, DNS_PORT, DnsGrant, RESOLVERS_MAX, Resolver, IPPROTO_TCP, IPPROTO_UDP, NET_KEY_POLICY_BITS, NET_RULES_MAX, NetKey, NetPorts, PROTO_TCP,
-        PROTO_UDP, SOCK_DGRAM, SOCK_STREAM, UNIX_PATH_BYTES, UNIX_RULES_MAX, UnixKey, socket_class,
+        AF_INET, AF_INET6, AF_UNIX, DNS_GRANTS_MAX, DNS_ORIGINS_MAX, DNS_PORT, DnsGrant, IPPROTO_TCP, IPPROTO_UDP,
+        NET_KEY_POLICY_BITS, NET_RULES_MAX, NetKey, NetPorts, PROTO_TCP, PROTO_UDP, RESOLVERS_MAX, Resolver, SOCK_DGRAM,
+        SOCK_STREAM, UNIX_PATH_BYTES, UNIX_RULES_MAX, UnixKey, socket_class,
     },
     policy::{TAG_AUDIT, TAG_NET, TagInfo},
 };
@@ -36,12 +39,10 @@ const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 
 #[map]
-static NET_RULES: LpmTrie<NetKey, NetPorts> = LpmTrie::with_max_entries(NET_RULES_MAX, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+static NET_RULES: LpmTrie<NetKey, NetPorts> = LpmTrie::with_max_entries(NET_RULES_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
-static UNIX_RULES: HashMap<UnixKey, u8> = HashMap::with_max_entries(enforcer_common::net::UNIX_RULES_MAX, 0);
-
-const _: () = assert!(UNIX_RULES_MAX > 0);
+static UNIX_RULES: HashMap<UnixKey, u8> = HashMap::with_max_entries(UNIX_RULES_MAX, 0);
 
 #[map]
 static DNS_GRANTS: HashMap<NetKey, DnsGrant> = HashMap::with_max_entries(DNS_GRANTS_MAX, 0);
@@ -408,7 +409,7 @@ fn judge_unix(other: *const u8) -> i32 {
         return 0;
     }
     let zero = opaque_zero() as u16;
-    let detail = socket_detail(enforcer_common::net::AF_UNIX, zero, zero);
+    let detail = socket_detail(AF_UNIX, zero, zero);
     refuse(Some(&info), Kind::UnixConnect, Reason::NotAllowed, &detail, Some(&name), 0, -EPERM)
 }
 

@@ -150,12 +150,57 @@ fn dns_query(tcp: bool, arg: &str) -> i32 {
     }
 }
 
+/// `to` as a `sockaddr_storage` and its length.
+fn socket2_addr(to: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid; we fill one of its forms.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match to {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or_default(),
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::sa_family_t::try_from(libc::AF_INET6).unwrap_or_default(),
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, libc::socklen_t::try_from(len).unwrap_or_default())
+}
+
 /// Network steps; `None` if `op` is not one.
 fn net_step(op: &str, address: &str) -> Option<i32> {
     let socket_addr = || address.parse::<SocketAddr>().unwrap_or_else(|_| panic!("bad address `{address}`"));
     let unbound_udp = |to: &SocketAddr| UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" });
     Some(match op {
         "tcp-connect" => io_errno(TcpStream::connect_timeout(&socket_addr(), Duration::from_secs(5)).map(drop)),
+        // TCP Fast Open: the connect rides on the first sendto.
+        "tcp-fastopen" => {
+            let to = socket_addr();
+            let to = socket2_addr(&to);
+            // SAFETY: a TCP socket, sendto(2) with a sockaddr of its length, close(2).
+            unsafe {
+                let fd = libc::socket(i32::from(to.0.ss_family), libc::SOCK_STREAM, 0);
+                let r = libc::sendto(fd, b"x".as_ptr().cast(), 1, libc::MSG_FASTOPEN, (&raw const to.0).cast(), to.1);
+                let result = if r < 0 { errno() } else { 0 };
+                close(fd);
+                result
+            }
+        }
         "udp-sendto" => {
             let to = socket_addr();
             io_errno(unbound_udp(&to).and_then(|s| s.send_to(b"ping", to)).map(drop))

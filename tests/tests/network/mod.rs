@@ -52,6 +52,9 @@ impl Listeners {
     }
 }
 
+/// A loopback destination no policy here allows (and nothing listens on).
+const NOWHERE: &str = "127.0.0.6:9";
+
 fn sandbox(name: &str) -> Sandbox {
     let mut sb = Sandbox::new(name);
     sb.degraded = super::DEGRADED;
@@ -89,6 +92,8 @@ fn allowed_destinations_connect_and_everything_else_is_denied_with_one_event() {
         (format!("tcp-connect:{}", l.v6_other_port), "connect", l.v6_other_port, "inet6"),
         // Judged as the IPv4 address; the event keeps the caller's family.
         (format!("tcp-connect:{}", mapped(l.other_port)), "connect", l.other_port, "inet6"),
+        // TCP Fast Open: the connect inside sendto is judged like connect.
+        (format!("tcp-fastopen:{NOWHERE}"), "connect", NOWHERE.parse().unwrap(), "inet"),
         // UDP to the allowed TCP destination: the rule says /tcp.
         (format!("udp-sendto:{}", l.allowed), "sendmsg", l.allowed, "inet"),
         (format!("udp-sendto:{}", l.udp_other_port), "sendmsg", l.udp_other_port, "inet"),
@@ -97,6 +102,8 @@ fn allowed_destinations_connect_and_everything_else_is_denied_with_one_event() {
     steps.extend(denied.iter().map(|(s, _, _, _)| s.clone()));
     // A raw socket: denied when created.
     steps.push("socket:2:3:1".to_owned());
+    // TCP Fast Open to an allowed destination still works.
+    steps.push(format!("tcp-fastopen:{}", l.allowed));
     let out = sb.run(&steps);
     for step in &allowed {
         out.assert_succeeded(step);
@@ -106,10 +113,21 @@ fn allowed_destinations_connect_and_everything_else_is_denied_with_one_event() {
         assert_eq!(event["reason"], "not_allowed", "{event}");
         assert!(event["exe"].as_str().is_some_and(|e| e.ends_with("enforcer-probe")), "{event}");
     }
+    out.assert_succeeded(&format!("tcp-fastopen:{}", l.allowed));
     let raw = out.assert_denied_net("socket:2:3:1", "socket", |_| true);
     assert_eq!((raw["class"].as_str(), raw["sock_type"].as_str()), (Some("raw"), Some("raw")), "{raw}");
     assert_eq!(out.events.len(), denied.len() + 1, "one event per denial: {:#?}", out.events);
     assert_eq!(out.code, Some(0), "{out:#?}");
+}
+
+#[test]
+fn a_socket_class_the_policy_names_is_allowed() {
+    let sb = sandbox("net-classes");
+    sb.write_policy_with("enforce", "[network]\nsockets = [\"raw\"]\n");
+    let out = sb.run(&["socket:2:3:1".to_owned(), "socket:10:3:58".to_owned()]);
+    out.assert_succeeded("socket:2:3:1");
+    out.assert_succeeded("socket:10:3:58");
+    assert!(out.events.is_empty(), "{out:#?}");
 }
 
 #[test]
