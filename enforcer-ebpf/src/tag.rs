@@ -127,25 +127,23 @@ pub fn current_tag() -> Option<Tagged> {
 /// The tag of the current task for programs that cannot read the task
 /// (cgroup socket programs): the task's ancestor at each tagged level,
 /// deepest first, from `bpf_get_current_ancestor_cgroup_id` (0 below the
-/// task's own level).
+/// task's own level). One step per tagged level, not per possible level.
 #[inline(always)]
 pub fn tag_by_ancestors() -> Option<Tagged> {
-    let bits = unsafe { core::ptr::read_volatile(&raw const TAG_FILTER.level_bits) };
-    let mut level = MAX_TAG_LEVEL;
+    let mut bits = unsafe { core::ptr::read_volatile(&raw const TAG_FILTER.level_bits) };
     for _ in 0..=MAX_TAG_LEVEL {
-        if (bits >> level) & 1 != 0 {
-            let id = unsafe { bpf_get_current_ancestor_cgroup_id(i32::try_from(level).unwrap_or(0)) };
-            if id != 0
-                && filter().may_contain(id)
-                && let Some(tagged) = table_lookup(id)
-            {
-                return Some(tagged);
-            }
-        }
-        if level == 0 {
+        if bits == 0 {
             break;
         }
-        level -= 1;
+        let level = 63 - bits.leading_zeros();
+        bits &= !(1u64 << level);
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id != 0
+            && filter().may_contain(id)
+            && let Some(tagged) = table_lookup(id)
+        {
+            return Some(tagged);
+        }
     }
     None
 }

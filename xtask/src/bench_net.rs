@@ -70,6 +70,9 @@ const NET_SCRIPT: &str = r#"
 # cargo xtask bench net (xtask/src/bench_net.rs)
 export N=@ITERATIONS@
 ROUNDS=@ROUNDS@ BENCH=@BENCH@ ENFORCER=@ENFORCER@ DEGRADED="@DEGRADED@"
+# The loops on one CPU and the listener on another (host: the wall clock
+# varied by a third between CPUs otherwise).
+LOOP_CPU="@LOOP_CPU@" LISTEN_CPU="@LISTEN_CPU@"
 fail() { echo "BENCH-ERROR $*"; }
 T=$(mktemp -d /tmp/enforcer-bench-net.XXXXXX)
 OK=127.0.0.1:47001 OK_UDP=127.0.0.1:47002 NO=127.0.0.1:47003 NO_UDP=127.0.0.1:47004
@@ -86,13 +89,13 @@ policy() {
 }
 for p in "b1 1" "b100 100" "b10k 10000" "b100k 100000"; do policy $p; done
 
-$BENCH listen $OK 0 &
+$LISTEN_CPU $BENCH listen $OK 0 &
 LISTENER=$!
 # loops ROUND SCENARIO TCP_TO UDP_TO: one line per loop.
 cat > $T/loops.sh <<EOF
 sleep 1
-out=\$($BENCH connect \$3 \$N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 connect failed"
-out=\$($BENCH sendto \$4 \$N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 sendto failed"
+out=\$($LOOP_CPU $BENCH connect \$3 \$N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 connect failed"
+out=\$($LOOP_CPU $BENCH sendto \$4 \$N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 sendto failed"
 EOF
 cat > $T/inside.sh <<EOF
 echo ready > $T/ready
@@ -137,13 +140,16 @@ rm -rf $T
 echo "BENCH-DONE"
 "#;
 
-fn script(opts: &NetOptions, rounds: u32, bench: &str, enforcer: &str, degraded: bool) -> String {
+/// The script for the host (`--degraded`: no BPF LSM there; two CPUs) or a VM.
+fn script(opts: &NetOptions, rounds: u32, bench: &str, enforcer: &str, host: bool) -> String {
     NET_SCRIPT
         .replace("@ITERATIONS@", &opts.iterations.to_string())
         .replace("@ROUNDS@", &rounds.to_string())
         .replace("@BENCH@", bench)
         .replace("@ENFORCER@", enforcer)
-        .replace("@DEGRADED@", if degraded { "--degraded" } else { "" })
+        .replace("@DEGRADED@", if host { "--degraded" } else { "" })
+        .replace("@LOOP_CPU@", if host { "taskset -c 1" } else { "" })
+        .replace("@LISTEN_CPU@", if host { "taskset -c 0" } else { "" })
 }
 
 pub fn run(opts: &NetOptions) -> Result<ExitCode> {
