@@ -89,7 +89,9 @@ pub struct NetPorts {
 const _: () = assert!(core::mem::size_of::<NetPorts>() == 8 * NET_PORT_RANGES);
 
 impl NetPorts {
-    /// Whether `port` is allowed for `proto` (one `PROTO_*` bit).
+    /// Whether `port` is allowed for `proto` (one `PROTO_*` bit). Used
+    /// ranges come first (the builders keep them packed), so the first
+    /// unused slot ends the search.
     #[expect(clippy::inline_always, reason = "BPF programs: no calls on the connect path")]
     #[inline(always)]
     #[must_use]
@@ -97,6 +99,9 @@ impl NetPorts {
         let mut i = 0;
         while i < NET_PORT_RANGES {
             let range = &self.ranges[i];
+            if range.protos == 0 {
+                return false;
+            }
             if range.protos & proto != 0 && range.first <= port && port <= range.last {
                 return true;
             }

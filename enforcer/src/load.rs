@@ -155,7 +155,7 @@ pub struct Enforcer {
     dns_grants: Option<BpfHashMap<MapData, NetKey, DnsGrant>>,
     /// Why BPF LSM programs are not loaded (`None`: they are): only the
     /// cgroup socket programs enforce then.
-    pub lsm_missing: Option<LoadError>,
+    lsm_missing: Option<LoadError>,
     tables: TableMaps,
     /// What the published tables hold.
     tag_table: Box<TagTable>,
@@ -259,6 +259,11 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Why the BPF LSM programs could not be loaded, if they could not.
+    pub fn lsm_missing(&self) -> Option<&LoadError> {
+        self.lsm_missing.as_ref()
+    }
+
     /// The grants of resolved addresses (taken once, by the resolver).
     pub fn take_dns_grants(&mut self) -> Option<BpfHashMap<MapData, NetKey, DnsGrant>> {
         self.dns_grants.take()
@@ -284,8 +289,12 @@ impl Enforcer {
             let program: &mut CgroupSockAddr = sock_program(&mut self.ebpf, name)?;
             attachment.sock_addr.push((name, program.attach(&dir, mode).map_err(attach_err)?));
         }
-        let program: &mut CgroupSock = sock_program(&mut self.ebpf, SOCK_CREATE_PROGRAM)?;
-        attachment.sock_create.push(program.attach(&dir, mode).map_err(attach_err)?);
+        // With BPF LSM, `socket_create` has judged every socket before this
+        // program would run: attach it only where BPF LSM is missing.
+        if self.lsm_missing.is_some() {
+            let program: &mut CgroupSock = sock_program(&mut self.ebpf, SOCK_CREATE_PROGRAM)?;
+            attachment.sock_create.push(program.attach(&dir, mode).map_err(attach_err)?);
+        }
         Ok(attachment)
     }
 

@@ -47,7 +47,7 @@ pub enum RunError {
          hint: run on a kernel with BPF LSM, or pass --degraded to enforce only the rest",
         parts.iter().map(|p| format!("    - {p}")).collect::<Vec<_>>().join("\n")
     )]
-    Unenforceable { why: LoadError, parts: Vec<&'static str> },
+    Unenforceable { why: String, parts: Vec<&'static str> },
     #[error(transparent)]
     Network(#[from] TooManyRanges),
     #[error(transparent)]
@@ -113,7 +113,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         .map_err(|source| RunError::Events { path: opts.events.clone().unwrap_or_default(), source })?;
 
     let mut enforcer = Enforcer::load()?;
-    if let Some(why) = enforcer.lsm_missing.take() {
+    if let Some(why) = enforcer.lsm_missing().map(ToString::to_string) {
         let parts = needs_lsm(&policy);
         if !parts.is_empty() {
             if !opts.degraded {
