@@ -85,7 +85,15 @@ struct Detail {
 /// Reports a refusal and turns it into the answer: `refused` unless the
 /// policy only audits (`tag` is `None` when no policy could be found).
 #[inline(always)]
-fn refuse(tag: Option<&TagInfo>, kind: Kind, reason: Reason, detail: &Detail, unix: Option<&UnixName>, allow: i32, refused: i32) -> i32 {
+fn refuse(
+    tag: Option<&TagInfo>,
+    kind: Kind,
+    reason: Reason,
+    detail: &Detail,
+    unix: Option<&UnixName>,
+    allow: i32,
+    refused: i32,
+) -> i32 {
     let audit = tag.is_some_and(|t| t.flags & TAG_AUDIT != 0);
     let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EPERM) };
     report_net(&NetDenial {

@@ -14,7 +14,10 @@ use aya::{
 use enforcer_common::{
     KernelOffsets,
     events::{EVENTS_MAP, LOST_MAP},
-    net::{DNS_GRANTS_MAP, DnsGrant, NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver, UNIX_RULES_MAP, UnixKey},
+    net::{
+        DNS_GRANTS_MAP, DnsGrant, NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver, UNIX_RULES_MAP,
+        UnixKey,
+    },
     policy::{FileRuleKey, FileTable, MAX_TAG_LEVEL, TABLES_MAP, TAG_FILTER_MAP, TagFilter, TagInfo, TagTable, Tables},
 };
 
@@ -260,6 +263,7 @@ impl Enforcer {
     }
 
     /// Why the BPF LSM programs could not be loaded, if they could not.
+    #[must_use]
     pub fn lsm_missing(&self) -> Option<&LoadError> {
         self.lsm_missing.as_ref()
     }

@@ -40,7 +40,8 @@ pub fn build(network: &Network, policy_id: u32) -> Result<NetRules, TooManyRange
     let mut own: HashMap<(Ipv6Addr, u8), (Vec<PortRange>, &Location)> = HashMap::new();
     for (destination, at) in &network.allow {
         let Target::Net { addr, prefix } = destination.target else { continue };
-        let range = PortRange { first: *destination.ports.start(), last: *destination.ports.end(), protos: destination.protos, pad: [0; 3] };
+        let (first, last) = (*destination.ports.start(), *destination.ports.end());
+        let range = PortRange { first, last, protos: destination.protos, pad: [0; 3] };
         own.entry((addr, prefix)).or_insert_with(|| (Vec::new(), at)).0.push(range);
     }
     let mut lengths: Vec<u8> = own.keys().map(|&(_, prefix)| prefix).collect();

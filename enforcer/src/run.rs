@@ -156,7 +156,12 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     }
     enforcer.tag(cgroup, tag_for(&policy))?;
 
-    let mut dns = Dns { events: dns_events, grants: resolver.as_ref().map(|r| r.grants.clone()), cgroup: cgroup.name.clone(), policy: policy.name.clone() };
+    let mut dns = Dns {
+        events: dns_events,
+        grants: resolver.as_ref().map(|r| r.grants.clone()),
+        cgroup: cgroup.name.clone(),
+        policy: policy.name.clone(),
+    };
     let status = spawn_and_wait(&opts.command, cgroup, &mut stream, &enforcer, &mut dns).await;
     drop(resolver);
 

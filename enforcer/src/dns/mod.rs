@@ -83,7 +83,8 @@ impl Listeners {
             let port = udp4.local_addr().map_err(DnsError::Listen)?.port();
             match TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
                 Ok(tcp4) => {
-                    let v6_sockets = match (UdpSocket::bind((Ipv6Addr::LOCALHOST, port)).await, TcpListener::bind((Ipv6Addr::LOCALHOST, port)).await) {
+                    let v6 = (Ipv6Addr::LOCALHOST, port);
+                    let v6_sockets = match (UdpSocket::bind(v6).await, TcpListener::bind(v6).await) {
                         (Ok(udp), Ok(tcp)) => Some((udp, tcp)),
                         _ => None,
                     };
@@ -213,7 +214,11 @@ impl Resolver {
                 _ => continue,
             };
             let ttl = Duration::from_secs(u64::from(record.ttl)).max(self.min_ttl);
-            let granted = self.grants.lock().map_err(|_| ()).and_then(|mut g| g.grant(self.policy_id, addr, &qname, ports, ttl).map_err(|_| ()));
+            let granted = self
+                .grants
+                .lock()
+                .map_err(|_| ())
+                .and_then(|mut grants| grants.grant(self.policy_id, addr, &qname, ports, ttl).map_err(|_| ()));
             if granted.is_err() {
                 // Without the grant the connect would be denied: say so now.
                 self.report(&qname, qtype, "grant_table_full");
@@ -227,7 +232,8 @@ impl Resolver {
         let ask = async {
             match transport {
                 Transport::Udp => {
-                    let bind: SocketAddr = if self.upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+                    let any: IpAddr = if self.upstream.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+                    let bind = SocketAddr::new(any, 0);
                     let socket = UdpSocket::bind(bind).await?;
                     socket.connect(self.upstream).await?;
                     socket.send(query).await?;
