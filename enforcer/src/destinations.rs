@@ -4,7 +4,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv6Addr},
     ops::RangeInclusive,
 };
 
@@ -147,11 +147,10 @@ fn parse_prefix(target: &str, ip: IpAddr, prefix: Option<&str>) -> Result<Target
     };
     let masked = mask(addr, prefix);
     if masked != addr {
-        let shown = match masked.to_ipv4_mapped() {
-            Some(v4) if ip.is_ipv4() => format!("{v4}/{len}"),
-            _ => format!("[{masked}]/{len}"),
-        };
-        return fail(format!("`{target}` has bits set past its /{len} prefix"), format!("did you mean {shown}?"));
+        return fail(
+            format!("`{target}` has bits set past its /{len} prefix"),
+            format!("did you mean {}?", prefix_text(masked, prefix)),
+        );
     }
     Ok(Target::Net { addr, prefix })
 }
@@ -193,13 +192,20 @@ fn parse_host(host: &str) -> Result<Target, EntryError> {
     Ok(Target::Host { name, wildcard })
 }
 
+/// A prefix as a policy writes it: `10.0.0.0/8` for IPv4 (kept as
+/// `::ffff:0:0/96` plus its prefix), `[2606:50c0::]/32` otherwise.
+#[must_use]
+pub fn prefix_text(addr: Ipv6Addr, prefix: u8) -> String {
+    match addr.to_ipv4_mapped() {
+        Some(v4) if prefix >= 96 => format!("{v4}/{}", prefix - 96),
+        _ => format!("[{addr}]/{prefix}"),
+    }
+}
+
 impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.target {
-            Target::Net { addr, prefix } => match addr.to_ipv4_mapped() {
-                Some(v4) if *prefix >= 96 => write!(f, "{v4}/{}", prefix - 96)?,
-                _ => write!(f, "[{addr}]/{prefix}")?,
-            },
+            Target::Net { addr, prefix } => write!(f, "{}", prefix_text(*addr, *prefix))?,
             Target::Host { name, wildcard } => write!(f, "{}{name}", if *wildcard { "*." } else { "" })?,
         }
         match (*self.ports.start(), *self.ports.end()) {
@@ -210,15 +216,16 @@ impl fmt::Display for Destination {
     }
 }
 
-/// An IPv4 address as the key space holds it.
-#[must_use]
-pub fn v4(addr: Ipv4Addr) -> Ipv6Addr {
-    addr.to_ipv6_mapped()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+
+    /// An IPv4 address as the key space holds it.
+    fn v4(addr: Ipv4Addr) -> Ipv6Addr {
+        addr.to_ipv6_mapped()
+    }
 
     fn parse(entry: &str) -> Destination {
         entry.parse().unwrap_or_else(|e: EntryError| panic!("{entry}: {} ({})", e.message, e.hint))

@@ -133,24 +133,20 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
     }
     // SAFETY: EventHeader is plain old data and the slice is long enough.
     let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    if Kind::from_u8(header.kind).is_some_and(Kind::is_net) {
-        let detail = bytes.get(EVENT_HEADER_BYTES..EVENT_HEADER_BYTES + NET_DETAIL_BYTES).ok_or(Malformed(bytes.len()))?;
-        // SAFETY: NetDetail is plain old data and the slice is its size.
-        let net: NetDetail = unsafe { std::ptr::read_unaligned(detail.as_ptr().cast()) };
-        let exe = bytes.get(EVENT_HEADER_BYTES + NET_DETAIL_BYTES..).unwrap_or_default();
-        let exe = &exe[..usize::from(header.exe_len).min(exe.len())];
-        let exe = (!exe.is_empty()).then(|| join_path(exe, header.flags & EVENT_EXE_TRUNCATED != 0));
-        return Ok(Record { header, path: String::new(), exe, net: Some(net) });
-    }
     let names = bytes.get(EVENT_HEADER_BYTES..).unwrap_or_default();
     let (path, rest) = names.split_at((header.path_len as usize).min(names.len()));
     let exe = &rest[..(header.exe_len as usize).min(rest.len())];
-    Ok(Record {
-        header,
-        path: join_path(path, header.flags & EVENT_PATH_TRUNCATED != 0),
-        exe: (!exe.is_empty()).then(|| join_path(exe, header.flags & EVENT_EXE_TRUNCATED != 0)),
-        net: None,
-    })
+    let exe = (!exe.is_empty()).then(|| join_path(exe, header.flags & EVENT_EXE_TRUNCATED != 0));
+    // A network event carries its NetDetail where a file event has its path.
+    if Kind::from_u8(header.kind).is_some_and(Kind::is_net) {
+        if path.len() != NET_DETAIL_BYTES {
+            return Err(Malformed(bytes.len()));
+        }
+        // SAFETY: NetDetail is plain old data and the slice is its size.
+        let net: NetDetail = unsafe { std::ptr::read_unaligned(path.as_ptr().cast()) };
+        return Ok(Record { header, path: String::new(), exe, net: Some(net) });
+    }
+    Ok(Record { header, path: join_path(path, header.flags & EVENT_PATH_TRUNCATED != 0), exe, net: None })
 }
 
 /// Leaf-first NUL-terminated names to a `/`-separated path.

@@ -181,14 +181,16 @@ impl Enforcer {
     /// A kernel that cannot run BPF LSM programs is not an error here (see
     /// `lsm_missing`): the caller decides whether what remains is enough.
     pub fn load() -> Result<Self, LoadError> {
-        let (mut ebpf, lsm) = load_object()?;
-        let (lsm_missing, missing_hooks) = match lsm.and_then(|()| load_lsm(&mut ebpf, "", &[HOOKS, NET_HOOKS].concat())) {
+        let mut object = load_object()?;
+        let lsm = object.lsm.take().map_or(Ok(()), Err);
+        let (lsm_missing, missing_hooks) = match lsm.and_then(|()| object.load_lsm("", &[HOOKS, NET_HOOKS].concat())) {
             Ok(missing_hooks) => (None, missing_hooks),
             Err(e @ (LoadError::TrampolineRefused { .. } | LoadError::Kernel(KernelError::BpfLsmInactive { .. }))) => {
                 (Some(e), Vec::new())
             }
             Err(e) => return Err(e),
         };
+        let mut ebpf = object.ebpf;
         load_sock_programs(&mut ebpf)?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));
         let tables = ArrayOfMaps::try_from(take(TABLES_MAP)?).map_err(map_err(TABLES_MAP))?;
@@ -408,51 +410,63 @@ pub struct Floor {
 
 /// Loads and attaches the floor programs only (see [`Floor`]).
 pub fn load_floor() -> Result<Floor, LoadError> {
-    let (mut ebpf, lsm) = load_object()?;
-    lsm?;
-    let missing_hooks = load_lsm(&mut ebpf, "floor_", HOOKS)?;
-    Ok(Floor { _ebpf: ebpf, missing_hooks })
+    let mut object = load_object()?;
+    if let Some(lsm) = object.lsm.take() {
+        return Err(lsm);
+    }
+    let missing_hooks = object.load_lsm("floor_", HOOKS)?;
+    Ok(Floor { _ebpf: object.ebpf, missing_hooks })
 }
 
-/// Checks the kernel and loads the object (every map is created). The
-/// second value says whether BPF LSM is active.
-fn load_object() -> Result<(Ebpf, Result<(), LoadError>), LoadError> {
+/// The loaded object (every map created, no program loaded yet) and the
+/// kernel's BTF, parsed once for the loads that follow.
+struct LoadedObject {
+    ebpf: Ebpf,
+    btf: Btf,
+    aya_btf: aya::Btf,
+    /// Why BPF LSM is not active, if it is not.
+    lsm: Option<LoadError>,
+}
+
+/// Checks the kernel and loads the object.
+fn load_object() -> Result<LoadedObject, LoadError> {
     kernel::check_root()?;
-    let lsm = kernel::check_bpf_lsm().map_err(LoadError::from);
+    let lsm = kernel::check_bpf_lsm().err().map(LoadError::from);
     let btf = Btf::from_sys_fs()?;
     let offsets = kernel::offsets(&btf)?;
     raise_memlock_limit();
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
     let programs = programs_for(&offsets)?;
     let ebpf = EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(programs.bytes())?;
-    Ok((ebpf, lsm))
+    Ok(LoadedObject { ebpf, btf, aya_btf, lsm })
 }
 
-/// Loads and attaches the program `<prefix><hook>` for each of `hooks` this
-/// kernel has. Returns the optional hooks the kernel lacks.
-fn load_lsm(ebpf: &mut Ebpf, prefix: &str, hooks: &[(&'static str, bool)]) -> Result<Vec<&'static str>, LoadError> {
-    let btf = Btf::from_sys_fs()?;
-    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
-    let mut missing_hooks = Vec::new();
-    for &(hook, required) in hooks {
-        if !required && !btf.has_function(&format!("bpf_lsm_{hook}")) {
-            missing_hooks.push(hook);
-            continue;
+impl LoadedObject {
+    /// Loads and attaches the program `<prefix><hook>` for each of `hooks`
+    /// this kernel has. Returns the optional hooks the kernel lacks.
+    fn load_lsm(&mut self, prefix: &str, hooks: &[(&'static str, bool)]) -> Result<Vec<&'static str>, LoadError> {
+        let Self { ebpf, btf, aya_btf, .. } = self;
+        let mut missing_hooks = Vec::new();
+        for &(hook, required) in hooks {
+            if !required && !btf.has_function(&format!("bpf_lsm_{hook}")) {
+                missing_hooks.push(hook);
+                continue;
+            }
+            let program: &mut Lsm = ebpf
+                .program_mut(&format!("{prefix}{hook}"))
+                .ok_or(LoadError::Program { hook, source: ProgramError::NotLoaded })?
+                .try_into()
+                .map_err(|source| LoadError::Program { hook, source })?;
+            let started = std::time::Instant::now();
+            program.load(hook, aya_btf).map_err(|source| classify(hook, source))?;
+            program.attach().map_err(|source| LoadError::Program { hook, source })?;
+            if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
+                let insns = program.info().ok().and_then(|i| i.verified_instruction_count());
+                eprintln!("enforcer: loaded {prefix}{hook} in {:?}, verifier processed {insns:?} insns", started.elapsed());
+            }
         }
-        let program: &mut Lsm = ebpf
-            .program_mut(&format!("{prefix}{hook}"))
-            .ok_or(LoadError::Program { hook, source: ProgramError::NotLoaded })?
-            .try_into()
-            .map_err(|source| LoadError::Program { hook, source })?;
-        let started = std::time::Instant::now();
-        program.load(hook, &aya_btf).map_err(|source| classify(hook, source))?;
-        program.attach().map_err(|source| LoadError::Program { hook, source })?;
-        if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
-            let insns = program.info().ok().and_then(|i| i.verified_instruction_count());
-            eprintln!("enforcer: loaded {prefix}{hook} in {:?}, verifier processed {insns:?} insns", started.elapsed());
-        }
+        Ok(missing_hooks)
     }
-    Ok(missing_hooks)
 }
 
 /// Turns the kernel's refusal into a message that says what to do.

@@ -11,7 +11,7 @@ use std::{collections::HashMap, net::Ipv6Addr};
 use enforcer_common::net::{NET_PORT_RANGES, NetKey, NetPorts, PortRange, UNIX_PATH_BYTES, UnixKey};
 
 use crate::{
-    destinations::{Target, mask},
+    destinations::{Target, mask, prefix_text},
     policy::{Location, Network},
 };
 
@@ -57,11 +57,7 @@ pub fn build(network: &Network, policy_id: u32) -> Result<NetRules, TooManyRange
         }
         let merged = merge(all);
         if merged.len() > NET_PORT_RANGES {
-            let shown = match addr.to_ipv4_mapped() {
-                Some(v4) if prefix >= 96 => format!("{v4}/{}", prefix - 96),
-                _ => format!("[{addr}]/{prefix}"),
-            };
-            return Err(TooManyRanges { at: (*at).clone(), prefix: shown });
+            return Err(TooManyRanges { at: (*at).clone(), prefix: prefix_text(addr, prefix) });
         }
         let mut ports = NetPorts::default();
         ports.ranges[..merged.len()].copy_from_slice(&merged);
