@@ -49,6 +49,42 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Write a policy's parts for orchestrators that apply them themselves.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
+    /// The syscall groups `syscalls.allow` accepts.
+    Syscalls {
+        #[command(subcommand)]
+        command: SyscallsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// The policy's syscall allowlist as a seccomp profile, on stdout.
+    Seccomp {
+        /// The policy file (TOML); it needs a [syscalls] section.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// `oci`: the runtime spec's `linux.seccomp` JSON (containerd,
+        /// CRI-O, Kubernetes `localhost` profiles); `systemd`: unit settings.
+        #[arg(long, value_enum)]
+        format: SeccompFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SeccompFormat {
+    Oci,
+    Systemd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyscallsCommand {
+    /// List the groups and their syscalls.
+    Groups,
 }
 
 #[derive(Debug, Subcommand)]

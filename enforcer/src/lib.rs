@@ -17,5 +17,6 @@ pub mod policy;
 pub mod rules;
 pub mod run;
 pub mod stream;
+pub mod syscalls;
 pub mod table_map;
 pub mod tables;

@@ -3,9 +3,10 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use enforcer::{
     bench,
-    cli::{Cli, Command, PolicyCommand},
+    cli::{Cli, Command, ExportCommand, PolicyCommand, SeccompFormat, SyscallsCommand},
     policy,
     run::{self, RunOptions},
+    syscalls::{export, groups},
 };
 
 fn main() -> ExitCode {
@@ -16,6 +17,8 @@ fn main() -> ExitCode {
         }
         Command::Policy { command: PolicyCommand::Check { file } } => check_policy(&file),
         Command::BenchFloor { command } => bench::run_floor(&command),
+        Command::Export { command: ExportCommand::Seccomp { policy, format } } => export_seccomp(&policy, format),
+        Command::Syscalls { command: SyscallsCommand::Groups } => list_groups(),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -78,4 +81,44 @@ fn check_policy(file: &std::path::Path) -> i32 {
             2
         }
     }
+}
+
+fn export_seccomp(file: &std::path::Path, format: SeccompFormat) -> i32 {
+    let policy = match policy::load(file) {
+        Ok((policy, _)) => policy,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let Some(syscalls) = &policy.syscalls else {
+        eprintln!(
+            "{}: error: the policy has no [syscalls] section, so there is no allowlist to export\n  \
+             hint: add [syscalls] with allow = [\"@default-agent\"]",
+            file.display()
+        );
+        return 2;
+    };
+    let text = match format {
+        SeccompFormat::Oci => match export::oci(syscalls) {
+            Ok(json) => json,
+            Err(e) => {
+                eprintln!("enforcer: error: {e}");
+                return 1;
+            }
+        },
+        SeccompFormat::Systemd => export::systemd(syscalls, &policy.name),
+    };
+    print!("{text}");
+    0
+}
+
+fn list_groups() -> i32 {
+    println!("# syscall groups, version {}", groups::GROUPS_VERSION);
+    println!("{}: every group marked (default) below", groups::DEFAULT_AGENT);
+    for group in groups::GROUPS {
+        let default = if group.default { " (default)" } else { "" };
+        println!("{}{default}: {}\n    {}", group.name, group.about, group.members.join(" "));
+    }
+    0
 }

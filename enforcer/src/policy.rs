@@ -14,7 +14,10 @@ use enforcer_common::net::{SOCKET_CLASSES, UNIX_PATH_BYTES};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::destinations::{Destination, EntryError, Target};
+use crate::{
+    destinations::{Destination, EntryError, Target},
+    syscalls::{self, DenyAction, Syscalls},
+};
 
 /// Enforce (deny and report) or audit (allow and report).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +61,13 @@ pub struct Network {
     pub dns_min_ttl: std::time::Duration,
 }
 
+/// The `[exec]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exec {
+    /// Trees programs may be executed from; executing anything else is denied.
+    pub allow: Vec<PathBuf>,
+}
+
 /// Default for `network.dns_min_ttl`, seconds.
 pub const DNS_MIN_TTL_DEFAULT: u64 = 30;
 
@@ -68,6 +78,8 @@ pub struct Policy {
     pub mode: Mode,
     pub files: Option<Files>,
     pub network: Option<Network>,
+    pub syscalls: Option<Syscalls>,
+    pub exec: Option<Exec>,
 }
 
 /// Where in a policy file something was found.
@@ -113,6 +125,23 @@ struct RawPolicy {
     mode: Option<Spanned<String>>,
     files: Option<Spanned<RawFiles>>,
     network: Option<Spanned<RawNetwork>>,
+    syscalls: Option<Spanned<RawSyscalls>>,
+    exec: Option<Spanned<RawExec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSyscalls {
+    allow: Spanned<Vec<Spanned<String>>>,
+    deny_action: Option<Spanned<String>>,
+    #[serde(default)]
+    require_seccomp: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExec {
+    allow: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -136,8 +165,9 @@ struct RawFiles {
     read_deny: Vec<Spanned<String>>,
 }
 
-const KEYS_HINT: &str = "a policy has `name`, `mode`, a `[files]` table with `write` and `read_deny`, and a \
-`[network]` table with `allow`, `unix`, `sockets` and `dns_min_ttl`; see policies/coding-agent.toml";
+const KEYS_HINT: &str = "a policy has `name`, `mode`, a `[files]` table with `write` and `read_deny`, a \
+`[network]` table with `allow`, `unix`, `sockets` and `dns_min_ttl`, a `[syscalls]` table with `allow`, \
+`deny_action` and `require_seccomp`, and an `[exec]` table with `allow`; see policies/coding-agent.toml";
 
 /// Reads and validates the policy file at `file`.
 pub fn load(file: &Path) -> Result<(Policy, Vec<Warning>), PolicyError> {
@@ -190,7 +220,22 @@ pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyEr
         }
         Some(network) => Some(validate_network(&ctx, network.get_ref(), &mut warnings)?),
     };
-    Ok((Policy { name, mode, files, network }, warnings))
+    let syscalls = match raw.syscalls {
+        None => {
+            warnings.push(ctx.warning(
+                0..0,
+                "no [syscalls] section: this policy allows every syscall (consider allow = [\"@default-agent\"])"
+                    .to_owned(),
+            ));
+            None
+        }
+        Some(syscalls) => Some(validate_syscalls(&ctx, syscalls.into_inner(), &mut warnings)?),
+    };
+    let exec = match raw.exec {
+        None => None,
+        Some(exec) => Some(Exec { allow: validate_paths(&ctx, "exec.allow", &exec.into_inner().allow, &mut warnings)? }),
+    };
+    Ok((Policy { name, mode, files, network, syscalls, exec }, warnings))
 }
 
 fn hint_for(message: &str) -> String {
@@ -252,8 +297,8 @@ fn validate_name(ctx: &Ctx<'_>, name: &Spanned<String>) -> Result<String, Policy
 
 fn validate_files(ctx: &Ctx<'_>, files: Spanned<RawFiles>, warnings: &mut Vec<Warning>) -> Result<Files, PolicyError> {
     let RawFiles { write, read_deny } = files.into_inner();
-    let write = validate_paths(ctx, "write", &write, warnings)?;
-    let read_deny = validate_paths(ctx, "read_deny", &read_deny, warnings)?;
+    let write = validate_paths(ctx, "files.write", &write, warnings)?;
+    let read_deny = validate_paths(ctx, "files.read_deny", &read_deny, warnings)?;
     Ok(Files { write, read_deny })
 }
 
@@ -316,6 +361,54 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
     Ok(network)
 }
 
+fn validate_syscalls(ctx: &Ctx<'_>, raw: RawSyscalls, warnings: &mut Vec<Warning>) -> Result<Syscalls, PolicyError> {
+    let mut allow = std::collections::BTreeSet::new();
+    let mut namespaces = false;
+    for entry in raw.allow.get_ref() {
+        let names = syscalls::expand(entry.get_ref()).map_err(|message| {
+            ctx.invalid(
+                entry.span(),
+                format!("syscalls.allow: {message}"),
+                "write a syscall name as the kernel spells it (e.g. \"openat\") or a group (e.g. \"@default-agent\"); \
+                 `enforcer syscalls groups` lists the groups",
+            )
+        })?;
+        namespaces |= entry.get_ref() == "@namespaces";
+        if let Some(floor) = syscalls::FLOOR_DENIES.iter().find(|(name, _)| names.contains(name)) {
+            warnings.push(ctx.warning(
+                entry.span(),
+                format!("syscalls.allow `{}` allows `{}`, but the built-in floor still denies {}", entry.get_ref(), floor.0, floor.1),
+            ));
+        }
+        allow.extend(names.into_iter().map(str::to_owned));
+    }
+    if allow.is_empty() {
+        return Err(ctx.invalid(
+            raw.allow.span(),
+            "syscalls.allow is empty: no program could even start".to_owned(),
+            "start from allow = [\"@default-agent\"]",
+        ));
+    }
+    if !allow.contains("execve") {
+        warnings.push(ctx.warning(raw.allow.span(), "syscalls.allow lacks `execve`: the command cannot be started".to_owned()));
+    }
+    let deny_action = match raw.deny_action.as_ref() {
+        None => DenyAction::Eperm,
+        Some(action) => match action.get_ref().as_str() {
+            "eperm" => DenyAction::Eperm,
+            "kill" => DenyAction::Kill,
+            other => {
+                return Err(ctx.invalid(
+                    action.span(),
+                    format!("syscalls.deny_action: unknown action `{other}`"),
+                    "deny_action is \"eperm\" (the syscall fails with EPERM) or \"kill\" (the process is killed)",
+                ));
+            }
+        },
+    };
+    Ok(Syscalls { allow, namespaces, deny_action, require_seccomp: raw.require_seccomp })
+}
+
 fn validate_paths(
     ctx: &Ctx<'_>,
     key: &str,
@@ -326,10 +419,10 @@ fn validate_paths(
     for entry in paths {
         let path = validate_path(ctx, key, entry)?;
         if out.contains(&path) {
-            warnings.push(ctx.warning(entry.span(), format!("`{}` is listed twice in files.{key}", path.display())));
+            warnings.push(ctx.warning(entry.span(), format!("`{}` is listed twice in {key}", path.display())));
             continue;
         }
-        if key == "write" && path == Path::new("/") {
+        if key == "files.write" && path == Path::new("/") {
             warnings.push(ctx.warning(entry.span(), "files.write contains `/`: writes are allowed everywhere".to_owned()));
         }
         out.push(path);
@@ -341,21 +434,21 @@ fn validate_path(ctx: &Ctx<'_>, key: &str, entry: &Spanned<String>) -> Result<Pa
     let raw = entry.get_ref();
     let fail = |message: String, hint: &str| Err(ctx.invalid(entry.span(), message, hint));
     if raw.is_empty() {
-        return fail(format!("empty path in files.{key}"), "write an absolute path such as \"/workspace\"");
+        return fail(format!("empty path in {key}"), "write an absolute path such as \"/workspace\"");
     }
     if !raw.starts_with('/') {
         return fail(
-            format!("relative path `{raw}` in files.{key}"),
+            format!("relative path `{raw}` in {key}"),
             &format!("paths must be absolute, e.g. \"/{}\"", raw.trim_start_matches("./")),
         );
     }
     if raw.contains('\0') {
-        return fail(format!("path in files.{key} contains a NUL byte"), "remove the NUL byte");
+        return fail(format!("path in {key} contains a NUL byte"), "remove the NUL byte");
     }
     let path = Path::new(raw);
     if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) || raw.contains("/./") {
         return fail(
-            format!("path `{raw}` in files.{key} contains `.` or `..`"),
+            format!("path `{raw}` in {key} contains `.` or `..`"),
             "write the normalized path: the enforcer judges resolved paths, so `..` in a rule is never what you mean",
         );
     }

@@ -23,6 +23,11 @@ use crate::{
     policy::{self, Mode, Network, Policy, PolicyError},
     rules,
     stream::{EventStream, Sink},
+    syscalls::{
+        self, Arch,
+        filter::{FilterError, Handoff, Program},
+        notify::{HANDOFF_TIMEOUT, Supervisor, SyscallEvent},
+    },
 };
 
 pub struct RunOptions {
@@ -60,6 +65,10 @@ pub enum RunError {
     Mounts(#[from] MountError),
     #[error("cannot open the events file {}: {source}", path.display())]
     Events { path: PathBuf, source: std::io::Error },
+    #[error("cannot build the syscall filter, so the command was not run: {0}")]
+    Filter(#[from] FilterError),
+    #[error("cannot install the syscall filter in `{}`, so it was not run: {source}", command.to_string_lossy())]
+    Seccomp { command: OsString, source: std::io::Error },
     #[error("cannot run `{}`: {source}", command.to_string_lossy())]
     Spawn { command: OsString, source: std::io::Error },
     #[error("waiting for the command failed: {0}")]
@@ -112,6 +121,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let sink = Sink::open(opts.events.as_deref())
         .map_err(|source| RunError::Events { path: opts.events.clone().unwrap_or_default(), source })?;
 
+    let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
     let mut enforcer = Enforcer::load()?;
     if let Some(why) = enforcer.lsm_missing().map(ToString::to_string) {
         let parts = needs_lsm(&policy);
@@ -126,6 +136,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         }
     }
     let hierarchy = Hierarchy::find()?;
+    let cgroup_root = hierarchy.mount_point.clone();
     let run_cgroup = RunCgroup::create(&hierarchy)?;
     let cgroup = &run_cgroup.cgroup;
 
@@ -162,12 +173,23 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         cgroup: cgroup.name.clone(),
         policy: policy.name.clone(),
     };
-    let status = spawn_and_wait(&opts.command, cgroup, &mut stream, &enforcer, &mut dns).await;
+    let seccomp = filter
+        .map(|program| Seccomp::new(program, &policy, cgroup_root.clone()))
+        .transpose()
+        .map_err(|source| RunError::Seccomp { command: opts.command[0].clone(), source })?;
+    let status = spawn_and_wait(&opts.command, cgroup, &mut stream, &enforcer, &mut dns, seccomp).await;
     drop(resolver);
 
     // Nothing of the agent may outlive the run unenforced: kill what is left
     // while still tagged, then collect the last events.
     let cleanup = cgroup.kill_all();
+    let (status, denials) = match status {
+        Ok((status, denials)) => (Ok(status), denials),
+        Err(e) => (Err(e), None),
+    };
+    if let Some(denials) = denials {
+        denials.finish(&mut stream);
+    }
     stream.drain();
     stream.report_lost(enforcer.lost_events()?);
     enforcer.untag(cgroup)?;
@@ -191,6 +213,12 @@ fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
             "socket classes of families other than IPv4/IPv6 (packet, netlink, vsock...): only raw, ICMP, SCTP \
              and MPTCP IP sockets are refused (BPF LSM socket_create)",
         );
+    }
+    if policy.exec.is_some() {
+        parts.push("[exec]: which programs may be executed (BPF LSM bprm_check_security)");
+    }
+    if policy.syscalls.as_ref().is_some_and(|s| s.require_seccomp) {
+        parts.push("syscalls.require_seccomp: refusing exec without a seccomp filter (BPF LSM)");
     }
     parts
 }
@@ -249,26 +277,109 @@ struct Dns {
     policy: String,
 }
 
+/// The syscall filter of a run: installed by the command on itself between
+/// fork and exec, its notifications answered by a supervisor thread.
+struct Seccomp {
+    program: Arc<Program>,
+    handoff: Arc<Handoff>,
+    syscalls: syscalls::Syscalls,
+    audit: bool,
+    cgroup_root: PathBuf,
+    policy: String,
+}
+
+impl Seccomp {
+    fn new(program: Program, policy: &Policy, cgroup_root: PathBuf) -> Result<Self, std::io::Error> {
+        Ok(Self {
+            program: Arc::new(program),
+            handoff: Arc::new(Handoff::new()?),
+            syscalls: policy.syscalls.clone().unwrap_or_else(|| unreachable!("a filter comes from [syscalls]")),
+            audit: policy.mode == Mode::Audit,
+            cgroup_root,
+            policy: policy.name.clone(),
+        })
+    }
+}
+
+/// Answers the filter's notifications until the run ends.
+struct SyscallDenials {
+    events: tokio::sync::mpsc::UnboundedReceiver<SyscallEvent>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+    policy: String,
+}
+
+/// Starts the command; with a filter, waits for it to hand over its listener.
+fn spawn(
+    command: &[OsString],
+    cgroup: &cgroups::Cgroup,
+    seccomp: Option<Seccomp>,
+) -> Result<(tokio::process::Child, Option<SyscallDenials>), RunError> {
+    let procs = cgroup.procs_file()?;
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    let filter = seccomp.as_ref().map(|s| (s.program.clone(), s.handoff.clone()));
+    // SAFETY: `join` only calls write(2) on an fd opened before fork, and
+    // `install_in_child` only prctl(2) and seccomp(2), then spins on memory.
+    unsafe {
+        cmd.pre_exec(move || {
+            cgroups::join(&procs)?;
+            match &filter {
+                Some((program, handoff)) => handoff.install_in_child(program),
+                None => Ok(()),
+            }
+        });
+    }
+    let Some(seccomp) = seccomp else {
+        let child = cmd.spawn().map_err(|source| RunError::Spawn { command: command[0].clone(), source })?;
+        return Ok((child, None));
+    };
+    // The command waits for its listener to be taken before it execs, and
+    // spawn() returns only after exec: take it from another thread.
+    let handoff = seccomp.handoff.clone();
+    let taker = std::thread::spawn(move || handoff.take(HANDOFF_TIMEOUT));
+    let child = cmd.spawn();
+    if child.is_err() {
+        seccomp.handoff.cancel();
+    }
+    let listener = taker.join().unwrap_or_else(|_| Err(std::io::Error::other("listener thread panicked")));
+    let mut child = child.map_err(|source| RunError::Spawn { command: command[0].clone(), source })?;
+    let listener = match listener {
+        Ok(listener) => listener,
+        Err(source) => {
+            // It may be spinning, waiting for us: it must not live on.
+            let _ = child.start_kill();
+            return Err(RunError::Seccomp { command: command[0].clone(), source });
+        }
+    };
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let supervisor = Supervisor::new(listener, &seccomp.syscalls, seccomp.audit, seccomp.cgroup_root);
+    let thread = supervisor.spawn(tx, stop.clone()).map_err(RunError::Wait)?;
+    Ok((child, Some(SyscallDenials { events, stop, thread, policy: seccomp.policy })))
+}
+
 async fn spawn_and_wait(
     command: &[OsString],
     cgroup: &cgroups::Cgroup,
     stream: &mut EventStream,
     enforcer: &Enforcer,
     dns: &mut Dns,
-) -> Result<ExitStatus, RunError> {
-    let procs = cgroup.procs_file()?;
-    let mut cmd = tokio::process::Command::new(&command[0]);
-    cmd.args(&command[1..]);
-    // SAFETY: `join` only calls write(2) on an fd opened before fork.
-    unsafe { cmd.pre_exec(move || cgroups::join(&procs)) };
-    let mut child = cmd.spawn().map_err(|source| RunError::Spawn { command: command[0].clone(), source })?;
-
+    seccomp: Option<Seccomp>,
+) -> Result<(ExitStatus, Option<SyscallDenials>), RunError> {
+    let (mut child, mut denials) = spawn(command, cgroup, seccomp)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Wait)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Wait)?;
     let mut lost_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        let syscall_event = async {
+            match denials.as_mut() {
+                Some(d) => d.events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            status = child.wait() => return status.map_err(RunError::Wait),
+            status = child.wait() => return Ok((status.map_err(RunError::Wait)?, denials)),
             result = stream.next_batch() => result.map_err(RunError::Wait)?,
             _ = lost_tick.tick() => {
                 stream.report_lost(enforcer.lost_events().unwrap_or(0));
@@ -279,9 +390,24 @@ async fn spawn_and_wait(
                 }
             }
             Some(event) = dns.events.recv() => stream.dns_event(&event, &dns.policy, &dns.cgroup, cgroup.id),
+            Some(event) = syscall_event => {
+                let policy = denials.as_ref().map_or("", |d| d.policy.as_str()).to_owned();
+                stream.syscall_event(&event, &policy);
+            }
             _ = terminate.recv() => forward(&child, libc::SIGTERM),
             // The terminal already sent SIGINT to the command; do not die first.
             _ = interrupt.recv() => {}
+        }
+    }
+}
+
+impl SyscallDenials {
+    /// After the cgroup was emptied: stops the supervisor, reports the rest.
+    fn finish(mut self, stream: &mut EventStream) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.join();
+        while let Ok(event) = self.events.try_recv() {
+            stream.syscall_event(&event, &self.policy);
         }
     }
 }

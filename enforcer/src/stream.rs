@@ -14,6 +14,7 @@ use crate::{
     cgroups::Names,
     dns::{DnsEvent, grants::Grants},
     events::{self, Clock, Context, Lost},
+    syscalls::notify::SyscallEvent,
 };
 
 /// A `dns` event as written out: the resolver's, plus the common fields.
@@ -25,6 +26,15 @@ struct DnsLine<'a> {
     cgroup_id: u64,
     #[serde(flatten)]
     event: &'a DnsEvent,
+}
+
+/// A `syscall` event as written out: the supervisor's, plus the common fields.
+#[derive(serde::Serialize)]
+struct SyscallLine<'a> {
+    ts: String,
+    policy: &'a str,
+    #[serde(flatten)]
+    event: &'a SyscallEvent,
 }
 
 /// Where JSON lines go: a file (appended) or stderr.
@@ -86,6 +96,11 @@ impl EventStream {
     /// Writes a `dns` event of the resolver.
     pub fn dns_event(&mut self, event: &DnsEvent, policy: &str, cgroup: &str, cgroup_id: u64) {
         self.sink.line(&DnsLine { ts: self.clock.now(), policy, cgroup, cgroup_id, event });
+    }
+
+    /// Writes a `syscall` event of the seccomp supervisor.
+    pub fn syscall_event(&mut self, event: &SyscallEvent, policy: &str) {
+        self.sink.line(&SyscallLine { ts: self.clock.now(), policy, event });
     }
 
     pub fn names(&mut self) -> &mut Names {

@@ -1,4 +1,4 @@
-//! Host tools: qemu >= 10, static busybox, cpio, nightly rust-src and bpf-linker.
+//! Host tools: qemu >= 10, static busybox, cpio, libseccomp-dev, nightly rust-src and bpf-linker.
 
 use std::path::Path;
 use std::process::Command;
@@ -13,27 +13,28 @@ const MIN_QEMU_MAJOR: u32 = 10;
 const BUSYBOX: &str = "/bin/busybox";
 
 /// qemu-system-x86 from bookworm-backports (Debian 12's QEMU 7.2 corrupts 6.12 guests),
-/// busybox-static and cpio.
+/// busybox-static, cpio, and libseccomp-dev (the enforcer links libseccomp to build its
+/// syscall filters).
 pub fn debian_packages() -> Result<()> {
     let missing = missing_packages();
     if missing.is_empty() {
         let version = qemu_version().map(|(_, v)| v).unwrap_or_default();
-        println!("setup: qemu {version}, static busybox and cpio present");
+        println!("setup: qemu {version}, static busybox, cpio and libseccomp-dev present");
         return Ok(());
     }
     println!("setup: missing {}; installing", missing.join(", "));
-    apt::require_apt("installing qemu, busybox-static and cpio")?;
+    apt::require_apt("installing qemu, busybox-static, cpio and libseccomp-dev")?;
     apt::ensure_backports_source()?;
     apt::update()?;
     apt::install(&["-t", "bookworm-backports", "qemu-system-x86"])?;
-    apt::install(&["busybox-static", "cpio"])?;
+    apt::install(&["busybox-static", "cpio", "libseccomp-dev", "pkg-config"])?;
 
     let still = missing_packages();
     if !still.is_empty() {
         bail!("after apt-get install still missing: {}", still.join(", "));
     }
     let version = qemu_version().map(|(_, v)| v).unwrap_or_default();
-    println!("setup: qemu {version}, static busybox and cpio installed");
+    println!("setup: qemu {version}, static busybox, cpio and libseccomp-dev installed");
     Ok(())
 }
 
@@ -52,6 +53,9 @@ fn missing_packages() -> Vec<String> {
     if !cmd::on_path("cpio") {
         missing.push("cpio".to_string());
     }
+    if !libseccomp_dev_present() {
+        missing.push("libseccomp-dev".to_string());
+    }
     missing
 }
 
@@ -68,6 +72,11 @@ pub fn qemu_version() -> Option<(u32, String)> {
         .next()?;
     let major = version.split('.').next()?.parse().ok()?;
     Some((major, version.to_string()))
+}
+
+/// The linker needs `libseccomp.so` (the unversioned name only the -dev package installs).
+fn libseccomp_dev_present() -> bool {
+    Command::new("pkg-config").args(["--exists", "libseccomp"]).status().is_ok_and(|s| s.success())
 }
 
 fn busybox_is_static() -> bool {
