@@ -102,6 +102,14 @@ impl Sandbox {
     /// Starts `enforcer run` of the probe with `steps`, stdin and stdout piped.
     #[must_use]
     pub fn spawn(&self, steps: &[String]) -> Child {
+        let mut command = vec![probe_bin().into_os_string()];
+        command.extend(steps.iter().map(Into::into));
+        self.spawn_command(&command)
+    }
+
+    /// Starts `enforcer run` of `command`, stdin and stdout piped.
+    #[must_use]
+    pub fn spawn_command(&self, command: &[std::ffi::OsString]) -> Child {
         let _ = std::fs::remove_file(&self.events);
         Command::new(enforcer_bin())
             .arg("run")
@@ -112,8 +120,7 @@ impl Sandbox {
             .args(self.degraded.then_some("--degraded"))
             .args(self.dns_upstream.iter().flat_map(|a| ["--dns-upstream".to_owned(), a.to_string()]))
             .arg("--")
-            .arg(probe_bin())
-            .args(steps)
+            .args(command)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&self.stderr).expect("create stderr log"))

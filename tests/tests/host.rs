@@ -10,6 +10,7 @@ use enforcer_tests::enforcer_bin;
 /// The host kernel runs the cgroup programs but not BPF LSM ones.
 const DEGRADED: bool = true;
 mod network;
+mod syscalls;
 
 #[test]
 fn run_refuses_to_start_the_command_when_bpf_lsm_cannot_load() {
@@ -58,4 +59,96 @@ fn run_cgroups_are_created_joined_and_removed() {
     assert!(!cgroup.path.exists(), "run cgroup removed");
     let status = child.wait().unwrap();
     assert!(!status.success(), "killed with the cgroup");
+}
+
+/// What a coding agent runs (git, a C compiler, Python, Node, rustc) under
+/// `@default-agent`: it all works, and nothing is refused. Host tier only:
+/// the VMs have none of these programs.
+#[test]
+fn an_agent_workload_runs_under_default_agent_without_a_refusal() {
+    let mut sb = enforcer_tests::Sandbox::new("workload");
+    sb.degraded = true;
+    sb.write_policy_with("enforce", "[syscalls]\nallow = [\"@default-agent\"]\n");
+    let script = format!(
+        r#"set -e
+cd {dir}
+git init -q repo && cd repo
+printf 'int main(void) {{ return 0; }}\n' > main.c
+git add main.c && git -c user.email=agent@example.com -c user.name=agent commit -q -m init
+cc -O2 -o main main.c && ./main
+python3 -c 'import json, subprocess, threading, sqlite3, ssl; t = threading.Thread(target=print, args=("py-thread",)); t.start(); t.join(); print(json.dumps(subprocess.run(["true"]).returncode))'
+node -e 'const {{ Worker }} = require("worker_threads"); new Worker("1", {{ eval: true }}); require("fs").writeFileSync("n.txt", "x"); require("child_process").execSync("true"); console.log("node-ok")'
+printf 'fn main() {{ std::thread::spawn(|| ()).join().unwrap(); }}\n' > r.rs && rustc -o r r.rs && ./r
+echo workload-done
+"#,
+        dir = sb.allowed.display()
+    );
+    let child = sb.spawn_command(&["sh".into(), "-c".into(), script.into()]);
+    let out = sb.finish(child);
+    for marker in ["py-thread", "node-ok", "workload-done"] {
+        assert!(out.stdout.contains(marker), "the workload did not get to {marker}:\n{out:#?}");
+    }
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let refused: Vec<_> = out.events.iter().filter(|e| e["kind"] == "syscall").collect();
+    assert!(refused.is_empty(), "@default-agent refused part of the workload: {refused:#?}");
+}
+
+fn export(policy: &std::path::Path, format: &str) -> String {
+    let out = Command::new(enforcer_bin())
+        .args(["export", "seccomp", "--format", format, "--policy"])
+        .arg(policy)
+        .output()
+        .expect("run enforcer export");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+#[test]
+fn the_exported_oci_profile_validates_against_the_runtime_spec_schema() {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../data/oci-seccomp.schema.json")).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    let sb = enforcer_tests::Sandbox::new("export-oci");
+    for deny_action in ["eperm", "kill"] {
+        sb.write_policy_with("enforce", &format!("[syscalls]\nallow = [\"@default-agent\"]\ndeny_action = \"{deny_action}\"\n"));
+        let profile: serde_json::Value = serde_json::from_str(&export(&sb.policy, "oci")).expect("the profile is JSON");
+        let errors: Vec<String> = validator.iter_errors(&profile).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        assert!(errors.is_empty(), "{deny_action}: {errors:#?}");
+        let default = if deny_action == "eperm" { "SCMP_ACT_ERRNO" } else { "SCMP_ACT_KILL_PROCESS" };
+        assert_eq!(profile["defaultAction"], default, "{profile:#}");
+        let rules = profile["syscalls"].as_array().expect("syscalls");
+        let rule_for = |name: &str| rules.iter().find(|r| r["names"].as_array().is_some_and(|n| n.iter().any(|n| n == name)));
+        assert_eq!(rule_for("openat").map(|r| &r["action"]), Some(&"SCMP_ACT_ALLOW".into()));
+        assert!(rule_for("keyctl").is_none(), "keyctl is not allowed: {profile:#}");
+        let clone = rule_for("clone").expect("clone is allowed with conditions");
+        assert_eq!(clone["args"][0]["op"], "SCMP_CMP_MASKED_EQ", "{clone}");
+        let clone3 = rule_for("clone3").expect("clone3 fails with ENOSYS");
+        assert_eq!((&clone3["action"], &clone3["errnoRet"]), (&"SCMP_ACT_ERRNO".into(), &38.into()), "{clone3}");
+    }
+    // The example policy exports too.
+    let example = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/coding-agent.toml"));
+    let profile: serde_json::Value = serde_json::from_str(&export(example, "oci")).expect("JSON");
+    assert!(validator.is_valid(&profile));
+}
+
+#[test]
+fn the_exported_systemd_settings_pass_systemd_analyze_verify() {
+    let sb = enforcer_tests::Sandbox::new("export-systemd");
+    sb.write_policy_with("enforce", "[syscalls]\nallow = [\"@default-agent\"]\n");
+    let settings = export(&sb.policy, "systemd");
+    assert!(settings.contains("SystemCallErrorNumber=EPERM\n") && settings.contains("RestrictNamespaces=yes\n"), "{settings}");
+    let unit = sb.base.join("enforcer-agent.service");
+    std::fs::write(&unit, format!("[Unit]\nDescription=agent\n[Service]\nExecStart=/bin/true\n{settings}")).expect("write unit");
+    let Ok(out) = Command::new("systemd-analyze").arg("verify").arg(&unit).output() else {
+        // No systemd here: check the documented syntax instead.
+        for line in settings.lines().filter(|l| !l.starts_with('#')) {
+            let (key, value) = line.split_once('=').unwrap_or_else(|| panic!("not Key=Value: {line}"));
+            assert!(key.chars().all(|c| c.is_ascii_alphanumeric()) && !value.is_empty(), "{line}");
+        }
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}\n{settings}");
+    let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("enforcer-agent.service")).collect();
+    assert!(complaints.is_empty(), "systemd complains about the settings:\n{}", complaints.join("\n"));
 }

@@ -7,6 +7,7 @@
 
 use std::{
     ffi::CString,
+    os::unix::process::CommandExt as _,
     io::{BufRead as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
     os::{linux::net::SocketAddrExt as _, unix::net},
@@ -248,6 +249,95 @@ fn net_step(op: &str, address: &str) -> Option<i32> {
     })
 }
 
+/// A number in decimal or `0x` hex.
+fn number(text: &str) -> i64 {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => i64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.unwrap_or_else(|_| panic!("bad number `{text}`"))
+}
+
+/// Runs `path` (a fresh process) and waits; the errno of its exec, or 0.
+fn exec(path: &str) -> i32 {
+    match std::process::Command::new(path).arg0("true").stdout(std::process::Stdio::null()).status() {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// A copy of /bin/true in a memfd, executed with `execveat(AT_EMPTY_PATH)`.
+fn memfd_exec() -> i32 {
+    let program = std::fs::read("/bin/true").expect("read /bin/true");
+    // SAFETY: memfd_create, write of a local buffer, fork; the child only
+    // calls execveat and _exit.
+    unsafe {
+        let fd = libc::memfd_create(c"agent-payload".as_ptr(), 0);
+        if fd < 0 {
+            return errno();
+        }
+        if libc::write(fd, program.as_ptr().cast(), program.len()) < 0 {
+            return errno();
+        }
+        let argv = [c"true".as_ptr(), std::ptr::null()];
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        let pid = libc::fork();
+        if pid == 0 {
+            libc::syscall(libc::SYS_execveat, fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
+            libc::_exit(errno() + 100);
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &raw mut status, 0);
+        close(fd);
+        let code = libc::WEXITSTATUS(status);
+        if code >= 100 { code - 100 } else { 0 }
+    }
+}
+
+/// The i386 ABI on x86-64: `getpid` through `int 0x80` (number 20 there).
+#[cfg(target_arch = "x86_64")]
+fn int80_getpid() -> i32 {
+    let mut ret: i64 = 20;
+    // SAFETY: the i386 getpid takes no arguments and touches no memory.
+    unsafe { std::arch::asm!("int 0x80", inout("rax") ret, options(nostack)) };
+    let ret = ret as i32;
+    if ret < 0 { -ret } else { 0 }
+}
+
+/// Syscall steps; `None` if `op` is not one.
+fn syscall_step(op: &str, arg: &str) -> Option<i32> {
+    // SAFETY: each call gets plain values or pointers to live locals.
+    Some(unsafe {
+        match op {
+            "getpid" => check(libc::syscall(libc::SYS_getpid)),
+            // KEYCTL_GET_KEYRING_ID of the session keyring, creating none.
+            "keyctl" => check(libc::syscall(libc::SYS_keyctl, 0, -3, 0)),
+            "unshare" => check(libc::unshare(i32::try_from(number(arg)).expect("flags")).into()),
+            // BPF_PROG_LOAD of nothing: EINVAL when allowed, EPERM when denied.
+            "bpf-prog-load" => {
+                let attr = [0u8; 128];
+                check(libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()))
+            }
+            "mount" => check(libc::mount(c"none".as_ptr(), c(arg).as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()).into()),
+            "ptrace-attach" => {
+                let pid = i32::try_from(number(arg)).expect("pid");
+                let r = libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0);
+                if r == 0 {
+                    libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+                }
+                check(r)
+            }
+            // A raw syscall number with zero arguments.
+            "syscall" => check(libc::syscall(number(arg))),
+            #[cfg(target_arch = "x86_64")]
+            "int80-getpid" => int80_getpid(),
+            "exec" => exec(arg),
+            "memfd-exec" => memfd_exec(),
+            _ => return None,
+        }
+    })
+}
+
 fn step(op: &str, a: &str, b: &str) -> i32 {
     let (pa, pb) = (c(a), c(b));
     // SAFETY: each call gets NUL-terminated paths and plain values.
@@ -317,7 +407,7 @@ fn main() {
     let _ = out.flush();
     for arg in std::env::args().skip(1) {
         let (op, rest) = arg.split_once(':').unwrap_or((&arg, ""));
-        let errno = net_step(op, rest).unwrap_or_else(|| {
+        let errno = net_step(op, rest).or_else(|| syscall_step(op, rest)).unwrap_or_else(|| {
             let (a, b) = rest.split_once(':').unwrap_or((rest, ""));
             step(op, a, b)
         });

@@ -10,6 +10,8 @@ use crate::cmd;
 use crate::vm::initramfs;
 
 const MIN_QEMU_MAJOR: u32 = 10;
+/// What the host tier's agent workload runs under `@default-agent` (tool, Debian package).
+const WORKLOAD_TOOLS: [(&str, &str); 4] = [("git", "git"), ("cc", "gcc"), ("python3", "python3"), ("node", "nodejs")];
 const BUSYBOX: &str = "/bin/busybox";
 
 /// qemu-system-x86 from bookworm-backports (Debian 12's QEMU 7.2 corrupts 6.12 guests),
@@ -28,6 +30,10 @@ pub fn debian_packages() -> Result<()> {
     apt::update()?;
     apt::install(&["-t", "bookworm-backports", "qemu-system-x86"])?;
     apt::install(&["busybox-static", "cpio", "libseccomp-dev", "pkg-config"])?;
+    let workload: Vec<&str> = WORKLOAD_TOOLS.iter().filter(|(tool, _)| !cmd::on_path(tool)).map(|&(_, pkg)| pkg).collect();
+    if !workload.is_empty() {
+        apt::install(&workload)?;
+    }
 
     let still = missing_packages();
     if !still.is_empty() {
@@ -55,6 +61,11 @@ fn missing_packages() -> Vec<String> {
     }
     if !libseccomp_dev_present() {
         missing.push("libseccomp-dev".to_string());
+    }
+    for (tool, package) in WORKLOAD_TOOLS {
+        if !cmd::on_path(tool) {
+            missing.push(format!("{tool} (package {package})"));
+        }
     }
     missing
 }
