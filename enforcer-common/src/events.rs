@@ -32,6 +32,11 @@ pub enum Kind {
     Socket = 5,
     /// Connecting or sending to a unix socket.
     UnixConnect = 6,
+    /// Executing a program (the path is the program's).
+    Exec = 7,
+    /// An operation the built-in floor refuses (`Op` says which); a
+    /// [`FloorDetail`] follows the header.
+    Floor = 8,
 }
 
 impl Kind {
@@ -41,6 +46,18 @@ impl Kind {
         matches!(self, Self::Connect | Self::Sendmsg | Self::Socket | Self::UnixConnect)
     }
 }
+
+/// What a floor event is about, after its header (in the place of a path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FloorDetail {
+    /// The other process (ptrace, signals), else 0.
+    pub target_pid: u32,
+    /// The signal, the `bpf` command, the ptrace mode, or 0.
+    pub value: u32,
+}
+pub const FLOOR_DETAIL_BYTES: usize = 8;
+const _: () = assert!(core::mem::size_of::<FloorDetail>() == FLOOR_DETAIL_BYTES);
 
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +79,20 @@ pub enum Op {
     Removexattr = 15,
     SetAcl = 16,
     RemoveAcl = 17,
+    Exec = 18,
+    // The floor's operations (kind `Floor`).
+    Bpf = 19,
+    PerfEvent = 20,
+    Ptrace = 21,
+    Signal = 22,
+    KernelModule = 23,
+    Mount = 24,
+    Umount = 25,
+    PivotRoot = 26,
+    MoveMount = 27,
+    UserNamespace = 28,
+    Setuid = 29,
+    Setgid = 30,
 }
 
 #[repr(u8)]
@@ -90,6 +121,14 @@ pub enum Reason {
     /// A socket made in an agent cgroup was used by a task outside it: no
     /// policy to judge by, so denied.
     Untagged = 7,
+    /// Not below any `exec.allow` tree.
+    OutsideExecTrees = 8,
+    /// The program has no name in any directory (memfd, deleted, `O_TMPFILE`).
+    Fileless = 9,
+    /// `syscalls.require_seccomp` and the task carries no seccomp filter.
+    NoSeccomp = 10,
+    /// The built-in floor refuses it whatever the policy says.
+    Floor = 11,
 }
 
 /// What a network event is about, after its header.
@@ -154,6 +193,8 @@ impl Kind {
             4 => Self::Sendmsg,
             5 => Self::Socket,
             6 => Self::UnixConnect,
+            7 => Self::Exec,
+            8 => Self::Floor,
             _ => return None,
         })
     }
@@ -181,6 +222,10 @@ impl Reason {
             5 => Self::NotAllowed,
             6 => Self::SocketClass,
             7 => Self::Untagged,
+            8 => Self::OutsideExecTrees,
+            9 => Self::Fileless,
+            10 => Self::NoSeccomp,
+            11 => Self::Floor,
             _ => return None,
         })
     }
@@ -207,6 +252,19 @@ impl Op {
             15 => Self::Removexattr,
             16 => Self::SetAcl,
             17 => Self::RemoveAcl,
+            18 => Self::Exec,
+            19 => Self::Bpf,
+            20 => Self::PerfEvent,
+            21 => Self::Ptrace,
+            22 => Self::Signal,
+            23 => Self::KernelModule,
+            24 => Self::Mount,
+            25 => Self::Umount,
+            26 => Self::PivotRoot,
+            27 => Self::MoveMount,
+            28 => Self::UserNamespace,
+            29 => Self::Setuid,
+            30 => Self::Setgid,
             _ => return None,
         })
     }

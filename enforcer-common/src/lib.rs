@@ -55,12 +55,28 @@ pub struct KernelOffsets {
     /// Offset of the bound `struct sockaddr_un name` in `struct unix_address`.
     pub unix_address_name: u32,
     pub socket_sk: u32,
+    pub linux_binprm_file: u32,
+    /// `inode->__i_nlink`: 0 for a file with no name (memfd, deleted).
+    pub inode_i_nlink: u32,
+    pub inode_i_rdev: u32,
+    pub super_block_s_magic: u32,
+    /// `task->seccomp.mode` (0: no filter, 2: filter).
+    pub task_struct_seccomp_mode: u32,
+    pub cred_uid: u32,
+    pub cred_euid: u32,
+    pub cred_suid: u32,
+    pub cred_fsuid: u32,
+    pub cred_gid: u32,
+    pub cred_egid: u32,
+    pub cred_sgid: u32,
+    pub cred_fsgid: u32,
+    pub task_struct_tgid: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets::FIELDS);
 
 impl KernelOffsets {
     /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 31;
+    pub const FIELDS: usize = 45;
 
     /// The offset at `index` (`offset_of!(KernelOffsets, field) / 4`).
     #[must_use]

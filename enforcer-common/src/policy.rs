@@ -186,6 +186,12 @@ pub const TAG_READ_DENY: u32 = 1 << 2;
 /// unix sockets and socket classes are judged). Bits from 8 up are the
 /// socket classes it allows (`crate::net::SOCKET_CLASSES`).
 pub const TAG_NET: u32 = 1 << 3;
+/// `TagInfo::flags`: the policy has an `[exec]` section (programs may only
+/// be executed from its trees).
+pub const TAG_EXEC: u32 = 1 << 4;
+/// `TagInfo::flags`: `syscalls.require_seccomp`: a task without a seccomp
+/// filter may not execute anything.
+pub const TAG_REQUIRE_SECCOMP: u32 = 1 << 5;
 
 /// What a tagged cgroup is judged by.
 #[repr(C)]
@@ -211,6 +217,8 @@ pub struct FileRuleKey {
 pub const FILE_WRITE: u16 = 1 << 0;
 /// Nothing below this root may be read or written.
 pub const FILE_READ_DENY: u16 = 1 << 1;
+/// Programs below this root may be executed.
+pub const FILE_EXEC: u16 = 1 << 2;
 
 #[cfg(feature = "user")]
 mod pod {

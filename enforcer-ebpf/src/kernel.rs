@@ -139,6 +139,27 @@ fields! {
     UnixAddressLen: u32 = unix_address_len;
     /// `socket->sk`
     SocketSk: u64 = socket_sk;
+    /// `linux_binprm->file`
+    BprmFile: u64 = linux_binprm_file;
+    /// `inode->__i_nlink`
+    InodeNlink: u32 = inode_i_nlink;
+    /// `inode->i_rdev`
+    InodeRdev: u32 = inode_i_rdev;
+    /// `super_block->s_magic`
+    SuperBlockMagic: u64 = super_block_s_magic;
+    /// `task->seccomp.mode`
+    TaskSeccompMode: u32 = task_struct_seccomp_mode;
+    /// `cred->uid.val` and the other ids
+    CredUid: u32 = cred_uid;
+    CredEuid: u32 = cred_euid;
+    CredSuid: u32 = cred_suid;
+    CredFsuid: u32 = cred_fsuid;
+    CredGid: u32 = cred_gid;
+    CredEgid: u32 = cred_egid;
+    CredSgid: u32 = cred_sgid;
+    CredFsgid: u32 = cred_fsgid;
+    /// `task->tgid`
+    TaskTgid: u32 = task_struct_tgid;
 }
 
 pub trait Read {

@@ -10,6 +10,8 @@
 #![no_main]
 #![expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "BPF code narrows kernel values on purpose")]
 
+mod empty_hooks;
+mod exec;
 mod floor;
 mod kernel;
 mod net;
@@ -20,8 +22,8 @@ mod walk;
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use enforcer_common::{
-    events::{Action, Kind, Op},
-    policy::{TAG_AUDIT, TAG_FILES, TAG_READ_DENY},
+    events::{Action, Kind, Op, Reason},
+    policy::{FILE_WRITE, TAG_AUDIT, TAG_FILES, TAG_READ_DENY},
 };
 
 use crate::{
@@ -72,7 +74,7 @@ struct Check {
 fn judge_check(tag: &Tagged, check: Check) -> Option<Denial> {
     let question = Question {
         policy_id: tag.info.policy_id as u16,
-        write: check.kind == Kind::FileWrite,
+        need: if check.kind == Kind::FileWrite { FILE_WRITE } else { 0 },
         allow_self: check.allow_self,
         read_deny: tag.info.flags & TAG_READ_DENY != 0,
     };
@@ -83,7 +85,7 @@ fn judge_check(tag: &Tagged, check: Check) -> Option<Denial> {
 /// Reports a refusal (one call site per program: the verifier checks the
 /// reporter once) and turns it into the hook's return value.
 #[inline(always)]
-fn enforce(tag: &Tagged, denial: Option<Denial>) -> i32 {
+pub(crate) fn enforce(tag: &Tagged, denial: Option<Denial>) -> i32 {
     let Some(denial) = denial else { return 0 };
     let audit = tag.info.flags & TAG_AUDIT != 0;
     let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EPERM) };
@@ -129,30 +131,36 @@ fn dentry_op(tag: &Tagged, dentry: *const u8, op: Op) -> i32 {
     decide(tag, Check { kind: Kind::FileWrite, op, allow_self: true, dentry, vfsmount: core::ptr::null() })
 }
 
-/// Opening a file: writing needs a write tree; any open of a `read_deny`
-/// tree is refused. `O_TRUNC` counts as a write even with `O_RDONLY`.
-/// Character devices, FIFOs and sockets hold no file data: opening them for
-/// writing (`/dev/null`, a terminal, a pipe re-opened via `/dev/stdout`) is
-/// not a file write. Block devices are: they stay judged.
+/// Opening a file: the floor first (`floor::open_refused`), then writing
+/// needs a write tree and any open of a `read_deny` tree is refused.
+/// `O_TRUNC` counts as a write even with `O_RDONLY`. Character devices,
+/// FIFOs and sockets hold no file data: opening them for writing
+/// (`/dev/null`, a terminal, a pipe re-opened via `/dev/stdout`) is not a
+/// file write.
 ///
 /// Out of line: every open on the host runs `file_open`, and keeping the
 /// untagged answer (`tag::screen`) in a small function keeps its prologue
 /// small.
 #[inline(never)]
 fn open_file(suspect: Suspect, file: *const u8) -> i32 {
-    let Some(tag) = tag::tag_of(suspect).filter(restricts_files) else { return 0 };
+    let Some(tag) = tag::tag_of(suspect) else { return 0 };
     let (mode, flags) = unsafe { (Direct::get::<FileMode>(file) as u32, Direct::get::<FileFlags>(file) as u32) };
-    let read_deny = tag.info.flags & TAG_READ_DENY != 0;
     let writes = mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0;
+    let (dentry, vfsmount) = file_path(file);
+    let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
+    let file_type = unsafe { Direct::get::<InodeMode>(inode) } as u32 & S_IFMT;
+    if floor::open_refused(dentry, inode, file_type, writes) {
+        let kind = if writes { Kind::FileWrite } else { Kind::FileRead };
+        return enforce(&tag, Some(Denial { kind, op: Op::Open, reason: Reason::Floor, dentry, vfsmount }));
+    }
+    if !restricts_files(&tag) {
+        return 0;
+    }
+    let read_deny = tag.info.flags & TAG_READ_DENY != 0;
     if !writes && !read_deny {
         return 0;
     }
-    let (dentry, vfsmount) = file_path(file);
-    let write = writes && {
-        let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
-        let file_type = unsafe { Direct::get::<InodeMode>(inode) } as u32 & S_IFMT;
-        !matches!(file_type, S_IFCHR | S_IFIFO | S_IFSOCK)
-    };
+    let write = writes && !matches!(file_type, S_IFCHR | S_IFIFO | S_IFSOCK);
     if !write && !read_deny {
         return 0;
     }

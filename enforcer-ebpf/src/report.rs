@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     events::{
-        Action, NET_DETAIL_BYTES, NetDetail, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EVENTS_BYTES, EventHeader, Kind,
+        Action, FLOOR_DETAIL_BYTES, FloorDetail, NET_DETAIL_BYTES, NetDetail, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EVENTS_BYTES, EventHeader, Kind,
         MAX_PATH_DEPTH, NAME_BYTES, Op, PATH_BYTES, Reason,
     },
     policy::TagInfo,
@@ -165,9 +165,49 @@ pub fn report_net(denial: &NetDenial) {
             detail.unix_len = unix_len as u16;
         }
     }
-    let (policy_id, errno, kind, reason, action) = (denial.policy_id, denial.errno, denial.kind, denial.reason, denial.action);
+    let head = DetailHead { policy_id: denial.policy_id, errno: denial.errno, kind: denial.kind, op: 0, reason: denial.reason, action: denial.action };
+    finish_detail_event(buf, &head, NET_DETAIL_BYTES as u32);
+}
+
+/// A floor refusal to report.
+pub struct FloorDenial {
+    pub op: Op,
+    pub target_pid: u32,
+    pub value: u32,
+}
+
+/// Emits one floor event: the header, a [`FloorDetail`], the program's path.
+#[inline(never)]
+pub fn report_floor(tag: &TagInfo, denial: &FloorDenial, action: Action, errno: u32) {
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        count_lost();
+        return;
+    };
+    let buf = unsafe { &mut *buf };
+    let detail = buf.path.as_mut_ptr().cast::<FloorDetail>();
+    unsafe {
+        (&raw mut (*detail).target_pid).write(denial.target_pid);
+        (&raw mut (*detail).value).write(denial.value);
+    }
+    let head = DetailHead { policy_id: tag.policy_id, errno, kind: Kind::Floor, op: denial.op as u8, reason: Reason::Floor, action };
+    finish_detail_event(buf, &head, FLOOR_DETAIL_BYTES as u32);
+}
+
+/// The header fields of an event whose path slot holds a fixed-size detail.
+struct DetailHead {
+    policy_id: u32,
+    errno: u32,
+    kind: Kind,
+    op: u8,
+    reason: Reason,
+    action: Action,
+}
+
+/// Writes the acting program's path after the `detail` bytes already in the
+/// buffer, then the header, and sends the event.
+#[inline(always)]
+fn finish_detail_event(buf: &mut EventBuf, head: &DetailHead, detail: u32) {
     let (exe_dentry, exe_vfsmount) = current_exe_probed();
-    let detail = NET_DETAIL_BYTES as u32;
     buf.cursor = detail;
     // Field by field: four null pointers in a row make a `memset` call.
     let writer = &mut buf.writer;
@@ -188,13 +228,13 @@ pub fn report_net(denial: &NetDenial) {
     let total = buf.cursor;
     let flags = buf.writer.truncated | if buf.writer.phase == 1 { EVENT_EXE_TRUNCATED } else { 0 };
     let header = &mut buf.header;
-    fill_header(header, policy_id, errno);
+    fill_header(header, head.policy_id, head.errno);
     header.path_len = detail as u16;
     header.exe_len = total.wrapping_sub(detail) as u16;
-    header.kind = kind as u8;
-    header.op = 0;
-    header.action = action as u8;
-    header.reason = reason as u8;
+    header.kind = head.kind as u8;
+    header.op = head.op;
+    header.action = head.action as u8;
+    header.reason = head.reason as u8;
     unsafe { (&raw mut header.flags).cast::<u64>().write(u64::from(flags)) };
     let len = EVENT_HEADER_BYTES + (total as usize).min(PATH_BYTES + NAME_BYTES);
     let bytes = unsafe { core::slice::from_raw_parts((buf as *const EventBuf).cast::<u8>(), len) };

@@ -177,6 +177,8 @@ struct Climb {
     level: u64,
     found: bool,
     tag: TagInfo,
+    /// The tagged cgroup found.
+    id: u64,
 }
 
 /// Climbs, deepest first; each level is one `bpf_loop` step, so the verifier
@@ -186,12 +188,38 @@ fn climb(level: u64, node: *const u8) -> Option<TagInfo> {
     if node.is_null() {
         return None;
     }
-    let mut climb = Climb { node, level, found: false, tag: TagInfo::default() };
-    let ctx = (&raw mut climb).cast::<c_void>();
-    // Enough steps to reach the root (cgroup trees are far shallower).
-    let steps = (level + 1).min(1 << 20) as u32;
-    unsafe { bpf_loop(steps, climb_step as *mut c_void, ctx, 0) };
+    let mut climb = Climb { node, level, found: false, tag: TagInfo::default(), id: 0 };
+    run_climb(&mut climb);
     climb.found.then_some(climb.tag)
+}
+
+#[inline(always)]
+fn run_climb(climb: &mut Climb) {
+    let ctx = (climb as *mut Climb).cast::<c_void>();
+    // Enough steps to reach the root (cgroup trees are far shallower).
+    let steps = (climb.level + 1).min(1 << 20) as u32;
+    unsafe { bpf_loop(steps, climb_step as *mut c_void, ctx, 0) };
+}
+
+/// The agent `task` belongs to: the id of its deepest tagged ancestor
+/// cgroup (itself included), 0 if it is not tagged. For hooks that judge
+/// one task acting on another (signals, ptrace).
+#[inline(never)]
+pub fn agent_cgroup(task: *const u8) -> u64 {
+    let (cgroup, level) = unsafe {
+        let cgroup = Direct::ptr::<CssSetDflCgrp>(Direct::ptr::<TaskCgroups>(task));
+        (cgroup, Direct::get::<CgroupLevel>(cgroup))
+    };
+    if cgroup.is_null() || level < shallowest() {
+        return 0;
+    }
+    let node = unsafe { Direct::ptr::<CgroupKn>(cgroup) };
+    if node.is_null() {
+        return 0;
+    }
+    let mut climb = Climb { node, level, found: false, tag: TagInfo::default(), id: 0 };
+    run_climb(&mut climb);
+    climb.id
 }
 
 extern "C" fn climb_step(_: u32, ctx: *mut c_void) -> i64 {
@@ -205,6 +233,7 @@ extern "C" fn climb_step(_: u32, ctx: *mut c_void) -> i64 {
         {
             climb.found = true;
             climb.tag = tagged.info;
+            climb.id = id;
             return 1;
         }
     }

@@ -1,4 +1,4 @@
-//! Is a dentry below an allowed write tree, or below a `read_deny` tree?
+//! Is a dentry below an allowed write (or exec) tree, or below a `read_deny` tree?
 //!
 //! Tree roots are keyed by inode (device, inode number, policy) in the file
 //! table (see `enforcer_common::policy::FileTable`), so a decision walks the
@@ -18,7 +18,7 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::bpf_loop;
 use enforcer_common::{
     events::{MAX_PATH_DEPTH, Reason},
-    policy::{FILE_READ_DENY, FILE_SLOTS, FILE_WRITE, FileSlot, FileTable, file_hash_base, file_homes},
+    policy::{FILE_EXEC, FILE_READ_DENY, FILE_SLOTS, FileSlot, FileTable, file_hash_base, file_homes},
 };
 
 use crate::kernel::{DentryInode, DentryParent, DentrySb, Direct, InodeIno, MountMountpoint, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, mount_of, vfsmount_of};
@@ -27,8 +27,9 @@ use crate::kernel::{DentryInode, DentryParent, DentrySb, Direct, InodeIno, Mount
 #[derive(Clone, Copy)]
 pub struct Question {
     pub policy_id: u16,
-    /// The operation writes: it needs a `write` tree above it.
-    pub write: bool,
+    /// The tree flag the operation needs above it: `FILE_WRITE` (writes),
+    /// `FILE_EXEC` (executing), or 0 (reads: only `read_deny` matters).
+    pub need: u16,
     /// A `write` root names the object itself (open, truncate, chmod...), not
     /// only its directory entry (create, unlink, rename...: those change the
     /// parent, so the object being a root does not allow them).
@@ -76,7 +77,8 @@ impl Walk {
 
     #[inline(always)]
     fn at_fs_root(&mut self) -> i64 {
-        let verdict = if self.allowed { Ok(()) } else { Err(Reason::OutsideWriteTrees) };
+        let outside = if self.question.need == FILE_EXEC { Reason::OutsideExecTrees } else { Reason::OutsideWriteTrees };
+        let verdict = if self.allowed { Ok(()) } else { Err(outside) };
         self.decide(verdict)
     }
 
@@ -112,7 +114,7 @@ impl Walk {
         if flags & FILE_READ_DENY != 0 {
             return Some(self.decide(Err(Reason::ReadDenied)));
         }
-        if flags & FILE_WRITE != 0 && (level > 0 || self.question.allow_self) {
+        if flags & self.question.need != 0 && (level > 0 || self.question.allow_self) {
             self.allowed = true;
             if !self.question.read_deny {
                 return Some(self.decide(Ok(())));
@@ -220,7 +222,7 @@ pub fn judge(question: &Question, table: *const FileTable, dentry: *const u8, vf
         dev,
         hash_base,
         question: *question,
-        allowed: !question.write,
+        allowed: question.need == 0,
         verdict: UNDECIDED,
     };
     let ctx = (&raw mut walk).cast::<c_void>();

@@ -8,8 +8,8 @@ use std::net::Ipv6Addr;
 
 use enforcer_common::{
     events::{
-        Action, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EventHeader, Kind,
-        NET_DETAIL_BYTES, NetDetail, Op, Reason,
+        Action, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EventHeader,
+        FLOOR_DETAIL_BYTES, FloorDetail, Kind, NET_DETAIL_BYTES, NetDetail, Op, Reason,
     },
     net::{self, SOCKET_CLASSES},
 };
@@ -37,6 +37,8 @@ pub struct Event {
     pub path: Option<String>,
     #[serde(flatten)]
     pub net: Option<NetFields>,
+    #[serde(flatten)]
+    pub floor: Option<FloorFields>,
     pub errno: u32,
     pub reason: &'static str,
     /// The path did not fit the programs' buffers; the part near the root is missing.
@@ -70,6 +72,19 @@ pub struct NetFields {
     /// resolved from by the enforcer's resolver, `null` if never.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolved_from: Option<Option<String>>,
+}
+
+/// What a floor event says beyond its operation.
+#[derive(Debug, Serialize)]
+pub struct FloorFields {
+    /// Signals and ptrace: the process acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<u32>,
+    /// `bpf`: the command (`BPF_PROG_LOAD` is 5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf_cmd: Option<u32>,
 }
 
 /// A count of events that were lost (never silently).
@@ -120,6 +135,8 @@ pub struct Record {
     pub exe: Option<String>,
     /// Network events.
     pub net: Option<NetDetail>,
+    /// Floor events.
+    pub floor: Option<FloorDetail>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,9 +161,17 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
         }
         // SAFETY: NetDetail is plain old data and the slice is its size.
         let net: NetDetail = unsafe { std::ptr::read_unaligned(path.as_ptr().cast()) };
-        return Ok(Record { header, path: String::new(), exe, net: Some(net) });
+        return Ok(Record { header, path: String::new(), exe, net: Some(net), floor: None });
     }
-    Ok(Record { header, path: join_path(path, header.flags & EVENT_PATH_TRUNCATED != 0), exe, net: None })
+    if Kind::from_u8(header.kind) == Some(Kind::Floor) {
+        if path.len() != FLOOR_DETAIL_BYTES {
+            return Err(Malformed(bytes.len()));
+        }
+        // SAFETY: FloorDetail is plain old data and the slice is its size.
+        let floor: FloorDetail = unsafe { std::ptr::read_unaligned(path.as_ptr().cast()) };
+        return Ok(Record { header, path: String::new(), exe, net: None, floor: Some(floor) });
+    }
+    Ok(Record { header, path: join_path(path, header.flags & EVENT_PATH_TRUNCATED != 0), exe, net: None, floor: None })
 }
 
 /// Leaf-first NUL-terminated names to a `/`-separated path.
@@ -186,11 +211,13 @@ impl Record {
             cgroup: ctx.cgroup,
             policy: ctx.policy.to_owned(),
             op: self.net.is_none().then(|| Op::from_u8(h.op).map_or("unknown", op_name)),
-            path: match &self.net {
-                None => Some(self.path),
-                Some(net) => unix_name(net),
+            path: match (&self.net, &self.floor) {
+                (Some(net), _) => unix_name(net),
+                (None, Some(_)) => None,
+                (None, None) => Some(self.path),
             },
             net: self.net.as_ref().map(|net| net_fields(Kind::from_u8(h.kind), net)),
+            floor: self.floor.map(|floor| floor_fields(Op::from_u8(h.op), floor)),
             errno: h.errno,
             reason: Reason::from_u8(h.reason).map_or("unknown", reason_name),
             path_truncated: h.flags & EVENT_PATH_TRUNCATED != 0,
@@ -207,6 +234,16 @@ const fn kind_name(kind: Kind) -> &'static str {
         Kind::Sendmsg => "sendmsg",
         Kind::Socket => "socket",
         Kind::UnixConnect => "unix_connect",
+        Kind::Exec => "exec",
+        Kind::Floor => "floor",
+    }
+}
+
+fn floor_fields(op: Option<Op>, floor: FloorDetail) -> FloorFields {
+    FloorFields {
+        target_pid: (floor.target_pid != 0).then_some(floor.target_pid),
+        signal: (op == Some(Op::Signal)).then_some(floor.value),
+        bpf_cmd: (op == Some(Op::Bpf)).then_some(floor.value),
     }
 }
 
@@ -283,6 +320,19 @@ const fn op_name(op: Op) -> &'static str {
         Op::Removexattr => "removexattr",
         Op::SetAcl => "set_acl",
         Op::RemoveAcl => "remove_acl",
+        Op::Exec => "exec",
+        Op::Bpf => "bpf",
+        Op::PerfEvent => "perf_event_open",
+        Op::Ptrace => "ptrace",
+        Op::Signal => "signal",
+        Op::KernelModule => "kernel_module",
+        Op::Mount => "mount",
+        Op::Umount => "umount",
+        Op::PivotRoot => "pivot_root",
+        Op::MoveMount => "move_mount",
+        Op::UserNamespace => "user_namespace",
+        Op::Setuid => "setuid",
+        Op::Setgid => "setgid",
     }
 }
 
@@ -295,6 +345,10 @@ const fn reason_name(reason: Reason) -> &'static str {
         Reason::NotAllowed => "not_allowed",
         Reason::SocketClass => "socket_class_not_allowed",
         Reason::Untagged => "socket_used_outside_agent",
+        Reason::OutsideExecTrees => "outside_exec_trees",
+        Reason::Fileless => "fileless",
+        Reason::NoSeccomp => "no_seccomp",
+        Reason::Floor => "floor",
     }
 }
 

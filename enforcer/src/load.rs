@@ -84,6 +84,27 @@ pub const HOOKS: &[(&str, bool)] = &[
 /// unix socket peers (the cgroup programs see IPv4 and IPv6 only).
 pub const NET_HOOKS: &[(&str, bool)] = &[("socket_create", true), ("unix_stream_connect", true), ("unix_may_send", true)];
 
+/// Exec control and the built-in floor: every tagged cgroup, whatever its
+/// policy says (see `enforcer-ebpf/src/floor.rs`).
+pub const FLOOR_HOOKS: &[(&str, bool)] = &[
+    ("bprm_check_security", true),
+    ("bpf", true),
+    ("perf_event_open", true),
+    ("kernel_module_request", true),
+    ("kernel_load_data", true),
+    ("kernel_read_file", true),
+    ("sb_mount", true),
+    ("sb_umount", true),
+    ("sb_pivotroot", true),
+    ("move_mount", true),
+    ("userns_create", false), // Linux 6.1
+    ("task_fix_setuid", true),
+    ("task_fix_setgid", false),
+    ("task_kill", true),
+    ("ptrace_access_check", true),
+    ("ptrace_traceme", true),
+];
+
 /// The cgroup socket programs, attached to each tagged cgroup whose policy
 /// restricts the network.
 const SOCK_ADDR_PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6"];
@@ -183,7 +204,7 @@ impl Enforcer {
     pub fn load() -> Result<Self, LoadError> {
         let mut object = load_object()?;
         let lsm = object.lsm.take().map_or(Ok(()), Err);
-        let (lsm_missing, missing_hooks) = match lsm.and_then(|()| object.load_lsm("", &[HOOKS, NET_HOOKS].concat())) {
+        let (lsm_missing, missing_hooks) = match lsm.and_then(|()| object.load_lsm("", &[HOOKS, NET_HOOKS, FLOOR_HOOKS].concat())) {
             Ok(missing_hooks) => (None, missing_hooks),
             Err(e @ (LoadError::TrampolineRefused { .. } | LoadError::Kernel(KernelError::BpfLsmInactive { .. }))) => {
                 (Some(e), Vec::new())

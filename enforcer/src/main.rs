@@ -73,7 +73,21 @@ fn check_policy(file: &std::path::Path) -> i32 {
                     )
                 },
             );
-            println!("{}: ok: policy `{}`, mode {}, {files}, {network}", file.display(), policy.name, policy.mode.as_str());
+            let syscalls = policy.syscalls.as_ref().map_or_else(
+                || "syscalls unrestricted".to_owned(),
+                |s| {
+                    let action = if s.deny_action == enforcer::syscalls::DenyAction::Kill { "kill" } else { "EPERM" };
+                    let seccomp = if s.require_seccomp { ", seccomp required" } else { "" };
+                    format!("{} syscalls allowed (others: {action}){seccomp}", s.allow.len())
+                },
+            );
+            let exec = policy.exec.as_ref().map_or_else(|| "exec unrestricted".to_owned(), |e| format!("{} exec trees", e.allow.len()));
+            println!(
+                "{}: ok: policy `{}`, mode {}, {files}, {network}, {syscalls}, {exec}",
+                file.display(),
+                policy.name,
+                policy.mode.as_str()
+            );
             0
         }
         Err(e) => {

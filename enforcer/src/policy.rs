@@ -229,7 +229,7 @@ pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyEr
             ));
             None
         }
-        Some(syscalls) => Some(validate_syscalls(&ctx, syscalls.into_inner(), &mut warnings)?),
+        Some(syscalls) => Some(validate_syscalls(&ctx, syscalls.get_ref(), &mut warnings)?),
     };
     let exec = match raw.exec {
         None => None,
@@ -361,7 +361,7 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
     Ok(network)
 }
 
-fn validate_syscalls(ctx: &Ctx<'_>, raw: RawSyscalls, warnings: &mut Vec<Warning>) -> Result<Syscalls, PolicyError> {
+fn validate_syscalls(ctx: &Ctx<'_>, raw: &RawSyscalls, warnings: &mut Vec<Warning>) -> Result<Syscalls, PolicyError> {
     let mut allow = std::collections::BTreeSet::new();
     let mut namespaces = false;
     for entry in raw.allow.get_ref() {
@@ -478,7 +478,7 @@ mod tests {
         let files = policy.files.unwrap();
         assert_eq!(files.write, vec![PathBuf::from("/workspace"), PathBuf::from("/tmp")]);
         assert_eq!(files.read_deny, vec![PathBuf::from("/root/.aws")]);
-        assert_eq!(warnings.len(), 1, "only the absent [network] section: {warnings:?}");
+        assert_eq!(warnings.len(), 2, "only the absent [network] and [syscalls] sections: {warnings:?}");
     }
 
     #[test]
@@ -487,9 +487,10 @@ mod tests {
         assert_eq!(policy.mode, Mode::Enforce);
         assert_eq!(policy.files, None);
         assert_eq!(policy.network, None);
-        assert_eq!(warnings.len(), 2);
+        assert_eq!(warnings.len(), 3);
         assert!(warnings[0].to_string().contains("does not restrict file access"), "{}", warnings[0]);
         assert!(warnings[1].to_string().contains("does not restrict network access"), "{}", warnings[1]);
+        assert!(warnings[2].to_string().contains("allows every syscall"), "{}", warnings[2]);
     }
 
     #[test]
@@ -514,6 +515,34 @@ mod tests {
         assert!(e.starts_with("p.toml:3:9: error: network.unix: `run/a.sock` is neither"), "{e}");
         let e = error_of("name = \"x\"\n[network]\nsockets = [\"bluetooth\"]\n");
         assert!(e.contains("unknown socket class `bluetooth`") && e.contains("raw, icmp, packet"), "{e}");
+    }
+
+    #[test]
+    fn parses_the_syscalls_and_exec_sections() {
+        let (policy, warnings) = check(
+            "name = \"x\"\n[syscalls]\nallow = [\"@default-agent\", \"keyctl\", \"bpf\"]\ndeny_action = \"kill\"\n\
+             require_seccomp = true\n[exec]\nallow = [\"/usr\", \"/workspace/.venv/bin/\"]\n",
+        )
+        .unwrap();
+        let syscalls = policy.syscalls.unwrap();
+        assert!(syscalls.allow.contains("openat") && syscalls.allow.contains("keyctl"));
+        assert_eq!((syscalls.deny_action, syscalls.require_seccomp, syscalls.namespaces), (DenyAction::Kill, true, false));
+        assert_eq!(policy.exec.unwrap().allow, [PathBuf::from("/usr"), PathBuf::from("/workspace/.venv/bin")]);
+        let floor = warnings.iter().find(|w| w.message.contains("the built-in floor still denies")).expect("a floor warning");
+        assert_eq!(floor.at.line, 3, "{floor}");
+    }
+
+    #[test]
+    fn bad_syscalls_entries_are_located_with_hints() {
+        let e = error_of("name = \"x\"\n[syscalls]\nallow = [\"read\",\n \"@defualt-agent\"]\n");
+        assert!(e.starts_with("p.toml:4:2: error: syscalls.allow: unknown syscall group `@defualt-agent`"), "{e}");
+        assert!(e.contains("the groups are @default-agent"), "{e}");
+        let e = error_of("name = \"x\"\n[syscalls]\nallow = [\"read\"]\ndeny_action = \"eprem\"\n");
+        assert!(e.starts_with("p.toml:4:15: error: syscalls.deny_action: unknown action `eprem`"), "{e}");
+        let e = error_of("name = \"x\"\n[syscalls]\nallow = []\n");
+        assert!(e.contains("syscalls.allow is empty"), "{e}");
+        let e = error_of("name = \"x\"\n[exec]\nallow = [\"usr/bin\"]\n");
+        assert!(e.starts_with("p.toml:3:10: error: relative path `usr/bin` in exec.allow"), "{e}");
     }
 
     #[test]

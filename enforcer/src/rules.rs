@@ -8,11 +8,11 @@
 
 use std::path::PathBuf;
 
-use enforcer_common::policy::{FILE_READ_DENY, FILE_WRITE, FileRuleKey};
+use enforcer_common::policy::{FILE_EXEC, FILE_READ_DENY, FILE_WRITE, FileRuleKey};
 
 use crate::{
     mounts::{self, MountError},
-    policy::Files,
+    policy::{Exec, Files},
 };
 
 /// One policy's rules, ready for the file table.
@@ -23,11 +23,16 @@ pub struct FileRules {
     pub missing: Vec<(PathBuf, &'static str)>,
 }
 
-pub fn resolve(files: &Files, policy_id: u16) -> Result<FileRules, MountError> {
+/// The trees of `[files]` and `[exec]`.
+pub fn resolve(files: Option<&Files>, exec: Option<&Exec>, policy_id: u16) -> Result<FileRules, MountError> {
     let mounts = mounts::mount_table()?;
     let mut rules = FileRules::default();
-    let lists: [(&[PathBuf], u16, &'static str); 2] =
-        [(&files.write, FILE_WRITE, "write"), (&files.read_deny, FILE_READ_DENY, "read_deny")];
+    let none: &[PathBuf] = &[];
+    let lists: [(&[PathBuf], u16, &'static str); 3] = [
+        (files.map_or(none, |f| &f.write), FILE_WRITE, "files.write"),
+        (files.map_or(none, |f| &f.read_deny), FILE_READ_DENY, "files.read_deny"),
+        (exec.map_or(none, |e| &e.allow), FILE_EXEC, "exec.allow"),
+    ];
     for (paths, flag, key) in lists {
         for path in paths {
             let Some(id) = mounts::inode_id(path, &mounts)? else {
@@ -55,10 +60,11 @@ mod tests {
             write: vec![dir.path().to_owned(), dir.path().join("absent")],
             read_deny: vec![dir.path().to_owned()],
         };
-        let rules = resolve(&files, 7).unwrap();
+        let exec = Exec { allow: vec![dir.path().to_owned()] };
+        let rules = resolve(Some(&files), Some(&exec), 7).unwrap();
         assert_eq!(rules.entries.len(), 1, "one inode, flags merged");
-        assert_eq!(rules.entries[0].1, FILE_WRITE | FILE_READ_DENY);
+        assert_eq!(rules.entries[0].1, FILE_WRITE | FILE_READ_DENY | FILE_EXEC);
         assert_eq!(rules.entries[0].0.policy_id, 7);
-        assert_eq!(rules.missing, vec![(dir.path().join("absent"), "write")]);
+        assert_eq!(rules.missing, vec![(dir.path().join("absent"), "files.write")]);
     }
 }

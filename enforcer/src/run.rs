@@ -10,7 +10,7 @@ use std::{
 
 use enforcer_common::{
     net::{Resolver, SOCKET_CLASSES},
-    policy::{TAG_AUDIT, TAG_FILES, TAG_NET, TAG_READ_DENY, TagInfo},
+    policy::{TAG_AUDIT, TAG_EXEC, TAG_FILES, TAG_NET, TAG_READ_DENY, TAG_REQUIRE_SECCOMP, TagInfo},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -103,6 +103,12 @@ fn tag_for(policy: &Policy) -> TagInfo {
             flags |= TAG_READ_DENY;
         }
     }
+    if policy.exec.is_some() {
+        flags |= TAG_EXEC;
+    }
+    if policy.syscalls.as_ref().is_some_and(|s| s.require_seccomp) {
+        flags |= TAG_REQUIRE_SECCOMP;
+    }
     if let Some(network) = &policy.network {
         flags |= TAG_NET;
         for class in &network.sockets {
@@ -140,10 +146,10 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let run_cgroup = RunCgroup::create(&hierarchy)?;
     let cgroup = &run_cgroup.cgroup;
 
-    if let Some(files) = &policy.files {
-        let rules = rules::resolve(files, POLICY_ID)?;
+    if policy.files.is_some() || policy.exec.is_some() {
+        let rules = rules::resolve(policy.files.as_ref(), policy.exec.as_ref(), POLICY_ID)?;
         for (path, key) in &rules.missing {
-            eprintln!("enforcer: warning: files.{key} tree {} does not exist; {}", path.display(), missing_effect(key));
+            eprintln!("enforcer: warning: {key} tree {} does not exist; {}", path.display(), missing_effect(key));
         }
         enforcer.add_file_rules(&rules.entries)?;
     }
@@ -203,7 +209,10 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
 
 /// The parts of `policy` only BPF LSM programs enforce.
 fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
-    let mut parts = Vec::new();
+    let mut parts = vec![
+        "the built-in floor: BPF, perf events, modules, mounts, user namespaces, becoming root, ptrace and signals \
+         outside the agent, kernel interfaces in /sys and /proc/sys, raw devices, fileless execution (BPF LSM)",
+    ];
     if policy.files.is_some() {
         parts.push("[files]: file writes and reads (BPF LSM file hooks)");
     }
@@ -224,8 +233,10 @@ fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
 }
 
 fn missing_effect(key: &str) -> &'static str {
-    if key == "write" {
+    if key == "files.write" {
         "writes there are denied until it exists and the policy is loaded again"
+    } else if key == "exec.allow" {
+        "programs there are denied until it exists and the policy is loaded again"
     } else {
         "it is NOT protected if created later, until the policy is loaded again"
     }

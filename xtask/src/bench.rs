@@ -48,6 +48,10 @@ enum What {
     /// TCP connect+close and UDP sendto, natively on the host kernel and in the VMs, as
     /// ratios to a no-enforcer baseline measured in the same run.
     Net(crate::bench_net::NetOptions),
+    /// A getpid loop and a fork+exec loop under the syscall filter, exec control and the
+    /// floor, natively on the host (filter only) and in the VMs, as ratios to a
+    /// no-enforcer baseline measured in the same run.
+    Syscalls(crate::bench_syscalls::SyscallsOptions),
 }
 
 #[derive(Debug, Parser)]
@@ -298,6 +302,7 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
     match &opts.what {
         What::Files(files) => run_files(files),
         What::Net(net) => crate::bench_net::run(net),
+        What::Syscalls(syscalls) => crate::bench_syscalls::run(syscalls),
     }
 }
 

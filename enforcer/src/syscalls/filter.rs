@@ -3,7 +3,7 @@
 //!
 //! libseccomp builds the filter (a binary search over the allowed numbers,
 //! with the argument checks of `arg_rules`). Allowed syscalls return ALLOW
-//! in the kernel without leaving it; everything else returns USER_NOTIF, so
+//! in the kernel without leaving it; everything else returns `USER_NOTIF`, so
 //! the enforcer answers it (EPERM, or a kill) and reports it
 //! (`syscalls::notify`). If the enforcer is gone, the kernel fails those
 //! calls with ENOSYS itself: a denial stays a denial.
@@ -143,10 +143,11 @@ struct Slots {
 }
 
 const WAITING: u32 = 0;
-const READY: u32 = 1;
-const TAKEN: u32 = 2;
-const FAILED: u32 = 3;
-const CANCELLED: u32 = 4;
+const INSTALLING: u32 = 1;
+const READY: u32 = 2;
+const TAKEN: u32 = 3;
+const FAILED: u32 = 4;
+const CANCELLED: u32 = 5;
 
 // SAFETY: the page is only accessed through atomics.
 unsafe impl Send for Handoff {}
@@ -183,7 +184,11 @@ impl Handoff {
     /// `program` and waits until the enforcer holds the listener.
     pub fn install_in_child(&self, program: &Program) -> std::io::Result<()> {
         let slots = self.slots();
-        slots.pid.store(i32::try_from(std::process::id()).unwrap_or(0), Ordering::Relaxed);
+        slots.pid.store(i32::try_from(std::process::id()).unwrap_or(0), Ordering::Release);
+        // The enforcer gave up waiting: leave without a filter (and unrun).
+        if slots.state.compare_exchange(WAITING, INSTALLING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return Err(std::io::Error::other("the enforcer stopped waiting for the filter"));
+        }
         match program.install() {
             Ok(fd) => {
                 slots.fd.store(fd, Ordering::Relaxed);
@@ -202,7 +207,10 @@ impl Handoff {
         Ok(())
     }
 
-    /// In the enforcer: waits for the agent's listener and takes a copy.
+    /// In the enforcer: waits for the agent's listener and takes a copy. On
+    /// failure the agent never runs its command: it leaves before installing
+    /// the filter, or is killed (once the filter is on, it could not even
+    /// exit without an answer).
     pub fn take(&self, timeout: Duration) -> std::io::Result<OwnedFd> {
         let slots = self.slots();
         let deadline = Instant::now() + timeout;
@@ -212,12 +220,18 @@ impl Handoff {
                 FAILED => return Err(std::io::Error::from_raw_os_error(slots.errno.load(Ordering::Relaxed))),
                 CANCELLED => return Err(std::io::Error::other("the command was not started")),
                 _ if Instant::now() > deadline => {
+                    self.abandon();
                     return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the command did not install its filter"));
                 }
                 _ => std::thread::sleep(Duration::from_micros(50)),
             }
         }
-        let pid = rustix::process::Pid::from_raw(slots.pid.load(Ordering::Relaxed))
+        self.copy_listener().inspect_err(|_| self.abandon())
+    }
+
+    fn copy_listener(&self) -> std::io::Result<OwnedFd> {
+        let slots = self.slots();
+        let pid = rustix::process::Pid::from_raw(slots.pid.load(Ordering::Acquire))
             .ok_or_else(|| std::io::Error::other("no pid published"))?;
         let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
         let listener = rustix::process::pidfd_getfd(
@@ -227,6 +241,18 @@ impl Handoff {
         )?;
         slots.state.store(TAKEN, Ordering::Release);
         Ok(listener)
+    }
+
+    /// Stops the agent from going on without us.
+    fn abandon(&self) {
+        let slots = self.slots();
+        if slots.state.compare_exchange(WAITING, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            let pid = slots.pid.load(Ordering::Acquire);
+            if pid > 0 {
+                // SAFETY: kill(2) has no memory effects.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 
     /// The command could not be started: stop waiting for it.

@@ -164,7 +164,7 @@ impl Supervisor {
     fn describe(&self, tid: u32) -> SyscallEvent {
         let proc = PathBuf::from(format!("/proc/{tid}"));
         let status = std::fs::read_to_string(proc.join("status")).unwrap_or_default();
-        let tgid = status
+        let process = status
             .lines()
             .find_map(|l| l.strip_prefix("Tgid:"))
             .and_then(|v| v.trim().parse().ok())
@@ -182,7 +182,7 @@ impl Supervisor {
             kind: "syscall",
             action: "deny",
             pid: tid,
-            tgid,
+            tgid: process,
             comm,
             exe,
             cgroup_id,

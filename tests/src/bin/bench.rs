@@ -112,7 +112,7 @@ fn main() {
     let (Some(kind), Some(path), Some(Ok(iterations))) =
         (args.get(1), args.get(2), args.get(3).map(|n| n.parse::<u64>()))
     else {
-        eprintln!("usage: enforcer-bench open|write|stat|read|connect|sendto|listen PATH ITERATIONS");
+        eprintln!("usage: enforcer-bench open|write|stat|read|connect|sendto|listen|getpid|fork-exec PATH ITERATIONS");
         std::process::exit(2);
     };
     let path = CString::new(path.as_str()).expect("path without NUL");
@@ -172,8 +172,28 @@ fn main() {
             // SAFETY: 64 bytes from a local buffer, to a sockaddr_in of its length.
             timed(&mut || unsafe { libc::sendto(fd, buf.0.as_ptr().cast(), buf.0.len(), 0, (&raw const to).cast(), SOCKADDR_IN_LEN) })
         }
+        // PATH is ignored: the raw syscall (libc may not cache, but be sure).
+        "getpid" => timed(&mut || unsafe { libc::syscall(libc::SYS_getpid) }.try_into().unwrap_or(-1)),
+        // fork, exec PATH (with no arguments), wait; fails if PATH does not exit 0.
+        "fork-exec" => {
+            let args = [path.as_ptr(), std::ptr::null()];
+            let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+            timed(&mut || {
+                // SAFETY: the child only calls execve(2) and _exit(2).
+                unsafe {
+                    let pid = libc::fork();
+                    if pid == 0 {
+                        libc::execve(path.as_ptr(), args.as_ptr(), envp.as_ptr());
+                        libc::_exit(127);
+                    }
+                    let mut status = 0;
+                    libc::waitpid(pid, &raw mut status, 0);
+                    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 { 0 } else { -1 }
+                }
+            })
+        }
         other => {
-            eprintln!("enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, listen)");
+            eprintln!("enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, listen, getpid, fork-exec)");
             std::process::exit(2);
         }
     };

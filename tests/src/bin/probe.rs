@@ -300,7 +300,7 @@ fn int80_getpid() -> i32 {
     let mut ret: i64 = 20;
     // SAFETY: the i386 getpid takes no arguments and touches no memory.
     unsafe { std::arch::asm!("int 0x80", inout("rax") ret, options(nostack)) };
-    let ret = ret as i32;
+    let ret = i32::try_from(ret).unwrap_or(-1);
     if ret < 0 { -ret } else { 0 }
 }
 
@@ -332,6 +332,45 @@ fn syscall_step(op: &str, arg: &str) -> Option<i32> {
             #[cfg(target_arch = "x86_64")]
             "int80-getpid" => int80_getpid(),
             "exec" => exec(arg),
+            // PID:SIGNAL
+            "kill" => {
+                let (pid, sig) = arg.split_once(':').expect("PID:SIGNAL");
+                check(libc::kill(i32::try_from(number(pid)).expect("pid"), i32::try_from(number(sig)).expect("signal")).into())
+            }
+            // A signal inside the agent: to a child of our own.
+            "kill-child" => {
+                let pid = libc::fork();
+                if pid == 0 {
+                    libc::pause();
+                    libc::_exit(0);
+                }
+                let r = check(libc::kill(pid, libc::SIGKILL).into());
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+                r
+            }
+            // Root gives up its effective uid, then takes it back.
+            "seteuid-back" => {
+                if libc::seteuid(1000) != 0 {
+                    return Some(1000 + errno());
+                }
+                check(libc::seteuid(0).into())
+            }
+            // A software clock counter on this process.
+            "perf" => {
+                let mut attr = [0u64; 16];
+                attr[0] = 1 | (128 << 32); // type PERF_TYPE_SOFTWARE, size 128
+                attr[1] = 0; // PERF_COUNT_SW_CPU_CLOCK
+                let fd = libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0);
+                if fd >= 0 {
+                    close(i32::try_from(fd).unwrap_or(-1));
+                }
+                check(fd)
+            }
+            // A module image that is not one: EPERM if refused before it is read.
+            "init-module" => {
+                let image = [0u8; 64];
+                check(libc::syscall(libc::SYS_init_module, image.as_ptr(), image.len(), c"".as_ptr()))
+            }
             "memfd-exec" => memfd_exec(),
             _ => return None,
         }
@@ -345,6 +384,8 @@ fn step(op: &str, a: &str, b: &str) -> i32 {
         match op {
             "write" => open_write(a, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND),
             "read" => read(a),
+            // Writing an existing file (no O_CREAT: a create check comes first otherwise).
+            "overwrite" => open_write(a, libc::O_WRONLY),
             "trunc-open" => match open(a, libc::O_RDONLY | libc::O_TRUNC) {
                 Ok(fd) => {
                     close(fd);

@@ -2,9 +2,10 @@
 # A scripted, misbehaving "coding agent" for `cargo xtask demo` (busybox sh).
 # It works in /workspace (allowed by policies/coding-agent.toml), then tries what a
 # compromised or confused agent might: persist in the shell profile, plant a git hook
-# in another repository, read cloud credentials, and send a secret out by IP, over UDP,
-# through DNS, and to the container runtime's socket (`enforcer-probe` is its little
-# socket tool). Each step is announced with an
+# in another repository, read cloud credentials, send a secret out by IP, over UDP,
+# through DNS, and to the container runtime's socket, run a cloned repository's hook,
+# run a payload from memory, and try unshare, bpf and ptrace (`enforcer-probe` is its
+# little syscall tool). Each step is announced with an
 # "agent: ..." line and its result reported; denials by the enforcer show up as
 # "Operation not permitted" here and as JSON lines from the enforcer on stderr.
 
@@ -64,6 +65,22 @@ report $?
 
 step "connecting to the local Docker socket"
 enforcer-probe unix-connect:/run/docker.sock | grep -o '"errno":[0-9]*'
+
+step "running the cloned repository's post-checkout hook (outside exec.allow)"
+/workspace/repo/.git/hooks/post-checkout
+report $?
+
+step "running a payload from memory (memfd_create + execveat: no file to judge)"
+enforcer-probe memfd-exec | grep -o '"errno":[0-9]*'
+
+step "creating a user namespace to be root inside it (unshare CLONE_NEWUSER)"
+enforcer-probe unshare:0x10000000 | grep -o '"errno":[0-9]*'
+
+step "loading a BPF program"
+enforcer-probe bpf-prog-load | grep -o '"errno":[0-9]*'
+
+step "attaching to PID 1 with ptrace"
+enforcer-probe ptrace-attach:1 | grep -o '"errno":[0-9]*'
 
 step "done"
 exit 0

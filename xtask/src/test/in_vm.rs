@@ -57,10 +57,12 @@ fn run_tests(kernel: kernel::Kernel) -> Result<(Option<String>, Outcome)> {
     if policies.is_dir() {
         files.push((policies, "/policies".to_string()));
     }
+    // While developing: ENFORCER_VM_TESTS=NAME runs only the tests whose name contains NAME.
+    let filter = std::env::var("ENFORCER_VM_TESTS").unwrap_or_default();
     let spec = VmSpec {
         kernel,
         files,
-        script: SCRIPT.to_string(),
+        script: format!("{SCRIPT} {filter}"),
         icount: false,
         timeout: TIMEOUT,
         echo: true,

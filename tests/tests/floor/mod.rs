@@ -1,0 +1,163 @@
+//! Exec control, `require_seccomp` and the built-in floor: BPF LSM, so the
+//! VM tier only. Each attempt is the syscall a real program makes; each
+//! refusal is EPERM with exactly one event.
+
+use std::{os::unix::fs::PermissionsExt as _, process::Command};
+
+use enforcer_tests::{EPERM, Outcome, Sandbox, probe_bin, release, wait_ready};
+use serde_json::Value;
+
+/// The events of `kind` for which `about` holds.
+fn events<'a>(out: &'a Outcome, kind: &str, about: impl Fn(&Value) -> bool) -> Vec<&'a Value> {
+    out.events.iter().filter(|e| e["kind"] == kind && about(e)).collect()
+}
+
+/// Asserts `step` failed with EPERM and produced exactly one `kind` event
+/// with `reason` for which `about` holds; returns it.
+fn assert_refused<'a>(out: &'a Outcome, step: &str, kind: &str, reason: &str, about: impl Fn(&Value) -> bool) -> &'a Value {
+    assert_eq!(out.errno(step), EPERM, "step `{step}`:\n{out:#?}");
+    let found = events(out, kind, |e| e["reason"] == reason && about(e));
+    assert_eq!(found.len(), 1, "step `{step}`: want one {kind}/{reason} event, got {found:#?}\n{out:#?}");
+    assert_eq!((found[0]["action"].as_str(), found[0]["errno"].as_i64()), (Some("deny"), Some(EPERM)), "{}", found[0]);
+    found[0]
+}
+
+fn write_script(path: &str, text: &str) {
+    std::fs::write(path, text).expect("write script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod script");
+}
+
+#[test]
+fn programs_run_only_from_exec_trees_and_never_fileless() {
+    let sb = Sandbox::new("exec-trees");
+    let tools = sb.allowed.join("bin");
+    std::fs::create_dir_all(&tools).unwrap();
+    let probe_dir = probe_bin().parent().expect("probe dir").to_owned();
+    sb.write_policy_with("enforce", &format!("[exec]\nallow = [\"/bin\", \"{}\", \"{}\"]\n", probe_dir.display(), tools.display()));
+    let tool = |name: &str| Sandbox::path(&tools, name);
+    // A cloned repository's hook, outside every exec tree.
+    let hook = Sandbox::path(&sb.outside, "post-checkout");
+    write_script(&hook, "#!/bin/sh\nexit 0\n");
+    // A symlink in an exec tree does not lend the tree to its target.
+    std::os::unix::fs::symlink(&hook, tool("linked-hook")).unwrap();
+    // A script in an exec tree whose interpreter is not.
+    let interpreter = Sandbox::path(&sb.outside, "sh");
+    std::fs::copy("/bin/busybox", &interpreter).unwrap();
+    write_script(&tool("script-with-outside-interpreter"), &format!("#!{interpreter}\nexit 0\n"));
+    write_script(&tool("ok-script"), "#!/bin/sh\nexit 0\n");
+    let steps = [
+        "exec:/bin/true".to_owned(),
+        format!("exec:{}", tool("ok-script")),
+        format!("exec:{hook}"),
+        format!("exec:{}", tool("linked-hook")),
+        format!("exec:{}", tool("script-with-outside-interpreter")),
+        "memfd-exec".to_owned(),
+    ];
+    let out = sb.run(&steps);
+    out.assert_succeeded("exec:/bin/true");
+    out.assert_succeeded(&format!("exec:{}", tool("ok-script")));
+    let on = |path: &str| {
+        let path = path.to_owned();
+        move |e: &Value| e["path"] == path.as_str()
+    };
+    // The hook, directly and through the symlink: one event each, both
+    // naming the file the kernel resolved.
+    assert_eq!(out.errno(&format!("exec:{hook}")), EPERM, "{out:#?}");
+    assert_eq!(out.errno(&format!("exec:{}", tool("linked-hook"))), EPERM, "{out:#?}");
+    let hook_events = events(&out, "exec", on(&hook));
+    assert_eq!(hook_events.len(), 2, "{out:#?}");
+    assert!(hook_events.iter().all(|e| e["reason"] == "outside_exec_trees" && e["op"] == "exec"), "{hook_events:#?}");
+    assert_refused(&out, &format!("exec:{}", tool("script-with-outside-interpreter")), "exec", "outside_exec_trees", on(&interpreter));
+    // A memfd has no directory: its path is its filesystem's root.
+    assert_refused(&out, "memfd-exec", "exec", "fileless", |_| true);
+    assert_eq!(out.events.len(), 4, "{out:#?}");
+}
+
+#[test]
+fn require_seccomp_refuses_exec_by_a_task_without_a_filter() {
+    let sb = Sandbox::new("require-seccomp");
+    sb.write_policy_with("enforce", "[syscalls]\nallow = [\"@default-agent\"]\nrequire_seccomp = true\n");
+    let mut child = sb.spawn(&["wait-stdin:".to_owned(), "exec:/bin/true".to_owned()]);
+    let (pid, stdout) = wait_ready(&mut child);
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let cgroup = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap().trim().to_owned();
+    // A process an orchestrator put in the agent's cgroup without the
+    // profile: joins it, then tries to exec.
+    let procs = std::fs::OpenOptions::new().write(true).open(format!("/sys/fs/cgroup{cgroup}/cgroup.procs")).unwrap();
+    let procs = std::os::fd::OwnedFd::from(procs);
+    let mut unfiltered = Command::new("/bin/true");
+    // SAFETY: join only calls write(2).
+    unsafe { std::os::unix::process::CommandExt::pre_exec(&mut unfiltered, move || enforcer::cgroups::join(&procs)) };
+    let refused = unfiltered.status().expect_err("exec without a seccomp filter must fail");
+    assert_eq!(refused.raw_os_error(), Some(1), "{refused}");
+    release(&mut child);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout.into_inner(), &mut rest).unwrap();
+    let out = sb.finish(child);
+    // The agent itself carries the enforcer's filter: its exec works.
+    assert!(rest.contains("{\"errno\":0,\"step\":\"exec:/bin/true\"}"), "{rest}\n{out:#?}");
+    let found = events(&out, "exec", |e| e["reason"] == "no_seccomp");
+    assert_eq!(found.len(), 1, "{out:#?}");
+    assert_eq!(found[0]["path"], "/bin/busybox", "{}", found[0]);
+    assert_eq!(out.events.len(), 1, "{out:#?}");
+}
+
+#[test]
+fn the_floor_refuses_what_breaks_out_of_any_sandbox() {
+    let sb = Sandbox::new("floor");
+    // No [syscalls]: the floor alone, whatever the filter would allow.
+    sb.write_policy("enforce");
+    // A host process (outside the agent) to signal and trace.
+    let mut host = Command::new("sleep").arg("60").spawn().expect("start a host process");
+    let host_pid = host.id();
+    // A block device node (ramdisk 1:0), made by the host side.
+    let block = Sandbox::path(&sb.allowed, "blockdev");
+    let c_block = std::ffi::CString::new(block.clone()).unwrap();
+    // SAFETY: mknod(2) of a NUL-terminated path.
+    assert_eq!(unsafe { libc::mknod(c_block.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(1, 0)) }, 0);
+    let mount_point = Sandbox::path(&sb.allowed, "");
+    let steps = [
+        "bpf-prog-load".to_owned(),
+        "perf".to_owned(),
+        format!("mount:{mount_point}"),
+        "unshare:0x10000000".to_owned(),
+        format!("ptrace-attach:{host_pid}"),
+        format!("kill:{host_pid}:9"),
+        "kill-child".to_owned(),
+        "init-module".to_owned(),
+        "read:/dev/mem".to_owned(),
+        "read:/proc/kcore".to_owned(),
+        format!("read:{block}"),
+        "overwrite:/proc/sys/kernel/domainname".to_owned(),
+        "overwrite:/sys/kernel/uevent_seqnum".to_owned(),
+        // Last: it leaves the probe with a non-root effective uid.
+        "seteuid-back".to_owned(),
+    ];
+    let out = sb.run(&steps);
+    let op = |name: &'static str| move |e: &Value| e["op"] == name;
+    let bpf = assert_refused(&out, "bpf-prog-load", "floor", "floor", op("bpf"));
+    assert_eq!(bpf["bpf_cmd"], 5, "{bpf}");
+    assert_refused(&out, "perf", "floor", "floor", op("perf_event_open"));
+    assert_refused(&out, &format!("mount:{mount_point}"), "floor", "floor", op("mount"));
+    assert_refused(&out, "unshare:0x10000000", "floor", "floor", op("user_namespace"));
+    let ptrace = assert_refused(&out, &format!("ptrace-attach:{host_pid}"), "floor", "floor", op("ptrace"));
+    assert_eq!(ptrace["target_pid"], host_pid, "{ptrace}");
+    let kill = assert_refused(&out, &format!("kill:{host_pid}:9"), "floor", "floor", op("signal"));
+    assert_eq!((&kill["target_pid"], &kill["signal"]), (&host_pid.into(), &9.into()), "{kill}");
+    out.assert_succeeded("kill-child");
+    assert_refused(&out, "seteuid-back", "floor", "floor", op("setuid"));
+    assert_refused(&out, "init-module", "floor", "floor", op("kernel_module"));
+    for (step, kind, path) in [
+        ("read:/dev/mem", "file_read", "/dev/mem"),
+        ("read:/proc/kcore", "file_read", "/proc/kcore"),
+        (&*format!("read:{block}"), "file_read", &*block),
+        ("overwrite:/proc/sys/kernel/domainname", "file_write", "/proc/sys/kernel/domainname"),
+        ("overwrite:/sys/kernel/uevent_seqnum", "file_write", "/sys/kernel/uevent_seqnum"),
+    ] {
+        assert_refused(&out, step, kind, "floor", |e| e["path"] == path);
+    }
+    assert_eq!(out.events.len(), 13, "one event per refusal: {:#?}", out.events);
+    assert!(host.try_wait().unwrap().is_none(), "the host process must be alive");
+    host.kill().unwrap();
+    let _ = host.wait();
+}
