@@ -209,7 +209,9 @@ enum ProcTop {
 /// Whether the floor refuses opening a file: block devices, `/dev/mem` and
 /// friends, `/proc/kcore`, and writing kernel interfaces (`/sys` and the
 /// filesystems mounted below it, `/proc/sys`, `/proc/sysrq-trigger`).
-#[inline(always)]
+/// Out of line: inlined, its branches multiply the verifier's states for
+/// everything `file_open` does after it.
+#[inline(never)]
 pub fn open_refused(dentry: *const u8, inode: *const u8, file_type: u32, writes: bool) -> bool {
     match file_type {
         S_IFBLK => return true,

@@ -74,11 +74,11 @@ struct Check {
 fn judge_check(tag: &Tagged, check: Check) -> Option<Denial> {
     let question = Question {
         policy_id: tag.info.policy_id as u16,
-        need: if check.kind == Kind::FileWrite { FILE_WRITE } else { 0 },
+        needs_tree: check.kind == Kind::FileWrite,
         allow_self: check.allow_self,
         read_deny: tag.info.flags & TAG_READ_DENY != 0,
     };
-    let reason = judge(&question, tag.files, check.dentry, check.vfsmount).err()?;
+    let reason = judge::<FILE_WRITE>(&question, tag.files, check.dentry, check.vfsmount).err()?;
     Some(Denial { kind: check.kind, op: check.op, reason, dentry: check.dentry, vfsmount: check.vfsmount })
 }
 

@@ -382,7 +382,10 @@ extern "C" fn write_step(_level: u32, ctx: *mut c_void) -> i64 {
         return 0;
     }
     let parent = unsafe { Probe::ptr::<DentryParent>(d) };
-    if parent.is_null() || parent == d {
+    // A dentry that is its own parent but not its mount's root has no
+    // directory (memfd, pipes, sockets): its name is all there is.
+    let pseudo = parent == d && !w.mount.is_null() && d != w.mnt_root;
+    if parent.is_null() || (parent == d && !pseudo) {
         return w.path_done(parent.is_null(), cursor);
     }
     let len = cursor as usize;
@@ -400,5 +403,9 @@ extern "C" fn write_step(_level: u32, ctx: *mut c_void) -> i64 {
         return buf.writer.path_done(true, cursor);
     }
     buf.cursor = (len + (n as usize & (NAME_BYTES * 2 - 1))) as u32;
+    if pseudo {
+        let cursor = buf.cursor;
+        return buf.writer.path_done(false, cursor);
+    }
     0
 }

@@ -27,9 +27,9 @@ use crate::kernel::{DentryInode, DentryParent, DentrySb, Direct, InodeIno, Mount
 #[derive(Clone, Copy)]
 pub struct Question {
     pub policy_id: u16,
-    /// The tree flag the operation needs above it: `FILE_WRITE` (writes),
-    /// `FILE_EXEC` (executing), or 0 (reads: only `read_deny` matters).
-    pub need: u16,
+    /// The operation needs a tree flagged with the walk's `NEED` above it
+    /// (a write, an exec); false for reads, where only `read_deny` matters.
+    pub needs_tree: bool,
     /// A `write` root names the object itself (open, truncate, chmod...), not
     /// only its directory entry (create, unlink, rename...: those change the
     /// parent, so the object being a root does not allow them).
@@ -49,7 +49,7 @@ const DENIED: u32 = 16; // + Reason
 /// Fields that can both be null are kept apart: the compiler turns a run of
 /// zeroed fields into a `memset` call, a byte loop in BPF.
 #[repr(C)]
-struct Walk {
+struct Walk<const NEED: u16> {
     table: *const FileTable,
     /// Root dentry of the mount being walked (null: no mount known).
     mnt_root: *const u8,
@@ -65,7 +65,7 @@ struct Walk {
     verdict: u32,
 }
 
-impl Walk {
+impl<const NEED: u16> Walk<NEED> {
     #[inline(always)]
     fn decide(&mut self, verdict: Result<(), Reason>) -> i64 {
         self.verdict = match verdict {
@@ -77,7 +77,7 @@ impl Walk {
 
     #[inline(always)]
     fn at_fs_root(&mut self) -> i64 {
-        let outside = if self.question.need == FILE_EXEC { Reason::OutsideExecTrees } else { Reason::OutsideWriteTrees };
+        let outside = if NEED == FILE_EXEC { Reason::OutsideExecTrees } else { Reason::OutsideWriteTrees };
         let verdict = if self.allowed { Ok(()) } else { Err(outside) };
         self.decide(verdict)
     }
@@ -114,7 +114,7 @@ impl Walk {
         if flags & FILE_READ_DENY != 0 {
             return Some(self.decide(Err(Reason::ReadDenied)));
         }
-        if flags & self.question.need != 0 && (level > 0 || self.question.allow_self) {
+        if flags & NEED != 0 && (level > 0 || self.question.allow_self) {
             self.allowed = true;
             if !self.question.read_deny {
                 return Some(self.decide(Ok(())));
@@ -135,14 +135,14 @@ fn filesystem<R: Read>(dentry: *const u8, policy_id: u16, table: *const FileTabl
 /// the object and its directory), saving the loop's per-level call.
 const INLINE_LEVELS: u32 = 2;
 
-extern "C" fn step_in_mount(index: u32, ctx: *mut c_void) -> i64 {
-    in_mount(unsafe { &mut *ctx.cast::<Walk>() }, index + INLINE_LEVELS)
+extern "C" fn step_in_mount<const NEED: u16>(index: u32, ctx: *mut c_void) -> i64 {
+    in_mount(unsafe { &mut *ctx.cast::<Walk<NEED>>() }, index + INLINE_LEVELS)
 }
 
 /// One level within the starting mount (BTF-typed loads); nonzero ends the
 /// walk.
 #[inline(always)]
-fn in_mount(walk: &mut Walk, level: u32) -> i64 {
+fn in_mount<const NEED: u16>(walk: &mut Walk<NEED>, level: u32) -> i64 {
     if let Some(stop) = walk.check::<Direct>(level) {
         return stop;
     }
@@ -163,8 +163,8 @@ fn in_mount(walk: &mut Walk, level: u32) -> i64 {
 }
 
 /// One level above the starting mount, crossing mounts like `d_path`.
-extern "C" fn step_above_mount(_level: u32, ctx: *mut c_void) -> i64 {
-    let walk = unsafe { &mut *ctx.cast::<Walk>() };
+extern "C" fn step_above_mount<const NEED: u16>(_level: u32, ctx: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *ctx.cast::<Walk<NEED>>() };
     if walk.dentry == walk.mnt_root {
         let mount = walk.mount;
         let parent_mount = unsafe { Probe::ptr::<MountParent>(mount) };
@@ -197,13 +197,17 @@ extern "C" fn step_above_mount(_level: u32, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Judges `dentry`, reached through `vfsmount` (null when the hook gives no
+/// Judges `dentry`, reached through `vfsmount`; `NEED` is the tree flag
+/// that allows the operation (`FILE_WRITE`, `FILE_EXEC`). A constant, not a
+/// field: a flag the verifier cannot see through costs every walk half again
+/// its states.
+/// (null when the hook gives no
 /// mount: the walk then ends at the root of the dentry's filesystem), by
 /// the file `table` of the tables the task's tag came from.
 /// Inlined: the verifier checks a static function once per call anyway, and
 /// the call would cost every judged syscall.
 #[inline(always)]
-pub fn judge(question: &Question, table: *const FileTable, dentry: *const u8, vfsmount: *const u8) -> Result<(), Reason> {
+pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, dentry: *const u8, vfsmount: *const u8) -> Result<(), Reason> {
     // No table: nothing can be judged, so nothing is allowed.
     if table.is_null() {
         return Err(Reason::Unreadable);
@@ -214,7 +218,7 @@ pub fn judge(question: &Question, table: *const FileTable, dentry: *const u8, vf
         unsafe { Direct::ptr::<VfsmountRoot>(vfsmount) }
     };
     let (dev, hash_base) = filesystem::<Direct>(dentry, question.policy_id, table);
-    let mut walk = Walk {
+    let mut walk = Walk::<NEED> {
         table,
         dentry,
         mnt_root,
@@ -222,17 +226,17 @@ pub fn judge(question: &Question, table: *const FileTable, dentry: *const u8, vf
         dev,
         hash_base,
         question: *question,
-        allowed: question.need == 0,
+        allowed: !question.needs_tree,
         verdict: UNDECIDED,
     };
     let ctx = (&raw mut walk).cast::<c_void>();
     if in_mount(&mut walk, 0) == 0 && in_mount(&mut walk, 1) == 0 {
-        unsafe { bpf_loop(MAX_PATH_DEPTH - INLINE_LEVELS, step_in_mount as *mut c_void, ctx, 0) };
+        unsafe { bpf_loop(MAX_PATH_DEPTH - INLINE_LEVELS, step_in_mount::<NEED> as *mut c_void, ctx, 0) };
     }
     if walk.verdict == AT_MOUNT_ROOT {
         walk.mount = mount_of(walk.mount);
         walk.verdict = UNDECIDED;
-        unsafe { bpf_loop(MAX_PATH_DEPTH, step_above_mount as *mut c_void, ctx, 0) };
+        unsafe { bpf_loop(MAX_PATH_DEPTH, step_above_mount::<NEED> as *mut c_void, ctx, 0) };
     }
     match walk.verdict {
         ALLOWED => Ok(()),

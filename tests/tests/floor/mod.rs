@@ -68,8 +68,8 @@ fn programs_run_only_from_exec_trees_and_never_fileless() {
     assert_eq!(hook_events.len(), 2, "{out:#?}");
     assert!(hook_events.iter().all(|e| e["reason"] == "outside_exec_trees" && e["op"] == "exec"), "{hook_events:#?}");
     assert_refused(&out, &format!("exec:{}", tool("script-with-outside-interpreter")), "exec", "outside_exec_trees", on(&interpreter));
-    // A memfd has no directory: its path is its filesystem's root.
-    assert_refused(&out, "memfd-exec", "exec", "fileless", |_| true);
+    // A memfd has no directory: its path is its name.
+    assert_refused(&out, "memfd-exec", "exec", "fileless", on("/memfd:agent-payload"));
     assert_eq!(out.events.len(), 4, "{out:#?}");
 }
 
