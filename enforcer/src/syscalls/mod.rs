@@ -203,6 +203,20 @@ mod tests {
     }
 
     #[test]
+    fn default_agent_filters_build_for_both_architectures() {
+        let syscalls = Syscalls {
+            allow: expand(groups::DEFAULT_AGENT).unwrap().into_iter().map(str::to_owned).collect(),
+            namespaces: false,
+            deny_action: DenyAction::Eperm,
+            require_seccomp: false,
+        };
+        for arch in Arch::ALL {
+            let program = filter::Program::build(&syscalls, arch).unwrap();
+            assert!((100..4096).contains(&program.len()), "{}: {} instructions", arch.name(), program.len());
+        }
+    }
+
+    #[test]
     fn entries_expand_or_say_what_exists() {
         assert_eq!(expand("keyctl").unwrap(), ["keyctl"]);
         assert!(expand("@keyring").unwrap().contains(&"add_key"));
