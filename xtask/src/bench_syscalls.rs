@@ -10,18 +10,13 @@
 //! the VMs under `-icount` (every hook, instruction-exact).
 
 use std::fmt::Write as _;
-use std::fs;
-use std::process::{Command, ExitCode};
-use std::time::Duration;
+use std::process::ExitCode;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::Parser;
 
 use crate::bench::{Samples, median};
-use crate::vm::{self, VmSpec};
-use crate::{cargo, cmd, kernel, setup};
-
-const TIMEOUT: Duration = Duration::from_mins(40);
+use crate::bench_host_vm::{self, Bench, Targets};
 
 #[derive(Debug, Parser)]
 pub struct SyscallsOptions {
@@ -112,71 +107,17 @@ fn script(opts: &SyscallsOptions, rounds: u32, bench: &str, enforcer: &str, host
 }
 
 pub fn run(opts: &SyscallsOptions) -> Result<ExitCode> {
-    let series: Vec<String> = if opts.host_only {
-        Vec::new()
-    } else if opts.kernels.is_empty() {
-        kernel::SERIES.iter().map(ToString::to_string).collect()
-    } else {
-        opts.kernels.clone()
+    let script = |rounds, bench: &str, enforcer: &str, host| script(opts, rounds, bench, enforcer, host);
+    let report = |mode: &str, output: &str, rounds, log: &str, host| report(mode, if host { "ns" } else { "insns" }, output, rounds, log);
+    let bench = Bench { name: "syscalls", host_note: "wall clock; no BPF LSM: filter only", script: &script, report: &report };
+    let targets = Targets {
+        kernels: &opts.kernels,
+        host_only: opts.host_only,
+        skip_host: opts.skip_host,
+        rounds: opts.rounds,
+        host_rounds: opts.host_rounds,
     };
-    setup::ensure(!series.is_empty(), &series)?;
-    let built = cargo::build(&["build", "--release", "-p", "enforcer", "-p", "enforcer-tests", "--bin", "enforcer", "--bin", "enforcer-bench"])?;
-    let enforcer = cargo::executable(&built, "bin", "enforcer")?;
-    let bench = cargo::executable(&built, "bin", "enforcer-bench")?;
-    let log_dir = cmd::workspace_root().join("target/bench");
-    fs::create_dir_all(&log_dir).with_context(|| format!("could not create {}", log_dir.display()))?;
-    let mut reports = Vec::new();
-    let mut ok = true;
-    if !opts.skip_host {
-        println!("\n== bench syscalls: host kernel (native, wall clock; the filter only) ==");
-        anyhow::ensure!(cmd::is_root(), "the syscalls benchmark runs enforcer: run it as root");
-        let text = script(opts, opts.host_rounds, &bench.display().to_string(), &enforcer.display().to_string(), true);
-        let output = Command::new("bash").arg("-c").arg(&text).output().context("could not run the host script")?;
-        let output = String::from_utf8_lossy(&output.stdout).into_owned();
-        let log = log_dir.join("syscalls-host.log");
-        let _ = fs::write(&log, &output);
-        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let mode = format!("host kernel {} (native; wall clock; no BPF LSM: filter only)", release.trim());
-        let (table, complete) = report(&mode, "ns", &output, opts.host_rounds, &log.display().to_string());
-        ok &= complete;
-        println!("\n{table}");
-        reports.push(table);
-    }
-    for s in &series {
-        println!("\n== bench syscalls: kernel {s} (icount) ==");
-        let spec = VmSpec {
-            kernel: kernel::cached(s)?,
-            files: vec![(enforcer.clone(), "/bin/enforcer".to_string()), (bench.clone(), "/bin/enforcer-bench".to_string())],
-            script: script(opts, opts.rounds, "/bin/enforcer-bench", "/bin/enforcer", false),
-            icount: true,
-            timeout: TIMEOUT,
-            echo: false,
-        };
-        let table = match vm::run(&spec) {
-            Ok(run) => {
-                let log = log_dir.join(format!("syscalls-{s}.log"));
-                let _ = fs::write(&log, &run.output);
-                let release = run.kernel_release.as_deref().unwrap_or("?");
-                let mode = format!("kernel {release} ({s}) under qemu -icount shift=0,sleep=off (1 guest ns = 1 instruction)");
-                let (table, complete) = report(&mode, "insns", &run.output, opts.rounds, &log.display().to_string());
-                ok &= complete;
-                table
-            }
-            Err(e) => {
-                ok = false;
-                format!("kernel {s}: could not run: {e:#}\n")
-            }
-        };
-        println!("\n{table}");
-        reports.push(table);
-    }
-    if reports.len() > 1 {
-        println!("\n== bench syscalls: all kernels ==\n");
-        for report in &reports {
-            println!("{report}");
-        }
-    }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    bench_host_vm::run(&bench, &targets)
 }
 
 /// Median over rounds of scenario - baseline of the same round, per op.
