@@ -36,6 +36,79 @@ pub enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
+    /// The fleet daemon: loads the programs once (pinned under bpffs, so
+    /// enforcement outlives it), serves the API on a unix socket, reloads
+    /// policies when their files change, and streams events.
+    Daemon {
+        /// The daemon's configuration (default: /etc/enforcer/enforcer.toml
+        /// if it exists, else built-in defaults).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// On a kernel without BPF LSM, enforce what the cgroup programs can
+        /// (network destinations) instead of refusing to start.
+        #[arg(long)]
+        degraded: bool,
+        /// Remove the pinned programs, maps and saved state (every agent
+        /// cgroup is then unenforced) and exit.
+        #[arg(long)]
+        uninstall: bool,
+    },
+    /// Tag a cgroup (and everything below it) as an agent cgroup under a
+    /// policy the daemon has loaded.
+    Tag {
+        /// The cgroup, as a path below the cgroup2 mount (`/agents.slice/a.scope`).
+        cgroup: String,
+        /// The policy's name.
+        #[arg(long)]
+        policy: String,
+        /// A label kept with the tag (`--label team=infra`), repeatable.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Stop enforcing on a cgroup.
+    Untag {
+        cgroup: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// The daemon's programs, policies, tagged cgroups and counters.
+    Status {
+        /// The daemon's JSON as it is.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// The policies the daemon has in force, with version and hash.
+    Policies {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Load the policy directory again now (the daemon also does on every
+    /// change to it).
+    Reload {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Follow the daemon's event stream as JSON lines.
+    Tail {
+        /// Only events of this cgroup and those below it.
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// Only events judged by this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Only events of this kind (`file_write`, `connect`, `floor`...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// First the recent events since then: a duration (`10m`) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Benchmarks only: run a command with empty BPF LSM programs attached
     /// on the enforcer's hooks (the floor), enforcing nothing.
     #[command(name = "bench-floor", hide = true)]
@@ -59,6 +132,21 @@ pub enum Command {
         #[command(subcommand)]
         command: SyscallsCommand,
     },
+}
+
+/// Where the daemon's API is.
+#[derive(Debug, clap::Args)]
+pub struct SocketArg {
+    /// The daemon's socket.
+    #[arg(long, env = "ENFORCER_SOCKET", default_value = crate::daemon::config::DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

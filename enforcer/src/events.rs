@@ -28,6 +28,13 @@ pub struct Event {
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
     pub policy: String,
+    /// Daemon: the version of the policy the event was judged by (counts
+    /// the changes the daemon applied to that policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u32>,
+    /// Daemon: the SHA-256 of that version's file (first 16 hex digits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<String>,
     /// File events: the operation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub op: Option<&'static str>,
@@ -187,6 +194,8 @@ fn join_path(names: &[u8], truncated: bool) -> String {
 pub struct Context<'a> {
     pub clock: &'a Clock,
     pub policy: &'a str,
+    /// Daemon: the policy's version and hash.
+    pub version: Option<(u32, &'a str)>,
     pub cgroup: Option<String>,
 }
 
@@ -210,6 +219,8 @@ impl Record {
             cgroup_id: h.cgroup_id,
             cgroup: ctx.cgroup,
             policy: ctx.policy.to_owned(),
+            policy_version: ctx.version.map(|(version, _)| version),
+            policy_hash: ctx.version.map(|(_, hash)| hash.to_owned()),
             op: self.net.is_none().then(|| Op::from_u8(h.op).map_or("unknown", op_name)),
             path: match (&self.net, &self.floor) {
                 (Some(net), _) => unix_name(net),
@@ -387,7 +398,7 @@ mod tests {
         unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), header) };
         bytes.extend_from_slice(b".bashrc\0root\0bash\0bin\0usr\0");
         let clock = Clock::new();
-        let event = decode(&bytes).unwrap().into_event(Context { clock: &clock, policy: "p", cgroup: Some("/x".into()) });
+        let event = decode(&bytes).unwrap().into_event(Context { clock: &clock, policy: "p", version: None, cgroup: Some("/x".into()) });
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["kind"], "file_write");
         assert_eq!(json["action"], "deny");

@@ -21,6 +21,9 @@ use enforcer_common::{
     policy::{FileRuleKey, FileTable, MAX_TAG_LEVEL, TABLES_MAP, TAG_FILTER_MAP, TagFilter, TagInfo, TagTable, Tables},
 };
 
+mod pinned;
+pub use pinned::{PinError, Start, adopted_build, build_id, remove_pins};
+
 use crate::{
     btf::Btf,
     cgroups::Cgroup,
@@ -144,6 +147,10 @@ pub enum LoadError {
     Attach { cgroup: String, source: ProgramError },
     #[error("cannot open cgroup {}: {source}", path.display())]
     OpenCgroup { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("{0}")]
+    Adopted(&'static str),
     #[error(
         "cgroup {name} is {level} levels deep; the programs find tagged cgroups only down to level \
          {MAX_TAG_LEVEL}: tag a shallower ancestor"
@@ -172,7 +179,13 @@ type TableMaps = ArrayOfMaps<MapData, Array<MapData, Tables>>;
 
 /// Loaded and attached programs and their maps.
 pub struct Enforcer {
-    ebpf: Ebpf,
+    /// The loaded object (`None` when adopted from pins: the kernel holds
+    /// the programs through their pinned links).
+    ebpf: Option<Ebpf>,
+    /// The daemon's pins, and the socket programs reopened from them.
+    pinned: Option<pinned::Pinned>,
+    /// `enforcer run`'s BPF LSM links (the daemon's are pinned instead).
+    lsm_links: Vec<LsmLink>,
     net_rules: LpmTrie<MapData, NetKey, NetPorts>,
     unix_rules: BpfHashMap<MapData, UnixKey, u8>,
     resolvers: BpfHashMap<MapData, u32, Resolver>,
@@ -202,34 +215,46 @@ impl Enforcer {
     /// A kernel that cannot run BPF LSM programs is not an error here (see
     /// `lsm_missing`): the caller decides whether what remains is enough.
     pub fn load() -> Result<Self, LoadError> {
-        let mut object = load_object()?;
-        let lsm = object.lsm.take().map_or(Ok(()), Err);
-        let (lsm_missing, missing_hooks) = match lsm.and_then(|()| object.load_lsm("", &[HOOKS, NET_HOOKS, FLOOR_HOOKS].concat())) {
-            Ok(missing_hooks) => (None, missing_hooks),
-            Err(e @ (LoadError::TrampolineRefused { .. } | LoadError::Kernel(KernelError::BpfLsmInactive { .. }))) => {
-                (Some(e), Vec::new())
-            }
-            Err(e) => return Err(e),
-        };
-        let mut ebpf = object.ebpf;
-        load_sock_programs(&mut ebpf)?;
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));
-        let tables = ArrayOfMaps::try_from(take(TABLES_MAP)?).map_err(map_err(TABLES_MAP))?;
-        let tag_filter = Array::try_from(take(TAG_FILTER_MAP)?).map_err(map_err(TAG_FILTER_MAP))?;
-        let lost = PerCpuArray::try_from(take(LOST_MAP)?).map_err(map_err(LOST_MAP))?;
-        let events = Some(RingBuf::try_from(take(EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?);
-        let net_rules = LpmTrie::try_from(take(NET_RULES_MAP)?).map_err(map_err(NET_RULES_MAP))?;
-        let unix_rules = BpfHashMap::try_from(take(UNIX_RULES_MAP)?).map_err(map_err(UNIX_RULES_MAP))?;
-        let resolvers = BpfHashMap::try_from(take(RESOLVERS_MAP)?).map_err(map_err(RESOLVERS_MAP))?;
-        let dns_grants = Some(BpfHashMap::try_from(take(DNS_GRANTS_MAP)?).map_err(map_err(DNS_GRANTS_MAP))?);
+        let (mut ebpf, lsm_missing, missing_hooks, links) = load_everything()?;
+        let maps = Maps::take(&mut ebpf)?;
+        let mut enforcer = Self::assemble(Some(ebpf), None, maps, lsm_missing, missing_hooks)?;
+        enforcer.lsm_links = links;
+        Ok(enforcer)
+    }
+
+    /// Assembles an enforcer from its maps and publishes empty tables: until
+    /// tables are in place nothing is tagged.
+    fn assemble(
+        ebpf: Option<Ebpf>,
+        pinned: Option<pinned::Pinned>,
+        maps: Maps,
+        lsm_missing: Option<LoadError>,
+        missing_hooks: Vec<&'static str>,
+    ) -> Result<Self, LoadError> {
+        let mut enforcer = Self::from_maps(ebpf, pinned, maps, lsm_missing, missing_hooks)?;
+        enforcer.publish(&tables::combine(&enforcer.tag_table, &enforcer.file_table))?;
+        enforcer.set_filter(&TagFilter::EMPTY)?;
+        Ok(enforcer)
+    }
+
+    fn from_maps(
+        ebpf: Option<Ebpf>,
+        pinned: Option<pinned::Pinned>,
+        maps: Maps,
+        lsm_missing: Option<LoadError>,
+        missing_hooks: Vec<&'static str>,
+    ) -> Result<Self, LoadError> {
+        let Maps { tables, tag_filter, lost, events, net_rules, unix_rules, resolvers, dns_grants } = maps;
         let tag_table = tables::tag_table(&StdHashMap::new())?;
         let file_table = tables::file_table(&StdHashMap::new())?;
-        let mut enforcer = Self {
+        Ok(Self {
             ebpf,
+            pinned,
+            lsm_links: Vec::new(),
             net_rules,
             unix_rules,
             resolvers,
-            dns_grants,
+            dns_grants: Some(dns_grants),
             lsm_missing,
             tables,
             tag_table,
@@ -237,15 +262,11 @@ impl Enforcer {
             tag_filter,
             published_filter: TagFilter::EMPTY,
             lost,
-            events,
+            events: Some(events),
             tags: StdHashMap::new(),
             file_rules: StdHashMap::new(),
             missing_hooks,
-        };
-        // Until tables are in place nothing is tagged; publish empty ones.
-        enforcer.publish(&tables::combine(&enforcer.tag_table, &enforcer.file_table))?;
-        enforcer.set_filter(&TagFilter::EMPTY)?;
-        Ok(enforcer)
+        })
     }
 
     /// The denial stream (taken once, by the event reader).
@@ -313,13 +334,13 @@ impl Enforcer {
         let mode = CgroupAttachMode::Single;
         let mut attachment = NetAttachment::default();
         for &name in SOCK_ADDR_PROGRAMS {
-            let program: &mut CgroupSockAddr = sock_program(&mut self.ebpf, name)?;
+            let program: &mut CgroupSockAddr = sock_program(self.object()?, name)?;
             attachment.sock_addr.push((name, program.attach(&dir, mode).map_err(attach_err)?));
         }
         // With BPF LSM, `socket_create` has judged every socket before this
         // program would run: attach it only where BPF LSM is missing.
         if self.lsm_missing.is_some() {
-            let program: &mut CgroupSock = sock_program(&mut self.ebpf, SOCK_CREATE_PROGRAM)?;
+            let program: &mut CgroupSock = sock_program(self.object()?, SOCK_CREATE_PROGRAM)?;
             attachment.sock_create.push(program.attach(&dir, mode).map_err(attach_err)?);
         }
         Ok(attachment)
@@ -327,14 +348,18 @@ impl Enforcer {
 
     pub fn detach_net(&mut self, attachment: NetAttachment) -> Result<(), LoadError> {
         for (name, link) in attachment.sock_addr {
-            let program: &mut CgroupSockAddr = sock_program(&mut self.ebpf, name)?;
+            let program: &mut CgroupSockAddr = sock_program(self.object()?, name)?;
             program.detach(link).map_err(|source| LoadError::SockProgram { name, source })?;
         }
         for link in attachment.sock_create {
-            let program: &mut CgroupSock = sock_program(&mut self.ebpf, SOCK_CREATE_PROGRAM)?;
+            let program: &mut CgroupSock = sock_program(self.object()?, SOCK_CREATE_PROGRAM)?;
             program.detach(link).map_err(|source| LoadError::SockProgram { name: SOCK_CREATE_PROGRAM, source })?;
         }
         Ok(())
+    }
+
+    fn object(&mut self) -> Result<&mut Ebpf, LoadError> {
+        self.ebpf.as_mut().ok_or(LoadError::SockProgram { name: "cgroup socket programs", source: ProgramError::NotLoaded })
     }
 
     /// Tags `cgroup`: from now on it and all its descendants are judged by
@@ -353,6 +378,60 @@ impl Enforcer {
     pub fn untag(&mut self, cgroup: &Cgroup) -> Result<(), LoadError> {
         self.tags.remove(&cgroup.id);
         self.publish_tags()
+    }
+
+    /// Replaces every tag and tree root at once, in one table swap: each
+    /// tagged cgroup goes from its old policy to its new one with nothing in
+    /// between (the daemon's reloads and adoption).
+    #[expect(clippy::implicit_hasher, reason = "the loader's maps use the default hasher")]
+    pub fn replace_all(
+        &mut self,
+        file_rules: StdHashMap<FileRuleKey, u16>,
+        tags: StdHashMap<u64, (u32, TagInfo)>,
+    ) -> Result<(), LoadError> {
+        if let Some((&id, _)) = tags.iter().find(|(_, (level, _))| *level > MAX_TAG_LEVEL) {
+            return Err(LoadError::TooDeep { name: format!("id {id}"), level: tags[&id].0 });
+        }
+        let file_table = tables::file_table(&file_rules)?;
+        let tag_table = tables::tag_table(&tags)?;
+        let mut filter = TagFilter::EMPTY;
+        for (&id, &(level, _)) in &tags {
+            filter.insert(id, level);
+        }
+        self.set_filter(&self.published_filter.union(&filter))?;
+        self.publish(&tables::combine(&tag_table, &file_table))?;
+        (self.file_rules, self.tags, self.file_table, self.tag_table) = (file_rules, tags, file_table, tag_table);
+        self.set_filter(&filter)
+    }
+
+    /// Removes the network rules of every policy id not in `live`.
+    #[expect(clippy::implicit_hasher, reason = "the loader's maps use the default hasher")]
+    pub fn retain_net_rules(&mut self, live: &std::collections::HashSet<u32>) -> Result<(), LoadError> {
+        let stale: Vec<Key<NetKey>> = self
+            .net_rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !live.contains(&u32::from_be_bytes(key.data().policy_id)))
+            .collect();
+        for key in stale {
+            self.net_rules.remove(&key).map_err(map_err(NET_RULES_MAP))?;
+        }
+        let stale: Vec<UnixKey> =
+            self.unix_rules.keys().filter_map(Result::ok).filter(|key| !live.contains(&key.policy_id)).collect();
+        for key in stale {
+            self.unix_rules.remove(&key).map_err(map_err(UNIX_RULES_MAP))?;
+        }
+        let stale: Vec<u32> = self.resolvers.keys().filter_map(Result::ok).filter(|id| !live.contains(id)).collect();
+        for id in stale {
+            self.resolvers.remove(&id).map_err(map_err(RESOLVERS_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// How many cgroups are tagged.
+    #[must_use]
+    pub fn tagged_count(&self) -> usize {
+        self.tags.len()
     }
 
     fn publish_tags(&mut self) -> Result<(), LoadError> {
@@ -425,6 +504,7 @@ fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
 /// attached for as long as the value lives.
 pub struct Floor {
     _ebpf: Ebpf,
+    _links: Vec<LsmLink>,
     /// Optional hooks this kernel does not have.
     pub missing_hooks: Vec<&'static str>,
 }
@@ -435,8 +515,8 @@ pub fn load_floor() -> Result<Floor, LoadError> {
     if let Some(lsm) = object.lsm.take() {
         return Err(lsm);
     }
-    let missing_hooks = object.load_lsm("floor_", HOOKS)?;
-    Ok(Floor { _ebpf: object.ebpf, missing_hooks })
+    let (missing_hooks, links) = object.load_lsm("floor_", HOOKS)?;
+    Ok(Floor { _ebpf: object.ebpf, _links: links, missing_hooks })
 }
 
 /// The loaded object (every map created, no program loaded yet) and the
@@ -447,6 +527,60 @@ struct LoadedObject {
     aya_btf: aya::Btf,
     /// Why BPF LSM is not active, if it is not.
     lsm: Option<LoadError>,
+}
+
+/// Every map userspace works with, taken from the object or its pins.
+struct Maps {
+    tables: TableMaps,
+    tag_filter: Array<MapData, TagFilter>,
+    lost: PerCpuArray<MapData, u64>,
+    events: RingBuf<MapData>,
+    net_rules: LpmTrie<MapData, NetKey, NetPorts>,
+    unix_rules: BpfHashMap<MapData, UnixKey, u8>,
+    resolvers: BpfHashMap<MapData, u32, Resolver>,
+    dns_grants: BpfHashMap<MapData, NetKey, DnsGrant>,
+}
+
+/// The maps userspace works with, by their names in the object.
+const MAP_NAMES: &[&str] =
+    &[TABLES_MAP, TAG_FILTER_MAP, LOST_MAP, EVENTS_MAP, NET_RULES_MAP, UNIX_RULES_MAP, RESOLVERS_MAP, DNS_GRANTS_MAP];
+
+impl Maps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        Self::from(|name| ebpf.take_map(name).ok_or(LoadError::MissingMap(name)))
+    }
+
+    fn from(mut take: impl FnMut(&'static str) -> Result<aya::maps::Map, LoadError>) -> Result<Self, LoadError> {
+        Ok(Self {
+            tables: ArrayOfMaps::try_from(take(TABLES_MAP)?).map_err(map_err(TABLES_MAP))?,
+            tag_filter: Array::try_from(take(TAG_FILTER_MAP)?).map_err(map_err(TAG_FILTER_MAP))?,
+            lost: PerCpuArray::try_from(take(LOST_MAP)?).map_err(map_err(LOST_MAP))?,
+            events: RingBuf::try_from(take(EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?,
+            net_rules: LpmTrie::try_from(take(NET_RULES_MAP)?).map_err(map_err(NET_RULES_MAP))?,
+            unix_rules: BpfHashMap::try_from(take(UNIX_RULES_MAP)?).map_err(map_err(UNIX_RULES_MAP))?,
+            resolvers: BpfHashMap::try_from(take(RESOLVERS_MAP)?).map_err(map_err(RESOLVERS_MAP))?,
+            dns_grants: BpfHashMap::try_from(take(DNS_GRANTS_MAP)?).map_err(map_err(DNS_GRANTS_MAP))?,
+        })
+    }
+}
+
+/// Loads the object and every program, attaching the BPF LSM ones; a kernel
+/// without BPF LSM is reported in the second value, not as an error.
+#[expect(clippy::type_complexity, reason = "one private call site per caller")]
+fn load_everything() -> Result<(Ebpf, Option<LoadError>, Vec<&'static str>, Vec<LsmLink>), LoadError> {
+    let mut object = load_object()?;
+    let lsm = object.lsm.take().map_or(Ok(()), Err);
+    let (lsm_missing, missing_hooks, links) =
+        match lsm.and_then(|()| object.load_lsm("", &[HOOKS, NET_HOOKS, FLOOR_HOOKS].concat())) {
+            Ok((missing_hooks, links)) => (None, missing_hooks, links),
+            Err(e @ (LoadError::TrampolineRefused { .. } | LoadError::Kernel(KernelError::BpfLsmInactive { .. }))) => {
+                (Some(e), Vec::new(), Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
+    let mut ebpf = object.ebpf;
+    load_sock_programs(&mut ebpf)?;
+    Ok((ebpf, lsm_missing, missing_hooks, links))
 }
 
 /// Checks the kernel and loads the object.
@@ -465,9 +599,10 @@ fn load_object() -> Result<LoadedObject, LoadError> {
 impl LoadedObject {
     /// Loads and attaches the program `<prefix><hook>` for each of `hooks`
     /// this kernel has. Returns the optional hooks the kernel lacks.
-    fn load_lsm(&mut self, prefix: &str, hooks: &[(&'static str, bool)]) -> Result<Vec<&'static str>, LoadError> {
+    fn load_lsm(&mut self, prefix: &str, hooks: &[(&'static str, bool)]) -> Result<(Vec<&'static str>, Vec<LsmLink>), LoadError> {
         let Self { ebpf, btf, aya_btf, .. } = self;
         let mut missing_hooks = Vec::new();
+        let mut links = Vec::new();
         for &(hook, required) in hooks {
             if !required && !btf.has_function(&format!("bpf_lsm_{hook}")) {
                 missing_hooks.push(hook);
@@ -480,14 +615,22 @@ impl LoadedObject {
                 .map_err(|source| LoadError::Program { hook, source })?;
             let started = std::time::Instant::now();
             program.load(hook, aya_btf).map_err(|source| classify(hook, source))?;
-            program.attach().map_err(|source| LoadError::Program { hook, source })?;
+            let link = program.attach().map_err(|source| LoadError::Program { hook, source })?;
+            links.push(LsmLink { hook, link: program.take_link(link).map_err(|source| LoadError::Program { hook, source })? });
             if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
                 let insns = program.info().ok().and_then(|i| i.verified_instruction_count());
                 eprintln!("enforcer: loaded {prefix}{hook} in {:?}, verifier processed {insns:?} insns", started.elapsed());
             }
         }
-        Ok(missing_hooks)
+        Ok((missing_hooks, links))
     }
+}
+
+/// An attached BPF LSM program's link (dropping it detaches the program,
+/// unless it is pinned).
+pub struct LsmLink {
+    pub hook: &'static str,
+    pub link: aya::programs::lsm::LsmLink,
 }
 
 /// Turns the kernel's refusal into a message that says what to do.

@@ -4,6 +4,8 @@ use clap::Parser as _;
 use enforcer::{
     bench,
     cli::{Cli, Command, ExportCommand, PolicyCommand, SeccompFormat, SyscallsCommand},
+    ctl,
+    daemon::{self, DaemonOptions},
     policy,
     run::{self, RunOptions},
     syscalls::{export, groups},
@@ -15,6 +17,19 @@ fn main() -> ExitCode {
         Command::Run { policy, events, degraded, dns_upstream, command } => {
             run_command(RunOptions { policy, events, degraded, dns_upstream, command })
         }
+        Command::Daemon { config, degraded, uninstall } => daemon::main(DaemonOptions { config, degraded, uninstall }),
+        Command::Tag { cgroup, policy, labels, socket } => ctl::run(ctl::tag(&socket.socket, &cgroup, &policy, &labels)),
+        Command::Untag { cgroup, socket } => ctl::run(ctl::untag(&socket.socket, &cgroup)),
+        Command::Status { json, socket } => ctl::run(ctl::status(&socket.socket, json)),
+        Command::Policies { socket } => ctl::run(ctl::policies(&socket.socket)),
+        Command::Reload { socket } => ctl::run(ctl::reload(&socket.socket)),
+        Command::Tail { cgroup, policy, kind, since, socket } => ctl::run(ctl::tail(
+            &socket.socket,
+            cgroup.as_deref(),
+            policy.as_deref(),
+            kind.as_deref(),
+            since.as_deref(),
+        )),
         Command::Policy { command: PolicyCommand::Check { file } } => check_policy(&file),
         Command::BenchFloor { command } => bench::run_floor(&command),
         Command::Export { command: ExportCommand::Seccomp { policy, format } } => export_seccomp(&policy, format),

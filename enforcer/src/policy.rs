@@ -90,6 +90,14 @@ pub struct Location {
     pub column: usize,
 }
 
+impl Location {
+    /// The line and column of byte `offset` of `text`, read from `file`.
+    #[must_use]
+    pub fn at(text: &str, file: &Path, offset: usize) -> Self {
+        Ctx::new(text, file).locate(&(offset..offset))
+    }
+}
+
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)

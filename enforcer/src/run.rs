@@ -22,7 +22,7 @@ use crate::{
     net_rules::{self, TooManyRanges},
     policy::{self, Mode, Network, Policy, PolicyError},
     rules,
-    stream::{EventStream, Sink},
+    stream::{EventStream, Labels, PolicyLabel, Sink},
     syscalls::{
         self, Arch,
         filter::{FilterError, Handoff, Program},
@@ -92,7 +92,7 @@ impl RunError {
 
 const POLICY_ID: u16 = 1;
 
-fn tag_for(policy: &Policy) -> TagInfo {
+pub fn tag_for(policy: &Policy, policy_id: u16) -> TagInfo {
     let mut flags = 0;
     if policy.mode == Mode::Audit {
         flags |= TAG_AUDIT;
@@ -115,7 +115,7 @@ fn tag_for(policy: &Policy) -> TagInfo {
             flags |= SOCKET_CLASSES.iter().find(|c| c.0 == *class).map_or(0, |c| c.1);
         }
     }
-    TagInfo { policy_id: u32::from(POLICY_ID), flags }
+    TagInfo { policy_id: u32::from(policy_id), flags }
 }
 
 /// Runs the command under the policy; returns the command's exit code.
@@ -166,12 +166,14 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let ring = enforcer.take_events().ok_or(LoadError::MissingMap("EVENTS"))?;
     let mut names = Names::new(hierarchy);
     names.add_root(cgroup);
-    let mut stream = EventStream::new(ring, sink, names).map_err(|e| RunError::Events { path: "ring buffer".into(), source: e })?;
-    stream.add_policy(u32::from(POLICY_ID), &policy.name);
+    let label = PolicyLabel { name: policy.name.clone(), version: None };
+    let labels = Labels { policies: [(u32::from(POLICY_ID), label)].into(), names };
+    let mut stream = EventStream::new(ring, sink, Arc::new(Mutex::new(labels)))
+        .map_err(|e| RunError::Events { path: "ring buffer".into(), source: e })?;
     if let Some(resolver) = &resolver {
         stream.set_grants(resolver.grants.clone());
     }
-    enforcer.tag(cgroup, tag_for(&policy))?;
+    enforcer.tag(cgroup, tag_for(&policy, POLICY_ID))?;
 
     let mut dns = Dns {
         events: dns_events,
@@ -208,7 +210,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
 }
 
 /// The parts of `policy` only BPF LSM programs enforce.
-fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
+pub fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
     let mut parts = vec![
         "the built-in floor: BPF, perf events, modules, mounts, user namespaces, becoming root, ptrace and signals \
          outside the agent, kernel interfaces in /sys and /proc/sys, raw devices, fileless execution (BPF LSM)",
@@ -232,7 +234,7 @@ fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
     parts
 }
 
-fn missing_effect(key: &str) -> &'static str {
+pub fn missing_effect(key: &str) -> &'static str {
     if key == "files.write" {
         "writes there are denied until it exists and the policy is loaded again"
     } else if key == "exec.allow" {

@@ -37,25 +37,104 @@ struct SyscallLine<'a> {
     event: &'a SyscallEvent,
 }
 
-/// Where JSON lines go: a file (appended) or stderr.
-pub struct Sink(Box<dyn Write + Send>);
+/// What a line is about, for those who route or count lines (the daemon).
+pub struct LineMeta<'a> {
+    /// Per-daemon sequence number (`enforcer run`: none).
+    pub seq: u64,
+    pub kind: &'a str,
+    pub action: &'a str,
+    pub policy: &'a str,
+    pub cgroup: Option<&'a str>,
+}
+
+/// Where the daemon's lines go (its file, stdout and followers).
+pub trait LineOut: Send {
+    fn line(&mut self, meta: &LineMeta<'_>, line: Vec<u8>);
+    /// After a batch: push buffered lines out.
+    fn flush(&mut self) {}
+}
+
+/// Where JSON lines go: a file (appended) or stderr (`enforcer run`), or
+/// the daemon's outputs, numbered.
+pub struct Sink {
+    out: Out,
+    /// The next sequence number, for numbered lines.
+    next_seq: Option<u64>,
+}
+
+enum Out {
+    Writer(Box<dyn Write + Send>),
+    Lines(Box<dyn LineOut>),
+}
+
+/// A line with its sequence number first.
+#[derive(serde::Serialize)]
+struct Numbered<'a, T: serde::Serialize> {
+    seq: u64,
+    #[serde(flatten)]
+    line: &'a T,
+}
 
 impl Sink {
     pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
-        Ok(Self(match path {
+        let writer: Box<dyn Write + Send> = match path {
             None => Box::new(std::io::stderr()),
             Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
-        }))
+        };
+        Ok(Self { out: Out::Writer(writer), next_seq: None })
     }
 
-    fn line(&mut self, value: &impl serde::Serialize) {
-        let mut line = serde_json::to_vec(value).unwrap_or_default();
-        line.push(b'\n');
-        // An auditor's pipe closing must not stop enforcement; report once.
-        if let Err(e) = self.0.write_all(&line).and_then(|()| self.0.flush()) {
-            eprintln!("enforcer: warning: cannot write event: {e}");
+    /// Numbered lines (from 1) to `out`.
+    #[must_use]
+    pub fn numbered(out: Box<dyn LineOut>) -> Self {
+        Self { out: Out::Lines(out), next_seq: Some(1) }
+    }
+
+    fn line(&mut self, meta: LineMeta<'_>, value: &impl serde::Serialize) {
+        match &mut self.out {
+            Out::Writer(writer) => {
+                let mut line = serde_json::to_vec(value).unwrap_or_default();
+                line.push(b'\n');
+                // An auditor's pipe closing must not stop enforcement; report once.
+                if let Err(e) = writer.write_all(&line).and_then(|()| writer.flush()) {
+                    eprintln!("enforcer: warning: cannot write event: {e}");
+                }
+            }
+            Out::Lines(out) => {
+                let seq = self.next_seq.unwrap_or(1);
+                self.next_seq = Some(seq + 1);
+                let mut line = serde_json::to_vec(&Numbered { seq, line: value }).unwrap_or_default();
+                line.push(b'\n');
+                out.line(&LineMeta { seq, ..meta }, line);
+            }
         }
     }
+
+    pub fn flush(&mut self) {
+        if let Out::Lines(out) = &mut self.out {
+            out.flush();
+        }
+    }
+
+    /// A line the daemon writes itself (`daemon` events: reloads, starts).
+    pub fn daemon_line(&mut self, kind: &str, value: &impl serde::Serialize) {
+        self.line(LineMeta { seq: 0, kind, action: "", policy: "", cgroup: None }, value);
+    }
+}
+
+/// What names a policy in events.
+#[derive(Clone, Debug)]
+pub struct PolicyLabel {
+    pub name: String,
+    /// Daemon: the version and hash.
+    pub version: Option<(u32, String)>,
+}
+
+/// Names for the ids in kernel records, shared with whoever tags and loads
+/// policies (the daemon changes them while the stream runs).
+pub struct Labels {
+    pub policies: HashMap<u32, PolicyLabel>,
+    pub names: Names,
 }
 
 /// The ring buffer plus what is needed to name things in events.
@@ -63,30 +142,40 @@ pub struct EventStream {
     ring: AsyncFd<RingBuf<MapData>>,
     sink: Sink,
     clock: Clock,
-    names: Names,
-    policies: HashMap<u32, String>,
+    labels: Arc<Mutex<Labels>>,
     lost_reported: u64,
     /// The resolver's grants: which name a denied address was resolved from.
     grants: Option<Arc<Mutex<Grants>>>,
 }
 
 impl EventStream {
-    pub fn new(ring: RingBuf<MapData>, sink: Sink, names: Names) -> std::io::Result<Self> {
+    pub fn new(ring: RingBuf<MapData>, sink: Sink, labels: Arc<Mutex<Labels>>) -> std::io::Result<Self> {
         Ok(Self {
             // SAFETY: the ring buffer owns its fd and keeps it open while
             // the AsyncFd holds it.
             ring: unsafe { AsyncFd::register(ring)? },
             sink,
             clock: Clock::new(),
-            names,
-            policies: HashMap::new(),
+            labels,
             lost_reported: 0,
             grants: None,
         })
     }
 
-    pub fn add_policy(&mut self, id: u32, name: &str) {
-        self.policies.insert(id, name.to_owned());
+    /// Counts lost events from `reported` on (an adopted ring buffer's
+    /// counter did not start at zero).
+    pub fn set_lost_reported(&mut self, reported: u64) {
+        self.lost_reported = reported;
+    }
+
+    #[must_use]
+    pub fn lost_reported(&self) -> u64 {
+        self.lost_reported
+    }
+
+    /// The sink, for lines of the stream's owner.
+    pub fn sink(&mut self) -> &mut Sink {
+        &mut self.sink
     }
 
     pub fn set_grants(&mut self, grants: Arc<Mutex<Grants>>) {
@@ -95,16 +184,14 @@ impl EventStream {
 
     /// Writes a `dns` event of the resolver.
     pub fn dns_event(&mut self, event: &DnsEvent, policy: &str, cgroup: &str, cgroup_id: u64) {
-        self.sink.line(&DnsLine { ts: self.clock.now(), policy, cgroup, cgroup_id, event });
+        let meta = LineMeta { seq: 0, kind: event.kind, action: event.action, policy, cgroup: Some(cgroup) };
+        self.sink.line(meta, &DnsLine { ts: self.clock.now(), policy, cgroup, cgroup_id, event });
     }
 
     /// Writes a `syscall` event of the seccomp supervisor.
     pub fn syscall_event(&mut self, event: &SyscallEvent, policy: &str) {
-        self.sink.line(&SyscallLine { ts: self.clock.now(), policy, event });
-    }
-
-    pub fn names(&mut self) -> &mut Names {
-        &mut self.names
+        let meta = LineMeta { seq: 0, kind: "syscall", action: event.action, policy, cgroup: event.cgroup.as_deref() };
+        self.sink.line(meta, &SyscallLine { ts: self.clock.now(), policy, event });
     }
 
     /// Waits until records are available, then writes them all.
@@ -117,32 +204,43 @@ impl EventStream {
 
     /// Writes every record available now.
     pub fn drain(&mut self) {
-        let Self { ring, sink, clock, names, policies, grants, .. } = self;
+        let Self { ring, sink, clock, labels, grants, .. } = self;
         let ring = ring.get_mut();
+        let Ok(mut labels) = labels.lock() else { return };
         while let Some(item) = ring.next() {
             match events::decode(&item) {
                 Ok(record) => {
-                    let policy = policies.get(&record.header.policy_id).map_or("unknown", String::as_str);
-                    let cgroup = names.name(record.header.cgroup_id);
-                    let mut event = record.into_event(Context { clock, policy, cgroup });
+                    let label = labels.policies.get(&record.header.policy_id).cloned();
+                    let policy = label.as_ref().map_or("unknown", |l| l.name.as_str());
+                    let version = label.as_ref().and_then(|l| l.version.as_ref()).map(|(v, h)| (*v, h.as_str()));
+                    let cgroup = labels.names.name(record.header.cgroup_id);
+                    let mut event = record.into_event(Context { clock, policy, version, cgroup });
                     if let (Some(net), Some(grants)) = (event.net.as_mut(), grants.as_ref())
                         && let Some(daddr) = net.daddr.as_deref().and_then(|d| d.parse().ok())
                         && let Ok(grants) = grants.lock()
                     {
                         net.resolved_from = Some(grants.resolved_from(daddr).map(str::to_owned));
                     }
-                    sink.line(&event);
+                    let meta = LineMeta {
+                        seq: 0,
+                        kind: event.kind,
+                        action: event.action,
+                        policy: &event.policy,
+                        cgroup: event.cgroup.as_deref(),
+                    };
+                    sink.line(meta, &event);
                 }
                 Err(e) => eprintln!("enforcer: warning: {e}"),
             }
         }
+        sink.flush();
     }
 
     /// Reports events lost since the last report (`total` counts since load).
     pub fn report_lost(&mut self, total: u64) {
         if total > self.lost_reported {
             let lost = Lost { ts: self.clock.now(), kind: "lost", count: total - self.lost_reported };
-            self.sink.line(&lost);
+            self.sink.line(LineMeta { seq: 0, kind: "lost", action: "", policy: "", cgroup: None }, &lost);
             self.lost_reported = total;
         }
     }

@@ -1,0 +1,318 @@
+//! The orchestrator API: HTTP/JSON on the daemon's unix socket (axum),
+//! open to root and the configured group, never to a process in a tagged
+//! cgroup.
+//!
+//! `GET /v1/status`, `GET /v1/policies`, `GET /v1/tags`,
+//! `POST /v1/tags {"cgroup","policy","labels"}`, `DELETE /v1/tags?cgroup=`,
+//! `POST /v1/reload`, `GET /v1/events?cgroup=&policy=&kind=&since=` (JSON
+//! lines, followed), `GET /metrics` (Prometheus text).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::Ordering},
+    time::SystemTime,
+};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+
+use super::{
+    core::{Core, OpError},
+    fanout::{Feed, Line},
+    metrics::{Metrics, Snapshot},
+};
+
+/// What every request handler shares.
+pub struct Shared {
+    pub core: tokio::sync::Mutex<Core>,
+    pub feed: Feed,
+    pub metrics: Arc<Metrics>,
+    /// The daemon's own events (reloads, tags), written by the stream task.
+    pub notices: mpsc::UnboundedSender<serde_json::Value>,
+    pub socket_gid: Option<u32>,
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/policies", get(policies))
+        .route("/v1/tags", get(tags).post(tag).delete(untag))
+        .route("/v1/reload", post(reload))
+        .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+impl IntoResponse for OpError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        error(status, self)
+    }
+}
+
+fn policy_list(core: &Core) -> Vec<serde_json::Value> {
+    core.policies()
+        .map(|p| {
+            json!({
+                "name": p.name, "version": p.version, "hash": p.hash, "file": p.file, "mode": p.policy.mode.as_str(),
+                "loaded_at": p.loaded_at, "tagged_cgroups": core.users(&p.name), "warnings": p.warnings,
+            })
+        })
+        .collect()
+}
+
+pub fn snapshot(core: &Core) -> Snapshot {
+    Snapshot {
+        tagged_cgroups: core.tags().len(),
+        policies: core.policies().map(|p| (p.name.clone(), p.version, p.hash.clone(), core.users(&p.name))).collect(),
+        reloads: core.reloads,
+        reload_failures: core.reload_failures,
+        lost_events: core.enforcer.lost_events().unwrap_or(0),
+        ring: None,
+        lsm_enforced: core.enforcer.lsm_missing().is_none(),
+        not_enforced: core.not_enforced.len(),
+    }
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    let core = shared.core.lock().await;
+    Json(json!({
+        "daemon": {
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "build": crate::load::build_id(),
+            "started_at": core.started_at,
+            "adopted": core.adopted,
+            "pins": core.enforcer.pin_dir(),
+            "policy_dir": core.config.policies,
+            "socket": core.config.socket,
+        },
+        "kernel": {
+            "bpf_lsm": core.enforcer.lsm_missing().is_none(),
+            "bpf_lsm_missing": core.enforcer.lsm_missing().map(ToString::to_string),
+            "not_enforced": core.not_enforced,
+            "missing_hooks": core.enforcer.missing_hooks,
+        },
+        "policies": policy_list(&core),
+        "rejected": core.rejected,
+        "tags": core.tags(),
+        "counters": {
+            "lost_events": core.enforcer.lost_events().unwrap_or(0),
+            "reloads": core.reloads,
+            "reload_failures": core.reload_failures,
+            "followers": shared.metrics.followers.load(Ordering::Relaxed),
+            "follower_cuts": shared.metrics.follower_cuts.load(Ordering::Relaxed),
+        },
+    }))
+    .into_response()
+}
+
+async fn policies(State(shared): State<Arc<Shared>>) -> Response {
+    let core = shared.core.lock().await;
+    Json(json!({ "policies": policy_list(&core), "rejected": core.rejected })).into_response()
+}
+
+async fn tags(State(shared): State<Arc<Shared>>) -> Response {
+    Json(json!({ "tags": shared.core.lock().await.tags() })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagRequest {
+    cgroup: String,
+    policy: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+async fn tag(State(shared): State<Arc<Shared>>, Json(request): Json<TagRequest>) -> Response {
+    let result = shared.core.lock().await.tag(&request.cgroup, &request.policy, request.labels);
+    match result {
+        Ok(tag) => {
+            let _ = shared.notices.send(json!({ "kind": "tagged", "cgroup": tag.cgroup, "policy": tag.policy, "labels": tag.labels }));
+            Json(tag).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct UntagQuery {
+    cgroup: String,
+}
+
+async fn untag(State(shared): State<Arc<Shared>>, Query(query): Query<UntagQuery>) -> Response {
+    let result = shared.core.lock().await.untag(&query.cgroup);
+    match result {
+        Ok(tag) => {
+            let _ = shared.notices.send(json!({ "kind": "untagged", "cgroup": tag.cgroup, "policy": tag.policy }));
+            Json(tag).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn reload(State(shared): State<Arc<Shared>>) -> Response {
+    let report = shared.core.lock().await.reload();
+    super::announce_reload(&shared.notices, &report);
+    let status = if report.rejected.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    (status, Json(report)).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let snapshot = snapshot(&*shared.core.lock().await);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.render(&snapshot)).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Follow {
+    /// This cgroup and those below it.
+    cgroup: Option<String>,
+    policy: Option<String>,
+    kind: Option<String>,
+    /// Replay recent lines first: an RFC 3339 time or a duration (`5m`).
+    since: Option<String>,
+}
+
+impl Follow {
+    fn wants(&self, line: &Line) -> bool {
+        let cgroup_ok = self.cgroup.as_deref().is_none_or(|want| {
+            let want = want.trim_end_matches('/');
+            line.cgroup.as_deref().is_some_and(|c| c == want || c.starts_with(&format!("{want}/")))
+        });
+        cgroup_ok
+            && self.policy.as_deref().is_none_or(|p| line.policy == p)
+            && self.kind.as_deref().is_none_or(|k| line.kind == k)
+    }
+}
+
+fn parse_since(text: &str) -> Option<SystemTime> {
+    humantime::parse_duration(text)
+        .ok()
+        .and_then(|ago| SystemTime::now().checked_sub(ago))
+        .or_else(|| humantime::parse_rfc3339_weak(text).ok())
+}
+
+/// A follower's progress through history, then the live feed.
+struct Follower {
+    shared: Arc<Shared>,
+    filter: Follow,
+    backlog: std::collections::VecDeque<Arc<Line>>,
+    live: broadcast::Receiver<Arc<Line>>,
+    last_seq: u64,
+    done: bool,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.shared.metrics.followers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Follow>) -> Response {
+    let since = match filter.since.as_deref().map(|s| (s, parse_since(s))) {
+        Some((text, None)) => {
+            return error(StatusCode::BAD_REQUEST, format!("since `{text}` is neither a duration (`5m`) nor an RFC 3339 time"));
+        }
+        Some((_, Some(since))) => Some(since),
+        None => None,
+    };
+    // Subscribe before reading history: nothing falls between the two.
+    let live = shared.feed.live.subscribe();
+    let backlog = match since {
+        Some(since) => shared
+            .feed
+            .history
+            .lock()
+            .map(|h| h.iter().filter(|l| l.at >= since && filter.wants(l)).cloned().collect())
+            .unwrap_or_default(),
+        None => std::collections::VecDeque::new(),
+    };
+    shared.metrics.followers.fetch_add(1, Ordering::Relaxed);
+    let follower = Follower { shared, filter, backlog, live, last_seq: 0, done: false };
+    let stream = futures_util::stream::unfold(follower, |mut f| async move {
+        if f.done {
+            return None;
+        }
+        if let Some(line) = f.backlog.pop_front() {
+            f.last_seq = line.seq;
+            return Some((Ok::<_, std::convert::Infallible>(line.bytes.clone()), f));
+        }
+        loop {
+            match f.live.recv().await {
+                Ok(line) if line.seq > f.last_seq && f.filter.wants(&line) => {
+                    f.last_seq = line.seq;
+                    return Some((Ok(line.bytes.clone()), f));
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    f.shared.metrics.follower_cuts.fetch_add(1, Ordering::Relaxed);
+                    f.shared.metrics.follower_dropped.fetch_add(missed, Ordering::Relaxed);
+                    eprintln!("enforcer: a follower fell {missed} lines behind and was cut off");
+                    let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+                    let message = json!({
+                        "ts": ts, "kind": "follower_cut", "missed": missed,
+                        "message": format!("this follower fell {missed} lines behind and was cut off; follow again (--since to replay recent lines)"),
+                    });
+                    f.done = true;
+                    let mut line = serde_json::to_vec(&message).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok(line.into()), f));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    ([(header::CONTENT_TYPE, "application/jsonl")], Body::from_stream(stream)).into_response()
+}
+
+/// Why a peer may not use the API, if it may not.
+pub async fn refuse_peer(shared: &Shared, cred: Option<tokio::net::unix::UCred>) -> Option<String> {
+    let Some(cred) = cred else { return Some("the peer's credentials are unknown".to_owned()) };
+    let Some(pid) = cred.pid() else { return Some("the peer's pid is unknown".to_owned()) };
+    let groups = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let in_group = shared.socket_gid.is_some_and(|gid| {
+        cred.gid() == gid
+            || groups
+                .lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .is_some_and(|g| g.split_whitespace().any(|g| g.parse() == Ok(gid)))
+    });
+    if cred.uid() != 0 && !in_group {
+        return Some(format!("uid {} may not use the enforcer's API (root or the socket group only)", cred.uid()));
+    }
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let Some(path) = cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return Some(format!("cannot tell the cgroup of pid {pid}"));
+    };
+    if shared.core.lock().await.is_agent(path) {
+        return Some(format!("pid {pid} is in a tagged agent cgroup ({path}): agents may not use the enforcer's API"));
+    }
+    None
+}
+
+/// The router a refused peer gets: every request answers 403 with why.
+pub fn refusing(why: String) -> Router {
+    Router::new().fallback(move || {
+        let why = why.clone();
+        async move { error(StatusCode::FORBIDDEN, why) }
+    })
+}

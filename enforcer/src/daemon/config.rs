@@ -1,0 +1,195 @@
+//! The daemon's configuration file (TOML).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::policy::Location;
+
+/// Where the daemon looks when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/enforcer/enforcer.toml";
+/// Where the CLI finds the daemon when `--socket` is not given.
+pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcer.sock";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Policy files (`*.toml`), watched for changes.
+    pub policies: PathBuf,
+    /// The API's unix socket.
+    pub socket: PathBuf,
+    /// A group whose members may use the socket besides root.
+    pub socket_group: Option<String>,
+    /// Where the daemon keeps what a restarted daemon adopts (tags, the
+    /// policies in force); a tmpfs, like the pins, gone at reboot.
+    pub state_dir: PathBuf,
+    /// Where programs, links and maps are pinned (on a bpffs).
+    pub bpffs: PathBuf,
+    pub events: Events,
+    pub metrics: Metrics,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    /// Every event on stdout as well (the journal, under systemd).
+    pub stdout: bool,
+    /// A JSON-lines file, rotated by size.
+    pub file: Option<PathBuf>,
+    /// Rotate the file when it reaches this size.
+    pub file_max_bytes: u64,
+    /// Rotated files kept (`events.jsonl.1` is the newest).
+    pub file_keep: u32,
+    /// Lines a follower may fall behind before it is cut off.
+    pub follower_buffer: usize,
+    /// Recent lines kept for `enforcer tail --since`.
+    pub history: usize,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Serve Prometheus metrics over TCP here too (they are always on the
+    /// socket at `/metrics`).
+    pub address: Option<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            policies: "/etc/enforcer/policies".into(),
+            socket: DEFAULT_SOCKET.into(),
+            socket_group: None,
+            state_dir: "/run/enforcer".into(),
+            bpffs: "/sys/fs/bpf/enforcer".into(),
+            events: Events::default(),
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self { stdout: false, file: None, file_max_bytes: 100 << 20, file_keep: 5, follower_buffer: 65_536, history: 10_000 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the daemon's configuration: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{at}: error: {message}\n  hint: {hint}")]
+    Invalid { at: Location, message: String, hint: String },
+}
+
+const HINT: &str = "the configuration has `policies`, `socket`, `socket_group`, `state_dir`, `bpffs`, an \
+[events] table with `stdout`, `file`, `file_max_bytes`, `file_keep`, `follower_buffer` and `history`, and a \
+[metrics] table with `address`; see packaging/enforcer.toml";
+
+impl Config {
+    /// Reads `path`, or the default file if `path` is `None` (defaults if
+    /// that does not exist; a file named explicitly must exist).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, explicit) = match path {
+            Some(path) => (path, true),
+            None => (Path::new(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(Self::default()),
+            Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
+        };
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |offset: usize, message: String, hint: &str| ConfigError::Invalid {
+            at: Location::at(text, path, offset),
+            message,
+            hint: hint.to_owned(),
+        };
+        let config: Self = toml::from_str(text)
+            .map_err(|e| invalid(e.span().map_or(0, |s| s.start), e.message().trim().to_owned(), HINT))?;
+        // Values are checked where they are written (by key, for the line).
+        let at = |key: &str| text.find(&format!("{key} ")).or_else(|| text.find(key)).unwrap_or(0);
+        for (key, path) in [("policies", &config.policies), ("socket", &config.socket), ("state_dir", &config.state_dir), ("bpffs", &config.bpffs)] {
+            if !path.is_absolute() {
+                return Err(invalid(at(key), format!("`{key}` must be an absolute path, not `{}`", path.display()), HINT));
+            }
+        }
+        if let Some(file) = &config.events.file
+            && !file.is_absolute()
+        {
+            return Err(invalid(at("file"), format!("events.file must be an absolute path, not `{}`", file.display()), HINT));
+        }
+        if config.events.file_max_bytes < 4096 {
+            return Err(invalid(at("file_max_bytes"), "events.file_max_bytes is below 4096".to_owned(), "rotate at 4096 bytes or more"));
+        }
+        if config.events.file_keep == 0 {
+            return Err(invalid(at("file_keep"), "events.file_keep is 0".to_owned(), "keep at least one rotated file"));
+        }
+        if config.events.follower_buffer < 16 {
+            return Err(invalid(at("follower_buffer"), "events.follower_buffer is below 16".to_owned(), "use 16 lines or more"));
+        }
+        if let Some(group) = &config.socket_group
+            && group_id(group).is_none()
+        {
+            return Err(invalid(
+                at("socket_group"),
+                format!("socket_group `{group}` is not a group on this host"),
+                "create the group (groupadd) or remove socket_group (root only)",
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The socket group's id, if one is configured.
+    #[must_use]
+    pub fn socket_gid(&self) -> Option<u32> {
+        self.socket_group.as_deref().and_then(group_id)
+    }
+}
+
+/// The id of group `name`, from the group database.
+fn group_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam reads a NUL-terminated name; the result points into
+    // static storage, read at once (the daemon looks groups up from one thread).
+    let group = unsafe { libc::getgrnam(name.as_ptr()) };
+    // SAFETY: non-null results point at a valid `struct group`.
+    (!group.is_null()).then(|| unsafe { (*group).gr_gid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_means_defaults() {
+        let config = Config::parse("", Path::new("c.toml")).unwrap();
+        assert_eq!(config.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(config.events.file_keep, 5);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_line() {
+        let err = Config::parse("socket = \"/run/x.sock\"\n[events]\nstdot = true\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().starts_with("c.toml:3:"), "{err}");
+        assert!(err.to_string().contains("stdot"), "{err}");
+        let err = Config::parse("policies = \"relative/dir\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().starts_with("c.toml:1:") && err.to_string().contains("absolute"), "{err}");
+        let err = Config::parse("[events]\nfile_keep = 0\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().starts_with("c.toml:2:"), "{err}");
+        let err = Config::parse("socket_group = \"no-such-group-here\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("not a group"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/enforcer.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/enforcer.toml"), "{err}");
+    }
+}

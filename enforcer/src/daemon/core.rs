@@ -1,0 +1,469 @@
+//! What the daemon holds: the policies in force, the tagged cgroups, and the
+//! enforcer whose tables express them. Every change goes through here, is
+//! published to the kernel in one table swap, and is saved for a restarted
+//! daemon to adopt.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use enforcer_common::policy::FileRuleKey;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    config::Config,
+    policies::{self, Ids, Loaded, Rejected},
+};
+use crate::{
+    cgroups::{Cgroup, Hierarchy},
+    load::{Enforcer, LoadError},
+    stream::{Labels, PolicyLabel},
+};
+
+/// One tagged cgroup.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Tag {
+    /// Its path below the cgroup2 mount, e.g. `/agents.slice/a.scope`.
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub level: u32,
+    pub policy: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub tagged_at: String,
+}
+
+/// A policy version in force, as saved.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SavedPolicy {
+    name: String,
+    file: PathBuf,
+    id: u16,
+    version: u32,
+    source: String,
+}
+
+/// What a restarted daemon adopts.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    build: String,
+    lost_reported: u64,
+    policies: Vec<SavedPolicy>,
+    tags: Vec<Tag>,
+}
+
+/// An error of an API operation, with the HTTP status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<LoadError> for OpError {
+    fn from(e: LoadError) -> Self {
+        Self::Failed(e.to_string())
+    }
+}
+
+/// What one reload did.
+#[derive(Debug, Default, Serialize)]
+pub struct ReloadReport {
+    /// Policies loaded as a new version: (name, version, hash).
+    pub applied: Vec<(String, u32, String)>,
+    pub unchanged: Vec<String>,
+    pub unloaded: Vec<String>,
+    /// Files that were not applied; what was in force stays.
+    pub rejected: Vec<Rejected>,
+    pub warnings: Vec<String>,
+}
+
+pub struct Core {
+    pub enforcer: Enforcer,
+    pub hierarchy: Hierarchy,
+    pub config: Config,
+    policies: BTreeMap<String, Loaded>,
+    tags: BTreeMap<u64, Tag>,
+    ids: Ids,
+    /// The files the last reload rejected (in `status` until they load).
+    pub rejected: Vec<Rejected>,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub lost_reported: u64,
+    pub labels: Arc<Mutex<Labels>>,
+    /// What the kernel cannot enforce (`--degraded`).
+    pub not_enforced: Vec<&'static str>,
+    pub started_at: String,
+    pub adopted: bool,
+}
+
+impl Core {
+    /// Restores the saved state (the policies and tags an earlier daemon
+    /// had in force), then loads the policy directory; publishes it all in
+    /// one swap.
+    pub fn start(config: Config, enforcer: Enforcer, hierarchy: Hierarchy, adopted: bool) -> (Self, ReloadReport) {
+        let labels = Labels { policies: HashMap::new(), names: crate::cgroups::Names::new(hierarchy.clone()) };
+        let mut core = Self {
+            enforcer,
+            hierarchy,
+            config,
+            policies: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            ids: Ids::new(),
+            rejected: Vec::new(),
+            reloads: 0,
+            reload_failures: 0,
+            lost_reported: 0,
+            labels: Arc::new(Mutex::new(labels)),
+            not_enforced: Vec::new(),
+            started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            adopted,
+        };
+        let mut report = ReloadReport::default();
+        let state = core.read_state();
+        if adopted {
+            core.lost_reported = state.lost_reported;
+        }
+        for saved in state.policies {
+            match policies::compile(&saved.file, &saved.source, saved.id, saved.version) {
+                Ok(loaded) => _ = core.policies.insert(loaded.name.clone(), loaded),
+                Err(e) => report.warnings.push(format!("the saved version {} of policy `{}` no longer compiles: {e}", saved.version, saved.name)),
+            }
+        }
+        for tag in state.tags {
+            let path = core.hierarchy.mount_point.join(tag.cgroup.trim_start_matches('/'));
+            let exists = std::fs::metadata(&path).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == tag.cgroup_id);
+            if !exists {
+                report.warnings.push(format!("cgroup {} is gone: its tag is dropped", tag.cgroup));
+            } else if !core.policies.contains_key(&tag.policy) {
+                report.warnings.push(format!("cgroup {}: its policy `{}` could not be restored", tag.cgroup, tag.policy));
+            } else {
+                core.tags.insert(tag.cgroup_id, tag);
+            }
+        }
+        let max_id = core.policies.values().map(|p| p.id).max().unwrap_or(0);
+        core.ids = Ids::after(max_id);
+        let mut reload = core.reload_inner(true);
+        reload.warnings.splice(0..0, report.warnings);
+        (core, reload)
+    }
+
+    /// Loads the policy directory again: changed files become new versions,
+    /// switched to atomically; files that fail leave what was in force.
+    pub fn reload(&mut self) -> ReloadReport {
+        self.reload_inner(false)
+    }
+
+    fn reload_inner(&mut self, publish_always: bool) -> ReloadReport {
+        self.reloads += 1;
+        let mut report = ReloadReport::default();
+        let (texts, rejected) = match policies::scan(&self.config.policies) {
+            Ok(found) => found,
+            Err(e) => {
+                let error = format!("{}: cannot read the policy directory: {e}", self.config.policies.display());
+                report.rejected.push(Rejected { file: self.config.policies.clone(), error });
+                (Vec::new(), Vec::new())
+            }
+        };
+        report.rejected.extend(rejected);
+        let dir_unreadable = !report.rejected.is_empty() && texts.is_empty() && !self.config.policies.is_dir();
+        let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut fresh: BTreeMap<String, Loaded> = BTreeMap::new();
+        for (file, text) in &texts {
+            let Some(name) = policies::declared_name(text, file) else {
+                let error = policies::compile(file, text, 1, 1).err().unwrap_or_default();
+                report.rejected.push(Rejected { file: file.clone(), error });
+                continue;
+            };
+            if let Some(first) = seen.get(&name) {
+                let error = format!("{}: error: policy `{name}` is already defined by {}", file.display(), first.display());
+                report.rejected.push(Rejected { file: file.clone(), error });
+                continue;
+            }
+            seen.insert(name.clone(), file.clone());
+            let current = self.policies.get(&name);
+            if current.is_some_and(|c| c.hash == policies::hash(text)) {
+                report.unchanged.push(name);
+                continue;
+            }
+            let used: BTreeSet<u16> = self.policies.values().chain(fresh.values()).map(|p| p.id).collect();
+            let Some(id) = self.ids.allocate(&used) else {
+                report.rejected.push(Rejected { file: file.clone(), error: "every policy id is in use".to_owned() });
+                continue;
+            };
+            let version = current.map_or(1, |c| c.version + 1);
+            match policies::compile(file, text, id, version) {
+                Ok(loaded) => {
+                    report.warnings.extend(loaded.warnings.iter().cloned());
+                    fresh.insert(name, loaded);
+                }
+                Err(error) => report.rejected.push(Rejected { file: file.clone(), error }),
+            }
+        }
+        // A policy whose file is gone is unloaded, unless cgroups are tagged
+        // with it (untagging them is the orchestrator's decision, not ours)
+        // or its file only failed to load.
+        let rejected_files: HashSet<PathBuf> = report.rejected.iter().map(|r| r.file.clone()).collect();
+        let mut unload = Vec::new();
+        for (name, current) in &self.policies {
+            if seen.contains_key(name) || rejected_files.contains(&current.file) || dir_unreadable {
+                continue;
+            }
+            let users = self.tags.values().filter(|t| t.policy == *name).count();
+            if users == 0 {
+                unload.push(name.clone());
+            } else {
+                report.rejected.push(Rejected {
+                    file: current.file.clone(),
+                    error: format!(
+                        "{}: policy `{name}` was removed, but {users} cgroup(s) are tagged with it: version {} stays in \
+                         force until they are untagged",
+                        current.file.display(),
+                        current.version
+                    ),
+                });
+            }
+        }
+        if !fresh.is_empty() || !unload.is_empty() || publish_always {
+            if let Err(e) = self.apply(&mut fresh, &unload) {
+                for loaded in fresh.values() {
+                    report.rejected.push(Rejected { file: loaded.file.clone(), error: format!("cannot apply: {e}") });
+                }
+                fresh.clear();
+                unload.clear();
+            }
+        }
+        for (name, loaded) in fresh {
+            report.applied.push((name.clone(), loaded.version, loaded.hash.clone()));
+            self.policies.insert(name, loaded);
+        }
+        for name in unload {
+            self.policies.remove(&name);
+            report.unloaded.push(name);
+        }
+        if !report.rejected.is_empty() {
+            self.reload_failures += 1;
+        }
+        self.rejected.clone_from(&report.rejected);
+        self.save();
+        report
+    }
+
+    /// Publishes the policies in force with `fresh` replacing (or joining)
+    /// them and `unload` gone; on error nothing changed in the kernel.
+    fn apply(&mut self, fresh: &mut BTreeMap<String, Loaded>, unload: &[String]) -> Result<(), LoadError> {
+        let in_force = |name: &String| fresh.get(name).or_else(|| self.policies.get(name));
+        let names: BTreeSet<&String> = self.policies.keys().chain(fresh.keys()).filter(|n| !unload.contains(n)).collect();
+        let mut file_rules: HashMap<FileRuleKey, u16> = HashMap::new();
+        for loaded in names.iter().filter_map(|n| in_force(n)) {
+            for &(key, flags) in &loaded.file_rules {
+                *file_rules.entry(key).or_default() |= flags;
+            }
+        }
+        let tags: HashMap<_, _> = self
+            .tags
+            .values()
+            .filter_map(|t| in_force(&t.policy).map(|p| (t.cgroup_id, (t.level, p.tag))))
+            .collect();
+        let live: HashSet<u32> = names.iter().filter_map(|n| in_force(n)).map(|p| u32::from(p.id)).collect();
+        let old_live: HashSet<u32> = self.policies.values().map(|p| u32::from(p.id)).collect();
+        // New versions' network rules go in beside the old ones first.
+        for loaded in fresh.values() {
+            if let Some(net) = &loaded.net
+                && let Err(e) = self.enforcer.add_net_rules(net)
+            {
+                let _ = self.enforcer.retain_net_rules(&old_live);
+                return Err(e);
+            }
+        }
+        if let Err(e) = self.enforcer.replace_all(file_rules, tags) {
+            let _ = self.enforcer.retain_net_rules(&old_live);
+            return Err(e);
+        }
+        self.enforcer.retain_net_rules(&live)?;
+        if let Ok(mut labels) = self.labels.lock() {
+            for loaded in names.iter().filter_map(|n| in_force(n)) {
+                let label = PolicyLabel { name: loaded.name.clone(), version: Some((loaded.version, loaded.hash.clone())) };
+                labels.policies.insert(u32::from(loaded.id), label);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a cgroup argument: a path below the cgroup2 mount (`/a/b`)
+    /// or the same with the mount point in front.
+    fn cgroup(&self, arg: &str) -> Result<Cgroup, OpError> {
+        let mount = &self.hierarchy.mount_point;
+        let path = Path::new(arg);
+        let path = if path.starts_with(mount) { path.to_owned() } else { mount.join(arg.trim_start_matches('/')) };
+        if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(OpError::Invalid(format!("cgroup `{arg}`: `..` is not allowed")));
+        }
+        if !path.join("cgroup.procs").exists() {
+            return Err(OpError::NotFound(format!(
+                "cgroup `{arg}` does not exist ({} is not a cgroup directory); create it first",
+                path.display()
+            )));
+        }
+        Cgroup::open(&self.hierarchy, &path).map_err(|e| OpError::Failed(e.to_string()))
+    }
+
+    /// Tags a cgroup with a loaded policy (again: switches its policy).
+    pub fn tag(&mut self, cgroup: &str, policy: &str, labels: BTreeMap<String, String>) -> Result<Tag, OpError> {
+        let Some(loaded) = self.policies.get(policy) else {
+            let known: Vec<&str> = self.policies.keys().map(String::as_str).collect();
+            return Err(OpError::NotFound(format!(
+                "no policy named `{policy}` is loaded (loaded: {}); add its file to {}",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") },
+                self.config.policies.display()
+            )));
+        };
+        let tag_info = loaded.tag;
+        let cgroup = self.cgroup(cgroup)?;
+        if cgroup.level == 0 {
+            return Err(OpError::Invalid("the root cgroup cannot be tagged: tag the agent's own cgroup".to_owned()));
+        }
+        // The socket programs go on first: once tagged, all is judged.
+        self.enforcer.attach_net_pinned(&cgroup)?;
+        self.enforcer.tag(&cgroup, tag_info)?;
+        let tag = Tag {
+            cgroup: cgroup.name.clone(),
+            cgroup_id: cgroup.id,
+            level: cgroup.level,
+            policy: policy.to_owned(),
+            labels,
+            tagged_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        if let Ok(mut labels) = self.labels.lock() {
+            labels.names.add_root(&cgroup);
+        }
+        self.tags.insert(cgroup.id, tag.clone());
+        self.save();
+        Ok(tag)
+    }
+
+    /// Untags a cgroup (by path; a removed cgroup by the path it had).
+    pub fn untag(&mut self, cgroup: &str) -> Result<Tag, OpError> {
+        let name = format!("/{}", cgroup.trim_start_matches(&*self.hierarchy.mount_point.to_string_lossy()).trim_matches('/'));
+        let id = self.cgroup(cgroup).ok().map(|c| c.id);
+        let found = self.tags.values().find(|t| Some(t.cgroup_id) == id || t.cgroup == name).map(|t| t.cgroup_id);
+        let Some(id) = found else {
+            return Err(OpError::NotFound(format!("cgroup `{cgroup}` is not tagged")));
+        };
+        self.drop_tag(id)
+    }
+
+    fn drop_tag(&mut self, id: u64) -> Result<Tag, OpError> {
+        let tag = self.tags.get(&id).cloned().ok_or_else(|| OpError::NotFound(format!("cgroup id {id} is not tagged")))?;
+        let cgroup = Cgroup { path: PathBuf::new(), name: tag.cgroup.clone(), id, level: tag.level };
+        self.enforcer.untag(&cgroup)?;
+        self.tags.remove(&id);
+        self.enforcer.detach_net_pinned(id)?;
+        self.save();
+        Ok(tag)
+    }
+
+    /// Drops the tags of cgroups that were removed.
+    pub fn sweep(&mut self) -> Vec<Tag> {
+        let gone: Vec<u64> = self
+            .tags
+            .values()
+            .filter(|t| {
+                let path = self.hierarchy.mount_point.join(t.cgroup.trim_start_matches('/'));
+                !std::fs::metadata(&path).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == t.cgroup_id)
+            })
+            .map(|t| t.cgroup_id)
+            .collect();
+        gone.into_iter().filter_map(|id| self.drop_tag(id).ok()).collect()
+    }
+
+    /// Attaches the socket programs where a tag lacks them (after adoption
+    /// by a daemon of another build).
+    pub fn attach_all_net(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for tag in self.tags.values() {
+            let path = self.hierarchy.mount_point.join(tag.cgroup.trim_start_matches('/'));
+            let cgroup = Cgroup { path, name: tag.cgroup.clone(), id: tag.cgroup_id, level: tag.level };
+            if let Err(e) = self.enforcer.attach_net_pinned(&cgroup) {
+                errors.push(e.to_string());
+            }
+            if let Ok(mut labels) = self.labels.lock() {
+                labels.names.add_root(&cgroup);
+            }
+        }
+        // Links of cgroups no longer tagged (untagged while the daemon was down).
+        for id in self.enforcer.net_attached() {
+            if !self.tags.contains_key(&id) {
+                let _ = self.enforcer.detach_net_pinned(id);
+            }
+        }
+        errors
+    }
+
+    #[must_use]
+    pub fn tags(&self) -> Vec<Tag> {
+        self.tags.values().cloned().collect()
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &Loaded> {
+        self.policies.values()
+    }
+
+    /// Tagged cgroups using each policy.
+    #[must_use]
+    pub fn users(&self, policy: &str) -> usize {
+        self.tags.values().filter(|t| t.policy == policy).count()
+    }
+
+    /// Whether a process in cgroup `path` (from /proc/PID/cgroup) is in or
+    /// below a tagged cgroup.
+    #[must_use]
+    pub fn is_agent(&self, path: &str) -> bool {
+        let path = path.trim_end_matches('/');
+        self.tags.values().any(|t| path == t.cgroup || path.starts_with(&format!("{}/", t.cgroup)))
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.config.state_dir.join("state.json")
+    }
+
+    fn read_state(&self) -> State {
+        let path = self.state_file();
+        let Ok(text) = std::fs::read_to_string(&path) else { return State::default() };
+        match serde_json::from_str::<State>(&text) {
+            Ok(state) => state,
+            Err(e) => {
+                eprintln!("enforcer: warning: {}: unreadable saved state, starting without it: {e}", path.display());
+                State::default()
+            }
+        }
+    }
+
+    /// Saves what a restarted daemon adopts (write and rename: never half a file).
+    pub fn save(&self) {
+        let state = State {
+            build: crate::load::build_id(),
+            lost_reported: self.lost_reported,
+            policies: self
+                .policies
+                .values()
+                .map(|p| SavedPolicy { name: p.name.clone(), file: p.file.clone(), id: p.id, version: p.version, source: p.source.clone() })
+                .collect(),
+            tags: self.tags.values().cloned().collect(),
+        };
+        let path = self.state_file();
+        let tmp = path.with_extension("json.new");
+        let result = serde_json::to_vec_pretty(&state)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            eprintln!("enforcer: warning: cannot save state to {}: {e} (a restarted daemon would not adopt it)", path.display());
+        }
+    }
+}

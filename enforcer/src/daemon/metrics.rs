@@ -1,0 +1,110 @@
+//! Counters for Prometheus (text exposition format 0.0.4).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+/// Counted as lines pass; gauges come from the daemon's state at scrape time.
+#[derive(Default)]
+pub struct Metrics {
+    /// (kind, policy, action) -> lines.
+    events: Mutex<BTreeMap<(String, String, String), u64>>,
+    pub follower_cuts: AtomicU64,
+    /// Lines a cut-off follower did not get.
+    pub follower_dropped: AtomicU64,
+    pub followers: AtomicU64,
+    sink_errors: AtomicU64,
+}
+
+/// What the daemon knows at scrape time.
+pub struct Snapshot {
+    pub tagged_cgroups: usize,
+    /// (name, version, hash, tagged cgroups).
+    pub policies: Vec<(String, u32, String, usize)>,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub lost_events: u64,
+    /// Bytes waiting in the ring buffer, and its size.
+    pub ring: Option<(u64, u64)>,
+    pub lsm_enforced: bool,
+    pub not_enforced: usize,
+}
+
+impl Metrics {
+    pub fn count_event(&self, kind: &str, policy: &str, action: &str) {
+        if let Ok(mut events) = self.events.lock() {
+            // Lookups by borrowed key first: the common case allocates nothing.
+            if let Some((_, count)) =
+                events.iter_mut().find(|((k, p, a), _)| k == kind && p == policy && a == action)
+            {
+                *count += 1;
+            } else {
+                events.insert((kind.to_owned(), policy.to_owned(), action.to_owned()), 1);
+            }
+        }
+    }
+
+    pub fn count_sink_error(&self) {
+        self.sink_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The exposition text.
+    #[must_use]
+    pub fn render(&self, s: &Snapshot) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let events: Vec<(String, u64)> = self.events.lock().map_or_else(
+            |_| Vec::new(),
+            |events| {
+                events
+                    .iter()
+                    .map(|((k, p, a), n)| (format!("{{kind=\"{}\",policy=\"{}\",action=\"{}\"}}", esc(k), esc(p), esc(a)), *n))
+                    .collect()
+            },
+        );
+        metric("enforcer_events_total", "counter", "Event lines streamed, by kind, policy and action.", &events);
+        metric("enforcer_lost_events_total", "counter", "Events the kernel could not put in the full ring buffer.", &[(String::new(), s.lost_events)]);
+        let cuts = self.follower_cuts.load(Ordering::Relaxed);
+        metric("enforcer_follower_cuts_total", "counter", "Followers cut off for falling behind.", &[(String::new(), cuts)]);
+        let dropped = self.follower_dropped.load(Ordering::Relaxed);
+        metric("enforcer_follower_dropped_lines_total", "counter", "Lines cut-off followers did not get.", &[(String::new(), dropped)]);
+        let followers = self.followers.load(Ordering::Relaxed);
+        metric("enforcer_followers", "gauge", "Followers of the event stream now.", &[(String::new(), followers)]);
+        let sink_errors = self.sink_errors.load(Ordering::Relaxed);
+        metric("enforcer_sink_errors_total", "counter", "Lines the events file could not take.", &[(String::new(), sink_errors)]);
+        metric("enforcer_tagged_cgroups", "gauge", "Tagged agent cgroups.", &[(String::new(), s.tagged_cgroups as u64)]);
+        let policies: Vec<(String, u64)> = s
+            .policies
+            .iter()
+            .map(|(name, version, hash, _)| (format!("{{policy=\"{}\",version=\"{version}\",hash=\"{hash}\"}}", esc(name)), 1))
+            .collect();
+        metric("enforcer_policy_info", "gauge", "Policy versions in force.", &policies);
+        let users: Vec<(String, u64)> =
+            s.policies.iter().map(|(name, _, _, users)| (format!("{{policy=\"{}\"}}", esc(name)), *users as u64)).collect();
+        metric("enforcer_policy_tagged_cgroups", "gauge", "Tagged cgroups per policy.", &users);
+        metric("enforcer_policy_reloads_total", "counter", "Policy directory reloads.", &[(String::new(), s.reloads)]);
+        metric("enforcer_policy_reload_failures_total", "counter", "Reloads that rejected a file.", &[(String::new(), s.reload_failures)]);
+        if let Some((used, size)) = s.ring {
+            metric("enforcer_ring_buffer_used_bytes", "gauge", "Bytes of events waiting in the ring buffer.", &[(String::new(), used)]);
+            metric("enforcer_ring_buffer_size_bytes", "gauge", "The ring buffer's size.", &[(String::new(), size)]);
+        }
+        metric("enforcer_bpf_lsm_enforced", "gauge", "1 if the BPF LSM programs are attached.", &[(String::new(), u64::from(s.lsm_enforced))]);
+        metric("enforcer_not_enforced_parts", "gauge", "Policy parts this kernel cannot enforce (--degraded).", &[(String::new(), s.not_enforced as u64)]);
+        out
+    }
+}
+
+/// A label value escaped for the text format.
+fn esc(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

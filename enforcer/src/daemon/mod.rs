@@ -1,0 +1,336 @@
+//! `enforcer daemon`: loads the programs once (or adopts those an earlier
+//! daemon pinned), serves the orchestrator API on a unix socket, reloads
+//! policies when their files change, and streams every event to its sinks
+//! and followers.
+
+pub mod api;
+pub mod config;
+pub mod core;
+pub mod fanout;
+pub mod metrics;
+pub mod policies;
+mod watch;
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde_json::json;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use self::{
+    api::Shared,
+    config::{Config, ConfigError},
+    core::{Core, ReloadReport},
+    fanout::{Fanout, Feed},
+    metrics::Metrics,
+};
+use crate::{
+    cgroups::{CgroupError, Hierarchy},
+    load::{Enforcer, LoadError, Start},
+    stream::{EventStream, Sink},
+};
+
+pub struct DaemonOptions {
+    pub config: Option<PathBuf>,
+    pub degraded: bool,
+    pub uninstall: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot load the programs: {0}")]
+    Load(#[from] LoadError),
+    #[error(
+        "this kernel cannot run BPF LSM programs ({why}), so the daemon would not enforce:\n{}\n  \
+         hint: boot with BPF LSM (`lsm=...,bpf` on the kernel command line), or pass --degraded to enforce only \
+         the network destinations",
+        NOT_ENFORCED_WITHOUT_LSM.iter().map(|p| format!("    - {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    Unenforceable { why: String },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("another enforcer daemon is running (it holds {}); stop it first", path.display())]
+    Running { path: PathBuf },
+    #[error("the daemon needs root (it loads BPF programs)")]
+    NotRoot,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::Io { path: path.to_owned(), source }
+}
+
+/// What only BPF LSM programs enforce, whatever the policies say.
+pub const NOT_ENFORCED_WITHOUT_LSM: &[&str] = &[
+    "the built-in floor (BPF, perf, modules, mounts, user namespaces, ptrace and signals outside the agent, kernel \
+     interfaces, raw devices, fileless execution)",
+    "[files]: file writes and reads",
+    "[exec]: which programs may run; syscalls.require_seccomp",
+    "network.unix and socket classes other than raw/ICMP/SCTP/MPTCP IP sockets",
+];
+
+/// Runs the daemon until SIGTERM or SIGINT; returns the exit code.
+#[must_use]
+pub fn main(opts: DaemonOptions) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("enforcer: error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run(opts)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("enforcer: error: {e}");
+            match e {
+                DaemonError::Config(_) => 2,
+                _ => 1,
+            }
+        }
+    }
+}
+
+async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    let config = Config::load(opts.config.as_deref())?;
+    if !rustix::process::geteuid().is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    std::fs::create_dir_all(&config.state_dir).map_err(io_err(&config.state_dir))?;
+    let _lock = lock(&config.state_dir.join("daemon.lock"))?;
+    if opts.uninstall {
+        return uninstall(&config);
+    }
+    if !config.policies.exists() {
+        std::fs::create_dir_all(&config.policies).map_err(io_err(&config.policies))?;
+    }
+    mount_bpffs(&config.bpffs)?;
+    let (enforcer, start) = Enforcer::load_pinned(&config.bpffs)?;
+    let mut not_enforced = Vec::new();
+    if let Some(why) = enforcer.lsm_missing().map(ToString::to_string) {
+        if !opts.degraded {
+            if let Some(dir) = enforcer.pin_dir().filter(|_| start != Start::Adopted) {
+                let _ = crate::load::remove_pins(dir);
+            }
+            return Err(DaemonError::Unenforceable { why });
+        }
+        eprintln!("enforcer: warning: --degraded: this kernel cannot run BPF LSM programs ({why})");
+        for part in NOT_ENFORCED_WITHOUT_LSM {
+            eprintln!("enforcer: warning: --degraded: NOT enforced: {part}");
+        }
+        not_enforced = NOT_ENFORCED_WITHOUT_LSM.to_vec();
+    }
+    let hierarchy = Hierarchy::find()?;
+    let adopted = start == Start::Adopted;
+    let (mut core, report) = Core::start(config.clone(), enforcer, hierarchy, adopted);
+    core.not_enforced = not_enforced;
+    let attach_errors = core.attach_all_net();
+    if let Start::Fresh { other_builds } = &start {
+        // Our tables are published: the other builds' programs may go.
+        for build in other_builds {
+            if let Err(e) = crate::load::remove_pins(&config.bpffs.join(build)) {
+                eprintln!("enforcer: warning: cannot remove the pins of build {build}: {e}");
+            }
+        }
+    }
+    let ring = core.enforcer.take_events().ok_or(LoadError::MissingMap("EVENTS"))?;
+    let metrics = Arc::new(Metrics::default());
+    let feed = Feed::new(config.events.follower_buffer);
+    let fanout = Fanout::new(&config.events, feed.clone(), metrics.clone())
+        .map_err(io_err(config.events.file.as_deref().unwrap_or(Path::new("events"))))?;
+    let mut stream = EventStream::new(ring, Sink::numbered(Box::new(fanout)), core.labels.clone())
+        .map_err(io_err(Path::new("ring buffer")))?;
+    stream.set_lost_reported(core.lost_reported);
+    let started = json!({
+        "ts": now(), "kind": "daemon_started", "pid": std::process::id(), "build": crate::load::build_id(),
+        "adopted": adopted, "pins": core.enforcer.pin_dir(), "tagged_cgroups": core.tags().len(),
+        "policies": core.policies().map(|p| json!({"name": p.name, "version": p.version, "hash": p.hash})).collect::<Vec<_>>(),
+        "not_enforced": core.not_enforced, "errors": attach_errors,
+    });
+    eprintln!(
+        "enforcer: daemon {} ({}): {} policies, {} tagged cgroups, pins in {}",
+        if adopted { "adopted the pinned programs" } else { "loaded the programs" },
+        crate::load::build_id(),
+        core.policies().count(),
+        core.tags().len(),
+        core.enforcer.pin_dir().map_or_else(String::new, |p| p.display().to_string())
+    );
+    stream.sink().daemon_line("daemon_started", &started);
+    let (notices, mut notice_rx) = mpsc::unbounded_channel();
+    announce_reload(&notices, &report);
+
+    let socket_gid = config.socket_gid();
+    let shared = Arc::new(Shared { core: tokio::sync::Mutex::new(core), feed, metrics, notices, socket_gid });
+    let listener = bind_socket(&config.socket, socket_gid)?;
+    tokio::spawn(serve(listener, shared.clone()));
+    if let Some(address) = config.metrics.address {
+        let listener = tokio::net::TcpListener::bind(address).await.map_err(io_err(Path::new(&address.to_string())))?;
+        let router = axum::Router::new().route("/metrics", axum::routing::get(metrics_only)).with_state(shared.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+    }
+    tokio::spawn(watch::policies(config.policies.clone(), shared.clone()));
+
+    let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            result = stream.next_batch() => result.map_err(io_err(Path::new("ring buffer")))?,
+            Some(notice) = notice_rx.recv() => {
+                let kind = notice["kind"].as_str().unwrap_or("daemon").to_owned();
+                stream.sink().daemon_line(&kind, &notice);
+                stream.sink().flush();
+            }
+            _ = tick.tick() => {
+                ticks += 1;
+                let mut core = shared.core.lock().await;
+                stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
+                stream.sink().flush();
+                if stream.lost_reported() != core.lost_reported {
+                    core.lost_reported = stream.lost_reported();
+                    core.save();
+                }
+                if ticks.is_multiple_of(5) {
+                    for tag in core.sweep() {
+                        let _ = shared.notices.send(json!({"ts": now(), "kind": "untagged", "cgroup": tag.cgroup, "policy": tag.policy, "reason": "cgroup removed"}));
+                    }
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    // Enforcement stays (it is pinned); only the API and the stream stop.
+    stream.drain();
+    let mut core = shared.core.lock().await;
+    stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
+    core.lost_reported = stream.lost_reported();
+    stream.sink().daemon_line("daemon_stopped", &json!({"ts": now(), "kind": "daemon_stopped", "pid": std::process::id()}));
+    stream.sink().flush();
+    core.save();
+    let _ = std::fs::remove_file(&config.socket);
+    eprintln!("enforcer: daemon stopped; {} tagged cgroups stay enforced by the pinned programs", core.tags().len());
+    Ok(())
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+}
+
+/// Sends a reload's outcome to the stream (and the log).
+pub fn announce_reload(notices: &mpsc::UnboundedSender<serde_json::Value>, report: &ReloadReport) {
+    for rejected in &report.rejected {
+        eprintln!("enforcer: policy rejected, what was in force stays: {}", rejected.error);
+    }
+    for warning in &report.warnings {
+        eprintln!("enforcer: {warning}");
+    }
+    for (name, version, hash) in &report.applied {
+        eprintln!("enforcer: policy `{name}` version {version} ({hash}) in force");
+    }
+    if report.applied.is_empty() && report.rejected.is_empty() && report.unloaded.is_empty() {
+        return;
+    }
+    let applied: Vec<_> = report.applied.iter().map(|(n, v, h)| json!({"name": n, "version": v, "hash": h})).collect();
+    let _ = notices.send(json!({
+        "ts": now(), "kind": "policy_reload", "applied": applied, "unloaded": report.unloaded, "rejected": report.rejected,
+    }));
+}
+
+async fn metrics_only(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> String {
+    let snapshot = api::snapshot(&*shared.core.lock().await);
+    shared.metrics.render(&snapshot)
+}
+
+/// Accepts API connections; each peer is checked before it is served.
+async fn serve(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+    let router = api::router(shared.clone());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let service = match api::refuse_peer(&shared, stream.peer_cred().ok()).await {
+            None => router.clone(),
+            Some(why) => {
+                eprintln!("enforcer: API request refused: {why}");
+                api::refusing(why)
+            }
+        };
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}
+
+/// The API socket: root's, and the socket group's if one is configured.
+fn bind_socket(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListener, DaemonError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    // A socket left by a daemon that was killed: nobody listens on it.
+    if path.exists() {
+        std::fs::remove_file(path).map_err(io_err(path))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(io_err(path))?;
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(io_err(path))?;
+    }
+    Ok(listener)
+}
+
+/// Holds `path` locked for as long as the value lives: one daemon at a time.
+fn lock(path: &Path) -> Result<std::fs::File, DaemonError> {
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io_err(path))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(DaemonError::Running { path: path.to_owned() }),
+        Err(e) => Err(io_err(path)(e.into())),
+    }
+}
+
+/// Mounts a bpffs on the pins' parent if none is there (as systemd does at
+/// boot on most distributions), and creates the pins' directory.
+fn mount_bpffs(pins: &Path) -> Result<(), DaemonError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let parent = pins.parent().unwrap_or(pins);
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let is_bpffs = rustix::fs::statfs(parent).is_ok_and(|s| i64::from(s.f_type) == BPF_FS_MAGIC);
+    if !is_bpffs {
+        rustix::mount::mount("bpf", parent, "bpf", rustix::mount::MountFlags::empty(), None)
+            .map_err(|e| io_err(parent)(std::io::Error::other(format!("no bpffs here and mounting one failed: {e}"))))?;
+    }
+    std::fs::create_dir_all(pins).map_err(io_err(pins))
+}
+
+/// `enforcer daemon --uninstall`: removes the pins (every agent is then
+/// unenforced), the saved state and the socket.
+fn uninstall(config: &Config) -> Result<(), DaemonError> {
+    let builds = crate::load::adopted_build(&config.bpffs);
+    crate::load::remove_pins(&config.bpffs).map_err(|e| io_err(&config.bpffs)(std::io::Error::other(e.to_string())))?;
+    for file in [config.state_dir.join("state.json"), config.socket.clone()] {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&file)(e)),
+        }
+    }
+    eprintln!(
+        "enforcer: uninstalled: removed the pins of {} build(s) under {}; no cgroup is enforced now",
+        builds.len(),
+        config.bpffs.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! The daemon's policies: the `*.toml` files of its policy directory, each
+//! compiled into kernel rules under a policy id of its own per version, so a
+//! reload installs the new version beside the old one and switches tagged
+//! cgroups over in one table swap.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use enforcer_common::policy::{FileRuleKey, TagInfo};
+use sha2::Digest as _;
+
+use crate::{
+    net_rules::{self, NetRules},
+    policy::{self, Policy},
+    rules, run,
+};
+
+/// One version of a policy, compiled.
+pub struct Loaded {
+    pub name: String,
+    pub file: PathBuf,
+    /// The kernel's id for this version (ids are not reused while in use).
+    pub id: u16,
+    /// 1 for the first version the daemon loaded, +1 for each change.
+    pub version: u32,
+    pub hash: String,
+    /// The file's text, kept so a restarted daemon still enforces this
+    /// version if the file is gone or broken by then.
+    pub source: String,
+    pub policy: Policy,
+    pub tag: TagInfo,
+    pub file_rules: Vec<(FileRuleKey, u16)>,
+    pub net: Option<NetRules>,
+    pub warnings: Vec<String>,
+    pub loaded_at: String,
+}
+
+/// A file that could not become a policy, and why.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Rejected {
+    pub file: PathBuf,
+    pub error: String,
+}
+
+/// The first 16 hex digits of the SHA-256 of a policy file's text.
+#[must_use]
+pub fn hash(text: &str) -> String {
+    sha2::Sha256::digest(text.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The policy files of `dir` (sorted) with their text; unreadable ones are
+/// rejected.
+pub fn scan(dir: &Path) -> Result<(Vec<(PathBuf, String)>, Vec<Rejected>), std::io::Error> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    let mut texts = Vec::new();
+    let mut rejected = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => texts.push((file, text)),
+            Err(e) => rejected.push(Rejected { file: file.clone(), error: format!("{}: cannot read: {e}", file.display()) }),
+        }
+    }
+    Ok((texts, rejected))
+}
+
+/// The name a policy file declares, if it parses at all.
+#[must_use]
+pub fn declared_name(text: &str, file: &Path) -> Option<String> {
+    policy::parse(text, file).ok().map(|(p, _)| p.name)
+}
+
+/// Compiles `text` (read from `file`) as version `version` with id `id`.
+pub fn compile(file: &Path, text: &str, id: u16, version: u32) -> Result<Loaded, String> {
+    let (policy, warnings) = policy::parse(text, file).map_err(|e| e.to_string())?;
+    let mut warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    let resolved = rules::resolve(policy.files.as_ref(), policy.exec.as_ref(), id).map_err(|e| format!("{}: {e}", file.display()))?;
+    for (path, key) in &resolved.missing {
+        warnings.push(format!("{}: warning: {key} tree {} does not exist; {}", file.display(), path.display(), run::missing_effect(key)));
+    }
+    let net = policy.network.as_ref().map(|n| net_rules::build(n, u32::from(id))).transpose().map_err(|e| e.to_string())?;
+    if policy.network.as_ref().is_some_and(|n| n.allow.iter().any(|(d, _)| matches!(d.target, crate::destinations::Target::Host { .. }))) {
+        warnings.push(format!(
+            "{}: warning: network.allow names hosts: the daemon does not resolve host names yet, so connections to them \
+             are denied (use `enforcer run`, or name addresses)",
+            file.display()
+        ));
+    }
+    if policy.syscalls.is_some() {
+        warnings.push(format!(
+            "{}: warning: [syscalls]: the daemon cannot install a seccomp filter in processes it did not start; apply \
+             `enforcer export seccomp` in the orchestrator (require_seccomp is enforced)",
+            file.display()
+        ));
+    }
+    Ok(Loaded {
+        name: policy.name.clone(),
+        file: file.to_owned(),
+        id,
+        version,
+        hash: hash(text),
+        source: text.to_owned(),
+        tag: run::tag_for(&policy, id),
+        policy,
+        file_rules: resolved.entries,
+        net,
+        warnings,
+        loaded_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    })
+}
+
+/// Hands out policy ids: never one in use, and not soon one just freed
+/// (events in flight still name it).
+pub struct Ids {
+    next: u16,
+}
+
+impl Ids {
+    #[must_use]
+    pub fn new() -> Self {
+        Self { next: 1 }
+    }
+
+    /// Ids handed out from the one after `id` on.
+    #[must_use]
+    pub fn after(id: u16) -> Self {
+        Self { next: id.checked_add(1).unwrap_or(1) }
+    }
+
+    /// An id not in `used` (`None`: all 65 535 are).
+    pub fn allocate(&mut self, used: &BTreeSet<u16>) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next;
+            self.next = if self.next == u16::MAX { 1 } else { self.next + 1 };
+            if !used.contains(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Self::new()
+    }
+}

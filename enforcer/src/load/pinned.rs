@@ -1,0 +1,284 @@
+//! The daemon's programs and maps, pinned under bpffs: they stay attached
+//! and enforcing when the daemon exits, crashes or is SIGKILLed, and the next
+//! daemon adopts them instead of loading a second copy.
+//!
+//! Layout, below `<root>/<build>/` (`build`: a hash of the programs, so a
+//! daemon of another build never adopts programs it does not match):
+//! `maps/<NAME>`, `links/<hook>` (BPF LSM), `progs/<name>` (the cgroup socket
+//! programs, to attach to cgroups tagged later) and `net/<cgroup id>/<name>`
+//! (their links on each tagged cgroup).
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    maps::{Map, MapData},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, cgroup_sock::CgroupSockAttachType,
+        cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
+    },
+};
+use sha2::Digest as _;
+
+use super::{
+    Enforcer, FLOOR_HOOKS, HOOKS, LoadError, LsmLink, MAP_NAMES, Maps, NET_HOOKS, PROGRAMS, SOCK_ADDR_PROGRAMS,
+    SOCK_CREATE_PROGRAM, load_everything, sock_program,
+};
+use crate::cgroups::Cgroup;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot pin {what} at {}: {source}", path.display())]
+    Pin { what: &'static str, path: PathBuf, source: aya::pin::PinError },
+    #[error(
+        "cannot open the pinned {what} at {}: {detail}\n  hint: `enforcer daemon --uninstall` removes the pins (the agents \
+         are not enforced until a daemon starts again)",
+        path.display()
+    )]
+    Open { what: &'static str, path: PathBuf, detail: String },
+    #[error("cannot attach the network programs to cgroup {cgroup}: {detail}")]
+    Attach { cgroup: String, detail: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
+    move |source| PinError::Io { path: path.to_owned(), source }
+}
+
+/// This build's programs: the first 16 hex digits of their SHA-256.
+#[must_use]
+pub fn build_id() -> String {
+    let digest = sha2::Sha256::digest(PROGRAMS);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The builds with pins under `root`.
+#[must_use]
+pub fn adopted_build(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+}
+
+/// The file name of a map's pin (`.bss` would be a hidden file).
+fn pin_name(map: &str) -> &str {
+    if map == enforcer_common::policy::TAG_FILTER_MAP { "TAG_FILTER" } else { map }
+}
+
+const SOCK_ADDR_TYPES: &[(&str, CgroupSockAddrAttachType)] = &[
+    ("connect4", CgroupSockAddrAttachType::Connect4),
+    ("connect6", CgroupSockAddrAttachType::Connect6),
+    ("sendmsg4", CgroupSockAddrAttachType::UDPSendMsg4),
+    ("sendmsg6", CgroupSockAddrAttachType::UDPSendMsg6),
+    ("recvmsg4", CgroupSockAddrAttachType::UDPRecvMsg4),
+    ("recvmsg6", CgroupSockAddrAttachType::UDPRecvMsg6),
+];
+
+/// The pins of one build, and its socket programs reopened from them.
+pub struct Pinned {
+    pub dir: PathBuf,
+    sock_addr: Vec<(&'static str, CgroupSockAddr)>,
+    sock_create: CgroupSock,
+}
+
+/// How the daemon got its programs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Loaded now and pinned; pins of other builds (older daemons) are
+    /// still attached until the caller removes them.
+    Fresh { other_builds: Vec<String> },
+    /// Adopted from the pins of an earlier daemon of this build.
+    Adopted,
+}
+
+impl Enforcer {
+    /// The daemon's enforcer: adopts this build's pins under `root` if they
+    /// exist, else loads everything and pins it there.
+    pub fn load_pinned(root: &Path) -> Result<(Self, Start), LoadError> {
+        let build = build_id();
+        let dir = root.join(&build);
+        if dir.join("maps").join(pin_name(super::EVENTS_MAP)).exists() {
+            return Ok((Self::adopt(&dir)?, Start::Adopted));
+        }
+        let other_builds = adopted_build(root).into_iter().filter(|b| *b != build).collect();
+        let (mut ebpf, lsm_missing, missing_hooks, links) = load_everything()?;
+        // A half-pinned directory from a failed start must not be adopted.
+        if dir.exists() {
+            remove_pins(&dir)?;
+        }
+        for sub in ["maps", "links", "progs", "net"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(io(&dir))?;
+        }
+        let result = pin_all(&mut ebpf, &dir, links).and_then(|()| Maps::take(&mut ebpf));
+        let maps = match result {
+            Ok(maps) => maps,
+            Err(e) => {
+                let _ = remove_pins(&dir);
+                return Err(e);
+            }
+        };
+        drop(ebpf);
+        let pinned = Pinned::open(&dir)?;
+        let enforcer = Self::assemble(None, Some(pinned), maps, lsm_missing, missing_hooks)?;
+        Ok((enforcer, Start::Fresh { other_builds }))
+    }
+
+    /// Opens the maps and programs an earlier daemon pinned in `dir`. The
+    /// tables stay as that daemon published them until the caller publishes
+    /// its own.
+    fn adopt(dir: &Path) -> Result<Self, LoadError> {
+        crate::kernel::check_root()?;
+        let maps = Maps::from(|name| {
+            let path = dir.join("maps").join(pin_name(name));
+            let open_err = |detail: String| PinError::Open { what: "map", path: path.clone(), detail };
+            let data = MapData::from_pin(&path).map_err(|e| open_err(e.to_string()))?;
+            Ok(Map::from_map_data(data).map_err(|e| open_err(e.to_string()))?)
+        })?;
+        let linked: Vec<String> = std::fs::read_dir(dir.join("links"))
+            .map_err(|e| PinError::Io { path: dir.join("links"), source: e })?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let all_hooks = [HOOKS, NET_HOOKS, FLOOR_HOOKS].concat();
+        let (lsm_missing, missing_hooks) = if linked.is_empty() {
+            let why = crate::kernel::check_bpf_lsm().err().map_or(
+                LoadError::Adopted("the daemon that pinned these programs ran without BPF LSM (--degraded)"),
+                LoadError::from,
+            );
+            (Some(why), Vec::new())
+        } else {
+            (None, all_hooks.iter().filter(|(h, _)| !linked.iter().any(|l| l == h)).map(|(h, _)| *h).collect())
+        };
+        let pinned = Pinned::open(dir)?;
+        let mut enforcer = Self::from_maps(None, Some(pinned), maps, lsm_missing, missing_hooks)?;
+        // The filter in force is the earlier daemon's: keep it a superset.
+        enforcer.published_filter = enforcer.tag_filter.get(&0, 0).map_err(super::map_err("TAG_FILTER"))?;
+        Ok(enforcer)
+    }
+
+    /// The pins' directory (daemon only).
+    #[must_use]
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pinned.as_ref().map(|p| p.dir.as_path())
+    }
+
+    /// Attaches the cgroup socket programs to `cgroup` and pins the links:
+    /// they stay attached without the daemon. Idempotent.
+    pub fn attach_net_pinned(&mut self, cgroup: &Cgroup) -> Result<(), LoadError> {
+        let lsm = self.lsm_missing.is_none();
+        let pinned = self.pinned.as_mut().ok_or(LoadError::Adopted("not a daemon: nothing is pinned"))?;
+        let dir = pinned.dir.join("net").join(cgroup.id.to_string());
+        if dir.exists() {
+            return Ok(());
+        }
+        let attach_err = |detail: String| PinError::Attach { cgroup: cgroup.name.clone(), detail };
+        let file = std::fs::File::open(&cgroup.path).map_err(|source| LoadError::OpenCgroup { path: cgroup.path.clone(), source })?;
+        let staging = pinned.dir.join("net").join(format!("{}-new", cgroup.id));
+        let _ = remove_pins(&staging);
+        std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+        let pin = |name: &'static str, link: FdLink| {
+            let path = staging.join(name);
+            link.pin(&path).map(drop).map_err(|source| PinError::Pin { what: "cgroup link", path, source })
+        };
+        let result = (|| -> Result<(), PinError> {
+            for (name, program) in &mut pinned.sock_addr {
+                let id = program.attach(&file, CgroupAttachMode::Single).map_err(|e| attach_err(chain(&e)))?;
+                let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
+                pin(name, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
+            }
+            // With BPF LSM, `socket_create` judges every socket first.
+            if !lsm {
+                let program = &mut pinned.sock_create;
+                let id = program.attach(&file, CgroupAttachMode::Single).map_err(|e| attach_err(chain(&e)))?;
+                let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
+                pin(SOCK_CREATE_PROGRAM, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = remove_pins(&staging);
+            return Err(e.into());
+        }
+        std::fs::rename(&staging, &dir).map_err(io(&dir))?;
+        Ok(())
+    }
+
+    /// Detaches the socket programs from the cgroup with id `cgroup_id`
+    /// (unpins their links). Idempotent.
+    pub fn detach_net_pinned(&mut self, cgroup_id: u64) -> Result<(), LoadError> {
+        let pinned = self.pinned.as_ref().ok_or(LoadError::Adopted("not a daemon: nothing is pinned"))?;
+        let dir = pinned.dir.join("net").join(cgroup_id.to_string());
+        if dir.exists() {
+            remove_pins(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Cgroup ids whose socket programs are pinned.
+    #[must_use]
+    pub fn net_attached(&self) -> Vec<u64> {
+        let Some(pinned) = &self.pinned else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(pinned.dir.join("net")) else { return Vec::new() };
+        entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
+    }
+}
+
+impl Pinned {
+    fn open(dir: &Path) -> Result<Self, PinError> {
+        let open_err = |path: PathBuf, detail: String| PinError::Open { what: "program", path, detail };
+        let mut sock_addr = Vec::new();
+        for &(name, attach_type) in SOCK_ADDR_TYPES {
+            let path = dir.join("progs").join(name);
+            let program = CgroupSockAddr::from_pin(&path, attach_type).map_err(|e| open_err(path.clone(), chain(&e)))?;
+            sock_addr.push((name, program));
+        }
+        let path = dir.join("progs").join(SOCK_CREATE_PROGRAM);
+        let sock_create =
+            CgroupSock::from_pin(&path, CgroupSockAttachType::SockCreate).map_err(|e| open_err(path.clone(), chain(&e)))?;
+        Ok(Self { dir: dir.to_owned(), sock_addr, sock_create })
+    }
+}
+
+/// Pins every map, BPF LSM link and socket program of a fresh load.
+fn pin_all(ebpf: &mut aya::Ebpf, dir: &Path, links: Vec<LsmLink>) -> Result<(), LoadError> {
+    for &name in MAP_NAMES {
+        let path = dir.join("maps").join(pin_name(name));
+        let map = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
+        map.pin(&path).map_err(|source| PinError::Pin { what: "map", path, source })?;
+    }
+    for LsmLink { hook, link } in links {
+        let path = dir.join("links").join(hook);
+        FdLink::from(link).pin(&path).map_err(|source| PinError::Pin { what: "BPF LSM link", path, source })?;
+    }
+    for &name in SOCK_ADDR_PROGRAMS {
+        let path = dir.join("progs").join(name);
+        let program: &mut CgroupSockAddr = sock_program(ebpf, name)?;
+        program.pin(&path).map_err(|source| PinError::Pin { what: "program", path, source })?;
+    }
+    let path = dir.join("progs").join(SOCK_CREATE_PROGRAM);
+    let program: &mut CgroupSock = sock_program(ebpf, SOCK_CREATE_PROGRAM)?;
+    program.pin(&path).map_err(|source| PinError::Pin { what: "program", path, source })?;
+    Ok(())
+}
+
+/// Removes a directory of pins: each program and map is freed (and each link
+/// detached) when nothing else holds it.
+pub fn remove_pins(dir: &Path) -> Result<(), PinError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(io(dir))?.path();
+        if path.is_dir() {
+            remove_pins(&path)?;
+        } else {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+    }
+    std::fs::remove_dir(dir).map_err(io(dir))
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    super::chain(error)
+}
