@@ -13,6 +13,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod daemon;
+
 pub const EPERM: i64 = 1;
 
 fn bin(var: &str) -> PathBuf {

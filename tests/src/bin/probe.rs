@@ -189,6 +189,16 @@ fn net_step(op: &str, address: &str) -> Option<i32> {
     let unbound_udp = |to: &SocketAddr| UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" });
     Some(match op {
         "tcp-connect" => io_errno(TcpStream::connect_timeout(&socket_addr(), Duration::from_secs(5)).map(drop)),
+        // `tcp-storm:N:ADDRESS`: N connects; the errno of the last.
+        "tcp-storm" => {
+            let (count, to) = address.split_once(':').expect("tcp-storm:N:ADDRESS");
+            let to: SocketAddr = to.parse().expect("address");
+            let mut last = 0;
+            for _ in 0..count.parse::<u32>().expect("count") {
+                last = io_errno(TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(drop));
+            }
+            last
+        }
         // TCP Fast Open: the connect rides on the first sendto.
         "tcp-fastopen" => {
             let to = socket_addr();

@@ -1,0 +1,251 @@
+//! A daemon for the tests: its own config, policy directory, socket, state
+//! and events file under `/tmp/enforcer-tests/<name>`, the shared pins
+//! under `/sys/fs/bpf/enforcer` (a daemon adopts those an earlier test left,
+//! with this test's own, empty state), and agent cgroups to tag.
+
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{enforcer_bin, probe_bin};
+
+/// How long a daemon may take to load (6.12 under TCG verifies for ~45 s).
+const START_TIMEOUT: Duration = Duration::from_secs(240);
+
+pub struct Daemon {
+    pub base: PathBuf,
+    pub config: PathBuf,
+    pub policies: PathBuf,
+    pub socket: PathBuf,
+    pub events: PathBuf,
+    pub stderr: PathBuf,
+    degraded: bool,
+    child: Option<Child>,
+    cgroups: Vec<PathBuf>,
+}
+
+impl Daemon {
+    /// A daemon with `config_extra` appended to its configuration (e.g. an
+    /// `[events]` table) and the policy files `policies` (name, text).
+    #[must_use]
+    pub fn start(name: &str, degraded: bool, policies: &[(&str, &str)], events_extra: &str) -> Self {
+        let base = Path::new("/tmp/enforcer-tests").join(name);
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("policies")).expect("create daemon dirs");
+        let mut daemon = Self {
+            config: base.join("enforcer.toml"),
+            policies: base.join("policies"),
+            socket: base.join("enforcer.sock"),
+            events: base.join("events.jsonl"),
+            stderr: base.join("daemon.log"),
+            base,
+            degraded,
+            child: None,
+            cgroups: Vec::new(),
+        };
+        let config = format!(
+            "policies = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n[events]\nfile = \"{}\"\n{events_extra}\n",
+            daemon.policies.display(),
+            daemon.socket.display(),
+            daemon.base.join("state").display(),
+            daemon.events.display()
+        );
+        std::fs::write(&daemon.config, config).expect("write config");
+        for (file, text) in policies {
+            daemon.write_policy(file, text);
+        }
+        daemon.spawn();
+        daemon
+    }
+
+    pub fn write_policy(&self, file: &str, text: &str) {
+        // Written beside and renamed in, as editors and config managers do.
+        let tmp = self.base.join(format!("{file}.tmp"));
+        std::fs::write(&tmp, text).expect("write policy");
+        std::fs::rename(&tmp, self.policies.join(file)).expect("move policy in");
+    }
+
+    /// Starts the daemon and waits until its API answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr).expect("daemon log");
+        let child = Command::new(enforcer_bin())
+            .args(["daemon", "--config"])
+            .arg(&self.config)
+            .args(self.degraded.then_some("--degraded"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn enforcer daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("the daemon exited ({status}) while starting:\n{}", self.log());
+            }
+            if self.api("GET", "/v1/status", None).0 == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the daemon did not answer within {START_TIMEOUT:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGKILLs the daemon (no chance to clean up) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGTERM) };
+            let status = child.wait().expect("wait for daemon");
+            assert!(status.success(), "the daemon exited with {status} on SIGTERM:\n{}", self.log());
+        }
+    }
+
+    /// Runs `enforcer ARGS --socket <ours>`.
+    #[must_use]
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(enforcer_bin()).args(args).arg("--socket").arg(&self.socket).output().expect("run enforcer CLI")
+    }
+
+    /// One HTTP request on the socket, written by hand as `curl
+    /// --unix-socket` would: the API is plain HTTP/1.1 and JSON.
+    #[must_use]
+    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let (status, text) = self.http(method, path, body);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The status and body text of one request.
+    #[must_use]
+    pub fn http(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+        let Ok(mut stream) = UnixStream::connect(&self.socket) else { return (0, String::new()) };
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: enforcer\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(request.as_bytes()).is_err() {
+            return (0, String::new());
+        }
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned())
+    }
+
+    /// The lines of the events file so far.
+    #[must_use]
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// Waits until an event for which `want` holds is in the file.
+    pub fn wait_event(&self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(event) = self.events().into_iter().find(|e| want(e)) {
+                return event;
+            }
+            assert!(Instant::now() < deadline, "no {what} event within 10 s; events:\n{:#?}\nlog:\n{}", self.events(), self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A new cgroup `<cgroup2>/enforcer-tests/<name>`; returns its path
+    /// below the mount (`/enforcer-tests/<name>`). Removed on drop.
+    pub fn cgroup(&mut self, name: &str) -> String {
+        let hierarchy = enforcer::cgroups::Hierarchy::find().expect("cgroup2 mounted");
+        let dir = hierarchy.mount_point.join("enforcer-tests").join(name);
+        let _ = std::fs::create_dir_all(&dir);
+        self.cgroups.push(dir.clone());
+        hierarchy.name_of(&dir)
+    }
+
+    /// Runs the probe with `steps` in cgroup `cgroup` (a path below the
+    /// mount); stdin and stdout piped.
+    #[must_use]
+    pub fn spawn_probe(&self, cgroup: &str, steps: &[String]) -> Child {
+        let mut command = Command::new(probe_bin());
+        command.args(steps).stdin(Stdio::piped()).stdout(Stdio::piped());
+        in_cgroup(&mut command, cgroup).spawn().expect("spawn probe")
+    }
+
+    /// Runs the probe to the end in `cgroup`; its `{"step","errno"}` lines.
+    #[must_use]
+    pub fn run_probe(&self, cgroup: &str, steps: &[String]) -> Vec<Value> {
+        let output = self.spawn_probe(cgroup, steps).wait_with_output().expect("wait for probe");
+        String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.get("step").is_some()).collect()
+    }
+}
+
+/// Makes `command` start in `cgroup` (a path below the cgroup2 mount).
+pub fn in_cgroup<'a>(command: &'a mut Command, cgroup: &str) -> &'a mut Command {
+        let hierarchy = enforcer::cgroups::Hierarchy::find().expect("cgroup2 mounted");
+        let procs = hierarchy.mount_point.join(cgroup.trim_start_matches('/')).join("cgroup.procs");
+        let procs = std::fs::OpenOptions::new().write(true).open(&procs).expect("open cgroup.procs");
+        let procs = std::os::fd::OwnedFd::from(procs);
+        // SAFETY: write(2) to an fd opened before fork.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(command, move || enforcer::cgroups::join(&procs))
+        }
+}
+
+/// The errno the probe reported for `step`.
+#[must_use]
+pub fn errno_of(results: &[Value], step: &str) -> i64 {
+    results
+        .iter()
+        .find(|r| r["step"] == step)
+        .unwrap_or_else(|| panic!("no result for `{step}` in {results:#?}"))["errno"]
+        .as_i64()
+        .expect("errno")
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(i32::try_from(child.id()).unwrap_or(0), libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        for dir in self.cgroups.iter().rev() {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: kill(2) of a leftover test process.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            for _ in 0..100 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}

@@ -1,0 +1,276 @@
+//! The fleet daemon, in both tiers: tags through the CLI and the HTTP API,
+//! enforcement that survives SIGKILL and is adopted by a restart, hot
+//! reloads, followers, and an API closed to agents. Denials are network
+//! ones (enforced on the host too); the VM tier adds file denials.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use enforcer_tests::{
+    EPERM, enforcer_bin, release,
+    daemon::{Daemon, errno_of, in_cgroup},
+    wait_ready,
+};
+use serde_json::Value;
+
+use super::DEGRADED;
+
+const ECONNREFUSED: i64 = 111;
+/// Nothing listens on these: an allowed connect is refused by the peer
+/// (ECONNREFUSED), a denied one by the enforcer (EPERM).
+const ALLOWED: &str = "tcp-connect:127.0.0.1:81";
+const DENIED: &str = "tcp-connect:127.0.0.1:82";
+
+fn policy(ports: &str, write_tree: &str) -> String {
+    format!("name = \"agent\"\n[files]\nwrite = [\"{write_tree}\"]\n[network]\nallow = [\"127.0.0.1/32:{ports}\"]\n")
+}
+
+fn connects(daemon: &Daemon, port: u16) -> Vec<Value> {
+    daemon.events().into_iter().filter(|e| e["kind"] == "connect" && e["dport"] == port).collect()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the CLI failed ({}): {text}", out.status);
+    text
+}
+
+#[test]
+fn daemon_tags_and_untags_through_the_cli_and_the_http_api() {
+    let mut d = Daemon::start("daemon-tag", DEGRADED, &[], "");
+    d.write_policy("agent.toml", &policy("81", "/tmp/enforcer-tests/daemon-tag/allowed"));
+    ok(&d.ctl(&["reload"]));
+    let cgroup = d.cgroup("tag");
+    let out = ok(&d.ctl(&["tag", &cgroup, "--policy", "agent", "--label", "team=infra"]));
+    assert!(out.contains(&format!("tagged {cgroup}")), "{out}");
+
+    let results = d.run_probe(&cgroup, &[DENIED.to_owned(), ALLOWED.to_owned()]);
+    assert_eq!(errno_of(&results, DENIED), EPERM);
+    assert_eq!(errno_of(&results, ALLOWED), ECONNREFUSED);
+    let event = d.wait_event("connect", |e| e["kind"] == "connect" && e["dport"] == 82);
+    assert_eq!(event["policy"], "agent", "{event}");
+    assert_eq!(event["policy_version"], 1, "{event}");
+    assert_eq!(event["policy_hash"].as_str().map(str::len), Some(16), "{event}");
+    assert_eq!(event["cgroup"], cgroup.as_str(), "{event}");
+    assert!(event["seq"].as_u64().is_some_and(|s| s > 0), "every line is numbered: {event}");
+    assert!(connects(&d, 81).is_empty(), "an allowed connect is not an event");
+
+    // The API is plain HTTP on the socket (curl --unix-socket works the same).
+    let (code, status) = d.api("GET", "/v1/status", None);
+    assert_eq!(code, 200, "{status}");
+    let tags = status["tags"].as_array().expect("tags");
+    assert!(tags.iter().any(|t| t["cgroup"] == cgroup.as_str() && t["labels"]["team"] == "infra"), "{status}");
+    assert_eq!(status["kernel"]["bpf_lsm"], !DEGRADED, "{status}");
+    let (code, answer) = d.api("DELETE", &format!("/v1/tags?cgroup={cgroup}"), None);
+    assert_eq!(code, 200, "{answer}");
+    let results = d.run_probe(&cgroup, &[DENIED.to_owned()]);
+    assert_eq!(errno_of(&results, DENIED), ECONNREFUSED, "untagged: not enforced any more");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(connects(&d, 82).len(), 1, "no event after untagging");
+
+    // And back, through the API, then mistakes: each says what is wrong.
+    let body = serde_json::json!({"cgroup": cgroup, "policy": "agent"});
+    let (code, answer) = d.api("POST", "/v1/tags", Some(&body));
+    assert_eq!(code, 200, "{answer}");
+    let out = d.ctl(&["tag", &cgroup, "--policy", "no-such-policy"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no policy named `no-such-policy`") && stderr.contains("agent"), "{stderr}");
+    let out = d.ctl(&["tag", "/enforcer-tests/no-such-cgroup", "--policy", "agent"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    let out = ok(&d.ctl(&["untag", &cgroup]));
+    assert!(out.contains("untagged"), "{out}");
+}
+
+#[test]
+fn a_killed_daemon_leaves_enforcement_and_a_restart_adopts_it() {
+    let base = "/tmp/enforcer-tests/daemon-kill";
+    let mut d = Daemon::start("daemon-kill", DEGRADED, &[("agent.toml", &policy("81", &format!("{base}/allowed")))], "");
+    std::fs::create_dir_all(format!("{base}/allowed")).unwrap();
+    std::fs::create_dir_all(format!("{base}/outside")).unwrap();
+    let cgroup = d.cgroup("kill");
+    ok(&d.ctl(&["tag", &cgroup, "--policy", "agent"]));
+    let write_outside = format!("write:{base}/outside/after-kill");
+    let write_allowed = format!("write:{base}/allowed/after-kill");
+
+    d.kill9();
+    let results = d.run_probe(&cgroup, &[DENIED.to_owned(), ALLOWED.to_owned(), write_outside.clone(), write_allowed.clone()]);
+    assert_eq!(errno_of(&results, DENIED), EPERM, "enforced with no daemon running");
+    assert_eq!(errno_of(&results, ALLOWED), ECONNREFUSED);
+    assert_eq!(errno_of(&results, &write_allowed), 0);
+    if !DEGRADED {
+        assert_eq!(errno_of(&results, &write_outside), EPERM, "file rules stay too");
+    }
+
+    d.spawn();
+    let (_, status) = d.api("GET", "/v1/status", None);
+    assert_eq!(status["daemon"]["adopted"], true, "{status}");
+    assert!(status["tags"].as_array().is_some_and(|t| t.iter().any(|t| t["cgroup"] == cgroup.as_str())), "{status}");
+    // The denial made while no daemon ran is delivered now.
+    d.wait_event("connect", |e| e["kind"] == "connect" && e["dport"] == 82);
+    if !DEGRADED {
+        d.wait_event("file_write", |e| e["path"] == format!("{base}/outside/after-kill").as_str());
+    }
+    // One copy of the programs: one build's pins, one set of links on the cgroup.
+    let pins = std::path::PathBuf::from(status["daemon"]["pins"].as_str().expect("pins"));
+    let builds = std::fs::read_dir(pins.parent().unwrap()).unwrap().count();
+    assert_eq!(builds, 1, "only this build's pins");
+    let id = status["tags"].as_array().unwrap().iter().find(|t| t["cgroup"] == cgroup.as_str()).unwrap()["cgroup_id"].clone();
+    let links = std::fs::read_dir(pins.join("net").join(id.to_string())).unwrap().count();
+    assert_eq!(links, if DEGRADED { 7 } else { 6 }, "the socket programs are attached once");
+    let results = d.run_probe(&cgroup, &[DENIED.to_owned()]);
+    assert_eq!(errno_of(&results, DENIED), EPERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connects(&d, 82).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(connects(&d, 82).len(), 2, "one event per denial, no duplicates: {:#?}", connects(&d, 82));
+
+    // SIGTERM: the daemon goes, enforcement stays.
+    d.stop();
+    let results = d.run_probe(&cgroup, &[DENIED.to_owned()]);
+    assert_eq!(errno_of(&results, DENIED), EPERM);
+    d.spawn();
+}
+
+#[test]
+fn a_hot_reload_applies_to_a_running_process_and_a_bad_file_changes_nothing() {
+    let tree = "/tmp/enforcer-tests/daemon-reload/allowed";
+    let mut d = Daemon::start("daemon-reload", DEGRADED, &[("agent.toml", &policy("82", tree))], "");
+    let cgroup = d.cgroup("reload");
+    ok(&d.ctl(&["tag", &cgroup, "--policy", "agent"]));
+    let wait = "wait-stdin:".to_owned();
+    let steps = [DENIED.to_owned(), wait.clone(), DENIED.to_owned(), wait, DENIED.to_owned()];
+    let mut probe = d.spawn_probe(&cgroup, &steps);
+    let (_, mut stdout) = wait_ready(&mut probe);
+    let mut next_errno = || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("probe result");
+        serde_json::from_str::<Value>(&line).expect("result JSON")["errno"].as_i64().expect("errno")
+    };
+    assert_eq!(next_errno(), ECONNREFUSED, "version 1 allows port 82");
+
+    // Tighten: the same running process is denied on its next connect.
+    d.write_policy("agent.toml", &policy("81", tree));
+    d.wait_event("policy_reload", |e| e["kind"] == "policy_reload" && e["applied"][0]["version"] == 2);
+    release(&mut probe);
+    assert_eq!(next_errno(), 0, "wait-stdin");
+    assert_eq!(next_errno(), EPERM, "version 2 denies port 82");
+    let event = d.wait_event("connect", |e| e["kind"] == "connect" && e["dport"] == 82);
+    assert_eq!(event["policy_version"], 2, "{event}");
+
+    // A broken file is rejected, reported, and version 2 stays in force.
+    d.write_policy("agent.toml", "name = \"agent\"\n[network]\nallow = [\n");
+    let rejected = d.wait_event("rejected reload", |e| e["kind"] == "policy_reload" && e["rejected"][0]["error"].is_string());
+    assert!(rejected["rejected"][0]["error"].as_str().unwrap().contains("agent.toml:3:"), "{rejected}");
+    let out = d.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(2), "reload reports the rejection");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agent.toml:3:"));
+    let policies = ok(&d.ctl(&["policies"]));
+    assert!(policies.contains("agent  version 2"), "{policies}");
+    release(&mut probe);
+    assert_eq!(next_errno(), 0, "wait-stdin");
+    assert_eq!(next_errno(), EPERM, "still version 2");
+    let (_, status) = d.api("GET", "/v1/status", None);
+    assert!(status["rejected"][0]["error"].as_str().is_some_and(|e| e.contains("agent.toml")), "{status}");
+    let _ = probe.wait();
+}
+
+#[test]
+fn followers_get_every_line_and_a_stalled_one_is_cut_off() {
+    const STORM: u64 = 3000;
+    let mut d = Daemon::start("daemon-tail", DEGRADED, &[("agent.toml", &policy("81", "/tmp/none"))], "follower_buffer = 256");
+    let cgroup = d.cgroup("tail");
+    ok(&d.ctl(&["tag", &cgroup, "--policy", "agent"]));
+    let tail = |kind: &str| {
+        Command::new(enforcer_bin())
+            .args(["tail", "--kind", kind, "--socket"])
+            .arg(&d.socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tail")
+    };
+    let mut reader = tail("connect");
+    let mut stalled = tail("connect");
+    let reader_out = reader.stdout.take().unwrap();
+    let counted = std::thread::spawn(move || {
+        let mut seqs = Vec::new();
+        for line in BufReader::new(reader_out).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).expect("follower line is JSON");
+            seqs.push(v["seq"].as_u64().unwrap_or(0));
+            if seqs.len() as u64 == STORM {
+                break;
+            }
+        }
+        seqs
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.api("GET", "/v1/status", None).1["counters"]["followers"] != 2 {
+        assert!(Instant::now() < deadline, "the followers did not connect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let results = d.run_probe(&cgroup, &[format!("tcp-storm:{STORM}:127.0.0.1:82")]);
+    assert_eq!(results[0]["errno"], EPERM);
+    // The reader gets every line while the other one reads nothing.
+    let seqs = counted.join().unwrap();
+    let lost = d.api("GET", "/v1/status", None).1["counters"]["lost_events"].as_u64().unwrap_or(0);
+    assert_eq!(seqs.len() as u64 + lost, STORM, "every denial delivered or counted lost");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order");
+    let _ = reader.kill();
+
+    // The stalled follower, read at last, ends with why it was cut off.
+    let mut rest = String::new();
+    stalled.stdout.take().unwrap().read_to_string(&mut rest).unwrap();
+    let status = stalled.wait().unwrap();
+    let last: Value = serde_json::from_str(rest.lines().last().expect("lines")).expect("JSON");
+    assert_eq!(last["kind"], "follower_cut", "{last}");
+    assert_eq!(status.code(), Some(3));
+    let (_, status) = d.api("GET", "/v1/status", None);
+    assert!(status["counters"]["follower_cuts"].as_u64() >= Some(1), "{status}");
+    let (code, metrics) = d.http("GET", "/metrics", None);
+    assert_eq!(code, 200, "{metrics}");
+    assert!(metrics.contains("enforcer_follower_cuts_total 1"), "{metrics}");
+    assert!(metrics.contains(&format!("enforcer_events_total{{kind=\"connect\",policy=\"agent\",action=\"deny\"}} {}", STORM - lost)), "{metrics}");
+    assert!(metrics.contains("enforcer_policy_info{policy=\"agent\",version=\"1\""), "{metrics}");
+}
+
+#[test]
+fn agents_may_not_use_the_api() {
+    let mut d = Daemon::start("daemon-agent", DEGRADED, &[("agent.toml", &policy("81", "/tmp/none"))], "");
+    let cgroup = d.cgroup("agent");
+    ok(&d.ctl(&["tag", &cgroup, "--policy", "agent"]));
+    let mut untag = Command::new(enforcer_bin());
+    untag.args(["untag", &cgroup, "--socket"]).arg(&d.socket);
+    let out = in_cgroup(&mut untag, &cgroup).output().expect("run enforcer in the agent cgroup");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an agent untagged itself: {stderr}");
+    assert!(
+        stderr.contains("agents may not use the enforcer's API") || stderr.contains("Operation not permitted"),
+        "{stderr}"
+    );
+    let (_, status) = d.api("GET", "/v1/status", None);
+    assert_eq!(status["tags"].as_array().map(Vec::len), Some(1), "still tagged: {status}");
+}
+
+#[test]
+fn daemon_config_errors_name_the_file_and_line() {
+    let dir = std::path::Path::new("/tmp/enforcer-tests/daemon-config");
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("enforcer.toml");
+    std::fs::write(&config, "socket = \"/tmp/x.sock\"\n[events]\nstdot = true\n").unwrap();
+    let out = Command::new(enforcer_bin()).args(["daemon", "--config"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("{}:3:", config.display())) && stderr.contains("stdot"), "{stderr}");
+    let out = Command::new(enforcer_bin()).args(["daemon", "--config", "/tmp/enforcer-tests/no-such.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such.toml"));
+    let _ = std::fs::remove_dir_all(dir);
+}
