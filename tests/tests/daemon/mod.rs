@@ -88,10 +88,11 @@ fn daemon_tags_and_untags_through_the_cli_and_the_http_api() {
 
 #[test]
 fn a_killed_daemon_leaves_enforcement_and_a_restart_adopts_it() {
-    let base = "/tmp/enforcer-tests/daemon-kill";
-    let mut d = Daemon::start("daemon-kill", DEGRADED, &[("agent.toml", &policy("81", &format!("{base}/allowed")))], "");
+    // Trees outside the daemon's directory: they exist before it loads.
+    let base = "/tmp/enforcer-tests/daemon-kill-trees";
     std::fs::create_dir_all(format!("{base}/allowed")).unwrap();
     std::fs::create_dir_all(format!("{base}/outside")).unwrap();
+    let mut d = Daemon::start("daemon-kill", DEGRADED, &[("agent.toml", &policy("81", &format!("{base}/allowed")))], "");
     let cgroup = d.cgroup("kill");
     ok(&d.ctl(&["tag", &cgroup, "--policy", "agent"]));
     let write_outside = format!("write:{base}/outside/after-kill");
@@ -136,6 +137,8 @@ fn a_killed_daemon_leaves_enforcement_and_a_restart_adopts_it() {
     let results = d.run_probe(&cgroup, &[DENIED.to_owned()]);
     assert_eq!(errno_of(&results, DENIED), EPERM);
     d.spawn();
+    drop(d);
+    let _ = std::fs::remove_dir_all(base);
 }
 
 #[test]
@@ -183,8 +186,11 @@ fn a_hot_reload_applies_to_a_running_process_and_a_bad_file_changes_nothing() {
 
 #[test]
 fn followers_get_every_line_and_a_stalled_one_is_cut_off() {
-    const STORM: u64 = 3000;
-    let mut d = Daemon::start("daemon-tail", DEGRADED, &[("agent.toml", &policy("81", "/tmp/none"))], "follower_buffer = 256");
+    // More lines than the follower buffer plus the socket and pipe buffers
+    // of the stalled follower (about 700 lines), but a buffer a reader keeps
+    // within even under TCG.
+    const STORM: u64 = 5000;
+    let mut d = Daemon::start("daemon-tail", DEGRADED, &[("agent.toml", &policy("81", "/tmp/none"))], "follower_buffer = 2048");
     let cgroup = d.cgroup("tail");
     ok(&d.ctl(&["tag", &cgroup, "--policy", "agent"]));
     let tail = |kind: &str| {
@@ -203,6 +209,7 @@ fn followers_get_every_line_and_a_stalled_one_is_cut_off() {
         let mut seqs = Vec::new();
         for line in BufReader::new(reader_out).lines().map_while(Result::ok) {
             let v: Value = serde_json::from_str(&line).expect("follower line is JSON");
+            assert_ne!(v["kind"], "follower_cut", "the reading follower was cut off after {} lines: {v}", seqs.len());
             seqs.push(v["seq"].as_u64().unwrap_or(0));
             if seqs.len() as u64 == STORM {
                 break;
