@@ -22,7 +22,7 @@ use enforcer_common::{
 };
 
 mod pinned;
-pub use pinned::{PinError, Start, adopted_build, build_id, remove_pins};
+pub use pinned::{PinError, Start, adopted_build, build_id, remove_pins, short_sha256};
 
 use crate::{
     btf::Btf,
@@ -383,7 +383,6 @@ impl Enforcer {
     /// Replaces every tag and tree root at once, in one table swap: each
     /// tagged cgroup goes from its old policy to its new one with nothing in
     /// between (the daemon's reloads and adoption).
-    #[expect(clippy::implicit_hasher, reason = "the loader's maps use the default hasher")]
     pub fn replace_all(
         &mut self,
         file_rules: StdHashMap<FileRuleKey, u16>,
@@ -405,7 +404,6 @@ impl Enforcer {
     }
 
     /// Removes the network rules of every policy id not in `live`.
-    #[expect(clippy::implicit_hasher, reason = "the loader's maps use the default hasher")]
     pub fn retain_net_rules(&mut self, live: &std::collections::HashSet<u32>) -> Result<(), LoadError> {
         let stale: Vec<Key<NetKey>> = self
             .net_rules

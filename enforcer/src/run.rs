@@ -92,6 +92,7 @@ impl RunError {
 
 const POLICY_ID: u16 = 1;
 
+#[must_use]
 pub fn tag_for(policy: &Policy, policy_id: u16) -> TagInfo {
     let mut flags = 0;
     if policy.mode == Mode::Audit {
@@ -210,6 +211,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
 }
 
 /// The parts of `policy` only BPF LSM programs enforce.
+#[must_use]
 pub fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
     let mut parts = vec![
         "the built-in floor: BPF, perf events, modules, mounts, user namespaces, becoming root, ptrace and signals \
@@ -234,6 +236,7 @@ pub fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
     parts
 }
 
+#[must_use]
 pub fn missing_effect(key: &str) -> &'static str {
     if key == "files.write" {
         "writes there are denied until it exists and the policy is loaded again"

@@ -38,6 +38,7 @@ struct SyscallLine<'a> {
 }
 
 /// What a line is about, for those who route or count lines (the daemon).
+#[derive(Clone, Copy)]
 pub struct LineMeta<'a> {
     /// Per-daemon sequence number (`enforcer run`: none).
     pub seq: u64,
@@ -90,7 +91,7 @@ impl Sink {
         Self { out: Out::Lines(out), next_seq: Some(1) }
     }
 
-    fn line(&mut self, meta: LineMeta<'_>, value: &impl serde::Serialize) {
+    fn line(&mut self, meta: &LineMeta<'_>, value: &impl serde::Serialize) {
         match &mut self.out {
             Out::Writer(writer) => {
                 let mut line = serde_json::to_vec(value).unwrap_or_default();
@@ -105,7 +106,7 @@ impl Sink {
                 self.next_seq = Some(seq + 1);
                 let mut line = serde_json::to_vec(&Numbered { seq, line: value }).unwrap_or_default();
                 line.push(b'\n');
-                out.line(&LineMeta { seq, ..meta }, line);
+                out.line(&LineMeta { seq, ..*meta }, line);
             }
         }
     }
@@ -118,7 +119,7 @@ impl Sink {
 
     /// A line the daemon writes itself (`daemon` events: reloads, starts).
     pub fn daemon_line(&mut self, kind: &str, value: &impl serde::Serialize) {
-        self.line(LineMeta { seq: 0, kind, action: "", policy: "", cgroup: None }, value);
+        self.line(&LineMeta { seq: 0, kind, action: "", policy: "", cgroup: None }, value);
     }
 }
 
@@ -185,13 +186,13 @@ impl EventStream {
     /// Writes a `dns` event of the resolver.
     pub fn dns_event(&mut self, event: &DnsEvent, policy: &str, cgroup: &str, cgroup_id: u64) {
         let meta = LineMeta { seq: 0, kind: event.kind, action: event.action, policy, cgroup: Some(cgroup) };
-        self.sink.line(meta, &DnsLine { ts: self.clock.now(), policy, cgroup, cgroup_id, event });
+        self.sink.line(&meta, &DnsLine { ts: self.clock.now(), policy, cgroup, cgroup_id, event });
     }
 
     /// Writes a `syscall` event of the seccomp supervisor.
     pub fn syscall_event(&mut self, event: &SyscallEvent, policy: &str) {
         let meta = LineMeta { seq: 0, kind: "syscall", action: event.action, policy, cgroup: event.cgroup.as_deref() };
-        self.sink.line(meta, &SyscallLine { ts: self.clock.now(), policy, event });
+        self.sink.line(&meta, &SyscallLine { ts: self.clock.now(), policy, event });
     }
 
     /// Waits until records are available, then writes them all.
@@ -228,7 +229,7 @@ impl EventStream {
                         policy: &event.policy,
                         cgroup: event.cgroup.as_deref(),
                     };
-                    sink.line(meta, &event);
+                    sink.line(&meta, &event);
                 }
                 Err(e) => eprintln!("enforcer: warning: {e}"),
             }
@@ -240,7 +241,7 @@ impl EventStream {
     pub fn report_lost(&mut self, total: u64) {
         if total > self.lost_reported {
             let lost = Lost { ts: self.clock.now(), kind: "lost", count: total - self.lost_reported };
-            self.sink.line(LineMeta { seq: 0, kind: "lost", action: "", policy: "", cgroup: None }, &lost);
+            self.sink.line(&LineMeta { seq: 0, kind: "lost", action: "", policy: "", cgroup: None }, &lost);
             self.lost_reported = total;
         }
     }

@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::{enforcer_bin, probe_bin};
 
 /// How long a daemon may take to load (6.12 under TCG verifies for ~45 s).
-const START_TIMEOUT: Duration = Duration::from_secs(240);
+const START_TIMEOUT: Duration = Duration::from_mins(4);
 
 pub struct Daemon {
     pub base: PathBuf,

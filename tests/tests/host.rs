@@ -153,3 +153,22 @@ fn the_exported_systemd_settings_pass_systemd_analyze_verify() {
     let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("enforcer-agent.service")).collect();
     assert!(complaints.is_empty(), "systemd complains about the settings:\n{}", complaints.join("\n"));
 }
+
+#[test]
+fn the_shipped_systemd_unit_passes_systemd_analyze_verify() {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/enforcer.service")).expect("unit");
+    // The unit names the installed binary; verify it against the built one.
+    let unit_text = shipped.replace("/usr/bin/enforcer", &enforcer_bin().display().to_string());
+    let dir = std::path::Path::new("/tmp/enforcer-tests/unit");
+    std::fs::create_dir_all(dir).expect("dir");
+    let unit = dir.join("enforcer.service");
+    std::fs::write(&unit, unit_text).expect("write unit");
+    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().expect(
+        "systemd-analyze (cargo xtask setup installs systemd)",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("enforcer.service")).collect();
+    assert!(out.status.success() && complaints.is_empty(), "systemd-analyze verify:\n{stderr}");
+    assert!(shipped.contains("ExecStart=/usr/bin/enforcer daemon") && shipped.contains("Restart=always"));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -78,6 +78,7 @@ fn policy_list(core: &Core) -> Vec<serde_json::Value> {
         .collect()
 }
 
+#[must_use]
 pub fn snapshot(core: &Core) -> Snapshot {
     Snapshot {
         tagged_cgroups: core.tags().len(),
@@ -146,7 +147,7 @@ async fn tag(State(shared): State<Arc<Shared>>, Json(request): Json<TagRequest>)
     let result = shared.core.lock().await.tag(&request.cgroup, &request.policy, request.labels);
     match result {
         Ok(tag) => {
-            let _ = shared.notices.send(json!({ "kind": "tagged", "cgroup": tag.cgroup, "policy": tag.policy, "labels": tag.labels }));
+            let _ = shared.notices.send(json!({ "ts": super::now(), "kind": "tagged", "cgroup": tag.cgroup, "policy": tag.policy, "labels": tag.labels }));
             Json(tag).into_response()
         }
         Err(e) => e.into_response(),
@@ -162,7 +163,7 @@ async fn untag(State(shared): State<Arc<Shared>>, Query(query): Query<UntagQuery
     let result = shared.core.lock().await.untag(&query.cgroup);
     match result {
         Ok(tag) => {
-            let _ = shared.notices.send(json!({ "kind": "untagged", "cgroup": tag.cgroup, "policy": tag.policy }));
+            let _ = shared.notices.send(json!({ "ts": super::now(), "kind": "untagged", "cgroup": tag.cgroup, "policy": tag.policy }));
             Json(tag).into_response()
         }
         Err(e) => e.into_response(),
@@ -258,9 +259,9 @@ async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Follow>)
         }
         loop {
             match f.live.recv().await {
-                Ok(line) if line.seq > f.last_seq && f.filter.wants(&line) => {
-                    f.last_seq = line.seq;
-                    return Some((Ok(line.bytes.clone()), f));
+                Ok(next) if next.seq > f.last_seq && f.filter.wants(&next) => {
+                    f.last_seq = next.seq;
+                    return Some((Ok(next.bytes.clone()), f));
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -273,9 +274,9 @@ async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Follow>)
                         "message": format!("this follower fell {missed} lines behind and was cut off; follow again (--since to replay recent lines)"),
                     });
                     f.done = true;
-                    let mut line = serde_json::to_vec(&message).unwrap_or_default();
-                    line.push(b'\n');
-                    return Some((Ok(line.into()), f));
+                    let mut text = serde_json::to_vec(&message).unwrap_or_default();
+                    text.push(b'\n');
+                    return Some((Ok(text.into()), f));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }

@@ -188,6 +188,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/enforcer.toml"));
+        let config = Config::parse(&std::fs::read_to_string(path).unwrap(), path).unwrap();
+        let defaults = Config::default();
+        assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn a_missing_explicit_file_is_an_error() {
         let err = Config::load(Some(Path::new("/nonexistent/enforcer.toml"))).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/enforcer.toml"), "{err}");

@@ -106,6 +106,7 @@ impl Core {
     /// Restores the saved state (the policies and tags an earlier daemon
     /// had in force), then loads the policy directory; publishes it all in
     /// one swap.
+    #[must_use]
     pub fn start(config: Config, enforcer: Enforcer, hierarchy: Hierarchy, adopted: bool) -> (Self, ReloadReport) {
         let labels = Labels { policies: HashMap::new(), names: crate::cgroups::Names::new(hierarchy.clone()) };
         let mut core = Self {
@@ -229,14 +230,14 @@ impl Core {
                 });
             }
         }
-        if !fresh.is_empty() || !unload.is_empty() || publish_always {
-            if let Err(e) = self.apply(&mut fresh, &unload) {
-                for loaded in fresh.values() {
-                    report.rejected.push(Rejected { file: loaded.file.clone(), error: format!("cannot apply: {e}") });
-                }
-                fresh.clear();
-                unload.clear();
+        if (!fresh.is_empty() || !unload.is_empty() || publish_always)
+            && let Err(e) = self.apply(&fresh, &unload)
+        {
+            for loaded in fresh.values() {
+                report.rejected.push(Rejected { file: loaded.file.clone(), error: format!("cannot apply: {e}") });
             }
+            fresh.clear();
+            unload.clear();
         }
         for (name, loaded) in fresh {
             report.applied.push((name.clone(), loaded.version, loaded.hash.clone()));
@@ -256,7 +257,7 @@ impl Core {
 
     /// Publishes the policies in force with `fresh` replacing (or joining)
     /// them and `unload` gone; on error nothing changed in the kernel.
-    fn apply(&mut self, fresh: &mut BTreeMap<String, Loaded>, unload: &[String]) -> Result<(), LoadError> {
+    fn apply(&mut self, fresh: &BTreeMap<String, Loaded>, unload: &[String]) -> Result<(), LoadError> {
         let in_force = |name: &String| fresh.get(name).or_else(|| self.policies.get(name));
         let names: BTreeSet<&String> = self.policies.keys().chain(fresh.keys()).filter(|n| !unload.contains(n)).collect();
         let mut file_rules: HashMap<FileRuleKey, u16> = HashMap::new();

@@ -180,6 +180,27 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     }
     tokio::spawn(watch::policies(config.policies.clone(), shared.clone()));
 
+    stream_until_signal(&mut stream, &shared, &mut notice_rx).await?;
+    // Enforcement stays (it is pinned); only the API and the stream stop.
+    stream.drain();
+    let mut core = shared.core.lock().await;
+    stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
+    core.lost_reported = stream.lost_reported();
+    stream.sink().daemon_line("daemon_stopped", &json!({"ts": now(), "kind": "daemon_stopped", "pid": std::process::id()}));
+    stream.sink().flush();
+    core.save();
+    let _ = std::fs::remove_file(&config.socket);
+    eprintln!("enforcer: daemon stopped; {} tagged cgroups stay enforced by the pinned programs", core.tags().len());
+    Ok(())
+}
+
+/// Streams events, the daemon's notices and lost counts, and sweeps removed
+/// cgroups, until SIGTERM or SIGINT.
+async fn stream_until_signal(
+    stream: &mut EventStream,
+    shared: &Shared,
+    notice_rx: &mut mpsc::UnboundedReceiver<serde_json::Value>,
+) -> Result<(), DaemonError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -211,16 +232,6 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             _ = interrupt.recv() => break,
         }
     }
-    // Enforcement stays (it is pinned); only the API and the stream stop.
-    stream.drain();
-    let mut core = shared.core.lock().await;
-    stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
-    core.lost_reported = stream.lost_reported();
-    stream.sink().daemon_line("daemon_stopped", &json!({"ts": now(), "kind": "daemon_stopped", "pid": std::process::id()}));
-    stream.sink().flush();
-    core.save();
-    let _ = std::fs::remove_file(&config.socket);
-    eprintln!("enforcer: daemon stopped; {} tagged cgroups stay enforced by the pinned programs", core.tags().len());
     Ok(())
 }
 
@@ -307,7 +318,7 @@ fn mount_bpffs(pins: &Path) -> Result<(), DaemonError> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let parent = pins.parent().unwrap_or(pins);
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    let is_bpffs = rustix::fs::statfs(parent).is_ok_and(|s| i64::from(s.f_type) == BPF_FS_MAGIC);
+    let is_bpffs = rustix::fs::statfs(parent).is_ok_and(|s| s.f_type == BPF_FS_MAGIC);
     if !is_bpffs {
         rustix::mount::mount("bpf", parent, "bpf", rustix::mount::MountFlags::empty(), None)
             .map_err(|e| io_err(parent)(std::io::Error::other(format!("no bpffs here and mounting one failed: {e}"))))?;

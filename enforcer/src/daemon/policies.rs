@@ -9,7 +9,6 @@ use std::{
 };
 
 use enforcer_common::policy::{FileRuleKey, TagInfo};
-use sha2::Digest as _;
 
 use crate::{
     net_rules::{self, NetRules},
@@ -47,12 +46,15 @@ pub struct Rejected {
 /// The first 16 hex digits of the SHA-256 of a policy file's text.
 #[must_use]
 pub fn hash(text: &str) -> String {
-    sha2::Sha256::digest(text.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
+    crate::load::short_sha256(text.as_bytes())
 }
+
+/// A policy file's path and text.
+pub type PolicyFile = (PathBuf, String);
 
 /// The policy files of `dir` (sorted) with their text; unreadable ones are
 /// rejected.
-pub fn scan(dir: &Path) -> Result<(Vec<(PathBuf, String)>, Vec<Rejected>), std::io::Error> {
+pub fn scan(dir: &Path) -> Result<(Vec<PolicyFile>, Vec<Rejected>), std::io::Error> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .flatten()
         .map(|e| e.path())

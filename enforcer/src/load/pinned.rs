@@ -1,5 +1,5 @@
 //! The daemon's programs and maps, pinned under bpffs: they stay attached
-//! and enforcing when the daemon exits, crashes or is SIGKILLed, and the next
+//! and enforcing when the daemon exits, crashes or is killed, and the next
 //! daemon adopts them instead of loading a second copy.
 //!
 //! Layout, below `<root>/<build>/` (`build`: a hash of the programs, so a
@@ -48,8 +48,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
 /// This build's programs: the first 16 hex digits of their SHA-256.
 #[must_use]
 pub fn build_id() -> String {
-    let digest = sha2::Sha256::digest(PROGRAMS);
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    short_sha256(PROGRAMS)
+}
+
+/// The first 16 hex digits of the SHA-256 of `bytes`.
+#[must_use]
+pub fn short_sha256(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    sha2::Sha256::digest(bytes).iter().take(8).fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
 }
 
 /// The builds with pins under `root`.

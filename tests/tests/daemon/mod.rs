@@ -204,10 +204,10 @@ fn followers_get_every_line_and_a_stalled_one_is_cut_off() {
     };
     let mut reader = tail("connect");
     let mut stalled = tail("connect");
-    let reader_out = reader.stdout.take().unwrap();
+    let reader_lines = reader.stdout.take().unwrap();
     let counted = std::thread::spawn(move || {
         let mut seqs = Vec::new();
-        for line in BufReader::new(reader_out).lines().map_while(Result::ok) {
+        for line in BufReader::new(reader_lines).lines().map_while(Result::ok) {
             let v: Value = serde_json::from_str(&line).expect("follower line is JSON");
             assert_ne!(v["kind"], "follower_cut", "the reading follower was cut off after {} lines: {v}", seqs.len());
             seqs.push(v["seq"].as_u64().unwrap_or(0));
@@ -231,14 +231,15 @@ fn followers_get_every_line_and_a_stalled_one_is_cut_off() {
     assert_eq!(seqs.len() as u64 + lost, STORM, "every denial delivered or counted lost");
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order");
     let _ = reader.kill();
+    let _ = reader.wait();
 
     // The stalled follower, read at last, ends with why it was cut off.
     let mut rest = String::new();
     stalled.stdout.take().unwrap().read_to_string(&mut rest).unwrap();
-    let status = stalled.wait().unwrap();
-    let last: Value = serde_json::from_str(rest.lines().last().expect("lines")).expect("JSON");
-    assert_eq!(last["kind"], "follower_cut", "{last}");
-    assert_eq!(status.code(), Some(3));
+    let exit = stalled.wait().unwrap();
+    let final_line: Value = serde_json::from_str(rest.lines().last().expect("lines")).expect("JSON");
+    assert_eq!(final_line["kind"], "follower_cut", "{final_line}");
+    assert_eq!(exit.code(), Some(3));
     let (_, status) = d.api("GET", "/v1/status", None);
     assert!(status["counters"]["follower_cuts"].as_u64() >= Some(1), "{status}");
     let (code, metrics) = d.http("GET", "/metrics", None);

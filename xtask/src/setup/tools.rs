@@ -10,8 +10,10 @@ use crate::cmd;
 use crate::vm::initramfs;
 
 const MIN_QEMU_MAJOR: u32 = 10;
-/// What the host tier's agent workload runs under `@default-agent` (tool, Debian package).
-const WORKLOAD_TOOLS: [(&str, &str); 4] = [("git", "git"), ("cc", "gcc"), ("python3", "python3"), ("node", "nodejs")];
+/// What the host tier runs: the agent workload under `@default-agent`, and
+/// systemd-analyze for the units (tool, Debian package).
+const WORKLOAD_TOOLS: [(&str, &str); 5] =
+    [("git", "git"), ("cc", "gcc"), ("python3", "python3"), ("node", "nodejs"), ("systemd-analyze", "systemd")];
 const BUSYBOX: &str = "/bin/busybox";
 
 /// qemu-system-x86 from bookworm-backports (Debian 12's QEMU 7.2 corrupts 6.12 guests),
