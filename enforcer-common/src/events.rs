@@ -129,6 +129,9 @@ pub enum Reason {
     NoSeccomp = 10,
     /// The built-in floor refuses it whatever the policy says.
     Floor = 11,
+    /// A file or directory of the enforcer daemon itself (its binary,
+    /// configuration, policies, socket, state, pins).
+    Protected = 12,
 }
 
 /// What a network event is about, after its header.
@@ -226,6 +229,7 @@ impl Reason {
             9 => Self::Fileless,
             10 => Self::NoSeccomp,
             11 => Self::Floor,
+            12 => Self::Protected,
             _ => return None,
         })
     }

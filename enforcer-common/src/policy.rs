@@ -176,6 +176,31 @@ pub struct Tables {
     pub files: FileTable,
 }
 
+/// The daemon's own files and directories, which no tagged task may change
+/// (a one-entry array of [`Protected`]).
+pub const PROTECTED_MAP: &str = "PROTECTED";
+/// Inodes in [`Protected`] at most.
+pub const PROTECTED_MAX: usize = 16;
+
+/// One protected inode (`ino == 0`: an unused slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProtectedInode {
+    pub ino: u64,
+    /// Kernel encoding, as in [`FileRuleKey`].
+    pub dev: u32,
+    pub pad: u32,
+}
+
+/// The protected inodes: writing, truncating, renaming, removing or
+/// changing attributes of one, or adding or removing an entry in one that is
+/// a directory, is refused for every tagged task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Protected {
+    pub inodes: [ProtectedInode; PROTECTED_MAX],
+}
+
 /// `TagInfo::flags`: report but allow (policy `mode = "audit"`).
 pub const TAG_AUDIT: u32 = 1 << 0;
 /// `TagInfo::flags`: the policy has a `[files]` section.
@@ -224,6 +249,7 @@ pub const FILE_EXEC: u16 = 1 << 2;
 mod pod {
     unsafe impl aya::Pod for super::TagFilter {}
     unsafe impl aya::Pod for super::Tables {}
+    unsafe impl aya::Pod for super::Protected {}
 }
 
 #[cfg(test)]

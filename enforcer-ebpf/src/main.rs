@@ -15,6 +15,7 @@ mod exec;
 mod floor;
 mod kernel;
 mod net;
+mod protect;
 mod report;
 mod tables;
 mod tag;
@@ -47,12 +48,6 @@ const ATTR_GID: u32 = 1 << 2;
 const ATTR_SIZE: u32 = 1 << 3;
 const ATTR_ATIME: u32 = 1 << 4;
 const ATTR_MTIME: u32 = 1 << 5;
-
-/// The tag of the current task, if its policy restricts files.
-#[inline(always)]
-fn files_tag() -> Option<Tagged> {
-    tag::current_tag().filter(restricts_files)
-}
 
 #[inline(always)]
 fn restricts_files(tag: &Tagged) -> bool {
@@ -108,27 +103,63 @@ fn entry_check(ctx: &LsmContext, dir_arg: usize, dentry_arg: usize, op: Op) -> C
     Check { kind: Kind::FileWrite, op, allow_self: false, dentry, vfsmount }
 }
 
+/// The refusal of a check that touches the daemon's own files
+/// (`protect.rs`): for every tagged task, whatever its policy.
+#[inline(always)]
+fn protected_denial(check: &Check) -> Denial {
+    Denial { kind: Kind::FileWrite, op: check.op, reason: Reason::Protected, dentry: check.dentry, vfsmount: check.vfsmount }
+}
+
+/// Self-protection of an entry check whose directory is hook argument `dir_arg`.
+#[inline(always)]
+fn protected_entry(ctx: &LsmContext, dir_arg: usize, check: &Check) -> Option<Denial> {
+    let dir: *const u8 = ctx.arg(dir_arg);
+    let dir = unsafe { Direct::ptr::<PathDentry>(dir) };
+    protect::entry(dir, check.dentry).then(|| protected_denial(check))
+}
+
+/// Self-protection of a check on an object itself.
+#[inline(always)]
+fn protected_object(check: &Check) -> Option<Denial> {
+    protect::object(check.dentry).then(|| protected_denial(check))
+}
+
+/// Self-protection first (every tagged task), then the policy's file rules
+/// (if it has any); one report per program.
+#[inline(always)]
+fn protect_then_decide(tag: &Tagged, protected: Option<Denial>, check: Check) -> i32 {
+    let denial = match protected {
+        Some(denial) => Some(denial),
+        None if restricts_files(tag) => judge_check(tag, check),
+        None => None,
+    };
+    enforce(tag, denial)
+}
+
 /// An operation on a directory entry.
 #[inline(always)]
 fn entry_op(ctx: &LsmContext, dir_arg: usize, dentry_arg: usize, op: Op) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
-    decide(&tag, entry_check(ctx, dir_arg, dentry_arg, op))
+    let Some(tag) = tag::current_tag() else { return 0 };
+    let check = entry_check(ctx, dir_arg, dentry_arg, op);
+    protect_then_decide(&tag, protected_entry(ctx, dir_arg, &check), check)
 }
 
 /// An operation on an object named by a `struct path` (truncate, chmod...).
 #[inline(always)]
 fn path_op(ctx: &LsmContext, path_arg: usize, op: Op) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
+    let Some(tag) = tag::current_tag() else { return 0 };
     let path: *const u8 = ctx.arg(path_arg);
     let (dentry, vfsmount) = unsafe { (Direct::ptr::<PathDentry>(path), Direct::ptr::<PathMnt>(path)) };
-    decide(&tag, Check { kind: Kind::FileWrite, op, allow_self: true, dentry, vfsmount })
+    let check = Check { kind: Kind::FileWrite, op, allow_self: true, dentry, vfsmount };
+    protect_then_decide(&tag, protected_object(&check), check)
 }
 
 /// An operation on a bare dentry (xattrs, setattr): the hook gives no mount,
 /// so the walk ends at the root of the dentry's filesystem.
 #[inline(always)]
 fn dentry_op(tag: &Tagged, dentry: *const u8, op: Op) -> i32 {
-    decide(tag, Check { kind: Kind::FileWrite, op, allow_self: true, dentry, vfsmount: core::ptr::null() })
+    let check = Check { kind: Kind::FileWrite, op, allow_self: true, dentry, vfsmount: core::ptr::null() };
+    protect_then_decide(tag, protected_object(&check), check)
 }
 
 /// Opening a file: the floor first (`floor::open_refused`), then writing
@@ -149,9 +180,11 @@ fn open_file(suspect: Suspect, file: *const u8) -> i32 {
     let (dentry, vfsmount) = file_path(file);
     let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
     let file_type = unsafe { Direct::get::<InodeMode>(inode) } as u32 & S_IFMT;
-    if floor::open_refused(dentry, inode, file_type, writes) {
+    let floor = floor::open_refused(dentry, inode, file_type, writes);
+    if floor || (writes && protect::object(dentry)) {
         let kind = if writes { Kind::FileWrite } else { Kind::FileRead };
-        return enforce(&tag, Some(Denial { kind, op: Op::Open, reason: Reason::Floor, dentry, vfsmount }));
+        let reason = if floor { Reason::Floor } else { Reason::Protected };
+        return enforce(&tag, Some(Denial { kind, op: Op::Open, reason, dentry, vfsmount }));
     }
     if !restricts_files(&tag) {
         return 0;
@@ -177,10 +210,11 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 /// Linux 6.2+: `ftruncate` (before, it reaches `path_truncate`).
 #[lsm(hook = "file_truncate")]
 pub fn file_truncate(ctx: LsmContext) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
+    let Some(tag) = tag::current_tag() else { return 0 };
     let file: *const u8 = ctx.arg(0);
     let (dentry, vfsmount) = file_path(file);
-    decide(&tag, Check { kind: Kind::FileWrite, op: Op::Truncate, allow_self: true, dentry, vfsmount })
+    let check = Check { kind: Kind::FileWrite, op: Op::Truncate, allow_self: true, dentry, vfsmount };
+    protect_then_decide(&tag, protected_object(&check), check)
 }
 
 /// `mknod`, and `open(O_CREAT)` of a new file (the kernel asks this hook).
@@ -214,9 +248,13 @@ pub fn path_symlink(ctx: LsmContext) -> i32 {
 /// Both ends of a rename must be in write trees.
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
-    let denial = judge_check(&tag, entry_check(&ctx, 0, 1, Op::Rename))
-        .or_else(|| judge_check(&tag, entry_check(&ctx, 2, 3, Op::Rename)));
+    let Some(tag) = tag::current_tag() else { return 0 };
+    let (from, to) = (entry_check(&ctx, 0, 1, Op::Rename), entry_check(&ctx, 2, 3, Op::Rename));
+    let denial = match protected_entry(&ctx, 0, &from).or_else(|| protected_entry(&ctx, 2, &to)) {
+        Some(denial) => Some(denial),
+        None if restricts_files(&tag) => judge_check(&tag, from).or_else(|| judge_check(&tag, to)),
+        None => None,
+    };
     enforce(&tag, denial)
 }
 
@@ -224,11 +262,15 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
 /// hard link must not give a write tree a name for a file outside it.
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
+    let Some(tag) = tag::current_tag() else { return 0 };
     let new_name = entry_check(&ctx, 1, 2, Op::Link);
     // link(2) never crosses mounts: the old name lives on the new one's mount.
     let old_name = Check { allow_self: true, dentry: ctx.arg(0), ..entry_check(&ctx, 1, 2, Op::Link) };
-    let denial = judge_check(&tag, new_name).or_else(|| judge_check(&tag, old_name));
+    let denial = match protected_entry(&ctx, 1, &new_name).or_else(|| protected_object(&old_name)) {
+        Some(denial) => Some(denial),
+        None if restricts_files(&tag) => judge_check(&tag, new_name).or_else(|| judge_check(&tag, old_name)),
+        None => None,
+    };
     enforce(&tag, denial)
 }
 
@@ -251,7 +293,7 @@ pub fn path_chown(ctx: LsmContext) -> i32 {
 /// hooks above first; judging them here too would report them twice).
 #[lsm(hook = "inode_setattr")]
 pub fn inode_setattr(ctx: LsmContext) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
+    let Some(tag) = tag::current_tag() else { return 0 };
     // Read every candidate at a constant offset (the verifier refuses a
     // computed context offset), then pick by this kernel's signature.
     let (arg0, arg1, arg2): (*const u8, *const u8, *const u8) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
@@ -265,26 +307,26 @@ pub fn inode_setattr(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "inode_setxattr")]
 pub fn inode_setxattr(ctx: LsmContext) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
+    let Some(tag) = tag::current_tag() else { return 0 };
     dentry_op(&tag, ctx.arg(1), Op::Setxattr)
 }
 
 #[lsm(hook = "inode_removexattr")]
 pub fn inode_removexattr(ctx: LsmContext) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
+    let Some(tag) = tag::current_tag() else { return 0 };
     dentry_op(&tag, ctx.arg(1), Op::Removexattr)
 }
 
 /// Linux 6.2+: POSIX ACLs no longer pass through the xattr hooks.
 #[lsm(hook = "inode_set_acl")]
 pub fn inode_set_acl(ctx: LsmContext) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
+    let Some(tag) = tag::current_tag() else { return 0 };
     dentry_op(&tag, ctx.arg(1), Op::SetAcl)
 }
 
 #[lsm(hook = "inode_remove_acl")]
 pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
-    let Some(tag) = files_tag() else { return 0 };
+    let Some(tag) = tag::current_tag() else { return 0 };
     dentry_op(&tag, ctx.arg(1), Op::RemoveAcl)
 }
 

@@ -360,6 +360,7 @@ const fn reason_name(reason: Reason) -> &'static str {
         Reason::Fileless => "fileless",
         Reason::NoSeccomp => "no_seccomp",
         Reason::Floor => "floor",
+        Reason::Protected => "enforcer_protected",
     }
 }
 

@@ -18,7 +18,10 @@ use enforcer_common::{
         DNS_GRANTS_MAP, DnsGrant, NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver, UNIX_RULES_MAP,
         UnixKey,
     },
-    policy::{FileRuleKey, FileTable, MAX_TAG_LEVEL, TABLES_MAP, TAG_FILTER_MAP, TagFilter, TagInfo, TagTable, Tables},
+    policy::{
+        FileRuleKey, FileTable, MAX_TAG_LEVEL, PROTECTED_MAP, Protected, TABLES_MAP, TAG_FILTER_MAP, TagFilter, TagInfo,
+        TagTable, Tables,
+    },
 };
 
 mod pinned;
@@ -202,6 +205,7 @@ pub struct Enforcer {
     published_filter: TagFilter,
     lost: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    protected: Array<MapData, Protected>,
     /// Tagged cgroup id -> (level, tag): what the tag table is built from.
     tags: StdHashMap<u64, (u32, TagInfo)>,
     /// Every loaded policy's tree roots: what the file table is built from.
@@ -244,7 +248,7 @@ impl Enforcer {
         lsm_missing: Option<LoadError>,
         missing_hooks: Vec<&'static str>,
     ) -> Result<Self, LoadError> {
-        let Maps { tables, tag_filter, lost, events, net_rules, unix_rules, resolvers, dns_grants } = maps;
+        let Maps { tables, tag_filter, lost, events, net_rules, unix_rules, resolvers, dns_grants, protected } = maps;
         let tag_table = tables::tag_table(&StdHashMap::new())?;
         let file_table = tables::file_table(&StdHashMap::new())?;
         Ok(Self {
@@ -263,6 +267,7 @@ impl Enforcer {
             published_filter: TagFilter::EMPTY,
             lost,
             events: Some(events),
+            protected,
             tags: StdHashMap::new(),
             file_rules: StdHashMap::new(),
             missing_hooks,
@@ -426,6 +431,11 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Sets the inodes no tagged task may change (the daemon's own files).
+    pub fn set_protected(&mut self, protected: &Protected) -> Result<(), LoadError> {
+        self.protected.set(0, protected, 0).map_err(map_err(PROTECTED_MAP))
+    }
+
     /// How many cgroups are tagged.
     #[must_use]
     pub fn tagged_count(&self) -> usize {
@@ -537,11 +547,21 @@ struct Maps {
     unix_rules: BpfHashMap<MapData, UnixKey, u8>,
     resolvers: BpfHashMap<MapData, u32, Resolver>,
     dns_grants: BpfHashMap<MapData, NetKey, DnsGrant>,
+    protected: Array<MapData, Protected>,
 }
 
 /// The maps userspace works with, by their names in the object.
-const MAP_NAMES: &[&str] =
-    &[TABLES_MAP, TAG_FILTER_MAP, LOST_MAP, EVENTS_MAP, NET_RULES_MAP, UNIX_RULES_MAP, RESOLVERS_MAP, DNS_GRANTS_MAP];
+const MAP_NAMES: &[&str] = &[
+    TABLES_MAP,
+    TAG_FILTER_MAP,
+    LOST_MAP,
+    EVENTS_MAP,
+    NET_RULES_MAP,
+    UNIX_RULES_MAP,
+    RESOLVERS_MAP,
+    DNS_GRANTS_MAP,
+    PROTECTED_MAP,
+];
 
 impl Maps {
     fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
@@ -558,6 +578,7 @@ impl Maps {
             unix_rules: BpfHashMap::try_from(take(UNIX_RULES_MAP)?).map_err(map_err(UNIX_RULES_MAP))?,
             resolvers: BpfHashMap::try_from(take(RESOLVERS_MAP)?).map_err(map_err(RESOLVERS_MAP))?,
             dns_grants: BpfHashMap::try_from(take(DNS_GRANTS_MAP)?).map_err(map_err(DNS_GRANTS_MAP))?,
+            protected: Array::try_from(take(PROTECTED_MAP)?).map_err(map_err(PROTECTED_MAP))?,
         })
     }
 }

@@ -172,3 +172,39 @@ fn the_shipped_systemd_unit_passes_systemd_analyze_verify() {
     assert!(shipped.contains("ExecStart=/usr/bin/enforcer daemon") && shipped.contains("Restart=always"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_kubernetes_manifests_parse_and_mount_what_the_daemon_needs() {
+    use yaml_rust2::YamlLoader;
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes/enforcer.yaml")).expect("manifests");
+    let docs = YamlLoader::load_from_str(&text).expect("valid YAML");
+    let kind = |doc: &yaml_rust2::Yaml| doc["kind"].as_str().unwrap_or_default().to_owned();
+    let daemonset = docs.iter().find(|d| kind(d) == "DaemonSet").expect("a DaemonSet");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"].as_bool(), Some(true), "peers are checked through the host's /proc");
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["privileged"].as_bool(), Some(true));
+    let command: Vec<&str> = container["command"].as_vec().expect("command").iter().filter_map(|c| c.as_str()).collect();
+    assert_eq!(command[..2], ["/usr/bin/enforcer", "daemon"]);
+    let mounts = container["volumeMounts"].as_vec().expect("volumeMounts");
+    let volumes = pod["volumes"].as_vec().expect("volumes");
+    let host_path = |mount_path: &str| {
+        let mount = mounts.iter().find(|m| m["mountPath"].as_str() == Some(mount_path))?;
+        let volume = volumes.iter().find(|v| v["name"] == mount["name"])?;
+        volume["hostPath"]["path"].as_str().map(str::to_owned)
+    };
+    for path in ["/sys/fs/bpf", "/sys/fs/cgroup", "/sys/kernel/security", "/sys/kernel/btf", "/run/enforcer"] {
+        assert_eq!(host_path(path).as_deref(), Some(path), "the host's {path} is mounted at {path}");
+    }
+    let bpffs = mounts.iter().find(|m| m["mountPath"].as_str() == Some("/sys/fs/bpf")).unwrap();
+    assert_eq!(bpffs["mountPropagation"].as_str(), Some("Bidirectional"), "pins must reach the host's bpffs");
+    // The configuration and the policies in the ConfigMaps are valid.
+    let config_map = |name: &str| docs.iter().find(|d| kind(d) == "ConfigMap" && d["metadata"]["name"].as_str() == Some(name)).expect(name);
+    let config = config_map("enforcer-config")["data"]["enforcer.toml"].as_str().expect("enforcer.toml").to_owned();
+    let config = enforcer::daemon::config::Config::parse(&config, std::path::Path::new("enforcer.toml")).expect("config parses");
+    assert_eq!(config.bpffs, std::path::Path::new("/sys/fs/bpf/enforcer"));
+    for (file, policy) in config_map("enforcer-policies")["data"].as_hash().expect("policies") {
+        let file = file.as_str().expect("file name");
+        enforcer::policy::parse(policy.as_str().expect("text"), std::path::Path::new(file)).unwrap_or_else(|e| panic!("{e}"));
+    }
+}

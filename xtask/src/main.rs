@@ -5,6 +5,7 @@
 //! and `cmd` the process helpers.
 
 mod bench;
+mod bench_daemon;
 mod bench_host_vm;
 mod bench_net;
 mod bench_syscalls;

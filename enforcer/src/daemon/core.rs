@@ -100,6 +100,8 @@ pub struct Core {
     pub not_enforced: Vec<&'static str>,
     pub started_at: String,
     pub adopted: bool,
+    /// The configuration file read, if any (protected with the rest).
+    pub config_file: Option<PathBuf>,
 }
 
 impl Core {
@@ -124,6 +126,7 @@ impl Core {
             not_enforced: Vec::new(),
             started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             adopted,
+            config_file: None,
         };
         let mut report = ReloadReport::default();
         let state = core.read_state();
@@ -421,6 +424,13 @@ impl Core {
         self.tags.values().filter(|t| t.policy == policy).count()
     }
 
+    /// Tells the programs which inodes are the daemon's own again (a file
+    /// replaced by rename has a new inode).
+    pub fn protect_own_files(&mut self) -> Result<(), LoadError> {
+        let protected = protected_inodes(&self.config, self.config_file.as_deref());
+        self.enforcer.set_protected(&protected)
+    }
+
     /// Whether a process in cgroup `path` (from /proc/PID/cgroup) is in or
     /// below a tagged cgroup.
     #[must_use]
@@ -467,4 +477,24 @@ impl Core {
             eprintln!("enforcer: warning: cannot save state to {}: {e} (a restarted daemon would not adopt it)", path.display());
         }
     }
+}
+
+/// The daemon's own files and directories, for `Enforcer::set_protected`:
+/// its binary, configuration, policy directory, state directory, socket and
+/// the events file's directory. Paths that do not exist are left out.
+#[must_use]
+pub fn protected_inodes(config: &Config, config_file: Option<&Path>) -> enforcer_common::policy::Protected {
+    use enforcer_common::policy::{PROTECTED_MAX, Protected, ProtectedInode};
+    let mut paths: Vec<PathBuf> = Vec::new();
+    paths.extend(std::env::current_exe().ok());
+    paths.extend(config_file.map(Path::to_owned));
+    paths.extend([config.policies.clone(), config.state_dir.clone(), config.socket.clone()]);
+    paths.extend(config.events.file.as_ref().and_then(|f| f.parent()).map(Path::to_owned));
+    let mounts = crate::mounts::mount_table().unwrap_or_default();
+    let mut protected = Protected::default();
+    let ids = paths.iter().filter_map(|p| crate::mounts::inode_id(p, &mounts).ok().flatten());
+    for (slot, id) in protected.inodes.iter_mut().zip(ids.take(PROTECTED_MAX)) {
+        *slot = ProtectedInode { ino: id.ino, dev: id.dev, pad: 0 };
+    }
+    protected
 }

@@ -60,7 +60,7 @@ pub enum DaemonError {
     Cgroup(#[from] CgroupError),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("another enforcer daemon is running (it holds {}); stop it first", path.display())]
+    #[error("another enforcer daemon is running (it holds the lock on {}); stop it first", path.display())]
     Running { path: PathBuf },
     #[error("the daemon needs root (it loads BPF programs)")]
     NotRoot,
@@ -107,14 +107,16 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         return Err(DaemonError::NotRoot);
     }
     std::fs::create_dir_all(&config.state_dir).map_err(io_err(&config.state_dir))?;
-    let _lock = lock(&config.state_dir.join("daemon.lock"))?;
+    // One daemon per state and per pins: two would publish over each other.
+    let _state_lock = lock(&config.state_dir.join("daemon.lock"))?;
+    mount_bpffs(&config.bpffs)?;
+    let _pins_lock = lock(&config.bpffs)?;
     if opts.uninstall {
         return uninstall(&config);
     }
     if !config.policies.exists() {
         std::fs::create_dir_all(&config.policies).map_err(io_err(&config.policies))?;
     }
-    mount_bpffs(&config.bpffs)?;
     let (enforcer, start) = Enforcer::load_pinned(&config.bpffs)?;
     let mut not_enforced = Vec::new();
     if let Some(why) = enforcer.lsm_missing().map(ToString::to_string) {
@@ -134,6 +136,10 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let adopted = start == Start::Adopted;
     let (mut core, report) = Core::start(config.clone(), enforcer, hierarchy, adopted);
     core.not_enforced = not_enforced;
+    core.config_file = opts.config.clone().or_else(|| {
+        let default = PathBuf::from(config::DEFAULT_CONFIG);
+        default.exists().then_some(default)
+    });
     let attach_errors = core.attach_all_net();
     if let Start::Fresh { other_builds } = &start {
         // Our tables are published: the other builds' programs may go.
@@ -172,6 +178,7 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let socket_gid = config.socket_gid();
     let shared = Arc::new(Shared { core: tokio::sync::Mutex::new(core), feed, metrics, notices, socket_gid });
     let listener = bind_socket(&config.socket, socket_gid)?;
+    shared.core.lock().await.protect_own_files()?;
     tokio::spawn(serve(listener, shared.clone()));
     if let Some(address) = config.metrics.address {
         let listener = tokio::net::TcpListener::bind(address).await.map_err(io_err(Path::new(&address.to_string())))?;
@@ -223,6 +230,9 @@ async fn stream_until_signal(
                     core.save();
                 }
                 if ticks.is_multiple_of(5) {
+                    if let Err(e) = core.protect_own_files() {
+                        eprintln!("enforcer: warning: cannot update the protected files: {e}");
+                    }
                     for tag in core.sweep() {
                         let _ = shared.notices.send(json!({"ts": now(), "kind": "untagged", "cgroup": tag.cgroup, "policy": tag.policy, "reason": "cgroup removed"}));
                     }
@@ -302,9 +312,15 @@ fn bind_socket(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListener
     Ok(listener)
 }
 
-/// Holds `path` locked for as long as the value lives: one daemon at a time.
+/// Holds `path` (a file, created if missing, or a directory) locked for as
+/// long as the value lives.
 fn lock(path: &Path) -> Result<std::fs::File, DaemonError> {
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io_err(path))?;
+    let file = if path.is_dir() {
+        std::fs::File::open(path)
+    } else {
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)
+    }
+    .map_err(io_err(path))?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(file),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(DaemonError::Running { path: path.to_owned() }),

@@ -1,15 +1,12 @@
 //! Reloads the policies when a file in their directory is written, moved
 //! in or out, or removed (inotify).
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc};
 
 use rustix::fs::inotify;
 use tokio::io::unix::AsyncFd;
 
 use super::api::Shared;
-
-/// Editors write several events per save: wait this long for the last.
-const SETTLE: Duration = Duration::from_millis(50);
 
 pub async fn policies(dir: PathBuf, shared: Arc<Shared>) {
     let watcher = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).and_then(|fd| {
@@ -35,8 +32,8 @@ pub async fn policies(dir: PathBuf, shared: Arc<Shared>) {
     loop {
         let Ok(mut guard) = fd.readable().await else { return };
         guard.clear_ready();
-        drain(fd.get_ref());
-        tokio::time::sleep(SETTLE).await;
+        // Editors make several events per save; each reload compares
+        // hashes, so one that finds nothing new changes nothing.
         drain(fd.get_ref());
         let report = shared.core.lock().await.reload();
         super::announce_reload(&shared.notices, &report);

@@ -12,6 +12,11 @@
 //! - `sendto` (PATH is `ADDRESS:PORT`): `sendto` of 64 bytes on an unbound,
 //!   unconnected UDP socket made once.
 //!
+//! `enforcer-bench until-denied ADDRESS:PORT MAX` (for `cargo xtask bench
+//! daemon`): prints `looping`, then connects (as `connect`) until one fails
+//! with EPERM, at most MAX times, and prints `denied_at_ns=T attempts=N`
+//! (`T`: `CLOCK_MONOTONIC` when the first EPERM came back; 0 if none did).
+//!
 //! `enforcer-bench listen ADDRESS:PORT 0` serves the `connect` loop (accepts
 //! and closes, forever) and binds UDP at port + 1 for `sendto`.
 //!
@@ -107,12 +112,42 @@ fn listen(text: &str) -> ! {
     }
 }
 
+/// One `connect` of the `connect` loop; its return value.
+fn connect_once(to: &libc::sockaddr_in) -> isize {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: socket(2), setsockopt(2) and connect(2) with structs of their
+    // lengths, close(2).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&raw const linger).cast(), LINGER_LEN);
+        let r = libc::connect(fd, (&raw const to).cast(), SOCKADDR_IN_LEN);
+        libc::close(fd);
+        r as isize
+    }
+}
+
+/// Connects until the first EPERM; prints when it came and exits.
+fn until_denied(address: &str, max: u64) -> ! {
+    use std::io::Write as _;
+    let to = sockaddr(address);
+    println!("looping");
+    let _ = std::io::stdout().flush();
+    for attempt in 1..=max {
+        if connect_once(&to) < 0 && errno() == libc::EPERM {
+            println!("denied_at_ns={} attempts={attempt}", now_ns());
+            std::process::exit(0);
+        }
+    }
+    println!("denied_at_ns=0 attempts={max}");
+    std::process::exit(1);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(kind), Some(path), Some(Ok(iterations))) =
         (args.get(1), args.get(2), args.get(3).map(|n| n.parse::<u64>()))
     else {
-        eprintln!("usage: enforcer-bench open|write|stat|read|connect|sendto|listen|getpid|fork-exec PATH ITERATIONS");
+        eprintln!("usage: enforcer-bench open|write|stat|read|connect|sendto|listen|getpid|fork-exec|until-denied PATH ITERATIONS");
         std::process::exit(2);
     };
     let path = CString::new(path.as_str()).expect("path without NUL");
@@ -150,20 +185,10 @@ fn main() {
             timed(&mut || unsafe { libc::pread(fd, buf.0.as_mut_ptr().cast(), buf.0.len(), 0) })
         }
         "listen" => listen(&path.to_string_lossy()),
+        "until-denied" => until_denied(&path.to_string_lossy(), iterations),
         "connect" => {
             let to = sockaddr(&path.to_string_lossy());
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-            timed(&mut || {
-                // SAFETY: socket(2), setsockopt(2) and connect(2) with structs of their
-                // lengths, close(2).
-                unsafe {
-                    let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-                    libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&raw const linger).cast(), LINGER_LEN);
-                    let r = libc::connect(fd, (&raw const to).cast(), SOCKADDR_IN_LEN);
-                    libc::close(fd);
-                    r as isize
-                }
-            })
+            timed(&mut || connect_once(&to))
         }
         "sendto" => {
             let to = sockaddr(&path.to_string_lossy());
@@ -193,7 +218,7 @@ fn main() {
             })
         }
         other => {
-            eprintln!("enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, listen, getpid, fork-exec)");
+            eprintln!("enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, listen, getpid, fork-exec, until-denied)");
             std::process::exit(2);
         }
     };

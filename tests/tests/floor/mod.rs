@@ -161,3 +161,56 @@ fn the_floor_refuses_what_breaks_out_of_any_sandbox() {
     host.kill().unwrap();
     let _ = host.wait();
 }
+
+/// Self-protection: with a policy that restricts only the network, a tagged
+/// process still cannot touch the daemon's configuration, policies, state,
+/// socket, binary or pins, move itself out of its cgroup, or signal or
+/// trace the daemon; the daemon keeps running its policy.
+#[test]
+fn the_daemon_and_its_files_are_out_of_an_agents_reach() {
+    use enforcer_tests::daemon::{Daemon, errno_of};
+    let policy = "name = \"agent\"\n[network]\nallow = [\"127.0.0.1/32:81\"]\n";
+    let mut d = Daemon::start("daemon-protect", false, &[("agent.toml", policy)], "");
+    let cgroup = d.cgroup("protect");
+    let out = d.ctl(&["tag", &cgroup, "--policy", "agent"]);
+    assert!(out.status.success(), "{out:?}");
+    let (_, status) = d.api("GET", "/v1/status", None);
+    let daemon_pid = status["daemon"]["pid"].as_u64().expect("pid");
+    let pins = status["daemon"]["pins"].as_str().expect("pins").to_owned();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let cgroup_root = enforcer::cgroups::Hierarchy::find().expect("cgroup2").mount_point;
+    let cases: Vec<(String, &str, &str)> = vec![
+        (format!("overwrite:{}", path(&d.config)), "file_write", "enforcer_protected"),
+        (format!("write:{}/evil.toml", path(&d.policies)), "file_write", "enforcer_protected"),
+        (format!("unlink:{}/agent.toml", path(&d.policies)), "file_write", "enforcer_protected"),
+        (format!("rename:{}/agent.toml:{}/moved.toml", path(&d.policies), path(&d.base)), "file_write", "enforcer_protected"),
+        (format!("overwrite:{}/state/state.json", path(&d.base)), "file_write", "enforcer_protected"),
+        (format!("unlink:{}", path(&d.socket)), "file_write", "enforcer_protected"),
+        // chmod: a running binary cannot be opened for writing anyway (ETXTBSY).
+        (format!("chmod:{}", enforcer_tests::enforcer_bin().display()), "file_write", "enforcer_protected"),
+        (format!("unlink:{pins}/maps/EVENTS"), "file_write", "enforcer_protected"),
+        (format!("overwrite:{}/cgroup.procs", cgroup_root.display()), "file_write", "floor"),
+        (format!("kill:{daemon_pid}:9"), "floor", "floor"),
+        (format!("ptrace-attach:{daemon_pid}"), "floor", "floor"),
+    ];
+    let steps: Vec<String> = cases.iter().map(|(s, _, _)| s.clone()).collect();
+    let results = d.run_probe(&cgroup, &steps);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let events = d.events();
+    for (step, kind, reason) in &cases {
+        assert_eq!(errno_of(&results, step), EPERM, "step `{step}`: {results:#?}");
+        let target = step.split_once(':').map_or("", |(_, rest)| rest.split(':').next().unwrap_or_default());
+        let matching: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["kind"] == *kind && e["reason"] == *reason)
+            .filter(|e| e["path"].as_str().is_some_and(|p| p == target) || e["target_pid"].as_u64() == Some(daemon_pid))
+            .collect();
+        assert!(!matching.is_empty(), "step `{step}`: no {kind}/{reason} event about {target}; events: {events:#?}");
+    }
+    // Still running, same policy, same tag.
+    let (code, status) = d.api("GET", "/v1/status", None);
+    assert_eq!(code, 200, "the daemon survived");
+    assert_eq!(status["daemon"]["pid"].as_u64(), Some(daemon_pid));
+    assert_eq!(status["policies"][0]["version"], 1, "{status}");
+    assert!(d.policies.join("agent.toml").exists() && d.socket.exists());
+}
