@@ -68,12 +68,21 @@ enum Out {
     Lines(Box<dyn LineOut>),
 }
 
-/// A line with its sequence number first.
-#[derive(serde::Serialize)]
-struct Numbered<'a, T: serde::Serialize> {
-    seq: u64,
-    #[serde(flatten)]
-    line: &'a T,
+/// `value` as a JSON line with `"seq":N` first (spliced in: serde's
+/// `flatten` goes through a map and costs a third of the line's time).
+fn numbered_line(seq: u64, value: &impl serde::Serialize) -> Vec<u8> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut line = Vec::with_capacity(body.len() + 24);
+    line.extend_from_slice(format!("{{\"seq\":{seq}").as_bytes());
+    match body.get(1..) {
+        Some(rest) if rest != b"}" => {
+            line.push(b',');
+            line.extend_from_slice(rest);
+        }
+        _ => line.push(b'}'),
+    }
+    line.push(b'\n');
+    line
 }
 
 impl Sink {
@@ -104,9 +113,7 @@ impl Sink {
             Out::Lines(out) => {
                 let seq = self.next_seq.unwrap_or(1);
                 self.next_seq = Some(seq + 1);
-                let mut line = serde_json::to_vec(&Numbered { seq, line: value }).unwrap_or_default();
-                line.push(b'\n');
-                out.line(&LineMeta { seq, ..*meta }, line);
+                out.line(&LineMeta { seq, ..*meta }, numbered_line(seq, value));
             }
         }
     }
@@ -208,13 +215,14 @@ impl EventStream {
         let Self { ring, sink, clock, labels, grants, .. } = self;
         let ring = ring.get_mut();
         let Ok(mut labels) = labels.lock() else { return };
+        let Labels { policies, names } = &mut *labels;
         while let Some(item) = ring.next() {
             match events::decode(&item) {
                 Ok(record) => {
-                    let label = labels.policies.get(&record.header.policy_id).cloned();
-                    let policy = label.as_ref().map_or("unknown", |l| l.name.as_str());
-                    let version = label.as_ref().and_then(|l| l.version.as_ref()).map(|(v, h)| (*v, h.as_str()));
-                    let cgroup = labels.names.name(record.header.cgroup_id);
+                    let label = policies.get(&record.header.policy_id);
+                    let policy = label.map_or("unknown", |l| l.name.as_str());
+                    let version = label.and_then(|l| l.version.as_ref()).map(|(v, h)| (*v, h.as_str()));
+                    let cgroup = names.name(record.header.cgroup_id);
                     let mut event = record.into_event(Context { clock, policy, version, cgroup });
                     if let (Some(net), Some(grants)) = (event.net.as_mut(), grants.as_ref())
                         && let Some(daddr) = net.daddr.as_deref().and_then(|d| d.parse().ok())
@@ -244,5 +252,17 @@ impl EventStream {
             self.sink.line(&LineMeta { seq: 0, kind: "lost", action: "", policy: "", cgroup: None }, &lost);
             self.lost_reported = total;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered_line;
+
+    #[test]
+    fn the_sequence_number_comes_first() {
+        let line = numbered_line(7, &serde_json::json!({"kind": "lost", "count": 2}));
+        assert_eq!(String::from_utf8(line).unwrap(), "{\"seq\":7,\"count\":2,\"kind\":\"lost\"}\n");
+        assert_eq!(String::from_utf8(numbered_line(8, &serde_json::json!({}))).unwrap(), "{\"seq\":8}\n");
     }
 }

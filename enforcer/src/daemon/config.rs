@@ -43,7 +43,8 @@ pub struct Events {
     pub file_max_bytes: u64,
     /// Rotated files kept (`events.jsonl.1` is the newest).
     pub file_keep: u32,
-    /// Lines a follower may fall behind before it is cut off.
+    /// Lines a follower may fall behind before it is cut off (held in
+    /// memory: about half a KiB each).
     pub follower_buffer: usize,
     /// Recent lines kept for `enforcer tail --since`.
     pub history: usize,
@@ -73,7 +74,7 @@ impl Default for Config {
 
 impl Default for Events {
     fn default() -> Self {
-        Self { stdout: false, file: None, file_max_bytes: 100 << 20, file_keep: 5, follower_buffer: 65_536, history: 10_000 }
+        Self { stdout: false, file: None, file_max_bytes: 100 << 20, file_keep: 5, follower_buffer: 4096, history: 10_000 }
     }
 }
 

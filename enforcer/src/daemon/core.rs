@@ -35,14 +35,15 @@ pub struct Tag {
     pub tagged_at: String,
 }
 
-/// A policy version in force, as saved.
+/// A policy version in force, as saved (its text in `versions/<id>-<hash>.toml`
+/// of the state directory: written once per version, not on every save).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SavedPolicy {
     name: String,
     file: PathBuf,
     id: u16,
     version: u32,
-    source: String,
+    hash: String,
 }
 
 /// What a restarted daemon adopts.
@@ -134,7 +135,8 @@ impl Core {
             core.lost_reported = state.lost_reported;
         }
         for saved in state.policies {
-            match policies::compile(&saved.file, &saved.source, saved.id, saved.version) {
+            let source = std::fs::read_to_string(core.version_file(saved.id, &saved.hash)).unwrap_or_default();
+            match policies::compile(&saved.file, &source, saved.id, saved.version) {
                 Ok(loaded) => _ = core.policies.insert(loaded.name.clone(), loaded),
                 Err(e) => report.warnings.push(format!("the saved version {} of policy `{}` no longer compiles: {e}", saved.version, saved.name)),
             }
@@ -164,6 +166,7 @@ impl Core {
     }
 
     fn reload_inner(&mut self, publish_always: bool) -> ReloadReport {
+        let started = std::time::Instant::now();
         self.reloads += 1;
         let mut report = ReloadReport::default();
         let (texts, rejected) = match policies::scan(&self.config.policies) {
@@ -179,11 +182,22 @@ impl Core {
         let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
         let mut fresh: BTreeMap<String, Loaded> = BTreeMap::new();
         for (file, text) in &texts {
-            let Some(name) = policies::declared_name(text, file) else {
-                let error = policies::compile(file, text, 1, 1).err().unwrap_or_default();
-                report.rejected.push(Rejected { file: file.clone(), error });
+            // An unchanged file is not parsed again (a policy can hold
+            // 100 000 entries): its hash says it all.
+            let hash = policies::hash(text);
+            if let Some(current) = self.policies.values().find(|p| p.file == *file && p.hash == hash) {
+                seen.insert(current.name.clone(), file.clone());
+                report.unchanged.push(current.name.clone());
                 continue;
+            }
+            let (policy, warnings) = match crate::policy::parse(text, file) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    report.rejected.push(Rejected { file: file.clone(), error: e.to_string() });
+                    continue;
+                }
             };
+            let name = policy.name.clone();
             if let Some(first) = seen.get(&name) {
                 let error = format!("{}: error: policy `{name}` is already defined by {}", file.display(), first.display());
                 report.rejected.push(Rejected { file: file.clone(), error });
@@ -191,7 +205,7 @@ impl Core {
             }
             seen.insert(name.clone(), file.clone());
             let current = self.policies.get(&name);
-            if current.is_some_and(|c| c.hash == policies::hash(text)) {
+            if current.is_some_and(|c| c.hash == hash) {
                 report.unchanged.push(name);
                 continue;
             }
@@ -201,7 +215,7 @@ impl Core {
                 continue;
             };
             let version = current.map_or(1, |c| c.version + 1);
-            match policies::compile(file, text, id, version) {
+            match policies::compile_parsed(file, text, policy, &warnings, id, version) {
                 Ok(loaded) => {
                     report.warnings.extend(loaded.warnings.iter().cloned());
                     fresh.insert(name, loaded);
@@ -209,29 +223,9 @@ impl Core {
                 Err(error) => report.rejected.push(Rejected { file: file.clone(), error }),
             }
         }
-        // A policy whose file is gone is unloaded, unless cgroups are tagged
-        // with it (untagging them is the orchestrator's decision, not ours)
-        // or its file only failed to load.
-        let rejected_files: HashSet<PathBuf> = report.rejected.iter().map(|r| r.file.clone()).collect();
-        let mut unload = Vec::new();
-        for (name, current) in &self.policies {
-            if seen.contains_key(name) || rejected_files.contains(&current.file) || dir_unreadable {
-                continue;
-            }
-            let users = self.tags.values().filter(|t| t.policy == *name).count();
-            if users == 0 {
-                unload.push(name.clone());
-            } else {
-                report.rejected.push(Rejected {
-                    file: current.file.clone(),
-                    error: format!(
-                        "{}: policy `{name}` was removed, but {users} cgroup(s) are tagged with it: version {} stays in \
-                         force until they are untagged",
-                        current.file.display(),
-                        current.version
-                    ),
-                });
-            }
+        let mut unload = self.unloadable(&seen, dir_unreadable, &mut report);
+        if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
+            eprintln!("enforcer: reload: compiled after {:?}", started.elapsed());
         }
         if (!fresh.is_empty() || !unload.is_empty() || publish_always)
             && let Err(e) = self.apply(&fresh, &unload)
@@ -255,7 +249,36 @@ impl Core {
         }
         self.rejected.clone_from(&report.rejected);
         self.save();
+        super::release_free_memory();
         report
+    }
+
+    /// Policies whose file is gone: unloaded, unless cgroups are tagged with
+    /// them (untagging them is the orchestrator's decision, not ours) or
+    /// their file only failed to load (both reported).
+    fn unloadable(&self, seen: &BTreeMap<String, PathBuf>, dir_unreadable: bool, report: &mut ReloadReport) -> Vec<String> {
+        let rejected_files: HashSet<PathBuf> = report.rejected.iter().map(|r| r.file.clone()).collect();
+        let mut unload = Vec::new();
+        for (name, current) in &self.policies {
+            if seen.contains_key(name) || rejected_files.contains(&current.file) || dir_unreadable {
+                continue;
+            }
+            let users = self.tags.values().filter(|t| t.policy == *name).count();
+            if users == 0 {
+                unload.push(name.clone());
+            } else {
+                report.rejected.push(Rejected {
+                    file: current.file.clone(),
+                    error: format!(
+                        "{}: policy `{name}` was removed, but {users} cgroup(s) are tagged with it: version {} stays in \
+                         force until they are untagged",
+                        current.file.display(),
+                        current.version
+                    ),
+                });
+            }
+        }
+        unload
     }
 
     /// Publishes the policies in force with `fresh` replacing (or joining)
@@ -276,6 +299,7 @@ impl Core {
             .collect();
         let live: HashSet<u32> = names.iter().filter_map(|n| in_force(n)).map(|p| u32::from(p.id)).collect();
         let old_live: HashSet<u32> = self.policies.values().map(|p| u32::from(p.id)).collect();
+        let timing = std::env::var_os("ENFORCER_DEBUG_LOAD").is_some().then(std::time::Instant::now);
         // New versions' network rules go in beside the old ones first.
         for loaded in fresh.values() {
             if let Some(net) = &loaded.net
@@ -285,11 +309,16 @@ impl Core {
                 return Err(e);
             }
         }
+        let inserted = timing.map(|t| t.elapsed());
         if let Err(e) = self.enforcer.replace_all(file_rules, tags) {
             let _ = self.enforcer.retain_net_rules(&old_live);
             return Err(e);
         }
+        let published = timing.map(|t| t.elapsed());
         self.enforcer.retain_net_rules(&live)?;
+        if let Some(t) = timing {
+            eprintln!("enforcer: apply: rules in after {inserted:?}, published after {published:?}, old rules out after {:?}", t.elapsed());
+        }
         if let Ok(mut labels) = self.labels.lock() {
             for loaded in names.iter().filter_map(|n| in_force(n)) {
                 let label = PolicyLabel { name: loaded.name.clone(), version: Some((loaded.version, loaded.hash.clone())) };
@@ -443,6 +472,33 @@ impl Core {
         self.config.state_dir.join("state.json")
     }
 
+    fn version_file(&self, id: u16, hash: &str) -> PathBuf {
+        self.config.state_dir.join("versions").join(format!("{id}-{hash}.toml"))
+    }
+
+    /// Writes the text of each version in force not written yet, and removes
+    /// those of versions no longer in force.
+    fn save_versions(&self) -> std::io::Result<()> {
+        let dir = self.config.state_dir.join("versions");
+        std::fs::create_dir_all(&dir)?;
+        let mut keep = HashSet::new();
+        for p in self.policies.values() {
+            let path = self.version_file(p.id, &p.hash);
+            if !path.exists() {
+                let tmp = path.with_extension("new");
+                std::fs::write(&tmp, &p.source)?;
+                std::fs::rename(&tmp, &path)?;
+            }
+            keep.insert(path);
+        }
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            if !keep.contains(&entry.path()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
     fn read_state(&self) -> State {
         let path = self.state_file();
         let Ok(text) = std::fs::read_to_string(&path) else { return State::default() };
@@ -463,14 +519,16 @@ impl Core {
             policies: self
                 .policies
                 .values()
-                .map(|p| SavedPolicy { name: p.name.clone(), file: p.file.clone(), id: p.id, version: p.version, source: p.source.clone() })
+                .map(|p| SavedPolicy { name: p.name.clone(), file: p.file.clone(), id: p.id, version: p.version, hash: p.hash.clone() })
                 .collect(),
             tags: self.tags.values().cloned().collect(),
         };
         let path = self.state_file();
         let tmp = path.with_extension("json.new");
-        let result = serde_json::to_vec_pretty(&state)
-            .map_err(std::io::Error::other)
+        // The versions first: the state must never name a missing one.
+        let result = self
+            .save_versions()
+            .and_then(|()| serde_json::to_vec(&state).map_err(std::io::Error::other))
             .and_then(|bytes| std::fs::write(&tmp, bytes))
             .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = result {

@@ -111,6 +111,7 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let _state_lock = lock(&config.state_dir.join("daemon.lock"))?;
     mount_bpffs(&config.bpffs)?;
     let _pins_lock = lock(&config.bpffs)?;
+    keep_memory_returnable();
     if opts.uninstall {
         return uninstall(&config);
     }
@@ -136,6 +137,7 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let adopted = start == Start::Adopted;
     let (mut core, report) = Core::start(config.clone(), enforcer, hierarchy, adopted);
     core.not_enforced = not_enforced;
+    release_free_memory();
     core.config_file = opts.config.clone().or_else(|| {
         let default = PathBuf::from(config::DEFAULT_CONFIG);
         default.exists().then_some(default)
@@ -243,6 +245,27 @@ async fn stream_until_signal(
         }
     }
     Ok(())
+}
+
+/// glibc raises its mmap threshold after freeing large blocks, after which
+/// the 2 MiB policy tables of every publish come from the heap and are never
+/// given back; a fixed threshold keeps them in their own mappings.
+fn keep_memory_returnable() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
+/// Gives freed heap memory back to the kernel (after loading, whose BTF
+/// parsing and verifier logs are transient, and after reloads).
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn now() -> String {

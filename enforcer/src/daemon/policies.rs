@@ -72,15 +72,21 @@ pub fn scan(dir: &Path) -> Result<(Vec<PolicyFile>, Vec<Rejected>), std::io::Err
     Ok((texts, rejected))
 }
 
-/// The name a policy file declares, if it parses at all.
-#[must_use]
-pub fn declared_name(text: &str, file: &Path) -> Option<String> {
-    policy::parse(text, file).ok().map(|(p, _)| p.name)
-}
-
 /// Compiles `text` (read from `file`) as version `version` with id `id`.
 pub fn compile(file: &Path, text: &str, id: u16, version: u32) -> Result<Loaded, String> {
     let (policy, warnings) = policy::parse(text, file).map_err(|e| e.to_string())?;
+    compile_parsed(file, text, policy, &warnings, id, version)
+}
+
+/// Compiles a policy parsed from `text` (read from `file`).
+pub fn compile_parsed(
+    file: &Path,
+    text: &str,
+    policy: Policy,
+    warnings: &[policy::Warning],
+    id: u16,
+    version: u32,
+) -> Result<Loaded, String> {
     let mut warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
     let resolved = rules::resolve(policy.files.as_ref(), policy.exec.as_ref(), id).map_err(|e| format!("{}: {e}", file.display()))?;
     for (path, key) in &resolved.missing {

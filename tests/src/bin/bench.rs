@@ -120,7 +120,7 @@ fn connect_once(to: &libc::sockaddr_in) -> isize {
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&raw const linger).cast(), LINGER_LEN);
-        let r = libc::connect(fd, (&raw const to).cast(), SOCKADDR_IN_LEN);
+        let r = libc::connect(fd, std::ptr::from_ref(to).cast(), SOCKADDR_IN_LEN);
         libc::close(fd);
         r as isize
     }
