@@ -78,11 +78,13 @@ fn judge_check(tag: &Tagged, check: Check) -> Option<Denial> {
 }
 
 /// Reports a refusal (one call site per program: the verifier checks the
-/// reporter once) and turns it into the hook's return value.
+/// reporter once) and turns it into the hook's return value. Audit mode
+/// reports and allows, except for the daemon's own files: an agent under a
+/// policy being tried out must not be able to switch the enforcer off.
 #[inline(always)]
 pub(crate) fn enforce(tag: &Tagged, denial: Option<Denial>) -> i32 {
     let Some(denial) = denial else { return 0 };
-    let audit = tag.info.flags & TAG_AUDIT != 0;
+    let audit = tag.info.flags & TAG_AUDIT != 0 && denial.reason != Reason::Protected;
     let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EPERM) };
     report(&tag.info, &denial, action, errno as u32);
     -errno

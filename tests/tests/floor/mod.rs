@@ -207,10 +207,22 @@ fn the_daemon_and_its_files_are_out_of_an_agents_reach() {
             .collect();
         assert!(!matching.is_empty(), "step `{step}`: no {kind}/{reason} event about {target}; events: {events:#?}");
     }
+    // A policy in audit mode allows and reports, but not this.
+    d.write_policy("audit.toml", "name = \"audit\"\nmode = \"audit\"\n[network]\nallow = []\n");
+    d.wait_event("policy_reload", |e| e["kind"] == "policy_reload" && e["applied"][0]["name"] == "audit");
+    let audit_cgroup = d.cgroup("protect-audit");
+    assert!(d.ctl(&["tag", &audit_cgroup, "--policy", "audit"]).status.success());
+    let step = format!("overwrite:{}", path(&d.config));
+    let results = d.run_probe(&audit_cgroup, std::slice::from_ref(&step));
+    assert_eq!(errno_of(&results, &step), EPERM, "audit mode does not open the daemon's files");
+    let event = d.wait_event("audit-mode refusal", |e| e["cgroup"] == audit_cgroup.as_str() && e["reason"] == "enforcer_protected");
+    assert_eq!(event["action"], "deny", "{event}");
+
     // Still running, same policy, same tag.
     let (code, status) = d.api("GET", "/v1/status", None);
     assert_eq!(code, 200, "the daemon survived");
     assert_eq!(status["daemon"]["pid"].as_u64(), Some(daemon_pid));
-    assert_eq!(status["policies"][0]["version"], 1, "{status}");
+    let agent = status["policies"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "agent")).cloned();
+    assert_eq!(agent.map(|p| p["version"].clone()), Some(Value::from(1)), "{status}");
     assert!(d.policies.join("agent.toml").exists() && d.socket.exists());
 }
