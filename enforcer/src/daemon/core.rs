@@ -142,9 +142,7 @@ impl Core {
             }
         }
         for tag in state.tags {
-            let path = core.hierarchy.mount_point.join(tag.cgroup.trim_start_matches('/'));
-            let exists = std::fs::metadata(&path).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == tag.cgroup_id);
-            if !exists {
+            if !core.still_there(&tag) {
                 report.warnings.push(format!("cgroup {} is gone: its tag is dropped", tag.cgroup));
             } else if !core.policies.contains_key(&tag.policy) {
                 report.warnings.push(format!("cgroup {}: its policy `{}` could not be restored", tag.cgroup, tag.policy));
@@ -401,15 +399,23 @@ impl Core {
         Ok(tag)
     }
 
+    /// The tagged cgroup's directory.
+    fn dir_of(&self, tag: &Tag) -> PathBuf {
+        self.hierarchy.mount_point.join(tag.cgroup.trim_start_matches('/'))
+    }
+
+    /// Whether the tagged cgroup still exists (a new cgroup at the same path
+    /// has another id).
+    fn still_there(&self, tag: &Tag) -> bool {
+        std::fs::metadata(self.dir_of(tag)).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == tag.cgroup_id)
+    }
+
     /// Drops the tags of cgroups that were removed.
     pub fn sweep(&mut self) -> Vec<Tag> {
         let gone: Vec<u64> = self
             .tags
             .values()
-            .filter(|t| {
-                let path = self.hierarchy.mount_point.join(t.cgroup.trim_start_matches('/'));
-                !std::fs::metadata(&path).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == t.cgroup_id)
-            })
+            .filter(|t| !self.still_there(t))
             .map(|t| t.cgroup_id)
             .collect();
         gone.into_iter().filter_map(|id| self.drop_tag(id).ok()).collect()
@@ -420,8 +426,7 @@ impl Core {
     pub fn attach_all_net(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
         for tag in self.tags.values() {
-            let path = self.hierarchy.mount_point.join(tag.cgroup.trim_start_matches('/'));
-            let cgroup = Cgroup { path, name: tag.cgroup.clone(), id: tag.cgroup_id, level: tag.level };
+            let cgroup = Cgroup { path: self.dir_of(tag), name: tag.cgroup.clone(), id: tag.cgroup_id, level: tag.level };
             if let Err(e) = self.enforcer.attach_net_pinned(&cgroup) {
                 errors.push(e.to_string());
             }

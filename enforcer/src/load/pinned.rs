@@ -21,7 +21,7 @@ use sha2::Digest as _;
 
 use super::{
     Enforcer, FLOOR_HOOKS, HOOKS, LoadError, LsmLink, MAP_NAMES, Maps, NET_HOOKS, PROGRAMS, SOCK_ADDR_PROGRAMS,
-    SOCK_CREATE_PROGRAM, load_everything, sock_program,
+    SOCK_CREATE_PROGRAM, chain, load_everything, sock_program,
 };
 use crate::cgroups::Cgroup;
 
@@ -286,8 +286,4 @@ pub fn remove_pins(dir: &Path) -> Result<(), PinError> {
         }
     }
     std::fs::remove_dir(dir).map_err(io(dir))
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    super::chain(error)
 }
