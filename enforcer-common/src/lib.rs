@@ -8,6 +8,7 @@
 pub mod events;
 pub mod net;
 pub mod policy;
+pub mod select;
 
 /// Kernel struct field offsets, read from the running kernel's BTF at load
 /// time (Rust eBPF has no CO-RE relocations, and these offsets differ between
@@ -46,6 +47,8 @@ pub struct KernelOffsets {
     pub css_set_dfl_cgrp: u32,
     pub cgroup_level: u32,
     pub cgroup_kn: u32,
+    /// `cgroup->root`: the hierarchy a cgroup belongs to.
+    pub cgroup_root: u32,
     pub kernfs_node_parent: u32,
     pub kernfs_node_id: u32,
     pub dentry_d_sb: u32,
@@ -76,7 +79,7 @@ const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets
 
 impl KernelOffsets {
     /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 45;
+    pub const FIELDS: usize = 46;
 
     /// The offset at `index` (`offset_of!(KernelOffsets, field) / 4`).
     #[must_use]

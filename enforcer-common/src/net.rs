@@ -20,6 +20,10 @@ pub const RESOLVERS_MAX: u32 = 256;
 /// from the server they were sent to (least recently used ones are dropped).
 pub const DNS_ORIGINS_MAX: u32 = 1 << 14;
 
+/// Sockets agents created, remembered so one handed to a task outside the
+/// agent is refused there (least recently used ones are dropped).
+pub const AGENT_SOCKETS_MAX: u32 = 1 << 16;
+
 /// DNS port: connects and sends to it are redirected to the resolver.
 pub const DNS_PORT: u16 = 53;
 

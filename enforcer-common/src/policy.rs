@@ -174,6 +174,7 @@ pub struct FileTable {
 pub struct Tables {
     pub tags: TagTable,
     pub files: FileTable,
+    pub selectors: crate::select::SelectorTable,
 }
 
 /// The daemon's own files and directories, which no tagged task may change

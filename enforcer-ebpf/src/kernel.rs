@@ -129,6 +129,8 @@ fields! {
     CgroupLevel: u32 = cgroup_level;
     /// `cgroup->kn`
     CgroupKn: u64 = cgroup_kn;
+    /// `cgroup->root`
+    CgroupRoot: u64 = cgroup_root;
     /// `kernfs_node->parent`
     KernfsParent: u64 = kernfs_node_parent;
     /// `kernfs_node->id`

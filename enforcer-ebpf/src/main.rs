@@ -17,6 +17,7 @@ mod kernel;
 mod net;
 mod protect;
 mod report;
+mod select;
 mod tables;
 mod tag;
 mod walk;

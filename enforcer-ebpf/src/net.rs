@@ -20,7 +20,7 @@ use aya_ebpf::{
 use enforcer_common::{
     events::{Action, Kind, Reason},
     net::{
-        AF_INET, AF_INET6, AF_UNIX, DNS_GRANTS_MAX, DNS_ORIGINS_MAX, DNS_PORT, DnsGrant, IPPROTO_TCP, IPPROTO_UDP,
+        AF_INET, AF_INET6, AF_UNIX, AGENT_SOCKETS_MAX, DNS_GRANTS_MAX, DNS_ORIGINS_MAX, DNS_PORT, DnsGrant, IPPROTO_TCP, IPPROTO_UDP,
         NET_KEY_POLICY_BITS, NET_RULES_MAX, NetKey, NetPorts, PROTO_TCP, PROTO_UDP, RESOLVERS_MAX, Resolver, SOCK_DGRAM,
         SOCK_STREAM, UNIX_PATH_BYTES, UNIX_RULES_MAX, UnixKey, socket_class,
     },
@@ -49,6 +49,12 @@ static DNS_GRANTS: HashMap<NetKey, DnsGrant> = HashMap::with_max_entries(DNS_GRA
 
 #[map]
 static RESOLVERS: HashMap<u32, Resolver> = HashMap::with_max_entries(RESOLVERS_MAX, 0);
+
+/// The IPv4 and IPv6 sockets agents created, by socket cookie: the socket
+/// programs also run for untagged tasks (below a selector root, or given an
+/// agent's socket), and only the latter are refused.
+#[map]
+static AGENT_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(AGENT_SOCKETS_MAX, 0);
 
 /// Where a redirected UDP socket's DNS was headed, by socket cookie.
 #[map]
@@ -146,8 +152,13 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
         protocol: read(unsafe { &raw const (*sa).protocol }) as u16,
     };
     let Some(tag) = tag::tag_by_ancestors() else {
-        // The socket was made in an agent cgroup and handed to a task
-        // outside it: there is no policy to judge by.
+        // A socket made in an agent cgroup and handed to a task outside
+        // it: there is no policy to judge by. Any other untagged task's is
+        // none of ours.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        if unsafe { AGENT_SOCKETS.get(&cookie) }.is_none() {
+            return ALLOW;
+        }
         return refuse(None, kind, Reason::Untagged, &detail, None, ALLOW, REFUSE);
     };
     let info = tag.info;
@@ -295,11 +306,14 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let read = |field: *const u32| unsafe { core::ptr::read_volatile(field) } as u16;
     let (family, sock_type, protocol) =
         unsafe { (read(&raw const (*sock).family), read(&raw const (*sock).type_), read(&raw const (*sock).protocol)) };
-    let Some(tag) = tag::tag_by_ancestors() else {
-        let detail = socket_detail(family, sock_type, protocol);
-        return refuse(None, Kind::Socket, Reason::Untagged, &detail, None, ALLOW, REFUSE);
-    };
-    judge_socket(&tag, family, sock_type, protocol, ALLOW, REFUSE)
+    // The creator is the current task: untagged, it is none of ours.
+    let Some(tag) = tag::tag_by_ancestors() else { return ALLOW };
+    let verdict = judge_socket(&tag, family, sock_type, protocol, ALLOW, REFUSE);
+    if verdict == ALLOW {
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+        let _ = AGENT_SOCKETS.insert(&cookie, &1, 0);
+    }
+    verdict
 }
 
 /// Every socket of every family (BPF LSM kernels). The caller's protocol 0

@@ -17,7 +17,7 @@ use enforcer_common::policy::{FileTable, MAX_TAG_LEVEL, TAG_SLOTS, TagFilter, Ta
 
 use crate::{
     kernel::{CgroupKn, CgroupLevel, CssSetDflCgrp, Direct, KernfsId, KernfsParent, Read, TaskCgroups},
-    tables,
+    select, tables,
 };
 
 /// The pre-filter, a global: one load where a map costs a lookup. Zero (in
@@ -100,7 +100,7 @@ pub fn screen() -> Option<Suspect> {
     for _ in 0..SCREEN_LEVELS {
         if tagged_at(level) {
             let id = unsafe { Direct::get::<KernfsId>(node) };
-            if filter().may_contain(id) {
+            if may_be_tagged(id) {
                 return Some(Suspect { node, level, id });
             }
         }
@@ -139,7 +139,7 @@ pub fn tag_by_ancestors() -> Option<Tagged> {
         bits &= !(1u64 << level);
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
         if id != 0
-            && filter().may_contain(id)
+            && may_be_tagged(id)
             && let Some(tagged) = table_lookup(id)
         {
             return Some(tagged);
@@ -228,7 +228,7 @@ extern "C" fn climb_step(_: u32, ctx: *mut c_void) -> i64 {
     let bits = unsafe { core::ptr::read_volatile(&raw const TAG_FILTER.level_bits) };
     if climb.level <= u64::from(MAX_TAG_LEVEL) && (bits >> climb.level) & 1 != 0 {
         let id = unsafe { Direct::get::<KernfsId>(climb.node) };
-        if filter().may_contain(id)
+        if may_be_tagged(id)
             && let Some(tagged) = table_lookup(id)
         {
             climb.found = true;
@@ -248,7 +248,14 @@ extern "C" fn climb_step(_: u32, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// The tag of cgroup `id` in the tag table: the id's two home slots.
+/// Whether cgroup `id` may be tagged or selected (no false negatives).
+#[inline(always)]
+fn may_be_tagged(id: u64) -> bool {
+    filter().may_contain(id) || select::may_contain(id)
+}
+
+/// The tag of cgroup `id`: the id's two home slots in the tag table, else
+/// its selector's (a cgroup tagged by name wins over a selector).
 #[inline(always)]
 fn table_lookup(id: u64) -> Option<Tagged> {
     // 0: no such cgroup (and 0 marks empty slots).
@@ -262,5 +269,9 @@ fn table_lookup(id: u64) -> Option<Tagged> {
     if slot.cgroup_id != id {
         slot = &table.slots[second & (TAG_SLOTS - 1)];
     }
-    (slot.cgroup_id == id).then_some(Tagged { info: slot.tag, files: &raw const tables.files })
+    let files = &raw const tables.files;
+    if slot.cgroup_id == id {
+        return Some(Tagged { info: slot.tag, files });
+    }
+    select::tag_of(id, tables).map(|info| Tagged { info, files })
 }

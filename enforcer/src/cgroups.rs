@@ -187,7 +187,9 @@ impl Names {
 
     pub fn add_root(&mut self, cgroup: &Cgroup) {
         self.known.insert(cgroup.id, cgroup.name.clone());
-        self.roots.push(cgroup.path.clone());
+        if !self.roots.contains(&cgroup.path) {
+            self.roots.push(cgroup.path.clone());
+        }
     }
 
     pub fn name(&mut self, id: u64) -> Option<String> {

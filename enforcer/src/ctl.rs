@@ -136,6 +136,9 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
         let labels: Vec<String> = t["labels"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
         println!("  {}  policy {}  {}", t["cgroup"].as_str().unwrap_or("?"), t["policy"].as_str().unwrap_or("?"), labels.join(" "));
     }
+    for t in answer["selected"].as_array().into_iter().flatten() {
+        println!("  {}  policy {}  (selector)", t["cgroup"].as_str().unwrap_or("?"), t["policy"].as_str().unwrap_or("?"));
+    }
     let c = &answer["counters"];
     println!(
         "counters: lost events {}, reloads {} ({} with rejected files), followers {}, followers cut off {}",

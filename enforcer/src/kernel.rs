@@ -78,6 +78,7 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         css_set_dfl_cgrp: btf.field_offset("css_set", &["dfl_cgrp"])?,
         cgroup_level: btf.field_offset("cgroup", &["level"])?,
         cgroup_kn: btf.field_offset("cgroup", &["kn"])?,
+        cgroup_root: btf.field_offset("cgroup", &["root"])?,
         // Renamed `__parent` in Linux 6.15 (it became RCU-protected).
         kernfs_node_parent: btf
             .field_offset("kernfs_node", &["parent"])

@@ -19,6 +19,7 @@ pub mod net_rules;
 pub mod policy;
 pub mod rules;
 pub mod run;
+pub mod selectors;
 pub mod stream;
 pub mod syscalls;
 pub mod table_map;

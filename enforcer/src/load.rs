@@ -22,6 +22,7 @@ use enforcer_common::{
         FileRuleKey, FileTable, MAX_TAG_LEVEL, PROTECTED_MAP, Protected, TABLES_MAP, TAG_FILTER_MAP, TagFilter, TagInfo,
         TagTable, Tables,
     },
+    select::{SELECTED_BLOOM_MAP, SELECTED_MAP, Selected, SelectedBloom, SelectorTable},
 };
 
 mod pinned;
@@ -113,6 +114,9 @@ pub const FLOOR_HOOKS: &[(&str, bool)] = &[
 
 /// The cgroup socket programs, attached to each tagged cgroup whose policy
 /// restricts the network.
+/// The `cgroup_mkdir` tracepoint program (daemon only).
+const SELECTOR_PROGRAM: &str = "cgroup_mkdir";
+
 const SOCK_ADDR_PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6"];
 const SOCK_CREATE_PROGRAM: &str = "sock_create";
 
@@ -139,12 +143,14 @@ pub enum LoadError {
     #[error(transparent)]
     Table(#[from] TableError),
     #[error(transparent)]
+    Selectors(#[from] crate::selectors::SelectorError),
+    #[error(transparent)]
     FieldLoads(#[from] field_loads::FieldLoadError),
     #[error("cannot create a table map for `{name}`: {source}")]
     TableMap { name: &'static str, source: std::io::Error },
     #[error("BPF map `{0}` is missing from the programs")]
     MissingMap(&'static str),
-    #[error("the kernel refused the cgroup socket program `{name}`: {}", chain(source))]
+    #[error("the kernel refused the program `{name}`: {}", chain(source))]
     SockProgram { name: &'static str, source: ProgramError },
     #[error("cannot attach the network programs to cgroup {cgroup}: {}", chain(source))]
     Attach { cgroup: String, source: ProgramError },
@@ -200,9 +206,16 @@ pub struct Enforcer {
     /// What the published tables hold.
     tag_table: Box<TagTable>,
     file_table: Box<FileTable>,
-    /// The programs' `TAG_FILTER`, and what it holds.
+    /// The published selectors (the daemon's).
+    selector_table: Box<SelectorTable>,
+    /// The programs' `TAG_FILTER`, and what it holds: the tags' entries and
+    /// `extra_filter`'s (the levels selectors can select at, and the ids the
+    /// daemon put in `SELECTED`).
     tag_filter: Array<MapData, TagFilter>,
     published_filter: TagFilter,
+    extra_filter: TagFilter,
+    selected: BpfHashMap<MapData, u64, Selected>,
+    selected_bloom: Array<MapData, SelectedBloom>,
     lost: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     protected: Array<MapData, Protected>,
@@ -236,7 +249,7 @@ impl Enforcer {
         missing_hooks: Vec<&'static str>,
     ) -> Result<Self, LoadError> {
         let mut enforcer = Self::from_maps(ebpf, pinned, maps, lsm_missing, missing_hooks)?;
-        enforcer.publish(&tables::combine(&enforcer.tag_table, &enforcer.file_table))?;
+        enforcer.publish(&tables::combine(&enforcer.tag_table, &enforcer.file_table, &enforcer.selector_table))?;
         enforcer.set_filter(&TagFilter::EMPTY)?;
         Ok(enforcer)
     }
@@ -248,7 +261,19 @@ impl Enforcer {
         lsm_missing: Option<LoadError>,
         missing_hooks: Vec<&'static str>,
     ) -> Result<Self, LoadError> {
-        let Maps { tables, tag_filter, lost, events, net_rules, unix_rules, resolvers, dns_grants, protected } = maps;
+        let Maps {
+            tables,
+            tag_filter,
+            lost,
+            events,
+            net_rules,
+            unix_rules,
+            resolvers,
+            dns_grants,
+            protected,
+            selected,
+            selected_bloom,
+        } = maps;
         let tag_table = tables::tag_table(&StdHashMap::new())?;
         let file_table = tables::file_table(&StdHashMap::new())?;
         Ok(Self {
@@ -263,8 +288,12 @@ impl Enforcer {
             tables,
             tag_table,
             file_table,
+            selector_table: tables::no_selectors(),
             tag_filter,
             published_filter: TagFilter::EMPTY,
+            extra_filter: TagFilter::EMPTY,
+            selected,
+            selected_bloom,
             lost,
             events: Some(events),
             protected,
@@ -339,25 +368,23 @@ impl Enforcer {
         let mode = CgroupAttachMode::Single;
         let mut attachment = NetAttachment::default();
         for &name in SOCK_ADDR_PROGRAMS {
-            let program: &mut CgroupSockAddr = sock_program(self.object()?, name)?;
+            let program: &mut CgroupSockAddr = program_of(self.object()?, name)?;
             attachment.sock_addr.push((name, program.attach(&dir, mode).map_err(attach_err)?));
         }
-        // With BPF LSM, `socket_create` has judged every socket before this
-        // program would run: attach it only where BPF LSM is missing.
-        if self.lsm_missing.is_some() {
-            let program: &mut CgroupSock = sock_program(self.object()?, SOCK_CREATE_PROGRAM)?;
-            attachment.sock_create.push(program.attach(&dir, mode).map_err(attach_err)?);
-        }
+        // It judges socket classes where BPF LSM is missing (`socket_create`
+        // judges them first where it is), and records agents' sockets.
+        let program: &mut CgroupSock = program_of(self.object()?, SOCK_CREATE_PROGRAM)?;
+        attachment.sock_create.push(program.attach(&dir, mode).map_err(attach_err)?);
         Ok(attachment)
     }
 
     pub fn detach_net(&mut self, attachment: NetAttachment) -> Result<(), LoadError> {
         for (name, link) in attachment.sock_addr {
-            let program: &mut CgroupSockAddr = sock_program(self.object()?, name)?;
+            let program: &mut CgroupSockAddr = program_of(self.object()?, name)?;
             program.detach(link).map_err(|source| LoadError::SockProgram { name, source })?;
         }
         for link in attachment.sock_create {
-            let program: &mut CgroupSock = sock_program(self.object()?, SOCK_CREATE_PROGRAM)?;
+            let program: &mut CgroupSock = program_of(self.object()?, SOCK_CREATE_PROGRAM)?;
             program.detach(link).map_err(|source| LoadError::SockProgram { name: SOCK_CREATE_PROGRAM, source })?;
         }
         Ok(())
@@ -388,24 +415,79 @@ impl Enforcer {
     /// Replaces every tag and tree root at once, in one table swap: each
     /// tagged cgroup goes from its old policy to its new one with nothing in
     /// between (the daemon's reloads and adoption).
+    /// `selectors` and `extra_filter` (the levels its selectors can select
+    /// at) replace the published ones in the same swap.
     pub fn replace_all(
         &mut self,
         file_rules: StdHashMap<FileRuleKey, u16>,
         tags: StdHashMap<u64, (u32, TagInfo)>,
+        selectors: Box<SelectorTable>,
+        extra_filter: TagFilter,
     ) -> Result<(), LoadError> {
         if let Some((&id, _)) = tags.iter().find(|(_, (level, _))| *level > MAX_TAG_LEVEL) {
             return Err(LoadError::TooDeep { name: format!("id {id}"), level: tags[&id].0 });
         }
         let file_table = tables::file_table(&file_rules)?;
         let tag_table = tables::tag_table(&tags)?;
-        let mut filter = TagFilter::EMPTY;
-        for (&id, &(level, _)) in &tags {
-            filter.insert(id, level);
-        }
+        let filter = filter_of(&tags).union(&extra_filter);
         self.set_filter(&self.published_filter.union(&filter))?;
-        self.publish(&tables::combine(&tag_table, &file_table))?;
+        self.publish(&tables::combine(&tag_table, &file_table, &selectors))?;
         (self.file_rules, self.tags, self.file_table, self.tag_table) = (file_rules, tags, file_table, tag_table);
+        (self.selector_table, self.extra_filter) = (selectors, extra_filter);
         self.set_filter(&filter)
+    }
+
+    /// Lets the tag check look for more selected cgroups (before they go in
+    /// `SELECTED`), or fewer (after they left it).
+    pub fn set_extra_filter(&mut self, extra_filter: TagFilter) -> Result<(), LoadError> {
+        self.extra_filter = extra_filter;
+        self.set_filter(&filter_of(&self.tags).union(&extra_filter))
+    }
+
+    /// The selectors in force.
+    #[must_use]
+    pub fn selector_table(&self) -> &SelectorTable {
+        &self.selector_table
+    }
+
+    #[must_use]
+    pub fn extra_filter(&self) -> TagFilter {
+        self.extra_filter
+    }
+
+    /// Whether cgroup `id` is in `SELECTED`.
+    #[must_use]
+    pub fn is_selected(&self, id: u64) -> bool {
+        self.selected.get(&id, 0).is_ok()
+    }
+
+    /// Every cgroup in `SELECTED`.
+    #[must_use]
+    pub fn selected(&self) -> Vec<(u64, Selected)> {
+        self.selected.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Records a selected cgroup (its id must pass the filter first: see
+    /// [`Self::set_extra_filter`]).
+    pub fn select(&mut self, cgroup_id: u64, selected: Selected) -> Result<(), LoadError> {
+        self.selected.insert(cgroup_id, selected, 0).map_err(map_err(SELECTED_MAP))
+    }
+
+    pub fn unselect(&mut self, cgroup_id: u64) -> Result<(), LoadError> {
+        match self.selected.remove(&cgroup_id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(SELECTED_MAP)(e)),
+        }
+    }
+
+    /// How full the kernel's half of the selected cgroups' bloom filter is
+    /// (0 to 1): it only fills, and past about a half it lets many untagged
+    /// cgroups through to a map lookup.
+    #[must_use]
+    pub fn selected_bloom_fill(&self) -> f64 {
+        let Ok(bloom) = self.selected_bloom.get(&0, 0) else { return 0.0 };
+        let set: u32 = bloom.bloom.iter().map(|w| w.count_ones()).sum();
+        f64::from(set) / f64::from(u32::try_from(enforcer_common::policy::TAG_BLOOM_BITS).unwrap_or(u32::MAX))
     }
 
     /// Removes the network rules of every policy id not in `live`.
@@ -444,14 +526,11 @@ impl Enforcer {
 
     fn publish_tags(&mut self) -> Result<(), LoadError> {
         let table = tables::tag_table(&self.tags)?;
-        let mut filter = TagFilter::EMPTY;
-        for (&id, &(level, _)) in &self.tags {
-            filter.insert(id, level);
-        }
+        let filter = filter_of(&self.tags).union(&self.extra_filter);
         // A filter bit goes up before the table that needs it, and down only
         // after the table without it: a task the table tags always passes.
         self.set_filter(&self.published_filter.union(&filter))?;
-        self.publish(&tables::combine(&table, &self.file_table))?;
+        self.publish(&tables::combine(&table, &self.file_table, &self.selector_table))?;
         self.tag_table = table;
         self.set_filter(&filter)
     }
@@ -464,7 +543,7 @@ impl Enforcer {
 
     fn publish_files(&mut self) -> Result<(), LoadError> {
         let table = tables::file_table(&self.file_rules)?;
-        self.publish(&tables::combine(&self.tag_table, &table))?;
+        self.publish(&tables::combine(&self.tag_table, &table, &self.selector_table))?;
         self.file_table = table;
         Ok(())
     }
@@ -481,6 +560,15 @@ impl Enforcer {
     }
 }
 
+/// The pre-filter entries of `tags`.
+fn filter_of(tags: &StdHashMap<u64, (u32, TagInfo)>) -> TagFilter {
+    let mut filter = TagFilter::EMPTY;
+    for (&id, &(level, _)) in tags {
+        filter.insert(id, level);
+    }
+    filter
+}
+
 /// The cgroup socket programs attached to one cgroup.
 #[derive(Debug, Default)]
 pub struct NetAttachment {
@@ -488,7 +576,7 @@ pub struct NetAttachment {
     sock_create: Vec<aya::programs::cgroup_sock::CgroupSockLinkId>,
 }
 
-fn sock_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoadError>
+fn program_of<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoadError>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -499,10 +587,10 @@ where
 /// Loads (does not attach) the cgroup socket programs.
 fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     for &name in SOCK_ADDR_PROGRAMS {
-        let program: &mut CgroupSockAddr = sock_program(ebpf, name)?;
+        let program: &mut CgroupSockAddr = program_of(ebpf, name)?;
         program.load().map_err(|source| LoadError::SockProgram { name, source })?;
     }
-    let program: &mut CgroupSock = sock_program(ebpf, SOCK_CREATE_PROGRAM)?;
+    let program: &mut CgroupSock = program_of(ebpf, SOCK_CREATE_PROGRAM)?;
     program.load().map_err(|source| LoadError::SockProgram { name: SOCK_CREATE_PROGRAM, source })
 }
 
@@ -548,6 +636,8 @@ struct Maps {
     resolvers: BpfHashMap<MapData, u32, Resolver>,
     dns_grants: BpfHashMap<MapData, NetKey, DnsGrant>,
     protected: Array<MapData, Protected>,
+    selected: BpfHashMap<MapData, u64, Selected>,
+    selected_bloom: Array<MapData, SelectedBloom>,
 }
 
 /// The maps userspace works with, by their names in the object.
@@ -561,6 +651,8 @@ const MAP_NAMES: &[&str] = &[
     RESOLVERS_MAP,
     DNS_GRANTS_MAP,
     PROTECTED_MAP,
+    SELECTED_MAP,
+    SELECTED_BLOOM_MAP,
 ];
 
 impl Maps {
@@ -579,6 +671,8 @@ impl Maps {
             resolvers: BpfHashMap::try_from(take(RESOLVERS_MAP)?).map_err(map_err(RESOLVERS_MAP))?,
             dns_grants: BpfHashMap::try_from(take(DNS_GRANTS_MAP)?).map_err(map_err(DNS_GRANTS_MAP))?,
             protected: Array::try_from(take(PROTECTED_MAP)?).map_err(map_err(PROTECTED_MAP))?,
+            selected: BpfHashMap::try_from(take(SELECTED_MAP)?).map_err(map_err(SELECTED_MAP))?,
+            selected_bloom: Array::try_from(take(SELECTED_BLOOM_MAP)?).map_err(map_err(SELECTED_BLOOM_MAP))?,
         })
     }
 }
@@ -600,6 +694,19 @@ fn load_everything() -> Result<(Ebpf, Option<LoadError>, Vec<&'static str>, Vec<
     let mut ebpf = object.ebpf;
     load_sock_programs(&mut ebpf)?;
     Ok((ebpf, lsm_missing, missing_hooks, links))
+}
+
+/// The program on the `cgroup_mkdir` tracepoint that tags new cgroups a
+/// selector matches (see `enforcer-ebpf/src/select.rs`), for the daemon to
+/// pin: loaded and attached, its link returned.
+fn attach_selector_program(ebpf: &mut Ebpf) -> Result<aya::programs::links::FdLink, LoadError> {
+    let name = SELECTOR_PROGRAM;
+    let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
+    let program: &mut aya::programs::BtfTracePoint = program_of(ebpf, name)?;
+    program.load(name, &btf).map_err(|source| LoadError::SockProgram { name, source })?;
+    let id = program.attach().map_err(|source| LoadError::SockProgram { name, source })?;
+    let link = program.take_link(id).map_err(|source| LoadError::SockProgram { name, source })?;
+    Ok(link.into())
 }
 
 /// Checks the kernel and loads the object.

@@ -80,6 +80,9 @@ pub struct Policy {
     pub network: Option<Network>,
     pub syscalls: Option<Syscalls>,
     pub exec: Option<Exec>,
+    /// Selectors: globs naming the cgroups the daemon tags with this policy
+    /// (see `crate::selectors`).
+    pub cgroups: Vec<String>,
 }
 
 /// Where in a policy file something was found.
@@ -135,6 +138,8 @@ struct RawPolicy {
     network: Option<Spanned<RawNetwork>>,
     syscalls: Option<Spanned<RawSyscalls>>,
     exec: Option<Spanned<RawExec>>,
+    #[serde(default)]
+    cgroups: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -173,7 +178,7 @@ struct RawFiles {
     read_deny: Vec<Spanned<String>>,
 }
 
-const KEYS_HINT: &str = "a policy has `name`, `mode`, a `[files]` table with `write` and `read_deny`, a \
+const KEYS_HINT: &str = "a policy has `name`, `mode`, `cgroups` (selectors), a `[files]` table with `write` and `read_deny`, a \
 `[network]` table with `allow`, `unix`, `sockets` and `dns_min_ttl`, a `[syscalls]` table with `allow`, \
 `deny_action` and `require_seccomp`, and an `[exec]` table with `allow`; see policies/coding-agent.toml";
 
@@ -243,7 +248,19 @@ pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyEr
         None => None,
         Some(exec) => Some(Exec { allow: validate_paths(&ctx, "exec.allow", &exec.into_inner().allow, &mut warnings)? }),
     };
-    Ok((Policy { name, mode, files, network, syscalls, exec }, warnings))
+    let mut cgroups = Vec::new();
+    for glob in &raw.cgroups {
+        crate::selectors::validate(glob.get_ref()).map_err(|why| {
+            ctx.invalid(
+                glob.span(),
+                format!("cgroups: invalid selector `{}`: {why}", glob.get_ref()),
+                "a selector is a glob over cgroup paths below the cgroup2 root, e.g. \"/agents.slice/*.scope\" or \
+                 \"/kubepods.slice/**/agent-*\"",
+            )
+        })?;
+        cgroups.push(glob.get_ref().clone());
+    }
+    Ok((Policy { name, mode, files, network, syscalls, exec, cgroups }, warnings))
 }
 
 fn hint_for(message: &str) -> String {

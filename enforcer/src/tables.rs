@@ -8,6 +8,7 @@ use enforcer_common::policy::{
     FILE_RULES_MAX, FILE_SLOTS, FileRuleKey, FileSlot, FileTable, TAG_SLOTS, TAGGED_MAX, TagInfo, TagSlot, TagTable,
     Tables, file_hash_base, file_homes, tag_homes,
 };
+use enforcer_common::select::SelectorTable;
 
 /// Seeds tried before giving up: at a quarter load, cuckoo placement fails
 /// for a seed with a probability of about one in the number of keys.
@@ -110,13 +111,20 @@ fn place(homes: &[[usize; 2]], size: usize) -> Option<Vec<usize>> {
 /// The tables the programs get: `tags` and `files`, copied in the heap
 /// (slice copies: the 2 MiB file table never passes through the stack).
 #[must_use]
-pub fn combine(tags: &TagTable, files: &FileTable) -> Box<Tables> {
+pub fn combine(tags: &TagTable, files: &FileTable, selectors: &SelectorTable) -> Box<Tables> {
     let mut tables = zeroed::<Tables>();
     tables.tags.seed = tags.seed;
     tables.tags.slots.copy_from_slice(&tags.slots);
     tables.files.seed = files.seed;
     tables.files.slots.copy_from_slice(&files.slots);
+    tables.selectors = *selectors;
     tables
+}
+
+/// A selector table with no selectors.
+#[must_use]
+pub fn no_selectors() -> Box<SelectorTable> {
+    zeroed()
 }
 
 /// A table on the heap, all slots empty (all-zero is empty), without

@@ -82,6 +82,9 @@ fn policy_list(core: &Core) -> Vec<serde_json::Value> {
 pub fn snapshot(core: &Core) -> Snapshot {
     Snapshot {
         tagged_cgroups: core.tags().len(),
+        selected_cgroups: core.selected().count(),
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "0 to 1000")]
+        selected_filter_fill: (core.enforcer.selected_bloom_fill() * 1000.0).round() as u64,
         policies: core.policies().map(|p| (p.name.clone(), p.version, p.hash.clone(), core.users(&p.name))).collect(),
         reloads: core.reloads,
         reload_failures: core.reload_failures,
@@ -114,6 +117,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         "policies": policy_list(&core),
         "rejected": core.rejected,
         "tags": core.tags(),
+        "selected": core.selected().collect::<Vec<_>>(),
         "counters": {
             "lost_events": core.enforcer.lost_events().unwrap_or(0),
             "reloads": core.reloads,
@@ -131,7 +135,8 @@ async fn policies(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn tags(State(shared): State<Arc<Shared>>) -> Response {
-    Json(json!({ "tags": shared.core.lock().await.tags() })).into_response()
+    let core = shared.core.lock().await;
+    Json(json!({ "tags": core.tags(), "selected": core.selected().collect::<Vec<_>>() })).into_response()
 }
 
 #[derive(Deserialize)]

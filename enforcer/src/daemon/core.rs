@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     config::Config,
     policies::{self, Ids, Loaded, Rejected},
+    selection::{LOCKED_POLICY_ID, SelectedCgroup, Selection},
 };
 use crate::{
     cgroups::{Cgroup, Hierarchy},
@@ -53,6 +54,9 @@ struct State {
     lost_reported: u64,
     policies: Vec<SavedPolicy>,
     tags: Vec<Tag>,
+    /// Selector slots by policy name (the kernel records cgroups by slot).
+    #[serde(default)]
+    slots: BTreeMap<String, u32>,
 }
 
 /// An error of an API operation, with the HTTP status it maps to.
@@ -103,6 +107,12 @@ pub struct Core {
     pub adopted: bool,
     /// The configuration file read, if any (protected with the rest).
     pub config_file: Option<PathBuf>,
+    selection: Selection,
+    /// Policies whose file was removed while cgroups are tagged with them:
+    /// in force for those, but their selectors are not.
+    orphaned: HashSet<String>,
+    /// The daemon's lines about selections, for the stream to write.
+    pub notices: Vec<serde_json::Value>,
 }
 
 impl Core {
@@ -128,12 +138,16 @@ impl Core {
             started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             adopted,
             config_file: None,
+            selection: Selection::default(),
+            orphaned: HashSet::new(),
+            notices: Vec::new(),
         };
         let mut report = ReloadReport::default();
         let state = core.read_state();
         if adopted {
             core.lost_reported = state.lost_reported;
         }
+        core.selection.slots = state.slots;
         for saved in state.policies {
             let source = std::fs::read_to_string(core.version_file(saved.id, &saved.hash)).unwrap_or_default();
             match policies::compile(&saved.file, &source, saved.id, saved.version) {
@@ -242,6 +256,9 @@ impl Core {
             self.policies.remove(&name);
             report.unloaded.push(name);
         }
+        if let Err(e) = self.reconcile() {
+            report.warnings.push(format!("cannot bring the selected cgroups up to date: {e}"));
+        }
         if !report.rejected.is_empty() {
             self.reload_failures += 1;
         }
@@ -254,9 +271,10 @@ impl Core {
     /// Policies whose file is gone: unloaded, unless cgroups are tagged with
     /// them (untagging them is the orchestrator's decision, not ours) or
     /// their file only failed to load (both reported).
-    fn unloadable(&self, seen: &BTreeMap<String, PathBuf>, dir_unreadable: bool, report: &mut ReloadReport) -> Vec<String> {
+    fn unloadable(&mut self, seen: &BTreeMap<String, PathBuf>, dir_unreadable: bool, report: &mut ReloadReport) -> Vec<String> {
         let rejected_files: HashSet<PathBuf> = report.rejected.iter().map(|r| r.file.clone()).collect();
         let mut unload = Vec::new();
+        self.orphaned.clear();
         for (name, current) in &self.policies {
             if seen.contains_key(name) || rejected_files.contains(&current.file) || dir_unreadable {
                 continue;
@@ -265,11 +283,12 @@ impl Core {
             if users == 0 {
                 unload.push(name.clone());
             } else {
+                self.orphaned.insert(name.clone());
                 report.rejected.push(Rejected {
                     file: current.file.clone(),
                     error: format!(
                         "{}: policy `{name}` was removed, but {users} cgroup(s) are tagged with it: version {} stays in \
-                         force until they are untagged",
+                         force until they are untagged (its selectors are not)",
                         current.file.display(),
                         current.version
                     ),
@@ -296,6 +315,12 @@ impl Core {
             .filter_map(|t| in_force(&t.policy).map(|p| (t.cgroup_id, (t.level, p.tag))))
             .collect();
         let live: HashSet<u32> = names.iter().filter_map(|n| in_force(n)).map(|p| u32::from(p.id)).collect();
+        let built = self.selection.table(names.iter().filter_map(|n| in_force(n)), &self.orphaned, &self.enforcer.selected())?;
+        // Recorded cgroups stay visible to the tag check through the swap.
+        let mut extra_filter = built.levels;
+        for (id, selected) in self.enforcer.selected() {
+            extra_filter.insert(id, selected.level);
+        }
         let old_live: HashSet<u32> = self.policies.values().map(|p| u32::from(p.id)).collect();
         let timing = std::env::var_os("ENFORCER_DEBUG_LOAD").is_some().then(std::time::Instant::now);
         // New versions' network rules go in beside the old ones first.
@@ -308,10 +333,11 @@ impl Core {
             }
         }
         let inserted = timing.map(|t| t.elapsed());
-        if let Err(e) = self.enforcer.replace_all(file_rules, tags) {
+        if let Err(e) = self.enforcer.replace_all(file_rules, tags, built.table, extra_filter) {
             let _ = self.enforcer.retain_net_rules(&old_live);
             return Err(e);
         }
+        self.selection.commit(built.choice);
         let published = timing.map(|t| t.elapsed());
         self.enforcer.retain_net_rules(&live)?;
         if let Some(t) = timing {
@@ -322,6 +348,8 @@ impl Core {
                 let label = PolicyLabel { name: loaded.name.clone(), version: Some((loaded.version, loaded.hash.clone())) };
                 labels.policies.insert(u32::from(loaded.id), label);
             }
+            let locked = PolicyLabel { name: "(unresolved selector)".to_owned(), version: None };
+            labels.policies.insert(u32::from(LOCKED_POLICY_ID), locked);
         }
         Ok(())
     }
@@ -360,7 +388,7 @@ impl Core {
             return Err(OpError::Invalid("the root cgroup cannot be tagged: tag the agent's own cgroup".to_owned()));
         }
         // The socket programs go on first: once tagged, all is judged.
-        self.enforcer.attach_net_pinned(&cgroup)?;
+        self.sync_net(Some(&cgroup))?;
         self.enforcer.tag(&cgroup, tag_info)?;
         let tag = Tag {
             cgroup: cgroup.name.clone(),
@@ -384,6 +412,12 @@ impl Core {
         let id = self.cgroup(cgroup).ok().map(|c| c.id);
         let found = self.tags.values().find(|t| Some(t.cgroup_id) == id || t.cgroup == name).map(|t| t.cgroup_id);
         let Some(id) = found else {
+            if let Some(selected) = self.selection.cgroups.values().find(|c| Some(c.cgroup_id) == id || c.cgroup == name) {
+                return Err(OpError::Invalid(format!(
+                    "cgroup `{}` was tagged by a selector of policy `{}`: change the policy's `cgroups` to release it",
+                    selected.cgroup, selected.policy
+                )));
+            }
             return Err(OpError::NotFound(format!("cgroup `{cgroup}` is not tagged")));
         };
         self.drop_tag(id)
@@ -394,7 +428,7 @@ impl Core {
         let cgroup = Cgroup { path: PathBuf::new(), name: tag.cgroup.clone(), id, level: tag.level };
         self.enforcer.untag(&cgroup)?;
         self.tags.remove(&id);
-        self.enforcer.detach_net_pinned(id)?;
+        self.sync_net(None)?;
         self.save();
         Ok(tag)
     }
@@ -410,7 +444,8 @@ impl Core {
         std::fs::metadata(self.dir_of(tag)).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == tag.cgroup_id)
     }
 
-    /// Drops the tags of cgroups that were removed.
+    /// Drops the tags of cgroups that were removed, and brings the selected
+    /// cgroups up to date.
     pub fn sweep(&mut self) -> Vec<Tag> {
         let gone: Vec<u64> = self
             .tags
@@ -418,34 +453,91 @@ impl Core {
             .filter(|t| !self.still_there(t))
             .map(|t| t.cgroup_id)
             .collect();
-        gone.into_iter().filter_map(|id| self.drop_tag(id).ok()).collect()
+        let dropped = gone.into_iter().filter_map(|id| self.drop_tag(id).ok()).collect();
+        if let Err(e) = self.reconcile() {
+            eprintln!("enforcer: warning: cannot bring the selected cgroups up to date: {e}");
+        }
+        dropped
     }
 
-    /// Attaches the socket programs where a tag lacks them (after adoption
-    /// by a daemon of another build).
-    pub fn attach_all_net(&mut self) -> Vec<String> {
-        let mut errors = Vec::new();
-        for tag in self.tags.values() {
-            let cgroup = Cgroup { path: self.dir_of(tag), name: tag.cgroup.clone(), id: tag.cgroup_id, level: tag.level };
-            if let Err(e) = self.enforcer.attach_net_pinned(&cgroup) {
-                errors.push(e.to_string());
+    /// Records the existing cgroups the selectors match and forgets those
+    /// that are gone or no longer match (see `Selection::reconcile`); the
+    /// changes become `selected` and `unselected` lines.
+    pub fn reconcile(&mut self) -> Result<(), LoadError> {
+        let tagged: HashSet<u64> = self.tags.keys().copied().collect();
+        let (came, went) = self.selection.reconcile(&mut self.enforcer, &self.hierarchy, &tagged)?;
+        for (kind, cgroups) in [("selected", came), ("unselected", went)] {
+            for c in cgroups {
+                self.notices.push(serde_json::json!({
+                    "ts": super::now(), "kind": kind, "cgroup": c.cgroup, "cgroup_id": c.cgroup_id, "policy": c.policy,
+                }));
             }
+        }
+        self.sync_net(None)?;
+        Ok(())
+    }
+
+    /// Where the socket programs go: on each tagged cgroup and under each
+    /// selector root (the deepest existing cgroup on its path), except below
+    /// another such place (the programs there already judge it, and a second
+    /// set would report each denial twice).
+    fn net_points(&self, also: Option<&Cgroup>) -> Vec<Cgroup> {
+        let mut points: Vec<Cgroup> = self
+            .tags
+            .values()
+            .map(|t| Cgroup { path: self.dir_of(t), name: t.cgroup.clone(), id: t.cgroup_id, level: t.level })
+            .chain(also.cloned())
+            .collect();
+        for root in self.selection.roots() {
+            let mut dir = self.hierarchy.mount_point.join(root.trim_start_matches('/'));
+            while !dir.join("cgroup.procs").exists() && dir.pop() && dir.starts_with(&self.hierarchy.mount_point) {}
+            if let Ok(cgroup) = Cgroup::open(&self.hierarchy, &dir) {
+                points.push(cgroup);
+            }
+        }
+        points.sort_by_key(|c| c.level);
+        let mut kept: Vec<Cgroup> = Vec::new();
+        for point in points {
+            let covered = kept.iter().any(|k| k.id == point.id || k.level == 0 || point.name.starts_with(&format!("{}/", k.name)));
+            if !covered {
+                kept.push(point);
+            }
+        }
+        kept
+    }
+
+    /// Attaches the socket programs where [`Self::net_points`] wants them,
+    /// then detaches them everywhere else: never a gap.
+    fn sync_net(&mut self, also: Option<&Cgroup>) -> Result<(), LoadError> {
+        let points = self.net_points(also);
+        for point in &points {
+            self.enforcer.attach_net_pinned(point)?;
             if let Ok(mut labels) = self.labels.lock() {
-                labels.names.add_root(&cgroup);
+                labels.names.add_root(point);
             }
         }
-        // Links of cgroups no longer tagged (untagged while the daemon was down).
         for id in self.enforcer.net_attached() {
-            if !self.tags.contains_key(&id) {
-                let _ = self.enforcer.detach_net_pinned(id);
+            if !points.iter().any(|p| p.id == id) {
+                self.enforcer.detach_net_pinned(id)?;
             }
         }
-        errors
+        Ok(())
+    }
+
+    /// Puts the socket programs where they belong (after adoption by a
+    /// daemon of another build, or after tags changed while no daemon ran).
+    pub fn attach_all_net(&mut self) -> Vec<String> {
+        self.sync_net(None).err().map(|e| e.to_string()).into_iter().collect()
     }
 
     #[must_use]
     pub fn tags(&self) -> Vec<Tag> {
         self.tags.values().cloned().collect()
+    }
+
+    /// The cgroups selectors tagged (and no tag names).
+    pub fn selected(&self) -> impl Iterator<Item = &SelectedCgroup> {
+        self.selection.cgroups.values()
     }
 
     pub fn policies(&self) -> impl Iterator<Item = &Loaded> {
@@ -455,7 +547,7 @@ impl Core {
     /// Tagged cgroups using each policy.
     #[must_use]
     pub fn users(&self, policy: &str) -> usize {
-        self.tags.values().filter(|t| t.policy == policy).count()
+        self.tags.values().filter(|t| t.policy == policy).count() + self.selected().filter(|c| c.policy == policy).count()
     }
 
     /// Tells the programs which inodes are the daemon's own again (a file
@@ -470,7 +562,16 @@ impl Core {
     #[must_use]
     pub fn is_agent(&self, path: &str) -> bool {
         let path = path.trim_end_matches('/');
-        self.tags.values().any(|t| path == t.cgroup || path.starts_with(&format!("{}/", t.cgroup)))
+        if self.tags.values().any(|t| path == t.cgroup || path.starts_with(&format!("{}/", t.cgroup))) {
+            return true;
+        }
+        // Selected cgroups as the kernel knows them (newer than the last
+        // reconcile, too).
+        let mut dir = self.hierarchy.mount_point.clone();
+        path.split('/').filter(|c| !c.is_empty()).any(|component| {
+            dir.push(component);
+            std::fs::metadata(&dir).is_ok_and(|m| self.enforcer.is_selected(std::os::unix::fs::MetadataExt::ino(&m)))
+        })
     }
 
     fn state_file(&self) -> PathBuf {
@@ -527,6 +628,7 @@ impl Core {
                 .map(|p| SavedPolicy { name: p.name.clone(), file: p.file.clone(), id: p.id, version: p.version, hash: p.hash.clone() })
                 .collect(),
             tags: self.tags.values().cloned().collect(),
+            slots: self.selection.slots.clone(),
         };
         let path = self.state_file();
         let tmp = path.with_extension("json.new");

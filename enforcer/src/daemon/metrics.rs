@@ -24,6 +24,10 @@ pub struct Metrics {
 /// What the daemon knows at scrape time.
 pub struct Snapshot {
     pub tagged_cgroups: usize,
+    /// Cgroups selectors tagged.
+    pub selected_cgroups: usize,
+    /// Share of the kernel's selected-cgroup filter bits set, in thousandths.
+    pub selected_filter_fill: u64,
     /// (name, version, hash, tagged cgroups).
     pub policies: Vec<(String, u32, String, usize)>,
     pub reloads: u64,
@@ -83,6 +87,9 @@ impl Metrics {
         let sink_errors = self.sink_errors.load(Ordering::Relaxed);
         metric("enforcer_sink_errors_total", "counter", "Lines the events file could not take.", &[(String::new(), sink_errors)]);
         metric("enforcer_tagged_cgroups", "gauge", "Tagged agent cgroups.", &[(String::new(), s.tagged_cgroups as u64)]);
+        metric("enforcer_selected_cgroups", "gauge", "Agent cgroups tagged by policy selectors.", &[(String::new(), s.selected_cgroups as u64)]);
+        let fill = s.selected_filter_fill;
+        metric("enforcer_selected_filter_fill_permille", "gauge", "How full the kernel's filter of selected cgroups is (it only fills; past 500 untagged tasks pay a map lookup).", &[(String::new(), fill)]);
         let policies: Vec<(String, u64)> = s
             .policies
             .iter()

@@ -9,6 +9,7 @@ pub mod core;
 pub mod fanout;
 pub mod metrics;
 pub mod policies;
+mod selection;
 mod watch;
 
 use std::{
@@ -225,6 +226,10 @@ async fn stream_until_signal(
             _ = tick.tick() => {
                 ticks += 1;
                 let mut core = shared.core.lock().await;
+                for notice in std::mem::take(&mut core.notices) {
+                    let kind = notice["kind"].as_str().unwrap_or("daemon").to_owned();
+                    stream.sink().daemon_line(&kind, &notice);
+                }
                 stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
                 stream.sink().flush();
                 if stream.lost_reported() != core.lost_reported {

@@ -123,6 +123,10 @@ pub fn compile_parsed(
     })
 }
 
+/// The last id handed out: the one after it is the selectors' locked tag's
+/// (`selection::LOCKED_POLICY_ID`).
+const LAST_ID: u16 = u16::MAX - 1;
+
 /// Hands out policy ids: never one in use, and not soon one just freed
 /// (events in flight still name it).
 pub struct Ids {
@@ -141,12 +145,12 @@ impl Ids {
         Self { next: id.checked_add(1).unwrap_or(1) }
     }
 
-    /// An id not in `used` (`None`: all 65 535 are).
+    /// An id not in `used` (`None`: all 65 534 are).
     pub fn allocate(&mut self, used: &BTreeSet<u16>) -> Option<u16> {
         for _ in 0..u16::MAX {
             let id = self.next;
-            self.next = if self.next == u16::MAX { 1 } else { self.next + 1 };
-            if !used.contains(&id) {
+            self.next = if self.next >= LAST_ID { 1 } else { self.next + 1 };
+            if !used.contains(&id) && id <= LAST_ID {
                 return Some(id);
             }
         }

@@ -6,7 +6,8 @@
 //! daemon of another build never adopts programs it does not match):
 //! `maps/<NAME>`, `links/<hook>` (BPF LSM), `progs/<name>` (the cgroup socket
 //! programs, to attach to cgroups tagged later) and `net/<cgroup id>/<name>`
-//! (their links on each tagged cgroup).
+//! (their links on each tagged cgroup and selector root), and
+//! `tracing/cgroup_mkdir` (the selectors' tracepoint link).
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +22,7 @@ use sha2::Digest as _;
 
 use super::{
     Enforcer, FLOOR_HOOKS, HOOKS, LoadError, LsmLink, MAP_NAMES, Maps, NET_HOOKS, PROGRAMS, SOCK_ADDR_PROGRAMS,
-    SOCK_CREATE_PROGRAM, chain, load_everything, sock_program,
+    SELECTOR_PROGRAM, SOCK_CREATE_PROGRAM, attach_selector_program, chain, load_everything, program_of,
 };
 use crate::cgroups::Cgroup;
 
@@ -114,10 +115,12 @@ impl Enforcer {
         if dir.exists() {
             remove_pins(&dir)?;
         }
-        for sub in ["maps", "links", "progs", "net"] {
+        for sub in ["maps", "links", "progs", "net", "tracing"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(io(&dir))?;
         }
-        let result = pin_all(&mut ebpf, &dir, links).and_then(|()| Maps::take(&mut ebpf));
+        let result = pin_all(&mut ebpf, &dir, links)
+            .and_then(|()| pin_selector_program(&mut ebpf, &dir))
+            .and_then(|()| Maps::take(&mut ebpf));
         let maps = match result {
             Ok(maps) => maps,
             Err(e) => {
@@ -173,7 +176,6 @@ impl Enforcer {
     /// Attaches the cgroup socket programs to `cgroup` and pins the links:
     /// they stay attached without the daemon. Idempotent.
     pub fn attach_net_pinned(&mut self, cgroup: &Cgroup) -> Result<(), LoadError> {
-        let lsm = self.lsm_missing.is_none();
         let pinned = self.pinned.as_mut().ok_or(LoadError::Adopted("not a daemon: nothing is pinned"))?;
         let dir = pinned.dir.join("net").join(cgroup.id.to_string());
         if dir.exists() {
@@ -194,13 +196,11 @@ impl Enforcer {
                 let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
                 pin(name, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
             }
-            // With BPF LSM, `socket_create` judges every socket first.
-            if !lsm {
-                let program = &mut pinned.sock_create;
-                let id = program.attach(&file, CgroupAttachMode::Single).map_err(|e| attach_err(chain(&e)))?;
-                let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
-                pin(SOCK_CREATE_PROGRAM, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
-            }
+            // Judges socket classes without BPF LSM, and records agents' sockets.
+            let program = &mut pinned.sock_create;
+            let id = program.attach(&file, CgroupAttachMode::Single).map_err(|e| attach_err(chain(&e)))?;
+            let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
+            pin(SOCK_CREATE_PROGRAM, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -260,13 +260,20 @@ fn pin_all(ebpf: &mut aya::Ebpf, dir: &Path, links: Vec<LsmLink>) -> Result<(), 
     }
     for &name in SOCK_ADDR_PROGRAMS {
         let path = dir.join("progs").join(name);
-        let program: &mut CgroupSockAddr = sock_program(ebpf, name)?;
+        let program: &mut CgroupSockAddr = program_of(ebpf, name)?;
         program.pin(&path).map_err(|source| PinError::Pin { what: "program", path, source })?;
     }
     let path = dir.join("progs").join(SOCK_CREATE_PROGRAM);
-    let program: &mut CgroupSock = sock_program(ebpf, SOCK_CREATE_PROGRAM)?;
+    let program: &mut CgroupSock = program_of(ebpf, SOCK_CREATE_PROGRAM)?;
     program.pin(&path).map_err(|source| PinError::Pin { what: "program", path, source })?;
     Ok(())
+}
+
+/// Attaches the selectors' `cgroup_mkdir` program and pins its link.
+fn pin_selector_program(ebpf: &mut aya::Ebpf, dir: &Path) -> Result<(), LoadError> {
+    let link = attach_selector_program(ebpf)?;
+    let path = dir.join("tracing").join(SELECTOR_PROGRAM);
+    link.pin(&path).map(drop).map_err(|source| PinError::Pin { what: "tracepoint link", path, source }.into())
 }
 
 /// Removes a directory of pins: each program and map is freed (and each link

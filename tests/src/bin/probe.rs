@@ -232,6 +232,12 @@ fn net_step(op: &str, address: &str) -> Option<i32> {
                 0
             }
         }
+        // Like `socket`, but the socket stays open, for another process to take.
+        "socket-keep" => {
+            let n: Vec<i32> = address.split(':').map(|n| n.parse().expect("socket numbers")).collect();
+            // SAFETY: socket(2) with plain values.
+            if unsafe { libc::socket(n[0], n[1], n[2]) } < 0 { errno() } else { 0 }
+        }
         // NAME:PORT through getaddrinfo (the system resolver), then a TCP
         // connect to the first address; 1000 when the name does not resolve.
         "resolve-connect" => {

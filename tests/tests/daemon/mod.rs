@@ -282,3 +282,131 @@ fn daemon_config_errors_name_the_file_and_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such.toml"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn selectors_tag_new_cgroups_in_the_kernel_before_their_first_process() {
+    let base = "/tmp/enforcer-tests/daemon-select-trees";
+    std::fs::create_dir_all(format!("{base}/allowed")).unwrap();
+    std::fs::create_dir_all(format!("{base}/outside")).unwrap();
+    let selected = format!(
+        "name = \"selected\"\ncgroups = [\"/enforcer-tests/sel-*/agent-*\", \"/enforcer-tests/sel-deep/**/job-?\"]\n\
+         [files]\nwrite = [\"{base}/allowed\"]\n[network]\nallow = [\"127.0.0.1/32:81\"]\n"
+    );
+    let mut d = Daemon::start("daemon-select", DEGRADED, &[], "");
+    // Existing before the selector: tagged when the policy loads.
+    d.cgroup("sel-a");
+    let old = d.cgroup("sel-a/agent-old");
+    d.write_policy("selected.toml", &selected);
+    ok(&d.ctl(&["reload"]));
+    let first_steps = |name: &str| vec![DENIED.to_owned(), ALLOWED.to_owned(), format!("write:{base}/outside/{name}")];
+    let check = |d: &Daemon, cgroup: &str, name: &str| {
+        let results = d.run_probe(cgroup, &first_steps(name));
+        assert_eq!(errno_of(&results, DENIED), EPERM, "{cgroup}: the first connect is judged");
+        assert_eq!(errno_of(&results, ALLOWED), ECONNREFUSED, "{cgroup}");
+        if !DEGRADED {
+            assert_eq!(errno_of(&results, &format!("write:{base}/outside/{name}")), EPERM, "{cgroup}: the first write is judged");
+        }
+    };
+    check(&d, &old, "old");
+
+    // Created while the daemon runs: the probe is the cgroup's first process,
+    // started at once, and its first connect and write are judged.
+    let new = d.cgroup("sel-a/agent-new");
+    check(&d, &new, "new");
+    let event = d.wait_event("connect from the new cgroup", |e| e["kind"] == "connect" && e["cgroup"] == new.as_str());
+    assert_eq!(event["policy"], "selected", "{event}");
+    assert_eq!(event["policy_version"], 1, "{event}");
+    if !DEGRADED {
+        d.wait_event("write from the new cgroup", |e| e["kind"] == "file_write" && e["cgroup"] == new.as_str());
+    }
+    d.cgroup("sel-deep");
+    d.cgroup("sel-deep/x");
+    d.cgroup("sel-deep/x/y");
+    let deep = d.cgroup("sel-deep/x/y/job-1");
+    check(&d, &deep, "deep");
+    // A sibling no selector names is not judged.
+    let other = d.cgroup("sel-a/other");
+    let results = d.run_probe(&other, &[DENIED.to_owned()]);
+    std::thread::sleep(Duration::from_millis(500));
+    let why: Vec<Value> = d.events().into_iter().filter(|e| e["cgroup"] == other.as_str()).collect();
+    assert_eq!(errno_of(&results, DENIED), ECONNREFUSED, "a cgroup no selector matches is left alone: {why:?}");
+
+    // Reported: `selected` lines, status, and untag says why it cannot.
+    d.wait_event("selected line", |e| e["kind"] == "selected" && e["cgroup"] == new.as_str() && e["policy"] == "selected");
+    let (_, status) = d.api("GET", "/v1/status", None);
+    let listed = |c: &str| status["selected"].as_array().is_some_and(|s| s.iter().any(|s| s["cgroup"] == c && s["policy"] == "selected"));
+    assert!(listed(&old) && listed(&new) && listed(&deep) && !listed(&other), "{status}");
+    let out = d.ctl(&["untag", &new]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("selector of policy `selected`"), "{out:?}");
+    // An agent in a selected cgroup may not use the API either.
+    let mut curl = Command::new(enforcer_bin());
+    curl.args(["status", "--socket"]).arg(&d.socket).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = in_cgroup(&mut curl, &new).output().expect("run status in the selected cgroup");
+    assert!(!out.status.success(), "a selected agent used the API: {out:?}");
+
+    // A socket the agent made, taken by a process outside it, stays judged.
+    let mut holder = d.spawn_probe(&new, &["socket-keep:2:1:0".to_owned(), "wait-stdin".to_owned()]);
+    assert_eq!(connect_taken_socket(holder.id(), "127.0.0.1:82"), EPERM, "an agent's socket used outside it");
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    d.wait_event("taken socket", |e| e["kind"] == "connect" && e["reason"] == "socket_used_outside_agent" && e["dport"] == 82);
+
+    // No daemon at all: the kernel alone tags a new cgroup.
+    d.kill9();
+    let orphan = d.cgroup("sel-a/agent-while-no-daemon");
+    check(&d, &orphan, "orphan");
+    d.spawn();
+    let (_, status) = d.api("GET", "/v1/status", None);
+    assert_eq!(status["daemon"]["adopted"], true, "{status}");
+    d.wait_event("the denial made while no daemon ran", |e| e["kind"] == "connect" && e["cgroup"] == orphan.as_str());
+
+    // A selector taken out of the policy releases the cgroups it tagged.
+    let narrowed = selected.replace("\"/enforcer-tests/sel-*/agent-*\", ", "");
+    d.write_policy("selected.toml", &narrowed);
+    ok(&d.ctl(&["reload"]));
+    let results = d.run_probe(&new, &[DENIED.to_owned()]);
+    assert_eq!(errno_of(&results, DENIED), ECONNREFUSED, "released by the reload");
+    let results = d.run_probe(&deep, &[DENIED.to_owned()]);
+    assert_eq!(errno_of(&results, DENIED), EPERM, "the remaining selector still holds, now as version 2");
+    d.wait_event("version 2", |e| e["kind"] == "connect" && e["cgroup"] == deep.as_str() && e["policy_version"] == 2);
+}
+
+/// Takes the first socket process `pid` holds (`pidfd_getfd`) and connects it
+/// to `to` from this process; the errno.
+fn connect_taken_socket(pid: u32, to: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fd = loop {
+        let socket = std::fs::read_dir(format!("/proc/{pid}/fd")).ok().and_then(|entries| {
+            entries.flatten().find_map(|e| {
+                let target = std::fs::read_link(e.path()).ok()?;
+                target.to_string_lossy().starts_with("socket:").then(|| e.file_name().to_string_lossy().parse::<i32>().ok()).flatten()
+            })
+        });
+        if let Some(fd) = socket {
+            break fd;
+        }
+        assert!(Instant::now() < deadline, "process {pid} made no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let to: std::net::SocketAddrV4 = to.parse().expect("address");
+    // SAFETY: pidfd_open, pidfd_getfd and connect(2) with a sockaddr_in of its size; the fds are closed.
+    #[expect(clippy::cast_possible_truncation, reason = "fds")]
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        assert!(pidfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        let taken = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        assert!(taken >= 0, "pidfd_getfd: {}", std::io::Error::last_os_error());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: to.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(*to.ip()).to_be() },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(taken, (&raw const addr).cast(), size_of::<libc::sockaddr_in>() as u32);
+        let errno = if r < 0 { i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { 0 };
+        libc::close(taken);
+        libc::close(pidfd);
+        errno
+    }
+}

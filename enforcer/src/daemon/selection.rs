@@ -1,0 +1,228 @@
+//! Selectors in the daemon: which slot each policy with `cgroups` globs has
+//! (stable, saved: the kernel records slots), the table the kernel runs as
+//! cgroups are created, and reconciling `SELECTED` with the cgroup tree (the
+//! cgroups that existed before a selector, and the ones removed since).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use enforcer_common::{
+    policy::{TAG_EXEC, TAG_FILES, TAG_NET, TagFilter, TagInfo},
+    select::{SELECTOR_SLOTS, SLOT_UNRESOLVED, Selected, SelectorTable},
+};
+use serde::Serialize;
+
+use super::policies::Loaded;
+use crate::{
+    cgroups::Hierarchy,
+    load::{Enforcer, LoadError},
+    selectors::{self, SelectorError},
+};
+
+/// The policy id of the tag a cgroup whose path the kernel could not read
+/// whole is judged by: no rules under it, so no writes, connects or execs.
+pub const LOCKED_POLICY_ID: u16 = u16::MAX;
+
+/// A cgroup a selector tagged.
+#[derive(Clone, Debug, Serialize)]
+pub struct SelectedCgroup {
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub level: u32,
+    pub policy: String,
+}
+
+/// The selectors in force and the cgroups they tagged.
+#[derive(Default)]
+pub struct Selection {
+    /// Policy name -> slot.
+    pub slots: BTreeMap<String, u32>,
+    /// The globs in force, by policy name.
+    globs: BTreeMap<String, Vec<String>>,
+    /// What the last reconcile found (explicitly tagged cgroups left out).
+    pub cgroups: BTreeMap<u64, SelectedCgroup>,
+}
+
+/// What `Selection::table` built, for `Enforcer::replace_all`.
+pub struct Built {
+    pub table: Box<SelectorTable>,
+    /// The levels the globs select at.
+    pub levels: TagFilter,
+    pub choice: Choice,
+}
+
+/// The slots and globs of a [`Built`] table, for [`Selection::commit`].
+pub struct Choice {
+    slots: BTreeMap<String, u32>,
+    globs: BTreeMap<String, Vec<String>>,
+}
+
+impl Selection {
+    /// The table for `policies` (the versions in force; the globs of
+    /// `without_globs` are left out), giving each policy with globs a slot
+    /// and keeping the slots in use. Takes effect with [`Self::commit`].
+    pub fn table<'a>(
+        &self,
+        policies: impl IntoIterator<Item = &'a Loaded>,
+        without_globs: &HashSet<String>,
+        recorded: &[(u64, Selected)],
+    ) -> Result<Built, SelectorError> {
+        let policies: Vec<&Loaded> = policies.into_iter().collect();
+        let globs: BTreeMap<String, Vec<String>> = policies
+            .iter()
+            .filter(|p| !p.policy.cgroups.is_empty() && !without_globs.contains(&p.name))
+            .map(|p| (p.name.clone(), p.policy.cgroups.clone()))
+            .collect();
+        // A policy keeps its slot while it is in force (cgroups recorded
+        // with it are switched in the same swap as its new version).
+        let mut slots: BTreeMap<String, u32> =
+            self.slots.iter().filter(|(name, _)| policies.iter().any(|p| p.name == **name)).map(|(n, s)| (n.clone(), *s)).collect();
+        for name in globs.keys() {
+            if !slots.contains_key(name) {
+                // Not a slot cgroups are still recorded with, either.
+                let used: HashSet<u32> = slots.values().copied().chain(recorded.iter().map(|(_, r)| r.slot)).collect();
+                let slot = (0..SLOT_UNRESOLVED).find(|s| !used.contains(s)).ok_or(SelectorError::TooManySlots { count: globs.len() })?;
+                slots.insert(name.clone(), slot);
+            }
+        }
+        let pairs: Vec<(u32, String)> =
+            globs.iter().flat_map(|(name, globs)| globs.iter().map(|g| (slots[name], g.clone()))).collect();
+        let mut table = selectors::compile(&pairs)?;
+        for policy in &policies {
+            if let Some(&slot) = slots.get(&policy.name) {
+                table.tags[slot as usize % SELECTOR_SLOTS] = policy.tag;
+            }
+        }
+        table.tags[SLOT_UNRESOLVED as usize] =
+            TagInfo { policy_id: u32::from(LOCKED_POLICY_ID), flags: TAG_FILES | TAG_NET | TAG_EXEC };
+        let levels = selectors::levels_filter(globs.values().flatten().map(String::as_str));
+        Ok(Built { table, levels, choice: Choice { slots, globs } })
+    }
+
+    /// Makes a built table's choice the selection in force (once the kernel
+    /// has the table).
+    pub fn commit(&mut self, choice: Choice) {
+        self.slots = choice.slots;
+        self.globs = choice.globs;
+    }
+
+    /// The cgroups below which selected cgroups appear (socket programs go
+    /// on each).
+    pub fn roots(&self) -> Vec<String> {
+        let mut roots: Vec<String> = self.globs.values().flatten().map(|g| selectors::root_of(g)).collect();
+        roots.sort();
+        roots.dedup();
+        roots
+    }
+
+    fn policy_of(&self, slot: u32) -> String {
+        if slot == SLOT_UNRESOLVED {
+            return "(unresolved selector)".to_owned();
+        }
+        self.slots.iter().find(|(_, s)| **s == slot).map_or_else(|| format!("(slot {slot})"), |(n, _)| n.clone())
+    }
+
+    /// Brings `SELECTED` in line with the cgroup tree: existing cgroups the
+    /// selectors match go in, cgroups that no longer match or are gone come
+    /// out. Returns the cgroups that came in and went out since the last
+    /// call.
+    pub fn reconcile(
+        &mut self,
+        enforcer: &mut Enforcer,
+        hierarchy: &Hierarchy,
+        tagged: &HashSet<u64>,
+    ) -> Result<(Vec<SelectedCgroup>, Vec<SelectedCgroup>), LoadError> {
+        let started = monotonic_ns();
+        let found = walk(hierarchy, &self.roots());
+        let table = enforcer.selector_table();
+        let wanted: HashMap<u64, (u32, &Found)> =
+            found.iter().filter_map(|f| selectors::selects(table, &f.name).map(|slot| (f.id, (slot, f)))).collect();
+        let recorded: HashMap<u64, Selected> = enforcer.selected().into_iter().collect();
+        let seen: HashSet<u64> = found.iter().map(|f| f.id).collect();
+        let missing: Vec<(u64, Selected)> = wanted
+            .iter()
+            .filter(|(id, (slot, _))| recorded.get(id).is_none_or(|r| r.slot != *slot))
+            .map(|(&id, &(slot, f))| (id, Selected { slot, level: f.level, since_ns: started }))
+            .collect();
+        // The filter lets a cgroup through before it is recorded.
+        let mut filter = enforcer.extra_filter();
+        for (id, selected) in &missing {
+            filter.insert(*id, selected.level);
+        }
+        enforcer.set_extra_filter(filter)?;
+        for (id, selected) in missing {
+            enforcer.select(id, selected)?;
+        }
+        // A recorded cgroup the walk did not see is gone, unless the kernel
+        // recorded it after the walk began.
+        for (id, selected) in &recorded {
+            if !wanted.contains_key(id) && (seen.contains(id) || selected.since_ns < started) {
+                enforcer.unselect(*id)?;
+            }
+        }
+        let mut filter = self.levels();
+        let now = enforcer.selected();
+        for (id, selected) in &now {
+            filter.insert(*id, selected.level);
+        }
+        enforcer.set_extra_filter(filter)?;
+        let names: HashMap<u64, &Found> = found.iter().map(|f| (f.id, f)).collect();
+        let current: BTreeMap<u64, SelectedCgroup> = now
+            .iter()
+            .filter(|(id, _)| !tagged.contains(id))
+            .map(|&(id, selected)| {
+                let cgroup = names.get(&id).map_or_else(|| format!("(cgroup id {id})"), |f| f.name.clone());
+                (id, SelectedCgroup { cgroup, cgroup_id: id, level: selected.level, policy: self.policy_of(selected.slot) })
+            })
+            .collect();
+        let came: Vec<SelectedCgroup> = current.iter().filter(|(id, _)| !self.cgroups.contains_key(id)).map(|(_, c)| c.clone()).collect();
+        let went: Vec<SelectedCgroup> =
+            self.cgroups.iter().filter(|(id, _)| !current.contains_key(id)).map(|(_, c)| c.clone()).collect();
+        self.cgroups = current;
+        Ok((came, went))
+    }
+
+    /// The levels the globs in force select at.
+    pub fn levels(&self) -> TagFilter {
+        selectors::levels_filter(self.globs.values().flatten().map(String::as_str))
+    }
+}
+
+/// A cgroup found below a selector root.
+struct Found {
+    /// Its path below the cgroup2 mount (`/a/b`).
+    name: String,
+    id: u64,
+    level: u32,
+}
+
+/// Every cgroup below `roots` (the roots themselves included).
+fn walk(hierarchy: &Hierarchy, roots: &[String]) -> Vec<Found> {
+    fn visit(hierarchy: &Hierarchy, dir: &std::path::Path, found: &mut Vec<Found>, seen: &mut HashSet<u64>) {
+        let Ok(meta) = std::fs::metadata(dir) else { return };
+        let id = std::os::unix::fs::MetadataExt::ino(&meta);
+        if !seen.insert(id) {
+            return;
+        }
+        let name = hierarchy.name_of(dir);
+        let level = u32::try_from(name.split('/').filter(|c| !c.is_empty()).count()).unwrap_or(u32::MAX);
+        found.push(Found { name, id, level });
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                visit(hierarchy, &entry.path(), found, seen);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    for root in roots {
+        visit(hierarchy, &hierarchy.mount_point.join(root.trim_start_matches('/')), &mut found, &mut seen);
+    }
+    found
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
