@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, bpf_sock_addr},
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
+    helpers::generated::{bpf_get_retval, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::{cgroup_sock, cgroup_sock_addr, lsm, map},
     maps::{HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
     programs::{LsmContext, SockAddrContext, SockContext},
@@ -131,10 +131,22 @@ fn proto_bit(sock_type: u16, protocol: u16) -> u8 {
     }
 }
 
+/// Whether a program that ran before this one on the same operation has
+/// refused it: the socket programs on two of the cgroup's ancestors (for a
+/// moment while the daemon moves them, e.g. to a selector root created
+/// later) judge alike, and the second stays silent.
+#[inline(always)]
+fn already_refused() -> bool {
+    unsafe { bpf_get_retval() != 0 }
+}
+
 /// Judges a destination given to `connect` or `sendmsg` by a task whose
 /// socket belongs to a tagged cgroup.
 #[inline(always)]
 fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
+    if already_refused() {
+        return REFUSE;
+    }
     let sa: *const bpf_sock_addr = ctx.sock_addr;
     // Context fields must be read with loads of their own size.
     let read = |field: *const u32| unsafe { core::ptr::read_volatile(field) };
@@ -306,6 +318,9 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let read = |field: *const u32| unsafe { core::ptr::read_volatile(field) } as u16;
     let (family, sock_type, protocol) =
         unsafe { (read(&raw const (*sock).family), read(&raw const (*sock).type_), read(&raw const (*sock).protocol)) };
+    if already_refused() {
+        return REFUSE;
+    }
     // The creator is the current task: untagged, it is none of ours.
     let Some(tag) = tag::tag_by_ancestors() else { return ALLOW };
     let verdict = judge_socket(&tag, family, sock_type, protocol, ALLOW, REFUSE);

@@ -125,6 +125,9 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     for warning in warnings {
         eprintln!("enforcer: {warning}");
     }
+    if !policy.cgroups.is_empty() {
+        eprintln!("enforcer: warning: `cgroups` selectors are applied by `enforcer daemon`; `enforcer run` judges its own command only");
+    }
     let sink = Sink::open(opts.events.as_deref())
         .map_err(|source| RunError::Events { path: opts.events.clone().unwrap_or_default(), source })?;
 

@@ -156,10 +156,15 @@ impl Daemon {
     /// The lines of the events file so far.
     #[must_use]
     pub fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}")))
+        // Rotated files first, oldest (highest number) first.
+        let rotated = |n: u32| PathBuf::from(format!("{}.{n}", self.events.display()));
+        let mut files: Vec<PathBuf> = (1..100).map(rotated).take_while(|f| f.exists()).collect();
+        files.reverse();
+        files.push(self.events.clone());
+        files
+            .iter()
+            .flat_map(|f| std::fs::read_to_string(f).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>())
+            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}")))
             .collect()
     }
 

@@ -181,6 +181,9 @@ impl Enforcer {
         if dir.exists() {
             return Ok(());
         }
+        if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
+            eprintln!("enforcer: attaching the socket programs to {} (id {})", cgroup.name, cgroup.id);
+        }
         let attach_err = |detail: String| PinError::Attach { cgroup: cgroup.name.clone(), detail };
         let file = std::fs::File::open(&cgroup.path).map_err(|source| LoadError::OpenCgroup { path: cgroup.path.clone(), source })?;
         let staging = pinned.dir.join("net").join(format!("{}-new", cgroup.id));
@@ -217,6 +220,9 @@ impl Enforcer {
         let pinned = self.pinned.as_ref().ok_or(LoadError::Adopted("not a daemon: nothing is pinned"))?;
         let dir = pinned.dir.join("net").join(cgroup_id.to_string());
         if dir.exists() {
+            if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
+                eprintln!("enforcer: detaching the socket programs from cgroup id {cgroup_id}");
+            }
             remove_pins(&dir)?;
         }
         Ok(())

@@ -199,6 +199,20 @@ fn net_step(op: &str, address: &str) -> Option<i32> {
             }
             last
         }
+        // `tcp-rate:N:PER_SECOND:ADDRESS`: N connects, paced; the errno of the last.
+        "tcp-rate" => {
+            let (count, rest) = address.split_once(':').expect("tcp-rate:N:PER_SECOND:ADDRESS");
+            let (rate, to) = rest.split_once(':').expect("tcp-rate:N:PER_SECOND:ADDRESS");
+            let to: SocketAddr = to.parse().expect("address");
+            let interval = Duration::from_secs(1) / rate.parse::<u32>().expect("rate");
+            let start = std::time::Instant::now();
+            let mut last = 0;
+            for i in 0..count.parse::<u32>().expect("count") {
+                std::thread::sleep((start + interval * i).saturating_duration_since(std::time::Instant::now()));
+                last = io_errno(TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(drop));
+            }
+            last
+        }
         // TCP Fast Open: the connect rides on the first sendto.
         "tcp-fastopen" => {
             let to = socket_addr();
