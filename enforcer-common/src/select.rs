@@ -15,10 +15,11 @@ use crate::policy::{TAG_BLOOM_WORDS, TagInfo};
 
 /// Cgroup id -> [`Selected`]: the cgroups selectors tagged.
 pub const SELECTED_MAP: &str = "SELECTED";
-/// The bloom filter of `SELECTED`'s ids that the kernel added (a one-entry
-/// array of [`SelectedBloom`]): written only by the `cgroup_mkdir` program,
-/// which `cgroup_mutex` serialises. Ids userspace adds go in `TAG_FILTER`.
-pub const SELECTED_BLOOM_MAP: &str = "SELECTED_BLOOM";
+/// The programs' section holding `SELECTED_BLOOM`, the bloom filter of
+/// `SELECTED`'s ids that the kernel added (a [`SelectedBloom`]): written
+/// only by the `cgroup_mkdir` program, which `cgroup_mutex` serialises; ids
+/// userspace adds go in `TAG_FILTER`.
+pub const SELECTED_BLOOM_MAP: &str = ".bss.selected";
 /// Selected cgroups at most (live ones: removed cgroups are swept out).
 pub const SELECTED_MAX: u32 = 1 << 16;
 
@@ -94,7 +95,8 @@ pub struct Selected {
 const _: () = assert!(core::mem::size_of::<Selected>() == 16);
 
 /// The kernel's half of the pre-filter for selected cgroups (see
-/// [`SELECTED_BLOOM_MAP`]), with the bit layout of `TagFilter::bloom`.
+/// [`SELECTED_BLOOM_MAP`]), with the bit layout of `TagFilter::bloom`: a
+/// false positive costs a map lookup, never a wrong answer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SelectedBloom {

@@ -7,7 +7,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::{bpf_get_current_task_btf, bpf_loop}},
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap},
+    maps::HashMap,
     programs::BtfTracePointContext,
 };
 use enforcer_common::{
@@ -25,17 +25,21 @@ use crate::{
 #[map]
 static SELECTED: HashMap<u64, Selected> = HashMap::with_max_entries(SELECTED_MAX, 0);
 
-#[map]
-static SELECTED_BLOOM: Array<SelectedBloom> = Array::with_max_entries(1, 0);
+/// A global in a section of its own (userspace rewrites `.bss` whole, and
+/// must never write this): one load where a map costs a lookup.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.selected")]
+static mut SELECTED_BLOOM: SelectedBloom = unsafe { core::mem::zeroed() };
 
 /// Whether cgroup `id` may be in `SELECTED` by the kernel's hand (ids the
 /// daemon put there are in `TAG_FILTER`).
 #[inline(always)]
 pub fn may_contain(id: u64) -> bool {
-    let Some(bloom) = SELECTED_BLOOM.get(0) else { return false };
     let bit = tag_bloom_bit(id);
     let word = (bit / 64) as usize & (TAG_BLOOM_WORDS - 1);
-    bloom.bloom[word] & (1 << (bit % 64)) != 0
+    // SAFETY: a read of the global; a racing write only adds bits.
+    let bits = unsafe { core::ptr::read_volatile((&raw const SELECTED_BLOOM.bloom).cast::<u64>().add(word)) };
+    bits & (1 << (bit % 64)) != 0
 }
 
 /// The tag of selected cgroup `id` in `tables`: its slot's.
@@ -80,10 +84,11 @@ fn select(cgroup: *const u8, path: *const u8) {
         return;
     }
     // `cgroup_mutex` serialises every caller: a plain read-modify-write.
-    if let Some(bloom) = SELECTED_BLOOM.get_ptr_mut(0) {
-        let bit = tag_bloom_bit(id);
-        let word = (bit / 64) as usize & (TAG_BLOOM_WORDS - 1);
-        unsafe { (*bloom).bloom[word] |= 1 << (bit % 64) };
+    let bit = tag_bloom_bit(id);
+    let word = (bit / 64) as usize & (TAG_BLOOM_WORDS - 1);
+    unsafe {
+        let slot = (&raw mut SELECTED_BLOOM.bloom).cast::<u64>().add(word);
+        core::ptr::write_volatile(slot, core::ptr::read_volatile(slot) | 1 << (bit % 64));
     }
 }
 

@@ -131,6 +131,12 @@ pub fn current_tag() -> Option<Tagged> {
 #[inline(always)]
 pub fn tag_by_ancestors() -> Option<Tagged> {
     let mut bits = unsafe { core::ptr::read_volatile(&raw const TAG_FILTER.level_bits) };
+    // Many tagged levels (a `**` selector sets every level below its root):
+    // six helper calls find the task's own level, and the levels below it,
+    // whose ancestors do not exist, are skipped.
+    if bits.count_ones() > 8 {
+        bits &= levels_up_to(task_level());
+    }
     for _ in 0..=MAX_TAG_LEVEL {
         if bits == 0 {
             break;
@@ -146,6 +152,28 @@ pub fn tag_by_ancestors() -> Option<Tagged> {
         }
     }
     None
+}
+
+/// The current task's cgroup level, by bisection: the ancestor at a level
+/// exists (a non-zero id) exactly at and above the task's own.
+#[inline(always)]
+fn task_level() -> u32 {
+    let (mut exists, mut absent) = (0u32, 64u32);
+    for _ in 0..6 {
+        let mid = u32::midpoint(exists, absent);
+        if unsafe { bpf_get_current_ancestor_cgroup_id(mid as i32) } != 0 {
+            exists = mid;
+        } else {
+            absent = mid;
+        }
+    }
+    exists
+}
+
+/// Bits 0 to `level`.
+#[inline(always)]
+fn levels_up_to(level: u32) -> u64 {
+    if level >= 63 { u64::MAX } else { (2u64 << level) - 1 }
 }
 
 /// The tag of a suspect: the bloom hit's, if the tag table has it (most

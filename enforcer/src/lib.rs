@@ -18,6 +18,7 @@ pub mod mounts;
 pub mod net_rules;
 pub mod policy;
 pub mod rules;
+pub mod ring_fill;
 pub mod run;
 pub mod selectors;
 pub mod stream;

@@ -441,7 +441,11 @@ impl Enforcer {
     /// `SELECTED`), or fewer (after they left it).
     pub fn set_extra_filter(&mut self, extra_filter: TagFilter) -> Result<(), LoadError> {
         self.extra_filter = extra_filter;
-        self.set_filter(&filter_of(&self.tags).union(&extra_filter))
+        let filter = filter_of(&self.tags).union(&extra_filter);
+        if filter == self.published_filter {
+            return Ok(());
+        }
+        self.set_filter(&filter)
     }
 
     /// The selectors in force.

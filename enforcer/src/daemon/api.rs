@@ -89,7 +89,7 @@ pub fn snapshot(core: &Core) -> Snapshot {
         reloads: core.reloads,
         reload_failures: core.reload_failures,
         lost_events: core.enforcer.lost_events().unwrap_or(0),
-        ring: None,
+        ring: core.ring_fill.as_ref().map(crate::ring_fill::RingFill::used),
         lsm_enforced: core.enforcer.lsm_missing().is_none(),
         not_enforced: core.not_enforced.len(),
     }

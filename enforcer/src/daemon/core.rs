@@ -113,6 +113,8 @@ pub struct Core {
     orphaned: HashSet<String>,
     /// The daemon's lines about selections, for the stream to write.
     pub notices: Vec<serde_json::Value>,
+    /// The events ring buffer's positions (metrics).
+    pub ring_fill: Option<crate::ring_fill::RingFill>,
 }
 
 impl Core {
@@ -141,6 +143,7 @@ impl Core {
             selection: Selection::default(),
             orphaned: HashSet::new(),
             notices: Vec::new(),
+            ring_fill: None,
         };
         let mut report = ReloadReport::default();
         let state = core.read_state();

@@ -153,6 +153,10 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
     }
     let ring = core.enforcer.take_events().ok_or(LoadError::MissingMap("EVENTS"))?;
+    match crate::ring_fill::RingFill::new(&ring, u64::from(enforcer_common::events::EVENTS_BYTES)) {
+        Ok(fill) => core.ring_fill = Some(fill),
+        Err(e) => eprintln!("enforcer: warning: cannot map the ring buffer's positions, its fill is not in the metrics: {e}"),
+    }
     let metrics = Arc::new(Metrics::default());
     let feed = Feed::new(config.events.follower_buffer);
     let fanout = Fanout::new(&config.events, feed.clone(), metrics.clone())

@@ -71,7 +71,11 @@ pub fn adopted_build(root: &Path) -> Vec<String> {
 
 /// The file name of a map's pin (`.bss` would be a hidden file).
 fn pin_name(map: &str) -> &str {
-    if map == enforcer_common::policy::TAG_FILTER_MAP { "TAG_FILTER" } else { map }
+    match map {
+        enforcer_common::policy::TAG_FILTER_MAP => "TAG_FILTER",
+        enforcer_common::select::SELECTED_BLOOM_MAP => "SELECTED_BLOOM",
+        other => other,
+    }
 }
 
 const SOCK_ADDR_TYPES: &[(&str, CgroupSockAddrAttachType)] = &[
