@@ -391,8 +391,13 @@ impl Core {
             return Err(OpError::Invalid("the root cgroup cannot be tagged: tag the agent's own cgroup".to_owned()));
         }
         // The socket programs go on first: once tagged, all is judged.
+        let timing = std::env::var_os("ENFORCER_DEBUG_LOAD").is_some().then(std::time::Instant::now);
         self.sync_net(Some(&cgroup))?;
+        let attached = timing.map(|t| t.elapsed());
         self.enforcer.tag(&cgroup, tag_info)?;
+        if let Some(t) = timing {
+            eprintln!("enforcer: tag: socket programs after {attached:?}, tagged after {:?}", t.elapsed());
+        }
         let tag = Tag {
             cgroup: cgroup.name.clone(),
             cgroup_id: cgroup.id,
@@ -482,8 +487,8 @@ impl Core {
 
     /// Where the socket programs go: on each tagged cgroup and under each
     /// selector root (the deepest existing cgroup on its path), except below
-    /// another such place (the programs there already judge it, and a second
-    /// set would report each denial twice).
+    /// another such place (the programs there already judge it; a second set
+    /// would judge each operation again, silently).
     fn net_points(&self, also: Option<&Cgroup>) -> Vec<Cgroup> {
         let mut points: Vec<Cgroup> = self
             .tags
@@ -500,9 +505,13 @@ impl Core {
         }
         points.sort_by_key(|c| c.level);
         let mut kept: Vec<Cgroup> = Vec::new();
+        let mut kept_names: HashSet<String> = HashSet::new();
         for point in points {
-            let covered = kept.iter().any(|k| k.id == point.id || k.level == 0 || point.name.starts_with(&format!("{}/", k.name)));
+            // Covered if the point or one of its ancestors is kept already.
+            let covered = std::iter::successors(Some(point.name.as_str()), |n| n.rfind('/').map(|i| &n[..i]))
+                .any(|n| kept_names.contains(if n.is_empty() { "/" } else { n }));
             if !covered {
+                kept_names.insert(point.name.clone());
                 kept.push(point);
             }
         }
@@ -511,26 +520,37 @@ impl Core {
 
     /// Attaches the socket programs where [`Self::net_points`] wants them,
     /// then detaches them everywhere else: never a gap.
-    fn sync_net(&mut self, also: Option<&Cgroup>) -> Result<(), LoadError> {
+    fn sync_net(&mut self, also: Option<&Cgroup>) -> Result<Vec<Cgroup>, LoadError> {
         let points = self.net_points(also);
-        for point in &points {
+        let attached: HashSet<u64> = self.enforcer.net_attached().into_iter().collect();
+        for point in points.iter().filter(|p| !attached.contains(&p.id)) {
             self.enforcer.attach_net_pinned(point)?;
             if let Ok(mut labels) = self.labels.lock() {
                 labels.names.add_root(point);
             }
         }
-        for id in self.enforcer.net_attached() {
-            if !points.iter().any(|p| p.id == id) {
-                self.enforcer.detach_net_pinned(id)?;
-            }
+        let wanted: HashSet<u64> = points.iter().map(|p| p.id).collect();
+        for id in attached.difference(&wanted) {
+            self.enforcer.detach_net_pinned(*id)?;
         }
-        Ok(())
+        Ok(points)
     }
 
     /// Puts the socket programs where they belong (after adoption by a
-    /// daemon of another build, or after tags changed while no daemon ran).
+    /// daemon of another build, or after tags changed while no daemon ran),
+    /// and names events from below each of them.
     pub fn attach_all_net(&mut self) -> Vec<String> {
-        self.sync_net(None).err().map(|e| e.to_string()).into_iter().collect()
+        match self.sync_net(None) {
+            Ok(points) => {
+                if let Ok(mut labels) = self.labels.lock() {
+                    for point in &points {
+                        labels.names.add_root(point);
+                    }
+                }
+                Vec::new()
+            }
+            Err(e) => vec![e.to_string()],
+        }
     }
 
     #[must_use]
