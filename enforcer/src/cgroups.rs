@@ -56,9 +56,32 @@ impl Hierarchy {
         format!("/{}", rel.display())
     }
 
-    fn level_of(&self, dir: &Path) -> u32 {
+    /// A cgroup directory's level in the whole hierarchy (the root's is 0).
+    #[must_use]
+    pub fn level_of(&self, dir: &Path) -> u32 {
         let rel = dir.strip_prefix(&self.mount_point).unwrap_or(dir);
         self.root_level + u32::try_from(rel.components().count()).unwrap_or(u32::MAX)
+    }
+
+    /// Calls `visit(path, id)` for every cgroup below `dir` (not `dir`
+    /// itself), parents first, down to the deepest level a tag can have.
+    pub fn for_each_below(&self, dir: &Path, visit: &mut impl FnMut(&Path, u64)) {
+        fn walk(dir: &Path, depth: u32, visit: &mut impl FnMut(&Path, u64)) {
+            if depth > enforcer_common::policy::MAX_TAG_LEVEL {
+                return;
+            }
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if let Ok(meta) = entry.metadata()
+                    && meta.is_dir()
+                {
+                    visit(&path, meta.ino());
+                    walk(&path, depth + 1, visit);
+                }
+            }
+        }
+        walk(dir, 0, visit);
     }
 }
 
@@ -194,26 +217,11 @@ impl Names {
 
     pub fn name(&mut self, id: u64) -> Option<String> {
         if !self.known.contains_key(&id) {
-            for root in self.roots.clone() {
-                self.scan(&root, 0);
+            let Self { hierarchy, roots, known } = self;
+            for root in roots.iter() {
+                hierarchy.for_each_below(root, &mut |path, id| _ = known.insert(id, hierarchy.name_of(path)));
             }
         }
         self.known.get(&id).cloned()
-    }
-
-    fn scan(&mut self, dir: &Path, depth: u32) {
-        if depth > 32 {
-            return;
-        }
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if let Ok(meta) = entry.metadata()
-                && meta.is_dir()
-            {
-                self.known.insert(meta.ino(), self.hierarchy.name_of(&path));
-                self.scan(&path, depth + 1);
-            }
-        }
     }
 }

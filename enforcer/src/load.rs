@@ -112,11 +112,11 @@ pub const FLOOR_HOOKS: &[(&str, bool)] = &[
     ("ptrace_traceme", true),
 ];
 
-/// The cgroup socket programs, attached to each tagged cgroup whose policy
-/// restricts the network.
 /// The `cgroup_mkdir` tracepoint program (daemon only).
 const SELECTOR_PROGRAM: &str = "cgroup_mkdir";
 
+/// The cgroup socket programs, attached to each tagged cgroup (and, in the
+/// daemon, each selector root).
 const SOCK_ADDR_PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6"];
 const SOCK_CREATE_PROGRAM: &str = "sock_create";
 

@@ -318,10 +318,11 @@ impl Core {
             .filter_map(|t| in_force(&t.policy).map(|p| (t.cgroup_id, (t.level, p.tag))))
             .collect();
         let live: HashSet<u32> = names.iter().filter_map(|n| in_force(n)).map(|p| u32::from(p.id)).collect();
-        let built = self.selection.table(names.iter().filter_map(|n| in_force(n)), &self.orphaned, &self.enforcer.selected())?;
+        let recorded = self.enforcer.selected();
+        let built = self.selection.table(names.iter().filter_map(|n| in_force(n)), &self.orphaned, &recorded)?;
         // Recorded cgroups stay visible to the tag check through the swap.
         let mut extra_filter = built.levels;
-        for (id, selected) in self.enforcer.selected() {
+        for (id, selected) in recorded {
             extra_filter.insert(id, selected.level);
         }
         let old_live: HashSet<u32> = self.policies.values().map(|p| u32::from(p.id)).collect();

@@ -197,26 +197,19 @@ struct Found {
 
 /// Every cgroup below `roots` (the roots themselves included).
 fn walk(hierarchy: &Hierarchy, roots: &[String]) -> Vec<Found> {
-    fn visit(hierarchy: &Hierarchy, dir: &std::path::Path, found: &mut Vec<Found>, seen: &mut HashSet<u64>) {
-        let Ok(meta) = std::fs::metadata(dir) else { return };
-        let id = std::os::unix::fs::MetadataExt::ino(&meta);
-        if !seen.insert(id) {
-            return;
-        }
-        let name = hierarchy.name_of(dir);
-        let level = u32::try_from(name.split('/').filter(|c| !c.is_empty()).count()).unwrap_or(u32::MAX);
-        found.push(Found { name, id, level });
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                visit(hierarchy, &entry.path(), found, seen);
-            }
-        }
-    }
     let mut found = Vec::new();
     let mut seen = HashSet::new();
+    let mut visit = |dir: &std::path::Path, id: u64| {
+        if seen.insert(id) {
+            found.push(Found { name: hierarchy.name_of(dir), id, level: hierarchy.level_of(dir) });
+        }
+    };
     for root in roots {
-        visit(hierarchy, &hierarchy.mount_point.join(root.trim_start_matches('/')), &mut found, &mut seen);
+        let dir = hierarchy.mount_point.join(root.trim_start_matches('/'));
+        if let Ok(meta) = std::fs::metadata(&dir) {
+            visit(&dir, std::os::unix::fs::MetadataExt::ino(&meta));
+            hierarchy.for_each_below(&dir, &mut visit);
+        }
     }
     found
 }

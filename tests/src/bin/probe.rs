@@ -183,6 +183,21 @@ fn socket2_addr(to: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, libc::socklen_t::try_from(len).unwrap_or_default())
 }
 
+/// `count` TCP connects to `to`, one per `interval` if given; the errno of
+/// the last.
+fn connect_repeatedly(count: &str, interval: Option<Duration>, to: &str) -> i32 {
+    let to: SocketAddr = to.parse().expect("address");
+    let start = std::time::Instant::now();
+    let mut last = 0;
+    for i in 0..count.parse::<u32>().expect("count") {
+        if let Some(interval) = interval {
+            std::thread::sleep((start + interval * i).saturating_duration_since(std::time::Instant::now()));
+        }
+        last = io_errno(TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(drop));
+    }
+    last
+}
+
 /// Network steps; `None` if `op` is not one.
 fn net_step(op: &str, address: &str) -> Option<i32> {
     let socket_addr = || address.parse::<SocketAddr>().unwrap_or_else(|_| panic!("bad address `{address}`"));
@@ -192,26 +207,13 @@ fn net_step(op: &str, address: &str) -> Option<i32> {
         // `tcp-storm:N:ADDRESS`: N connects; the errno of the last.
         "tcp-storm" => {
             let (count, to) = address.split_once(':').expect("tcp-storm:N:ADDRESS");
-            let to: SocketAddr = to.parse().expect("address");
-            let mut last = 0;
-            for _ in 0..count.parse::<u32>().expect("count") {
-                last = io_errno(TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(drop));
-            }
-            last
+            connect_repeatedly(count, None, to)
         }
         // `tcp-rate:N:PER_SECOND:ADDRESS`: N connects, paced; the errno of the last.
         "tcp-rate" => {
             let (count, rest) = address.split_once(':').expect("tcp-rate:N:PER_SECOND:ADDRESS");
             let (rate, to) = rest.split_once(':').expect("tcp-rate:N:PER_SECOND:ADDRESS");
-            let to: SocketAddr = to.parse().expect("address");
-            let interval = Duration::from_secs(1) / rate.parse::<u32>().expect("rate");
-            let start = std::time::Instant::now();
-            let mut last = 0;
-            for i in 0..count.parse::<u32>().expect("count") {
-                std::thread::sleep((start + interval * i).saturating_duration_since(std::time::Instant::now()));
-                last = io_errno(TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(drop));
-            }
-            last
+            connect_repeatedly(count, Some(Duration::from_secs(1) / rate.parse::<u32>().expect("rate")), to)
         }
         // TCP Fast Open: the connect rides on the first sendto.
         "tcp-fastopen" => {
@@ -234,23 +236,20 @@ fn net_step(op: &str, address: &str) -> Option<i32> {
             let to = socket_addr();
             io_errno(unbound_udp(&to).and_then(|s| s.connect(to)))
         }
-        // FAMILY:TYPE:PROTOCOL, numbers, as socket(2) takes them.
-        "socket" => {
+        // FAMILY:TYPE:PROTOCOL, numbers, as socket(2) takes them; `socket-keep`
+        // leaves the socket open, for another process to take.
+        "socket" | "socket-keep" => {
             let n: Vec<i32> = address.split(':').map(|n| n.parse().expect("socket numbers")).collect();
-            // SAFETY: socket(2) with plain values; the fd is closed.
+            // SAFETY: socket(2) with plain values; the fd is closed unless kept.
             let fd = unsafe { libc::socket(n[0], n[1], n[2]) };
             if fd < 0 {
                 errno()
             } else {
-                close(fd);
+                if op == "socket" {
+                    close(fd);
+                }
                 0
             }
-        }
-        // Like `socket`, but the socket stays open, for another process to take.
-        "socket-keep" => {
-            let n: Vec<i32> = address.split(':').map(|n| n.parse().expect("socket numbers")).collect();
-            // SAFETY: socket(2) with plain values.
-            if unsafe { libc::socket(n[0], n[1], n[2]) } < 0 { errno() } else { 0 }
         }
         // NAME:PORT through getaddrinfo (the system resolver), then a TCP
         // connect to the first address; 1000 when the name does not resolve.
