@@ -51,9 +51,10 @@ impl Kind {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FloorDetail {
-    /// The other process (ptrace, signals), else 0.
+    /// The other process (ptrace, signals, limits, scheduling), else 0.
     pub target_pid: u32,
-    /// The signal, the `bpf` command, the ptrace mode, or 0.
+    /// The signal, the `bpf` command, the ptrace mode, the resource, the
+    /// ioctl, or 0 (see [`Op`]).
     pub value: u32,
 }
 pub const FLOOR_DETAIL_BYTES: usize = 8;
@@ -93,6 +94,26 @@ pub enum Op {
     UserNamespace = 28,
     Setuid = 29,
     Setgid = 30,
+    // Acting on a process outside the agent (kind `Floor`, `target_pid` set).
+    /// `setrlimit`/`prlimit64` on another process (`value`: the resource).
+    Rlimit = 31,
+    /// `sched_setscheduler`, `sched_setattr`, `sched_setaffinity`.
+    SetScheduler = 32,
+    /// `setpriority` (`value`: the nice value, as `u32`).
+    SetNice = 33,
+    /// `ioprio_set` (`value`: the I/O priority).
+    SetIoprio = 34,
+    /// `migrate_pages`, `move_pages`.
+    MoveMemory = 35,
+    /// A SIGIO-style signal (`F_SETOWN` + `F_SETSIG` + `O_ASYNC`) an agent
+    /// aimed at a process outside it (`value`: the signal).
+    Sigio = 36,
+    /// `clone3(CLONE_INTO_CGROUP)`: starting a child in another cgroup.
+    CloneIntoCgroup = 37,
+    /// `TIOCSTI`/`TIOCLINUX`: typing into a terminal (`value`: the ioctl).
+    TtyInject = 38,
+    /// `FS_IOC_SETFLAGS`/`FS_IOC_FSSETXATTR` (`chattr`): a file write.
+    Setflags = 39,
 }
 
 #[repr(u8)]
@@ -269,6 +290,15 @@ impl Op {
             28 => Self::UserNamespace,
             29 => Self::Setuid,
             30 => Self::Setgid,
+            31 => Self::Rlimit,
+            32 => Self::SetScheduler,
+            33 => Self::SetNice,
+            34 => Self::SetIoprio,
+            35 => Self::MoveMemory,
+            36 => Self::Sigio,
+            37 => Self::CloneIntoCgroup,
+            38 => Self::TtyInject,
+            39 => Self::Setflags,
             _ => return None,
         })
     }

@@ -74,12 +74,23 @@ pub struct KernelOffsets {
     pub cred_sgid: u32,
     pub cred_fsgid: u32,
     pub task_struct_tgid: u32,
+    /// `file->f_owner`: the `struct fown_struct` itself, or (Linux 6.12+,
+    /// allocated on first use) a pointer to it; `file_f_owner_is_ptr` says which.
+    pub file_f_owner: u32,
+    pub file_f_owner_is_ptr: u32,
+    /// `dentry->d_fsdata`: on devpts, the terminal (`struct tty_struct`).
+    pub dentry_d_fsdata: u32,
+    /// `tty->session`: the session it is the controlling terminal of, or null.
+    pub tty_struct_session: u32,
+    pub task_struct_signal: u32,
+    /// `signal->pids[PIDTYPE_SID]`: the task's session.
+    pub signal_struct_session: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets::FIELDS);
 
 impl KernelOffsets {
     /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 46;
+    pub const FIELDS: usize = 52;
 
     /// The offset at `index` (`offset_of!(KernelOffsets, field) / 4`).
     #[must_use]

@@ -13,7 +13,10 @@ use enforcer_common::{
 };
 
 use crate::{
-    kernel::{CredEgid, CredEuid, CredFsgid, CredFsuid, CredGid, CredSgid, CredSuid, CredUid, DentryName, DentryParent, DentrySb, Direct, Field, InodeRdev, Read, SuperBlockMagic, TaskTgid},
+    kernel::{
+        CredEgid, CredEuid, CredFsgid, CredFsuid, CredGid, CredSgid, CredSuid, CredUid, DentryFsdata, DentryName, DentryParent, DentrySb, Direct, Field, InodeRdev, Probe, Read,
+        SignalSession, SuperBlockMagic, TaskSignal, TaskTgid, TtySession,
+    },
     report::{FloorDenial, report_floor},
     tag::{self, Tagged},
 };
@@ -25,7 +28,7 @@ const PTRACE_MODE_NOAUDIT: u32 = 0x04;
 
 /// Refuses (or, in audit mode, allows) and reports.
 #[inline(always)]
-fn refuse(tag: &Tagged, op: Op, target_pid: u32, value: u32) -> i32 {
+pub(crate) fn refuse(tag: &Tagged, op: Op, target_pid: u32, value: u32) -> i32 {
     let denial = FloorDenial { op, target_pid, value };
     // Two constant returns: the verifier cannot bound a negated variable.
     if tag.info.flags & TAG_AUDIT != 0 {
@@ -38,7 +41,7 @@ fn refuse(tag: &Tagged, op: Op, target_pid: u32, value: u32) -> i32 {
 
 /// Refuses for any tagged task.
 #[inline(always)]
-fn refuse_tagged(op: Op, value: u32) -> i32 {
+pub(crate) fn refuse_tagged(op: Op, value: u32) -> i32 {
     match tag::current_tag() {
         Some(tag) => refuse(&tag, op, 0, value),
         None => 0,
@@ -131,14 +134,14 @@ pub fn task_fix_setgid(ctx: LsmContext) -> i32 {
 
 /// `task`'s pid (its thread group's).
 #[inline(always)]
-fn tgid_of(task: *const u8) -> u32 {
+pub(crate) fn tgid_of(task: *const u8) -> u32 {
     unsafe { Direct::get::<TaskTgid>(task) as u32 }
 }
 
 /// Whether `task` belongs to another agent than the current task (or to
 /// none: the host).
 #[inline(always)]
-fn outside(task: *const u8) -> bool {
+pub(crate) fn outside(task: *const u8) -> bool {
     let own = tag::agent_cgroup(unsafe { bpf_get_current_task_btf() }.cast::<u8>());
     tag::agent_cgroup(task) != own
 }
@@ -184,14 +187,28 @@ pub fn ptrace_traceme(ctx: LsmContext) -> i32 {
 
 const S_IFCHR: u32 = 0o020_000;
 const S_IFBLK: u32 = 0o060_000;
-/// `/dev/mem`, `/dev/kmem`, `/dev/port` (kernel `dev_t`: major << 20 | minor).
-const MEMORY_DEVICES: [u32; 3] = [1 << 20 | 1, 1 << 20 | 2, 1 << 20 | 4];
+
+/// Kernel `dev_t` (`major << 20 | minor`).
+const fn dev(major: u32, minor: u32) -> u32 {
+    major << 20 | minor
+}
+
+/// The character devices every agent may open: `/dev/null`, `zero`, `full`,
+/// `random`, `urandom`, `tty` (its own controlling terminal) and `ptmx`
+/// (new pseudo-terminals). Every other one (disks through SG_IO or NVMe
+/// passthrough, `/dev/mem`, consoles, `/dev/kmsg`, input devices...) is
+/// refused, except pseudo-terminal ends (see [`own_terminal`]).
+const ALLOWED_DEVICES: [u32; 7] = [dev(1, 3), dev(1, 5), dev(1, 7), dev(1, 8), dev(1, 9), dev(5, 0), dev(5, 2)];
+const DEVPTS_SUPER_MAGIC: u64 = 0x1cd1;
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 /// Filesystems that are kernel interfaces, not files: no agent writes them.
 /// sysfs, cgroup2, cgroup, securityfs, debugfs, tracefs, bpffs, efivarfs,
-/// configfs, pstore.
-const KERNEL_FILESYSTEMS: [u64; 10] =
-    [0x6265_6572, 0x6367_7270, 0x0027_e0eb, 0x7363_6673, 0x6462_6720, 0x7472_6163, 0xcafe_4a11, 0xde5e_81e4, 0x6265_6570, 0x6165_676c];
+/// configfs, pstore, binfmt_misc, fusectl, nfsd, rpc_pipefs, selinuxfs,
+/// smackfs, apparmorfs, xenfs.
+const KERNEL_FILESYSTEMS: [u64; 18] = [
+    0x6265_6572, 0x6367_7270, 0x0027_e0eb, 0x7363_6673, 0x6462_6720, 0x7472_6163, 0xcafe_4a11, 0xde5e_81e4, 0x6265_6570,
+    0x6165_676c, 0x4249_4e4d, 0x6573_5543, 0x6e66_7364, 0x6759_6969, 0xf97c_ff8c, 0x4341_5d53, 0x5a3c_69f0, 0xabba_1974,
+];
 /// Deepest procfs path whose top directory is looked for.
 const PROC_LEVELS: usize = 8;
 
@@ -206,19 +223,23 @@ enum ProcTop {
     Unknown,
 }
 
-/// Whether the floor refuses opening a file: block devices, `/dev/mem` and
-/// friends, `/proc/kcore`, and writing kernel interfaces (`/sys` and the
-/// filesystems mounted below it, `/proc/sys`, `/proc/sysrq-trigger`).
+/// Whether the floor refuses opening a file: block devices, character
+/// devices outside [`ALLOWED_DEVICES`], `/proc/kcore`, and writing kernel
+/// interfaces (`/sys` and the filesystems mounted below it, `/proc/sys`,
+/// `/proc/sysrq-trigger`).
 /// Out of line: inlined, its branches multiply the verifier's states for
 /// everything `file_open` does after it.
 #[inline(never)]
 pub fn open_refused(dentry: *const u8, inode: *const u8, file_type: u32, writes: bool) -> bool {
     match file_type {
         S_IFBLK => return true,
-        S_IFCHR => return MEMORY_DEVICES.contains(&unsafe { Direct::get::<InodeRdev>(inode) as u32 }),
         _ => {}
     }
     let magic = unsafe { Direct::get::<SuperBlockMagic>(Direct::ptr::<DentrySb>(dentry)) };
+    if file_type == S_IFCHR {
+        let rdev = unsafe { Direct::get::<InodeRdev>(inode) } as u32;
+        return !(ALLOWED_DEVICES.contains(&rdev) || magic == DEVPTS_SUPER_MAGIC && own_terminal(dentry));
+    }
     if writes && KERNEL_FILESYSTEMS.contains(&magic) {
         return true;
     }
@@ -230,6 +251,24 @@ pub fn open_refused(dentry: *const u8, inode: *const u8, file_type: u32, writes:
         ProcTop::Sys | ProcTop::SysrqTrigger | ProcTop::Unknown => writes,
         ProcTop::Other => false,
     }
+}
+
+/// Whether a pseudo-terminal's end (on devpts) is the caller's own: its
+/// controlling terminal, or one that is no session's terminal yet (a pty the
+/// agent just made, for `script` or `tmux`). Another session's terminal (the
+/// operator's shell) would let it read what is typed there.
+#[inline(always)]
+fn own_terminal(dentry: *const u8) -> bool {
+    let tty = unsafe { Direct::ptr::<DentryFsdata>(dentry) };
+    if tty.is_null() {
+        return false;
+    }
+    let session = unsafe { Probe::get::<TtySession>(tty) };
+    if session == 0 {
+        return true;
+    }
+    let own = unsafe { Direct::get::<SignalSession>(Direct::ptr::<TaskSignal>(bpf_get_current_task_btf().cast::<u8>())) };
+    session == own
 }
 
 /// The name right below the procfs root on the way up from `dentry`.

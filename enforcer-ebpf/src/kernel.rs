@@ -162,6 +162,16 @@ fields! {
     CredFsgid: u32 = cred_fsgid;
     /// `task->tgid`
     TaskTgid: u32 = task_struct_tgid;
+    /// `file->f_owner` where it is a pointer (Linux 6.12+)
+    FileOwner: u64 = file_f_owner;
+    /// `dentry->d_fsdata`
+    DentryFsdata: u64 = dentry_d_fsdata;
+    /// `tty->session`
+    TtySession: u64 = tty_struct_session;
+    /// `task->signal`
+    TaskSignal: u64 = task_struct_signal;
+    /// `signal->pids[PIDTYPE_SID]`
+    SignalSession: u64 = signal_struct_session;
 }
 
 pub trait Read {

@@ -10,6 +10,7 @@
 #![no_main]
 #![expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "BPF code narrows kernel values on purpose")]
 
+mod boundary;
 mod empty_hooks;
 mod exec;
 mod floor;
@@ -331,6 +332,39 @@ pub fn inode_set_acl(ctx: LsmContext) -> i32 {
 pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
     let Some(tag) = tag::current_tag() else { return 0 };
     dentry_op(&tag, ctx.arg(1), Op::RemoveAcl)
+}
+
+/// `chattr` and friends: `FS_IOC_SETFLAGS` (and its 32-bit form),
+/// `FS_IOC_FSSETXATTR`, `FS_IOC_SETFSLABEL`. `chattr +i` of the daemon's
+/// state or `+a` of a log is a write of that file.
+const SETFLAGS_IOCTLS: [u32; 4] = [0x4008_6602, 0x4004_6602, 0x401c_5820, 0x4100_9432];
+
+/// An ioctl: terminal input injection is refused (the floor), inode-flag
+/// changes are judged as a write of the file.
+#[inline(always)]
+fn file_ioctl_check(ctx: &LsmContext) -> i32 {
+    let cmd: u32 = ctx.arg(1);
+    if !boundary::TTY_INJECTION.contains(&cmd) && !SETFLAGS_IOCTLS.contains(&cmd) {
+        return 0;
+    }
+    let Some(tag) = tag::current_tag() else { return 0 };
+    if boundary::TTY_INJECTION.contains(&cmd) {
+        return floor::refuse(&tag, Op::TtyInject, 0, cmd);
+    }
+    let (dentry, vfsmount) = file_path(ctx.arg(0));
+    let check = Check { kind: Kind::FileWrite, op: Op::Setflags, allow_self: true, dentry, vfsmount };
+    protect_then_decide(&tag, protected_object(&check), check)
+}
+
+#[lsm(hook = "file_ioctl")]
+pub fn file_ioctl(ctx: LsmContext) -> i32 {
+    file_ioctl_check(&ctx)
+}
+
+/// Linux 6.8+: 32-bit ioctls (`int 0x80`) have their own hook.
+#[lsm(hook = "file_ioctl_compat")]
+pub fn file_ioctl_compat(ctx: LsmContext) -> i32 {
+    file_ioctl_check(&ctx)
 }
 
 #[cfg(not(test))]

@@ -10,6 +10,7 @@ use std::{collections::HashMap, path::Path};
 const MAGIC: u16 = 0xeb9f;
 
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
@@ -169,6 +170,16 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// Whether field `field` of `struct strukt` is a pointer (a field that
+    /// changed from an embedded struct to a pointer between kernels).
+    pub fn field_is_pointer(&self, strukt: &str, field: &str) -> Result<bool, BtfError> {
+        let id = self.find(strukt, KIND_STRUCT).ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let (_, member_type) = self
+            .member(id, field)
+            .ok_or_else(|| BtfError::NoField { strukt: strukt.to_owned(), field: field.to_owned() })?;
+        Ok(self.ty(self.resolve(member_type)).is_some_and(|t| t.kind == KIND_PTR))
+    }
+
     /// (bit offset, type id) of `name` in the struct or union `id`.
     fn member(&self, id: u32, name: &str) -> Option<(u32, u32)> {
         let ty = self.ty(self.resolve(id))?;
@@ -254,6 +265,8 @@ mod tests {
         assert_eq!(btf.field_offset("qstr", &["name"]).unwrap(), 8);
         assert!(btf.field_offset("mount", &["mnt"]).is_ok());
         assert!(btf.has_function("bpf_lsm_file_open"));
+        assert!(btf.field_is_pointer("dentry", "d_parent").unwrap());
+        assert!(!btf.field_is_pointer("file", "f_path").unwrap());
         let idx = btf.param_index("bpf_lsm_inode_setattr", "dentry").unwrap();
         assert!(idx <= 1);
         assert!(matches!(btf.field_offset("file", &["no_such_field"]), Err(BtfError::NoField { .. })));

@@ -20,7 +20,8 @@ pub enum Command {
         /// The policy file (TOML).
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
-        /// Append denial events here instead of stderr.
+        /// Append denial events here (default: /run/enforcer/run-<pid>.jsonl;
+        /// never the command's own stderr, where it could forge or split lines).
         #[arg(long, value_name = "FILE")]
         events: Option<PathBuf>,
         /// On a kernel that cannot enforce the whole policy (no BPF LSM),

@@ -92,6 +92,12 @@ pub struct FloorFields {
     /// `bpf`: the command (`BPF_PROG_LOAD` is 5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_cmd: Option<u32>,
+    /// `rlimit`: the resource (`RLIMIT_CPU` is 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<u32>,
+    /// `tty_inject`: the ioctl (`TIOCSTI` is 0x5412 = 21522).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ioctl: Option<u32>,
 }
 
 /// A count of events that were lost (never silently).
@@ -253,8 +259,10 @@ const fn kind_name(kind: Kind) -> &'static str {
 fn floor_fields(op: Option<Op>, floor: FloorDetail) -> FloorFields {
     FloorFields {
         target_pid: (floor.target_pid != 0).then_some(floor.target_pid),
-        signal: (op == Some(Op::Signal)).then_some(floor.value),
+        signal: matches!(op, Some(Op::Signal | Op::Sigio)).then_some(floor.value),
         bpf_cmd: (op == Some(Op::Bpf)).then_some(floor.value),
+        resource: (op == Some(Op::Rlimit)).then_some(floor.value),
+        ioctl: (op == Some(Op::TtyInject)).then_some(floor.value),
     }
 }
 
@@ -344,6 +352,15 @@ const fn op_name(op: Op) -> &'static str {
         Op::UserNamespace => "user_namespace",
         Op::Setuid => "setuid",
         Op::Setgid => "setgid",
+        Op::Rlimit => "rlimit",
+        Op::SetScheduler => "setscheduler",
+        Op::SetNice => "setnice",
+        Op::SetIoprio => "setioprio",
+        Op::MoveMemory => "move_memory",
+        Op::Sigio => "sigio",
+        Op::CloneIntoCgroup => "clone_into_cgroup",
+        Op::TtyInject => "tty_inject",
+        Op::Setflags => "setflags",
     }
 }
 

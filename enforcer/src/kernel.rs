@@ -50,6 +50,10 @@ fn read_lsm_list() -> Result<String, KernelError> {
     std::fs::read_to_string(path).map(|s| s.trim().to_owned()).map_err(KernelError::NoSecurityfs)
 }
 
+/// `enum pid_type`'s `PIDTYPE_SID`: the index of a task's session in
+/// `signal_struct::pids` (stable since Linux 4.19).
+const PIDTYPE_SID: u32 = 3;
+
 /// The struct offsets the programs read at, from the kernel's own BTF.
 pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let path_dentry = btf.field_offset("path", &["dentry"])?;
@@ -103,5 +107,14 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         cred_sgid: btf.field_offset("cred", &["sgid"])?,
         cred_fsgid: btf.field_offset("cred", &["fsgid"])?,
         task_struct_tgid: btf.field_offset("task_struct", &["tgid"])?,
+        file_f_owner: btf.field_offset("file", &["f_owner"])?,
+        file_f_owner_is_ptr: u32::from(btf.field_is_pointer("file", "f_owner")?),
+        dentry_d_fsdata: btf.field_offset("dentry", &["d_fsdata"])?,
+        // Inside `ctrl` since Linux 5.12.
+        tty_struct_session: btf
+            .field_offset("tty_struct", &["ctrl", "session"])
+            .or_else(|_| btf.field_offset("tty_struct", &["session"]))?,
+        task_struct_signal: btf.field_offset("task_struct", &["signal"])?,
+        signal_struct_session: btf.field_offset("signal_struct", &["pids"])? + PIDTYPE_SID * 8,
     })
 }

@@ -110,6 +110,17 @@ pub const FLOOR_HOOKS: &[(&str, bool)] = &[
     ("task_kill", true),
     ("ptrace_access_check", true),
     ("ptrace_traceme", true),
+    // The agent boundary (`enforcer-ebpf/src/boundary.rs`).
+    ("task_setrlimit", true),
+    ("task_setscheduler", true),
+    ("task_setnice", true),
+    ("task_setioprio", true),
+    ("task_movememory", true),
+    ("task_alloc", true),
+    ("file_set_fowner", true),
+    ("file_send_sigiotask", true),
+    ("file_ioctl", true),
+    ("file_ioctl_compat", false), // Linux 6.8
 ];
 
 /// The `cgroup_mkdir` tracepoint program (daemon only).

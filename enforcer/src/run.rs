@@ -1,5 +1,7 @@
 //! `enforcer run`: one command in a fresh agent cgroup, no daemon needed.
 
+pub mod watchdog;
+
 use std::{
     ffi::OsString,
     path::PathBuf,
@@ -73,6 +75,8 @@ pub enum RunError {
     Spawn { command: OsString, source: std::io::Error },
     #[error("waiting for the command failed: {0}")]
     Wait(std::io::Error),
+    #[error("cannot start the run's watchdog, so the command was not run: {0}")]
+    Watchdog(std::io::Error),
 }
 
 impl RunError {
@@ -128,8 +132,20 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     if !policy.cgroups.is_empty() {
         eprintln!("enforcer: warning: `cgroups` selectors are applied by `enforcer daemon`; `enforcer run` judges its own command only");
     }
-    let sink = Sink::open(opts.events.as_deref())
-        .map_err(|source| RunError::Events { path: opts.events.clone().unwrap_or_default(), source })?;
+    let events_path = match opts.events.clone() {
+        Some(path) => path,
+        None => default_events_path().map_err(|(path, source)| RunError::Events { path, source })?,
+    };
+    let sink = Sink::open(Some(&events_path)).map_err(|source| RunError::Events { path: events_path.clone(), source })?;
+    if opts.events.is_none() {
+        eprintln!("enforcer: events go to {}", events_path.display());
+    }
+    // Neither the supervisor nor its watchdog may be the OOM killer's choice;
+    // the command gets the caller's value back.
+    let oom_score_adj = watchdog::set_oom_score_adj(-1000).unwrap_or_else(|e| {
+        eprintln!("enforcer: warning: cannot set oom_score_adj: {e} (the OOM killer may pick the supervisor)");
+        0
+    });
 
     let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
     let mut enforcer = Enforcer::load()?;
@@ -177,7 +193,9 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     if let Some(resolver) = &resolver {
         stream.set_grants(resolver.grants.clone());
     }
+    enforcer.set_protected(&run_protected(&events_path))?;
     enforcer.tag(cgroup, tag_for(&policy, POLICY_ID))?;
+    let watchdog = watchdog::Watchdog::start(&cgroup.path).map_err(RunError::Watchdog)?;
 
     let mut dns = Dns {
         events: dns_events,
@@ -189,12 +207,18 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         .map(|program| Seccomp::new(program, &policy, cgroup_root.clone()))
         .transpose()
         .map_err(|source| RunError::Seccomp { command: opts.command[0].clone(), source })?;
-    let status = spawn_and_wait(&opts.command, cgroup, &mut stream, &enforcer, &mut dns, seccomp).await;
+    let status = spawn_and_wait(&opts.command, cgroup, &mut stream, &enforcer, &mut dns, seccomp, oom_score_adj).await;
     drop(resolver);
 
     // Nothing of the agent may outlive the run unenforced: kill what is left
     // while still tagged, then collect the last events.
     let cleanup = cgroup.kill_all();
+    if cleanup.is_ok() {
+        drop(watchdog);
+    } else {
+        // It kills what is left when this process exits.
+        std::mem::forget(watchdog);
+    }
     let (status, denials) = match status {
         Ok((status, denials)) => (Ok(status), denials),
         Err(e) => (Err(e), None),
@@ -213,12 +237,39 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     Ok(exit_code(status?))
 }
 
+/// Where a run's events go without `--events`: a file of its own in a
+/// directory only root reads, never a stream the command shares.
+fn default_events_path() -> Result<PathBuf, (PathBuf, std::io::Error)> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let dir = PathBuf::from("/run/enforcer");
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err((dir, e)),
+        _ => {}
+    }
+    Ok(dir.join(format!("run-{}.jsonl", std::process::id())))
+}
+
+/// What the command may not change, whatever its policy allows: the
+/// enforcer's binary and the run's events file.
+fn run_protected(events: &std::path::Path) -> enforcer_common::policy::Protected {
+    use enforcer_common::policy::{Protected, ProtectedInode};
+    let mounts = crate::mounts::mount_table().unwrap_or_default();
+    let paths = [std::env::current_exe().ok(), Some(events.to_owned())];
+    let ids = paths.iter().flatten().filter_map(|p| crate::mounts::inode_id(p, &mounts).ok().flatten());
+    let mut protected = Protected::default();
+    for (slot, id) in protected.inodes.iter_mut().zip(ids) {
+        *slot = ProtectedInode { ino: id.ino, dev: id.dev, pad: 0 };
+    }
+    protected
+}
+
 /// The parts of `policy` only BPF LSM programs enforce.
 #[must_use]
 pub fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
     let mut parts = vec![
-        "the built-in floor: BPF, perf events, modules, mounts, user namespaces, becoming root, ptrace and signals \
-         outside the agent, kernel interfaces in /sys and /proc/sys, raw devices, fileless execution (BPF LSM)",
+        "the built-in floor: BPF, perf events, modules, mounts, user namespaces, becoming root, ptrace, signals, \
+         limits, scheduling and SIGIO aimed outside the agent, leaving the cgroup (CLONE_INTO_CGROUP), terminal \
+         injection, kernel interfaces in /sys and /proc/sys, devices, fileless execution (BPF LSM)",
     ];
     if policy.files.is_some() {
         parts.push("[files]: file writes and reads (BPF LSM file hooks)");
@@ -333,16 +384,27 @@ fn spawn(
     command: &[OsString],
     cgroup: &cgroups::Cgroup,
     seccomp: Option<Seccomp>,
+    oom_score_adj: i32,
 ) -> Result<(tokio::process::Child, Option<SyscallDenials>), RunError> {
     let procs = cgroup.procs_file()?;
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
     let filter = seccomp.as_ref().map(|s| (s.program.clone(), s.handoff.clone()));
-    // SAFETY: `join` only calls write(2) on an fd opened before fork, and
+    let own_session = !on_a_terminal();
+    let oom_score_adj = oom_score_adj.to_string();
+    // SAFETY: `join` only calls write(2) on an fd opened before fork,
+    // `set_oom_score_adj_in_child` open(2) and write(2), and
     // `install_in_child` only prctl(2) and seccomp(2), then spins on memory.
     unsafe {
         cmd.pre_exec(move || {
+            // Before joining: once tagged, its policy judges writes to /proc.
+            watchdog::set_oom_score_adj_in_child(oom_score_adj.as_bytes());
             cgroups::join(&procs)?;
+            // Off the caller's session: no signal of the caller's terminal
+            // reaches it, and it never gets a terminal of the caller's.
+            if own_session && libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             match &filter {
                 Some((program, handoff)) => handoff.install_in_child(program),
                 None => Ok(()),
@@ -385,8 +447,9 @@ async fn spawn_and_wait(
     enforcer: &Enforcer,
     dns: &mut Dns,
     seccomp: Option<Seccomp>,
+    oom_score_adj: i32,
 ) -> Result<(ExitStatus, Option<SyscallDenials>), RunError> {
-    let (mut child, mut denials) = spawn(command, cgroup, seccomp)?;
+    let (mut child, mut denials) = spawn(command, cgroup, seccomp, oom_score_adj)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Wait)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Wait)?;
     let mut lost_tick = tokio::time::interval(Duration::from_secs(1));
@@ -429,6 +492,15 @@ impl SyscallDenials {
             stream.syscall_event(&event, &self.policy);
         }
     }
+}
+
+/// Whether the command shares a terminal with the caller (its stdin, stdout
+/// or stderr is one): it then stays in the caller's session, so the
+/// terminal's job control (Ctrl-C, Ctrl-Z) still reaches it; the floor
+/// refuses it `TIOCSTI`, so it cannot type into the caller's shell.
+fn on_a_terminal() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stdin().is_terminal() || std::io::stdout().is_terminal() || std::io::stderr().is_terminal()
 }
 
 fn forward(child: &tokio::process::Child, signal: i32) {

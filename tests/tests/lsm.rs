@@ -7,6 +7,7 @@ use enforcer_tests::{EPERM, Sandbox, release, wait_ready};
 
 /// BPF LSM works here: nothing is enforced in a degraded way.
 const DEGRADED: bool = false;
+mod boundary;
 mod floor;
 mod daemon;
 mod network;

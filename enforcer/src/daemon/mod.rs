@@ -73,8 +73,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
 
 /// What only BPF LSM programs enforce, whatever the policies say.
 pub const NOT_ENFORCED_WITHOUT_LSM: &[&str] = &[
-    "the built-in floor (BPF, perf, modules, mounts, user namespaces, ptrace and signals outside the agent, kernel \
-     interfaces, raw devices, fileless execution)",
+    "the built-in floor (BPF, perf, modules, mounts, user namespaces, ptrace, signals, limits and scheduling of \
+     processes outside the agent, leaving the cgroup, terminal injection, kernel interfaces, devices, fileless \
+     execution)",
     "[files]: file writes and reads",
     "[exec]: which programs may run; syscalls.require_seccomp",
     "network.unix and socket classes other than raw/ICMP/SCTP/MPTCP IP sockets",

@@ -333,6 +333,161 @@ fn int80_getpid() -> i32 {
     if ret < 0 { -ret } else { 0 }
 }
 
+/// A pid argument: a number, `ppid` (the supervisor under `enforcer run`)
+/// or `self`.
+fn pid_arg(text: &str) -> i32 {
+    match text {
+        // SAFETY: getppid/getpid have no arguments.
+        "ppid" => unsafe { libc::getppid() },
+        "self" => unsafe { libc::getpid() },
+        _ => i32::try_from(number(text)).expect("pid"),
+    }
+}
+
+/// `F_SETOWN` + `F_SETSIG(SIGKILL)` + `O_ASYNC` on a pipe's read end, then
+/// a write to it: the kernel sends SIGKILL to `pid`, no `kill()` involved.
+fn sigio_kill(pid: i32) -> i32 {
+    const F_SETSIG: i32 = 10;
+    let mut fds = [0; 2];
+    // SAFETY: plain fcntl(2)/write(2) on a pipe of our own.
+    unsafe {
+        if libc::pipe(fds.as_mut_ptr()) != 0 {
+            return errno();
+        }
+        let steps = [
+            libc::fcntl(fds[0], libc::F_SETOWN, pid),
+            libc::fcntl(fds[0], F_SETSIG, libc::SIGKILL),
+            libc::fcntl(fds[0], libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK),
+        ];
+        let mut r = steps.iter().find(|&&r| r != 0).map_or(0, |_| errno());
+        if r == 0 && libc::write(fds[1], b"x".as_ptr().cast(), 1) != 1 {
+            r = errno();
+        }
+        close(fds[0]);
+        close(fds[1]);
+        r
+    }
+}
+
+/// `clone3(CLONE_INTO_CGROUP)` into the cgroup directory `dir`; the child
+/// exits at once.
+fn clone_into_cgroup(dir: &str) -> i32 {
+    let fd = match open(dir, libc::O_RDONLY | libc::O_DIRECTORY) {
+        Ok(fd) => fd,
+        Err(e) => return 1000 + e,
+    };
+    // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal,
+    // stack, stack_size, tls, set_tid, set_tid_size, cgroup.
+    let mut args = [0u64; 11];
+    args[0] = 0x2_0000_0000; // CLONE_INTO_CGROUP
+    args[4] = libc::SIGCHLD as u64;
+    args[10] = u64::try_from(fd).unwrap_or(0);
+    // SAFETY: clone3 with a filled clone_args; the child only exits.
+    let r = unsafe {
+        let pid = libc::syscall(libc::SYS_clone3, args.as_ptr(), std::mem::size_of_val(&args));
+        if pid == 0 {
+            libc::_exit(0);
+        }
+        if pid > 0 {
+            libc::waitpid(i32::try_from(pid).unwrap_or(-1), std::ptr::null_mut(), 0);
+        }
+        check(pid)
+    };
+    close(fd);
+    r
+}
+
+/// `TIOCSTI` into a terminal of our own making (a new pty's far end).
+fn tiocsti_pty() -> i32 {
+    // SAFETY: posix_openpt and friends on descriptors of our own.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        if master < 0 {
+            return 1000 + errno();
+        }
+        let mut name = [0 as libc::c_char; 64];
+        if libc::grantpt(master) != 0 || libc::unlockpt(master) != 0 || libc::ptsname_r(master, name.as_mut_ptr(), name.len()) != 0 {
+            return 1000 + errno();
+        }
+        let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        if slave < 0 {
+            close(master);
+            return 2000 + errno();
+        }
+        let r = check(libc::ioctl(slave, libc::TIOCSTI, b"x".as_ptr()).into());
+        close(slave);
+        close(master);
+        r
+    }
+}
+
+/// `chattr +i`: `FS_IOC_SETFLAGS` with the immutable flag.
+fn chattr_immutable(path: &str) -> i32 {
+    const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+    const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+    let fd = match open(path, libc::O_RDONLY) {
+        Ok(fd) => fd,
+        Err(e) => return 1000 + e,
+    };
+    let flags = FS_IMMUTABLE_FL;
+    // SAFETY: the ioctl reads one long from a local.
+    let r = check(unsafe { libc::ioctl(fd, FS_IOC_SETFLAGS, &raw const flags) }.into());
+    close(fd);
+    r
+}
+
+/// How many BPF objects (programs, maps, links) this process holds a
+/// descriptor of: an agent must never inherit one.
+fn bpf_fds() -> i32 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return -1 };
+    let count = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("anon_inode:bpf"))
+        .count();
+    i32::try_from(count).unwrap_or(i32::MAX)
+}
+
+/// Steps that act on another process or leave the agent; `None` if `op` is
+/// not one.
+fn boundary_step(op: &str, arg: &str) -> Option<i32> {
+    // SAFETY: each call gets plain values or pointers to live locals.
+    Some(unsafe {
+        match op {
+            // A one-second CPU limit: SIGKILL once the target used it up.
+            "prlimit-cpu" => {
+                let limit = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
+                check(libc::prlimit(pid_arg(arg), libc::RLIMIT_CPU, &raw const limit, std::ptr::null_mut()).into())
+            }
+            "prlimit-core" => {
+                let limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                check(libc::prlimit(pid_arg(arg), libc::RLIMIT_CORE, &raw const limit, std::ptr::null_mut()).into())
+            }
+            "setpriority" => check(libc::setpriority(libc::PRIO_PROCESS, u32::try_from(pid_arg(arg)).unwrap_or(0), 19).into()),
+            "sched-idle" => {
+                let param = libc::sched_param { sched_priority: 0 };
+                check(libc::sched_setscheduler(pid_arg(arg), libc::SCHED_IDLE, &raw const param).into())
+            }
+            // IOPRIO_WHO_PROCESS, class idle.
+            "ioprio-idle" => check(libc::syscall(libc::SYS_ioprio_set, 1, pid_arg(arg), 3 << 13)),
+            "sigio-kill" => sigio_kill(pid_arg(arg)),
+            "clone-into-cgroup" => clone_into_cgroup(arg),
+            "tiocsti-pty" => tiocsti_pty(),
+            "chattr" => chattr_immutable(arg),
+            "bpf-fds" => bpf_fds(),
+            // Opens without reading (a terminal would block a read).
+            "open" => match open(arg, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY) {
+                Ok(fd) => {
+                    close(fd);
+                    0
+                }
+                Err(e) => e,
+            },
+            _ => return None,
+        }
+    })
+}
+
 /// Syscall steps; `None` if `op` is not one.
 fn syscall_step(op: &str, arg: &str) -> Option<i32> {
     // SAFETY: each call gets plain values or pointers to live locals.
@@ -477,7 +632,7 @@ fn main() {
     let _ = out.flush();
     for arg in std::env::args().skip(1) {
         let (op, rest) = arg.split_once(':').unwrap_or((&arg, ""));
-        let errno = net_step(op, rest).or_else(|| syscall_step(op, rest)).unwrap_or_else(|| {
+        let errno = net_step(op, rest).or_else(|| syscall_step(op, rest)).or_else(|| boundary_step(op, rest)).unwrap_or_else(|| {
             let (a, b) = rest.split_once(':').unwrap_or((rest, ""));
             step(op, a, b)
         });

@@ -12,6 +12,8 @@ try() { "$@" || echo "init: warning: '$*' failed"; }
 try mount -t proc proc /proc
 try mount -t sysfs sysfs /sys
 try mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts
+try mount -t devpts devpts /dev/pts
 try mount -t securityfs securityfs /sys/kernel/security
 try mount -t bpf bpf /sys/fs/bpf
 try mount -t cgroup2 cgroup2 /sys/fs/cgroup

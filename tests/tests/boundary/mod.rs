@@ -1,0 +1,256 @@
+//! Attacks across the agent boundary (BPF LSM, so the VM tier only): what a
+//! root agent with no seccomp filter tries against the enforcer and the host
+//! without `kill()` or `ptrace`. Each is made twice, under `enforcer run` and
+//! in a cgroup the daemon tagged (whose processes carry no filter of ours),
+//! and each refusal is the exact errno with exactly one event.
+
+use std::{
+    ffi::CString,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use enforcer_tests::{
+    EPERM, Sandbox,
+    daemon::{Daemon, errno_of},
+    wait_ready,
+};
+use serde_json::Value;
+
+/// One attack: the probe step, the errno it must get, and the event it must
+/// produce (`kind`, `op`, `reason`, and the `target_pid` or `path` it names).
+struct Attack {
+    step: String,
+    errno: i64,
+    event: Option<Want>,
+}
+
+struct Want {
+    kind: &'static str,
+    op: &'static str,
+    reason: &'static str,
+    about: About,
+}
+
+enum About {
+    Target(u32),
+    Path(String),
+    Nothing,
+}
+
+impl Want {
+    fn matches(&self, e: &Value) -> bool {
+        let about = match &self.about {
+            About::Target(pid) => e["target_pid"] == *pid,
+            About::Path(path) => e["path"] == path.as_str(),
+            About::Nothing => true,
+        };
+        e["kind"] == self.kind && e["op"] == self.op && e["reason"] == self.reason && about
+    }
+}
+
+fn refused(step: String, kind: &'static str, op: &'static str, reason: &'static str, about: About) -> Attack {
+    Attack { step, errno: EPERM, event: Some(Want { kind, op, reason, about }) }
+}
+
+fn floor(step: String, op: &'static str, about: About) -> Attack {
+    refused(step, "floor", op, "floor", about)
+}
+
+fn allowed(step: String) -> Attack {
+    Attack { step, errno: 0, event: None }
+}
+
+/// Processes and files outside the agent for the attacks to aim at.
+struct Targets {
+    /// A host process (outside every agent).
+    host: Child,
+    /// A host process whose controlling terminal is `operator_tty`: the
+    /// operator's shell.
+    operator: Child,
+    operator_tty: String,
+    /// A SCSI generic node (`/dev/sg0`): SG_IO reaches every disk block.
+    sg: String,
+    cgroup_root: String,
+}
+
+impl Targets {
+    fn new(dir: &std::path::Path) -> Self {
+        let host = Command::new("sleep").arg("120").spawn().expect("start a host process");
+        let (operator, operator_tty) = operator_shell();
+        let sg = dir.join("sg0").display().to_string();
+        let c_sg = CString::new(sg.clone()).unwrap();
+        // SAFETY: mknod(2) of a NUL-terminated path.
+        assert_eq!(unsafe { libc::mknod(c_sg.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(21, 0)) }, 0, "mknod sg0");
+        let cgroup_root = enforcer::cgroups::Hierarchy::find().expect("cgroup2").mount_point.display().to_string();
+        Self { host, operator, operator_tty, sg, cgroup_root }
+    }
+
+    /// Every attack, and what the agent may still do to itself. `supervisor`
+    /// is the pid `ppid` stands for, if the agent's parent is the enforcer.
+    fn attacks(&self, outside_file: &str, supervisor: Option<u32>) -> Vec<Attack> {
+        let host = self.host.id();
+        let mut attacks = vec![
+            floor(format!("prlimit-cpu:{host}"), "rlimit", About::Target(host)),
+            floor(format!("setpriority:{host}"), "setnice", About::Target(host)),
+            floor(format!("sched-idle:{host}"), "setscheduler", About::Target(host)),
+            floor(format!("ioprio-idle:{host}"), "setioprio", About::Target(host)),
+            // The write goes through; the SIGKILL it raises does not.
+            Attack { step: format!("sigio-kill:{host}"), errno: 0, event: Some(Want { kind: "floor", op: "sigio", reason: "floor", about: About::Target(host) }) },
+            floor(format!("clone-into-cgroup:{}", self.cgroup_root), "clone_into_cgroup", About::Nothing),
+            floor("tiocsti-pty".to_owned(), "tty_inject", About::Nothing),
+            refused(format!("open:{}", self.operator_tty), "file_read", "open", "floor", About::Path(self.operator_tty.clone())),
+            refused(format!("open:{}", self.sg), "file_read", "open", "floor", About::Path(self.sg.clone())),
+            refused("open:/dev/kmsg".to_owned(), "file_read", "open", "floor", About::Path("/dev/kmsg".to_owned())),
+            refused(format!("chattr:{outside_file}"), "file_write", "setflags", "outside_write_trees", About::Path(outside_file.to_owned())),
+            // Its own limits, priority and devices stay its own.
+            allowed("prlimit-core:self".to_owned()),
+            allowed("setpriority:self".to_owned()),
+            allowed("open:/dev/null".to_owned()),
+            allowed("open:/dev/urandom".to_owned()),
+            allowed("open:/dev/ptmx".to_owned()),
+            allowed("bpf-fds".to_owned()),
+        ];
+        if let Some(supervisor) = supervisor {
+            attacks.extend([
+                floor("prlimit-cpu:ppid".to_owned(), "rlimit", About::Target(supervisor)),
+                Attack { step: "sigio-kill:ppid".to_owned(), errno: 0, event: Some(Want { kind: "floor", op: "sigio", reason: "floor", about: About::Target(supervisor) }) },
+            ]);
+        }
+        attacks
+    }
+
+    /// Asserts every attack's errno and event, that no other event was
+    /// written, and that the targets are alive.
+    fn check(&mut self, attacks: &[Attack], results: &[Value], events: &[Value]) {
+        for attack in attacks {
+            assert_eq!(errno_of(results, &attack.step), attack.errno, "step `{}`: {results:#?}", attack.step);
+            if let Some(want) = &attack.event {
+                let found: Vec<&Value> = events.iter().filter(|e| want.matches(e)).collect();
+                assert_eq!(found.len(), 1, "step `{}`: want one {}/{} event, got {found:#?}\nall: {events:#?}", attack.step, want.kind, want.op);
+                assert_eq!((found[0]["action"].as_str(), found[0]["errno"].as_i64()), (Some("deny"), Some(EPERM)), "{}", found[0]);
+            }
+        }
+        let wanted = attacks.iter().filter(|a| a.event.is_some()).count();
+        let denials: Vec<&Value> = events.iter().filter(|e| e["action"] == "deny").collect();
+        assert_eq!(denials.len(), wanted, "one event per refusal: {denials:#?}");
+        assert!(self.host.try_wait().unwrap().is_none(), "the host process must be alive");
+        assert!(self.operator.try_wait().unwrap().is_none(), "the operator's shell must be alive");
+    }
+}
+
+impl Drop for Targets {
+    fn drop(&mut self) {
+        for child in [&mut self.host, &mut self.operator] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A host process in a session of its own whose controlling terminal is a
+/// new pseudo-terminal; returns it and the terminal's path.
+fn operator_shell() -> (Child, String) {
+    // SAFETY: posix_openpt and friends; the child only calls setsid, open,
+    // dup2 and ioctl before exec.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let mut name = [0 as libc::c_char; 64];
+        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
+        let tty = std::ffi::CStr::from_ptr(name.as_ptr()).to_owned();
+        let path = tty.to_string_lossy().into_owned();
+        let mut command = Command::new("sleep");
+        command.arg("120");
+        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::open(tty.as_ptr(), libc::O_RDWR);
+            if fd < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::dup2(fd, 0);
+            Ok(())
+        });
+        let child = command.spawn().expect("start the operator's shell");
+        // The master stays open (leaked) so the terminal lives as long as the test.
+        (child, path)
+    }
+}
+
+fn steps_of(attacks: &[Attack]) -> Vec<String> {
+    attacks.iter().map(|a| a.step.clone()).collect()
+}
+
+#[test]
+fn attacks_across_the_agent_boundary_are_refused_under_enforcer_run() {
+    let sb = Sandbox::new("boundary-run");
+    let mut targets = Targets::new(&sb.base);
+    let outside_file = sb.outside_file("immutable-me");
+    // The steps do not depend on the supervisor's pid (`ppid` stands for it).
+    let child = sb.spawn(&steps_of(&targets.attacks(&outside_file, Some(0))));
+    let attacks = targets.attacks(&outside_file, Some(child.id()));
+    let out = sb.finish(child);
+    assert_eq!(out.code, Some(0), "the supervisor survived and the run ended normally:\n{out:#?}");
+    targets.check(&attacks, &out.results, &out.events);
+}
+
+#[test]
+fn attacks_across_the_agent_boundary_are_refused_in_a_daemon_tagged_cgroup() {
+    // No [syscalls]: a daemon-tagged process has no filter of ours anyway.
+    let sb = Sandbox::new("boundary-daemon");
+    let policy = format!("name = \"agent\"\n[files]\nwrite = [\"{}\"]\n", sb.allowed.display());
+    let mut d = Daemon::start("daemon-boundary", false, &[("agent.toml", &policy)], "");
+    let mut targets = Targets::new(&sb.base);
+    let outside_file = sb.outside_file("immutable-me");
+    let cgroup = d.cgroup("boundary");
+    assert!(d.ctl(&["tag", &cgroup, "--policy", "agent"]).status.success());
+    let attacks = targets.attacks(&outside_file, None);
+    let results = d.run_probe(&cgroup, &steps_of(&attacks));
+    let wanted = attacks.iter().filter(|a| a.event.is_some()).count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events: Vec<Value> = d.events().into_iter().filter(|e| e["cgroup"] == cgroup.as_str()).collect();
+        if events.iter().filter(|e| e["action"] == "deny").count() >= wanted || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    targets.check(&attacks, &results, &events);
+}
+
+/// `enforcer run` SIGKILLed while its command runs: the command does not go
+/// on unenforced. Its watchdog kills the run's cgroup and removes it; the
+/// command never held a BPF descriptor it could use meanwhile.
+#[test]
+fn a_killed_supervisor_takes_its_run_with_it() {
+    let sb = Sandbox::new("supervisor-killed");
+    let mut child = sb.spawn(&["bpf-fds".to_owned(), "wait-stdin:".to_owned()]);
+    let (pid, mut stdout) = wait_ready(&mut child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("bpf-fds result");
+    assert_eq!(line.trim(), "{\"errno\":0,\"step\":\"bpf-fds\"}", "the command holds no BPF descriptor");
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("probe cgroup");
+    let cgroup = cgroup.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup2 line").trim().to_owned();
+    let dir = enforcer::cgroups::Hierarchy::find().expect("cgroup2").mount_point.join(cgroup.trim_start_matches('/'));
+    assert!(dir.exists(), "{}", dir.display());
+    child.kill().expect("SIGKILL the supervisor");
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (alive(pid) || dir.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(pid), "the command outlived its supervisor");
+    assert!(!dir.exists(), "the run's cgroup {} is left behind", dir.display());
+    let stderr = std::fs::read_to_string(&sb.stderr).unwrap_or_default();
+    assert!(stderr.contains("watchdog: the supervisor of"), "{stderr}");
+}
+
+/// Whether `pid` runs (a zombie waiting for its reaper does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')))
+}
