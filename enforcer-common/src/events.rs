@@ -37,13 +37,17 @@ pub enum Kind {
     /// An operation the built-in floor refuses (`Op` says which); a
     /// [`FloorDetail`] follows the header.
     Floor = 8,
+    /// A connection (TCP) or datagram (UDP) from outside the agent to one of
+    /// its sockets; the [`NetDetail`] holds the source address and the local
+    /// port.
+    Inbound = 9,
 }
 
 impl Kind {
     /// Whether the record carries a [`NetDetail`] rather than paths.
     #[must_use]
     pub const fn is_net(self) -> bool {
-        matches!(self, Self::Connect | Self::Sendmsg | Self::Socket | Self::UnixConnect)
+        matches!(self, Self::Connect | Self::Sendmsg | Self::Socket | Self::UnixConnect | Self::Inbound)
     }
 }
 
@@ -114,6 +118,10 @@ pub enum Op {
     TtyInject = 38,
     /// `FS_IOC_SETFLAGS`/`FS_IOC_FSSETXATTR` (`chattr`): a file write.
     Setflags = 39,
+    /// IP options (`IP_OPTIONS`, `IP_RETOPTS`) or an IPv6 routing header
+    /// (`IPV6_RTHDR`): the packet would go to a first hop the connect hook
+    /// never saw (`value`: the option).
+    SourceRoute = 40,
 }
 
 #[repr(u8)]
@@ -153,6 +161,11 @@ pub enum Reason {
     /// A file or directory of the enforcer daemon itself (its binary,
     /// configuration, policies, socket, state, pins).
     Protected = 12,
+    /// The path leads to no mounted tree (a dentry disconnected from its
+    /// filesystem, e.g. by `open_by_handle_at`, or a detached mount from
+    /// `open_tree(OPEN_TREE_CLONE)` or `fsmount`): where it is cannot be
+    /// known, so what a rule would have to prove is denied.
+    Disconnected = 13,
 }
 
 /// What a network event is about, after its header.
@@ -219,6 +232,7 @@ impl Kind {
             6 => Self::UnixConnect,
             7 => Self::Exec,
             8 => Self::Floor,
+            9 => Self::Inbound,
             _ => return None,
         })
     }
@@ -251,6 +265,7 @@ impl Reason {
             10 => Self::NoSeccomp,
             11 => Self::Floor,
             12 => Self::Protected,
+            13 => Self::Disconnected,
             _ => return None,
         })
     }
@@ -299,6 +314,7 @@ impl Op {
             37 => Self::CloneIntoCgroup,
             38 => Self::TtyInject,
             39 => Self::Setflags,
+            40 => Self::SourceRoute,
             _ => return None,
         })
     }

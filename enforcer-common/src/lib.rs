@@ -85,12 +85,21 @@ pub struct KernelOffsets {
     pub task_struct_signal: u32,
     /// `signal->pids[PIDTYPE_SID]`: the task's session.
     pub signal_struct_session: u32,
+    /// `mount->mnt_ns`: the namespace a mount is in (null once detached,
+    /// `MNT_NS_INTERNAL` for the kernel's own mounts).
+    pub mount_mnt_ns: u32,
+    /// `mnt_namespace->seq` (`ns.ns_id` from Linux 6.15): 0 for an
+    /// anonymous namespace (`open_tree` clones, `fsmount`).
+    pub mnt_namespace_seq: u32,
+    /// `msghdr->msg_control` (a kernel copy for `sendmsg`) and its length.
+    pub msghdr_msg_control: u32,
+    pub msghdr_msg_controllen: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets::FIELDS);
 
 impl KernelOffsets {
     /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 52;
+    pub const FIELDS: usize = 56;
 
     /// The offset at `index` (`offset_of!(KernelOffsets, field) / 4`).
     #[must_use]

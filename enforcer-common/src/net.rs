@@ -56,6 +56,9 @@ pub const NET_PORT_RANGES: usize = 16;
 
 /// Bits of a [`NetKey`] before the address: the policy id, always matched.
 pub const NET_KEY_POLICY_BITS: u32 = 32;
+/// Set in a [`NetKey`]'s policy id for the policy's `listen` entries: the
+/// address is a source allowed to connect in, the ports are local ones.
+pub const NET_KEY_INBOUND: u32 = 1 << 31;
 
 /// The data part of an LPM trie key: the policy id (always matched whole),
 /// then the address as IPv6, IPv4 as `::ffff:a.b.c.d`, so an IPv4-mapped
@@ -68,6 +71,14 @@ pub struct NetKey {
     pub addr: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<NetKey>() == 20);
+
+impl NetKey {
+    /// The policy the entry belongs to (without [`NET_KEY_INBOUND`]).
+    #[must_use]
+    pub fn policy(&self) -> u32 {
+        u32::from_be_bytes(self.policy_id) & !NET_KEY_INBOUND
+    }
+}
 
 /// `PortRange::protos` bits.
 pub const PROTO_TCP: u8 = 1 << 0;

@@ -245,6 +245,9 @@ pub const FILE_WRITE: u16 = 1 << 0;
 pub const FILE_READ_DENY: u16 = 1 << 1;
 /// Programs below this root may be executed.
 pub const FILE_EXEC: u16 = 1 << 2;
+/// `FileSlot::flags`: a device node (or a directory of them) the policy's
+/// `[devices]` allows opening.
+pub const FILE_DEVICE: u16 = 1 << 3;
 
 #[cfg(feature = "user")]
 mod pod {

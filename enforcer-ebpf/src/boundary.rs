@@ -9,12 +9,17 @@
 //! the agent cgroup (`clone3(CLONE_INTO_CGROUP)`), so each is refused and
 //! reported like a signal to the outside.
 
-use aya_ebpf::{helpers::generated::bpf_get_current_task_btf, macros::{lsm, map}, maps::LruHashMap, programs::LsmContext};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
+    macros::{lsm, map},
+    maps::LruHashMap,
+    programs::LsmContext,
+};
 use enforcer_common::{events::Op, policy::TagInfo};
 
 use crate::{
     floor::{outside, refuse, refuse_tagged, tgid_of},
-    kernel::{FileOwner, Probe, Read, off},
+    kernel::{Direct, FileOwner, MsghdrControl, MsghdrControllen, Probe, Read, off},
     tag,
 };
 
@@ -160,4 +165,58 @@ pub fn file_send_sigiotask(ctx: LsmContext) -> i32 {
         return 0;
     }
     refuse(&tagged, Op::Sigio, tgid_of(target), sig)
+}
+
+/// `SOL_IP`/`SOL_IPV6` options that source-route a packet: IPv4 options
+/// (`IP_OPTIONS`, and `IP_RETOPTS` as a control message), IPv6 routing
+/// headers (`IPV6_RTHDR`, `IPV6_2292RTHDR`, `IPV6_2292PKTOPTIONS`).
+#[inline(always)]
+fn source_routes(level: i32, name: i32) -> bool {
+    const SOL_IP: i32 = 0;
+    const SOL_IPV6: i32 = 41;
+    matches!((level, name), (SOL_IP, 4 | 7) | (SOL_IPV6, 5 | 6 | 57))
+}
+
+/// `setsockopt` of a source route.
+#[lsm(hook = "socket_setsockopt")]
+pub fn socket_setsockopt(ctx: LsmContext) -> i32 {
+    let (level, name): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    if !source_routes(level, name) {
+        return 0;
+    }
+    refuse_tagged(Op::SourceRoute, name as u32)
+}
+
+/// Control messages read per `sendmsg`; more is refused (nothing real sends
+/// that many).
+const CMSGS_MAX: usize = 8;
+
+/// A source route as a control message of `sendmsg` (the kernel copied
+/// them: `msg_control` is kernel memory here).
+#[lsm(hook = "socket_sendmsg")]
+pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
+    let msg: *const u8 = ctx.arg(1);
+    let mut left = unsafe { Direct::get::<MsghdrControllen>(msg) };
+    if left == 0 {
+        return 0;
+    }
+    let Some(tag) = tag::current_tag() else { return 0 };
+    let mut at = unsafe { Direct::get::<MsghdrControl>(msg) };
+    for _ in 0..CMSGS_MAX {
+        // struct cmsghdr: size_t cmsg_len; int cmsg_level; int cmsg_type.
+        let Ok(head) = (unsafe { bpf_probe_read_kernel(at as *const [u64; 2]) }) else {
+            return refuse(&tag, Op::SourceRoute, 0, 0); // unreadable: cannot judge
+        };
+        let (len, level, name) = (head[0], head[1] as u32 as i32, (head[1] >> 32) as u32 as i32);
+        if source_routes(level, name) {
+            return refuse(&tag, Op::SourceRoute, 0, name as u32);
+        }
+        let step = (len + 7) & !7;
+        if len < 16 || step >= left {
+            return 0;
+        }
+        left -= step;
+        at += step;
+    }
+    refuse(&tag, Op::SourceRoute, 0, 0)
 }

@@ -9,7 +9,7 @@
 use aya_ebpf::{helpers::generated::bpf_get_current_task_btf, macros::lsm, programs::LsmContext};
 use enforcer_common::{
     events::{Action, Op},
-    policy::TAG_AUDIT,
+    policy::{FILE_DEVICE, TAG_AUDIT},
 };
 
 use crate::{
@@ -19,6 +19,7 @@ use crate::{
     },
     report::{FloorDenial, report_floor},
     tag::{self, Tagged},
+    walk,
 };
 
 const EPERM: i32 = 1;
@@ -230,7 +231,7 @@ enum ProcTop {
 /// Out of line: inlined, its branches multiply the verifier's states for
 /// everything `file_open` does after it.
 #[inline(never)]
-pub fn open_refused(dentry: *const u8, inode: *const u8, file_type: u32, writes: bool) -> bool {
+pub fn open_refused(dentry: *const u8, inode: *const u8, file_type: u32, writes: bool, tag: &Tagged) -> bool {
     match file_type {
         S_IFBLK => return true,
         _ => {}
@@ -238,7 +239,7 @@ pub fn open_refused(dentry: *const u8, inode: *const u8, file_type: u32, writes:
     let magic = unsafe { Direct::get::<SuperBlockMagic>(Direct::ptr::<DentrySb>(dentry)) };
     if file_type == S_IFCHR {
         let rdev = unsafe { Direct::get::<InodeRdev>(inode) } as u32;
-        return !(ALLOWED_DEVICES.contains(&rdev) || magic == DEVPTS_SUPER_MAGIC && own_terminal(dentry));
+        return !(ALLOWED_DEVICES.contains(&rdev) || magic == DEVPTS_SUPER_MAGIC && own_terminal(dentry) || policy_allows_device(tag, dentry));
     }
     if writes && KERNEL_FILESYSTEMS.contains(&magic) {
         return true;
@@ -251,6 +252,14 @@ pub fn open_refused(dentry: *const u8, inode: *const u8, file_type: u32, writes:
         ProcTop::Sys | ProcTop::SysrqTrigger | ProcTop::Unknown => writes,
         ProcTop::Other => false,
     }
+}
+
+/// Whether the policy's `[devices]` names the node or its directory.
+#[inline(always)]
+fn policy_allows_device(tag: &Tagged, dentry: *const u8) -> bool {
+    let policy_id = tag.info.policy_id as u16;
+    let parent = unsafe { Direct::ptr::<DentryParent>(dentry) };
+    (walk::node_flags(tag.files, policy_id, dentry) | walk::node_flags(tag.files, policy_id, parent)) & FILE_DEVICE != 0
 }
 
 /// Whether a pseudo-terminal's end (on devpts) is the caller's own: its

@@ -172,6 +172,14 @@ fields! {
     TaskSignal: u64 = task_struct_signal;
     /// `signal->pids[PIDTYPE_SID]`
     SignalSession: u64 = signal_struct_session;
+    /// `mount->mnt_ns`
+    MountNs: u64 = mount_mnt_ns;
+    /// `mnt_namespace->seq`
+    MntNamespaceSeq: u64 = mnt_namespace_seq;
+    /// `msghdr->msg_control`
+    MsghdrControl: u64 = msghdr_msg_control;
+    /// `msghdr->msg_controllen`
+    MsghdrControllen: u64 = msghdr_msg_controllen;
 }
 
 pub trait Read {

@@ -14,6 +14,7 @@ mod boundary;
 mod empty_hooks;
 mod exec;
 mod floor;
+mod inbound;
 mod kernel;
 mod net;
 mod protect;
@@ -184,7 +185,7 @@ fn open_file(suspect: Suspect, file: *const u8) -> i32 {
     let (dentry, vfsmount) = file_path(file);
     let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
     let file_type = unsafe { Direct::get::<InodeMode>(inode) } as u32 & S_IFMT;
-    let floor = floor::open_refused(dentry, inode, file_type, writes);
+    let floor = floor::open_refused(dentry, inode, file_type, writes, &tag);
     if floor || (writes && protect::object(dentry)) {
         let kind = if writes { Kind::FileWrite } else { Kind::FileRead };
         let reason = if floor { Reason::Floor } else { Reason::Protected };

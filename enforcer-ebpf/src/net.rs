@@ -71,9 +71,34 @@ struct DnsOrigin {
 }
 
 /// 127.0.0.1 and ::1 as context words (network order).
-const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
-const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
-const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+pub(crate) const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+pub(crate) const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+pub(crate) const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Whether the longest prefix of `key` in the rules allows `port` for
+/// `proto` (`bits`: the key's matched length).
+#[inline(always)]
+pub(crate) fn rule_allows(key: &NetKey, bits: u32, port: u16, proto: u8) -> bool {
+    NET_RULES.get(&Key::new(bits, *key)).is_some_and(|ports| ports.allows(port, proto))
+}
+
+/// Whether the policy of `key` may send to its address at `port`: a static
+/// rule, or an address its resolver granted that has not expired.
+#[inline(always)]
+pub(crate) fn destination_allows(key: &NetKey, port: u16, proto: u8, now_boot_ns: u64) -> bool {
+    if rule_allows(key, NET_KEY_POLICY_BITS + 128, port, proto) {
+        return true;
+    }
+    // SAFETY: the value is only read, while the program runs.
+    unsafe { DNS_GRANTS.get(key) }.is_some_and(|grant| grant.ports.allows(port, proto) && grant.expires_boot_ns > now_boot_ns)
+}
+
+/// The port of the resolver that answers `policy_id`'s DNS, if it has one.
+#[inline(always)]
+pub(crate) fn resolver_port(policy_id: u32) -> Option<u16> {
+    // SAFETY: the value is only read, while the program runs.
+    unsafe { RESOLVERS.get(&policy_id) }.map(|resolver| resolver.port)
+}
 
 /// What the event says about the socket.
 #[derive(Clone, Copy)]
@@ -191,14 +216,7 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     // SAFETY: sixteen bytes either way.
     let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(addr) };
     let key = NetKey { policy_id: info.policy_id.to_be_bytes(), addr };
-    if NET_RULES.get(&Key::new(NET_KEY_POLICY_BITS + 128, key)).is_some_and(|ports| ports.allows(detail.port, proto)) {
-        return ALLOW;
-    }
-    // SAFETY: as above.
-    if let Some(grant) = unsafe { DNS_GRANTS.get(&key) }
-        && grant.ports.allows(detail.port, proto)
-        && grant.expires_boot_ns > unsafe { bpf_ktime_get_boot_ns() }
-    {
+    if destination_allows(&key, detail.port, proto, unsafe { bpf_ktime_get_boot_ns() }) {
         return ALLOW;
     }
     refuse(Some(&info), kind, Reason::NotAllowed, &detail, None, ALLOW, REFUSE)

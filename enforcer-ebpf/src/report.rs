@@ -169,6 +169,74 @@ pub fn report_net(denial: &NetDenial) {
     finish_detail_event(buf, &head, NET_DETAIL_BYTES as u32);
 }
 
+/// An inbound connection or datagram refused (or audited).
+pub struct InboundDenial {
+    pub policy_id: u32,
+    pub errno: u32,
+    pub action: Action,
+    /// The receiving socket's cgroup (the task that runs the program is
+    /// whichever the packet arrived on).
+    pub cgroup_id: u64,
+    /// The source, as IPv6 words in network order (IPv4 as `::ffff:a.b.c.d`).
+    pub addr: [u32; 4],
+    /// The local port it was sent to.
+    pub port: u16,
+    pub family: u16,
+    pub sock_type: u16,
+    pub protocol: u16,
+}
+
+/// An inbound event as it goes into the ring buffer.
+#[repr(C)]
+struct InboundRecord {
+    header: EventHeader,
+    detail: NetDetail,
+}
+
+/// Emits one inbound event: the header (no task: packets arrive in softirq
+/// context, so pid 0 and no program) and a [`NetDetail`]. Written in place
+/// in the ring buffer: a per-CPU scratch buffer could be in use by a program
+/// this softirq interrupted.
+#[inline(never)]
+pub fn report_inbound(denial: &InboundDenial) {
+    let Some(mut entry) = EVENTS.reserve::<InboundRecord>(0) else {
+        count_lost();
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // Field by field (a struct literal with zeroed runs becomes a `memset`).
+    unsafe {
+        let header = &raw mut (*record).header;
+        (&raw mut (*header).boot_ns).write(bpf_ktime_get_boot_ns());
+        (&raw mut (*header).cgroup_id).write(denial.cgroup_id);
+        (&raw mut (*header).pid).write(0);
+        (&raw mut (*header).tgid).write(0);
+        (&raw mut (*header).policy_id).write(denial.policy_id);
+        (&raw mut (*header).errno).write(denial.errno);
+        (&raw mut (*header).path_len).write(NET_DETAIL_BYTES as u16);
+        (&raw mut (*header).exe_len).write(0);
+        (&raw mut (*header).kind).write(Kind::Inbound as u8);
+        (&raw mut (*header).op).write(0);
+        (&raw mut (*header).action).write(denial.action as u8);
+        (&raw mut (*header).reason).write(Reason::NotAllowed as u8);
+        (&raw mut (*header).flags).cast::<u64>().write(0);
+        let comm = (&raw mut (*header).comm).cast::<u64>();
+        comm.write(0);
+        comm.add(1).write(0);
+        let detail = &raw mut (*record).detail;
+        let words = (&raw mut (*detail).addr).cast::<u32>();
+        for (i, word) in denial.addr.iter().enumerate() {
+            words.add(i).write_unaligned(*word);
+        }
+        (&raw mut (*detail).port).write(denial.port);
+        (&raw mut (*detail).family).write(denial.family);
+        (&raw mut (*detail).sock_type).write(denial.sock_type);
+        (&raw mut (*detail).protocol).write(denial.protocol);
+        (&raw mut (*detail).unix_len).write(0);
+    }
+    entry.submit(0);
+}
+
 /// A floor refusal to report.
 pub struct FloorDenial {
     pub op: Op,

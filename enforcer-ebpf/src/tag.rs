@@ -130,12 +130,21 @@ pub fn current_tag() -> Option<Tagged> {
 /// task's own level). One step per tagged level, not per possible level.
 #[inline(always)]
 pub fn tag_by_ancestors() -> Option<Tagged> {
+    tag_of_ancestors(|level| unsafe { bpf_get_current_ancestor_cgroup_id(level) }).map(|(tagged, _)| tagged)
+}
+
+/// The tag of the deepest tagged cgroup among the ancestors `ancestor`
+/// names (its id at a level, 0 below the cgroup's own level), and that
+/// cgroup's id: the agent. For programs that judge a socket's cgroup, not
+/// the current task's.
+#[inline(always)]
+pub fn tag_of_ancestors(ancestor: impl Fn(i32) -> u64) -> Option<(Tagged, u64)> {
     let mut bits = unsafe { core::ptr::read_volatile(&raw const TAG_FILTER.level_bits) };
     // Many tagged levels (a `**` selector sets every level below its root):
     // six helper calls find the task's own level, and the levels below it,
     // whose ancestors do not exist, are skipped.
     if bits.count_ones() > 8 {
-        bits &= levels_up_to(task_level());
+        bits &= levels_up_to(own_level(&ancestor));
     }
     for _ in 0..=MAX_TAG_LEVEL {
         if bits == 0 {
@@ -143,25 +152,25 @@ pub fn tag_by_ancestors() -> Option<Tagged> {
         }
         let level = 63 - bits.leading_zeros();
         bits &= !(1u64 << level);
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        let id = ancestor(level as i32);
         if id != 0
             && may_be_tagged(id)
             && let Some(tagged) = table_lookup(id)
         {
-            return Some(tagged);
+            return Some((tagged, id));
         }
     }
     None
 }
 
-/// The current task's cgroup level, by bisection: the ancestor at a level
-/// exists (a non-zero id) exactly at and above the task's own.
+/// The cgroup's level, by bisection: the ancestor at a level exists (a
+/// non-zero id) exactly at and above the cgroup's own.
 #[inline(always)]
-fn task_level() -> u32 {
+fn own_level(ancestor: &impl Fn(i32) -> u64) -> u32 {
     let (mut exists, mut absent) = (0u32, 64u32);
     for _ in 0..6 {
         let mid = u32::midpoint(exists, absent);
-        if unsafe { bpf_get_current_ancestor_cgroup_id(mid as i32) } != 0 {
+        if ancestor(mid as i32) != 0 {
             exists = mid;
         } else {
             absent = mid;

@@ -10,6 +10,15 @@
 //! resolved by the time a hook sees the dentry). A path deeper than
 //! `MAX_PATH_DEPTH`, or a structure that cannot be read, is denied.
 //!
+//! A walk ends at the root of the mount namespace's tree, or at the root of
+//! one of the kernel's own mounts (pipes, sockets, memfds: no rule is above
+//! them). Anything else without a parent leads to no mounted tree: a dentry
+//! disconnected from its filesystem (`open_by_handle_at` of a file whose
+//! directories are not in the cache), a detached mount (`open_tree` with
+//! `OPEN_TREE_CLONE`, `fsmount`) or a lazily unmounted one. Where such a
+//! file is cannot be known, so what the walk still had to prove (a tree
+//! above it, no `read_deny` tree above it) is denied.
+//!
 //! Each level is one `bpf_loop` step, so the verifier checks a step once
 //! instead of every unrolled level.
 
@@ -21,7 +30,9 @@ use enforcer_common::{
     policy::{FILE_EXEC, FILE_READ_DENY, FILE_SLOTS, FileSlot, FileTable, file_hash_base, file_homes},
 };
 
-use crate::kernel::{DentryInode, DentryParent, DentrySb, Direct, InodeIno, MountMountpoint, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, mount_of, vfsmount_of};
+use crate::kernel::{
+    DentryInode, DentryParent, DentrySb, Direct, InodeIno, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, mount_of, vfsmount_of,
+};
 
 /// What is being asked of the tree.
 #[derive(Clone, Copy)]
@@ -73,6 +84,12 @@ impl<const NEED: u16> Walk<NEED> {
             Err(reason) => DENIED + reason as u32,
         };
         1
+    }
+
+    /// The walk reached a dentry that leads to no mounted tree.
+    #[inline(always)]
+    fn disconnected(&mut self) -> i64 {
+        self.decide(Err(Reason::Disconnected))
     }
 
     #[inline(always)]
@@ -131,6 +148,19 @@ fn filesystem<R: Read>(dentry: *const u8, policy_id: u16, table: *const FileTabl
     (dev, file_hash_base(dev, policy_id, unsafe { (*table).seed }))
 }
 
+/// The rule flags of `dentry`'s own inode, without a walk: for checks of
+/// one node (a device and its directory).
+#[inline(always)]
+pub fn node_flags(table: *const FileTable, policy_id: u16, dentry: *const u8) -> u16 {
+    if table.is_null() || dentry.is_null() {
+        return 0;
+    }
+    let (dev, hash_base) = filesystem::<Direct>(dentry, policy_id, table);
+    let question = Question { policy_id, needs_tree: false, allow_self: true, read_deny: false };
+    let node = Walk::<0> { table, mnt_root: core::ptr::null(), dentry, mount: core::ptr::null(), dev, hash_base, question, allowed: false, verdict: UNDECIDED };
+    unsafe { node.rule::<Direct>() }.unwrap_or(0)
+}
+
 /// Levels judged before the first `bpf_loop` (most walks end within them:
 /// the object and its directory), saving the loop's per-level call.
 const INLINE_LEVELS: u32 = 2;
@@ -156,10 +186,42 @@ fn in_mount<const NEED: u16>(walk: &mut Walk<NEED>, level: u32) -> i64 {
         return walk.decide(Err(Reason::Unreadable));
     }
     if parent == d {
-        return walk.at_fs_root();
+        // Not the mount's root, yet without a parent: a pseudo file on one
+        // of the kernel's mounts, or a disconnected dentry. Without a mount
+        // (the hook gave none) the filesystem's root is as far as it goes.
+        if walk.mount.is_null() || namespace_of(mount_of(walk.mount)) == Namespace::Internal {
+            return walk.at_fs_root();
+        }
+        return walk.disconnected();
     }
     walk.dentry = parent;
     0
+}
+
+/// `MNT_NS_INTERNAL` (`ERR_PTR(-EINVAL)`): the kernel's own mounts.
+const MNT_NS_INTERNAL: u64 = -22i64 as u64;
+
+#[derive(PartialEq, Eq)]
+enum Namespace {
+    /// A mount namespace's tree (the host's, or one an agent unshared).
+    Tree,
+    /// The kernel's own mounts (pipefs, sockfs, the memfd tmpfs...).
+    Internal,
+    /// An anonymous namespace (a detached mount) or none (unmounted).
+    Detached,
+}
+
+/// What kind of namespace the `struct mount` at `mount` is in.
+#[inline(always)]
+fn namespace_of(mount: *const u8) -> Namespace {
+    let ns = unsafe { Probe::get::<MountNs>(mount) };
+    if ns == MNT_NS_INTERNAL {
+        return Namespace::Internal;
+    }
+    if ns == 0 || unsafe { Probe::get::<MntNamespaceSeq>(ns as *const u8) } == 0 {
+        return Namespace::Detached;
+    }
+    Namespace::Tree
 }
 
 /// One level above the starting mount, crossing mounts like `d_path`.
@@ -172,6 +234,9 @@ extern "C" fn step_above_mount<const NEED: u16>(_level: u32, ctx: *mut c_void) -
             return walk.decide(Err(Reason::Unreadable));
         }
         if parent_mount == mount {
+            if namespace_of(mount) == Namespace::Detached {
+                return walk.disconnected();
+            }
             return walk.at_fs_root();
         }
         walk.dentry = unsafe { Probe::ptr::<MountMountpoint>(mount) };
@@ -190,7 +255,7 @@ extern "C" fn step_above_mount<const NEED: u16>(_level: u32, ctx: *mut c_void) -
             return walk.decide(Err(Reason::Unreadable));
         }
         if parent == d {
-            return walk.at_fs_root();
+            return walk.disconnected(); // a mount point that is not in its filesystem's tree
         }
         walk.dentry = parent;
     }

@@ -67,6 +67,11 @@ pub struct NetFields {
     /// The destination; an IPv4-mapped IPv6 address as the IPv4 address it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daddr: Option<String>,
+    /// Inbound events: where the connection or datagram came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saddr: Option<String>,
+    /// Connect and sendmsg events: the destination port; inbound events:
+    /// the agent's local port it was sent to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dport: Option<u16>,
     /// Socket events: `stream`, `dgram`, `raw`, ...
@@ -98,6 +103,10 @@ pub struct FloorFields {
     /// `tty_inject`: the ioctl (`TIOCSTI` is 0x5412 = 21522).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ioctl: Option<u32>,
+    /// `source_route`: the socket option or control message (`IP_OPTIONS`
+    /// 4, `IP_RETOPTS` 7, `IPV6_RTHDR` 57; 0 when it could not be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub option: Option<u32>,
 }
 
 /// A count of events that were lost (never silently).
@@ -253,6 +262,7 @@ const fn kind_name(kind: Kind) -> &'static str {
         Kind::UnixConnect => "unix_connect",
         Kind::Exec => "exec",
         Kind::Floor => "floor",
+        Kind::Inbound => "inbound",
     }
 }
 
@@ -263,6 +273,7 @@ fn floor_fields(op: Option<Op>, floor: FloorDetail) -> FloorFields {
         bpf_cmd: (op == Some(Op::Bpf)).then_some(floor.value),
         resource: (op == Some(Op::Rlimit)).then_some(floor.value),
         ioctl: (op == Some(Op::TtyInject)).then_some(floor.value),
+        option: (op == Some(Op::SourceRoute)).then_some(floor.value),
     }
 }
 
@@ -297,15 +308,17 @@ fn net_fields(kind: Option<Kind>, net: &NetDetail) -> NetFields {
         (_, protocol) => Some(protocol.to_string()),
     };
     let destination = matches!(kind, Some(Kind::Connect | Kind::Sendmsg));
+    let inbound = kind == Some(Kind::Inbound);
     let addr = Ipv6Addr::from(net.addr);
-    let daddr = addr.to_ipv4_mapped().map_or_else(|| addr.to_string(), |v4| v4.to_string());
+    let addr = addr.to_ipv4_mapped().map_or_else(|| addr.to_string(), |v4| v4.to_string());
     let socket = matches!(kind, Some(Kind::Socket));
     let class_bit = net::socket_class(net.family, net.sock_type, net.protocol);
     NetFields {
         family,
         proto,
-        daddr: destination.then_some(daddr),
-        dport: destination.then_some(net.port),
+        daddr: destination.then(|| addr.clone()),
+        saddr: inbound.then_some(addr),
+        dport: (destination || inbound).then_some(net.port),
         sock_type: socket.then_some(match net.sock_type {
             net::SOCK_STREAM => "stream",
             net::SOCK_DGRAM => "dgram",
@@ -361,6 +374,7 @@ const fn op_name(op: Op) -> &'static str {
         Op::CloneIntoCgroup => "clone_into_cgroup",
         Op::TtyInject => "tty_inject",
         Op::Setflags => "setflags",
+        Op::SourceRoute => "source_route",
     }
 }
 
@@ -378,6 +392,7 @@ const fn reason_name(reason: Reason) -> &'static str {
         Reason::NoSeccomp => "no_seccomp",
         Reason::Floor => "floor",
         Reason::Protected => "enforcer_protected",
+        Reason::Disconnected => "path_disconnected",
     }
 }
 

@@ -115,6 +115,14 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
             .field_offset("tty_struct", &["ctrl", "session"])
             .or_else(|_| btf.field_offset("tty_struct", &["session"]))?,
         task_struct_signal: btf.field_offset("task_struct", &["signal"])?,
+        mount_mnt_ns: btf.field_offset("mount", &["mnt_ns"])?,
+        // Linux 6.15 numbers namespaces in `ns.ns_id` instead (0 still
+        // marks an anonymous one).
+        mnt_namespace_seq: btf
+            .field_offset("mnt_namespace", &["seq"])
+            .or_else(|_| btf.field_offset("mnt_namespace", &["ns", "ns_id"]))?,
+        msghdr_msg_control: btf.field_offset("msghdr", &["msg_control"])?,
+        msghdr_msg_controllen: btf.field_offset("msghdr", &["msg_controllen"])?,
         signal_struct_session: btf.field_offset("signal_struct", &["pids"])? + PIDTYPE_SID * 8,
     })
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap as StdHashMap;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, lpm_trie::{Key, LpmTrie}},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, ProgramError},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Lsm, ProgramError},
 };
 use enforcer_common::{
     KernelOffsets,
@@ -121,6 +121,8 @@ pub const FLOOR_HOOKS: &[(&str, bool)] = &[
     ("file_send_sigiotask", true),
     ("file_ioctl", true),
     ("file_ioctl_compat", false), // Linux 6.8
+    ("socket_setsockopt", true),
+    ("socket_sendmsg", true),
 ];
 
 /// The `cgroup_mkdir` tracepoint program (daemon only).
@@ -130,6 +132,8 @@ const SELECTOR_PROGRAM: &str = "cgroup_mkdir";
 /// daemon, each selector root).
 const SOCK_ADDR_PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6"];
 const SOCK_CREATE_PROGRAM: &str = "sock_create";
+/// Inbound connections and datagrams (`enforcer-ebpf/src/inbound.rs`).
+const INBOUND_PROGRAM: &str = "inbound";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -386,6 +390,8 @@ impl Enforcer {
         // judges them first where it is), and records agents' sockets.
         let program: &mut CgroupSock = program_of(self.object()?, SOCK_CREATE_PROGRAM)?;
         attachment.sock_create.push(program.attach(&dir, mode).map_err(attach_err)?);
+        let program: &mut CgroupSkb = program_of(self.object()?, INBOUND_PROGRAM)?;
+        attachment.inbound.push(program.attach(&dir, CgroupSkbAttachType::Ingress, mode).map_err(attach_err)?);
         Ok(attachment)
     }
 
@@ -397,6 +403,10 @@ impl Enforcer {
         for link in attachment.sock_create {
             let program: &mut CgroupSock = program_of(self.object()?, SOCK_CREATE_PROGRAM)?;
             program.detach(link).map_err(|source| LoadError::SockProgram { name: SOCK_CREATE_PROGRAM, source })?;
+        }
+        for link in attachment.inbound {
+            let program: &mut CgroupSkb = program_of(self.object()?, INBOUND_PROGRAM)?;
+            program.detach(link).map_err(|source| LoadError::SockProgram { name: INBOUND_PROGRAM, source })?;
         }
         Ok(())
     }
@@ -511,7 +521,7 @@ impl Enforcer {
             .net_rules
             .keys()
             .filter_map(Result::ok)
-            .filter(|key| !live.contains(&u32::from_be_bytes(key.data().policy_id)))
+            .filter(|key| !live.contains(&key.data().policy()))
             .collect();
         for key in stale {
             self.net_rules.remove(&key).map_err(map_err(NET_RULES_MAP))?;
@@ -589,6 +599,7 @@ fn filter_of(tags: &StdHashMap<u64, (u32, TagInfo)>) -> TagFilter {
 pub struct NetAttachment {
     sock_addr: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
     sock_create: Vec<aya::programs::cgroup_sock::CgroupSockLinkId>,
+    inbound: Vec<aya::programs::cgroup_skb::CgroupSkbLinkId>,
 }
 
 fn program_of<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoadError>
@@ -606,7 +617,9 @@ fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         program.load().map_err(|source| LoadError::SockProgram { name, source })?;
     }
     let program: &mut CgroupSock = program_of(ebpf, SOCK_CREATE_PROGRAM)?;
-    program.load().map_err(|source| LoadError::SockProgram { name: SOCK_CREATE_PROGRAM, source })
+    program.load().map_err(|source| LoadError::SockProgram { name: SOCK_CREATE_PROGRAM, source })?;
+    let program: &mut CgroupSkb = program_of(ebpf, INBOUND_PROGRAM)?;
+    program.load().map_err(|source| LoadError::SockProgram { name: INBOUND_PROGRAM, source })
 }
 
 /// The floor of any BPF LSM design, for benchmarks: an empty program

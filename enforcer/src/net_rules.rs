@@ -8,20 +8,22 @@
 
 use std::{collections::HashMap, net::Ipv6Addr};
 
-use enforcer_common::net::{NET_PORT_RANGES, NetKey, NetPorts, PortRange, UNIX_PATH_BYTES, UnixKey};
+use enforcer_common::net::{NET_KEY_INBOUND, NET_PORT_RANGES, NetKey, NetPorts, PortRange, UNIX_PATH_BYTES, UnixKey};
 
 use crate::{
-    destinations::{Target, mask, prefix_text},
+    destinations::{Destination, Target, mask, prefix_text},
     policy::{Location, Network},
 };
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{at}: error: network.allow: the prefix {prefix} ends up with more than {NET_PORT_RANGES} separate port ranges \
+    "{at}: error: network.{key}: the prefix {prefix} ends up with more than {NET_PORT_RANGES} separate port ranges \
      (its own and those of wider prefixes that cover it)\n  hint: merge ports into ranges, or allow fewer separate ports for it"
 )]
 pub struct TooManyRanges {
     pub at: Location,
+    /// `allow` or `listen`.
+    pub key: &'static str,
     pub prefix: String,
 }
 
@@ -33,12 +35,21 @@ pub struct NetRules {
     pub unix: Vec<UnixKey>,
 }
 
-/// Builds the entries of `network` for policy `policy_id`. Host name entries
-/// are not here: their addresses come from the resolver.
+/// Builds the entries of `network` for policy `policy_id`: destinations,
+/// then `listen` sources (under `NET_KEY_INBOUND`). Host name entries are
+/// not here: their addresses come from the resolver.
 pub fn build(network: &Network, policy_id: u32) -> Result<NetRules, TooManyRanges> {
+    let mut prefixes = prefixes(&network.allow, policy_id, "allow")?;
+    prefixes.extend(self::prefixes(&network.listen, policy_id | NET_KEY_INBOUND, "listen")?);
+    let unix = network.unix.iter().map(|name| unix_key(name, policy_id)).collect();
+    Ok(NetRules { prefixes, unix })
+}
+
+/// The trie entries of `entries`, keyed by `key_policy`.
+fn prefixes(entries: &[(Destination, Location)], key_policy: u32, key: &'static str) -> Result<Vec<(u32, NetKey, NetPorts)>, TooManyRanges> {
     // (address, prefix) -> ranges, and where the prefix was first written.
     let mut own: HashMap<(Ipv6Addr, u8), (Vec<PortRange>, &Location)> = HashMap::new();
-    for (destination, at) in &network.allow {
+    for (destination, at) in entries {
         let Target::Net { addr, prefix } = destination.target else { continue };
         let (first, last) = (*destination.ports.start(), *destination.ports.end());
         let range = PortRange { first, last, protos: destination.protos, pad: [0; 3] };
@@ -57,14 +68,13 @@ pub fn build(network: &Network, policy_id: u32) -> Result<NetRules, TooManyRange
         }
         let merged = merge(all);
         if merged.len() > NET_PORT_RANGES {
-            return Err(TooManyRanges { at: (*at).clone(), prefix: prefix_text(addr, prefix) });
+            return Err(TooManyRanges { at: (*at).clone(), key, prefix: prefix_text(addr, prefix) });
         }
         let mut ports = NetPorts::default();
         ports.ranges[..merged.len()].copy_from_slice(&merged);
-        prefixes.push((u32::from(prefix), NetKey { policy_id: policy_id.to_be_bytes(), addr: addr.octets() }, ports));
+        prefixes.push((u32::from(prefix), NetKey { policy_id: key_policy.to_be_bytes(), addr: addr.octets() }, ports));
     }
-    let unix = network.unix.iter().map(|name| unix_key(name, policy_id)).collect();
-    Ok(NetRules { prefixes, unix })
+    Ok(prefixes)
 }
 
 /// Merges ranges per protocol: overlapping or adjacent ranges of the same

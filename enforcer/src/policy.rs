@@ -51,6 +51,10 @@ pub struct Network {
     /// Destinations an agent may connect or send to, each with where the
     /// policy says so (for errors found later, e.g. too many port ranges).
     pub allow: Vec<(Destination, Location)>,
+    /// Who may connect in (TCP) or send datagrams in (UDP) from outside the
+    /// agent: the entry's address is a source prefix (`*`: any), its ports
+    /// local ones.
+    pub listen: Vec<(Destination, Location)>,
     /// Unix socket names it may connect or send to: absolute paths, or
     /// `@name` for an abstract socket.
     pub unix: Vec<String>,
@@ -59,6 +63,14 @@ pub struct Network {
     /// Shortest time an address resolved from an allowed name stays allowed
     /// (answers with a shorter TTL get this one).
     pub dns_min_ttl: std::time::Duration,
+}
+
+/// The `[devices]` section: device nodes (or directories of them, e.g.
+/// `/dev/dri`) an agent may open besides `/dev/null`, `zero`, `full`,
+/// `random`, `urandom`, `tty`, `ptmx` and its own terminal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Devices {
+    pub allow: Vec<PathBuf>,
 }
 
 /// The `[exec]` section.
@@ -80,6 +92,8 @@ pub struct Policy {
     pub network: Option<Network>,
     pub syscalls: Option<Syscalls>,
     pub exec: Option<Exec>,
+    /// Character devices beyond the built-in few an agent may open.
+    pub devices: Option<Devices>,
     /// Selectors: globs naming the cgroups the daemon tags with this policy
     /// (see `crate::selectors`).
     pub cgroups: Vec<String>,
@@ -138,6 +152,7 @@ struct RawPolicy {
     network: Option<Spanned<RawNetwork>>,
     syscalls: Option<Spanned<RawSyscalls>>,
     exec: Option<Spanned<RawExec>>,
+    devices: Option<Spanned<RawExec>>,
     #[serde(default)]
     cgroups: Vec<Spanned<String>>,
 }
@@ -163,6 +178,8 @@ struct RawNetwork {
     #[serde(default)]
     allow: Vec<Spanned<String>>,
     #[serde(default)]
+    listen: Vec<Spanned<String>>,
+    #[serde(default)]
     unix: Vec<Spanned<String>>,
     #[serde(default)]
     sockets: Vec<Spanned<String>>,
@@ -180,7 +197,8 @@ struct RawFiles {
 
 const KEYS_HINT: &str = "a policy has `name`, `mode`, `cgroups` (selectors), a `[files]` table with `write` and `read_deny`, a \
 `[network]` table with `allow`, `unix`, `sockets` and `dns_min_ttl`, a `[syscalls]` table with `allow`, \
-`deny_action` and `require_seccomp`, and an `[exec]` table with `allow`; see policies/coding-agent.toml";
+`deny_action` and `require_seccomp`, an `[exec]` table with `allow`, and a `[devices]` table with `allow`; see \
+policies/coding-agent.toml";
 
 /// Reads and validates the policy file at `file`.
 pub fn load(file: &Path) -> Result<(Policy, Vec<Warning>), PolicyError> {
@@ -248,6 +266,10 @@ pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyEr
         None => None,
         Some(exec) => Some(Exec { allow: validate_paths(&ctx, "exec.allow", &exec.into_inner().allow, &mut warnings)? }),
     };
+    let devices = match raw.devices {
+        None => None,
+        Some(devices) => Some(Devices { allow: validate_paths(&ctx, "devices.allow", &devices.into_inner().allow, &mut warnings)? }),
+    };
     let mut cgroups = Vec::new();
     for glob in &raw.cgroups {
         crate::selectors::validate(glob.get_ref()).map_err(|why| {
@@ -260,7 +282,7 @@ pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyEr
         })?;
         cgroups.push(glob.get_ref().clone());
     }
-    Ok((Policy { name, mode, files, network, syscalls, exec, cgroups }, warnings))
+    Ok((Policy { name, mode, files, network, syscalls, exec, devices, cgroups }, warnings))
 }
 
 fn hint_for(message: &str) -> String {
@@ -340,6 +362,7 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
     };
     let mut network = Network {
         allow: Vec::new(),
+        listen: Vec::new(),
         unix: Vec::new(),
         sockets: Vec::new(),
         dns_min_ttl: std::time::Duration::from_secs(dns_min_ttl),
@@ -351,6 +374,9 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
             warnings.push(ctx.warning(entry.span(), format!("network.allow `{}` allows every address", entry.get_ref())));
         }
         network.allow.push((destination, ctx.locate(&entry.span())));
+    }
+    for entry in &raw.listen {
+        network.listen.push((parse_listen(ctx, entry)?, ctx.locate(&entry.span())));
     }
     for entry in &raw.unix {
         let name = entry.get_ref();
@@ -382,8 +408,31 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
         if !network.sockets.contains(&class) {
             network.sockets.push(class);
         }
+        if matches!(class, "sctp" | "mptcp" | "raw" | "icmp" | "packet") {
+            warnings.push(ctx.warning(
+                entry.span(),
+                format!("network.sockets `{class}`: the destinations of these sockets are not judged (only TCP and UDP ones are)"),
+            ));
+        }
     }
     Ok(network)
+}
+
+/// A `network.listen` entry: `SOURCE:PORTS[/PROTO]`, where `SOURCE` is an
+/// address prefix or `*` (any source, IPv4 and IPv6).
+fn parse_listen(ctx: &Ctx<'_>, entry: &Spanned<String>) -> Result<Destination, PolicyError> {
+    let text = entry.get_ref().trim();
+    let any = text.strip_prefix("*:").map(|rest| format!("[::]/0:{rest}"));
+    let hint = "write `SOURCE:PORTS[/tcp|/udp]` with SOURCE an address prefix or `*`, e.g. \"*:8080/tcp\", \"10.0.0.0/8:22\"";
+    let listen: Destination = any
+        .as_deref()
+        .unwrap_or(text)
+        .parse()
+        .map_err(|e: EntryError| ctx.invalid(entry.span(), format!("network.listen: {}", e.message), hint))?;
+    if let Target::Host { name, .. } = &listen.target {
+        return Err(ctx.invalid(entry.span(), format!("network.listen: `{name}` is a host name; a source must be an address prefix"), hint));
+    }
+    Ok(listen)
 }
 
 fn validate_syscalls(ctx: &Ctx<'_>, raw: &RawSyscalls, warnings: &mut Vec<Warning>) -> Result<Syscalls, PolicyError> {

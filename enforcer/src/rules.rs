@@ -8,11 +8,11 @@
 
 use std::path::PathBuf;
 
-use enforcer_common::policy::{FILE_EXEC, FILE_READ_DENY, FILE_WRITE, FileRuleKey};
+use enforcer_common::policy::{FILE_DEVICE, FILE_EXEC, FILE_READ_DENY, FILE_WRITE, FileRuleKey};
 
 use crate::{
     mounts::{self, MountError},
-    policy::{Exec, Files},
+    policy::Policy,
 };
 
 /// One policy's rules, ready for the file table.
@@ -23,15 +23,17 @@ pub struct FileRules {
     pub missing: Vec<(PathBuf, &'static str)>,
 }
 
-/// The trees of `[files]` and `[exec]`.
-pub fn resolve(files: Option<&Files>, exec: Option<&Exec>, policy_id: u16) -> Result<FileRules, MountError> {
+/// The trees of `[files]` and `[exec]`, and the nodes of `[devices]`.
+pub fn resolve(policy: &Policy, policy_id: u16) -> Result<FileRules, MountError> {
     let mounts = mounts::mount_table()?;
     let mut rules = FileRules::default();
     let none: &[PathBuf] = &[];
-    let lists: [(&[PathBuf], u16, &'static str); 3] = [
+    let (files, exec, devices) = (policy.files.as_ref(), policy.exec.as_ref(), policy.devices.as_ref());
+    let lists: [(&[PathBuf], u16, &'static str); 4] = [
         (files.map_or(none, |f| &f.write), FILE_WRITE, "files.write"),
         (files.map_or(none, |f| &f.read_deny), FILE_READ_DENY, "files.read_deny"),
         (exec.map_or(none, |e| &e.allow), FILE_EXEC, "exec.allow"),
+        (devices.map_or(none, |d| &d.allow), FILE_DEVICE, "devices.allow"),
     ];
     for (paths, flag, key) in lists {
         for path in paths {
@@ -56,14 +58,15 @@ mod tests {
     #[test]
     fn resolves_existing_and_reports_missing() {
         let dir = tempfile::tempdir().unwrap();
-        let files = Files {
-            write: vec![dir.path().to_owned(), dir.path().join("absent")],
-            read_deny: vec![dir.path().to_owned()],
-        };
-        let exec = Exec { allow: vec![dir.path().to_owned()] };
-        let rules = resolve(Some(&files), Some(&exec), 7).unwrap();
+        let d = dir.path().display();
+        let text = format!(
+            "name = \"p\"\n[files]\nwrite = [\"{d}\", \"{d}/absent\"]\nread_deny = [\"{d}\"]\n[exec]\nallow = [\"{d}\"]\n\
+             [devices]\nallow = [\"{d}\"]\n"
+        );
+        let (policy, _) = crate::policy::parse(&text, std::path::Path::new("p.toml")).unwrap();
+        let rules = resolve(&policy, 7).unwrap();
         assert_eq!(rules.entries.len(), 1, "one inode, flags merged");
-        assert_eq!(rules.entries[0].1, FILE_WRITE | FILE_READ_DENY | FILE_EXEC);
+        assert_eq!(rules.entries[0].1, FILE_WRITE | FILE_READ_DENY | FILE_EXEC | FILE_DEVICE);
         assert_eq!(rules.entries[0].0.policy_id, 7);
         assert_eq!(rules.missing, vec![(dir.path().join("absent"), "files.write")]);
     }

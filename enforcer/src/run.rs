@@ -1,5 +1,6 @@
 //! `enforcer run`: one command in a fresh agent cgroup, no daemon needed.
 
+pub mod terminal;
 pub mod watchdog;
 
 use std::{
@@ -18,6 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cgroups::{self, CgroupError, Hierarchy, Names, RunCgroup},
+    run::terminal::Terminal,
     dns::{self, DnsError, DnsEvent, grants::Grants, names::{HostRules, TooManyHostRanges}},
     load::{Enforcer, LoadError},
     mounts::MountError,
@@ -77,6 +79,8 @@ pub enum RunError {
     Wait(std::io::Error),
     #[error("cannot start the run's watchdog, so the command was not run: {0}")]
     Watchdog(std::io::Error),
+    #[error("cannot give the command a terminal of its own, so it was not run: {0}")]
+    Terminal(std::io::Error),
 }
 
 impl RunError {
@@ -132,6 +136,20 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     if !policy.cgroups.is_empty() {
         eprintln!("enforcer: warning: `cgroups` selectors are applied by `enforcer daemon`; `enforcer run` judges its own command only");
     }
+    let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
+    let mut enforcer = Enforcer::load()?;
+    if let Some(why) = enforcer.lsm_missing().map(ToString::to_string) {
+        let parts = needs_lsm(&policy);
+        if !parts.is_empty() {
+            if !opts.degraded {
+                return Err(RunError::Unenforceable { why, parts });
+            }
+            eprintln!("enforcer: warning: --degraded: this kernel cannot run BPF LSM programs ({why})");
+            for part in parts {
+                eprintln!("enforcer: warning: --degraded: NOT enforced: {part}");
+            }
+        }
+    }
     let events_path = match opts.events.clone() {
         Some(path) => path,
         None => default_events_path().map_err(|(path, source)| RunError::Events { path, source })?,
@@ -147,27 +165,13 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         0
     });
 
-    let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
-    let mut enforcer = Enforcer::load()?;
-    if let Some(why) = enforcer.lsm_missing().map(ToString::to_string) {
-        let parts = needs_lsm(&policy);
-        if !parts.is_empty() {
-            if !opts.degraded {
-                return Err(RunError::Unenforceable { why, parts });
-            }
-            eprintln!("enforcer: warning: --degraded: this kernel cannot run BPF LSM programs ({why})");
-            for part in parts {
-                eprintln!("enforcer: warning: --degraded: NOT enforced: {part}");
-            }
-        }
-    }
     let hierarchy = Hierarchy::find()?;
     let cgroup_root = hierarchy.mount_point.clone();
     let run_cgroup = RunCgroup::create(&hierarchy)?;
     let cgroup = &run_cgroup.cgroup;
 
-    if policy.files.is_some() || policy.exec.is_some() {
-        let rules = rules::resolve(policy.files.as_ref(), policy.exec.as_ref(), POLICY_ID)?;
+    if policy.files.is_some() || policy.exec.is_some() || policy.devices.is_some() {
+        let rules = rules::resolve(&policy, POLICY_ID)?;
         for (path, key) in &rules.missing {
             eprintln!("enforcer: warning: {key} tree {} does not exist; {}", path.display(), missing_effect(key));
         }
@@ -196,6 +200,8 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     enforcer.set_protected(&run_protected(&events_path))?;
     enforcer.tag(cgroup, tag_for(&policy, POLICY_ID))?;
     let watchdog = watchdog::Watchdog::start(&cgroup.path).map_err(RunError::Watchdog)?;
+    // After the watchdog: it must not hold the command's terminal open.
+    let mut terminal = Terminal::for_caller().map_err(RunError::Terminal)?;
 
     let mut dns = Dns {
         events: dns_events,
@@ -207,7 +213,8 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         .map(|program| Seccomp::new(program, &policy, cgroup_root.clone()))
         .transpose()
         .map_err(|source| RunError::Seccomp { command: opts.command[0].clone(), source })?;
-    let status = spawn_and_wait(&opts.command, cgroup, &mut stream, &enforcer, &mut dns, seccomp, oom_score_adj).await;
+    let child = Child { command: &opts.command, seccomp, oom_score_adj, terminal: terminal.as_mut() };
+    let status = spawn_and_wait(child, cgroup, &mut stream, &enforcer, &mut dns).await;
     drop(resolver);
 
     // Nothing of the agent may outlive the run unenforced: kill what is left
@@ -296,6 +303,8 @@ pub fn missing_effect(key: &str) -> &'static str {
         "writes there are denied until it exists and the policy is loaded again"
     } else if key == "exec.allow" {
         "programs there are denied until it exists and the policy is loaded again"
+    } else if key == "devices.allow" {
+        "the device stays refused until it exists and the policy is loaded again"
     } else {
         "it is NOT protected if created later, until the policy is loaded again"
     }
@@ -380,17 +389,25 @@ struct SyscallDenials {
 }
 
 /// Starts the command; with a filter, waits for it to hand over its listener.
-fn spawn(
-    command: &[OsString],
-    cgroup: &cgroups::Cgroup,
+/// The command to start and how.
+struct Child<'a> {
+    command: &'a [OsString],
     seccomp: Option<Seccomp>,
+    /// The caller's, for the command to get back.
     oom_score_adj: i32,
+    /// Its own terminal, when the caller is on one.
+    terminal: Option<&'a mut Terminal>,
+}
+
+fn spawn(
+    Child { command, seccomp, oom_score_adj, terminal }: Child<'_>,
+    cgroup: &cgroups::Cgroup,
 ) -> Result<(tokio::process::Child, Option<SyscallDenials>), RunError> {
     let procs = cgroup.procs_file()?;
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
     let filter = seccomp.as_ref().map(|s| (s.program.clone(), s.handoff.clone()));
-    let own_session = !on_a_terminal();
+    let pty = terminal.as_ref().map(|t| t.child_end());
     let oom_score_adj = oom_score_adj.to_string();
     // SAFETY: `join` only calls write(2) on an fd opened before fork,
     // `set_oom_score_adj_in_child` open(2) and write(2), and
@@ -400,10 +417,12 @@ fn spawn(
             // Before joining: once tagged, its policy judges writes to /proc.
             watchdog::set_oom_score_adj_in_child(oom_score_adj.as_bytes());
             cgroups::join(&procs)?;
-            // Off the caller's session: no signal of the caller's terminal
-            // reaches it, and it never gets a terminal of the caller's.
-            if own_session && libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
+            // Off the caller's session, on its own terminal if the caller
+            // is on one: it can reach nothing of the caller's terminal.
+            match pty {
+                Some((slave, on_terminal)) => Terminal::enter_in_child(slave, on_terminal)?,
+                None if libc::setsid() < 0 => return Err(std::io::Error::last_os_error()),
+                None => {}
             }
             match &filter {
                 Some((program, handoff)) => handoff.install_in_child(program),
@@ -411,8 +430,10 @@ fn spawn(
             }
         });
     }
+    let started = |terminal: Option<&mut Terminal>| terminal.map_or(Ok(()), Terminal::start_copying).map_err(RunError::Terminal);
     let Some(seccomp) = seccomp else {
         let child = cmd.spawn().map_err(|source| RunError::Spawn { command: command[0].clone(), source })?;
+        started(terminal)?;
         return Ok((child, None));
     };
     // The command waits for its listener to be taken before it execs, and
@@ -425,6 +446,7 @@ fn spawn(
     }
     let listener = taker.join().unwrap_or_else(|_| Err(std::io::Error::other("listener thread panicked")));
     let mut child = child.map_err(|source| RunError::Spawn { command: command[0].clone(), source })?;
+    started(terminal)?;
     let listener = match listener {
         Ok(listener) => listener,
         Err(source) => {
@@ -441,15 +463,15 @@ fn spawn(
 }
 
 async fn spawn_and_wait(
-    command: &[OsString],
+    Child { command, seccomp, oom_score_adj, mut terminal }: Child<'_>,
     cgroup: &cgroups::Cgroup,
     stream: &mut EventStream,
     enforcer: &Enforcer,
     dns: &mut Dns,
-    seccomp: Option<Seccomp>,
-    oom_score_adj: i32,
 ) -> Result<(ExitStatus, Option<SyscallDenials>), RunError> {
-    let (mut child, mut denials) = spawn(command, cgroup, seccomp, oom_score_adj)?;
+    let (mut child, mut denials) = spawn(Child { command, seccomp, oom_score_adj, terminal: terminal.as_deref_mut() }, cgroup)?;
+    let terminal = terminal.as_deref();
+    let mut resize = terminal.map(|_| signal(SignalKind::window_change())).transpose().map_err(RunError::Wait)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Wait)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Wait)?;
     let mut lost_tick = tokio::time::interval(Duration::from_secs(1));
@@ -457,6 +479,12 @@ async fn spawn_and_wait(
         let syscall_event = async {
             match denials.as_mut() {
                 Some(d) => d.events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let resized = async {
+            match resize.as_mut() {
+                Some(resize) => resize.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -477,6 +505,7 @@ async fn spawn_and_wait(
                 stream.syscall_event(&event, &policy);
             }
             _ = terminate.recv() => forward(&child, libc::SIGTERM),
+            _ = resized => terminal.iter().for_each(|t| t.resized()),
             // The terminal already sent SIGINT to the command; do not die first.
             _ = interrupt.recv() => {}
         }
@@ -492,15 +521,6 @@ impl SyscallDenials {
             stream.syscall_event(&event, &self.policy);
         }
     }
-}
-
-/// Whether the command shares a terminal with the caller (its stdin, stdout
-/// or stderr is one): it then stays in the caller's session, so the
-/// terminal's job control (Ctrl-C, Ctrl-Z) still reaches it; the floor
-/// refuses it `TIOCSTI`, so it cannot type into the caller's shell.
-fn on_a_terminal() -> bool {
-    use std::io::IsTerminal as _;
-    std::io::stdin().is_terminal() || std::io::stdout().is_terminal() || std::io::stderr().is_terminal()
 }
 
 fn forward(child: &tokio::process::Child, signal: i32) {

@@ -30,9 +30,20 @@ pub enum SelectorError {
     TooManyClasses { classes: usize },
     #[error("{count} policies have selectors; at most {} can", SELECTOR_SLOTS - 1)]
     TooManySlots { count: usize },
+    #[error(
+        "the selectors in force are too complex to compile (their DFA would exceed {} MiB): a `*` followed by many \
+         `?` or classes multiplies the states; use fewer or simpler globs",
+        DFA_BYTES_MAX >> 20
+    )]
+    TooComplex,
     #[error("cannot compile the selectors: {0}")]
     Build(String),
 }
+
+/// Memory the DFA compiler may use (each of the determinizer and the DFA):
+/// a hostile or unlucky glob fails fast with [`SelectorError::TooComplex`]
+/// instead of taking the daemon's memory and time.
+const DFA_BYTES_MAX: usize = 16 << 20;
 
 /// Checks one glob; the message says what is wrong and what to write.
 pub fn validate(glob: &str) -> Result<(), String> {
@@ -115,11 +126,17 @@ pub fn compile(selectors: &[(u32, String)]) -> Result<Box<SelectorTable>, Select
     }
     let regexes: Vec<String> = selectors.iter().map(|(_, g)| regex_of(g)).collect::<Result<_, _>>().map_err(SelectorError::Build)?;
     let dfa = dense::Builder::new()
-        .configure(dense::Config::new().start_kind(StartKind::Anchored).match_kind(regex_automata::MatchKind::All))
+        .configure(
+            dense::Config::new()
+                .start_kind(StartKind::Anchored)
+                .match_kind(regex_automata::MatchKind::All)
+                .dfa_size_limit(Some(DFA_BYTES_MAX))
+                .determinize_size_limit(Some(DFA_BYTES_MAX)),
+        )
         .syntax(syntax::Config::new().utf8(false).unicode(false))
-        .thompson(thompson::Config::new().utf8(false))
+        .thompson(thompson::Config::new().utf8(false).nfa_size_limit(Some(DFA_BYTES_MAX)))
         .build_many(&regexes)
-        .map_err(|e| SelectorError::Build(e.to_string()))?;
+        .map_err(|e| if e.to_string().contains("exceeded") { SelectorError::TooComplex } else { SelectorError::Build(e.to_string()) })?;
     let start = dfa
         .start_state(&start::Config::new().anchored(Anchored::Yes))
         .map_err(|e| SelectorError::Build(e.to_string()))?;
@@ -229,6 +246,16 @@ mod tests {
     fn compiled(globs: &[&str]) -> Box<SelectorTable> {
         let selectors: Vec<(u32, String)> = globs.iter().enumerate().map(|(i, g)| (u32::try_from(i).unwrap(), (*g).to_owned())).collect();
         compile(&selectors).unwrap()
+    }
+
+    #[test]
+    fn a_pathological_glob_is_refused_fast_not_compiled() {
+        let glob = format!("/*a{}", "?".repeat(24));
+        let started = std::time::Instant::now();
+        let result = compile(&[(0, glob)]);
+        assert!(matches!(result, Err(SelectorError::TooComplex)), "{:?}", result.err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+        assert!(SelectorError::TooComplex.to_string().contains("too complex"));
     }
 
     #[test]

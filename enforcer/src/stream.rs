@@ -202,47 +202,23 @@ impl EventStream {
         self.sink.line(&meta, &SyscallLine { ts: self.clock.now(), policy, event });
     }
 
-    /// Waits until records are available, then writes them all.
+    /// Waits until records are available, then writes at most
+    /// [`DRAIN_BATCH`] of them: a denial storm must not keep the caller's
+    /// loop (and the labels lock, which tagging needs) for itself. Records
+    /// left over keep the ring buffer ready for the next call.
     pub async fn next_batch(&mut self) -> std::io::Result<()> {
-        let mut guard = self.ring.readable_mut().await?;
-        guard.clear_ready();
-        self.drain();
+        let Self { ring, sink, clock, labels, grants, .. } = self;
+        let mut guard = ring.readable_mut().await?;
+        if write_records(guard.get_inner_mut(), sink, clock, labels, grants.as_ref()) {
+            guard.clear_ready();
+        }
         Ok(())
     }
 
-    /// Writes every record available now.
+    /// Writes every record available now (at the end of a run, at shutdown).
     pub fn drain(&mut self) {
         let Self { ring, sink, clock, labels, grants, .. } = self;
-        let ring = ring.get_mut();
-        let Ok(mut labels) = labels.lock() else { return };
-        let Labels { policies, names } = &mut *labels;
-        while let Some(item) = ring.next() {
-            match events::decode(&item) {
-                Ok(record) => {
-                    let label = policies.get(&record.header.policy_id);
-                    let policy = label.map_or("unknown", |l| l.name.as_str());
-                    let version = label.and_then(|l| l.version.as_ref()).map(|(v, h)| (*v, h.as_str()));
-                    let cgroup = names.name(record.header.cgroup_id);
-                    let mut event = record.into_event(Context { clock, policy, version, cgroup });
-                    if let (Some(net), Some(grants)) = (event.net.as_mut(), grants.as_ref())
-                        && let Some(daddr) = net.daddr.as_deref().and_then(|d| d.parse().ok())
-                        && let Ok(grants) = grants.lock()
-                    {
-                        net.resolved_from = Some(grants.resolved_from(daddr).map(str::to_owned));
-                    }
-                    let meta = LineMeta {
-                        seq: 0,
-                        kind: event.kind,
-                        action: event.action,
-                        policy: &event.policy,
-                        cgroup: event.cgroup.as_deref(),
-                    };
-                    sink.line(&meta, &event);
-                }
-                Err(e) => eprintln!("enforcer: warning: {e}"),
-            }
-        }
-        sink.flush();
+        while !write_records(ring.get_mut(), sink, clock, labels, grants.as_ref()) {}
     }
 
     /// Reports events lost since the last report (`total` counts since load).
@@ -253,6 +229,49 @@ impl EventStream {
             self.lost_reported = total;
         }
     }
+}
+
+/// Records written per batch (one hold of the labels lock).
+pub const DRAIN_BATCH: usize = 1024;
+
+/// Writes up to [`DRAIN_BATCH`] records; whether the ring buffer is empty.
+fn write_records(
+    ring: &mut RingBuf<MapData>,
+    sink: &mut Sink,
+    clock: &Clock,
+    labels: &Mutex<Labels>,
+    grants: Option<&Arc<Mutex<Grants>>>,
+) -> bool {
+    let Ok(mut labels) = labels.lock() else { return true };
+    let Labels { policies, names } = &mut *labels;
+    for _ in 0..DRAIN_BATCH {
+        let Some(item) = ring.next() else {
+            sink.flush();
+            return true;
+        };
+        let record = match events::decode(&item) {
+            Ok(record) => record,
+            Err(e) => {
+                eprintln!("enforcer: warning: {e}");
+                continue;
+            }
+        };
+        let label = policies.get(&record.header.policy_id);
+        let policy = label.map_or("unknown", |l| l.name.as_str());
+        let version = label.and_then(|l| l.version.as_ref()).map(|(v, h)| (*v, h.as_str()));
+        let cgroup = names.name(record.header.cgroup_id);
+        let mut event = record.into_event(Context { clock, policy, version, cgroup });
+        if let (Some(net), Some(grants)) = (event.net.as_mut(), grants)
+            && let Some(daddr) = net.daddr.as_deref().and_then(|d| d.parse().ok())
+            && let Ok(grants) = grants.lock()
+        {
+            net.resolved_from = Some(grants.resolved_from(daddr).map(str::to_owned));
+        }
+        let meta = LineMeta { seq: 0, kind: event.kind, action: event.action, policy: &event.policy, cgroup: event.cgroup.as_deref() };
+        sink.line(&meta, &event);
+    }
+    sink.flush();
+    false
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod daemon;
 mod fleet;
 mod network;
 mod syscalls;
+mod terminal;
 
 #[test]
 fn run_refuses_to_start_the_command_when_bpf_lsm_cannot_load() {
@@ -171,6 +172,7 @@ fn the_shipped_systemd_unit_passes_systemd_analyze_verify() {
     let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("enforcer.service")).collect();
     assert!(out.status.success() && complaints.is_empty(), "systemd-analyze verify:\n{stderr}");
     assert!(shipped.contains("ExecStart=/usr/bin/enforcer daemon") && shipped.contains("Restart=always"));
+    assert!(shipped.contains("StartLimitIntervalSec=0"), "a daemon killed repeatedly keeps being restarted");
     let _ = std::fs::remove_dir_all(dir);
 }
 

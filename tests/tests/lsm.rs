@@ -12,6 +12,7 @@ mod floor;
 mod daemon;
 mod network;
 mod syscalls;
+mod terminal;
 
 #[test]
 fn writes_inside_write_trees_succeed_without_events() {

@@ -410,9 +410,34 @@ impl Core {
         if let Ok(mut labels) = self.labels.lock() {
             labels.names.add_root(&cgroup);
         }
-        self.tags.insert(cgroup.id, tag.clone());
-        self.save();
+        let previous = self.tags.insert(cgroup.id, tag.clone());
+        if let Err(e) = self.try_save() {
+            // A tag a restarted daemon would not know of would vanish with
+            // the restart: refuse it now, while the caller can still act.
+            self.undo_tag(&cgroup, previous)?;
+            return Err(OpError::Failed(format!(
+                "cannot save the daemon's state to {}: {e}; the tag was not applied (free space or fix the state \
+                 directory, then tag again)",
+                self.state_file().display()
+            )));
+        }
         Ok(tag)
+    }
+
+    /// Puts back what `cgroup` had before a tag that could not be saved.
+    fn undo_tag(&mut self, cgroup: &Cgroup, previous: Option<Tag>) -> Result<(), OpError> {
+        match previous.and_then(|p| self.policies.get(&p.policy).map(|loaded| (loaded.tag, p))) {
+            Some((tag_info, previous)) => {
+                self.enforcer.tag(cgroup, tag_info)?;
+                self.tags.insert(cgroup.id, previous);
+            }
+            None => {
+                self.enforcer.untag(cgroup)?;
+                self.tags.remove(&cgroup.id);
+                self.sync_net(None)?;
+            }
+        }
+        Ok(())
     }
 
     /// Untags a cgroup (by path; a removed cgroup by the path it had).
@@ -641,8 +666,16 @@ impl Core {
         }
     }
 
-    /// Saves what a restarted daemon adopts (write and rename: never half a file).
+    /// Saves what a restarted daemon adopts; a failure is reported, not
+    /// returned (for the callers that have nothing to undo).
     pub fn save(&self) {
+        if let Err(e) = self.try_save() {
+            eprintln!("enforcer: warning: cannot save state to {}: {e} (a restarted daemon would not adopt it)", self.state_file().display());
+        }
+    }
+
+    /// Saves what a restarted daemon adopts (write and rename: never half a file).
+    fn try_save(&self) -> std::io::Result<()> {
         let state = State {
             build: crate::load::build_id(),
             lost_reported: self.lost_reported,
@@ -657,14 +690,10 @@ impl Core {
         let path = self.state_file();
         let tmp = path.with_extension("json.new");
         // The versions first: the state must never name a missing one.
-        let result = self
-            .save_versions()
+        self.save_versions()
             .and_then(|()| serde_json::to_vec(&state).map_err(std::io::Error::other))
             .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = result {
-            eprintln!("enforcer: warning: cannot save state to {}: {e} (a restarted daemon would not adopt it)", path.display());
-        }
+            .and_then(|()| std::fs::rename(&tmp, &path))
     }
 }
 

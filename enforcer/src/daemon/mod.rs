@@ -307,11 +307,22 @@ async fn metrics_only(axum::extract::State(shared): axum::extract::State<Arc<Sha
     shared.metrics.render(&snapshot)
 }
 
+/// API connections served at once; more are closed at once (followers count).
+const API_CONNECTIONS_MAX: usize = 512;
+/// Time a client has to send a request's headers (also between requests):
+/// a connection that sends nothing does not hold a slot for ever.
+const API_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts API connections; each peer is checked before it is served.
 async fn serve(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
     let router = api::router(shared.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(API_CONNECTIONS_MAX));
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            eprintln!("enforcer: API connection refused: {API_CONNECTIONS_MAX} connections are open");
+            continue;
+        };
         let service = match api::refuse_peer(&shared, stream.peer_cred().ok()).await {
             None => router.clone(),
             Some(why) => {
@@ -322,7 +333,12 @@ async fn serve(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
             let service = hyper_util::service::TowerToHyperService::new(service);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(API_HEADER_TIMEOUT)
+                .serve_connection(io, service)
+                .await;
+            drop(slot);
         });
     }
 }

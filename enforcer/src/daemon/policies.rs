@@ -88,7 +88,7 @@ pub fn compile_parsed(
     version: u32,
 ) -> Result<Loaded, String> {
     let mut warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-    let resolved = rules::resolve(policy.files.as_ref(), policy.exec.as_ref(), id).map_err(|e| format!("{}: {e}", file.display()))?;
+    let resolved = rules::resolve(&policy, id).map_err(|e| format!("{}: {e}", file.display()))?;
     for (path, key) in &resolved.missing {
         warnings.push(format!("{}: warning: {key} tree {} does not exist; {}", file.display(), path.display(), run::missing_effect(key)));
     }

@@ -124,27 +124,39 @@ pub async fn serve(resolver: Resolver, listeners: Listeners) {
     while tasks.join_next().await.is_some() {}
 }
 
+/// Queries answered at once per UDP socket; more are dropped (a client
+/// asks again), so a flood of queries cannot take the daemon's memory.
+const UDP_QUERIES_MAX: usize = 256;
+/// TCP connections served at once per listener; more are closed at once.
+const TCP_CONNECTIONS_MAX: usize = 64;
+
 async fn serve_udp(resolver: Arc<Resolver>, socket: UdpSocket) {
     let socket = Arc::new(socket);
+    let slots = Arc::new(tokio::sync::Semaphore::new(UDP_QUERIES_MAX));
     let mut buf = vec![0u8; UDP_MESSAGE_MAX];
     loop {
         let Ok((len, from)) = socket.recv_from(&mut buf).await else { continue };
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
         let query = buf[..len].to_vec();
         let (resolver, socket) = (resolver.clone(), socket.clone());
         tokio::spawn(async move {
             if let Some(reply) = resolver.answer(&query, Transport::Udp).await {
                 let _ = socket.send_to(&reply, from).await;
             }
+            drop(slot);
         });
     }
 }
 
 async fn serve_tcp(resolver: Arc<Resolver>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS_MAX));
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
         let resolver = resolver.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(30), serve_connection(&resolver, stream)).await;
+            drop(slot);
         });
     }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     maps::{Map, MapData},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, cgroup_sock::CgroupSockAttachType,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, cgroup_sock::CgroupSockAttachType,
         cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
     },
 };
@@ -22,7 +22,7 @@ use sha2::Digest as _;
 
 use super::{
     Enforcer, FLOOR_HOOKS, HOOKS, LoadError, LsmLink, MAP_NAMES, Maps, NET_HOOKS, PROGRAMS, SOCK_ADDR_PROGRAMS,
-    SELECTOR_PROGRAM, SOCK_CREATE_PROGRAM, attach_selector_program, chain, load_everything, program_of,
+    INBOUND_PROGRAM, SELECTOR_PROGRAM, SOCK_CREATE_PROGRAM, attach_selector_program, chain, load_everything, program_of,
 };
 use crate::cgroups::Cgroup;
 
@@ -92,6 +92,7 @@ pub struct Pinned {
     pub dir: PathBuf,
     sock_addr: Vec<(&'static str, CgroupSockAddr)>,
     sock_create: CgroupSock,
+    inbound: CgroupSkb,
 }
 
 /// How the daemon got its programs.
@@ -208,6 +209,10 @@ impl Enforcer {
             let id = program.attach(&file, CgroupAttachMode::Single).map_err(|e| attach_err(chain(&e)))?;
             let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
             pin(SOCK_CREATE_PROGRAM, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
+            let program = &mut pinned.inbound;
+            let id = program.attach(&file, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single).map_err(|e| attach_err(chain(&e)))?;
+            let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
+            pin(INBOUND_PROGRAM, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -253,7 +258,9 @@ impl Pinned {
         let path = dir.join("progs").join(SOCK_CREATE_PROGRAM);
         let sock_create =
             CgroupSock::from_pin(&path, CgroupSockAttachType::SockCreate).map_err(|e| open_err(path.clone(), chain(&e)))?;
-        Ok(Self { dir: dir.to_owned(), sock_addr, sock_create })
+        let path = dir.join("progs").join(INBOUND_PROGRAM);
+        let inbound = CgroupSkb::from_pin(&path, CgroupSkbAttachType::Ingress).map_err(|e| open_err(path.clone(), chain(&e)))?;
+        Ok(Self { dir: dir.to_owned(), sock_addr, sock_create, inbound })
     }
 }
 
@@ -275,6 +282,9 @@ fn pin_all(ebpf: &mut aya::Ebpf, dir: &Path, links: Vec<LsmLink>) -> Result<(), 
     }
     let path = dir.join("progs").join(SOCK_CREATE_PROGRAM);
     let program: &mut CgroupSock = program_of(ebpf, SOCK_CREATE_PROGRAM)?;
+    program.pin(&path).map_err(|source| PinError::Pin { what: "program", path, source })?;
+    let path = dir.join("progs").join(INBOUND_PROGRAM);
+    let program: &mut CgroupSkb = program_of(ebpf, INBOUND_PROGRAM)?;
     program.pin(&path).map_err(|source| PinError::Pin { what: "program", path, source })?;
     Ok(())
 }

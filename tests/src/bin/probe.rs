@@ -198,6 +198,9 @@ fn connect_repeatedly(count: &str, interval: Option<Duration>, to: &str) -> i32 
     last
 }
 
+/// Datagrams received by `udp-bind-bg` sockets.
+static UDP_RECEIVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Network steps; `None` if `op` is not one.
 fn net_step(op: &str, address: &str) -> Option<i32> {
     let socket_addr = || address.parse::<SocketAddr>().unwrap_or_else(|_| panic!("bad address `{address}`"));
@@ -270,6 +273,33 @@ fn net_step(op: &str, address: &str) -> Option<i32> {
                 drop(listener.accept());
             }
         }
+        // A listener in the background that greets every connection.
+        "tcp-listen-bg" => match std::net::TcpListener::bind(socket_addr()) {
+            Ok(listener) => {
+                std::thread::spawn(move || {
+                    for stream in listener.incoming().flatten() {
+                        let _ = std::io::Write::write_all(&mut &stream, b"hello\n");
+                    }
+                });
+                0
+            }
+            Err(e) => e.raw_os_error().unwrap_or(-1),
+        },
+        // A UDP socket in the background that counts what it receives.
+        "udp-bind-bg" => match UdpSocket::bind(socket_addr()) {
+            Ok(socket) => {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while socket.recv_from(&mut buf).is_ok() {
+                        UDP_RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+                0
+            }
+            Err(e) => e.raw_os_error().unwrap_or(-1),
+        },
+        // How many datagrams the `udp-bind-bg` sockets received so far.
+        "udp-received" => i32::try_from(UDP_RECEIVED.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(-1),
         "unix-connect" => io_errno(unix_addr(address).and_then(|a| net::UnixStream::connect_addr(&a)).map(drop)),
         "unix-sendto" => {
             io_errno(unix_addr(address).and_then(|a| net::UnixDatagram::unbound()?.send_to_addr(b"ping", &a)).map(drop))
@@ -436,6 +466,106 @@ fn chattr_immutable(path: &str) -> i32 {
     r
 }
 
+/// A detached copy of the mount at `path` (`open_tree(OPEN_TREE_CLONE)`),
+/// then its root opened for reading through `/proc/self/fd`.
+fn open_tree_read(path: &str) -> i32 {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    // SAFETY: open_tree with a NUL-terminated path.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c(path).as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint) };
+    let Ok(fd) = i32::try_from(fd) else { return 1000 + errno() };
+    if fd < 0 {
+        return 1000 + errno();
+    }
+    let r = read(&format!("/proc/self/fd/{fd}"));
+    close(fd);
+    r
+}
+
+/// A new tmpfs as a detached mount (`fsopen`, `fsconfig`, `fsmount`), then a
+/// file created on it.
+fn fsmount_write() -> i32 {
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    // SAFETY: the new mount API with NUL-terminated strings.
+    unsafe {
+        let fs = libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), 1);
+        if fs < 0 {
+            return 1000 + errno();
+        }
+        let fs = i32::try_from(fs).unwrap_or(-1);
+        if libc::syscall(libc::SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 0) < 0 {
+            return 2000 + errno();
+        }
+        let mount = libc::syscall(libc::SYS_fsmount, fs, 1, 0);
+        close(fs);
+        if mount < 0 {
+            return 3000 + errno();
+        }
+        let mount = i32::try_from(mount).unwrap_or(-1);
+        let fd = libc::openat(mount, c"planted".as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+        let r = if fd < 0 { errno() } else { 0 };
+        if fd >= 0 {
+            close(fd);
+        }
+        close(mount);
+        r
+    }
+}
+
+/// A loose source route through 127.0.0.9 (IPv4 options: NOP, LSRR).
+const LSRR: [u8; 8] = [1, 0x83, 7, 4, 127, 0, 0, 9];
+
+/// `setsockopt(IP_OPTIONS)` with a source route on a UDP socket.
+fn ip_options() -> i32 {
+    // SAFETY: socket/setsockopt/close with a local buffer.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        let r = check(libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_OPTIONS, LSRR.as_ptr().cast(), LSRR.len() as u32).into());
+        close(fd);
+        r
+    }
+}
+
+/// `setsockopt(IPV6_RTHDR)`: a routing header (its contents are judged by
+/// the kernel only after the enforcer).
+fn ipv6_rthdr() -> i32 {
+    let header = [0u8, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    // SAFETY: socket/setsockopt/close with a local buffer.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM, 0);
+        let r = check(libc::setsockopt(fd, libc::IPPROTO_IPV6, 57, header.as_ptr().cast(), header.len() as u32).into());
+        close(fd);
+        r
+    }
+}
+
+/// `sendmsg` to `to` with the source route as an `IP_RETOPTS` control message.
+fn sendmsg_source_route(to: &str) -> i32 {
+    let to: std::net::SocketAddrV4 = to.parse().expect("an IPv4 address:port");
+    // SAFETY: sendmsg with a msghdr of local buffers, then close.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        let addr = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: to.port().to_be(), sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.ip().octets()) }, sin_zero: [0; 8] };
+        let mut control = [0u64; 4];
+        let cmsg = control.as_mut_ptr().cast::<libc::cmsghdr>();
+        (*cmsg).cmsg_len = libc::CMSG_LEN(LSRR.len() as u32) as usize;
+        (*cmsg).cmsg_level = libc::IPPROTO_IP;
+        (*cmsg).cmsg_type = libc::IP_RETOPTS;
+        std::ptr::copy_nonoverlapping(LSRR.as_ptr(), libc::CMSG_DATA(cmsg), LSRR.len());
+        let mut payload = *b"ping";
+        let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&raw const addr).cast_mut().cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(LSRR.len() as u32) as usize;
+        let r = check(libc::sendmsg(fd, &raw const msg, 0) as libc::c_long);
+        close(fd);
+        r
+    }
+}
+
 /// How many BPF objects (programs, maps, links) this process holds a
 /// descriptor of: an agent must never inherit one.
 fn bpf_fds() -> i32 {
@@ -475,6 +605,25 @@ fn boundary_step(op: &str, arg: &str) -> Option<i32> {
             "tiocsti-pty" => tiocsti_pty(),
             "chattr" => chattr_immutable(arg),
             "bpf-fds" => bpf_fds(),
+            "ip-options" => ip_options(),
+            "ipv6-rthdr" => ipv6_rthdr(),
+            "sendmsg-source-route" => sendmsg_source_route(arg),
+            // 0 if this process leads its own session.
+            "session-leader" => i32::from(libc::getsid(0) != libc::getpid()),
+            // 0 if stdin is the terminal at `arg`, 1 if it is another one.
+            "stdin-tty-is" => {
+                let mut ours: libc::stat = std::mem::zeroed();
+                let mut theirs: libc::stat = std::mem::zeroed();
+                if libc::fstat(0, &raw mut ours) != 0 || libc::stat(c(arg).as_ptr(), &raw mut theirs) != 0 {
+                    return Some(1000 + errno());
+                }
+                if libc::isatty(0) == 0 {
+                    return Some(2000);
+                }
+                i32::from(ours.st_rdev != theirs.st_rdev)
+            }
+            "open-tree-read" => open_tree_read(arg),
+            "fsmount-write" => fsmount_write(),
             // Opens without reading (a terminal would block a read).
             "open" => match open(arg, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY) {
                 Ok(fd) => {

@@ -1,8 +1,9 @@
-//! Attacks across the agent boundary (BPF LSM, so the VM tier only): what a
-//! root agent with no seccomp filter tries against the enforcer and the host
-//! without `kill()` or `ptrace`. Each is made twice, under `enforcer run` and
-//! in a cgroup the daemon tagged (whose processes carry no filter of ours),
-//! and each refusal is the exact errno with exactly one event.
+//! The built-in floor and the agent boundary (BPF LSM, so the VM tier only):
+//! what a root agent with no seccomp filter tries against the host and the
+//! enforcer, with and without `kill()` or `ptrace`. Every attack is made
+//! twice, under `enforcer run` and in a cgroup the daemon tagged (whose
+//! processes carry no filter of ours), and each refusal is the exact errno
+//! with exactly one event.
 
 use std::{
     ffi::CString,
@@ -35,6 +36,8 @@ struct Want {
 enum About {
     Target(u32),
     Path(String),
+    /// A field of the event and its value.
+    Field(&'static str, u32),
     Nothing,
 }
 
@@ -43,6 +46,7 @@ impl Want {
         let about = match &self.about {
             About::Target(pid) => e["target_pid"] == *pid,
             About::Path(path) => e["path"] == path.as_str(),
+            About::Field(name, value) => e[*name] == *value,
             About::Nothing => true,
         };
         e["kind"] == self.kind && e["op"] == self.op && e["reason"] == self.reason && about
@@ -71,6 +75,13 @@ struct Targets {
     operator_tty: String,
     /// A SCSI generic node (`/dev/sg0`): SG_IO reaches every disk block.
     sg: String,
+    /// A block device node (ramdisk 1:0).
+    block: String,
+    /// A node of `/dev/kmsg`'s device that the policy's `[devices]` names
+    /// (the allowance is the node's, not the device number's).
+    named_device: String,
+    /// An empty directory to mount on.
+    mount_point: String,
     cgroup_root: String,
 }
 
@@ -82,15 +93,41 @@ impl Targets {
         let c_sg = CString::new(sg.clone()).unwrap();
         // SAFETY: mknod(2) of a NUL-terminated path.
         assert_eq!(unsafe { libc::mknod(c_sg.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(21, 0)) }, 0, "mknod sg0");
+        let block = dir.join("blockdev").display().to_string();
+        let c_block = CString::new(block.clone()).unwrap();
+        // SAFETY: mknod(2) of a NUL-terminated path.
+        assert_eq!(unsafe { libc::mknod(c_block.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(1, 0)) }, 0, "mknod blockdev");
+        let named_device = dir.join("named-kmsg").display().to_string();
+        let c_named = CString::new(named_device.clone()).unwrap();
+        // SAFETY: mknod(2) of a NUL-terminated path.
+        assert_eq!(unsafe { libc::mknod(c_named.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 11)) }, 0, "mknod named-kmsg");
+        let mount_point = dir.join("mount-point");
+        std::fs::create_dir_all(&mount_point).expect("mount point");
+        let mount_point = mount_point.display().to_string();
         let cgroup_root = enforcer::cgroups::Hierarchy::find().expect("cgroup2").mount_point.display().to_string();
-        Self { host, operator, operator_tty, sg, cgroup_root }
+        Self { host, operator, operator_tty, sg, block, named_device, mount_point, cgroup_root }
     }
 
     /// Every attack, and what the agent may still do to itself. `supervisor`
     /// is the pid `ppid` stands for, if the agent's parent is the enforcer.
-    fn attacks(&self, outside_file: &str, supervisor: Option<u32>) -> Vec<Attack> {
+    fn attacks(&self, outside_file: &str, secret: &str, supervisor: Option<u32>) -> Vec<Attack> {
         let host = self.host.id();
         let mut attacks = vec![
+            // What breaks out of any sandbox.
+            floor("bpf-prog-load".to_owned(), "bpf", About::Nothing),
+            floor("perf".to_owned(), "perf_event_open", About::Nothing),
+            floor(format!("mount:{}", self.mount_point), "mount", About::Nothing),
+            floor("unshare:0x10000000".to_owned(), "user_namespace", About::Nothing),
+            floor(format!("ptrace-attach:{host}"), "ptrace", About::Target(host)),
+            floor(format!("kill:{host}:9"), "signal", About::Target(host)),
+            floor("init-module".to_owned(), "kernel_module", About::Nothing),
+            refused("read:/dev/mem".to_owned(), "file_read", "open", "floor", About::Path("/dev/mem".to_owned())),
+            refused("read:/proc/kcore".to_owned(), "file_read", "open", "floor", About::Path("/proc/kcore".to_owned())),
+            refused(format!("read:{}", self.block), "file_read", "open", "floor", About::Path(self.block.clone())),
+            refused("overwrite:/proc/sys/kernel/domainname".to_owned(), "file_write", "open", "floor", About::Path("/proc/sys/kernel/domainname".to_owned())),
+            refused("overwrite:/sys/kernel/uevent_seqnum".to_owned(), "file_write", "open", "floor", About::Path("/sys/kernel/uevent_seqnum".to_owned())),
+            allowed("kill-child".to_owned()),
+            // What reaches another process without a signal or ptrace.
             floor(format!("prlimit-cpu:{host}"), "rlimit", About::Target(host)),
             floor(format!("setpriority:{host}"), "setnice", About::Target(host)),
             floor(format!("sched-idle:{host}"), "setscheduler", About::Target(host)),
@@ -103,12 +140,21 @@ impl Targets {
             refused(format!("open:{}", self.sg), "file_read", "open", "floor", About::Path(self.sg.clone())),
             refused("open:/dev/kmsg".to_owned(), "file_read", "open", "floor", About::Path("/dev/kmsg".to_owned())),
             refused(format!("chattr:{outside_file}"), "file_write", "setflags", "outside_write_trees", About::Path(outside_file.to_owned())),
+            // A secret reached through a detached copy of its mount: no tree
+            // above it to judge by.
+            refused(format!("open-tree-read:{secret}"), "file_read", "open", "path_disconnected", About::Nothing),
+            refused("fsmount-write".to_owned(), "file_write", "create", "path_disconnected", About::Nothing),
+            // Source routes: the packet's first hop is one no connect hook saw.
+            floor("ip-options".to_owned(), "source_route", About::Field("option", 4)),
+            floor("ipv6-rthdr".to_owned(), "source_route", About::Field("option", 57)),
+            floor("sendmsg-source-route:127.0.0.1:9".to_owned(), "source_route", About::Field("option", 7)),
             // Its own limits, priority and devices stay its own.
             allowed("prlimit-core:self".to_owned()),
             allowed("setpriority:self".to_owned()),
             allowed("open:/dev/null".to_owned()),
             allowed("open:/dev/urandom".to_owned()),
             allowed("open:/dev/ptmx".to_owned()),
+            allowed(format!("open:{}", self.named_device)),
             allowed("bpf-fds".to_owned()),
         ];
         if let Some(supervisor) = supervisor {
@@ -117,7 +163,14 @@ impl Targets {
                 Attack { step: "sigio-kill:ppid".to_owned(), errno: 0, event: Some(Want { kind: "floor", op: "sigio", reason: "floor", about: About::Target(supervisor) }) },
             ]);
         }
+        // Last: it leaves the probe with a non-root effective uid.
+        attacks.push(floor("seteuid-back".to_owned(), "setuid", About::Nothing));
         attacks
+    }
+
+    /// The policy section that names [`Targets::named_device`].
+    fn devices_section(&self) -> String {
+        format!("[devices]\nallow = [\"{}\"]\n", self.named_device)
     }
 
     /// Asserts every attack's errno and event, that no other event was
@@ -186,29 +239,38 @@ fn steps_of(attacks: &[Attack]) -> Vec<String> {
 }
 
 #[test]
-fn attacks_across_the_agent_boundary_are_refused_under_enforcer_run() {
+fn the_floor_and_the_agent_boundary_hold_under_enforcer_run() {
     let sb = Sandbox::new("boundary-run");
     let mut targets = Targets::new(&sb.base);
+    sb.write_policy_with("enforce", &targets.devices_section());
     let outside_file = sb.outside_file("immutable-me");
+    let secret = Sandbox::path(&sb.secret, "credentials");
     // The steps do not depend on the supervisor's pid (`ppid` stands for it).
-    let child = sb.spawn(&steps_of(&targets.attacks(&outside_file, Some(0))));
-    let attacks = targets.attacks(&outside_file, Some(child.id()));
+    let child = sb.spawn(&steps_of(&targets.attacks(&outside_file, &secret, Some(0))));
+    let attacks = targets.attacks(&outside_file, &secret, Some(child.id()));
     let out = sb.finish(child);
     assert_eq!(out.code, Some(0), "the supervisor survived and the run ended normally:\n{out:#?}");
     targets.check(&attacks, &out.results, &out.events);
 }
 
 #[test]
-fn attacks_across_the_agent_boundary_are_refused_in_a_daemon_tagged_cgroup() {
+fn the_floor_and_the_agent_boundary_hold_in_a_daemon_tagged_cgroup() {
     // No [syscalls]: a daemon-tagged process has no filter of ours anyway.
     let sb = Sandbox::new("boundary-daemon");
-    let policy = format!("name = \"agent\"\n[files]\nwrite = [\"{}\"]\n", sb.allowed.display());
-    let mut d = Daemon::start("daemon-boundary", false, &[("agent.toml", &policy)], "");
+    // The targets first: the device the policy names must exist when it loads.
     let mut targets = Targets::new(&sb.base);
+    let policy = format!(
+        "name = \"agent\"\n[files]\nwrite = [\"{}\"]\nread_deny = [\"{}\"]\n{}",
+        sb.allowed.display(),
+        sb.secret.display(),
+        targets.devices_section()
+    );
+    let mut d = Daemon::start("daemon-boundary", false, &[("agent.toml", &policy)], "");
     let outside_file = sb.outside_file("immutable-me");
+    let secret = Sandbox::path(&sb.secret, "credentials");
     let cgroup = d.cgroup("boundary");
     assert!(d.ctl(&["tag", &cgroup, "--policy", "agent"]).status.success());
-    let attacks = targets.attacks(&outside_file, None);
+    let attacks = targets.attacks(&outside_file, &secret, None);
     let results = d.run_probe(&cgroup, &steps_of(&attacks));
     let wanted = attacks.iter().filter(|a| a.event.is_some()).count();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -84,6 +84,20 @@ fn daemon_tags_and_untags_through_the_cli_and_the_http_api() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     let out = ok(&d.ctl(&["untag", &cgroup]));
     assert!(out.contains("untagged"), "{out}");
+
+    // A tag the daemon cannot save (a restart would not know it) is refused
+    // and leaves the cgroup as it was.
+    let blocker = d.base.join("state").join("state.json.new");
+    std::fs::create_dir_all(&blocker).expect("block the state file");
+    let out = d.ctl(&["tag", &cgroup, "--policy", "agent"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("cannot save the daemon's state") && stderr.contains("not applied"), "{stderr}");
+    let results = d.run_probe(&cgroup, &[DENIED.to_owned()]);
+    assert_eq!(errno_of(&results, DENIED), ECONNREFUSED, "the refused tag is not in force");
+    let (_, status) = d.api("GET", "/v1/status", None);
+    assert!(!status["tags"].as_array().expect("tags").iter().any(|t| t["cgroup"] == cgroup.as_str()), "{status}");
+    std::fs::remove_dir(&blocker).expect("unblock");
+    ok(&d.ctl(&["tag", &cgroup, "--policy", "agent"]));
 }
 
 #[test]
@@ -122,9 +136,9 @@ fn a_killed_daemon_leaves_enforcement_and_a_restart_adopts_it() {
     assert_eq!(builds, 1, "only this build's pins");
     let id = status["tags"].as_array().unwrap().iter().find(|t| t["cgroup"] == cgroup.as_str()).unwrap()["cgroup_id"].clone();
     let links = std::fs::read_dir(pins.join("net").join(id.to_string())).unwrap().count();
-    // Six address programs and `sock_create` (socket classes without BPF
-    // LSM; agents' sockets always).
-    assert_eq!(links, 7, "the socket programs are attached once");
+    // Six address programs, `sock_create` (socket classes without BPF
+    // LSM; agents' sockets always) and `inbound`.
+    assert_eq!(links, 8, "the socket programs are attached once");
     let results = d.run_probe(&cgroup, &[DENIED.to_owned()]);
     assert_eq!(errno_of(&results, DENIED), EPERM);
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -102,66 +102,6 @@ fn require_seccomp_refuses_exec_by_a_task_without_a_filter() {
     assert_eq!(out.events.len(), 1, "{out:#?}");
 }
 
-#[test]
-fn the_floor_refuses_what_breaks_out_of_any_sandbox() {
-    let sb = Sandbox::new("floor");
-    // No [syscalls]: the floor alone, whatever the filter would allow.
-    sb.write_policy("enforce");
-    // A host process (outside the agent) to signal and trace.
-    let mut host = Command::new("sleep").arg("60").spawn().expect("start a host process");
-    let host_pid = host.id();
-    // A block device node (ramdisk 1:0), made by the host side.
-    let block = Sandbox::path(&sb.allowed, "blockdev");
-    let c_block = std::ffi::CString::new(block.clone()).unwrap();
-    // SAFETY: mknod(2) of a NUL-terminated path.
-    assert_eq!(unsafe { libc::mknod(c_block.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(1, 0)) }, 0);
-    let mount_point = Sandbox::path(&sb.allowed, "");
-    let steps = [
-        "bpf-prog-load".to_owned(),
-        "perf".to_owned(),
-        format!("mount:{mount_point}"),
-        "unshare:0x10000000".to_owned(),
-        format!("ptrace-attach:{host_pid}"),
-        format!("kill:{host_pid}:9"),
-        "kill-child".to_owned(),
-        "init-module".to_owned(),
-        "read:/dev/mem".to_owned(),
-        "read:/proc/kcore".to_owned(),
-        format!("read:{block}"),
-        "overwrite:/proc/sys/kernel/domainname".to_owned(),
-        "overwrite:/sys/kernel/uevent_seqnum".to_owned(),
-        // Last: it leaves the probe with a non-root effective uid.
-        "seteuid-back".to_owned(),
-    ];
-    let out = sb.run(&steps);
-    let op = |name: &'static str| move |e: &Value| e["op"] == name;
-    let bpf = assert_refused(&out, "bpf-prog-load", "floor", "floor", op("bpf"));
-    assert_eq!(bpf["bpf_cmd"], 5, "{bpf}");
-    assert_refused(&out, "perf", "floor", "floor", op("perf_event_open"));
-    assert_refused(&out, &format!("mount:{mount_point}"), "floor", "floor", op("mount"));
-    assert_refused(&out, "unshare:0x10000000", "floor", "floor", op("user_namespace"));
-    let ptrace = assert_refused(&out, &format!("ptrace-attach:{host_pid}"), "floor", "floor", op("ptrace"));
-    assert_eq!(ptrace["target_pid"], host_pid, "{ptrace}");
-    let kill = assert_refused(&out, &format!("kill:{host_pid}:9"), "floor", "floor", op("signal"));
-    assert_eq!((&kill["target_pid"], &kill["signal"]), (&host_pid.into(), &9.into()), "{kill}");
-    out.assert_succeeded("kill-child");
-    assert_refused(&out, "seteuid-back", "floor", "floor", op("setuid"));
-    assert_refused(&out, "init-module", "floor", "floor", op("kernel_module"));
-    for (step, kind, path) in [
-        ("read:/dev/mem", "file_read", "/dev/mem"),
-        ("read:/proc/kcore", "file_read", "/proc/kcore"),
-        (&*format!("read:{block}"), "file_read", &*block),
-        ("overwrite:/proc/sys/kernel/domainname", "file_write", "/proc/sys/kernel/domainname"),
-        ("overwrite:/sys/kernel/uevent_seqnum", "file_write", "/sys/kernel/uevent_seqnum"),
-    ] {
-        assert_refused(&out, step, kind, "floor", |e| e["path"] == path);
-    }
-    assert_eq!(out.events.len(), 13, "one event per refusal: {:#?}", out.events);
-    assert!(host.try_wait().unwrap().is_none(), "the host process must be alive");
-    host.kill().unwrap();
-    let _ = host.wait();
-}
-
 /// Self-protection: with a policy that restricts only the network, a tagged
 /// process still cannot touch the daemon's configuration, policies, state,
 /// socket, binary or pins, move itself out of its cgroup, or signal or
@@ -185,6 +125,8 @@ fn the_daemon_and_its_files_are_out_of_an_agents_reach() {
         (format!("unlink:{}/agent.toml", path(&d.policies)), "file_write", "enforcer_protected"),
         (format!("rename:{}/agent.toml:{}/moved.toml", path(&d.policies), path(&d.base)), "file_write", "enforcer_protected"),
         (format!("overwrite:{}/state/state.json", path(&d.base)), "file_write", "enforcer_protected"),
+        // `chattr +i`: the daemon could no longer save its state.
+        (format!("chattr:{}/state/state.json", path(&d.base)), "file_write", "enforcer_protected"),
         (format!("unlink:{}", path(&d.socket)), "file_write", "enforcer_protected"),
         // chmod: a running binary cannot be opened for writing anyway (ETXTBSY).
         (format!("chmod:{}", enforcer_tests::enforcer_bin().display()), "file_write", "enforcer_protected"),

@@ -257,3 +257,67 @@ fn resolved_addresses_expire_after_the_ttl() {
     let expired = out.assert_denied_net(&steps[2], "connect", to(names.answered, "inet"));
     assert_eq!(expired["resolved_from"], "api.allowed.test", "{expired}");
 }
+
+/// A free loopback port (bound, then let go).
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free UDP port").port()
+    } else {
+        TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free TCP port").port()
+    }
+}
+
+/// Inbound: an agent listens and something outside connects (or sends a
+/// datagram) to it. Its own processes reach its listeners; from outside
+/// only the ports a `listen` entry names are reachable. The refused
+/// connection and datagram each make one `inbound` event.
+#[test]
+fn connections_and_datagrams_from_outside_need_a_listen_entry() {
+    use std::{io::BufRead as _, time::Duration};
+    let sb = sandbox("net-inbound");
+    let (private, public, udp) = (free_port(false), free_port(false), free_port(true));
+    sb.write_policy_with(
+        "enforce",
+        &format!("[network]\nallow = [\"127.0.0.1:{private}/tcp\", \"127.0.0.1:{udp}/udp\"]\nlisten = [\"*:{public}/tcp\"]\n"),
+    );
+    let steps = [
+        format!("tcp-listen-bg:127.0.0.1:{private}"),
+        format!("tcp-listen-bg:127.0.0.1:{public}"),
+        format!("udp-bind-bg:127.0.0.1:{udp}"),
+        // The agent's own processes reach its own listener and socket.
+        format!("tcp-connect:127.0.0.1:{private}"),
+        format!("udp-sendto:127.0.0.1:{udp}"),
+        "wait-stdin:".to_owned(),
+        "udp-received".to_owned(),
+    ];
+    let mut child = sb.spawn(&steps);
+    let (_, mut stdout) = enforcer_tests::wait_ready(&mut child);
+    for step in &steps[..5] {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("a step result");
+        let result: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a result: {line}"));
+        assert_eq!((result["step"].as_str(), result["errno"].as_i64()), (Some(step.as_str()), Some(0)), "{line}");
+    }
+    // From outside (the test process): the private port is unreachable (the
+    // request is dropped: the connect times out), the listed one answers.
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let refused = std::net::TcpStream::connect_timeout(&at(private), Duration::from_millis(700));
+    assert!(refused.is_err(), "a connection from outside reached the agent's private listener");
+    let mut greeting = String::new();
+    let public_stream = std::net::TcpStream::connect_timeout(&at(public), Duration::from_secs(5)).expect("the listed port answers");
+    std::io::BufReader::new(public_stream).read_line(&mut greeting).expect("read the greeting");
+    assert_eq!(greeting, "hello\n");
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.send_to(b"from outside", at(udp))).expect("send a datagram");
+    std::thread::sleep(Duration::from_millis(200));
+    enforcer_tests::release(&mut child);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout.into_inner(), &mut rest).expect("the rest");
+    let out = sb.finish(child);
+    assert!(rest.contains("{\"errno\":1,\"step\":\"udp-received\"}"), "only the agent's own datagram arrived: {rest}\n{out:#?}");
+    let inbound: Vec<&Value> = out.events.iter().filter(|e| e["kind"] == "inbound").collect();
+    let about = |port: u16, proto: &str| inbound.iter().filter(|e| e["dport"] == port && e["proto"] == proto && e["saddr"] == "127.0.0.1").count();
+    assert_eq!(about(private, "tcp"), 1, "{inbound:#?}");
+    assert_eq!(about(udp, "udp"), 1, "{inbound:#?}");
+    assert_eq!(inbound.len(), 2, "{inbound:#?}");
+    assert!(inbound.iter().all(|e| e["action"] == "deny" && e["reason"] == "not_allowed" && e["policy"] == "test-policy"), "{inbound:#?}");
+}
