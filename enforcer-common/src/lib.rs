@@ -94,12 +94,14 @@ pub struct KernelOffsets {
     /// `msghdr->msg_control` (a kernel copy for `sendmsg`) and its length.
     pub msghdr_msg_control: u32,
     pub msghdr_msg_controllen: u32,
+    /// `dentry->d_name.len`.
+    pub dentry_d_name_len: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets::FIELDS);
 
 impl KernelOffsets {
     /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 56;
+    pub const FIELDS: usize = 57;
 
     /// The offset at `index` (`offset_of!(KernelOffsets, field) / 4`).
     #[must_use]

@@ -218,6 +218,10 @@ pub const TAG_EXEC: u32 = 1 << 4;
 /// `TagInfo::flags`: `syscalls.require_seccomp`: a task without a seccomp
 /// filter may not execute anything.
 pub const TAG_REQUIRE_SECCOMP: u32 = 1 << 5;
+/// `TagInfo::flags`: some `read_deny` trees did not exist when the policy
+/// was loaded; they are keyed by name (`FILE_PENDING`), and judged by a
+/// second, short walk.
+pub const TAG_PENDING: u32 = 1 << 6;
 
 /// What a tagged cgroup is judged by.
 #[repr(C)]
@@ -248,6 +252,45 @@ pub const FILE_EXEC: u16 = 1 << 2;
 /// `FileSlot::flags`: a device node (or a directory of them) the policy's
 /// `[devices]` allows opening.
 pub const FILE_DEVICE: u16 = 1 << 3;
+/// `FileSlot::flags`: a directory some of whose entries do not exist yet but
+/// are `read_deny` trees already; they are keyed by [`name_key`].
+pub const FILE_PENDING: u16 = 1 << 4;
+
+/// Bytes of a name that [`name_key`] reads: the first `NAME_KEY_BYTES - 1`
+/// (then a NUL, as a bounded string read leaves them). Longer names that
+/// share them and their length share a key: more is denied, never less.
+pub const NAME_KEY_BYTES: usize = 32;
+
+/// The key of the entry named `name` (its first [`NAME_KEY_BYTES`] as
+/// little-endian words, zero past its end, and its length) in the directory
+/// with inode number `dir_ino`: the `ino` of a rule for a name that does not
+/// exist yet.
+#[must_use]
+pub const fn name_key(dir_ino: u64, words: [u64; NAME_KEY_BYTES / 8], len: u32) -> u64 {
+    let mut h = dir_ino ^ 0x9e37_79b9_7f4a_7c15 ^ (len as u64).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    let mut i = 0;
+    while i < words.len() {
+        h = (h ^ words[i]).wrapping_mul(0xc4ce_b9fe_1a85_ec53).rotate_left(29);
+        i += 1;
+    }
+    // Far from any real inode number: the top bit set.
+    h | 1 << 63
+}
+
+/// The words of `name` that [`name_key`] takes, zero past its end.
+#[must_use]
+pub fn name_words(name: &[u8]) -> [u64; NAME_KEY_BYTES / 8] {
+    let mut bytes = [0u8; NAME_KEY_BYTES];
+    let n = name.len().min(NAME_KEY_BYTES - 1);
+    bytes[..n].copy_from_slice(&name[..n]);
+    let mut words = [0u64; NAME_KEY_BYTES / 8];
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut le = [0u8; 8];
+        le.copy_from_slice(chunk);
+        *word = u64::from_le_bytes(le);
+    }
+    words
+}
 
 #[cfg(feature = "user")]
 mod pod {

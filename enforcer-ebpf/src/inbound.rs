@@ -15,7 +15,7 @@
 //! may send to (its resolver included). The rest is dropped, with an event.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_sock, bpf_sock_tuple},
+    bindings::{__sk_buff, bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2},
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_sk_ancestor_cgroup_id, bpf_sk_fullsock, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
     macros::cgroup_skb,
     programs::SkBuffContext,
@@ -84,7 +84,10 @@ fn judge(ctx: &SkBuffContext) -> i32 {
         return PASS;
     }
     let Some(flow) = flow_of(ctx) else {
-        return refuse(&info, skb, &Flow { source: [0; 4], dest: [0; 4], source_port: 0, dest_port: 0, v6: false }, local_port, proto);
+        // Unreadable headers: reported as from 0.0.0.0 (words, not a zeroed
+        // run, which would compile to a `memset` call).
+        let unknown = [0, 0, MAPPED, 0];
+        return refuse(&info, skb, &Flow { source: unknown, dest: unknown, source_port: 0, dest_port: 0, v6: false }, local_port, proto);
     };
     if from_own_agent(ctx, &flow, proto, agent) || listen_allows(&info, &flow.source, local_port, proto) {
         return PASS;
@@ -161,29 +164,33 @@ fn from_own_agent(ctx: &SkBuffContext, flow: &Flow, proto: u8, agent: u64) -> bo
     if flow.source_port == 0 {
         return false;
     }
-    // SAFETY: a zeroed plain struct.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let size = if flow.v6 {
-        let v6 = unsafe { &mut tuple.__bindgen_anon_1.ipv6 };
-        v6.saddr = flow.dest;
-        v6.daddr = flow.source;
-        v6.sport = flow.dest_port;
-        v6.dport = flow.source_port;
-        core::mem::size_of_val(v6)
-    } else {
-        let v4 = unsafe { &mut tuple.__bindgen_anon_1.ipv4 };
-        v4.saddr = flow.dest[3];
-        v4.daddr = flow.source[3];
-        v4.sport = flow.dest_port;
-        v4.dport = flow.source_port;
-        core::mem::size_of_val(v4)
+    // Every byte the lookup reads (`size` of them) is written below.
+    let mut tuple = core::mem::MaybeUninit::<bpf_sock_tuple>::uninit();
+    let at = tuple.as_mut_ptr();
+    // SAFETY: field writes through a raw pointer to our own stack slot.
+    let size = unsafe {
+        if flow.v6 {
+            let v6 = &raw mut (*at).__bindgen_anon_1.ipv6;
+            (&raw mut (*v6).saddr).write(flow.dest);
+            (&raw mut (*v6).daddr).write(flow.source);
+            (&raw mut (*v6).sport).write(flow.dest_port);
+            (&raw mut (*v6).dport).write(flow.source_port);
+            size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+        } else {
+            let v4 = &raw mut (*at).__bindgen_anon_1.ipv4;
+            (&raw mut (*v4).saddr).write(flow.dest[3]);
+            (&raw mut (*v4).daddr).write(flow.source[3]);
+            (&raw mut (*v4).sport).write(flow.dest_port);
+            (&raw mut (*v4).dport).write(flow.source_port);
+            size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+        }
     };
     let skb = ctx.skb.skb.cast();
     let peer = unsafe {
         if proto == PROTO_TCP {
-            bpf_sk_lookup_tcp(skb, &raw mut tuple, size as u32, CURRENT_NETNS, 0)
+            bpf_sk_lookup_tcp(skb, at, size as u32, CURRENT_NETNS, 0)
         } else {
-            bpf_sk_lookup_udp(skb, &raw mut tuple, size as u32, CURRENT_NETNS, 0)
+            bpf_sk_lookup_udp(skb, at, size as u32, CURRENT_NETNS, 0)
         }
     };
     if peer.is_null() {

@@ -180,6 +180,8 @@ fields! {
     MsghdrControl: u64 = msghdr_msg_control;
     /// `msghdr->msg_controllen`
     MsghdrControllen: u64 = msghdr_msg_controllen;
+    /// `dentry->d_name.len`
+    DentryNameLen: u32 = dentry_d_name_len;
 }
 
 pub trait Read {

@@ -17,6 +17,7 @@ mod floor;
 mod inbound;
 mod kernel;
 mod net;
+mod pending;
 mod protect;
 mod report;
 mod select;
@@ -27,7 +28,7 @@ mod walk;
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use enforcer_common::{
     events::{Action, Kind, Op, Reason},
-    policy::{FILE_WRITE, TAG_AUDIT, TAG_FILES, TAG_READ_DENY},
+    policy::{FILE_WRITE, TAG_AUDIT, TAG_FILES, TAG_PENDING, TAG_READ_DENY},
 };
 
 use crate::{
@@ -75,6 +76,7 @@ fn judge_check(tag: &Tagged, check: Check) -> Option<Denial> {
         needs_tree: check.kind == Kind::FileWrite,
         allow_self: check.allow_self,
         read_deny: tag.info.flags & TAG_READ_DENY != 0,
+        pending: tag.info.flags & TAG_PENDING != 0,
     };
     let reason = judge::<FILE_WRITE>(&question, tag.files, check.dentry, check.vfsmount).err()?;
     Some(Denial { kind: check.kind, op: check.op, reason, dentry: check.dentry, vfsmount: check.vfsmount })

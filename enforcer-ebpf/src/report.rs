@@ -219,10 +219,11 @@ pub fn report_inbound(denial: &InboundDenial) {
         (&raw mut (*header).op).write(0);
         (&raw mut (*header).action).write(denial.action as u8);
         (&raw mut (*header).reason).write(Reason::NotAllowed as u8);
-        (&raw mut (*header).flags).cast::<u64>().write(0);
+        // Volatile: three zero stores in a row would become a `memset` call.
+        (&raw mut (*header).flags).cast::<u64>().write_volatile(0);
         let comm = (&raw mut (*header).comm).cast::<u64>();
-        comm.write(0);
-        comm.add(1).write(0);
+        comm.write_volatile(0);
+        comm.add(1).write_volatile(0);
         let detail = &raw mut (*record).detail;
         let words = (&raw mut (*detail).addr).cast::<u32>();
         for (i, word) in denial.addr.iter().enumerate() {

@@ -24,14 +24,14 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::bpf_loop;
+use aya_ebpf::helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_loop};
 use enforcer_common::{
     events::{MAX_PATH_DEPTH, Reason},
-    policy::{FILE_EXEC, FILE_READ_DENY, FILE_SLOTS, FileSlot, FileTable, file_hash_base, file_homes},
+    policy::{FILE_EXEC, FILE_READ_DENY, FILE_SLOTS, FileSlot, FileTable, NAME_KEY_BYTES, file_hash_base, file_homes, name_key},
 };
 
 use crate::kernel::{
-    DentryInode, DentryParent, DentrySb, Direct, InodeIno, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, mount_of, vfsmount_of,
+    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, InodeIno, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, mount_of, vfsmount_of,
 };
 
 /// What is being asked of the tree.
@@ -47,12 +47,20 @@ pub struct Question {
     pub allow_self: bool,
     /// The policy has `read_deny` trees, so the walk must reach the root.
     pub read_deny: bool,
+    /// Some of them are keyed by name (they did not exist when the policy
+    /// was loaded): `pending::named_later` judges them.
+    pub pending: bool,
 }
 
 // `Walk::verdict` values.
 const UNDECIDED: u32 = 0;
 const ALLOWED: u32 = 1;
 const AT_MOUNT_ROOT: u32 = 2;
+/// A dentry without a parent that is not its mount's root: a pseudo file or
+/// a disconnected dentry, told apart after the loop (see `judge`).
+const AT_TOP_IN_MOUNT: u32 = 3;
+/// A mount without a parent: a namespace's root or a detached mount.
+const AT_TOP_MOUNT: u32 = 4;
 const DENIED: u32 = 16; // + Reason
 
 /// The walk's state, shared with the `bpf_loop` step callbacks.
@@ -112,16 +120,13 @@ impl<const NEED: u16> Walk<NEED> {
         if inode.is_null() {
             return None; // a negative dentry (a name being created)
         }
-        let ino = unsafe { R::get::<InodeIno>(inode) };
-        let table = unsafe { &*self.table };
-        let holds = |slot: &FileSlot| slot.ino == ino && slot.dev == self.dev && slot.policy_id == self.question.policy_id;
-        let [first, second] = file_homes(ino, self.hash_base);
-        let slot = &table.slots[first & (FILE_SLOTS - 1)];
-        if holds(slot) {
-            return Some(slot.flags);
-        }
-        let slot = &table.slots[second & (FILE_SLOTS - 1)];
-        holds(slot).then_some(slot.flags)
+        self.lookup(unsafe { R::get::<InodeIno>(inode) })
+    }
+
+    /// The flags of the table slot for inode number (or name key) `ino`.
+    #[inline(always)]
+    fn lookup(&self, ino: u64) -> Option<u16> {
+        slot_flags(self.table, self.dev, self.hash_base, self.question.policy_id, ino)
     }
 
     /// Judges the current dentry; `Some` ends the walk.
@@ -141,9 +146,42 @@ impl<const NEED: u16> Walk<NEED> {
     }
 }
 
+/// The flags of the table slot for `ino` (or a name key) on the filesystem
+/// `dev` (`hash_base`: `file_hash_base` of it) for `policy_id`.
+#[inline(always)]
+pub fn slot_flags(table: *const FileTable, dev: u32, hash_base: u64, policy_id: u16, ino: u64) -> Option<u16> {
+    let table = unsafe { &*table };
+    let holds = |slot: &FileSlot| slot.ino == ino && slot.dev == dev && slot.policy_id == policy_id;
+    let [first, second] = file_homes(ino, hash_base);
+    let slot = &table.slots[first & (FILE_SLOTS - 1)];
+    if holds(slot) {
+        return Some(slot.flags);
+    }
+    let slot = &table.slots[second & (FILE_SLOTS - 1)];
+    holds(slot).then_some(slot.flags)
+}
+
+/// The key of `child`'s name in the directory with inode number `dir_ino`
+/// (see `name_key`): its first bytes read as a string into zeroed words, as
+/// userspace does. Out of line: verified once, not at every walk step.
+#[inline(never)]
+pub fn name_key_of(dir_ino: u64, child: *const u8) -> u64 {
+    let name = unsafe { Probe::ptr::<DentryName>(child) };
+    let len = unsafe { Probe::get::<DentryNameLen>(child) } as u32;
+    let mut words = core::mem::MaybeUninit::<[u64; NAME_KEY_BYTES / 8]>::uninit();
+    let first = words.as_mut_ptr().cast::<u64>();
+    for i in 0..NAME_KEY_BYTES / 8 {
+        // One by one: a zeroed array compiles to a `memset` call.
+        unsafe { first.add(i).write_volatile(0) };
+    }
+    let bytes = unsafe { core::slice::from_raw_parts_mut(first.cast::<u8>(), NAME_KEY_BYTES) };
+    unsafe { bpf_probe_read_kernel_str_bytes(name, bytes) }.ok();
+    name_key(dir_ino, unsafe { words.assume_init() }, len)
+}
+
 /// The device of `dentry`'s filesystem, and `file_hash_base` of it.
 #[inline(always)]
-fn filesystem<R: Read>(dentry: *const u8, policy_id: u16, table: *const FileTable) -> (u32, u64) {
+pub fn filesystem<R: Read>(dentry: *const u8, policy_id: u16, table: *const FileTable) -> (u32, u64) {
     let dev = unsafe { R::get::<SuperBlockDev>(R::ptr::<DentrySb>(dentry)) as u32 };
     (dev, file_hash_base(dev, policy_id, unsafe { (*table).seed }))
 }
@@ -156,8 +194,18 @@ pub fn node_flags(table: *const FileTable, policy_id: u16, dentry: *const u8) ->
         return 0;
     }
     let (dev, hash_base) = filesystem::<Direct>(dentry, policy_id, table);
-    let question = Question { policy_id, needs_tree: false, allow_self: true, read_deny: false };
-    let node = Walk::<0> { table, mnt_root: core::ptr::null(), dentry, mount: core::ptr::null(), dev, hash_base, question, allowed: false, verdict: UNDECIDED };
+    let question = Question { policy_id, needs_tree: false, allow_self: true, read_deny: false, pending: false };
+    let node = Walk::<0> {
+        table,
+        mnt_root: core::ptr::null(),
+        dentry,
+        mount: core::ptr::null(),
+        dev,
+        hash_base,
+        question,
+        allowed: false,
+        verdict: UNDECIDED,
+    };
     unsafe { node.rule::<Direct>() }.unwrap_or(0)
 }
 
@@ -186,13 +234,8 @@ fn in_mount<const NEED: u16>(walk: &mut Walk<NEED>, level: u32) -> i64 {
         return walk.decide(Err(Reason::Unreadable));
     }
     if parent == d {
-        // Not the mount's root, yet without a parent: a pseudo file on one
-        // of the kernel's mounts, or a disconnected dentry. Without a mount
-        // (the hook gave none) the filesystem's root is as far as it goes.
-        if walk.mount.is_null() || namespace_of(mount_of(walk.mount)) == Namespace::Internal {
-            return walk.at_fs_root();
-        }
-        return walk.disconnected();
+        walk.verdict = AT_TOP_IN_MOUNT;
+        return 1;
     }
     walk.dentry = parent;
     0
@@ -234,10 +277,8 @@ extern "C" fn step_above_mount<const NEED: u16>(_level: u32, ctx: *mut c_void) -
             return walk.decide(Err(Reason::Unreadable));
         }
         if parent_mount == mount {
-            if namespace_of(mount) == Namespace::Detached {
-                return walk.disconnected();
-            }
-            return walk.at_fs_root();
+            walk.verdict = AT_TOP_MOUNT;
+            return 1;
         }
         walk.dentry = unsafe { Probe::ptr::<MountMountpoint>(mount) };
         walk.mount = parent_mount;
@@ -302,6 +343,28 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, dent
         walk.mount = mount_of(walk.mount);
         walk.verdict = UNDECIDED;
         unsafe { bpf_loop(MAX_PATH_DEPTH, step_above_mount::<NEED> as *mut c_void, ctx, 0) };
+    }
+    // Where a walk without a parent ended is told here, once, not in the
+    // loop steps (whose every branch the verifier explores per level).
+    if walk.verdict == AT_TOP_IN_MOUNT {
+        // Not the mount's root: a pseudo file on one of the kernel's own
+        // mounts, or a disconnected dentry. Without a mount (the hook gave
+        // none) the filesystem's root is as far as it goes.
+        if vfsmount.is_null() || namespace_of(mount_of(vfsmount)) == Namespace::Internal {
+            walk.at_fs_root();
+        } else {
+            walk.disconnected();
+        }
+    } else if walk.verdict == AT_TOP_MOUNT {
+        if namespace_of(walk.mount) == Namespace::Detached {
+            walk.disconnected();
+        } else {
+            walk.at_fs_root();
+        }
+    }
+    // Names that became `read_deny` trees: only where the walk allowed.
+    if question.pending && walk.verdict == ALLOWED && crate::pending::named_later(table, question.policy_id, dentry, mnt_root) {
+        return Err(Reason::ReadDenied);
     }
     match walk.verdict {
         ALLOWED => Ok(()),

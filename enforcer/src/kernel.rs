@@ -121,6 +121,7 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         mnt_namespace_seq: btf
             .field_offset("mnt_namespace", &["seq"])
             .or_else(|_| btf.field_offset("mnt_namespace", &["ns", "ns_id"]))?,
+        dentry_d_name_len: btf.field_offset("dentry", &["d_name", "len"])?,
         msghdr_msg_control: btf.field_offset("msghdr", &["msg_control"])?,
         msghdr_msg_controllen: btf.field_offset("msghdr", &["msg_controllen"])?,
         signal_struct_session: btf.field_offset("signal_struct", &["pids"])? + PIDTYPE_SID * 8,

@@ -1,14 +1,15 @@
 //! Turning a policy's `[files]` trees into the kernel's inode-keyed rules.
 //!
 //! A tree is keyed by the inode of its root, resolved now. Consequences
-//! (documented in the README): a root that does not exist yet is not
-//! enforced until the policy is loaded again (a missing `write` root denies,
-//! a missing `read_deny` root protects nothing and is warned about); a root
-//! that is renamed keeps its rule, since the inode moves with it.
+//! (documented in the README): a `write` root that does not exist yet denies
+//! until the policy is loaded again; a `read_deny` root that does not exist
+//! yet is keyed by its name below its nearest existing directory (see
+//! [`pending_read_deny`]); a root that is renamed keeps its rule, since the
+//! inode moves with it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use enforcer_common::policy::{FILE_DEVICE, FILE_EXEC, FILE_READ_DENY, FILE_WRITE, FileRuleKey};
+use enforcer_common::policy::{FILE_DEVICE, FILE_EXEC, FILE_PENDING, FILE_READ_DENY, FILE_WRITE, FileRuleKey, TAG_PENDING, name_key, name_words};
 
 use crate::{
     mounts::{self, MountError},
@@ -39,16 +40,55 @@ pub fn resolve(policy: &Policy, policy_id: u16) -> Result<FileRules, MountError>
         for path in paths {
             let Some(id) = mounts::inode_id(path, &mounts)? else {
                 rules.missing.push((path.clone(), key));
+                if flag == FILE_READ_DENY {
+                    pending_read_deny(&mut rules, path, &mounts, policy_id)?;
+                }
                 continue;
             };
-            let key = FileRuleKey { ino: id.ino, dev: id.dev, policy_id };
-            match rules.entries.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, flags)) => *flags |= flag,
-                None => rules.entries.push((key, flag)),
-            }
+            rules.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, flag);
         }
     }
     Ok(rules)
+}
+
+impl FileRules {
+    /// What the rules add to the policy's tag (`TAG_PENDING`).
+    #[must_use]
+    pub fn tag_flags(&self) -> u32 {
+        if self.entries.iter().any(|(_, flags)| flags & FILE_PENDING != 0) { TAG_PENDING } else { 0 }
+    }
+
+    fn add(&mut self, key: FileRuleKey, flag: u16) {
+        match self.entries.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, flags)) => *flags |= flag,
+            None => self.entries.push((key, flag)),
+        }
+    }
+}
+
+/// A `read_deny` tree that does not exist yet (`aws configure` and `gcloud
+/// auth` make theirs later): its nearest existing directory gets
+/// `FILE_PENDING`, and the first missing name below it a `read_deny` rule
+/// keyed by that name. The walk judges the name wherever the entry is
+/// created or opened, so the tree is protected from the moment it exists.
+/// Everything below that first missing name is protected, even beside the
+/// named path (`/a/b/c` missing from `/a` protects all of `/a/b`).
+fn pending_read_deny(rules: &mut FileRules, path: &Path, mounts: &[procfs::process::MountInfo], policy_id: u16) -> Result<(), MountError> {
+    let mut name = path.file_name();
+    let mut dir = path.parent();
+    while let Some(parent) = dir {
+        if let Some(id) = mounts::inode_id(parent, mounts)? {
+            let Some(name) = name else { return Ok(()) };
+            let bytes = name.as_encoded_bytes();
+            let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            rules.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, FILE_PENDING);
+            rules.add(FileRuleKey { ino: name_key(id.ino, name_words(bytes), len), dev: id.dev, policy_id }, FILE_READ_DENY);
+            return Ok(());
+        }
+        name = parent.file_name();
+        dir = parent.parent();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -137,6 +137,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         eprintln!("enforcer: warning: `cgroups` selectors are applied by `enforcer daemon`; `enforcer run` judges its own command only");
     }
     let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
+    let mut tag = tag_for(&policy, POLICY_ID);
     let mut enforcer = Enforcer::load()?;
     if let Some(why) = enforcer.lsm_missing().map(ToString::to_string) {
         let parts = needs_lsm(&policy);
@@ -150,14 +151,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
             }
         }
     }
-    let events_path = match opts.events.clone() {
-        Some(path) => path,
-        None => default_events_path().map_err(|(path, source)| RunError::Events { path, source })?,
-    };
-    let sink = Sink::open(Some(&events_path)).map_err(|source| RunError::Events { path: events_path.clone(), source })?;
-    if opts.events.is_none() {
-        eprintln!("enforcer: events go to {}", events_path.display());
-    }
+    let (events_path, sink) = open_events(opts.events.as_deref())?;
     // Neither the supervisor nor its watchdog may be the OOM killer's choice;
     // the command gets the caller's value back.
     let oom_score_adj = watchdog::set_oom_score_adj(-1000).unwrap_or_else(|e| {
@@ -176,6 +170,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
             eprintln!("enforcer: warning: {key} tree {} does not exist; {}", path.display(), missing_effect(key));
         }
         enforcer.add_file_rules(&rules.entries)?;
+        tag.flags |= rules.tag_flags();
     }
     let (dns_tx, dns_events) = tokio::sync::mpsc::unbounded_channel::<DnsEvent>();
     let mut resolver = None;
@@ -198,7 +193,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         stream.set_grants(resolver.grants.clone());
     }
     enforcer.set_protected(&run_protected(&events_path))?;
-    enforcer.tag(cgroup, tag_for(&policy, POLICY_ID))?;
+    enforcer.tag(cgroup, tag)?;
     let watchdog = watchdog::Watchdog::start(&cgroup.path).map_err(RunError::Watchdog)?;
     // After the watchdog: it must not hold the command's terminal open.
     let mut terminal = Terminal::for_caller().map_err(RunError::Terminal)?;
@@ -242,6 +237,20 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     cleanup?;
     drop(run_cgroup);
     Ok(exit_code(status?))
+}
+
+/// The run's events file: `--events`, else [`default_events_path`] (said
+/// on stderr).
+fn open_events(chosen: Option<&std::path::Path>) -> Result<(PathBuf, Sink), RunError> {
+    let path = match chosen {
+        Some(path) => path.to_owned(),
+        None => default_events_path().map_err(|(path, source)| RunError::Events { path, source })?,
+    };
+    let sink = Sink::open(Some(&path)).map_err(|source| RunError::Events { path: path.clone(), source })?;
+    if chosen.is_none() {
+        eprintln!("enforcer: events go to {}", path.display());
+    }
+    Ok((path, sink))
 }
 
 /// Where a run's events go without `--events`: a file of its own in a
@@ -306,7 +315,7 @@ pub fn missing_effect(key: &str) -> &'static str {
     } else if key == "devices.allow" {
         "the device stays refused until it exists and the policy is loaded again"
     } else {
-        "it is NOT protected if created later, until the policy is loaded again"
+        "it is protected by name from the moment it is created (with everything below the first missing directory)"
     }
 }
 
@@ -420,7 +429,7 @@ fn spawn(
             // Off the caller's session, on its own terminal if the caller
             // is on one: it can reach nothing of the caller's terminal.
             match pty {
-                Some((slave, on_terminal)) => Terminal::enter_in_child(slave, on_terminal)?,
+                Some((slave, on_tty)) => Terminal::enter_in_child(slave, on_tty)?,
                 None if libc::setsid() < 0 => return Err(std::io::Error::last_os_error()),
                 None => {}
             }

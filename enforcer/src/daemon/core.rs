@@ -426,16 +426,13 @@ impl Core {
 
     /// Puts back what `cgroup` had before a tag that could not be saved.
     fn undo_tag(&mut self, cgroup: &Cgroup, previous: Option<Tag>) -> Result<(), OpError> {
-        match previous.and_then(|p| self.policies.get(&p.policy).map(|loaded| (loaded.tag, p))) {
-            Some((tag_info, previous)) => {
-                self.enforcer.tag(cgroup, tag_info)?;
-                self.tags.insert(cgroup.id, previous);
-            }
-            None => {
-                self.enforcer.untag(cgroup)?;
-                self.tags.remove(&cgroup.id);
-                self.sync_net(None)?;
-            }
+        if let Some((tag_info, previous)) = previous.and_then(|p| self.policies.get(&p.policy).map(|loaded| (loaded.tag, p))) {
+            self.enforcer.tag(cgroup, tag_info)?;
+            self.tags.insert(cgroup.id, previous);
+        } else {
+            self.enforcer.untag(cgroup)?;
+            self.tags.remove(&cgroup.id);
+            self.sync_net(None)?;
         }
         Ok(())
     }

@@ -114,7 +114,11 @@ pub fn compile_parsed(
         version,
         hash: hash(text),
         source: text.to_owned(),
-        tag: run::tag_for(&policy, id),
+        tag: {
+            let mut tag = run::tag_for(&policy, id);
+            tag.flags |= resolved.tag_flags();
+            tag
+        },
         policy,
         file_rules: resolved.entries,
         net,

@@ -36,7 +36,7 @@ pub struct Terminal {
     slave: Option<OwnedFd>,
     /// Which of the caller's stdin, stdout, stderr are the terminal (the
     /// others stay as the caller redirected them).
-    on_terminal: [bool; 3],
+    on_tty: [bool; 3],
     saved: Termios,
     output: Option<JoinHandle<()>>,
 }
@@ -64,26 +64,26 @@ impl Terminal {
         if let Ok(size) = tcgetwinsize(stdin.as_fd()) {
             let _ = tcsetwinsize(&master, size);
         }
-        let on_terminal = [true, io::stdout().is_terminal(), io::stderr().is_terminal()];
-        Ok(Some(Self { master, slave: Some(slave), on_terminal, saved, output: None }))
+        let on_tty = [true, io::stdout().is_terminal(), io::stderr().is_terminal()];
+        Ok(Some(Self { master, slave: Some(slave), on_tty, saved, output: None }))
     }
 
     /// The command's end and which standard descriptors it replaces, for
     /// [`Terminal::enter_in_child`].
     pub fn child_end(&self) -> (RawFd, [bool; 3]) {
-        (self.slave.as_ref().map_or(-1, AsRawFd::as_raw_fd), self.on_terminal)
+        (self.slave.as_ref().map_or(-1, AsRawFd::as_raw_fd), self.on_tty)
     }
 
     /// Between fork and exec: a new session whose controlling terminal is
     /// the pty, on the standard descriptors that were the caller's terminal.
     /// Only async-signal-safe calls.
-    pub fn enter_in_child(slave: RawFd, on_terminal: [bool; 3]) -> io::Result<()> {
+    pub fn enter_in_child(slave: RawFd, on_tty: [bool; 3]) -> io::Result<()> {
         // SAFETY: setsid, ioctl and dup2 on descriptors this process holds.
         unsafe {
             if libc::setsid() < 0 || libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            for (fd, on) in (0..).zip(on_terminal) {
+            for (fd, on) in (0..).zip(on_tty) {
                 if on && libc::dup2(slave, fd) < 0 {
                     return Err(io::Error::last_os_error());
                 }

@@ -513,13 +513,15 @@ fn fsmount_write() -> i32 {
 
 /// A loose source route through 127.0.0.9 (IPv4 options: NOP, LSRR).
 const LSRR: [u8; 8] = [1, 0x83, 7, 4, 127, 0, 0, 9];
+#[expect(clippy::cast_possible_truncation, reason = "8 bytes")]
+const LSRR_LEN: u32 = LSRR.len() as u32;
 
 /// `setsockopt(IP_OPTIONS)` with a source route on a UDP socket.
 fn ip_options() -> i32 {
     // SAFETY: socket/setsockopt/close with a local buffer.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        let r = check(libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_OPTIONS, LSRR.as_ptr().cast(), LSRR.len() as u32).into());
+        let r = check(libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_OPTIONS, LSRR.as_ptr().cast(), LSRR_LEN).into());
         close(fd);
         r
     }
@@ -532,7 +534,7 @@ fn ipv6_rthdr() -> i32 {
     // SAFETY: socket/setsockopt/close with a local buffer.
     unsafe {
         let fd = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM, 0);
-        let r = check(libc::setsockopt(fd, libc::IPPROTO_IPV6, 57, header.as_ptr().cast(), header.len() as u32).into());
+        let r = check(libc::setsockopt(fd, libc::IPPROTO_IPV6, 57, header.as_ptr().cast(), 24).into());
         close(fd);
         r
     }
@@ -544,10 +546,10 @@ fn sendmsg_source_route(to: &str) -> i32 {
     // SAFETY: sendmsg with a msghdr of local buffers, then close.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        let addr = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: to.port().to_be(), sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.ip().octets()) }, sin_zero: [0; 8] };
+        let addr = libc::sockaddr_in { sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or_default(), sin_port: to.port().to_be(), sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.ip().octets()) }, sin_zero: [0; 8] };
         let mut control = [0u64; 4];
         let cmsg = control.as_mut_ptr().cast::<libc::cmsghdr>();
-        (*cmsg).cmsg_len = libc::CMSG_LEN(LSRR.len() as u32) as usize;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(LSRR_LEN) as usize;
         (*cmsg).cmsg_level = libc::IPPROTO_IP;
         (*cmsg).cmsg_type = libc::IP_RETOPTS;
         std::ptr::copy_nonoverlapping(LSRR.as_ptr(), libc::CMSG_DATA(cmsg), LSRR.len());
@@ -555,11 +557,11 @@ fn sendmsg_source_route(to: &str) -> i32 {
         let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() };
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_name = (&raw const addr).cast_mut().cast();
-        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_namelen = u32::try_from(size_of::<libc::sockaddr_in>()).unwrap_or(16);
         msg.msg_iov = &raw mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(LSRR.len() as u32) as usize;
+        msg.msg_controllen = libc::CMSG_SPACE(LSRR_LEN) as usize;
         let r = check(libc::sendmsg(fd, &raw const msg, 0) as libc::c_long);
         close(fd);
         r

@@ -7,6 +7,7 @@
 
 use std::{
     ffi::CString,
+    io::Read as _,
     process::{Child, Command},
     time::{Duration, Instant},
 };
@@ -14,7 +15,7 @@ use std::{
 use enforcer_tests::{
     EPERM, Sandbox,
     daemon::{Daemon, errno_of},
-    wait_ready,
+    release, wait_ready,
 };
 use serde_json::Value;
 
@@ -73,7 +74,7 @@ struct Targets {
     /// operator's shell.
     operator: Child,
     operator_tty: String,
-    /// A SCSI generic node (`/dev/sg0`): SG_IO reaches every disk block.
+    /// A SCSI generic node (`/dev/sg0`): `SG_IO` reaches every disk block.
     sg: String,
     /// A block device node (ramdisk 1:0).
     block: String,
@@ -110,8 +111,11 @@ impl Targets {
 
     /// Every attack, and what the agent may still do to itself. `supervisor`
     /// is the pid `ppid` stands for, if the agent's parent is the enforcer.
-    fn attacks(&self, outside_file: &str, secret: &str, supervisor: Option<u32>) -> Vec<Attack> {
+    fn attacks(&self, sb: &Sandbox, supervisor: Option<u32>) -> Vec<Attack> {
         let host = self.host.id();
+        let outside_file = Sandbox::path(&sb.outside, "immutable-me");
+        let secret = Sandbox::path(&sb.secret, "credentials");
+        let (later, kube) = Self::later_secrets(sb);
         let mut attacks = vec![
             // What breaks out of any sandbox.
             floor("bpf-prog-load".to_owned(), "bpf", About::Nothing),
@@ -139,7 +143,11 @@ impl Targets {
             refused(format!("open:{}", self.operator_tty), "file_read", "open", "floor", About::Path(self.operator_tty.clone())),
             refused(format!("open:{}", self.sg), "file_read", "open", "floor", About::Path(self.sg.clone())),
             refused("open:/dev/kmsg".to_owned(), "file_read", "open", "floor", About::Path("/dev/kmsg".to_owned())),
-            refused(format!("chattr:{outside_file}"), "file_write", "setflags", "outside_write_trees", About::Path(outside_file.to_owned())),
+            refused(format!("chattr:{outside_file}"), "file_write", "setflags", "outside_write_trees", About::Path(outside_file.clone())),
+            // Secrets that did not exist when the policy loaded: one made
+            // since by someone else, one the agent tries to make itself.
+            refused(format!("read:{later}/token"), "file_read", "open", "read_deny", About::Path(format!("{later}/token"))),
+            refused(format!("mkdir:{kube}"), "file_write", "mkdir", "read_deny", About::Path(kube.clone())),
             // A secret reached through a detached copy of its mount: no tree
             // above it to judge by.
             refused(format!("open-tree-read:{secret}"), "file_read", "open", "path_disconnected", About::Nothing),
@@ -168,9 +176,31 @@ impl Targets {
         attacks
     }
 
-    /// The policy section that names [`Targets::named_device`].
-    fn devices_section(&self) -> String {
-        format!("[devices]\nallow = [\"{}\"]\n", self.named_device)
+    /// `read_deny` trees that do not exist when the policy loads: a
+    /// credentials directory a tool creates later, one inside a write tree.
+    fn later_secrets(sb: &Sandbox) -> (String, String) {
+        (Sandbox::path(&sb.outside, "gcloud"), Sandbox::path(&sb.allowed, ".kube"))
+    }
+
+    /// The policy: writes in `allowed`, the secrets (the later ones too),
+    /// and the device the tests name.
+    fn policy(&self, sb: &Sandbox, name: &str) -> String {
+        let (later, kube) = Self::later_secrets(sb);
+        format!(
+            "name = \"{name}\"\n[files]\nwrite = [\"{}\"]\nread_deny = [\"{}\", \"{later}\", \"{kube}\"]\n\
+             [devices]\nallow = [\"{}\"]\n",
+            sb.allowed.display(),
+            sb.secret.display(),
+            self.named_device
+        )
+    }
+
+    /// Once the policy is in force: a tool outside the agent writes the
+    /// credentials it names but that did not exist.
+    fn create_later_secret(sb: &Sandbox) {
+        let (later, _) = Self::later_secrets(sb);
+        std::fs::create_dir_all(&later).expect("create the later secret's directory");
+        std::fs::write(format!("{later}/token"), "token\n").expect("write the later secret");
     }
 
     /// Asserts every attack's errno and event, that no other event was
@@ -242,15 +272,23 @@ fn steps_of(attacks: &[Attack]) -> Vec<String> {
 fn the_floor_and_the_agent_boundary_hold_under_enforcer_run() {
     let sb = Sandbox::new("boundary-run");
     let mut targets = Targets::new(&sb.base);
-    sb.write_policy_with("enforce", &targets.devices_section());
-    let outside_file = sb.outside_file("immutable-me");
-    let secret = Sandbox::path(&sb.secret, "credentials");
+    std::fs::write(&sb.policy, targets.policy(&sb, "test-policy")).expect("write the policy");
+    let _ = sb.outside_file("immutable-me");
     // The steps do not depend on the supervisor's pid (`ppid` stands for it).
-    let child = sb.spawn(&steps_of(&targets.attacks(&outside_file, &secret, Some(0))));
-    let attacks = targets.attacks(&outside_file, &secret, Some(child.id()));
+    let mut steps = vec!["wait-stdin:".to_owned()];
+    steps.extend(steps_of(&targets.attacks(&sb, Some(0))));
+    let mut child = sb.spawn(&steps);
+    let attacks = targets.attacks(&sb, Some(child.id()));
+    // The probe runs: the policy is in force. Now the secret appears.
+    let (_, stdout) = wait_ready(&mut child);
+    Targets::create_later_secret(&sb);
+    release(&mut child);
+    let mut rest = String::new();
+    stdout.into_inner().read_to_string(&mut rest).expect("the probe's results");
     let out = sb.finish(child);
     assert_eq!(out.code, Some(0), "the supervisor survived and the run ended normally:\n{out:#?}");
-    targets.check(&attacks, &out.results, &out.events);
+    let results: Vec<Value> = rest.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect();
+    targets.check(&attacks, &results, &out.events);
 }
 
 #[test]
@@ -259,18 +297,13 @@ fn the_floor_and_the_agent_boundary_hold_in_a_daemon_tagged_cgroup() {
     let sb = Sandbox::new("boundary-daemon");
     // The targets first: the device the policy names must exist when it loads.
     let mut targets = Targets::new(&sb.base);
-    let policy = format!(
-        "name = \"agent\"\n[files]\nwrite = [\"{}\"]\nread_deny = [\"{}\"]\n{}",
-        sb.allowed.display(),
-        sb.secret.display(),
-        targets.devices_section()
-    );
+    let policy = targets.policy(&sb, "agent");
     let mut d = Daemon::start("daemon-boundary", false, &[("agent.toml", &policy)], "");
-    let outside_file = sb.outside_file("immutable-me");
-    let secret = Sandbox::path(&sb.secret, "credentials");
+    let _ = sb.outside_file("immutable-me");
+    Targets::create_later_secret(&sb);
     let cgroup = d.cgroup("boundary");
     assert!(d.ctl(&["tag", &cgroup, "--policy", "agent"]).status.success());
-    let attacks = targets.attacks(&outside_file, &secret, None);
+    let attacks = targets.attacks(&sb, None);
     let results = d.run_probe(&cgroup, &steps_of(&attacks));
     let wanted = attacks.iter().filter(|a| a.event.is_some()).count();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -284,7 +317,7 @@ fn the_floor_and_the_agent_boundary_hold_in_a_daemon_tagged_cgroup() {
     targets.check(&attacks, &results, &events);
 }
 
-/// `enforcer run` SIGKILLed while its command runs: the command does not go
+/// `enforcer run` killed (`SIGKILL`) while its command runs: the command does not go
 /// on unenforced. Its watchdog kills the run's cgroup and removes it; the
 /// command never held a BPF descriptor it could use meanwhile.
 #[test]
