@@ -198,7 +198,8 @@ const fn dev(major: u32, minor: u32) -> u32 {
 /// `random`, `urandom`, `tty` (its own controlling terminal) and `ptmx`
 /// (new pseudo-terminals). Every other one (disks through SG_IO or NVMe
 /// passthrough, `/dev/mem`, consoles, `/dev/kmsg`, input devices...) is
-/// refused, except pseudo-terminal ends (see [`own_terminal`]).
+/// refused, except the caller's own pseudo-terminal (see [`own_terminal`])
+/// and the nodes a policy's `[devices]` names.
 const ALLOWED_DEVICES: [u32; 7] = [dev(1, 3), dev(1, 5), dev(1, 7), dev(1, 8), dev(1, 9), dev(5, 0), dev(5, 2)];
 const DEVPTS_SUPER_MAGIC: u64 = 0x1cd1;
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;

@@ -16,6 +16,13 @@ pub enum MountError {
     UnknownMount { path: PathBuf, mnt_id: u64 },
     #[error("mountinfo has a malformed device number `{0}`")]
     BadDevice(String),
+    #[error(
+        "{}: {key} names the root of a btrfs subvolume; every subvolume's root has the same inode number (256) on \
+         its filesystem, so the rule would also hold for the roots of all the others\n  hint: name a directory below \
+         the subvolume's root",
+        path.display()
+    )]
+    SubvolumeRoot { path: PathBuf, key: &'static str },
 }
 
 pub fn mount_table() -> Result<Vec<MountInfo>, MountError> {
@@ -30,7 +37,13 @@ pub fn mount_table() -> Result<Vec<MountInfo>, MountError> {
 pub struct InodeId {
     pub ino: u64,
     pub dev: u32,
+    /// The root of a btrfs subvolume: all of them share inode number 256 on
+    /// one superblock, so the pair names every subvolume's root at once.
+    pub subvolume_root: bool,
 }
+
+/// `BTRFS_FIRST_FREE_OBJECTID`: the inode number of every subvolume's root.
+const BTRFS_SUBVOLUME_ROOT_INO: u64 = 256;
 
 /// The [`InodeId`] of `path` (symlinks followed), or `Ok(None)` if it does
 /// not exist.
@@ -44,7 +57,8 @@ pub fn inode_id(path: &Path, mounts: &[MountInfo]) -> Result<Option<InodeId>, Mo
         .iter()
         .find(|m| u64::try_from(m.mnt_id).ok() == Some(stx.stx_mnt_id))
         .ok_or(MountError::UnknownMount { path: path.to_owned(), mnt_id: stx.stx_mnt_id })?;
-    Ok(Some(InodeId { ino: stx.stx_ino, dev: kernel_dev(&mount.majmin)? }))
+    let subvolume_root = mount.fs_type == "btrfs" && stx.stx_ino == BTRFS_SUBVOLUME_ROOT_INO;
+    Ok(Some(InodeId { ino: stx.stx_ino, dev: kernel_dev(&mount.majmin)?, subvolume_root }))
 }
 
 /// `"MAJOR:MINOR"` to the kernel's internal `dev_t` encoding.

@@ -556,6 +556,20 @@ mod tests {
     }
 
     #[test]
+    fn listen_entries_name_sources_and_local_ports() {
+        let (policy, warnings) =
+            check("name = \"x\"\n[network]\nlisten = [\"*:8080/tcp\", \"10.0.0.0/8:22\"]\nsockets = [\"sctp\"]\n").unwrap();
+        let listen = policy.network.unwrap().listen;
+        assert_eq!(listen[0].0.target, Target::Net { addr: std::net::Ipv6Addr::UNSPECIFIED, prefix: 0 });
+        assert_eq!((*listen[0].0.ports.start(), listen[0].0.protos), (8080, enforcer_common::net::PROTO_TCP));
+        assert_eq!(*listen[1].0.ports.end(), 22);
+        assert!(warnings.iter().any(|w| w.to_string().contains("`sctp`: the destinations of these sockets are not judged")), "{warnings:?}");
+        let error = error_of("name = \"x\"\n[network]\nlisten = [\"github.com:22\"]\n");
+        assert!(error.starts_with("p.toml:3:11: error: network.listen: `github.com` is a host name"), "{error}");
+        assert!(error.contains("hint: write `SOURCE:PORTS"), "{error}");
+    }
+
+    #[test]
     fn mode_defaults_to_enforce_and_absent_sections_warn() {
         let (policy, warnings) = check("name = \"x\"\n").unwrap();
         assert_eq!(policy.mode, Mode::Enforce);

@@ -45,6 +45,11 @@ pub fn resolve(policy: &Policy, policy_id: u16) -> Result<FileRules, MountError>
                 }
                 continue;
             };
+            // A `read_deny` there would deny more, never less; the others
+            // would allow in every subvolume.
+            if id.subvolume_root && flag != FILE_READ_DENY {
+                return Err(MountError::SubvolumeRoot { path: path.clone(), key });
+            }
             rules.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, flag);
         }
     }

@@ -124,7 +124,7 @@ unsafe fn watch(read_end: i32, write_end: i32, paths: &Paths) -> ! {
         for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGPIPE] {
             libc::signal(signal, libc::SIG_IGN);
         }
-        write_proc(c"/proc/self/oom_score_adj", b"-1000");
+        // Its `oom_score_adj` is the supervisor's (-1000), inherited.
         let mut byte = 0u8;
         let read = loop {
             let n = libc::read(read_end, (&raw mut byte).cast(), 1);
