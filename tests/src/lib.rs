@@ -338,3 +338,42 @@ fn dns_reply(
     }
     reply.to_vec().ok()
 }
+
+/// A new pseudo-terminal: its master end and the path of the other end.
+#[must_use]
+pub fn pty() -> (std::os::fd::OwnedFd, String) {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: posix_openpt and friends on a descriptor of our own.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(master >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let mut name = [0 as libc::c_char; 64];
+        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
+        (std::os::fd::OwnedFd::from_raw_fd(master), std::ffi::CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned())
+    }
+}
+
+/// Makes `command` start as a shell on the terminal at `tty` would: leading
+/// a session of its own whose controlling terminal that is, on its standard
+/// descriptors.
+pub fn on_terminal(command: &mut Command, tty: &str) {
+    let tty = std::ffi::CString::new(tty).expect("a terminal path");
+    // SAFETY: setsid, open, ioctl and dup2 between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::open(tty.as_ptr(), libc::O_RDWR);
+            if fd < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for target in 0..3 {
+                libc::dup2(fd, target);
+            }
+            Ok(())
+        });
+    }
+}

@@ -232,36 +232,15 @@ impl Drop for Targets {
 }
 
 /// A host process in a session of its own whose controlling terminal is a
-/// new pseudo-terminal; returns it and the terminal's path.
+/// new pseudo-terminal (the operator's shell); returns it and the terminal's
+/// path. The master end stays open (leaked) as long as the test runs.
 fn operator_shell() -> (Child, String) {
-    // SAFETY: posix_openpt and friends; the child only calls setsid, open,
-    // dup2 and ioctl before exec.
-    unsafe {
-        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
-        assert!(master >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
-        assert_eq!(libc::grantpt(master), 0);
-        assert_eq!(libc::unlockpt(master), 0);
-        let mut name = [0 as libc::c_char; 64];
-        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
-        let tty = std::ffi::CStr::from_ptr(name.as_ptr()).to_owned();
-        let path = tty.to_string_lossy().into_owned();
-        let mut command = Command::new("sleep");
-        command.arg("120");
-        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let fd = libc::open(tty.as_ptr(), libc::O_RDWR);
-            if fd < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::dup2(fd, 0);
-            Ok(())
-        });
-        let child = command.spawn().expect("start the operator's shell");
-        // The master stays open (leaked) so the terminal lives as long as the test.
-        (child, path)
-    }
+    let (master, tty) = enforcer_tests::pty();
+    std::mem::forget(master);
+    let mut command = Command::new("sleep");
+    command.arg("120").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    enforcer_tests::on_terminal(&mut command, &tty);
+    (command.spawn().expect("start the operator's shell"), tty)
 }
 
 fn steps_of(attacks: &[Attack]) -> Vec<String> {

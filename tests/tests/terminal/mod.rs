@@ -4,29 +4,14 @@
 //! foreground group), and the caller's terminal is given back as it was.
 
 use std::{
-    ffi::CString,
     io::Read as _,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     process::{Command, Stdio},
 };
 
 use enforcer_tests::{Sandbox, enforcer_bin, probe_bin};
 
 use super::DEGRADED;
-
-/// A pseudo-terminal pair: (master, slave path).
-fn pty() -> (OwnedFd, String) {
-    // SAFETY: posix_openpt and friends on a descriptor of our own.
-    unsafe {
-        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        assert!(master >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
-        assert_eq!(libc::grantpt(master), 0);
-        assert_eq!(libc::unlockpt(master), 0);
-        let mut name = [0 as libc::c_char; 64];
-        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
-        (OwnedFd::from_raw_fd(master), std::ffi::CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned())
-    }
-}
 
 fn termios_of(path: &str) -> libc::termios {
     let file = std::fs::File::options().read(true).write(true).open(path).expect("open the terminal");
@@ -41,9 +26,8 @@ fn termios_of(path: &str) -> libc::termios {
 #[test]
 fn on_a_terminal_the_command_gets_its_own_terminal_and_session() {
     let sb = Sandbox::new("terminal");
-    let (master, slave) = pty();
+    let (master, slave) = enforcer_tests::pty();
     let before = termios_of(&slave);
-    let tty = CString::new(slave.clone()).unwrap();
     let steps = ["session-leader".to_owned(), format!("stdin-tty-is:{slave}"), "open:/dev/tty".to_owned(), "reopen-write:/proc/self/fd/1".to_owned()];
     let mut command = Command::new(enforcer_bin());
     command
@@ -53,24 +37,8 @@ fn on_a_terminal_the_command_gets_its_own_terminal_and_session() {
         .args(&steps)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&sb.stderr).expect("stderr log"));
-    // The caller is a shell on that terminal: its session leader, the
-    // terminal on its standard descriptors.
-    // SAFETY: setsid, open, ioctl and dup2 between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let fd = libc::open(tty.as_ptr(), libc::O_RDWR);
-            if fd < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            for target in 0..3 {
-                libc::dup2(fd, target);
-            }
-            Ok(())
-        });
-    }
+    // The caller is a shell on that terminal.
+    enforcer_tests::on_terminal(&mut command, &slave);
     let mut child = command.spawn().expect("start enforcer run");
     // Everything the command writes comes through the caller's terminal.
     let mut output = Vec::new();
