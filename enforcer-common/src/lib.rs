@@ -96,12 +96,15 @@ pub struct KernelOffsets {
     pub msghdr_msg_controllen: u32,
     /// `dentry->d_name.len`.
     pub dentry_d_name_len: u32,
+    /// `task->fs` and `fs_struct->root.mnt`: the task's root directory's mount.
+    pub task_struct_fs: u32,
+    pub fs_struct_root_mnt: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets::FIELDS);
 
 impl KernelOffsets {
     /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 57;
+    pub const FIELDS: usize = 59;
 
     /// The offset at `index` (`offset_of!(KernelOffsets, field) / 4`).
     #[must_use]

@@ -206,11 +206,32 @@ const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 /// Filesystems that are kernel interfaces, not files: no agent writes them.
 /// sysfs, cgroup2, cgroup, securityfs, debugfs, tracefs, bpffs, efivarfs,
 /// configfs, pstore, binfmt_misc, fusectl, nfsd, rpc_pipefs, selinuxfs,
-/// smackfs, apparmorfs, xenfs.
-const KERNEL_FILESYSTEMS: [u64; 18] = [
-    0x6265_6572, 0x6367_7270, 0x0027_e0eb, 0x7363_6673, 0x6462_6720, 0x7472_6163, 0xcafe_4a11, 0xde5e_81e4, 0x6265_6570,
-    0x6165_676c, 0x4249_4e4d, 0x6573_5543, 0x6e66_7364, 0x6759_6969, 0xf97c_ff8c, 0x4341_5d53, 0x5a3c_69f0, 0xabba_1974,
-];
+/// smackfs, apparmorfs, xenfs. A `match`: the compiler turns it into a
+/// binary search (five compares, not eighteen, on every tagged write).
+#[inline(always)]
+fn kernel_filesystem(magic: u64) -> bool {
+    matches!(
+        magic,
+        0x6265_6572
+            | 0x6367_7270
+            | 0x0027_e0eb
+            | 0x7363_6673
+            | 0x6462_6720
+            | 0x7472_6163
+            | 0xcafe_4a11
+            | 0xde5e_81e4
+            | 0x6265_6570
+            | 0x6165_676c
+            | 0x4249_4e4d
+            | 0x6573_5543
+            | 0x6e66_7364
+            | 0x6759_6969
+            | 0xf97c_ff8c
+            | 0x4341_5d53
+            | 0x5a3c_69f0
+            | 0xabba_1974
+    )
+}
 /// Deepest procfs path whose top directory is looked for.
 const PROC_LEVELS: usize = 8;
 
@@ -242,7 +263,7 @@ pub fn open_refused(dentry: *const u8, inode: *const u8, file_type: u32, writes:
         let rdev = unsafe { Direct::get::<InodeRdev>(inode) } as u32;
         return !(ALLOWED_DEVICES.contains(&rdev) || magic == DEVPTS_SUPER_MAGIC && own_terminal(dentry) || policy_allows_device(tag, dentry));
     }
-    if writes && KERNEL_FILESYSTEMS.contains(&magic) {
+    if writes && kernel_filesystem(magic) {
         return true;
     }
     if magic != PROC_SUPER_MAGIC {

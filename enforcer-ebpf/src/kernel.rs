@@ -182,6 +182,10 @@ fields! {
     MsghdrControllen: u64 = msghdr_msg_controllen;
     /// `dentry->d_name.len`
     DentryNameLen: u32 = dentry_d_name_len;
+    /// `task->fs`
+    TaskFs: u64 = task_struct_fs;
+    /// `fs_struct->root.mnt`
+    FsRootMnt: u64 = fs_struct_root_mnt;
 }
 
 pub trait Read {

@@ -24,14 +24,17 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_loop};
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel_str_bytes,
+    generated::{bpf_get_current_task_btf, bpf_loop},
+};
 use enforcer_common::{
     events::{MAX_PATH_DEPTH, Reason},
     policy::{FILE_EXEC, FILE_READ_DENY, FILE_SLOTS, FileSlot, FileTable, NAME_KEY_BYTES, file_hash_base, file_homes, name_key},
 };
 
 use crate::kernel::{
-    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, InodeIno, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, mount_of, vfsmount_of,
+    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FsRootMnt, TaskFs, InodeIno, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, mount_of, vfsmount_of,
 };
 
 /// What is being asked of the tree.
@@ -254,6 +257,14 @@ enum Namespace {
     Detached,
 }
 
+/// The `struct mount` of the current task's root directory.
+#[inline(always)]
+fn own_root_mount() -> *const u8 {
+    let task = unsafe { bpf_get_current_task_btf() }.cast::<u8>();
+    let vfsmount = unsafe { Direct::ptr::<FsRootMnt>(Direct::ptr::<TaskFs>(task)) };
+    mount_of(vfsmount)
+}
+
 /// What kind of namespace the `struct mount` at `mount` is in.
 #[inline(always)]
 fn namespace_of(mount: *const u8) -> Namespace {
@@ -356,10 +367,12 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, dent
             walk.disconnected();
         }
     } else if walk.verdict == AT_TOP_MOUNT {
-        if namespace_of(walk.mount) == Namespace::Detached {
-            walk.disconnected();
-        } else {
+        // The task's own root mount (the common case) costs three loads;
+        // any other top mount two probe reads.
+        if walk.mount == own_root_mount() || namespace_of(walk.mount) != Namespace::Detached {
             walk.at_fs_root();
+        } else {
+            walk.disconnected();
         }
     }
     // Names that became `read_deny` trees: only where the walk allowed.

@@ -122,6 +122,8 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
             .field_offset("mnt_namespace", &["seq"])
             .or_else(|_| btf.field_offset("mnt_namespace", &["ns", "ns_id"]))?,
         dentry_d_name_len: btf.field_offset("dentry", &["d_name", "len"])?,
+        task_struct_fs: btf.field_offset("task_struct", &["fs"])?,
+        fs_struct_root_mnt: btf.field_offset("fs_struct", &["root", "mnt"])?,
         msghdr_msg_control: btf.field_offset("msghdr", &["msg_control"])?,
         msghdr_msg_controllen: btf.field_offset("msghdr", &["msg_controllen"])?,
         signal_struct_session: btf.field_offset("signal_struct", &["pids"])? + PIDTYPE_SID * 8,
