@@ -397,7 +397,6 @@ struct SyscallDenials {
     policy: String,
 }
 
-/// Starts the command; with a filter, waits for it to hand over its listener.
 /// The command to start and how.
 struct Child<'a> {
     command: &'a [OsString],
@@ -408,6 +407,7 @@ struct Child<'a> {
     terminal: Option<&'a mut Terminal>,
 }
 
+/// Starts the command; with a filter, waits for it to hand over its listener.
 fn spawn(
     Child { command, seccomp, oom_score_adj, terminal }: Child<'_>,
     cgroup: &cgroups::Cgroup,
