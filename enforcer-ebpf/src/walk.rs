@@ -196,20 +196,12 @@ pub fn node_flags(table: *const FileTable, policy_id: u16, dentry: *const u8) ->
     if table.is_null() || dentry.is_null() {
         return 0;
     }
+    let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
+    if inode.is_null() {
+        return 0;
+    }
     let (dev, hash_base) = filesystem::<Direct>(dentry, policy_id, table);
-    let question = Question { policy_id, needs_tree: false, allow_self: true, read_deny: false, pending: false };
-    let node = Walk::<0> {
-        table,
-        mnt_root: core::ptr::null(),
-        dentry,
-        mount: core::ptr::null(),
-        dev,
-        hash_base,
-        question,
-        allowed: false,
-        verdict: UNDECIDED,
-    };
-    unsafe { node.rule::<Direct>() }.unwrap_or(0)
+    slot_flags(table, dev, hash_base, policy_id, unsafe { Direct::get::<InodeIno>(inode) }).unwrap_or(0)
 }
 
 /// Levels judged before the first `bpf_loop` (most walks end within them:

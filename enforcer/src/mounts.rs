@@ -61,6 +61,20 @@ pub fn inode_id(path: &Path, mounts: &[MountInfo]) -> Result<Option<InodeId>, Mo
     Ok(Some(InodeId { ino: stx.stx_ino, dev: kernel_dev(&mount.majmin)?, subvolume_root }))
 }
 
+/// The inodes of `paths` for the programs' self-protection (paths that do
+/// not exist are left out; past `PROTECTED_MAX`, the rest too).
+#[must_use]
+pub fn protected_inodes(paths: &[PathBuf]) -> enforcer_common::policy::Protected {
+    use enforcer_common::policy::{Protected, ProtectedInode};
+    let mounts = mount_table().unwrap_or_default();
+    let ids = paths.iter().filter_map(|p| inode_id(p, &mounts).ok().flatten());
+    let mut protected = Protected::default();
+    for (slot, id) in protected.inodes.iter_mut().zip(ids) {
+        *slot = ProtectedInode { ino: id.ino, dev: id.dev, pad: 0 };
+    }
+    protected
+}
+
 /// `"MAJOR:MINOR"` to the kernel's internal `dev_t` encoding.
 fn kernel_dev(majmin: &str) -> Result<u32, MountError> {
     let bad = || MountError::BadDevice(majmin.to_owned());

@@ -268,15 +268,8 @@ fn default_events_path() -> Result<PathBuf, (PathBuf, std::io::Error)> {
 /// What the command may not change, whatever its policy allows: the
 /// enforcer's binary and the run's events file.
 fn run_protected(events: &std::path::Path) -> enforcer_common::policy::Protected {
-    use enforcer_common::policy::{Protected, ProtectedInode};
-    let mounts = crate::mounts::mount_table().unwrap_or_default();
-    let paths = [std::env::current_exe().ok(), Some(events.to_owned())];
-    let ids = paths.iter().flatten().filter_map(|p| crate::mounts::inode_id(p, &mounts).ok().flatten());
-    let mut protected = Protected::default();
-    for (slot, id) in protected.inodes.iter_mut().zip(ids) {
-        *slot = ProtectedInode { ino: id.ino, dev: id.dev, pad: 0 };
-    }
-    protected
+    let paths: Vec<PathBuf> = std::env::current_exe().ok().into_iter().chain([events.to_owned()]).collect();
+    crate::mounts::protected_inodes(&paths)
 }
 
 /// The parts of `policy` only BPF LSM programs enforce.

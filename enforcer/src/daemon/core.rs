@@ -699,17 +699,10 @@ impl Core {
 /// the events file's directory. Paths that do not exist are left out.
 #[must_use]
 pub fn protected_inodes(config: &Config, config_file: Option<&Path>) -> enforcer_common::policy::Protected {
-    use enforcer_common::policy::{PROTECTED_MAX, Protected, ProtectedInode};
     let mut paths: Vec<PathBuf> = Vec::new();
     paths.extend(std::env::current_exe().ok());
     paths.extend(config_file.map(Path::to_owned));
     paths.extend([config.policies.clone(), config.state_dir.clone(), config.socket.clone()]);
     paths.extend(config.events.file.as_ref().and_then(|f| f.parent()).map(Path::to_owned));
-    let mounts = crate::mounts::mount_table().unwrap_or_default();
-    let mut protected = Protected::default();
-    let ids = paths.iter().filter_map(|p| crate::mounts::inode_id(p, &mounts).ok().flatten());
-    for (slot, id) in protected.inodes.iter_mut().zip(ids.take(PROTECTED_MAX)) {
-        *slot = ProtectedInode { ino: id.ino, dev: id.dev, pad: 0 };
-    }
-    protected
+    crate::mounts::protected_inodes(&paths)
 }
