@@ -199,7 +199,45 @@ pub struct ProtectedInode {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Protected {
+    /// [`protected_bit`] of every inode number in `inodes`: a check of an
+    /// inode whose bit is clear (nearly every tagged write) ends here
+    /// instead of comparing all of them.
+    pub filter: [u64; PROTECTED_FILTER_WORDS],
     pub inodes: [ProtectedInode; PROTECTED_MAX],
+}
+
+impl Protected {
+    /// The set of `inodes` (past [`PROTECTED_MAX`], the rest are left out).
+    pub fn new(inodes: impl IntoIterator<Item = ProtectedInode>) -> Self {
+        let mut protected = Self::default();
+        for (slot, inode) in protected.inodes.iter_mut().zip(inodes) {
+            *slot = inode;
+            let (word, bit) = protected_bit(inode.ino);
+            protected.filter[word] |= bit;
+        }
+        protected
+    }
+
+    /// Whether inode number `ino` passes the filter (no false negatives).
+    #[must_use]
+    #[inline]
+    pub fn may_protect(&self, ino: u64) -> bool {
+        let (word, bit) = protected_bit(ino);
+        self.filter[word] & bit != 0
+    }
+}
+
+/// Words of [`Protected::filter`]: 256 bits, so that with the 16 inodes at
+/// most one check in sixteen goes on to compare them.
+pub const PROTECTED_FILTER_WORDS: usize = 4;
+
+/// Where inode number `ino` lands in [`Protected::filter`]: a word, and
+/// the bit in it.
+#[must_use]
+#[inline]
+pub const fn protected_bit(ino: u64) -> (usize, u64) {
+    let hash = ino.wrapping_mul(GOLDEN) >> 56;
+    ((hash >> 6) as usize & (PROTECTED_FILTER_WORDS - 1), 1 << (hash & 63))
 }
 
 /// `TagInfo::flags`: report but allow (policy `mode = "audit"`).
@@ -304,7 +342,7 @@ mod tests {
     extern crate std;
     use std::vec::Vec;
 
-    use super::TagFilter;
+    use super::{PROTECTED_MAX, Protected, ProtectedInode, TagFilter};
 
     fn tagged_levels(filter: &TagFilter) -> Vec<usize> {
         (0..filter.levels.len()).filter(|&l| filter.levels[l] != 0).collect()
@@ -324,5 +362,18 @@ mod tests {
         assert_eq!((union.shallowest, union.level_bits), (1, 1 << 1 | 1 << 3 | 1 << 5));
         assert_eq!(tagged_levels(&union), [1, 3, 5]);
         assert!(union.may_contain(7) && union.may_contain(40) && union.may_contain(41));
+    }
+
+    #[test]
+    fn the_protected_filter_has_every_inode_kept() {
+        let inodes = (1..=20u64).map(|ino| ProtectedInode { ino: ino * 7919, dev: 3, pad: 0 });
+        let protected = Protected::new(inodes);
+        let kept: Vec<u64> = protected.inodes.iter().map(|p| p.ino).collect();
+        assert_eq!(kept.len(), PROTECTED_MAX, "past PROTECTED_MAX the rest are left out");
+        for ino in kept {
+            assert!(protected.may_protect(ino), "inode {ino} must pass the filter");
+        }
+        let misses = (1..1000u64).filter(|ino| !protected.may_protect(ino * 104_729)).count();
+        assert!(misses > 850, "most other inodes end at the filter ({misses} of 999 did)");
     }
 }

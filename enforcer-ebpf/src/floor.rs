@@ -246,6 +246,14 @@ enum ProcTop {
     Unknown,
 }
 
+/// Whether [`open_refused`] has anything to look at: most opens (a regular
+/// file or a directory, not on procfs, not a write of a kernel filesystem)
+/// are passed here, inline, on what the caller loaded anyway.
+#[inline(always)]
+pub fn open_needs_look(file_type: u32, magic: u64, writes: bool) -> bool {
+    matches!(file_type, S_IFBLK | S_IFCHR) || magic == PROC_SUPER_MAGIC || writes && kernel_filesystem(magic)
+}
+
 /// Whether the floor refuses opening a file: block devices, character
 /// devices outside [`ALLOWED_DEVICES`], `/proc/kcore`, and writing kernel
 /// interfaces (`/sys` and the filesystems mounted below it, `/proc/sys`,

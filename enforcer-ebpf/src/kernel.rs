@@ -67,7 +67,7 @@ macro_rules! fields {
                         value = lateout(reg) value,
                         base = in(reg) base,
                         mark = const -(enforcer_common::field_load_mark(core::mem::offset_of!(KernelOffsets, $entry)) as i32),
-                        options(pure, readonly, nostack, preserves_flags),
+                        options(pure, nomem, nostack, preserves_flags),
                     );
                 }
                 value

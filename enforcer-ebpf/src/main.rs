@@ -32,7 +32,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    kernel::{DentryInode, Direct, FileFlags, FileMode, IattrValid, InodeMode, PathDentry, PathMnt, Read, file_path, off},
+    kernel::{DentryInode, DentryParent, DentrySb, Direct, FileFlags, FileMode, IattrValid, InodeIno, InodeMode, PathDentry, PathMnt, Read, SuperBlockMagic, file_path, off},
     report::{Denial, report},
     tag::{Suspect, Tagged},
     walk::{Question, judge},
@@ -187,8 +187,19 @@ fn open_file(suspect: Suspect, file: *const u8) -> i32 {
     let (dentry, vfsmount) = file_path(file);
     let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
     let file_type = unsafe { Direct::get::<InodeMode>(inode) } as u32 & S_IFMT;
-    let floor = floor::open_refused(dentry, inode, file_type, writes, &tag);
-    if floor || (writes && protect::object(dentry)) {
+    let magic = unsafe { Direct::get::<SuperBlockMagic>(Direct::ptr::<DentrySb>(dentry)) };
+    // The file and its directory, loaded once for the self-protection check
+    // and the walk's first two levels: field loads are `nomem`, so the
+    // walk's loads of the same fields fold into these.
+    let parent = unsafe { Direct::ptr::<DentryParent>(dentry) };
+    let object = protect::Object {
+        ino: unsafe { Direct::get::<InodeIno>(inode) },
+        parent,
+        parent_ino: unsafe { Direct::get::<InodeIno>(Direct::ptr::<DentryInode>(parent)) },
+        dentry,
+    };
+    let floor = floor::open_needs_look(file_type, magic, writes) && floor::open_refused(dentry, inode, file_type, writes, &tag);
+    if floor || (writes && protect::loaded_object(&object)) {
         let kind = if writes { Kind::FileWrite } else { Kind::FileRead };
         let reason = if floor { Reason::Floor } else { Reason::Protected };
         return enforce(&tag, Some(Denial { kind, op: Op::Open, reason, dentry, vfsmount }));

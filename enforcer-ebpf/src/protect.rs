@@ -13,30 +13,53 @@ static PROTECTED: Array<Protected> = Array::with_max_entries(1, 0);
 
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
-/// Whether `dentry` names a protected inode.
+/// Whether inode `ino` of `dentry` is protected. The inode number's bit in
+/// the filter decides nearly every check: only a hit compares the inodes.
 #[inline(always)]
-fn is_protected(set: &Protected, dentry: *const u8) -> bool {
-    let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
-    if inode.is_null() {
+fn is_protected(set: &Protected, dentry: *const u8, ino: u64) -> bool {
+    if !set.may_protect(ino) || ino == 0 {
         return false;
     }
-    let ino = unsafe { Direct::get::<InodeIno>(inode) };
     let dev = unsafe { Direct::get::<SuperBlockDev>(Direct::ptr::<DentrySb>(dentry)) } as u32;
     let mut found = false;
     for i in 0..PROTECTED_MAX {
         let p = &set.inodes[i];
-        found |= p.ino == ino && p.dev == dev && ino != 0;
+        found |= p.ino == ino && p.dev == dev;
     }
     found
 }
 
-/// Changing `dentry` itself (write, truncate, attributes): refused if it or
+/// The inode number of `dentry` (0 for a negative dentry).
+#[inline(always)]
+fn ino_of(dentry: *const u8) -> u64 {
+    let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
+    if inode.is_null() {
+        return 0;
+    }
+    unsafe { Direct::get::<InodeIno>(inode) }
+}
+
+/// An object and its directory, with the inode numbers the caller loaded.
+pub struct Object {
+    pub dentry: *const u8,
+    pub ino: u64,
+    pub parent: *const u8,
+    pub parent_ino: u64,
+}
+
+/// Changing an object itself (write, truncate, attributes): refused if it or
 /// the directory holding it is protected.
 #[inline(always)]
-pub fn object(dentry: *const u8) -> bool {
+pub fn loaded_object(object: &Object) -> bool {
     let Some(set) = PROTECTED.get(0) else { return false };
+    is_protected(set, object.dentry, object.ino) || is_protected(set, object.parent, object.parent_ino)
+}
+
+/// Changing `dentry` itself: [`loaded_object`] of it.
+#[inline(always)]
+pub fn object(dentry: *const u8) -> bool {
     let parent = unsafe { Direct::ptr::<DentryParent>(dentry) };
-    is_protected(set, dentry) || is_protected(set, parent)
+    loaded_object(&Object { dentry, ino: ino_of(dentry), parent, parent_ino: ino_of(parent) })
 }
 
 /// Adding or removing the entry `dentry` in directory `dir` (create, mkdir,
@@ -49,5 +72,5 @@ pub fn entry(dir: *const u8, dentry: *const u8) -> bool {
         return true;
     }
     let Some(set) = PROTECTED.get(0) else { return false };
-    is_protected(set, dir) || is_protected(set, dentry)
+    is_protected(set, dir, ino_of(dir)) || is_protected(set, dentry, ino_of(dentry))
 }

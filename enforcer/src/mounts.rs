@@ -68,11 +68,7 @@ pub fn protected_inodes(paths: &[PathBuf]) -> enforcer_common::policy::Protected
     use enforcer_common::policy::{Protected, ProtectedInode};
     let mounts = mount_table().unwrap_or_default();
     let ids = paths.iter().filter_map(|p| inode_id(p, &mounts).ok().flatten());
-    let mut protected = Protected::default();
-    for (slot, id) in protected.inodes.iter_mut().zip(ids) {
-        *slot = ProtectedInode { ino: id.ino, dev: id.dev, pad: 0 };
-    }
-    protected
+    Protected::new(ids.map(|id| ProtectedInode { ino: id.ino, dev: id.dev, pad: 0 }))
 }
 
 /// `"MAJOR:MINOR"` to the kernel's internal `dev_t` encoding.

@@ -85,12 +85,12 @@ const LOOPS: &[(&str, &str)] = &[
 const FILE: &str = "/tmp/rules/r09999/file";
 const DENIED: &str = "/tmp/outside/file";
 
-struct Scenario {
+pub(crate) struct Scenario {
     /// `scenario=` of the guest's lines.
-    key: &'static str,
-    label: &'static str,
+    pub(crate) key: &'static str,
+    pub(crate) label: &'static str,
     /// `scenario=` of the baseline measured right before it, in the same round.
-    baseline: &'static str,
+    pub(crate) baseline: &'static str,
     /// Loops that mean something here (the others print n/a).
     loops: &'static [&'static str],
     /// At most this many points above the floor, on every loop.
@@ -101,7 +101,7 @@ struct Scenario {
 
 const ALL: &[&str] = &["open", "write", "stat", "read"];
 
-const SCENARIOS: &[Scenario] = &[
+pub(crate) const SCENARIOS: &[Scenario] = &[
     Scenario {
         key: "f",
         label: "(f)  floor: empty LSM programs",
@@ -176,11 +176,11 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-/// The guest script. `@ROUNDS@` and `@ITERATIONS@` are filled in.
+/// The guest script; `files_script` fills in the `@...@` parameters.
 const FILES_SCRIPT: &str = r#"
 # cargo xtask bench files (xtask/src/bench.rs): runs in the VM, busybox sh.
 export N=@ITERATIONS@ W=/tmp/rules/r09999
-export FILE=$W/file DENIED=/tmp/outside/file LOOPS="open write stat read"
+export FILE=$W/file DENIED=/tmp/outside/file LOOPS="@LOOPS@"
 ROUNDS=@ROUNDS@
 fail() { echo "BENCH-ERROR $*"; }
 
@@ -291,7 +291,7 @@ while [ $r -le $ROUNDS ]; do
     in_cgroup untagged/deeper /tmp/loops.sh $r base-a3 $FILE $LOOPS
     sh /tmp/loops.sh $r base-c $DENIED open
     session_b1 $r
-    for p in b100 b10k brd; do
+    for p in @POLICIES@; do
         sh /tmp/loops.sh $r base-$p $FILE $LOOPS
         enforcer run --policy /tmp/policy-$p.toml --events /dev/null -- sh /tmp/loops.sh $r $p $FILE $LOOPS \
             || fail "round=$r: enforcer run (policy $p) exited $?"
@@ -300,6 +300,16 @@ while [ $r -le $ROUNDS ]; do
 done
 echo "BENCH-DONE ($(cut -d' ' -f1 /proc/uptime)s guest uptime)"
 "#;
+
+/// The guest script: `rounds` rounds of `iterations` per loop, the loops named in
+/// `loops`, and the policies in `policies` (besides `b1`, which (a) and (c) share).
+pub(crate) fn files_script(rounds: u32, iterations: u64, loops: &[&str], policies: &[&str]) -> String {
+    FILES_SCRIPT
+        .replace("@ROUNDS@", &rounds.to_string())
+        .replace("@ITERATIONS@", &iterations.to_string())
+        .replace("@LOOPS@", &loops.join(" "))
+        .replace("@POLICIES@", &policies.join(" "))
+}
 
 pub fn run(opts: &Options) -> Result<ExitCode> {
     match &opts.what {
@@ -339,9 +349,8 @@ fn run_files(opts: &FilesOptions) -> Result<ExitCode> {
             "/bin/enforcer-bench".to_string(),
         ),
     ];
-    let script = FILES_SCRIPT
-        .replace("@ROUNDS@", &opts.rounds.to_string())
-        .replace("@ITERATIONS@", &opts.iterations.to_string());
+    let loops: Vec<&str> = LOOPS.iter().map(|(op, _)| *op).collect();
+    let script = files_script(opts.rounds, opts.iterations, &loops, &["b100", "b10k", "brd"]);
     let log_dir = cmd::workspace_root().join("target/bench");
     fs::create_dir_all(&log_dir)
         .with_context(|| format!("could not create {}", log_dir.display()))?;
@@ -668,7 +677,7 @@ fn scenario_row(
 }
 
 /// Allowed scenarios must not fail; the denied one must fail every open with EPERM.
-fn check_errors(samples: &Samples, scenario: &Scenario, problems: &mut Vec<String>) {
+pub(crate) fn check_errors(samples: &Samples, scenario: &Scenario, problems: &mut Vec<String>) {
     for op in scenario.loops {
         for s in samples.of(scenario.key, op) {
             let wrong = if scenario.denied {

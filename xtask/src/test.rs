@@ -3,18 +3,21 @@
 //! 1. unit: `cargo test` of the workspace (no privileges).
 //! 2. host: the `host` integration tests, as root, on the host kernel.
 //! 3. vm: the `lsm` integration tests in a qemu VM per kernel series (BPF LSM enabled).
+//! 4. gate: the file hot path's cost under icount, against fixed bounds (`test/gate.rs`).
 //!
 //! The last line is `N passed, M failed` over all tiers (`, K skipped` when a tier did
 //! not run). A tier that failed without a failing test (build error, crash, no results,
 //! VM boot failure) counts as one failure. The exit status is non-zero when anything
 //! failed or a tier could not run; `--skip-vm` is the only skip that still exits 0.
 
+mod gate;
 mod host;
 mod in_vm;
 mod unit;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::Parser;
 
@@ -29,6 +32,9 @@ pub struct Options {
     /// Kernel series for the VM tier; repeatable (default: 6.1 and 6.12).
     #[arg(long = "kernel", value_name = "SERIES")]
     kernels: Vec<String>,
+    /// Run only these tiers (unit, host, vm, gate); repeatable (default: all).
+    #[arg(long = "tier", value_name = "TIER", value_parser = ["unit", "host", "vm", "gate"])]
+    tiers: Vec<String>,
 }
 
 /// How a tier ended.
@@ -100,22 +106,34 @@ pub fn run(opts: &Options) -> ExitCode {
         eprintln!("test: setup failed: {e:#}\ntest: continuing; tiers that need it will fail");
     }
 
+    let wanted = |tier: &str| opts.tiers.is_empty() || opts.tiers.iter().any(|t| t == tier);
     let mut tiers = Vec::new();
-    for run in [unit::run, host::run] {
-        let tier = run();
+    let mut timed = |run: &dyn Fn() -> Tier| {
+        let start = Instant::now();
+        let mut tier = run();
+        let _ = write!(tier.name, " [{:.0}s]", start.elapsed().as_secs_f64());
         println!("{}", tier.line());
         tiers.push(tier);
+    };
+    if wanted("unit") {
+        timed(&unit::run);
+    }
+    if wanted("host") {
+        timed(&host::run);
     }
     if opts.skip_vm {
-        tiers.push(Tier {
+        timed(&|| Tier {
             name: "vm".into(),
             outcome: Outcome::Skipped("--skip-vm".into()),
         });
     } else {
-        for s in &series {
-            let tier = in_vm::run(s);
-            println!("{}", tier.line());
-            tiers.push(tier);
+        if wanted("vm") {
+            for s in &series {
+                timed(&|| in_vm::run(s));
+            }
+        }
+        if wanted("gate") {
+            timed(&gate::run);
         }
     }
 

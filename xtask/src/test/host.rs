@@ -16,14 +16,17 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 pub struct Binaries {
     pub enforcer: PathBuf,
     pub probe: PathBuf,
+    pub bench: PathBuf,
 }
 
-/// Build `enforcer` and `enforcer-probe` (debug).
+/// Build `enforcer`, `enforcer-probe` and `enforcer-bench` (debug; the BPF programs
+/// inside `enforcer` are optimised whatever the profile).
 pub fn build_binaries() -> Result<Binaries> {
     let built = cargo::build(&["build", "-p", "enforcer", "-p", "enforcer-tests", "--bins"])?;
     Ok(Binaries {
         enforcer: cargo::executable(&built, "bin", "enforcer")?,
         probe: cargo::executable(&built, "bin", "enforcer-probe")?,
+        bench: cargo::executable(&built, "bin", "enforcer-bench")?,
     })
 }
 

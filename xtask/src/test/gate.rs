@@ -1,0 +1,85 @@
+//! Tier `gate`: the cost of the file hot path, asserted. Under qemu's `-icount` the
+//! guest clock counts instructions, so one short round of `cargo xtask bench files`
+//! (open+close only, one kernel) gives exact figures: a change that makes the
+//! untagged screen, the tagged walk or the `read_deny` walk dearer than its bound
+//! fails the run, with the figures.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::host::build_binaries;
+use super::{Outcome, Tier};
+use crate::bench::{self, Samples};
+use crate::libtest::Summary;
+use crate::vm::{self, VmSpec};
+use crate::kernel;
+
+const SERIES: &str = "6.12";
+const ITERATIONS: u64 = 4_000;
+/// Boot, 10 000 mkdirs, three enforcer loads under icount: about four minutes here.
+const TIMEOUT: Duration = Duration::from_mins(20);
+
+/// Points above the floor (open+close) each gated scenario may cost on `SERIES`:
+/// the untagged bounds are issue 15's target in the root cgroup and today's figures
+/// (+0.6, +0.8) with a little room below it; the tagged and `read_deny` ones are
+/// today's (+5.0, +17.6: their targets, +4 and +8, are not met yet). Lower them as
+/// the hot path gets cheaper.
+const BOUNDS: &[(&str, f64)] = &[("a", 0.5), ("a2", 0.8), ("a3", 1.0), ("b10k", 5.4), ("brd", 18.0)];
+
+pub fn run() -> Tier {
+    println!("\n== tier gate (bench files, open+close, kernel {SERIES}, icount) ==");
+    let outcome = gate().unwrap_or_else(|e| Outcome::Ran {
+        summary: Summary::default(),
+        problem: Some(format!("{e:#}")),
+    });
+    Tier { name: format!("gate {SERIES}"), outcome }
+}
+
+fn gate() -> Result<Outcome> {
+    let bins = build_binaries()?;
+    let spec = VmSpec {
+        kernel: kernel::cached(SERIES)?,
+        files: vec![
+            (bins.enforcer, "/bin/enforcer".to_string()),
+            (bins.bench, "/bin/enforcer-bench".to_string()),
+        ],
+        script: bench::files_script(1, ITERATIONS, &["open"], &["b10k", "brd"]),
+        icount: true,
+        timeout: TIMEOUT,
+        echo: false,
+    };
+    let run = vm::run(&spec)?;
+    let samples = Samples::parse(&run.output);
+    let mut summary = Summary { results: 1, ..Summary::default() };
+    let mut problems: Vec<String> = run.output.lines().filter(|l| l.contains("BENCH-ERROR")).map(|l| l.trim().to_string()).collect();
+    if !run.output.contains("BENCH-DONE") {
+        problems.push(format!("the guest script did not finish in {:.0}s (timed out: {})", run.elapsed.as_secs_f64(), run.timed_out));
+    }
+    let floor = samples.ratio("f", "base-f", "open");
+    for (key, bound) in BOUNDS {
+        let scenario = bench::SCENARIOS.iter().find(|s| s.key == *key).expect("gated scenarios exist");
+        bench::check_errors(&samples, scenario, &mut problems);
+        let points = floor.zip(samples.ratio(key, scenario.baseline, "open")).map(|(f, s)| 100.0 * (s.ratio - f.ratio));
+        let name = format!("{} (open+close)", scenario.label.trim());
+        match points {
+            Some(points) if points <= *bound => {
+                println!("gate: {name}: {points:+.2} points above the floor (bound {bound:.1}): ok");
+                summary.passed += 1;
+            }
+            Some(points) => {
+                println!("gate: {name}: {points:+.2} points above the floor, more than its bound {bound:.1}: FAILED");
+                summary.failed += 1;
+                summary.failed_tests.push(format!("{name} {points:+.2} > {bound:.1}"));
+            }
+            None => {
+                println!("gate: {name}: not measured: FAILED");
+                summary.failed += 1;
+                summary.failed_tests.push(format!("{name} not measured"));
+            }
+        }
+    }
+    println!("gate: run took {:.0}s (boot {:.1}s)", run.elapsed.as_secs_f64(), run.boot_time.as_secs_f64());
+    let problem = (!problems.is_empty()).then(|| problems.join("; "));
+    Ok(Outcome::Ran { summary, problem })
+}
