@@ -266,9 +266,11 @@ fn default_events_path() -> Result<PathBuf, (PathBuf, std::io::Error)> {
 }
 
 /// What the command may not change, whatever its policy allows: the
-/// enforcer's binary and the run's events file.
+/// enforcer's binary and the run's events file, if it is a file
+/// (`--events /dev/null` must not take `> /dev/null` from the command).
 fn run_protected(events: &std::path::Path) -> enforcer_common::policy::Protected {
-    let paths: Vec<PathBuf> = std::env::current_exe().ok().into_iter().chain([events.to_owned()]).collect();
+    let events = std::fs::metadata(events).is_ok_and(|m| m.is_file()).then(|| events.to_owned());
+    let paths: Vec<PathBuf> = std::env::current_exe().ok().into_iter().chain(events).collect();
     crate::mounts::protected_inodes(&paths)
 }
 

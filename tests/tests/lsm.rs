@@ -48,6 +48,29 @@ fn writes_inside_write_trees_succeed_without_events() {
     assert_eq!(out.code, Some(0), "{out:#?}");
 }
 
+/// `--events /dev/null` (a quick try, the benchmarks) protects no device: the
+/// command's `> /dev/null` is not a write of the run's events.
+#[test]
+fn events_sent_to_dev_null_leave_dev_null_to_the_command() {
+    let sb = Sandbox::new("events-dev-null");
+    let steps = ["write:/dev/null", "trunc-open:/dev/null"];
+    let output = std::process::Command::new(enforcer_tests::enforcer_bin())
+        .args(["run", "--policy"])
+        .arg(&sb.policy)
+        .args(["--events", "/dev/null", "--"])
+        .arg(enforcer_tests::probe_bin())
+        .args(steps)
+        .output()
+        .expect("run enforcer");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let results: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    for step in steps {
+        let result = results.iter().find(|r| r["step"] == step);
+        assert_eq!(result.map(|r| r["errno"].clone()), Some(0.into()), "{step}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
 #[test]
 fn every_write_like_operation_outside_is_denied_with_one_event() {
     let sb = Sandbox::new("outside");

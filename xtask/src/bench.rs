@@ -52,6 +52,9 @@ enum What {
     /// floor, natively on the host (filter only) and in the VMs, as ratios to a
     /// no-enforcer baseline measured in the same run.
     Syscalls(crate::bench_syscalls::SyscallsOptions),
+    /// Instructions per call of each BPF program on the file hot path (untagged, tagged,
+    /// `read_deny`), from the kernel's program statistics under icount.
+    Programs(crate::bench_programs::ProgramsOptions),
     /// The daemon on the host kernel: tag and policy file write to the first changed
     /// verdict, a denial storm's delivery, memory with many tagged cgroups.
     Daemon(crate::bench_daemon::DaemonOptions),
@@ -316,6 +319,7 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
         What::Files(files) => run_files(files),
         What::Net(net) => crate::bench_net::run(net),
         What::Syscalls(syscalls) => crate::bench_syscalls::run(syscalls),
+        What::Programs(programs) => crate::bench_programs::run(programs),
         What::Daemon(daemon) => crate::bench_daemon::run(daemon),
     }
 }

@@ -30,7 +30,9 @@ pub fn debian_packages() -> Result<()> {
     apt::require_apt("installing qemu, busybox-static, cpio and libseccomp-dev")?;
     apt::ensure_backports_source()?;
     apt::update()?;
-    apt::install(&["-t", "bookworm-backports", "qemu-system-x86"])?;
+    // Without recommended packages: they are the GUI, audio, video, UEFI and network
+    // block drivers (535 MB) a headless VM booted by SeaBIOS from an initramfs never uses.
+    apt::install(&["-t", "bookworm-backports", "--no-install-recommends", "qemu-system-x86"])?;
     apt::install(&["busybox-static", "cpio", "libseccomp-dev", "pkg-config"])?;
     let workload: Vec<&str> = WORKLOAD_TOOLS.iter().filter(|(tool, _)| !cmd::on_path(tool)).map(|&(_, pkg)| pkg).collect();
     if !workload.is_empty() {
