@@ -324,35 +324,24 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
     }
 }
 
+/// Sets up the kernels of `series`, builds `enforcer` and `enforcer-bench` (release)
+/// and names them as the guest sees them.
+pub(crate) fn guest_binaries(series: &[String]) -> Result<Vec<(std::path::PathBuf, String)>> {
+    setup::ensure(true, series)?;
+    let built = cargo::build(&["build", "--release", "-p", "enforcer", "-p", "enforcer-tests", "--bin", "enforcer", "--bin", "enforcer-bench"])?;
+    Ok(vec![
+        (cargo::executable(&built, "bin", "enforcer")?, "/bin/enforcer".to_string()),
+        (cargo::executable(&built, "bin", "enforcer-bench")?, "/bin/enforcer-bench".to_string()),
+    ])
+}
+
 fn run_files(opts: &FilesOptions) -> Result<ExitCode> {
     let series: Vec<String> = if opts.kernels.is_empty() {
         kernel::SERIES.iter().map(ToString::to_string).collect()
     } else {
         opts.kernels.clone()
     };
-    setup::ensure(true, &series)?;
-    let built = cargo::build(&[
-        "build",
-        "--release",
-        "-p",
-        "enforcer",
-        "-p",
-        "enforcer-tests",
-        "--bin",
-        "enforcer",
-        "--bin",
-        "enforcer-bench",
-    ])?;
-    let files = vec![
-        (
-            cargo::executable(&built, "bin", "enforcer")?,
-            "/bin/enforcer".to_string(),
-        ),
-        (
-            cargo::executable(&built, "bin", "enforcer-bench")?,
-            "/bin/enforcer-bench".to_string(),
-        ),
-    ];
+    let files = guest_binaries(&series)?;
     let loops: Vec<&str> = LOOPS.iter().map(|(op, _)| *op).collect();
     let script = files_script(opts.rounds, opts.iterations, &loops, &["b100", "b10k", "brd"]);
     let log_dir = cmd::workspace_root().join("target/bench");

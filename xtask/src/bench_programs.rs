@@ -16,7 +16,7 @@ use anyhow::Result;
 use clap::Parser;
 
 use crate::vm::{self, VmSpec};
-use crate::{cargo, kernel, setup};
+use crate::kernel;
 
 #[derive(Debug, Parser)]
 pub struct ProgramsOptions {
@@ -93,12 +93,7 @@ pub fn run(opts: &ProgramsOptions) -> Result<ExitCode> {
     } else {
         opts.kernels.clone()
     };
-    setup::ensure(true, &series)?;
-    let built = cargo::build(&["build", "--release", "-p", "enforcer", "-p", "enforcer-tests", "--bin", "enforcer", "--bin", "enforcer-bench"])?;
-    let files = vec![
-        (cargo::executable(&built, "bin", "enforcer")?, "/bin/enforcer".to_string()),
-        (cargo::executable(&built, "bin", "enforcer-bench")?, "/bin/enforcer-bench".to_string()),
-    ];
+    let files = crate::bench::guest_binaries(&series)?;
     let mut ok = true;
     for s in &series {
         println!("\n== bench programs: kernel {s} (icount) ==");
