@@ -145,7 +145,7 @@ impl Sandbox {
         let events = std::fs::read_to_string(&self.events).unwrap_or_default();
         Outcome {
             code: output.status.code(),
-            results: stdout.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.get("step").is_some()).collect(),
+            results: probe_results(&stdout),
             events: events.lines().map(|l| serde_json::from_str(l).expect("event is JSON")).collect(),
             stdout,
             stderr,
@@ -157,6 +157,12 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.base);
     }
+}
+
+/// The probe's `{"step","errno"}` lines in `stdout`, in order.
+#[must_use]
+pub fn probe_results(stdout: &str) -> Vec<Value> {
+    stdout.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.get("step").is_some()).collect()
 }
 
 /// What one run produced.

@@ -63,7 +63,7 @@ fn events_sent_to_dev_null_leave_dev_null_to_the_command() {
         .output()
         .expect("run enforcer");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let results: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let results = enforcer_tests::probe_results(&stdout);
     for step in steps {
         let result = results.iter().find(|r| r["step"] == step);
         assert_eq!(result.map(|r| r["errno"].clone()), Some(0.into()), "{step}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));

@@ -336,11 +336,7 @@ pub(crate) fn guest_binaries(series: &[String]) -> Result<Vec<(std::path::PathBu
 }
 
 fn run_files(opts: &FilesOptions) -> Result<ExitCode> {
-    let series: Vec<String> = if opts.kernels.is_empty() {
-        kernel::SERIES.iter().map(ToString::to_string).collect()
-    } else {
-        opts.kernels.clone()
-    };
+    let series = kernel::chosen(&opts.kernels);
     let files = guest_binaries(&series)?;
     let loops: Vec<&str> = LOOPS.iter().map(|(op, _)| *op).collect();
     let script = files_script(opts.rounds, opts.iterations, &loops, &["b100", "b10k", "brd"]);

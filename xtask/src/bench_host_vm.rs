@@ -43,10 +43,8 @@ pub fn run(bench: &Bench<'_>, targets: &Targets<'_>) -> Result<ExitCode> {
     let name = bench.name;
     let series: Vec<String> = if targets.host_only {
         Vec::new()
-    } else if targets.kernels.is_empty() {
-        kernel::SERIES.iter().map(ToString::to_string).collect()
     } else {
-        targets.kernels.to_vec()
+        kernel::chosen(targets.kernels)
     };
     setup::ensure(!series.is_empty(), &series)?;
     let built = cargo::build(&["build", "--release", "-p", "enforcer", "-p", "enforcer-tests", "--bin", "enforcer", "--bin", "enforcer-bench"])?;

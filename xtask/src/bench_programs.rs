@@ -88,11 +88,7 @@ const SCENARIOS: [(&str, &str); 4] = [
 ];
 
 pub fn run(opts: &ProgramsOptions) -> Result<ExitCode> {
-    let series: Vec<String> = if opts.kernels.is_empty() {
-        kernel::SERIES.iter().map(ToString::to_string).collect()
-    } else {
-        opts.kernels.clone()
-    };
+    let series = kernel::chosen(&opts.kernels);
     let files = crate::bench::guest_binaries(&series)?;
     let mut ok = true;
     for s in &series {

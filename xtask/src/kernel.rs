@@ -13,6 +13,16 @@ use anyhow::{Result, bail};
 /// The kernel series the VM tier runs on by default.
 pub const SERIES: &[&str] = &["6.1", "6.12"];
 
+/// The series a command was asked for with `--kernel`, or [`SERIES`] if none.
+#[must_use]
+pub fn chosen(kernels: &[String]) -> Vec<String> {
+    if kernels.is_empty() {
+        SERIES.iter().map(ToString::to_string).collect()
+    } else {
+        kernels.to_vec()
+    }
+}
+
 /// A cached kernel.
 #[derive(Debug, Clone)]
 pub struct Kernel {

@@ -26,10 +26,8 @@ pub struct Options {
 pub fn run(opts: &Options) -> Result<()> {
     let series: Vec<String> = if opts.skip_kernels {
         Vec::new()
-    } else if opts.kernels.is_empty() {
-        kernel::SERIES.iter().map(ToString::to_string).collect()
     } else {
-        opts.kernels.clone()
+        kernel::chosen(&opts.kernels)
     };
     ensure(true, &series)?;
     println!("setup: done");

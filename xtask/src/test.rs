@@ -91,11 +91,7 @@ impl Tier {
 }
 
 pub fn run(opts: &Options) -> ExitCode {
-    let series: Vec<String> = if opts.kernels.is_empty() {
-        kernel::SERIES.iter().map(ToString::to_string).collect()
-    } else {
-        opts.kernels.clone()
-    };
+    let series = kernel::chosen(&opts.kernels);
     // Cheap when everything is in place; on a fresh machine it installs what the tiers need.
     let setup_series = if opts.skip_vm {
         Vec::new()
