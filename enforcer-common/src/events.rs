@@ -166,6 +166,10 @@ pub enum Reason {
     /// `open_tree(OPEN_TREE_CLONE)` or `fsmount`): where it is cannot be
     /// known, so what a rule would have to prove is denied.
     Disconnected = 13,
+    /// The walk's state, kept per CPU, was taken over by another walk on
+    /// the same CPU (the task was preempted mid-walk) in every attempt:
+    /// cannot be judged, so denied. Very rare; the operation can be retried.
+    Interrupted = 14,
 }
 
 /// What a network event is about, after its header.
@@ -266,6 +270,7 @@ impl Reason {
             11 => Self::Floor,
             12 => Self::Protected,
             13 => Self::Disconnected,
+            14 => Self::Interrupted,
             _ => return None,
         })
     }

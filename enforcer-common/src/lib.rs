@@ -91,6 +91,9 @@ pub struct KernelOffsets {
     /// `mnt_namespace->seq` (`ns.ns_id` from Linux 6.15): 0 for an
     /// anonymous namespace (`open_tree` clones, `fsmount`).
     pub mnt_namespace_seq: u32,
+    /// `mnt_namespace->is_anon` (Linux 7.x, where anonymous namespaces are
+    /// numbered too and this flag marks them), or [`KernelOffsets::ABSENT`].
+    pub mnt_namespace_is_anon: u32,
     /// `msghdr->msg_control` (a kernel copy for `sendmsg`) and its length.
     pub msghdr_msg_control: u32,
     pub msghdr_msg_controllen: u32,
@@ -104,7 +107,10 @@ const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets
 
 impl KernelOffsets {
     /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 59;
+    pub const FIELDS: usize = 60;
+
+    /// An optional field the running kernel does not have.
+    pub const ABSENT: u32 = u32::MAX;
 
     /// The offset at `index` (`offset_of!(KernelOffsets, field) / 4`).
     #[must_use]

@@ -176,6 +176,8 @@ fields! {
     MountNs: u64 = mount_mnt_ns;
     /// `mnt_namespace->seq`
     MntNamespaceSeq: u64 = mnt_namespace_seq;
+    /// `mnt_namespace->is_anon` (Linux 7.x)
+    MntNamespaceIsAnon: u8 = mnt_namespace_is_anon;
     /// `msghdr->msg_control`
     MsghdrControl: u64 = msghdr_msg_control;
     /// `msghdr->msg_controllen`

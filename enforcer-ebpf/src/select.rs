@@ -98,7 +98,7 @@ struct Walk {
     selectors: *const SelectorTable,
     path: *const u8,
     state: u16,
-    /// Bytes read; the path's length once `ended`.
+    /// The path's length once `ended`.
     len: u32,
     ended: bool,
 }
@@ -119,16 +119,19 @@ fn match_path(selectors: &SelectorTable, path: *const u8) -> Option<u32> {
     selectors.accepts(walk.state)
 }
 
-extern "C" fn walk_step(_: u32, ctx: *mut c_void) -> i64 {
+/// The byte read is the loop's index, not a counter in `Walk`: a counter
+/// would differ at every step, and the verifier (6.7+ checks a callback
+/// until its states repeat) would never see them repeat.
+extern "C" fn walk_step(index: u32, ctx: *mut c_void) -> i64 {
     let walk = unsafe { &mut *ctx.cast::<Walk>() };
-    let Ok(byte) = (unsafe { bpf_probe_read_kernel(walk.path.wrapping_add(walk.len as usize & (TRACED_PATH_MAX - 1))) }) else {
+    let Ok(byte) = (unsafe { bpf_probe_read_kernel(walk.path.wrapping_add(index as usize & (TRACED_PATH_MAX - 1))) }) else {
         return 1;
     };
     if byte == 0 {
         walk.ended = true;
+        walk.len = index;
         return 1;
     }
     walk.state = unsafe { (*walk.selectors).step(walk.state, byte) };
-    walk.len += 1;
     i64::from(walk.state == DEAD)
 }

@@ -211,7 +211,11 @@ pub fn tag_of(Suspect { node, level, id }: Suspect) -> Option<Tagged> {
 #[repr(C)]
 struct Climb {
     node: *const u8,
-    level: u64,
+    /// The level of the node the climb started at. The step's level is
+    /// this minus the loop index: a counter kept here would be a precise
+    /// value that differs at every step, so the verifier (6.7+ checks a
+    /// callback until its states repeat) would never see them repeat.
+    start: u64,
     found: bool,
     tag: TagInfo,
     /// The tagged cgroup found.
@@ -225,7 +229,7 @@ fn climb(level: u64, node: *const u8) -> Option<TagInfo> {
     if node.is_null() {
         return None;
     }
-    let mut climb = Climb { node, level, found: false, tag: TagInfo::default(), id: 0 };
+    let mut climb = Climb { node, start: level, found: false, tag: TagInfo::default(), id: 0 };
     run_climb(&mut climb);
     climb.found.then_some(climb.tag)
 }
@@ -234,7 +238,7 @@ fn climb(level: u64, node: *const u8) -> Option<TagInfo> {
 fn run_climb(climb: &mut Climb) {
     let ctx = (climb as *mut Climb).cast::<c_void>();
     // Enough steps to reach the root (cgroup trees are far shallower).
-    let steps = (climb.level + 1).min(1 << 20) as u32;
+    let steps = (climb.start + 1).min(1 << 20) as u32;
     unsafe { bpf_loop(steps, climb_step as *mut c_void, ctx, 0) };
 }
 
@@ -254,16 +258,19 @@ pub fn agent_cgroup(task: *const u8) -> u64 {
     if node.is_null() {
         return 0;
     }
-    let mut climb = Climb { node, level, found: false, tag: TagInfo::default(), id: 0 };
+    let mut climb = Climb { node, start: level, found: false, tag: TagInfo::default(), id: 0 };
     run_climb(&mut climb);
     climb.id
 }
 
-extern "C" fn climb_step(_: u32, ctx: *mut c_void) -> i64 {
+extern "C" fn climb_step(index: u32, ctx: *mut c_void) -> i64 {
     let climb = unsafe { &mut *ctx.cast::<Climb>() };
+    let Some(level) = climb.start.checked_sub(u64::from(index)) else {
+        return 1;
+    };
     // Bits, not `tagged_at`: see `TagFilter::level_bits`.
     let bits = unsafe { core::ptr::read_volatile(&raw const TAG_FILTER.level_bits) };
-    if climb.level <= u64::from(MAX_TAG_LEVEL) && (bits >> climb.level) & 1 != 0 {
+    if level <= u64::from(MAX_TAG_LEVEL) && (bits >> level) & 1 != 0 {
         let id = unsafe { Direct::get::<KernfsId>(climb.node) };
         if may_be_tagged(id)
             && let Some(tagged) = table_lookup(id)
@@ -274,14 +281,13 @@ extern "C" fn climb_step(_: u32, ctx: *mut c_void) -> i64 {
             return 1;
         }
     }
-    if climb.level <= shallowest() {
+    if level <= shallowest() {
         return 1;
     }
     climb.node = unsafe { Direct::ptr::<KernfsParent>(climb.node) };
     if climb.node.is_null() {
         return 1;
     }
-    climb.level -= 1;
     0
 }
 

@@ -26,15 +26,16 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel_str_bytes,
-    generated::{bpf_get_current_task_btf, bpf_loop},
+    generated::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_loop},
 };
 use enforcer_common::{
+    KernelOffsets,
     events::{MAX_PATH_DEPTH, Reason},
     policy::{FILE_EXEC, FILE_READ_DENY, FILE_SLOTS, FileSlot, FileTable, NAME_KEY_BYTES, file_hash_base, file_homes, name_key},
 };
 
 use crate::kernel::{
-    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FsRootMnt, TaskFs, InodeIno, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, mount_of, vfsmount_of,
+    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FsRootMnt, TaskFs, InodeIno, MntNamespaceIsAnon, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, mount_of, off, vfsmount_of,
 };
 
 /// What is being asked of the tree.
@@ -71,8 +72,8 @@ const DENIED: u32 = 16; // + Reason
 /// Fields that can both be null are kept apart: the compiler turns a run of
 /// zeroed fields into a `memset` call, a byte loop in BPF.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct Walk<const NEED: u16> {
-    table: *const FileTable,
     /// Root dentry of the mount being walked (null: no mount known).
     mnt_root: *const u8,
     dentry: *const u8,
@@ -112,30 +113,30 @@ impl<const NEED: u16> Walk<NEED> {
 
     /// Starts a walk segment on the filesystem of the current dentry.
     #[inline(always)]
-    fn enter_filesystem<R: Read>(&mut self) {
-        (self.dev, self.hash_base) = filesystem::<R>(self.dentry, self.question.policy_id, self.table);
+    fn enter_filesystem<R: Read>(&mut self, table: *const FileTable) {
+        (self.dev, self.hash_base) = filesystem::<R>(self.dentry, self.question.policy_id, table);
     }
 
     /// The rule flags of the current dentry's inode, if it is a tree root.
     #[inline(always)]
-    unsafe fn rule<R: Read>(&self) -> Option<u16> {
+    unsafe fn rule<R: Read>(&self, table: *const FileTable) -> Option<u16> {
         let inode = unsafe { R::ptr::<DentryInode>(self.dentry) };
         if inode.is_null() {
             return None; // a negative dentry (a name being created)
         }
-        self.lookup(unsafe { R::get::<InodeIno>(inode) })
+        self.lookup(table, unsafe { R::get::<InodeIno>(inode) })
     }
 
     /// The flags of the table slot for inode number (or name key) `ino`.
     #[inline(always)]
-    fn lookup(&self, ino: u64) -> Option<u16> {
-        slot_flags(self.table, self.dev, self.hash_base, self.question.policy_id, ino)
+    fn lookup(&self, table: *const FileTable, ino: u64) -> Option<u16> {
+        slot_flags(table, self.dev, self.hash_base, self.question.policy_id, ino)
     }
 
     /// Judges the current dentry; `Some` ends the walk.
     #[inline(always)]
-    fn check<R: Read>(&mut self, level: u32) -> Option<i64> {
-        let flags = unsafe { self.rule::<R>() }?;
+    fn check<R: Read>(&mut self, table: *const FileTable, level: u32) -> Option<i64> {
+        let flags = unsafe { self.rule::<R>(table) }?;
         if flags & FILE_READ_DENY != 0 {
             return Some(self.decide(Err(Reason::ReadDenied)));
         }
@@ -208,15 +209,24 @@ pub fn node_flags(table: *const FileTable, policy_id: u16, dentry: *const u8) ->
 /// the object and its directory), saving the loop's per-level call.
 const INLINE_LEVELS: u32 = 2;
 
+/// What a walk step gets: the table (a map value pointer, which only the
+/// stack can hold) and the walk's state.
+#[repr(C)]
+struct Steps<const NEED: u16> {
+    table: *const FileTable,
+    walk: *mut Walk<NEED>,
+}
+
 extern "C" fn step_in_mount<const NEED: u16>(index: u32, ctx: *mut c_void) -> i64 {
-    in_mount(unsafe { &mut *ctx.cast::<Walk<NEED>>() }, index + INLINE_LEVELS)
+    let steps = unsafe { &*ctx.cast::<Steps<NEED>>() };
+    in_mount(unsafe { &mut *steps.walk }, steps.table, index + INLINE_LEVELS)
 }
 
 /// One level within the starting mount (BTF-typed loads); nonzero ends the
 /// walk.
 #[inline(always)]
-fn in_mount<const NEED: u16>(walk: &mut Walk<NEED>, level: u32) -> i64 {
-    if let Some(stop) = walk.check::<Direct>(level) {
+fn in_mount<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable, level: u32) -> i64 {
+    if let Some(stop) = walk.check::<Direct>(table, level) {
         return stop;
     }
     let d = walk.dentry;
@@ -264,15 +274,36 @@ fn namespace_of(mount: *const u8) -> Namespace {
     if ns == MNT_NS_INTERNAL {
         return Namespace::Internal;
     }
-    if ns == 0 || unsafe { Probe::get::<MntNamespaceSeq>(ns as *const u8) } == 0 {
+    if ns == 0 || is_anonymous(ns as *const u8) {
         return Namespace::Detached;
     }
     Namespace::Tree
 }
 
+/// Whether the namespace at `ns` is anonymous: flagged on 7.x, where
+/// every namespace has a number; numbered 0 before.
+#[inline(always)]
+fn is_anonymous(ns: *const u8) -> bool {
+    if off!(mnt_namespace_is_anon) != KernelOffsets::ABSENT as usize {
+        unsafe { Probe::get::<MntNamespaceIsAnon>(ns) != 0 }
+    } else {
+        unsafe { Probe::get::<MntNamespaceSeq>(ns) == 0 }
+    }
+}
+
 /// One level above the starting mount, crossing mounts like `d_path`.
 extern "C" fn step_above_mount<const NEED: u16>(_level: u32, ctx: *mut c_void) -> i64 {
-    let walk = unsafe { &mut *ctx.cast::<Walk<NEED>>() };
+    let steps = unsafe { &mut *ctx.cast::<AboveSteps>() };
+    let Some(mut walk) = steps.load::<NEED>() else {
+        return 1;
+    };
+    let stop = above_level(&mut walk, steps.table);
+    steps.store(&walk);
+    stop
+}
+
+#[inline(always)]
+fn above_level<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) -> i64 {
     if walk.dentry == walk.mnt_root {
         let mount = walk.mount;
         let parent_mount = unsafe { Probe::ptr::<MountParent>(mount) };
@@ -286,10 +317,10 @@ extern "C" fn step_above_mount<const NEED: u16>(_level: u32, ctx: *mut c_void) -
         walk.dentry = unsafe { Probe::ptr::<MountMountpoint>(mount) };
         walk.mount = parent_mount;
         walk.mnt_root = unsafe { Probe::ptr::<VfsmountRoot>(vfsmount_of(parent_mount)) };
-        walk.enter_filesystem::<Probe>();
+        walk.enter_filesystem::<Probe>(table);
     }
     // Above the start every level is a parent, so `write` roots count.
-    if let Some(stop) = walk.check::<Probe>(1) {
+    if let Some(stop) = walk.check::<Probe>(table, 1) {
         return stop;
     }
     let d = walk.dentry;
@@ -305,6 +336,118 @@ extern "C" fn step_above_mount<const NEED: u16>(_level: u32, ctx: *mut c_void) -
     }
     0
 }
+
+/// The walk's state above its starting mount lives in map memory: the
+/// verifier does not track map values, so it checks the step once. (On the
+/// stack, which the step reaches through a pointer, 7.x checks the step
+/// over and over: 500k instructions for `path_link`.)
+///
+/// The slot is per CPU, and a task can be preempted mid-walk and another
+/// walk run on its CPU. So the slot has an owner, and every step reads
+/// the whole state, then checks it still owns the slot, and writes the
+/// owner before the whole state back: a walk whose slot was taken over
+/// (or that took over a slot mid-write) sees another owner and is denied
+/// (`Reason::Interrupted`); one that passes its check read only its own
+/// writes.
+///
+/// Field by field, the question (constant) not at all: a copy of the whole
+/// `Walk` takes stack the program does not have.
+#[repr(C)]
+struct AboveMount {
+    owner: u64,
+    mnt_root: *const u8,
+    dentry: *const u8,
+    mount: *const u8,
+    hash_base: u64,
+    dev: u32,
+    verdict: u32,
+    allowed: bool,
+}
+
+// SAFETY: per-CPU map memory; see above for walks that share a CPU.
+unsafe impl Sync for AboveMount {}
+
+#[aya_ebpf::macros::map]
+static ABOVE_MOUNT: aya_ebpf::maps::PerCpuArray<AboveMount> = aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
+
+/// What an above-mount step gets.
+#[repr(C)]
+struct AboveSteps {
+    table: *const FileTable,
+    slot: *mut AboveMount,
+    /// The walking task's `pid_tgid`.
+    owner: u64,
+    question: Question,
+    /// Set when the slot was taken over.
+    lost: bool,
+}
+
+impl AboveSteps {
+    /// The state, if this walk still owns the slot.
+    #[inline(always)]
+    fn load<const NEED: u16>(&mut self) -> Option<Walk<NEED>> {
+        let slot = self.slot;
+        let walk = unsafe {
+            Walk {
+                mnt_root: (&raw const (*slot).mnt_root).read_volatile(),
+                dentry: (&raw const (*slot).dentry).read_volatile(),
+                mount: (&raw const (*slot).mount).read_volatile(),
+                dev: (&raw const (*slot).dev).read_volatile(),
+                hash_base: (&raw const (*slot).hash_base).read_volatile(),
+                question: self.question,
+                allowed: (&raw const (*slot).allowed).read_volatile(),
+                verdict: (&raw const (*slot).verdict).read_volatile(),
+            }
+        };
+        if unsafe { (&raw const (*slot).owner).read_volatile() } != self.owner {
+            self.lost = true;
+            return None;
+        }
+        Some(walk)
+    }
+
+    #[inline(always)]
+    fn store<const NEED: u16>(&self, walk: &Walk<NEED>) {
+        let slot = self.slot;
+        unsafe {
+            (&raw mut (*slot).owner).write_volatile(self.owner);
+            (&raw mut (*slot).mnt_root).write_volatile(walk.mnt_root);
+            (&raw mut (*slot).dentry).write_volatile(walk.dentry);
+            (&raw mut (*slot).mount).write_volatile(walk.mount);
+            (&raw mut (*slot).dev).write_volatile(walk.dev);
+            (&raw mut (*slot).hash_base).write_volatile(walk.hash_base);
+            (&raw mut (*slot).allowed).write_volatile(walk.allowed);
+            (&raw mut (*slot).verdict).write_volatile(walk.verdict);
+        }
+    }
+}
+
+/// Runs the walk from the root of its starting mount up (see `AboveMount`).
+/// A walk whose slot was taken over starts again: an attempt is a few
+/// microseconds, so a second takeover in a row is as rare as it gets.
+#[inline(always)]
+fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) {
+    let Some(slot) = ABOVE_MOUNT.get_ptr_mut(0) else {
+        walk.decide(Err(Reason::Unreadable));
+        return;
+    };
+    let owner = unsafe { bpf_get_current_pid_tgid() };
+    for _ in 0..ABOVE_MOUNT_ATTEMPTS {
+        let mut steps = AboveSteps { table, slot, owner, question: walk.question, lost: false };
+        steps.store(walk);
+        unsafe { bpf_loop(MAX_PATH_DEPTH, step_above_mount::<NEED> as *mut c_void, (&raw mut steps).cast(), 0) };
+        if let Some(done) = steps.load()
+            && !steps.lost
+        {
+            *walk = done;
+            return;
+        }
+    }
+    walk.decide(Err(Reason::Interrupted));
+}
+
+/// Attempts at the walk above the mount before it is denied as interrupted.
+const ABOVE_MOUNT_ATTEMPTS: u32 = 2;
 
 /// Judges `dentry`, reached through `vfsmount`; `NEED` is the tree flag
 /// that allows the operation (`FILE_WRITE`, `FILE_EXEC`). A constant, not a
@@ -328,7 +471,6 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, dent
     };
     let (dev, hash_base) = filesystem::<Direct>(dentry, question.policy_id, table);
     let mut walk = Walk::<NEED> {
-        table,
         dentry,
         mnt_root,
         mount: vfsmount, // its `struct mount` once the walk leaves it
@@ -338,14 +480,14 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, dent
         allowed: !question.needs_tree,
         verdict: UNDECIDED,
     };
-    let ctx = (&raw mut walk).cast::<c_void>();
-    if in_mount(&mut walk, 0) == 0 && in_mount(&mut walk, 1) == 0 {
-        unsafe { bpf_loop(MAX_PATH_DEPTH - INLINE_LEVELS, step_in_mount::<NEED> as *mut c_void, ctx, 0) };
+    if in_mount(&mut walk, table, 0) == 0 && in_mount(&mut walk, table, 1) == 0 {
+        let mut steps = Steps::<NEED> { table, walk: &raw mut walk };
+        unsafe { bpf_loop(MAX_PATH_DEPTH - INLINE_LEVELS, step_in_mount::<NEED> as *mut c_void, (&raw mut steps).cast(), 0) };
     }
     if walk.verdict == AT_MOUNT_ROOT {
         walk.mount = mount_of(walk.mount);
         walk.verdict = UNDECIDED;
-        unsafe { bpf_loop(MAX_PATH_DEPTH, step_above_mount::<NEED> as *mut c_void, ctx, 0) };
+        above_mount(&mut walk, table);
     }
     // Where a walk without a parent ended is told here, once, not in the
     // loop steps (whose every branch the verifier explores per level).

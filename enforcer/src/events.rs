@@ -393,6 +393,7 @@ const fn reason_name(reason: Reason) -> &'static str {
         Reason::Floor => "floor",
         Reason::Protected => "enforcer_protected",
         Reason::Disconnected => "path_disconnected",
+        Reason::Interrupted => "walk_interrupted",
     }
 }
 

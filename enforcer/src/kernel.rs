@@ -121,6 +121,8 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         mnt_namespace_seq: btf
             .field_offset("mnt_namespace", &["seq"])
             .or_else(|_| btf.field_offset("mnt_namespace", &["ns", "ns_id"]))?,
+        // Linux 7.x numbers anonymous namespaces as well and flags them.
+        mnt_namespace_is_anon: btf.field_offset("mnt_namespace", &["is_anon"]).unwrap_or(KernelOffsets::ABSENT),
         dentry_d_name_len: btf.field_offset("dentry", &["d_name", "len"])?,
         task_struct_fs: btf.field_offset("task_struct", &["fs"])?,
         fs_struct_root_mnt: btf.field_offset("fs_struct", &["root", "mnt"])?,

@@ -187,6 +187,43 @@ fn read_deny_blocks_reads_even_through_symlinks_and_links() {
     assert_eq!(out.errno(&link), EPERM, "{out:#?}");
 }
 
+/// The walk above a file's mount keeps its state in a per-CPU slot
+/// (`enforcer-ebpf/src/walk.rs`), and 7.x kernels (`PREEMPT_LAZY`) preempt
+/// BPF programs. An agent runs two walks on one CPU, a denied read and an
+/// allowed one, so that the denied walk is preempted and resumes on the
+/// allowed walk's state: it must never read the secret. (A walk that lost
+/// its slot is denied as `walk_interrupted`, which the allowed one may be.)
+#[test]
+fn two_walks_sharing_a_cpu_never_finish_on_each_others_state() {
+    let sb = Sandbox::new("shared-cpu");
+    // The secret on a mount of its own below the `read_deny` tree, so its
+    // walk decides above the mount, where the shared slot is used.
+    let mount = sb.secret.join("mnt");
+    std::fs::create_dir(&mount).unwrap();
+    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "shared-cpu"]).arg(&mount).status().expect("run mount");
+    assert!(mounted.success(), "mount a tmpfs at {}", mount.display());
+    std::fs::write(mount.join("key"), "secret\n").unwrap();
+    std::fs::write(sb.allowed.join("notes"), "fine\n").unwrap();
+    let (secret, notes) = (Sandbox::path(&mount, "key"), Sandbox::path(&sb.allowed, "notes"));
+    let n = 10_000;
+    let probe = enforcer_tests::probe_bin().display().to_string();
+    let script = format!("{probe} pin:0 opens-ok:{n}:{secret} & {probe} pin:0 opens-ok:{n}:{notes}; wait");
+    let out = sb.finish(sb.spawn_command(&["/bin/sh".into(), "-c".into(), script.into()]));
+    let _ = std::process::Command::new("umount").arg(&mount).status();
+    let opened = |path: &str| {
+        let step = format!("opens-ok:{n}:{path}");
+        out.results.iter().find(|r| r["step"] == step).and_then(|r| r["errno"].as_i64()).unwrap_or_else(|| panic!("no result for {step}: {out:#?}"))
+    };
+    let events = |reason: &str| out.events.iter().filter(|e| e["reason"] == reason).count();
+    assert!(out.results.iter().filter(|r| r["step"] == "pin:0").all(|r| r["errno"] == 0), "{:?}", out.results);
+    assert_eq!(opened(&secret), 0, "the secret was read; {} interrupted walks", events("walk_interrupted"));
+    let refused = n + (n - usize::try_from(opened(&notes)).unwrap());
+    // Refusals are on record (a flood may lose some events, never add any).
+    let recorded = events("read_deny") + events("walk_interrupted");
+    assert!(recorded > 0 && recorded <= refused, "{recorded} denials recorded of {refused} refused: {:?}", out.stderr);
+    eprintln!("shared CPU: {} walks interrupted of {}", events("walk_interrupted"), 2 * n);
+}
+
 #[test]
 fn audit_mode_allows_and_reports() {
     let sb = Sandbox::new("audit");

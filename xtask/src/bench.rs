@@ -62,7 +62,7 @@ enum What {
 
 #[derive(Debug, Parser)]
 struct FilesOptions {
-    /// Kernel series to measure; repeatable (default: 6.1 and 6.12).
+    /// Kernel series to measure; repeatable (default: 6.1, 6.12 and 7.3).
     #[arg(long = "kernel", value_name = "SERIES")]
     kernels: Vec<String>,
     /// Interleaved rounds (baseline, scenario) per scenario; medians are taken over them.

@@ -24,7 +24,7 @@ use crate::bench_host_vm::{self, Bench, Targets};
 
 #[derive(Debug, Parser)]
 pub struct NetOptions {
-    /// Kernel series to measure in qemu; repeatable (default: 6.1 and 6.12).
+    /// Kernel series to measure in qemu; repeatable (default: 6.1, 6.12 and 7.3).
     #[arg(long = "kernel", value_name = "SERIES")]
     kernels: Vec<String>,
     /// Measure on the host kernel only (no VMs).

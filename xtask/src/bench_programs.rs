@@ -20,7 +20,7 @@ use crate::kernel;
 
 #[derive(Debug, Parser)]
 pub struct ProgramsOptions {
-    /// Kernel series to measure; repeatable (default: 6.1 and 6.12).
+    /// Kernel series to measure; repeatable (default: 6.1, 6.12 and 7.3).
     #[arg(long = "kernel", value_name = "SERIES")]
     kernels: Vec<String>,
     /// Opens per measured loop.

@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 
 /// The kernel series the VM tier runs on by default.
-pub const SERIES: &[&str] = &["6.1", "6.12"];
+pub const SERIES: &[&str] = &["6.1", "6.12", "7.3"];
+
+/// The series `cargo xtask setup` caches by default: the VM tier's, and 5.10, which the
+/// programs do not load on yet (`cargo xtask vm --kernel 5.10` boots it).
+pub const FETCHED: &[&str] = &["5.10", "6.1", "6.12", "7.3"];
 
 /// The series a command was asked for with `--kernel`, or [`SERIES`] if none.
 #[must_use]
@@ -26,7 +30,7 @@ pub fn chosen(kernels: &[String]) -> Vec<String> {
 /// A cached kernel.
 #[derive(Debug, Clone)]
 pub struct Kernel {
-    /// "6.1", "6.12".
+    /// "5.10", "6.1", "6.12", "7.3".
     pub series: String,
     /// The kernel image qemu boots.
     pub vmlinuz: PathBuf,

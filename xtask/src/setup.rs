@@ -4,6 +4,7 @@
 //! in one line, so a warm re-run takes seconds and never touches the network.
 
 mod apt;
+mod debian_index;
 mod kernels;
 mod tools;
 
@@ -26,8 +27,10 @@ pub struct Options {
 pub fn run(opts: &Options) -> Result<()> {
     let series: Vec<String> = if opts.skip_kernels {
         Vec::new()
+    } else if opts.kernels.is_empty() {
+        kernel::FETCHED.iter().map(ToString::to_string).collect()
     } else {
-        kernel::chosen(&opts.kernels)
+        opts.kernels.clone()
     };
     ensure(true, &series)?;
     println!("setup: done");

@@ -29,7 +29,7 @@ pub struct Options {
     /// Skip the VM tier (reported as SKIPPED).
     #[arg(long)]
     skip_vm: bool,
-    /// Kernel series for the VM tier; repeatable (default: 6.1 and 6.12).
+    /// Kernel series for the VM tier; repeatable (default: 6.1, 6.12 and 7.3).
     #[arg(long = "kernel", value_name = "SERIES")]
     kernels: Vec<String>,
     /// Run only these tiers (unit, host, vm, gate); repeatable (default: all).

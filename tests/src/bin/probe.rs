@@ -712,11 +712,32 @@ fn syscall_step(op: &str, arg: &str) -> Option<i32> {
     })
 }
 
+/// How many of `count` read-only opens of `path` succeeded.
+fn opens_ok(count: &str, path: &str) -> i32 {
+    let count: u32 = count.parse().expect("opens-ok:N:PATH");
+    let ok = (0..count).filter(|_| open(path, libc::O_RDONLY).map(close).is_ok()).count();
+    i32::try_from(ok).unwrap_or(i32::MAX)
+}
+
+/// Pins the probe to one CPU, so that another task pinned there shares it.
+fn pin(cpu: &str) -> i32 {
+    let cpu: usize = cpu.parse().expect("pin:CPU");
+    // SAFETY: a zeroed cpu_set_t is an empty set; the calls get its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        check(libc::c_long::from(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)))
+    }
+}
+
 fn step(op: &str, a: &str, b: &str) -> i32 {
     let (pa, pb) = (c(a), c(b));
     // SAFETY: each call gets NUL-terminated paths and plain values.
     unsafe {
         match op {
+            // `opens-ok:N:PATH`: the count of successful opens, not an errno.
+            "opens-ok" => opens_ok(a, b),
+            "pin" => pin(a),
             "write" => open_write(a, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND),
             "read" => read(a),
             // Writing an existing file (no O_CREAT: a create check comes first otherwise).

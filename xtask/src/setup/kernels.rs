@@ -1,21 +1,47 @@
 //! Download Debian cloud kernels into the kernel cache.
 //!
 //! Series "6.1" is what bookworm's `linux-image-cloud-amd64` depends on, "6.12" what
-//! bookworm-backports' does; any series is picked by the version prefix `<series>.`
-//! among the versions `apt-cache show linux-image-cloud-amd64` lists (the highest wins).
+//! bookworm-backports' does (both apt sources of this host; the highest version
+//! `apt-cache show linux-image-cloud-amd64` lists with the prefix `<series>.` wins).
+//! "5.10" comes from bullseye-security and "7.x" from trixie-backports, suites that are
+//! not apt sources here: their signed indexes are read from the mirror (`debian_index`).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
 use super::apt;
+use super::debian_index::{self, Suite};
 use crate::cmd::{self, TempDir};
 use crate::kernel;
 
 const META_PACKAGE: &str = "linux-image-cloud-amd64";
+
+/// Where a series' packages come from.
+enum Origin {
+    /// The version `linux-image-cloud-amd64` depends on, from this host's apt sources.
+    Apt,
+    /// The newest `<image_prefix><series>.*-cloud-amd64` of a suite read from the mirror.
+    Suite { suite: Suite, image_prefix: &'static str },
+}
+
+fn origin(series: &str) -> Origin {
+    match series {
+        "5.10" => Origin::Suite {
+            suite: Suite { mirror: "http://deb.debian.org/debian-security", name: "bullseye-security" },
+            image_prefix: "linux-image-",
+        },
+        // Debian 13 splits the image: `linux-binary-*` holds vmlinuz, `linux-base-*` the config.
+        s if s.starts_with("7.") => Origin::Suite {
+            suite: Suite { mirror: "http://deb.debian.org/debian", name: "trixie-backports" },
+            image_prefix: "linux-binary-",
+        },
+        _ => Origin::Apt,
+    }
+}
 
 /// Make sure a kernel of `series` is cached; download it if not.
 pub fn ensure(series: &str) -> Result<()> {
@@ -44,60 +70,29 @@ pub fn ensure(series: &str) -> Result<()> {
 }
 
 fn download(series: &str) -> Result<()> {
-    apt::require_apt(&format!("downloading kernel {series}"))?;
-    let mut refreshed = false;
-    if apt::ensure_backports_source()? {
-        apt::update()?;
-        refreshed = true;
-    }
-    let (package, version) = match find_package(series) {
-        Some(found) => found,
-        None if !refreshed => {
-            apt::update()?;
-            refreshed = true;
-            find_package(series).with_context(|| no_package(series))?
-        }
-        None => bail!(no_package(series)),
-    };
-    println!("setup: downloading kernel {series} ({package} {version})");
-
     let final_dir = kernel::series_dir(series)?;
     let kernels_dir = final_dir.parent().expect("series dir has a parent");
+    fs::create_dir_all(kernels_dir).with_context(|| format!("could not create {}", kernels_dir.display()))?;
     // Everything happens in a scratch directory next to the final one, which is renamed
     // into place at the end: an interrupted download leaves no half cache.
     cmd::remove_abandoned(kernels_dir, ".partial-");
     let scratch = TempDir::new_in(kernels_dir, &format!(".partial-{series}"))?;
-    let fetch = || {
-        cmd::run(
-            Command::new("apt-get")
-                .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
-                .arg(format!("{package}={version}"))
-                .current_dir(scratch.path()),
-        )
+    let (package, version, debs) = match origin(series) {
+        Origin::Apt => from_apt(series, scratch.path())?,
+        Origin::Suite { suite, image_prefix } => from_suite(series, &suite, image_prefix, scratch.path())?,
     };
-    if fetch().is_err() {
-        if refreshed {
-            bail!("apt-get download {package}={version} failed; check the network");
-        }
-        println!("setup: download failed; the package lists may be stale, refreshing them");
-        apt::update()?;
-        fetch()?;
-    }
-    let deb = find_file(scratch.path(), |n| {
-        Path::new(n).extension().is_some_and(|e| e == "deb")
-    })?
-    .context("apt-get download produced no .deb file")?;
     let tree = scratch.path().join("tree");
-    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+    for deb in &debs {
+        cmd::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tree))?;
+    }
 
     let out = scratch.path().join("out");
     fs::create_dir(&out)?;
-    let boot = tree.join("boot");
-    let vmlinuz = find_file(&boot, |n| n.starts_with("vmlinuz-"))?
-        .with_context(|| format!("{package} has no boot/vmlinuz-*"))?;
+    // Up to Debian 12: boot/vmlinuz-<release>; Debian 13: usr/lib/modules/<release>/vmlinuz.
+    let vmlinuz = kernel_file(&tree, "vmlinuz")?.with_context(|| format!("{package} has no vmlinuz"))?;
     fs::copy(&vmlinuz, out.join("vmlinuz"))?;
     fs::set_permissions(out.join("vmlinuz"), fs::Permissions::from_mode(0o644))?;
-    if let Some(config) = find_file(&boot, |n| n.starts_with("config-"))? {
+    if let Some(config) = kernel_file(&tree, "config")? {
         fs::copy(config, out.join("config"))?;
     }
     fs::write(out.join("version"), format!("{version}\n"))?;
@@ -118,6 +113,87 @@ fn download(series: &str) -> Result<()> {
     }
     println!("setup: kernel {series} cached in {}", final_dir.display());
     Ok(())
+}
+
+/// The image package from this host's apt sources (bookworm, bookworm-backports).
+fn from_apt(series: &str, scratch: &Path) -> Result<(String, String, Vec<PathBuf>)> {
+    apt::require_apt(&format!("downloading kernel {series}"))?;
+    let mut refreshed = false;
+    if apt::ensure_backports_source()? {
+        apt::update()?;
+        refreshed = true;
+    }
+    let (package, version) = match find_package(series) {
+        Some(found) => found,
+        None if !refreshed => {
+            apt::update()?;
+            refreshed = true;
+            find_package(series).with_context(|| no_package(series))?
+        }
+        None => bail!(no_package(series)),
+    };
+    println!("setup: downloading kernel {series} ({package} {version})");
+    let fetch = || {
+        cmd::run(
+            Command::new("apt-get")
+                .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+                .arg(format!("{package}={version}"))
+                .current_dir(scratch),
+        )
+    };
+    if fetch().is_err() {
+        if refreshed {
+            bail!("apt-get download {package}={version} failed; check the network");
+        }
+        println!("setup: download failed; the package lists may be stale, refreshing them");
+        apt::update()?;
+        fetch()?;
+    }
+    let deb = find_file(scratch, |n| Path::new(n).extension().is_some_and(|e| e == "deb"))?
+        .context("apt-get download produced no .deb file")?;
+    Ok((package, version, vec![deb]))
+}
+
+/// The newest image of `series` in `suite`, and the package with its config when the
+/// image has none (Debian 13's `linux-base-*`).
+fn from_suite(series: &str, suite: &Suite, image_prefix: &str, scratch: &Path) -> Result<(String, String, Vec<PathBuf>)> {
+    let index = suite.index(scratch).with_context(|| format!("could not read the package index of {}", suite.name))?;
+    let prefix = format!("{image_prefix}{series}.");
+    let image = index
+        .newest(|name| name.starts_with(&prefix) && name.ends_with("-cloud-amd64"))
+        .with_context(|| format!("{} has no {prefix}*-cloud-amd64 package; kernel series {series} is not available there", suite.name))?
+        .clone();
+    println!("setup: downloading kernel {series} ({} {} from {})", image.name, image.version, suite.name);
+    let mut debs = vec![suite.fetch(&image, scratch)?];
+    if let Some(rest) = image.name.strip_prefix("linux-binary-") {
+        let base_name = format!("linux-base-{rest}");
+        let base = index
+            .exact(&base_name, &image.version)
+            .with_context(|| format!("{} has {} but not {base_name} {} (its config)", suite.name, image.name, image.version))?;
+        debs.push(suite.fetch(base, scratch)?);
+    }
+    Ok((image.name, image.version, debs))
+}
+
+/// `boot/<name>-*` or `usr/lib/modules/*/<name>` in an unpacked kernel package.
+fn kernel_file(tree: &Path, name: &str) -> Result<Option<PathBuf>> {
+    let boot = tree.join("boot");
+    if boot.is_dir() {
+        let prefix = format!("{name}-");
+        if let Some(found) = find_file(&boot, |n| n.starts_with(&prefix))? {
+            return Ok(Some(found));
+        }
+    }
+    let modules = tree.join("usr/lib/modules");
+    if modules.is_dir() {
+        for entry in fs::read_dir(&modules).with_context(|| format!("could not list {}", modules.display()))? {
+            let path = entry?.path().join(name);
+            if path.is_file() {
+                return Ok(Some(path));
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn no_package(series: &str) -> String {
@@ -162,17 +238,13 @@ fn find_package(series: &str) -> Option<(String, String)> {
             .nth(1)
             .and_then(|v| v.split(')').next())
             .map_or_else(|| version.clone(), |v| v.trim().to_string());
-        if best.as_ref().is_none_or(|(_, v)| newer(&dep_version, v)) {
+        if best.as_ref().is_none_or(|(_, v)| debian_index::newer(&dep_version, v)) {
             best = Some((package, dep_version));
         }
     }
     best
 }
 
-/// Whether Debian version `a` is newer than `b`.
-fn newer(a: &str, b: &str) -> bool {
-    cmd::succeeds(Command::new("dpkg").args(["--compare-versions", a, "gt", b]))
-}
 
 fn find_file(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<Option<std::path::PathBuf>> {
     for entry in fs::read_dir(dir).with_context(|| format!("could not list {}", dir.display()))? {
