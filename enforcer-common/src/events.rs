@@ -166,9 +166,10 @@ pub enum Reason {
     /// `open_tree(OPEN_TREE_CLONE)` or `fsmount`): where it is cannot be
     /// known, so what a rule would have to prove is denied.
     Disconnected = 13,
-    /// The walk's state, kept per CPU, was taken over by another walk on
-    /// the same CPU (the task was preempted mid-walk) in every attempt:
-    /// cannot be judged, so denied. Very rare; the operation can be retried.
+    /// Every per-CPU slot for a walk's state above its mount was held by
+    /// walks preempted on the same CPU: cannot be judged, so denied. Needs
+    /// that many walks preempted mid-walk on one CPU at once; the
+    /// operation can be retried.
     Interrupted = 14,
 }
 

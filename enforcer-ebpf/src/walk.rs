@@ -26,7 +26,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel_str_bytes,
-    generated::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_loop},
+    generated::{bpf_get_current_task_btf, bpf_loop},
 };
 use enforcer_common::{
     KernelOffsets,
@@ -293,13 +293,8 @@ fn is_anonymous(ns: *const u8) -> bool {
 
 /// One level above the starting mount, crossing mounts like `d_path`.
 extern "C" fn step_above_mount<const NEED: u16>(_level: u32, ctx: *mut c_void) -> i64 {
-    let steps = unsafe { &mut *ctx.cast::<AboveSteps>() };
-    let Some(mut walk) = steps.load::<NEED>() else {
-        return 1;
-    };
-    let stop = above_level(&mut walk, steps.table);
-    steps.store(&walk);
-    stop
+    let steps = unsafe { &*ctx.cast::<AboveSteps<NEED>>() };
+    above_level(unsafe { &mut (*steps.slot).walk }, steps.table)
 }
 
 #[inline(always)]
@@ -342,112 +337,115 @@ fn above_level<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) 
 /// stack, which the step reaches through a pointer, 7.x checks the step
 /// over and over: 500k instructions for `path_link`.)
 ///
-/// The slot is per CPU, and a task can be preempted mid-walk and another
-/// walk run on its CPU. So the slot has an owner, and every step reads
-/// the whole state, then checks it still owns the slot, and writes the
-/// owner before the whole state back: a walk whose slot was taken over
-/// (or that took over a slot mid-write) sees another owner and is denied
-/// (`Reason::Interrupted`); one that passes its check read only its own
-/// writes.
-///
-/// Field by field, the question (constant) not at all: a copy of the whole
-/// `Walk` takes stack the program does not have.
+/// The slots are per CPU, and kernels preempt BPF programs (7.x builds
+/// `PREEMPT_LAZY`): a walk preempted mid-walk must keep its state while
+/// another walk runs on its CPU. So a walk claims a free slot with an
+/// atomic compare-and-exchange and frees it when done; the next walk on
+/// the CPU takes another. With every slot of the CPU held by preempted
+/// walks (one per slot, each on this CPU), the walk is denied
+/// (`Reason::Interrupted`).
 #[repr(C)]
-struct AboveMount {
-    owner: u64,
-    mnt_root: *const u8,
-    dentry: *const u8,
-    mount: *const u8,
-    hash_base: u64,
-    dev: u32,
-    verdict: u32,
-    allowed: bool,
+struct AboveMount<const NEED: u16> {
+    /// Nonzero while a walk holds the slot.
+    busy: u64,
+    walk: Walk<NEED>,
 }
 
-// SAFETY: per-CPU map memory; see above for walks that share a CPU.
-unsafe impl Sync for AboveMount {}
+/// Room for an `AboveMount` (a map's value type cannot be generic).
+type AboveMountSlot = [u64; 8];
+const _: () = assert!(core::mem::size_of::<AboveMount<0>>() <= core::mem::size_of::<AboveMountSlot>());
+
+/// Walks on one CPU that can be above a mount at once.
+const ABOVE_MOUNT_SLOTS: u32 = 4;
 
 #[aya_ebpf::macros::map]
-static ABOVE_MOUNT: aya_ebpf::maps::PerCpuArray<AboveMount> = aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
+static ABOVE_MOUNT: aya_ebpf::maps::PerCpuArray<AboveMountSlot> = aya_ebpf::maps::PerCpuArray::with_max_entries(ABOVE_MOUNT_SLOTS, 0);
 
-/// What an above-mount step gets.
+/// What an above-mount step gets: the table (a map value pointer, which
+/// only the stack can hold) and the claimed slot.
 #[repr(C)]
-struct AboveSteps {
+struct AboveSteps<const NEED: u16> {
     table: *const FileTable,
-    slot: *mut AboveMount,
-    /// The walking task's `pid_tgid`.
-    owner: u64,
-    question: Question,
-    /// Set when the slot was taken over.
-    lost: bool,
+    slot: *mut AboveMount<NEED>,
 }
 
-impl AboveSteps {
-    /// The state, if this walk still owns the slot.
-    #[inline(always)]
-    fn load<const NEED: u16>(&mut self) -> Option<Walk<NEED>> {
-        let slot = self.slot;
-        let walk = unsafe {
-            Walk {
-                mnt_root: (&raw const (*slot).mnt_root).read_volatile(),
-                dentry: (&raw const (*slot).dentry).read_volatile(),
-                mount: (&raw const (*slot).mount).read_volatile(),
-                dev: (&raw const (*slot).dev).read_volatile(),
-                hash_base: (&raw const (*slot).hash_base).read_volatile(),
-                question: self.question,
-                allowed: (&raw const (*slot).allowed).read_volatile(),
-                verdict: (&raw const (*slot).verdict).read_volatile(),
-            }
-        };
-        if unsafe { (&raw const (*slot).owner).read_volatile() } != self.owner {
-            self.lost = true;
-            return None;
+/// A free slot of this CPU, claimed.
+#[inline(always)]
+fn claim<const NEED: u16>() -> Option<*mut AboveMount<NEED>> {
+    for index in 0..ABOVE_MOUNT_SLOTS {
+        let slot = ABOVE_MOUNT.get_ptr_mut(index)?.cast::<AboveMount<NEED>>();
+        if unsafe { try_claim(&raw mut (*slot).busy) } {
+            return Some(slot);
         }
-        Some(walk)
     }
+    None
+}
 
-    #[inline(always)]
-    fn store<const NEED: u16>(&self, walk: &Walk<NEED>) {
-        let slot = self.slot;
-        unsafe {
-            (&raw mut (*slot).owner).write_volatile(self.owner);
-            (&raw mut (*slot).mnt_root).write_volatile(walk.mnt_root);
-            (&raw mut (*slot).dentry).write_volatile(walk.dentry);
-            (&raw mut (*slot).mount).write_volatile(walk.mount);
-            (&raw mut (*slot).dev).write_volatile(walk.dev);
-            (&raw mut (*slot).hash_base).write_volatile(walk.hash_base);
-            (&raw mut (*slot).allowed).write_volatile(walk.allowed);
-            (&raw mut (*slot).verdict).write_volatile(walk.verdict);
-        }
+/// Sets `*busy` from 0 to 1 atomically; false if it was not 0. (The BPF
+/// target's Rust atomics have no compare-and-exchange; the instruction is
+/// BPF_ATOMIC | BPF_CMPXCHG, Linux 5.12.)
+#[inline(always)]
+unsafe fn try_claim(busy: *mut u64) -> bool {
+    let mut old: u64 = 0;
+    // SAFETY: `busy` is an aligned u64 in map memory.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({busy} + 0, r0, {new})",
+            busy = in(reg) busy,
+            new = in(reg) 1u64,
+            inout("r0") old,
+            options(nostack),
+        );
     }
+    old == 0
 }
 
 /// Runs the walk from the root of its starting mount up (see `AboveMount`).
-/// A walk whose slot was taken over starts again: an attempt is a few
-/// microseconds, so a second takeover in a row is as rare as it gets.
 #[inline(always)]
 fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) {
-    let Some(slot) = ABOVE_MOUNT.get_ptr_mut(0) else {
-        walk.decide(Err(Reason::Unreadable));
+    let Some(slot) = claim::<NEED>() else {
+        walk.decide(Err(Reason::Interrupted));
         return;
     };
-    let owner = unsafe { bpf_get_current_pid_tgid() };
-    for _ in 0..ABOVE_MOUNT_ATTEMPTS {
-        let mut steps = AboveSteps { table, slot, owner, question: walk.question, lost: false };
-        steps.store(walk);
-        unsafe { bpf_loop(MAX_PATH_DEPTH, step_above_mount::<NEED> as *mut c_void, (&raw mut steps).cast(), 0) };
-        if let Some(done) = steps.load()
-            && !steps.lost
-        {
-            *walk = done;
-            return;
-        }
+    let state = unsafe { &raw mut (*slot).walk };
+    unsafe { copy_walk(state, walk) };
+    let mut steps = AboveSteps::<NEED> { table, slot };
+    unsafe { bpf_loop(MAX_PATH_DEPTH, step_above_mount::<NEED> as *mut c_void, (&raw mut steps).cast(), 0) };
+    unsafe {
+        // What the walk's end reads (`judge`); the rest stays behind.
+        walk.verdict = (&raw const (*state).verdict).read_volatile();
+        walk.mount = (&raw const (*state).mount).read_volatile();
+        walk.allowed = (&raw const (*state).allowed).read_volatile();
+        // The state is read before the slot is freed (an empty `asm!` that
+        // may touch memory: the BPF backend has no fence to select).
+        core::arch::asm!("", options(nostack, preserves_flags));
+        (&raw mut (*slot).busy).write_volatile(0);
     }
-    walk.decide(Err(Reason::Interrupted));
 }
 
-/// Attempts at the walk above the mount before it is denied as interrupted.
-const ABOVE_MOUNT_ATTEMPTS: u32 = 2;
+/// `*to = *from`, field by field: a whole-struct copy compiles to a
+/// `memcpy` call, a byte loop in BPF that the verifier refuses for
+/// pointers.
+#[inline(always)]
+unsafe fn copy_walk<const NEED: u16>(to: *mut Walk<NEED>, from: &Walk<NEED>) {
+    macro_rules! copy {
+        ($($field:ident).+) => {
+            unsafe { (&raw mut (*to).$($field).+).write_volatile(from.$($field).+) }
+        };
+    }
+    copy!(mnt_root);
+    copy!(dentry);
+    copy!(mount);
+    copy!(dev);
+    copy!(hash_base);
+    copy!(question.policy_id);
+    copy!(question.needs_tree);
+    copy!(question.allow_self);
+    copy!(question.read_deny);
+    copy!(question.pending);
+    copy!(allowed);
+    copy!(verdict);
+}
 
 /// Judges `dentry`, reached through `vfsmount`; `NEED` is the tree flag
 /// that allows the operation (`FILE_WRITE`, `FILE_EXEC`). A constant, not a

@@ -190,9 +190,9 @@ fn read_deny_blocks_reads_even_through_symlinks_and_links() {
 /// The walk above a file's mount keeps its state in a per-CPU slot
 /// (`enforcer-ebpf/src/walk.rs`), and 7.x kernels (`PREEMPT_LAZY`) preempt
 /// BPF programs. An agent runs two walks on one CPU, a denied read and an
-/// allowed one, so that the denied walk is preempted and resumes on the
-/// allowed walk's state: it must never read the secret. (A walk that lost
-/// its slot is denied as `walk_interrupted`, which the allowed one may be.)
+/// allowed one, so that walks are preempted mid-walk: one must never finish
+/// on the other's state, so the secret is never read. (A walk that finds
+/// no free slot is denied as `walk_interrupted`, which the allowed one may be.)
 #[test]
 fn two_walks_sharing_a_cpu_never_finish_on_each_others_state() {
     let sb = Sandbox::new("shared-cpu");

@@ -24,8 +24,10 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 /// the untagged bounds are issue 15's target in the root cgroup and today's figures
 /// (+0.6, +0.8) with a little room below it; the tagged and `read_deny` ones are
 /// today's (+5.0, +17.6: their targets, +4 and +8, are not met yet). Lower them as
-/// the hot path gets cheaper.
-const BOUNDS: &[(&str, f64)] = &[("a", 0.5), ("a2", 0.8), ("a3", 1.0), ("b10k", 5.4), ("brd", 18.0)];
+/// the hot path gets cheaper. `read_deny` was raised from 18.0 once: the walk above a
+/// mount claims a per-CPU slot (safe under preemption, and what lets the programs
+/// load on 7.x), about 70 instructions per walk that crosses a mount.
+const BOUNDS: &[(&str, f64)] = &[("a", 0.5), ("a2", 0.8), ("a3", 1.0), ("b10k", 5.4), ("brd", 19.0)];
 
 pub fn run() -> Tier {
     println!("\n== tier gate (bench files, open+close, kernel {SERIES}, icount) ==");
