@@ -72,7 +72,6 @@ const DENIED: u32 = 16; // + Reason
 /// Fields that can both be null are kept apart: the compiler turns a run of
 /// zeroed fields into a `memset` call, a byte loop in BPF.
 #[repr(C)]
-#[derive(Clone, Copy)]
 struct Walk<const NEED: u16> {
     /// Root dentry of the mount being walked (null: no mount known).
     mnt_root: *const u8,
