@@ -102,12 +102,22 @@ pub struct KernelOffsets {
     /// `task->fs` and `fs_struct->root.mnt`: the task's root directory's mount.
     pub task_struct_fs: u32,
     pub fs_struct_root_mnt: u32,
+    /// `cgroup->ancestor_ids` (ids by level, before Linux 5.19) and
+    /// `cgroup->ancestors` (cgroups by level, since), each or
+    /// [`KernelOffsets::ABSENT`]: how the compat build finds a cgroup's
+    /// ancestors.
+    pub cgroup_ancestor_ids: u32,
+    pub cgroup_ancestors: u32,
+    /// Index of the `dentry` argument of `inode_setxattr` and
+    /// `inode_removexattr` (1 since Linux 5.12 put the mount's idmap
+    /// first, 0 before).
+    pub inode_xattr_dentry_arg: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets::FIELDS);
 
 impl KernelOffsets {
     /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 60;
+    pub const FIELDS: usize = 63;
 
     /// An optional field the running kernel does not have.
     pub const ABSENT: u32 = u32::MAX;

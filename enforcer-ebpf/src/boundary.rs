@@ -10,7 +10,7 @@
 //! reported like a signal to the outside.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
+    helpers::bpf_probe_read_kernel,
     macros::{lsm, map},
     maps::LruHashMap,
     programs::LsmContext,
@@ -131,7 +131,7 @@ pub fn file_set_fowner(ctx: LsmContext) -> i32 {
     }
     match tag::current_tag() {
         Some(tagged) => {
-            let agent = tag::agent_cgroup(unsafe { bpf_get_current_task_btf() }.cast::<u8>());
+            let agent = tag::own_agent_cgroup();
             // A full LRU drops its oldest entry; the signal is then judged
             // by the task that raises it (below).
             let _ = FOWNERS.insert(&fown, &Fowner { agent, tag: tagged.info }, 0);

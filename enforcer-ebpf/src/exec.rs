@@ -2,7 +2,7 @@
 //! it resolved the name (symlinks, `/proc/self/fd/N`, `execveat`). A script
 //! is judged, then its interpreter (the kernel asks again for each).
 
-use aya_ebpf::{helpers::generated::bpf_get_current_task_btf, macros::lsm, programs::LsmContext};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
 use enforcer_common::{
     events::{Kind, Op, Reason},
     policy::{FILE_EXEC, TAG_EXEC, TAG_REQUIRE_SECCOMP},
@@ -10,7 +10,7 @@ use enforcer_common::{
 
 use crate::{
     enforce,
-    kernel::{BprmFile, DentryInode, Direct, InodeNlink, Read, TaskSeccompMode, file_path},
+    kernel::{BprmFile, DentryInode, Direct, InodeNlink, Read, Task, TaskSeccompMode, current_task, file_path},
     report::Denial,
     tag,
     walk::{Question, judge},
@@ -44,5 +44,5 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
 
 #[inline(always)]
 fn seccomp_mode() -> u64 {
-    unsafe { Direct::get::<TaskSeccompMode>(bpf_get_current_task_btf().cast::<u8>()) }
+    unsafe { Task::get::<TaskSeccompMode>(current_task()) }
 }

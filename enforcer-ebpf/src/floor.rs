@@ -6,7 +6,7 @@
 //! `/proc/PID/mem` or `environ`) is refused unless that process belongs to
 //! the same agent: its deepest tagged ancestor cgroup is the caller's.
 
-use aya_ebpf::{helpers::generated::bpf_get_current_task_btf, macros::lsm, programs::LsmContext};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
 use enforcer_common::{
     events::{Action, Op},
     policy::{FILE_DEVICE, TAG_AUDIT},
@@ -15,7 +15,7 @@ use enforcer_common::{
 use crate::{
     kernel::{
         CredEgid, CredEuid, CredFsgid, CredFsuid, CredGid, CredSgid, CredSuid, CredUid, DentryFsdata, DentryName, DentryParent, DentrySb, Direct, Field, InodeRdev, Probe, Read,
-        SignalSession, SuperBlockMagic, TaskSignal, TaskTgid, TtySession,
+        SignalSession, SuperBlockMagic, Task, TaskSignal, TaskTgid, TtySession, current_task,
     },
     report::{FloorDenial, report_floor},
     tag::{self, Tagged},
@@ -143,7 +143,7 @@ pub(crate) fn tgid_of(task: *const u8) -> u32 {
 /// none: the host).
 #[inline(always)]
 pub(crate) fn outside(task: *const u8) -> bool {
-    let own = tag::agent_cgroup(unsafe { bpf_get_current_task_btf() }.cast::<u8>());
+    let own = tag::own_agent_cgroup();
     tag::agent_cgroup(task) != own
 }
 
@@ -306,7 +306,7 @@ fn own_terminal(dentry: *const u8) -> bool {
     if session == 0 {
         return true;
     }
-    let own = unsafe { Direct::get::<SignalSession>(Direct::ptr::<TaskSignal>(bpf_get_current_task_btf().cast::<u8>())) };
+    let own = unsafe { Task::get::<SignalSession>(Task::ptr::<TaskSignal>(current_task())) };
     session == own
 }
 

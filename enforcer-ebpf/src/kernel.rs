@@ -9,7 +9,10 @@
 //! cannot type (reached through `container_of`, e.g. `struct mount`): slower,
 //! used only above a mount root and when writing a denial's path.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel,
+    generated::{bpf_get_current_task, bpf_get_current_task_btf},
+};
 use enforcer_common::KernelOffsets;
 
 /// Filled in by the loader (`EbpfLoader::override_global`) before load; the
@@ -203,6 +206,10 @@ pub trait Read {
 
 pub struct Direct;
 pub struct Probe;
+/// For what is reached from the current task: `Direct` where
+/// `bpf_get_current_task_btf` gives a typed pointer (5.11+), `Probe` in the
+/// compat build, whose task pointer is untyped.
+pub struct Task;
 
 impl Read for Direct {
     #[inline(always)]
@@ -215,6 +222,23 @@ impl Read for Probe {
     #[inline(always)]
     unsafe fn get<F: Field>(base: *const u8) -> u64 {
         unsafe { F::probe(base) }
+    }
+}
+
+impl Read for Task {
+    #[inline(always)]
+    unsafe fn get<F: Field>(base: *const u8) -> u64 {
+        if crate::COMPAT { unsafe { F::probe(base) } } else { unsafe { F::load(base) } }
+    }
+}
+
+/// The current task, read with [`Task`].
+#[inline(always)]
+pub fn current_task() -> *const u8 {
+    if crate::COMPAT {
+        (unsafe { bpf_get_current_task() }) as *const u8
+    } else {
+        unsafe { bpf_get_current_task_btf() }.cast::<u8>().cast_const()
     }
 }
 

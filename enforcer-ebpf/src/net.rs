@@ -159,10 +159,11 @@ fn proto_bit(sock_type: u16, protocol: u16) -> u8 {
 /// Whether a program that ran before this one on the same operation has
 /// refused it: the socket programs on two of the cgroup's ancestors (for a
 /// moment while the daemon moves them, e.g. to a selector root created
-/// later) judge alike, and the second stays silent.
+/// later) judge alike, and the second stays silent. Before 5.18 (the
+/// compat build) no program can read that verdict: both report.
 #[inline(always)]
 fn already_refused() -> bool {
-    unsafe { bpf_get_retval() != 0 }
+    !crate::COMPAT && unsafe { bpf_get_retval() != 0 }
 }
 
 /// Judges a destination given to `connect` or `sendmsg` by a task whose

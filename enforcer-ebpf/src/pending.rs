@@ -14,13 +14,13 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::bpf_loop;
 use enforcer_common::{
     events::MAX_PATH_DEPTH,
     policy::{FILE_PENDING, FILE_READ_DENY, FileTable},
 };
 
 use crate::{
+    repeat::{COMPAT_PATH_DEPTH, repeat},
     kernel::{DentryInode, DentryParent, Direct, InodeIno, Read},
     walk::{filesystem, name_key_of, slot_flags},
 };
@@ -43,7 +43,7 @@ struct Climb {
 pub fn named_later(table: *const FileTable, policy_id: u16, dentry: *const u8, mnt_root: *const u8) -> bool {
     let (dev, hash_base) = filesystem::<Direct>(dentry, policy_id, table);
     let mut climb = Climb { table, hash_base, dentry, mnt_root, dev, policy_id, found: 0 };
-    unsafe { bpf_loop(MAX_PATH_DEPTH, step as *mut c_void, (&raw mut climb).cast(), 0) };
+    repeat::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, step, (&raw mut climb).cast());
     climb.found != 0
 }
 

@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
-        generated::{self as helper, bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_kernel_str},
+        generated::{self as helper, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str},
     },
     macros::map,
     maps::{PerCpuArray, RingBuf},
@@ -19,7 +19,8 @@ use enforcer_common::{
     policy::TagInfo,
 };
 
-use crate::kernel::{DentryName, DentryParent, Direct, FileDentry, FileMnt, MmExeFile, MountMountpoint, MountParent, Probe, Read, TaskMm, VfsmountRoot, file_path, mount_of, vfsmount_of};
+use crate::repeat::{COMPAT_PATH_DEPTH, repeat};
+use crate::kernel::{DentryName, DentryParent, FileDentry, FileMnt, MmExeFile, MountMountpoint, MountParent, Probe, Read, Task, TaskMm, VfsmountRoot, current_task, mount_of, vfsmount_of};
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -82,7 +83,7 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
     };
     buf.writer.enter(denial.vfsmount);
     let mut ctx = StepCtx { buf };
-    unsafe { bpf_loop(4 * MAX_PATH_DEPTH, write_step as *mut c_void, (&raw mut ctx).cast(), 0) };
+    repeat::<{ 4 * COMPAT_PATH_DEPTH }>(4 * MAX_PATH_DEPTH, write_step, (&raw mut ctx).cast());
     let total = buf.cursor;
     let writer = &buf.writer;
     // A loop that ran out mid-path leaves that path cut short.
@@ -292,7 +293,7 @@ fn finish_detail_event(buf: &mut EventBuf, head: &DetailHead, detail: u32) {
     } else {
         buf.writer.enter(exe_vfsmount);
         let mut ctx = StepCtx { buf };
-        unsafe { bpf_loop(2 * MAX_PATH_DEPTH, write_step as *mut c_void, (&raw mut ctx).cast(), 0) };
+        repeat::<{ 2 * COMPAT_PATH_DEPTH }>(2 * MAX_PATH_DEPTH, write_step, (&raw mut ctx).cast());
     }
     let total = buf.cursor;
     let flags = buf.writer.truncated | if buf.writer.phase == 1 { EVENT_EXE_TRUNCATED } else { 0 };
@@ -350,17 +351,16 @@ fn current_exe_probed() -> (*const u8, *const u8) {
 #[inline(always)]
 fn current_exe() -> (*const u8, *const u8) {
     let null = (core::ptr::null(), core::ptr::null());
-    let task = unsafe { bpf_get_current_task_btf() }.cast::<u8>().cast_const();
     unsafe {
-        let mm = Direct::ptr::<TaskMm>(task);
+        let mm = Task::ptr::<TaskMm>(current_task());
         if mm.is_null() {
             return null;
         }
-        let file = Direct::ptr::<MmExeFile>(mm);
+        let file = Task::ptr::<MmExeFile>(mm);
         if file.is_null() {
             return null;
         }
-        file_path(file)
+        (Task::ptr::<FileDentry>(file), Task::ptr::<FileMnt>(file))
     }
 }
 

@@ -5,7 +5,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::{bpf_get_current_task_btf, bpf_loop}},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
     maps::HashMap,
     programs::BtfTracePointContext,
@@ -18,7 +18,8 @@ use enforcer_common::{
 };
 
 use crate::{
-    kernel::{CgroupKn, CgroupLevel, CgroupRoot, CssSetDflCgrp, Direct, KernfsId, Read, TaskCgroups},
+    repeat::repeat,
+    kernel::{CgroupKn, CgroupLevel, CgroupRoot, CssSetDflCgrp, Direct, KernfsId, Read, Task, TaskCgroups, current_task},
     tables,
 };
 
@@ -70,8 +71,7 @@ fn select(cgroup: *const u8, path: *const u8) {
     }
     // The unified hierarchy only: the one the current task's cgroup is in.
     let unified = unsafe {
-        let task = bpf_get_current_task_btf().cast::<u8>();
-        Direct::get::<CgroupRoot>(Direct::ptr::<CssSetDflCgrp>(Direct::ptr::<TaskCgroups>(task)))
+        Task::get::<CgroupRoot>(Task::ptr::<CssSetDflCgrp>(Task::ptr::<TaskCgroups>(current_task())))
     };
     if unsafe { Direct::get::<CgroupRoot>(cgroup) } != unified {
         return;
@@ -108,7 +108,7 @@ struct Walk {
 #[inline(always)]
 fn match_path(selectors: &SelectorTable, path: *const u8) -> Option<u32> {
     let mut walk = Walk { selectors, path, state: START, len: 0, ended: false };
-    unsafe { bpf_loop(TRACED_PATH_MAX as u32, walk_step as *mut c_void, (&raw mut walk).cast(), 0) };
+    repeat::<{ TRACED_PATH_MAX as u32 }>(TRACED_PATH_MAX as u32, walk_step, (&raw mut walk).cast());
     if walk.state == DEAD {
         return None;
     }

@@ -9,14 +9,21 @@
 //! `TAG_FILTER`. Only a bloom hit looks in the tag table (see
 //! `enforcer_common::policy::TagTable`). A task in the root cgroup, or above
 //! every tagged level, is decided after three loads and a compare.
+//!
+//! The compat build (kernels before 5.17) reads the task with probe reads
+//! and, past the screen, reads the ancestors' ids by level from the cgroup
+//! (`ancestor_ids`, or `ancestors` since 5.19): a climb there would be a
+//! bounded loop the verifier checks level by level, and 5.10's LSM
+//! programs cannot call `bpf_get_current_ancestor_cgroup_id`.
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_task_btf, bpf_loop};
-use enforcer_common::policy::{FileTable, MAX_TAG_LEVEL, TAG_SLOTS, TagFilter, TagInfo, tag_homes};
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_ancestor_cgroup_id};
+use enforcer_common::{KernelOffsets, policy::{FileTable, MAX_TAG_LEVEL, TAG_SLOTS, TagFilter, TagInfo, tag_homes}};
 
 use crate::{
-    kernel::{CgroupKn, CgroupLevel, CssSetDflCgrp, Direct, KernfsId, KernfsParent, Read, TaskCgroups},
+    kernel::{CgroupKn, CgroupLevel, CssSetDflCgrp, KernfsId, KernfsParent, Probe, Read, Task, TaskCgroups, current_task, off},
+    repeat::repeat,
     select, tables,
 };
 
@@ -87,19 +94,18 @@ fn shallowest() -> u64 {
 #[inline(always)]
 pub fn screen() -> Option<Suspect> {
     let (cgroup, mut level) = unsafe {
-        let task = bpf_get_current_task_btf().cast::<u8>();
-        let css_set = Direct::ptr::<TaskCgroups>(task);
-        let cgroup = Direct::ptr::<CssSetDflCgrp>(css_set);
-        (cgroup, Direct::get::<CgroupLevel>(cgroup))
+        let css_set = Task::ptr::<TaskCgroups>(current_task());
+        let cgroup = Task::ptr::<CssSetDflCgrp>(css_set);
+        (cgroup, Task::get::<CgroupLevel>(cgroup))
     };
     let shallowest = shallowest();
     if level < shallowest {
         return None;
     }
-    let mut node = unsafe { Direct::ptr::<CgroupKn>(cgroup) };
+    let mut node = unsafe { Task::ptr::<CgroupKn>(cgroup) };
     for _ in 0..SCREEN_LEVELS {
         if tagged_at(level) {
-            let id = unsafe { Direct::get::<KernfsId>(node) };
+            let id = unsafe { Task::get::<KernfsId>(node) };
             if may_be_tagged(id) {
                 return Some(Suspect { node, level, id });
             }
@@ -107,7 +113,7 @@ pub fn screen() -> Option<Suspect> {
         if level <= shallowest {
             return None;
         }
-        node = unsafe { Direct::ptr::<KernfsParent>(node) };
+        node = unsafe { Task::ptr::<KernfsParent>(node) };
         if node.is_null() {
             return None;
         }
@@ -189,6 +195,14 @@ fn levels_up_to(level: u32) -> u64 {
 /// tagged tasks sit in the tagged cgroup itself), else the climb goes on.
 #[inline(always)]
 pub fn tag_of(Suspect { node, level, id }: Suspect) -> Option<Tagged> {
+    if crate::COMPAT {
+        if id != 0
+            && let Some(tagged) = table_lookup(id)
+        {
+            return Some(tagged);
+        }
+        return tag_of_task(current_task()).map(|(tagged, _)| tagged);
+    }
     let info = if id == 0 {
         climb(level, node)
     } else {
@@ -198,7 +212,7 @@ pub fn tag_of(Suspect { node, level, id }: Suspect) -> Option<Tagged> {
         if level <= shallowest() {
             return None;
         }
-        climb(level - 1, unsafe { Direct::ptr::<KernfsParent>(node) })
+        climb(level - 1, unsafe { Task::ptr::<KernfsParent>(node) })
     }?;
     // The climb's steps cannot hand a map pointer back; look the tables up
     // again (an untypical path: the common one returned above).
@@ -239,7 +253,54 @@ fn run_climb(climb: &mut Climb) {
     let ctx = (climb as *mut Climb).cast::<c_void>();
     // Enough steps to reach the root (cgroup trees are far shallower).
     let steps = (climb.start + 1).min(1 << 20) as u32;
-    unsafe { bpf_loop(steps, climb_step as *mut c_void, ctx, 0) };
+    repeat::<COMPAT_CLIMB_LEVELS>(steps, climb_step, ctx);
+}
+
+/// The compat build climbs only in the main build's code path, which it
+/// never takes; the bound keeps the verifier's view of that loop finite.
+const COMPAT_CLIMB_LEVELS: u32 = 64;
+
+/// The agent the current task belongs to (see [`agent_cgroup`]).
+#[inline(always)]
+pub fn own_agent_cgroup() -> u64 {
+    agent_cgroup(current_task())
+}
+
+/// The compat build's answer for `task` (read with [`Task`]): the tag of
+/// its deepest tagged ancestor cgroup and that cgroup's id, by the
+/// ancestors' ids its cgroup keeps by level.
+#[inline(never)]
+fn tag_of_task(task: *const u8) -> Option<(Tagged, u64)> {
+    let (cgroup, level) = unsafe {
+        let cgroup = Task::ptr::<CssSetDflCgrp>(Task::ptr::<TaskCgroups>(task));
+        (cgroup, Task::get::<CgroupLevel>(cgroup))
+    };
+    if cgroup.is_null() || level < shallowest() {
+        return None;
+    }
+    tag_of_ancestors(|at| ancestor_id(cgroup, level, at))
+}
+
+/// The id of the ancestor at level `at` of `cgroup` (at `level`), 0 below
+/// it.
+#[inline(always)]
+fn ancestor_id(cgroup: *const u8, level: u64, at: i32) -> u64 {
+    if at < 0 || at as u64 > level {
+        return 0;
+    }
+    // `at` <= MAX_TAG_LEVEL (the callers' levels are bits of a u64).
+    let index = (at as usize & 63) * 8;
+    let ids = off!(cgroup_ancestor_ids);
+    unsafe {
+        if ids != KernelOffsets::ABSENT as usize {
+            return bpf_probe_read_kernel(cgroup.wrapping_add(ids + index).cast::<u64>()).unwrap_or(0);
+        }
+        let ancestor = bpf_probe_read_kernel(cgroup.wrapping_add(off!(cgroup_ancestors) + index).cast::<u64>()).unwrap_or(0) as *const u8;
+        if ancestor.is_null() {
+            return 0;
+        }
+        Probe::get::<KernfsId>(Probe::ptr::<CgroupKn>(ancestor))
+    }
 }
 
 /// The agent `task` belongs to: the id of its deepest tagged ancestor
@@ -247,14 +308,17 @@ fn run_climb(climb: &mut Climb) {
 /// one task acting on another (signals, ptrace).
 #[inline(never)]
 pub fn agent_cgroup(task: *const u8) -> u64 {
+    if crate::COMPAT {
+        return tag_of_task(task).map_or(0, |(_, id)| id);
+    }
     let (cgroup, level) = unsafe {
-        let cgroup = Direct::ptr::<CssSetDflCgrp>(Direct::ptr::<TaskCgroups>(task));
-        (cgroup, Direct::get::<CgroupLevel>(cgroup))
+        let cgroup = Task::ptr::<CssSetDflCgrp>(Task::ptr::<TaskCgroups>(task));
+        (cgroup, Task::get::<CgroupLevel>(cgroup))
     };
     if cgroup.is_null() || level < shallowest() {
         return 0;
     }
-    let node = unsafe { Direct::ptr::<CgroupKn>(cgroup) };
+    let node = unsafe { Task::ptr::<CgroupKn>(cgroup) };
     if node.is_null() {
         return 0;
     }
@@ -271,7 +335,7 @@ extern "C" fn climb_step(index: u32, ctx: *mut c_void) -> i64 {
     // Bits, not `tagged_at`: see `TagFilter::level_bits`.
     let bits = unsafe { core::ptr::read_volatile(&raw const TAG_FILTER.level_bits) };
     if level <= u64::from(MAX_TAG_LEVEL) && (bits >> level) & 1 != 0 {
-        let id = unsafe { Direct::get::<KernfsId>(climb.node) };
+        let id = unsafe { Task::get::<KernfsId>(climb.node) };
         if may_be_tagged(id)
             && let Some(tagged) = table_lookup(id)
         {
@@ -284,7 +348,7 @@ extern "C" fn climb_step(index: u32, ctx: *mut c_void) -> i64 {
     if level <= shallowest() {
         return 1;
     }
-    climb.node = unsafe { Direct::ptr::<KernfsParent>(climb.node) };
+    climb.node = unsafe { Task::ptr::<KernfsParent>(climb.node) };
     if climb.node.is_null() {
         return 1;
     }

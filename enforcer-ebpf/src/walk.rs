@@ -24,18 +24,16 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{
-    bpf_probe_read_kernel_str_bytes,
-    generated::{bpf_get_current_task_btf, bpf_loop},
-};
+use aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes;
 use enforcer_common::{
     KernelOffsets,
     events::{MAX_PATH_DEPTH, Reason},
     policy::{FILE_EXEC, FILE_READ_DENY, FILE_SLOTS, FileSlot, FileTable, NAME_KEY_BYTES, file_hash_base, file_homes, name_key},
 };
 
+use crate::repeat::{COMPAT_PATH_DEPTH, repeat};
 use crate::kernel::{
-    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FsRootMnt, TaskFs, InodeIno, MntNamespaceIsAnon, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, mount_of, off, vfsmount_of,
+    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FsRootMnt, Task, TaskFs, InodeIno, MntNamespaceIsAnon, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, current_task, mount_of, off, vfsmount_of,
 };
 
 /// What is being asked of the tree.
@@ -261,8 +259,7 @@ enum Namespace {
 /// The `struct mount` of the current task's root directory.
 #[inline(always)]
 fn own_root_mount() -> *const u8 {
-    let task = unsafe { bpf_get_current_task_btf() }.cast::<u8>();
-    let vfsmount = unsafe { Direct::ptr::<FsRootMnt>(Direct::ptr::<TaskFs>(task)) };
+    let vfsmount = unsafe { Task::ptr::<FsRootMnt>(Task::ptr::<TaskFs>(current_task())) };
     mount_of(vfsmount)
 }
 
@@ -385,6 +382,9 @@ fn claim<const NEED: u16>() -> Option<*mut AboveMount<NEED>> {
 /// BPF_ATOMIC | BPF_CMPXCHG, Linux 5.12.)
 #[inline(always)]
 unsafe fn try_claim(busy: *mut u64) -> bool {
+    if crate::COMPAT {
+        return unsafe { try_claim_by_add(busy) };
+    }
     let mut old: u64 = 0;
     // SAFETY: `busy` is an aligned u64 in map memory.
     unsafe {
@@ -399,6 +399,50 @@ unsafe fn try_claim(busy: *mut u64) -> bool {
     old == 0
 }
 
+/// Before 5.12 (the compat build), with the atomic add every kernel has:
+/// add 1, then read. A walk that reads 1 holds the slot: a holder, or a
+/// walk between its add and its read, would have made it 2 or more. Any
+/// other takes its 1 back. `busy` counts holders and claimers, so a walk
+/// frees the slot by subtracting its 1, never by storing 0.
+#[inline(always)]
+unsafe fn try_claim_by_add(busy: *mut u64) -> bool {
+    unsafe {
+        atomic_add(busy, 1);
+        if busy.read_volatile() == 1 {
+            return true;
+        }
+        atomic_add(busy, u64::MAX);
+    }
+    false
+}
+
+/// `*target += value`, atomically (BPF_ATOMIC | BPF_ADD, every kernel).
+#[inline(always)]
+unsafe fn atomic_add(target: *mut u64, value: u64) {
+    // SAFETY: `target` is an aligned u64 in map memory.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({target} + 0) += {value}",
+            target = in(reg) target,
+            value = in(reg) value,
+            options(nostack),
+        );
+    }
+}
+
+/// Frees a slot `try_claim` claimed.
+#[inline(always)]
+unsafe fn release(busy: *mut u64) {
+    // The walk's state is read before the slot is freed (an empty `asm!`
+    // that may touch memory: the BPF backend has no fence to select).
+    unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+    if crate::COMPAT {
+        unsafe { atomic_add(busy, u64::MAX) };
+    } else {
+        unsafe { busy.write_volatile(0) };
+    }
+}
+
 /// Runs the walk from the root of its starting mount up (see `AboveMount`).
 #[inline(always)]
 fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) {
@@ -409,16 +453,13 @@ fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) 
     let state = unsafe { &raw mut (*slot).walk };
     unsafe { copy_walk(state, walk) };
     let mut steps = AboveSteps::<NEED> { table, slot };
-    unsafe { bpf_loop(MAX_PATH_DEPTH, step_above_mount::<NEED> as *mut c_void, (&raw mut steps).cast(), 0) };
+    repeat::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, step_above_mount::<NEED>, (&raw mut steps).cast());
     unsafe {
         // What the walk's end reads (`judge`); the rest stays behind.
         walk.verdict = (&raw const (*state).verdict).read_volatile();
         walk.mount = (&raw const (*state).mount).read_volatile();
         walk.allowed = (&raw const (*state).allowed).read_volatile();
-        // The state is read before the slot is freed (an empty `asm!` that
-        // may touch memory: the BPF backend has no fence to select).
-        core::arch::asm!("", options(nostack, preserves_flags));
-        (&raw mut (*slot).busy).write_volatile(0);
+        release(&raw mut (*slot).busy);
     }
 }
 
@@ -479,7 +520,7 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, dent
     };
     if in_mount(&mut walk, table, 0) == 0 && in_mount(&mut walk, table, 1) == 0 {
         let mut steps = Steps::<NEED> { table, walk: &raw mut walk };
-        unsafe { bpf_loop(MAX_PATH_DEPTH - INLINE_LEVELS, step_in_mount::<NEED> as *mut c_void, (&raw mut steps).cast(), 0) };
+        repeat::<{ COMPAT_PATH_DEPTH - INLINE_LEVELS }>(MAX_PATH_DEPTH - INLINE_LEVELS, step_in_mount::<NEED>, (&raw mut steps).cast());
     }
     if walk.verdict == AT_MOUNT_ROOT {
         walk.mount = mount_of(walk.mount);

@@ -75,6 +75,7 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         vfsmount_mnt_root: btf.field_offset("vfsmount", &["mnt_root"])?,
         iattr_ia_valid: btf.field_offset("iattr", &["ia_valid"])?,
         inode_setattr_dentry_arg: btf.param_index("bpf_lsm_inode_setattr", "dentry")?,
+        inode_xattr_dentry_arg: btf.param_index("bpf_lsm_inode_setxattr", "dentry")?,
         task_struct_mm: btf.field_offset("task_struct", &["mm"])?,
         mm_struct_exe_file: btf.field_offset("mm_struct", &["exe_file"])?,
         inode_i_mode: btf.field_offset("inode", &["i_mode"])?,
@@ -129,5 +130,7 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         msghdr_msg_control: btf.field_offset("msghdr", &["msg_control"])?,
         msghdr_msg_controllen: btf.field_offset("msghdr", &["msg_controllen"])?,
         signal_struct_session: btf.field_offset("signal_struct", &["pids"])? + PIDTYPE_SID * 8,
+        cgroup_ancestor_ids: btf.field_offset("cgroup", &["ancestor_ids"]).unwrap_or(KernelOffsets::ABSENT),
+        cgroup_ancestors: btf.field_offset("cgroup", &["ancestors"]).unwrap_or(KernelOffsets::ABSENT),
     })
 }

@@ -40,12 +40,30 @@ use crate::{
 
 /// The programs, built by `build.rs`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
+/// The same programs for kernels without `bpf_loop` or `bpf_get_retval`
+/// (see `enforcer-ebpf/src/compat.rs`).
+static COMPAT_PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-compat"));
+
+/// The build of the programs this kernel can load: the compat build where
+/// a probe finds `bpf_loop` (5.17) or `bpf_get_retval` (5.18) missing.
+/// `ENFORCER_PROGRAMS=compat` forces it (to test it on a newer kernel).
+fn build_for_kernel() -> (bool, &'static [u8]) {
+    use aya::{programs::ProgramType, sys::{BpfHelper, is_helper_supported}};
+    let has = |helper| is_helper_supported(ProgramType::CgroupSockAddr, helper).unwrap_or(false);
+    let forced = std::env::var("ENFORCER_PROGRAMS").is_ok_and(|v| v == "compat");
+    if forced || !has(BpfHelper::BPF_FUNC_loop) || !has(BpfHelper::BPF_FUNC_get_retval) {
+        (true, COMPAT_PROGRAMS)
+    } else {
+        (false, PROGRAMS)
+    }
+}
 
 /// A copy of the programs with this kernel's field offsets in their loads,
 /// in 8-byte aligned memory (the ELF reader needs aligned headers).
 struct Programs {
     words: Vec<u64>,
     len: usize,
+    compat: bool,
 }
 
 impl Programs {
@@ -56,13 +74,22 @@ impl Programs {
 }
 
 fn programs_for(offsets: &KernelOffsets) -> Result<Programs, field_loads::FieldLoadError> {
-    let mut words = vec![0u64; PROGRAMS.len().div_ceil(8)];
-    // SAFETY: `words` spans at least `PROGRAMS.len()` bytes.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), PROGRAMS.len()) };
-    bytes.copy_from_slice(PROGRAMS);
+    let (compat, object) = build_for_kernel();
+    if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
+        eprintln!("enforcer: loading the {} build of the programs", if compat { "compat" } else { "main" });
+    }
+    let mut words = vec![0u64; object.len().div_ceil(8)];
+    // SAFETY: `words` spans at least `object.len()` bytes.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), object.len()) };
+    bytes.copy_from_slice(object);
     field_loads::patch(bytes, offsets)?;
-    Ok(Programs { words, len: PROGRAMS.len() })
+    Ok(Programs { words, len: object.len(), compat })
 }
+
+/// Hooks the compat build judges in another hook: `path_chown` takes
+/// `kuid_t` by value, and trampolines before Linux 6.0 refuse struct
+/// arguments; `inode_setattr` judges owner changes there.
+const COMPAT_JUDGED_ELSEWHERE: &[&str] = &["path_chown"];
 
 /// Every hook, and whether the enforcer can work without it. Optional hooks
 /// appeared in later kernels, where they close paths older kernels send
@@ -651,6 +678,8 @@ struct LoadedObject {
     aya_btf: aya::Btf,
     /// Why BPF LSM is not active, if it is not.
     lsm: Option<LoadError>,
+    /// The compat build (see `build_for_kernel`).
+    compat: bool,
 }
 
 /// Every map userspace works with, taken from the object or its pins.
@@ -747,17 +776,20 @@ fn load_object() -> Result<LoadedObject, LoadError> {
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
     let programs = programs_for(&offsets)?;
     let ebpf = EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(programs.bytes())?;
-    Ok(LoadedObject { ebpf, btf, aya_btf, lsm })
+    Ok(LoadedObject { ebpf, btf, aya_btf, lsm, compat: programs.compat })
 }
 
 impl LoadedObject {
     /// Loads and attaches the program `<prefix><hook>` for each of `hooks`
     /// this kernel has. Returns the optional hooks the kernel lacks.
     fn load_lsm(&mut self, prefix: &str, hooks: &[(&'static str, bool)]) -> Result<(Vec<&'static str>, Vec<LsmLink>), LoadError> {
-        let Self { ebpf, btf, aya_btf, .. } = self;
+        let Self { ebpf, btf, aya_btf, compat, .. } = self;
         let mut missing_hooks = Vec::new();
         let mut links = Vec::new();
         for &(hook, required) in hooks {
+            if *compat && COMPAT_JUDGED_ELSEWHERE.contains(&hook) {
+                continue;
+            }
             if !required && !btf.has_function(&format!("bpf_lsm_{hook}")) {
                 missing_hooks.push(hook);
                 continue;
@@ -798,7 +830,9 @@ fn classify(hook: &'static str, source: ProgramError) -> LoadError {
     }
     // The whole log can run to megabytes; the reason is at its end.
     let lines: Vec<&str> = log.lines().collect();
-    let log_tail = lines[lines.len().saturating_sub(30)..].join("\n");
+    // `ENFORCER_DEBUG_LOAD=1` keeps more of it, for whoever works on the programs.
+    let keep = if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() { 3000 } else { 30 };
+    let log_tail = lines[lines.len().saturating_sub(keep)..].join("\n");
     LoadError::Verifier { hook, errno: io_error, log_tail }
 }
 
@@ -813,14 +847,19 @@ fn raise_memlock_limit() {
 mod tests {
     use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
 
-    use super::PROGRAMS;
+    use super::{COMPAT_PROGRAMS, PROGRAMS};
 
     /// The compiler turns struct copies and zeroed runs into `memset` and
     /// `memcpy` calls, which in BPF are byte loops (about five instructions a
     /// byte): one on the open path once cost 1.1 points of the benchmark.
     #[test]
     fn no_byte_loop_builtins() {
-        let file = object::File::parse(PROGRAMS).unwrap();
+        no_byte_loop_builtins_in(PROGRAMS);
+        no_byte_loop_builtins_in(COMPAT_PROGRAMS);
+    }
+
+    fn no_byte_loop_builtins_in(programs: &[u8]) {
+        let file = object::File::parse(programs).unwrap();
         let functions: Vec<_> = file.symbols().filter(|s| s.kind() == object::SymbolKind::Text).collect();
         let mut offenders = Vec::new();
         for section in file.sections().filter(|s| s.kind() == object::SectionKind::Text) {

@@ -29,7 +29,7 @@ pub struct Options {
     /// Skip the VM tier (reported as SKIPPED).
     #[arg(long)]
     skip_vm: bool,
-    /// Kernel series for the VM tier; repeatable (default: 6.1, 6.12 and 7.3).
+    /// Kernel series for the VM tier; repeatable (default: 5.10, 6.1, 6.12 and 7.3).
     #[arg(long = "kernel", value_name = "SERIES")]
     kernels: Vec<String>,
     /// Run only these tiers (unit, host, vm, gate); repeatable (default: all).
@@ -91,7 +91,7 @@ impl Tier {
 }
 
 pub fn run(opts: &Options) -> ExitCode {
-    let series = kernel::chosen(&opts.kernels);
+    let series = kernel::chosen_or(&opts.kernels, kernel::FETCHED);
     // Cheap when everything is in place; on a fresh machine it installs what the tiers need.
     let setup_series = if opts.skip_vm {
         Vec::new()

@@ -16,6 +16,13 @@ use crate::{cmd, kernel};
 const TIMEOUT: Duration = Duration::from_mins(40);
 const SCRIPT: &str = "ENFORCER_BIN=/bin/enforcer ENFORCER_PROBE_BIN=/bin/enforcer-probe /bin/lsm-tests --test-threads=1";
 
+/// 5.10 loads the compat build of the programs (no `bpf_loop`), whose
+/// verification takes about five minutes per `enforcer run` under TCG
+/// (seconds on real hardware): its tier runs the test that covers what that
+/// build does differently for files (every write hook, owner changes judged
+/// in `inode_setattr`, the xattr hooks' older signature), not all of them.
+const SUBSETS: &[(&str, &str)] = &[("5.10", "every_write_like_operation_outside_is_denied_with_one_event")];
+
 pub fn run(series: &str) -> Tier {
     println!("\n== tier vm {series} ==");
     let kernel = match kernel::cached(series) {
@@ -31,7 +38,11 @@ pub fn run(series: &str) -> Tier {
         .package
         .trim_start_matches("linux-image-")
         .to_string();
-    let (release, outcome) = match run_tests(kernel) {
+    let subset = SUBSETS.iter().find(|(s, _)| *s == series).map(|(_, tests)| *tests);
+    if let Some(tests) = subset {
+        println!("vm {series}: a subset (the compat build loads for minutes under TCG): {tests}");
+    }
+    let (release, outcome) = match run_tests(kernel, subset) {
         Ok((booted, outcome)) => (booted.unwrap_or(release), outcome),
         Err(e) => (
             release,
@@ -41,13 +52,14 @@ pub fn run(series: &str) -> Tier {
             },
         ),
     };
+    let scope = if subset.is_some() { ", subset" } else { "" };
     Tier {
-        name: format!("vm {series} ({release})"),
+        name: format!("vm {series} ({release}{scope})"),
         outcome,
     }
 }
 
-fn run_tests(kernel: kernel::Kernel) -> Result<(Option<String>, Outcome)> {
+fn run_tests(kernel: kernel::Kernel, subset: Option<&str>) -> Result<(Option<String>, Outcome)> {
     let bins = build_binaries()?;
     let tests = build_test("lsm")?;
     let mut files = vec![
@@ -60,7 +72,7 @@ fn run_tests(kernel: kernel::Kernel) -> Result<(Option<String>, Outcome)> {
         files.push((policies, "/policies".to_string()));
     }
     // While developing: ENFORCER_VM_TESTS=NAME runs only the tests whose name contains NAME.
-    let filter = std::env::var("ENFORCER_VM_TESTS").unwrap_or_default();
+    let filter = std::env::var("ENFORCER_VM_TESTS").unwrap_or_else(|_| subset.unwrap_or_default().to_owned());
     let spec = VmSpec {
         kernel,
         files,

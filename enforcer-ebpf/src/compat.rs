@@ -1,0 +1,24 @@
+//! The enforcer's BPF LSM programs for kernels from Linux 5.10 that lack
+//! `bpf_loop` (5.17), `bpf_get_retval` (5.18), `bpf_get_current_task_btf`
+//! (5.11) or the atomic compare-and-exchange (5.12). The loader picks this
+//! build when a probe finds `bpf_loop` or `bpf_get_retval` missing.
+//!
+//! The source is the same as `main.rs`'s; where the two differ, a branch on
+//! `COMPAT` (a constant, so each build keeps one side):
+//! - loops are bounded loops, which the verifier checks iteration by
+//!   iteration, instead of `bpf_loop` steps it checks once (`repeat.rs`);
+//! - the current task's fields are read with `bpf_probe_read_kernel`
+//!   (`bpf_get_current_task` gives no typed pointer), and its tag is found
+//!   through `bpf_get_current_ancestor_cgroup_id`;
+//! - a walk above a mount claims its per-CPU slot with an atomic add;
+//! - cgroup socket programs cannot read an earlier program's verdict, so
+//!   when two of them judge one operation both report it.
+#![no_std]
+#![feature(asm_experimental_arch)]
+#![no_main]
+#![expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "BPF code narrows kernel values on purpose")]
+
+/// Which build this is.
+const COMPAT: bool = true;
+
+include!("programs.rs");
