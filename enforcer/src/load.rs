@@ -118,6 +118,19 @@ pub const HOOKS: &[(&str, bool)] = &[
 /// unix socket peers (the cgroup programs see IPv4 and IPv6 only).
 pub const NET_HOOKS: &[(&str, bool)] = &[("socket_create", true), ("unix_stream_connect", true), ("unix_may_send", true)];
 
+/// What a missing optional hook leaves unenforced; `None` where older
+/// kernels send the same operations through a required hook (`ftruncate`
+/// through `path_truncate`, ACLs through the xattr hooks, 32-bit ioctls
+/// through `file_ioctl`).
+fn lost_without(hook: &str) -> Option<&'static str> {
+    match hook {
+        "userns_create" => Some(
+            "creating user namespaces (the floor's `userns_create` hook is Linux 6.1+; a `[syscalls]` rule on clone and unshare still applies)",
+        ),
+        _ => None,
+    }
+}
+
 /// Exec control and the built-in floor: every tagged cgroup, whatever its
 /// policy says (see `enforcer-ebpf/src/floor.rs`).
 pub const FLOOR_HOOKS: &[(&str, bool)] = &[
@@ -386,6 +399,12 @@ impl Enforcer {
     #[must_use]
     pub fn lsm_missing(&self) -> Option<&LoadError> {
         self.lsm_missing.as_ref()
+    }
+
+    /// What this kernel's missing optional hooks leave unenforced.
+    #[must_use]
+    pub fn not_enforced_for_missing_hooks(&self) -> Vec<&'static str> {
+        self.missing_hooks.iter().filter_map(|hook| lost_without(hook)).collect()
     }
 
     /// The grants of resolved addresses (taken once, by the resolver).
@@ -775,6 +794,10 @@ fn load_object() -> Result<LoadedObject, LoadError> {
     raise_memlock_limit();
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
     let programs = programs_for(&offsets)?;
+    // The compat build finds a task's tag through one of these.
+    if programs.compat && offsets.cgroup_ancestor_ids == KernelOffsets::ABSENT && offsets.cgroup_ancestors == KernelOffsets::ABSENT {
+        return Err(crate::btf::BtfError::NoField { strukt: "cgroup".into(), field: "ancestor_ids (or ancestors)".into() }.into());
+    }
     let ebpf = EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(programs.bytes())?;
     Ok(LoadedObject { ebpf, btf, aya_btf, lsm, compat: programs.compat })
 }

@@ -139,18 +139,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
     let mut tag = tag_for(&policy, POLICY_ID);
     let mut enforcer = Enforcer::load()?;
-    if let Some(why) = enforcer.lsm_missing().map(ToString::to_string) {
-        let parts = needs_lsm(&policy);
-        if !parts.is_empty() {
-            if !opts.degraded {
-                return Err(RunError::Unenforceable { why, parts });
-            }
-            eprintln!("enforcer: warning: --degraded: this kernel cannot run BPF LSM programs ({why})");
-            for part in parts {
-                eprintln!("enforcer: warning: --degraded: NOT enforced: {part}");
-            }
-        }
-    }
+    check_enforceable(&enforcer, &policy, opts.degraded)?;
     let (events_path, sink) = open_events(opts.events.as_deref())?;
     // Neither the supervisor nor its watchdog may be the OOM killer's choice;
     // the command gets the caller's value back.
@@ -299,6 +288,27 @@ pub fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
         parts.push("syscalls.require_seccomp: refusing exec without a seccomp filter (BPF LSM)");
     }
     parts
+}
+
+/// Refuses a policy this kernel cannot enforce (without BPF LSM) unless
+/// `degraded`; names every part it does not enforce.
+fn check_enforceable(enforcer: &Enforcer, policy: &Policy, degraded: bool) -> Result<(), RunError> {
+    if let Some(why) = enforcer.lsm_missing().map(ToString::to_string) {
+        let parts = needs_lsm(policy);
+        if !parts.is_empty() {
+            if !degraded {
+                return Err(RunError::Unenforceable { why, parts });
+            }
+            eprintln!("enforcer: warning: --degraded: this kernel cannot run BPF LSM programs ({why})");
+            for part in parts {
+                eprintln!("enforcer: warning: --degraded: NOT enforced: {part}");
+            }
+        }
+    }
+    for part in enforcer.not_enforced_for_missing_hooks() {
+        eprintln!("enforcer: warning: this kernel lacks a hook: NOT enforced: {part}");
+    }
+    Ok(())
 }
 
 #[must_use]

@@ -103,6 +103,30 @@ pub fn main(opts: DaemonOptions) -> i32 {
     }
 }
 
+/// What this kernel does not enforce, each named on stderr; without BPF
+/// LSM, an error unless `degraded` (and the pins just made are removed).
+fn not_enforced(enforcer: &Enforcer, start: &Start, degraded: bool) -> Result<Vec<&'static str>, DaemonError> {
+    let mut not_enforced = Vec::new();
+    if let Some(why) = enforcer.lsm_missing().map(ToString::to_string) {
+        if !degraded {
+            if let Some(dir) = enforcer.pin_dir().filter(|_| *start != Start::Adopted) {
+                let _ = crate::load::remove_pins(dir);
+            }
+            return Err(DaemonError::Unenforceable { why });
+        }
+        eprintln!("enforcer: warning: --degraded: this kernel cannot run BPF LSM programs ({why})");
+        for part in NOT_ENFORCED_WITHOUT_LSM {
+            eprintln!("enforcer: warning: --degraded: NOT enforced: {part}");
+        }
+        not_enforced = NOT_ENFORCED_WITHOUT_LSM.to_vec();
+    }
+    for part in enforcer.not_enforced_for_missing_hooks() {
+        eprintln!("enforcer: warning: this kernel lacks a hook: NOT enforced: {part}");
+        not_enforced.push(part);
+    }
+    Ok(not_enforced)
+}
+
 async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let config = Config::load(opts.config.as_deref())?;
     if !rustix::process::geteuid().is_root() {
@@ -121,20 +145,7 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         std::fs::create_dir_all(&config.policies).map_err(io_err(&config.policies))?;
     }
     let (enforcer, start) = Enforcer::load_pinned(&config.bpffs)?;
-    let mut not_enforced = Vec::new();
-    if let Some(why) = enforcer.lsm_missing().map(ToString::to_string) {
-        if !opts.degraded {
-            if let Some(dir) = enforcer.pin_dir().filter(|_| start != Start::Adopted) {
-                let _ = crate::load::remove_pins(dir);
-            }
-            return Err(DaemonError::Unenforceable { why });
-        }
-        eprintln!("enforcer: warning: --degraded: this kernel cannot run BPF LSM programs ({why})");
-        for part in NOT_ENFORCED_WITHOUT_LSM {
-            eprintln!("enforcer: warning: --degraded: NOT enforced: {part}");
-        }
-        not_enforced = NOT_ENFORCED_WITHOUT_LSM.to_vec();
-    }
+    let not_enforced = not_enforced(&enforcer, &start, opts.degraded)?;
     let hierarchy = Hierarchy::find()?;
     let adopted = start == Start::Adopted;
     let (mut core, report) = Core::start(config.clone(), enforcer, hierarchy, adopted);
