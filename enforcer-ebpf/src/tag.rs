@@ -256,8 +256,8 @@ fn run_climb(climb: &mut Climb) {
     repeat::<COMPAT_CLIMB_LEVELS>(steps, climb_step, ctx);
 }
 
-/// The compat build climbs only in the main build's code path, which it
-/// never takes; the bound keeps the verifier's view of that loop finite.
+/// The compat build never climbs (`tag_of` and `agent_cgroup` read the
+/// ancestors' ids instead); its loop needs a bound all the same.
 const COMPAT_CLIMB_LEVELS: u32 = 64;
 
 /// The agent the current task belongs to (see [`agent_cgroup`]).

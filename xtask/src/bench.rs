@@ -354,7 +354,7 @@ fn run_files(opts: &FilesOptions) -> Result<ExitCode> {
             script: script.clone(),
             icount: true,
             timeout: TIMEOUT,
-            echo: !opts.quiet,
+            echo: (!opts.quiet).then(String::new),
         };
         let report = match vm::run(&spec) {
             Ok(run) => {

@@ -79,7 +79,7 @@ pub fn run(bench: &Bench<'_>, targets: &Targets<'_>) -> Result<ExitCode> {
             script: (bench.script)(targets.rounds, "/bin/enforcer-bench", "/bin/enforcer", false),
             icount: true,
             timeout: TIMEOUT,
-            echo: false,
+            echo: None,
         };
         let table = match vm::run(&spec) {
             Ok(run) => {

@@ -99,7 +99,7 @@ pub fn run(opts: &ProgramsOptions) -> Result<ExitCode> {
             script: SCRIPT.replace("@ITERATIONS@", &opts.iterations.to_string()),
             icount: true,
             timeout: TIMEOUT,
-            echo: false,
+            echo: None,
         };
         let run = vm::run(&spec)?;
         println!("kernel {}: instructions per call of each program that ran on every open ({} opens)", run.kernel_release.as_deref().unwrap_or(s), opts.iterations);

@@ -74,7 +74,7 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
         script: SCRIPT.to_string(),
         icount: false,
         timeout: TIMEOUT,
-        echo: true,
+        echo: Some(String::new()),
     };
     let run = vm::run(&spec)?;
     match run.exit_code {

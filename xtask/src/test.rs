@@ -2,7 +2,8 @@
 //!
 //! 1. unit: `cargo test` of the workspace (no privileges).
 //! 2. host: the `host` integration tests, as root, on the host kernel.
-//! 3. vm: the `lsm` integration tests in a qemu VM per kernel series (BPF LSM enabled).
+//! 3. vm: the `lsm` integration tests in a qemu VM per kernel series (BPF LSM enabled),
+//!    two VMs side by side.
 //! 4. gate: the file hot path's cost under icount, against fixed bounds (`test/gate.rs`).
 //!
 //! The last line is `N passed, M failed` over all tiers (`, K skipped` when a tier did
@@ -104,32 +105,23 @@ pub fn run(opts: &Options) -> ExitCode {
 
     let wanted = |tier: &str| opts.tiers.is_empty() || opts.tiers.iter().any(|t| t == tier);
     let mut tiers = Vec::new();
-    let mut timed = |run: &dyn Fn() -> Tier| {
-        let start = Instant::now();
-        let mut tier = run();
-        let _ = write!(tier.name, " [{:.0}s]", start.elapsed().as_secs_f64());
-        println!("{}", tier.line());
-        tiers.push(tier);
-    };
     if wanted("unit") {
-        timed(&unit::run);
+        tiers.push(timed(&unit::run));
     }
     if wanted("host") {
-        timed(&host::run);
+        tiers.push(timed(&host::run));
     }
     if opts.skip_vm {
-        timed(&|| Tier {
+        tiers.push(timed(&|| Tier {
             name: "vm".into(),
             outcome: Outcome::Skipped("--skip-vm".into()),
-        });
+        }));
     } else {
         if wanted("vm") {
-            for s in &series {
-                timed(&|| in_vm::run(s));
-            }
+            tiers.extend(in_vm::run_all(&series));
         }
         if wanted("gate") {
-            timed(&gate::run);
+            tiers.push(timed(&gate::run));
         }
     }
 
@@ -162,6 +154,15 @@ pub fn run(opts: &Options) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Runs a tier and prints its line, its time in its name.
+fn timed(run: &dyn Fn() -> Tier) -> Tier {
+    let start = Instant::now();
+    let mut tier = run();
+    let _ = write!(tier.name, " [{:.0}s]", start.elapsed().as_secs_f64());
+    println!("{}", tier.line());
+    tier
 }
 
 /// Outcome of a tier whose test process ran: failed when it exited non-zero or printed

@@ -32,8 +32,9 @@ pub struct VmSpec {
     pub icount: bool,
     /// Limit for the whole boot plus script; qemu is killed when it is reached.
     pub timeout: Duration,
-    /// Print the console live on our stdout while it runs.
-    pub echo: bool,
+    /// Print the console live on our stdout while it runs, each line after this prefix
+    /// (which names the VM when several run side by side).
+    pub echo: Option<String>,
 }
 
 /// What a VM run produced.
@@ -149,7 +150,7 @@ pub fn run_command(opts: &Options) -> Result<ExitCode> {
         script: opts.command.join(" "),
         icount: opts.icount,
         timeout: Duration::from_secs(opts.timeout),
-        echo: true,
+        echo: Some(String::new()),
     };
     let run = run(&spec)?;
     let release = run.kernel_release.as_deref().unwrap_or("?");

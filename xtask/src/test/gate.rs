@@ -49,7 +49,7 @@ fn gate() -> Result<Outcome> {
         script: bench::files_script(1, ITERATIONS, &["open"], &["b10k", "brd"]),
         icount: true,
         timeout: TIMEOUT,
-        echo: false,
+        echo: None,
     };
     let run = vm::run(&spec)?;
     let samples = Samples::parse(&run.output);

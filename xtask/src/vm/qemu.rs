@@ -64,8 +64,8 @@ pub fn boot(spec: &VmSpec, initrd: &Path) -> Result<Attempt> {
         match rx.recv_timeout(limit.saturating_duration_since(Instant::now())) {
             Ok(line) => {
                 let line = strip_escapes(&line);
-                if spec.echo {
-                    println!("{line}");
+                if let Some(prefix) = &spec.echo {
+                    println!("{prefix}{line}");
                 }
                 if attempt.userspace_after.is_none() && line.contains(USERSPACE_MARKER) {
                     attempt.userspace_after = Some(start.elapsed());
