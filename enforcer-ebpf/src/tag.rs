@@ -271,6 +271,14 @@ pub fn own_agent_cgroup() -> u64 {
 /// ancestors' ids its cgroup keeps by level.
 #[inline(never)]
 fn tag_of_task(task: *const u8) -> Option<(Tagged, u64)> {
+    let (cgroup, level) = cgroup_to_judge(task)?;
+    tag_of_ancestors(|at| ancestor_id(cgroup, level, at))
+}
+
+/// `task`'s cgroup and its level, read with [`Task`]; `None` if it has
+/// none or sits above every tagged level.
+#[inline(always)]
+fn cgroup_to_judge(task: *const u8) -> Option<(*const u8, u64)> {
     let (cgroup, level) = unsafe {
         let cgroup = Task::ptr::<CssSetDflCgrp>(Task::ptr::<TaskCgroups>(task));
         (cgroup, Task::get::<CgroupLevel>(cgroup))
@@ -278,7 +286,7 @@ fn tag_of_task(task: *const u8) -> Option<(Tagged, u64)> {
     if cgroup.is_null() || level < shallowest() {
         return None;
     }
-    tag_of_ancestors(|at| ancestor_id(cgroup, level, at))
+    Some((cgroup, level))
 }
 
 /// The id of the ancestor at level `at` of `cgroup` (at `level`), 0 below
@@ -311,13 +319,7 @@ pub fn agent_cgroup(task: *const u8) -> u64 {
     if crate::COMPAT {
         return tag_of_task(task).map_or(0, |(_, id)| id);
     }
-    let (cgroup, level) = unsafe {
-        let cgroup = Task::ptr::<CssSetDflCgrp>(Task::ptr::<TaskCgroups>(task));
-        (cgroup, Task::get::<CgroupLevel>(cgroup))
-    };
-    if cgroup.is_null() || level < shallowest() {
-        return 0;
-    }
+    let Some((cgroup, level)) = cgroup_to_judge(task) else { return 0 };
     let node = unsafe { Task::ptr::<CgroupKn>(cgroup) };
     if node.is_null() {
         return 0;
