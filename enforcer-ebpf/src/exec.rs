@@ -24,7 +24,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Some(tag) = tag::current_tag() else { return 0 };
     let bprm: *const u8 = ctx.arg(0);
     let file = unsafe { Direct::ptr::<BprmFile>(bprm) };
-    let (dentry, vfsmount) = file_path(file);
+    let (dentry, vfsmount) = file_path::<Direct>(file);
     let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
     let flags = tag.info.flags;
     // The floor: a program with no name anywhere (memfd_create, a deleted

@@ -242,10 +242,10 @@ pub fn current_task() -> *const u8 {
     }
 }
 
-/// `file->f_path`: its dentry and mount.
+/// `file->f_path`: its dentry and mount, read with `R`.
 #[inline(always)]
-pub fn file_path(file: *const u8) -> (*const u8, *const u8) {
-    unsafe { (Direct::ptr::<FileDentry>(file), Direct::ptr::<FileMnt>(file)) }
+pub fn file_path<R: Read>(file: *const u8) -> (*const u8, *const u8) {
+    unsafe { (R::ptr::<FileDentry>(file), R::ptr::<FileMnt>(file)) }
 }
 
 /// `container_of(vfsmount, struct mount, mnt)`.

@@ -175,7 +175,7 @@ fn open_file(suspect: Suspect, file: *const u8) -> i32 {
     let Some(tag) = tag::tag_of(suspect) else { return 0 };
     let (mode, flags) = unsafe { (Direct::get::<FileMode>(file) as u32, Direct::get::<FileFlags>(file) as u32) };
     let writes = mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0;
-    let (dentry, vfsmount) = file_path(file);
+    let (dentry, vfsmount) = file_path::<Direct>(file);
     let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
     let file_type = unsafe { Direct::get::<InodeMode>(inode) } as u32 & S_IFMT;
     let magic = unsafe { Direct::get::<SuperBlockMagic>(Direct::ptr::<DentrySb>(dentry)) };
@@ -221,7 +221,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 pub fn file_truncate(ctx: LsmContext) -> i32 {
     let Some(tag) = tag::current_tag() else { return 0 };
     let file: *const u8 = ctx.arg(0);
-    let (dentry, vfsmount) = file_path(file);
+    let (dentry, vfsmount) = file_path::<Direct>(file);
     let check = Check { kind: Kind::FileWrite, op: Op::Truncate, allow_self: true, dentry, vfsmount };
     protect_then_decide(&tag, protected_object(&check), check)
 }
@@ -370,7 +370,7 @@ fn file_ioctl_check(ctx: &LsmContext) -> i32 {
     if boundary::TTY_INJECTION.contains(&cmd) {
         return floor::refuse(&tag, Op::TtyInject, 0, cmd);
     }
-    let (dentry, vfsmount) = file_path(ctx.arg(0));
+    let (dentry, vfsmount) = file_path::<Direct>(ctx.arg(0));
     let check = Check { kind: Kind::FileWrite, op: Op::Setflags, allow_self: true, dentry, vfsmount };
     protect_then_decide(&tag, protected_object(&check), check)
 }

@@ -20,7 +20,7 @@ use enforcer_common::{
 };
 
 use crate::repeat::{COMPAT_PATH_DEPTH, repeat};
-use crate::kernel::{DentryName, DentryParent, FileDentry, FileMnt, MmExeFile, MountMountpoint, MountParent, Probe, Read, Task, TaskMm, VfsmountRoot, current_task, mount_of, vfsmount_of};
+use crate::kernel::{DentryName, DentryParent, MmExeFile, MountMountpoint, MountParent, Probe, Read, Task, TaskMm, VfsmountRoot, current_task, file_path, mount_of, vfsmount_of};
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -342,7 +342,7 @@ fn current_exe_probed() -> (*const u8, *const u8) {
         if file.is_null() {
             return null;
         }
-        (Probe::ptr::<FileDentry>(file), Probe::ptr::<FileMnt>(file))
+        file_path::<Probe>(file)
     }
 }
 
@@ -360,7 +360,7 @@ fn current_exe() -> (*const u8, *const u8) {
         if file.is_null() {
             return null;
         }
-        (Task::ptr::<FileDentry>(file), Task::ptr::<FileMnt>(file))
+        file_path::<Task>(file)
     }
 }
 
