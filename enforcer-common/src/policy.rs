@@ -293,6 +293,12 @@ pub const FILE_DEVICE: u16 = 1 << 3;
 /// `FileSlot::flags`: a directory some of whose entries do not exist yet but
 /// are `read_deny` trees already; they are keyed by [`name_key`].
 pub const FILE_PENDING: u16 = 1 << 4;
+/// The `ino` of a `FILE_PENDING` rule on each filesystem (`dev`) that holds a
+/// pending directory of the policy: the pending climb stays on one
+/// filesystem, so on any other it has nothing to find and is skipped. No
+/// inode has this number in practice; if one did, it would only make its
+/// children's names judged, never allow more.
+pub const PENDING_ON_FILESYSTEM: u64 = u64::MAX;
 
 /// Bytes of a name that [`name_key`] reads: the first `NAME_KEY_BYTES - 1`
 /// (then a NUL, as a bounded string read leaves them). Longer names that

@@ -6,7 +6,9 @@
 //! operation, this second, short walk climbs from the dentry to its mount's
 //! root and judges, at each directory with `FILE_PENDING`, the name it came
 //! up through: the tree is protected from the moment its name exists, who
-//! ever creates it, and creating it is refused to the agent.
+//! ever creates it, and creating it is refused to the agent. The climb
+//! stays on the dentry's filesystem, so it runs only where the policy has a
+//! pending directory (`PENDING_ON_FILESYSTEM`).
 //!
 //! A walk of its own, not a step of the main one: there the extra branches
 //! multiplied the verifier's states (path_mknod went from 146k to 529k
@@ -16,7 +18,7 @@ use core::ffi::c_void;
 
 use enforcer_common::{
     events::MAX_PATH_DEPTH,
-    policy::{FILE_PENDING, FILE_READ_DENY, FileTable},
+    policy::{FILE_PENDING, FILE_READ_DENY, FileTable, PENDING_ON_FILESYSTEM},
 };
 
 use crate::{
@@ -42,6 +44,10 @@ struct Climb {
 #[inline(always)]
 pub fn named_later(table: *const FileTable, policy_id: u16, dentry: *const u8, mnt_root: *const u8) -> bool {
     let (dev, hash_base) = filesystem::<Direct>(dentry, policy_id, table);
+    // No pending directory on this filesystem: the climb would find none.
+    if slot_flags(table, dev, hash_base, policy_id, PENDING_ON_FILESYSTEM).unwrap_or(0) & FILE_PENDING == 0 {
+        return false;
+    }
     let mut climb = Climb { table, hash_base, dentry, mnt_root, dev, policy_id, found: 0 };
     repeat::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, step, (&raw mut climb).cast());
     climb.found != 0

@@ -24,7 +24,9 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes;
+use core::ptr::null;
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
 use enforcer_common::{
     KernelOffsets,
     events::{MAX_PATH_DEPTH, Reason},
@@ -33,7 +35,7 @@ use enforcer_common::{
 
 use crate::repeat::{COMPAT_PATH_DEPTH, repeat};
 use crate::kernel::{
-    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FsRootMnt, Task, TaskFs, InodeIno, MntNamespaceIsAnon, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, current_task, mount_of, off, vfsmount_of,
+    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FsRootMnt, Task, TaskFs, InodeIno, MntNamespaceIsAnon, MntNamespaceSeq, MountNs, Probe, Read, SuperBlockDev, VfsmountRoot, current_task, mount_of, off,
 };
 
 /// What is being asked of the tree.
@@ -108,16 +110,9 @@ impl<const NEED: u16> Walk<NEED> {
         self.decide(verdict)
     }
 
-    /// Starts a walk segment on the filesystem of the current dentry.
+    /// The rule flags of `inode` (the current dentry's), if it is a tree root.
     #[inline(always)]
-    fn enter_filesystem<R: Read>(&mut self, table: *const FileTable) {
-        (self.dev, self.hash_base) = filesystem::<R>(self.dentry, self.question.policy_id, table);
-    }
-
-    /// The rule flags of the current dentry's inode, if it is a tree root.
-    #[inline(always)]
-    unsafe fn rule<R: Read>(&self, table: *const FileTable) -> Option<u16> {
-        let inode = unsafe { R::ptr::<DentryInode>(self.dentry) };
+    unsafe fn rule<R: Read>(&self, table: *const FileTable, inode: *const u8) -> Option<u16> {
         if inode.is_null() {
             return None; // a negative dentry (a name being created)
         }
@@ -133,7 +128,14 @@ impl<const NEED: u16> Walk<NEED> {
     /// Judges the current dentry; `Some` ends the walk.
     #[inline(always)]
     fn check<R: Read>(&mut self, table: *const FileTable, level: u32) -> Option<i64> {
-        let flags = unsafe { self.rule::<R>(table) }?;
+        let inode = unsafe { R::ptr::<DentryInode>(self.dentry) };
+        self.check_inode::<R>(table, level, inode)
+    }
+
+    /// [`Self::check`] with the current dentry's inode read already.
+    #[inline(always)]
+    fn check_inode<R: Read>(&mut self, table: *const FileTable, level: u32, inode: *const u8) -> Option<i64> {
+        let flags = unsafe { self.rule::<R>(table, inode) }?;
         if flags & FILE_READ_DENY != 0 {
             return Some(self.decide(Err(Reason::ReadDenied)));
         }
@@ -290,14 +292,49 @@ fn is_anonymous(ns: *const u8) -> bool {
 /// One level above the starting mount, crossing mounts like `d_path`.
 extern "C" fn step_above_mount<const NEED: u16>(_level: u32, ctx: *mut c_void) -> i64 {
     let steps = unsafe { &*ctx.cast::<AboveSteps<NEED>>() };
-    above_level(unsafe { &mut (*steps.slot).walk }, steps.table)
+    above_level(unsafe { &mut *steps.slot }, steps.table)
+}
+
+/// What the walk reads of a `struct mount`: four adjacent words from
+/// `mnt_parent` on (`mnt_parent`, `mnt_mountpoint`, then the embedded
+/// vfsmount's `mnt_root` and `mnt_sb`; the loader checks this layout), one
+/// probe read instead of four.
+#[derive(Clone, Copy)]
+struct MountFields {
+    parent: *const u8,
+    mountpoint: *const u8,
+    root: *const u8,
+    sb: *const u8,
+}
+
+/// The [`MountFields`] of the `struct mount` at `mount`; all null if it
+/// cannot be read.
+#[inline(always)]
+fn mount_fields(mount: *const u8) -> MountFields {
+    let at = mount.wrapping_add(off!(mount_mnt_parent)).cast::<[u64; 4]>();
+    match unsafe { bpf_probe_read_kernel(at) } {
+        Ok([parent, mountpoint, root, sb]) => MountFields { parent: parent as _, mountpoint: mountpoint as _, root: root as _, sb: sb as _ },
+        Err(_) => MountFields { parent: null(), mountpoint: null(), root: null(), sb: null() },
+    }
+}
+
+/// A dentry's `d_parent` and `d_inode`, in one probe read of the four words
+/// from `d_parent` to `d_inode` (`d_name` lies between; the loader checks
+/// this layout). Both null if it cannot be read.
+#[inline(always)]
+fn dentry_fields(dentry: *const u8) -> (*const u8, *const u8) {
+    let at = dentry.wrapping_add(off!(dentry_d_parent)).cast::<[u64; 4]>();
+    match unsafe { bpf_probe_read_kernel(at) } {
+        Ok([parent, _, _, inode]) => (parent as _, inode as _),
+        Err(_) => (null(), null()),
+    }
 }
 
 #[inline(always)]
-fn above_level<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) -> i64 {
+fn above_level<const NEED: u16>(slot: &mut AboveMount<NEED>, table: *const FileTable) -> i64 {
+    let walk = &mut slot.walk;
     if walk.dentry == walk.mnt_root {
-        let mount = walk.mount;
-        let parent_mount = unsafe { Probe::ptr::<MountParent>(mount) };
+        let (mount, parent_mount) = (walk.mount, slot.mount.parent);
         if parent_mount.is_null() {
             return walk.decide(Err(Reason::Unreadable));
         }
@@ -305,18 +342,22 @@ fn above_level<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) 
             walk.verdict = AT_TOP_MOUNT;
             return 1;
         }
-        walk.dentry = unsafe { Probe::ptr::<MountMountpoint>(mount) };
+        let above = mount_fields(parent_mount);
+        walk.dentry = slot.mount.mountpoint;
         walk.mount = parent_mount;
-        walk.mnt_root = unsafe { Probe::ptr::<VfsmountRoot>(vfsmount_of(parent_mount)) };
-        walk.enter_filesystem::<Probe>(table);
+        walk.mnt_root = above.root;
+        slot.mount = above;
+        // The mount's superblock is its mount point's filesystem.
+        walk.dev = unsafe { Probe::get::<SuperBlockDev>(above.sb) } as u32;
+        walk.hash_base = file_hash_base(walk.dev, walk.question.policy_id, unsafe { (*table).seed });
     }
+    let (parent, inode) = dentry_fields(walk.dentry);
     // Above the start every level is a parent, so `write` roots count.
-    if let Some(stop) = walk.check::<Probe>(table, 1) {
+    if let Some(stop) = walk.check_inode::<Probe>(table, 1, inode) {
         return stop;
     }
     let d = walk.dentry;
     if d != walk.mnt_root {
-        let parent = unsafe { Probe::ptr::<DentryParent>(d) };
         if parent.is_null() {
             return walk.decide(Err(Reason::Unreadable));
         }
@@ -345,10 +386,13 @@ struct AboveMount<const NEED: u16> {
     /// Nonzero while a walk holds the slot.
     busy: u64,
     walk: Walk<NEED>,
+    /// What was read of `walk.mount`: its parent and mount point come
+    /// from the same read as its root.
+    mount: MountFields,
 }
 
 /// Room for an `AboveMount` (a map's value type cannot be generic).
-type AboveMountSlot = [u64; 8];
+type AboveMountSlot = [u64; 12];
 const _: () = assert!(core::mem::size_of::<AboveMount<0>>() <= core::mem::size_of::<AboveMountSlot>());
 
 /// Walks on one CPU that can be above a mount at once.
@@ -451,7 +495,10 @@ fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) 
         return;
     };
     let state = unsafe { &raw mut (*slot).walk };
-    unsafe { copy_walk(state, walk) };
+    unsafe {
+        copy_walk(state, walk);
+        (&raw mut (*slot).mount).write_volatile(mount_fields(walk.mount));
+    }
     let mut steps = AboveSteps::<NEED> { table, slot };
     repeat::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, step_above_mount::<NEED>, (&raw mut steps).cast());
     unsafe {

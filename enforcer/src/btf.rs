@@ -43,6 +43,11 @@ pub enum BtfError {
     NoFunction(String),
     #[error("kernel BTF: `{func}` has no parameter `{param}`")]
     NoParam { func: String, param: String },
+    #[error(
+        "kernel BTF: {0}, which the walk above a mount reads in one go (enforcer-ebpf/src/walk.rs): \
+         this kernel's layout is not supported yet; please report it with `uname -r`"
+    )]
+    Layout(&'static str),
 }
 
 struct Member {

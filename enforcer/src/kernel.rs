@@ -56,6 +56,27 @@ const PIDTYPE_SID: u32 = 3;
 
 /// The struct offsets the programs read at, from the kernel's own BTF.
 pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+    let offsets = read_offsets(btf)?;
+    check_read_windows(btf, &offsets)?;
+    Ok(offsets)
+}
+
+/// The walk above a mount reads adjacent fields with one probe read each
+/// (`mount_fields`, `dentry_fields` in `enforcer-ebpf/src/walk.rs`): true of
+/// every kernel since long before 5.10, checked all the same.
+fn check_read_windows(btf: &Btf, o: &KernelOffsets) -> Result<(), BtfError> {
+    let mnt_root = o.mount_mnt + o.vfsmount_mnt_root;
+    let mnt_sb = o.mount_mnt + btf.field_offset("vfsmount", &["mnt_sb"])?;
+    if o.mount_mnt_mountpoint != o.mount_mnt_parent + 8 || mnt_root != o.mount_mnt_parent + 16 || mnt_sb != o.mount_mnt_parent + 24 {
+        return Err(BtfError::Layout("struct mount's mnt_parent, mnt_mountpoint, mnt.mnt_root and mnt.mnt_sb are not adjacent"));
+    }
+    if o.dentry_d_inode != o.dentry_d_parent + 24 {
+        return Err(BtfError::Layout("struct dentry's d_inode is not three words after d_parent"));
+    }
+    Ok(())
+}
+
+fn read_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let path_dentry = btf.field_offset("path", &["dentry"])?;
     Ok(KernelOffsets {
         file_f_mode: btf.field_offset("file", &["f_mode"])?,

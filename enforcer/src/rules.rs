@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use enforcer_common::policy::{FILE_DEVICE, FILE_EXEC, FILE_PENDING, FILE_READ_DENY, FILE_WRITE, FileRuleKey, TAG_PENDING, name_key, name_words};
+use enforcer_common::policy::{FILE_DEVICE, FILE_EXEC, FILE_PENDING, FILE_READ_DENY, FILE_WRITE, FileRuleKey, PENDING_ON_FILESYSTEM, TAG_PENDING, name_key, name_words};
 
 use crate::{
     mounts::{self, MountError},
@@ -87,6 +87,7 @@ fn pending_read_deny(rules: &mut FileRules, path: &Path, mounts: &[procfs::proce
             let bytes = name.as_encoded_bytes();
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
             rules.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, FILE_PENDING);
+            rules.add(FileRuleKey { ino: PENDING_ON_FILESYSTEM, dev: id.dev, policy_id }, FILE_PENDING);
             rules.add(FileRuleKey { ino: name_key(id.ino, name_words(bytes), len), dev: id.dev, policy_id }, FILE_READ_DENY);
             return Ok(());
         }
@@ -114,5 +115,21 @@ mod tests {
         assert_eq!(rules.entries[0].1, FILE_WRITE | FILE_READ_DENY | FILE_EXEC | FILE_DEVICE);
         assert_eq!(rules.entries[0].0.policy_id, 7);
         assert_eq!(rules.missing, vec![(dir.path().join("absent"), "files.write")]);
+    }
+
+    #[test]
+    fn a_missing_read_deny_tree_is_keyed_by_name_and_marks_its_filesystem() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("name = \"p\"\n[files]\nread_deny = [\"{}/.aws\"]\n", dir.path().display());
+        let (policy, _) = crate::policy::parse(&text, std::path::Path::new("p.toml")).unwrap();
+        let rules = resolve(&policy, 3).unwrap();
+        let meta = std::fs::metadata(dir.path()).unwrap();
+        let flags_of = |ino: u64| rules.entries.iter().filter(|(k, _)| k.ino == ino && k.policy_id == 3).map(|(_, f)| *f).collect::<Vec<_>>();
+        assert_eq!(flags_of(meta.ino()), vec![FILE_PENDING], "the nearest existing directory");
+        assert_eq!(flags_of(name_key(meta.ino(), name_words(b".aws"), 4)), vec![FILE_READ_DENY], "the missing name");
+        assert_eq!(flags_of(PENDING_ON_FILESYSTEM), vec![FILE_PENDING], "its filesystem");
+        assert_eq!(rules.entries.len(), 3);
+        assert_eq!(rules.tag_flags(), TAG_PENDING);
     }
 }

@@ -103,7 +103,7 @@ struct Targets {
 
 impl Targets {
     fn new(dir: &std::path::Path) -> Self {
-        let host = Command::new("sleep").arg("120").spawn().expect("start a host process");
+        let host = Command::new("sleep").arg(TARGET_LIFETIME).spawn().expect("start a host process");
         let (operator, operator_tty) = operator_shell();
         let sg = dir.join("sg0").display().to_string();
         let c_sg = CString::new(sg.clone()).unwrap();
@@ -253,6 +253,13 @@ impl Drop for Targets {
     }
 }
 
+/// Seconds the target processes live (they are killed when the test ends):
+/// longer than any load, so they are still there when the agent attacks.
+/// With two minutes, the operator's terminal had lost its session by the
+/// time the compat build had loaded on 5.10 (about five minutes under TCG),
+/// so opening it was rightly allowed (a terminal of no session).
+const TARGET_LIFETIME: &str = "3600";
+
 /// A host process in a session of its own whose controlling terminal is a
 /// new pseudo-terminal (the operator's shell); returns it and the terminal's
 /// path. The master end stays open (leaked) as long as the test runs.
@@ -260,7 +267,7 @@ fn operator_shell() -> (Child, String) {
     let (master, tty) = enforcer_tests::pty();
     std::mem::forget(master);
     let mut command = Command::new("sleep");
-    command.arg("120").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    command.arg(TARGET_LIFETIME).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     enforcer_tests::on_terminal(&mut command, &tty);
     (command.spawn().expect("start the operator's shell"), tty)
 }

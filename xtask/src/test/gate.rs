@@ -23,11 +23,13 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 /// Points above the floor (open+close) each gated scenario may cost on `SERIES`:
 /// the untagged bounds are issue 15's target in the root cgroup and today's figures
 /// (+0.6, +0.8) with a little room below it; the tagged and `read_deny` ones are
-/// today's (+5.0, +17.6: their targets, +4 and +8, are not met yet). Lower them as
+/// today's (+5.0, +15.6: their targets, +4 and +8, are not met yet). Lower them as
 /// the hot path gets cheaper. `read_deny` was raised from 18.0 once: the walk above a
 /// mount claims a per-CPU slot (safe under preemption, and what lets the programs
-/// load on 7.x), about 70 instructions per walk that crosses a mount.
-const BOUNDS: &[(&str, f64)] = &[("a", 0.5), ("a2", 0.8), ("a3", 1.0), ("b10k", 5.4), ("brd", 19.0)];
+/// load on 7.x), about 70 instructions per walk that crosses a mount; lowered to 16.5
+/// when that walk's probe reads were batched and the pending climb began skipping
+/// filesystems without a pending directory (+18.3 to +15.6).
+const BOUNDS: &[(&str, f64)] = &[("a", 0.5), ("a2", 0.8), ("a3", 1.0), ("b10k", 5.4), ("brd", 16.5)];
 
 pub fn run() -> Tier {
     println!("\n== tier gate (bench files, open+close, kernel {SERIES}, icount) ==");

@@ -20,13 +20,33 @@ const TIMEOUT: Duration = Duration::from_mins(40);
 const SCRIPT: &str = "ENFORCER_BIN=/bin/enforcer ENFORCER_PROBE_BIN=/bin/enforcer-probe /bin/lsm-tests --test-threads=1";
 
 /// 5.10 loads the compat build of the programs (no `bpf_loop`), whose
-/// verification takes about five minutes per `enforcer run` under TCG
-/// (seconds on real hardware): its tier runs the test that covers what that
-/// build does differently for files (every write hook, owner changes judged
-/// in `inode_setattr`, the xattr hooks' older signature), not all of them.
-/// (The floor and agent boundary test does not pass there yet: see the
-/// README.) libtest filters, separated by spaces.
-const SUBSETS: &[(&str, &str)] = &[("5.10", "every_write_like_operation_outside_is_denied_with_one_event")];
+/// verification takes about five minutes per `enforcer run` (or daemon
+/// start) under TCG, seconds on real hardware. Its tier runs one test per
+/// part that build does differently, each with one load: every write hook
+/// (owner changes judged in `inode_setattr`, the xattr hooks' older
+/// signature), the floor and agent boundary (tasks read by probe, tags by
+/// the cgroup's ancestor ids) under `enforcer run` and in a daemon-tagged
+/// cgroup, the walk above a mount (slots claimed by atomic add), and
+/// connects (judged without `bpf_get_retval`). libtest filters, separated
+/// by spaces.
+const SUBSETS: &[(&str, &str)] = &[(
+    "5.10",
+    "every_write_like_operation_outside_is_denied_with_one_event \
+     the_floor_and_the_agent_boundary_hold_under_enforcer_run \
+     the_floor_and_the_agent_boundary_hold_in_a_daemon_tagged_cgroup \
+     two_walks_sharing_a_cpu_never_finish_on_each_others_state \
+     allowed_destinations_connect_and_everything_else_is_denied_with_one_event",
+)];
+
+/// Rough minutes a tier takes on this machine, for starting the longest
+/// first (two workers finish together that way).
+fn expected_minutes(series: &str) -> u32 {
+    match series {
+        "5.10" => 27,
+        "6.1" => 10,
+        _ => 15,
+    }
+}
 
 /// VMs run side by side. Each `enforcer run` in a VM verifies on one vCPU for most of
 /// its time, so on this 2-core machine two VMs together take each hardly longer than
@@ -36,12 +56,14 @@ fn side_by_side() -> usize {
     std::env::var("ENFORCER_VM_PARALLEL").ok().and_then(|v| v.parse().ok()).unwrap_or(2)
 }
 
-/// The tiers of `series`, taken in order by [`side_by_side`] workers; each prints its
-/// tier line (with its time) when it ends. Returned in `series` order.
+/// The tiers of `series`, longest first, taken by [`side_by_side`] workers; each
+/// prints its tier line (with its time) when it ends. Returned in `series` order.
 pub fn run_all(series: &[String]) -> Vec<Tier> {
     let files = guest_files().map_err(|e| format!("{e:#}"));
     let workers = side_by_side().clamp(1, series.len().max(1));
-    let queue = Mutex::new(series.iter().enumerate().collect::<VecDeque<_>>());
+    let mut order: Vec<(usize, &String)> = series.iter().enumerate().collect();
+    order.sort_by_key(|(_, s)| std::cmp::Reverse(expected_minutes(s)));
+    let queue = Mutex::new(order.into_iter().collect::<VecDeque<_>>());
     let done = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -120,10 +142,13 @@ fn run(series: &str, files: &Result<Vec<(PathBuf, String)>, String>, prefix: Str
 fn run_tests(kernel: kernel::Kernel, files: Vec<(PathBuf, String)>, subset: Option<&str>, prefix: String) -> Result<(Option<String>, Outcome)> {
     // While developing: ENFORCER_VM_TESTS=NAME runs only the tests whose name contains NAME.
     let filter = std::env::var("ENFORCER_VM_TESTS").unwrap_or_else(|_| subset.unwrap_or_default().to_owned());
+    // And ENFORCER_VM_ENV="NAME=VALUE ..." sets variables for them (e.g.
+    // ENFORCER_PROGRAMS=compat, to try the compat build on a newer kernel).
+    let env = std::env::var("ENFORCER_VM_ENV").unwrap_or_default();
     let spec = VmSpec {
         kernel,
         files,
-        script: format!("{SCRIPT} {filter}"),
+        script: format!("{env} {SCRIPT} {filter}"),
         icount: false,
         timeout: TIMEOUT,
         echo: Some(prefix),
