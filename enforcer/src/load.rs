@@ -660,12 +660,30 @@ where
 fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     for &name in SOCK_ADDR_PROGRAMS {
         let program: &mut CgroupSockAddr = program_of(ebpf, name)?;
+        let started = std::time::Instant::now();
         program.load().map_err(|source| LoadError::SockProgram { name, source })?;
+        debug_loaded(name, started, program.info());
     }
-    let program: &mut CgroupSock = program_of(ebpf, SOCK_CREATE_PROGRAM)?;
-    program.load().map_err(|source| LoadError::SockProgram { name: SOCK_CREATE_PROGRAM, source })?;
-    let program: &mut CgroupSkb = program_of(ebpf, INBOUND_PROGRAM)?;
-    program.load().map_err(|source| LoadError::SockProgram { name: INBOUND_PROGRAM, source })
+    let name = SOCK_CREATE_PROGRAM;
+    let program: &mut CgroupSock = program_of(ebpf, name)?;
+    let started = std::time::Instant::now();
+    program.load().map_err(|source| LoadError::SockProgram { name, source })?;
+    debug_loaded(name, started, program.info());
+    let name = INBOUND_PROGRAM;
+    let program: &mut CgroupSkb = program_of(ebpf, name)?;
+    let started = std::time::Instant::now();
+    program.load().map_err(|source| LoadError::SockProgram { name, source })?;
+    debug_loaded(name, started, program.info());
+    Ok(())
+}
+
+/// With `ENFORCER_DEBUG_LOAD=1`: how long a program took to load and how
+/// many instructions the verifier processed (Linux 5.16+ counts them).
+fn debug_loaded(name: &str, started: std::time::Instant, info: Result<aya::programs::ProgramInfo, ProgramError>) {
+    if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
+        let insns = info.ok().and_then(|i| i.verified_instruction_count());
+        eprintln!("enforcer: loaded {name} in {:?}, verifier processed {insns:?} insns", started.elapsed());
+    }
 }
 
 /// The floor of any BPF LSM design, for benchmarks: an empty program
@@ -826,10 +844,7 @@ impl LoadedObject {
             program.load(hook, aya_btf).map_err(|source| classify(hook, source))?;
             let link = program.attach().map_err(|source| LoadError::Program { hook, source })?;
             links.push(LsmLink { hook, link: program.take_link(link).map_err(|source| LoadError::Program { hook, source })? });
-            if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
-                let insns = program.info().ok().and_then(|i| i.verified_instruction_count());
-                eprintln!("enforcer: loaded {prefix}{hook} in {:?}, verifier processed {insns:?} insns", started.elapsed());
-            }
+            debug_loaded(&format!("{prefix}{hook}"), started, program.info());
         }
         Ok((missing_hooks, links))
     }
