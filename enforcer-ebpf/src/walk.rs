@@ -22,9 +22,7 @@
 //! Each level is one `bpf_loop` step, so the verifier checks a step once
 //! instead of every unrolled level.
 
-use core::ffi::c_void;
-
-use core::ptr::null;
+use core::{ffi::c_void, ptr::null};
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
 use enforcer_common::{
@@ -347,7 +345,7 @@ fn above_level<const NEED: u16>(slot: &mut AboveMount<NEED>, table: *const FileT
         walk.mount = parent_mount;
         walk.mnt_root = above.root;
         slot.mount = above;
-        // The mount's superblock is its mount point's filesystem.
+        // The mount point is on the parent mount's superblock.
         walk.dev = unsafe { Probe::get::<SuperBlockDev>(above.sb) } as u32;
         walk.hash_base = file_hash_base(walk.dev, walk.question.policy_id, unsafe { (*table).seed });
     }
