@@ -659,29 +659,31 @@ where
 /// Loads (does not attach) the cgroup socket programs.
 fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     for &name in SOCK_ADDR_PROGRAMS {
-        let program: &mut CgroupSockAddr = program_of(ebpf, name)?;
-        let started = std::time::Instant::now();
-        program.load().map_err(|source| LoadError::SockProgram { name, source })?;
-        debug_loaded(name, started, program.info());
+        load_sock_program(name, program_of::<CgroupSockAddr>(ebpf, name)?, CgroupSockAddr::load, CgroupSockAddr::info)?;
     }
-    let name = SOCK_CREATE_PROGRAM;
-    let program: &mut CgroupSock = program_of(ebpf, name)?;
+    load_sock_program(SOCK_CREATE_PROGRAM, program_of::<CgroupSock>(ebpf, SOCK_CREATE_PROGRAM)?, CgroupSock::load, CgroupSock::info)?;
+    load_sock_program(INBOUND_PROGRAM, program_of::<CgroupSkb>(ebpf, INBOUND_PROGRAM)?, CgroupSkb::load, CgroupSkb::info)
+}
+
+/// Loads one socket program (`load`), then [`debug_loaded`] (`info`).
+fn load_sock_program<P>(
+    name: &'static str,
+    program: &mut P,
+    load: impl FnOnce(&mut P) -> Result<(), ProgramError>,
+    info: impl FnOnce(&P) -> Result<aya::programs::ProgramInfo, ProgramError>,
+) -> Result<(), LoadError> {
     let started = std::time::Instant::now();
-    program.load().map_err(|source| LoadError::SockProgram { name, source })?;
-    debug_loaded(name, started, program.info());
-    let name = INBOUND_PROGRAM;
-    let program: &mut CgroupSkb = program_of(ebpf, name)?;
-    let started = std::time::Instant::now();
-    program.load().map_err(|source| LoadError::SockProgram { name, source })?;
-    debug_loaded(name, started, program.info());
+    load(program).map_err(|source| LoadError::SockProgram { name, source })?;
+    debug_loaded(&name, started, || info(program));
     Ok(())
 }
 
 /// With `ENFORCER_DEBUG_LOAD=1`: how long a program took to load and how
 /// many instructions the verifier processed (Linux 5.16+ counts them).
-fn debug_loaded(name: &str, started: std::time::Instant, info: Result<aya::programs::ProgramInfo, ProgramError>) {
+/// `info` (a syscall) runs only then.
+fn debug_loaded(name: &dyn std::fmt::Display, started: std::time::Instant, info: impl FnOnce() -> Result<aya::programs::ProgramInfo, ProgramError>) {
     if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
-        let insns = info.ok().and_then(|i| i.verified_instruction_count());
+        let insns = info().ok().and_then(|i| i.verified_instruction_count());
         eprintln!("enforcer: loaded {name} in {:?}, verifier processed {insns:?} insns", started.elapsed());
     }
 }
@@ -844,7 +846,7 @@ impl LoadedObject {
             program.load(hook, aya_btf).map_err(|source| classify(hook, source))?;
             let link = program.attach().map_err(|source| LoadError::Program { hook, source })?;
             links.push(LsmLink { hook, link: program.take_link(link).map_err(|source| LoadError::Program { hook, source })? });
-            debug_loaded(&format!("{prefix}{hook}"), started, program.info());
+            debug_loaded(&format_args!("{prefix}{hook}"), started, || program.info());
         }
         Ok((missing_hooks, links))
     }
