@@ -293,6 +293,12 @@ pub const FILE_DEVICE: u16 = 1 << 3;
 /// `FileSlot::flags`: a directory some of whose entries do not exist yet but
 /// are `read_deny` trees already; they are keyed by [`name_key`].
 pub const FILE_PENDING: u16 = 1 << 4;
+/// `FileSlot::flags`: a `write` or `exec` root that no `read_deny` tree
+/// holds (none is the root itself or above it). A walk that has its answer
+/// by here (the root allows, or the question is only a read's) stops: the
+/// levels above cannot deny. Without it, a policy with `read_deny` trees
+/// walks every judged path to the top.
+pub const FILE_NO_READ_DENY_ABOVE: u16 = 1 << 5;
 /// The `ino` of a `FILE_PENDING` rule on each filesystem (`dev`) that holds a
 /// pending directory of the policy: the pending climb stays on one
 /// filesystem, so on any other it has nothing to find and is skipped. No

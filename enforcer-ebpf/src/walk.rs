@@ -28,7 +28,7 @@ use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
 use enforcer_common::{
     KernelOffsets,
     events::{MAX_PATH_DEPTH, Reason},
-    policy::{FILE_EXEC, FILE_READ_DENY, FILE_SLOTS, FileSlot, FileTable, NAME_KEY_BYTES, file_hash_base, file_homes, name_key},
+    policy::{FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_SLOTS, FileSlot, FileTable, NAME_KEY_BYTES, file_hash_base, file_homes, name_key},
 };
 
 use crate::repeat::{COMPAT_PATH_DEPTH, repeat};
@@ -47,7 +47,9 @@ pub struct Question {
     /// only its directory entry (create, unlink, rename...: those change the
     /// parent, so the object being a root does not allow them).
     pub allow_self: bool,
-    /// The policy has `read_deny` trees, so the walk must reach the root.
+    /// The policy has `read_deny` trees, so an allowed walk goes on up to
+    /// the top, or to a root no `read_deny` tree holds
+    /// (`FILE_NO_READ_DENY_ABOVE`).
     pub read_deny: bool,
     /// Some of them are keyed by name (they did not exist when the policy
     /// was loaded): `pending::named_later` judges them.
@@ -137,11 +139,14 @@ impl<const NEED: u16> Walk<NEED> {
         if flags & FILE_READ_DENY != 0 {
             return Some(self.decide(Err(Reason::ReadDenied)));
         }
+        // Allowed, and nothing above can deny: the walk ends.
         if flags & NEED != 0 && (level > 0 || self.question.allow_self) {
             self.allowed = true;
-            if !self.question.read_deny {
+            if !self.question.read_deny || flags & FILE_NO_READ_DENY_ABOVE != 0 {
                 return Some(self.decide(Ok(())));
             }
+        } else if flags & FILE_NO_READ_DENY_ABOVE != 0 && self.allowed {
+            return Some(self.decide(Ok(())));
         }
         None
     }

@@ -25,6 +25,7 @@ use enforcer_common::{
     select::{SELECTED_BLOOM_MAP, SELECTED_MAP, Selected, SelectedBloom, SelectorTable},
 };
 
+mod jit_dump;
 mod pinned;
 pub use pinned::{PinError, Start, adopted_build, build_id, remove_pins, short_sha256};
 
@@ -847,6 +848,11 @@ impl LoadedObject {
             let link = program.attach().map_err(|source| LoadError::Program { hook, source })?;
             links.push(LsmLink { hook, link: program.take_link(link).map_err(|source| LoadError::Program { hook, source })? });
             debug_loaded(&format_args!("{prefix}{hook}"), started, || program.info());
+            if let Some(dir) = std::env::var_os("ENFORCER_DUMP_JIT")
+                && let Ok(fd) = program.fd()
+            {
+                jit_dump::write(std::path::Path::new(&dir), &format!("{prefix}{hook}"), std::os::fd::AsFd::as_fd(fd));
+            }
         }
         Ok((missing_hooks, links))
     }

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use enforcer_common::policy::{FILE_DEVICE, FILE_EXEC, FILE_PENDING, FILE_READ_DENY, FILE_WRITE, FileRuleKey, PENDING_ON_FILESYSTEM, TAG_PENDING, name_key, name_words};
+use enforcer_common::policy::{FILE_DEVICE, FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_PENDING, FILE_READ_DENY, FILE_WRITE, FileRuleKey, PENDING_ON_FILESYSTEM, TAG_PENDING, name_key, name_words};
 
 use crate::{
     mounts::{self, MountError},
@@ -53,7 +53,46 @@ pub fn resolve(policy: &Policy, policy_id: u16) -> Result<FileRules, MountError>
             rules.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, flag);
         }
     }
+    let read_deny = files.map_or(none, |f| &f.read_deny);
+    if !read_deny.is_empty() {
+        let held = read_deny_ids(read_deny, &mounts)?;
+        for path in lists.iter().filter(|(_, flag, _)| *flag & (FILE_WRITE | FILE_EXEC) != 0).flat_map(|(paths, _, _)| paths.iter()) {
+            if let Some(id) = mounts::inode_id(path, &mounts)?
+                && !under_read_deny(path, &held, &mounts)?
+            {
+                rules.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, FILE_NO_READ_DENY_ABOVE);
+            }
+        }
+    }
     Ok(rules)
+}
+
+/// The inodes of the `read_deny` trees that exist.
+fn read_deny_ids(paths: &[PathBuf], mounts: &[procfs::process::MountInfo]) -> Result<Vec<(u64, u32)>, MountError> {
+    let mut ids = Vec::new();
+    for path in paths {
+        if let Some(id) = mounts::inode_id(path, mounts)? {
+            ids.push((id.ino, id.dev));
+        }
+    }
+    Ok(ids)
+}
+
+/// Whether `root` or a directory above it is one of the `read_deny` trees
+/// `held` (by inode, along its path with symlinks resolved). A `read_deny`
+/// tree that does not exist yet cannot hold a root that does: creating its
+/// name is judged as a `read_deny` tree already, so nothing can be moved
+/// under it. Where the path cannot be resolved, the answer is yes (no
+/// shortcut, the walk goes to the top).
+fn under_read_deny(root: &Path, held: &[(u64, u32)], mounts: &[procfs::process::MountInfo]) -> Result<bool, MountError> {
+    let Ok(resolved) = std::fs::canonicalize(root) else { return Ok(true) };
+    for dir in resolved.ancestors() {
+        match mounts::inode_id(dir, mounts)? {
+            Some(id) if !held.contains(&(id.ino, id.dev)) => {}
+            _ => return Ok(true),
+        }
+    }
+    Ok(false)
 }
 
 impl FileRules {
@@ -115,6 +154,32 @@ mod tests {
         assert_eq!(rules.entries[0].1, FILE_WRITE | FILE_READ_DENY | FILE_EXEC | FILE_DEVICE);
         assert_eq!(rules.entries[0].0.policy_id, 7);
         assert_eq!(rules.missing, vec![(dir.path().join("absent"), "files.write")]);
+    }
+
+    #[test]
+    fn only_roots_no_read_deny_tree_holds_end_walks_early() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["work", "work/.aws", "secret", "secret/inner", "bin"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        std::os::unix::fs::symlink(d.join("secret"), d.join("link")).unwrap();
+        let text = format!(
+            "name = \"p\"\n[files]\nwrite = [\"{0}/work\", \"{0}/secret/inner\"]\nread_deny = [\"{0}/work/.aws\", \"{0}/link\"]\n\
+             [exec]\nallow = [\"{0}/bin\"]\n",
+            d.display()
+        );
+        let (policy, _) = crate::policy::parse(&text, Path::new("p.toml")).unwrap();
+        let rules = resolve(&policy, 1).unwrap();
+        let flags_of = |sub: &str| {
+            let ino = std::fs::metadata(d.join(sub)).unwrap().ino();
+            rules.entries.iter().find(|(k, _)| k.ino == ino).map(|(_, f)| *f).unwrap()
+        };
+        assert_eq!(flags_of("work"), FILE_WRITE | FILE_NO_READ_DENY_ABOVE, "a read_deny tree below it is met on the way up");
+        assert_eq!(flags_of("bin"), FILE_EXEC | FILE_NO_READ_DENY_ABOVE);
+        assert_eq!(flags_of("secret/inner"), FILE_WRITE, "held by a read_deny tree (named through a symlink)");
+        assert_eq!(flags_of("work/.aws"), FILE_READ_DENY);
     }
 
     #[test]

@@ -187,6 +187,47 @@ fn read_deny_blocks_reads_even_through_symlinks_and_links() {
     assert_eq!(out.errno(&link), EPERM, "{out:#?}");
 }
 
+/// A write tree's root ends a walk early only where no `read_deny` tree
+/// holds it (`FILE_NO_READ_DENY_ABOVE`): a write tree inside a `read_deny`
+/// tree is still denied, and a `read_deny` tree inside a write tree still
+/// refuses reads, writes, and a directory moved into it.
+#[test]
+fn write_and_read_deny_trees_nested_either_way_still_deny() {
+    let sb = Sandbox::new("nested-trees");
+    let (write_in_deny, deny_in_write) = (sb.secret.join("inner"), sb.allowed.join(".aws"));
+    for dir in [&write_in_deny, &deny_in_write, &sb.allowed.join("proj")] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    std::fs::write(deny_in_write.join("key"), "x\n").unwrap();
+    std::fs::write(write_in_deny.join("old"), "x\n").unwrap();
+    let policy = format!(
+        "name = \"test-policy\"\n[files]\nwrite = [\"{}\", \"{}\"]\nread_deny = [\"{}\", \"{}\"]\n",
+        sb.allowed.display(),
+        write_in_deny.display(),
+        sb.secret.display(),
+        deny_in_write.display()
+    );
+    std::fs::write(&sb.policy, policy).unwrap();
+    let (key, old) = (Sandbox::path(&deny_in_write, "key"), Sandbox::path(&write_in_deny, "old"));
+    let denied = [
+        (format!("read:{key}"), "open", key.clone()),
+        (format!("write:{key}"), "open", key.clone()),
+        (format!("write:{old}"), "open", old.clone()),
+        (format!("read:{old}"), "open", old.clone()),
+        (format!("rename:{}:{}", Sandbox::path(&sb.allowed, "proj"), Sandbox::path(&deny_in_write, "proj")), "rename", Sandbox::path(&deny_in_write, "proj")),
+    ];
+    let fine = format!("write:{}", Sandbox::path(&sb.allowed, "notes"));
+    let mut steps: Vec<String> = denied.iter().map(|(step, _, _)| step.clone()).collect();
+    steps.push(fine.clone());
+    let out = sb.run(&steps);
+    out.assert_succeeded(&fine);
+    for (step, op, path) in &denied {
+        assert_eq!(out.errno(step), EPERM, "step `{step}`: {out:#?}");
+        let events = out.events_for(path);
+        assert!(events.iter().any(|e| e["op"] == *op && e["reason"] == "read_deny"), "step `{step}`: no read_deny event for {path}: {out:#?}");
+    }
+}
+
 /// The walk above a file's mount keeps its state in a per-CPU slot
 /// (`enforcer-ebpf/src/walk.rs`), and 7.x kernels (`PREEMPT_LAZY`) preempt
 /// BPF programs. An agent runs two walks on one CPU, a denied read and an
@@ -203,8 +244,10 @@ fn two_walks_sharing_a_cpu_never_finish_on_each_others_state() {
     let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "shared-cpu"]).arg(&mount).status().expect("run mount");
     assert!(mounted.success(), "mount a tmpfs at {}", mount.display());
     std::fs::write(mount.join("key"), "secret\n").unwrap();
-    std::fs::write(sb.allowed.join("notes"), "fine\n").unwrap();
-    let (secret, notes) = (Sandbox::path(&mount, "key"), Sandbox::path(&sb.allowed, "notes"));
+    // A read outside every tree: its walk goes to the top too (one in a
+    // write tree would end at the tree's root).
+    std::fs::write(sb.outside.join("notes"), "fine\n").unwrap();
+    let (secret, notes) = (Sandbox::path(&mount, "key"), Sandbox::path(&sb.outside, "notes"));
     let n = 10_000;
     let probe = enforcer_tests::probe_bin().display().to_string();
     let script = format!("{probe} pin:0 opens-ok:{n}:{secret} & {probe} pin:0 opens-ok:{n}:{notes}; wait");

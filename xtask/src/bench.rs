@@ -12,8 +12,11 @@
 //! bench-floor`); (a) enforcer loaded with another cgroup tagged, bench untagged, in the
 //! root cgroup, in a cgroup as deep as the tagged one and one level deeper (there the
 //! screen tests the cgroup or its parent against the bloom filter); (b) bench tagged, operations allowed, 1 / 100 /
-//! 10 000 `files.write` rules; (b') 1 write rule plus a `read_deny` tree elsewhere (every
-//! open walks to the root); (c) tagged, open for write denied (EPERM and an event each
+//! 10 000 `files.write` rules; (b') 1 write rule plus a `read_deny` tree elsewhere (the
+//! walk ends at the write root, which no `read_deny` tree holds; before
+//! `FILE_NO_READ_DENY_ABOVE` it went on to the top, as a read outside every write tree
+//! still does), and (b'') the same policy reading (`O_RDONLY`) a file outside every tree,
+//! whose walk goes to the top; (c) tagged, open for write denied (EPERM and an event each
 //! time, events to /dev/null). (a), (b) with one rule and (c) share one `enforcer run`:
 //! (a) runs outside it while the tagged shell waits on a fifo, then the tagged shell runs
 //! (b) and (c).
@@ -82,6 +85,7 @@ const LOOPS: &[(&str, &str)] = &[
     ("write", "write 64B"),
     ("stat", "stat"),
     ("read", "read 64B"),
+    ("open-read", "open r/o"),
 ];
 
 /// Files that live in a write tree, and the one outside every write tree.
@@ -102,7 +106,7 @@ pub(crate) struct Scenario {
     denied: bool,
 }
 
-const ALL: &[&str] = &["open", "write", "stat", "read"];
+const ALL: &[&str] = &["open", "write", "stat", "read", "open-read"];
 
 pub(crate) const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -167,6 +171,14 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         baseline: "base-brd",
         loops: ALL,
         target: None,
+        denied: false,
+    },
+    Scenario {
+        key: "brdr",
+        label: "(b'') same, read outside trees",
+        baseline: "base-brdr",
+        loops: &["open-read"],
+        target: Some(8.0),
         denied: false,
     },
     Scenario {
@@ -299,6 +311,10 @@ while [ $r -le $ROUNDS ]; do
         enforcer run --policy /tmp/policy-$p.toml --events /dev/null -- sh /tmp/loops.sh $r $p $FILE $LOOPS \
             || fail "round=$r: enforcer run (policy $p) exited $?"
     done
+    # (b''): a read outside every write tree walks to the top.
+    sh /tmp/loops.sh $r base-brdr $DENIED open-read
+    enforcer run --policy /tmp/policy-brd.toml --events /dev/null -- sh /tmp/loops.sh $r brdr $DENIED open-read \
+        || fail "round=$r: enforcer run (policy brd, reads) exited $?"
     r=$((r + 1))
 done
 echo "BENCH-DONE ($(cut -d' ' -f1 /proc/uptime)s guest uptime)"
@@ -529,7 +545,7 @@ fn report(series: &str, run: &vm::VmRun, opts: &FilesOptions, log: &str) -> (Str
     for (_, title) in LOOPS {
         let _ = write!(header, "{title:>11}");
     }
-    let _ = write!(header, "   points above floor (o/w/s/r)   target");
+    let _ = write!(header, "   points above floor (o/w/s/r/or) target");
     let _ = writeln!(out, "{}", header.trim_end());
 
     let mut line = format!("{:<33}", "baseline, ns/op");

@@ -3,6 +3,7 @@
 //!
 //! Loops (each first runs a tenth of ITERATIONS untimed, to warm caches):
 //! - `open`: `open(PATH, O_WRONLY)` of an existing file, then `close`;
+//! - `open-read`: the same with `O_RDONLY`;
 //! - `write`: `pwrite` of 64 bytes at offset 0 on an fd opened once;
 //! - `stat`: `stat(PATH)`;
 //! - `read`: `pread` of 64 bytes at offset 0 on an fd opened once;
@@ -147,7 +148,7 @@ fn main() {
     let (Some(kind), Some(path), Some(Ok(iterations))) =
         (args.get(1), args.get(2), args.get(3).map(|n| n.parse::<u64>()))
     else {
-        eprintln!("usage: enforcer-bench open|write|stat|read|connect|sendto|listen|getpid|fork-exec|until-denied PATH ITERATIONS");
+        eprintln!("usage: enforcer-bench open|open-read|write|stat|read|connect|sendto|listen|getpid|fork-exec|until-denied PATH ITERATIONS");
         std::process::exit(2);
     };
     let path = CString::new(path.as_str()).expect("path without NUL");
@@ -164,6 +165,14 @@ fn main() {
         "open" => timed(&mut || {
             // SAFETY: a NUL-terminated path; the fd is ours to close.
             let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY) };
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+            }
+            fd as isize
+        }),
+        "open-read" => timed(&mut || {
+            // SAFETY: as for `open`.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
             if fd >= 0 {
                 unsafe { libc::close(fd) };
             }
