@@ -4,6 +4,7 @@
 //! untagged screen, the tagged walk or the `read_deny` walk dearer than its bound
 //! fails the run, with the figures.
 
+use std::fs;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -13,7 +14,7 @@ use super::{Outcome, Tier};
 use crate::bench::{self, Samples};
 use crate::libtest::Summary;
 use crate::vm::{self, VmSpec};
-use crate::kernel;
+use crate::{cmd, kernel};
 
 const SERIES: &str = "6.12";
 const ITERATIONS: u64 = 4_000;
@@ -61,7 +62,16 @@ fn gate() -> Result<Outcome> {
         echo: None,
     };
     let run = vm::run(&spec)?;
+    let log = cmd::workspace_root().join(format!("target/bench/gate-{SERIES}.log"));
+    let saved = fs::create_dir_all(log.parent().expect("a file in a directory")).and_then(|()| fs::write(&log, &run.output));
+    if let Err(e) = saved {
+        eprintln!("gate: could not save the console to {}: {e}", log.display());
+    }
     let samples = Samples::parse(&run.output);
+    // The raw figures, so a failure in CI can be told from a noisy floor.
+    for line in run.output.lines().filter(|l| l.contains("BENCH round=")) {
+        println!("gate: {}", line.trim());
+    }
     let mut summary = Summary { results: 1, ..Summary::default() };
     let mut problems: Vec<String> = run.output.lines().filter(|l| l.contains("BENCH-ERROR")).map(|l| l.trim().to_string()).collect();
     if !run.output.contains("BENCH-DONE") {
