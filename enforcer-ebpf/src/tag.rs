@@ -145,13 +145,26 @@ pub fn tag_by_ancestors() -> Option<Tagged> {
 /// the current task's.
 #[inline(always)]
 pub fn tag_of_ancestors(ancestor: impl Fn(i32) -> u64) -> Option<(Tagged, u64)> {
-    let mut bits = unsafe { core::ptr::read_volatile(&raw const TAG_FILTER.level_bits) };
+    let mut bits = tagged_levels();
     // Many tagged levels (a `**` selector sets every level below its root):
     // six helper calls find the task's own level, and the levels below it,
     // whose ancestors do not exist, are skipped.
     if bits.count_ones() > 8 {
         bits &= levels_up_to(own_level(&ancestor));
     }
+    tag_at_levels(bits, ancestor)
+}
+
+/// The tagged levels, a bit each (bit 0: the root).
+#[inline(always)]
+fn tagged_levels() -> u64 {
+    unsafe { core::ptr::read_volatile(&raw const TAG_FILTER.level_bits) }
+}
+
+/// The deepest of the levels in `bits` whose ancestor (`ancestor`, never
+/// asked for a level outside `bits`) is tagged.
+#[inline(always)]
+fn tag_at_levels(mut bits: u64, ancestor: impl Fn(i32) -> u64) -> Option<(Tagged, u64)> {
     for _ in 0..=MAX_TAG_LEVEL {
         if bits == 0 {
             break;
@@ -272,7 +285,10 @@ pub fn own_agent_cgroup() -> u64 {
 #[inline(never)]
 fn tag_of_task(task: *const u8) -> Option<(Tagged, u64)> {
     let (cgroup, level) = cgroup_to_judge(task)?;
-    tag_of_ancestors(|at| ancestor_id(cgroup, level, at))
+    // Only levels the cgroup has: the loop then reads every level it is
+    // given without a bound check of its own, a branch the verifier would
+    // otherwise follow both ways at each of the 64 levels it checks.
+    tag_at_levels(tagged_levels() & levels_up_to(level.min(63) as u32), |at| ancestor_id(cgroup, at))
 }
 
 /// `task`'s cgroup and its level, read with [`Task`]; `None` if it has
@@ -289,13 +305,10 @@ fn cgroup_to_judge(task: *const u8) -> Option<(*const u8, u64)> {
     Some((cgroup, level))
 }
 
-/// The id of the ancestor at level `at` of `cgroup` (at `level`), 0 below
-/// it.
+/// The id of the ancestor at level `at` of `cgroup`, which is at least
+/// that deep.
 #[inline(always)]
-fn ancestor_id(cgroup: *const u8, level: u64, at: i32) -> u64 {
-    if at < 0 || at as u64 > level {
-        return 0;
-    }
+fn ancestor_id(cgroup: *const u8, at: i32) -> u64 {
     // `at` <= MAX_TAG_LEVEL (the callers' levels are bits of a u64).
     let index = (at as usize & 63) * 8;
     let ids = off!(cgroup_ancestor_ids);
