@@ -26,15 +26,17 @@ const SCRIPT: &str = "ENFORCER_BIN=/bin/enforcer ENFORCER_PROBE_BIN=/bin/enforce
 /// (owner changes judged in `inode_setattr`, the xattr hooks' older
 /// signature), the floor and agent boundary (tasks read by probe, tags by
 /// the cgroup's ancestor ids) under `enforcer run` and in a daemon-tagged
-/// cgroup, the walk above a mount (slots claimed by atomic add), and
-/// connects (judged without `bpf_get_retval`). libtest filters, separated
-/// by spaces.
+/// cgroup, the walk above a mount (slots claimed by atomic add), reads of
+/// `read_deny` trees nested in write trees and the reverse (where a walk may
+/// end early), and connects (judged without `bpf_get_retval`). libtest
+/// filters, separated by spaces.
 const SUBSETS: &[(&str, &str)] = &[(
     "5.10",
     "every_write_like_operation_outside_is_denied_with_one_event \
      the_floor_and_the_agent_boundary_hold_under_enforcer_run \
      the_floor_and_the_agent_boundary_hold_in_a_daemon_tagged_cgroup \
      two_walks_sharing_a_cpu_never_finish_on_each_others_state \
+     write_and_read_deny_trees_nested_either_way_still_deny \
      allowed_destinations_connect_and_everything_else_is_denied_with_one_event",
 )];
 
