@@ -23,8 +23,9 @@
 //!
 //! Prints one line, `LOOP ns_per_op=N failures=F first_errno=E`, timed with
 //! `CLOCK_MONOTONIC` (under qemu's `-icount` one guest ns is one
-//! instruction) in ten batches: N is the median batch's. A failing `open` keeps looping, so a denied run is timed
-//! and visibly denied (`first_errno=1`: EPERM).
+//! instruction) in ten batches: N is the median batch's. A failing `open`
+//! keeps looping, so a denied run is timed and visibly denied
+//! (`first_errno=1`: EPERM).
 
 use std::ffi::CString;
 
