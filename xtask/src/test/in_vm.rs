@@ -139,17 +139,16 @@ fn run(series: &str, files: &Result<Vec<(PathBuf, String)>, String>, prefix: Str
         .package
         .trim_start_matches("linux-image-")
         .to_string();
-    // ENFORCER_VM_TESTS, when set, chooses the tests instead (see `run_tests`).
-    let subset = if std::env::var_os("ENFORCER_VM_TESTS").is_some() {
-        None
-    } else {
-        SUBSETS.iter().find(|(s, _)| *s == series).map(|(_, tests)| *tests)
-    };
+    // While developing: ENFORCER_VM_TESTS=NAME runs only the tests whose name
+    // contains NAME (empty: every test), instead of the kernel's subset.
+    let chosen = std::env::var("ENFORCER_VM_TESTS").ok();
+    let subset = if chosen.is_some() { None } else { SUBSETS.iter().find(|(s, _)| *s == series).map(|(_, tests)| *tests) };
+    let filter = chosen.unwrap_or_else(|| subset.unwrap_or_default().to_owned());
     if let Some(tests) = subset {
         println!("vm {series}: a subset (what differs on this kernel; 6.12 runs every test): {tests}");
     }
     let built = files.as_ref().map_err(|e| anyhow::anyhow!("building what the VM runs failed: {e}"));
-    let (release, outcome) = match built.and_then(|files| run_tests(kernel, files.clone(), subset, prefix)) {
+    let (release, outcome) = match built.and_then(|files| run_tests(kernel, files.clone(), &filter, prefix)) {
         Ok((booted, outcome)) => (booted.unwrap_or(release), outcome),
         Err(e) => (
             release,
@@ -166,10 +165,9 @@ fn run(series: &str, files: &Result<Vec<(PathBuf, String)>, String>, prefix: Str
     }
 }
 
-fn run_tests(kernel: kernel::Kernel, files: Vec<(PathBuf, String)>, subset: Option<&str>, prefix: String) -> Result<(Option<String>, Outcome)> {
-    // While developing: ENFORCER_VM_TESTS=NAME runs only the tests whose name contains NAME.
-    let filter = std::env::var("ENFORCER_VM_TESTS").unwrap_or_else(|_| subset.unwrap_or_default().to_owned());
-    // And ENFORCER_VM_ENV="NAME=VALUE ..." sets variables for them (e.g.
+/// Runs the `lsm` tests whose names `filter` (libtest filters) selects.
+fn run_tests(kernel: kernel::Kernel, files: Vec<(PathBuf, String)>, filter: &str, prefix: String) -> Result<(Option<String>, Outcome)> {
+    // ENFORCER_VM_ENV="NAME=VALUE ..." sets variables for the tests (e.g.
     // ENFORCER_PROGRAMS=compat, to try the compat build on a newer kernel).
     let env = std::env::var("ENFORCER_VM_ENV").unwrap_or_default();
     let spec = VmSpec {
