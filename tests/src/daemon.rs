@@ -183,6 +183,34 @@ impl Daemon {
         }
     }
 
+    /// Every kernel event of the agent in `cgroup` (and the cgroups below
+    /// it) so far, once the daemon has written them all: a marker denial made in
+    /// `cgroup` now comes after them in the ring buffer (one queue, in the
+    /// order events were made) and so in the file. The marker itself is
+    /// left out.
+    #[must_use]
+    pub fn agent_events(&self, cgroup: &str) -> Vec<Value> {
+        let marker = format!("bpf-cmd:{SYNC_BPF_CMD}");
+        let is_marker = |e: &Value| e["op"] == "bpf" && e["bpf_cmd"] == SYNC_BPF_CMD;
+        // The kernel's events (the daemon's own lines, such as `tagged`, carry no cgroup id).
+        let below = |e: &Value| {
+            e.get("cgroup_id").is_some() && e["cgroup"].as_str().is_some_and(|c| c == cgroup || c.starts_with(&format!("{cgroup}/")))
+        };
+        // A marker lost to a full ring buffer (counted, not written) is made again.
+        for _ in 0..20 {
+            let _ = self.run_probe(cgroup, std::slice::from_ref(&marker));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let events = self.events();
+                if events.iter().any(|e| is_marker(e) && below(e)) {
+                    return events.into_iter().filter(|e| below(e) && !is_marker(e)).collect();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("the daemon wrote no marker event for {cgroup}; events:\n{:#?}\nlog:\n{}", self.events(), self.log());
+    }
+
     /// A new cgroup `<cgroup2>/enforcer-tests/<name>`; returns its path
     /// below the mount (`/enforcer-tests/<name>`). Removed on drop.
     pub fn cgroup(&mut self, name: &str) -> String {
@@ -207,6 +235,34 @@ impl Daemon {
     pub fn run_probe(&self, cgroup: &str, steps: &[String]) -> Vec<Value> {
         let output = self.spawn_probe(cgroup, steps).wait_with_output().expect("wait for probe");
         String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.get("step").is_some()).collect()
+    }
+}
+
+/// The `bpf` command of [`Daemon::agent_events`]'s marker: no such command
+/// exists, so it does nothing even where a policy's audit mode allows it.
+const SYNC_BPF_CMD: u32 = 0x5e17;
+
+/// Removes `dir` and the cgroups below it, deepest first, killing what runs
+/// in them (a test may have made cgroups below the one it was given).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: kill(2) of a leftover test process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    for _ in 0..100 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -241,18 +297,7 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
         for dir in self.cgroups.iter().rev() {
-            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    // SAFETY: kill(2) of a leftover test process.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-            for _ in 0..100 {
-                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            remove_cgroup_tree(dir);
         }
         let _ = std::fs::remove_dir_all(&self.base);
     }

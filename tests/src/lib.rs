@@ -1,9 +1,10 @@
 //! Helpers for the privileged integration tests: a sandbox of directories,
-//! a policy for it, and `enforcer run` of the probe with its results and
-//! the denial events it produced.
+//! a policy for it, and the probe run under that policy, with its results
+//! and the denial events it produced.
 //!
 //! The binaries come from `ENFORCER_BIN` and `ENFORCER_PROBE_BIN` (set by
-//! `cargo xtask test` on the host and inside the VMs).
+//! `cargo xtask test` on the host and inside the VMs), and the way a sandbox
+//! puts its command under its policy from `ENFORCER_TESTS_VIA` ([`Via`]).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -31,6 +32,39 @@ pub fn probe_bin() -> PathBuf {
     bin("ENFORCER_PROBE_BIN")
 }
 
+/// How a sandbox puts its command under its policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// `enforcer run --policy P -- COMMAND`: the programs are loaded (and
+    /// verified) for every run.
+    Run,
+    /// A daemon of the sandbox's own tags a fresh cgroup with the policy and
+    /// the command starts in it. The daemon adopts the programs the first
+    /// one pinned, so the kernel verifies them once per boot, not once per
+    /// run: what lets a VM tier under TCG run every test (a load takes 25 s
+    /// to 10 minutes there). What the kernel enforces is the same programs'
+    /// work either way.
+    Daemon,
+}
+
+impl Via {
+    /// `ENFORCER_TESTS_VIA=daemon` or `run` (the default).
+    #[must_use]
+    pub fn from_env() -> Self {
+        match std::env::var("ENFORCER_TESTS_VIA").as_deref() {
+            Err(_) | Ok("" | "run") => Self::Run,
+            Ok("daemon") => Self::Daemon,
+            Ok(other) => panic!("ENFORCER_TESTS_VIA={other}: want `run` or `daemon`"),
+        }
+    }
+}
+
+/// The daemon and cgroup of a command started [`Via::Daemon`].
+struct Tagged {
+    daemon: daemon::Daemon,
+    cgroup: String,
+}
+
 /// `<root>/<name>/{allowed,outside,secret}` plus a policy file; removed on drop.
 pub struct Sandbox {
     pub base: PathBuf,
@@ -46,13 +80,29 @@ pub struct Sandbox {
     pub degraded: bool,
     /// `--dns-upstream` for the run.
     pub dns_upstream: Option<std::net::SocketAddr>,
+    pub via: Via,
+    /// The daemon of the command started last, [`Via::Daemon`].
+    tagged: std::cell::RefCell<Option<Tagged>>,
 }
 
 impl Sandbox {
     /// A sandbox under `/tmp/enforcer-tests` (a tmpfs in the VMs, so walks
-    /// cross a mount) with the default policy: write `allowed`, deny `secret`.
+    /// cross a mount) with the default policy: write `allowed`, deny `secret`;
+    /// its commands run [`Via::from_env`].
     #[must_use]
     pub fn new(name: &str) -> Self {
+        Self::new_via(name, Via::from_env())
+    }
+
+    /// A sandbox whose commands always run under `enforcer run`: for tests
+    /// of `enforcer run` itself (its exit codes, messages, seccomp filter,
+    /// resolver, event accounting, the cgroup it makes).
+    #[must_use]
+    pub fn under_enforcer_run(name: &str) -> Self {
+        Self::new_via(name, Via::Run)
+    }
+
+    fn new_via(name: &str, via: Via) -> Self {
         let base = Path::new("/tmp/enforcer-tests").join(name);
         let _ = std::fs::remove_dir_all(&base);
         let sandbox = Self {
@@ -64,6 +114,8 @@ impl Sandbox {
             stderr: base.join("stderr.log"),
             degraded: false,
             dns_upstream: None,
+            via,
+            tagged: std::cell::RefCell::new(None),
             base,
         };
         for dir in [&sandbox.allowed, &sandbox.outside, &sandbox.secret] {
@@ -109,9 +161,16 @@ impl Sandbox {
         self.spawn_command(&command)
     }
 
-    /// Starts `enforcer run` of `command`, stdin and stdout piped.
+    /// Starts `command` under the policy, stdin and stdout piped.
     #[must_use]
     pub fn spawn_command(&self, command: &[std::ffi::OsString]) -> Child {
+        match self.via {
+            Via::Run => self.spawn_enforcer_run(command),
+            Via::Daemon => self.spawn_tagged(command),
+        }
+    }
+
+    fn spawn_enforcer_run(&self, command: &[std::ffi::OsString]) -> Child {
         let _ = std::fs::remove_file(&self.events);
         Command::new(enforcer_bin())
             .arg("run")
@@ -130,6 +189,30 @@ impl Sandbox {
             .expect("spawn enforcer")
     }
 
+    /// [`Via::Daemon`]: a daemon with the sandbox's policy, a cgroup it tags
+    /// with it, and `command` started in that cgroup.
+    fn spawn_tagged(&self, command: &[std::ffi::OsString]) -> Child {
+        assert!(
+            !self.degraded && self.dns_upstream.is_none(),
+            "--degraded and --dns-upstream are `enforcer run` options: use Sandbox::under_enforcer_run"
+        );
+        let text = std::fs::read_to_string(&self.policy).expect("read policy");
+        let policy = enforcer::policy::parse(&text, &self.policy).unwrap_or_else(|e| panic!("the test's policy does not parse: {e}")).0;
+        let name = self.base.file_name().expect("sandbox name").to_string_lossy().into_owned();
+        // Dropped (stopped, its cgroups removed) before the next one starts.
+        drop(self.tagged.borrow_mut().take());
+        let mut daemon = daemon::Daemon::start(&format!("{name}.daemon"), false, &[("policy.toml", &text)], "");
+        let cgroup = daemon.cgroup(&name);
+        let tag = daemon.ctl(&["tag", &cgroup, "--policy", &policy.name]);
+        assert!(tag.status.success(), "tag {cgroup}: {}\n{}", String::from_utf8_lossy(&tag.stderr), daemon.log());
+        let (program, args) = command.split_first().expect("a command");
+        let mut spawn = Command::new(program);
+        spawn.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(std::fs::File::create(&self.stderr).expect("create stderr log"));
+        let child = daemon::in_cgroup(&mut spawn, &cgroup).spawn().expect("spawn the command in the tagged cgroup");
+        *self.tagged.borrow_mut() = Some(Tagged { daemon, cgroup });
+        child
+    }
+
     /// Runs the probe under the policy and collects everything.
     #[must_use]
     pub fn run(&self, steps: &[String]) -> Outcome {
@@ -142,14 +225,14 @@ impl Sandbox {
         let output = child.wait_with_output().expect("wait for enforcer");
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        let events = std::fs::read_to_string(&self.events).unwrap_or_default();
-        Outcome {
-            code: output.status.code(),
-            results: probe_results(&stdout),
-            events: events.lines().map(|l| serde_json::from_str(l).expect("event is JSON")).collect(),
-            stdout,
-            stderr,
-        }
+        let tagged = self.tagged.borrow_mut().take();
+        let (events, cgroup) = if let Some(tagged) = tagged {
+            (tagged.daemon.agent_events(&tagged.cgroup), Some(tagged.cgroup))
+        } else {
+            let events = std::fs::read_to_string(&self.events).unwrap_or_default();
+            (events.lines().map(|l| serde_json::from_str(l).expect("event is JSON")).collect(), None)
+        };
+        Outcome { code: output.status.code(), results: probe_results(&stdout), events, stdout, stderr, cgroup }
     }
 }
 
@@ -174,6 +257,9 @@ pub struct Outcome {
     pub events: Vec<Value>,
     pub stdout: String,
     pub stderr: String,
+    /// [`Via::Daemon`]: the cgroup the command ran in (`enforcer run` makes
+    /// its own, `/enforcer/run-*`).
+    pub cgroup: Option<String>,
 }
 
 impl Outcome {

@@ -124,7 +124,10 @@ fn events_carry_the_contract_fields() {
     assert_eq!(e["comm"], "enforcer-probe");
     assert_eq!(e["reason"], "outside_write_trees");
     assert!(e["exe"].as_str().unwrap().ends_with("enforcer-probe"), "{e}");
-    assert!(e["cgroup"].as_str().unwrap().starts_with("/enforcer/run-"), "{e}");
+    match &out.cgroup {
+        Some(tagged) => assert_eq!(e["cgroup"], tagged.as_str(), "{e}"),
+        None => assert!(e["cgroup"].as_str().unwrap().starts_with("/enforcer/run-"), "{e}"),
+    }
     assert!(e["cgroup_id"].as_u64().unwrap() > 0);
     assert!(e["pid"].as_u64().unwrap() > 0 && e["pid"] == e["tgid"]);
     let ts = e["ts"].as_str().unwrap();
@@ -320,7 +323,7 @@ fn a_child_cgroup_created_after_tagging_is_enforced() {
 
 #[test]
 fn a_malformed_policy_is_refused_with_a_located_error() {
-    let sb = Sandbox::new("badpolicy");
+    let sb = Sandbox::under_enforcer_run("badpolicy");
     std::fs::write(&sb.policy, "name = \"x\"\n[files]\nwrite = [\"relative/path\"]\n").unwrap();
     let marker = Sandbox::path(&sb.allowed, "ran");
     let out = sb.run(&[format!("write:{marker}")]);
@@ -331,7 +334,7 @@ fn a_malformed_policy_is_refused_with_a_located_error() {
 
 #[test]
 fn a_denial_storm_is_denied_throughout_and_every_event_is_accounted_for() {
-    let sb = Sandbox::new("storm");
+    let sb = Sandbox::under_enforcer_run("storm");
     let target = sb.outside_file("storm");
     let attempts = 20_000;
     let step = format!("storm:{target}:{attempts}");

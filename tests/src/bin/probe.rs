@@ -653,6 +653,12 @@ fn syscall_step(op: &str, arg: &str) -> Option<i32> {
                 let attr = [0u8; 128];
                 check(libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()))
             }
+            // A `bpf` command that does not exist (EINVAL when allowed): the
+            // tests' marker that every earlier event of an agent was written.
+            "bpf-cmd" => {
+                let attr = [0u8; 128];
+                check(libc::syscall(libc::SYS_bpf, number(arg), attr.as_ptr(), attr.len()))
+            }
             "mount" => check(libc::mount(c"none".as_ptr(), c(arg).as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()).into()),
             "ptrace-attach" => {
                 let pid = i32::try_from(number(arg)).expect("pid");

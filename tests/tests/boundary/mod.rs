@@ -278,7 +278,7 @@ fn steps_of(attacks: &[Attack]) -> Vec<String> {
 
 #[test]
 fn the_floor_and_the_agent_boundary_hold_under_enforcer_run() {
-    let sb = Sandbox::new("boundary-run");
+    let sb = Sandbox::under_enforcer_run("boundary-run");
     let mut targets = Targets::new(&sb.base);
     std::fs::write(&sb.policy, targets.policy(&sb, "test-policy")).expect("write the policy");
     let _ = sb.outside_file("immutable-me");
@@ -332,7 +332,7 @@ fn the_floor_and_the_agent_boundary_hold_in_a_daemon_tagged_cgroup() {
 /// command never held a BPF descriptor it could use meanwhile.
 #[test]
 fn a_killed_supervisor_takes_its_run_with_it() {
-    let sb = Sandbox::new("supervisor-killed");
+    let sb = Sandbox::under_enforcer_run("supervisor-killed");
     let mut child = sb.spawn(&["bpf-fds".to_owned(), "wait-stdin:".to_owned()]);
     let (pid, mut stdout) = wait_ready(&mut child);
     let mut line = String::new();

@@ -75,7 +75,7 @@ fn programs_run_only_from_exec_trees_and_never_fileless() {
 
 #[test]
 fn require_seccomp_refuses_exec_by_a_task_without_a_filter() {
-    let sb = Sandbox::new("require-seccomp");
+    let sb = Sandbox::under_enforcer_run("require-seccomp");
     sb.write_policy_with("enforce", "[syscalls]\nallow = [\"@default-agent\"]\nrequire_seccomp = true\n");
     let mut child = sb.spawn(&["wait-stdin:".to_owned(), "exec:/bin/true".to_owned()]);
     let (pid, stdout) = wait_ready(&mut child);

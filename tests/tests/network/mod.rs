@@ -61,6 +61,13 @@ fn sandbox(name: &str) -> Sandbox {
     sb
 }
 
+/// Host names are resolved by `enforcer run` (the daemon does not yet).
+fn sandbox_under_enforcer_run(name: &str) -> Sandbox {
+    let mut sb = Sandbox::under_enforcer_run(name);
+    sb.degraded = super::DEGRADED;
+    sb
+}
+
 fn mapped(addr: SocketAddr) -> String {
     format!("[::ffff:{}]:{}", addr.ip(), addr.port())
 }
@@ -201,7 +208,7 @@ const OTHER_RESOLVER: &str = "127.0.0.77:53";
 
 #[test]
 fn host_names_resolve_through_the_enforcer_and_only_their_answers_connect() {
-    let mut sb = sandbox("net-dns");
+    let mut sb = sandbox_under_enforcer_run("net-dns");
     let names = Names::new(300);
     sb.dns_upstream = Some(names.dns.addr);
     sb.write_policy_with("enforce", &names.policy(30));
@@ -243,7 +250,7 @@ fn host_names_resolve_through_the_enforcer_and_only_their_answers_connect() {
 
 #[test]
 fn resolved_addresses_expire_after_the_ttl() {
-    let mut sb = sandbox("net-dns-ttl");
+    let mut sb = sandbox_under_enforcer_run("net-dns-ttl");
     let names = Names::new(1);
     sb.dns_upstream = Some(names.dns.addr);
     sb.write_policy_with("enforce", &names.policy(1));

@@ -12,8 +12,9 @@ const ENOSYS: i64 = 38;
 const CLONE_NEWUSER: &str = "0x10000000";
 const CLONE_FS: &str = "0x200";
 
+/// Syscall filters are installed by `enforcer run` in the command it starts.
 fn sandbox(name: &str) -> Sandbox {
-    let mut sb = Sandbox::new(name);
+    let mut sb = Sandbox::under_enforcer_run(name);
     sb.degraded = super::DEGRADED;
     sb
 }
