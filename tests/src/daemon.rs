@@ -166,7 +166,7 @@ impl Daemon {
         files.push(self.events.clone());
         files
             .iter()
-            .flat_map(|f| std::fs::read_to_string(f).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>())
+            .flat_map(|f| whole_lines(&std::fs::read_to_string(f).unwrap_or_default()).lines().map(str::to_owned).collect::<Vec<_>>())
             .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}")))
             .collect()
     }
@@ -236,6 +236,12 @@ impl Daemon {
         let output = self.spawn_probe(cgroup, steps).wait_with_output().expect("wait for probe");
         String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.get("step").is_some()).collect()
     }
+}
+
+/// `text` up to its last newline: a line the daemon is writing at this
+/// moment is not there yet.
+fn whole_lines(text: &str) -> &str {
+    text.rfind('\n').map_or("", |end| &text[..=end])
 }
 
 /// The `bpf` command of [`Daemon::agent_events`]'s marker: no such command
