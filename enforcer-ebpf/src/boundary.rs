@@ -50,7 +50,7 @@ static FOWNERS: LruHashMap<u64, Fowner> = LruHashMap::with_max_entries(FOWNERS_M
 fn on_other_task(ctx: &LsmContext, op: Op, value: u32) -> i32 {
     let Some(tag) = tag::current_tag() else { return 0 };
     let target: *const u8 = ctx.arg(0);
-    if !outside(target) {
+    if !outside(&tag, target) {
         return 0;
     }
     refuse(&tag, op, tgid_of(target), value)
@@ -131,10 +131,9 @@ pub fn file_set_fowner(ctx: LsmContext) -> i32 {
     }
     match tag::current_tag() {
         Some(tagged) => {
-            let agent = tag::own_agent_cgroup();
             // A full LRU drops its oldest entry; the signal is then judged
             // by the task that raises it (below).
-            let _ = FOWNERS.insert(&fown, &Fowner { agent, tag: tagged.info }, 0);
+            let _ = FOWNERS.insert(&fown, &Fowner { agent: tagged.agent, tag: tagged.info }, 0);
         }
         None => {
             let _ = FOWNERS.remove(&fown);
@@ -157,11 +156,11 @@ pub fn file_send_sigiotask(ctx: LsmContext) -> i32 {
         if tag::agent_cgroup(target) == setter.agent {
             return 0;
         }
-        let tagged = tag::Tagged { info: setter.tag, files: core::ptr::null() };
+        let tagged = tag::Tagged { info: setter.tag, files: core::ptr::null(), agent: setter.agent };
         return refuse(&tagged, Op::Sigio, tgid_of(target), sig);
     }
     let Some(tagged) = tag::current_tag() else { return 0 };
-    if !outside(target) {
+    if !outside(&tagged, target) {
         return 0;
     }
     refuse(&tagged, Op::Sigio, tgid_of(target), sig)

@@ -139,12 +139,11 @@ pub(crate) fn tgid_of(task: *const u8) -> u32 {
     unsafe { Direct::get::<TaskTgid>(task) as u32 }
 }
 
-/// Whether `task` belongs to another agent than the current task (or to
-/// none: the host).
+/// Whether `task` belongs to another agent than the current task, whose
+/// tag is `tag` (or to none: the host).
 #[inline(always)]
-pub(crate) fn outside(task: *const u8) -> bool {
-    let own = tag::own_agent_cgroup();
-    tag::agent_cgroup(task) != own
+pub(crate) fn outside(tag: &Tagged, task: *const u8) -> bool {
+    tag::agent_cgroup(task) != tag.agent
 }
 
 /// Signals (`kill`, `tgkill`, `sigqueue`, `pidfd_send_signal`) to a process
@@ -154,7 +153,7 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
     let Some(suspect) = tag::screen() else { return 0 };
     let Some(tag) = tag::tag_of(suspect) else { return 0 };
     let (target, sig): (*const u8, i32) = (ctx.arg(0), ctx.arg(2));
-    if sig == 0 || !outside(target) {
+    if sig == 0 || !outside(&tag, target) {
         return 0;
     }
     refuse(&tag, Op::Signal, tgid_of(target), sig as u32)
@@ -166,7 +165,7 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     let Some(tag) = tag::current_tag() else { return 0 };
     let (target, mode): (*const u8, u32) = (ctx.arg(0), ctx.arg(1));
-    if !outside(target) {
+    if !outside(&tag, target) {
         return 0;
     }
     if mode & PTRACE_MODE_NOAUDIT != 0 {
@@ -180,7 +179,7 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
 pub fn ptrace_traceme(ctx: LsmContext) -> i32 {
     let Some(tag) = tag::current_tag() else { return 0 };
     let parent: *const u8 = ctx.arg(0);
-    if !outside(parent) {
+    if !outside(&tag, parent) {
         return 0;
     }
     refuse(&tag, Op::Ptrace, tgid_of(parent), 0)

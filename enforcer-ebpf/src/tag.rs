@@ -39,6 +39,9 @@ pub struct Tagged {
     pub info: TagInfo,
     /// Null if the tables vanished (the walk then denies).
     pub files: *const FileTable,
+    /// The id of the tagged cgroup the tag is found at: the agent, which
+    /// the hooks that act on another task compare with the target's.
+    pub agent: u64,
 }
 
 /// A task that may be tagged: the screen found no reason to rule it out.
@@ -216,7 +219,7 @@ pub fn tag_of(Suspect { node, level, id }: Suspect) -> Option<Tagged> {
         }
         return tag_of_task(current_task()).map(|(tagged, _)| tagged);
     }
-    let info = if id == 0 {
+    let (info, agent) = if id == 0 {
         climb(level, node)
     } else {
         if let Some(tagged) = table_lookup(id) {
@@ -230,7 +233,7 @@ pub fn tag_of(Suspect { node, level, id }: Suspect) -> Option<Tagged> {
     // The climb's steps cannot hand a map pointer back; look the tables up
     // again (an untypical path: the common one returned above).
     let files = tables::current().map_or(core::ptr::null(), |tables| &raw const tables.files);
-    Some(Tagged { info, files })
+    Some(Tagged { info, files, agent })
 }
 
 /// A climb up the task's cgroup directories (kernfs nodes: a cgroup's id is
@@ -250,15 +253,16 @@ struct Climb {
 }
 
 /// Climbs, deepest first; each level is one `bpf_loop` step, so the verifier
-/// checks a step once instead of every level of the hierarchy.
+/// checks a step once instead of every level of the hierarchy. The tag
+/// found and the id of its cgroup.
 #[inline(never)]
-fn climb(level: u64, node: *const u8) -> Option<TagInfo> {
+fn climb(level: u64, node: *const u8) -> Option<(TagInfo, u64)> {
     if node.is_null() {
         return None;
     }
     let mut climb = Climb { node, start: level, found: false, tag: TagInfo::default(), id: 0 };
     run_climb(&mut climb);
-    climb.found.then_some(climb.tag)
+    climb.found.then_some((climb.tag, climb.id))
 }
 
 #[inline(always)]
@@ -272,12 +276,6 @@ fn run_climb(climb: &mut Climb) {
 /// The compat build never climbs (`tag_of` and `agent_cgroup` read the
 /// ancestors' ids instead); its loop needs a bound all the same.
 const COMPAT_CLIMB_LEVELS: u32 = 64;
-
-/// The agent the current task belongs to (see [`agent_cgroup`]).
-#[inline(always)]
-pub fn own_agent_cgroup() -> u64 {
-    agent_cgroup(current_task())
-}
 
 /// The compat build's answer for `task` (read with [`Task`]): the tag of
 /// its deepest tagged ancestor cgroup and that cgroup's id, by the
@@ -393,7 +391,7 @@ fn table_lookup(id: u64) -> Option<Tagged> {
     }
     let files = &raw const tables.files;
     if slot.cgroup_id == id {
-        return Some(Tagged { info: slot.tag, files });
+        return Some(Tagged { info: slot.tag, files, agent: id });
     }
-    select::tag_of(id, tables).map(|info| Tagged { info, files })
+    select::tag_of(id, tables).map(|info| Tagged { info, files, agent: id })
 }
