@@ -192,9 +192,10 @@ impl Daemon {
     pub fn agent_events(&self, cgroup: &str) -> Vec<Value> {
         let marker = format!("bpf-cmd:{SYNC_BPF_CMD}");
         let is_marker = |e: &Value| e["op"] == "bpf" && e["bpf_cmd"] == SYNC_BPF_CMD;
+        let inside = format!("{cgroup}/");
         // The kernel's events (the daemon's own lines, such as `tagged`, carry no cgroup id).
         let below = |e: &Value| {
-            e.get("cgroup_id").is_some() && e["cgroup"].as_str().is_some_and(|c| c == cgroup || c.starts_with(&format!("{cgroup}/")))
+            e.get("cgroup_id").is_some() && e["cgroup"].as_str().is_some_and(|c| c == cgroup || c.starts_with(&inside))
         };
         // A marker lost to a full ring buffer (counted, not written) is made again.
         for _ in 0..20 {

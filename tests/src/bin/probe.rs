@@ -639,6 +639,13 @@ fn boundary_step(op: &str, arg: &str) -> Option<i32> {
     })
 }
 
+/// `bpf(cmd, attr, 128)` with a zeroed `attr`.
+fn bpf_zeroed(cmd: i64) -> i32 {
+    let attr = [0u8; 128];
+    // SAFETY: `attr` is a live local of the size passed.
+    check(unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), attr.len()) })
+}
+
 /// Syscall steps; `None` if `op` is not one.
 fn syscall_step(op: &str, arg: &str) -> Option<i32> {
     // SAFETY: each call gets plain values or pointers to live locals.
@@ -649,16 +656,10 @@ fn syscall_step(op: &str, arg: &str) -> Option<i32> {
             "keyctl" => check(libc::syscall(libc::SYS_keyctl, 0, -3, 0)),
             "unshare" => check(libc::unshare(i32::try_from(number(arg)).expect("flags")).into()),
             // BPF_PROG_LOAD of nothing: EINVAL when allowed, EPERM when denied.
-            "bpf-prog-load" => {
-                let attr = [0u8; 128];
-                check(libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()))
-            }
+            "bpf-prog-load" => bpf_zeroed(5),
             // A `bpf` command that does not exist (EINVAL when allowed): the
             // tests' marker that every earlier event of an agent was written.
-            "bpf-cmd" => {
-                let attr = [0u8; 128];
-                check(libc::syscall(libc::SYS_bpf, number(arg), attr.as_ptr(), attr.len()))
-            }
+            "bpf-cmd" => bpf_zeroed(number(arg)),
             "mount" => check(libc::mount(c"none".as_ptr(), c(arg).as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()).into()),
             "ptrace-attach" => {
                 let pid = i32::try_from(number(arg)).expect("pid");

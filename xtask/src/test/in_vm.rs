@@ -47,12 +47,9 @@ const SKIPPED_ON_5_10: &[&str] = &[
     "on_a_terminal_the_command_gets_its_own_terminal_and_session",
 ];
 
-/// The libtest arguments that choose `series`' tests (empty: every test).
-fn default_filter(series: &str) -> String {
-    if series != "5.10" {
-        return String::new();
-    }
-    SKIPPED_ON_5_10.iter().map(|name| format!("--skip {name}")).collect::<Vec<_>>().join(" ")
+/// The tests `series`' tier leaves out (none but on 5.10).
+fn skipped_tests(series: &str) -> &'static [&'static str] {
+    if series == "5.10" { SKIPPED_ON_5_10 } else { &[] }
 }
 
 /// Rough minutes a tier takes here, for starting the longest first
@@ -140,12 +137,12 @@ fn run(series: &str, files: &Result<Vec<(PathBuf, String)>, String>, prefix: Str
     // While developing: ENFORCER_VM_TESTS=NAME runs only the tests whose name
     // contains NAME (empty: every test), instead of the kernel's choice.
     let chosen = std::env::var("ENFORCER_VM_TESTS").ok();
-    let default = default_filter(series);
-    let subset = chosen.is_none() && !default.is_empty();
+    let skipped = if chosen.is_some() { &[] } else { skipped_tests(series) };
+    let subset = !skipped.is_empty();
     if subset {
-        println!("vm {series}: every test but {} of `enforcer run` itself (a load each): {}", SKIPPED_ON_5_10.len(), SKIPPED_ON_5_10.join(" "));
+        println!("vm {series}: every test but {} of `enforcer run` itself (a load each): {}", skipped.len(), skipped.join(" "));
     }
-    let filter = chosen.unwrap_or(default);
+    let filter = chosen.unwrap_or_else(|| skipped.iter().map(|name| format!("--skip {name}")).collect::<Vec<_>>().join(" "));
     let built = files.as_ref().map_err(|e| anyhow::anyhow!("building what the VM runs failed: {e}"));
     let (release, outcome) = match built.and_then(|files| run_tests(kernel, files.clone(), &filter, prefix)) {
         Ok((booted, outcome)) => (booted.unwrap_or(release), outcome),
