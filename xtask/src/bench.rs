@@ -58,6 +58,9 @@ enum What {
     /// Instructions per call of each BPF program on the file hot path (untagged, tagged,
     /// `read_deny`), from the kernel's program statistics under icount.
     Programs(crate::bench_programs::ProgramsOptions),
+    /// The instructions one `open` runs in each BPF program and trampoline, block by
+    /// block (qemu's log of the executed code; one kernel, not icount).
+    Path(crate::bench_path::PathOptions),
     /// The daemon on the host kernel: tag and policy file write to the first changed
     /// verdict, a denial storm's delivery, memory with many tagged cgroups.
     Daemon(crate::bench_daemon::DaemonOptions),
@@ -336,6 +339,7 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
         What::Net(net) => crate::bench_net::run(net),
         What::Syscalls(syscalls) => crate::bench_syscalls::run(syscalls),
         What::Programs(programs) => crate::bench_programs::run(programs),
+        What::Path(path) => crate::bench_path::run(path),
         What::Daemon(daemon) => crate::bench_daemon::run(daemon),
     }
 }
@@ -371,6 +375,7 @@ fn run_files(opts: &FilesOptions) -> Result<ExitCode> {
             icount: true,
             timeout: TIMEOUT,
             echo: (!opts.quiet).then(String::new),
+            exec_log: None,
         };
         let report = match vm::run(&spec) {
             Ok(run) => {

@@ -80,6 +80,7 @@ pub fn run(bench: &Bench<'_>, targets: &Targets<'_>) -> Result<ExitCode> {
             icount: true,
             timeout: TIMEOUT,
             echo: None,
+            exec_log: None,
         };
         let table = match vm::run(&spec) {
             Ok(run) => {

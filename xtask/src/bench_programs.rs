@@ -100,6 +100,7 @@ pub fn run(opts: &ProgramsOptions) -> Result<ExitCode> {
             icount: true,
             timeout: TIMEOUT,
             echo: None,
+            exec_log: None,
         };
         let run = vm::run(&spec)?;
         println!("kernel {}: instructions per call of each program that ran on every open ({} opens)", run.kernel_release.as_deref().unwrap_or(s), opts.iterations);

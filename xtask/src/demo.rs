@@ -75,6 +75,7 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
         icount: false,
         timeout: TIMEOUT,
         echo: Some(String::new()),
+        exec_log: None,
     };
     let run = vm::run(&spec)?;
     match run.exit_code {

@@ -8,6 +8,7 @@ mod bench;
 mod bench_daemon;
 mod bench_host_vm;
 mod bench_net;
+mod bench_path;
 mod bench_programs;
 mod bench_syscalls;
 mod cargo;

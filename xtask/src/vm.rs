@@ -35,6 +35,9 @@ pub struct VmSpec {
     /// Print the console live on our stdout while it runs, each line after this prefix
     /// (which names the VM when several run side by side).
     pub echo: Option<String>,
+    /// Log every block of guest code run in an address range (`qemu -dfilter` syntax)
+    /// to a file, with its instructions: see `bench path`. Slows the guest down.
+    pub exec_log: Option<(String, PathBuf)>,
 }
 
 /// What a VM run produced.
@@ -151,6 +154,7 @@ pub fn run_command(opts: &Options) -> Result<ExitCode> {
         icount: opts.icount,
         timeout: Duration::from_secs(opts.timeout),
         echo: Some(String::new()),
+        exec_log: None,
     };
     let run = run(&spec)?;
     let release = run.kernel_release.as_deref().unwrap_or("?");

@@ -173,6 +173,7 @@ fn run_tests(kernel: kernel::Kernel, files: Vec<(PathBuf, String)>, filter: &str
         icount: false,
         timeout: TIMEOUT,
         echo: Some(prefix),
+        exec_log: None,
     };
     let run = vm::run(&spec)?;
     let summary = Summary::parse(&run.output);

@@ -122,6 +122,9 @@ fn command(spec: &VmSpec, initrd: &Path) -> Result<Command> {
     } else {
         qemu.args(["-smp", "2"]);
     }
+    if let Some((range, log)) = &spec.exec_log {
+        qemu.args(crate::bench_path::exec_log_args(range, log));
+    }
     // No NIC: the guest needs only loopback, and it spares the iPXE option ROM at boot.
     qemu.args(["-m", "2048", "-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
