@@ -19,7 +19,7 @@ mod walk;
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use enforcer_common::{
     events::{Action, Kind, Op, Reason},
-    policy::{FILE_WRITE, TAG_AUDIT, TAG_FILES, TAG_PENDING, TAG_READ_DENY},
+    policy::{FILE_WRITE, TAG_AUDIT, TAG_FILES, TAG_PENDING, TAG_READ_DENY, TAG_NO_REGULAR_FILE_ROOTS},
 };
 
 use crate::{
@@ -62,12 +62,19 @@ struct Check {
 /// Judges a check; `Some` is a refusal to report.
 #[inline(always)]
 fn judge_check(tag: &Tagged, check: Check) -> Option<Denial> {
+    judge_object(tag, check, true)
+}
+
+/// [`judge_check`], told whether the object itself may be a tree root.
+#[inline(always)]
+fn judge_object(tag: &Tagged, check: Check, object_may_be_root: bool) -> Option<Denial> {
     let question = Question {
         policy_id: tag.info.policy_id as u16,
         needs_tree: check.kind == Kind::FileWrite,
         allow_self: check.allow_self,
         read_deny: tag.info.flags & TAG_READ_DENY != 0,
         pending: tag.info.flags & TAG_PENDING != 0,
+        object_may_be_root,
     };
     let reason = judge::<FILE_WRITE>(&question, tag.files, check.dentry, check.vfsmount).err()?;
     Some(Denial { kind: check.kind, op: check.op, reason, dentry: check.dentry, vfsmount: check.vfsmount })
@@ -84,11 +91,6 @@ pub(crate) fn enforce(tag: &Tagged, denial: Option<Denial>) -> i32 {
     let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EPERM) };
     report(&tag.info, &denial, action, errno as u32);
     -errno
-}
-
-#[inline(always)]
-fn decide(tag: &Tagged, check: Check) -> i32 {
-    enforce(tag, judge_check(tag, check))
 }
 
 /// A directory-entry check (create, remove, rename): judged at the entry's
@@ -207,7 +209,10 @@ fn open_file(suspect: Suspect, file: *const u8) -> i32 {
         return 0;
     }
     let kind = if write { Kind::FileWrite } else { Kind::FileRead };
-    decide(&tag, Check { kind, op: Op::Open, allow_self: true, dentry, vfsmount })
+    // The compat build always looks the object up (see `walk::judge`).
+    let object_may_be_root = COMPAT || file_type != S_IFREG || tag.info.flags & TAG_NO_REGULAR_FILE_ROOTS == 0;
+    let check = Check { kind, op: Op::Open, allow_self: true, dentry, vfsmount };
+    enforce(&tag, judge_object(&tag, check, object_may_be_root))
 }
 
 #[lsm(hook = "file_open")]

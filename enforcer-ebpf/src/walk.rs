@@ -54,6 +54,10 @@ pub struct Question {
     /// Some of them are keyed by name (they did not exist when the policy
     /// was loaded): `pending::named_later` judges them.
     pub pending: bool,
+    /// The object itself may be a key of the file table. False for a
+    /// regular file under a policy that keys none (`TAG_NO_REGULAR_FILE_ROOTS`):
+    /// the walk then starts at its directory.
+    pub object_may_be_root: bool,
 }
 
 // `Walk::verdict` values.
@@ -231,6 +235,13 @@ fn in_mount<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable, lev
     if let Some(stop) = walk.check::<Direct>(table, level) {
         return stop;
     }
+    up_in_mount(walk)
+}
+
+/// The step up from the current dentry within the starting mount; nonzero
+/// ends the walk.
+#[inline(always)]
+fn up_in_mount<const NEED: u16>(walk: &mut Walk<NEED>) -> i64 {
     let d = walk.dentry;
     if d == walk.mnt_root {
         walk.verdict = AT_MOUNT_ROOT;
@@ -533,8 +544,22 @@ unsafe fn copy_walk<const NEED: u16>(to: *mut Walk<NEED>, from: &Walk<NEED>) {
     copy!(question.allow_self);
     copy!(question.read_deny);
     copy!(question.pending);
+    copy!(question.object_may_be_root);
     copy!(allowed);
     copy!(verdict);
+}
+
+/// What the walk after the loop reads of its state (`above_mount`, the
+/// end), read back from `from`, where the loop left it.
+#[inline(always)]
+unsafe fn walk_from<const NEED: u16>(to: &mut Walk<NEED>, from: *const Walk<NEED>) {
+    unsafe {
+        to.mnt_root = (&raw const (*from).mnt_root).read_volatile();
+        to.dentry = (&raw const (*from).dentry).read_volatile();
+        to.mount = (&raw const (*from).mount).read_volatile();
+        to.allowed = (&raw const (*from).allowed).read_volatile();
+        to.verdict = (&raw const (*from).verdict).read_volatile();
+    }
 }
 
 /// Judges `dentry`, reached through `vfsmount`; `NEED` is the tree flag
@@ -568,9 +593,18 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, dent
         allowed: !question.needs_tree,
         verdict: UNDECIDED,
     };
-    if in_mount(&mut walk, table, 0) == 0 && in_mount(&mut walk, table, 1) == 0 {
-        let mut steps = Steps::<NEED> { table, walk: &raw mut walk };
+    // The compat build always looks the object up: one path through here
+    // keeps its verifier's work where it is.
+    let first = if question.object_may_be_root || crate::COMPAT { in_mount(&mut walk, table, 0) } else { up_in_mount(&mut walk) };
+    if first == 0 && in_mount(&mut walk, table, 1) == 0 {
+        // The loop's steps reach the state through a pointer, so it goes to
+        // the stack here, not before: the inline levels keep `walk` in
+        // registers (no stores of its every field on the common path).
+        let mut rest = core::mem::MaybeUninit::<Walk<NEED>>::uninit();
+        unsafe { copy_walk(rest.as_mut_ptr(), &walk) };
+        let mut steps = Steps::<NEED> { table, walk: rest.as_mut_ptr() };
         repeat::<{ COMPAT_PATH_DEPTH - INLINE_LEVELS }>(MAX_PATH_DEPTH - INLINE_LEVELS, step_in_mount::<NEED>, (&raw mut steps).cast());
+        unsafe { walk_from(&mut walk, rest.as_ptr()) };
     }
     if walk.verdict == AT_MOUNT_ROOT {
         walk.mount = mount_of(walk.mount);

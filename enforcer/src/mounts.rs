@@ -40,6 +40,8 @@ pub struct InodeId {
     /// The root of a btrfs subvolume: all of them share inode number 256 on
     /// one superblock, so the pair names every subvolume's root at once.
     pub subvolume_root: bool,
+    /// A regular file (not a directory, device or other node).
+    pub regular_file: bool,
 }
 
 /// `BTRFS_FIRST_FREE_OBJECTID`: the inode number of every subvolume's root.
@@ -48,7 +50,7 @@ const BTRFS_SUBVOLUME_ROOT_INO: u64 = 256;
 /// The [`InodeId`] of `path` (symlinks followed), or `Ok(None)` if it does
 /// not exist.
 pub fn inode_id(path: &Path, mounts: &[MountInfo]) -> Result<Option<InodeId>, MountError> {
-    let stx = match statx(CWD, path, AtFlags::empty(), StatxFlags::INO | StatxFlags::MNT_ID) {
+    let stx = match statx(CWD, path, AtFlags::empty(), StatxFlags::INO | StatxFlags::MNT_ID | StatxFlags::TYPE) {
         Ok(stx) => stx,
         Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(e) => return Err(MountError::Stat { path: path.to_owned(), source: e.into() }),
@@ -58,7 +60,8 @@ pub fn inode_id(path: &Path, mounts: &[MountInfo]) -> Result<Option<InodeId>, Mo
         .find(|m| u64::try_from(m.mnt_id).ok() == Some(stx.stx_mnt_id))
         .ok_or(MountError::UnknownMount { path: path.to_owned(), mnt_id: stx.stx_mnt_id })?;
     let subvolume_root = mount.fs_type == "btrfs" && stx.stx_ino == BTRFS_SUBVOLUME_ROOT_INO;
-    Ok(Some(InodeId { ino: stx.stx_ino, dev: kernel_dev(&mount.majmin)?, subvolume_root }))
+    let regular_file = u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFREG;
+    Ok(Some(InodeId { ino: stx.stx_ino, dev: kernel_dev(&mount.majmin)?, subvolume_root, regular_file }))
 }
 
 /// The inodes of `paths` for the programs' self-protection (paths that do

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use enforcer_common::policy::{FILE_DEVICE, FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_PENDING, FILE_READ_DENY, FILE_WRITE, FileRuleKey, PENDING_ON_FILESYSTEM, TAG_PENDING, name_key, name_words};
+use enforcer_common::policy::{FILE_DEVICE, FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_PENDING, FILE_READ_DENY, FILE_WRITE, FileRuleKey, PENDING_ON_FILESYSTEM, TAG_NO_REGULAR_FILE_ROOTS, TAG_PENDING, name_key, name_words};
 
 use crate::{
     mounts::{self, MountError},
@@ -22,6 +22,8 @@ pub struct FileRules {
     pub entries: Vec<(FileRuleKey, u16)>,
     /// Trees named in the policy that do not exist now.
     pub missing: Vec<(PathBuf, &'static str)>,
+    /// Some key is the inode of a regular file (a tree or node that is one).
+    regular_file_keys: bool,
 }
 
 /// The trees of `[files]` and `[exec]`, and the nodes of `[devices]`.
@@ -50,6 +52,7 @@ pub fn resolve(policy: &Policy, policy_id: u16) -> Result<FileRules, MountError>
             if id.subvolume_root && flag != FILE_READ_DENY {
                 return Err(MountError::SubvolumeRoot { path: path.clone(), key });
             }
+            rules.regular_file_keys |= id.regular_file;
             rules.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, flag);
         }
     }
@@ -60,6 +63,7 @@ pub fn resolve(policy: &Policy, policy_id: u16) -> Result<FileRules, MountError>
             if let Some(id) = mounts::inode_id(path, &mounts)?
                 && !under_read_deny(path, &held, &mounts)?
             {
+                rules.regular_file_keys |= id.regular_file;
                 rules.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, FILE_NO_READ_DENY_ABOVE);
             }
         }
@@ -96,10 +100,13 @@ fn under_read_deny(root: &Path, held: &[(u64, u32)], mounts: &[procfs::process::
 }
 
 impl FileRules {
-    /// What the rules add to the policy's tag (`TAG_PENDING`).
+    /// What the rules add to the policy's tag (`TAG_PENDING`,
+    /// `TAG_NO_REGULAR_FILE_ROOTS`).
     #[must_use]
     pub fn tag_flags(&self) -> u32 {
-        if self.entries.iter().any(|(_, flags)| flags & FILE_PENDING != 0) { TAG_PENDING } else { 0 }
+        let pending = if self.entries.iter().any(|(_, flags)| flags & FILE_PENDING != 0) { TAG_PENDING } else { 0 };
+        let no_files = if self.regular_file_keys { 0 } else { TAG_NO_REGULAR_FILE_ROOTS };
+        pending | no_files
     }
 
     fn add(&mut self, key: FileRuleKey, flag: u16) {
@@ -125,6 +132,7 @@ fn pending_read_deny(rules: &mut FileRules, path: &Path, mounts: &[procfs::proce
             let Some(name) = name else { return Ok(()) };
             let bytes = name.as_encoded_bytes();
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            rules.regular_file_keys |= id.regular_file;
             rules.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, FILE_PENDING);
             rules.add(FileRuleKey { ino: PENDING_ON_FILESYSTEM, dev: id.dev, policy_id }, FILE_PENDING);
             rules.add(FileRuleKey { ino: name_key(id.ino, name_words(bytes), len), dev: id.dev, policy_id }, FILE_READ_DENY);
@@ -195,6 +203,19 @@ mod tests {
         assert_eq!(flags_of(name_key(meta.ino(), name_words(b".aws"), 4)), vec![FILE_READ_DENY], "the missing name");
         assert_eq!(flags_of(PENDING_ON_FILESYSTEM), vec![FILE_PENDING], "its filesystem");
         assert_eq!(rules.entries.len(), 3);
-        assert_eq!(rules.tag_flags(), TAG_PENDING);
+        assert_eq!(rules.tag_flags(), TAG_PENDING | TAG_NO_REGULAR_FILE_ROOTS);
+    }
+
+    #[test]
+    fn a_regular_file_named_as_a_tree_keeps_the_object_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let flags = |write: &str| {
+            let text = format!("name = \"p\"\n[files]\nwrite = [\"{}/{write}\"]\n", dir.path().display());
+            let (policy, _) = crate::policy::parse(&text, std::path::Path::new("p.toml")).unwrap();
+            resolve(&policy, 1).unwrap().tag_flags()
+        };
+        assert_eq!(flags("."), TAG_NO_REGULAR_FILE_ROOTS, "directories only: an open's walk starts at the file's directory");
+        assert_eq!(flags("file"), 0, "the file is a root: the walk must look it up");
     }
 }

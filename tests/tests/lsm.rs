@@ -231,6 +231,30 @@ fn write_and_read_deny_trees_nested_either_way_still_deny() {
     }
 }
 
+/// Trees may be single files: `~/.netrc` in `read_deny`, one config file in
+/// `write`. The walk of an open starts at the file's directory only under a
+/// policy that names no regular file (`TAG_NO_REGULAR_FILE_ROOTS`), so here
+/// the file itself must still be judged: its read refused, its write
+/// allowed, and its sibling's write refused.
+#[test]
+fn files_named_as_trees_are_judged_as_their_own_roots() {
+    let sb = Sandbox::new("file-roots");
+    let (netrc, config) = (sb.secret.join(".netrc"), sb.allowed.join("config.toml"));
+    std::fs::write(&netrc, "machine example.com password x\n").unwrap();
+    std::fs::write(&config, "x = 1\n").unwrap();
+    let policy = format!("name = \"test-policy\"\n[files]\nwrite = [\"{}\"]\nread_deny = [\"{}\"]\n", config.display(), netrc.display());
+    std::fs::write(&sb.policy, policy).unwrap();
+    let (netrc, config) = (netrc.display().to_string(), config.display().to_string());
+    let sibling = Sandbox::path(&sb.allowed, "other.toml");
+    let (read_secret, write_config, write_sibling) = (format!("read:{netrc}"), format!("write:{config}"), format!("write:{sibling}"));
+    let out = sb.run(&[read_secret.clone(), write_config.clone(), write_sibling.clone()]);
+    out.assert_succeeded(&write_config);
+    let e = out.assert_denied(&read_secret, "open", &netrc);
+    assert_eq!(e["reason"], "read_deny", "{out:#?}");
+    assert_eq!(out.errno(&write_sibling), EPERM, "{out:#?}");
+    assert!(out.events_for(&sibling).iter().any(|e| e["reason"] == "outside_write_trees"), "{out:#?}");
+}
+
 /// The walk above a file's mount keeps its state in a per-CPU slot
 /// (`enforcer-ebpf/src/walk.rs`), and 7.x kernels (`PREEMPT_LAZY`) preempt
 /// BPF programs. An agent runs two walks on one CPU, a denied read and an

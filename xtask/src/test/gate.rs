@@ -25,7 +25,10 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 /// measured (`open`: open for writing + close; `open-read`: the same read-only).
 /// The untagged bounds are issue 15's target in the root cgroup and today's figures
 /// (+0.6, +0.8) with a little room below it; the tagged one is today's (+5.1: its
-/// target, +4, is not met yet). Lower them as the hot path gets cheaper.
+/// target, +4, is not met yet). Lower them as the hot path gets cheaper: `b10k` 5.4
+/// to 5.0 and `brd` 5.6 to 5.3 when an open's walk began at the file's directory
+/// under policies that key no regular file, and the walk's state went to the stack
+/// only for its loop (31 instructions fewer per open, `bench path`).
 ///
 /// `brd` (a write in a write tree, with a `read_deny` tree elsewhere) walked to the top
 /// until the walk began ending at a write root no `read_deny` tree holds
@@ -37,7 +40,7 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 /// probe reads were batched and the pending climb began skipping filesystems without a
 /// pending directory (+18.3 to +15.6).
 const BOUNDS: &[(&str, &str, f64)] =
-    &[("a", "open", 0.5), ("a2", "open", 0.8), ("a3", "open", 1.0), ("b10k", "open", 5.4), ("brd", "open", 5.6), ("brdr", "open-read", 16.5)];
+    &[("a", "open", 0.5), ("a2", "open", 0.8), ("a3", "open", 1.0), ("b10k", "open", 5.0), ("brd", "open", 5.3), ("brdr", "open-read", 16.5)];
 
 pub fn run() -> Tier {
     println!("\n== tier gate (bench files, open+close, kernel {SERIES}, icount) ==");
@@ -60,6 +63,7 @@ fn gate() -> Result<Outcome> {
         icount: true,
         timeout: TIMEOUT,
         echo: None,
+        exec_log: None,
     };
     let run = vm::run(&spec)?;
     let log = cmd::workspace_root().join(format!("target/bench/gate-{SERIES}.log"));
