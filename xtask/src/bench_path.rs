@@ -2,11 +2,12 @@
 //! and trampoline, block by block. qemu logs every translation block the guest runs in
 //! the module area (where the JIT puts programs and trampolines) and how it was
 //! translated; the guest names the programs (`/proc/kallsyms` with
-//! `bpf_jit_kallsyms`). Blocks run about once per operation of the loop make its path:
-//! their counts divided by the loop's length are exact per operation, other processes'
-//! runs aside. `bench programs` says which program costs an operation; this says which
-//! instructions of it do (checked loads, spills, lookups). Helpers the programs call run
-//! in kernel text, which is not logged: their cost is in `bench programs`' figures only.
+//! `bpf_jit_kallsyms`). Blocks run once (or k times) per operation of the loop make its
+//! path, counted exactly per operation: other processes' runs of the same blocks (a few
+//! hundred against the loop's thousands) round away. `bench programs` says which
+//! program costs an operation; this says which instructions of it do (checked loads,
+//! spills, lookups). Helpers the programs call run in kernel text, which is not logged:
+//! their cost is in `bench programs`' figures only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -64,11 +65,11 @@ echo 0 > /proc/sys/kernel/randomize_va_space
 LOOP="/bin/enforcer-bench open $W/file @ITERATIONS@"
 [ @SCENARIO@ = read-deny ] && LOOP="/bin/enforcer-bench open-read /tmp/outside/file @ITERATIONS@"
 if [ @SCENARIO@ = untagged ]; then
-    enforcer run --policy /tmp/p.toml --events /dev/null -- sh -c 'echo r > $W/ready; sleep 600' 2> /dev/null &
+    enforcer run --policy /tmp/p.toml --events /dev/null -- sh -c 'echo r > $W/ready; sleep 600' &
     while [ ! -e $W/ready ]; do sleep 1; done
     sh -c 'echo $$ > /sys/fs/cgroup/bench/untagged/cgroup.procs; grep "\[bpf\]" /proc/kallsyms | sed "s/^/SYM /"; exec '"$LOOP"
 else
-    enforcer run --policy /tmp/p.toml --events /dev/null -- sh -c 'grep "\[bpf\]" /proc/kallsyms | sed "s/^/SYM /"; exec '"$LOOP" 2> /dev/null
+    enforcer run --policy /tmp/p.toml --events /dev/null -- sh -c 'grep "\[bpf\]" /proc/kallsyms | sed "s/^/SYM /"; exec '"$LOOP"
 fi
 echo PATH-DONE
 "#;
