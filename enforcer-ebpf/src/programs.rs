@@ -19,7 +19,7 @@ mod walk;
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use enforcer_common::{
     events::{Action, Kind, Op, Reason},
-    policy::{FILE_WRITE, TAG_AUDIT, TAG_FILES, TAG_PENDING, TAG_READ_DENY, TAG_NO_REGULAR_FILE_ROOTS},
+    policy::{FILE_WRITE, TAG_AUDIT, TAG_FILES, TAG_NO_REGULAR_FILE_ROOTS, TAG_PENDING, TAG_READ_DENY},
 };
 
 use crate::{
@@ -209,7 +209,8 @@ fn open_file(suspect: Suspect, file: *const u8) -> i32 {
         return 0;
     }
     let kind = if write { Kind::FileWrite } else { Kind::FileRead };
-    // The compat build always looks the object up (see `walk::judge`).
+    // The compat build always looks the object up: a value its verifier
+    // cannot see through would double its states from here on.
     let object_may_be_root = COMPAT || file_type != S_IFREG || tag.info.flags & TAG_NO_REGULAR_FILE_ROOTS == 0;
     let check = Check { kind, op: Op::Open, allow_self: true, dentry, vfsmount };
     enforce(&tag, judge_object(&tag, check, object_may_be_root))

@@ -593,9 +593,7 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, dent
         allowed: !question.needs_tree,
         verdict: UNDECIDED,
     };
-    // The compat build always looks the object up: one path through here
-    // keeps its verifier's work where it is.
-    let first = if question.object_may_be_root || crate::COMPAT { in_mount(&mut walk, table, 0) } else { up_in_mount(&mut walk) };
+    let first = if question.object_may_be_root { in_mount(&mut walk, table, 0) } else { up_in_mount(&mut walk) };
     if first == 0 && in_mount(&mut walk, table, 1) == 0 {
         // The loop's steps reach the state through a pointer, so it goes to
         // the stack here, not before: the inline levels keep `walk` in

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use enforcer_common::policy::{FILE_DEVICE, FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_PENDING, FILE_READ_DENY, FILE_WRITE, FileRuleKey, PENDING_ON_FILESYSTEM, TAG_NO_REGULAR_FILE_ROOTS, TAG_PENDING, name_key, name_words};
 
 use crate::{
-    mounts::{self, MountError},
+    mounts::{self, InodeId, MountError},
     policy::Policy,
 };
 
@@ -52,8 +52,7 @@ pub fn resolve(policy: &Policy, policy_id: u16) -> Result<FileRules, MountError>
             if id.subvolume_root && flag != FILE_READ_DENY {
                 return Err(MountError::SubvolumeRoot { path: path.clone(), key });
             }
-            rules.regular_file_keys |= id.regular_file;
-            rules.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, flag);
+            rules.add_inode(&id, policy_id, flag);
         }
     }
     let read_deny = files.map_or(none, |f| &f.read_deny);
@@ -63,8 +62,7 @@ pub fn resolve(policy: &Policy, policy_id: u16) -> Result<FileRules, MountError>
             if let Some(id) = mounts::inode_id(path, &mounts)?
                 && !under_read_deny(path, &held, &mounts)?
             {
-                rules.regular_file_keys |= id.regular_file;
-                rules.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, FILE_NO_READ_DENY_ABOVE);
+                rules.add_inode(&id, policy_id, FILE_NO_READ_DENY_ABOVE);
             }
         }
     }
@@ -109,6 +107,12 @@ impl FileRules {
         pending | no_files
     }
 
+    /// A rule keyed by an inode, whose kind `tag_flags` answers for.
+    fn add_inode(&mut self, id: &InodeId, policy_id: u16, flag: u16) {
+        self.regular_file_keys |= id.regular_file;
+        self.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, flag);
+    }
+
     fn add(&mut self, key: FileRuleKey, flag: u16) {
         match self.entries.iter_mut().find(|(k, _)| *k == key) {
             Some((_, flags)) => *flags |= flag,
@@ -132,8 +136,7 @@ fn pending_read_deny(rules: &mut FileRules, path: &Path, mounts: &[procfs::proce
             let Some(name) = name else { return Ok(()) };
             let bytes = name.as_encoded_bytes();
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-            rules.regular_file_keys |= id.regular_file;
-            rules.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, FILE_PENDING);
+            rules.add_inode(&id, policy_id, FILE_PENDING);
             rules.add(FileRuleKey { ino: PENDING_ON_FILESYSTEM, dev: id.dev, policy_id }, FILE_PENDING);
             rules.add(FileRuleKey { ino: name_key(id.ino, name_words(bytes), len), dev: id.dev, policy_id }, FILE_READ_DENY);
             return Ok(());

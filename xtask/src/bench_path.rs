@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::fs;
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -205,11 +204,6 @@ impl Trace {
         let _ = write!(summary, "  {total:>6}  in all (helpers in kernel text not counted)");
         Report { summary, listing }
     }
-}
-
-/// `qemu -d` arguments that log every block run in `range` to `log`.
-pub(crate) fn exec_log_args(range: &str, log: &Path) -> Vec<String> {
-    ["-d", "nochain,exec,in_asm", "-dfilter", range, "-D"].iter().map(ToString::to_string).chain([log.display().to_string()]).collect()
 }
 
 #[cfg(test)]

@@ -123,7 +123,8 @@ fn command(spec: &VmSpec, initrd: &Path) -> Result<Command> {
         qemu.args(["-smp", "2"]);
     }
     if let Some((range, log)) = &spec.exec_log {
-        qemu.args(crate::bench_path::exec_log_args(range, log));
+        // Every block run in the range, with its instructions (`nochain`: one line per run).
+        qemu.args(["-d", "nochain,exec,in_asm", "-dfilter", range, "-D"]).arg(log);
     }
     // No NIC: the guest needs only loopback, and it spares the iPXE option ROM at boot.
     qemu.args(["-m", "2048", "-nographic", "-no-reboot", "-nic", "none"])
