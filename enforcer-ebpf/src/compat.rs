@@ -5,8 +5,12 @@
 //!
 //! The source is the same as `main.rs`'s; where the two differ, a branch on
 //! `COMPAT` (a constant, so each build keeps one side):
-//! - loops are bounded loops, which the verifier checks iteration by
-//!   iteration, instead of `bpf_loop` steps it checks once (`repeat.rs`);
+//! - loops are bounded loops instead of `bpf_loop`. The verifier checks a
+//!   bounded loop iteration by iteration, so the long ones (the walk above
+//!   a mount, the pending-name climb, an event's paths, a task's tagged
+//!   ancestor levels) call their step as a global function, which it checks
+//!   once per program (`repeat::repeat_global`); the walk's levels within
+//!   the starting mount stay inline (`repeat.rs`);
 //! - the current task's fields are read with `bpf_probe_read_kernel`
 //!   (`bpf_get_current_task` gives no typed pointer), and its tag is found
 //!   through `bpf_get_current_ancestor_cgroup_id`;

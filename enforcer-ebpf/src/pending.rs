@@ -22,14 +22,18 @@ use enforcer_common::{
 };
 
 use crate::{
-    repeat::{COMPAT_PATH_DEPTH, repeat},
-    kernel::{DentryInode, DentryParent, Direct, InodeIno, Read},
-    walk::{filesystem, name_key_of, slot_flags},
+    kernel::{DentryInode, DentryParent, Direct, InodeIno, Probe, Read},
+    repeat::{COMPAT_PATH_DEPTH, repeat, repeat_calls},
+    tables::{FileTableAt, TableAddress},
+    walk::{filesystem, in_slot, name_key_of, slot_flags, slot_state},
 };
 
+/// The climb's state. `T` is how it reads the file table: the main build's
+/// steps get the map value pointer, the compat build's global step the
+/// table's address.
 #[repr(C)]
-struct Climb {
-    table: *const FileTable,
+struct Climb<T> {
+    table: T,
     hash_base: u64,
     dentry: *const u8,
     /// The root of the mount the climb stays in (null: the filesystem's).
@@ -48,29 +52,64 @@ pub fn named_later(table: *const FileTable, policy_id: u16, dentry: *const u8, m
     if slot_flags(table, dev, hash_base, policy_id, PENDING_ON_FILESYSTEM).unwrap_or(0) & FILE_PENDING == 0 {
         return false;
     }
+    if crate::COMPAT {
+        return named_later_in_slot(Climb { table: TableAddress(table as u64), hash_base, dentry, mnt_root, dev, policy_id, found: 0 });
+    }
     let mut climb = Climb { table, hash_base, dentry, mnt_root, dev, policy_id, found: 0 };
     repeat::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, step, (&raw mut climb).cast());
     climb.found != 0
 }
 
-/// One level: from the current dentry to its parent, judging the current
-/// one's name there if the parent has `FILE_PENDING`.
+/// The compat build's climb: its state in a claimed walk slot (see
+/// `walk::in_slot`), each level a call of [`enforcer_pending_step`]. With
+/// every slot of the CPU held, the name is taken to be a `read_deny` tree.
+#[inline(always)]
+fn named_later_in_slot(start: Climb<TableAddress>) -> bool {
+    in_slot(|climb: *mut Climb<TableAddress>, index| unsafe {
+        // A pointer (the dentry) into map memory: the verifier allows it
+        // to a privileged loader.
+        climb.write_volatile(start);
+        repeat_calls::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, || enforcer_pending_step(index));
+        (&raw const (*climb).found).read_volatile() != 0
+    })
+    .unwrap_or(true)
+}
+
+/// The `bpf_loop` step: [`climb_level`].
 extern "C" fn step(_: u32, ctx: *mut c_void) -> i64 {
-    let climb = unsafe { &mut *ctx.cast::<Climb>() };
+    climb_level::<Direct, _>(unsafe { &mut *ctx.cast::<Climb<*const FileTable>>() })
+}
+
+/// The compat build's step, a global function: slot `index` of this CPU
+/// holds the climb. (Its lookup cannot fail: the climb's claim found the
+/// slot by the same index, on the same CPU.)
+#[unsafe(no_mangle)]
+pub extern "C" fn enforcer_pending_step(index: u32) -> i64 {
+    match slot_state::<Climb<TableAddress>>(index) {
+        Some(climb) => climb_level::<Probe, _>(unsafe { &mut *climb }),
+        None => 1,
+    }
+}
+
+/// One level: from the current dentry to its parent, judging the current
+/// one's name there if the parent has `FILE_PENDING` (a table that cannot
+/// be read has it, and the name is a `read_deny` tree).
+#[inline(always)]
+fn climb_level<R: Read, T: FileTableAt>(climb: &mut Climb<T>) -> i64 {
     let d = climb.dentry;
     if d == climb.mnt_root {
         return 1;
     }
-    let parent = unsafe { Direct::ptr::<DentryParent>(d) };
+    let parent = unsafe { R::ptr::<DentryParent>(d) };
     if parent.is_null() || parent == d {
         return 1;
     }
     climb.dentry = parent;
-    let inode = unsafe { Direct::ptr::<DentryInode>(parent) };
+    let inode = unsafe { R::ptr::<DentryInode>(parent) };
     if inode.is_null() {
         return 0;
     }
-    let dir_ino = unsafe { Direct::get::<InodeIno>(inode) };
+    let dir_ino = unsafe { R::get::<InodeIno>(inode) };
     let flags = slot_flags(climb.table, climb.dev, climb.hash_base, climb.policy_id, dir_ino).unwrap_or(0);
     if flags & FILE_PENDING == 0 {
         return 0;

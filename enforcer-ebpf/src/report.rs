@@ -19,7 +19,7 @@ use enforcer_common::{
     policy::TagInfo,
 };
 
-use crate::repeat::{COMPAT_PATH_DEPTH, repeat};
+use crate::repeat::{COMPAT_PATH_DEPTH, repeat_global};
 use crate::kernel::{DentryName, DentryParent, MmExeFile, MountMountpoint, MountParent, Probe, Read, Task, TaskMm, VfsmountRoot, current_task, file_path, mount_of, vfsmount_of};
 
 #[map]
@@ -83,7 +83,7 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
     };
     buf.writer.enter(denial.vfsmount);
     let mut ctx = StepCtx { buf };
-    repeat::<{ 4 * COMPAT_PATH_DEPTH }>(4 * MAX_PATH_DEPTH, write_step, (&raw mut ctx).cast());
+    repeat_global::<{ 4 * COMPAT_PATH_DEPTH }>(4 * MAX_PATH_DEPTH, write_step, || enforcer_write_step(), (&raw mut ctx).cast());
     let total = buf.cursor;
     let writer = &buf.writer;
     // A loop that ran out mid-path leaves that path cut short.
@@ -293,7 +293,7 @@ fn finish_detail_event(buf: &mut EventBuf, head: &DetailHead, detail: u32) {
     } else {
         buf.writer.enter(exe_vfsmount);
         let mut ctx = StepCtx { buf };
-        repeat::<{ 2 * COMPAT_PATH_DEPTH }>(2 * MAX_PATH_DEPTH, write_step, (&raw mut ctx).cast());
+        repeat_global::<{ 2 * COMPAT_PATH_DEPTH }>(2 * MAX_PATH_DEPTH, write_step, || enforcer_write_step(), (&raw mut ctx).cast());
     }
     let total = buf.cursor;
     let flags = buf.writer.truncated | if buf.writer.phase == 1 { EVENT_EXE_TRUNCATED } else { 0 };
@@ -433,9 +433,25 @@ impl PathWriter {
     }
 }
 
-/// Writes one name and moves up, crossing mounts like `d_path`.
+/// [`write_step`] for the compat build's loop: a global function (exported,
+/// no pointer arguments), which the verifier checks once per program instead
+/// of once per call, that is per step. It finds the buffer itself.
+#[unsafe(no_mangle)]
+pub extern "C" fn enforcer_write_step() -> i64 {
+    match SCRATCH.get_ptr_mut(0) {
+        Some(buf) => write_name(unsafe { &mut *buf }),
+        None => 1,
+    }
+}
+
+/// The `bpf_loop` step: [`write_name`].
 extern "C" fn write_step(_level: u32, ctx: *mut c_void) -> i64 {
-    let buf = unsafe { &mut *(*ctx.cast::<StepCtx>()).buf };
+    write_name(unsafe { &mut *(*ctx.cast::<StepCtx>()).buf })
+}
+
+/// Writes one name and moves up, crossing mounts like `d_path`.
+#[inline(always)]
+fn write_name(buf: &mut EventBuf) -> i64 {
     let cursor = buf.cursor;
     let w = &mut buf.writer;
     let d = w.dentry;

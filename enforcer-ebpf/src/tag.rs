@@ -280,13 +280,47 @@ const COMPAT_CLIMB_LEVELS: u32 = 64;
 /// The compat build's answer for `task` (read with [`Task`]): the tag of
 /// its deepest tagged ancestor cgroup and that cgroup's id, by the
 /// ancestors' ids its cgroup keeps by level.
+///
+/// Each level is a call of [`enforcer_tag_at_level`], a global function the
+/// verifier checks once, not at each of the 64 levels it follows.
 #[inline(never)]
 fn tag_of_task(task: *const u8) -> Option<(Tagged, u64)> {
     let (cgroup, level) = cgroup_to_judge(task)?;
-    // Only levels the cgroup has: the loop then reads every level it is
-    // given without a bound check of its own, a branch the verifier would
-    // otherwise follow both ways at each of the 64 levels it checks.
-    tag_at_levels(tagged_levels() & levels_up_to(level.min(63) as u32), |at| ancestor_id(cgroup, at))
+    // Only levels the cgroup has: every level looked at has an ancestor.
+    let bits = tagged_levels() & levels_up_to(level.min(63) as u32);
+    let mut at: u32 = 64;
+    while at > 0 {
+        at -= 1;
+        if (bits >> at) & 1 == 0 {
+            continue;
+        }
+        let tag = enforcer_tag_at_level(cgroup as u64, at);
+        if tag != NOT_TAGGED {
+            // The tables again (a global function cannot return the map
+            // pointer), as the climb of the main build does.
+            let files = tables::current().map_or(core::ptr::null(), |tables| &raw const tables.files);
+            let agent = ancestor_id(cgroup, at as i32);
+            let info = TagInfo { policy_id: tag as u32, flags: (tag >> 32) as u32 };
+            return Some((Tagged { info, files, agent }, agent));
+        }
+    }
+    None
+}
+
+/// What [`enforcer_tag_at_level`] returns for an untagged ancestor (no tag
+/// packs to it: policy ids fit in 16 bits).
+const NOT_TAGGED: u64 = u64::MAX;
+
+/// The tag of the ancestor at `level` of the cgroup at address `cgroup`
+/// (read with probe reads), `policy_id | flags << 32`, or [`NOT_TAGGED`].
+/// A global function for the compat build's `tag_of_task`.
+#[unsafe(no_mangle)]
+pub extern "C" fn enforcer_tag_at_level(cgroup: u64, level: u32) -> u64 {
+    let id = ancestor_id(cgroup as *const u8, (level & 63) as i32);
+    if id == 0 || !may_be_tagged(id) {
+        return NOT_TAGGED;
+    }
+    table_lookup(id).map_or(NOT_TAGGED, |tagged| u64::from(tagged.info.policy_id) | u64::from(tagged.info.flags) << 32)
 }
 
 /// `task`'s cgroup and its level, read with [`Task`]; `None` if it has

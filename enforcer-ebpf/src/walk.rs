@@ -20,7 +20,10 @@
 //! above it, no `read_deny` tree above it) is denied.
 //!
 //! Each level is one `bpf_loop` step, so the verifier checks a step once
-//! instead of every unrolled level.
+//! instead of every unrolled level. The compat build (no `bpf_loop`) walks
+//! the starting mount's levels inline and the levels above it with a global
+//! function per level, which reads the file table by its address
+//! (`tables::TableAddress`).
 
 use core::{ffi::c_void, ptr::null};
 
@@ -28,10 +31,11 @@ use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
 use enforcer_common::{
     KernelOffsets,
     events::{MAX_PATH_DEPTH, Reason},
-    policy::{FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_SLOTS, FileSlot, FileTable, NAME_KEY_BYTES, file_hash_base, file_homes, name_key},
+    policy::{FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_WRITE, FileTable, NAME_KEY_BYTES, file_hash_base, file_homes, name_key},
 };
 
-use crate::repeat::{COMPAT_PATH_DEPTH, repeat};
+use crate::repeat::{COMPAT_PATH_DEPTH, repeat, repeat_global};
+use crate::tables::{FileTableAt, TableAddress, UNREADABLE_SLOT};
 use crate::kernel::{
     DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FsRootMnt, Task, TaskFs, InodeIno, MntNamespaceIsAnon, MntNamespaceSeq, MountNs, Probe, Read, SuperBlockDev, VfsmountRoot, current_task, mount_of, off,
 };
@@ -116,7 +120,7 @@ impl<const NEED: u16> Walk<NEED> {
 
     /// The rule flags of `inode` (the current dentry's), if it is a tree root.
     #[inline(always)]
-    unsafe fn rule<R: Read>(&self, table: *const FileTable, inode: *const u8) -> Option<u16> {
+    unsafe fn rule<R: Read, T: FileTableAt>(&self, table: T, inode: *const u8) -> Option<u16> {
         if inode.is_null() {
             return None; // a negative dentry (a name being created)
         }
@@ -125,7 +129,7 @@ impl<const NEED: u16> Walk<NEED> {
 
     /// The flags of the table slot for inode number (or name key) `ino`.
     #[inline(always)]
-    fn lookup(&self, table: *const FileTable, ino: u64) -> Option<u16> {
+    fn lookup<T: FileTableAt>(&self, table: T, ino: u64) -> Option<u16> {
         slot_flags(table, self.dev, self.hash_base, self.question.policy_id, ino)
     }
 
@@ -133,13 +137,16 @@ impl<const NEED: u16> Walk<NEED> {
     #[inline(always)]
     fn check<R: Read>(&mut self, table: *const FileTable, level: u32) -> Option<i64> {
         let inode = unsafe { R::ptr::<DentryInode>(self.dentry) };
-        self.check_inode::<R>(table, level, inode)
+        self.check_inode::<R, _>(table, level, inode)
     }
 
     /// [`Self::check`] with the current dentry's inode read already.
     #[inline(always)]
-    fn check_inode<R: Read>(&mut self, table: *const FileTable, level: u32, inode: *const u8) -> Option<i64> {
-        let flags = unsafe { self.rule::<R>(table, inode) }?;
+    fn check_inode<R: Read, T: FileTableAt>(&mut self, table: T, level: u32, inode: *const u8) -> Option<i64> {
+        let flags = unsafe { self.rule::<R, T>(table, inode) }?;
+        if T::FALLIBLE && flags == UNREADABLE_SLOT {
+            return Some(self.decide(Err(Reason::Unreadable)));
+        }
         if flags & FILE_READ_DENY != 0 {
             return Some(self.decide(Err(Reason::ReadDenied)));
         }
@@ -159,16 +166,12 @@ impl<const NEED: u16> Walk<NEED> {
 /// The flags of the table slot for `ino` (or a name key) on the filesystem
 /// `dev` (`hash_base`: `file_hash_base` of it) for `policy_id`.
 #[inline(always)]
-pub fn slot_flags(table: *const FileTable, dev: u32, hash_base: u64, policy_id: u16, ino: u64) -> Option<u16> {
-    let table = unsafe { &*table };
-    let holds = |slot: &FileSlot| slot.ino == ino && slot.dev == dev && slot.policy_id == policy_id;
+pub fn slot_flags<T: FileTableAt>(table: T, dev: u32, hash_base: u64, policy_id: u16, ino: u64) -> Option<u16> {
     let [first, second] = file_homes(ino, hash_base);
-    let slot = &table.slots[first & (FILE_SLOTS - 1)];
-    if holds(slot) {
-        return Some(slot.flags);
+    if let Some(flags) = table.flags_if_holds(first, ino, dev, policy_id) {
+        return Some(flags);
     }
-    let slot = &table.slots[second & (FILE_SLOTS - 1)];
-    holds(slot).then_some(slot.flags)
+    table.flags_if_holds(second, ino, dev, policy_id)
 }
 
 /// The key of `child`'s name in the directory with inode number `dir_ino`
@@ -345,7 +348,7 @@ fn dentry_fields(dentry: *const u8) -> (*const u8, *const u8) {
 }
 
 #[inline(always)]
-fn above_level<const NEED: u16>(slot: &mut AboveMount<NEED>, table: *const FileTable) -> i64 {
+fn above_level<const NEED: u16, T: FileTableAt>(slot: &mut AboveMount<NEED>, table: T) -> i64 {
     let walk = &mut slot.walk;
     if walk.dentry == walk.mnt_root {
         let (mount, parent_mount) = (walk.mount, slot.mount.parent);
@@ -363,11 +366,14 @@ fn above_level<const NEED: u16>(slot: &mut AboveMount<NEED>, table: *const FileT
         slot.mount = above;
         // The mount point is on the parent mount's superblock.
         walk.dev = unsafe { Probe::get::<SuperBlockDev>(above.sb) } as u32;
-        walk.hash_base = file_hash_base(walk.dev, walk.question.policy_id, unsafe { (*table).seed });
+        let Some(seed) = table.seed() else {
+            return walk.decide(Err(Reason::Unreadable));
+        };
+        walk.hash_base = file_hash_base(walk.dev, walk.question.policy_id, seed);
     }
     let (parent, inode) = dentry_fields(walk.dentry);
     // Above the start every level is a parent, so `write` roots count.
-    if let Some(stop) = walk.check_inode::<Probe>(table, 1, inode) {
+    if let Some(stop) = walk.check_inode::<Probe, T>(table, 1, inode) {
         return stop;
     }
     let d = walk.dentry;
@@ -394,7 +400,9 @@ fn above_level<const NEED: u16>(slot: &mut AboveMount<NEED>, table: *const FileT
 /// atomic compare-and-exchange and frees it when done; the next walk on
 /// the CPU takes another. With every slot of the CPU held by preempted
 /// walks (one per slot, each on this CPU), the walk is denied
-/// (`Reason::Interrupted`).
+/// (`Reason::Interrupted`). The compat build's global steps find their slot
+/// by its index (they can take no pointer), and the pending-name climb
+/// keeps its state in one too (`in_slot`).
 #[repr(C)]
 struct AboveMount<const NEED: u16> {
     /// Nonzero while a walk holds the slot.
@@ -403,10 +411,13 @@ struct AboveMount<const NEED: u16> {
     /// What was read of `walk.mount`: its parent and mount point come
     /// from the same read as its root.
     mount: MountFields,
+    /// The compat build: the file table's address, for the global step
+    /// (see [`above_step_at`]).
+    table: u64,
 }
 
 /// Room for an `AboveMount` (a map's value type cannot be generic).
-type AboveMountSlot = [u64; 12];
+type AboveMountSlot = [u64; 13];
 const _: () = assert!(core::mem::size_of::<AboveMount<0>>() <= core::mem::size_of::<AboveMountSlot>());
 
 /// Walks on one CPU that can be above a mount at once.
@@ -423,16 +434,64 @@ struct AboveSteps<const NEED: u16> {
     slot: *mut AboveMount<NEED>,
 }
 
-/// A free slot of this CPU, claimed.
+/// A free slot of this CPU, claimed, and its index.
 #[inline(always)]
-fn claim<const NEED: u16>() -> Option<*mut AboveMount<NEED>> {
+fn claim<const NEED: u16>() -> Option<(*mut AboveMount<NEED>, u32)> {
     for index in 0..ABOVE_MOUNT_SLOTS {
         let slot = ABOVE_MOUNT.get_ptr_mut(index)?.cast::<AboveMount<NEED>>();
         if unsafe { try_claim(&raw mut (*slot).busy) } {
-            return Some(slot);
+            return Some((slot, index));
         }
     }
     None
+}
+
+/// Runs `f` on a state `S` kept in a claimed slot of this CPU (after its
+/// busy word, as `AboveMount` keeps its walk), given the slot's index; `None`
+/// if every slot is held. For another walk of the compat build whose
+/// global steps find their state by that index (see [`slot_state`]).
+#[inline(always)]
+pub fn in_slot<S, R>(f: impl FnOnce(*mut S, u32) -> R) -> Option<R> {
+    const { assert!(size_of::<u64>() + size_of::<S>() <= size_of::<AboveMountSlot>() && align_of::<S>() <= align_of::<u64>()) };
+    let (slot, index) = claim::<0>()?;
+    let result = f(state_in(slot.cast()), index);
+    unsafe { release(&raw mut (*slot).busy) };
+    Some(result)
+}
+
+/// The state `S` that [`in_slot`] keeps in slot `index` of this CPU.
+#[inline(always)]
+pub fn slot_state<S>(index: u32) -> Option<*mut S> {
+    ABOVE_MOUNT.get_ptr_mut(index).map(state_in)
+}
+
+#[inline(always)]
+fn state_in<S>(slot: *mut AboveMountSlot) -> *mut S {
+    slot.cast::<u64>().wrapping_add(1).cast()
+}
+
+/// The compat build's step above a mount, as global functions (one per
+/// `NEED`; see `repeat_global`): slot `index` of this CPU holds the walk.
+#[unsafe(no_mangle)]
+pub extern "C" fn enforcer_above_mount_write(index: u32) -> i64 {
+    above_step_at::<FILE_WRITE>(index)
+}
+
+/// [`enforcer_above_mount_write`] for exec trees.
+#[unsafe(no_mangle)]
+pub extern "C" fn enforcer_above_mount_exec(index: u32) -> i64 {
+    above_step_at::<FILE_EXEC>(index)
+}
+
+/// One level of the walk in slot `index`, reading the file table by the
+/// address the slot holds. A slot that cannot be found ends the walk
+/// undecided (denied as too deep).
+#[inline(always)]
+fn above_step_at<const NEED: u16>(index: u32) -> i64 {
+    let Some(slot) = ABOVE_MOUNT.get_ptr_mut(index) else { return 1 };
+    let slot = unsafe { &mut *slot.cast::<AboveMount<NEED>>() };
+    let table = TableAddress(slot.table);
+    above_level(slot, table)
 }
 
 /// Sets `*busy` from 0 to 1 atomically; false if it was not 0. (The BPF
@@ -504,7 +563,7 @@ unsafe fn release(busy: *mut u64) {
 /// Runs the walk from the root of its starting mount up (see `AboveMount`).
 #[inline(always)]
 fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) {
-    let Some(slot) = claim::<NEED>() else {
+    let Some((slot, index)) = claim::<NEED>() else {
         walk.decide(Err(Reason::Interrupted));
         return;
     };
@@ -512,9 +571,15 @@ fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) 
     unsafe {
         copy_walk(state, walk);
         (&raw mut (*slot).mount).write_volatile(mount_fields(walk.mount));
+        if crate::COMPAT {
+            // A pointer into map memory: the verifier allows it to a
+            // privileged loader, and the program holds the table meanwhile.
+            (&raw mut (*slot).table).write_volatile(table as u64);
+        }
     }
     let mut steps = AboveSteps::<NEED> { table, slot };
-    repeat::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, step_above_mount::<NEED>, (&raw mut steps).cast());
+    let global = || if NEED == FILE_EXEC { enforcer_above_mount_exec(index) } else { enforcer_above_mount_write(index) };
+    repeat_global::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, step_above_mount::<NEED>, global, (&raw mut steps).cast());
     unsafe {
         // What the walk's end reads (`judge`); the rest stays behind.
         walk.verdict = (&raw const (*state).verdict).read_volatile();

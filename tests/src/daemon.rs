@@ -16,10 +16,10 @@ use serde_json::Value;
 use crate::{enforcer_bin, probe_bin};
 
 /// How long a daemon may take to load: 6.12 under TCG verifies for 25 to
-/// 65 s, 5.10 (the compat build) for five to ten minutes, more on a slower
+/// 65 s, 5.10 (the compat build) for about a minute, more on a slower
 /// machine. A daemon that dies while loading is seen at once (`try_wait`),
 /// so this only bounds a hang.
-const START_TIMEOUT: Duration = Duration::from_mins(20);
+const START_TIMEOUT: Duration = Duration::from_mins(10);
 
 pub struct Daemon {
     pub base: PathBuf,

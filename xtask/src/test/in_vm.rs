@@ -16,8 +16,7 @@ use crate::{cmd, kernel};
 
 // A tier takes 10 to 25 minutes under TCG (one load of the programs for the
 // tests in daemon-tagged cgroups, one per test of `enforcer run` itself, each
-// 25 to 90 s; 5.10's compat build five to ten minutes); the limit only
-// catches a hang.
+// 25 to 90 s); the limit only catches a hang.
 const TIMEOUT: Duration = Duration::from_mins(55);
 /// `ENFORCER_TESTS_VIA=daemon`: a test's command runs in a cgroup a daemon
 /// of its own tagged, and every daemon after the first adopts the programs
@@ -25,32 +24,6 @@ const TIMEOUT: Duration = Duration::from_mins(55);
 /// `enforcer run` itself (`Sandbox::under_enforcer_run`) load them each time.
 const SCRIPT: &str =
     "ENFORCER_BIN=/bin/enforcer ENFORCER_PROBE_BIN=/bin/enforcer-probe ENFORCER_TESTS_VIA=daemon /bin/lsm-tests --test-threads=1";
-
-/// 5.10 loads the compat build of the programs (no `bpf_loop`), whose
-/// verification takes five to ten minutes per `enforcer run` under TCG,
-/// seconds on real hardware. Every test runs there but these tests of
-/// `enforcer run` itself, a load each; their subject (exit codes, messages,
-/// the seccomp filter, the resolver, the terminal, the event accounting) is
-/// `enforcer run`'s userspace, the same on every kernel, and 6.1, 6.12 and
-/// 7.3 run them. `the_floor_and_the_agent_boundary_hold_under_enforcer_run`
-/// stays: the run's own cgroup, tagged and judged by the compat programs.
-const SKIPPED_ON_5_10: &[&str] = &[
-    "events_sent_to_dev_null_leave_dev_null_to_the_command",
-    "a_denial_storm_is_denied_throughout_and_every_event_is_accounted_for",
-    "a_killed_supervisor_takes_its_run_with_it",
-    "require_seccomp_refuses_exec_by_a_task_without_a_filter",
-    "host_names_resolve_through_the_enforcer_and_only_their_answers_connect",
-    "resolved_addresses_expire_after_the_ttl",
-    "syscalls_outside_the_allowlist_fail_and_are_reported_once_each",
-    "kill_mode_kills_the_process_at_its_first_refused_syscall",
-    "audit_mode_lets_refused_syscalls_run_and_reports_them",
-    "on_a_terminal_the_command_gets_its_own_terminal_and_session",
-];
-
-/// The tests `series`' tier leaves out (none but on 5.10).
-fn skipped_tests(series: &str) -> &'static [&'static str] {
-    if series == "5.10" { SKIPPED_ON_5_10 } else { &[] }
-}
 
 /// Rough minutes a tier takes here, for starting the longest first
 /// (measured side by side on 2026-12-05: 5.10 20, 7.3 17, 6.12 17, 6.1
@@ -135,14 +108,8 @@ fn run(series: &str, files: &Result<Vec<(PathBuf, String)>, String>, prefix: Str
         .trim_start_matches("linux-image-")
         .to_string();
     // While developing: ENFORCER_VM_TESTS=NAME runs only the tests whose name
-    // contains NAME (empty: every test), instead of the kernel's choice.
-    let chosen = std::env::var("ENFORCER_VM_TESTS").ok();
-    let skipped = if chosen.is_some() { &[] } else { skipped_tests(series) };
-    let subset = !skipped.is_empty();
-    if subset {
-        println!("vm {series}: every test but {} of `enforcer run` itself (a load each): {}", skipped.len(), skipped.join(" "));
-    }
-    let filter = chosen.unwrap_or_else(|| skipped.iter().map(|name| format!("--skip {name}")).collect::<Vec<_>>().join(" "));
+    // contains NAME (empty or unset: every test).
+    let filter = std::env::var("ENFORCER_VM_TESTS").unwrap_or_default();
     let built = files.as_ref().map_err(|e| anyhow::anyhow!("building what the VM runs failed: {e}"));
     let (release, outcome) = match built.and_then(|files| run_tests(kernel, files.clone(), &filter, prefix)) {
         Ok((booted, outcome)) => (booted.unwrap_or(release), outcome),
@@ -154,9 +121,8 @@ fn run(series: &str, files: &Result<Vec<(PathBuf, String)>, String>, prefix: Str
             },
         ),
     };
-    let scope = if subset { ", subset" } else { "" };
     Tier {
-        name: format!("vm {series} ({release}{scope})"),
+        name: format!("vm {series} ({release})"),
         outcome,
     }
 }
