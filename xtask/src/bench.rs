@@ -23,11 +23,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::vm::{self, VmSpec};
@@ -360,10 +359,6 @@ fn run_files(opts: &FilesOptions) -> Result<ExitCode> {
     let files = guest_binaries(&series)?;
     let loops: Vec<&str> = LOOPS.iter().map(|(op, _)| *op).collect();
     let script = files_script(opts.rounds, opts.iterations, &loops, &["b100", "b10k", "brd"]);
-    let log_dir = cmd::workspace_root().join("target/bench");
-    fs::create_dir_all(&log_dir)
-        .with_context(|| format!("could not create {}", log_dir.display()))?;
-
     let mut reports = Vec::new();
     let mut ok = true;
     for s in &series {
@@ -379,13 +374,7 @@ fn run_files(opts: &FilesOptions) -> Result<ExitCode> {
         };
         let report = match vm::run(&spec) {
             Ok(run) => {
-                let log = log_dir.join(format!("files-{s}.log"));
-                if let Err(e) = fs::write(&log, &run.output) {
-                    eprintln!(
-                        "bench: could not save the console to {}: {e}",
-                        log.display()
-                    );
-                }
+                let log = cmd::save_bench_output(&format!("files-{s}.log"), &run.output);
                 let (report, complete) = report(s, &run, opts, &log.display().to_string());
                 ok &= complete;
                 report

@@ -74,9 +74,7 @@ pub fn run(opts: &DaemonOptions) -> Result<ExitCode> {
     cgroups.remove_all();
     let _ = Command::new(&enforcer).args(["daemon", "--uninstall", "--config"]).arg(base.join("enforcer.toml")).output();
     let report = result?;
-    let log_dir = cmd::workspace_root().join("target/bench");
-    std::fs::create_dir_all(&log_dir)?;
-    std::fs::write(log_dir.join("daemon-host.log"), &report)?;
+    cmd::save_bench_output("daemon-host.log", &report);
     println!("{report}");
     Ok(ExitCode::SUCCESS)
 }

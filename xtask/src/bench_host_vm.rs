@@ -50,8 +50,6 @@ pub fn run(bench: &Bench<'_>, targets: &Targets<'_>) -> Result<ExitCode> {
     let built = cargo::build(&["build", "--release", "-p", "enforcer", "-p", "enforcer-tests", "--bin", "enforcer", "--bin", "enforcer-bench"])?;
     let enforcer = cargo::executable(&built, "bin", "enforcer")?;
     let bench_bin = cargo::executable(&built, "bin", "enforcer-bench")?;
-    let log_dir = cmd::workspace_root().join("target/bench");
-    fs::create_dir_all(&log_dir).with_context(|| format!("could not create {}", log_dir.display()))?;
     let mut reports = Vec::new();
     let mut ok = true;
 
@@ -61,8 +59,7 @@ pub fn run(bench: &Bench<'_>, targets: &Targets<'_>) -> Result<ExitCode> {
         let text = (bench.script)(targets.host_rounds, &bench_bin.display().to_string(), &enforcer.display().to_string(), true);
         let output = Command::new("bash").arg("-c").arg(&text).output().context("could not run the host script")?;
         let output = String::from_utf8_lossy(&output.stdout).into_owned();
-        let log = log_dir.join(format!("{name}-host.log"));
-        let _ = fs::write(&log, &output);
+        let log = cmd::save_bench_output(&format!("{name}-host.log"), &output);
         let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let mode = format!("host kernel {} (native; {})", release.trim(), bench.host_note);
         let (table, complete) = (bench.report)(&mode, &output, targets.host_rounds, &log.display().to_string(), true);
@@ -84,8 +81,7 @@ pub fn run(bench: &Bench<'_>, targets: &Targets<'_>) -> Result<ExitCode> {
         };
         let table = match vm::run(&spec) {
             Ok(run) => {
-                let log = log_dir.join(format!("{name}-{s}.log"));
-                let _ = fs::write(&log, &run.output);
+                let log = cmd::save_bench_output(&format!("{name}-{s}.log"), &run.output);
                 let release = run.kernel_release.as_deref().unwrap_or("?");
                 let mode = format!("kernel {release} ({s}) under qemu -icount shift=0,sleep=off (1 guest ns = 1 instruction)");
                 let (table, complete) = (bench.report)(&mode, &run.output, targets.rounds, &log.display().to_string(), false);

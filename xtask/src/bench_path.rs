@@ -77,8 +77,7 @@ pub fn run(opts: &PathOptions) -> Result<ExitCode> {
     let series = [opts.kernel.clone()];
     let files = crate::bench::guest_binaries(&series)?;
     let scenario = opts.scenario.to_possible_value().expect("no skipped values").get_name().to_string();
-    let dir = cmd::workspace_root().join("target/bench");
-    fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let dir = cmd::bench_dir()?;
     let log = dir.join(format!("path-{}-{scenario}.qemu.log", opts.kernel));
     let spec = VmSpec {
         kernel: kernel::cached(&opts.kernel)?,

@@ -80,6 +80,23 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `target/bench`, where benchmarks keep their raw output, created.
+pub fn bench_dir() -> Result<PathBuf> {
+    let dir = workspace_root().join("target/bench");
+    fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Saves a benchmark's raw `output` as `target/bench/NAME`; a failure is
+/// told, not fatal (the figures are printed anyway). Returns the path.
+pub fn save_bench_output(name: &str, output: &str) -> PathBuf {
+    let path = workspace_root().join("target/bench").join(name);
+    if let Err(e) = bench_dir().and_then(|_| fs::write(&path, output).with_context(|| format!("could not write {}", path.display()))) {
+        eprintln!("could not save the raw output: {e:#}");
+    }
+    path
+}
+
 /// Whether we run as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -4,7 +4,6 @@
 //! untagged screen, the tagged walk or the `read_deny` walk dearer than its bound
 //! fails the run, with the figures.
 
-use std::fs;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -66,11 +65,7 @@ fn gate() -> Result<Outcome> {
         exec_log: None,
     };
     let run = vm::run(&spec)?;
-    let log = cmd::workspace_root().join(format!("target/bench/gate-{SERIES}.log"));
-    let saved = fs::create_dir_all(log.parent().expect("a file in a directory")).and_then(|()| fs::write(&log, &run.output));
-    if let Err(e) = saved {
-        eprintln!("gate: could not save the console to {}: {e}", log.display());
-    }
+    cmd::save_bench_output(&format!("gate-{SERIES}.log"), &run.output);
     let samples = Samples::parse(&run.output);
     // The raw figures, so a failure in CI can be told from a noisy floor.
     for line in run.output.lines().filter(|l| l.contains("BENCH round=")) {
