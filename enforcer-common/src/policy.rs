@@ -158,6 +158,15 @@ pub struct FileSlot {
 }
 const _: () = assert!(core::mem::size_of::<FileSlot>() == 16);
 
+impl FileSlot {
+    /// The slot's flags if it holds the root `ino` on `dev` of `policy_id`.
+    #[inline]
+    #[must_use]
+    pub fn flags_if_holds(&self, ino: u64, dev: u32, policy_id: u16) -> Option<u16> {
+        (self.ino == ino && self.dev == dev && self.policy_id == policy_id).then_some(self.flags)
+    }
+}
+
 /// Every policy's tree roots.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -21,6 +21,13 @@ pub fn current() -> Option<&'static Tables> {
     TABLES.get_value(0, &0)
 }
 
+/// The current file table; null if there are no tables (a walk then
+/// denies).
+#[inline(always)]
+pub fn current_files() -> *const FileTable {
+    current().map_or(core::ptr::null(), |tables| &raw const tables.files)
+}
+
 /// How a walk reads the file table: through the map value pointer the
 /// program holds, or by its address ([`TableAddress`]).
 pub trait FileTableAt: Copy {
@@ -45,8 +52,7 @@ impl FileTableAt for *const FileTable {
 
     #[inline(always)]
     fn flags_if_holds(self, index: usize, ino: u64, dev: u32, policy_id: u16) -> Option<u16> {
-        let slot = unsafe { &(*self).slots[index & (FILE_SLOTS - 1)] };
-        (slot.ino == ino && slot.dev == dev && slot.policy_id == policy_id).then_some(slot.flags)
+        unsafe { &(*self).slots[index & (FILE_SLOTS - 1)] }.flags_if_holds(ino, dev, policy_id)
     }
 }
 
@@ -68,7 +74,7 @@ impl FileTableAt for TableAddress {
     fn flags_if_holds(self, index: usize, ino: u64, dev: u32, policy_id: u16) -> Option<u16> {
         let at = offset_of!(FileTable, slots) + (index & (FILE_SLOTS - 1)) * size_of::<FileSlot>();
         match unsafe { bpf_probe_read_kernel((self.0 as *const u8).wrapping_add(at).cast::<FileSlot>()) } {
-            Ok(slot) => (slot.ino == ino && slot.dev == dev && slot.policy_id == policy_id).then_some(slot.flags),
+            Ok(slot) => slot.flags_if_holds(ino, dev, policy_id),
             Err(_) => Some(UNREADABLE_SLOT),
         }
     }

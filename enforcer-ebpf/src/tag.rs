@@ -232,8 +232,7 @@ pub fn tag_of(Suspect { node, level, id }: Suspect) -> Option<Tagged> {
     }?;
     // The climb's steps cannot hand a map pointer back; look the tables up
     // again (an untypical path: the common one returned above).
-    let files = tables::current().map_or(core::ptr::null(), |tables| &raw const tables.files);
-    Some(Tagged { info, files, agent })
+    Some(Tagged { info, files: tables::current_files(), agent })
 }
 
 /// A climb up the task's cgroup directories (kernfs nodes: a cgroup's id is
@@ -298,10 +297,9 @@ fn tag_of_task(task: *const u8) -> Option<(Tagged, u64)> {
         if tag != NOT_TAGGED {
             // The tables again (a global function cannot return the map
             // pointer), as the climb of the main build does.
-            let files = tables::current().map_or(core::ptr::null(), |tables| &raw const tables.files);
             let agent = ancestor_id(cgroup, at as i32);
             let info = TagInfo { policy_id: tag as u32, flags: (tag >> 32) as u32 };
-            return Some((Tagged { info, files, agent }, agent));
+            return Some((Tagged { info, files: tables::current_files(), agent }, agent));
         }
     }
     None

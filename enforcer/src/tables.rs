@@ -145,9 +145,7 @@ mod tests {
     /// What the programs do: look in the key's two home slots.
     fn probe_file(table: &FileTable, key: FileRuleKey) -> Option<u16> {
         let homes = file_homes(key.ino, file_hash_base(key.dev, key.policy_id, table.seed));
-        homes.iter().map(|&home| &table.slots[home]).find_map(|slot| {
-            (slot.ino == key.ino && slot.dev == key.dev && slot.policy_id == key.policy_id).then_some(slot.flags)
-        })
+        homes.iter().find_map(|&home| table.slots[home].flags_if_holds(key.ino, key.dev, key.policy_id))
     }
 
     #[test]
