@@ -187,8 +187,8 @@ pub struct Tables {
 }
 
 /// The daemon's own files and directories, which no tagged task may change
-/// (a one-entry array of [`Protected`]).
-pub const PROTECTED_MAP: &str = "PROTECTED";
+/// (the programs' global `PROTECTED`, in a section of its own).
+pub const PROTECTED_MAP: &str = ".bss.protected";
 /// Inodes in [`Protected`] at most.
 pub const PROTECTED_MAX: usize = 16;
 

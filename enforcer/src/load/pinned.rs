@@ -74,6 +74,7 @@ fn pin_name(map: &str) -> &str {
     match map {
         enforcer_common::policy::TAG_FILTER_MAP => "TAG_FILTER",
         enforcer_common::select::SELECTED_BLOOM_MAP => "SELECTED_BLOOM",
+        enforcer_common::policy::PROTECTED_MAP => "PROTECTED",
         other => other,
     }
 }
