@@ -80,9 +80,14 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `target/bench`, where benchmarks keep their raw output, created.
+/// `target/bench`, where benchmarks keep their raw output.
+fn bench_path() -> PathBuf {
+    workspace_root().join("target/bench")
+}
+
+/// [`bench_path`], created.
 pub fn bench_dir() -> Result<PathBuf> {
-    let dir = workspace_root().join("target/bench");
+    let dir = bench_path();
     fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
     Ok(dir)
 }
@@ -90,7 +95,7 @@ pub fn bench_dir() -> Result<PathBuf> {
 /// Saves a benchmark's raw `output` as `target/bench/NAME`; a failure is
 /// told, not fatal (the figures are printed anyway). Returns the path.
 pub fn save_bench_output(name: &str, output: &str) -> PathBuf {
-    let path = workspace_root().join("target/bench").join(name);
+    let path = bench_path().join(name);
     if let Err(e) = bench_dir().and_then(|_| fs::write(&path, output).with_context(|| format!("could not write {}", path.display()))) {
         eprintln!("could not save the raw output: {e:#}");
     }

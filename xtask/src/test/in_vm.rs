@@ -27,8 +27,9 @@ const SCRIPT: &str =
 
 /// Rough minutes a tier takes here, for starting the longest first
 /// (measured side by side on 2026-12-05, every test on every kernel: 5.10
-/// 22, 7.3 19, 6.12 19, 6.1 15): the worker that ends 5.10 takes 6.1 and the
-/// one that ends 7.3 takes 6.12, so the two finish close together.
+/// 21-22, 7.3 18-19, 6.12 19, 6.1 15; 6.12 gets 18 so 7.3 starts first):
+/// the worker that ends 5.10 takes 6.1 and the one that ends 7.3 takes
+/// 6.12, so the two finish close together.
 fn expected_minutes(series: &str) -> u32 {
     match series {
         "5.10" => 22,
