@@ -112,12 +112,17 @@ pub struct KernelOffsets {
     /// `inode_removexattr` (1 since Linux 5.12 put the mount's idmap
     /// first, 0 before).
     pub inode_xattr_dentry_arg: u32,
+    /// `file->f_inode` and `inode->i_sb`: an open file's inode and its
+    /// filesystem, reached without the dentry (verifiers that trust
+    /// `f_inode` make its fields plain loads).
+    pub file_f_inode: u32,
+    pub inode_i_sb: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets::FIELDS);
 
 impl KernelOffsets {
     /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 63;
+    pub const FIELDS: usize = 65;
 
     /// An optional field the running kernel does not have.
     pub const ABSENT: u32 = u32::MAX;

@@ -75,26 +75,20 @@ pub struct TagFilter {
     /// above it is untagged, decided by one compare.
     pub shallowest: u32,
     pub pad: u32,
-    /// `levels[n] != 0`: some tagged cgroup sits at level `n` (bytes, not
-    /// bits: a byte load costs the screen less than a variable shift).
-    pub levels: [u8; MAX_TAG_LEVEL as usize + 1],
-    /// The same, as bits (bit `n`: level `n`), for the climb's loop: an
-    /// index into `levels` would make the 6.12 verifier walk the loop once
-    /// per possible level.
+    /// Bit `n`: some tagged cgroup sits at level `n`.
     pub level_bits: u64,
     pub bloom: [u64; TAG_BLOOM_WORDS],
 }
-const _: () = assert!(core::mem::size_of::<TagFilter>() == 8 + 64 + 8 + 8 * TAG_BLOOM_WORDS);
+const _: () = assert!(core::mem::size_of::<TagFilter>() == 8 + 8 + 8 * TAG_BLOOM_WORDS);
 
 impl TagFilter {
     pub const EMPTY: Self =
-        Self { shallowest: u32::MAX, pad: 0, levels: [0; MAX_TAG_LEVEL as usize + 1], level_bits: 0, bloom: [0; TAG_BLOOM_WORDS] };
+        Self { shallowest: u32::MAX, pad: 0, level_bits: 0, bloom: [0; TAG_BLOOM_WORDS] };
 
     pub fn insert(&mut self, cgroup_id: u64, level: u32) {
         let bit = tag_bloom_bit(cgroup_id);
         self.shallowest = self.shallowest.min(level);
-        if let Some(tagged) = self.levels.get_mut(level as usize) {
-            *tagged = 1;
+        if level <= MAX_TAG_LEVEL {
             self.level_bits |= 1 << level;
         }
         self.bloom[Self::word(bit)] |= 1 << (bit % 64);
@@ -111,9 +105,6 @@ impl TagFilter {
     pub fn union(&self, other: &Self) -> Self {
         let mut union = *self;
         union.shallowest = union.shallowest.min(other.shallowest);
-        for (tagged, other) in union.levels.iter_mut().zip(other.levels) {
-            *tagged |= other;
-        }
         union.level_bits |= other.level_bits;
         for (word, other) in union.bloom.iter_mut().zip(other.bloom) {
             *word |= other;
@@ -159,6 +150,14 @@ pub struct FileSlot {
 const _: () = assert!(core::mem::size_of::<FileSlot>() == 16);
 
 impl FileSlot {
+    /// A slot's second word less its flags (little-endian, as its bytes
+    /// lie): where a root is (`dev`) and whose (`policy_id`), one value to
+    /// compare.
+    #[must_use]
+    pub const fn place(dev: u32, policy_id: u16) -> u64 {
+        dev as u64 | (policy_id as u64) << 32
+    }
+
     /// The slot's flags if it holds the root `ino` on `dev` of `policy_id`.
     #[inline]
     #[must_use]
@@ -371,7 +370,7 @@ mod tests {
     use super::{PROTECTED_MAX, Protected, ProtectedInode, TagFilter};
 
     fn tagged_levels(filter: &TagFilter) -> Vec<usize> {
-        (0..filter.levels.len()).filter(|&l| filter.levels[l] != 0).collect()
+        (0..64).filter(|&l| filter.level_bits >> l & 1 != 0).collect()
     }
 
     #[test]

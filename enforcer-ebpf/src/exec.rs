@@ -10,10 +10,10 @@ use enforcer_common::{
 
 use crate::{
     enforce,
-    kernel::{BprmFile, DentryInode, Direct, InodeNlink, Read, Task, TaskSeccompMode, current_task, file_path},
+    kernel::{BprmFile, Direct, InodeNlink, Read, Task, TaskSeccompMode, current_task, file_path},
     report::Denial,
     tag,
-    walk::{Question, judge},
+    walk::{Question, Start, judge},
 };
 
 /// `task->seccomp.mode` of a task without a filter.
@@ -25,17 +25,17 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let bprm: *const u8 = ctx.arg(0);
     let file = unsafe { Direct::ptr::<BprmFile>(bprm) };
     let (dentry, vfsmount) = file_path::<Direct>(file);
-    let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
+    let start = Start::of_file(file, dentry);
     let flags = tag.info.flags;
     // The floor: a program with no name anywhere (memfd_create, a deleted
     // or O_TMPFILE file) is fileless execution, whatever the policy.
-    let reason = if unsafe { Direct::get::<InodeNlink>(inode) } == 0 {
+    let reason = if unsafe { Direct::get::<InodeNlink>(start.inode) } == 0 {
         Some(Reason::Fileless)
     } else if flags & TAG_REQUIRE_SECCOMP != 0 && seccomp_mode() == SECCOMP_MODE_DISABLED {
         Some(Reason::NoSeccomp)
     } else if flags & TAG_EXEC != 0 {
         let question = Question { policy_id: tag.info.policy_id as u16, needs_tree: true, allow_self: true, read_deny: false, pending: false, object_may_be_root: true };
-        judge::<FILE_EXEC>(&question, tag.files, dentry, vfsmount).err()
+        judge::<FILE_EXEC>(&question, tag.files, start, vfsmount).err()
     } else {
         None
     };

@@ -94,6 +94,8 @@ fields! {
     FileDentry: u64 = file_f_path_dentry;
     /// `file->f_path.mnt`
     FileMnt: u64 = file_f_path_mnt;
+    /// `file->f_inode`
+    FileInode: u64 = file_f_inode;
     /// `path->mnt`
     PathMnt: u64 = path_mnt;
     /// `path->dentry`
@@ -110,6 +112,8 @@ fields! {
     InodeIno: u64 = inode_i_ino;
     /// `inode->i_mode`
     InodeMode: u16 = inode_i_mode;
+    /// `inode->i_sb`
+    InodeSb: u64 = inode_i_sb;
     /// `super_block->s_dev`
     SuperBlockDev: u32 = super_block_s_dev;
     /// `mount->mnt_parent`

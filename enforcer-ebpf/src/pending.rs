@@ -25,7 +25,7 @@ use crate::{
     kernel::{DentryInode, DentryParent, Direct, InodeIno, Probe, Read},
     repeat::{COMPAT_PATH_DEPTH, repeat, repeat_calls},
     tables::{FileTableAt, TableAddress},
-    walk::{filesystem, in_slot, name_key_of, slot_flags, slot_state},
+    walk::{Start, filesystem_of, in_slot, name_key_of, slot_flags, slot_state},
 };
 
 /// The climb's state. `T` is how it reads the file table: the main build's
@@ -38,24 +38,25 @@ struct Climb<T> {
     dentry: *const u8,
     /// The root of the mount the climb stays in (null: the filesystem's).
     mnt_root: *const u8,
-    dev: u32,
-    policy_id: u16,
+    /// Where the filesystem keys the policy's roots (`FileSlot::place`).
+    place: u64,
     found: u16,
 }
 
 /// Whether a name on the way from `dentry` up to `mnt_root` is a `read_deny`
 /// tree the policy named before it existed.
 #[inline(always)]
-pub fn named_later(table: *const FileTable, policy_id: u16, dentry: *const u8, mnt_root: *const u8) -> bool {
-    let (dev, hash_base) = filesystem::<Direct>(dentry, policy_id, table);
+pub fn named_later(table: *const FileTable, policy_id: u16, start: Start, mnt_root: *const u8) -> bool {
+    let dentry = start.dentry;
+    let (place, hash_base) = filesystem_of::<Direct>(start.sb, policy_id, table);
     // No pending directory on this filesystem: the climb would find none.
-    if slot_flags(table, dev, hash_base, policy_id, PENDING_ON_FILESYSTEM).unwrap_or(0) & FILE_PENDING == 0 {
+    if slot_flags(table, place, hash_base, PENDING_ON_FILESYSTEM).unwrap_or(0) & FILE_PENDING == 0 {
         return false;
     }
     if crate::COMPAT {
-        return named_later_in_slot(Climb { table: TableAddress(table as u64), hash_base, dentry, mnt_root, dev, policy_id, found: 0 });
+        return named_later_in_slot(Climb { table: TableAddress(table as u64), hash_base, dentry, mnt_root, place, found: 0 });
     }
-    let mut climb = Climb { table, hash_base, dentry, mnt_root, dev, policy_id, found: 0 };
+    let mut climb = Climb { table, hash_base, dentry, mnt_root, place, found: 0 };
     repeat::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, step, (&raw mut climb).cast());
     climb.found != 0
 }
@@ -110,11 +111,11 @@ fn climb_level<R: Read, T: FileTableAt>(climb: &mut Climb<T>) -> i64 {
         return 0;
     }
     let dir_ino = unsafe { R::get::<InodeIno>(inode) };
-    let flags = slot_flags(climb.table, climb.dev, climb.hash_base, climb.policy_id, dir_ino).unwrap_or(0);
+    let flags = slot_flags(climb.table, climb.place, climb.hash_base, dir_ino).unwrap_or(0);
     if flags & FILE_PENDING == 0 {
         return 0;
     }
-    let named = slot_flags(climb.table, climb.dev, climb.hash_base, climb.policy_id, name_key_of(dir_ino, d)).unwrap_or(0);
+    let named = slot_flags(climb.table, climb.place, climb.hash_base, name_key_of(dir_ino, d)).unwrap_or(0);
     if named & FILE_READ_DENY != 0 {
         climb.found = 1;
         return 1;

@@ -23,10 +23,10 @@ use enforcer_common::{
 };
 
 use crate::{
-    kernel::{DentryInode, DentryParent, DentrySb, Direct, FileFlags, FileMode, IattrValid, InodeIno, InodeMode, PathDentry, PathMnt, Read, SuperBlockMagic, file_path, off},
+    kernel::{DentryInode, DentryParent, Direct, FileFlags, FileMode, IattrValid, InodeIno, InodeMode, PathDentry, PathMnt, Read, SuperBlockMagic, file_path, off},
     report::{Denial, report},
     tag::{Suspect, Tagged},
-    walk::{Question, judge},
+    walk::{Question, Start, judge},
 };
 
 const EPERM: i32 = 1;
@@ -62,12 +62,14 @@ struct Check {
 /// Judges a check; `Some` is a refusal to report.
 #[inline(always)]
 fn judge_check(tag: &Tagged, check: Check) -> Option<Denial> {
-    judge_object(tag, check, true)
+    let start = Start::of_dentry(check.dentry);
+    judge_object(tag, check, start, true)
 }
 
-/// [`judge_check`], told whether the object itself may be a tree root.
+/// [`judge_check`] from `start` (the check's dentry and what the caller
+/// read of it), told whether the object itself may be a tree root.
 #[inline(always)]
-fn judge_object(tag: &Tagged, check: Check, object_may_be_root: bool) -> Option<Denial> {
+fn judge_object(tag: &Tagged, check: Check, start: Start, object_may_be_root: bool) -> Option<Denial> {
     let question = Question {
         policy_id: tag.info.policy_id as u16,
         needs_tree: check.kind == Kind::FileWrite,
@@ -76,7 +78,7 @@ fn judge_object(tag: &Tagged, check: Check, object_may_be_root: bool) -> Option<
         pending: tag.info.flags & TAG_PENDING != 0,
         object_may_be_root,
     };
-    let reason = judge::<FILE_WRITE>(&question, tag.files, check.dentry, check.vfsmount).err()?;
+    let reason = judge::<FILE_WRITE>(&question, tag.files, start, check.vfsmount).err()?;
     Some(Denial { kind: check.kind, op: check.op, reason, dentry: check.dentry, vfsmount: check.vfsmount })
 }
 
@@ -179,9 +181,10 @@ fn open_file(suspect: Suspect, file: *const u8) -> i32 {
     let (mode, flags) = unsafe { (Direct::get::<FileMode>(file) as u32, Direct::get::<FileFlags>(file) as u32) };
     let writes = mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0;
     let (dentry, vfsmount) = file_path::<Direct>(file);
-    let inode = unsafe { Direct::ptr::<DentryInode>(dentry) };
+    let start = Start::of_file(file, dentry);
+    let inode = start.inode;
     let file_type = unsafe { Direct::get::<InodeMode>(inode) } as u32 & S_IFMT;
-    let magic = unsafe { Direct::get::<SuperBlockMagic>(Direct::ptr::<DentrySb>(dentry)) };
+    let magic = unsafe { Direct::get::<SuperBlockMagic>(start.sb) };
     // The file and its directory, loaded once for the self-protection check
     // and the walk's first two levels: field loads are `nomem`, so the
     // walk's loads of the same fields fold into these.
@@ -214,7 +217,7 @@ fn open_file(suspect: Suspect, file: *const u8) -> i32 {
     // cannot see through would double its states from here on.
     let object_may_be_root = COMPAT || file_type != S_IFREG || tag.info.flags & TAG_NO_REGULAR_FILE_ROOTS == 0;
     let check = Check { kind, op: Op::Open, allow_self: true, dentry, vfsmount };
-    enforce(&tag, judge_object(&tag, check, object_may_be_root))
+    enforce(&tag, judge_object(&tag, check, start, object_may_be_root))
 }
 
 #[lsm(hook = "file_open")]

@@ -32,15 +32,12 @@ static SELECTED: HashMap<u64, Selected> = HashMap::with_max_entries(SELECTED_MAX
 #[unsafe(link_section = ".bss.selected")]
 static mut SELECTED_BLOOM: SelectedBloom = unsafe { core::mem::zeroed() };
 
-/// Whether cgroup `id` may be in `SELECTED` by the kernel's hand (ids the
-/// daemon put there are in `TAG_FILTER`).
+/// Word `word` (masked) of the bloom filter of the cgroups the kernel put
+/// in `SELECTED` (ids the daemon put there are in `TAG_FILTER`'s).
 #[inline(always)]
-pub fn may_contain(id: u64) -> bool {
-    let bit = tag_bloom_bit(id);
-    let word = (bit / 64) as usize & (TAG_BLOOM_WORDS - 1);
+pub fn bloom_word(word: usize) -> u64 {
     // SAFETY: a read of the global; a racing write only adds bits.
-    let bits = unsafe { core::ptr::read_volatile((&raw const SELECTED_BLOOM.bloom).cast::<u64>().add(word)) };
-    bits & (1 << (bit % 64)) != 0
+    unsafe { core::ptr::read_volatile((&raw const SELECTED_BLOOM.bloom).cast::<u64>().add(word & (TAG_BLOOM_WORDS - 1))) }
 }
 
 /// The tag of selected cgroup `id` in `tables`: its slot's.

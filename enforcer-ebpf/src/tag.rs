@@ -19,7 +19,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_ancestor_cgroup_id};
-use enforcer_common::{KernelOffsets, policy::{FileTable, MAX_TAG_LEVEL, TAG_SLOTS, TagFilter, TagInfo, tag_homes}};
+use enforcer_common::{KernelOffsets, policy::{FileTable, MAX_TAG_LEVEL, TAG_BLOOM_WORDS, TAG_SLOTS, TagFilter, TagInfo, tag_bloom_bit, tag_homes}};
 
 use crate::{
     kernel::{CgroupKn, CgroupLevel, CssSetDflCgrp, KernfsId, KernfsParent, Probe, Read, Task, TaskCgroups, current_task, off},
@@ -64,19 +64,18 @@ fn filter() -> &'static TagFilter {
     unsafe { &*(&raw const TAG_FILTER) }
 }
 
-/// Whether some tagged cgroup sits at `level`.
+/// Whether some tagged cgroup sits at `level`. A level past the last (64
+/// and deeper) reads a shallower level's bit: a false hit of a pre-filter,
+/// which the bloom filter and the table answer. (A bit, where a byte per
+/// level was a bounds check, a mask and two loads.)
 #[inline(always)]
 fn tagged_at(level: u64) -> bool {
-    if level > u64::from(MAX_TAG_LEVEL) {
-        return false;
-    }
-    // The mask in asm: the compiler would drop it (the check above bounds
-    // the value), and older verifiers cannot bound the index without it.
-    let mut index = level;
-    unsafe { core::arch::asm!("{0} &= 63", inout(reg) index, options(pure, nomem, nostack)) };
     const { assert!(MAX_TAG_LEVEL == 63) };
-    // SAFETY: `index` < 64, the length of `levels`.
-    unsafe { *filter().levels.get_unchecked(index as usize) != 0 }
+    let mut bits = tagged_levels();
+    // BPF shifts by the count's low six bits (the x86 JIT's `shrx` too);
+    // in Rust, the compiler would mask the count first.
+    unsafe { core::arch::asm!("{bits} >>= {level}", bits = inout(reg) bits, level = in(reg) level, options(pure, nomem, nostack)) };
+    bits & 1 != 0
 }
 
 /// The shallowest tagged level, read once per use (it changes with tags).
@@ -107,13 +106,16 @@ pub fn screen() -> Option<Suspect> {
     }
     let mut node = unsafe { Task::ptr::<CgroupKn>(cgroup) };
     for _ in 0..SCREEN_LEVELS {
-        if tagged_at(level) {
+        // The shallowest tagged level (where the climb ends) is a tagged
+        // level: one compare answers both.
+        let last = level <= shallowest;
+        if last || tagged_at(level) {
             let id = unsafe { Task::get::<KernfsId>(node) };
             if may_be_tagged(id) {
                 return Some(Suspect { node, level, id });
             }
         }
-        if level <= shallowest {
+        if last {
             return None;
         }
         node = unsafe { Task::ptr::<KernfsParent>(node) };
@@ -403,7 +405,10 @@ extern "C" fn climb_step(index: u32, ctx: *mut c_void) -> i64 {
 /// Whether cgroup `id` may be tagged or selected (no false negatives).
 #[inline(always)]
 fn may_be_tagged(id: u64) -> bool {
-    filter().may_contain(id) || select::may_contain(id)
+    let bit = tag_bloom_bit(id);
+    let word = (bit / 64) as usize & (TAG_BLOOM_WORDS - 1);
+    // One test of both filters' words (the same bit of each).
+    (filter().bloom[word] | select::bloom_word(word)) >> (bit % 64) & 1 != 0
 }
 
 /// The tag of cgroup `id`: the id's two home slots in the tag table, else
@@ -417,13 +422,13 @@ fn table_lookup(id: u64) -> Option<Tagged> {
     let tables = tables::current()?;
     let table = &tables.tags;
     let [first, second] = tag_homes(id, table.seed);
-    let mut slot = &table.slots[first & (TAG_SLOTS - 1)];
-    if slot.cgroup_id != id {
-        slot = &table.slots[second & (TAG_SLOTS - 1)];
-    }
     let files = &raw const tables.files;
-    if slot.cgroup_id == id {
-        return Some(Tagged { info: slot.tag, files, agent: id });
+    // Home by home: picking the slot first compared the first home twice.
+    for home in [first, second] {
+        let slot = &table.slots[home & (TAG_SLOTS - 1)];
+        if slot.cgroup_id == id {
+            return Some(Tagged { info: slot.tag, files, agent: id });
+        }
     }
     select::tag_of(id, tables).map(|info| Tagged { info, files, agent: id })
 }

@@ -31,13 +31,13 @@ use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
 use enforcer_common::{
     KernelOffsets,
     events::{MAX_PATH_DEPTH, Reason},
-    policy::{FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_WRITE, FileTable, NAME_KEY_BYTES, file_hash_base, file_homes, name_key},
+    policy::{FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_WRITE, FileSlot, FileTable, NAME_KEY_BYTES, file_hash_base, file_homes, name_key},
 };
 
 use crate::repeat::{COMPAT_PATH_DEPTH, repeat, repeat_global};
 use crate::tables::{FileTableAt, TableAddress, UNREADABLE_SLOT};
 use crate::kernel::{
-    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FsRootMnt, Task, TaskFs, InodeIno, MntNamespaceIsAnon, MntNamespaceSeq, MountNs, Probe, Read, SuperBlockDev, VfsmountRoot, current_task, mount_of, off,
+    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FileInode, FsRootMnt, InodeSb, Task, TaskFs, InodeIno, MntNamespaceIsAnon, MntNamespaceSeq, MountNs, Probe, Read, SuperBlockDev, VfsmountRoot, current_task, mount_of, off,
 };
 
 /// What is being asked of the tree.
@@ -87,8 +87,9 @@ struct Walk<const NEED: u16> {
     /// The `struct mount` being walked (above-mount phase; before it, the
     /// starting `struct vfsmount`).
     mount: *const u8,
-    /// The device of the filesystem being walked, and `file_hash_base` of it.
-    dev: u32,
+    /// Where the filesystem being walked keys its roots in the file table
+    /// (`FileSlot::place`), and `file_hash_base` of it.
+    place: u64,
     hash_base: u64,
     question: Question,
     allowed: bool,
@@ -130,7 +131,7 @@ impl<const NEED: u16> Walk<NEED> {
     /// The flags of the table slot for inode number (or name key) `ino`.
     #[inline(always)]
     fn lookup<T: FileTableAt>(&self, table: T, ino: u64) -> Option<u16> {
-        slot_flags(table, self.dev, self.hash_base, self.question.policy_id, ino)
+        slot_flags(table, self.place, self.hash_base, ino)
     }
 
     /// Judges the current dentry; `Some` ends the walk.
@@ -163,15 +164,16 @@ impl<const NEED: u16> Walk<NEED> {
     }
 }
 
-/// The flags of the table slot for `ino` (or a name key) on the filesystem
-/// `dev` (`hash_base`: `file_hash_base` of it) for `policy_id`.
+/// The flags of the table slot for `ino` (or a name key) at `place` (a
+/// filesystem and policy, `FileSlot::place`; `hash_base`: `file_hash_base`
+/// of them).
 #[inline(always)]
-pub fn slot_flags<T: FileTableAt>(table: T, dev: u32, hash_base: u64, policy_id: u16, ino: u64) -> Option<u16> {
+pub fn slot_flags<T: FileTableAt>(table: T, place: u64, hash_base: u64, ino: u64) -> Option<u16> {
     let [first, second] = file_homes(ino, hash_base);
-    if let Some(flags) = table.flags_if_holds(first, ino, dev, policy_id) {
+    if let Some(flags) = table.flags_if_holds(first, ino, place) {
         return Some(flags);
     }
-    table.flags_if_holds(second, ino, dev, policy_id)
+    table.flags_if_holds(second, ino, place)
 }
 
 /// The key of `child`'s name in the directory with inode number `dir_ino`
@@ -192,11 +194,47 @@ pub fn name_key_of(dir_ino: u64, child: *const u8) -> u64 {
     name_key(dir_ino, unsafe { words.assume_init() }, len)
 }
 
-/// The device of `dentry`'s filesystem, and `file_hash_base` of it.
+/// Where `dentry`'s filesystem keys `policy_id`'s roots
+/// (`FileSlot::place`), and `file_hash_base` of it.
 #[inline(always)]
-pub fn filesystem<R: Read>(dentry: *const u8, policy_id: u16, table: *const FileTable) -> (u32, u64) {
-    let dev = unsafe { R::get::<SuperBlockDev>(R::ptr::<DentrySb>(dentry)) as u32 };
-    (dev, file_hash_base(dev, policy_id, unsafe { (*table).seed }))
+pub fn filesystem<R: Read>(dentry: *const u8, policy_id: u16, table: *const FileTable) -> (u64, u64) {
+    filesystem_of::<R>(unsafe { R::ptr::<DentrySb>(dentry) }, policy_id, table)
+}
+
+/// [`filesystem`] by the superblock `sb`.
+#[inline(always)]
+pub fn filesystem_of<R: Read>(sb: *const u8, policy_id: u16, table: *const FileTable) -> (u64, u64) {
+    let dev = unsafe { R::get::<SuperBlockDev>(sb) as u32 };
+    (FileSlot::place(dev, policy_id), file_hash_base(dev, policy_id, unsafe { (*table).seed }))
+}
+
+/// Where a walk starts: a dentry, with its inode and its filesystem's
+/// superblock as the caller read them. A hook given an open file reads
+/// these from the file (`f_inode`, then `i_sb`): verifiers that trust
+/// `f_inode` (6.12 and 7.x among them) make these plain loads, where each
+/// load through the dentry, which none trusts, carries a fault guard (six
+/// x86 instructions). Elsewhere both ways cost the same.
+#[derive(Clone, Copy)]
+pub struct Start {
+    pub dentry: *const u8,
+    pub inode: *const u8,
+    pub sb: *const u8,
+}
+
+impl Start {
+    /// A dentry's own (for hooks given no file; null for a negative one).
+    #[inline(always)]
+    pub fn of_dentry(dentry: *const u8) -> Self {
+        unsafe { Start { dentry, inode: Direct::ptr::<DentryInode>(dentry), sb: Direct::ptr::<DentrySb>(dentry) } }
+    }
+
+    /// An open `file`'s, whose path's dentry is `dentry` (the kernel set
+    /// `f_inode` from it before any hook saw the file).
+    #[inline(always)]
+    pub fn of_file(file: *const u8, dentry: *const u8) -> Self {
+        let inode = unsafe { Direct::ptr::<FileInode>(file) };
+        Start { dentry, inode, sb: unsafe { Direct::ptr::<InodeSb>(inode) } }
+    }
 }
 
 /// The rule flags of `dentry`'s own inode, without a walk: for checks of
@@ -210,8 +248,8 @@ pub fn node_flags(table: *const FileTable, policy_id: u16, dentry: *const u8) ->
     if inode.is_null() {
         return 0;
     }
-    let (dev, hash_base) = filesystem::<Direct>(dentry, policy_id, table);
-    slot_flags(table, dev, hash_base, policy_id, unsafe { Direct::get::<InodeIno>(inode) }).unwrap_or(0)
+    let (place, hash_base) = filesystem::<Direct>(dentry, policy_id, table);
+    slot_flags(table, place, hash_base, unsafe { Direct::get::<InodeIno>(inode) }).unwrap_or(0)
 }
 
 /// Levels judged before the first `bpf_loop` (most walks end within them:
@@ -365,11 +403,13 @@ fn above_level<const NEED: u16, T: FileTableAt>(slot: &mut AboveMount<NEED>, tab
         walk.mnt_root = above.root;
         slot.mount = above;
         // The mount point is on the parent mount's superblock.
-        walk.dev = unsafe { Probe::get::<SuperBlockDev>(above.sb) } as u32;
+        let dev = unsafe { Probe::get::<SuperBlockDev>(above.sb) } as u32;
         let Some(seed) = table.seed() else {
             return walk.decide(Err(Reason::Unreadable));
         };
-        walk.hash_base = file_hash_base(walk.dev, walk.question.policy_id, seed);
+        let policy_id = walk.question.policy_id;
+        walk.place = FileSlot::place(dev, policy_id);
+        walk.hash_base = file_hash_base(dev, policy_id, seed);
     }
     let (parent, inode) = dentry_fields(walk.dentry);
     // Above the start every level is a parent, so `write` roots count.
@@ -602,7 +642,7 @@ unsafe fn copy_walk<const NEED: u16>(to: *mut Walk<NEED>, from: &Walk<NEED>) {
     copy!(mnt_root);
     copy!(dentry);
     copy!(mount);
-    copy!(dev);
+    copy!(place);
     copy!(hash_base);
     copy!(question.policy_id);
     copy!(question.needs_tree);
@@ -637,7 +677,7 @@ unsafe fn walk_from<const NEED: u16>(to: &mut Walk<NEED>, from: *const Walk<NEED
 /// Inlined: the verifier checks a static function once per call anyway, and
 /// the call would cost every judged syscall.
 #[inline(always)]
-pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, dentry: *const u8, vfsmount: *const u8) -> Result<(), Reason> {
+pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, start: Start, vfsmount: *const u8) -> Result<(), Reason> {
     // No table: nothing can be judged, so nothing is allowed.
     if table.is_null() {
         return Err(Reason::Unreadable);
@@ -647,18 +687,26 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, dent
     } else {
         unsafe { Direct::ptr::<VfsmountRoot>(vfsmount) }
     };
-    let (dev, hash_base) = filesystem::<Direct>(dentry, question.policy_id, table);
+    let dentry = start.dentry;
+    let (place, hash_base) = filesystem_of::<Direct>(start.sb, question.policy_id, table);
     let mut walk = Walk::<NEED> {
         dentry,
         mnt_root,
         mount: vfsmount, // its `struct mount` once the walk leaves it
-        dev,
+        place,
         hash_base,
         question: *question,
         allowed: !question.needs_tree,
         verdict: UNDECIDED,
     };
-    let first = if question.object_may_be_root { in_mount(&mut walk, table, 0) } else { up_in_mount(&mut walk) };
+    let first = if question.object_may_be_root {
+        match walk.check_inode::<Direct, _>(table, 0, start.inode) {
+            Some(stop) => stop,
+            None => up_in_mount(&mut walk),
+        }
+    } else {
+        up_in_mount(&mut walk)
+    };
     if first == 0 && in_mount(&mut walk, table, 1) == 0 {
         // The loop's steps reach the state through a pointer, so it goes to
         // the stack here, not before: the inline levels keep `walk` in
@@ -695,7 +743,7 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, dent
         }
     }
     // Names that became `read_deny` trees: only where the walk allowed.
-    if question.pending && walk.verdict == ALLOWED && crate::pending::named_later(table, question.policy_id, dentry, mnt_root) {
+    if question.pending && walk.verdict == ALLOWED && crate::pending::named_later(table, question.policy_id, start, mnt_root) {
         return Err(Reason::ReadDenied);
     }
     match walk.verdict {

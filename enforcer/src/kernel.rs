@@ -83,6 +83,8 @@ fn read_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         file_f_flags: btf.field_offset("file", &["f_flags"])?,
         file_f_path_dentry: btf.field_offset("file", &["f_path", "dentry"])?,
         file_f_path_mnt: btf.field_offset("file", &["f_path", "mnt"])?,
+        file_f_inode: btf.field_offset("file", &["f_inode"])?,
+        inode_i_sb: btf.field_offset("inode", &["i_sb"])?,
         path_mnt: btf.field_offset("path", &["mnt"])?,
         path_dentry,
         dentry_d_parent: btf.field_offset("dentry", &["d_parent"])?,

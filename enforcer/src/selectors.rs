@@ -111,7 +111,6 @@ pub fn levels_filter<'a>(globs: impl IntoIterator<Item = &'a str>) -> TagFilter 
         let last = if deeper { MAX_TAG_LEVEL } else { first };
         for level in first..=last.min(MAX_TAG_LEVEL) {
             filter.shallowest = filter.shallowest.min(level);
-            filter.levels[level as usize] = 1;
             filter.level_bits |= 1 << level;
         }
     }
