@@ -114,7 +114,8 @@ impl TagFilter {
 
     /// The word holding `bit`, masked so the bound is evident (no panic path
     /// in the BPF programs).
-    const fn word(bit: u64) -> usize {
+    #[must_use]
+    pub const fn word(bit: u64) -> usize {
         (bit / 64) as usize & (TAG_BLOOM_WORDS - 1)
     }
 }

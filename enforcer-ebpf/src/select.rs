@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use enforcer_common::{
-    policy::{TAG_BLOOM_WORDS, TagInfo, Tables, tag_bloom_bit},
+    policy::{TAG_BLOOM_WORDS, TagFilter, TagInfo, Tables, tag_bloom_bit},
     select::{
         DEAD, SELECTED_MAX, SELECTOR_SLOTS, SLOT_UNRESOLVED, START, Selected, SelectedBloom, SelectorTable, TRACED_PATH_MAX,
     },
@@ -82,7 +82,7 @@ fn select(cgroup: *const u8, path: *const u8) {
     }
     // `cgroup_mutex` serialises every caller: a plain read-modify-write.
     let bit = tag_bloom_bit(id);
-    let word = (bit / 64) as usize & (TAG_BLOOM_WORDS - 1);
+    let word = TagFilter::word(bit);
     unsafe {
         let slot = (&raw mut SELECTED_BLOOM.bloom).cast::<u64>().add(word);
         core::ptr::write_volatile(slot, core::ptr::read_volatile(slot) | 1 << (bit % 64));

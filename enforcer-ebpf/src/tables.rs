@@ -81,7 +81,7 @@ fn holds(slot: &FileSlot, ino: u64, place: u64) -> Option<u16> {
         assert!(offset_of!(FileSlot, dev) == 8 && offset_of!(FileSlot, policy_id) == 12 && offset_of!(FileSlot, flags) == 14);
     };
     if crate::COMPAT {
-        return (slot.ino == ino && slot.dev == place as u32 && slot.policy_id == (place >> 32) as u16).then_some(slot.flags);
+        return slot.flags_if_holds(ino, place as u32, (place >> 32) as u16);
     }
     // SAFETY: `dev` is 8-aligned and the slot's last 8 bytes start there.
     let word = unsafe { (&raw const slot.dev).cast::<u64>().read() };

@@ -19,7 +19,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_ancestor_cgroup_id};
-use enforcer_common::{KernelOffsets, policy::{FileTable, MAX_TAG_LEVEL, TAG_BLOOM_WORDS, TAG_SLOTS, TagFilter, TagInfo, tag_bloom_bit, tag_homes}};
+use enforcer_common::{KernelOffsets, policy::{FileTable, MAX_TAG_LEVEL, TAG_SLOTS, TagFilter, TagInfo, tag_bloom_bit, tag_homes}};
 
 use crate::{
     kernel::{CgroupKn, CgroupLevel, CssSetDflCgrp, KernfsId, KernfsParent, Probe, Read, Task, TaskCgroups, current_task, off},
@@ -406,7 +406,7 @@ extern "C" fn climb_step(index: u32, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn may_be_tagged(id: u64) -> bool {
     let bit = tag_bloom_bit(id);
-    let word = (bit / 64) as usize & (TAG_BLOOM_WORDS - 1);
+    let word = TagFilter::word(bit);
     // One test of both filters' words (the same bit of each).
     (filter().bloom[word] | select::bloom_word(word)) >> (bit % 64) & 1 != 0
 }

@@ -134,14 +134,8 @@ impl<const NEED: u16> Walk<NEED> {
         slot_flags(table, self.place, self.hash_base, ino)
     }
 
-    /// Judges the current dentry; `Some` ends the walk.
-    #[inline(always)]
-    fn check<R: Read>(&mut self, table: *const FileTable, level: u32) -> Option<i64> {
-        let inode = unsafe { R::ptr::<DentryInode>(self.dentry) };
-        self.check_inode::<R, _>(table, level, inode)
-    }
-
-    /// [`Self::check`] with the current dentry's inode read already.
+    /// Judges the current dentry, whose inode (read already) is `inode`;
+    /// `Some` ends the walk.
     #[inline(always)]
     fn check_inode<R: Read, T: FileTableAt>(&mut self, table: T, level: u32, inode: *const u8) -> Option<i64> {
         let flags = unsafe { self.rule::<R, T>(table, inode) }?;
@@ -273,7 +267,14 @@ extern "C" fn step_in_mount<const NEED: u16>(index: u32, ctx: *mut c_void) -> i6
 /// walk.
 #[inline(always)]
 fn in_mount<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable, level: u32) -> i64 {
-    if let Some(stop) = walk.check::<Direct>(table, level) {
+    let inode = unsafe { Direct::ptr::<DentryInode>(walk.dentry) };
+    in_mount_at(walk, table, level, inode)
+}
+
+/// [`in_mount`] with the current dentry's inode read already.
+#[inline(always)]
+fn in_mount_at<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable, level: u32, inode: *const u8) -> i64 {
+    if let Some(stop) = walk.check_inode::<Direct, _>(table, level, inode) {
         return stop;
     }
     up_in_mount(walk)
@@ -699,14 +700,7 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, star
         allowed: !question.needs_tree,
         verdict: UNDECIDED,
     };
-    let first = if question.object_may_be_root {
-        match walk.check_inode::<Direct, _>(table, 0, start.inode) {
-            Some(stop) => stop,
-            None => up_in_mount(&mut walk),
-        }
-    } else {
-        up_in_mount(&mut walk)
-    };
+    let first = if question.object_may_be_root { in_mount_at(&mut walk, table, 0, start.inode) } else { up_in_mount(&mut walk) };
     if first == 0 && in_mount(&mut walk, table, 1) == 0 {
         // The loop's steps reach the state through a pointer, so it goes to
         // the stack here, not before: the inline levels keep `walk` in
