@@ -117,12 +117,22 @@ pub struct KernelOffsets {
     /// `f_inode` make its fields plain loads).
     pub file_f_inode: u32,
     pub inode_i_sb: u32,
+    /// `vfsmount->mnt_sb`.
+    pub vfsmount_mnt_sb: u32,
+    /// The vmlinux BTF ids of the kfunc `bpf_rdonly_cast` (Linux 6.2+) and
+    /// of `struct dentry` and `struct mount`, or all [`KernelOffsets::ABSENT`]
+    /// where the kernel lacks the kfunc. With it, the walk above a mount
+    /// types the pointers it keeps in map memory and reads them with plain
+    /// loads (see [`RDONLY_CAST_CALL`]).
+    pub rdonly_cast: u32,
+    pub dentry_btf_id: u32,
+    pub mount_btf_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets::FIELDS);
 
 impl KernelOffsets {
     /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 65;
+    pub const FIELDS: usize = 69;
 
     /// An optional field the running kernel does not have.
     pub const ABSENT: u32 = u32::MAX;
@@ -135,6 +145,13 @@ impl KernelOffsets {
         all.get(index).copied()
     }
 }
+
+/// The programs call `bpf_rdonly_cast` as the helper with this number
+/// (none has it); the loader turns each such call into a call of the
+/// kernel's kfunc (by its BTF id, `KernelOffsets::rdonly_cast`), or, on a
+/// kernel without it, into `r0 = r1`, on a path the programs never take
+/// there. Rust eBPF emits no kfunc relocations of its own.
+pub const RDONLY_CAST_CALL: u32 = 0x7e5f_0001;
 
 /// Load instructions of the programs that read a kernel field carry, instead
 /// of the field's offset, `-(FIELD_LOAD_MARK + index)`, where `index` is the

@@ -122,6 +122,8 @@ fields! {
     MountMountpoint: u64 = mount_mnt_mountpoint;
     /// `vfsmount->mnt_root`
     VfsmountRoot: u64 = vfsmount_mnt_root;
+    /// `vfsmount->mnt_sb`
+    VfsmountSb: u64 = vfsmount_mnt_sb;
     /// `iattr->ia_valid`
     IattrValid: u32 = iattr_ia_valid;
     /// `task->mm`
@@ -256,6 +258,28 @@ pub fn file_path<R: Read>(file: *const u8) -> (*const u8, *const u8) {
 #[inline(always)]
 pub fn mount_of(vfsmount: *const u8) -> *const u8 {
     vfsmount.wrapping_sub(off!(mount_mnt))
+}
+
+/// Whether the loader found the kfunc `bpf_rdonly_cast` (Linux 6.2+; see
+/// [`typed`]). A constant to the verifier, which checks only the branch
+/// this kernel takes.
+#[inline(always)]
+pub fn can_type() -> bool {
+    !crate::COMPAT && off!(rdonly_cast) != KernelOffsets::ABSENT as usize
+}
+
+/// `ptr` as a BTF-typed pointer to the kernel struct whose vmlinux BTF id
+/// is `btf_id` (read from `OFFSETS`, so a constant to the verifier): plain
+/// loads read its fields, where a pointer the verifier cannot type (one
+/// kept in map memory, or reached through `container_of`) needs a probe
+/// read each, about a hundred instructions. `bpf_rdonly_cast`, which the
+/// verifier turns into a move; only where [`can_type`].
+#[inline(always)]
+pub fn typed(ptr: *const u8, btf_id: usize) -> *const u8 {
+    // The loader turns this call into the kfunc's (see `RDONLY_CAST_CALL`).
+    let cast: unsafe extern "C" fn(*const u8, u64) -> *const u8 =
+        unsafe { core::mem::transmute(enforcer_common::RDONLY_CAST_CALL as usize) };
+    unsafe { cast(ptr, btf_id as u64) }
 }
 
 /// The `struct vfsmount` embedded in a `struct mount`.

@@ -63,13 +63,14 @@ struct Check {
 #[inline(always)]
 fn judge_check(tag: &Tagged, check: Check) -> Option<Denial> {
     let start = Start::of_dentry(check.dentry);
-    judge_object(tag, check, start, true)
+    judge_object(tag, check, start, true, false)
 }
 
 /// [`judge_check`] from `start` (the check's dentry and what the caller
-/// read of it), told whether the object itself may be a tree root.
+/// read of it), told whether the object itself may be a tree root and
+/// whether to walk above the mount inline (`Question::above_inline`).
 #[inline(always)]
-fn judge_object(tag: &Tagged, check: Check, start: Start, object_may_be_root: bool) -> Option<Denial> {
+fn judge_object(tag: &Tagged, check: Check, start: Start, object_may_be_root: bool, above_inline: bool) -> Option<Denial> {
     let question = Question {
         policy_id: tag.info.policy_id as u16,
         needs_tree: check.kind == Kind::FileWrite,
@@ -77,6 +78,7 @@ fn judge_object(tag: &Tagged, check: Check, start: Start, object_may_be_root: bo
         read_deny: tag.info.flags & TAG_READ_DENY != 0,
         pending: tag.info.flags & TAG_PENDING != 0,
         object_may_be_root,
+        above_inline,
     };
     let reason = judge::<FILE_WRITE>(&question, tag.files, start, check.vfsmount).err()?;
     Some(Denial { kind: check.kind, op: check.op, reason, dentry: check.dentry, vfsmount: check.vfsmount })
@@ -217,7 +219,7 @@ fn open_file(suspect: Suspect, file: *const u8) -> i32 {
     // cannot see through would double its states from here on.
     let object_may_be_root = COMPAT || file_type != S_IFREG || tag.info.flags & TAG_NO_REGULAR_FILE_ROOTS == 0;
     let check = Check { kind, op: Op::Open, allow_self: true, dentry, vfsmount };
-    enforce(&tag, judge_object(&tag, check, start, object_may_be_root))
+    enforce(&tag, judge_object(&tag, check, start, object_may_be_root, true))
 }
 
 #[lsm(hook = "file_open")]

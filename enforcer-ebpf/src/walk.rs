@@ -37,7 +37,7 @@ use enforcer_common::{
 use crate::repeat::{COMPAT_PATH_DEPTH, repeat, repeat_global};
 use crate::tables::{FileTableAt, TableAddress, UNREADABLE_SLOT};
 use crate::kernel::{
-    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FileInode, FsRootMnt, InodeSb, Task, TaskFs, InodeIno, MntNamespaceIsAnon, MntNamespaceSeq, MountNs, Probe, Read, SuperBlockDev, VfsmountRoot, current_task, mount_of, off,
+    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FileInode, FsRootMnt, InodeSb, Task, TaskFs, InodeIno, MntNamespaceIsAnon, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, VfsmountSb, can_type, current_task, mount_of, off, typed, vfsmount_of,
 };
 
 /// What is being asked of the tree.
@@ -62,6 +62,10 @@ pub struct Question {
     /// regular file under a policy that keys none (`TAG_NO_REGULAR_FILE_ROOTS`):
     /// the walk then starts at its directory.
     pub object_may_be_root: bool,
+    /// Walk the first levels above the starting mount inline, not in the
+    /// loop (`INLINE_ABOVE_LEVELS`): for the open of a file, which every
+    /// tagged open runs; the other hooks keep their verifier's work small.
+    pub above_inline: bool,
 }
 
 // `Walk::verdict` values.
@@ -348,13 +352,12 @@ fn is_anonymous(ns: *const u8) -> bool {
 /// One level above the starting mount, crossing mounts like `d_path`.
 extern "C" fn step_above_mount<const NEED: u16>(_level: u32, ctx: *mut c_void) -> i64 {
     let steps = unsafe { &*ctx.cast::<AboveSteps<NEED>>() };
-    above_level(unsafe { &mut *steps.slot }, steps.table)
+    let slot = unsafe { &mut *steps.slot };
+    above_level(&mut slot.walk, &mut slot.mount, steps.table)
 }
 
-/// What the walk reads of a `struct mount`: four adjacent words from
-/// `mnt_parent` on (`mnt_parent`, `mnt_mountpoint`, then the embedded
-/// vfsmount's `mnt_root` and `mnt_sb`; the loader checks this layout), one
-/// probe read instead of four.
+/// What the walk reads of a `struct mount`: `mnt_parent`, `mnt_mountpoint`,
+/// and the embedded vfsmount's `mnt_root` and `mnt_sb`.
 #[derive(Clone, Copy)]
 struct MountFields {
     parent: *const u8,
@@ -363,10 +366,24 @@ struct MountFields {
     sb: *const u8,
 }
 
-/// The [`MountFields`] of the `struct mount` at `mount`; all null if it
+/// The [`MountFields`] of the `struct mount` at `mount`: plain loads where
+/// the kernel can type the pointer ([`can_type`]), else one probe read of
+/// the four adjacent words (the loader checks this layout); all null if it
 /// cannot be read.
 #[inline(always)]
 fn mount_fields(mount: *const u8) -> MountFields {
+    if can_type() {
+        let mount = typed(mount, off!(mount_btf_id));
+        let vfsmount = vfsmount_of(mount);
+        return unsafe {
+            MountFields {
+                parent: Direct::ptr::<MountParent>(mount),
+                mountpoint: Direct::ptr::<MountMountpoint>(mount),
+                root: Direct::ptr::<VfsmountRoot>(vfsmount),
+                sb: Direct::ptr::<VfsmountSb>(vfsmount),
+            }
+        };
+    }
     let at = mount.wrapping_add(off!(mount_mnt_parent)).cast::<[u64; 4]>();
     match unsafe { bpf_probe_read_kernel(at) } {
         Ok([parent, mountpoint, root, sb]) => MountFields { parent: parent as _, mountpoint: mountpoint as _, root: root as _, sb: sb as _ },
@@ -374,11 +391,16 @@ fn mount_fields(mount: *const u8) -> MountFields {
     }
 }
 
-/// A dentry's `d_parent` and `d_inode`, in one probe read of the four words
-/// from `d_parent` to `d_inode` (`d_name` lies between; the loader checks
-/// this layout). Both null if it cannot be read.
+/// A dentry's `d_parent` and `d_inode`: plain loads where the kernel can
+/// type the pointer, else one probe read of the four words from `d_parent`
+/// to `d_inode` (`d_name` lies between; the loader checks this layout).
+/// Both null if it cannot be read.
 #[inline(always)]
 fn dentry_fields(dentry: *const u8) -> (*const u8, *const u8) {
+    if can_type() {
+        let dentry = typed(dentry, off!(dentry_btf_id));
+        return unsafe { (Direct::ptr::<DentryParent>(dentry), Direct::ptr::<DentryInode>(dentry)) };
+    }
     let at = dentry.wrapping_add(off!(dentry_d_parent)).cast::<[u64; 4]>();
     match unsafe { bpf_probe_read_kernel(at) } {
         Ok([parent, _, _, inode]) => (parent as _, inode as _),
@@ -387,10 +409,9 @@ fn dentry_fields(dentry: *const u8) -> (*const u8, *const u8) {
 }
 
 #[inline(always)]
-fn above_level<const NEED: u16, T: FileTableAt>(slot: &mut AboveMount<NEED>, table: T) -> i64 {
-    let walk = &mut slot.walk;
+fn above_level<const NEED: u16, T: FileTableAt>(walk: &mut Walk<NEED>, fields: &mut MountFields, table: T) -> i64 {
     if walk.dentry == walk.mnt_root {
-        let (mount, parent_mount) = (walk.mount, slot.mount.parent);
+        let (mount, parent_mount) = (walk.mount, fields.parent);
         if parent_mount.is_null() {
             return walk.decide(Err(Reason::Unreadable));
         }
@@ -399,12 +420,12 @@ fn above_level<const NEED: u16, T: FileTableAt>(slot: &mut AboveMount<NEED>, tab
             return 1;
         }
         let above = mount_fields(parent_mount);
-        walk.dentry = slot.mount.mountpoint;
+        walk.dentry = fields.mountpoint;
         walk.mount = parent_mount;
         walk.mnt_root = above.root;
-        slot.mount = above;
+        *fields = above;
         // The mount point is on the parent mount's superblock.
-        let dev = unsafe { Probe::get::<SuperBlockDev>(above.sb) } as u32;
+        let dev = unsafe { if can_type() { Direct::get::<SuperBlockDev>(above.sb) } else { Probe::get::<SuperBlockDev>(above.sb) } } as u32;
         let Some(seed) = table.seed() else {
             return walk.decide(Err(Reason::Unreadable));
         };
@@ -414,7 +435,8 @@ fn above_level<const NEED: u16, T: FileTableAt>(slot: &mut AboveMount<NEED>, tab
     }
     let (parent, inode) = dentry_fields(walk.dentry);
     // Above the start every level is a parent, so `write` roots count.
-    if let Some(stop) = walk.check_inode::<Probe, T>(table, 1, inode) {
+    let stop = if can_type() { walk.check_inode::<Direct, T>(table, 1, inode) } else { walk.check_inode::<Probe, T>(table, 1, inode) };
+    if let Some(stop) = stop {
         return stop;
     }
     let d = walk.dentry;
@@ -532,7 +554,7 @@ fn above_step_at<const NEED: u16>(index: u32) -> i64 {
     let Some(slot) = ABOVE_MOUNT.get_ptr_mut(index) else { return 1 };
     let slot = unsafe { &mut *slot.cast::<AboveMount<NEED>>() };
     let table = TableAddress(slot.table);
-    above_level(slot, table)
+    above_level(&mut slot.walk, &mut slot.mount, table)
 }
 
 /// Sets `*busy` from 0 to 1 atomically; false if it was not 0. (The BPF
@@ -601,9 +623,37 @@ unsafe fn release(busy: *mut u64) {
     }
 }
 
-/// Runs the walk from the root of its starting mount up (see `AboveMount`).
+/// Levels above the starting mount judged before the loop (the main
+/// build): a file on a mount right below the root mount (`/tmp`, `/home`)
+/// needs two, its mount point and the root, and a file on the root mount
+/// one. The loop's slot, the copy of the walk into it and the loop's calls
+/// cost about 150 instructions; these levels cost their loads alone.
+const INLINE_ABOVE_LEVELS: u32 = 2;
+
+/// Runs the walk from the root of its starting mount (`walk.mount`) up:
+/// [`INLINE_ABOVE_LEVELS`] levels inline, the rest in the loop.
 #[inline(always)]
-fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) {
+fn above_start<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) {
+    let mount = mount_fields(walk.mount);
+    // The verifier checks the inline levels once per caller (the compat
+    // build's, once per level it walks).
+    if crate::COMPAT || !walk.question.above_inline {
+        above_mount(walk, mount, table);
+        return;
+    }
+    let mut mount = mount;
+    for _ in 0..INLINE_ABOVE_LEVELS {
+        if above_level(walk, &mut mount, table) != 0 {
+            return;
+        }
+    }
+    above_mount(walk, mount, table);
+}
+
+/// Runs the walk on from the root of `walk.mount` (whose fields are
+/// `mount`) in the loop (see `AboveMount`).
+#[inline(always)]
+fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, mount: MountFields, table: *const FileTable) {
     let Some((slot, index)) = claim::<NEED>() else {
         walk.decide(Err(Reason::Interrupted));
         return;
@@ -611,7 +661,7 @@ fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) 
     let state = unsafe { &raw mut (*slot).walk };
     unsafe {
         copy_walk(state, walk);
-        (&raw mut (*slot).mount).write_volatile(mount_fields(walk.mount));
+        (&raw mut (*slot).mount).write_volatile(mount);
         if crate::COMPAT {
             // A pointer into map memory: the verifier allows it to a
             // privileged loader, and the program holds the table meanwhile.
@@ -714,7 +764,7 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, star
     if walk.verdict == AT_MOUNT_ROOT {
         walk.mount = mount_of(walk.mount);
         walk.verdict = UNDECIDED;
-        above_mount(&mut walk, table);
+        above_start(&mut walk, table);
     }
     // Where a walk without a parent ended is told here, once, not in the
     // loop steps (whose every branch the verifier explores per level).

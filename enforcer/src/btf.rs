@@ -155,6 +155,18 @@ impl Btf {
         self.find(name, KIND_FUNC).is_some()
     }
 
+    /// The type id of function `name`.
+    #[must_use]
+    pub fn function_id(&self, name: &str) -> Option<u32> {
+        self.find(name, KIND_FUNC)
+    }
+
+    /// The type id of `struct name`.
+    #[must_use]
+    pub fn struct_id(&self, name: &str) -> Option<u32> {
+        self.find(name, KIND_STRUCT)
+    }
+
     /// Byte offset of `fields` (a path through nested structs, e.g.
     /// `["d_name", "name"]`) inside `struct strukt`. Anonymous structs and
     /// unions are searched as if their members were the parent's.

@@ -57,16 +57,16 @@ const PIDTYPE_SID: u32 = 3;
 /// The struct offsets the programs read at, from the kernel's own BTF.
 pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let offsets = read_offsets(btf)?;
-    check_read_windows(btf, &offsets)?;
+    check_read_windows(&offsets)?;
     Ok(offsets)
 }
 
 /// The walk above a mount reads adjacent fields with one probe read each
 /// (`mount_fields`, `dentry_fields` in `enforcer-ebpf/src/walk.rs`): true of
 /// every kernel since long before 5.10, checked all the same.
-fn check_read_windows(btf: &Btf, o: &KernelOffsets) -> Result<(), BtfError> {
+fn check_read_windows(o: &KernelOffsets) -> Result<(), BtfError> {
     let mnt_root = o.mount_mnt + o.vfsmount_mnt_root;
-    let mnt_sb = o.mount_mnt + btf.field_offset("vfsmount", &["mnt_sb"])?;
+    let mnt_sb = o.mount_mnt + o.vfsmount_mnt_sb;
     if o.mount_mnt_mountpoint != o.mount_mnt_parent + 8 || mnt_root != o.mount_mnt_parent + 16 || mnt_sb != o.mount_mnt_parent + 24 {
         return Err(BtfError::Layout("struct mount's mnt_parent, mnt_mountpoint, mnt.mnt_root and mnt.mnt_sb are not adjacent"));
     }
@@ -76,9 +76,29 @@ fn check_read_windows(btf: &Btf, o: &KernelOffsets) -> Result<(), BtfError> {
     Ok(())
 }
 
+/// The BTF ids of `bpf_rdonly_cast` and of the structs the programs cast
+/// to with it, or all `ABSENT` where the kernel lacks the kfunc (before
+/// Linux 6.2) or `ENFORCER_NO_RDONLY_CAST` is set (to measure or test the
+/// probe reads that replace it).
+fn rdonly_cast_ids(btf: &Btf) -> [u32; 3] {
+    let absent = [KernelOffsets::ABSENT; 3];
+    if std::env::var_os("ENFORCER_NO_RDONLY_CAST").is_some() {
+        return absent;
+    }
+    match (btf.function_id("bpf_rdonly_cast"), btf.struct_id("dentry"), btf.struct_id("mount")) {
+        (Some(kfunc), Some(dentry), Some(mount)) => [kfunc, dentry, mount],
+        _ => absent,
+    }
+}
+
 fn read_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let path_dentry = btf.field_offset("path", &["dentry"])?;
+    let [rdonly_cast, dentry_btf_id, mount_btf_id] = rdonly_cast_ids(btf);
     Ok(KernelOffsets {
+        rdonly_cast,
+        dentry_btf_id,
+        mount_btf_id,
+        vfsmount_mnt_sb: btf.field_offset("vfsmount", &["mnt_sb"])?,
         file_f_mode: btf.field_offset("file", &["f_mode"])?,
         file_f_flags: btf.field_offset("file", &["f_flags"])?,
         file_f_path_dentry: btf.field_offset("file", &["f_path", "dentry"])?,

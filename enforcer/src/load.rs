@@ -84,6 +84,8 @@ fn programs_for(offsets: &KernelOffsets) -> Result<Programs, field_loads::FieldL
     let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), object.len()) };
     bytes.copy_from_slice(object);
     field_loads::patch(bytes, offsets)?;
+    let rdonly_cast = Some(offsets.rdonly_cast).filter(|&id| id != KernelOffsets::ABSENT);
+    field_loads::patch_rdonly_cast(bytes, rdonly_cast)?;
     Ok(Programs { words, len: object.len(), compat })
 }
 

@@ -255,6 +255,39 @@ fn files_named_as_trees_are_judged_as_their_own_roots() {
     assert!(out.events_for(&sibling).iter().any(|e| e["reason"] == "outside_write_trees"), "{out:#?}");
 }
 
+/// An open walks the first levels above its file's mount inline and the
+/// rest in a loop (`enforcer-ebpf/src/walk.rs`): files on mounts one and
+/// two directories below the tree that judges them, and below no tree.
+#[test]
+fn opens_are_judged_by_the_trees_above_their_mount() {
+    let sb = Sandbox::new("above-mount");
+    let mounted_file = |dir: std::path::PathBuf, name: &str| {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "above-mount"]).arg(&dir).status().expect("run mount");
+        assert!(mounted.success(), "mount a tmpfs at {}", dir.display());
+        std::fs::write(dir.join(name), "x\n").unwrap();
+        (dir.clone(), Sandbox::path(&dir, name))
+    };
+    let mounts = [
+        mounted_file(sb.allowed.join("m"), "near"),
+        mounted_file(sb.allowed.join("x/y/m"), "far"),
+        mounted_file(sb.outside.join("m"), "out"),
+        mounted_file(sb.secret.join("m"), "key"),
+        mounted_file(sb.secret.join("x/y/m"), "deep-key"),
+    ];
+    let [near, far, out, key, deep_key] = mounts.each_ref().map(|(_, file)| file.clone());
+    let steps = [format!("write:{near}"), format!("write:{far}"), format!("write:{out}"), format!("read:{key}"), format!("read:{deep_key}")];
+    let result = sb.run(&steps);
+    for (dir, _) in mounts.iter().rev() {
+        let _ = std::process::Command::new("umount").arg(dir).status();
+    }
+    result.assert_succeeded(&steps[0]);
+    result.assert_succeeded(&steps[1]);
+    assert_eq!(result.assert_denied(&steps[2], "open", &out)["reason"], "outside_write_trees", "{result:#?}");
+    assert_eq!(result.assert_denied(&steps[3], "open", &key)["reason"], "read_deny", "{result:#?}");
+    assert_eq!(result.assert_denied(&steps[4], "open", &deep_key)["reason"], "read_deny", "{result:#?}");
+}
+
 /// The walk above a file's mount keeps its state in a per-CPU slot
 /// (`enforcer-ebpf/src/walk.rs`), and 7.x kernels (`PREEMPT_LAZY`) preempt
 /// BPF programs. An agent runs two walks on one CPU, a denied read and an
@@ -264,22 +297,27 @@ fn files_named_as_trees_are_judged_as_their_own_roots() {
 #[test]
 fn two_walks_sharing_a_cpu_never_finish_on_each_others_state() {
     let sb = Sandbox::new("shared-cpu");
-    // The secret on a mount of its own below the `read_deny` tree, so its
-    // walk decides above the mount, where the shared slot is used.
-    let mount = sb.secret.join("mnt");
-    std::fs::create_dir(&mount).unwrap();
-    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "shared-cpu"]).arg(&mount).status().expect("run mount");
-    assert!(mounted.success(), "mount a tmpfs at {}", mount.display());
+    // Each file on a mount of its own, two directories below the tree it
+    // is judged by (the secret's `read_deny` tree; for the notes, outside
+    // every tree, the top), so both walks go on above their mount past the
+    // levels an open walks inline, into the loop that uses the shared slot.
+    let mount_tmpfs = |dir: std::path::PathBuf| {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "shared-cpu"]).arg(&dir).status().expect("run mount");
+        assert!(mounted.success(), "mount a tmpfs at {}", dir.display());
+        dir
+    };
+    let (mount, notes_mount) = (mount_tmpfs(sb.secret.join("a/b/mnt")), mount_tmpfs(sb.outside.join("a/b/mnt")));
     std::fs::write(mount.join("key"), "secret\n").unwrap();
-    // A read outside every tree: its walk goes to the top too (one in a
-    // write tree would end at the tree's root).
-    std::fs::write(sb.outside.join("notes"), "fine\n").unwrap();
-    let (secret, notes) = (Sandbox::path(&mount, "key"), Sandbox::path(&sb.outside, "notes"));
+    std::fs::write(notes_mount.join("notes"), "fine\n").unwrap();
+    let (secret, notes) = (Sandbox::path(&mount, "key"), Sandbox::path(&notes_mount, "notes"));
     let n = 10_000;
     let probe = enforcer_tests::probe_bin().display().to_string();
     let script = format!("{probe} pin:0 opens-ok:{n}:{secret} & {probe} pin:0 opens-ok:{n}:{notes}; wait");
     let out = sb.finish(sb.spawn_command(&["/bin/sh".into(), "-c".into(), script.into()]));
-    let _ = std::process::Command::new("umount").arg(&mount).status();
+    for dir in [&mount, &notes_mount] {
+        let _ = std::process::Command::new("umount").arg(dir).status();
+    }
     let opened = |path: &str| {
         let step = format!("opens-ok:{n}:{path}");
         out.results.iter().find(|r| r["step"] == step).and_then(|r| r["errno"].as_i64()).unwrap_or_else(|| panic!("no result for {step}: {out:#?}"))

@@ -22,11 +22,17 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 
 /// Points above the floor each gated scenario may cost on `SERIES`, and the loop
 /// measured (`open`: open for writing + close; `open-read`: the same read-only).
-/// Untagged in the root cgroup and at level 2, and tagged with 10 000 rules, are
-/// issue 15's targets (+0.5, +0.5, +4; they measure +0.15 to +0.17, +0.44 to +0.45,
-/// +3.90). The others are today's figures with a little room (level 3 +0.64 alone,
-/// +0.73 at the end of a full run, its target +0.5 not met; `brd` +3.79 to +3.81;
-/// `brdr` +13.89, its target +8 not met): lower them as the hot path gets cheaper. Past bounds: `b10k` 5.4 to 5.0 and `brd` 5.6 to 5.3
+/// Untagged in the root cgroup and at level 2, tagged with 10 000 rules, and a read
+/// outside every tree (`brdr`) are issue 15's targets (+0.5, +0.5, +4, +8; they
+/// measure +0.20, +0.49, +3.94, +7.86 with Debian's 6.12.95, whose baseline put the
+/// untagged figures 0.05 above 6.12.9x's with the same programs). The others are
+/// today's figures with a little room (level 3 +0.69, its target +0.5 not met; `brd`
+/// +3.89): lower them as the hot path gets cheaper. Past bounds: `brdr` 14.5 to 8.0
+/// when the walk above a mount began typing its pointers with `bpf_rdonly_cast`
+/// (plain loads where five probe reads cost about 500 instructions) and walking its
+/// first two levels inline (no slot, copy or loop for a file on a mount below `/`):
+/// +13.89 to +7.86.
+/// Earlier: `b10k` 5.4 to 5.0 and `brd` 5.6 to 5.3
 /// when an open's walk began at the file's directory and kept its state off the
 /// stack for its first two levels; 5.0 to 4.0, 5.3 to 4.1, level 2 0.8 to 0.5 and level 3 1.0 to 0.9
 /// when an open read its inode from the file (plain loads, where the dentry's cost
@@ -43,7 +49,7 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 /// probe reads were batched and the pending climb began skipping filesystems without a
 /// pending directory (+18.3 to +15.6), and to 14.5 with the changes above.
 const BOUNDS: &[(&str, &str, f64)] =
-    &[("a", "open", 0.5), ("a2", "open", 0.5), ("a3", "open", 0.9), ("b10k", "open", 4.0), ("brd", "open", 4.1), ("brdr", "open-read", 14.5)];
+    &[("a", "open", 0.5), ("a2", "open", 0.5), ("a3", "open", 0.9), ("b10k", "open", 4.0), ("brd", "open", 4.1), ("brdr", "open-read", 8.0)];
 
 pub fn run() -> Tier {
     println!("\n== tier gate (bench files, open+close, kernel {SERIES}, icount) ==");
