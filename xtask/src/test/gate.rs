@@ -25,7 +25,10 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 /// Untagged in the root cgroup and at level 2, tagged with 10 000 rules, and a read
 /// outside every tree (`brdr`) are issue 15's targets (+0.5, +0.5, +4, +8; they
 /// measure +0.20, +0.49, +3.94, +7.86 with Debian's 6.12.95, whose baseline put the
-/// untagged figures 0.05 above 6.12.9x's with the same programs). The others are
+/// untagged figures 0.05 above the point release before it with the same programs).
+/// Setup fetches the suite's newest point release (the mirror keeps no other), so
+/// the bounds at a target leave 0.1 for the next one: level 2 0.6, tagged 4.1; a
+/// figure past its target shows as `MISS` in `cargo xtask bench files`. The others are
 /// today's figures with a little room (level 3 +0.69, its target +0.5 not met; `brd`
 /// +3.89): lower them as the hot path gets cheaper. Past bounds: `brdr` 14.5 to 8.0
 /// when the walk above a mount began typing its pointers with `bpf_rdonly_cast`
@@ -49,7 +52,7 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 /// probe reads were batched and the pending climb began skipping filesystems without a
 /// pending directory (+18.3 to +15.6), and to 14.5 with the changes above.
 const BOUNDS: &[(&str, &str, f64)] =
-    &[("a", "open", 0.5), ("a2", "open", 0.5), ("a3", "open", 0.9), ("b10k", "open", 4.0), ("brd", "open", 4.1), ("brdr", "open-read", 8.0)];
+    &[("a", "open", 0.5), ("a2", "open", 0.6), ("a3", "open", 0.9), ("b10k", "open", 4.1), ("brd", "open", 4.1), ("brdr", "open-read", 8.0)];
 
 pub fn run() -> Tier {
     println!("\n== tier gate (bench files, open+close, kernel {SERIES}, icount) ==");
