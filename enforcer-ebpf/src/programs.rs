@@ -68,9 +68,9 @@ fn judge_check(tag: &Tagged, check: Check) -> Option<Denial> {
 
 /// [`judge_check`] from `start` (the check's dentry and what the caller
 /// read of it), told whether the object itself may be a tree root and
-/// whether to walk above the mount inline (`Question::above_inline`).
+/// whether to walk above the mount inline (`Question::inline_more`).
 #[inline(always)]
-fn judge_object(tag: &Tagged, check: Check, start: Start, object_may_be_root: bool, above_inline: bool) -> Option<Denial> {
+fn judge_object(tag: &Tagged, check: Check, start: Start, object_may_be_root: bool, inline_more: bool) -> Option<Denial> {
     let question = Question {
         policy_id: tag.info.policy_id as u16,
         needs_tree: check.kind == Kind::FileWrite,
@@ -78,7 +78,7 @@ fn judge_object(tag: &Tagged, check: Check, start: Start, object_may_be_root: bo
         read_deny: tag.info.flags & TAG_READ_DENY != 0,
         pending: tag.info.flags & TAG_PENDING != 0,
         object_may_be_root,
-        above_inline,
+        inline_more,
     };
     let reason = judge::<FILE_WRITE>(&question, tag.files, start, check.vfsmount).err()?;
     Some(Denial { kind: check.kind, op: check.op, reason, dentry: check.dentry, vfsmount: check.vfsmount })

@@ -62,10 +62,11 @@ pub struct Question {
     /// regular file under a policy that keys none (`TAG_NO_REGULAR_FILE_ROOTS`):
     /// the walk then starts at its directory.
     pub object_may_be_root: bool,
-    /// Walk the first levels above the starting mount inline, not in the
-    /// loop (`INLINE_ABOVE_LEVELS`): for the open of a file, which every
-    /// tagged open runs; the other hooks keep their verifier's work small.
-    pub above_inline: bool,
+    /// Walk one level more of the starting mount inline, and the first
+    /// levels above it (`INLINE_ABOVE_LEVELS`), not in the loops: for the
+    /// open of a file, which every tagged open runs (the main build); the
+    /// other hooks keep their verifier's work small.
+    pub inline_more: bool,
 }
 
 // `Walk::verdict` values.
@@ -251,7 +252,9 @@ pub fn node_flags(table: *const FileTable, policy_id: u16, dentry: *const u8) ->
 }
 
 /// Levels judged before the first `bpf_loop` (most walks end within them:
-/// the object and its directory), saving the loop's per-level call.
+/// the object and its directory), saving the loop's per-level call; an
+/// open walks one more (`Question::inline_more`), which is the whole of a
+/// walk to the root of a mount like `/tmp` from a file in its directory.
 const INLINE_LEVELS: u32 = 2;
 
 /// What a walk step gets: the table (a map value pointer, which only the
@@ -628,7 +631,7 @@ unsafe fn release(busy: *mut u64) {
 /// needs two, its mount point and the root, and a file on the root mount
 /// one. The loop's slot, the copy of the walk into it and the loop's calls
 /// cost about 150 instructions; these levels cost their loads alone.
-const INLINE_ABOVE_LEVELS: u32 = 2;
+const INLINE_ABOVE_LEVELS: u32 = 3;
 
 /// Runs the walk from the root of its starting mount (`walk.mount`) up:
 /// [`INLINE_ABOVE_LEVELS`] levels inline, the rest in the loop.
@@ -637,7 +640,7 @@ fn above_start<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) 
     let mount = mount_fields(walk.mount);
     // The verifier checks the inline levels once per caller (the compat
     // build's, once per level it walks).
-    if crate::COMPAT || !walk.question.above_inline {
+    if crate::COMPAT || !walk.question.inline_more {
         above_mount(walk, mount, table);
         return;
     }
@@ -751,14 +754,20 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, star
         verdict: UNDECIDED,
     };
     let first = if question.object_may_be_root { in_mount_at(&mut walk, table, 0, start.inode) } else { up_in_mount(&mut walk) };
-    if first == 0 && in_mount(&mut walk, table, 1) == 0 {
+    let one_more = !crate::COMPAT && question.inline_more;
+    let mut go_on = first == 0 && in_mount(&mut walk, table, 1) == 0;
+    if go_on && one_more {
+        go_on = in_mount(&mut walk, table, 2) == 0;
+    }
+    if go_on {
         // The loop's steps reach the state through a pointer, so it goes to
         // the stack here, not before: the inline levels keep `walk` in
         // registers (no stores of its every field on the common path).
         let mut rest = core::mem::MaybeUninit::<Walk<NEED>>::uninit();
         unsafe { copy_walk(rest.as_mut_ptr(), &walk) };
         let mut steps = Steps::<NEED> { table, walk: rest.as_mut_ptr() };
-        repeat::<{ COMPAT_PATH_DEPTH - INLINE_LEVELS }>(MAX_PATH_DEPTH - INLINE_LEVELS, step_in_mount::<NEED>, (&raw mut steps).cast());
+        let steps_left = MAX_PATH_DEPTH - INLINE_LEVELS - u32::from(one_more);
+        repeat::<{ COMPAT_PATH_DEPTH - INLINE_LEVELS }>(steps_left, step_in_mount::<NEED>, (&raw mut steps).cast());
         unsafe { walk_from(&mut walk, rest.as_ptr()) };
     }
     if walk.verdict == AT_MOUNT_ROOT {
