@@ -626,11 +626,12 @@ unsafe fn release(busy: *mut u64) {
     }
 }
 
-/// Levels above the starting mount judged before the loop (the main
-/// build): a file on a mount right below the root mount (`/tmp`, `/home`)
-/// needs two, its mount point and the root, and a file on the root mount
-/// one. The loop's slot, the copy of the walk into it and the loop's calls
-/// cost about 150 instructions; these levels cost their loads alone.
+/// Levels above the starting mount an open judges before the loop (the
+/// main build): a file on a mount right below the root mount (`/tmp`,
+/// `/home`) needs two, its mount point and the root, and a file on the
+/// root mount one; 7.x mounts the root over an empty `nullfs`, which takes
+/// one more. The loop's slot, the copy of the walk into it and the loop's
+/// calls cost about 150 instructions; these levels cost their loads alone.
 const INLINE_ABOVE_LEVELS: u32 = 3;
 
 /// Runs the walk from the root of its starting mount (`walk.mount`) up:
