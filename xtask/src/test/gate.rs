@@ -24,17 +24,18 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 /// measured (`open`: open for writing + close; `open-read`: the same read-only).
 /// Untagged in the root cgroup and at level 2, tagged with 10 000 rules, and a read
 /// outside every tree (`brdr`) are issue 15's targets (+0.5, +0.5, +4, +8; they
-/// measure +0.20, +0.49, +3.94, +7.86 with Debian's 6.12.95, whose baseline put the
-/// untagged figures 0.05 above the point release before it with the same programs).
+/// measure +0.20 to +0.26, +0.48 to +0.51, +3.90 to +3.94, +6.93 to +6.94 with
+/// Debian's 6.12.95, whose baseline put the untagged figures 0.05 above the point
+/// release before it with the same programs).
 /// Setup fetches the suite's newest point release (the mirror keeps no other), so
 /// the bounds at a target leave 0.1 for the next one: level 2 0.6, tagged 4.1; a
 /// figure past its target shows as `MISS` in `cargo xtask bench files`. The others are
 /// today's figures with a little room (level 3 +0.69, its target +0.5 not met; `brd`
-/// +3.89): lower them as the hot path gets cheaper. Past bounds: `brdr` 14.5 to 8.0
-/// when the walk above a mount began typing its pointers with `bpf_rdonly_cast`
-/// (plain loads where five probe reads cost about 500 instructions) and walking its
-/// first two levels inline (no slot, copy or loop for a file on a mount below `/`):
-/// +13.89 to +7.86.
+/// +3.81 to +3.89): lower them as the hot path gets cheaper. Past bounds: `brdr` 14.5
+/// to 8.0 when the walk above a mount began typing its pointers with
+/// `bpf_rdonly_cast` (plain loads where five probe reads cost about 500
+/// instructions) and an open began walking more levels inline (no slot, copy or
+/// loop for a file in a directory of a mount below `/`): +13.89 to +6.93.
 /// Earlier: `b10k` 5.4 to 5.0 and `brd` 5.6 to 5.3
 /// when an open's walk began at the file's directory and kept its state off the
 /// stack for its first two levels; 5.0 to 4.0, 5.3 to 4.1, level 2 0.8 to 0.5 and level 3 1.0 to 0.9
