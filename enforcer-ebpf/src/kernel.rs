@@ -6,8 +6,10 @@
 //! load instruction whose offset the loader writes in (see
 //! `enforcer_common::field_load_mark`): the cheap path used for every
 //! decision. `Probe` uses `bpf_probe_read_kernel` for pointers the verifier
-//! cannot type (reached through `container_of`, e.g. `struct mount`): slower,
-//! used only above a mount root and when writing a denial's path.
+//! cannot type (reached through `container_of`, e.g. `struct mount`, or kept
+//! in map memory): slower, used above a mount root on kernels without
+//! `bpf_rdonly_cast` (before 6.2; [`typed`] gives such pointers a type
+//! where it exists) and when writing a denial's path.
 
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
