@@ -638,14 +638,13 @@ const INLINE_ABOVE_LEVELS: u32 = 3;
 /// [`INLINE_ABOVE_LEVELS`] levels inline, the rest in the loop.
 #[inline(always)]
 fn above_start<const NEED: u16>(walk: &mut Walk<NEED>, table: *const FileTable) {
-    let mount = mount_fields(walk.mount);
+    let mut mount = mount_fields(walk.mount);
     // The verifier checks the inline levels once per caller (the compat
     // build's, once per level it walks).
     if crate::COMPAT || !walk.question.inline_more {
         above_mount(walk, mount, table);
         return;
     }
-    let mut mount = mount;
     for _ in 0..INLINE_ABOVE_LEVELS {
         if above_level(walk, &mut mount, table) != 0 {
             return;

@@ -255,18 +255,26 @@ fn files_named_as_trees_are_judged_as_their_own_roots() {
     assert!(out.events_for(&sibling).iter().any(|e| e["reason"] == "outside_write_trees"), "{out:#?}");
 }
 
+/// Mounts a tmpfs at `dir` (made first), tagged `source` in the mount table.
+fn mount_tmpfs(dir: std::path::PathBuf, source: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", source]).arg(&dir).status().expect("run mount");
+    assert!(mounted.success(), "mount a tmpfs at {}", dir.display());
+    dir
+}
+
 /// An open walks the first levels above its file's mount inline and the
-/// rest in a loop (`enforcer-ebpf/src/walk.rs`): files on mounts one and
-/// two directories below the tree that judges them, and below no tree.
+/// rest in a loop (`enforcer-ebpf/src/walk.rs`): files on mounts right
+/// below the tree that judges them and three directories below it (past
+/// the inline levels), and below no tree.
 #[test]
 fn opens_are_judged_by_the_trees_above_their_mount() {
     let sb = Sandbox::new("above-mount");
     let mounted_file = |dir: std::path::PathBuf, name: &str| {
-        std::fs::create_dir_all(&dir).unwrap();
-        let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "above-mount"]).arg(&dir).status().expect("run mount");
-        assert!(mounted.success(), "mount a tmpfs at {}", dir.display());
+        let dir = mount_tmpfs(dir, "above-mount");
         std::fs::write(dir.join(name), "x\n").unwrap();
-        (dir.clone(), Sandbox::path(&dir, name))
+        let file = Sandbox::path(&dir, name);
+        (dir, file)
     };
     let mounts = [
         mounted_file(sb.allowed.join("m"), "near"),
@@ -301,13 +309,7 @@ fn two_walks_sharing_a_cpu_never_finish_on_each_others_state() {
     // is judged by (the secret's `read_deny` tree; for the notes, outside
     // every tree, the top), so both walks go on above their mount past the
     // levels an open walks inline, into the loop that uses the shared slot.
-    let mount_tmpfs = |dir: std::path::PathBuf| {
-        std::fs::create_dir_all(&dir).unwrap();
-        let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "shared-cpu"]).arg(&dir).status().expect("run mount");
-        assert!(mounted.success(), "mount a tmpfs at {}", dir.display());
-        dir
-    };
-    let (mount, notes_mount) = (mount_tmpfs(sb.secret.join("a/b/mnt")), mount_tmpfs(sb.outside.join("a/b/mnt")));
+    let (mount, notes_mount) = (mount_tmpfs(sb.secret.join("a/b/mnt"), "shared-cpu"), mount_tmpfs(sb.outside.join("a/b/mnt"), "shared-cpu"));
     std::fs::write(mount.join("key"), "secret\n").unwrap();
     std::fs::write(notes_mount.join("notes"), "fine\n").unwrap();
     let (secret, notes) = (Sandbox::path(&mount, "key"), Sandbox::path(&notes_mount, "notes"));
