@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -108,7 +109,7 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Remove the `<prefix>...-<pid>-<nanos>` directories (made by [`TempDir`]) in `parent`
+/// Remove the `<prefix>...-<pid>-<nanos>.<n>` directories (made by [`TempDir`]) in `parent`
 /// whose process no longer runs: an interrupted run cannot clean up after itself.
 pub fn remove_abandoned(parent: &Path, prefix: &str) {
     let Ok(entries) = fs::read_dir(parent) else {
@@ -130,18 +131,27 @@ pub fn remove_abandoned(parent: &Path, prefix: &str) {
     }
 }
 
+/// `<prefix>-<pid>-<nanos>.<n>`, `n` counting the names this process made:
+/// the VM tiers start side by side, and a coarse clock once gave two of
+/// them the same nanoseconds.
+fn temp_name(prefix: &str, nanos: u32) -> String {
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let n = MADE.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos}.{n}", std::process::id())
+}
+
 /// A directory removed (with its contents) when dropped.
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    /// Create a fresh directory named `<prefix>-<pid>-<nanos>` inside `parent`.
+    /// Create a fresh directory named by [`temp_name`] inside `parent`.
     pub fn new_in(parent: &Path, prefix: &str) -> Result<Self> {
         fs::create_dir_all(parent)
             .with_context(|| format!("could not create {}", parent.display()))?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let path = parent.join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        let path = parent.join(temp_name(prefix, nanos));
         fs::create_dir(&path).with_context(|| format!("could not create {}", path.display()))?;
         Ok(Self(path))
     }
@@ -183,4 +193,19 @@ pub fn forward_lines(
             buf.clear();
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_made_in_the_same_nanosecond_differ_and_name_their_process() {
+        let (a, b) = (temp_name("x", 5), temp_name("x", 5));
+        assert_ne!(a, b);
+        for name in [a, b] {
+            // What `remove_abandoned` reads as the owner.
+            assert_eq!(name.rsplit('-').nth(1), Some(std::process::id().to_string().as_str()), "{name}");
+        }
+    }
 }
