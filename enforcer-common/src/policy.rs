@@ -82,8 +82,7 @@ pub struct TagFilter {
 const _: () = assert!(core::mem::size_of::<TagFilter>() == 8 + 8 + 8 * TAG_BLOOM_WORDS);
 
 impl TagFilter {
-    pub const EMPTY: Self =
-        Self { shallowest: u32::MAX, pad: 0, level_bits: 0, bloom: [0; TAG_BLOOM_WORDS] };
+    pub const EMPTY: Self = Self { shallowest: u32::MAX, pad: 0, level_bits: 0, bloom: [0; TAG_BLOOM_WORDS] };
 
     pub fn insert(&mut self, cgroup_id: u64, level: u32) {
         let bit = tag_bloom_bit(cgroup_id);

@@ -20,7 +20,11 @@
 #![no_std]
 #![feature(asm_experimental_arch)]
 #![no_main]
-#![expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "BPF code narrows kernel values on purpose")]
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "BPF code narrows kernel values on purpose"
+)]
 
 /// Which build this is.
 const COMPAT: bool = true;

@@ -34,7 +34,15 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     } else if flags & TAG_REQUIRE_SECCOMP != 0 && seccomp_mode() == SECCOMP_MODE_DISABLED {
         Some(Reason::NoSeccomp)
     } else if flags & TAG_EXEC != 0 {
-        let question = Question { policy_id: tag.info.policy_id as u16, needs_tree: true, allow_self: true, read_deny: false, pending: false, object_may_be_root: true, inline_more: false };
+        let question = Question {
+            policy_id: tag.info.policy_id as u16,
+            needs_tree: true,
+            allow_self: true,
+            read_deny: false,
+            pending: false,
+            object_may_be_root: true,
+            inline_more: false,
+        };
         judge::<FILE_EXEC>(&question, tag.files, start, vfsmount).err()
     } else {
         None

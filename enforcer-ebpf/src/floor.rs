@@ -14,8 +14,9 @@ use enforcer_common::{
 
 use crate::{
     kernel::{
-        CredEgid, CredEuid, CredFsgid, CredFsuid, CredGid, CredSgid, CredSuid, CredUid, DentryFsdata, DentryName, DentryParent, DentrySb, Direct, Field, InodeRdev, Probe, Read,
-        SignalSession, SuperBlockMagic, Task, TaskSignal, TaskTgid, TtySession, current_task,
+        CredEgid, CredEuid, CredFsgid, CredFsuid, CredGid, CredSgid, CredSuid, CredUid, DentryFsdata, DentryName,
+        DentryParent, DentrySb, Direct, Field, InodeRdev, Probe, Read, SignalSession, SuperBlockMagic, Task,
+        TaskSignal, TaskTgid, TtySession, current_task,
     },
     report::{FloorDenial, report_floor},
     tag::{self, Tagged},
@@ -268,7 +269,9 @@ pub fn open_refused(dentry: *const u8, inode: *const u8, file_type: u32, writes:
     let magic = unsafe { Direct::get::<SuperBlockMagic>(Direct::ptr::<DentrySb>(dentry)) };
     if file_type == S_IFCHR {
         let rdev = unsafe { Direct::get::<InodeRdev>(inode) } as u32;
-        return !(ALLOWED_DEVICES.contains(&rdev) || magic == DEVPTS_SUPER_MAGIC && own_terminal(dentry) || policy_allows_device(tag, dentry));
+        return !(ALLOWED_DEVICES.contains(&rdev)
+            || magic == DEVPTS_SUPER_MAGIC && own_terminal(dentry)
+            || policy_allows_device(tag, dentry));
     }
     if writes && kernel_filesystem(magic) {
         return true;
@@ -340,7 +343,9 @@ fn top_name(dentry: *const u8) -> ProcTop {
         ProcTop::Sys
     } else if first & 0xffff_ffff_ffff == u64::from_le_bytes(*b"kcore\0\0\0") {
         ProcTop::Kcore
-    } else if first == u64::from_le_bytes(*b"sysrq-tr") && second & 0xffff_ffff_ffff == u64::from_le_bytes(*b"igger\0\0\0") {
+    } else if first == u64::from_le_bytes(*b"sysrq-tr")
+        && second & 0xffff_ffff_ffff == u64::from_le_bytes(*b"igger\0\0\0")
+    {
         ProcTop::SysrqTrigger
     } else {
         ProcTop::Other

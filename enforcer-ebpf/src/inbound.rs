@@ -15,14 +15,23 @@
 //! may send to (its resolver included). The rest is dropped, with an event.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2},
-    helpers::generated::{bpf_ktime_get_boot_ns, bpf_sk_ancestor_cgroup_id, bpf_sk_fullsock, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    bindings::{
+        __sk_buff, bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+    },
+    helpers::generated::{
+        bpf_ktime_get_boot_ns, bpf_sk_ancestor_cgroup_id, bpf_sk_fullsock, bpf_sk_lookup_tcp, bpf_sk_lookup_udp,
+        bpf_sk_release, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+    },
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
 use enforcer_common::{
     events::Action,
-    net::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, NET_KEY_INBOUND, NET_KEY_POLICY_BITS, NetKey, PROTO_TCP, PROTO_UDP, SOCK_DGRAM, SOCK_STREAM},
+    net::{
+        AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, NET_KEY_INBOUND, NET_KEY_POLICY_BITS, NetKey, PROTO_TCP,
+        PROTO_UDP, SOCK_DGRAM, SOCK_STREAM,
+    },
     policy::{TAG_AUDIT, TAG_NET, TagInfo},
 };
 
@@ -71,14 +80,21 @@ fn judge(ctx: &SkBuffContext) -> i32 {
     }
     let read = |field: *const u32| unsafe { core::ptr::read_volatile(field) };
     let (sock_type, protocol, state, local_port) = unsafe {
-        (read(&raw const (*sk).type_) as u16, read(&raw const (*sk).protocol) as u16, read(&raw const (*sk).state), read(&raw const (*sk).src_port) as u16)
+        (
+            read(&raw const (*sk).type_) as u16,
+            read(&raw const (*sk).protocol) as u16,
+            read(&raw const (*sk).state),
+            read(&raw const (*sk).src_port) as u16,
+        )
     };
     let proto = match (sock_type, protocol) {
         (SOCK_STREAM, IPPROTO_TCP) if state == TCP_LISTEN => PROTO_TCP,
         (SOCK_DGRAM, IPPROTO_UDP) => PROTO_UDP,
         _ => return PASS,
     };
-    let Some((tagged, agent)) = tag::tag_of_ancestors(|level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) }) else { return PASS };
+    let Some((tagged, agent)) = tag::tag_of_ancestors(|level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) }) else {
+        return PASS;
+    };
     let info = tagged.info;
     if info.flags & TAG_NET == 0 {
         return PASS;
@@ -87,7 +103,13 @@ fn judge(ctx: &SkBuffContext) -> i32 {
         // Unreadable headers: reported as from 0.0.0.0 (words, not a zeroed
         // run, which would compile to a `memset` call).
         let unknown = [0, 0, MAPPED, 0];
-        return refuse(&info, skb, &Flow { source: unknown, dest: unknown, source_port: 0, dest_port: 0, v6: false }, local_port, proto);
+        return refuse(
+            &info,
+            skb,
+            &Flow { source: unknown, dest: unknown, source_port: 0, dest_port: 0, v6: false },
+            local_port,
+            proto,
+        );
     };
     if from_own_agent(ctx, &flow, proto, agent) || listen_allows(&info, &flow.source, local_port, proto) {
         return PASS;
@@ -196,7 +218,8 @@ fn from_own_agent(ctx: &SkBuffContext, flow: &Flow, proto: u8, agent: u64) -> bo
     if peer.is_null() {
         return false;
     }
-    let same = tag::tag_of_ancestors(|level| unsafe { bpf_sk_ancestor_cgroup_id(peer.cast(), level) }).is_some_and(|(_, id)| id == agent);
+    let same = tag::tag_of_ancestors(|level| unsafe { bpf_sk_ancestor_cgroup_id(peer.cast(), level) })
+        .is_some_and(|(_, id)| id == agent);
     unsafe { bpf_sk_release(peer.cast()) };
     same
 }

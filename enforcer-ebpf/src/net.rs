@@ -20,9 +20,9 @@ use aya_ebpf::{
 use enforcer_common::{
     events::{Action, Kind, Reason},
     net::{
-        AF_INET, AF_INET6, AF_UNIX, AGENT_SOCKETS_MAX, DNS_GRANTS_MAX, DNS_ORIGINS_MAX, DNS_PORT, DnsGrant, IPPROTO_TCP, IPPROTO_UDP,
-        NET_KEY_POLICY_BITS, NET_RULES_MAX, NetKey, NetPorts, PROTO_TCP, PROTO_UDP, RESOLVERS_MAX, Resolver, SOCK_DGRAM,
-        SOCK_STREAM, UNIX_PATH_BYTES, UNIX_RULES_MAX, UnixKey, socket_class,
+        AF_INET, AF_INET6, AF_UNIX, AGENT_SOCKETS_MAX, DNS_GRANTS_MAX, DNS_ORIGINS_MAX, DNS_PORT, DnsGrant,
+        IPPROTO_TCP, IPPROTO_UDP, NET_KEY_POLICY_BITS, NET_RULES_MAX, NetKey, NetPorts, PROTO_TCP, PROTO_UDP,
+        RESOLVERS_MAX, Resolver, SOCK_DGRAM, SOCK_STREAM, UNIX_PATH_BYTES, UNIX_RULES_MAX, UnixKey, socket_class,
     },
     policy::{TAG_AUDIT, TAG_NET, TagInfo},
 };
@@ -90,7 +90,8 @@ pub(crate) fn destination_allows(key: &NetKey, port: u16, proto: u8, now_boot_ns
         return true;
     }
     // SAFETY: the value is only read, while the program runs.
-    unsafe { DNS_GRANTS.get(key) }.is_some_and(|grant| grant.ports.allows(port, proto) && grant.expires_boot_ns > now_boot_ns)
+    unsafe { DNS_GRANTS.get(key) }
+        .is_some_and(|grant| grant.ports.allows(port, proto) && grant.expires_boot_ns > now_boot_ns)
 }
 
 /// The port of the resolver that answers `policy_id`'s DNS, if it has one.

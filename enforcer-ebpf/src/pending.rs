@@ -54,7 +54,14 @@ pub fn named_later(table: *const FileTable, policy_id: u16, start: Start, mnt_ro
         return false;
     }
     if crate::COMPAT {
-        return named_later_in_slot(Climb { table: TableAddress(table as u64), hash_base, dentry, mnt_root, place, found: 0 });
+        return named_later_in_slot(Climb {
+            table: TableAddress(table as u64),
+            hash_base,
+            dentry,
+            mnt_root,
+            place,
+            found: 0,
+        });
     }
     let mut climb = Climb { table, hash_base, dentry, mnt_root, place, found: 0 };
     repeat::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, step, (&raw mut climb).cast());

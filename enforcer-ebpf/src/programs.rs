@@ -23,7 +23,10 @@ use enforcer_common::{
 };
 
 use crate::{
-    kernel::{DentryInode, DentryParent, Direct, FileFlags, FileMode, IattrValid, InodeIno, InodeMode, PathDentry, PathMnt, Read, SuperBlockMagic, file_path, off},
+    kernel::{
+        DentryInode, DentryParent, Direct, FileFlags, FileMode, IattrValid, InodeIno, InodeMode, PathDentry, PathMnt,
+        Read, SuperBlockMagic, file_path, off,
+    },
     report::{Denial, report},
     tag::{Suspect, Tagged},
     walk::{Question, Start, judge},
@@ -70,7 +73,13 @@ fn judge_check(tag: &Tagged, check: Check) -> Option<Denial> {
 /// read of it), told whether the object itself may be a tree root and
 /// whether to walk above the mount inline (`Question::inline_more`).
 #[inline(always)]
-fn judge_object(tag: &Tagged, check: Check, start: Start, object_may_be_root: bool, inline_more: bool) -> Option<Denial> {
+fn judge_object(
+    tag: &Tagged,
+    check: Check,
+    start: Start,
+    object_may_be_root: bool,
+    inline_more: bool,
+) -> Option<Denial> {
     let question = Question {
         policy_id: tag.info.policy_id as u16,
         needs_tree: check.kind == Kind::FileWrite,
@@ -111,7 +120,13 @@ fn entry_check(ctx: &LsmContext, dir_arg: usize, dentry_arg: usize, op: Op) -> C
 /// (`protect.rs`): for every tagged task, whatever its policy.
 #[inline(always)]
 fn protected_denial(check: &Check) -> Denial {
-    Denial { kind: Kind::FileWrite, op: check.op, reason: Reason::Protected, dentry: check.dentry, vfsmount: check.vfsmount }
+    Denial {
+        kind: Kind::FileWrite,
+        op: check.op,
+        reason: Reason::Protected,
+        dentry: check.dentry,
+        vfsmount: check.vfsmount,
+    }
 }
 
 /// Self-protection of an entry check whose directory is hook argument `dir_arg`.
@@ -197,7 +212,8 @@ fn open_file(suspect: Suspect, file: *const u8) -> i32 {
         parent_ino: unsafe { Direct::get::<InodeIno>(Direct::ptr::<DentryInode>(parent)) },
         dentry,
     };
-    let floor = floor::open_needs_look(file_type, magic, writes) && floor::open_refused(dentry, inode, file_type, writes, &tag);
+    let floor =
+        floor::open_needs_look(file_type, magic, writes) && floor::open_refused(dentry, inode, file_type, writes, &tag);
     if floor || (writes && protect::loaded_object(&object)) {
         let kind = if writes { Kind::FileWrite } else { Kind::FileRead };
         let reason = if floor { Reason::Floor } else { Reason::Protected };

@@ -13,14 +13,18 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     events::{
-        Action, FLOOR_DETAIL_BYTES, FloorDetail, NET_DETAIL_BYTES, NetDetail, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EVENTS_BYTES, EventHeader, Kind,
-        MAX_PATH_DEPTH, NAME_BYTES, Op, PATH_BYTES, Reason,
+        Action, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EVENTS_BYTES,
+        EventHeader, FLOOR_DETAIL_BYTES, FloorDetail, Kind, MAX_PATH_DEPTH, NAME_BYTES, NET_DETAIL_BYTES, NetDetail,
+        Op, PATH_BYTES, Reason,
     },
     policy::TagInfo,
 };
 
+use crate::kernel::{
+    DentryName, DentryParent, MmExeFile, MountMountpoint, MountParent, Probe, Read, Task, TaskMm, VfsmountRoot,
+    current_task, file_path, mount_of, vfsmount_of,
+};
 use crate::repeat::{COMPAT_PATH_DEPTH, repeat_global};
-use crate::kernel::{DentryName, DentryParent, MmExeFile, MountMountpoint, MountParent, Probe, Read, Task, TaskMm, VfsmountRoot, current_task, file_path, mount_of, vfsmount_of};
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -83,7 +87,12 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
     };
     buf.writer.enter(denial.vfsmount);
     let mut ctx = StepCtx { buf };
-    repeat_global::<{ 4 * COMPAT_PATH_DEPTH }>(4 * MAX_PATH_DEPTH, write_step, || enforcer_write_step(), (&raw mut ctx).cast());
+    repeat_global::<{ 4 * COMPAT_PATH_DEPTH }>(
+        4 * MAX_PATH_DEPTH,
+        write_step,
+        || enforcer_write_step(),
+        (&raw mut ctx).cast(),
+    );
     let total = buf.cursor;
     let writer = &buf.writer;
     // A loop that ran out mid-path leaves that path cut short.
@@ -107,7 +116,12 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
     header.reason = denial.reason as u8;
     let flags = truncated | if denial.vfsmount.is_null() { EVENT_PATH_FROM_FS_ROOT } else { 0 };
     // `flags` and the padding after it, in one aligned store.
-    const { assert!(core::mem::offset_of!(EventHeader, flags) % 8 == 0 && core::mem::offset_of!(EventHeader, comm) == core::mem::offset_of!(EventHeader, flags) + 8) };
+    const {
+        assert!(
+            core::mem::offset_of!(EventHeader, flags) % 8 == 0
+                && core::mem::offset_of!(EventHeader, comm) == core::mem::offset_of!(EventHeader, flags) + 8
+        )
+    };
     unsafe { (&raw mut header.flags).cast::<u64>().write(u64::from(flags)) };
     let len = EVENT_HEADER_BYTES + (total as usize).min(PATH_BYTES + NAME_BYTES);
     let bytes = unsafe { core::slice::from_raw_parts((buf as *const EventBuf).cast::<u8>(), len) };
@@ -161,12 +175,20 @@ pub fn report_net(denial: &NetDenial) {
     let unix_len = denial.unix_len;
     if !denial.unix_path.is_null() && unix_len > 0 && unix_len <= detail.unix_path.len() as u32 {
         let unix_len = crate::net::mask_127(unix_len);
-        let read = unsafe { bpf_probe_read_kernel(detail.unix_path.as_mut_ptr().cast(), unix_len, denial.unix_path.cast()) };
+        let read =
+            unsafe { bpf_probe_read_kernel(detail.unix_path.as_mut_ptr().cast(), unix_len, denial.unix_path.cast()) };
         if read == 0 {
             detail.unix_len = unix_len as u16;
         }
     }
-    let head = DetailHead { policy_id: denial.policy_id, errno: denial.errno, kind: denial.kind, op: 0, reason: denial.reason, action: denial.action };
+    let head = DetailHead {
+        policy_id: denial.policy_id,
+        errno: denial.errno,
+        kind: denial.kind,
+        op: 0,
+        reason: denial.reason,
+        action: denial.action,
+    };
     finish_detail_event(buf, &head, NET_DETAIL_BYTES as u32);
 }
 
@@ -259,7 +281,14 @@ pub fn report_floor(tag: &TagInfo, denial: &FloorDenial, action: Action, errno: 
         (&raw mut (*detail).target_pid).write(denial.target_pid);
         (&raw mut (*detail).value).write(denial.value);
     }
-    let head = DetailHead { policy_id: tag.policy_id, errno, kind: Kind::Floor, op: denial.op as u8, reason: Reason::Floor, action };
+    let head = DetailHead {
+        policy_id: tag.policy_id,
+        errno,
+        kind: Kind::Floor,
+        op: denial.op as u8,
+        reason: Reason::Floor,
+        action,
+    };
     finish_detail_event(buf, &head, FLOOR_DETAIL_BYTES as u32);
 }
 
@@ -285,7 +314,9 @@ fn finish_detail_event(buf: &mut EventBuf, head: &DetailHead, detail: u32) {
     writer.phase = 1;
     writer.truncated = 0;
     writer.path_len = detail;
-    for null in [&raw mut writer.mount, &raw mut writer.exe_dentry, &raw mut writer.mnt_root, &raw mut writer.exe_vfsmount] {
+    for null in
+        [&raw mut writer.mount, &raw mut writer.exe_dentry, &raw mut writer.mnt_root, &raw mut writer.exe_vfsmount]
+    {
         unsafe { null.write_volatile(core::ptr::null()) };
     }
     if exe_dentry.is_null() {
@@ -293,7 +324,12 @@ fn finish_detail_event(buf: &mut EventBuf, head: &DetailHead, detail: u32) {
     } else {
         buf.writer.enter(exe_vfsmount);
         let mut ctx = StepCtx { buf };
-        repeat_global::<{ 2 * COMPAT_PATH_DEPTH }>(2 * MAX_PATH_DEPTH, write_step, || enforcer_write_step(), (&raw mut ctx).cast());
+        repeat_global::<{ 2 * COMPAT_PATH_DEPTH }>(
+            2 * MAX_PATH_DEPTH,
+            write_step,
+            || enforcer_write_step(),
+            (&raw mut ctx).cast(),
+        );
     }
     let total = buf.cursor;
     let flags = buf.writer.truncated | if buf.writer.phase == 1 { EVENT_EXE_TRUNCATED } else { 0 };

@@ -11,15 +11,18 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use enforcer_common::{
-    policy::{TAG_BLOOM_WORDS, TagFilter, TagInfo, Tables, tag_bloom_bit},
+    policy::{TAG_BLOOM_WORDS, Tables, TagFilter, TagInfo, tag_bloom_bit},
     select::{
-        DEAD, SELECTED_MAX, SELECTOR_SLOTS, SLOT_UNRESOLVED, START, Selected, SelectedBloom, SelectorTable, TRACED_PATH_MAX,
+        DEAD, SELECTED_MAX, SELECTOR_SLOTS, SLOT_UNRESOLVED, START, Selected, SelectedBloom, SelectorTable,
+        TRACED_PATH_MAX,
     },
 };
 
 use crate::{
+    kernel::{
+        CgroupKn, CgroupLevel, CgroupRoot, CssSetDflCgrp, Direct, KernfsId, Read, Task, TaskCgroups, current_task,
+    },
     repeat::repeat,
-    kernel::{CgroupKn, CgroupLevel, CgroupRoot, CssSetDflCgrp, Direct, KernfsId, Read, Task, TaskCgroups, current_task},
     tables,
 };
 
@@ -37,7 +40,9 @@ static mut SELECTED_BLOOM: SelectedBloom = unsafe { core::mem::zeroed() };
 #[inline(always)]
 pub fn bloom_word(word: usize) -> u64 {
     // SAFETY: a read of the global; a racing write only adds bits.
-    unsafe { core::ptr::read_volatile((&raw const SELECTED_BLOOM.bloom).cast::<u64>().add(word & (TAG_BLOOM_WORDS - 1))) }
+    unsafe {
+        core::ptr::read_volatile((&raw const SELECTED_BLOOM.bloom).cast::<u64>().add(word & (TAG_BLOOM_WORDS - 1)))
+    }
 }
 
 /// The tag of selected cgroup `id` in `tables`: its slot's.
@@ -67,14 +72,14 @@ fn select(cgroup: *const u8, path: *const u8) {
         return;
     }
     // The unified hierarchy only: the one the current task's cgroup is in.
-    let unified = unsafe {
-        Task::get::<CgroupRoot>(Task::ptr::<CssSetDflCgrp>(Task::ptr::<TaskCgroups>(current_task())))
-    };
+    let unified =
+        unsafe { Task::get::<CgroupRoot>(Task::ptr::<CssSetDflCgrp>(Task::ptr::<TaskCgroups>(current_task()))) };
     if unsafe { Direct::get::<CgroupRoot>(cgroup) } != unified {
         return;
     }
     let Some(slot) = match_path(selectors, path) else { return };
-    let (id, level) = unsafe { (Direct::get::<KernfsId>(Direct::ptr::<CgroupKn>(cgroup)), Direct::get::<CgroupLevel>(cgroup)) };
+    let (id, level) =
+        unsafe { (Direct::get::<KernfsId>(Direct::ptr::<CgroupKn>(cgroup)), Direct::get::<CgroupLevel>(cgroup)) };
     let selected = Selected { slot, level: level as u32, since_ns: unsafe { bpf_ktime_get_ns() } };
     if SELECTED.insert(&id, &selected, 0).is_err() {
         // Full: the daemon's sweep finds the cgroup and reports it.
@@ -121,7 +126,8 @@ fn match_path(selectors: &SelectorTable, path: *const u8) -> Option<u32> {
 /// until its states repeat) would never see them repeat.
 extern "C" fn walk_step(index: u32, ctx: *mut c_void) -> i64 {
     let walk = unsafe { &mut *ctx.cast::<Walk>() };
-    let Ok(byte) = (unsafe { bpf_probe_read_kernel(walk.path.wrapping_add(index as usize & (TRACED_PATH_MAX - 1))) }) else {
+    let Ok(byte) = (unsafe { bpf_probe_read_kernel(walk.path.wrapping_add(index as usize & (TRACED_PATH_MAX - 1))) })
+    else {
         return 1;
     };
     if byte == 0 {

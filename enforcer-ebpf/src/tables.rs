@@ -78,7 +78,11 @@ impl FileTableAt for *const FileTable {
 #[inline(always)]
 fn holds(slot: &FileSlot, ino: u64, place: u64) -> Option<u16> {
     const {
-        assert!(offset_of!(FileSlot, dev) == 8 && offset_of!(FileSlot, policy_id) == 12 && offset_of!(FileSlot, flags) == 14);
+        assert!(
+            offset_of!(FileSlot, dev) == 8
+                && offset_of!(FileSlot, policy_id) == 12
+                && offset_of!(FileSlot, flags) == 14
+        );
     };
     if crate::COMPAT {
         return slot.flags_if_holds(ino, place as u32, (place >> 32) as u16);
@@ -99,7 +103,8 @@ impl FileTableAt for TableAddress {
 
     #[inline(always)]
     fn seed(self) -> Option<u64> {
-        unsafe { bpf_probe_read_kernel((self.0 as *const u8).wrapping_add(offset_of!(FileTable, seed)).cast::<u64>()) }.ok()
+        unsafe { bpf_probe_read_kernel((self.0 as *const u8).wrapping_add(offset_of!(FileTable, seed)).cast::<u64>()) }
+            .ok()
     }
 
     #[inline(always)]

@@ -19,10 +19,15 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_ancestor_cgroup_id};
-use enforcer_common::{KernelOffsets, policy::{FileTable, MAX_TAG_LEVEL, TAG_SLOTS, TagFilter, TagInfo, tag_bloom_bit, tag_homes}};
+use enforcer_common::{
+    KernelOffsets,
+    policy::{FileTable, MAX_TAG_LEVEL, TAG_SLOTS, TagFilter, TagInfo, tag_bloom_bit, tag_homes},
+};
 
 use crate::{
-    kernel::{CgroupKn, CgroupLevel, CssSetDflCgrp, KernfsId, KernfsParent, Probe, Read, Task, TaskCgroups, current_task, off},
+    kernel::{
+        CgroupKn, CgroupLevel, CssSetDflCgrp, KernfsId, KernfsParent, Probe, Read, Task, TaskCgroups, current_task, off,
+    },
     repeat::repeat,
     select, tables,
 };
@@ -74,7 +79,9 @@ fn tagged_at(level: u64) -> bool {
     let mut bits = tagged_levels();
     // BPF shifts by the count's low six bits (the x86 JIT's `shrx` too);
     // in Rust, the compiler would mask the count first.
-    unsafe { core::arch::asm!("{bits} >>= {level}", bits = inout(reg) bits, level = in(reg) level, options(pure, nomem, nostack)) };
+    unsafe {
+        core::arch::asm!("{bits} >>= {level}", bits = inout(reg) bits, level = in(reg) level, options(pure, nomem, nostack))
+    };
     bits & 1 != 0
 }
 
@@ -348,7 +355,8 @@ fn ancestor_id(cgroup: *const u8, at: i32) -> u64 {
         if ids != KernelOffsets::ABSENT as usize {
             return bpf_probe_read_kernel(cgroup.wrapping_add(ids + index).cast::<u64>()).unwrap_or(0);
         }
-        let ancestor = bpf_probe_read_kernel(cgroup.wrapping_add(off!(cgroup_ancestors) + index).cast::<u64>()).unwrap_or(0) as *const u8;
+        let ancestor = bpf_probe_read_kernel(cgroup.wrapping_add(off!(cgroup_ancestors) + index).cast::<u64>())
+            .unwrap_or(0) as *const u8;
         if ancestor.is_null() {
             return 0;
         }

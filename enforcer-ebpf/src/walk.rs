@@ -31,14 +31,19 @@ use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
 use enforcer_common::{
     KernelOffsets,
     events::{MAX_PATH_DEPTH, Reason},
-    policy::{FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_WRITE, FileSlot, FileTable, NAME_KEY_BYTES, file_hash_base, file_homes, name_key},
+    policy::{
+        FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_WRITE, FileSlot, FileTable, NAME_KEY_BYTES,
+        file_hash_base, file_homes, name_key,
+    },
 };
 
+use crate::kernel::{
+    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FileInode, FsRootMnt, InodeIno, InodeSb,
+    MntNamespaceIsAnon, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, Task,
+    TaskFs, VfsmountRoot, VfsmountSb, can_type, current_task, mount_of, off, typed, vfsmount_of,
+};
 use crate::repeat::{COMPAT_PATH_DEPTH, repeat, repeat_global};
 use crate::tables::{FileTableAt, TableAddress, UNREADABLE_SLOT};
-use crate::kernel::{
-    DentryInode, DentryName, DentryNameLen, DentryParent, DentrySb, Direct, FileInode, FsRootMnt, InodeSb, Task, TaskFs, InodeIno, MntNamespaceIsAnon, MntNamespaceSeq, MountMountpoint, MountNs, MountParent, Probe, Read, SuperBlockDev, VfsmountRoot, VfsmountSb, can_type, current_task, mount_of, off, typed, vfsmount_of,
-};
 
 /// What is being asked of the tree.
 #[derive(Clone, Copy)]
@@ -389,7 +394,9 @@ fn mount_fields(mount: *const u8) -> MountFields {
     }
     let at = mount.wrapping_add(off!(mount_mnt_parent)).cast::<[u64; 4]>();
     match unsafe { bpf_probe_read_kernel(at) } {
-        Ok([parent, mountpoint, root, sb]) => MountFields { parent: parent as _, mountpoint: mountpoint as _, root: root as _, sb: sb as _ },
+        Ok([parent, mountpoint, root, sb]) => {
+            MountFields { parent: parent as _, mountpoint: mountpoint as _, root: root as _, sb: sb as _ }
+        }
         Err(_) => MountFields { parent: null(), mountpoint: null(), root: null(), sb: null() },
     }
 }
@@ -428,7 +435,9 @@ fn above_level<const NEED: u16, T: FileTableAt>(walk: &mut Walk<NEED>, fields: &
         walk.mnt_root = above.root;
         *fields = above;
         // The mount point is on the parent mount's superblock.
-        let dev = unsafe { if can_type() { Direct::get::<SuperBlockDev>(above.sb) } else { Probe::get::<SuperBlockDev>(above.sb) } } as u32;
+        let dev = unsafe {
+            if can_type() { Direct::get::<SuperBlockDev>(above.sb) } else { Probe::get::<SuperBlockDev>(above.sb) }
+        } as u32;
         let Some(seed) = table.seed() else {
             return walk.decide(Err(Reason::Unreadable));
         };
@@ -438,7 +447,11 @@ fn above_level<const NEED: u16, T: FileTableAt>(walk: &mut Walk<NEED>, fields: &
     }
     let (parent, inode) = dentry_fields(walk.dentry);
     // Above the start every level is a parent, so `write` roots count.
-    let stop = if can_type() { walk.check_inode::<Direct, T>(table, 1, inode) } else { walk.check_inode::<Probe, T>(table, 1, inode) };
+    let stop = if can_type() {
+        walk.check_inode::<Direct, T>(table, 1, inode)
+    } else {
+        walk.check_inode::<Probe, T>(table, 1, inode)
+    };
     if let Some(stop) = stop {
         return stop;
     }
@@ -490,7 +503,8 @@ const _: () = assert!(core::mem::size_of::<AboveMount<0>>() <= core::mem::size_o
 const ABOVE_MOUNT_SLOTS: u32 = 4;
 
 #[aya_ebpf::macros::map]
-static ABOVE_MOUNT: aya_ebpf::maps::PerCpuArray<AboveMountSlot> = aya_ebpf::maps::PerCpuArray::with_max_entries(ABOVE_MOUNT_SLOTS, 0);
+static ABOVE_MOUNT: aya_ebpf::maps::PerCpuArray<AboveMountSlot> =
+    aya_ebpf::maps::PerCpuArray::with_max_entries(ABOVE_MOUNT_SLOTS, 0);
 
 /// What an above-mount step gets: the table (a map value pointer, which
 /// only the stack can hold) and the claimed slot.
@@ -518,7 +532,11 @@ fn claim<const NEED: u16>() -> Option<(*mut AboveMount<NEED>, u32)> {
 /// global steps find their state by that index (see [`slot_state`]).
 #[inline(always)]
 pub fn in_slot<S, R>(f: impl FnOnce(*mut S, u32) -> R) -> Option<R> {
-    const { assert!(size_of::<u64>() + size_of::<S>() <= size_of::<AboveMountSlot>() && align_of::<S>() <= align_of::<u64>()) };
+    const {
+        assert!(
+            size_of::<u64>() + size_of::<S>() <= size_of::<AboveMountSlot>() && align_of::<S>() <= align_of::<u64>()
+        )
+    };
     let (slot, index) = claim::<0>()?;
     let result = f(state_in(slot.cast()), index);
     unsafe { release(&raw mut (*slot).busy) };
@@ -672,7 +690,8 @@ fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, mount: MountFields, table
         }
     }
     let mut steps = AboveSteps::<NEED> { table, slot };
-    let global = || if NEED == FILE_EXEC { enforcer_above_mount_exec(index) } else { enforcer_above_mount_write(index) };
+    let global =
+        || if NEED == FILE_EXEC { enforcer_above_mount_exec(index) } else { enforcer_above_mount_write(index) };
     repeat_global::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, step_above_mount::<NEED>, global, (&raw mut steps).cast());
     unsafe {
         // What the walk's end reads (`judge`); the rest stays behind.
@@ -731,16 +750,18 @@ unsafe fn walk_from<const NEED: u16>(to: &mut Walk<NEED>, from: *const Walk<NEED
 /// Inlined: the verifier checks a static function once per call anyway, and
 /// the call would cost every judged syscall.
 #[inline(always)]
-pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, start: Start, vfsmount: *const u8) -> Result<(), Reason> {
+pub fn judge<const NEED: u16>(
+    question: &Question,
+    table: *const FileTable,
+    start: Start,
+    vfsmount: *const u8,
+) -> Result<(), Reason> {
     // No table: nothing can be judged, so nothing is allowed.
     if table.is_null() {
         return Err(Reason::Unreadable);
     }
-    let mnt_root = if vfsmount.is_null() {
-        core::ptr::null()
-    } else {
-        unsafe { Direct::ptr::<VfsmountRoot>(vfsmount) }
-    };
+    let mnt_root =
+        if vfsmount.is_null() { core::ptr::null() } else { unsafe { Direct::ptr::<VfsmountRoot>(vfsmount) } };
     let dentry = start.dentry;
     let (place, hash_base) = filesystem_of::<Direct>(start.sb, question.policy_id, table);
     let mut walk = Walk::<NEED> {
@@ -753,7 +774,11 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, star
         allowed: !question.needs_tree,
         verdict: UNDECIDED,
     };
-    let first = if question.object_may_be_root { in_mount_at(&mut walk, table, 0, start.inode) } else { up_in_mount(&mut walk) };
+    let first = if question.object_may_be_root {
+        in_mount_at(&mut walk, table, 0, start.inode)
+    } else {
+        up_in_mount(&mut walk)
+    };
     let one_more = !crate::COMPAT && question.inline_more;
     let mut go_on = first == 0 && in_mount(&mut walk, table, 1) == 0;
     if go_on && one_more {
@@ -796,7 +821,10 @@ pub fn judge<const NEED: u16>(question: &Question, table: *const FileTable, star
         }
     }
     // Names that became `read_deny` trees: only where the walk allowed.
-    if question.pending && walk.verdict == ALLOWED && crate::pending::named_later(table, question.policy_id, start, mnt_root) {
+    if question.pending
+        && walk.verdict == ALLOWED
+        && crate::pending::named_later(table, question.policy_id, start, mnt_root)
+    {
         return Err(Reason::ReadDenied);
     }
     match walk.verdict {

@@ -77,9 +77,7 @@ fn u16_at(b: &[u8], at: usize) -> Result<u16, BtfError> {
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
-    b.get(at..at + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .ok_or(BtfError::Malformed("truncated"))
+    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]])).ok_or(BtfError::Malformed("truncated"))
 }
 
 impl Btf {
@@ -137,7 +135,9 @@ impl Btf {
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
             match self.ty(id) {
-                Some(t) if matches!(t.kind, KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) => {
+                Some(t)
+                    if matches!(t.kind, KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) =>
+                {
                     id = t.size_or_ref;
                 }
                 _ => break,
@@ -174,10 +174,9 @@ impl Btf {
         let mut id = self.find(strukt, KIND_STRUCT).ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         let mut bits = 0;
         for field in fields {
-            let (member_bits, member_type) = self.member(id, field).ok_or_else(|| BtfError::NoField {
-                strukt: strukt.to_owned(),
-                field: fields.join("."),
-            })?;
+            let (member_bits, member_type) = self
+                .member(id, field)
+                .ok_or_else(|| BtfError::NoField { strukt: strukt.to_owned(), field: fields.join(".") })?;
             bits += member_bits;
             id = self.resolve(member_type);
         }
@@ -256,7 +255,12 @@ fn parse_type(b: &[u8], at: usize) -> Result<(Type, usize), BtfError> {
         KIND_FUNC_PROTO => {
             for i in 0..vlen {
                 let p = body + i * 8;
-                members.push(Member { name: u32_at(b, p)?, type_id: u32_at(b, p + 4)?, bit_offset: 0, bitfield: false });
+                members.push(Member {
+                    name: u32_at(b, p)?,
+                    type_id: u32_at(b, p + 4)?,
+                    bit_offset: 0,
+                    bitfield: false,
+                });
             }
             body + vlen * 8
         }

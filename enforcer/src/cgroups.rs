@@ -97,7 +97,12 @@ pub struct Cgroup {
 impl Cgroup {
     pub fn open(hierarchy: &Hierarchy, path: &Path) -> Result<Self, CgroupError> {
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
-        Ok(Self { path: path.to_owned(), name: hierarchy.name_of(path), id: meta.ino(), level: hierarchy.level_of(path) })
+        Ok(Self {
+            path: path.to_owned(),
+            name: hierarchy.name_of(path),
+            id: meta.ino(),
+            level: hierarchy.level_of(path),
+        })
     }
 
     /// An open `cgroup.procs`, for a child to move itself in (see `join`).

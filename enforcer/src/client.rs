@@ -40,7 +40,11 @@ impl Client {
         Ok(sender)
     }
 
-    fn build(method: Method, path: &str, body: Option<&serde_json::Value>) -> Result<Request<Full<Bytes>>, ClientError> {
+    fn build(
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         Ok(Request::builder()
             .method(method)

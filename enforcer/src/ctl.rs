@@ -34,13 +34,19 @@ fn failed(status: StatusCode, answer: &Value) -> i32 {
 }
 
 pub async fn tag(socket: &Path, cgroup: &str, policy: &str, labels: &[(String, String)]) -> Result<i32, ClientError> {
-    let labels: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
+    let labels: serde_json::Map<String, Value> =
+        labels.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
     let body = json!({ "cgroup": cgroup, "policy": policy, "labels": labels });
     let (status, answer) = Client::new(socket).request(Method::POST, "/v1/tags", Some(&body)).await?;
     if !status.is_success() {
         return Ok(failed(status, &answer));
     }
-    println!("tagged {} (id {}) with policy `{}`", answer["cgroup"].as_str().unwrap_or(cgroup), answer["cgroup_id"], policy);
+    println!(
+        "tagged {} (id {}) with policy `{}`",
+        answer["cgroup"].as_str().unwrap_or(cgroup),
+        answer["cgroup_id"],
+        policy
+    );
     Ok(0)
 }
 
@@ -50,14 +56,23 @@ pub async fn untag(socket: &Path, cgroup: &str) -> Result<i32, ClientError> {
     if !status.is_success() {
         return Ok(failed(status, &answer));
     }
-    println!("untagged {} (was policy `{}`)", answer["cgroup"].as_str().unwrap_or(cgroup), answer["policy"].as_str().unwrap_or("?"));
+    println!(
+        "untagged {} (was policy `{}`)",
+        answer["cgroup"].as_str().unwrap_or(cgroup),
+        answer["policy"].as_str().unwrap_or("?")
+    );
     Ok(0)
 }
 
 pub async fn reload(socket: &Path) -> Result<i32, ClientError> {
     let (status, answer) = Client::new(socket).request(Method::POST, "/v1/reload", None).await?;
     for applied in answer["applied"].as_array().into_iter().flatten() {
-        println!("applied policy `{}` version {} ({})", applied[0].as_str().unwrap_or("?"), applied[1], applied[2].as_str().unwrap_or("?"));
+        println!(
+            "applied policy `{}` version {} ({})",
+            applied[0].as_str().unwrap_or("?"),
+            applied[1],
+            applied[2].as_str().unwrap_or("?")
+        );
     }
     for name in answer["unloaded"].as_array().into_iter().flatten() {
         println!("unloaded policy `{}`", name.as_str().unwrap_or("?"));
@@ -133,11 +148,25 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
     print_policies(&answer);
     println!("tagged cgroups:");
     for t in answer["tags"].as_array().into_iter().flatten() {
-        let labels: Vec<String> = t["labels"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
-        println!("  {}  policy {}  {}", t["cgroup"].as_str().unwrap_or("?"), t["policy"].as_str().unwrap_or("?"), labels.join(" "));
+        let labels: Vec<String> = t["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        println!(
+            "  {}  policy {}  {}",
+            t["cgroup"].as_str().unwrap_or("?"),
+            t["policy"].as_str().unwrap_or("?"),
+            labels.join(" ")
+        );
     }
     for t in answer["selected"].as_array().into_iter().flatten() {
-        println!("  {}  policy {}  (selector)", t["cgroup"].as_str().unwrap_or("?"), t["policy"].as_str().unwrap_or("?"));
+        println!(
+            "  {}  policy {}  (selector)",
+            t["cgroup"].as_str().unwrap_or("?"),
+            t["policy"].as_str().unwrap_or("?")
+        );
     }
     let c = &answer["counters"];
     println!(
@@ -182,6 +211,12 @@ pub async fn tail(
 fn encode(value: &str) -> String {
     value
         .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~/:".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~/:".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }

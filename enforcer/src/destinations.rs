@@ -84,10 +84,9 @@ fn parse_proto(proto: &str) -> Result<u8, EntryError> {
     match proto {
         "tcp" => Ok(PROTO_TCP),
         "udp" => Ok(PROTO_UDP),
-        other => fail(
-            format!("unknown protocol `{other}`"),
-            "the protocol is `tcp` or `udp`; leave it out to allow both",
-        ),
+        other => {
+            fail(format!("unknown protocol `{other}`"), "the protocol is `tcp` or `udp`; leave it out to allow both")
+        }
     }
 }
 
@@ -106,7 +105,10 @@ fn parse_ports(ports: &str) -> Result<RangeInclusive<u16>, EntryError> {
         Some((first, last)) => {
             let (first, last) = (port(first)?, port(last)?);
             if first > last {
-                return fail(format!("port range {first}-{last} is empty"), "write the lower port first, e.g. 8000-8999");
+                return fail(
+                    format!("port range {first}-{last} is empty"),
+                    "write the lower port first, e.g. 8000-8999",
+                );
             }
             Ok(first..=last)
         }
@@ -121,9 +123,10 @@ fn parse_target(target: &str) -> Result<Target, EntryError> {
         None => (unbracketed.as_str(), None),
     };
     match addr.parse::<IpAddr>() {
-        Ok(IpAddr::V4(_)) if bracketed => {
-            fail(format!("`{target}`: brackets are for IPv6 addresses"), "write an IPv4 prefix without brackets: \"10.0.0.0/8:443\"")
-        }
+        Ok(IpAddr::V4(_)) if bracketed => fail(
+            format!("`{target}`: brackets are for IPv6 addresses"),
+            "write an IPv4 prefix without brackets: \"10.0.0.0/8:443\"",
+        ),
         Ok(ip) => parse_prefix(target, ip, prefix),
         Err(_) if bracketed || prefix.is_some() || addr.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
             fail(format!("`{target}` is not an IP address or prefix"), FORMS)
@@ -138,7 +141,12 @@ fn parse_prefix(target: &str, ip: IpAddr, prefix: Option<&str>) -> Result<Target
         None => bits,
         Some(text) => match text.parse::<u8>() {
             Ok(len) if len <= bits => len,
-            _ => return fail(format!("`{target}`: bad prefix length `/{text}`"), format!("a prefix length is 0 to {bits}")),
+            _ => {
+                return fail(
+                    format!("`{target}`: bad prefix length `/{text}`"),
+                    format!("a prefix length is 0 to {bits}"),
+                );
+            }
         },
     };
     let (addr, prefix) = match ip {
@@ -184,10 +192,16 @@ fn parse_host(host: &str) -> Result<Target, EntryError> {
             && !l.ends_with('-')
     };
     if name.len() > 253 || !labels.iter().all(valid_label) {
-        return fail(format!("`{host}` is not a valid host name"), "host names are labels of letters, digits and `-`, joined by dots");
+        return fail(
+            format!("`{host}` is not a valid host name"),
+            "host names are labels of letters, digits and `-`, joined by dots",
+        );
     }
     if wildcard && labels.len() < 2 {
-        return fail(format!("`{host}`: a wildcard needs a domain of two labels or more"), "write \"*.example.com\", not \"*.com\"");
+        return fail(
+            format!("`{host}`: a wildcard needs a domain of two labels or more"),
+            "write \"*.example.com\", not \"*.com\"",
+        );
     }
     Ok(Target::Host { name, wildcard })
 }
@@ -249,7 +263,10 @@ mod tests {
         let d = parse("10.0.0.0/8:1-1024/tcp");
         assert_eq!((d.ports, d.protos), (1..=1024, PROTO_TCP));
         assert_eq!(parse("[::1]:53/udp").protos, PROTO_UDP);
-        assert_eq!(parse("API.GitHub.com.:443").target, Target::Host { name: "api.github.com".into(), wildcard: false });
+        assert_eq!(
+            parse("API.GitHub.com.:443").target,
+            Target::Host { name: "api.github.com".into(), wildcard: false }
+        );
         assert_eq!(parse("*.pypi.org:443").target, Target::Host { name: "pypi.org".into(), wildcard: true });
         assert_eq!(parse("0.0.0.0/0:*").ports, 1..=65535);
     }

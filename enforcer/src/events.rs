@@ -126,7 +126,8 @@ impl Clock {
     #[must_use]
     pub fn new() -> Self {
         let boot = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-        let since_boot = Duration::new(u64::try_from(boot.tv_sec).unwrap_or(0), u32::try_from(boot.tv_nsec).unwrap_or(0));
+        let since_boot =
+            Duration::new(u64::try_from(boot.tv_sec).unwrap_or(0), u32::try_from(boot.tv_nsec).unwrap_or(0));
         Self { boot_epoch: SystemTime::now() - since_boot }
     }
 
@@ -432,7 +433,12 @@ mod tests {
         unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), header) };
         bytes.extend_from_slice(b".bashrc\0root\0bash\0bin\0usr\0");
         let clock = Clock::new();
-        let event = decode(&bytes).unwrap().into_event(Context { clock: &clock, policy: "p", version: None, cgroup: Some("/x".into()) });
+        let event = decode(&bytes).unwrap().into_event(Context {
+            clock: &clock,
+            policy: "p",
+            version: None,
+            cgroup: Some("/x".into()),
+        });
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["kind"], "file_write");
         assert_eq!(json["action"], "deny");

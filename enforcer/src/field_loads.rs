@@ -87,7 +87,10 @@ const CALL: u8 = 0x85;
 const MOV64_REG: u8 = 0xbf;
 
 /// Calls `f` on every instruction of the executable sections of `elf`.
-fn for_each_insn(elf: &mut [u8], mut f: impl FnMut(&mut [u8]) -> Result<(), FieldLoadError>) -> Result<(), FieldLoadError> {
+fn for_each_insn(
+    elf: &mut [u8],
+    mut f: impl FnMut(&mut [u8]) -> Result<(), FieldLoadError>,
+) -> Result<(), FieldLoadError> {
     let ranges: Vec<(u64, u64)> = object::File::parse(&*elf)?
         .sections()
         .filter(|section| section.kind() == SectionKind::Text)
@@ -111,10 +114,8 @@ fn patch_insn(insn: &mut [u8], offsets: &KernelOffsets) -> Result<bool, FieldLoa
     let off = i16::from_le_bytes([insn[2], insn[3]]);
     let Some(index) = mark_index(off) else { return Ok(false) };
     let offset = offsets.get(index).ok_or(FieldLoadError::UnknownField { index })?;
-    let patched = i16::try_from(offset)
-        .ok()
-        .filter(|&o| o < FIELD_LOAD_MARK)
-        .ok_or(FieldLoadError::TooFar { index, offset })?;
+    let patched =
+        i16::try_from(offset).ok().filter(|&o| o < FIELD_LOAD_MARK).ok_or(FieldLoadError::TooFar { index, offset })?;
     insn[2..4].copy_from_slice(&patched.to_le_bytes());
     Ok(true)
 }

@@ -15,9 +15,7 @@ pub enum KernelError {
     NotRoot,
     #[error(transparent)]
     Btf(#[from] BtfError),
-    #[error(
-        "cannot read {LSM_LIST} ({0}); mount securityfs with `mount -t securityfs none /sys/kernel/security`"
-    )]
+    #[error("cannot read {LSM_LIST} ({0}); mount securityfs with `mount -t securityfs none /sys/kernel/security`")]
     NoSecurityfs(std::io::Error),
     #[error(
         "BPF LSM is not active on this kernel: the active LSMs are `{active}`. Boot with \
@@ -45,7 +43,13 @@ fn read_lsm_list() -> Result<String, KernelError> {
     let path = Path::new(LSM_LIST);
     if !path.exists() {
         // securityfs is often not mounted at boot; we are root, so mount it.
-        let _ = rustix::mount::mount("none", "/sys/kernel/security", "securityfs", rustix::mount::MountFlags::empty(), None);
+        let _ = rustix::mount::mount(
+            "none",
+            "/sys/kernel/security",
+            "securityfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        );
     }
     std::fs::read_to_string(path).map(|s| s.trim().to_owned()).map_err(KernelError::NoSecurityfs)
 }
@@ -67,8 +71,13 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
 fn check_read_windows(o: &KernelOffsets) -> Result<(), BtfError> {
     let mnt_root = o.mount_mnt + o.vfsmount_mnt_root;
     let mnt_sb = o.mount_mnt + o.vfsmount_mnt_sb;
-    if o.mount_mnt_mountpoint != o.mount_mnt_parent + 8 || mnt_root != o.mount_mnt_parent + 16 || mnt_sb != o.mount_mnt_parent + 24 {
-        return Err(BtfError::Layout("struct mount's mnt_parent, mnt_mountpoint, mnt.mnt_root and mnt.mnt_sb are not adjacent"));
+    if o.mount_mnt_mountpoint != o.mount_mnt_parent + 8
+        || mnt_root != o.mount_mnt_parent + 16
+        || mnt_sb != o.mount_mnt_parent + 24
+    {
+        return Err(BtfError::Layout(
+            "struct mount's mnt_parent, mnt_mountpoint, mnt.mnt_root and mnt.mnt_sb are not adjacent",
+        ));
     }
     if o.dentry_d_inode != o.dentry_d_parent + 24 {
         return Err(BtfError::Layout("struct dentry's d_inode is not three words after d_parent"));

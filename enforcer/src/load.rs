@@ -8,19 +8,22 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, lpm_trie::{Key, LpmTrie}},
+    maps::{
+        Array, ArrayOfMaps, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Lsm, ProgramError},
 };
 use enforcer_common::{
     KernelOffsets,
     events::{EVENTS_MAP, LOST_MAP},
     net::{
-        DNS_GRANTS_MAP, DnsGrant, NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver, UNIX_RULES_MAP,
-        UnixKey,
+        DNS_GRANTS_MAP, DnsGrant, NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver,
+        UNIX_RULES_MAP, UnixKey,
     },
     policy::{
-        FileRuleKey, FileTable, MAX_TAG_LEVEL, PROTECTED_MAP, Protected, TABLES_MAP, TAG_FILTER_MAP, TagFilter, TagInfo,
-        TagTable, Tables,
+        FileRuleKey, FileTable, MAX_TAG_LEVEL, PROTECTED_MAP, Protected, TABLES_MAP, TAG_FILTER_MAP, Tables, TagFilter,
+        TagInfo, TagTable,
     },
     select::{SELECTED_BLOOM_MAP, SELECTED_MAP, Selected, SelectedBloom, SelectorTable},
 };
@@ -32,8 +35,8 @@ pub use pinned::{PinError, Start, adopted_build, build_id, remove_pins, short_sh
 use crate::{
     btf::Btf,
     cgroups::Cgroup,
-    kernel::{self, KernelError},
     field_loads,
+    kernel::{self, KernelError},
     net_rules::NetRules,
     table_map,
     tables::{self, TableError},
@@ -49,7 +52,10 @@ static COMPAT_PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// a probe finds `bpf_loop` (5.17) or `bpf_get_retval` (5.18) missing.
 /// `ENFORCER_PROGRAMS=compat` forces it (to test it on a newer kernel).
 fn build_for_kernel() -> (bool, &'static [u8]) {
-    use aya::{programs::ProgramType, sys::{BpfHelper, is_helper_supported}};
+    use aya::{
+        programs::ProgramType,
+        sys::{BpfHelper, is_helper_supported},
+    };
     let has = |helper| is_helper_supported(ProgramType::CgroupSockAddr, helper).unwrap_or(false);
     let forced = std::env::var("ENFORCER_PROGRAMS").is_ok_and(|v| v == "compat");
     if forced || !has(BpfHelper::BPF_FUNC_loop) || !has(BpfHelper::BPF_FUNC_get_retval) {
@@ -112,14 +118,15 @@ pub const HOOKS: &[(&str, bool)] = &[
     ("inode_setattr", true),
     ("inode_setxattr", true),
     ("inode_removexattr", true),
-    ("file_truncate", false),   // Linux 6.2
-    ("inode_set_acl", false),   // Linux 6.2
+    ("file_truncate", false),    // Linux 6.2
+    ("inode_set_acl", false),    // Linux 6.2
     ("inode_remove_acl", false), // Linux 6.2
 ];
 
 /// The network hooks of BPF LSM kernels: socket classes of every family and
 /// unix socket peers (the cgroup programs see IPv4 and IPv6 only).
-pub const NET_HOOKS: &[(&str, bool)] = &[("socket_create", true), ("unix_stream_connect", true), ("unix_may_send", true)];
+pub const NET_HOOKS: &[(&str, bool)] =
+    &[("socket_create", true), ("unix_stream_connect", true), ("unix_may_send", true)];
 
 /// What a missing optional hook leaves unenforced; `None` where older
 /// kernels send the same operations through a required hook (`ftruncate`
@@ -425,7 +432,8 @@ impl Enforcer {
     /// sockets' connects, sends and creations are judged. Returns what
     /// [`Enforcer::detach_net`] takes.
     pub fn attach_net(&mut self, cgroup: &Cgroup) -> Result<NetAttachment, LoadError> {
-        let dir = std::fs::File::open(&cgroup.path).map_err(|source| LoadError::OpenCgroup { path: cgroup.path.clone(), source })?;
+        let dir = std::fs::File::open(&cgroup.path)
+            .map_err(|source| LoadError::OpenCgroup { path: cgroup.path.clone(), source })?;
         let attach_err = |source| LoadError::Attach { cgroup: cgroup.name.clone(), source };
         // A link: the kernel runs it along with any other program on the
         // cgroup or its ancestors (links take no attach flags).
@@ -461,7 +469,9 @@ impl Enforcer {
     }
 
     fn object(&mut self) -> Result<&mut Ebpf, LoadError> {
-        self.ebpf.as_mut().ok_or(LoadError::SockProgram { name: "cgroup socket programs", source: ProgramError::NotLoaded })
+        self.ebpf
+            .as_mut()
+            .ok_or(LoadError::SockProgram { name: "cgroup socket programs", source: ProgramError::NotLoaded })
     }
 
     /// Tags `cgroup`: from now on it and all its descendants are judged by
@@ -566,12 +576,8 @@ impl Enforcer {
 
     /// Removes the network rules of every policy id not in `live`.
     pub fn retain_net_rules(&mut self, live: &std::collections::HashSet<u32>) -> Result<(), LoadError> {
-        let stale: Vec<Key<NetKey>> = self
-            .net_rules
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| !live.contains(&key.data().policy()))
-            .collect();
+        let stale: Vec<Key<NetKey>> =
+            self.net_rules.keys().filter_map(Result::ok).filter(|key| !live.contains(&key.data().policy())).collect();
         for key in stale {
             self.net_rules.remove(&key).map_err(map_err(NET_RULES_MAP))?;
         }
@@ -664,8 +670,18 @@ fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     for &name in SOCK_ADDR_PROGRAMS {
         load_sock_program(name, program_of::<CgroupSockAddr>(ebpf, name)?, CgroupSockAddr::load, CgroupSockAddr::info)?;
     }
-    load_sock_program(SOCK_CREATE_PROGRAM, program_of::<CgroupSock>(ebpf, SOCK_CREATE_PROGRAM)?, CgroupSock::load, CgroupSock::info)?;
-    load_sock_program(INBOUND_PROGRAM, program_of::<CgroupSkb>(ebpf, INBOUND_PROGRAM)?, CgroupSkb::load, CgroupSkb::info)
+    load_sock_program(
+        SOCK_CREATE_PROGRAM,
+        program_of::<CgroupSock>(ebpf, SOCK_CREATE_PROGRAM)?,
+        CgroupSock::load,
+        CgroupSock::info,
+    )?;
+    load_sock_program(
+        INBOUND_PROGRAM,
+        program_of::<CgroupSkb>(ebpf, INBOUND_PROGRAM)?,
+        CgroupSkb::load,
+        CgroupSkb::info,
+    )
 }
 
 /// Loads one socket program (`load`), then [`debug_loaded`] (`info`).
@@ -684,7 +700,11 @@ fn load_sock_program<P>(
 /// With `ENFORCER_DEBUG_LOAD=1`: how long a program took to load and how
 /// many instructions the verifier processed (Linux 5.16+ counts them).
 /// `info` (a syscall) runs only then.
-fn debug_loaded(name: &dyn std::fmt::Display, started: std::time::Instant, info: impl FnOnce() -> Result<aya::programs::ProgramInfo, ProgramError>) {
+fn debug_loaded(
+    name: &dyn std::fmt::Display,
+    started: std::time::Instant,
+    info: impl FnOnce() -> Result<aya::programs::ProgramInfo, ProgramError>,
+) {
     if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
         let insns = info().ok().and_then(|i| i.verified_instruction_count());
         eprintln!("enforcer: loaded {name} in {:?}, verifier processed {insns:?} insns", started.elapsed());
@@ -818,17 +838,29 @@ fn load_object() -> Result<LoadedObject, LoadError> {
     let aya_btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
     let programs = programs_for(&offsets)?;
     // The compat build finds a task's tag through one of these.
-    if programs.compat && offsets.cgroup_ancestor_ids == KernelOffsets::ABSENT && offsets.cgroup_ancestors == KernelOffsets::ABSENT {
-        return Err(crate::btf::BtfError::NoField { strukt: "cgroup".into(), field: "ancestor_ids (or ancestors)".into() }.into());
+    if programs.compat
+        && offsets.cgroup_ancestor_ids == KernelOffsets::ABSENT
+        && offsets.cgroup_ancestors == KernelOffsets::ABSENT
+    {
+        return Err(crate::btf::BtfError::NoField {
+            strukt: "cgroup".into(),
+            field: "ancestor_ids (or ancestors)".into(),
+        }
+        .into());
     }
-    let ebpf = EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(programs.bytes())?;
+    let ebpf =
+        EbpfLoader::new().btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).load(programs.bytes())?;
     Ok(LoadedObject { ebpf, btf, aya_btf, lsm, compat: programs.compat })
 }
 
 impl LoadedObject {
     /// Loads and attaches the program `<prefix><hook>` for each of `hooks`
     /// this kernel has. Returns the optional hooks the kernel lacks.
-    fn load_lsm(&mut self, prefix: &str, hooks: &[(&'static str, bool)]) -> Result<(Vec<&'static str>, Vec<LsmLink>), LoadError> {
+    fn load_lsm(
+        &mut self,
+        prefix: &str,
+        hooks: &[(&'static str, bool)],
+    ) -> Result<(Vec<&'static str>, Vec<LsmLink>), LoadError> {
         let Self { ebpf, btf, aya_btf, compat, .. } = self;
         let mut missing_hooks = Vec::new();
         let mut links = Vec::new();
@@ -848,7 +880,10 @@ impl LoadedObject {
             let started = std::time::Instant::now();
             program.load(hook, aya_btf).map_err(|source| classify(hook, source))?;
             let link = program.attach().map_err(|source| LoadError::Program { hook, source })?;
-            links.push(LsmLink { hook, link: program.take_link(link).map_err(|source| LoadError::Program { hook, source })? });
+            links.push(LsmLink {
+                hook,
+                link: program.take_link(link).map_err(|source| LoadError::Program { hook, source })?,
+            });
             debug_loaded(&format_args!("{prefix}{hook}"), started, || program.info());
             if let Some(dir) = std::env::var_os("ENFORCER_DUMP_JIT")
                 && let Ok(fd) = program.fd()
@@ -922,7 +957,8 @@ mod tests {
                     .filter(|f| f.section_index() == Some(section.index()) && f.address() <= offset)
                     .max_by_key(|f| f.address())
                     .map_or("?", |f| f.name().unwrap_or("?"));
-                offenders.push(format!("{} calls {target} at {offset:#x} (in {caller})", section.name().unwrap_or("?")));
+                offenders
+                    .push(format!("{} calls {target} at {offset:#x} (in {caller})", section.name().unwrap_or("?")));
             }
         }
         assert!(offenders.is_empty(), "byte-loop builtins in the programs:\n{}", offenders.join("\n"));

@@ -18,18 +18,16 @@ fn main() -> ExitCode {
             run_command(RunOptions { policy, events, degraded, dns_upstream, command })
         }
         Command::Daemon { config, degraded, uninstall } => daemon::main(DaemonOptions { config, degraded, uninstall }),
-        Command::Tag { cgroup, policy, labels, socket } => ctl::run(ctl::tag(&socket.socket, &cgroup, &policy, &labels)),
+        Command::Tag { cgroup, policy, labels, socket } => {
+            ctl::run(ctl::tag(&socket.socket, &cgroup, &policy, &labels))
+        }
         Command::Untag { cgroup, socket } => ctl::run(ctl::untag(&socket.socket, &cgroup)),
         Command::Status { json, socket } => ctl::run(ctl::status(&socket.socket, json)),
         Command::Policies { socket } => ctl::run(ctl::policies(&socket.socket)),
         Command::Reload { socket } => ctl::run(ctl::reload(&socket.socket)),
-        Command::Tail { cgroup, policy, kind, since, socket } => ctl::run(ctl::tail(
-            &socket.socket,
-            cgroup.as_deref(),
-            policy.as_deref(),
-            kind.as_deref(),
-            since.as_deref(),
-        )),
+        Command::Tail { cgroup, policy, kind, since, socket } => {
+            ctl::run(ctl::tail(&socket.socket, cgroup.as_deref(), policy.as_deref(), kind.as_deref(), since.as_deref()))
+        }
         Command::Policy { command: PolicyCommand::Check { file } } => check_policy(&file),
         Command::BenchFloor { command } => bench::run_floor(&command),
         Command::Export { command: ExportCommand::Seccomp { policy, format } } => export_seccomp(&policy, format),
@@ -79,7 +77,11 @@ fn check_policy(file: &std::path::Path) -> i32 {
             let network = policy.network.as_ref().map_or_else(
                 || "network unrestricted".to_owned(),
                 |n| {
-                    let hosts = n.allow.iter().filter(|(d, _)| matches!(d.target, enforcer::destinations::Target::Host { .. })).count();
+                    let hosts = n
+                        .allow
+                        .iter()
+                        .filter(|(d, _)| matches!(d.target, enforcer::destinations::Target::Host { .. }))
+                        .count();
                     format!(
                         "{} destinations ({hosts} by host name), {} unix sockets, extra socket classes: {}",
                         n.allow.len(),
@@ -96,7 +98,10 @@ fn check_policy(file: &std::path::Path) -> i32 {
                     format!("{} syscalls allowed (others: {action}){seccomp}", s.allow.len())
                 },
             );
-            let exec = policy.exec.as_ref().map_or_else(|| "exec unrestricted".to_owned(), |e| format!("{} exec trees", e.allow.len()));
+            let exec = policy
+                .exec
+                .as_ref()
+                .map_or_else(|| "exec unrestricted".to_owned(), |e| format!("{} exec trees", e.allow.len()));
             println!(
                 "{}: ok: policy `{}`, mode {}, {files}, {network}, {syscalls}, {exec}",
                 file.display(),

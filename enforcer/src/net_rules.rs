@@ -46,7 +46,11 @@ pub fn build(network: &Network, policy_id: u32) -> Result<NetRules, TooManyRange
 }
 
 /// The trie entries of `entries`, keyed by `key_policy`.
-fn prefixes(entries: &[(Destination, Location)], key_policy: u32, key: &'static str) -> Result<Vec<(u32, NetKey, NetPorts)>, TooManyRanges> {
+fn prefixes(
+    entries: &[(Destination, Location)],
+    key_policy: u32,
+    key: &'static str,
+) -> Result<Vec<(u32, NetKey, NetPorts)>, TooManyRanges> {
     // (address, prefix) -> ranges, and where the prefix was first written.
     let mut own: HashMap<(Ipv6Addr, u8), (Vec<PortRange>, &Location)> = HashMap::new();
     for (destination, at) in entries {
@@ -121,7 +125,8 @@ mod tests {
 
     fn rules(allow: &[&str]) -> Result<NetRules, TooManyRanges> {
         let list: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
-        let text = format!("name = \"x\"\n[network]\nallow = [{}]\nunix = [\"/run/a.sock\", \"@bus\"]\n", list.join(", "));
+        let text =
+            format!("name = \"x\"\n[network]\nallow = [{}]\nunix = [\"/run/a.sock\", \"@bus\"]\n", list.join(", "));
         let (policy, _) = policy::parse(&text, Path::new("p.toml")).unwrap();
         build(&policy.network.unwrap(), 7)
     }
@@ -136,7 +141,9 @@ mod tests {
 
     #[test]
     fn narrower_prefixes_inherit_the_ports_of_wider_ones() {
-        let rules = rules(&["10.0.0.0/8:80", "10.1.0.0/16:443/tcp", "10.1.2.3:53/udp", "11.0.0.0/8:22", "api.github.com:443"]).unwrap();
+        let rules =
+            rules(&["10.0.0.0/8:80", "10.1.0.0/16:443/tcp", "10.1.2.3:53/udp", "11.0.0.0/8:22", "api.github.com:443"])
+                .unwrap();
         assert_eq!(rules.prefixes.len(), 4, "host names are not prefixes");
         let narrow = ports_of(&rules, "10.1.2.3", 128);
         assert!(narrow.allows(53, PROTO_UDP) && narrow.allows(443, PROTO_TCP) && narrow.allows(80, PROTO_UDP));
@@ -154,7 +161,10 @@ mod tests {
         assert_eq!(ports.ranges[1].protos, 0);
         let many: Vec<String> = (1..=17).map(|p| format!("1.2.3.4:{}", p * 10)).collect();
         let e = rules(&many.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_err().to_string();
-        assert!(e.starts_with("p.toml:3:10: error: network.allow: the prefix 1.2.3.4/32 ends up with more than 16"), "{e}");
+        assert!(
+            e.starts_with("p.toml:3:10: error: network.allow: the prefix 1.2.3.4/32 ends up with more than 16"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -233,42 +233,47 @@ pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyEr
     };
     let files = match raw.files {
         None => {
-            warnings.push(ctx.warning(
-                0..0,
-                "no [files] section: this policy does not restrict file access at all".to_owned(),
-            ));
+            warnings.push(
+                ctx.warning(0..0, "no [files] section: this policy does not restrict file access at all".to_owned()),
+            );
             None
         }
         Some(files) => Some(validate_files(&ctx, files, &mut warnings)?),
     };
-    let network = match raw.network {
-        None => {
-            warnings.push(ctx.warning(
-                0..0,
-                "no [network] section: this policy does not restrict network access at all".to_owned(),
-            ));
-            None
-        }
-        Some(network) => Some(validate_network(&ctx, network.get_ref(), &mut warnings)?),
-    };
-    let syscalls = match raw.syscalls {
-        None => {
-            warnings.push(ctx.warning(
+    let network =
+        match raw.network {
+            None => {
+                warnings.push(ctx.warning(
+                    0..0,
+                    "no [network] section: this policy does not restrict network access at all".to_owned(),
+                ));
+                None
+            }
+            Some(network) => Some(validate_network(&ctx, network.get_ref(), &mut warnings)?),
+        };
+    let syscalls =
+        match raw.syscalls {
+            None => {
+                warnings.push(ctx.warning(
                 0..0,
                 "no [syscalls] section: this policy allows every syscall (consider allow = [\"@default-agent\"])"
                     .to_owned(),
             ));
-            None
-        }
-        Some(syscalls) => Some(validate_syscalls(&ctx, syscalls.get_ref(), &mut warnings)?),
-    };
+                None
+            }
+            Some(syscalls) => Some(validate_syscalls(&ctx, syscalls.get_ref(), &mut warnings)?),
+        };
     let exec = match raw.exec {
         None => None,
-        Some(exec) => Some(Exec { allow: validate_paths(&ctx, "exec.allow", &exec.into_inner().allow, &mut warnings)? }),
+        Some(exec) => {
+            Some(Exec { allow: validate_paths(&ctx, "exec.allow", &exec.into_inner().allow, &mut warnings)? })
+        }
     };
     let devices = match raw.devices {
         None => None,
-        Some(devices) => Some(Devices { allow: validate_paths(&ctx, "devices.allow", &devices.into_inner().allow, &mut warnings)? }),
+        Some(devices) => {
+            Some(Devices { allow: validate_paths(&ctx, "devices.allow", &devices.into_inner().allow, &mut warnings)? })
+        }
     };
     let mut cgroups = Vec::new();
     for glob in &raw.cgroups {
@@ -289,7 +294,8 @@ fn hint_for(message: &str) -> String {
     if message.contains("unknown field") || message.contains("missing field") {
         KEYS_HINT.to_owned()
     } else if message.contains("invalid type") {
-        "check the value's type: `name` and `mode` are strings, `write` and `read_deny` are arrays of strings".to_owned()
+        "check the value's type: `name` and `mode` are strings, `write` and `read_deny` are arrays of strings"
+            .to_owned()
     } else {
         "the file is not valid TOML; see https://toml.io for the syntax".to_owned()
     }
@@ -368,10 +374,13 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
         dns_min_ttl: std::time::Duration::from_secs(dns_min_ttl),
     };
     for entry in &raw.allow {
-        let destination: Destination =
-            entry.get_ref().parse().map_err(|e: EntryError| ctx.invalid(entry.span(), format!("network.allow: {}", e.message), e.hint))?;
+        let destination: Destination = entry
+            .get_ref()
+            .parse()
+            .map_err(|e: EntryError| ctx.invalid(entry.span(), format!("network.allow: {}", e.message), e.hint))?;
         if let Target::Net { prefix: 0 | 96, .. } = destination.target {
-            warnings.push(ctx.warning(entry.span(), format!("network.allow `{}` allows every address", entry.get_ref())));
+            warnings
+                .push(ctx.warning(entry.span(), format!("network.allow `{}` allows every address", entry.get_ref())));
         }
         network.allow.push((destination, ctx.locate(&entry.span())));
     }
@@ -383,7 +392,11 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
         let hint = "write the path the socket is bound to, e.g. \"/run/user/1000/agent.sock\", or \"@name\" for an abstract socket";
         let body = name.strip_prefix('@').unwrap_or(name);
         if !(name.starts_with('/') || name.starts_with('@')) || body.is_empty() {
-            return Err(ctx.invalid(entry.span(), format!("network.unix: `{name}` is neither an absolute path nor `@name`"), hint));
+            return Err(ctx.invalid(
+                entry.span(),
+                format!("network.unix: `{name}` is neither an absolute path nor `@name`"),
+                hint,
+            ));
         }
         if name.len() > UNIX_PATH_BYTES - 1 || name.contains('\0') {
             return Err(ctx.invalid(
@@ -402,7 +415,10 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
             return Err(ctx.invalid(
                 entry.span(),
                 format!("network.sockets: unknown socket class `{}`", entry.get_ref()),
-                format!("the classes are {}; unix, TCP, UDP and netlink route sockets are always allowed", names.join(", ")),
+                format!(
+                    "the classes are {}; unix, TCP, UDP and netlink route sockets are always allowed",
+                    names.join(", ")
+                ),
             ));
         };
         if !network.sockets.contains(&class) {
@@ -423,14 +439,19 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
 fn parse_listen(ctx: &Ctx<'_>, entry: &Spanned<String>) -> Result<Destination, PolicyError> {
     let text = entry.get_ref().trim();
     let any = text.strip_prefix("*:").map(|rest| format!("[::]/0:{rest}"));
-    let hint = "write `SOURCE:PORTS[/tcp|/udp]` with SOURCE an address prefix or `*`, e.g. \"*:8080/tcp\", \"10.0.0.0/8:22\"";
+    let hint =
+        "write `SOURCE:PORTS[/tcp|/udp]` with SOURCE an address prefix or `*`, e.g. \"*:8080/tcp\", \"10.0.0.0/8:22\"";
     let listen: Destination = any
         .as_deref()
         .unwrap_or(text)
         .parse()
         .map_err(|e: EntryError| ctx.invalid(entry.span(), format!("network.listen: {}", e.message), hint))?;
     if let Target::Host { name, .. } = &listen.target {
-        return Err(ctx.invalid(entry.span(), format!("network.listen: `{name}` is a host name; a source must be an address prefix"), hint));
+        return Err(ctx.invalid(
+            entry.span(),
+            format!("network.listen: `{name}` is a host name; a source must be an address prefix"),
+            hint,
+        ));
     }
     Ok(listen)
 }
@@ -451,7 +472,12 @@ fn validate_syscalls(ctx: &Ctx<'_>, raw: &RawSyscalls, warnings: &mut Vec<Warnin
         if let Some(floor) = syscalls::FLOOR_DENIES.iter().find(|(name, _)| names.contains(name)) {
             warnings.push(ctx.warning(
                 entry.span(),
-                format!("syscalls.allow `{}` allows `{}`, but the built-in floor still denies {}", entry.get_ref(), floor.0, floor.1),
+                format!(
+                    "syscalls.allow `{}` allows `{}`, but the built-in floor still denies {}",
+                    entry.get_ref(),
+                    floor.0,
+                    floor.1
+                ),
             ));
         }
         allow.extend(names.into_iter().map(str::to_owned));
@@ -464,7 +490,9 @@ fn validate_syscalls(ctx: &Ctx<'_>, raw: &RawSyscalls, warnings: &mut Vec<Warnin
         ));
     }
     if !allow.contains("execve") {
-        warnings.push(ctx.warning(raw.allow.span(), "syscalls.allow lacks `execve`: the command cannot be started".to_owned()));
+        warnings.push(
+            ctx.warning(raw.allow.span(), "syscalls.allow lacks `execve`: the command cannot be started".to_owned()),
+        );
     }
     let deny_action = match raw.deny_action.as_ref() {
         None => DenyAction::Eperm,
@@ -497,7 +525,8 @@ fn validate_paths(
             continue;
         }
         if key == "files.write" && path == Path::new("/") {
-            warnings.push(ctx.warning(entry.span(), "files.write contains `/`: writes are allowed everywhere".to_owned()));
+            warnings
+                .push(ctx.warning(entry.span(), "files.write contains `/`: writes are allowed everywhere".to_owned()));
         }
         out.push(path);
     }
@@ -558,12 +587,16 @@ mod tests {
     #[test]
     fn listen_entries_name_sources_and_local_ports() {
         let (policy, warnings) =
-            check("name = \"x\"\n[network]\nlisten = [\"*:8080/tcp\", \"10.0.0.0/8:22\"]\nsockets = [\"sctp\"]\n").unwrap();
+            check("name = \"x\"\n[network]\nlisten = [\"*:8080/tcp\", \"10.0.0.0/8:22\"]\nsockets = [\"sctp\"]\n")
+                .unwrap();
         let listen = policy.network.unwrap().listen;
         assert_eq!(listen[0].0.target, Target::Net { addr: std::net::Ipv6Addr::UNSPECIFIED, prefix: 0 });
         assert_eq!((*listen[0].0.ports.start(), listen[0].0.protos), (8080, enforcer_common::net::PROTO_TCP));
         assert_eq!(*listen[1].0.ports.end(), 22);
-        assert!(warnings.iter().any(|w| w.to_string().contains("`sctp`: the destinations of these sockets are not judged")), "{warnings:?}");
+        assert!(
+            warnings.iter().any(|w| w.to_string().contains("`sctp`: the destinations of these sockets are not judged")),
+            "{warnings:?}"
+        );
         let error = error_of("name = \"x\"\n[network]\nlisten = [\"github.com:22\"]\n");
         assert!(error.starts_with("p.toml:3:11: error: network.listen: `github.com` is a host name"), "{error}");
         assert!(error.contains("hint: write `SOURCE:PORTS"), "{error}");
@@ -614,9 +647,13 @@ mod tests {
         .unwrap();
         let syscalls = policy.syscalls.unwrap();
         assert!(syscalls.allow.contains("openat") && syscalls.allow.contains("keyctl"));
-        assert_eq!((syscalls.deny_action, syscalls.require_seccomp, syscalls.namespaces), (DenyAction::Kill, true, false));
+        assert_eq!(
+            (syscalls.deny_action, syscalls.require_seccomp, syscalls.namespaces),
+            (DenyAction::Kill, true, false)
+        );
         assert_eq!(policy.exec.unwrap().allow, [PathBuf::from("/usr"), PathBuf::from("/workspace/.venv/bin")]);
-        let floor = warnings.iter().find(|w| w.message.contains("the built-in floor still denies")).expect("a floor warning");
+        let floor =
+            warnings.iter().find(|w| w.message.contains("the built-in floor still denies")).expect("a floor warning");
         assert_eq!(floor.at.line, 3, "{floor}");
     }
 

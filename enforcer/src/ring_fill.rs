@@ -47,8 +47,10 @@ impl RingFill {
         // updates the positions with release stores.
         let (consumer, producer) = unsafe {
             (
-                std::sync::atomic::AtomicU64::from_ptr(self.consumer.cast_mut()).load(std::sync::atomic::Ordering::Acquire),
-                std::sync::atomic::AtomicU64::from_ptr(self.producer.cast_mut()).load(std::sync::atomic::Ordering::Acquire),
+                std::sync::atomic::AtomicU64::from_ptr(self.consumer.cast_mut())
+                    .load(std::sync::atomic::Ordering::Acquire),
+                std::sync::atomic::AtomicU64::from_ptr(self.producer.cast_mut())
+                    .load(std::sync::atomic::Ordering::Acquire),
             )
         };
         (producer.saturating_sub(consumer).min(self.size), self.size)

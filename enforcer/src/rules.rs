@@ -9,7 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
-use enforcer_common::policy::{FILE_DEVICE, FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_PENDING, FILE_READ_DENY, FILE_WRITE, FileRuleKey, PENDING_ON_FILESYSTEM, TAG_NO_REGULAR_FILE_ROOTS, TAG_PENDING, name_key, name_words};
+use enforcer_common::policy::{
+    FILE_DEVICE, FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_PENDING, FILE_READ_DENY, FILE_WRITE, FileRuleKey,
+    PENDING_ON_FILESYSTEM, TAG_NO_REGULAR_FILE_ROOTS, TAG_PENDING, name_key, name_words,
+};
 
 use crate::{
     mounts::{self, InodeId, MountError},
@@ -58,7 +61,11 @@ pub fn resolve(policy: &Policy, policy_id: u16) -> Result<FileRules, MountError>
     let read_deny = files.map_or(none, |f| &f.read_deny);
     if !read_deny.is_empty() {
         let held = read_deny_ids(read_deny, &mounts)?;
-        for path in lists.iter().filter(|(_, flag, _)| *flag & (FILE_WRITE | FILE_EXEC) != 0).flat_map(|(paths, _, _)| paths.iter()) {
+        for path in lists
+            .iter()
+            .filter(|(_, flag, _)| *flag & (FILE_WRITE | FILE_EXEC) != 0)
+            .flat_map(|(paths, _, _)| paths.iter())
+        {
             if let Some(id) = mounts::inode_id(path, &mounts)?
                 && !under_read_deny(path, &held, &mounts)?
             {
@@ -86,7 +93,11 @@ fn read_deny_ids(paths: &[PathBuf], mounts: &[procfs::process::MountInfo]) -> Re
 /// name is judged as a `read_deny` tree already, so nothing can be moved
 /// under it. Where the path cannot be resolved, the answer is yes (no
 /// shortcut, the walk goes to the top).
-fn under_read_deny(root: &Path, held: &[(u64, u32)], mounts: &[procfs::process::MountInfo]) -> Result<bool, MountError> {
+fn under_read_deny(
+    root: &Path,
+    held: &[(u64, u32)],
+    mounts: &[procfs::process::MountInfo],
+) -> Result<bool, MountError> {
     let Ok(resolved) = std::fs::canonicalize(root) else { return Ok(true) };
     for dir in resolved.ancestors() {
         match mounts::inode_id(dir, mounts)? {
@@ -128,7 +139,12 @@ impl FileRules {
 /// created or opened, so the tree is protected from the moment it exists.
 /// Everything below that first missing name is protected, even beside the
 /// named path (`/a/b/c` missing from `/a` protects all of `/a/b`).
-fn pending_read_deny(rules: &mut FileRules, path: &Path, mounts: &[procfs::process::MountInfo], policy_id: u16) -> Result<(), MountError> {
+fn pending_read_deny(
+    rules: &mut FileRules,
+    path: &Path,
+    mounts: &[procfs::process::MountInfo],
+    policy_id: u16,
+) -> Result<(), MountError> {
     let mut name = path.file_name();
     let mut dir = path.parent();
     while let Some(parent) = dir {
@@ -138,7 +154,10 @@ fn pending_read_deny(rules: &mut FileRules, path: &Path, mounts: &[procfs::proce
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
             rules.add_inode(&id, policy_id, FILE_PENDING);
             rules.add(FileRuleKey { ino: PENDING_ON_FILESYSTEM, dev: id.dev, policy_id }, FILE_PENDING);
-            rules.add(FileRuleKey { ino: name_key(id.ino, name_words(bytes), len), dev: id.dev, policy_id }, FILE_READ_DENY);
+            rules.add(
+                FileRuleKey { ino: name_key(id.ino, name_words(bytes), len), dev: id.dev, policy_id },
+                FILE_READ_DENY,
+            );
             return Ok(());
         }
         name = parent.file_name();
@@ -187,7 +206,11 @@ mod tests {
             let ino = std::fs::metadata(d.join(sub)).unwrap().ino();
             rules.entries.iter().find(|(k, _)| k.ino == ino).map(|(_, f)| *f).unwrap()
         };
-        assert_eq!(flags_of("work"), FILE_WRITE | FILE_NO_READ_DENY_ABOVE, "a read_deny tree below it is met on the way up");
+        assert_eq!(
+            flags_of("work"),
+            FILE_WRITE | FILE_NO_READ_DENY_ABOVE,
+            "a read_deny tree below it is met on the way up"
+        );
         assert_eq!(flags_of("bin"), FILE_EXEC | FILE_NO_READ_DENY_ABOVE);
         assert_eq!(flags_of("secret/inner"), FILE_WRITE, "held by a read_deny tree (named through a symlink)");
         assert_eq!(flags_of("work/.aws"), FILE_READ_DENY);
@@ -201,7 +224,9 @@ mod tests {
         let (policy, _) = crate::policy::parse(&text, std::path::Path::new("p.toml")).unwrap();
         let rules = resolve(&policy, 3).unwrap();
         let meta = std::fs::metadata(dir.path()).unwrap();
-        let flags_of = |ino: u64| rules.entries.iter().filter(|(k, _)| k.ino == ino && k.policy_id == 3).map(|(_, f)| *f).collect::<Vec<_>>();
+        let flags_of = |ino: u64| {
+            rules.entries.iter().filter(|(k, _)| k.ino == ino && k.policy_id == 3).map(|(_, f)| *f).collect::<Vec<_>>()
+        };
         assert_eq!(flags_of(meta.ino()), vec![FILE_PENDING], "the nearest existing directory");
         assert_eq!(flags_of(name_key(meta.ino(), name_words(b".aws"), 4)), vec![FILE_READ_DENY], "the missing name");
         assert_eq!(flags_of(PENDING_ON_FILESYSTEM), vec![FILE_PENDING], "its filesystem");
@@ -218,7 +243,11 @@ mod tests {
             let (policy, _) = crate::policy::parse(&text, std::path::Path::new("p.toml")).unwrap();
             resolve(&policy, 1).unwrap().tag_flags()
         };
-        assert_eq!(flags("."), TAG_NO_REGULAR_FILE_ROOTS, "directories only: an open's walk starts at the file's directory");
+        assert_eq!(
+            flags("."),
+            TAG_NO_REGULAR_FILE_ROOTS,
+            "directories only: an open's walk starts at the file's directory"
+        );
         assert_eq!(flags("file"), 0, "the file is a root: the walk must look it up");
     }
 }

@@ -19,13 +19,17 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cgroups::{self, CgroupError, Hierarchy, Names, RunCgroup},
-    run::terminal::Terminal,
-    dns::{self, DnsError, DnsEvent, grants::Grants, names::{HostRules, TooManyHostRanges}},
+    dns::{
+        self, DnsError, DnsEvent,
+        grants::Grants,
+        names::{HostRules, TooManyHostRanges},
+    },
     load::{Enforcer, LoadError},
     mounts::MountError,
     net_rules::{self, TooManyRanges},
     policy::{self, Mode, Network, Policy, PolicyError},
     rules,
+    run::terminal::Terminal,
     stream::{EventStream, Labels, PolicyLabel, Sink},
     syscalls::{
         self, Arch,
@@ -134,7 +138,9 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         eprintln!("enforcer: {warning}");
     }
     if !policy.cgroups.is_empty() {
-        eprintln!("enforcer: warning: `cgroups` selectors are applied by `enforcer daemon`; `enforcer run` judges its own command only");
+        eprintln!(
+            "enforcer: warning: `cgroups` selectors are applied by `enforcer daemon`; `enforcer run` judges its own command only"
+        );
     }
     let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
     let mut tag = tag_for(&policy, POLICY_ID);
@@ -346,7 +352,8 @@ async fn start_resolver(
 ) -> Result<RunningResolver, RunError> {
     let upstream = upstream.unwrap_or_else(dns::system_upstream);
     let listeners = dns::Listeners::bind().await?;
-    let grants = Arc::new(Mutex::new(Grants::new(enforcer.take_dns_grants().ok_or(LoadError::MissingMap("DNS_GRANTS"))?)));
+    let grants =
+        Arc::new(Mutex::new(Grants::new(enforcer.take_dns_grants().ok_or(LoadError::MissingMap("DNS_GRANTS"))?)));
     let resolver = dns::Resolver {
         policy_id: u32::from(POLICY_ID),
         audit: policy.mode == Mode::Audit,
@@ -444,7 +451,8 @@ fn spawn(
             }
         });
     }
-    let started = |terminal: Option<&mut Terminal>| terminal.map_or(Ok(()), Terminal::start_copying).map_err(RunError::Terminal);
+    let started =
+        |terminal: Option<&mut Terminal>| terminal.map_or(Ok(()), Terminal::start_copying).map_err(RunError::Terminal);
     let Some(seccomp) = seccomp else {
         let child = cmd.spawn().map_err(|source| RunError::Spawn { command: command[0].clone(), source })?;
         started(terminal)?;
@@ -483,7 +491,8 @@ async fn spawn_and_wait(
     enforcer: &Enforcer,
     dns: &mut Dns,
 ) -> Result<(ExitStatus, Option<SyscallDenials>), RunError> {
-    let (mut child, mut denials) = spawn(Child { command, seccomp, oom_score_adj, terminal: terminal.as_deref_mut() }, cgroup)?;
+    let (mut child, mut denials) =
+        spawn(Child { command, seccomp, oom_score_adj, terminal: terminal.as_deref_mut() }, cgroup)?;
     let terminal = terminal.as_deref();
     let mut resize = terminal.map(|_| signal(SignalKind::window_change())).transpose().map_err(RunError::Wait)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Wait)?;

@@ -24,9 +24,13 @@ use regex_automata::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum SelectorError {
-    #[error("the selectors in force need {states} DFA states; the kernel holds at most {SELECTOR_STATES}: use fewer or simpler globs")]
+    #[error(
+        "the selectors in force need {states} DFA states; the kernel holds at most {SELECTOR_STATES}: use fewer or simpler globs"
+    )]
     TooManyStates { states: usize },
-    #[error("the selectors in force tell {classes} kinds of characters apart; the kernel holds at most {SELECTOR_CLASSES}: use fewer or simpler globs")]
+    #[error(
+        "the selectors in force tell {classes} kinds of characters apart; the kernel holds at most {SELECTOR_CLASSES}: use fewer or simpler globs"
+    )]
     TooManyClasses { classes: usize },
     #[error("{count} policies have selectors; at most {} can", SELECTOR_SLOTS - 1)]
     TooManySlots { count: usize },
@@ -51,7 +55,8 @@ const DFA_BYTES_MAX: usize = 4 << 20;
 
 /// Checks one glob; the message says what is wrong and what to write.
 pub fn validate(glob: &str) -> Result<(), String> {
-    let components: Vec<&str> = glob.strip_prefix('/').ok_or("a selector starts with `/`, the cgroup2 root")?.split('/').collect();
+    let components: Vec<&str> =
+        glob.strip_prefix('/').ok_or("a selector starts with `/`, the cgroup2 root")?.split('/').collect();
     if glob == "/" {
         return Err("the root cgroup cannot be selected: name the cgroups below it".to_owned());
     }
@@ -76,7 +81,11 @@ pub fn validate(glob: &str) -> Result<(), String> {
 }
 
 fn regex_of(glob: &str) -> Result<String, String> {
-    let glob = globset::GlobBuilder::new(glob).literal_separator(true).backslash_escape(true).build().map_err(|e| e.to_string())?;
+    let glob = globset::GlobBuilder::new(glob)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| e.to_string())?;
     Ok(glob.regex().to_owned())
 }
 
@@ -127,7 +136,8 @@ pub fn compile(selectors: &[(u32, String)]) -> Result<Box<SelectorTable>, Select
     if selectors.iter().any(|(slot, _)| *slot >= SLOT_UNRESOLVED) {
         return Err(SelectorError::TooManySlots { count: selectors.len() });
     }
-    let regexes: Vec<String> = selectors.iter().map(|(_, g)| regex_of(g)).collect::<Result<_, _>>().map_err(SelectorError::Build)?;
+    let regexes: Vec<String> =
+        selectors.iter().map(|(_, g)| regex_of(g)).collect::<Result<_, _>>().map_err(SelectorError::Build)?;
     let dfa = dense::Builder::new()
         .configure(
             dense::Config::new()
@@ -139,7 +149,13 @@ pub fn compile(selectors: &[(u32, String)]) -> Result<Box<SelectorTable>, Select
         .syntax(syntax::Config::new().utf8(false).unicode(false))
         .thompson(thompson::Config::new().utf8(false).nfa_size_limit(Some(DFA_BYTES_MAX)))
         .build_many(&regexes)
-        .map_err(|e| if e.to_string().contains("exceeded") { SelectorError::TooComplex } else { SelectorError::Build(e.to_string()) })?;
+        .map_err(|e| {
+            if e.to_string().contains("exceeded") {
+                SelectorError::TooComplex
+            } else {
+                SelectorError::Build(e.to_string())
+            }
+        })?;
     let start = dfa
         .start_state(&start::Config::new().anchored(Anchored::Yes))
         .map_err(|e| SelectorError::Build(e.to_string()))?;
@@ -203,7 +219,8 @@ pub fn compile(selectors: &[(u32, String)]) -> Result<Box<SelectorTable>, Select
     // Bytes with the same column of transitions share a class.
     let mut classes: HashMap<Vec<u16>, u8> = HashMap::new();
     for byte in 0..=255u8 {
-        let column: Vec<u16> = (0..order.len()).filter(|&s| live[s]).map(|s| next_of(s, byte).map_or(DEAD, |n| number[n])).collect();
+        let column: Vec<u16> =
+            (0..order.len()).filter(|&s| live[s]).map(|s| next_of(s, byte).map_or(DEAD, |n| number[n])).collect();
         let fresh = u8::try_from(classes.len()).unwrap_or(u8::MAX);
         let class = *classes.entry(column).or_insert(fresh);
         table.classes[byte as usize] = class;
@@ -247,7 +264,8 @@ mod tests {
     use super::*;
 
     fn compiled(globs: &[&str]) -> Box<SelectorTable> {
-        let selectors: Vec<(u32, String)> = globs.iter().enumerate().map(|(i, g)| (u32::try_from(i).unwrap(), (*g).to_owned())).collect();
+        let selectors: Vec<(u32, String)> =
+            globs.iter().enumerate().map(|(i, g)| (u32::try_from(i).unwrap(), (*g).to_owned())).collect();
         compile(&selectors).unwrap()
     }
 

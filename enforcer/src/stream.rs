@@ -267,7 +267,13 @@ fn write_records(
         {
             net.resolved_from = Some(grants.resolved_from(daddr).map(str::to_owned));
         }
-        let meta = LineMeta { seq: 0, kind: event.kind, action: event.action, policy: &event.policy, cgroup: event.cgroup.as_deref() };
+        let meta = LineMeta {
+            seq: 0,
+            kind: event.kind,
+            action: event.action,
+            policy: &event.policy,
+            cgroup: event.cgroup.as_deref(),
+        };
         sink.line(&meta, &event);
     }
     sink.flush();

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use enforcer_common::policy::{
-    FILE_RULES_MAX, FILE_SLOTS, FileRuleKey, FileSlot, FileTable, TAG_SLOTS, TAGGED_MAX, TagInfo, TagSlot, TagTable,
-    Tables, file_hash_base, file_homes, tag_homes,
+    FILE_RULES_MAX, FILE_SLOTS, FileRuleKey, FileSlot, FileTable, TAG_SLOTS, TAGGED_MAX, Tables, TagInfo, TagSlot,
+    TagTable, file_hash_base, file_homes, tag_homes,
 };
 use enforcer_common::select::SelectorTable;
 
@@ -53,7 +53,8 @@ pub fn file_table(rules: &HashMap<FileRuleKey, u16>) -> Result<Box<FileTable>, T
         return Err(TableError::TooManyFileRules { count: rules.len() });
     }
     let keys: Vec<_> = rules.iter().collect();
-    let homes = |seed| keys.iter().map(|(key, _)| file_homes(key.ino, file_hash_base(key.dev, key.policy_id, seed))).collect();
+    let homes =
+        |seed| keys.iter().map(|(key, _)| file_homes(key.ino, file_hash_base(key.dev, key.policy_id, seed))).collect();
     let (seed, positions) =
         place_seeded(homes, FILE_SLOTS).ok_or(TableError::Unplaceable { what: "file tree root" })?;
     let mut table = zeroed::<FileTable>();

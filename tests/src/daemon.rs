@@ -166,7 +166,12 @@ impl Daemon {
         files.push(self.events.clone());
         files
             .iter()
-            .flat_map(|f| whole_lines(&std::fs::read_to_string(f).unwrap_or_default()).lines().map(str::to_owned).collect::<Vec<_>>())
+            .flat_map(|f| {
+                whole_lines(&std::fs::read_to_string(f).unwrap_or_default())
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
             .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}")))
             .collect()
     }
@@ -178,7 +183,12 @@ impl Daemon {
             if let Some(event) = self.events().into_iter().find(|e| want(e)) {
                 return event;
             }
-            assert!(Instant::now() < deadline, "no {what} event within 10 s; events:\n{:#?}\nlog:\n{}", self.events(), self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no {what} event within 10 s; events:\n{:#?}\nlog:\n{}",
+                self.events(),
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -235,7 +245,11 @@ impl Daemon {
     #[must_use]
     pub fn run_probe(&self, cgroup: &str, steps: &[String]) -> Vec<Value> {
         let output = self.spawn_probe(cgroup, steps).wait_with_output().expect("wait for probe");
-        String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.get("step").is_some()).collect()
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("step").is_some())
+            .collect()
     }
 }
 
@@ -275,14 +289,12 @@ fn remove_cgroup_tree(dir: &Path) {
 
 /// Makes `command` start in `cgroup` (a path below the cgroup2 mount).
 pub fn in_cgroup<'a>(command: &'a mut Command, cgroup: &str) -> &'a mut Command {
-        let hierarchy = enforcer::cgroups::Hierarchy::find().expect("cgroup2 mounted");
-        let procs = hierarchy.mount_point.join(cgroup.trim_start_matches('/')).join("cgroup.procs");
-        let procs = std::fs::OpenOptions::new().write(true).open(&procs).expect("open cgroup.procs");
-        let procs = std::os::fd::OwnedFd::from(procs);
-        // SAFETY: write(2) to an fd opened before fork.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(command, move || enforcer::cgroups::join(&procs))
-        }
+    let hierarchy = enforcer::cgroups::Hierarchy::find().expect("cgroup2 mounted");
+    let procs = hierarchy.mount_point.join(cgroup.trim_start_matches('/')).join("cgroup.procs");
+    let procs = std::fs::OpenOptions::new().write(true).open(&procs).expect("open cgroup.procs");
+    let procs = std::os::fd::OwnedFd::from(procs);
+    // SAFETY: write(2) to an fd opened before fork.
+    unsafe { std::os::unix::process::CommandExt::pre_exec(command, move || enforcer::cgroups::join(&procs)) }
 }
 
 /// The errno the probe reported for `step`.

@@ -197,7 +197,9 @@ impl Sandbox {
             "--degraded and --dns-upstream are `enforcer run` options: use Sandbox::under_enforcer_run"
         );
         let text = std::fs::read_to_string(&self.policy).expect("read policy");
-        let policy = enforcer::policy::parse(&text, &self.policy).unwrap_or_else(|e| panic!("the test's policy does not parse: {e}")).0;
+        let policy = enforcer::policy::parse(&text, &self.policy)
+            .unwrap_or_else(|e| panic!("the test's policy does not parse: {e}"))
+            .0;
         let name = self.base.file_name().expect("sandbox name").to_string_lossy().into_owned();
         // Dropped (stopped, its cgroups removed) before the next one starts.
         drop(self.tagged.borrow_mut().take());
@@ -207,7 +209,11 @@ impl Sandbox {
         assert!(tag.status.success(), "tag {cgroup}: {}\n{}", String::from_utf8_lossy(&tag.stderr), daemon.log());
         let (program, args) = command.split_first().expect("a command");
         let mut spawn = Command::new(program);
-        spawn.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(std::fs::File::create(&self.stderr).expect("create stderr log"));
+        spawn
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&self.stderr).expect("create stderr log"));
         let child = daemon::in_cgroup(&mut spawn, &cgroup).spawn().expect("spawn the command in the tagged cgroup");
         *self.tagged.borrow_mut() = Some(Tagged { daemon, cgroup });
         child
@@ -351,7 +357,8 @@ impl DnsServer {
         let tcp = std::net::TcpListener::bind(addr).expect("bind DNS server (TCP)");
         udp.set_read_timeout(Some(std::time::Duration::from_millis(100))).expect("timeout");
         tcp.set_nonblocking(true).expect("nonblocking");
-        let records: Vec<(String, std::net::IpAddr, u32)> = records.iter().map(|(n, a, t)| ((*n).to_owned(), *a, *t)).collect();
+        let records: Vec<(String, std::net::IpAddr, u32)> =
+            records.iter().map(|(n, a, t)| ((*n).to_owned(), *a, *t)).collect();
         let records = Arc::new(records);
         let queries = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -443,7 +450,10 @@ pub fn pty() -> (std::os::fd::OwnedFd, String) {
         assert_eq!(libc::unlockpt(master), 0);
         let mut name = [0 as libc::c_char; 64];
         assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
-        (std::os::fd::OwnedFd::from_raw_fd(master), std::ffi::CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned())
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::ffi::CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned(),
+        )
     }
 }
 

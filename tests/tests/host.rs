@@ -33,7 +33,10 @@ fn run_refuses_to_start_the_command_when_bpf_lsm_cannot_load() {
         "says what the kernel lacks: {stderr}"
     );
     assert!(!marker.exists(), "the command must not have run");
-    assert!(stderr.contains("not enforceable on this kernel:") && stderr.contains("[files]"), "lists the parts: {stderr}");
+    assert!(
+        stderr.contains("not enforceable on this kernel:") && stderr.contains("[files]"),
+        "lists the parts: {stderr}"
+    );
     assert!(stderr.contains("pass --degraded"), "says what to do: {stderr}");
 }
 
@@ -113,14 +116,19 @@ fn the_exported_oci_profile_validates_against_the_runtime_spec_schema() {
     let validator = jsonschema::validator_for(&schema).expect("a valid schema");
     let sb = enforcer_tests::Sandbox::new("export-oci");
     for deny_action in ["eperm", "kill"] {
-        sb.write_policy_with("enforce", &format!("[syscalls]\nallow = [\"@default-agent\"]\ndeny_action = \"{deny_action}\"\n"));
+        sb.write_policy_with(
+            "enforce",
+            &format!("[syscalls]\nallow = [\"@default-agent\"]\ndeny_action = \"{deny_action}\"\n"),
+        );
         let profile: serde_json::Value = serde_json::from_str(&export(&sb.policy, "oci")).expect("the profile is JSON");
-        let errors: Vec<String> = validator.iter_errors(&profile).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        let errors: Vec<String> =
+            validator.iter_errors(&profile).map(|e| format!("{e} at {}", e.instance_path())).collect();
         assert!(errors.is_empty(), "{deny_action}: {errors:#?}");
         let default = if deny_action == "eperm" { "SCMP_ACT_ERRNO" } else { "SCMP_ACT_KILL_PROCESS" };
         assert_eq!(profile["defaultAction"], default, "{profile:#}");
         let rules = profile["syscalls"].as_array().expect("syscalls");
-        let rule_for = |name: &str| rules.iter().find(|r| r["names"].as_array().is_some_and(|n| n.iter().any(|n| n == name)));
+        let rule_for =
+            |name: &str| rules.iter().find(|r| r["names"].as_array().is_some_and(|n| n.iter().any(|n| n == name)));
         assert_eq!(rule_for("openat").map(|r| &r["action"]), Some(&"SCMP_ACT_ALLOW".into()));
         assert!(rule_for("keyctl").is_none(), "keyctl is not allowed: {profile:#}");
         let clone = rule_for("clone").expect("clone is allowed with conditions");
@@ -139,9 +147,13 @@ fn the_exported_systemd_settings_pass_systemd_analyze_verify() {
     let sb = enforcer_tests::Sandbox::new("export-systemd");
     sb.write_policy_with("enforce", "[syscalls]\nallow = [\"@default-agent\"]\n");
     let settings = export(&sb.policy, "systemd");
-    assert!(settings.contains("SystemCallErrorNumber=EPERM\n") && settings.contains("RestrictNamespaces=yes\n"), "{settings}");
+    assert!(
+        settings.contains("SystemCallErrorNumber=EPERM\n") && settings.contains("RestrictNamespaces=yes\n"),
+        "{settings}"
+    );
     let unit = sb.base.join("enforcer-agent.service");
-    std::fs::write(&unit, format!("[Unit]\nDescription=agent\n[Service]\nExecStart=/bin/true\n{settings}")).expect("write unit");
+    std::fs::write(&unit, format!("[Unit]\nDescription=agent\n[Service]\nExecStart=/bin/true\n{settings}"))
+        .expect("write unit");
     let Ok(out) = Command::new("systemd-analyze").arg("verify").arg(&unit).output() else {
         // No systemd here: check the documented syntax instead.
         for line in settings.lines().filter(|l| !l.starts_with('#')) {
@@ -158,16 +170,19 @@ fn the_exported_systemd_settings_pass_systemd_analyze_verify() {
 
 #[test]
 fn the_shipped_systemd_unit_passes_systemd_analyze_verify() {
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/enforcer.service")).expect("unit");
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/enforcer.service")).expect("unit");
     // The unit names the installed binary; verify it against the built one.
     let unit_text = shipped.replace("/usr/bin/enforcer", &enforcer_bin().display().to_string());
     let dir = std::path::Path::new("/tmp/enforcer-tests/unit");
     std::fs::create_dir_all(dir).expect("dir");
     let unit = dir.join("enforcer.service");
     std::fs::write(&unit, unit_text).expect("write unit");
-    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().expect(
-        "systemd-analyze (cargo xtask setup installs systemd)",
-    );
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (cargo xtask setup installs systemd)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("enforcer.service")).collect();
     assert!(out.status.success() && complaints.is_empty(), "systemd-analyze verify:\n{stderr}");
@@ -179,7 +194,8 @@ fn the_shipped_systemd_unit_passes_systemd_analyze_verify() {
 #[test]
 fn the_kubernetes_manifests_parse_and_mount_what_the_daemon_needs() {
     use yaml_rust2::YamlLoader;
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes/enforcer.yaml")).expect("manifests");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes/enforcer.yaml"))
+        .expect("manifests");
     let docs = YamlLoader::load_from_str(&text).expect("valid YAML");
     let kind = |doc: &yaml_rust2::Yaml| doc["kind"].as_str().unwrap_or_default().to_owned();
     let daemonset = docs.iter().find(|d| kind(d) == "DaemonSet").expect("a DaemonSet");
@@ -187,7 +203,8 @@ fn the_kubernetes_manifests_parse_and_mount_what_the_daemon_needs() {
     assert_eq!(pod["hostPID"].as_bool(), Some(true), "peers are checked through the host's /proc");
     let container = &pod["containers"][0];
     assert_eq!(container["securityContext"]["privileged"].as_bool(), Some(true));
-    let command: Vec<&str> = container["command"].as_vec().expect("command").iter().filter_map(|c| c.as_str()).collect();
+    let command: Vec<&str> =
+        container["command"].as_vec().expect("command").iter().filter_map(|c| c.as_str()).collect();
     assert_eq!(command[..2], ["/usr/bin/enforcer", "daemon"]);
     let mounts = container["volumeMounts"].as_vec().expect("volumeMounts");
     let volumes = pod["volumes"].as_vec().expect("volumes");
@@ -202,12 +219,16 @@ fn the_kubernetes_manifests_parse_and_mount_what_the_daemon_needs() {
     let bpffs = mounts.iter().find(|m| m["mountPath"].as_str() == Some("/sys/fs/bpf")).unwrap();
     assert_eq!(bpffs["mountPropagation"].as_str(), Some("Bidirectional"), "pins must reach the host's bpffs");
     // The configuration and the policies in the ConfigMaps are valid.
-    let config_map = |name: &str| docs.iter().find(|d| kind(d) == "ConfigMap" && d["metadata"]["name"].as_str() == Some(name)).expect(name);
+    let config_map = |name: &str| {
+        docs.iter().find(|d| kind(d) == "ConfigMap" && d["metadata"]["name"].as_str() == Some(name)).expect(name)
+    };
     let config = config_map("enforcer-config")["data"]["enforcer.toml"].as_str().expect("enforcer.toml").to_owned();
-    let config = enforcer::daemon::config::Config::parse(&config, std::path::Path::new("enforcer.toml")).expect("config parses");
+    let config =
+        enforcer::daemon::config::Config::parse(&config, std::path::Path::new("enforcer.toml")).expect("config parses");
     assert_eq!(config.bpffs, std::path::Path::new("/sys/fs/bpf/enforcer"));
     for (file, policy) in config_map("enforcer-policies")["data"].as_hash().expect("policies") {
         let file = file.as_str().expect("file name");
-        enforcer::policy::parse(policy.as_str().expect("text"), std::path::Path::new(file)).unwrap_or_else(|e| panic!("{e}"));
+        enforcer::policy::parse(policy.as_str().expect("text"), std::path::Path::new(file))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }

@@ -8,8 +8,8 @@ use enforcer_tests::{EPERM, Sandbox, release, wait_ready};
 /// BPF LSM works here: nothing is enforced in a degraded way.
 const DEGRADED: bool = false;
 mod boundary;
-mod floor;
 mod daemon;
+mod floor;
 mod network;
 mod syscalls;
 mod terminal;
@@ -66,7 +66,12 @@ fn events_sent_to_dev_null_leave_dev_null_to_the_command() {
     let results = enforcer_tests::probe_results(&stdout);
     for step in steps {
         let result = results.iter().find(|r| r["step"] == step);
-        assert_eq!(result.map(|r| r["errno"].clone()), Some(0.into()), "{step}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(
+            result.map(|r| r["errno"].clone()),
+            Some(0.into()),
+            "{step}: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
 }
@@ -147,7 +152,11 @@ fn escapes_through_links_proc_fd_tmpfile_and_dotdot_are_denied() {
         (format!("write:{}", a("link-out")), "open", target.clone()),
         (format!("reopen-write:{via_proc}"), "open", via_proc.clone()),
         (format!("write:{dotdot}"), "open", via_dotdot.clone()),
-        (format!("tmpfile-link:{}:{}", sb.allowed.display(), Sandbox::path(&sb.outside, "planted")), "link", Sandbox::path(&sb.outside, "planted")),
+        (
+            format!("tmpfile-link:{}:{}", sb.allowed.display(), Sandbox::path(&sb.outside, "planted")),
+            "link",
+            Sandbox::path(&sb.outside, "planted"),
+        ),
     ];
     let out = sb.run(&cases.iter().map(|(s, _, _)| s.clone()).collect::<Vec<_>>());
     for (step, op, path) in &cases {
@@ -217,7 +226,11 @@ fn write_and_read_deny_trees_nested_either_way_still_deny() {
         (format!("write:{key}"), "open", key.clone()),
         (format!("write:{old}"), "open", old.clone()),
         (format!("read:{old}"), "open", old.clone()),
-        (format!("rename:{}:{}", Sandbox::path(&sb.allowed, "proj"), Sandbox::path(&deny_in_write, "proj")), "rename", Sandbox::path(&deny_in_write, "proj")),
+        (
+            format!("rename:{}:{}", Sandbox::path(&sb.allowed, "proj"), Sandbox::path(&deny_in_write, "proj")),
+            "rename",
+            Sandbox::path(&deny_in_write, "proj"),
+        ),
     ];
     let fine = format!("write:{}", Sandbox::path(&sb.allowed, "notes"));
     let mut steps: Vec<String> = denied.iter().map(|(step, _, _)| step.clone()).collect();
@@ -227,7 +240,10 @@ fn write_and_read_deny_trees_nested_either_way_still_deny() {
     for (step, op, path) in &denied {
         assert_eq!(out.errno(step), EPERM, "step `{step}`: {out:#?}");
         let events = out.events_for(path);
-        assert!(events.iter().any(|e| e["op"] == *op && e["reason"] == "read_deny"), "step `{step}`: no read_deny event for {path}: {out:#?}");
+        assert!(
+            events.iter().any(|e| e["op"] == *op && e["reason"] == "read_deny"),
+            "step `{step}`: no read_deny event for {path}: {out:#?}"
+        );
     }
 }
 
@@ -242,11 +258,16 @@ fn files_named_as_trees_are_judged_as_their_own_roots() {
     let (netrc, config) = (sb.secret.join(".netrc"), sb.allowed.join("config.toml"));
     std::fs::write(&netrc, "machine example.com password x\n").unwrap();
     std::fs::write(&config, "x = 1\n").unwrap();
-    let policy = format!("name = \"test-policy\"\n[files]\nwrite = [\"{}\"]\nread_deny = [\"{}\"]\n", config.display(), netrc.display());
+    let policy = format!(
+        "name = \"test-policy\"\n[files]\nwrite = [\"{}\"]\nread_deny = [\"{}\"]\n",
+        config.display(),
+        netrc.display()
+    );
     std::fs::write(&sb.policy, policy).unwrap();
     let (netrc, config) = (netrc.display().to_string(), config.display().to_string());
     let sibling = Sandbox::path(&sb.allowed, "other.toml");
-    let (read_secret, write_config, write_sibling) = (format!("read:{netrc}"), format!("write:{config}"), format!("write:{sibling}"));
+    let (read_secret, write_config, write_sibling) =
+        (format!("read:{netrc}"), format!("write:{config}"), format!("write:{sibling}"));
     let out = sb.run(&[read_secret.clone(), write_config.clone(), write_sibling.clone()]);
     out.assert_succeeded(&write_config);
     let e = out.assert_denied(&read_secret, "open", &netrc);
@@ -258,7 +279,8 @@ fn files_named_as_trees_are_judged_as_their_own_roots() {
 /// Mounts a tmpfs at `dir` (made first), tagged `source` in the mount table.
 fn mount_tmpfs(dir: std::path::PathBuf, source: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
-    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", source]).arg(&dir).status().expect("run mount");
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", source]).arg(&dir).status().expect("run mount");
     assert!(mounted.success(), "mount a tmpfs at {}", dir.display());
     dir
 }
@@ -284,7 +306,13 @@ fn opens_are_judged_by_the_trees_above_their_mount() {
         mounted_file(sb.secret.join("x/y/m"), "deep-key"),
     ];
     let [near, far, out, key, deep_key] = mounts.each_ref().map(|(_, file)| file.clone());
-    let steps = [format!("write:{near}"), format!("write:{far}"), format!("write:{out}"), format!("read:{key}"), format!("read:{deep_key}")];
+    let steps = [
+        format!("write:{near}"),
+        format!("write:{far}"),
+        format!("write:{out}"),
+        format!("read:{key}"),
+        format!("read:{deep_key}"),
+    ];
     let result = sb.run(&steps);
     for (dir, _) in mounts.iter().rev() {
         let _ = std::process::Command::new("umount").arg(dir).status();
@@ -309,7 +337,8 @@ fn two_walks_sharing_a_cpu_never_finish_on_each_others_state() {
     // is judged by (the secret's `read_deny` tree; for the notes, outside
     // every tree, the top), so both walks go on above their mount past the
     // levels an open walks inline, into the loop that uses the shared slot.
-    let (mount, notes_mount) = (mount_tmpfs(sb.secret.join("a/b/mnt"), "shared-cpu"), mount_tmpfs(sb.outside.join("a/b/mnt"), "shared-cpu"));
+    let (mount, notes_mount) =
+        (mount_tmpfs(sb.secret.join("a/b/mnt"), "shared-cpu"), mount_tmpfs(sb.outside.join("a/b/mnt"), "shared-cpu"));
     std::fs::write(mount.join("key"), "secret\n").unwrap();
     std::fs::write(notes_mount.join("notes"), "fine\n").unwrap();
     let (secret, notes) = (Sandbox::path(&mount, "key"), Sandbox::path(&notes_mount, "notes"));
@@ -322,7 +351,11 @@ fn two_walks_sharing_a_cpu_never_finish_on_each_others_state() {
     }
     let opened = |path: &str| {
         let step = format!("opens-ok:{n}:{path}");
-        out.results.iter().find(|r| r["step"] == step).and_then(|r| r["errno"].as_i64()).unwrap_or_else(|| panic!("no result for {step}: {out:#?}"))
+        out.results
+            .iter()
+            .find(|r| r["step"] == step)
+            .and_then(|r| r["errno"].as_i64())
+            .unwrap_or_else(|| panic!("no result for {step}: {out:#?}"))
     };
     let events = |reason: &str| out.events.iter().filter(|e| e["reason"] == reason).count();
     assert!(out.results.iter().filter(|r| r["step"] == "pin:0").all(|r| r["errno"] == 0), "{:?}", out.results);
@@ -416,7 +449,8 @@ fn unix_sockets_outside_the_policy_are_denied_however_they_are_reached() {
     let sb = Sandbox::new("net-unix");
     let at = |name: &str| sb.base.join(name).display().to_string();
     let (allowed, runtime, log, link) = (at("agent.sock"), at("runtime.sock"), at("log.sock"), at("link.sock"));
-    let abstract_listener = |name: &str| net::UnixListener::bind_addr(&net::SocketAddr::from_abstract_name(name).unwrap()).unwrap();
+    let abstract_listener =
+        |name: &str| net::UnixListener::bind_addr(&net::SocketAddr::from_abstract_name(name).unwrap()).unwrap();
     let _held = (
         net::UnixListener::bind(&allowed).unwrap(),
         net::UnixListener::bind(&runtime).unwrap(),

@@ -347,7 +347,18 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
 /// and names them as the guest sees them.
 pub(crate) fn guest_binaries(series: &[String]) -> Result<Vec<(std::path::PathBuf, String)>> {
     setup::ensure(true, series)?;
-    let built = cargo::build(&["build", "--release", "-p", "enforcer", "-p", "enforcer-tests", "--bin", "enforcer", "--bin", "enforcer-bench"])?;
+    let built = cargo::build(&[
+        "build",
+        "--release",
+        "-p",
+        "enforcer",
+        "-p",
+        "enforcer-tests",
+        "--bin",
+        "enforcer",
+        "--bin",
+        "enforcer-bench",
+    ])?;
     Ok(vec![
         (cargo::executable(&built, "bin", "enforcer")?, "/bin/enforcer".to_string()),
         (cargo::executable(&built, "bin", "enforcer-bench")?, "/bin/enforcer-bench".to_string()),
@@ -393,11 +404,7 @@ fn run_files(opts: &FilesOptions) -> Result<ExitCode> {
             println!("{report}");
         }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// One `BENCH ...` line of the guest.
@@ -423,14 +430,7 @@ fn parse_line(line: &str) -> Option<Sample> {
     let ns_per_op = field(words.next(), "ns_per_op")?.parse().ok()?;
     let failures = field(words.next(), "failures")?.parse().ok()?;
     let first_errno = field(words.next(), "first_errno")?.parse().ok()?;
-    Some(Sample {
-        round,
-        scenario,
-        op,
-        ns_per_op,
-        failures,
-        first_errno,
-    })
+    Some(Sample { round, scenario, op, ns_per_op, failures, first_errno })
 }
 
 pub(crate) fn median(values: &mut [f64]) -> Option<f64> {
@@ -439,11 +439,7 @@ pub(crate) fn median(values: &mut [f64]) -> Option<f64> {
     }
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        f64::midpoint(values[mid - 1], values[mid])
-    })
+    Some(if values.len() % 2 == 1 { values[mid] } else { f64::midpoint(values[mid - 1], values[mid]) })
 }
 
 /// What the samples say about one scenario and loop.
@@ -472,9 +468,7 @@ impl Samples {
     }
 
     pub(crate) fn of<'a>(&'a self, scenario: &'a str, op: &'a str) -> impl Iterator<Item = &'a Sample> {
-        self.0
-            .values()
-            .filter(move |s| s.scenario == scenario && s.op == op)
+        self.0.values().filter(move |s| s.scenario == scenario && s.op == op)
     }
 
     fn cell(&self, scenario: &Scenario, op: &str) -> Option<Cell> {
@@ -494,20 +488,12 @@ impl Samples {
         let rounds = ratios.len();
         let ratio = median(&mut ratios)?;
         let spread = (ratios[rounds - 1] - ratios[0]) / ratio;
-        Some(Cell {
-            ratio,
-            spread,
-            rounds,
-        })
+        Some(Cell { ratio, spread, rounds })
     }
 
     /// Median ns/op of the baselines of the scenarios in `keys`.
     fn baseline_ns(&self, keys: &[&str], op: &str) -> Option<f64> {
-        let mut values: Vec<f64> = keys
-            .iter()
-            .flat_map(|k| self.of(k, op))
-            .map(|s| s.ns_per_op)
-            .collect();
+        let mut values: Vec<f64> = keys.iter().flat_map(|k| self.of(k, op)).map(|s| s.ns_per_op).collect();
         median(&mut values)
     }
 }
@@ -529,10 +515,7 @@ fn report(series: &str, run: &vm::VmRun, opts: &FilesOptions, log: &str) -> (Str
          rounds, {} iterations per loop",
         opts.rounds, opts.iterations
     );
-    let _ = writeln!(
-        out,
-        "file {FILE} (tmpfs; the denied open: {DENIED}); points = 100 x (ratio - floor ratio)"
-    );
+    let _ = writeln!(out, "file {FILE} (tmpfs; the denied open: {DENIED}); points = 100 x (ratio - floor ratio)");
     let _ = writeln!(out);
 
     let mut header = format!("{:<33}", "scenario");
@@ -543,11 +526,7 @@ fn report(series: &str, run: &vm::VmRun, opts: &FilesOptions, log: &str) -> (Str
     let _ = writeln!(out, "{}", header.trim_end());
 
     let mut line = format!("{:<33}", "baseline, ns/op");
-    let file_bases: Vec<&str> = SCENARIOS
-        .iter()
-        .filter(|s| !s.denied)
-        .map(|s| s.baseline)
-        .collect();
+    let file_bases: Vec<&str> = SCENARIOS.iter().filter(|s| !s.denied).map(|s| s.baseline).collect();
     for (op, _) in LOOPS {
         match samples.baseline_ns(&file_bases, op) {
             Some(ns) => {
@@ -560,24 +539,12 @@ fn report(series: &str, run: &vm::VmRun, opts: &FilesOptions, log: &str) -> (Str
     }
     let _ = writeln!(out, "{}", line.trim_end());
 
-    let floor = SCENARIOS
-        .iter()
-        .find(|s| s.key == "f")
-        .expect("floor scenario");
-    let floor_cells: BTreeMap<&str, Cell> = LOOPS
-        .iter()
-        .filter_map(|(op, _)| Some((*op, samples.cell(floor, op)?)))
-        .collect();
+    let floor = SCENARIOS.iter().find(|s| s.key == "f").expect("floor scenario");
+    let floor_cells: BTreeMap<&str, Cell> =
+        LOOPS.iter().filter_map(|(op, _)| Some((*op, samples.cell(floor, op)?))).collect();
     let mut widest: Option<(f64, String)> = None;
     for scenario in SCENARIOS {
-        let line = scenario_row(
-            &samples,
-            scenario,
-            &floor_cells,
-            opts,
-            &mut problems,
-            &mut widest,
-        );
+        let line = scenario_row(&samples, scenario, &floor_cells, opts, &mut problems, &mut widest);
         let _ = writeln!(out, "{}", line.trim_end());
     }
     if let Some(ns) = samples.baseline_ns(&["base-c"], "open") {
@@ -588,11 +555,7 @@ fn report(series: &str, run: &vm::VmRun, opts: &FilesOptions, log: &str) -> (Str
         );
     }
     if let Some((spread, what)) = widest {
-        let _ = writeln!(
-            out,
-            "widest spread of a ratio across rounds: {:.2}% ({what})",
-            100.0 * spread
-        );
+        let _ = writeln!(out, "widest spread of a ratio across rounds: {:.2}% ({what})", 100.0 * spread);
     }
     for line in run.output.lines().filter(|l| l.contains("BENCH-ERROR")) {
         problems.push(line.trim().to_string());
@@ -641,10 +604,7 @@ fn scenario_row(
         };
         let _ = write!(line, "{:>11.3}", cell.ratio);
         if cell.rounds != opts.rounds as usize {
-            problems.push(format!(
-                "{name} {op}: {} of {} rounds measured",
-                cell.rounds, opts.rounds
-            ));
+            problems.push(format!("{name} {op}: {} of {} rounds measured", cell.rounds, opts.rounds));
         }
         if widest.as_ref().is_none_or(|(w, _)| cell.spread > *w) {
             *widest = Some((cell.spread, format!("{name} {op}")));
@@ -665,11 +625,7 @@ fn scenario_row(
     if let Some(target) = scenario.target {
         let worst = points.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let measured = complete && points.len() == scenario.loops.len();
-        let verdict = if measured && worst <= target {
-            "PASS"
-        } else {
-            "MISS"
-        };
+        let verdict = if measured && worst <= target { "PASS" } else { "MISS" };
         let _ = write!(line, " <= {target:.1}  {verdict}");
     }
     line
@@ -679,11 +635,7 @@ fn scenario_row(
 pub(crate) fn check_errors(samples: &Samples, scenario: &Scenario, problems: &mut Vec<String>) {
     for op in scenario.loops {
         for s in samples.of(scenario.key, op) {
-            let wrong = if scenario.denied {
-                s.first_errno != libc::EPERM
-            } else {
-                s.failures > 0
-            };
+            let wrong = if scenario.denied { s.first_errno != libc::EPERM } else { s.failures > 0 };
             if wrong {
                 problems.push(format!(
                     "{} {op} round {}: {} failures, first errno {} (expected {})",
@@ -704,10 +656,7 @@ mod tests {
 
     #[test]
     fn parses_bench_lines_amid_console_noise() {
-        let s = parse_line(
-            "x BENCH round=2 scenario=b10k open ns_per_op=10.50 failures=3 first_errno=1",
-        )
-        .unwrap();
+        let s = parse_line("x BENCH round=2 scenario=b10k open ns_per_op=10.50 failures=3 first_errno=1").unwrap();
         assert_eq!(s.round, 2);
         assert_eq!(s.scenario, "b10k");
         assert_eq!(s.op, "open");

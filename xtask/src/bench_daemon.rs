@@ -52,7 +52,18 @@ pub fn run(opts: &DaemonOptions) -> Result<ExitCode> {
     if !cmd::is_root() {
         bail!("cargo xtask bench daemon loads BPF programs: run it as root");
     }
-    let built = cargo::build(&["build", "--release", "-p", "enforcer", "-p", "enforcer-tests", "--bin", "enforcer", "--bin", "enforcer-bench"])?;
+    let built = cargo::build(&[
+        "build",
+        "--release",
+        "-p",
+        "enforcer",
+        "-p",
+        "enforcer-tests",
+        "--bin",
+        "enforcer",
+        "--bin",
+        "enforcer-bench",
+    ])?;
     let enforcer = cargo::executable(&built, "bin", "enforcer")?;
     let bench = cargo::executable(&built, "bin", "enforcer-bench")?;
     let _ = std::fs::remove_dir_all(BASE);
@@ -72,7 +83,8 @@ pub fn run(opts: &DaemonOptions) -> Result<ExitCode> {
     let result = measure(opts, &daemon, &cgroups, &bench, base);
     daemon.stop();
     cgroups.remove_all();
-    let _ = Command::new(&enforcer).args(["daemon", "--uninstall", "--config"]).arg(base.join("enforcer.toml")).output();
+    let _ =
+        Command::new(&enforcer).args(["daemon", "--uninstall", "--config"]).arg(base.join("enforcer.toml")).output();
     let report = result?;
     cmd::save_bench_output("daemon-host.log", &report);
     println!("{report}");
@@ -137,7 +149,13 @@ fn tag_latencies(opts: &DaemonOptions, daemon: &Daemon, cgroups: &Cgroups, bench
 }
 
 /// Policy file rename to verdict, per round.
-fn reload_latencies(opts: &DaemonOptions, daemon: &Daemon, cgroups: &Cgroups, bench: &Path, base: &Path) -> Result<Vec<f64>> {
+fn reload_latencies(
+    opts: &DaemonOptions,
+    daemon: &Daemon,
+    cgroups: &Cgroups,
+    bench: &Path,
+    base: &Path,
+) -> Result<Vec<f64>> {
     let cgroup = cgroups.create("reload")?;
     daemon.api("POST", "/v1/tags", &format!("{{\"cgroup\":\"{}\",\"policy\":\"reload\"}}", cgroup.0))?;
     let mut reload_us = Vec::new();
@@ -259,7 +277,13 @@ fn stats_us(samples: &[f64]) -> String {
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
     let max = sorted.last().copied().unwrap_or(0.0);
     let min = sorted.first().copied().unwrap_or(0.0);
-    format!("median {:.2} ms, min {:.2} ms, max {:.2} ms ({} rounds)", median / 1e3, min / 1e3, max / 1e3, samples.len())
+    format!(
+        "median {:.2} ms, min {:.2} ms, max {:.2} ms ({} rounds)",
+        median / 1e3,
+        min / 1e3,
+        max / 1e3,
+        samples.len()
+    )
 }
 
 fn now_ns() -> u128 {
@@ -285,7 +309,11 @@ fn spawn_in(dir: &Path, command: &mut Command) -> Result<Child> {
     unsafe {
         command.pre_exec(move || {
             use std::os::fd::AsRawFd as _;
-            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         });
     }
     Ok(command.spawn()?)
@@ -388,7 +416,10 @@ impl Daemon {
     fn counts(&self) -> Result<(u64, u64)> {
         let text = self.api("GET", "/metrics", "")?;
         let value = |prefix: &str| {
-            text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum::<u64>()
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
         };
         Ok((value("enforcer_events_total{kind=\"connect\""), value("enforcer_lost_events_total")))
     }

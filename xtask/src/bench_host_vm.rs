@@ -41,13 +41,20 @@ pub struct Bench<'a> {
 
 pub fn run(bench: &Bench<'_>, targets: &Targets<'_>) -> Result<ExitCode> {
     let name = bench.name;
-    let series: Vec<String> = if targets.host_only {
-        Vec::new()
-    } else {
-        kernel::chosen(targets.kernels)
-    };
+    let series: Vec<String> = if targets.host_only { Vec::new() } else { kernel::chosen(targets.kernels) };
     setup::ensure(!series.is_empty(), &series)?;
-    let built = cargo::build(&["build", "--release", "-p", "enforcer", "-p", "enforcer-tests", "--bin", "enforcer", "--bin", "enforcer-bench"])?;
+    let built = cargo::build(&[
+        "build",
+        "--release",
+        "-p",
+        "enforcer",
+        "-p",
+        "enforcer-tests",
+        "--bin",
+        "enforcer",
+        "--bin",
+        "enforcer-bench",
+    ])?;
     let enforcer = cargo::executable(&built, "bin", "enforcer")?;
     let bench_bin = cargo::executable(&built, "bin", "enforcer-bench")?;
     let mut reports = Vec::new();
@@ -56,7 +63,12 @@ pub fn run(bench: &Bench<'_>, targets: &Targets<'_>) -> Result<ExitCode> {
     if !targets.skip_host {
         println!("\n== bench {name}: host kernel (native, wall clock) ==");
         anyhow::ensure!(cmd::is_root(), "the {name} benchmark loads BPF programs: run it as root");
-        let text = (bench.script)(targets.host_rounds, &bench_bin.display().to_string(), &enforcer.display().to_string(), true);
+        let text = (bench.script)(
+            targets.host_rounds,
+            &bench_bin.display().to_string(),
+            &enforcer.display().to_string(),
+            true,
+        );
         let output = Command::new("bash").arg("-c").arg(&text).output().context("could not run the host script")?;
         let output = String::from_utf8_lossy(&output.stdout).into_owned();
         let log = cmd::save_bench_output(&format!("{name}-host.log"), &output);
@@ -72,7 +84,10 @@ pub fn run(bench: &Bench<'_>, targets: &Targets<'_>) -> Result<ExitCode> {
         println!("\n== bench {name}: kernel {s} (icount) ==");
         let spec = VmSpec {
             kernel: kernel::cached(s)?,
-            files: vec![(enforcer.clone(), "/bin/enforcer".to_string()), (bench_bin.clone(), "/bin/enforcer-bench".to_string())],
+            files: vec![
+                (enforcer.clone(), "/bin/enforcer".to_string()),
+                (bench_bin.clone(), "/bin/enforcer-bench".to_string()),
+            ],
             script: (bench.script)(targets.rounds, "/bin/enforcer-bench", "/bin/enforcer", false),
             icount: true,
             timeout: TIMEOUT,
@@ -83,8 +98,10 @@ pub fn run(bench: &Bench<'_>, targets: &Targets<'_>) -> Result<ExitCode> {
             Ok(run) => {
                 let log = cmd::save_bench_output(&format!("{name}-{s}.log"), &run.output);
                 let release = run.kernel_release.as_deref().unwrap_or("?");
-                let mode = format!("kernel {release} ({s}) under qemu -icount shift=0,sleep=off (1 guest ns = 1 instruction)");
-                let (table, complete) = (bench.report)(&mode, &run.output, targets.rounds, &log.display().to_string(), false);
+                let mode =
+                    format!("kernel {release} ({s}) under qemu -icount shift=0,sleep=off (1 guest ns = 1 instruction)");
+                let (table, complete) =
+                    (bench.report)(&mode, &run.output, targets.rounds, &log.display().to_string(), false);
                 ok &= complete;
                 table
             }

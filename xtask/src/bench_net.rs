@@ -60,7 +60,12 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { key: "b1", label: "(b) tagged, 1 rule", baseline: "base-b1", targets: [Some(1.02), None] },
     Scenario { key: "b100", label: "(b) tagged, 100 rules", baseline: "base-b100", targets: [Some(1.02), None] },
     Scenario { key: "b10k", label: "(b) tagged, 10 000 rules", baseline: "base-b10k", targets: [Some(1.02), None] },
-    Scenario { key: "b100k", label: "(b) tagged, 100 000 rules", baseline: "base-b100k", targets: [Some(1.02), Some(1.05)] },
+    Scenario {
+        key: "b100k",
+        label: "(b) tagged, 100 000 rules",
+        baseline: "base-b100k",
+        targets: [Some(1.02), Some(1.05)],
+    },
     Scenario { key: "c", label: "(c) tagged, denied", baseline: "base-c", targets: [None, None] },
 ];
 
@@ -153,7 +158,8 @@ fn script(opts: &NetOptions, rounds: u32, bench: &str, enforcer: &str, host: boo
 
 pub fn run(opts: &NetOptions) -> Result<ExitCode> {
     let script = |rounds, bench: &str, enforcer: &str, host| script(opts, rounds, bench, enforcer, host);
-    let report = |mode: &str, output: &str, rounds, log: &str, _host| report(mode, output, rounds, opts.iterations, log);
+    let report =
+        |mode: &str, output: &str, rounds, log: &str, _host| report(mode, output, rounds, opts.iterations, log);
     let bench = Bench { name: "net", host_note: "wall clock, CLOCK_MONOTONIC", script: &script, report: &report };
     let targets = Targets {
         kernels: &opts.kernels,
@@ -171,7 +177,10 @@ fn report(mode: &str, output: &str, rounds: u32, iterations: u64, log: &str) -> 
     let mut out = String::new();
     let mut problems: Vec<String> = Vec::new();
     let _ = writeln!(out, "{mode}");
-    let _ = writeln!(out, "ratio = ns/op / no-enforcer baseline of the same round; median of {rounds} interleaved rounds, {iterations} iterations per loop");
+    let _ = writeln!(
+        out,
+        "ratio = ns/op / no-enforcer baseline of the same round; median of {rounds} interleaved rounds, {iterations} iterations per loop"
+    );
     let mut header = format!("{:<30}", "scenario");
     for (_, title) in LOOPS {
         let _ = write!(header, "{title:>15}");
@@ -179,7 +188,11 @@ fn report(mode: &str, output: &str, rounds: u32, iterations: u64, log: &str) -> 
     let _ = writeln!(out, "{header}   target");
     let mut line = format!("{:<30}", "baseline, ns/op");
     for (op, _) in LOOPS {
-        let mut values: Vec<f64> = ["base-b1", "base-b100", "base-b10k", "base-b100k"].iter().flat_map(|k| samples.of(k, op)).map(|s| s.ns_per_op).collect();
+        let mut values: Vec<f64> = ["base-b1", "base-b100", "base-b10k", "base-b100k"]
+            .iter()
+            .flat_map(|k| samples.of(k, op))
+            .map(|s| s.ns_per_op)
+            .collect();
         let _ = match median(&mut values) {
             Some(ns) => write!(line, "{ns:>15.1}"),
             None => write!(line, "{:>15}", "-"),

@@ -88,7 +88,10 @@ pub fn run(opts: &PathOptions) -> Result<ExitCode> {
         echo: None,
         exec_log: Some((MODULE_AREA.to_string(), log.clone())),
     };
-    println!("== bench path: kernel {}, {scenario}, {} opens (TCG, every block in the module area logged) ==", opts.kernel, opts.iterations);
+    println!(
+        "== bench path: kernel {}, {scenario}, {} opens (TCG, every block in the module area logged) ==",
+        opts.kernel, opts.iterations
+    );
     let run = vm::run(&spec)?;
     if !run.output.contains("PATH-DONE") || !run.output.contains("ns_per_op=") {
         bail!("the guest script did not finish (timed out: {}); console:\n{}", run.timed_out, run.output);
@@ -178,7 +181,9 @@ impl Trace {
     fn report(&self, symbols: &Symbols, iterations: u64) -> Report {
         let mut per_symbol: BTreeMap<&str, (u64, String)> = BTreeMap::new();
         for (&address, &runs) in &self.runs {
-            let (Some((name, offset)), Some(block)) = (symbols.of(address), self.blocks.get(&address)) else { continue };
+            let (Some((name, offset)), Some(block)) = (symbols.of(address), self.blocks.get(&address)) else {
+                continue;
+            };
             // Times per operation: other processes' runs (a few hundred) round away.
             let times = (runs + iterations / 2) / iterations;
             if times == 0 {
@@ -186,15 +191,21 @@ impl Trace {
             }
             let (instructions, listing) = per_symbol.entry(name).or_default();
             *instructions += times * block.len() as u64;
-            let _ = writeln!(listing, "  block +{offset:#x}: {} instructions, run {runs} times ({times} per operation)", block.len());
+            let _ = writeln!(
+                listing,
+                "  block +{offset:#x}: {} instructions, run {runs} times ({times} per operation)",
+                block.len()
+            );
             for (at, text) in block {
                 let _ = writeln!(listing, "      +{:#06x}  {text}", at - (address - offset));
             }
         }
-        let mut rows: Vec<(&str, u64, String)> = per_symbol.into_iter().map(|(name, (n, listing))| (name, n, listing)).collect();
+        let mut rows: Vec<(&str, u64, String)> =
+            per_symbol.into_iter().map(|(name, (n, listing))| (name, n, listing)).collect();
         rows.sort_by_key(|(_, n, _)| std::cmp::Reverse(*n));
         let total: u64 = rows.iter().map(|(_, n, _)| n).sum();
-        let mut summary = String::from("instructions per operation, by program or trampoline (x86-64, as the JIT emitted them):\n");
+        let mut summary =
+            String::from("instructions per operation, by program or trampoline (x86-64, as the JIT emitted them):\n");
         let mut listing = String::new();
         for (name, n, blocks) in &rows {
             let _ = writeln!(summary, "  {n:>6}  {name}");
@@ -218,6 +229,10 @@ mod tests {
         let symbols = Symbols::parse("SYM ffffffffc0000ff0 t bpf_prog_1_file_open\t[bpf]\n");
         let report = trace.report(&symbols, 4);
         assert!(report.summary.contains("     2  bpf_prog_1_file_open"), "{}", report.summary);
-        assert!(report.listing.contains("block +0x10: 2 instructions, run 4 times (1 per operation)"), "{}", report.listing);
+        assert!(
+            report.listing.contains("block +0x10: 2 instructions, run 4 times (1 per operation)"),
+            "{}",
+            report.listing
+        );
     }
 }

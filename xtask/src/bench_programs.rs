@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 
-use crate::vm::{self, VmSpec};
 use crate::kernel;
+use crate::vm::{self, VmSpec};
 
 #[derive(Debug, Parser)]
 pub struct ProgramsOptions {
@@ -103,15 +103,25 @@ pub fn run(opts: &ProgramsOptions) -> Result<ExitCode> {
             exec_log: None,
         };
         let run = vm::run(&spec)?;
-        println!("kernel {}: instructions per call of each program that ran on every open ({} opens)", run.kernel_release.as_deref().unwrap_or(s), opts.iterations);
+        println!(
+            "kernel {}: instructions per call of each program that ran on every open ({} opens)",
+            run.kernel_release.as_deref().unwrap_or(s),
+            opts.iterations
+        );
         for (key, label) in SCENARIOS {
-            let lines: Vec<&str> = run.output.lines().filter(|l| l.contains(&format!("PROGRAM scenario={key} "))).collect();
+            let lines: Vec<&str> =
+                run.output.lines().filter(|l| l.contains(&format!("PROGRAM scenario={key} "))).collect();
             if lines.is_empty() {
                 println!("  {label:<32} no program ran on every open");
             }
             for line in lines {
                 let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap_or("?");
-                println!("  {label:<32} program {:>4}: {:>8} instructions per call (verifier: {} instructions)", field("prog_id="), field("insns_per_run="), field("verified="));
+                println!(
+                    "  {label:<32} program {:>4}: {:>8} instructions per call (verifier: {} instructions)",
+                    field("prog_id="),
+                    field("insns_per_run="),
+                    field("verified=")
+                );
             }
         }
         if !run.output.contains("PROGRAMS-DONE") {

@@ -43,7 +43,8 @@ pub struct SyscallsOptions {
 const LOOPS: [(&str, &str); 2] = [("getpid", "getpid"), ("fork-exec", "fork+exec")];
 
 /// (key, label, baseline).
-const SCENARIOS: [(&str, &str, &str); 2] = [("a", "(a) untagged", "base-a"), ("b", "(b) tagged, filter + exec + floor", "base-b")];
+const SCENARIOS: [(&str, &str, &str); 2] =
+    [("a", "(a) untagged", "base-a"), ("b", "(b) tagged, filter + exec + floor", "base-b")];
 
 const SCRIPT: &str = r#"
 # cargo xtask bench syscalls (xtask/src/bench_syscalls.rs)
@@ -108,8 +109,11 @@ fn script(opts: &SyscallsOptions, rounds: u32, bench: &str, enforcer: &str, host
 
 pub fn run(opts: &SyscallsOptions) -> Result<ExitCode> {
     let script = |rounds, bench: &str, enforcer: &str, host| script(opts, rounds, bench, enforcer, host);
-    let report = |mode: &str, output: &str, rounds, log: &str, host| report(mode, if host { "ns" } else { "insns" }, output, rounds, log);
-    let bench = Bench { name: "syscalls", host_note: "wall clock; no BPF LSM: filter only", script: &script, report: &report };
+    let report = |mode: &str, output: &str, rounds, log: &str, host| {
+        report(mode, if host { "ns" } else { "insns" }, output, rounds, log)
+    };
+    let bench =
+        Bench { name: "syscalls", host_note: "wall clock; no BPF LSM: filter only", script: &script, report: &report };
     let targets = Targets {
         kernels: &opts.kernels,
         host_only: opts.host_only,
@@ -136,11 +140,15 @@ fn report(mode: &str, unit: &str, output: &str, rounds: u32, log: &str) -> (Stri
     let mut out = String::new();
     let mut problems: Vec<String> = Vec::new();
     let _ = writeln!(out, "{mode}");
-    let _ = writeln!(out, "ratio (and difference, {unit}/op) to the no-enforcer baseline of the same round; median of {rounds} rounds");
+    let _ = writeln!(
+        out,
+        "ratio (and difference, {unit}/op) to the no-enforcer baseline of the same round; median of {rounds} rounds"
+    );
     let _ = writeln!(out, "{:<36}{:>22}{:>22}   target", "scenario", LOOPS[0].1, LOOPS[1].1);
     let mut line = format!("{:<36}", format!("baseline, {unit}/op"));
     for (op, _) in LOOPS {
-        let mut values: Vec<f64> = ["base-a", "base-b"].iter().flat_map(|k| samples.of(k, op)).map(|s| s.ns_per_op).collect();
+        let mut values: Vec<f64> =
+            ["base-a", "base-b"].iter().flat_map(|k| samples.of(k, op)).map(|s| s.ns_per_op).collect();
         let _ = match median(&mut values) {
             Some(v) => write!(line, "{v:>22.1}"),
             None => write!(line, "{:>22}", "-"),
@@ -151,7 +159,8 @@ fn report(mode: &str, unit: &str, output: &str, rounds: u32, log: &str) -> (Stri
         let mut line = format!("{label:<36}");
         let mut verdicts = Vec::new();
         for (op, _) in LOOPS {
-            let (Some(cell), Some(delta)) = (samples.ratio(key, baseline, op), delta(&samples, key, baseline, op)) else {
+            let (Some(cell), Some(delta)) = (samples.ratio(key, baseline, op), delta(&samples, key, baseline, op))
+            else {
                 let _ = write!(line, "{:>22}", "-");
                 problems.push(format!("no samples for {key} {op}"));
                 continue;
@@ -164,7 +173,10 @@ fn report(mode: &str, unit: &str, output: &str, rounds: u32, log: &str) -> (Stri
             };
             verdicts.push(format!("{what} {}", if met { "PASS" } else { "MISS" }));
             for sample in samples.of(key, op).filter(|s| s.failures > 0) {
-                problems.push(format!("round {} {key} {op}: {} failures, first errno {}", sample.round, sample.failures, sample.first_errno));
+                problems.push(format!(
+                    "round {} {key} {op}: {} failures, first errno {}",
+                    sample.round, sample.failures, sample.first_errno
+                ));
             }
         }
         let _ = writeln!(out, "{line}   {}", verdicts.join(", "));

@@ -35,9 +35,7 @@ pub fn build(args: &[&str]) -> Result<Vec<Artifact>> {
         .stdout(Stdio::piped());
     let line = cmd::describe(&cargo);
     println!("+ {line}");
-    let mut child = cargo
-        .spawn()
-        .with_context(|| format!("could not start `{line}`"))?;
+    let mut child = cargo.spawn().with_context(|| format!("could not start `{line}`"))?;
     let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
     let mut artifacts = Vec::new();
     for json in stdout.lines() {
@@ -52,17 +50,10 @@ pub fn build(args: &[&str]) -> Result<Vec<Artifact>> {
                 }
             }
             Some("compiler-artifact") => artifacts.push(Artifact {
-                name: msg["target"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
+                name: msg["target"]["name"].as_str().unwrap_or_default().to_string(),
                 kinds: msg["target"]["kind"]
                     .as_array()
-                    .map(|k| {
-                        k.iter()
-                            .filter_map(|v| v.as_str().map(String::from))
-                            .collect()
-                    })
+                    .map(|k| k.iter().filter_map(|v| v.as_str().map(String::from)).collect())
                     .unwrap_or_default(),
                 executable: msg["executable"].as_str().map(PathBuf::from),
             }),

@@ -30,9 +30,7 @@ pub fn describe(cmd: &Command) -> String {
 /// Run `cmd` with inherited stdio; fail unless it exits with status 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let line = describe(cmd);
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{line}`; is it installed and on PATH?"))?;
+    let status = cmd.status().with_context(|| format!("could not start `{line}`; is it installed and on PATH?"))?;
     if !status.success() {
         bail!("`{line}` failed ({status})");
     }
@@ -47,22 +45,14 @@ pub fn output(cmd: &mut Command) -> Result<String> {
         .output()
         .with_context(|| format!("could not start `{line}`; is it installed and on PATH?"))?;
     if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Whether `cmd` can be started and exits with status 0 (all output discarded).
 pub fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// Whether a program of this name is found on PATH.
@@ -75,10 +65,7 @@ pub fn on_path(program: impl AsRef<OsStr>) -> bool {
 
 /// The workspace root (the xtask crate lives in `<root>/xtask`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives inside the workspace").to_path_buf()
 }
 
 /// `target/bench`, where benchmarks keep their raw output.
@@ -97,7 +84,9 @@ pub fn bench_dir() -> Result<PathBuf> {
 /// told, not fatal (the figures are printed anyway). Returns the path.
 pub fn save_bench_output(name: &str, output: &str) -> PathBuf {
     let path = bench_path().join(name);
-    if let Err(e) = bench_dir().and_then(|_| fs::write(&path, output).with_context(|| format!("could not write {}", path.display()))) {
+    if let Err(e) = bench_dir()
+        .and_then(|_| fs::write(&path, output).with_context(|| format!("could not write {}", path.display())))
+    {
         eprintln!("could not save the raw output: {e:#}");
     }
     path
@@ -122,10 +111,7 @@ pub fn remove_abandoned(parent: &Path, prefix: &str) {
         }
         let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
         if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-            println!(
-                "removing {} left by an interrupted run",
-                entry.path().display()
-            );
+            println!("removing {} left by an interrupted run", entry.path().display());
             let _ = fs::remove_dir_all(entry.path());
         }
     }
@@ -146,11 +132,8 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     /// Create a fresh directory named by [`temp_name`] inside `parent`.
     pub fn new_in(parent: &Path, prefix: &str) -> Result<Self> {
-        fs::create_dir_all(parent)
-            .with_context(|| format!("could not create {}", parent.display()))?;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        fs::create_dir_all(parent).with_context(|| format!("could not create {}", parent.display()))?;
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let path = parent.join(temp_name(prefix, nanos));
         fs::create_dir(&path).with_context(|| format!("could not create {}", path.display()))?;
         Ok(Self(path))
@@ -177,10 +160,7 @@ impl Drop for TempDir {
 }
 
 /// Send each line of `from` (lossily decoded, `\r` stripped) to `to`.
-pub fn forward_lines(
-    from: impl Read + Send + 'static,
-    to: mpsc::Sender<String>,
-) -> thread::JoinHandle<()> {
+pub fn forward_lines(from: impl Read + Send + 'static, to: mpsc::Sender<String>) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut reader = BufReader::new(from);
         let mut buf = Vec::new();

@@ -55,10 +55,7 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
     let root = cmd::workspace_root();
     let policy = root.join(POLICY);
     if !policy.is_file() {
-        bail!(
-            "{} is missing; the demo runs the agent under that policy",
-            policy.display()
-        );
+        bail!("{} is missing; the demo runs the agent under that policy", policy.display());
     }
     let mut args = vec!["build", "-p", "enforcer", "-p", "enforcer-tests", "--bins"];
     if opts.release {

@@ -27,11 +27,7 @@ pub fn chosen(kernels: &[String]) -> Vec<String> {
 /// The series a command was asked for with `--kernel`, or `default` if none.
 #[must_use]
 pub fn chosen_or(kernels: &[String], default: &[&str]) -> Vec<String> {
-    if kernels.is_empty() {
-        default.iter().map(ToString::to_string).collect()
-    } else {
-        kernels.to_vec()
-    }
+    if kernels.is_empty() { default.iter().map(ToString::to_string).collect() } else { kernels.to_vec() }
 }
 
 /// A cached kernel.
@@ -49,11 +45,7 @@ pub struct Kernel {
 
 /// The cache root.
 pub fn cache_dir() -> Result<PathBuf> {
-    let non_empty = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(dir) = non_empty("ENFORCER_CACHE") {
         return Ok(dir);
     }
@@ -76,10 +68,7 @@ pub fn cached(series: &str) -> Result<Kernel> {
     let dir = series_dir(series)?;
     let vmlinuz = dir.join("vmlinuz");
     if !vmlinuz.is_file() {
-        bail!(
-            "no kernel cached for {series} (looked for {}); run `cargo xtask setup`",
-            vmlinuz.display()
-        );
+        bail!("no kernel cached for {series} (looked for {}); run `cargo xtask setup`", vmlinuz.display());
     }
     let read = |name: &str| fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string());
     Ok(Kernel {

@@ -51,18 +51,12 @@ pub fn run(command: &mut Command, timeout: Duration) -> Result<Finished> {
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    let status = child
-        .wait()
-        .with_context(|| format!("could not wait for `{line}`"))?;
+    let status = child.wait().with_context(|| format!("could not wait for `{line}`"))?;
     if !timed_out {
         // (After a kill a grandchild may still hold the pipe open: do not wait for it.)
         let _ = reader.join();
     }
-    Ok(Finished {
-        summary,
-        success: status.success() && !timed_out,
-        timed_out,
-    })
+    Ok(Finished { summary, success: status.success() && !timed_out, timed_out })
 }
 
 /// Totals from `test result: ...` lines and the names from `test NAME ... FAILED` lines.
@@ -107,10 +101,8 @@ impl Summary {
             return;
         }
         // "test policy::tests::denies_home ... FAILED"
-        if let Some(name) = line
-            .find("test ")
-            .map(|i| &line[i + 5..])
-            .and_then(|rest| rest.trim_end().strip_suffix(" ... FAILED"))
+        if let Some(name) =
+            line.find("test ").map(|i| &line[i + 5..]).and_then(|rest| rest.trim_end().strip_suffix(" ... FAILED"))
         {
             self.failed_tests.push(name.to_string());
         }

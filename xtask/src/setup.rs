@@ -46,10 +46,8 @@ pub fn ensure(vm_tools: bool, kernel_series: &[String]) -> Result<()> {
     tools::rust_src()?;
     tools::bpf_linker()?;
     // Try every series before failing, so one unavailable series does not block the rest.
-    let failures: Vec<String> = kernel_series
-        .iter()
-        .filter_map(|series| kernels::ensure(series).err().map(|e| format!("{e:#}")))
-        .collect();
+    let failures: Vec<String> =
+        kernel_series.iter().filter_map(|series| kernels::ensure(series).err().map(|e| format!("{e:#}"))).collect();
     if !failures.is_empty() {
         bail!("{}", failures.join("\n"));
     }

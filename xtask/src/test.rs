@@ -41,10 +41,7 @@ pub struct Options {
 /// How a tier ended.
 pub enum Outcome {
     /// Tests ran. `problem` says why the tier failed beyond failing tests, if it did.
-    Ran {
-        summary: Summary,
-        problem: Option<String>,
-    },
+    Ran { summary: Summary, problem: Option<String> },
     /// The tier could not run (fails the whole run).
     CouldNotRun(String),
     /// Deliberately skipped.
@@ -69,11 +66,7 @@ impl Tier {
         let name = &self.name;
         match &self.outcome {
             Outcome::Ran { summary, problem } => {
-                let mut line = format!(
-                    "tier {name}: {} passed, {} failed",
-                    summary.passed,
-                    self.failed()
-                );
+                let mut line = format!("tier {name}: {} passed, {} failed", summary.passed, self.failed());
                 if summary.ignored > 0 {
                     let _ = write!(line, " ({} ignored)", summary.ignored);
                 }
@@ -94,11 +87,7 @@ impl Tier {
 pub fn run(opts: &Options) -> ExitCode {
     let series = kernel::chosen_or(&opts.kernels, kernel::FETCHED);
     // Cheap when everything is in place; on a fresh machine it installs what the tiers need.
-    let setup_series = if opts.skip_vm {
-        Vec::new()
-    } else {
-        series.clone()
-    };
+    let setup_series = if opts.skip_vm { Vec::new() } else { series.clone() };
     if let Err(e) = setup::ensure(!opts.skip_vm, &setup_series) {
         eprintln!("test: setup failed: {e:#}\ntest: continuing; tiers that need it will fail");
     }
@@ -112,10 +101,7 @@ pub fn run(opts: &Options) -> ExitCode {
         tiers.push(timed(&host::run));
     }
     if opts.skip_vm {
-        tiers.push(timed(&|| Tier {
-            name: "vm".into(),
-            outcome: Outcome::Skipped("--skip-vm".into()),
-        }));
+        tiers.push(timed(&|| Tier { name: "vm".into(), outcome: Outcome::Skipped("--skip-vm".into()) }));
     } else {
         if wanted("vm") {
             tiers.extend(in_vm::run_all(&series));
@@ -137,23 +123,14 @@ pub fn run(opts: &Options) -> ExitCode {
         })
         .sum();
     let failed: u64 = tiers.iter().map(Tier::failed).sum();
-    let skipped = tiers
-        .iter()
-        .filter(|t| !matches!(t.outcome, Outcome::Ran { .. }))
-        .count();
-    let could_not_run = tiers
-        .iter()
-        .any(|t| matches!(t.outcome, Outcome::CouldNotRun(_)));
+    let skipped = tiers.iter().filter(|t| !matches!(t.outcome, Outcome::Ran { .. })).count();
+    let could_not_run = tiers.iter().any(|t| matches!(t.outcome, Outcome::CouldNotRun(_)));
     let mut total = format!("{passed} passed, {failed} failed");
     if skipped > 0 {
         let _ = write!(total, ", {skipped} skipped");
     }
     println!("{total}");
-    if failed > 0 || could_not_run {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    if failed > 0 || could_not_run { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 /// Runs a tier and prints its line, its time in its name.
@@ -171,9 +148,7 @@ pub fn ran(summary: Summary, exit_ok: bool, what: &str) -> Outcome {
     let problem = if summary.results == 0 {
         Some(format!("{what} printed no `test result:` line"))
     } else if !exit_ok && summary.failed == 0 {
-        Some(format!(
-            "{what} exited non-zero without a failing test (see its output above)"
-        ))
+        Some(format!("{what} exited non-zero without a failing test (see its output above)"))
     } else {
         None
     };

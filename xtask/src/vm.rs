@@ -59,8 +59,7 @@ pub struct VmRun {
 
 /// Boot the VM and run the script (see the module docs).
 pub fn run(spec: &VmSpec) -> Result<VmRun> {
-    let initrd =
-        initramfs::build(&spec.files, &spec.script).context("could not build the initramfs")?;
+    let initrd = initramfs::build(&spec.files, &spec.script).context("could not build the initramfs")?;
     let kernel = &spec.kernel;
     let mut failures = Vec::new();
     for attempt in 1..=2 {
@@ -68,13 +67,7 @@ pub fn run(spec: &VmSpec) -> Result<VmRun> {
         if let Some(boot_time) = a.userspace_after {
             let kernel_release = a.lines.iter().find_map(|l| {
                 let rest = l.split(qemu::READY_MARKER).nth(1)?;
-                Some(
-                    rest.split("kernel=")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()?
-                        .to_string(),
-                )
+                Some(rest.split("kernel=").nth(1)?.split_whitespace().next()?.to_string())
             });
             return Ok(VmRun {
                 output: a.lines.join("\n"),
@@ -90,15 +83,9 @@ pub fn run(spec: &VmSpec) -> Result<VmRun> {
             None => format!("qemu exited after {:.1?}", a.elapsed),
         };
         let tail = a.lines.len().saturating_sub(30);
-        failures.push(format!(
-            "attempt {attempt}: {why}; last lines:\n{}",
-            a.lines[tail..].join("\n")
-        ));
+        failures.push(format!("attempt {attempt}: {why}; last lines:\n{}", a.lines[tail..].join("\n")));
         if attempt == 1 {
-            eprintln!(
-                "vm: kernel {} never reached userspace ({why}); retrying the boot once",
-                kernel.series
-            );
+            eprintln!("vm: kernel {} never reached userspace ({why}); retrying the boot once", kernel.series);
         }
     }
     bail!(
@@ -141,9 +128,7 @@ pub fn run_command(opts: &Options) -> Result<ExitCode> {
         .files
         .iter()
         .map(|f| {
-            let (host, guest) = f
-                .rsplit_once(':')
-                .with_context(|| format!("--file {f:?}: expected HOST:GUEST"))?;
+            let (host, guest) = f.rsplit_once(':').with_context(|| format!("--file {f:?}: expected HOST:GUEST"))?;
             Ok((PathBuf::from(host), guest.to_string()))
         })
         .collect::<Result<_>>()?;
@@ -162,17 +147,10 @@ pub fn run_command(opts: &Options) -> Result<ExitCode> {
     let total = run.elapsed.as_secs_f64();
     match run.exit_code {
         Some(code) => {
-            eprintln!(
-                "vm: kernel {release}: userspace after {boot:.1}s, command exited {code}, total {total:.1}s"
-            );
+            eprintln!("vm: kernel {release}: userspace after {boot:.1}s, command exited {code}, total {total:.1}s");
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
-        None if run.timed_out => bail!(
-            "kernel {release}: the command did not finish within {}s",
-            opts.timeout
-        ),
-        None => bail!(
-            "kernel {release}: the VM stopped before the command finished (see the output above)"
-        ),
+        None if run.timed_out => bail!("kernel {release}: the command did not finish within {}s", opts.timeout),
+        None => bail!("kernel {release}: the VM stopped before the command finished (see the output above)"),
     }
 }

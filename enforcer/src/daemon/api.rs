@@ -168,7 +168,9 @@ async fn untag(State(shared): State<Arc<Shared>>, Query(query): Query<UntagQuery
     let result = shared.core.lock().await.untag(&query.cgroup);
     match result {
         Ok(tag) => {
-            let _ = shared.notices.send(json!({ "ts": super::now(), "kind": "untagged", "cgroup": tag.cgroup, "policy": tag.policy }));
+            let _ = shared
+                .notices
+                .send(json!({ "ts": super::now(), "kind": "untagged", "cgroup": tag.cgroup, "policy": tag.policy }));
             Json(tag).into_response()
         }
         Err(e) => e.into_response(),
@@ -236,7 +238,10 @@ impl Drop for Follower {
 async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Follow>) -> Response {
     let since = match filter.since.as_deref().map(|s| (s, parse_since(s))) {
         Some((text, None)) => {
-            return error(StatusCode::BAD_REQUEST, format!("since `{text}` is neither a duration (`5m`) nor an RFC 3339 time"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("since `{text}` is neither a duration (`5m`) nor an RFC 3339 time"),
+            );
         }
         Some((_, Some(since))) => Some(since),
         None => None,

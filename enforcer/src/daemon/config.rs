@@ -74,7 +74,14 @@ impl Default for Config {
 
 impl Default for Events {
     fn default() -> Self {
-        Self { stdout: false, file: None, file_max_bytes: 100 << 20, file_keep: 5, follower_buffer: 4096, history: 10_000 }
+        Self {
+            stdout: false,
+            file: None,
+            file_max_bytes: 100 << 20,
+            file_keep: 5,
+            follower_buffer: 4096,
+            history: 10_000,
+        }
     }
 }
 
@@ -116,24 +123,45 @@ impl Config {
             .map_err(|e| invalid(e.span().map_or(0, |s| s.start), e.message().trim().to_owned(), HINT))?;
         // Values are checked where they are written (by key, for the line).
         let at = |key: &str| text.find(&format!("{key} ")).or_else(|| text.find(key)).unwrap_or(0);
-        for (key, path) in [("policies", &config.policies), ("socket", &config.socket), ("state_dir", &config.state_dir), ("bpffs", &config.bpffs)] {
+        for (key, path) in [
+            ("policies", &config.policies),
+            ("socket", &config.socket),
+            ("state_dir", &config.state_dir),
+            ("bpffs", &config.bpffs),
+        ] {
             if !path.is_absolute() {
-                return Err(invalid(at(key), format!("`{key}` must be an absolute path, not `{}`", path.display()), HINT));
+                return Err(invalid(
+                    at(key),
+                    format!("`{key}` must be an absolute path, not `{}`", path.display()),
+                    HINT,
+                ));
             }
         }
         if let Some(file) = &config.events.file
             && !file.is_absolute()
         {
-            return Err(invalid(at("file"), format!("events.file must be an absolute path, not `{}`", file.display()), HINT));
+            return Err(invalid(
+                at("file"),
+                format!("events.file must be an absolute path, not `{}`", file.display()),
+                HINT,
+            ));
         }
         if config.events.file_max_bytes < 4096 {
-            return Err(invalid(at("file_max_bytes"), "events.file_max_bytes is below 4096".to_owned(), "rotate at 4096 bytes or more"));
+            return Err(invalid(
+                at("file_max_bytes"),
+                "events.file_max_bytes is below 4096".to_owned(),
+                "rotate at 4096 bytes or more",
+            ));
         }
         if config.events.file_keep == 0 {
             return Err(invalid(at("file_keep"), "events.file_keep is 0".to_owned(), "keep at least one rotated file"));
         }
         if config.events.follower_buffer < 16 {
-            return Err(invalid(at("follower_buffer"), "events.follower_buffer is below 16".to_owned(), "use 16 lines or more"));
+            return Err(invalid(
+                at("follower_buffer"),
+                "events.follower_buffer is below 16".to_owned(),
+                "use 16 lines or more",
+            ));
         }
         if let Some(group) = &config.socket_group
             && group_id(group).is_none()

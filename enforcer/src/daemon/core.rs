@@ -155,14 +155,19 @@ impl Core {
             let source = std::fs::read_to_string(core.version_file(saved.id, &saved.hash)).unwrap_or_default();
             match policies::compile(&saved.file, &source, saved.id, saved.version) {
                 Ok(loaded) => _ = core.policies.insert(loaded.name.clone(), loaded),
-                Err(e) => report.warnings.push(format!("the saved version {} of policy `{}` no longer compiles: {e}", saved.version, saved.name)),
+                Err(e) => report.warnings.push(format!(
+                    "the saved version {} of policy `{}` no longer compiles: {e}",
+                    saved.version, saved.name
+                )),
             }
         }
         for tag in state.tags {
             if !core.still_there(&tag) {
                 report.warnings.push(format!("cgroup {} is gone: its tag is dropped", tag.cgroup));
             } else if !core.policies.contains_key(&tag.policy) {
-                report.warnings.push(format!("cgroup {}: its policy `{}` could not be restored", tag.cgroup, tag.policy));
+                report
+                    .warnings
+                    .push(format!("cgroup {}: its policy `{}` could not be restored", tag.cgroup, tag.policy));
             } else {
                 core.tags.insert(tag.cgroup_id, tag);
             }
@@ -214,7 +219,8 @@ impl Core {
             };
             let name = policy.name.clone();
             if let Some(first) = seen.get(&name) {
-                let error = format!("{}: error: policy `{name}` is already defined by {}", file.display(), first.display());
+                let error =
+                    format!("{}: error: policy `{name}` is already defined by {}", file.display(), first.display());
                 report.rejected.push(Rejected { file: file.clone(), error });
                 continue;
             }
@@ -274,7 +280,12 @@ impl Core {
     /// Policies whose file is gone: unloaded, unless cgroups are tagged with
     /// them (untagging them is the orchestrator's decision, not ours) or
     /// their file only failed to load (both reported).
-    fn unloadable(&mut self, seen: &BTreeMap<String, PathBuf>, dir_unreadable: bool, report: &mut ReloadReport) -> Vec<String> {
+    fn unloadable(
+        &mut self,
+        seen: &BTreeMap<String, PathBuf>,
+        dir_unreadable: bool,
+        report: &mut ReloadReport,
+    ) -> Vec<String> {
         let rejected_files: HashSet<PathBuf> = report.rejected.iter().map(|r| r.file.clone()).collect();
         let mut unload = Vec::new();
         self.orphaned.clear();
@@ -305,18 +316,16 @@ impl Core {
     /// them and `unload` gone; on error nothing changed in the kernel.
     fn apply(&mut self, fresh: &BTreeMap<String, Loaded>, unload: &[String]) -> Result<(), LoadError> {
         let in_force = |name: &String| fresh.get(name).or_else(|| self.policies.get(name));
-        let names: BTreeSet<&String> = self.policies.keys().chain(fresh.keys()).filter(|n| !unload.contains(n)).collect();
+        let names: BTreeSet<&String> =
+            self.policies.keys().chain(fresh.keys()).filter(|n| !unload.contains(n)).collect();
         let mut file_rules: HashMap<FileRuleKey, u16> = HashMap::new();
         for loaded in names.iter().filter_map(|n| in_force(n)) {
             for &(key, flags) in &loaded.file_rules {
                 *file_rules.entry(key).or_default() |= flags;
             }
         }
-        let tags: HashMap<_, _> = self
-            .tags
-            .values()
-            .filter_map(|t| in_force(&t.policy).map(|p| (t.cgroup_id, (t.level, p.tag))))
-            .collect();
+        let tags: HashMap<_, _> =
+            self.tags.values().filter_map(|t| in_force(&t.policy).map(|p| (t.cgroup_id, (t.level, p.tag)))).collect();
         let live: HashSet<u32> = names.iter().filter_map(|n| in_force(n)).map(|p| u32::from(p.id)).collect();
         let recorded = self.enforcer.selected();
         let built = self.selection.table(names.iter().filter_map(|n| in_force(n)), &self.orphaned, &recorded)?;
@@ -345,11 +354,15 @@ impl Core {
         let published = timing.map(|t| t.elapsed());
         self.enforcer.retain_net_rules(&live)?;
         if let Some(t) = timing {
-            eprintln!("enforcer: apply: rules in after {inserted:?}, published after {published:?}, old rules out after {:?}", t.elapsed());
+            eprintln!(
+                "enforcer: apply: rules in after {inserted:?}, published after {published:?}, old rules out after {:?}",
+                t.elapsed()
+            );
         }
         if let Ok(mut labels) = self.labels.lock() {
             for loaded in names.iter().filter_map(|n| in_force(n)) {
-                let label = PolicyLabel { name: loaded.name.clone(), version: Some((loaded.version, loaded.hash.clone())) };
+                let label =
+                    PolicyLabel { name: loaded.name.clone(), version: Some((loaded.version, loaded.hash.clone())) };
                 labels.policies.insert(u32::from(loaded.id), label);
             }
             let locked = PolicyLabel { name: "(unresolved selector)".to_owned(), version: None };
@@ -426,7 +439,9 @@ impl Core {
 
     /// Puts back what `cgroup` had before a tag that could not be saved.
     fn undo_tag(&mut self, cgroup: &Cgroup, previous: Option<Tag>) -> Result<(), OpError> {
-        if let Some((tag_info, previous)) = previous.and_then(|p| self.policies.get(&p.policy).map(|loaded| (loaded.tag, p))) {
+        if let Some((tag_info, previous)) =
+            previous.and_then(|p| self.policies.get(&p.policy).map(|loaded| (loaded.tag, p)))
+        {
             self.enforcer.tag(cgroup, tag_info)?;
             self.tags.insert(cgroup.id, previous);
         } else {
@@ -439,11 +454,14 @@ impl Core {
 
     /// Untags a cgroup (by path; a removed cgroup by the path it had).
     pub fn untag(&mut self, cgroup: &str) -> Result<Tag, OpError> {
-        let name = format!("/{}", cgroup.trim_start_matches(&*self.hierarchy.mount_point.to_string_lossy()).trim_matches('/'));
+        let name =
+            format!("/{}", cgroup.trim_start_matches(&*self.hierarchy.mount_point.to_string_lossy()).trim_matches('/'));
         let id = self.cgroup(cgroup).ok().map(|c| c.id);
         let found = self.tags.values().find(|t| Some(t.cgroup_id) == id || t.cgroup == name).map(|t| t.cgroup_id);
         let Some(id) = found else {
-            if let Some(selected) = self.selection.cgroups.values().find(|c| Some(c.cgroup_id) == id || c.cgroup == name) {
+            if let Some(selected) =
+                self.selection.cgroups.values().find(|c| Some(c.cgroup_id) == id || c.cgroup == name)
+            {
                 return Err(OpError::Invalid(format!(
                     "cgroup `{}` was tagged by a selector of policy `{}`: change the policy's `cgroups` to release it",
                     selected.cgroup, selected.policy
@@ -455,7 +473,8 @@ impl Core {
     }
 
     fn drop_tag(&mut self, id: u64) -> Result<Tag, OpError> {
-        let tag = self.tags.get(&id).cloned().ok_or_else(|| OpError::NotFound(format!("cgroup id {id} is not tagged")))?;
+        let tag =
+            self.tags.get(&id).cloned().ok_or_else(|| OpError::NotFound(format!("cgroup id {id} is not tagged")))?;
         let cgroup = Cgroup { path: PathBuf::new(), name: tag.cgroup.clone(), id, level: tag.level };
         self.enforcer.untag(&cgroup)?;
         self.tags.remove(&id);
@@ -478,12 +497,7 @@ impl Core {
     /// Drops the tags of cgroups that were removed, and brings the selected
     /// cgroups up to date.
     pub fn sweep(&mut self) -> Vec<Tag> {
-        let gone: Vec<u64> = self
-            .tags
-            .values()
-            .filter(|t| !self.still_there(t))
-            .map(|t| t.cgroup_id)
-            .collect();
+        let gone: Vec<u64> = self.tags.values().filter(|t| !self.still_there(t)).map(|t| t.cgroup_id).collect();
         let dropped = gone.into_iter().filter_map(|id| self.drop_tag(id).ok()).collect();
         if let Err(e) = self.reconcile() {
             eprintln!("enforcer: warning: cannot bring the selected cgroups up to date: {e}");
@@ -593,7 +607,8 @@ impl Core {
     /// Tagged cgroups using each policy.
     #[must_use]
     pub fn users(&self, policy: &str) -> usize {
-        self.tags.values().filter(|t| t.policy == policy).count() + self.selected().filter(|c| c.policy == policy).count()
+        self.tags.values().filter(|t| t.policy == policy).count()
+            + self.selected().filter(|c| c.policy == policy).count()
     }
 
     /// Tells the programs which inodes are the daemon's own again (a file
@@ -667,7 +682,10 @@ impl Core {
     /// returned (for the callers that have nothing to undo).
     pub fn save(&self) {
         if let Err(e) = self.try_save() {
-            eprintln!("enforcer: warning: cannot save state to {}: {e} (a restarted daemon would not adopt it)", self.state_file().display());
+            eprintln!(
+                "enforcer: warning: cannot save state to {}: {e} (a restarted daemon would not adopt it)",
+                self.state_file().display()
+            );
         }
     }
 
@@ -679,7 +697,13 @@ impl Core {
             policies: self
                 .policies
                 .values()
-                .map(|p| SavedPolicy { name: p.name.clone(), file: p.file.clone(), id: p.id, version: p.version, hash: p.hash.clone() })
+                .map(|p| SavedPolicy {
+                    name: p.name.clone(),
+                    file: p.file.clone(),
+                    id: p.id,
+                    version: p.version,
+                    hash: p.hash.clone(),
+                })
                 .collect(),
             tags: self.tags.values().cloned().collect(),
             slots: self.selection.slots.clone(),

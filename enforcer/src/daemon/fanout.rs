@@ -52,7 +52,11 @@ pub struct Fanout {
 
 impl Fanout {
     pub fn new(events: &config::Events, feed: Feed, metrics: Arc<Metrics>) -> std::io::Result<Self> {
-        let file = events.file.as_ref().map(|path| RotatingFile::open(path.clone(), events.file_max_bytes, events.file_keep)).transpose()?;
+        let file = events
+            .file
+            .as_ref()
+            .map(|path| RotatingFile::open(path.clone(), events.file_max_bytes, events.file_keep))
+            .transpose()?;
         Ok(Self {
             feed,
             history_max: events.history,

@@ -167,7 +167,9 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let ring = core.enforcer.take_events().ok_or(LoadError::MissingMap("EVENTS"))?;
     match crate::ring_fill::RingFill::new(&ring, u64::from(enforcer_common::events::EVENTS_BYTES)) {
         Ok(fill) => core.ring_fill = Some(fill),
-        Err(e) => eprintln!("enforcer: warning: cannot map the ring buffer's positions, its fill is not in the metrics: {e}"),
+        Err(e) => {
+            eprintln!("enforcer: warning: cannot map the ring buffer's positions, its fill is not in the metrics: {e}")
+        }
     }
     let metrics = Arc::new(Metrics::default());
     let feed = Feed::new(config.events.follower_buffer);
@@ -212,7 +214,9 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut core = shared.core.lock().await;
     stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
     core.lost_reported = stream.lost_reported();
-    stream.sink().daemon_line("daemon_stopped", &json!({"ts": now(), "kind": "daemon_stopped", "pid": std::process::id()}));
+    stream
+        .sink()
+        .daemon_line("daemon_stopped", &json!({"ts": now(), "kind": "daemon_stopped", "pid": std::process::id()}));
     stream.sink().flush();
     core.save();
     let _ = std::fs::remove_file(&config.socket);
@@ -396,8 +400,9 @@ fn mount_bpffs(pins: &Path) -> Result<(), DaemonError> {
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     let is_bpffs = rustix::fs::statfs(parent).is_ok_and(|s| s.f_type == BPF_FS_MAGIC);
     if !is_bpffs {
-        rustix::mount::mount("bpf", parent, "bpf", rustix::mount::MountFlags::empty(), None)
-            .map_err(|e| io_err(parent)(std::io::Error::other(format!("no bpffs here and mounting one failed: {e}"))))?;
+        rustix::mount::mount("bpf", parent, "bpf", rustix::mount::MountFlags::empty(), None).map_err(|e| {
+            io_err(parent)(std::io::Error::other(format!("no bpffs here and mounting one failed: {e}")))
+        })?;
     }
     std::fs::create_dir_all(pins).map_err(io_err(pins))
 }

@@ -66,7 +66,9 @@ pub fn scan(dir: &Path) -> Result<(Vec<PolicyFile>, Vec<Rejected>), std::io::Err
     for file in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => texts.push((file, text)),
-            Err(e) => rejected.push(Rejected { file: file.clone(), error: format!("{}: cannot read: {e}", file.display()) }),
+            Err(e) => {
+                rejected.push(Rejected { file: file.clone(), error: format!("{}: cannot read: {e}", file.display()) })
+            }
         }
     }
     Ok((texts, rejected))
@@ -90,10 +92,20 @@ pub fn compile_parsed(
     let mut warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
     let resolved = rules::resolve(&policy, id).map_err(|e| format!("{}: {e}", file.display()))?;
     for (path, key) in &resolved.missing {
-        warnings.push(format!("{}: warning: {key} tree {} does not exist; {}", file.display(), path.display(), run::missing_effect(key)));
+        warnings.push(format!(
+            "{}: warning: {key} tree {} does not exist; {}",
+            file.display(),
+            path.display(),
+            run::missing_effect(key)
+        ));
     }
-    let net = policy.network.as_ref().map(|n| net_rules::build(n, u32::from(id))).transpose().map_err(|e| e.to_string())?;
-    if policy.network.as_ref().is_some_and(|n| n.allow.iter().any(|(d, _)| matches!(d.target, crate::destinations::Target::Host { .. }))) {
+    let net =
+        policy.network.as_ref().map(|n| net_rules::build(n, u32::from(id))).transpose().map_err(|e| e.to_string())?;
+    if policy
+        .network
+        .as_ref()
+        .is_some_and(|n| n.allow.iter().any(|(d, _)| matches!(d.target, crate::destinations::Target::Host { .. })))
+    {
         warnings.push(format!(
             "{}: warning: network.allow names hosts: the daemon does not resolve host names yet, so connections to them \
              are denied (use `enforcer run`, or name addresses)",

@@ -74,13 +74,19 @@ impl Selection {
             .collect();
         // A policy keeps its slot while it is in force (cgroups recorded
         // with it are switched in the same swap as its new version).
-        let mut slots: BTreeMap<String, u32> =
-            self.slots.iter().filter(|(name, _)| policies.iter().any(|p| p.name == **name)).map(|(n, s)| (n.clone(), *s)).collect();
+        let mut slots: BTreeMap<String, u32> = self
+            .slots
+            .iter()
+            .filter(|(name, _)| policies.iter().any(|p| p.name == **name))
+            .map(|(n, s)| (n.clone(), *s))
+            .collect();
         for name in globs.keys() {
             if !slots.contains_key(name) {
                 // Not a slot cgroups are still recorded with, either.
                 let used: HashSet<u32> = slots.values().copied().chain(recorded.iter().map(|(_, r)| r.slot)).collect();
-                let slot = (0..SLOT_UNRESOLVED).find(|s| !used.contains(s)).ok_or(SelectorError::TooManySlots { count: globs.len() })?;
+                let slot = (0..SLOT_UNRESOLVED)
+                    .find(|s| !used.contains(s))
+                    .ok_or(SelectorError::TooManySlots { count: globs.len() })?;
                 slots.insert(name.clone(), slot);
             }
         }
@@ -171,10 +177,19 @@ impl Selection {
             .filter(|(id, _)| !tagged.contains(id))
             .map(|&(id, selected)| {
                 let cgroup = names.get(&id).map_or_else(|| format!("(cgroup id {id})"), |f| f.name.clone());
-                (id, SelectedCgroup { cgroup, cgroup_id: id, level: selected.level, policy: self.policy_of(selected.slot) })
+                (
+                    id,
+                    SelectedCgroup {
+                        cgroup,
+                        cgroup_id: id,
+                        level: selected.level,
+                        policy: self.policy_of(selected.slot),
+                    },
+                )
             })
             .collect();
-        let came: Vec<SelectedCgroup> = current.iter().filter(|(id, _)| !self.cgroups.contains_key(id)).map(|(_, c)| c.clone()).collect();
+        let came: Vec<SelectedCgroup> =
+            current.iter().filter(|(id, _)| !self.cgroups.contains_key(id)).map(|(_, c)| c.clone()).collect();
         let went: Vec<SelectedCgroup> =
             self.cgroups.iter().filter(|(id, _)| !current.contains_key(id)).map(|(_, c)| c.clone()).collect();
         self.cgroups = current;

@@ -47,7 +47,14 @@ impl Grants {
 
     /// Allows `addr` for `ports` under policy `policy_id` for `ttl`, because
     /// `name` resolved to it. The map holds it when this returns.
-    pub fn grant(&mut self, policy_id: u32, addr: IpAddr, name: &str, ports: NetPorts, ttl: Duration) -> Result<(), MapError> {
+    pub fn grant(
+        &mut self,
+        policy_id: u32,
+        addr: IpAddr,
+        name: &str,
+        ports: NetPorts,
+        ttl: Duration,
+    ) -> Result<(), MapError> {
         let addr = as_v6(addr);
         let expires_boot_ns = boot_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
         let list = self.by_address.entry((policy_id, addr)).or_default();

@@ -244,7 +244,11 @@ impl Resolver {
         let ask = async {
             match transport {
                 Transport::Udp => {
-                    let any: IpAddr = if self.upstream.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+                    let any: IpAddr = if self.upstream.is_ipv4() {
+                        Ipv4Addr::UNSPECIFIED.into()
+                    } else {
+                        Ipv6Addr::UNSPECIFIED.into()
+                    };
                     let bind = SocketAddr::new(any, 0);
                     let socket = UdpSocket::bind(bind).await?;
                     socket.connect(self.upstream).await?;
@@ -261,7 +265,9 @@ impl Resolver {
                 }
             }
         };
-        tokio::time::timeout(UPSTREAM_TIMEOUT, ask).await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+        tokio::time::timeout(UPSTREAM_TIMEOUT, ask)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
     }
 
     fn report(&self, qname: &str, qtype: RecordType, reason: &'static str) {

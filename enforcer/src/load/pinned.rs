@@ -14,15 +14,16 @@ use std::path::{Path, PathBuf};
 use aya::{
     maps::{Map, MapData},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, cgroup_sock::CgroupSockAttachType,
-        cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        cgroup_sock::CgroupSockAttachType, cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
     },
 };
 use sha2::Digest as _;
 
 use super::{
-    Enforcer, FLOOR_HOOKS, HOOKS, LoadError, LsmLink, MAP_NAMES, Maps, NET_HOOKS, PROGRAMS, SOCK_ADDR_PROGRAMS,
-    INBOUND_PROGRAM, SELECTOR_PROGRAM, SOCK_CREATE_PROGRAM, attach_selector_program, chain, load_everything, program_of,
+    Enforcer, FLOOR_HOOKS, HOOKS, INBOUND_PROGRAM, LoadError, LsmLink, MAP_NAMES, Maps, NET_HOOKS, PROGRAMS,
+    SELECTOR_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, attach_selector_program, chain, load_everything,
+    program_of,
 };
 use crate::cgroups::Cgroup;
 
@@ -191,7 +192,8 @@ impl Enforcer {
             eprintln!("enforcer: attaching the socket programs to {} (id {})", cgroup.name, cgroup.id);
         }
         let attach_err = |detail: String| PinError::Attach { cgroup: cgroup.name.clone(), detail };
-        let file = std::fs::File::open(&cgroup.path).map_err(|source| LoadError::OpenCgroup { path: cgroup.path.clone(), source })?;
+        let file = std::fs::File::open(&cgroup.path)
+            .map_err(|source| LoadError::OpenCgroup { path: cgroup.path.clone(), source })?;
         let staging = pinned.dir.join("net").join(format!("{}-new", cgroup.id));
         let _ = remove_pins(&staging);
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
@@ -211,7 +213,9 @@ impl Enforcer {
             let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
             pin(SOCK_CREATE_PROGRAM, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
             let program = &mut pinned.inbound;
-            let id = program.attach(&file, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single).map_err(|e| attach_err(chain(&e)))?;
+            let id = program
+                .attach(&file, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+                .map_err(|e| attach_err(chain(&e)))?;
             let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
             pin(INBOUND_PROGRAM, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
             Ok(())
@@ -253,14 +257,16 @@ impl Pinned {
         let mut sock_addr = Vec::new();
         for &(name, attach_type) in SOCK_ADDR_TYPES {
             let path = dir.join("progs").join(name);
-            let program = CgroupSockAddr::from_pin(&path, attach_type).map_err(|e| open_err(path.clone(), chain(&e)))?;
+            let program =
+                CgroupSockAddr::from_pin(&path, attach_type).map_err(|e| open_err(path.clone(), chain(&e)))?;
             sock_addr.push((name, program));
         }
         let path = dir.join("progs").join(SOCK_CREATE_PROGRAM);
-        let sock_create =
-            CgroupSock::from_pin(&path, CgroupSockAttachType::SockCreate).map_err(|e| open_err(path.clone(), chain(&e)))?;
+        let sock_create = CgroupSock::from_pin(&path, CgroupSockAttachType::SockCreate)
+            .map_err(|e| open_err(path.clone(), chain(&e)))?;
         let path = dir.join("progs").join(INBOUND_PROGRAM);
-        let inbound = CgroupSkb::from_pin(&path, CgroupSkbAttachType::Ingress).map_err(|e| open_err(path.clone(), chain(&e)))?;
+        let inbound =
+            CgroupSkb::from_pin(&path, CgroupSkbAttachType::Ingress).map_err(|e| open_err(path.clone(), chain(&e)))?;
         Ok(Self { dir: dir.to_owned(), sock_addr, sock_create, inbound })
     }
 }

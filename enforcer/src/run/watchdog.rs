@@ -82,7 +82,6 @@ impl Watchdog {
             }
         }
     }
-
 }
 
 impl Drop for Watchdog {

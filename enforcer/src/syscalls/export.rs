@@ -10,8 +10,8 @@
 use std::fmt::Write as _;
 
 use oci_spec::runtime::{
-    Arch as OciArch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator,
-    LinuxSyscall, LinuxSyscallBuilder,
+    Arch as OciArch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
 };
 
 use super::{DenyAction, FALLBACK_ENOSYS, Syscalls, arg_rules, groups::GROUPS_VERSION};
@@ -31,7 +31,9 @@ fn oci_profile(syscalls: &Syscalls) -> Result<LinuxSeccomp, ExportError> {
     let unconditional: Vec<String> =
         syscalls.allow.iter().filter(|name| arg_rules(name, syscalls.namespaces).is_none()).cloned().collect();
     if !unconditional.is_empty() {
-        rules.push(LinuxSyscallBuilder::default().names(unconditional).action(LinuxSeccompAction::ScmpActAllow).build()?);
+        rules.push(
+            LinuxSyscallBuilder::default().names(unconditional).action(LinuxSeccompAction::ScmpActAllow).build()?,
+        );
     }
     for name in &syscalls.allow {
         for rule in arg_rules(name, syscalls.namespaces).unwrap_or_default() {

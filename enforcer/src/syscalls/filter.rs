@@ -65,7 +65,8 @@ impl Program {
             }
         }
         // libseccomp 2.5 exports only to a file descriptor.
-        let memfd = rustix::fs::memfd_create("enforcer-seccomp", rustix::fs::MemfdFlags::CLOEXEC).map_err(std::io::Error::from)?;
+        let memfd = rustix::fs::memfd_create("enforcer-seccomp", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(std::io::Error::from)?;
         ctx.export_bpf(&memfd)?;
         let mut file = std::fs::File::from(memfd);
         file.rewind()?;
@@ -221,7 +222,10 @@ impl Handoff {
                 CANCELLED => return Err(std::io::Error::other("the command was not started")),
                 _ if Instant::now() > deadline => {
                     self.abandon();
-                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the command did not install its filter"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the command did not install its filter",
+                    ));
                 }
                 _ => std::thread::sleep(Duration::from_micros(50)),
             }

@@ -104,7 +104,8 @@ pub fn expand(entry: &str) -> Result<Vec<&str>, String> {
 }
 
 /// Namespace flags of `clone` (`CLONE_NEWTIME` is 0x80 there: a signal number bit).
-const CLONE_NAMESPACES: u64 = 0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000;
+const CLONE_NAMESPACES: u64 =
+    0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000;
 /// Namespace flags of `unshare`: those of clone plus `CLONE_NEWTIME`.
 const UNSHARE_NAMESPACES: u64 = CLONE_NAMESPACES | 0x80;
 const S_IFMT: u64 = 0o170_000;
@@ -125,7 +126,12 @@ const NO_CLONE_NAMESPACES: &[ArgRule] = &[masked(0, CLONE_NAMESPACES, 0)];
 const NO_UNSHARE_NAMESPACES: &[ArgRule] = &[masked(0, UNSHARE_NAMESPACES, 0)];
 /// Regular files (type 0 means regular), FIFOs and sockets; not devices.
 const fn mknod_types(arg: u32) -> [ArgRule; 4] {
-    [masked(arg, S_IFMT, 0), masked(arg, S_IFMT, 0o100_000), masked(arg, S_IFMT, 0o010_000), masked(arg, S_IFMT, 0o140_000)]
+    [
+        masked(arg, S_IFMT, 0),
+        masked(arg, S_IFMT, 0o100_000),
+        masked(arg, S_IFMT, 0o010_000),
+        masked(arg, S_IFMT, 0o140_000),
+    ]
 }
 const MKNOD: [ArgRule; 4] = mknod_types(1);
 const MKNODAT: [ArgRule; 4] = mknod_types(2);
@@ -192,9 +198,29 @@ mod tests {
     fn default_agent_leaves_out_what_breaks_sandboxes() {
         let default: Vec<&str> = groups::default_agent().collect();
         for dangerous in [
-            "bpf", "perf_event_open", "ptrace", "process_vm_readv", "process_vm_writev", "kexec_load", "init_module",
-            "finit_module", "mount", "umount2", "pivot_root", "move_mount", "fsopen", "setns", "keyctl", "add_key",
-            "userfaultfd", "io_uring_setup", "io_uring_enter", "reboot", "swapon", "open_by_handle_at", "clone3",
+            "bpf",
+            "perf_event_open",
+            "ptrace",
+            "process_vm_readv",
+            "process_vm_writev",
+            "kexec_load",
+            "init_module",
+            "finit_module",
+            "mount",
+            "umount2",
+            "pivot_root",
+            "move_mount",
+            "fsopen",
+            "setns",
+            "keyctl",
+            "add_key",
+            "userfaultfd",
+            "io_uring_setup",
+            "io_uring_enter",
+            "reboot",
+            "swapon",
+            "open_by_handle_at",
+            "clone3",
         ] {
             assert!(!default.contains(&dangerous), "@default-agent must not hold `{dangerous}`");
         }

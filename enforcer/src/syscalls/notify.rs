@@ -164,11 +164,8 @@ impl Supervisor {
     fn describe(&self, tid: u32) -> SyscallEvent {
         let proc = PathBuf::from(format!("/proc/{tid}"));
         let status = std::fs::read_to_string(proc.join("status")).unwrap_or_default();
-        let process = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(tid);
+        let process =
+            status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(tid);
         let comm = std::fs::read_to_string(proc.join("comm")).unwrap_or_default().trim_end().to_owned();
         let exe = std::fs::read_link(proc.join("exe")).ok().map(|p| p.display().to_string());
         let cgroup = std::fs::read_to_string(proc.join("cgroup"))
@@ -197,7 +194,10 @@ impl Supervisor {
 }
 
 fn arch_name(arch: ScmpArch) -> String {
-    Arch::ALL.iter().find(|a| a.scmp() == arch).map_or_else(|| format!("{arch:?}").to_lowercase(), |a| a.name().to_owned())
+    Arch::ALL
+        .iter()
+        .find(|a| a.scmp() == arch)
+        .map_or_else(|| format!("{arch:?}").to_lowercase(), |a| a.name().to_owned())
 }
 
 /// How long `enforcer run` waits for the command to hand over its listener.

@@ -175,7 +175,9 @@ fn main() {
     let (Some(kind), Some(path), Some(Ok(iterations))) =
         (args.get(1), args.get(2), args.get(3).map(|n| n.parse::<u64>()))
     else {
-        eprintln!("usage: enforcer-bench open|open-read|write|stat|read|connect|sendto|listen|getpid|fork-exec|until-denied PATH ITERATIONS");
+        eprintln!(
+            "usage: enforcer-bench open|open-read|write|stat|read|connect|sendto|listen|getpid|fork-exec|until-denied PATH ITERATIONS"
+        );
         std::process::exit(2);
     };
     let path = CString::new(path.as_str()).expect("path without NUL");
@@ -233,7 +235,9 @@ fn main() {
             // SAFETY: a UDP socket, kept for the whole loop.
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
             // SAFETY: 64 bytes from a local buffer, to a sockaddr_in of its length.
-            timed(&mut || unsafe { libc::sendto(fd, buf.0.as_ptr().cast(), buf.0.len(), 0, (&raw const to).cast(), SOCKADDR_IN_LEN) })
+            timed(&mut || unsafe {
+                libc::sendto(fd, buf.0.as_ptr().cast(), buf.0.len(), 0, (&raw const to).cast(), SOCKADDR_IN_LEN)
+            })
         }
         // PATH is ignored: the raw syscall (libc may not cache, but be sure).
         "getpid" => timed(&mut || unsafe { libc::syscall(libc::SYS_getpid) }.try_into().unwrap_or(-1)),
@@ -256,7 +260,9 @@ fn main() {
             })
         }
         other => {
-            eprintln!("enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, listen, getpid, fork-exec, until-denied)");
+            eprintln!(
+                "enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, listen, getpid, fork-exec, until-denied)"
+            );
             std::process::exit(2);
         }
     };

@@ -7,9 +7,9 @@
 
 use std::{
     ffi::CString,
-    os::unix::process::CommandExt as _,
     io::{BufRead as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
+    os::unix::process::CommandExt as _,
     os::{linux::net::SocketAddrExt as _, unix::net},
     time::Duration,
 };
@@ -436,7 +436,10 @@ fn tiocsti_pty() -> i32 {
             return 1000 + errno();
         }
         let mut name = [0 as libc::c_char; 64];
-        if libc::grantpt(master) != 0 || libc::unlockpt(master) != 0 || libc::ptsname_r(master, name.as_mut_ptr(), name.len()) != 0 {
+        if libc::grantpt(master) != 0
+            || libc::unlockpt(master) != 0
+            || libc::ptsname_r(master, name.as_mut_ptr(), name.len()) != 0
+        {
             return 1000 + errno();
         }
         let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
@@ -471,7 +474,14 @@ fn chattr_immutable(path: &str) -> i32 {
 fn open_tree_read(path: &str) -> i32 {
     const OPEN_TREE_CLONE: libc::c_uint = 1;
     // SAFETY: open_tree with a NUL-terminated path.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c(path).as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c(path).as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
     let Ok(fd) = i32::try_from(fd) else { return 1000 + errno() };
     if fd < 0 {
         return 1000 + errno();
@@ -492,7 +502,9 @@ fn fsmount_write() -> i32 {
             return 1000 + errno();
         }
         let fs = i32::try_from(fs).unwrap_or(-1);
-        if libc::syscall(libc::SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 0) < 0 {
+        if libc::syscall(libc::SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 0)
+            < 0
+        {
             return 2000 + errno();
         }
         let mount = libc::syscall(libc::SYS_fsmount, fs, 1, 0);
@@ -546,7 +558,12 @@ fn sendmsg_source_route(to: &str) -> i32 {
     // SAFETY: sendmsg with a msghdr of local buffers, then close.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        let addr = libc::sockaddr_in { sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or_default(), sin_port: to.port().to_be(), sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.ip().octets()) }, sin_zero: [0; 8] };
+        let addr = libc::sockaddr_in {
+            sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or_default(),
+            sin_port: to.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.ip().octets()) },
+            sin_zero: [0; 8],
+        };
         let mut control = [0u64; 4];
         let cmsg = control.as_mut_ptr().cast::<libc::cmsghdr>();
         (*cmsg).cmsg_len = libc::CMSG_LEN(LSRR_LEN) as usize;
@@ -595,7 +612,9 @@ fn boundary_step(op: &str, arg: &str) -> Option<i32> {
                 let limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
                 check(libc::prlimit(pid_arg(arg), libc::RLIMIT_CORE, &raw const limit, std::ptr::null_mut()).into())
             }
-            "setpriority" => check(libc::setpriority(libc::PRIO_PROCESS, u32::try_from(pid_arg(arg)).unwrap_or(0), 19).into()),
+            "setpriority" => {
+                check(libc::setpriority(libc::PRIO_PROCESS, u32::try_from(pid_arg(arg)).unwrap_or(0), 19).into())
+            }
             "sched-idle" => {
                 let param = libc::sched_param { sched_priority: 0 };
                 check(libc::sched_setscheduler(pid_arg(arg), libc::SCHED_IDLE, &raw const param).into())
@@ -660,7 +679,9 @@ fn syscall_step(op: &str, arg: &str) -> Option<i32> {
             // A `bpf` command that does not exist (EINVAL when allowed): the
             // tests' marker that every earlier event of an agent was written.
             "bpf-cmd" => bpf_zeroed(number(arg)),
-            "mount" => check(libc::mount(c"none".as_ptr(), c(arg).as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()).into()),
+            "mount" => {
+                check(libc::mount(c"none".as_ptr(), c(arg).as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()).into())
+            }
             "ptrace-attach" => {
                 let pid = i32::try_from(number(arg)).expect("pid");
                 let r = libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0);
@@ -677,7 +698,10 @@ fn syscall_step(op: &str, arg: &str) -> Option<i32> {
             // PID:SIGNAL
             "kill" => {
                 let (pid, sig) = arg.split_once(':').expect("PID:SIGNAL");
-                check(libc::kill(i32::try_from(number(pid)).expect("pid"), i32::try_from(number(sig)).expect("signal")).into())
+                check(
+                    libc::kill(i32::try_from(number(pid)).expect("pid"), i32::try_from(number(sig)).expect("signal"))
+                        .into(),
+                )
             }
             // A signal inside the agent: to a child of our own.
             "kill-child" => {
@@ -767,7 +791,9 @@ fn step(op: &str, a: &str, b: &str) -> i32 {
             "chmod" => check(libc::chmod(pa.as_ptr(), 0o600).into()),
             "chown" => check(libc::chown(pa.as_ptr(), 0, 0).into()),
             "utimes" => check(libc::utimes(pa.as_ptr(), std::ptr::null()).into()),
-            "setxattr" => check(libc::setxattr(pa.as_ptr(), c"trusted.enforcer".as_ptr(), b"1".as_ptr().cast(), 1, 0).into()),
+            "setxattr" => {
+                check(libc::setxattr(pa.as_ptr(), c"trusted.enforcer".as_ptr(), b"1".as_ptr().cast(), 1, 0).into())
+            }
             "removexattr" => check(libc::removexattr(pa.as_ptr(), c"trusted.enforcer".as_ptr()).into()),
             "reopen-write" => reopen_write(a),
             // A pipe's write end re-opened by path, as `echo > /dev/stdout` does.
@@ -811,10 +837,13 @@ fn main() {
     let _ = out.flush();
     for arg in std::env::args().skip(1) {
         let (op, rest) = arg.split_once(':').unwrap_or((&arg, ""));
-        let errno = net_step(op, rest).or_else(|| syscall_step(op, rest)).or_else(|| boundary_step(op, rest)).unwrap_or_else(|| {
-            let (a, b) = rest.split_once(':').unwrap_or((rest, ""));
-            step(op, a, b)
-        });
+        let errno = net_step(op, rest)
+            .or_else(|| syscall_step(op, rest))
+            .or_else(|| boundary_step(op, rest))
+            .unwrap_or_else(|| {
+                let (a, b) = rest.split_once(':').unwrap_or((rest, ""));
+                step(op, a, b)
+            });
         let _ = writeln!(out, "{}", serde_json::json!({"step": arg, "errno": errno}));
         let _ = out.flush();
     }

@@ -77,7 +77,10 @@ fn has_userns_hook() -> bool {
 /// Without the `userns_create` hook, the enforcer names what it cannot enforce.
 fn userns_hook_or_warning(stderr: &str) {
     if !has_userns_hook() {
-        assert!(stderr.contains("NOT enforced: creating user namespaces"), "no warning about user namespaces:\n{stderr}");
+        assert!(
+            stderr.contains("NOT enforced: creating user namespaces"),
+            "no warning about user namespaces:\n{stderr}"
+        );
     }
 }
 
@@ -112,11 +115,19 @@ impl Targets {
         let block = dir.join("blockdev").display().to_string();
         let c_block = CString::new(block.clone()).unwrap();
         // SAFETY: mknod(2) of a NUL-terminated path.
-        assert_eq!(unsafe { libc::mknod(c_block.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(1, 0)) }, 0, "mknod blockdev");
+        assert_eq!(
+            unsafe { libc::mknod(c_block.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(1, 0)) },
+            0,
+            "mknod blockdev"
+        );
         let named_device = dir.join("named-kmsg").display().to_string();
         let c_named = CString::new(named_device.clone()).unwrap();
         // SAFETY: mknod(2) of a NUL-terminated path.
-        assert_eq!(unsafe { libc::mknod(c_named.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 11)) }, 0, "mknod named-kmsg");
+        assert_eq!(
+            unsafe { libc::mknod(c_named.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 11)) },
+            0,
+            "mknod named-kmsg"
+        );
         let mount_point = dir.join("mount-point");
         std::fs::create_dir_all(&mount_point).expect("mount point");
         let mount_point = mount_point.display().to_string();
@@ -143,8 +154,20 @@ impl Targets {
             refused("read:/dev/mem".to_owned(), "file_read", "open", "floor", About::Path("/dev/mem".to_owned())),
             refused("read:/proc/kcore".to_owned(), "file_read", "open", "floor", About::Path("/proc/kcore".to_owned())),
             refused(format!("read:{}", self.block), "file_read", "open", "floor", About::Path(self.block.clone())),
-            refused("overwrite:/proc/sys/kernel/domainname".to_owned(), "file_write", "open", "floor", About::Path("/proc/sys/kernel/domainname".to_owned())),
-            refused("overwrite:/sys/kernel/uevent_seqnum".to_owned(), "file_write", "open", "floor", About::Path("/sys/kernel/uevent_seqnum".to_owned())),
+            refused(
+                "overwrite:/proc/sys/kernel/domainname".to_owned(),
+                "file_write",
+                "open",
+                "floor",
+                About::Path("/proc/sys/kernel/domainname".to_owned()),
+            ),
+            refused(
+                "overwrite:/sys/kernel/uevent_seqnum".to_owned(),
+                "file_write",
+                "open",
+                "floor",
+                About::Path("/sys/kernel/uevent_seqnum".to_owned()),
+            ),
             allowed("kill-child".to_owned()),
             // What reaches another process without a signal or ptrace.
             floor(format!("prlimit-cpu:{host}"), "rlimit", About::Target(host)),
@@ -152,16 +175,38 @@ impl Targets {
             floor(format!("sched-idle:{host}"), "setscheduler", About::Target(host)),
             floor(format!("ioprio-idle:{host}"), "setioprio", About::Target(host)),
             // The write goes through; the SIGKILL it raises does not.
-            Attack { step: format!("sigio-kill:{host}"), errno: 0, event: Some(Want { kind: "floor", op: "sigio", reason: "floor", about: About::Target(host) }) },
+            Attack {
+                step: format!("sigio-kill:{host}"),
+                errno: 0,
+                event: Some(Want { kind: "floor", op: "sigio", reason: "floor", about: About::Target(host) }),
+            },
             floor(format!("clone-into-cgroup:{}", self.cgroup_root), "clone_into_cgroup", About::Nothing),
             floor("tiocsti-pty".to_owned(), "tty_inject", About::Nothing),
-            refused(format!("open:{}", self.operator_tty), "file_read", "open", "floor", About::Path(self.operator_tty.clone())),
+            refused(
+                format!("open:{}", self.operator_tty),
+                "file_read",
+                "open",
+                "floor",
+                About::Path(self.operator_tty.clone()),
+            ),
             refused(format!("open:{}", self.sg), "file_read", "open", "floor", About::Path(self.sg.clone())),
             refused("open:/dev/kmsg".to_owned(), "file_read", "open", "floor", About::Path("/dev/kmsg".to_owned())),
-            refused(format!("chattr:{outside_file}"), "file_write", "setflags", "outside_write_trees", About::Path(outside_file.clone())),
+            refused(
+                format!("chattr:{outside_file}"),
+                "file_write",
+                "setflags",
+                "outside_write_trees",
+                About::Path(outside_file.clone()),
+            ),
             // Secrets that did not exist when the policy loaded: one made
             // since by someone else, one the agent tries to make itself.
-            refused(format!("read:{later}/token"), "file_read", "open", "read_deny", About::Path(format!("{later}/token"))),
+            refused(
+                format!("read:{later}/token"),
+                "file_read",
+                "open",
+                "read_deny",
+                About::Path(format!("{later}/token")),
+            ),
             refused(format!("mkdir:{kube}"), "file_write", "mkdir", "read_deny", About::Path(kube.clone())),
             // A secret reached through a detached copy of its mount: no tree
             // above it to judge by.
@@ -183,7 +228,11 @@ impl Targets {
         if let Some(supervisor) = supervisor {
             attacks.extend([
                 floor("prlimit-cpu:ppid".to_owned(), "rlimit", About::Target(supervisor)),
-                Attack { step: "sigio-kill:ppid".to_owned(), errno: 0, event: Some(Want { kind: "floor", op: "sigio", reason: "floor", about: About::Target(supervisor) }) },
+                Attack {
+                    step: "sigio-kill:ppid".to_owned(),
+                    errno: 0,
+                    event: Some(Want { kind: "floor", op: "sigio", reason: "floor", about: About::Target(supervisor) }),
+                },
             ]);
         }
         // Last: it leaves the probe with a non-root effective uid.
@@ -232,8 +281,20 @@ impl Targets {
             assert_eq!(errno_of(results, &attack.step), attack.errno, "step `{}`: {results:#?}", attack.step);
             if let Some(want) = &attack.event {
                 let found: Vec<&Value> = events.iter().filter(|e| want.matches(e)).collect();
-                assert_eq!(found.len(), 1, "step `{}`: want one {}/{} event, got {found:#?}\nall: {events:#?}", attack.step, want.kind, want.op);
-                assert_eq!((found[0]["action"].as_str(), found[0]["errno"].as_i64()), (Some("deny"), Some(EPERM)), "{}", found[0]);
+                assert_eq!(
+                    found.len(),
+                    1,
+                    "step `{}`: want one {}/{} event, got {found:#?}\nall: {events:#?}",
+                    attack.step,
+                    want.kind,
+                    want.op
+                );
+                assert_eq!(
+                    (found[0]["action"].as_str(), found[0]["errno"].as_i64()),
+                    (Some("deny"), Some(EPERM)),
+                    "{}",
+                    found[0]
+                );
             }
         }
         let wanted = attacks.iter().filter(|a| a.event.is_some()).count();
@@ -356,6 +417,7 @@ fn a_killed_supervisor_takes_its_run_with_it() {
 
 /// Whether `pid` runs (a zombie waiting for its reaper does not).
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
 }

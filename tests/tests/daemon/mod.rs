@@ -10,9 +10,9 @@ use std::{
 };
 
 use enforcer_tests::{
-    EPERM, enforcer_bin, release,
+    EPERM,
     daemon::{Daemon, errno_of, in_cgroup},
-    wait_ready,
+    enforcer_bin, release, wait_ready,
 };
 use serde_json::Value;
 
@@ -91,7 +91,10 @@ fn daemon_tags_and_untags_through_the_cli_and_the_http_api() {
     std::fs::create_dir_all(&blocker).expect("block the state file");
     let out = d.ctl(&["tag", &cgroup, "--policy", "agent"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("cannot save the daemon's state") && stderr.contains("not applied"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("cannot save the daemon's state") && stderr.contains("not applied"),
+        "{stderr}"
+    );
     let results = d.run_probe(&cgroup, &[DENIED.to_owned()]);
     assert_eq!(errno_of(&results, DENIED), ECONNREFUSED, "the refused tag is not in force");
     let (_, status) = d.api("GET", "/v1/status", None);
@@ -106,14 +109,16 @@ fn a_killed_daemon_leaves_enforcement_and_a_restart_adopts_it() {
     let base = "/tmp/enforcer-tests/daemon-kill-trees";
     std::fs::create_dir_all(format!("{base}/allowed")).unwrap();
     std::fs::create_dir_all(format!("{base}/outside")).unwrap();
-    let mut d = Daemon::start("daemon-kill", DEGRADED, &[("agent.toml", &policy("81", &format!("{base}/allowed")))], "");
+    let mut d =
+        Daemon::start("daemon-kill", DEGRADED, &[("agent.toml", &policy("81", &format!("{base}/allowed")))], "");
     let cgroup = d.cgroup("kill");
     ok(&d.ctl(&["tag", &cgroup, "--policy", "agent"]));
     let write_outside = format!("write:{base}/outside/after-kill");
     let write_allowed = format!("write:{base}/allowed/after-kill");
 
     d.kill9();
-    let results = d.run_probe(&cgroup, &[DENIED.to_owned(), ALLOWED.to_owned(), write_outside.clone(), write_allowed.clone()]);
+    let results =
+        d.run_probe(&cgroup, &[DENIED.to_owned(), ALLOWED.to_owned(), write_outside.clone(), write_allowed.clone()]);
     assert_eq!(errno_of(&results, DENIED), EPERM, "enforced with no daemon running");
     assert_eq!(errno_of(&results, ALLOWED), ECONNREFUSED);
     assert_eq!(errno_of(&results, &write_allowed), 0);
@@ -134,7 +139,8 @@ fn a_killed_daemon_leaves_enforcement_and_a_restart_adopts_it() {
     let pins = std::path::PathBuf::from(status["daemon"]["pins"].as_str().expect("pins"));
     let builds = std::fs::read_dir(pins.parent().unwrap()).unwrap().count();
     assert_eq!(builds, 1, "only this build's pins");
-    let id = status["tags"].as_array().unwrap().iter().find(|t| t["cgroup"] == cgroup.as_str()).unwrap()["cgroup_id"].clone();
+    let id = status["tags"].as_array().unwrap().iter().find(|t| t["cgroup"] == cgroup.as_str()).unwrap()["cgroup_id"]
+        .clone();
     let links = std::fs::read_dir(pins.join("net").join(id.to_string())).unwrap().count();
     // Six address programs, `sock_create` (socket classes without BPF
     // LSM; agents' sockets always) and `inbound`.
@@ -185,7 +191,8 @@ fn a_hot_reload_applies_to_a_running_process_and_a_bad_file_changes_nothing() {
 
     // A broken file is rejected, reported, and version 2 stays in force.
     d.write_policy("agent.toml", "name = \"agent\"\n[network]\nallow = [\n");
-    let rejected = d.wait_event("rejected reload", |e| e["kind"] == "policy_reload" && e["rejected"][0]["error"].is_string());
+    let rejected =
+        d.wait_event("rejected reload", |e| e["kind"] == "policy_reload" && e["rejected"][0]["error"].is_string());
     assert!(rejected["rejected"][0]["error"].as_str().unwrap().contains("agent.toml:3:"), "{rejected}");
     let out = d.ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(2), "reload reports the rejection");
@@ -206,7 +213,8 @@ fn followers_get_every_line_and_a_stalled_one_is_cut_off() {
     // of the stalled follower (about 700 lines), but a buffer a reader keeps
     // within even under TCG.
     const STORM: u64 = 5000;
-    let mut d = Daemon::start("daemon-tail", DEGRADED, &[("agent.toml", &policy("81", "/tmp/none"))], "follower_buffer = 2048");
+    let mut d =
+        Daemon::start("daemon-tail", DEGRADED, &[("agent.toml", &policy("81", "/tmp/none"))], "follower_buffer = 2048");
     let cgroup = d.cgroup("tail");
     ok(&d.ctl(&["tag", &cgroup, "--policy", "agent"]));
     let tail = |kind: &str| {
@@ -264,7 +272,13 @@ fn followers_get_every_line_and_a_stalled_one_is_cut_off() {
     assert_eq!(code, 200, "{metrics}");
     assert!(metrics.contains("enforcer_follower_cuts_total 1"), "{metrics}");
     assert!(metrics.contains("enforcer_ring_buffer_size_bytes 4194304"), "{metrics}");
-    assert!(metrics.contains(&format!("enforcer_events_total{{kind=\"connect\",policy=\"agent\",action=\"deny\"}} {}", STORM - lost)), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "enforcer_events_total{{kind=\"connect\",policy=\"agent\",action=\"deny\"}} {}",
+            STORM - lost
+        )),
+        "{metrics}"
+    );
     assert!(metrics.contains("enforcer_policy_info{policy=\"agent\",version=\"1\""), "{metrics}");
 }
 
@@ -296,7 +310,8 @@ fn daemon_config_errors_name_the_file_and_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&format!("{}:3:", config.display())) && stderr.contains("stdot"), "{stderr}");
-    let out = Command::new(enforcer_bin()).args(["daemon", "--config", "/tmp/enforcer-tests/no-such.toml"]).output().unwrap();
+    let out =
+        Command::new(enforcer_bin()).args(["daemon", "--config", "/tmp/enforcer-tests/no-such.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such.toml"));
     let _ = std::fs::remove_dir_all(dir);
@@ -323,7 +338,11 @@ fn selectors_tag_new_cgroups_in_the_kernel_before_their_first_process() {
         assert_eq!(errno_of(&results, DENIED), EPERM, "{cgroup}: the first connect is judged");
         assert_eq!(errno_of(&results, ALLOWED), ECONNREFUSED, "{cgroup}");
         if !DEGRADED {
-            assert_eq!(errno_of(&results, &format!("write:{base}/outside/{name}")), EPERM, "{cgroup}: the first write is judged");
+            assert_eq!(
+                errno_of(&results, &format!("write:{base}/outside/{name}")),
+                EPERM,
+                "{cgroup}: the first write is judged"
+            );
         }
     };
     check(&d, &old, "old");
@@ -351,8 +370,12 @@ fn selectors_tag_new_cgroups_in_the_kernel_before_their_first_process() {
     assert_eq!(errno_of(&results, DENIED), ECONNREFUSED, "a cgroup no selector matches is left alone: {why:?}");
 
     // Reported: `selected` lines, status, and untag says why it cannot.
-    d.wait_event("selected line", |e| e["kind"] == "selected" && e["cgroup"] == new.as_str() && e["policy"] == "selected");
-    let listed = |status: &Value, c: &str| status["selected"].as_array().is_some_and(|s| s.iter().any(|s| s["cgroup"] == c && s["policy"] == "selected"));
+    d.wait_event("selected line", |e| {
+        e["kind"] == "selected" && e["cgroup"] == new.as_str() && e["policy"] == "selected"
+    });
+    let listed = |status: &Value, c: &str| {
+        status["selected"].as_array().is_some_and(|s| s.iter().any(|s| s["cgroup"] == c && s["policy"] == "selected"))
+    };
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         let (_, status) = d.api("GET", "/v1/status", None);
@@ -378,7 +401,9 @@ fn selectors_tag_new_cgroups_in_the_kernel_before_their_first_process() {
     assert_eq!(connect_taken_socket(holder.id(), "127.0.0.1:82"), EPERM, "an agent's socket used outside it");
     drop(holder.stdin.take());
     let _ = holder.wait();
-    d.wait_event("taken socket", |e| e["kind"] == "connect" && e["reason"] == "socket_used_outside_agent" && e["dport"] == 82);
+    d.wait_event("taken socket", |e| {
+        e["kind"] == "connect" && e["reason"] == "socket_used_outside_agent" && e["dport"] == 82
+    });
 
     // No daemon at all: the kernel alone tags a new cgroup.
     d.kill9();
@@ -408,7 +433,11 @@ fn connect_taken_socket(pid: u32, to: &str) -> i64 {
         let socket = std::fs::read_dir(format!("/proc/{pid}/fd")).ok().and_then(|entries| {
             entries.flatten().find_map(|e| {
                 let target = std::fs::read_link(e.path()).ok()?;
-                target.to_string_lossy().starts_with("socket:").then(|| e.file_name().to_string_lossy().parse::<i32>().ok()).flatten()
+                target
+                    .to_string_lossy()
+                    .starts_with("socket:")
+                    .then(|| e.file_name().to_string_lossy().parse::<i32>().ok())
+                    .flatten()
             })
         });
         if let Some(fd) = socket {

@@ -11,8 +11,9 @@ use std::{
 };
 
 use enforcer_tests::{
-    EPERM, enforcer_bin,
+    EPERM,
     daemon::{Daemon, errno_of},
+    enforcer_bin,
 };
 use serde_json::Value;
 
@@ -49,7 +50,8 @@ fn follow(d: &Daemon) -> (Child, std::thread::JoinHandle<(u64, Option<u64>)>) {
 
 #[test]
 fn a_thousand_tagged_cgroups_at_100_denials_a_second_lose_nothing_uncounted() {
-    let policy = "name = \"fleet\"\ncgroups = [\"/enforcer-tests/fleet/agent-*\"]\n[network]\nallow = [\"127.0.0.1/32:81\"]\n";
+    let policy =
+        "name = \"fleet\"\ncgroups = [\"/enforcer-tests/fleet/agent-*\"]\n[network]\nallow = [\"127.0.0.1/32:81\"]\n";
     let mut d = Daemon::start("daemon-fleet", super::DEGRADED, &[("fleet.toml", policy)], "");
     d.cgroup("fleet");
     let cgroups: Vec<String> = (0..CGROUPS).map(|i| d.cgroup(&format!("fleet/agent-{i}"))).collect();
@@ -65,14 +67,20 @@ fn a_thousand_tagged_cgroups_at_100_denials_a_second_lose_nothing_uncounted() {
     let probes: Vec<Child> = cgroups.iter().map(|c| d.spawn_probe(c, std::slice::from_ref(&step))).collect();
     for probe in probes {
         let output = probe.wait_with_output().expect("wait for probe");
-        let results: Vec<Value> = String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let results: Vec<Value> =
+            String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         assert_eq!(errno_of(&results, &step), EPERM, "every agent is judged");
     }
 
     // Wait for the stream to drain: the file stops growing.
     let total = CGROUPS as u64 * PER_CGROUP;
     let fleet_denials = |d: &Daemon| {
-        d.events().iter().filter(|e| e["kind"] == "connect" && e["cgroup"].as_str().is_some_and(|c| c.starts_with("/enforcer-tests/fleet/"))).count() as u64
+        d.events()
+            .iter()
+            .filter(|e| {
+                e["kind"] == "connect" && e["cgroup"].as_str().is_some_and(|c| c.starts_with("/enforcer-tests/fleet/"))
+            })
+            .count() as u64
     };
     let mut delivered = 0;
     let deadline = Instant::now() + Duration::from_mins(1);

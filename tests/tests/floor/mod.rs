@@ -14,7 +14,13 @@ fn events<'a>(out: &'a Outcome, kind: &str, about: impl Fn(&Value) -> bool) -> V
 
 /// Asserts `step` failed with EPERM and produced exactly one `kind` event
 /// with `reason` for which `about` holds; returns it.
-fn assert_refused<'a>(out: &'a Outcome, step: &str, kind: &str, reason: &str, about: impl Fn(&Value) -> bool) -> &'a Value {
+fn assert_refused<'a>(
+    out: &'a Outcome,
+    step: &str,
+    kind: &str,
+    reason: &str,
+    about: impl Fn(&Value) -> bool,
+) -> &'a Value {
     assert_eq!(out.errno(step), EPERM, "step `{step}`:\n{out:#?}");
     let found = events(out, kind, |e| e["reason"] == reason && about(e));
     assert_eq!(found.len(), 1, "step `{step}`: want one {kind}/{reason} event, got {found:#?}\n{out:#?}");
@@ -33,7 +39,10 @@ fn programs_run_only_from_exec_trees_and_never_fileless() {
     let tools = sb.allowed.join("bin");
     std::fs::create_dir_all(&tools).unwrap();
     let probe_dir = probe_bin().parent().expect("probe dir").to_owned();
-    sb.write_policy_with("enforce", &format!("[exec]\nallow = [\"/bin\", \"{}\", \"{}\"]\n", probe_dir.display(), tools.display()));
+    sb.write_policy_with(
+        "enforce",
+        &format!("[exec]\nallow = [\"/bin\", \"{}\", \"{}\"]\n", probe_dir.display(), tools.display()),
+    );
     let tool = |name: &str| Sandbox::path(&tools, name);
     // A cloned repository's hook, outside every exec tree.
     let hook = Sandbox::path(&sb.outside, "post-checkout");
@@ -67,7 +76,13 @@ fn programs_run_only_from_exec_trees_and_never_fileless() {
     let hook_events = events(&out, "exec", on(&hook));
     assert_eq!(hook_events.len(), 2, "{out:#?}");
     assert!(hook_events.iter().all(|e| e["reason"] == "outside_exec_trees" && e["op"] == "exec"), "{hook_events:#?}");
-    assert_refused(&out, &format!("exec:{}", tool("script-with-outside-interpreter")), "exec", "outside_exec_trees", on(&interpreter));
+    assert_refused(
+        &out,
+        &format!("exec:{}", tool("script-with-outside-interpreter")),
+        "exec",
+        "outside_exec_trees",
+        on(&interpreter),
+    );
     // A memfd has no directory: its path is its name.
     assert_refused(&out, "memfd-exec", "exec", "fileless", on("/memfd:agent-payload"));
     assert_eq!(out.events.len(), 4, "{out:#?}");
@@ -123,7 +138,11 @@ fn the_daemon_and_its_files_are_out_of_an_agents_reach() {
         (format!("overwrite:{}", path(&d.config)), "file_write", "enforcer_protected"),
         (format!("write:{}/evil.toml", path(&d.policies)), "file_write", "enforcer_protected"),
         (format!("unlink:{}/agent.toml", path(&d.policies)), "file_write", "enforcer_protected"),
-        (format!("rename:{}/agent.toml:{}/moved.toml", path(&d.policies), path(&d.base)), "file_write", "enforcer_protected"),
+        (
+            format!("rename:{}/agent.toml:{}/moved.toml", path(&d.policies), path(&d.base)),
+            "file_write",
+            "enforcer_protected",
+        ),
         (format!("overwrite:{}/state/state.json", path(&d.base)), "file_write", "enforcer_protected"),
         // `chattr +i`: the daemon could no longer save its state.
         (format!("chattr:{}/state/state.json", path(&d.base)), "file_write", "enforcer_protected"),
@@ -157,7 +176,9 @@ fn the_daemon_and_its_files_are_out_of_an_agents_reach() {
     let step = format!("overwrite:{}", path(&d.config));
     let results = d.run_probe(&audit_cgroup, std::slice::from_ref(&step));
     assert_eq!(errno_of(&results, &step), EPERM, "audit mode does not open the daemon's files");
-    let event = d.wait_event("audit-mode refusal", |e| e["cgroup"] == audit_cgroup.as_str() && e["reason"] == "enforcer_protected");
+    let event = d.wait_event("audit-mode refusal", |e| {
+        e["cgroup"] == audit_cgroup.as_str() && e["reason"] == "enforcer_protected"
+    });
     assert_eq!(event["action"], "deny", "{event}");
 
     // Still running, same policy, same tag.

@@ -239,10 +239,16 @@ fn host_names_resolve_through_the_enforcer_and_only_their_answers_connect() {
     assert_eq!(never["resolved_from"], Value::Null, "never resolved: {never}");
     let resolved = out.assert_denied_net(&steps[3], "connect", |e| e["daddr"] == "127.0.0.3");
     // Both names resolved to it; the event names the latest.
-    assert!(["api.allowed.test", "files.wild.test"].contains(&resolved["resolved_from"].as_str().unwrap_or_default()), "{resolved}");
+    assert!(
+        ["api.allowed.test", "files.wild.test"].contains(&resolved["resolved_from"].as_str().unwrap_or_default()),
+        "{resolved}"
+    );
     out.assert_denied_net(&steps[8], "connect", |e| e["dport"] == 853);
     let refused: Vec<&Value> = out.events.iter().filter(|e| e["kind"] == "dns").collect();
-    assert!(!refused.is_empty() && refused.iter().all(|e| e["qname"] == "evil.test" && e["action"] == "deny"), "{refused:#?}");
+    assert!(
+        !refused.is_empty() && refused.iter().all(|e| e["qname"] == "evil.test" && e["action"] == "deny"),
+        "{refused:#?}"
+    );
     assert!(refused.iter().all(|e| e["policy"] == "test-policy" && e["reason"] == "not_allowed"), "{refused:#?}");
     assert!(!names.dns.queries().contains(&"evil.test".to_owned()), "refused names never reach upstream");
     assert_eq!(out.events.len(), 3 + refused.len(), "{:#?}", out.events);
@@ -285,7 +291,9 @@ fn connections_and_datagrams_from_outside_need_a_listen_entry() {
     let (private, public, udp) = (free_port(false), free_port(false), free_port(true));
     sb.write_policy_with(
         "enforce",
-        &format!("[network]\nallow = [\"127.0.0.1:{private}/tcp\", \"127.0.0.1:{udp}/udp\"]\nlisten = [\"*:{public}/tcp\"]\n"),
+        &format!(
+            "[network]\nallow = [\"127.0.0.1:{private}/tcp\", \"127.0.0.1:{udp}/udp\"]\nlisten = [\"*:{public}/tcp\"]\n"
+        ),
     );
     let steps = [
         format!("tcp-listen-bg:127.0.0.1:{private}"),
@@ -311,7 +319,8 @@ fn connections_and_datagrams_from_outside_need_a_listen_entry() {
     let refused = std::net::TcpStream::connect_timeout(&at(private), Duration::from_millis(700));
     assert!(refused.is_err(), "a connection from outside reached the agent's private listener");
     let mut greeting = String::new();
-    let public_stream = std::net::TcpStream::connect_timeout(&at(public), Duration::from_secs(5)).expect("the listed port answers");
+    let public_stream =
+        std::net::TcpStream::connect_timeout(&at(public), Duration::from_secs(5)).expect("the listed port answers");
     std::io::BufReader::new(public_stream).read_line(&mut greeting).expect("read the greeting");
     assert_eq!(greeting, "hello\n");
     UdpSocket::bind("127.0.0.1:0").and_then(|s| s.send_to(b"from outside", at(udp))).expect("send a datagram");
@@ -320,11 +329,19 @@ fn connections_and_datagrams_from_outside_need_a_listen_entry() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout.into_inner(), &mut rest).expect("the rest");
     let out = sb.finish(child);
-    assert!(rest.contains("{\"errno\":1,\"step\":\"udp-received\"}"), "only the agent's own datagram arrived: {rest}\n{out:#?}");
+    assert!(
+        rest.contains("{\"errno\":1,\"step\":\"udp-received\"}"),
+        "only the agent's own datagram arrived: {rest}\n{out:#?}"
+    );
     let inbound: Vec<&Value> = out.events.iter().filter(|e| e["kind"] == "inbound").collect();
-    let about = |port: u16, proto: &str| inbound.iter().filter(|e| e["dport"] == port && e["proto"] == proto && e["saddr"] == "127.0.0.1").count();
+    let about = |port: u16, proto: &str| {
+        inbound.iter().filter(|e| e["dport"] == port && e["proto"] == proto && e["saddr"] == "127.0.0.1").count()
+    };
     assert_eq!(about(private, "tcp"), 1, "{inbound:#?}");
     assert_eq!(about(udp, "udp"), 1, "{inbound:#?}");
     assert_eq!(inbound.len(), 2, "{inbound:#?}");
-    assert!(inbound.iter().all(|e| e["action"] == "deny" && e["reason"] == "not_allowed" && e["policy"] == "test-policy"), "{inbound:#?}");
+    assert!(
+        inbound.iter().all(|e| e["action"] == "deny" && e["reason"] == "not_allowed" && e["policy"] == "test-policy"),
+        "{inbound:#?}"
+    );
 }

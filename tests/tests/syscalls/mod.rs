@@ -91,7 +91,10 @@ fn kill_mode_kills_the_process_at_its_first_refused_syscall() {
     sb.write_policy_with("enforce", &format!("{DEFAULT_AGENT}deny_action = \"kill\"\n"));
     let out = sb.run(&["getpid".to_owned(), "keyctl".to_owned(), "sleep-ms:1".to_owned()]);
     out.assert_succeeded("getpid");
-    assert!(out.results.iter().all(|r| r["step"] != "keyctl" && r["step"] != "sleep-ms:1"), "killed at keyctl: {out:#?}");
+    assert!(
+        out.results.iter().all(|r| r["step"] != "keyctl" && r["step"] != "sleep-ms:1"),
+        "killed at keyctl: {out:#?}"
+    );
     assert_eq!(out.code, Some(128 + 9), "SIGKILL: {out:#?}");
     let events = events_about(&out, Some("keyctl"));
     assert_eq!(events.len(), 1, "{out:#?}");

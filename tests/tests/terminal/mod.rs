@@ -28,12 +28,24 @@ fn on_a_terminal_the_command_gets_its_own_terminal_and_session() {
     let sb = Sandbox::new("terminal");
     let (master, slave) = enforcer_tests::pty();
     let before = termios_of(&slave);
-    let steps = ["session-leader".to_owned(), format!("stdin-tty-is:{slave}"), "open:/dev/tty".to_owned(), "reopen-write:/proc/self/fd/1".to_owned()];
+    let steps = [
+        "session-leader".to_owned(),
+        format!("stdin-tty-is:{slave}"),
+        "open:/dev/tty".to_owned(),
+        "reopen-write:/proc/self/fd/1".to_owned(),
+    ];
     let mut command = Command::new(enforcer_bin());
     command
         .arg("run")
         .args(DEGRADED.then_some("--degraded"))
-        .args(["--policy".as_ref(), sb.policy.as_os_str(), "--events".as_ref(), sb.events.as_os_str(), "--".as_ref(), probe_bin().as_os_str()])
+        .args([
+            "--policy".as_ref(),
+            sb.policy.as_os_str(),
+            "--events".as_ref(),
+            sb.events.as_os_str(),
+            "--".as_ref(),
+            probe_bin().as_os_str(),
+        ])
         .args(&steps)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&sb.stderr).expect("stderr log"));
@@ -53,16 +65,25 @@ fn on_a_terminal_the_command_gets_its_own_terminal_and_session() {
     let stderr = std::fs::read_to_string(&sb.stderr).unwrap_or_default();
     assert!(status.success(), "{status}\n{output}\n{stderr}");
     let errno = |step: &str| {
-        let line = output.lines().find(|l| l.contains(&format!("\"step\":\"{step}\""))).unwrap_or_else(|| panic!("no `{step}` in:\n{output}\n{stderr}"));
+        let line = output
+            .lines()
+            .find(|l| l.contains(&format!("\"step\":\"{step}\"")))
+            .unwrap_or_else(|| panic!("no `{step}` in:\n{output}\n{stderr}"));
         // A step that writes to the terminal leaves its byte before the line.
         let json = &line[line.find('{').unwrap_or(0)..];
-        serde_json::from_str::<serde_json::Value>(json).unwrap_or_else(|e| panic!("{e}: {line:?}"))["errno"].as_i64().expect("errno")
+        serde_json::from_str::<serde_json::Value>(json).unwrap_or_else(|e| panic!("{e}: {line:?}"))["errno"]
+            .as_i64()
+            .expect("errno")
     };
     assert_eq!(errno("session-leader"), 0, "the command leads a session of its own:\n{output}");
     assert_eq!(errno(&format!("stdin-tty-is:{slave}")), 1, "its stdin is a terminal, not the caller's:\n{output}");
     assert_eq!(errno("open:/dev/tty"), 0, "its own terminal is its controlling terminal:\n{output}");
     assert_eq!(errno("reopen-write:/proc/self/fd/1"), 0, "it may re-open its own terminal:\n{output}");
     let after = termios_of(&slave);
-    assert_eq!((after.c_lflag, after.c_iflag, after.c_oflag), (before.c_lflag, before.c_iflag, before.c_oflag), "the caller's terminal modes are back");
+    assert_eq!(
+        (after.c_lflag, after.c_iflag, after.c_oflag),
+        (before.c_lflag, before.c_iflag, before.c_oflag),
+        "the caller's terminal modes are back"
+    );
     drop(master);
 }

@@ -17,15 +17,10 @@ pub fn require_apt(what: &str) -> Result<()> {
         bail!("{what} needs apt-get (Debian 12 \"bookworm\"); install it by hand on this system");
     }
     if !cmd::is_root() {
-        bail!(
-            "{what} needs root to run apt-get; re-run as root (e.g. `sudo -E cargo xtask setup`)"
-        );
+        bail!("{what} needs root to run apt-get; re-run as root (e.g. `sudo -E cargo xtask setup`)");
     }
     let os_release = fs::read_to_string("/etc/os-release").unwrap_or_default();
-    if !os_release
-        .lines()
-        .any(|l| l.trim() == "VERSION_CODENAME=bookworm")
-    {
+    if !os_release.lines().any(|l| l.trim() == "VERSION_CODENAME=bookworm") {
         bail!(
             "{what}: automatic installation supports Debian 12 (bookworm) only, which this system \
              is not; install qemu-system-x86 >= 10, busybox-static and cpio by hand"
@@ -43,8 +38,7 @@ pub fn ensure_backports_source() -> Result<bool> {
     println!("setup: adding bookworm-backports to apt sources ({BACKPORTS_LIST})");
     let path = Path::new(BACKPORTS_LIST);
     let tmp = path.with_extension("list.tmp");
-    fs::write(&tmp, BACKPORTS_LINE)
-        .with_context(|| format!("could not write {}", tmp.display()))?;
+    fs::write(&tmp, BACKPORTS_LINE).with_context(|| format!("could not write {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("could not write {BACKPORTS_LIST}"))?;
     Ok(true)
 }
@@ -59,10 +53,5 @@ pub fn update() -> Result<()> {
 /// `apt-get install -y [ARGS...]`, non-interactively.
 pub fn install(args: &[&str]) -> Result<()> {
     println!("setup: apt-get install {}", args.join(" "));
-    cmd::run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q"])
-            .args(args),
-    )
+    cmd::run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-q"]).args(args))
 }

@@ -45,8 +45,8 @@ impl Suite {
             .with_context(|| {
                 format!("the signature of {dists}/InRelease does not verify against {KEYRING} (package debian-archive-keyring)")
             })?;
-        let sha256 = index_sha256(&verified)
-            .with_context(|| format!("{dists}/InRelease lists no SHA-256 for {INDEX}"))?;
+        let sha256 =
+            index_sha256(&verified).with_context(|| format!("{dists}/InRelease lists no SHA-256 for {INDEX}"))?;
         let xz = scratch.join("Packages.xz");
         download(&format!("{dists}/{INDEX}"), &xz)?;
         check_sha256(&xz, &sha256)?;

@@ -46,10 +46,7 @@ fn origin(series: &str) -> Origin {
 /// Make sure a kernel of `series` is cached; download it if not.
 pub fn ensure(series: &str) -> Result<()> {
     if let Ok(k) = kernel::cached(series) {
-        println!(
-            "setup: kernel {series} cached ({} {})",
-            k.package, k.version
-        );
+        println!("setup: kernel {series} cached ({} {})", k.package, k.version);
     } else {
         download(series).with_context(|| format!("could not cache kernel {series}"))?;
     }
@@ -61,9 +58,7 @@ pub fn ensure(series: &str) -> Result<()> {
             kernel::series_dir(series)?.display()
         ),
         None => {
-            println!(
-                "setup: warning: kernel {series} has no cached config to check CONFIG_BPF_LSM"
-            );
+            println!("setup: warning: kernel {series} has no cached config to check CONFIG_BPF_LSM");
         }
     }
     Ok(())
@@ -100,16 +95,14 @@ fn download(series: &str) -> Result<()> {
 
     if final_dir.exists() && kernel::cached(series).is_err() {
         // A cache dir without vmlinuz (from an older layout or by hand): replace it.
-        fs::remove_dir_all(&final_dir)
-            .with_context(|| format!("could not remove stale {}", final_dir.display()))?;
+        fs::remove_dir_all(&final_dir).with_context(|| format!("could not remove stale {}", final_dir.display()))?;
     }
     if let Err(e) = fs::rename(&out, &final_dir) {
         if kernel::cached(series).is_ok() {
             println!("setup: kernel {series} was cached meanwhile by another process");
             return Ok(());
         }
-        return Err(e)
-            .with_context(|| format!("could not move the kernel into {}", final_dir.display()));
+        return Err(e).with_context(|| format!("could not move the kernel into {}", final_dir.display()));
     }
     println!("setup: kernel {series} cached in {}", final_dir.display());
     Ok(())
@@ -156,20 +149,30 @@ fn from_apt(series: &str, scratch: &Path) -> Result<(String, String, Vec<PathBuf
 
 /// The newest image of `series` in `suite`, and the package with its config when the
 /// image has none (Debian 13's `linux-base-*`).
-fn from_suite(series: &str, suite: &Suite, image_prefix: &str, scratch: &Path) -> Result<(String, String, Vec<PathBuf>)> {
+fn from_suite(
+    series: &str,
+    suite: &Suite,
+    image_prefix: &str,
+    scratch: &Path,
+) -> Result<(String, String, Vec<PathBuf>)> {
     let index = suite.index(scratch).with_context(|| format!("could not read the package index of {}", suite.name))?;
     let prefix = format!("{image_prefix}{series}.");
     let image = index
         .newest(|name| name.starts_with(&prefix) && name.ends_with("-cloud-amd64"))
-        .with_context(|| format!("{} has no {prefix}*-cloud-amd64 package; kernel series {series} is not available there", suite.name))?
+        .with_context(|| {
+            format!(
+                "{} has no {prefix}*-cloud-amd64 package; kernel series {series} is not available there",
+                suite.name
+            )
+        })?
         .clone();
     println!("setup: downloading kernel {series} ({} {} from {})", image.name, image.version, suite.name);
     let mut debs = vec![suite.fetch(&image, scratch)?];
     if let Some(rest) = image.name.strip_prefix("linux-binary-") {
         let base_name = format!("linux-base-{rest}");
-        let base = index
-            .exact(&base_name, &image.version)
-            .with_context(|| format!("{} has {} but not {base_name} {} (its config)", suite.name, image.name, image.version))?;
+        let base = index.exact(&base_name, &image.version).with_context(|| {
+            format!("{} has {} but not {base_name} {} (its config)", suite.name, image.name, image.version)
+        })?;
         debs.push(suite.fetch(base, scratch)?);
     }
     Ok((image.name, image.version, debs))
@@ -207,17 +210,11 @@ fn no_package(series: &str) -> String {
 /// (package, version) of the kernel image `linux-image-cloud-amd64 <series>.*` depends on,
 /// the highest such version apt knows.
 fn find_package(series: &str) -> Option<(String, String)> {
-    let show =
-        cmd::output(Command::new("apt-cache").args(["show", META_PACKAGE])).unwrap_or_default();
+    let show = cmd::output(Command::new("apt-cache").args(["show", META_PACKAGE])).unwrap_or_default();
     let prefix = format!("{series}.");
     let mut best: Option<(String, String)> = None;
     for stanza in show.split("\n\n") {
-        let field = |name: &str| {
-            stanza
-                .lines()
-                .find_map(|l| l.strip_prefix(name).map(str::trim))
-                .map(str::to_string)
-        };
+        let field = |name: &str| stanza.lines().find_map(|l| l.strip_prefix(name).map(str::trim)).map(str::to_string);
         let (Some(version), Some(depends)) = (field("Version:"), field("Depends:")) else {
             continue;
         };
@@ -225,11 +222,7 @@ fn find_package(series: &str) -> Option<(String, String)> {
             continue;
         }
         // "linux-image-6.1.0-41-cloud-amd64 (= 6.1.158-1)"
-        let Some(dep) = depends
-            .split(',')
-            .map(str::trim)
-            .find(|d| d.starts_with("linux-image-"))
-        else {
+        let Some(dep) = depends.split(',').map(str::trim).find(|d| d.starts_with("linux-image-")) else {
             continue;
         };
         let package = dep.split_whitespace().next().unwrap_or(dep).to_string();
@@ -244,7 +237,6 @@ fn find_package(series: &str) -> Option<(String, String)> {
     }
     best
 }
-
 
 fn find_file(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<Option<std::path::PathBuf>> {
     for entry in fs::read_dir(dir).with_context(|| format!("could not list {}", dir.display()))? {

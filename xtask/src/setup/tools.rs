@@ -34,7 +34,8 @@ pub fn debian_packages() -> Result<()> {
     // block drivers (535 MB) a headless VM booted by SeaBIOS from an initramfs never uses.
     apt::install(&["-t", "bookworm-backports", "--no-install-recommends", "qemu-system-x86"])?;
     apt::install(&["busybox-static", "cpio", "libseccomp-dev", "pkg-config"])?;
-    let workload: Vec<&str> = WORKLOAD_TOOLS.iter().filter(|(tool, _)| !cmd::on_path(tool)).map(|&(_, pkg)| pkg).collect();
+    let workload: Vec<&str> =
+        WORKLOAD_TOOLS.iter().filter(|(tool, _)| !cmd::on_path(tool)).map(|&(_, pkg)| pkg).collect();
     if !workload.is_empty() {
         apt::install(&workload)?;
     }
@@ -78,13 +79,7 @@ fn missing_packages() -> Vec<String> {
 pub fn qemu_version() -> Option<(u32, String)> {
     let out = cmd::output(Command::new("qemu-system-x86_64").arg("--version")).ok()?;
     // "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"
-    let version = out
-        .lines()
-        .next()?
-        .split("version ")
-        .nth(1)?
-        .split_whitespace()
-        .next()?;
+    let version = out.lines().next()?.split("version ").nth(1)?.split_whitespace().next()?;
     let major = version.split('.').next()?.parse().ok()?;
     Some((major, version.to_string()))
 }
@@ -95,20 +90,13 @@ fn libseccomp_dev_present() -> bool {
 }
 
 fn busybox_is_static() -> bool {
-    Path::new(BUSYBOX).is_file()
-        && initramfs::shared_libraries(Path::new(BUSYBOX)).is_ok_and(|libs| libs.is_empty())
+    Path::new(BUSYBOX).is_file() && initramfs::shared_libraries(Path::new(BUSYBOX)).is_ok_and(|libs| libs.is_empty())
 }
 
 /// The nightly toolchain's rust-src, needed for `-Z build-std=core` on the bpf target.
 pub fn rust_src() -> Result<()> {
-    let installed = cmd::output(nightly("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .context("could not list the nightly toolchain's components; is rustup's nightly installed?")?;
+    let installed = cmd::output(nightly("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+        .context("could not list the nightly toolchain's components; is rustup's nightly installed?")?;
     if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
         println!("setup: nightly rust-src present");
         return Ok(());
@@ -130,26 +118,15 @@ pub fn bpf_linker() -> Result<()> {
         .with_context(|| format!("could not list {}", lib.display()))?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .find(|name| {
-            name.starts_with("libLLVM-")
-                && Path::new(name).extension().is_some_and(|ext| ext == "so")
-        })
-        .with_context(|| {
-            format!(
-                "no libLLVM-*.so in {}; is nightly installed fully?",
-                lib.display()
-            )
-        })?;
+        .find(|name| name.starts_with("libLLVM-") && Path::new(name).extension().is_some_and(|ext| ext == "so"))
+        .with_context(|| format!("no libLLVM-*.so in {}; is nightly installed fully?", lib.display()))?;
     let llvm = llvm.trim_start_matches("lib").trim_end_matches(".so");
     let lib = lib.display();
     cmd::run(
         nightly("cargo")
             .args(["+nightly", "install", "bpf-linker", "--no-default-features"])
             .args(["--features", "llvm-22,no-llvm-linking"])
-            .env(
-                "RUSTFLAGS",
-                format!("-L {lib} -l dylib={llvm} -C link-arg=-Wl,-rpath,{lib}"),
-            ),
+            .env("RUSTFLAGS", format!("-L {lib} -l dylib={llvm} -C link-arg=-Wl,-rpath,{lib}")),
     )
     .context("building bpf-linker failed")?;
     let version = cmd::output(Command::new("bpf-linker").arg("--version"))
@@ -162,7 +139,6 @@ pub fn bpf_linker() -> Result<()> {
 /// in our environment.
 fn nightly(program: &str) -> Command {
     let mut cmd = Command::new(program);
-    cmd.env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("LD_LIBRARY_PATH");
+    cmd.env_remove("RUSTUP_TOOLCHAIN").env_remove("LD_LIBRARY_PATH");
     cmd
 }

@@ -52,15 +52,19 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 /// instructions per walk that crosses a mount), lowered to 16.5 when that walk's
 /// probe reads were batched and the pending climb began skipping filesystems without a
 /// pending directory (+18.3 to +15.6), and to 14.5 with the changes above.
-const BOUNDS: &[(&str, &str, f64)] =
-    &[("a", "open", 0.5), ("a2", "open", 0.6), ("a3", "open", 0.9), ("b10k", "open", 4.1), ("brd", "open", 4.1), ("brdr", "open-read", 8.0)];
+const BOUNDS: &[(&str, &str, f64)] = &[
+    ("a", "open", 0.5),
+    ("a2", "open", 0.6),
+    ("a3", "open", 0.9),
+    ("b10k", "open", 4.1),
+    ("brd", "open", 4.1),
+    ("brdr", "open-read", 8.0),
+];
 
 pub fn run() -> Tier {
     println!("\n== tier gate (bench files, open+close, kernel {SERIES}, icount) ==");
-    let outcome = gate().unwrap_or_else(|e| Outcome::Ran {
-        summary: Summary::default(),
-        problem: Some(format!("{e:#}")),
-    });
+    let outcome =
+        gate().unwrap_or_else(|e| Outcome::Ran { summary: Summary::default(), problem: Some(format!("{e:#}")) });
     Tier { name: format!("gate {SERIES}"), outcome }
 }
 
@@ -68,10 +72,7 @@ fn gate() -> Result<Outcome> {
     let bins = build_binaries()?;
     let spec = VmSpec {
         kernel: kernel::cached(SERIES)?,
-        files: vec![
-            (bins.enforcer, "/bin/enforcer".to_string()),
-            (bins.bench, "/bin/enforcer-bench".to_string()),
-        ],
+        files: vec![(bins.enforcer, "/bin/enforcer".to_string()), (bins.bench, "/bin/enforcer-bench".to_string())],
         script: bench::files_script(1, ITERATIONS, &["open", "open-read"], &["b10k", "brd"]),
         icount: true,
         timeout: TIMEOUT,
@@ -86,9 +87,14 @@ fn gate() -> Result<Outcome> {
         println!("gate: {}", line.trim());
     }
     let mut summary = Summary { results: 1, ..Summary::default() };
-    let mut problems: Vec<String> = run.output.lines().filter(|l| l.contains("BENCH-ERROR")).map(|l| l.trim().to_string()).collect();
+    let mut problems: Vec<String> =
+        run.output.lines().filter(|l| l.contains("BENCH-ERROR")).map(|l| l.trim().to_string()).collect();
     if !run.output.contains("BENCH-DONE") {
-        problems.push(format!("the guest script did not finish in {:.0}s (timed out: {})", run.elapsed.as_secs_f64(), run.timed_out));
+        problems.push(format!(
+            "the guest script did not finish in {:.0}s (timed out: {})",
+            run.elapsed.as_secs_f64(),
+            run.timed_out
+        ));
     }
     for (key, op, bound) in BOUNDS {
         let scenario = bench::SCENARIOS.iter().find(|s| s.key == *key).expect("gated scenarios exist");

@@ -39,10 +39,8 @@ pub fn build_test(name: &str) -> Result<PathBuf> {
 pub fn run() -> Tier {
     println!("\n== tier host ==");
     let outcome = if cmd::is_root() {
-        run_tests().unwrap_or_else(|e| Outcome::Ran {
-            summary: libtest::Summary::default(),
-            problem: Some(format!("{e:#}")),
-        })
+        run_tests()
+            .unwrap_or_else(|e| Outcome::Ran { summary: libtest::Summary::default(), problem: Some(format!("{e:#}")) })
     } else {
         Outcome::CouldNotRun(
             "the host tests load BPF programs and create cgroups, which needs root; \
@@ -50,10 +48,7 @@ pub fn run() -> Tier {
                 .into(),
         )
     };
-    Tier {
-        name: "host".into(),
-        outcome,
-    }
+    Tier { name: "host".into(), outcome }
 }
 
 fn run_tests() -> Result<Outcome> {

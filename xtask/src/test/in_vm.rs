@@ -22,8 +22,7 @@ const TIMEOUT: Duration = Duration::from_mins(55);
 /// of its own tagged, and every daemon after the first adopts the programs
 /// the first pinned, so the kernel verifies them once per boot; the tests of
 /// `enforcer run` itself (`Sandbox::under_enforcer_run`) load them each time.
-const SCRIPT: &str =
-    "ENFORCER_BIN=/bin/enforcer ENFORCER_PROBE_BIN=/bin/enforcer-probe ENFORCER_TESTS_VIA=daemon /bin/lsm-tests --test-threads=1";
+const SCRIPT: &str = "ENFORCER_BIN=/bin/enforcer ENFORCER_PROBE_BIN=/bin/enforcer-probe ENFORCER_TESTS_VIA=daemon /bin/lsm-tests --test-threads=1";
 
 /// Rough minutes a tier takes here, for starting the longest first
 /// (measured side by side on 2026-12-05, every test on every kernel: 5.10
@@ -98,38 +97,28 @@ fn run(series: &str, files: &Result<Vec<(PathBuf, String)>, String>, prefix: Str
     let kernel = match kernel::cached(series) {
         Ok(k) => k,
         Err(e) => {
-            return Tier {
-                name: format!("vm {series}"),
-                outcome: Outcome::CouldNotRun(format!("{e:#}")),
-            };
+            return Tier { name: format!("vm {series}"), outcome: Outcome::CouldNotRun(format!("{e:#}")) };
         }
     };
-    let release = kernel
-        .package
-        .trim_start_matches("linux-image-")
-        .to_string();
+    let release = kernel.package.trim_start_matches("linux-image-").to_string();
     // While developing: ENFORCER_VM_TESTS=NAME runs only the tests whose name
     // contains NAME (empty or unset: every test).
     let filter = std::env::var("ENFORCER_VM_TESTS").unwrap_or_default();
     let built = files.as_ref().map_err(|e| anyhow::anyhow!("building what the VM runs failed: {e}"));
     let (release, outcome) = match built.and_then(|files| run_tests(kernel, files.clone(), &filter, prefix)) {
         Ok((booted, outcome)) => (booted.unwrap_or(release), outcome),
-        Err(e) => (
-            release,
-            Outcome::Ran {
-                summary: Summary::default(),
-                problem: Some(format!("{e:#}")),
-            },
-        ),
+        Err(e) => (release, Outcome::Ran { summary: Summary::default(), problem: Some(format!("{e:#}")) }),
     };
-    Tier {
-        name: format!("vm {series} ({release})"),
-        outcome,
-    }
+    Tier { name: format!("vm {series} ({release})"), outcome }
 }
 
 /// Runs the `lsm` tests whose names `filter` (libtest filters) selects.
-fn run_tests(kernel: kernel::Kernel, files: Vec<(PathBuf, String)>, filter: &str, prefix: String) -> Result<(Option<String>, Outcome)> {
+fn run_tests(
+    kernel: kernel::Kernel,
+    files: Vec<(PathBuf, String)>,
+    filter: &str,
+    prefix: String,
+) -> Result<(Option<String>, Outcome)> {
     // ENFORCER_VM_ENV="NAME=VALUE ..." sets variables for the tests (e.g.
     // ENFORCER_PROGRAMS=compat, to try the compat build on a newer kernel).
     let env = std::env::var("ENFORCER_VM_ENV").unwrap_or_default();
@@ -146,17 +135,10 @@ fn run_tests(kernel: kernel::Kernel, files: Vec<(PathBuf, String)>, filter: &str
     let summary = Summary::parse(&run.output);
     let exit_ok = run.exit_code == Some(0);
     let outcome = if run.timed_out {
-        Outcome::Ran {
-            summary,
-            problem: Some(format!("the VM did not finish within {TIMEOUT:?}")),
-        }
+        Outcome::Ran { summary, problem: Some(format!("the VM did not finish within {TIMEOUT:?}")) }
     } else if run.exit_code.is_none() {
-        let problem =
-            "the VM stopped before the tests finished (kernel crash? see the console above)";
-        Outcome::Ran {
-            summary,
-            problem: Some(problem.into()),
-        }
+        let problem = "the VM stopped before the tests finished (kernel crash? see the console above)";
+        Outcome::Ran { summary, problem: Some(problem.into()) }
     } else {
         ran(summary, exit_ok, "the lsm test binary in the VM")
     };

@@ -24,8 +24,5 @@ pub fn run() -> Tier {
         Ok(done) => ran(done.summary, done.success, "cargo test"),
         Err(e) => Outcome::CouldNotRun(format!("{e:#}")),
     };
-    Tier {
-        name: "unit".into(),
-        outcome,
-    }
+    Tier { name: "unit".into(), outcome }
 }

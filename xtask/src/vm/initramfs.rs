@@ -34,39 +34,20 @@ pub fn build(files: &[(PathBuf, String)], script: &str) -> Result<Initramfs> {
     cmd::remove_abandoned(&std::env::temp_dir(), "enforcer-vm-");
     let dir = TempDir::new("enforcer-vm")?;
     let stage = dir.path().join("root");
-    for d in [
-        "bin",
-        "sbin",
-        "usr/bin",
-        "proc",
-        "sys",
-        "dev",
-        "tmp",
-        "root",
-        "etc",
-        "enforcer-vm",
-    ] {
+    for d in ["bin", "sbin", "usr/bin", "proc", "sys", "dev", "tmp", "root", "etc", "enforcer-vm"] {
         fs::create_dir_all(stage.join(d))?;
     }
     copy_file(Path::new(BUSYBOX), &stage.join("bin/busybox"))
         .context("the VM needs a static busybox; run `cargo xtask setup`")?;
     write(&stage, "init", INIT, 0o755)?;
     write(&stage, SCRIPT, script, 0o644)?;
-    write(
-        &stage,
-        "etc/passwd",
-        "root:x:0:0:root:/root:/bin/sh\n",
-        0o644,
-    )?;
+    write(&stage, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
     write(&stage, "etc/group", "root:x:0:\n", 0o644)?;
 
     let mut libraries = BTreeSet::new();
     for (host, guest) in files {
         if !guest.starts_with('/') {
-            bail!(
-                "guest path {guest:?} (for {}) must be absolute",
-                host.display()
-            );
+            bail!("guest path {guest:?} (for {}) must be absolute", host.display());
         }
         let dest = stage.join(guest.trim_start_matches('/'));
         stage_path(host, &dest, &mut libraries)
@@ -118,11 +99,7 @@ pub fn shared_libraries(path: &Path) -> Result<Vec<PathBuf>> {
         bail!("ldd {} failed: {}", path.display(), all.trim());
     }
     if let Some(missing) = stdout.lines().find(|l| l.contains("not found")) {
-        bail!(
-            "{} needs a library this host lacks: {}",
-            path.display(),
-            missing.trim()
-        );
+        bail!("{} needs a library this host lacks: {}", path.display(), missing.trim());
     }
     // "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)", "\t/lib64/ld-linux-x86-64.so.2 (0x...)"
     Ok(stdout
@@ -139,8 +116,7 @@ fn copy_file(from: &Path, to: &Path) -> Result<()> {
         fs::create_dir_all(parent)?;
     }
     // fs::copy follows symlinks and keeps the permission bits.
-    fs::copy(from, to)
-        .with_context(|| format!("could not copy {} to {}", from.display(), to.display()))?;
+    fs::copy(from, to).with_context(|| format!("could not copy {} to {}", from.display(), to.display()))?;
     Ok(())
 }
 
@@ -158,17 +134,11 @@ fn write(stage: &Path, guest: &str, contents: &str, mode: u32) -> Result<()> {
 fn pack(stage: &Path, archive: &Path) -> Result<()> {
     let mut names = Vec::new();
     list(stage, Path::new(""), &mut names)?;
-    let out =
-        File::create(archive).with_context(|| format!("could not create {}", archive.display()))?;
+    let out = File::create(archive).with_context(|| format!("could not create {}", archive.display()))?;
     let mut cpio = Command::new("cpio");
-    cpio.args(["--quiet", "-o", "-H", "newc", "-R", "0:0"])
-        .current_dir(stage)
-        .stdin(Stdio::piped())
-        .stdout(out);
+    cpio.args(["--quiet", "-o", "-H", "newc", "-R", "0:0"]).current_dir(stage).stdin(Stdio::piped()).stdout(out);
     let line = cmd::describe(&cpio);
-    let mut child = cpio
-        .spawn()
-        .context("could not run cpio; run `cargo xtask setup`")?;
+    let mut child = cpio.spawn().context("could not run cpio; run `cargo xtask setup`")?;
     {
         let mut stdin = child.stdin.take().expect("stdin is piped");
         for name in &names {

@@ -36,9 +36,7 @@ pub struct Attempt {
 /// Boot `spec.kernel` with `initrd` and follow the console until qemu exits or a deadline.
 pub fn boot(spec: &VmSpec, initrd: &Path) -> Result<Attempt> {
     let mut qemu = command(spec, initrd)?;
-    let mut child = qemu
-        .spawn()
-        .context("could not start qemu-system-x86_64; run `cargo xtask setup`")?;
+    let mut child = qemu.spawn().context("could not start qemu-system-x86_64; run `cargo xtask setup`")?;
     let start = Instant::now();
     let (tx, rx) = mpsc::channel();
     let readers = [
@@ -46,21 +44,13 @@ pub fn boot(spec: &VmSpec, initrd: &Path) -> Result<Attempt> {
         cmd::forward_lines(child.stderr.take().expect("stderr is piped"), tx),
     ];
 
-    let mut attempt = Attempt {
-        lines: Vec::new(),
-        userspace_after: None,
-        exit_code: None,
-        timed_out: None,
-        elapsed: Duration::ZERO,
-    };
+    let mut attempt =
+        Attempt { lines: Vec::new(), userspace_after: None, exit_code: None, timed_out: None, elapsed: Duration::ZERO };
     let mut deadline = (start + spec.timeout, "the VM timeout");
     let boot_deadline = (start + BOOT_TIMEOUT, "the boot timeout");
     loop {
-        let (limit, what) = if attempt.userspace_after.is_some() || boot_deadline.0 > deadline.0 {
-            deadline
-        } else {
-            boot_deadline
-        };
+        let (limit, what) =
+            if attempt.userspace_after.is_some() || boot_deadline.0 > deadline.0 { deadline } else { boot_deadline };
         match rx.recv_timeout(limit.saturating_duration_since(Instant::now())) {
             Ok(line) => {
                 let line = strip_escapes(&line);
@@ -72,10 +62,7 @@ pub fn boot(spec: &VmSpec, initrd: &Path) -> Result<Attempt> {
                 }
                 if let Some(code) = exit_code(&line) {
                     attempt.exit_code = Some(code);
-                    deadline = (
-                        Instant::now() + POWEROFF_GRACE,
-                        "the power-off grace period",
-                    );
+                    deadline = (Instant::now() + POWEROFF_GRACE, "the power-off grace period");
                 }
                 attempt.lines.push(line);
             }
@@ -132,10 +119,7 @@ fn command(spec: &VmSpec, initrd: &Path) -> Result<Command> {
         .arg(&spec.kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 lsm=lockdown,capability,landlock,bpf panic=-1 loglevel=4",
-        ])
+        .args(["-append", "console=ttyS0 lsm=lockdown,capability,landlock,bpf panic=-1 loglevel=4"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
