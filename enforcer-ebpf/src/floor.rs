@@ -196,7 +196,7 @@ const fn dev(major: u32, minor: u32) -> u32 {
 
 /// The character devices every agent may open: `/dev/null`, `zero`, `full`,
 /// `random`, `urandom`, `tty` (its own controlling terminal) and `ptmx`
-/// (new pseudo-terminals). Every other one (disks through SG_IO or NVMe
+/// (new pseudo-terminals). Every other one (disks through `SG_IO` or `NVMe`
 /// passthrough, `/dev/mem`, consoles, `/dev/kmsg`, input devices...) is
 /// refused, except the caller's own pseudo-terminal (see [`own_terminal`])
 /// and the nodes a policy's `[devices]` names.
@@ -205,7 +205,7 @@ const DEVPTS_SUPER_MAGIC: u64 = 0x1cd1;
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 /// Filesystems that are kernel interfaces, not files: no agent writes them.
 /// sysfs, cgroup2, cgroup, securityfs, debugfs, tracefs, bpffs, efivarfs,
-/// configfs, pstore, binfmt_misc, fusectl, nfsd, rpc_pipefs, selinuxfs,
+/// configfs, pstore, `binfmt_misc`, fusectl, nfsd, `rpc_pipefs`, selinuxfs,
 /// smackfs, apparmorfs, xenfs. A `match`: the compiler turns it into a
 /// binary search (five compares, not eighteen, on every tagged write).
 #[inline(always)]
@@ -262,9 +262,8 @@ pub fn open_needs_look(file_type: u32, magic: u64, writes: bool) -> bool {
 /// everything `file_open` does after it.
 #[inline(never)]
 pub fn open_refused(dentry: *const u8, inode: *const u8, file_type: u32, writes: bool, tag: &Tagged) -> bool {
-    match file_type {
-        S_IFBLK => return true,
-        _ => {}
+    if file_type == S_IFBLK {
+        return true;
     }
     let magic = unsafe { Direct::get::<SuperBlockMagic>(Direct::ptr::<DentrySb>(dentry)) };
     if file_type == S_IFCHR {

@@ -62,6 +62,7 @@ macro_rules! fields {
             }
 
             #[inline(always)]
+            #[expect(clippy::pointers_in_nomem_asm_block, reason = "it reads kernel memory, which Rust never writes")]
             unsafe fn load(base: *const u8) -> u64 {
                 let value: u64;
                 // SAFETY: a load through a BTF-typed pointer; the verifier

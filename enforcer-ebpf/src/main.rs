@@ -13,7 +13,24 @@
 #![expect(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
     reason = "BPF code narrows kernel values on purpose"
+)]
+#![expect(
+    clippy::inline_always,
+    reason = "what is inlined decides what the verifier checks and how deep the stack gets, not speed alone"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "program entries take their context by value (aya's macros), and small handles move into inlined code"
+)]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a map helper takes the key's address: a borrow keeps the key where it is, a value is copied first"
+)]
+#![expect(
+    clippy::cast_ptr_alignment,
+    reason = "kernel and map memory has the alignment of the types read from it; BPF loads do not trap"
 )]
 
 /// Which build this is: see `compat.rs`.

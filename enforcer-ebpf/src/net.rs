@@ -1,13 +1,13 @@
 //! Network enforcement: where an agent may connect and send, which sockets
 //! it may create, which unix sockets it may reach.
 //!
-//! The cgroup programs (connect4/6, sendmsg4/6, recvmsg4/6, sock_create)
+//! The cgroup programs (connect4/6, sendmsg4/6, recvmsg4/6, `sock_create`)
 //! are attached to tagged cgroups only, so processes elsewhere never run
 //! them. They judge by the policy of the current task's deepest tagged
 //! ancestor (`tag::tag_by_ancestors`): static rules in an LPM trie, then
 //! the addresses the enforcer's resolver granted; port-53 traffic goes to
-//! that resolver instead. The LSM programs (socket_create,
-//! unix_stream_connect, unix_may_send) run for every task and screen it like
+//! that resolver instead. The LSM programs (`socket_create`,
+//! `unix_stream_connect`, `unix_may_send`) run for every task and screen it like
 //! the file hooks.
 
 use aya_ebpf::{
@@ -70,7 +70,7 @@ struct DnsOrigin {
     via_port: u32,
 }
 
-/// 127.0.0.1 and ::1 as context words (network order).
+/// `127.0.0.1` and `::1` as context words (network order).
 pub(crate) const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 pub(crate) const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 pub(crate) const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);

@@ -11,7 +11,7 @@
 //! pending directory (`PENDING_ON_FILESYSTEM`).
 //!
 //! A walk of its own, not a step of the main one: there the extra branches
-//! multiplied the verifier's states (path_mknod went from 146k to 529k
+//! multiplied the verifier's states (`path_mknod` went from 146k to 529k
 //! processed instructions on 6.12); here they are checked once.
 
 use core::ffi::c_void;

@@ -18,6 +18,7 @@ static mut PROTECTED: Protected = unsafe { core::mem::zeroed() };
 /// global, LLVM interleaves the object's and the directory's checks into
 /// flags the verifier then follows in every combination (1M instructions).
 #[inline(always)]
+#[expect(clippy::pointers_in_nomem_asm_block, reason = "the asm reads nothing: it hides where the pointer comes from")]
 fn protected() -> &'static Protected {
     let mut set = &raw const PROTECTED;
     unsafe {

@@ -120,11 +120,11 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
         assert!(
             core::mem::offset_of!(EventHeader, flags) % 8 == 0
                 && core::mem::offset_of!(EventHeader, comm) == core::mem::offset_of!(EventHeader, flags) + 8
-        )
+        );
     };
     unsafe { (&raw mut header.flags).cast::<u64>().write(u64::from(flags)) };
     let len = EVENT_HEADER_BYTES + (total as usize).min(PATH_BYTES + NAME_BYTES);
-    let bytes = unsafe { core::slice::from_raw_parts((buf as *const EventBuf).cast::<u8>(), len) };
+    let bytes = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buf).cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count_lost();
     }
@@ -160,7 +160,7 @@ pub fn report_net(denial: &NetDenial) {
         return;
     };
     let buf = unsafe { &mut *buf };
-    const { assert!(core::mem::align_of::<NetDetail>() <= 8 && EVENT_HEADER_BYTES % 8 == 0) };
+    const { assert!(core::mem::align_of::<NetDetail>() <= 8 && EVENT_HEADER_BYTES.is_multiple_of(8)) };
     let detail = unsafe { &mut *buf.path.as_mut_ptr().cast::<NetDetail>() };
     let words = detail.addr.as_mut_ptr().cast::<u32>();
     for (i, word) in denial.addr.iter().enumerate() {
@@ -343,7 +343,7 @@ fn finish_detail_event(buf: &mut EventBuf, head: &DetailHead, detail: u32) {
     header.reason = head.reason as u8;
     unsafe { (&raw mut header.flags).cast::<u64>().write(u64::from(flags)) };
     let len = EVENT_HEADER_BYTES + (total as usize).min(PATH_BYTES + NAME_BYTES);
-    let bytes = unsafe { core::slice::from_raw_parts((buf as *const EventBuf).cast::<u8>(), len) };
+    let bytes = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buf).cast::<u8>(), len) };
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count_lost();
     }

@@ -64,6 +64,7 @@ pub struct Suspect {
 const SCREEN_LEVELS: u32 = 4;
 
 /// The pre-filter.
+#[expect(clippy::deref_addrof, reason = "a `static mut` is only reached through a raw pointer (edition 2024)")]
 #[inline(always)]
 fn filter() -> &'static TagFilter {
     unsafe { &*(&raw const TAG_FILTER) }
@@ -80,7 +81,7 @@ fn tagged_at(level: u64) -> bool {
     // BPF shifts by the count's low six bits (the x86 JIT's `shrx` too);
     // in Rust, the compiler would mask the count first.
     unsafe {
-        core::arch::asm!("{bits} >>= {level}", bits = inout(reg) bits, level = in(reg) level, options(pure, nomem, nostack))
+        core::arch::asm!("{bits} >>= {level}", bits = inout(reg) bits, level = in(reg) level, options(pure, nomem, nostack));
     };
     bits & 1 != 0
 }
@@ -181,6 +182,7 @@ fn tag_at_levels(mut bits: u64, ancestor: impl Fn(i32) -> u64) -> Option<(Tagged
         if bits == 0 {
             break;
         }
+        #[expect(clippy::manual_ilog2, reason = "`ilog2` has a panic path for 0, which BPF cannot link")]
         let level = 63 - bits.leading_zeros();
         bits &= !(1u64 << level);
         let id = ancestor(level as i32);
@@ -275,7 +277,7 @@ fn climb(level: u64, node: *const u8) -> Option<(TagInfo, u64)> {
 
 #[inline(always)]
 fn run_climb(climb: &mut Climb) {
-    let ctx = (climb as *mut Climb).cast::<c_void>();
+    let ctx = core::ptr::from_mut(climb).cast::<c_void>();
     // Enough steps to reach the root (cgroup trees are far shallower).
     let steps = (climb.start + 1).min(1 << 20) as u32;
     repeat::<COMPAT_CLIMB_LEVELS>(steps, climb_step, ctx);

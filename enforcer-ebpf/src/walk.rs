@@ -47,6 +47,10 @@ use crate::tables::{FileTableAt, TableAddress, UNREADABLE_SLOT};
 
 /// What is being asked of the tree.
 #[derive(Clone, Copy)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each flag is a constant the verifier sees per hook; bits would be masked at run time"
+)]
 pub struct Question {
     pub policy_id: u16,
     /// The operation needs a tree flagged with the walk's `NEED` above it
@@ -350,10 +354,10 @@ fn namespace_of(mount: *const u8) -> Namespace {
 /// every namespace has a number; numbered 0 before.
 #[inline(always)]
 fn is_anonymous(ns: *const u8) -> bool {
-    if off!(mnt_namespace_is_anon) != KernelOffsets::ABSENT as usize {
-        unsafe { Probe::get::<MntNamespaceIsAnon>(ns) != 0 }
-    } else {
+    if off!(mnt_namespace_is_anon) == KernelOffsets::ABSENT as usize {
         unsafe { Probe::get::<MntNamespaceSeq>(ns) == 0 }
+    } else {
+        unsafe { Probe::get::<MntNamespaceIsAnon>(ns) != 0 }
     }
 }
 
@@ -535,7 +539,7 @@ pub fn in_slot<S, R>(f: impl FnOnce(*mut S, u32) -> R) -> Option<R> {
     const {
         assert!(
             size_of::<u64>() + size_of::<S>() <= size_of::<AboveMountSlot>() && align_of::<S>() <= align_of::<u64>()
-        )
+        );
     };
     let (slot, index) = claim::<0>()?;
     let result = f(state_in(slot.cast()), index);
@@ -580,7 +584,7 @@ fn above_step_at<const NEED: u16>(index: u32) -> i64 {
 
 /// Sets `*busy` from 0 to 1 atomically; false if it was not 0. (The BPF
 /// target's Rust atomics have no compare-and-exchange; the instruction is
-/// BPF_ATOMIC | BPF_CMPXCHG, Linux 5.12.)
+/// `BPF_ATOMIC | BPF_CMPXCHG`, Linux 5.12.)
 #[inline(always)]
 unsafe fn try_claim(busy: *mut u64) -> bool {
     if crate::COMPAT {
@@ -617,7 +621,7 @@ unsafe fn try_claim_by_add(busy: *mut u64) -> bool {
     false
 }
 
-/// `*target += value`, atomically (BPF_ATOMIC | BPF_ADD, every kernel).
+/// `*target += value`, atomically (`BPF_ATOMIC | BPF_ADD`, every kernel).
 #[inline(always)]
 unsafe fn atomic_add(target: *mut u64, value: u64) {
     // SAFETY: `target` is an aligned u64 in map memory.

@@ -126,19 +126,11 @@ pub fn levels_filter<'a>(globs: impl IntoIterator<Item = &'a str>) -> TagFilter 
     filter
 }
 
-/// Compiles `(slot, glob)` pairs into the kernel's table. A path several
-/// globs match is selected by the first pair's slot.
-pub fn compile(selectors: &[(u32, String)]) -> Result<Box<SelectorTable>, SelectorError> {
-    let mut table = crate::tables::no_selectors();
-    if selectors.is_empty() {
-        return Ok(table);
-    }
-    if selectors.iter().any(|(slot, _)| *slot >= SLOT_UNRESOLVED) {
-        return Err(SelectorError::TooManySlots { count: selectors.len() });
-    }
+/// The globs as one DFA over bytes, a pattern per selector in their order.
+fn build_dfa(selectors: &[(u32, String)]) -> Result<dense::DFA<Vec<u32>>, SelectorError> {
     let regexes: Vec<String> =
         selectors.iter().map(|(_, g)| regex_of(g)).collect::<Result<_, _>>().map_err(SelectorError::Build)?;
-    let dfa = dense::Builder::new()
+    dense::Builder::new()
         .configure(
             dense::Config::new()
                 .start_kind(StartKind::Anchored)
@@ -155,7 +147,20 @@ pub fn compile(selectors: &[(u32, String)]) -> Result<Box<SelectorTable>, Select
             } else {
                 SelectorError::Build(e.to_string())
             }
-        })?;
+        })
+}
+
+/// Compiles `(slot, glob)` pairs into the kernel's table. A path several
+/// globs match is selected by the first pair's slot.
+pub fn compile(selectors: &[(u32, String)]) -> Result<Box<SelectorTable>, SelectorError> {
+    let mut table = crate::tables::no_selectors();
+    if selectors.is_empty() {
+        return Ok(table);
+    }
+    if selectors.iter().any(|(slot, _)| *slot >= SLOT_UNRESOLVED) {
+        return Err(SelectorError::TooManySlots { count: selectors.len() });
+    }
+    let dfa = build_dfa(selectors)?;
     let start = dfa
         .start_state(&start::Config::new().anchored(Anchored::Yes))
         .map_err(|e| SelectorError::Build(e.to_string()))?;

@@ -43,7 +43,7 @@ pub fn ensure(vm_tools: bool, kernel_series: &[String]) -> Result<()> {
     if vm_tools {
         tools::debian_packages()?;
     }
-    tools::rust_src()?;
+    tools::rust_components()?;
     tools::bpf_linker()?;
     // Try every series before failing, so one unavailable series does not block the rest.
     let failures: Vec<String> =

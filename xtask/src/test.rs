@@ -1,10 +1,11 @@
 //! `cargo xtask test`: every test tier, in order, with one summary line each.
 //!
-//! 1. unit: `cargo test` of the workspace (no privileges).
-//! 2. host: the `host` integration tests, as root, on the host kernel.
-//! 3. vm: the `lsm` integration tests in a qemu VM per kernel series (BPF LSM enabled),
+//! 1. lint: `cargo fmt --check` and clippy with warnings as errors (`test/lint.rs`).
+//! 2. unit: `cargo test` of the workspace (no privileges).
+//! 3. host: the `host` integration tests, as root, on the host kernel.
+//! 4. vm: the `lsm` integration tests in a qemu VM per kernel series (BPF LSM enabled),
 //!    two VMs side by side.
-//! 4. gate: the file hot path's cost under icount, against fixed bounds (`test/gate.rs`).
+//! 5. gate: the file hot path's cost under icount, against fixed bounds (`test/gate.rs`).
 //!
 //! The last line is `N passed, M failed` over all tiers (`, K skipped` when a tier did
 //! not run). A tier that failed without a failing test (build error, crash, no results,
@@ -14,6 +15,7 @@
 mod gate;
 mod host;
 mod in_vm;
+mod lint;
 mod unit;
 
 use std::fmt::Write as _;
@@ -33,8 +35,8 @@ pub struct Options {
     /// Kernel series for the VM tier; repeatable (default: 5.10, 6.1, 6.12 and 7.3).
     #[arg(long = "kernel", value_name = "SERIES")]
     kernels: Vec<String>,
-    /// Run only these tiers (unit, host, vm, gate); repeatable (default: all).
-    #[arg(long = "tier", value_name = "TIER", value_parser = ["unit", "host", "vm", "gate"])]
+    /// Run only these tiers (lint, unit, host, vm, gate); repeatable (default: all).
+    #[arg(long = "tier", value_name = "TIER", value_parser = ["lint", "unit", "host", "vm", "gate"])]
     tiers: Vec<String>,
 }
 
@@ -94,6 +96,9 @@ pub fn run(opts: &Options) -> ExitCode {
 
     let wanted = |tier: &str| opts.tiers.is_empty() || opts.tiers.iter().any(|t| t == tier);
     let mut tiers = Vec::new();
+    if wanted("lint") {
+        tiers.push(timed(&lint::run));
+    }
     if wanted("unit") {
         tiers.push(timed(&unit::run));
     }

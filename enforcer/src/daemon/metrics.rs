@@ -81,49 +81,39 @@ impl Metrics {
             "enforcer_lost_events_total",
             "counter",
             "Events the kernel could not put in the full ring buffer.",
-            &[(String::new(), s.lost_events)],
+            &unlabeled(s.lost_events),
         );
         let cuts = self.follower_cuts.load(Ordering::Relaxed);
-        metric(
-            "enforcer_follower_cuts_total",
-            "counter",
-            "Followers cut off for falling behind.",
-            &[(String::new(), cuts)],
-        );
+        metric("enforcer_follower_cuts_total", "counter", "Followers cut off for falling behind.", &unlabeled(cuts));
         let dropped = self.follower_dropped.load(Ordering::Relaxed);
         metric(
             "enforcer_follower_dropped_lines_total",
             "counter",
             "Lines cut-off followers did not get.",
-            &[(String::new(), dropped)],
+            &unlabeled(dropped),
         );
         let followers = self.followers.load(Ordering::Relaxed);
-        metric("enforcer_followers", "gauge", "Followers of the event stream now.", &[(String::new(), followers)]);
+        metric("enforcer_followers", "gauge", "Followers of the event stream now.", &unlabeled(followers));
         let sink_errors = self.sink_errors.load(Ordering::Relaxed);
         metric(
             "enforcer_sink_errors_total",
             "counter",
             "Lines the events file could not take.",
-            &[(String::new(), sink_errors)],
+            &unlabeled(sink_errors),
         );
-        metric(
-            "enforcer_tagged_cgroups",
-            "gauge",
-            "Tagged agent cgroups.",
-            &[(String::new(), s.tagged_cgroups as u64)],
-        );
+        metric("enforcer_tagged_cgroups", "gauge", "Tagged agent cgroups.", &unlabeled(s.tagged_cgroups as u64));
         metric(
             "enforcer_selected_cgroups",
             "gauge",
             "Agent cgroups tagged by policy selectors.",
-            &[(String::new(), s.selected_cgroups as u64)],
+            &unlabeled(s.selected_cgroups as u64),
         );
         let fill = s.selected_filter_fill;
         metric(
             "enforcer_selected_filter_fill_permille",
             "gauge",
             "How full the kernel's filter of selected cgroups is (it only fills; past 500 untagged tasks pay a map lookup).",
-            &[(String::new(), fill)],
+            &unlabeled(fill),
         );
         let policies: Vec<(String, u64)> = s
             .policies
@@ -139,36 +129,41 @@ impl Metrics {
             .map(|(name, _, _, users)| (format!("{{policy=\"{}\"}}", esc(name)), *users as u64))
             .collect();
         metric("enforcer_policy_tagged_cgroups", "gauge", "Tagged cgroups per policy.", &users);
-        metric("enforcer_policy_reloads_total", "counter", "Policy directory reloads.", &[(String::new(), s.reloads)]);
+        metric("enforcer_policy_reloads_total", "counter", "Policy directory reloads.", &unlabeled(s.reloads));
         metric(
             "enforcer_policy_reload_failures_total",
             "counter",
             "Reloads that rejected a file.",
-            &[(String::new(), s.reload_failures)],
+            &unlabeled(s.reload_failures),
         );
         if let Some((used, size)) = s.ring {
             metric(
                 "enforcer_ring_buffer_used_bytes",
                 "gauge",
                 "Bytes of events waiting in the ring buffer.",
-                &[(String::new(), used)],
+                &unlabeled(used),
             );
-            metric("enforcer_ring_buffer_size_bytes", "gauge", "The ring buffer's size.", &[(String::new(), size)]);
+            metric("enforcer_ring_buffer_size_bytes", "gauge", "The ring buffer's size.", &unlabeled(size));
         }
         metric(
             "enforcer_bpf_lsm_enforced",
             "gauge",
             "1 if the BPF LSM programs are attached.",
-            &[(String::new(), u64::from(s.lsm_enforced))],
+            &unlabeled(u64::from(s.lsm_enforced)),
         );
         metric(
             "enforcer_not_enforced_parts",
             "gauge",
             "Policy parts this kernel cannot enforce (--degraded).",
-            &[(String::new(), s.not_enforced as u64)],
+            &unlabeled(s.not_enforced as u64),
         );
         out
     }
+}
+
+/// The one sample of a metric without labels.
+fn unlabeled(value: u64) -> [(String, u64); 1] {
+    [(String::new(), value)]
 }
 
 /// A label value escaped for the text format.

@@ -168,7 +168,7 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     match crate::ring_fill::RingFill::new(&ring, u64::from(enforcer_common::events::EVENTS_BYTES)) {
         Ok(fill) => core.ring_fill = Some(fill),
         Err(e) => {
-            eprintln!("enforcer: warning: cannot map the ring buffer's positions, its fill is not in the metrics: {e}")
+            eprintln!("enforcer: warning: cannot map the ring buffer's positions, its fill is not in the metrics: {e}");
         }
     }
     let metrics = Arc::new(Metrics::default());

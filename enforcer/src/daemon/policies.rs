@@ -67,7 +67,7 @@ pub fn scan(dir: &Path) -> Result<(Vec<PolicyFile>, Vec<Rejected>), std::io::Err
         match std::fs::read_to_string(&file) {
             Ok(text) => texts.push((file, text)),
             Err(e) => {
-                rejected.push(Rejected { file: file.clone(), error: format!("{}: cannot read: {e}", file.display()) })
+                rejected.push(Rejected { file: file.clone(), error: format!("{}: cannot read: {e}", file.display()) });
             }
         }
     }

@@ -93,16 +93,30 @@ fn busybox_is_static() -> bool {
     Path::new(BUSYBOX).is_file() && initramfs::shared_libraries(Path::new(BUSYBOX)).is_ok_and(|libs| libs.is_empty())
 }
 
-/// The nightly toolchain's rust-src, needed for `-Z build-std=core` on the bpf target.
-pub fn rust_src() -> Result<()> {
-    let installed = cmd::output(nightly("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .context("could not list the nightly toolchain's components; is rustup's nightly installed?")?;
-    if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
-        println!("setup: nightly rust-src present");
+/// The toolchain components the build and the lint tier need: nightly's rust-src (for
+/// `-Z build-std=core` on the bpf target) and clippy (the eBPF crate's lints), and the
+/// active toolchain's clippy and rustfmt.
+pub fn rust_components() -> Result<()> {
+    component(&|| nightly("rustup"), Some("nightly"), &["rust-src", "clippy"])?;
+    // The toolchain `cargo xtask` runs under (rustup's proxy names it in RUSTUP_TOOLCHAIN).
+    component(&|| Command::new("rustup"), None, &["clippy", "rustfmt"])
+}
+
+/// Adds the `wanted` components `toolchain` (the active one if `None`) lacks.
+fn component(rustup: &dyn Fn() -> Command, toolchain: Option<&str>, wanted: &[&str]) -> Result<()> {
+    let name = toolchain.unwrap_or("active");
+    let toolchain_args: Vec<&str> = toolchain.map(|t| vec!["--toolchain", t]).unwrap_or_default();
+    let installed = cmd::output(rustup().args(["component", "list", "--installed"]).args(&toolchain_args))
+        .with_context(|| format!("could not list the {name} toolchain's components; is rustup's {name} installed?"))?;
+    // Listed as `clippy-x86_64-unknown-linux-gnu`, or bare (`rust-src`).
+    let has = |want: &str| installed.lines().map(str::trim).any(|l| l == want || l.starts_with(&format!("{want}-")));
+    let missing: Vec<&str> = wanted.iter().copied().filter(|want| !has(want)).collect();
+    if missing.is_empty() {
+        println!("setup: {name} toolchain has {}", wanted.join(", "));
         return Ok(());
     }
-    println!("setup: installing nightly rust-src");
-    cmd::run(nightly("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    println!("setup: adding {} to the {name} toolchain", missing.join(", "));
+    cmd::run(rustup().args(["component", "add"]).args(&missing).args(&toolchain_args))
 }
 
 /// bpf-linker, built against the nightly toolchain's own LLVM so both agree on the bitcode.
