@@ -930,7 +930,55 @@ fn raise_memlock_limit() {
 mod tests {
     use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
 
-    use super::{COMPAT_PROGRAMS, PROGRAMS};
+    use super::{
+        COMPAT_JUDGED_ELSEWHERE, COMPAT_PROGRAMS, FLOOR_HOOKS, HOOKS, INBOUND_PROGRAM, NET_HOOKS, PROGRAMS,
+        SELECTOR_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM,
+    };
+
+    /// The programs an object holds: its functions in program sections
+    /// (`lsm/file_open`, `cgroup/connect4`, ...; helpers and global functions
+    /// live in `.text`).
+    fn programs_in(object: &[u8]) -> std::collections::BTreeSet<String> {
+        let file = object::File::parse(object).unwrap();
+        file.symbols()
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.is_global())
+            .filter(|s| {
+                let section = s.section_index().and_then(|i| file.section_by_index(i).ok());
+                section.and_then(|section| section.name().ok().map(|name| name.contains('/'))).unwrap_or(false)
+            })
+            .map(|s| s.name().unwrap().to_string())
+            .collect()
+    }
+
+    /// Every program the loader's tables name, by the name it looks up.
+    fn programs_named_by_tables() -> std::collections::BTreeSet<String> {
+        let hooks = HOOKS.iter().chain(NET_HOOKS).chain(FLOOR_HOOKS).map(|(hook, _)| (*hook).to_string());
+        // `enforcer bench-floor` loads empty programs on the file hooks.
+        let floor = HOOKS.iter().map(|(hook, _)| format!("floor_{hook}"));
+        let others = SOCK_ADDR_PROGRAMS.iter().chain(&[SOCK_CREATE_PROGRAM, INBOUND_PROGRAM, SELECTOR_PROGRAM]);
+        hooks.chain(floor).chain(others.map(|name| (*name).to_string())).collect()
+    }
+
+    /// A program missing from the tables would never load, and one the tables
+    /// name but the object lacks fails every load: both builds hold exactly
+    /// the programs the tables name (the compat build less the hooks it
+    /// judges elsewhere).
+    #[test]
+    fn the_loader_tables_name_every_program() {
+        let named = programs_named_by_tables();
+        let compat_named = named.iter().filter(|name| !COMPAT_JUDGED_ELSEWHERE.contains(&name.as_str())).cloned();
+        for (build, object, expected) in
+            [("main", PROGRAMS, named.clone()), ("compat", COMPAT_PROGRAMS, compat_named.collect())]
+        {
+            let found = programs_in(object);
+            let unnamed: Vec<_> = found.difference(&named).collect();
+            let absent: Vec<_> = expected.difference(&found).collect();
+            assert!(
+                unnamed.is_empty() && absent.is_empty(),
+                "{build} build: programs no loader table names {unnamed:?}; named but not in the object {absent:?}"
+            );
+        }
+    }
 
     /// The compiler turns struct copies and zeroed runs into `memset` and
     /// `memcpy` calls, which in BPF are byte loops (about five instructions a
