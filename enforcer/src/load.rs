@@ -37,9 +37,9 @@ use crate::{
     cgroups::Cgroup,
     field_loads,
     kernel::{self, KernelError},
-    net_rules::NetRules,
+    policy::network::NetRules,
+    policy::tables::{self, TableError},
     table_map,
-    tables::{self, TableError},
 };
 
 /// The programs, built by `build.rs`.
@@ -208,7 +208,7 @@ pub enum LoadError {
     #[error(transparent)]
     Table(#[from] TableError),
     #[error(transparent)]
-    Selectors(#[from] crate::selectors::SelectorError),
+    Selectors(#[from] crate::policy::selectors::SelectorError),
     #[error(transparent)]
     FieldLoads(#[from] field_loads::FieldLoadError),
     #[error("cannot create a table map for `{name}`: {source}")]

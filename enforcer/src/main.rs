@@ -80,7 +80,7 @@ fn check_policy(file: &std::path::Path) -> i32 {
                     let hosts = n
                         .allow
                         .iter()
-                        .filter(|(d, _)| matches!(d.target, enforcer::destinations::Target::Host { .. }))
+                        .filter(|(d, _)| matches!(d.target, enforcer::policy::destinations::Target::Host { .. }))
                         .count();
                     format!(
                         "{} destinations ({hosts} by host name), {} unix sockets, extra socket classes: {}",

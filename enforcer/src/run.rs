@@ -11,10 +11,7 @@ use std::{
     time::Duration,
 };
 
-use enforcer_common::{
-    net::{Resolver, SOCKET_CLASSES},
-    policy::{TAG_AUDIT, TAG_EXEC, TAG_FILES, TAG_NET, TAG_READ_DENY, TAG_REQUIRE_SECCOMP, TagInfo},
-};
+use enforcer_common::net::Resolver;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -26,9 +23,11 @@ use crate::{
     },
     load::{Enforcer, LoadError},
     mounts::MountError,
-    net_rules::{self, TooManyRanges},
-    policy::{self, Mode, Network, Policy, PolicyError},
-    rules,
+    policy::{
+        self, Mode, Network, Policy, PolicyError,
+        compile::{CompileError, compile, needs_lsm},
+        network::TooManyRanges,
+    },
     run::terminal::Terminal,
     stream::{EventStream, Labels, PolicyLabel, Sink},
     syscalls::{
@@ -87,6 +86,15 @@ pub enum RunError {
     Terminal(std::io::Error),
 }
 
+impl From<CompileError> for RunError {
+    fn from(error: CompileError) -> Self {
+        match error {
+            CompileError::Files(e) => Self::Mounts(e),
+            CompileError::Network(e) => Self::Network(e),
+        }
+    }
+}
+
 impl RunError {
     /// Exit codes in the convention of `env`/`timeout`: 2 for a bad policy,
     /// 125 when the enforcer itself cannot work, 126/127 when the command
@@ -104,33 +112,6 @@ impl RunError {
 
 const POLICY_ID: u16 = 1;
 
-#[must_use]
-pub fn tag_for(policy: &Policy, policy_id: u16) -> TagInfo {
-    let mut flags = 0;
-    if policy.mode == Mode::Audit {
-        flags |= TAG_AUDIT;
-    }
-    if let Some(files) = &policy.files {
-        flags |= TAG_FILES;
-        if !files.read_deny.is_empty() {
-            flags |= TAG_READ_DENY;
-        }
-    }
-    if policy.exec.is_some() {
-        flags |= TAG_EXEC;
-    }
-    if policy.syscalls.as_ref().is_some_and(|s| s.require_seccomp) {
-        flags |= TAG_REQUIRE_SECCOMP;
-    }
-    if let Some(network) = &policy.network {
-        flags |= TAG_NET;
-        for class in &network.sockets {
-            flags |= SOCKET_CLASSES.iter().find(|c| c.0 == *class).map_or(0, |c| c.1);
-        }
-    }
-    TagInfo { policy_id: u32::from(policy_id), flags }
-}
-
 /// Runs the command under the policy; returns the command's exit code.
 pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let (policy, warnings) = policy::load(&opts.policy)?;
@@ -143,7 +124,10 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         );
     }
     let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
-    let mut tag = tag_for(&policy, POLICY_ID);
+    let compiled = compile(&policy, POLICY_ID)?;
+    for missing in compiled.missing_trees() {
+        eprintln!("enforcer: warning: {missing}");
+    }
     let mut enforcer = Enforcer::load()?;
     check_enforceable(&enforcer, &policy, opts.degraded)?;
     let (events_path, sink) = open_events(opts.events.as_deref())?;
@@ -159,19 +143,16 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let run_cgroup = RunCgroup::create(&hierarchy)?;
     let cgroup = &run_cgroup.cgroup;
 
-    if policy.files.is_some() || policy.exec.is_some() || policy.devices.is_some() {
-        let rules = rules::resolve(&policy, POLICY_ID)?;
-        for (path, key) in &rules.missing {
-            eprintln!("enforcer: warning: {key} tree {} does not exist; {}", path.display(), missing_effect(key));
-        }
-        enforcer.add_file_rules(&rules.entries)?;
-        tag.flags |= rules.tag_flags();
+    if !compiled.file_rules.is_empty() {
+        enforcer.add_file_rules(&compiled.file_rules)?;
     }
     let (dns_tx, dns_events) = tokio::sync::mpsc::unbounded_channel::<DnsEvent>();
     let mut resolver = None;
     let net = match &policy.network {
         Some(network) => {
-            enforcer.add_net_rules(&net_rules::build(network, u32::from(POLICY_ID))?)?;
+            if let Some(rules) = &compiled.net {
+                enforcer.add_net_rules(rules)?;
+            }
             resolver = Some(start_resolver(&mut enforcer, &policy, network, opts.dns_upstream, dns_tx).await?);
             Some(enforcer.attach_net(cgroup)?)
         }
@@ -188,7 +169,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         stream.set_grants(resolver.grants.clone());
     }
     enforcer.set_protected(&run_protected(&events_path))?;
-    enforcer.tag(cgroup, tag)?;
+    enforcer.tag(cgroup, compiled.tag)?;
     let watchdog = watchdog::Watchdog::start(&cgroup.path).map_err(RunError::Watchdog)?;
     // After the watchdog: it must not hold the command's terminal open.
     let mut terminal = Terminal::for_caller().map_err(RunError::Terminal)?;
@@ -269,33 +250,6 @@ fn run_protected(events: &std::path::Path) -> enforcer_common::policy::Protected
     crate::mounts::protected_inodes(&paths)
 }
 
-/// The parts of `policy` only BPF LSM programs enforce.
-#[must_use]
-pub fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
-    let mut parts = vec![
-        "the built-in floor: BPF, perf events, modules, mounts, user namespaces, becoming root, ptrace, signals, \
-         limits, scheduling and SIGIO aimed outside the agent, leaving the cgroup (CLONE_INTO_CGROUP), terminal \
-         injection, kernel interfaces in /sys and /proc/sys, devices, fileless execution (BPF LSM)",
-    ];
-    if policy.files.is_some() {
-        parts.push("[files]: file writes and reads (BPF LSM file hooks)");
-    }
-    if policy.network.is_some() {
-        parts.push("network.unix: connecting and sending to unix sockets (BPF LSM unix hooks)");
-        parts.push(
-            "socket classes of families other than IPv4/IPv6 (packet, netlink, vsock...): only raw, ICMP, SCTP \
-             and MPTCP IP sockets are refused (BPF LSM socket_create)",
-        );
-    }
-    if policy.exec.is_some() {
-        parts.push("[exec]: which programs may be executed (BPF LSM bprm_check_security)");
-    }
-    if policy.syscalls.as_ref().is_some_and(|s| s.require_seccomp) {
-        parts.push("syscalls.require_seccomp: refusing exec without a seccomp filter (BPF LSM)");
-    }
-    parts
-}
-
 /// Refuses a policy this kernel cannot enforce (without BPF LSM) unless
 /// `degraded`; names every part it does not enforce.
 fn check_enforceable(enforcer: &Enforcer, policy: &Policy, degraded: bool) -> Result<(), RunError> {
@@ -315,19 +269,6 @@ fn check_enforceable(enforcer: &Enforcer, policy: &Policy, degraded: bool) -> Re
         eprintln!("enforcer: warning: this kernel lacks a hook: NOT enforced: {part}");
     }
     Ok(())
-}
-
-#[must_use]
-pub fn missing_effect(key: &str) -> &'static str {
-    if key == "files.write" {
-        "writes there are denied until it exists and the policy is loaded again"
-    } else if key == "exec.allow" {
-        "programs there are denied until it exists and the policy is loaded again"
-    } else if key == "devices.allow" {
-        "the device stays refused until it exists and the policy is loaded again"
-    } else {
-        "it is protected by name from the moment it is created (with everything below the first missing directory)"
-    }
 }
 
 /// A running resolver (stopped when dropped) and its grants.

@@ -153,7 +153,7 @@ impl Core {
         core.selection.slots = state.slots;
         for saved in state.policies {
             let source = std::fs::read_to_string(core.version_file(saved.id, &saved.hash)).unwrap_or_default();
-            match policies::compile(&saved.file, &source, saved.id, saved.version) {
+            match policies::compile_file(&saved.file, &source, saved.id, saved.version) {
                 Ok(loaded) => _ = core.policies.insert(loaded.name.clone(), loaded),
                 Err(e) => report.warnings.push(format!(
                     "the saved version {} of policy `{}` no longer compiles: {e}",

@@ -10,11 +10,7 @@ use std::{
 
 use enforcer_common::policy::{FileRuleKey, TagInfo};
 
-use crate::{
-    net_rules::{self, NetRules},
-    policy::{self, Policy},
-    rules, run,
-};
+use crate::policy::{self, Policy, compile::compile, destinations::Target, network::NetRules};
 
 /// One version of a policy, compiled.
 pub struct Loaded {
@@ -75,7 +71,7 @@ pub fn scan(dir: &Path) -> Result<(Vec<PolicyFile>, Vec<Rejected>), std::io::Err
 }
 
 /// Compiles `text` (read from `file`) as version `version` with id `id`.
-pub fn compile(file: &Path, text: &str, id: u16, version: u32) -> Result<Loaded, String> {
+pub fn compile_file(file: &Path, text: &str, id: u16, version: u32) -> Result<Loaded, String> {
     let (policy, warnings) = policy::parse(text, file).map_err(|e| e.to_string())?;
     compile_parsed(file, text, policy, &warnings, id, version)
 }
@@ -90,22 +86,9 @@ pub fn compile_parsed(
     version: u32,
 ) -> Result<Loaded, String> {
     let mut warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-    let resolved = rules::resolve(&policy, id).map_err(|e| format!("{}: {e}", file.display()))?;
-    for (path, key) in &resolved.missing {
-        warnings.push(format!(
-            "{}: warning: {key} tree {} does not exist; {}",
-            file.display(),
-            path.display(),
-            run::missing_effect(key)
-        ));
-    }
-    let net =
-        policy.network.as_ref().map(|n| net_rules::build(n, u32::from(id))).transpose().map_err(|e| e.to_string())?;
-    if policy
-        .network
-        .as_ref()
-        .is_some_and(|n| n.allow.iter().any(|(d, _)| matches!(d.target, crate::destinations::Target::Host { .. })))
-    {
+    let compiled = compile(&policy, id).map_err(|e| format!("{}: {e}", file.display()))?;
+    warnings.extend(compiled.missing_trees().map(|line| format!("{}: warning: {line}", file.display())));
+    if policy.network.as_ref().is_some_and(|n| n.allow.iter().any(|(d, _)| matches!(d.target, Target::Host { .. }))) {
         warnings.push(format!(
             "{}: warning: network.allow names hosts: the daemon does not resolve host names yet, so connections to them \
              are denied (use `enforcer run`, or name addresses)",
@@ -126,14 +109,10 @@ pub fn compile_parsed(
         version,
         hash: hash(text),
         source: text.to_owned(),
-        tag: {
-            let mut tag = run::tag_for(&policy, id);
-            tag.flags |= resolved.tag_flags();
-            tag
-        },
+        tag: compiled.tag,
         policy,
-        file_rules: resolved.entries,
-        net,
+        file_rules: compiled.file_rules,
+        net: compiled.net,
         warnings,
         loaded_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     })

@@ -15,7 +15,7 @@ use super::policies::Loaded;
 use crate::{
     cgroups::Hierarchy,
     load::{Enforcer, LoadError},
-    selectors::{self, SelectorError},
+    policy::selectors::{self, SelectorError},
 };
 
 /// The policy id of the tag a cgroup whose path the kernel could not read

@@ -3,7 +3,7 @@
 use enforcer_common::net::{NET_PORT_RANGES, NetPorts, PortRange};
 
 use crate::{
-    destinations::Target,
+    policy::destinations::Target,
     policy::{Location, Network},
 };
 

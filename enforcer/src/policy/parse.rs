@@ -15,7 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    destinations::{Destination, EntryError, Target},
+    policy::destinations::{Destination, EntryError, Target},
     syscalls::{self, DenyAction, Syscalls},
 };
 
@@ -95,7 +95,7 @@ pub struct Policy {
     /// Character devices beyond the built-in few an agent may open.
     pub devices: Option<Devices>,
     /// Selectors: globs naming the cgroups the daemon tags with this policy
-    /// (see `crate::selectors`).
+    /// (see `crate::policy::selectors`).
     pub cgroups: Vec<String>,
 }
 
@@ -277,7 +277,7 @@ pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyEr
     };
     let mut cgroups = Vec::new();
     for glob in &raw.cgroups {
-        crate::selectors::validate(glob.get_ref()).map_err(|why| {
+        crate::policy::selectors::validate(glob.get_ref()).map_err(|why| {
             ctx.invalid(
                 glob.span(),
                 format!("cgroups: invalid selector `{}`: {why}", glob.get_ref()),

@@ -153,7 +153,7 @@ fn build_dfa(selectors: &[(u32, String)]) -> Result<dense::DFA<Vec<u32>>, Select
 /// Compiles `(slot, glob)` pairs into the kernel's table. A path several
 /// globs match is selected by the first pair's slot.
 pub fn compile(selectors: &[(u32, String)]) -> Result<Box<SelectorTable>, SelectorError> {
-    let mut table = crate::tables::no_selectors();
+    let mut table = crate::policy::tables::no_selectors();
     if selectors.is_empty() {
         return Ok(table);
     }

@@ -11,7 +11,7 @@ use std::{collections::HashMap, net::Ipv6Addr};
 use enforcer_common::net::{NET_KEY_INBOUND, NET_PORT_RANGES, NetKey, NetPorts, PortRange, UNIX_PATH_BYTES, UnixKey};
 
 use crate::{
-    destinations::{Destination, Target, mask, prefix_text},
+    policy::destinations::{Destination, Target, mask, prefix_text},
     policy::{Location, Network},
 };
 
