@@ -2,8 +2,8 @@
 //!
 //! Only `enforcer bench-floor` (for `cargo xtask bench files`) loads them, to
 //! measure what merely having a BPF LSM program on each hook costs; the
-//! enforcer itself never loads them. One `floor_<hook>` per entry of `HOOKS`
-//! in `enforcer/src/load.rs`.
+//! enforcer itself never loads them. One `floor_<hook>` per file hook (group
+//! `Files` of `HOOKS` in `enforcer/src/bpf/hooks.rs`).
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 

@@ -4,13 +4,13 @@
 
 use std::{ffi::OsString, os::unix::process::ExitStatusExt as _, process::Command};
 
-use crate::load;
+use crate::bpf;
 
 /// Attaches the floor, runs `command`, and returns its exit code (125 when
 /// the floor cannot be loaded, 126/127 when the command cannot be run).
 #[must_use]
 pub fn run_floor(command: &[OsString]) -> i32 {
-    let floor = match load::load_floor() {
+    let floor = match bpf::load_floor() {
         Ok(floor) => floor,
         Err(e) => {
             eprintln!("enforcer: error: cannot attach the floor programs: {e}");

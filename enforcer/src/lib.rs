@@ -2,6 +2,7 @@
 //! cgroups, and streams every denial as JSON lines.
 
 pub mod bench;
+pub mod bpf;
 pub mod btf;
 pub mod cgroups;
 pub mod cli;
@@ -12,11 +13,9 @@ pub mod dns;
 pub mod events;
 pub mod field_loads;
 pub mod kernel;
-pub mod load;
 pub mod mounts;
 pub mod policy;
 pub mod ring_fill;
 pub mod run;
 pub mod stream;
 pub mod syscalls;
-pub mod table_map;

@@ -15,13 +15,13 @@ use enforcer_common::net::Resolver;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    bpf::{Enforcer, LoadError},
     cgroups::{self, CgroupError, Hierarchy, Names, RunCgroup},
     dns::{
         self, DnsError, DnsEvent,
         grants::Grants,
         names::{HostRules, TooManyHostRanges},
     },
-    load::{Enforcer, LoadError},
     mounts::MountError,
     policy::{
         self, Mode, Network, Policy, PolicyError,

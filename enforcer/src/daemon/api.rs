@@ -101,7 +101,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         "daemon": {
             "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
-            "build": crate::load::build_id(),
+            "build": crate::bpf::build_id(),
             "started_at": core.started_at,
             "adopted": core.adopted,
             "pins": core.enforcer.pin_dir(),

@@ -18,8 +18,8 @@ use super::{
     selection::{LOCKED_POLICY_ID, SelectedCgroup, Selection},
 };
 use crate::{
+    bpf::{Enforcer, LoadError},
     cgroups::{Cgroup, Hierarchy},
-    load::{Enforcer, LoadError},
     stream::{Labels, PolicyLabel},
 };
 
@@ -245,7 +245,7 @@ impl Core {
             }
         }
         let mut unload = self.unloadable(&seen, dir_unreadable, &mut report);
-        if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
+        if crate::bpf::debug_load() {
             eprintln!("enforcer: reload: compiled after {:?}", started.elapsed());
         }
         if (!fresh.is_empty() || !unload.is_empty() || publish_always)
@@ -335,7 +335,7 @@ impl Core {
             extra_filter.insert(id, selected.level);
         }
         let old_live: HashSet<u32> = self.policies.values().map(|p| u32::from(p.id)).collect();
-        let timing = std::env::var_os("ENFORCER_DEBUG_LOAD").is_some().then(std::time::Instant::now);
+        let timing = crate::bpf::debug_load().then(std::time::Instant::now);
         // New versions' network rules go in beside the old ones first.
         for loaded in fresh.values() {
             if let Some(net) = &loaded.net
@@ -405,7 +405,7 @@ impl Core {
             return Err(OpError::Invalid("the root cgroup cannot be tagged: tag the agent's own cgroup".to_owned()));
         }
         // The socket programs go on first: once tagged, all is judged.
-        let timing = std::env::var_os("ENFORCER_DEBUG_LOAD").is_some().then(std::time::Instant::now);
+        let timing = crate::bpf::debug_load().then(std::time::Instant::now);
         self.sync_net(Some(&cgroup))?;
         let attached = timing.map(|t| t.elapsed());
         self.enforcer.tag(&cgroup, tag_info)?;
@@ -692,7 +692,7 @@ impl Core {
     /// Saves what a restarted daemon adopts (write and rename: never half a file).
     fn try_save(&self) -> std::io::Result<()> {
         let state = State {
-            build: crate::load::build_id(),
+            build: crate::bpf::build_id(),
             lost_reported: self.lost_reported,
             policies: self
                 .policies

@@ -33,8 +33,8 @@ use self::{
     metrics::Metrics,
 };
 use crate::{
+    bpf::{Enforcer, LoadError, Start},
     cgroups::{CgroupError, Hierarchy},
-    load::{Enforcer, LoadError, Start},
     stream::{EventStream, Sink},
 };
 
@@ -110,7 +110,7 @@ fn not_enforced(enforcer: &Enforcer, start: &Start, degraded: bool) -> Result<Ve
     if let Some(why) = enforcer.lsm_missing().map(ToString::to_string) {
         if !degraded {
             if let Some(dir) = enforcer.pin_dir().filter(|_| *start != Start::Adopted) {
-                let _ = crate::load::remove_pins(dir);
+                let _ = crate::bpf::remove_pins(dir);
             }
             return Err(DaemonError::Unenforceable { why });
         }
@@ -159,7 +159,7 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     if let Start::Fresh { other_builds } = &start {
         // Our tables are published: the other builds' programs may go.
         for build in other_builds {
-            if let Err(e) = crate::load::remove_pins(&config.bpffs.join(build)) {
+            if let Err(e) = crate::bpf::remove_pins(&config.bpffs.join(build)) {
                 eprintln!("enforcer: warning: cannot remove the pins of build {build}: {e}");
             }
         }
@@ -179,7 +179,7 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         .map_err(io_err(Path::new("ring buffer")))?;
     stream.set_lost_reported(core.lost_reported);
     let started = json!({
-        "ts": now(), "kind": "daemon_started", "pid": std::process::id(), "build": crate::load::build_id(),
+        "ts": now(), "kind": "daemon_started", "pid": std::process::id(), "build": crate::bpf::build_id(),
         "adopted": adopted, "pins": core.enforcer.pin_dir(), "tagged_cgroups": core.tags().len(),
         "policies": core.policies().map(|p| json!({"name": p.name, "version": p.version, "hash": p.hash})).collect::<Vec<_>>(),
         "not_enforced": core.not_enforced, "errors": attach_errors,
@@ -187,7 +187,7 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     eprintln!(
         "enforcer: daemon {} ({}): {} policies, {} tagged cgroups, pins in {}",
         if adopted { "adopted the pinned programs" } else { "loaded the programs" },
-        crate::load::build_id(),
+        crate::bpf::build_id(),
         core.policies().count(),
         core.tags().len(),
         core.enforcer.pin_dir().map_or_else(String::new, |p| p.display().to_string())
@@ -410,8 +410,8 @@ fn mount_bpffs(pins: &Path) -> Result<(), DaemonError> {
 /// `enforcer daemon --uninstall`: removes the pins (every agent is then
 /// unenforced), the saved state and the socket.
 fn uninstall(config: &Config) -> Result<(), DaemonError> {
-    let builds = crate::load::adopted_build(&config.bpffs);
-    crate::load::remove_pins(&config.bpffs).map_err(|e| io_err(&config.bpffs)(std::io::Error::other(e.to_string())))?;
+    let builds = crate::bpf::adopted_build(&config.bpffs);
+    crate::bpf::remove_pins(&config.bpffs).map_err(|e| io_err(&config.bpffs)(std::io::Error::other(e.to_string())))?;
     for file in [config.state_dir.join("state.json"), config.socket.clone()] {
         match std::fs::remove_file(&file) {
             Ok(()) => {}

@@ -42,7 +42,7 @@ pub struct Rejected {
 /// The first 16 hex digits of the SHA-256 of a policy file's text.
 #[must_use]
 pub fn hash(text: &str) -> String {
-    crate::load::short_sha256(text.as_bytes())
+    crate::bpf::short_sha256(text.as_bytes())
 }
 
 /// A policy file's path and text.

@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use super::policies::Loaded;
 use crate::{
+    bpf::{Enforcer, LoadError},
     cgroups::Hierarchy,
-    load::{Enforcer, LoadError},
     policy::selectors::{self, SelectorError},
 };
 

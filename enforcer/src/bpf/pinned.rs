@@ -21,9 +21,10 @@ use aya::{
 use sha2::Digest as _;
 
 use super::{
-    Enforcer, FLOOR_HOOKS, HOOKS, INBOUND_PROGRAM, LoadError, LsmLink, MAP_NAMES, Maps, NET_HOOKS, PROGRAMS,
-    SELECTOR_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, attach_selector_program, chain, load_everything,
-    program_of,
+    Enforcer, LoadError, chain, debug_load,
+    hooks::{HOOKS, INBOUND_PROGRAM, SELECTOR_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM},
+    maps::{MAP_NAMES, Maps},
+    object::{LsmLink, PROGRAMS, attach_selector_program, load_everything, program_of},
 };
 use crate::cgroups::Cgroup;
 
@@ -113,7 +114,7 @@ impl Enforcer {
     pub fn load_pinned(root: &Path) -> Result<(Self, Start), LoadError> {
         let build = build_id();
         let dir = root.join(&build);
-        if dir.join("maps").join(pin_name(super::EVENTS_MAP)).exists() {
+        if dir.join("maps").join(pin_name(enforcer_common::events::EVENTS_MAP)).exists() {
             return Ok((Self::adopt(&dir)?, Start::Adopted));
         }
         let other_builds = adopted_build(root).into_iter().filter(|b| *b != build).collect();
@@ -157,7 +158,6 @@ impl Enforcer {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        let all_hooks = [HOOKS, NET_HOOKS, FLOOR_HOOKS].concat();
         let (lsm_missing, missing_hooks) = if linked.is_empty() {
             let why = crate::kernel::check_bpf_lsm().err().map_or(
                 LoadError::Adopted("the daemon that pinned these programs ran without BPF LSM (--degraded)"),
@@ -165,12 +165,12 @@ impl Enforcer {
             );
             (Some(why), Vec::new())
         } else {
-            (None, all_hooks.iter().filter(|(h, _)| !linked.iter().any(|l| l == h)).map(|(h, _)| *h).collect())
+            (None, HOOKS.iter().map(|hook| hook.name).filter(|name| !linked.iter().any(|l| l == name)).collect())
         };
         let pinned = Pinned::open(dir)?;
         let mut enforcer = Self::from_maps(None, Some(pinned), maps, lsm_missing, missing_hooks)?;
         // The filter in force is the earlier daemon's: keep it a superset.
-        enforcer.published_filter = enforcer.tag_filter.get(&0, 0).map_err(super::map_err("TAG_FILTER"))?;
+        enforcer.swap.keep_filter_in_force()?;
         Ok(enforcer)
     }
 
@@ -188,7 +188,7 @@ impl Enforcer {
         if dir.exists() {
             return Ok(());
         }
-        if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
+        if debug_load() {
             eprintln!("enforcer: attaching the socket programs to {} (id {})", cgroup.name, cgroup.id);
         }
         let attach_err = |detail: String| PinError::Attach { cgroup: cgroup.name.clone(), detail };
@@ -234,7 +234,7 @@ impl Enforcer {
         let pinned = self.pinned.as_ref().ok_or(LoadError::Adopted("not a daemon: nothing is pinned"))?;
         let dir = pinned.dir.join("net").join(cgroup_id.to_string());
         if dir.exists() {
-            if std::env::var_os("ENFORCER_DEBUG_LOAD").is_some() {
+            if debug_load() {
                 eprintln!("enforcer: detaching the socket programs from cgroup id {cgroup_id}");
             }
             remove_pins(&dir)?;

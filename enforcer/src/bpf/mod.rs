@@ -1,0 +1,38 @@
+//! The BPF side of the enforcer, seen from userspace:
+//!
+//! - `object`: the build of the programs this kernel can load, patched with
+//!   its field offsets, loaded; the BPF LSM programs attached.
+//! - `hooks`: every program by name (one table of BPF LSM hooks), held to
+//!   the compiled objects by a test.
+//! - `maps`: the maps userspace works with, from the object or from pins.
+//! - `swap`: the table-swap protocol (tags, tree roots, selectors, and the
+//!   tag check's filter), unit-tested without a kernel.
+//! - `enforcer`: [`Enforcer`], the handle that keeps it all attached and
+//!   fills the maps.
+//! - `pinned`: the daemon's pins under bpffs, and adopting them.
+//! - `table_map`: creating the inner map of a table swap, with BTF (6.1 matches
+//!   it against the programs' template).
+
+mod enforcer;
+mod error;
+mod hooks;
+mod jit_dump;
+mod maps;
+mod object;
+mod pinned;
+mod swap;
+mod table_map;
+
+pub use enforcer::{Enforcer, NetAttachment};
+pub use error::LoadError;
+use error::{chain, map_err};
+pub use object::{Floor, LsmLink, load_floor};
+pub use pinned::{PinError, Start, adopted_build, build_id, remove_pins, short_sha256};
+
+/// Whether `ENFORCER_DEBUG_LOAD` asks for load timings, verifier counts and
+/// whole verifier logs (read once).
+#[must_use]
+pub fn debug_load() -> bool {
+    static DEBUG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DEBUG.get_or_init(|| std::env::var_os("ENFORCER_DEBUG_LOAD").is_some())
+}
