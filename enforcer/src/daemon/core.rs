@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     config::Config,
     policies::{self, Ids, Loaded, Rejected},
+    reload::{self, Plan},
     selection::{LOCKED_POLICY_ID, SelectedCgroup, Selection},
 };
 use crate::{
@@ -188,63 +189,12 @@ impl Core {
     fn reload_inner(&mut self, publish_always: bool) -> ReloadReport {
         let started = std::time::Instant::now();
         self.reloads += 1;
-        let mut report = ReloadReport::default();
-        let (texts, rejected) = match policies::scan(&self.config.policies) {
-            Ok(found) => found,
-            Err(e) => {
-                let error = format!("{}: cannot read the policy directory: {e}", self.config.policies.display());
-                report.rejected.push(Rejected { file: self.config.policies.clone(), error });
-                (Vec::new(), Vec::new())
-            }
-        };
-        report.rejected.extend(rejected);
-        let dir_unreadable = !report.rejected.is_empty() && texts.is_empty() && !self.config.policies.is_dir();
-        let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
-        let mut fresh: BTreeMap<String, Loaded> = BTreeMap::new();
-        for (file, text) in &texts {
-            // An unchanged file is not parsed again (a policy can hold
-            // 100 000 entries): its hash says it all.
-            let hash = policies::hash(text);
-            if let Some(current) = self.policies.values().find(|p| p.file == *file && p.hash == hash) {
-                seen.insert(current.name.clone(), file.clone());
-                report.unchanged.push(current.name.clone());
-                continue;
-            }
-            let (policy, warnings) = match crate::policy::parse(text, file) {
-                Ok(parsed) => parsed,
-                Err(e) => {
-                    report.rejected.push(Rejected { file: file.clone(), error: e.to_string() });
-                    continue;
-                }
-            };
-            let name = policy.name.clone();
-            if let Some(first) = seen.get(&name) {
-                let error =
-                    format!("{}: error: policy `{name}` is already defined by {}", file.display(), first.display());
-                report.rejected.push(Rejected { file: file.clone(), error });
-                continue;
-            }
-            seen.insert(name.clone(), file.clone());
-            let current = self.policies.get(&name);
-            if current.is_some_and(|c| c.hash == hash) {
-                report.unchanged.push(name);
-                continue;
-            }
-            let used: BTreeSet<u16> = self.policies.values().chain(fresh.values()).map(|p| p.id).collect();
-            let Some(id) = self.ids.allocate(&used) else {
-                report.rejected.push(Rejected { file: file.clone(), error: "every policy id is in use".to_owned() });
-                continue;
-            };
-            let version = current.map_or(1, |c| c.version + 1);
-            match policies::compile_parsed(file, text, policy, &warnings, id, version) {
-                Ok(loaded) => {
-                    report.warnings.extend(loaded.warnings.iter().cloned());
-                    fresh.insert(name, loaded);
-                }
-                Err(error) => report.rejected.push(Rejected { file: file.clone(), error }),
-            }
-        }
-        let mut unload = self.unloadable(&seen, dir_unreadable, &mut report);
+        let scan = reload::scan(&self.config.policies);
+        let tags = &self.tags;
+        let users = |name: &str| tags.values().filter(|t| t.policy == name).count();
+        let plan = reload::plan(scan, &self.policies, &users, &mut self.ids);
+        let Plan { mut fresh, mut unload, orphaned, mut report } = plan;
+        self.orphaned = orphaned;
         if crate::bpf::debug_load() {
             eprintln!("enforcer: reload: compiled after {:?}", started.elapsed());
         }
@@ -275,41 +225,6 @@ impl Core {
         self.save();
         super::release_free_memory();
         report
-    }
-
-    /// Policies whose file is gone: unloaded, unless cgroups are tagged with
-    /// them (untagging them is the orchestrator's decision, not ours) or
-    /// their file only failed to load (both reported).
-    fn unloadable(
-        &mut self,
-        seen: &BTreeMap<String, PathBuf>,
-        dir_unreadable: bool,
-        report: &mut ReloadReport,
-    ) -> Vec<String> {
-        let rejected_files: HashSet<PathBuf> = report.rejected.iter().map(|r| r.file.clone()).collect();
-        let mut unload = Vec::new();
-        self.orphaned.clear();
-        for (name, current) in &self.policies {
-            if seen.contains_key(name) || rejected_files.contains(&current.file) || dir_unreadable {
-                continue;
-            }
-            let users = self.tags.values().filter(|t| t.policy == *name).count();
-            if users == 0 {
-                unload.push(name.clone());
-            } else {
-                self.orphaned.insert(name.clone());
-                report.rejected.push(Rejected {
-                    file: current.file.clone(),
-                    error: format!(
-                        "{}: policy `{name}` was removed, but {users} cgroup(s) are tagged with it: version {} stays in \
-                         force until they are untagged (its selectors are not)",
-                        current.file.display(),
-                        current.version
-                    ),
-                });
-            }
-        }
-        unload
     }
 
     /// Publishes the policies in force with `fresh` replacing (or joining)

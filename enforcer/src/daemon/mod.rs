@@ -9,6 +9,7 @@ pub mod core;
 pub mod fanout;
 pub mod metrics;
 pub mod policies;
+mod reload;
 mod selection;
 mod watch;
 
