@@ -13,29 +13,9 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     cgroups::Names,
     dns::{DnsEvent, grants::Grants},
-    events::{self, Clock, Context, Lost},
+    events::{self, Clock, Context, DaemonLine, DnsLine, Lost, SyscallLine},
     syscalls::notify::SyscallEvent,
 };
-
-/// A `dns` event as written out: the resolver's, plus the common fields.
-#[derive(serde::Serialize)]
-struct DnsLine<'a> {
-    ts: String,
-    policy: &'a str,
-    cgroup: &'a str,
-    cgroup_id: u64,
-    #[serde(flatten)]
-    event: &'a DnsEvent,
-}
-
-/// A `syscall` event as written out: the supervisor's, plus the common fields.
-#[derive(serde::Serialize)]
-struct SyscallLine<'a> {
-    ts: String,
-    policy: &'a str,
-    #[serde(flatten)]
-    event: &'a SyscallEvent,
-}
 
 /// What a line is about, for those who route or count lines (the daemon).
 #[derive(Clone, Copy)]
@@ -125,8 +105,8 @@ impl Sink {
     }
 
     /// A line the daemon writes itself (`daemon` events: reloads, starts).
-    pub fn daemon_line(&mut self, kind: &str, value: &impl serde::Serialize) {
-        self.line(&LineMeta { seq: 0, kind, action: "", policy: "", cgroup: None }, value);
+    pub fn daemon_line(&mut self, line: &DaemonLine) {
+        self.line(&LineMeta { seq: 0, kind: line.kind(), action: "", policy: "", cgroup: None }, line);
     }
 }
 

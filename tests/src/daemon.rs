@@ -173,6 +173,7 @@ impl Daemon {
                     .collect::<Vec<_>>()
             })
             .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}")))
+            .map(crate::conforming)
             .collect()
     }
 

@@ -236,7 +236,7 @@ impl Sandbox {
             (tagged.daemon.agent_events(&tagged.cgroup), Some(tagged.cgroup))
         } else {
             let events = std::fs::read_to_string(&self.events).unwrap_or_default();
-            (events.lines().map(|l| serde_json::from_str(l).expect("event is JSON")).collect(), None)
+            (events.lines().map(|l| conforming(serde_json::from_str(l).expect("event is JSON"))).collect(), None)
         };
         Outcome { code: output.status.code(), results: probe_results(&stdout), events, stdout, stderr, cgroup }
     }
@@ -478,4 +478,19 @@ pub fn on_terminal(command: &mut Command, tty: &str) {
             Ok(())
         });
     }
+}
+
+/// `line`, after checking it against the event schema the enforcer publishes
+/// (`enforcer/schemas/events.schema.json`): every line a test reads is one.
+#[must_use]
+pub fn conforming(line: Value) -> Value {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = SCHEMA.get_or_init(|| {
+        let schema: Value = serde_json::from_str(include_str!("../../enforcer/schemas/events.schema.json"))
+            .expect("the event schema is JSON");
+        jsonschema::validator_for(&schema).expect("the event schema is a JSON Schema")
+    });
+    let errors: Vec<String> = validator.iter_errors(&line).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "event line does not match the published schema: {line}\n{}", errors.join("\n"));
+    line
 }

@@ -25,6 +25,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::events::{DaemonEvent, DaemonLine};
+
 use super::{
     core::{Core, OpError},
     fanout::{Feed, Line},
@@ -37,7 +39,7 @@ pub struct Shared {
     pub feed: Feed,
     pub metrics: Arc<Metrics>,
     /// The daemon's own events (reloads, tags), written by the stream task.
-    pub notices: mpsc::UnboundedSender<serde_json::Value>,
+    pub notices: mpsc::UnboundedSender<DaemonLine>,
     pub socket_gid: Option<u32>,
 }
 
@@ -152,7 +154,12 @@ async fn tag(State(shared): State<Arc<Shared>>, Json(request): Json<TagRequest>)
     let result = shared.core.lock().await.tag(&request.cgroup, &request.policy, request.labels);
     match result {
         Ok(tag) => {
-            let _ = shared.notices.send(json!({ "ts": super::now(), "kind": "tagged", "cgroup": tag.cgroup, "policy": tag.policy, "labels": tag.labels }));
+            let tagged = DaemonEvent::Tagged {
+                cgroup: tag.cgroup.clone(),
+                policy: tag.policy.clone(),
+                labels: tag.labels.clone(),
+            };
+            let _ = shared.notices.send(DaemonLine::now(tagged));
             Json(tag).into_response()
         }
         Err(e) => e.into_response(),
@@ -168,9 +175,9 @@ async fn untag(State(shared): State<Arc<Shared>>, Query(query): Query<UntagQuery
     let result = shared.core.lock().await.untag(&query.cgroup);
     match result {
         Ok(tag) => {
-            let _ = shared
-                .notices
-                .send(json!({ "ts": super::now(), "kind": "untagged", "cgroup": tag.cgroup, "policy": tag.policy }));
+            let untagged =
+                DaemonEvent::Untagged { cgroup: tag.cgroup.clone(), policy: tag.policy.clone(), reason: None };
+            let _ = shared.notices.send(DaemonLine::now(untagged));
             Json(tag).into_response()
         }
         Err(e) => e.into_response(),
@@ -278,10 +285,12 @@ async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Follow>)
                     f.shared.metrics.follower_cuts.fetch_add(1, Ordering::Relaxed);
                     f.shared.metrics.follower_dropped.fetch_add(missed, Ordering::Relaxed);
                     eprintln!("enforcer: a follower fell {missed} lines behind and was cut off");
-                    let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-                    let message = json!({
-                        "ts": ts, "kind": "follower_cut", "missed": missed,
-                        "message": format!("this follower fell {missed} lines behind and was cut off; follow again (--since to replay recent lines)"),
+                    let message = DaemonLine::now(DaemonEvent::FollowerCut {
+                        missed,
+                        message: format!(
+                            "this follower fell {missed} lines behind and was cut off; follow again (--since to replay \
+                             recent lines)"
+                        ),
                     });
                     f.done = true;
                     let mut text = serde_json::to_vec(&message).unwrap_or_default();

@@ -21,6 +21,7 @@ use super::{
 use crate::{
     bpf::{Enforcer, LoadError},
     cgroups::{Cgroup, Hierarchy},
+    events::{DaemonEvent, DaemonLine},
     stream::{Labels, PolicyLabel},
 };
 
@@ -113,7 +114,7 @@ pub struct Core {
     /// in force for those, but their selectors are not.
     orphaned: HashSet<String>,
     /// The daemon's lines about selections, for the stream to write.
-    pub notices: Vec<serde_json::Value>,
+    pub notices: Vec<DaemonLine>,
     /// The events ring buffer's positions (metrics).
     pub ring_fill: Option<crate::ring_fill::RingFill>,
 }
@@ -426,12 +427,13 @@ impl Core {
     pub fn reconcile(&mut self) -> Result<(), LoadError> {
         let tagged: HashSet<u64> = self.tags.keys().copied().collect();
         let (came, went) = self.selection.reconcile(&mut self.enforcer, &self.hierarchy, &tagged)?;
-        for (kind, cgroups) in [("selected", came), ("unselected", went)] {
-            for c in cgroups {
-                self.notices.push(serde_json::json!({
-                    "ts": super::now(), "kind": kind, "cgroup": c.cgroup, "cgroup_id": c.cgroup_id, "policy": c.policy,
-                }));
-            }
+        for c in came {
+            let selected = DaemonEvent::Selected { cgroup: c.cgroup, cgroup_id: c.cgroup_id, policy: c.policy };
+            self.notices.push(DaemonLine::now(selected));
+        }
+        for c in went {
+            let unselected = DaemonEvent::Unselected { cgroup: c.cgroup, cgroup_id: c.cgroup_id, policy: c.policy };
+            self.notices.push(DaemonLine::now(unselected));
         }
         self.sync_net(None)?;
         Ok(())

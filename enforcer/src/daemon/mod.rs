@@ -20,7 +20,6 @@ use std::{
     time::Duration,
 };
 
-use serde_json::json;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -32,10 +31,12 @@ use self::{
     core::{Core, ReloadReport},
     fanout::{Fanout, Feed},
     metrics::Metrics,
+    policies::Loaded,
 };
 use crate::{
     bpf::{Enforcer, LoadError, Start},
     cgroups::{CgroupError, Hierarchy},
+    events::{DaemonEvent, DaemonLine, PolicyVersion},
     stream::{EventStream, Sink},
 };
 
@@ -179,11 +180,15 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut stream = EventStream::new(ring, Sink::numbered(Box::new(fanout)), core.labels.clone())
         .map_err(io_err(Path::new("ring buffer")))?;
     stream.set_lost_reported(core.lost_reported);
-    let started = json!({
-        "ts": now(), "kind": "daemon_started", "pid": std::process::id(), "build": crate::bpf::build_id(),
-        "adopted": adopted, "pins": core.enforcer.pin_dir(), "tagged_cgroups": core.tags().len(),
-        "policies": core.policies().map(|p| json!({"name": p.name, "version": p.version, "hash": p.hash})).collect::<Vec<_>>(),
-        "not_enforced": core.not_enforced, "errors": attach_errors,
+    let started = DaemonLine::now(DaemonEvent::DaemonStarted {
+        pid: std::process::id(),
+        build: crate::bpf::build_id(),
+        adopted,
+        pins: core.enforcer.pin_dir().map(|dir| dir.display().to_string()),
+        tagged_cgroups: core.tags().len(),
+        policies: core.policies().map(Loaded::version).collect(),
+        not_enforced: core.not_enforced.clone(),
+        errors: attach_errors,
     });
     eprintln!(
         "enforcer: daemon {} ({}): {} policies, {} tagged cgroups, pins in {}",
@@ -193,7 +198,7 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         core.tags().len(),
         core.enforcer.pin_dir().map_or_else(String::new, |p| p.display().to_string())
     );
-    stream.sink().daemon_line("daemon_started", &started);
+    stream.sink().daemon_line(&started);
     let (notices, mut notice_rx) = mpsc::unbounded_channel();
     announce_reload(&notices, &report);
 
@@ -215,9 +220,7 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut core = shared.core.lock().await;
     stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
     core.lost_reported = stream.lost_reported();
-    stream
-        .sink()
-        .daemon_line("daemon_stopped", &json!({"ts": now(), "kind": "daemon_stopped", "pid": std::process::id()}));
+    stream.sink().daemon_line(&DaemonLine::now(DaemonEvent::DaemonStopped { pid: std::process::id() }));
     stream.sink().flush();
     core.save();
     let _ = std::fs::remove_file(&config.socket);
@@ -230,7 +233,7 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 async fn stream_until_signal(
     stream: &mut EventStream,
     shared: &Shared,
-    notice_rx: &mut mpsc::UnboundedReceiver<serde_json::Value>,
+    notice_rx: &mut mpsc::UnboundedReceiver<DaemonLine>,
 ) -> Result<(), DaemonError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
@@ -240,16 +243,14 @@ async fn stream_until_signal(
         tokio::select! {
             result = stream.next_batch() => result.map_err(io_err(Path::new("ring buffer")))?,
             Some(notice) = notice_rx.recv() => {
-                let kind = notice["kind"].as_str().unwrap_or("daemon").to_owned();
-                stream.sink().daemon_line(&kind, &notice);
+                stream.sink().daemon_line(&notice);
                 stream.sink().flush();
             }
             _ = tick.tick() => {
                 ticks += 1;
                 let mut core = shared.core.lock().await;
                 for notice in std::mem::take(&mut core.notices) {
-                    let kind = notice["kind"].as_str().unwrap_or("daemon").to_owned();
-                    stream.sink().daemon_line(&kind, &notice);
+                    stream.sink().daemon_line(&notice);
                 }
                 stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
                 stream.sink().flush();
@@ -262,7 +263,9 @@ async fn stream_until_signal(
                         eprintln!("enforcer: warning: cannot update the protected files: {e}");
                     }
                     for tag in core.sweep() {
-                        let _ = shared.notices.send(json!({"ts": now(), "kind": "untagged", "cgroup": tag.cgroup, "policy": tag.policy, "reason": "cgroup removed"}));
+                        let removed =
+                            DaemonEvent::Untagged { cgroup: tag.cgroup, policy: tag.policy, reason: Some("cgroup removed") };
+                        let _ = shared.notices.send(DaemonLine::now(removed));
                     }
                 }
             }
@@ -294,12 +297,8 @@ pub fn release_free_memory() {
     }
 }
 
-fn now() -> String {
-    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
-}
-
 /// Sends a reload's outcome to the stream (and the log).
-pub fn announce_reload(notices: &mpsc::UnboundedSender<serde_json::Value>, report: &ReloadReport) {
+pub fn announce_reload(notices: &mpsc::UnboundedSender<DaemonLine>, report: &ReloadReport) {
     for rejected in &report.rejected {
         eprintln!("enforcer: policy rejected, what was in force stays: {}", rejected.error);
     }
@@ -312,10 +311,14 @@ pub fn announce_reload(notices: &mpsc::UnboundedSender<serde_json::Value>, repor
     if report.applied.is_empty() && report.rejected.is_empty() && report.unloaded.is_empty() {
         return;
     }
-    let applied: Vec<_> = report.applied.iter().map(|(n, v, h)| json!({"name": n, "version": v, "hash": h})).collect();
-    let _ = notices.send(json!({
-        "ts": now(), "kind": "policy_reload", "applied": applied, "unloaded": report.unloaded, "rejected": report.rejected,
-    }));
+    let applied = report
+        .applied
+        .iter()
+        .map(|(name, version, hash)| PolicyVersion { name: name.clone(), version: *version, hash: hash.clone() })
+        .collect();
+    let reload =
+        DaemonEvent::PolicyReload { applied, unloaded: report.unloaded.clone(), rejected: report.rejected.clone() };
+    let _ = notices.send(DaemonLine::now(reload));
 }
 
 async fn metrics_only(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> String {

@@ -10,6 +10,7 @@ use std::{
 
 use enforcer_common::policy::{FileRuleKey, TagInfo};
 
+use crate::events::PolicyVersion;
 use crate::policy::{self, Policy, compile::compile, destinations::Target, network::NetRules};
 
 /// One version of a policy, compiled.
@@ -32,8 +33,16 @@ pub struct Loaded {
     pub loaded_at: String,
 }
 
+impl Loaded {
+    /// This version, as the daemon's lines name it.
+    #[must_use]
+    pub fn version(&self) -> PolicyVersion {
+        PolicyVersion { name: self.name.clone(), version: self.version, hash: self.hash.clone() }
+    }
+}
+
 /// A file that could not become a policy, and why.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct Rejected {
     pub file: PathBuf,
     pub error: String,

@@ -35,7 +35,7 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(4);
 const UDP_MESSAGE_MAX: usize = 4096;
 
 /// A DNS query the resolver refused (or could not serve), for the stream.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct DnsEvent {
     pub kind: &'static str,
     pub action: &'static str,

@@ -24,7 +24,7 @@ use serde::Serialize;
 use super::{Arch, DenyAction, Syscalls};
 
 /// A `syscall` event (the stream adds `ts` and `policy`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct SyscallEvent {
     pub kind: &'static str,
     pub action: &'static str,

@@ -1,6 +1,5 @@
-//! Decoding ring-buffer records into the JSON lines auditors read.
-//!
-//! Field names are a contract other tools parse; add fields, never rename.
+//! The kernel's lines: decoding ring-buffer records into the denials (and
+//! audited operations) auditors read, and the count of those lost.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,10 +12,11 @@ use enforcer_common::{
     },
     net::{self, SOCKET_CLASSES},
 };
+use schemars::JsonSchema;
 use serde::Serialize;
 
 /// One denial (or audited operation), as written out.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct Event {
     pub ts: String,
     pub kind: &'static str,
@@ -57,7 +57,7 @@ pub struct Event {
 }
 
 /// What a network event says about the socket.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct NetFields {
     /// The address family the caller used: `inet`, `inet6`, `unix`, ...
     pub family: String,
@@ -87,7 +87,7 @@ pub struct NetFields {
 }
 
 /// What a floor event says beyond its operation.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct FloorFields {
     /// Signals and ptrace: the process acted on.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,7 +110,7 @@ pub struct FloorFields {
 }
 
 /// A count of events that were lost (never silently).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct Lost {
     pub ts: String,
     pub kind: &'static str,

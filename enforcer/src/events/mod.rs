@@ -1,0 +1,95 @@
+//! Every JSON line the enforcer writes, one type each, and their schema.
+//!
+//! - [`kernel`]: a denial (or audited operation) the programs reported
+//!   ([`Event`]: files, exec, network, the floor), and [`Lost`];
+//! - [`DnsLine`]: a name the resolver refused; [`SyscallLine`]: a syscall
+//!   the seccomp filter refused;
+//! - [`daemon`]: the daemon's own lines ([`DaemonLine`]).
+//!
+//! The daemon puts `"seq":N` (its line number) first in each line it writes.
+//! Field names are a contract other tools parse: add fields, never rename.
+//! `schemas/events.schema.json` (in this crate) is the JSON Schema of a line,
+//! published for consumers; a unit test keeps it current and the test tiers
+//! validate every line they read against it.
+
+pub mod daemon;
+mod kernel;
+
+pub use daemon::{DaemonEvent, DaemonLine, PolicyVersion};
+pub use kernel::{Clock, Context, Event, FloorFields, Lost, Malformed, NetFields, Record, decode};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::{dns::DnsEvent, syscalls::notify::SyscallEvent};
+
+/// A `dns` line: the resolver's event, plus the common fields.
+#[derive(Serialize, JsonSchema)]
+pub struct DnsLine<'a> {
+    pub ts: String,
+    pub policy: &'a str,
+    pub cgroup: &'a str,
+    pub cgroup_id: u64,
+    #[serde(flatten)]
+    pub event: &'a DnsEvent,
+}
+
+/// A `syscall` line: the supervisor's event, plus the common fields.
+#[derive(Serialize, JsonSchema)]
+pub struct SyscallLine<'a> {
+    pub ts: String,
+    pub policy: &'a str,
+    #[serde(flatten)]
+    pub event: &'a SyscallEvent,
+}
+
+/// One line of the enforcer's event stream: a denial or audited operation
+/// the kernel reported, a count of lost events, a name the resolver refused,
+/// a syscall the seccomp filter refused, or a line of the daemon's. The
+/// daemon puts `"seq":N`, its line number, first in each line it writes.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[expect(dead_code, clippy::large_enum_variant, reason = "never built: only its schema is used")]
+enum Line<'a> {
+    Denial(Event),
+    Lost(Lost),
+    Dns(DnsLine<'a>),
+    Syscall(SyscallLine<'a>),
+    Daemon(DaemonLine),
+}
+
+/// The JSON Schema of a line, as published in `schemas/events.schema.json`.
+#[must_use]
+pub fn schema() -> String {
+    // The lines as written (a field serde may skip is not required).
+    let generator = schemars::generate::SchemaSettings::draft2020_12().for_serialize().into_generator();
+    let mut schema = generator.into_root_schema_for::<Line<'static>>();
+    schema.insert("title".into(), "enforcer event line".into());
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    /// Where the published schema lives, from this crate's root.
+    const PUBLISHED: &str = "schemas/events.schema.json";
+
+    /// The published schema is the one the types give; with
+    /// `ENFORCER_WRITE_SCHEMAS=1` the test writes it instead.
+    #[test]
+    fn the_published_schema_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(PUBLISHED);
+        let current = super::schema();
+        if std::env::var_os("ENFORCER_WRITE_SCHEMAS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &current).unwrap();
+        }
+        let published = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            published == current,
+            "{} is not the schema of the event types: run `ENFORCER_WRITE_SCHEMAS=1 cargo test -p enforcer --lib \
+             events` and commit it",
+            path.display()
+        );
+    }
+}
