@@ -241,6 +241,22 @@ impl Kind {
             _ => return None,
         })
     }
+
+    /// Its name in the event lines (a contract: never renamed).
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::FileWrite => "file_write",
+            Kind::FileRead => "file_read",
+            Kind::Connect => "connect",
+            Kind::Sendmsg => "sendmsg",
+            Kind::Socket => "socket",
+            Kind::UnixConnect => "unix_connect",
+            Kind::Exec => "exec",
+            Kind::Floor => "floor",
+            Kind::Inbound => "inbound",
+        }
+    }
 }
 
 impl Action {
@@ -251,6 +267,15 @@ impl Action {
             2 => Self::Audit,
             _ => return None,
         })
+    }
+
+    /// Its name in the event lines (a contract: never renamed).
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Audit => "audit",
+        }
     }
 }
 
@@ -274,6 +299,27 @@ impl Reason {
             14 => Self::Interrupted,
             _ => return None,
         })
+    }
+
+    /// Its name in the event lines (a contract: never renamed).
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::OutsideWriteTrees => "outside_write_trees",
+            Reason::ReadDenied => "read_deny",
+            Reason::TooDeep => "path_too_deep",
+            Reason::Unreadable => "unreadable",
+            Reason::NotAllowed => "not_allowed",
+            Reason::SocketClass => "socket_class_not_allowed",
+            Reason::Untagged => "socket_used_outside_agent",
+            Reason::OutsideExecTrees => "outside_exec_trees",
+            Reason::Fileless => "fileless",
+            Reason::NoSeccomp => "no_seccomp",
+            Reason::Floor => "floor",
+            Reason::Protected => "enforcer_protected",
+            Reason::Disconnected => "path_disconnected",
+            Reason::Interrupted => "walk_interrupted",
+        }
     }
 }
 
@@ -323,5 +369,52 @@ impl Op {
             40 => Self::SourceRoute,
             _ => return None,
         })
+    }
+
+    /// Its name in the event lines (a contract: never renamed).
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Op::Open => "open",
+            Op::Create => "create",
+            Op::Mknod => "mknod",
+            Op::Mkdir => "mkdir",
+            Op::Rmdir => "rmdir",
+            Op::Unlink => "unlink",
+            Op::Rename => "rename",
+            Op::Link => "link",
+            Op::Symlink => "symlink",
+            Op::Truncate => "truncate",
+            Op::Chmod => "chmod",
+            Op::Chown => "chown",
+            Op::Setattr => "setattr",
+            Op::Setxattr => "setxattr",
+            Op::Removexattr => "removexattr",
+            Op::SetAcl => "set_acl",
+            Op::RemoveAcl => "remove_acl",
+            Op::Exec => "exec",
+            Op::Bpf => "bpf",
+            Op::PerfEvent => "perf_event_open",
+            Op::Ptrace => "ptrace",
+            Op::Signal => "signal",
+            Op::KernelModule => "kernel_module",
+            Op::Mount => "mount",
+            Op::Umount => "umount",
+            Op::PivotRoot => "pivot_root",
+            Op::MoveMount => "move_mount",
+            Op::UserNamespace => "user_namespace",
+            Op::Setuid => "setuid",
+            Op::Setgid => "setgid",
+            Op::Rlimit => "rlimit",
+            Op::SetScheduler => "setscheduler",
+            Op::SetNice => "setnice",
+            Op::SetIoprio => "setioprio",
+            Op::MoveMemory => "move_memory",
+            Op::Sigio => "sigio",
+            Op::CloneIntoCgroup => "clone_into_cgroup",
+            Op::TtyInject => "tty_inject",
+            Op::Setflags => "setflags",
+            Op::SourceRoute => "source_route",
+        }
     }
 }

@@ -17,6 +17,16 @@ pub enum ClientError {
     NotJson { status: StatusCode, text: String },
     #[error("{0}")]
     Request(#[from] hyper::http::Error),
+    #[error(
+        "the daemon's answer to {path} is not what this CLI reads ({source}): is the daemon of another version?\n  \
+         hint: `enforcer status --json` shows the raw answer"
+    )]
+    Unexpected { path: String, source: serde_json::Error },
+}
+
+/// `answer` (to `path`) read as `T`.
+pub fn read<T: serde::de::DeserializeOwned>(path: &str, answer: serde_json::Value) -> Result<T, ClientError> {
+    serde_json::from_value(answer).map_err(|source| ClientError::Unexpected { path: path.to_owned(), source })
 }
 
 pub struct Client {

@@ -4,9 +4,15 @@
 use std::{io::Write as _, path::Path};
 
 use hyper::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::client::{Client, ClientError};
+use crate::{
+    client::{Client, ClientError, read},
+    daemon::wire::{PoliciesAnswer, PolicyInfo, Rejected, ReloadReport, StatusAnswer, Tag, TagRequest},
+};
+
+/// Where tags are made, listed and removed.
+const TAGS: &str = "/v1/tags";
 
 /// Runs one client command on a small runtime; returns the exit code.
 pub fn run(future: impl Future<Output = Result<i32, ClientError>>) -> i32 {
@@ -34,90 +40,83 @@ fn failed(status: StatusCode, answer: &Value) -> i32 {
 }
 
 pub async fn tag(socket: &Path, cgroup: &str, policy: &str, labels: &[(String, String)]) -> Result<i32, ClientError> {
-    let labels: serde_json::Map<String, Value> =
-        labels.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
-    let body = json!({ "cgroup": cgroup, "policy": policy, "labels": labels });
-    let (status, answer) = Client::new(socket).request(Method::POST, "/v1/tags", Some(&body)).await?;
+    let request =
+        TagRequest { cgroup: cgroup.to_owned(), policy: policy.to_owned(), labels: labels.iter().cloned().collect() };
+    let body = serde_json::to_value(&request).unwrap_or_default();
+    let (status, answer) = Client::new(socket).request(Method::POST, TAGS, Some(&body)).await?;
     if !status.is_success() {
         return Ok(failed(status, &answer));
     }
-    println!(
-        "tagged {} (id {}) with policy `{}`",
-        answer["cgroup"].as_str().unwrap_or(cgroup),
-        answer["cgroup_id"],
-        policy
-    );
+    let tag: Tag = read(TAGS, answer)?;
+    println!("tagged {} (id {}) with policy `{}`", tag.cgroup, tag.cgroup_id, tag.policy);
     Ok(0)
 }
 
 pub async fn untag(socket: &Path, cgroup: &str) -> Result<i32, ClientError> {
-    let path = format!("/v1/tags?cgroup={}", encode(cgroup));
+    let path = format!("{TAGS}?cgroup={}", encode(cgroup));
     let (status, answer) = Client::new(socket).request(Method::DELETE, &path, None).await?;
     if !status.is_success() {
         return Ok(failed(status, &answer));
     }
-    println!(
-        "untagged {} (was policy `{}`)",
-        answer["cgroup"].as_str().unwrap_or(cgroup),
-        answer["policy"].as_str().unwrap_or("?")
-    );
+    let tag: Tag = read(TAGS, answer)?;
+    println!("untagged {} (was policy `{}`)", tag.cgroup, tag.policy);
     Ok(0)
 }
 
 pub async fn reload(socket: &Path) -> Result<i32, ClientError> {
-    let (status, answer) = Client::new(socket).request(Method::POST, "/v1/reload", None).await?;
-    for applied in answer["applied"].as_array().into_iter().flatten() {
-        println!(
-            "applied policy `{}` version {} ({})",
-            applied[0].as_str().unwrap_or("?"),
-            applied[1],
-            applied[2].as_str().unwrap_or("?")
-        );
+    let path = "/v1/reload";
+    let (status, answer) = Client::new(socket).request(Method::POST, path, None).await?;
+    if !status.is_success() && status != StatusCode::UNPROCESSABLE_ENTITY {
+        return Ok(failed(status, &answer));
     }
-    for name in answer["unloaded"].as_array().into_iter().flatten() {
-        println!("unloaded policy `{}`", name.as_str().unwrap_or("?"));
+    let report: ReloadReport = read(path, answer)?;
+    for (name, version, hash) in &report.applied {
+        println!("applied policy `{name}` version {version} ({hash})");
     }
-    for rejected in answer["rejected"].as_array().into_iter().flatten() {
-        eprintln!("{}", rejected["error"].as_str().unwrap_or("?"));
+    for name in &report.unloaded {
+        println!("unloaded policy `{name}`");
+    }
+    for rejected in &report.rejected {
+        eprintln!("{}", rejected.error);
     }
     if status == StatusCode::UNPROCESSABLE_ENTITY {
         eprintln!("enforcer: some files were rejected; the policies that were in force for them stay");
         return Ok(2);
     }
-    if !status.is_success() {
-        return Ok(failed(status, &answer));
-    }
     Ok(0)
 }
 
 pub async fn policies(socket: &Path) -> Result<i32, ClientError> {
-    let (status, answer) = Client::new(socket).request(Method::GET, "/v1/policies", None).await?;
+    let path = "/v1/policies";
+    let (status, answer) = Client::new(socket).request(Method::GET, path, None).await?;
     if !status.is_success() {
         return Ok(failed(status, &answer));
     }
-    print_policies(&answer);
+    let answer: PoliciesAnswer = read(path, answer)?;
+    print_policies(&answer.policies, &answer.rejected);
     Ok(0)
 }
 
-fn print_policies(answer: &Value) {
-    for p in answer["policies"].as_array().into_iter().flatten() {
+fn print_policies(policies: &[PolicyInfo], rejected: &[Rejected]) {
+    for p in policies {
         println!(
             "{}  version {}  hash {}  mode {}  {} tagged cgroup(s)  {}",
-            p["name"].as_str().unwrap_or("?"),
-            p["version"],
-            p["hash"].as_str().unwrap_or("?"),
-            p["mode"].as_str().unwrap_or("?"),
-            p["tagged_cgroups"],
-            p["file"].as_str().unwrap_or("?")
+            p.name,
+            p.version,
+            p.hash,
+            p.mode,
+            p.tagged_cgroups,
+            p.file.display()
         );
     }
-    for r in answer["rejected"].as_array().into_iter().flatten() {
-        println!("rejected: {}", r["error"].as_str().unwrap_or("?"));
+    for r in rejected {
+        println!("rejected: {}", r.error);
     }
 }
 
 pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
-    let (status, answer) = Client::new(socket).request(Method::GET, "/v1/status", None).await?;
+    let path = "/v1/status";
+    let (status, answer) = Client::new(socket).request(Method::GET, path, None).await?;
     if !status.is_success() {
         return Ok(failed(status, &answer));
     }
@@ -125,53 +124,37 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
         println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
         return Ok(0);
     }
-    let d = &answer["daemon"];
+    let StatusAnswer { daemon: d, kernel: k, policies, rejected, tags, selected, counters: c } = read(path, answer)?;
     println!(
         "daemon: pid {}, version {}, build {}, started {}{}",
-        d["pid"],
-        d["version"].as_str().unwrap_or("?"),
-        d["build"].as_str().unwrap_or("?"),
-        d["started_at"].as_str().unwrap_or("?"),
-        if d["adopted"] == true { ", adopted the pinned programs" } else { "" }
+        d.pid,
+        d.version,
+        d.build,
+        d.started_at,
+        if d.adopted { ", adopted the pinned programs" } else { "" }
     );
-    println!("pins: {}", d["pins"].as_str().unwrap_or("?"));
-    let k = &answer["kernel"];
-    if k["bpf_lsm"] == true {
+    println!("pins: {}", d.pins.map_or_else(|| "?".to_owned(), |p| p.display().to_string()));
+    if k.bpf_lsm {
         println!("BPF LSM: enforced");
     } else {
-        println!("BPF LSM: NOT enforced ({})", k["bpf_lsm_missing"].as_str().unwrap_or("?"));
-        for part in k["not_enforced"].as_array().into_iter().flatten() {
-            println!("  not enforced: {}", part.as_str().unwrap_or("?"));
+        println!("BPF LSM: NOT enforced ({})", k.bpf_lsm_missing.as_deref().unwrap_or("?"));
+        for part in &k.not_enforced {
+            println!("  not enforced: {part}");
         }
     }
     println!("policies:");
-    print_policies(&answer);
+    print_policies(&policies, &rejected);
     println!("tagged cgroups:");
-    for t in answer["tags"].as_array().into_iter().flatten() {
-        let labels: Vec<String> = t["labels"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-            .collect();
-        println!(
-            "  {}  policy {}  {}",
-            t["cgroup"].as_str().unwrap_or("?"),
-            t["policy"].as_str().unwrap_or("?"),
-            labels.join(" ")
-        );
+    for t in &tags {
+        let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("  {}  policy {}  {}", t.cgroup, t.policy, labels.join(" "));
     }
-    for t in answer["selected"].as_array().into_iter().flatten() {
-        println!(
-            "  {}  policy {}  (selector)",
-            t["cgroup"].as_str().unwrap_or("?"),
-            t["policy"].as_str().unwrap_or("?")
-        );
+    for t in &selected {
+        println!("  {}  policy {}  (selector)", t.cgroup, t.policy);
     }
-    let c = &answer["counters"];
     println!(
         "counters: lost events {}, reloads {} ({} with rejected files), followers {}, followers cut off {}",
-        c["lost_events"], c["reloads"], c["reload_failures"], c["followers"], c["follower_cuts"]
+        c.lost_events, c.reloads, c.reload_failures, c.followers, c.follower_cuts
     );
     Ok(0)
 }

@@ -132,9 +132,14 @@ impl Daemon {
     /// One HTTP request on the socket, written by hand as `curl
     /// --unix-socket` would: the API is plain HTTP/1.1 and JSON.
     #[must_use]
+    /// Every JSON answer is checked against the published API schema.
     pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let (status, text) = self.http(method, path, body);
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let answer = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !answer.is_null() {
+            crate::check_api_answer(method, path, status, &answer);
+        }
+        (status, answer)
     }
 
     /// The status and body text of one request.

@@ -485,12 +485,45 @@ pub fn on_terminal(command: &mut Command, tty: &str) {
 #[must_use]
 pub fn conforming(line: Value) -> Value {
     static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
-    let validator = SCHEMA.get_or_init(|| {
-        let schema: Value = serde_json::from_str(include_str!("../../enforcer/schemas/events.schema.json"))
-            .expect("the event schema is JSON");
-        jsonschema::validator_for(&schema).expect("the event schema is a JSON Schema")
-    });
-    let errors: Vec<String> = validator.iter_errors(&line).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-    assert!(errors.is_empty(), "event line does not match the published schema: {line}\n{}", errors.join("\n"));
+    let validator = SCHEMA.get_or_init(|| validator(include_str!("../../enforcer/schemas/events.schema.json"), None));
+    check(validator, &line, "event line");
     line
+}
+
+/// Checks a daemon API answer against its type's definition in the schema
+/// the enforcer publishes (`enforcer/schemas/api.schema.json`).
+pub fn check_api_answer(method: &str, path: &str, status: u16, answer: &Value) {
+    const API: &str = include_str!("../../enforcer/schemas/api.schema.json");
+    const DEFINITIONS: [&str; 6] =
+        ["ReloadReport", "ErrorAnswer", "StatusAnswer", "PoliciesAnswer", "TagsAnswer", "Tag"];
+    static SCHEMAS: std::sync::OnceLock<Vec<jsonschema::Validator>> = std::sync::OnceLock::new();
+    let route = path.split('?').next().unwrap_or(path);
+    let definition = match (method, route, status) {
+        (_, "/v1/reload", 200 | 422) => "ReloadReport",
+        (_, _, 400..) => "ErrorAnswer",
+        ("GET", "/v1/status", _) => "StatusAnswer",
+        ("GET", "/v1/policies", _) => "PoliciesAnswer",
+        ("GET", "/v1/tags", _) => "TagsAnswer",
+        ("POST" | "DELETE", "/v1/tags", _) => "Tag",
+        _ => return,
+    };
+    let validators = SCHEMAS.get_or_init(|| DEFINITIONS.iter().map(|d| validator(API, Some(d))).collect());
+    let validator = &validators[DEFINITIONS.iter().position(|d| *d == definition).expect("a known definition")];
+    check(validator, answer, &format!("answer to {method} {path} ({definition})"));
+}
+
+/// A validator for `schema`, or for its definition `definition`.
+fn validator(schema: &str, definition: Option<&str>) -> jsonschema::Validator {
+    let mut schema: Value = serde_json::from_str(schema).expect("the published schema is JSON");
+    if let Some(definition) = definition {
+        assert!(schema["$defs"].get(definition).is_some(), "no {definition} in the published schema");
+        schema.as_object_mut().expect("an object").remove("anyOf");
+        schema["$ref"] = Value::from(format!("#/$defs/{definition}"));
+    }
+    jsonschema::validator_for(&schema).expect("the published schema is a JSON Schema")
+}
+
+fn check(validator: &jsonschema::Validator, value: &Value, what: &str) {
+    let errors: Vec<String> = validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "{what} does not match the published schema: {value}\n{}", errors.join("\n"));
 }

@@ -5,10 +5,11 @@
 //! `GET /v1/status`, `GET /v1/policies`, `GET /v1/tags`,
 //! `POST /v1/tags {"cgroup","policy","labels"}`, `DELETE /v1/tags?cgroup=`,
 //! `POST /v1/reload`, `GET /v1/events?cgroup=&policy=&kind=&since=` (JSON
-//! lines, followed), `GET /metrics` (Prometheus text).
+//! lines, followed), `GET /metrics` (Prometheus text). The requests and
+//! answers are the types of `wire.rs`, which the CLI reads too.
 
 use std::{
-    collections::BTreeMap,
+    path::Path,
     sync::{Arc, atomic::Ordering},
     time::SystemTime,
 };
@@ -22,16 +23,17 @@ use axum::{
     routing::{get, post},
 };
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
-
-use crate::events::{DaemonEvent, DaemonLine};
 
 use super::{
     core::{Core, OpError},
     fanout::{Feed, Line},
     metrics::{Metrics, Snapshot},
+    wire::{
+        Counters, DaemonInfo, ErrorAnswer, KernelInfo, PoliciesAnswer, PolicyInfo, StatusAnswer, TagRequest, TagsAnswer,
+    },
 };
+use crate::events::{DaemonEvent, DaemonLine};
 
 /// What every request handler shares.
 pub struct Shared {
@@ -55,7 +57,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, Json(json!({ "error": message.to_string() }))).into_response()
+    (status, Json(ErrorAnswer { error: message.to_string() })).into_response()
 }
 
 impl IntoResponse for OpError {
@@ -69,13 +71,17 @@ impl IntoResponse for OpError {
     }
 }
 
-fn policy_list(core: &Core) -> Vec<serde_json::Value> {
+fn policy_list(core: &Core) -> Vec<PolicyInfo> {
     core.policies()
-        .map(|p| {
-            json!({
-                "name": p.name, "version": p.version, "hash": p.hash, "file": p.file, "mode": p.policy.mode.as_str(),
-                "loaded_at": p.loaded_at, "tagged_cgroups": core.users(&p.name), "warnings": p.warnings,
-            })
+        .map(|p| PolicyInfo {
+            name: p.name.clone(),
+            version: p.version,
+            hash: p.hash.clone(),
+            file: p.file.clone(),
+            mode: p.policy.mode.as_str().to_owned(),
+            loaded_at: p.loaded_at.clone(),
+            tagged_cgroups: core.users(&p.name),
+            warnings: p.warnings.clone(),
         })
         .collect()
 }
@@ -99,55 +105,46 @@ pub fn snapshot(core: &Core) -> Snapshot {
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let core = shared.core.lock().await;
-    Json(json!({
-        "daemon": {
-            "pid": std::process::id(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "build": crate::bpf::build_id(),
-            "started_at": core.started_at,
-            "adopted": core.adopted,
-            "pins": core.enforcer.pin_dir(),
-            "policy_dir": core.config.policies,
-            "socket": core.config.socket,
+    Json(StatusAnswer {
+        daemon: DaemonInfo {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            build: crate::bpf::build_id(),
+            started_at: core.started_at.clone(),
+            adopted: core.adopted,
+            pins: core.enforcer.pin_dir().map(Path::to_path_buf),
+            policy_dir: core.config.policies.clone(),
+            socket: core.config.socket.clone(),
         },
-        "kernel": {
-            "bpf_lsm": core.enforcer.lsm_missing().is_none(),
-            "bpf_lsm_missing": core.enforcer.lsm_missing().map(ToString::to_string),
-            "not_enforced": core.not_enforced,
-            "missing_hooks": core.enforcer.missing_hooks,
+        kernel: KernelInfo {
+            bpf_lsm: core.enforcer.lsm_missing().is_none(),
+            bpf_lsm_missing: core.enforcer.lsm_missing().map(ToString::to_string),
+            not_enforced: core.not_enforced.iter().map(|part| (*part).to_owned()).collect(),
+            missing_hooks: core.enforcer.missing_hooks.iter().map(|hook| (*hook).to_owned()).collect(),
         },
-        "policies": policy_list(&core),
-        "rejected": core.rejected,
-        "tags": core.tags(),
-        "selected": core.selected().collect::<Vec<_>>(),
-        "counters": {
-            "lost_events": core.enforcer.lost_events().unwrap_or(0),
-            "reloads": core.reloads,
-            "reload_failures": core.reload_failures,
-            "followers": shared.metrics.followers.load(Ordering::Relaxed),
-            "follower_cuts": shared.metrics.follower_cuts.load(Ordering::Relaxed),
+        policies: policy_list(&core),
+        rejected: core.rejected.clone(),
+        tags: core.tags(),
+        selected: core.selected().cloned().collect(),
+        counters: Counters {
+            lost_events: core.enforcer.lost_events().unwrap_or(0),
+            reloads: core.reloads,
+            reload_failures: core.reload_failures,
+            followers: shared.metrics.followers.load(Ordering::Relaxed),
+            follower_cuts: shared.metrics.follower_cuts.load(Ordering::Relaxed),
         },
-    }))
+    })
     .into_response()
 }
 
 async fn policies(State(shared): State<Arc<Shared>>) -> Response {
     let core = shared.core.lock().await;
-    Json(json!({ "policies": policy_list(&core), "rejected": core.rejected })).into_response()
+    Json(PoliciesAnswer { policies: policy_list(&core), rejected: core.rejected.clone() }).into_response()
 }
 
 async fn tags(State(shared): State<Arc<Shared>>) -> Response {
     let core = shared.core.lock().await;
-    Json(json!({ "tags": core.tags(), "selected": core.selected().collect::<Vec<_>>() })).into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TagRequest {
-    cgroup: String,
-    policy: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
+    Json(TagsAnswer { tags: core.tags(), selected: core.selected().cloned().collect() }).into_response()
 }
 
 async fn tag(State(shared): State<Arc<Shared>>, Json(request): Json<TagRequest>) -> Response {

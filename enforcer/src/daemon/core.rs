@@ -17,6 +17,7 @@ use super::{
     policies::{self, Ids, Loaded, Rejected},
     reload::{self, Plan},
     selection::{LOCKED_POLICY_ID, SelectedCgroup, Selection},
+    wire::Tag,
 };
 use crate::{
     bpf::{Enforcer, LoadError},
@@ -24,19 +25,6 @@ use crate::{
     events::{DaemonEvent, DaemonLine},
     stream::{Labels, PolicyLabel},
 };
-
-/// One tagged cgroup.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Tag {
-    /// Its path below the cgroup2 mount, e.g. `/agents.slice/a.scope`.
-    pub cgroup: String,
-    pub cgroup_id: u64,
-    pub level: u32,
-    pub policy: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    pub tagged_at: String,
-}
 
 /// A policy version in force, as saved (its text in `versions/<id>-<hash>.toml`
 /// of the state directory: written once per version, not on every save).
@@ -78,8 +66,8 @@ impl From<LoadError> for OpError {
     }
 }
 
-/// What one reload did.
-#[derive(Debug, Default, Serialize)]
+/// What one reload did (`POST /v1/reload` answers with it).
+#[derive(Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReloadReport {
     /// Policies loaded as a new version: (name, version, hash).
     pub applied: Vec<(String, u32, String)>,
@@ -113,8 +101,9 @@ pub struct Core {
     /// Policies whose file was removed while cgroups are tagged with them:
     /// in force for those, but their selectors are not.
     orphaned: HashSet<String>,
-    /// The daemon's lines about selections, for the stream to write.
-    pub notices: Vec<DaemonLine>,
+    /// The daemon's lines (selections here), to the stream task: the one
+    /// channel every daemon line goes through.
+    notices: tokio::sync::mpsc::UnboundedSender<DaemonLine>,
     /// The events ring buffer's positions (metrics).
     pub ring_fill: Option<crate::ring_fill::RingFill>,
 }
@@ -124,7 +113,13 @@ impl Core {
     /// had in force), then loads the policy directory; publishes it all in
     /// one swap.
     #[must_use]
-    pub fn start(config: Config, enforcer: Enforcer, hierarchy: Hierarchy, adopted: bool) -> (Self, ReloadReport) {
+    pub fn start(
+        config: Config,
+        enforcer: Enforcer,
+        hierarchy: Hierarchy,
+        adopted: bool,
+        notices: tokio::sync::mpsc::UnboundedSender<DaemonLine>,
+    ) -> (Self, ReloadReport) {
         let labels = Labels { policies: HashMap::new(), names: crate::cgroups::Names::new(hierarchy.clone()) };
         let mut core = Self {
             enforcer,
@@ -144,7 +139,7 @@ impl Core {
             config_file: None,
             selection: Selection::default(),
             orphaned: HashSet::new(),
-            notices: Vec::new(),
+            notices,
             ring_fill: None,
         };
         let mut report = ReloadReport::default();
@@ -429,11 +424,11 @@ impl Core {
         let (came, went) = self.selection.reconcile(&mut self.enforcer, &self.hierarchy, &tagged)?;
         for c in came {
             let selected = DaemonEvent::Selected { cgroup: c.cgroup, cgroup_id: c.cgroup_id, policy: c.policy };
-            self.notices.push(DaemonLine::now(selected));
+            let _ = self.notices.send(DaemonLine::now(selected));
         }
         for c in went {
             let unselected = DaemonEvent::Unselected { cgroup: c.cgroup, cgroup_id: c.cgroup_id, policy: c.policy };
-            self.notices.push(DaemonLine::now(unselected));
+            let _ = self.notices.send(DaemonLine::now(unselected));
         }
         self.sync_net(None)?;
         Ok(())

@@ -12,6 +12,7 @@ pub mod policies;
 mod reload;
 mod selection;
 mod watch;
+pub mod wire;
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -150,7 +151,9 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let not_enforced = not_enforced(&enforcer, &start, opts.degraded)?;
     let hierarchy = Hierarchy::find()?;
     let adopted = start == Start::Adopted;
-    let (mut core, report) = Core::start(config.clone(), enforcer, hierarchy, adopted);
+    // Every daemon line goes through this channel to the stream task.
+    let (notices, mut notice_rx) = mpsc::unbounded_channel();
+    let (mut core, report) = Core::start(config.clone(), enforcer, hierarchy, adopted, notices.clone());
     core.not_enforced = not_enforced;
     release_free_memory();
     core.config_file = opts.config.clone().or_else(|| {
@@ -199,7 +202,6 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         core.enforcer.pin_dir().map_or_else(String::new, |p| p.display().to_string())
     );
     stream.sink().daemon_line(&started);
-    let (notices, mut notice_rx) = mpsc::unbounded_channel();
     announce_reload(&notices, &report);
 
     let socket_gid = config.socket_gid();
@@ -249,9 +251,6 @@ async fn stream_until_signal(
             _ = tick.tick() => {
                 ticks += 1;
                 let mut core = shared.core.lock().await;
-                for notice in std::mem::take(&mut core.notices) {
-                    stream.sink().daemon_line(&notice);
-                }
                 stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
                 stream.sink().flush();
                 if stream.lost_reported() != core.lost_reported {

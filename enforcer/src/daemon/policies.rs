@@ -42,7 +42,7 @@ impl Loaded {
 }
 
 /// A file that could not become a policy, and why.
-#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Rejected {
     pub file: PathBuf,
     pub error: String,

@@ -23,7 +23,7 @@ use crate::{
 pub const LOCKED_POLICY_ID: u16 = u16::MAX;
 
 /// A cgroup a selector tagged.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct SelectedCgroup {
     pub cgroup: String,
     pub cgroup_id: u64,

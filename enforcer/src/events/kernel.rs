@@ -222,12 +222,8 @@ impl Record {
         let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
         Event {
             ts: ctx.clock.format(h.boot_ns),
-            kind: Kind::from_u8(h.kind).map_or("unknown", kind_name),
-            action: match Action::from_u8(h.action) {
-                Some(Action::Deny) => "deny",
-                Some(Action::Audit) => "audit",
-                None => "unknown",
-            },
+            kind: Kind::from_u8(h.kind).map_or("unknown", Kind::name),
+            action: Action::from_u8(h.action).map_or("unknown", Action::name),
             pid: h.pid,
             tgid: h.tgid,
             comm: String::from_utf8_lossy(&h.comm[..comm_len]).into_owned(),
@@ -237,7 +233,7 @@ impl Record {
             policy: ctx.policy.to_owned(),
             policy_version: ctx.version.map(|(version, _)| version),
             policy_hash: ctx.version.map(|(_, hash)| hash.to_owned()),
-            op: self.net.is_none().then(|| Op::from_u8(h.op).map_or("unknown", op_name)),
+            op: self.net.is_none().then(|| Op::from_u8(h.op).map_or("unknown", Op::name)),
             path: match (&self.net, &self.floor) {
                 (Some(net), _) => unix_name(net),
                 (None, Some(_)) => None,
@@ -246,24 +242,10 @@ impl Record {
             net: self.net.as_ref().map(|net| net_fields(Kind::from_u8(h.kind), net)),
             floor: self.floor.map(|floor| floor_fields(Op::from_u8(h.op), floor)),
             errno: h.errno,
-            reason: Reason::from_u8(h.reason).map_or("unknown", reason_name),
+            reason: Reason::from_u8(h.reason).map_or("unknown", Reason::name),
             path_truncated: h.flags & EVENT_PATH_TRUNCATED != 0,
             path_from_fs_root: h.flags & EVENT_PATH_FROM_FS_ROOT != 0,
         }
-    }
-}
-
-const fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::FileWrite => "file_write",
-        Kind::FileRead => "file_read",
-        Kind::Connect => "connect",
-        Kind::Sendmsg => "sendmsg",
-        Kind::Socket => "socket",
-        Kind::UnixConnect => "unix_connect",
-        Kind::Exec => "exec",
-        Kind::Floor => "floor",
-        Kind::Inbound => "inbound",
     }
 }
 
@@ -331,70 +313,6 @@ fn net_fields(kind: Option<Kind>, net: &NetDetail) -> NetFields {
         }),
         class: socket.then(|| SOCKET_CLASSES.iter().find(|c| c.1 == class_bit).map_or("unknown", |c| c.0)),
         resolved_from: destination.then_some(None),
-    }
-}
-
-const fn op_name(op: Op) -> &'static str {
-    match op {
-        Op::Open => "open",
-        Op::Create => "create",
-        Op::Mknod => "mknod",
-        Op::Mkdir => "mkdir",
-        Op::Rmdir => "rmdir",
-        Op::Unlink => "unlink",
-        Op::Rename => "rename",
-        Op::Link => "link",
-        Op::Symlink => "symlink",
-        Op::Truncate => "truncate",
-        Op::Chmod => "chmod",
-        Op::Chown => "chown",
-        Op::Setattr => "setattr",
-        Op::Setxattr => "setxattr",
-        Op::Removexattr => "removexattr",
-        Op::SetAcl => "set_acl",
-        Op::RemoveAcl => "remove_acl",
-        Op::Exec => "exec",
-        Op::Bpf => "bpf",
-        Op::PerfEvent => "perf_event_open",
-        Op::Ptrace => "ptrace",
-        Op::Signal => "signal",
-        Op::KernelModule => "kernel_module",
-        Op::Mount => "mount",
-        Op::Umount => "umount",
-        Op::PivotRoot => "pivot_root",
-        Op::MoveMount => "move_mount",
-        Op::UserNamespace => "user_namespace",
-        Op::Setuid => "setuid",
-        Op::Setgid => "setgid",
-        Op::Rlimit => "rlimit",
-        Op::SetScheduler => "setscheduler",
-        Op::SetNice => "setnice",
-        Op::SetIoprio => "setioprio",
-        Op::MoveMemory => "move_memory",
-        Op::Sigio => "sigio",
-        Op::CloneIntoCgroup => "clone_into_cgroup",
-        Op::TtyInject => "tty_inject",
-        Op::Setflags => "setflags",
-        Op::SourceRoute => "source_route",
-    }
-}
-
-const fn reason_name(reason: Reason) -> &'static str {
-    match reason {
-        Reason::OutsideWriteTrees => "outside_write_trees",
-        Reason::ReadDenied => "read_deny",
-        Reason::TooDeep => "path_too_deep",
-        Reason::Unreadable => "unreadable",
-        Reason::NotAllowed => "not_allowed",
-        Reason::SocketClass => "socket_class_not_allowed",
-        Reason::Untagged => "socket_used_outside_agent",
-        Reason::OutsideExecTrees => "outside_exec_trees",
-        Reason::Fileless => "fileless",
-        Reason::NoSeccomp => "no_seccomp",
-        Reason::Floor => "floor",
-        Reason::Protected => "enforcer_protected",
-        Reason::Disconnected => "path_disconnected",
-        Reason::Interrupted => "walk_interrupted",
     }
 }
 

@@ -69,27 +69,30 @@ pub fn schema() -> String {
     text
 }
 
+/// Fails unless `published` (a path in this crate) holds `current`; with
+/// `ENFORCER_WRITE_SCHEMAS=1` writes it first.
+#[cfg(test)]
+pub(crate) fn check_published(published: &str, current: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(published);
+    if std::env::var_os("ENFORCER_WRITE_SCHEMAS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, current).unwrap();
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        text == current,
+        "{} is not the schema of its types: run `ENFORCER_WRITE_SCHEMAS=1 cargo test -p enforcer --lib schema` and \
+         commit it",
+        path.display()
+    );
+}
+
 #[cfg(test)]
 mod tests {
-    /// Where the published schema lives, from this crate's root.
-    const PUBLISHED: &str = "schemas/events.schema.json";
-
     /// The published schema is the one the types give; with
     /// `ENFORCER_WRITE_SCHEMAS=1` the test writes it instead.
     #[test]
     fn the_published_schema_is_current() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(PUBLISHED);
-        let current = super::schema();
-        if std::env::var_os("ENFORCER_WRITE_SCHEMAS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &current).unwrap();
-        }
-        let published = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            published == current,
-            "{} is not the schema of the event types: run `ENFORCER_WRITE_SCHEMAS=1 cargo test -p enforcer --lib \
-             events` and commit it",
-            path.display()
-        );
+        super::check_published("schemas/events.schema.json", &super::schema());
     }
 }
