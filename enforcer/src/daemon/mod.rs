@@ -215,6 +215,7 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         tokio::spawn(async move { axum::serve(listener, router).await });
     }
     tokio::spawn(watch::policies(config.policies.clone(), shared.clone()));
+    tokio::spawn(housekeeping(shared.clone()));
 
     stream_until_signal(&mut stream, &shared, &mut notice_rx).await?;
     // Enforcement stays (it is pinned); only the API and the stream stop.
@@ -230,8 +231,8 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Streams events, the daemon's notices and lost counts, and sweeps removed
-/// cgroups, until SIGTERM or SIGINT.
+/// Streams events, the daemon's lines and lost counts until SIGTERM or
+/// SIGINT.
 async fn stream_until_signal(
     stream: &mut EventStream,
     shared: &Shared,
@@ -240,7 +241,6 @@ async fn stream_until_signal(
     let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             result = stream.next_batch() => result.map_err(io_err(Path::new("ring buffer")))?,
@@ -249,7 +249,6 @@ async fn stream_until_signal(
                 stream.sink().flush();
             }
             _ = tick.tick() => {
-                ticks += 1;
                 let mut core = shared.core.lock().await;
                 stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
                 stream.sink().flush();
@@ -257,22 +256,30 @@ async fn stream_until_signal(
                     core.lost_reported = stream.lost_reported();
                     core.save();
                 }
-                if ticks.is_multiple_of(5) {
-                    if let Err(e) = core.protect_own_files() {
-                        eprintln!("enforcer: warning: cannot update the protected files: {e}");
-                    }
-                    for tag in core.sweep() {
-                        let removed =
-                            DaemonEvent::Untagged { cgroup: tag.cgroup, policy: tag.policy, reason: Some("cgroup removed") };
-                        let _ = shared.notices.send(DaemonLine::now(removed));
-                    }
-                }
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
     Ok(())
+}
+
+/// Every few seconds: protects the daemon's files anew (a config or events
+/// file replaced has a new inode) and drops the tags of removed cgroups.
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let mut core = shared.core.lock().await;
+        if let Err(e) = core.protect_own_files() {
+            eprintln!("enforcer: warning: cannot update the protected files: {e}");
+        }
+        for tag in core.sweep() {
+            let removed =
+                DaemonEvent::Untagged { cgroup: tag.cgroup, policy: tag.policy, reason: Some("cgroup removed") };
+            let _ = shared.notices.send(DaemonLine::now(removed));
+        }
+    }
 }
 
 /// glibc raises its mmap threshold after freeing large blocks, after which
