@@ -80,15 +80,6 @@ impl Client {
         Ok((status, value))
     }
 
-    /// A raw GET (the metrics text).
-    pub async fn get_text(&self, path: &str) -> Result<(StatusCode, String), ClientError> {
-        let mut sender = self.connect().await?;
-        let response = sender.send_request(Self::build(Method::GET, path, None)?).await?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-    }
-
     /// Follows a streamed answer, handing each chunk to `out` until the
     /// daemon ends it; returns the status.
     pub async fn follow(&self, path: &str, mut out: impl FnMut(&[u8])) -> Result<StatusCode, ClientError> {

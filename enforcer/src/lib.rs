@@ -1,21 +1,22 @@
 //! The enforcer: loads BPF LSM programs, keeps policy in BPF maps, tags agent
 //! cgroups, and streams every denial as JSON lines.
 
-pub mod bench;
-pub mod bpf;
+pub(crate) mod bench;
+pub(crate) mod bpf;
 pub mod btf;
 pub mod cgroups;
-pub mod cli;
-pub mod client;
-pub mod ctl;
+pub(crate) mod cli;
+pub(crate) mod client;
+pub mod commands;
+pub(crate) mod ctl;
 pub mod daemon;
-pub mod dns;
-pub mod events;
-pub mod field_loads;
-pub mod kernel;
-pub mod mounts;
+pub(crate) mod dns;
+pub(crate) mod events;
+pub(crate) mod field_loads;
+pub(crate) mod kernel;
+pub(crate) mod mounts;
 pub mod policy;
-pub mod ring_fill;
-pub mod run;
-pub mod stream;
-pub mod syscalls;
+pub(crate) mod ring_fill;
+pub(crate) mod run;
+pub(crate) mod stream;
+pub(crate) mod syscalls;

@@ -173,13 +173,13 @@ impl EventStream {
     /// Writes a `dns` event of the resolver.
     pub fn dns_event(&mut self, event: &DnsEvent, policy: &str, cgroup: &str, cgroup_id: u64) {
         let meta = LineMeta { seq: 0, kind: event.kind, action: event.action, policy, cgroup: Some(cgroup) };
-        self.sink.line(&meta, &DnsLine { ts: self.clock.now(), policy, cgroup, cgroup_id, event });
+        self.sink.line(&meta, &DnsLine { ts: Clock::now(), policy, cgroup, cgroup_id, event });
     }
 
     /// Writes a `syscall` event of the seccomp supervisor.
     pub fn syscall_event(&mut self, event: &SyscallEvent, policy: &str) {
         let meta = LineMeta { seq: 0, kind: "syscall", action: event.action, policy, cgroup: event.cgroup.as_deref() };
-        self.sink.line(&meta, &SyscallLine { ts: self.clock.now(), policy, event });
+        self.sink.line(&meta, &SyscallLine { ts: Clock::now(), policy, event });
     }
 
     /// Waits until records are available, then writes at most
@@ -204,7 +204,7 @@ impl EventStream {
     /// Reports events lost since the last report (`total` counts since load).
     pub fn report_lost(&mut self, total: u64) {
         if total > self.lost_reported {
-            let lost = Lost { ts: self.clock.now(), kind: "lost", count: total - self.lost_reported };
+            let lost = Lost { ts: Clock::now(), kind: "lost", count: total - self.lost_reported };
             self.sink.line(&LineMeta { seq: 0, kind: "lost", action: "", policy: "", cgroup: None }, &lost);
             self.lost_reported = total;
         }

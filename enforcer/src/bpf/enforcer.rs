@@ -250,15 +250,15 @@ impl Enforcer {
         file_rules: StdHashMap<FileRuleKey, u16>,
         tags: StdHashMap<u64, (u32, TagInfo)>,
         selectors: Box<SelectorTable>,
-        extra_filter: TagFilter,
+        extra_filter: &TagFilter,
     ) -> Result<(), LoadError> {
-        self.swap.replace_all(file_rules, tags, selectors, &extra_filter)
+        self.swap.replace_all(file_rules, tags, selectors, extra_filter)
     }
 
     /// Lets the tag check look for more selected cgroups (before they go in
     /// `SELECTED`), or fewer (after they left it).
-    pub fn set_extra_filter(&mut self, extra_filter: TagFilter) -> Result<(), LoadError> {
-        self.swap.set_extra_filter(&extra_filter)
+    pub fn set_extra_filter(&mut self, extra_filter: &TagFilter) -> Result<(), LoadError> {
+        self.swap.set_extra_filter(extra_filter)
     }
 
     /// The selectors in force.

@@ -23,11 +23,11 @@ mod pinned;
 mod swap;
 mod table_map;
 
-pub use enforcer::{Enforcer, NetAttachment};
+pub use enforcer::Enforcer;
 pub use error::LoadError;
 use error::{chain, map_err};
-pub use object::{Floor, LsmLink, load_floor};
-pub use pinned::{PinError, Start, adopted_build, build_id, remove_pins, short_sha256};
+pub use object::load_floor;
+pub use pinned::{Start, adopted_build, build_id, remove_pins, short_sha256};
 
 /// Whether `ENFORCER_DEBUG_LOAD` asks for load timings, verifier counts and
 /// whole verifier logs (read once).

@@ -257,7 +257,7 @@ impl Core {
             }
         }
         let inserted = timing.map(|t| t.elapsed());
-        if let Err(e) = self.enforcer.replace_all(file_rules, tags, built.table, extra_filter) {
+        if let Err(e) = self.enforcer.replace_all(file_rules, tags, built.table, &extra_filter) {
             let _ = self.enforcer.retain_net_rules(&old_live);
             return Err(e);
         }

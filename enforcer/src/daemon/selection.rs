@@ -154,7 +154,7 @@ impl Selection {
         for (id, selected) in &missing {
             filter.insert(*id, selected.level);
         }
-        enforcer.set_extra_filter(filter)?;
+        enforcer.set_extra_filter(&filter)?;
         for (id, selected) in missing {
             enforcer.select(id, selected)?;
         }
@@ -170,7 +170,7 @@ impl Selection {
         for (id, selected) in &now {
             filter.insert(*id, selected.level);
         }
-        enforcer.set_extra_filter(filter)?;
+        enforcer.set_extra_filter(&filter)?;
         let names: HashMap<u64, &Found> = found.iter().map(|f| (f.id, f)).collect();
         let current: BTreeMap<u64, SelectedCgroup> = now
             .iter()

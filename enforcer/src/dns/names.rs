@@ -54,11 +54,6 @@ impl HostRules {
         Ok(this)
     }
 
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
     /// What the policy allows for addresses of `qname` (lower case, no
     /// trailing dot); `None` if the name is not allowed at all.
     #[must_use]

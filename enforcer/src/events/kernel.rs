@@ -83,6 +83,7 @@ pub struct NetFields {
     /// Connect and sendmsg events: the host name the address was last
     /// resolved from by the enforcer's resolver, `null` if never.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[expect(clippy::option_option, reason = "absent (not a connect or sendmsg), null (never resolved), or the name")]
     pub resolved_from: Option<Option<String>>,
 }
 
@@ -137,7 +138,7 @@ impl Clock {
     }
 
     #[must_use]
-    pub fn now(&self) -> String {
+    pub fn now() -> String {
         humantime::format_rfc3339_micros(SystemTime::now()).to_string()
     }
 }

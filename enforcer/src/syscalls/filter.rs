@@ -87,14 +87,10 @@ impl Program {
         Ok(Self { instructions })
     }
 
-    #[must_use]
-    pub fn len(&self) -> usize {
+    /// Its length in instructions (the tests bound it).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.instructions.len()
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.instructions.is_empty()
     }
 
     /// Sets `no_new_privs` and installs the filter on the calling thread;
