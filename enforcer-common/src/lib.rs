@@ -128,11 +128,13 @@ pub struct KernelOffsets {
     pub dentry_btf_id: u32,
     pub mount_btf_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * KernelOffsets::FIELDS);
+// Only `u32` fields: a wider one would raise the alignment, and `get` reads
+// the struct as `[u32; FIELDS]`.
+const _: () = assert!(core::mem::align_of::<KernelOffsets>() == 4);
 
 impl KernelOffsets {
-    /// Number of offsets (all `u32`).
-    pub const FIELDS: usize = 69;
+    /// Number of offsets (all `u32`), counted by the compiler.
+    pub const FIELDS: usize = core::mem::size_of::<Self>() / 4;
 
     /// An optional field the running kernel does not have.
     pub const ABSENT: u32 = u32::MAX;
@@ -140,7 +142,7 @@ impl KernelOffsets {
     /// The offset at `index` (`offset_of!(KernelOffsets, field) / 4`).
     #[must_use]
     pub fn get(&self, index: usize) -> Option<u32> {
-        // SAFETY: `repr(C)` and only `u32` fields (size checked above).
+        // SAFETY: `repr(C)` and only `u32` fields (alignment checked above).
         let all: &[u32; Self::FIELDS] = unsafe { &*(&raw const *self).cast() };
         all.get(index).copied()
     }
