@@ -54,6 +54,7 @@ impl Kind {
 /// What a floor event is about, after its header (in the place of a path).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FloorDetail {
     /// The other process (ptrace, signals, limits, scheduling), else 0.
     pub target_pid: u32,
@@ -176,6 +177,7 @@ pub enum Reason {
 /// What a network event is about, after its header.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct NetDetail {
     /// The destination as IPv6 (IPv4 as `::ffff:a.b.c.d`).
     pub addr: [u8; 16],
@@ -204,6 +206,7 @@ pub const EVENT_EXE_TRUNCATED: u8 = 1 << 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct EventHeader {
     /// `bpf_ktime_get_boot_ns()` at the decision.
     pub boot_ns: u64,

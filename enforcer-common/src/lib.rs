@@ -5,6 +5,20 @@
 //! sides can never disagree on a layout.
 #![no_std]
 
+/// `aya::Pod` (the types can live in maps and globals) for types whose
+/// `bytemuck::Pod` derive proved them plain data without padding.
+#[cfg(feature = "user")]
+macro_rules! aya_pod {
+    ($($ty:ty),* $(,)?) => {$(
+        const _: fn() = || {
+            fn proven_plain_data<T: bytemuck::Pod>() {}
+            proven_plain_data::<$ty>();
+        };
+        // SAFETY: bytemuck's derive checked that it is plain data without padding.
+        unsafe impl aya::Pod for $ty {}
+    )*};
+}
+
 pub mod events;
 pub mod net;
 pub mod policy;
@@ -17,6 +31,7 @@ pub mod select;
 /// read-only global for the reads that are not plain loads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct KernelOffsets {
     pub file_f_mode: u32,
     pub file_f_flags: u32,
@@ -172,4 +187,4 @@ pub const fn field_load_mark(byte_offset: usize) -> i16 {
 }
 
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for KernelOffsets {}
+aya_pod!(KernelOffsets);

@@ -31,6 +31,7 @@ pub const DNS_PORT: u16 = 53;
 /// `expires_boot_ns` (`CLOCK_BOOTTIME`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct DnsGrant {
     pub expires_boot_ns: u64,
     pub ports: NetPorts,
@@ -40,6 +41,7 @@ pub struct DnsGrant {
 /// (127.0.0.1, and `::1` when `v6`), at `port`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Resolver {
     pub port: u16,
     pub v6: u16,
@@ -65,6 +67,7 @@ pub const NET_KEY_INBOUND: u32 = 1 << 31;
 /// IPv6 destination is judged exactly like the IPv4 one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct NetKey {
     /// Big-endian, like the address: the trie compares bytes in order.
     pub policy_id: [u8; 4],
@@ -88,6 +91,7 @@ pub const PROTO_UDP: u8 = 1 << 1;
 /// an unused slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct PortRange {
     pub first: u16,
     pub last: u16,
@@ -98,6 +102,7 @@ pub struct PortRange {
 /// What a destination prefix allows.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct NetPorts {
     pub ranges: [PortRange; NET_PORT_RANGES],
 }
@@ -133,6 +138,7 @@ pub const UNIX_PATH_BYTES: usize = 108;
 /// (`sun_path`, zero-padded; an abstract name starts with NUL), for a policy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct UnixKey {
     pub policy_id: u32,
     /// Bytes of `path` in the bound address.
@@ -204,10 +210,4 @@ pub const fn socket_class(family: u16, sock_type: u16, protocol: u16) -> u32 {
 }
 
 #[cfg(feature = "user")]
-mod pod {
-    unsafe impl aya::Pod for super::NetKey {}
-    unsafe impl aya::Pod for super::NetPorts {}
-    unsafe impl aya::Pod for super::UnixKey {}
-    unsafe impl aya::Pod for super::DnsGrant {}
-    unsafe impl aya::Pod for super::Resolver {}
-}
+aya_pod!(NetKey, NetPorts, UnixKey, DnsGrant, Resolver);

@@ -70,6 +70,7 @@ pub const fn tag_bloom_bit(cgroup_id: u64) -> u64 {
 /// Userspace keeps it a superset of the current table while tables change.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct TagFilter {
     /// The shallowest level with a tagged cgroup (`u32::MAX`: none): a task
     /// above it is untagged, decided by one compare.
@@ -122,6 +123,7 @@ impl TagFilter {
 /// One tagged cgroup; `cgroup_id == 0` marks an empty slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct TagSlot {
     pub cgroup_id: u64,
     pub tag: TagInfo,
@@ -131,6 +133,7 @@ const _: () = assert!(core::mem::size_of::<TagSlot>() == 16);
 /// Every tagged cgroup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct TagTable {
     pub seed: u64,
     pub slots: [TagSlot; TAG_SLOTS],
@@ -140,6 +143,7 @@ pub struct TagTable {
 /// at 1, so it matches no key).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FileSlot {
     pub ino: u64,
     pub dev: u32,
@@ -169,6 +173,7 @@ impl FileSlot {
 /// Every policy's tree roots.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FileTable {
     pub seed: u64,
     pub slots: [FileSlot; FILE_SLOTS],
@@ -179,6 +184,7 @@ pub struct FileTable {
 /// generation of the policy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Tables {
     pub tags: TagTable,
     pub files: FileTable,
@@ -194,6 +200,7 @@ pub const PROTECTED_MAX: usize = 16;
 /// One protected inode (`ino == 0`: an unused slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct ProtectedInode {
     pub ino: u64,
     /// Kernel encoding, as in [`FileRuleKey`].
@@ -206,6 +213,7 @@ pub struct ProtectedInode {
 /// a directory, is refused for every tagged task.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Protected {
     /// [`protected_bit`] of every inode number in `inodes`: a check of an
     /// inode whose bit is clear (nearly every tagged write) ends here
@@ -277,6 +285,7 @@ pub const TAG_NO_REGULAR_FILE_ROOTS: u32 = 1 << 7;
 /// What a tagged cgroup is judged by.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct TagInfo {
     pub policy_id: u32,
     pub flags: u32,
@@ -356,11 +365,7 @@ pub fn name_words(name: &[u8]) -> [u64; NAME_KEY_BYTES / 8] {
 }
 
 #[cfg(feature = "user")]
-mod pod {
-    unsafe impl aya::Pod for super::TagFilter {}
-    unsafe impl aya::Pod for super::Tables {}
-    unsafe impl aya::Pod for super::Protected {}
-}
+aya_pod!(TagFilter, Tables, Protected);
 
 #[cfg(test)]
 mod tests {

@@ -45,6 +45,7 @@ pub const START: u16 = 1;
 /// root (`/a/b`), and the tag of each slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SelectorTable {
     /// DFA states in use; 0: no selectors (the program returns at once).
     pub states: u32,
@@ -84,6 +85,7 @@ impl SelectorTable {
 /// One selected cgroup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Selected {
     pub slot: u32,
     /// Its cgroup level.
@@ -99,12 +101,10 @@ const _: () = assert!(core::mem::size_of::<Selected>() == 16);
 /// false positive costs a map lookup, never a wrong answer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SelectedBloom {
     pub bloom: [u64; TAG_BLOOM_WORDS],
 }
 
 #[cfg(feature = "user")]
-mod pod {
-    unsafe impl aya::Pod for super::Selected {}
-    unsafe impl aya::Pod for super::SelectedBloom {}
-}
+aya_pod!(Selected, SelectedBloom);

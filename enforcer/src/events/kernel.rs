@@ -172,8 +172,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
     if bytes.len() < EVENT_HEADER_BYTES {
         return Err(Malformed(bytes.len()));
     }
-    // SAFETY: EventHeader is plain old data and the slice is long enough.
-    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let header: EventHeader = bytemuck::pod_read_unaligned(&bytes[..EVENT_HEADER_BYTES]);
     let names = bytes.get(EVENT_HEADER_BYTES..).unwrap_or_default();
     let (path, rest) = names.split_at((header.path_len as usize).min(names.len()));
     let exe = &rest[..(header.exe_len as usize).min(rest.len())];
@@ -183,16 +182,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
         if path.len() != NET_DETAIL_BYTES {
             return Err(Malformed(bytes.len()));
         }
-        // SAFETY: NetDetail is plain old data and the slice is its size.
-        let net: NetDetail = unsafe { std::ptr::read_unaligned(path.as_ptr().cast()) };
+        let net: NetDetail = bytemuck::pod_read_unaligned(path);
         return Ok(Record { header, path: String::new(), exe, net: Some(net), floor: None });
     }
     if Kind::from_u8(header.kind) == Some(Kind::Floor) {
         if path.len() != FLOOR_DETAIL_BYTES {
             return Err(Malformed(bytes.len()));
         }
-        // SAFETY: FloorDetail is plain old data and the slice is its size.
-        let floor: FloorDetail = unsafe { std::ptr::read_unaligned(path.as_ptr().cast()) };
+        let floor: FloorDetail = bytemuck::pod_read_unaligned(path);
         return Ok(Record { header, path: String::new(), exe, net: None, floor: Some(floor) });
     }
     Ok(Record { header, path: join_path(path, header.flags & EVENT_PATH_TRUNCATED != 0), exe, net: None, floor: None })
@@ -347,9 +344,7 @@ mod tests {
             pad: [0; 7],
             comm: *b"bash\0\0\0\0\0\0\0\0\0\0\0\0",
         };
-        let mut bytes = vec![0u8; EVENT_HEADER_BYTES];
-        // SAFETY: writing a POD header into a buffer of its size.
-        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), header) };
+        let mut bytes = bytemuck::bytes_of(&header).to_vec();
         bytes.extend_from_slice(b".bashrc\0root\0bash\0bin\0usr\0");
         let clock = Clock::new();
         let event = decode(&bytes).unwrap().into_event(Context {

@@ -132,9 +132,8 @@ pub fn no_selectors() -> Box<SelectorTable> {
 /// A table on the heap, all slots empty (all-zero is empty), without
 /// building megabytes on the stack first.
 #[expect(clippy::unnecessary_box_returns, reason = "megabytes: the point is not to have them on the stack")]
-fn zeroed<T>() -> Box<T> {
-    // SAFETY: the tables are plain integers, for which all-zero is valid.
-    unsafe { Box::<T>::new_zeroed().assume_init() }
+fn zeroed<T: bytemuck::Zeroable>() -> Box<T> {
+    bytemuck::zeroed_box()
 }
 
 #[cfg(test)]
