@@ -217,7 +217,8 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     tokio::spawn(watch::policies(config.policies.clone(), shared.clone()));
     tokio::spawn(housekeeping(shared.clone()));
 
-    stream_until_signal(&mut stream, &shared, &mut notice_rx).await?;
+    let shutdown = shutdown_signal()?;
+    stream_until(&mut stream, &shared, &mut notice_rx, shutdown).await?;
     // Enforcement stays (it is pinned); only the API and the stream stop.
     stream.drain();
     let mut core = shared.core.lock().await;
@@ -231,16 +232,28 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Streams events, the daemon's lines and lost counts until SIGTERM or
-/// SIGINT.
-async fn stream_until_signal(
+/// Resolves at the first SIGTERM or SIGINT (the handlers are in place on
+/// return).
+fn shutdown_signal() -> Result<impl Future<Output = ()>, DaemonError> {
+    let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
+}
+
+/// Streams events, the daemon's lines and lost counts until `shutdown`.
+async fn stream_until(
     stream: &mut EventStream,
     shared: &Shared,
     notice_rx: &mut mpsc::UnboundedReceiver<DaemonLine>,
+    shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let mut terminate = signal(SignalKind::terminate()).map_err(io_err(Path::new("SIGTERM")))?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(io_err(Path::new("SIGINT")))?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             result = stream.next_batch() => result.map_err(io_err(Path::new("ring buffer")))?,
@@ -257,8 +270,7 @@ async fn stream_until_signal(
                     core.save();
                 }
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            () = &mut shutdown => break,
         }
     }
     Ok(())
