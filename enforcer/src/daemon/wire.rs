@@ -1,7 +1,7 @@
 //! The orchestrator API's requests and answers, one type each, shared by the
 //! daemon (`api.rs` serializes them) and the CLI (`ctl.rs` reads them).
 //! `schemas/api.schema.json` (in this crate) is their JSON Schema, published
-//! for other clients; a unit test keeps it current and the host tier
+//! for other clients; a unit test keeps it current and the test tiers
 //! validates the daemon's answers against it.
 
 use std::{collections::BTreeMap, path::PathBuf};

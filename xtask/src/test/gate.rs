@@ -28,8 +28,10 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 /// Debian's 6.12.95, whose baseline put the untagged figures 0.05 above the point
 /// release before it with the same programs).
 /// Setup fetches the suite's newest point release (the mirror keeps no other), so
-/// the bounds at a target leave 0.1 for the next one: level 2 0.6, tagged 4.1; a
-/// figure past its target shows as `MISS` in `cargo xtask bench files`. The others are
+/// the bounds at a target leave 0.1 for the next one: tagged 4.1; a figure past its
+/// target shows as `MISS` in `cargo xtask bench files`. Level 2 leaves 0.2 (0.7):
+/// with the same programs and kernel it measured +0.48, +0.50 and +0.51 alone and
+/// +0.58 at the end of a full run (2026-12-06), a spread 0.6 left 0.02 of. The others are
 /// today's figures with a little room (level 3 +0.69, its target +0.5 not met; `brd`
 /// +3.81 to +3.89): lower them as the hot path gets cheaper. Past bounds: `brdr` 14.5
 /// to 8.0 when the walk above a mount began typing its pointers with
@@ -54,7 +56,7 @@ const TIMEOUT: Duration = Duration::from_mins(20);
 /// pending directory (+18.3 to +15.6), and to 14.5 with the changes above.
 const BOUNDS: &[(&str, &str, f64)] = &[
     ("a", "open", 0.5),
-    ("a2", "open", 0.6),
+    ("a2", "open", 0.7),
     ("a3", "open", 0.9),
     ("b10k", "open", 4.1),
     ("brd", "open", 4.1),
