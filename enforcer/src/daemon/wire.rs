@@ -2,7 +2,7 @@
 //! daemon (`api.rs` serializes them) and the CLI (`ctl.rs` reads them).
 //! `schemas/api.schema.json` (in this crate) is their JSON Schema, published
 //! for other clients; a unit test keeps it current and the test tiers
-//! validates the daemon's answers against it.
+//! validate the daemon's answers against it.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
