@@ -1,24 +1,25 @@
-//! `enforcer bench-floor -- CMD...` (hidden): runs a command while the floor
-//! programs (empty BPF LSM programs on every hook the enforcer uses) are
-//! attached, for `cargo xtask bench files`. Nothing is tagged or enforced.
+//! `enforcer bench-empty -- CMD...` (hidden): runs a command while empty BPF
+//! LSM programs are attached on the enforcer's file hooks (the benchmarks'
+//! floor: what any BPF LSM design costs), for `cargo xtask bench files`.
+//! Nothing is tagged or enforced.
 
 use std::{ffi::OsString, os::unix::process::ExitStatusExt as _, process::Command};
 
 use crate::bpf;
 
-/// Attaches the floor, runs `command`, and returns its exit code (125 when
-/// the floor cannot be loaded, 126/127 when the command cannot be run).
+/// Attaches the empty programs, runs `command`, and returns its exit code
+/// (125 when they cannot be loaded, 126/127 when the command cannot be run).
 #[must_use]
-pub fn run_floor(command: &[OsString]) -> i32 {
-    let floor = match bpf::load_floor() {
-        Ok(floor) => floor,
+pub fn run_empty(command: &[OsString]) -> i32 {
+    let empty = match bpf::load_empty_programs() {
+        Ok(empty) => empty,
         Err(e) => {
-            eprintln!("enforcer: error: cannot attach the floor programs: {e}");
+            eprintln!("enforcer: error: cannot attach the empty programs: {e}");
             return 125;
         }
     };
-    if !floor.missing_hooks.is_empty() {
-        eprintln!("enforcer: floor: this kernel has no {} hook(s)", floor.missing_hooks.join(", "));
+    if !empty.missing_hooks.is_empty() {
+        eprintln!("enforcer: bench-empty: this kernel has no {} hook(s)", empty.missing_hooks.join(", "));
     }
     let status = match Command::new(&command[0]).args(&command[1..]).status() {
         Ok(status) => status,
@@ -27,6 +28,6 @@ pub fn run_floor(command: &[OsString]) -> i32 {
             return if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
         }
     };
-    drop(floor);
+    drop(empty);
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }

@@ -111,9 +111,9 @@ pub enum Command {
         socket: SocketArg,
     },
     /// Benchmarks only: run a command with empty BPF LSM programs attached
-    /// on the enforcer's hooks (the floor), enforcing nothing.
-    #[command(name = "bench-floor", hide = true)]
-    BenchFloor {
+    /// on the enforcer's file hooks, enforcing nothing.
+    #[command(name = "bench-empty", hide = true)]
+    BenchEmpty {
         /// The command and its arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
         command: Vec<OsString>,

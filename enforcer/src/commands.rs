@@ -33,7 +33,7 @@ pub fn main() -> ExitCode {
             ctl::run(ctl::tail(&socket.socket, cgroup.as_deref(), policy.as_deref(), kind.as_deref(), since.as_deref()))
         }
         Command::Policy { command: PolicyCommand::Check { file } } => check_policy(&file),
-        Command::BenchFloor { command } => bench::run_floor(&command),
+        Command::BenchEmpty { command } => bench::run_empty(&command),
         Command::Export { command: ExportCommand::Seccomp { policy, format } } => export_seccomp(&policy, format),
         Command::Syscalls { command: SyscallsCommand::Groups } => list_groups(),
     };

@@ -9,7 +9,7 @@
 //! per scenario and loop, the median over rounds of scenario/baseline.
 //!
 //! Scenarios: (f) empty BPF LSM programs on the enforcer's hooks (`enforcer
-//! bench-floor`); (a) enforcer loaded with another cgroup tagged, bench untagged, in the
+//! bench-empty`); (a) enforcer loaded with another cgroup tagged, bench untagged, in the
 //! root cgroup, in a cgroup as deep as the tagged one and one level deeper (there the
 //! screen tests the cgroup or its parent against the bloom filter); (b) bench tagged, operations allowed, 1 / 100 /
 //! 10 000 `files.write` rules; (b') 1 write rule plus a `read_deny` tree elsewhere (the
@@ -302,7 +302,7 @@ r=1
 while [ $r -le $ROUNDS ]; do
     echo "BENCH-PHASE round $r of $ROUNDS ($(cut -d' ' -f1 /proc/uptime)s guest uptime)"
     sh /tmp/loops.sh $r base-f $FILE $LOOPS
-    enforcer bench-floor -- sh /tmp/loops.sh $r f $FILE $LOOPS || fail "round=$r: enforcer bench-floor exited $?"
+    enforcer bench-empty -- sh /tmp/loops.sh $r f $FILE $LOOPS || fail "round=$r: enforcer bench-empty exited $?"
     sh /tmp/loops.sh $r base-b1 $FILE $LOOPS
     in_cgroup untagged /tmp/loops.sh $r base-a2 $FILE $LOOPS
     in_cgroup untagged/deeper /tmp/loops.sh $r base-a3 $FILE $LOOPS

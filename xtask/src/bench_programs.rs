@@ -5,7 +5,7 @@
 //! it (`run_time_ns`) and its runs (`run_cnt`), shown in the fdinfo of the loader's
 //! program descriptors. Under icount one guest ns is one instruction, so the quotient
 //! of their growth over a loop of `enforcer-bench open` is the exact cost of a call
-//! (stats upkeep included: the empty programs of `enforcer bench-floor` show it). Where
+//! (stats upkeep included: the empty programs of `enforcer bench-empty` show it). Where
 //! `bench files` says how much the enforcer costs an `open`, this says which program
 //! costs it; build variants that return early to split a program further.
 
@@ -73,7 +73,7 @@ measure() {
 }
 sleep 3
 /bin/enforcer-bench open $W/file $N > /dev/null
-measure floor inside enforcer bench-floor
+measure floor inside enforcer bench-empty
 measure untagged outside enforcer run --policy /tmp/b1.toml --events /dev/null
 measure tagged inside enforcer run --policy /tmp/b1.toml --events /dev/null
 measure read_deny inside enforcer run --policy /tmp/brd.toml --events /dev/null

@@ -18,7 +18,7 @@ pub struct Hook {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Group {
     /// File operations judged against the policy's trees (and, in
-    /// `enforcer bench-floor`, the hooks of its empty programs).
+    /// `enforcer bench-empty`, the hooks of its empty programs).
     Files,
     /// Socket classes of every family and unix socket peers (the cgroup
     /// programs see IPv4 and IPv6 only).
@@ -157,10 +157,10 @@ mod tests {
     /// Every program the loader's tables name, by the name it looks up.
     fn programs_named_by_tables() -> std::collections::BTreeSet<String> {
         let hooks = HOOKS.iter().map(|hook| hook.name.to_string());
-        // `enforcer bench-floor` loads empty programs on the file hooks.
-        let floor = file_hooks().map(|hook| format!("floor_{}", hook.name));
+        // `enforcer bench-empty` loads empty programs on the file hooks.
+        let empty = file_hooks().map(|hook| format!("empty_{}", hook.name));
         let others = SOCK_ADDR_PROGRAMS.iter().chain(&[SOCK_CREATE_PROGRAM, INBOUND_PROGRAM, SELECTOR_PROGRAM]);
-        hooks.chain(floor).chain(others.map(|name| (*name).to_string())).collect()
+        hooks.chain(empty).chain(others.map(|name| (*name).to_string())).collect()
     }
 
     /// A program missing from the tables would never load, and one the tables

@@ -26,7 +26,7 @@ mod table_map;
 pub use enforcer::Enforcer;
 pub use error::LoadError;
 use error::{chain, map_err};
-pub use object::load_floor;
+pub use object::load_empty_programs;
 pub use pinned::{Start, adopted_build, build_id, remove_pins, short_sha256};
 
 /// Whether `ENFORCER_DEBUG_LOAD` asks for load timings, verifier counts and

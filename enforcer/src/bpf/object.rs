@@ -129,25 +129,25 @@ fn debug_loaded(
     }
 }
 
-/// The floor of any BPF LSM design, for benchmarks: an empty program
-/// (`floor_<hook>`, returning 0) attached on every hook the enforcer uses
-/// (optional hooks only where the kernel has them), and nothing else. Held
-/// attached for as long as the value lives.
-pub struct Floor {
+/// What any BPF LSM design costs, for the benchmarks: an empty program
+/// (`empty_<hook>`, returning 0) attached on every file hook (optional hooks
+/// only where the kernel has them), and nothing else. Held attached for as
+/// long as the value lives.
+pub struct EmptyPrograms {
     _ebpf: Ebpf,
     _links: Vec<LsmLink>,
     /// Optional hooks this kernel does not have.
     pub missing_hooks: Vec<&'static str>,
 }
 
-/// Loads and attaches the floor programs only (see [`Floor`]).
-pub fn load_floor() -> Result<Floor, LoadError> {
+/// Loads and attaches the empty programs only (see [`EmptyPrograms`]).
+pub fn load_empty_programs() -> Result<EmptyPrograms, LoadError> {
     let mut object = load_object()?;
     if let Some(lsm) = object.lsm.take() {
         return Err(lsm);
     }
-    let (missing_hooks, links) = object.load_lsm("floor_", file_hooks())?;
-    Ok(Floor { _ebpf: object.ebpf, _links: links, missing_hooks })
+    let (missing_hooks, links) = object.load_lsm("empty_", file_hooks())?;
+    Ok(EmptyPrograms { _ebpf: object.ebpf, _links: links, missing_hooks })
 }
 
 /// The loaded object (every map created, no program loaded yet) and the
