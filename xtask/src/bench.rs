@@ -343,10 +343,8 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
     }
 }
 
-/// Sets up the kernels of `series`, builds `enforcer` and `enforcer-bench` (release)
-/// and names them as the guest sees them.
-pub(crate) fn guest_binaries(series: &[String]) -> Result<Vec<(std::path::PathBuf, String)>> {
-    setup::ensure(true, series)?;
+/// `enforcer` and `enforcer-bench`, built for release: what every benchmark runs.
+pub(crate) fn release_binaries() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let built = cargo::build(&[
         "build",
         "--release",
@@ -359,10 +357,15 @@ pub(crate) fn guest_binaries(series: &[String]) -> Result<Vec<(std::path::PathBu
         "--bin",
         "enforcer-bench",
     ])?;
-    Ok(vec![
-        (cargo::executable(&built, "bin", "enforcer")?, "/bin/enforcer".to_string()),
-        (cargo::executable(&built, "bin", "enforcer-bench")?, "/bin/enforcer-bench".to_string()),
-    ])
+    Ok((cargo::executable(&built, "bin", "enforcer")?, cargo::executable(&built, "bin", "enforcer-bench")?))
+}
+
+/// Sets up the kernels of `series`, builds `enforcer` and `enforcer-bench` (release)
+/// and names them as the guest sees them.
+pub(crate) fn guest_binaries(series: &[String]) -> Result<Vec<(std::path::PathBuf, String)>> {
+    setup::ensure(true, series)?;
+    let (enforcer, bench) = release_binaries()?;
+    Ok(vec![(enforcer, "/bin/enforcer".to_string()), (bench, "/bin/enforcer-bench".to_string())])
 }
 
 fn run_files(opts: &FilesOptions) -> Result<ExitCode> {

@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 
-use crate::{cargo, cmd};
+use crate::cmd;
 
 #[derive(Debug, Parser)]
 pub struct DaemonOptions {
@@ -52,20 +52,7 @@ pub fn run(opts: &DaemonOptions) -> Result<ExitCode> {
     if !cmd::is_root() {
         bail!("cargo xtask bench daemon loads BPF programs: run it as root");
     }
-    let built = cargo::build(&[
-        "build",
-        "--release",
-        "-p",
-        "enforcer",
-        "-p",
-        "enforcer-tests",
-        "--bin",
-        "enforcer",
-        "--bin",
-        "enforcer-bench",
-    ])?;
-    let enforcer = cargo::executable(&built, "bin", "enforcer")?;
-    let bench = cargo::executable(&built, "bin", "enforcer-bench")?;
+    let (enforcer, bench) = crate::bench::release_binaries()?;
     let _ = std::fs::remove_dir_all(BASE);
     let base = Path::new(BASE);
     std::fs::create_dir_all(base.join("policies"))?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use crate::vm::{self, VmSpec};
-use crate::{cargo, cmd, kernel, setup};
+use crate::{cmd, kernel, setup};
 
 const TIMEOUT: Duration = Duration::from_mins(40);
 
@@ -43,20 +43,7 @@ pub fn run(bench: &Bench<'_>, targets: &Targets<'_>) -> Result<ExitCode> {
     let name = bench.name;
     let series: Vec<String> = if targets.host_only { Vec::new() } else { kernel::chosen(targets.kernels) };
     setup::ensure(!series.is_empty(), &series)?;
-    let built = cargo::build(&[
-        "build",
-        "--release",
-        "-p",
-        "enforcer",
-        "-p",
-        "enforcer-tests",
-        "--bin",
-        "enforcer",
-        "--bin",
-        "enforcer-bench",
-    ])?;
-    let enforcer = cargo::executable(&built, "bin", "enforcer")?;
-    let bench_bin = cargo::executable(&built, "bin", "enforcer-bench")?;
+    let (enforcer, bench_bin) = crate::bench::release_binaries()?;
     let mut reports = Vec::new();
     let mut ok = true;
 
