@@ -57,28 +57,6 @@ pub fn hash(text: &str) -> String {
 /// A policy file's path and text.
 pub type PolicyFile = (PathBuf, String);
 
-/// The policy files of `dir` (sorted) with their text; unreadable ones are
-/// rejected.
-pub fn scan(dir: &Path) -> Result<(Vec<PolicyFile>, Vec<Rejected>), std::io::Error> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
-        .collect();
-    files.sort();
-    let mut texts = Vec::new();
-    let mut rejected = Vec::new();
-    for file in files {
-        match std::fs::read_to_string(&file) {
-            Ok(text) => texts.push((file, text)),
-            Err(e) => {
-                rejected.push(Rejected { file: file.clone(), error: format!("{}: cannot read: {e}", file.display()) });
-            }
-        }
-    }
-    Ok((texts, rejected))
-}
-
 /// Compiles `text` (read from `file`) as version `version` with id `id`.
 pub fn compile_file(file: &Path, text: &str, id: u16, version: u32) -> Result<Loaded, String> {
     let (policy, warnings) = policy::parse(text, file).map_err(|e| e.to_string())?;

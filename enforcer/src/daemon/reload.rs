@@ -21,16 +21,38 @@ pub struct Scan {
     pub unreadable: bool,
 }
 
-/// Reads the policy directory `dir`.
+/// Reads the policy directory `dir`: its `*.toml` files (sorted) with their
+/// text; unreadable ones are rejected.
 #[must_use]
 pub fn scan(dir: &Path) -> Scan {
-    match policies::scan(dir) {
-        Ok((files, rejected)) => Scan { files, rejected, unreadable: false },
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
         Err(e) => {
             let error = format!("{}: cannot read the policy directory: {e}", dir.display());
-            Scan { files: Vec::new(), rejected: vec![Rejected { file: dir.to_owned(), error }], unreadable: true }
+            return Scan {
+                files: Vec::new(),
+                rejected: vec![Rejected { file: dir.to_owned(), error }],
+                unreadable: true,
+            };
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    let mut scan = Scan { files: Vec::new(), rejected: Vec::new(), unreadable: false };
+    for file in paths {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => scan.files.push((file, text)),
+            Err(e) => {
+                let error = format!("{}: cannot read: {e}", file.display());
+                scan.rejected.push(Rejected { file, error });
+            }
         }
     }
+    scan
 }
 
 /// What a reload changes.

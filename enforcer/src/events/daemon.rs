@@ -94,7 +94,7 @@ impl DaemonLine {
     /// A line stamped now.
     #[must_use]
     pub fn now(what: DaemonEvent) -> Self {
-        Self { ts: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(), what }
+        Self { ts: super::Clock::now(), what }
     }
 
     /// The line's `kind`.
