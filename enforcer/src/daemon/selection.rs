@@ -139,31 +139,19 @@ impl Selection {
     ) -> Result<(Vec<SelectedCgroup>, Vec<SelectedCgroup>), LoadError> {
         let started = monotonic_ns();
         let found = walk(hierarchy, &self.roots());
-        let table = enforcer.selector_table();
-        let wanted: HashMap<u64, (u32, &Found)> =
-            found.iter().filter_map(|f| selectors::selects(table, &f.name).map(|slot| (f.id, (slot, f)))).collect();
         let recorded: HashMap<u64, Selected> = enforcer.selected().into_iter().collect();
-        let seen: HashSet<u64> = found.iter().map(|f| f.id).collect();
-        let missing: Vec<(u64, Selected)> = wanted
-            .iter()
-            .filter(|(id, (slot, _))| recorded.get(id).is_none_or(|r| r.slot != *slot))
-            .map(|(&id, &(slot, f))| (id, Selected { slot, level: f.level, since_ns: started }))
-            .collect();
+        let changes = changes(&found, enforcer.selector_table(), &recorded, started);
         // The filter lets a cgroup through before it is recorded.
         let mut filter = enforcer.extra_filter();
-        for (id, selected) in &missing {
+        for (id, selected) in &changes.select {
             filter.insert(*id, selected.level);
         }
         enforcer.set_extra_filter(&filter)?;
-        for (id, selected) in missing {
+        for &(id, selected) in &changes.select {
             enforcer.select(id, selected)?;
         }
-        // A recorded cgroup the walk did not see is gone, unless the kernel
-        // recorded it after the walk began.
-        for (id, selected) in &recorded {
-            if !wanted.contains_key(id) && (seen.contains(id) || selected.since_ns < started) {
-                enforcer.unselect(*id)?;
-            }
+        for &id in &changes.unselect {
+            enforcer.unselect(id)?;
         }
         let mut filter = self.levels();
         let now = enforcer.selected();
@@ -171,21 +159,25 @@ impl Selection {
             filter.insert(*id, selected.level);
         }
         enforcer.set_extra_filter(&filter)?;
+        Ok(self.take_listing(&now, &found, tagged))
+    }
+
+    /// Makes `now` (the kernel's records, tagged cgroups left out) the
+    /// listing of selected cgroups; returns those that came and went.
+    fn take_listing(
+        &mut self,
+        now: &[(u64, Selected)],
+        found: &[Found],
+        tagged: &HashSet<u64>,
+    ) -> (Vec<SelectedCgroup>, Vec<SelectedCgroup>) {
         let names: HashMap<u64, &Found> = found.iter().map(|f| (f.id, f)).collect();
         let current: BTreeMap<u64, SelectedCgroup> = now
             .iter()
             .filter(|(id, _)| !tagged.contains(id))
             .map(|&(id, selected)| {
                 let cgroup = names.get(&id).map_or_else(|| format!("(cgroup id {id})"), |f| f.name.clone());
-                (
-                    id,
-                    SelectedCgroup {
-                        cgroup,
-                        cgroup_id: id,
-                        level: selected.level,
-                        policy: self.policy_of(selected.slot),
-                    },
-                )
+                let policy = self.policy_of(selected.slot);
+                (id, SelectedCgroup { cgroup, cgroup_id: id, level: selected.level, policy })
             })
             .collect();
         let came: Vec<SelectedCgroup> =
@@ -193,7 +185,7 @@ impl Selection {
         let went: Vec<SelectedCgroup> =
             self.cgroups.iter().filter(|(id, _)| !current.contains_key(id)).map(|(_, c)| c.clone()).collect();
         self.cgroups = current;
-        Ok((came, went))
+        (came, went)
     }
 
     /// The levels the globs in force select at.
@@ -208,6 +200,38 @@ struct Found {
     name: String,
     id: u64,
     level: u32,
+}
+
+/// What a reconcile writes to `SELECTED`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Changes {
+    /// Cgroups the selectors match that are not recorded with that slot.
+    select: Vec<(u64, Selected)>,
+    /// Recorded cgroups that no longer match, or are gone.
+    unselect: Vec<u64>,
+}
+
+/// The changes that make `recorded` what `table` selects of `found` (the
+/// cgroups a walk that began at `started` saw).
+fn changes(found: &[Found], table: &SelectorTable, recorded: &HashMap<u64, Selected>, started: u64) -> Changes {
+    let wanted: HashMap<u64, (u32, &Found)> =
+        found.iter().filter_map(|f| selectors::selects(table, &f.name).map(|slot| (f.id, (slot, f)))).collect();
+    let seen: HashSet<u64> = found.iter().map(|f| f.id).collect();
+    let mut select: Vec<(u64, Selected)> = wanted
+        .iter()
+        .filter(|(id, (slot, _))| recorded.get(id).is_none_or(|r| r.slot != *slot))
+        .map(|(&id, &(slot, f))| (id, Selected { slot, level: f.level, since_ns: started }))
+        .collect();
+    // A recorded cgroup the walk did not see is gone, unless the kernel
+    // recorded it after the walk began.
+    let mut unselect: Vec<u64> = recorded
+        .iter()
+        .filter(|(id, selected)| !wanted.contains_key(id) && (seen.contains(id) || selected.since_ns < started))
+        .map(|(&id, _)| id)
+        .collect();
+    select.sort_by_key(|(id, _)| *id);
+    unselect.sort_unstable();
+    Changes { select, unselect }
 }
 
 /// Every cgroup below `roots` (the roots themselves included).
@@ -233,4 +257,110 @@ fn walk(hierarchy: &Hierarchy, roots: &[String]) -> Vec<Found> {
 fn monotonic_ns() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::daemon::policies::compile_file;
+
+    fn policy(name: &str, id: u16, globs: &[&str]) -> Loaded {
+        let globs: Vec<String> = globs.iter().map(|g| format!("\"{g}\"")).collect();
+        let text = format!("name = \"{name}\"\nmode = \"enforce\"\ncgroups = [{}]\n", globs.join(", "));
+        compile_file(Path::new(&format!("{name}.toml")), &text, id, 1).unwrap()
+    }
+
+    fn found(name: &str, id: u64) -> Found {
+        Found { name: name.to_owned(), id, level: u32::try_from(name.matches('/').count()).unwrap() }
+    }
+
+    fn selected(slot: u32, level: u32, since_ns: u64) -> Selected {
+        Selected { slot, level, since_ns }
+    }
+
+    /// A selection with `policies` committed.
+    fn committed(policies: &[&Loaded]) -> (Selection, Box<SelectorTable>) {
+        let mut selection = Selection::default();
+        let built = selection.table(policies.iter().copied(), &HashSet::new(), &[]).unwrap();
+        selection.commit(built.choice);
+        (selection, built.table)
+    }
+
+    #[test]
+    fn each_policy_with_globs_gets_a_slot_of_its_own_and_keeps_it_across_tables() {
+        let (a, b, plain) = (policy("a", 1, &["/agents/a-*"]), policy("b", 2, &["/agents/b-*"]), policy("c", 3, &[]));
+        let (selection, table) = committed(&[&a, &b, &plain]);
+        assert_eq!(selection.slots, BTreeMap::from([("a".to_owned(), 0), ("b".to_owned(), 1)]));
+        assert_eq!(selectors::selects(&table, "/agents/b-7"), Some(1));
+        assert_eq!(selectors::selects(&table, "/agents/c-7"), None);
+        assert_eq!(table.tags[1], b.tag);
+        // `a` is gone: `b` keeps slot 1 (cgroups are recorded with it).
+        let again = selection.table([&b], &HashSet::new(), &[]).unwrap();
+        assert_eq!(again.choice.slots, BTreeMap::from([("b".to_owned(), 1)]));
+        assert_eq!(selectors::selects(&again.table, "/agents/b-7"), Some(1));
+        assert_eq!(selection.roots(), ["/agents"]);
+    }
+
+    #[test]
+    fn a_new_policy_never_gets_a_slot_cgroups_are_still_recorded_with() {
+        let a = policy("a", 1, &["/agents/*"]);
+        let recorded = [(40, selected(0, 2, 1)), (41, selected(1, 2, 1))];
+        let built = Selection::default().table([&a], &HashSet::new(), &recorded).unwrap();
+        assert_eq!(built.choice.slots["a"], 2);
+    }
+
+    #[test]
+    fn cgroups_whose_path_was_not_read_whole_are_judged_by_the_locked_tag() {
+        let (_, table) = committed(&[]);
+        let locked = table.tags[SLOT_UNRESOLVED as usize];
+        assert_eq!(locked.policy_id, u32::from(LOCKED_POLICY_ID));
+        assert_eq!(locked.flags, TAG_FILES | TAG_NET | TAG_EXEC);
+    }
+
+    #[test]
+    fn an_orphaned_policy_keeps_its_slot_but_selects_nothing_more() {
+        let a = policy("a", 1, &["/agents/*"]);
+        let (selection, _) = committed(&[&a]);
+        let built = selection.table([&a], &HashSet::from(["a".to_owned()]), &[]).unwrap();
+        assert_eq!(built.choice.slots["a"], 0);
+        assert_eq!(selectors::selects(&built.table, "/agents/x"), None);
+        assert_eq!(built.levels, TagFilter::EMPTY);
+    }
+
+    #[test]
+    fn reconcile_records_matching_cgroups_and_forgets_those_gone_or_no_longer_matching() {
+        let a = policy("a", 1, &["/agents/*"]);
+        let (_, table) = committed(&[&a]);
+        let walk_began = 1_000;
+        let found = [found("/agents", 10), found("/agents/new", 11), found("/agents/kept", 12), found("/other", 13)];
+        let recorded = HashMap::from([
+            (12, selected(0, 2, 5)),
+            // Recorded with another slot: recorded again.
+            (11, selected(3, 2, 5)),
+            // Seen, no longer matching.
+            (13, selected(0, 1, 5)),
+            // Not seen: gone, unless recorded after the walk began.
+            (14, selected(0, 2, walk_began - 1)),
+            (15, selected(0, 2, walk_began + 1)),
+        ]);
+        let changes = changes(&found, &table, &recorded, walk_began);
+        assert_eq!(changes, Changes { select: vec![(11, selected(0, 2, walk_began))], unselect: vec![13, 14] });
+    }
+
+    #[test]
+    fn the_listing_leaves_tagged_cgroups_out_and_reports_what_came_and_went() {
+        let a = policy("a", 1, &["/agents/*"]);
+        let (mut selection, _) = committed(&[&a]);
+        let found = [found("/agents/x", 11), found("/agents/y", 12)];
+        let (came, went) = selection.take_listing(&[(11, selected(0, 2, 1))], &found, &HashSet::new());
+        assert_eq!((came.len(), went.len()), (1, 0));
+        assert_eq!((came[0].cgroup.as_str(), came[0].policy.as_str()), ("/agents/x", "a"));
+        let now = [(12, selected(0, 2, 1)), (13, selected(SLOT_UNRESOLVED, 2, 1))];
+        let (came, went) = selection.take_listing(&now, &found, &HashSet::from([12]));
+        assert_eq!(came.iter().map(|c| c.cgroup.as_str()).collect::<Vec<_>>(), ["(cgroup id 13)"]);
+        assert_eq!(came[0].policy, "(unresolved selector)");
+        assert_eq!(went.iter().map(|c| c.cgroup_id).collect::<Vec<_>>(), [11]);
+    }
 }
