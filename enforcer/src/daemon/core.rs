@@ -17,6 +17,7 @@ use super::{
     policies::{self, Ids, Loaded, Rejected},
     reload::{self, Plan},
     selection::{LOCKED_POLICY_ID, SelectedCgroup, Selection},
+    tagging,
     wire::Tag,
 };
 use crate::{
@@ -282,15 +283,10 @@ impl Core {
         Ok(())
     }
 
-    /// Resolves a cgroup argument: a path below the cgroup2 mount (`/a/b`)
-    /// or the same with the mount point in front.
+    /// Resolves a cgroup argument (see [`tagging::cgroup_dir`]) to an
+    /// existing cgroup.
     fn cgroup(&self, arg: &str) -> Result<Cgroup, OpError> {
-        let mount = &self.hierarchy.mount_point;
-        let path = Path::new(arg);
-        let path = if path.starts_with(mount) { path.to_owned() } else { mount.join(arg.trim_start_matches('/')) };
-        if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(OpError::Invalid(format!("cgroup `{arg}`: `..` is not allowed")));
-        }
+        let path = tagging::cgroup_dir(&self.hierarchy.mount_point, arg)?;
         if !path.join("cgroup.procs").exists() {
             return Err(OpError::NotFound(format!(
                 "cgroup `{arg}` does not exist ({} is not a cgroup directory); create it first",
@@ -302,19 +298,9 @@ impl Core {
 
     /// Tags a cgroup with a loaded policy (again: switches its policy).
     pub fn tag(&mut self, cgroup: &str, policy: &str, labels: BTreeMap<String, String>) -> Result<Tag, OpError> {
-        let Some(loaded) = self.policies.get(policy) else {
-            let known: Vec<&str> = self.policies.keys().map(String::as_str).collect();
-            return Err(OpError::NotFound(format!(
-                "no policy named `{policy}` is loaded (loaded: {}); add its file to {}",
-                if known.is_empty() { "none".to_owned() } else { known.join(", ") },
-                self.config.policies.display()
-            )));
-        };
-        let tag_info = loaded.tag;
+        let tag_info = tagging::policy_to_tag(&self.policies, policy, &self.config.policies)?.tag;
         let cgroup = self.cgroup(cgroup)?;
-        if cgroup.level == 0 {
-            return Err(OpError::Invalid("the root cgroup cannot be tagged: tag the agent's own cgroup".to_owned()));
-        }
+        tagging::check_taggable(&cgroup)?;
         // The socket programs go on first: once tagged, all is judged.
         let timing = crate::bpf::debug_load().then(std::time::Instant::now);
         self.sync_net(Some(&cgroup))?;
@@ -365,21 +351,9 @@ impl Core {
 
     /// Untags a cgroup (by path; a removed cgroup by the path it had).
     pub fn untag(&mut self, cgroup: &str) -> Result<Tag, OpError> {
-        let name =
-            format!("/{}", cgroup.trim_start_matches(&*self.hierarchy.mount_point.to_string_lossy()).trim_matches('/'));
+        let name = tagging::cgroup_name(&self.hierarchy.mount_point, cgroup);
         let id = self.cgroup(cgroup).ok().map(|c| c.id);
-        let found = self.tags.values().find(|t| Some(t.cgroup_id) == id || t.cgroup == name).map(|t| t.cgroup_id);
-        let Some(id) = found else {
-            if let Some(selected) =
-                self.selection.cgroups.values().find(|c| Some(c.cgroup_id) == id || c.cgroup == name)
-            {
-                return Err(OpError::Invalid(format!(
-                    "cgroup `{}` was tagged by a selector of policy `{}`: change the policy's `cgroups` to release it",
-                    selected.cgroup, selected.policy
-                )));
-            }
-            return Err(OpError::NotFound(format!("cgroup `{cgroup}` is not tagged")));
-        };
+        let id = tagging::tagged_id(&self.tags, self.selection.cgroups.values(), cgroup, &name, id)?;
         self.drop_tag(id)
     }
 
@@ -435,9 +409,8 @@ impl Core {
     }
 
     /// Where the socket programs go: on each tagged cgroup and under each
-    /// selector root (the deepest existing cgroup on its path), except below
-    /// another such place (the programs there already judge it; a second set
-    /// would judge each operation again, silently).
+    /// selector root (the deepest existing cgroup on its path), the
+    /// outermost of them only (see [`tagging::outermost`]).
     fn net_points(&self, also: Option<&Cgroup>) -> Vec<Cgroup> {
         let mut points: Vec<Cgroup> = self
             .tags
@@ -452,19 +425,7 @@ impl Core {
                 points.push(cgroup);
             }
         }
-        points.sort_by_key(|c| c.level);
-        let mut kept: Vec<Cgroup> = Vec::new();
-        let mut kept_names: HashSet<String> = HashSet::new();
-        for point in points {
-            // Covered if the point or one of its ancestors is kept already.
-            let covered = std::iter::successors(Some(point.name.as_str()), |n| n.rfind('/').map(|i| &n[..i]))
-                .any(|n| kept_names.contains(if n.is_empty() { "/" } else { n }));
-            if !covered {
-                kept_names.insert(point.name.clone());
-                kept.push(point);
-            }
-        }
-        kept
+        tagging::outermost(points)
     }
 
     /// Attaches the socket programs where [`Self::net_points`] wants them,
