@@ -11,14 +11,14 @@ pub mod metrics;
 pub mod policies;
 mod reload;
 mod selection;
+mod server;
+mod tagging;
 mod watch;
 pub mod wire;
 
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
 };
 
 use tokio::{
@@ -27,18 +27,14 @@ use tokio::{
 };
 
 use self::{
-    api::Shared,
     config::{Config, ConfigError},
-    core::{Core, ReloadReport},
-    fanout::{Fanout, Feed},
-    metrics::Metrics,
-    policies::Loaded,
+    core::ReloadReport,
+    server::Daemon,
 };
 use crate::{
     bpf::{Enforcer, LoadError, Start},
-    cgroups::{CgroupError, Hierarchy},
+    cgroups::CgroupError,
     events::{DaemonEvent, DaemonLine, PolicyVersion},
-    stream::{EventStream, Sink},
 };
 
 pub struct DaemonOptions {
@@ -144,92 +140,9 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     if opts.uninstall {
         return uninstall(&config);
     }
-    if !config.policies.exists() {
-        std::fs::create_dir_all(&config.policies).map_err(io_err(&config.policies))?;
-    }
-    let (enforcer, start) = Enforcer::load_pinned(&config.bpffs)?;
-    let not_enforced = not_enforced(&enforcer, &start, opts.degraded)?;
-    let hierarchy = Hierarchy::find()?;
-    let adopted = start == Start::Adopted;
-    // Every daemon line goes through this channel to the stream task.
-    let (notices, mut notice_rx) = mpsc::unbounded_channel();
-    let (mut core, report) = Core::start(config.clone(), enforcer, hierarchy, adopted, notices.clone());
-    core.not_enforced = not_enforced;
-    release_free_memory();
-    core.config_file = opts.config.clone().or_else(|| {
-        let default = PathBuf::from(config::DEFAULT_CONFIG);
-        default.exists().then_some(default)
-    });
-    let attach_errors = core.attach_all_net();
-    if let Start::Fresh { other_builds } = &start {
-        // Our tables are published: the other builds' programs may go.
-        for build in other_builds {
-            if let Err(e) = crate::bpf::remove_pins(&config.bpffs.join(build)) {
-                eprintln!("enforcer: warning: cannot remove the pins of build {build}: {e}");
-            }
-        }
-    }
-    let ring = core.enforcer.take_events().ok_or(LoadError::MissingMap("EVENTS"))?;
-    match crate::ring_fill::RingFill::new(&ring, u64::from(enforcer_common::events::EVENTS_BYTES)) {
-        Ok(fill) => core.ring_fill = Some(fill),
-        Err(e) => {
-            eprintln!("enforcer: warning: cannot map the ring buffer's positions, its fill is not in the metrics: {e}");
-        }
-    }
-    let metrics = Arc::new(Metrics::default());
-    let feed = Feed::new(config.events.follower_buffer);
-    let fanout = Fanout::new(&config.events, feed.clone(), metrics.clone())
-        .map_err(io_err(config.events.file.as_deref().unwrap_or(Path::new("events"))))?;
-    let mut stream = EventStream::new(ring, Sink::numbered(Box::new(fanout)), core.labels.clone())
-        .map_err(io_err(Path::new("ring buffer")))?;
-    stream.set_lost_reported(core.lost_reported);
-    let started = DaemonLine::now(DaemonEvent::DaemonStarted {
-        pid: std::process::id(),
-        build: crate::bpf::build_id(),
-        adopted,
-        pins: core.enforcer.pin_dir().map(|dir| dir.display().to_string()),
-        tagged_cgroups: core.tags().len(),
-        policies: core.policies().map(Loaded::version).collect(),
-        not_enforced: core.not_enforced.clone(),
-        errors: attach_errors,
-    });
-    eprintln!(
-        "enforcer: daemon {} ({}): {} policies, {} tagged cgroups, pins in {}",
-        if adopted { "adopted the pinned programs" } else { "loaded the programs" },
-        crate::bpf::build_id(),
-        core.policies().count(),
-        core.tags().len(),
-        core.enforcer.pin_dir().map_or_else(String::new, |p| p.display().to_string())
-    );
-    stream.sink().daemon_line(&started);
-    announce_reload(&notices, &report);
-
-    let socket_gid = config.socket_gid();
-    let shared = Arc::new(Shared { core: tokio::sync::Mutex::new(core), feed, metrics, notices, socket_gid });
-    let listener = bind_socket(&config.socket, socket_gid)?;
-    shared.core.lock().await.protect_own_files()?;
-    tokio::spawn(serve(listener, shared.clone()));
-    if let Some(address) = config.metrics.address {
-        let listener = tokio::net::TcpListener::bind(address).await.map_err(io_err(Path::new(&address.to_string())))?;
-        let router = axum::Router::new().route("/metrics", axum::routing::get(metrics_only)).with_state(shared.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await });
-    }
-    tokio::spawn(watch::policies(config.policies.clone(), shared.clone()));
-    tokio::spawn(housekeeping(shared.clone()));
-
-    let shutdown = shutdown_signal()?;
-    stream_until(&mut stream, &shared, &mut notice_rx, shutdown).await?;
-    // Enforcement stays (it is pinned); only the API and the stream stop.
-    stream.drain();
-    let mut core = shared.core.lock().await;
-    stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
-    core.lost_reported = stream.lost_reported();
-    stream.sink().daemon_line(&DaemonLine::now(DaemonEvent::DaemonStopped { pid: std::process::id() }));
-    stream.sink().flush();
-    core.save();
-    let _ = std::fs::remove_file(&config.socket);
-    eprintln!("enforcer: daemon stopped; {} tagged cgroups stay enforced by the pinned programs", core.tags().len());
-    Ok(())
+    let daemon = Daemon::start(&opts, config)?;
+    let listener = bind_socket(&daemon.config.socket, daemon.config.socket_gid())?;
+    daemon.run(listener, shutdown_signal()?).await
 }
 
 /// Resolves at the first SIGTERM or SIGINT (the handlers are in place on
@@ -243,55 +156,6 @@ fn shutdown_signal() -> Result<impl Future<Output = ()>, DaemonError> {
             _ = interrupt.recv() => {}
         }
     })
-}
-
-/// Streams events, the daemon's lines and lost counts until `shutdown`.
-async fn stream_until(
-    stream: &mut EventStream,
-    shared: &Shared,
-    notice_rx: &mut mpsc::UnboundedReceiver<DaemonLine>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DaemonError> {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            result = stream.next_batch() => result.map_err(io_err(Path::new("ring buffer")))?,
-            Some(notice) = notice_rx.recv() => {
-                stream.sink().daemon_line(&notice);
-                stream.sink().flush();
-            }
-            _ = tick.tick() => {
-                let mut core = shared.core.lock().await;
-                stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
-                stream.sink().flush();
-                if stream.lost_reported() != core.lost_reported {
-                    core.lost_reported = stream.lost_reported();
-                    core.save();
-                }
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    Ok(())
-}
-
-/// Every few seconds: protects the daemon's files anew (a config or events
-/// file replaced has a new inode) and drops the tags of removed cgroups.
-async fn housekeeping(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tick.tick().await;
-        let mut core = shared.core.lock().await;
-        if let Err(e) = core.protect_own_files() {
-            eprintln!("enforcer: warning: cannot update the protected files: {e}");
-        }
-        for tag in core.sweep() {
-            let removed =
-                DaemonEvent::Untagged { cgroup: tag.cgroup, policy: tag.policy, reason: Some("cgroup removed") };
-            let _ = shared.notices.send(DaemonLine::now(removed));
-        }
-    }
 }
 
 /// glibc raises its mmap threshold after freeing large blocks, after which
@@ -337,47 +201,6 @@ pub fn announce_reload(notices: &mpsc::UnboundedSender<DaemonLine>, report: &Rel
     let reload =
         DaemonEvent::PolicyReload { applied, unloaded: report.unloaded.clone(), rejected: report.rejected.clone() };
     let _ = notices.send(DaemonLine::now(reload));
-}
-
-async fn metrics_only(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> String {
-    let snapshot = api::snapshot(&*shared.core.lock().await);
-    shared.metrics.render(&snapshot)
-}
-
-/// API connections served at once; more are closed at once (followers count).
-const API_CONNECTIONS_MAX: usize = 512;
-/// Time a client has to send a request's headers (also between requests):
-/// a connection that sends nothing does not hold a slot for ever.
-const API_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Accepts API connections; each peer is checked before it is served.
-async fn serve(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
-    let router = api::router(shared.clone());
-    let slots = Arc::new(tokio::sync::Semaphore::new(API_CONNECTIONS_MAX));
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            eprintln!("enforcer: API connection refused: {API_CONNECTIONS_MAX} connections are open");
-            continue;
-        };
-        let service = match api::refuse_peer(&shared, stream.peer_cred().ok()).await {
-            None => router.clone(),
-            Some(why) => {
-                eprintln!("enforcer: API request refused: {why}");
-                api::refusing(why)
-            }
-        };
-        tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let service = hyper_util::service::TowerToHyperService::new(service);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(API_HEADER_TIMEOUT)
-                .serve_connection(io, service)
-                .await;
-            drop(slot);
-        });
-    }
 }
 
 /// The API socket: root's, and the socket group's if one is configured.
