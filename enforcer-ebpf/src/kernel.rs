@@ -49,10 +49,18 @@ pub trait Field {
     unsafe fn probe(base: *const u8) -> u64;
 }
 
-/// Declares field types: `Name: size = KernelOffsets entry`.
+/// One reader type per kernel field the programs load (from the list in
+/// `enforcer_common::kernel_fields!`, where each field is declared once).
 macro_rules! fields {
-    ($($(#[$doc:meta])* $name:ident: $size:ident = $entry:ident;)*) => {$(
-        $(#[$doc])*
+    ($($(#[$doc:meta])* $entry:ident: [$($reader:tt)*] = $source:tt;)*) => {$(
+        field!($entry [$($reader)*] $source);
+    )*};
+}
+
+macro_rules! field {
+    ($entry:ident [] $source:tt) => {};
+    ($entry:ident [$name:ident: $size:ident] $source:tt) => {
+        #[doc = concat!("The kernel field `", stringify!($source), "` (`KernelOffsets::", stringify!($entry), "`).")]
         pub struct $name;
 
         impl Field for $name {
@@ -85,122 +93,10 @@ macro_rules! fields {
                 value.map_or(0, u64::from)
             }
         }
-    )*};
+    };
 }
 
-fields! {
-    /// `file->f_mode`
-    FileMode: u32 = file_f_mode;
-    /// `file->f_flags`
-    FileFlags: u32 = file_f_flags;
-    /// `file->f_path.dentry`
-    FileDentry: u64 = file_f_path_dentry;
-    /// `file->f_path.mnt`
-    FileMnt: u64 = file_f_path_mnt;
-    /// `file->f_inode`
-    FileInode: u64 = file_f_inode;
-    /// `path->mnt`
-    PathMnt: u64 = path_mnt;
-    /// `path->dentry`
-    PathDentry: u64 = path_dentry;
-    /// `dentry->d_parent`
-    DentryParent: u64 = dentry_d_parent;
-    /// `dentry->d_inode`
-    DentryInode: u64 = dentry_d_inode;
-    /// `dentry->d_name.name`
-    DentryName: u64 = dentry_d_name_ptr;
-    /// `dentry->d_sb`
-    DentrySb: u64 = dentry_d_sb;
-    /// `inode->i_ino`
-    InodeIno: u64 = inode_i_ino;
-    /// `inode->i_mode`
-    InodeMode: u16 = inode_i_mode;
-    /// `inode->i_sb`
-    InodeSb: u64 = inode_i_sb;
-    /// `super_block->s_dev`
-    SuperBlockDev: u32 = super_block_s_dev;
-    /// `mount->mnt_parent`
-    MountParent: u64 = mount_mnt_parent;
-    /// `mount->mnt_mountpoint`
-    MountMountpoint: u64 = mount_mnt_mountpoint;
-    /// `vfsmount->mnt_root`
-    VfsmountRoot: u64 = vfsmount_mnt_root;
-    /// `vfsmount->mnt_sb`
-    VfsmountSb: u64 = vfsmount_mnt_sb;
-    /// `iattr->ia_valid`
-    IattrValid: u32 = iattr_ia_valid;
-    /// `task->mm`
-    TaskMm: u64 = task_struct_mm;
-    /// `mm->exe_file`
-    MmExeFile: u64 = mm_struct_exe_file;
-    /// `task->cgroups`
-    TaskCgroups: u64 = task_struct_cgroups;
-    /// `css_set->dfl_cgrp`
-    CssSetDflCgrp: u64 = css_set_dfl_cgrp;
-    /// `cgroup->level`
-    CgroupLevel: u32 = cgroup_level;
-    /// `cgroup->kn`
-    CgroupKn: u64 = cgroup_kn;
-    /// `cgroup->root`
-    CgroupRoot: u64 = cgroup_root;
-    /// `kernfs_node->parent`
-    KernfsParent: u64 = kernfs_node_parent;
-    /// `kernfs_node->id`
-    KernfsId: u64 = kernfs_node_id;
-    /// `unix_sock->addr`
-    UnixSockAddr: u64 = unix_sock_addr;
-    /// `unix_address->len`
-    UnixAddressLen: u32 = unix_address_len;
-    /// `socket->sk`
-    SocketSk: u64 = socket_sk;
-    /// `linux_binprm->file`
-    BprmFile: u64 = linux_binprm_file;
-    /// `inode->__i_nlink`
-    InodeNlink: u32 = inode_i_nlink;
-    /// `inode->i_rdev`
-    InodeRdev: u32 = inode_i_rdev;
-    /// `super_block->s_magic`
-    SuperBlockMagic: u64 = super_block_s_magic;
-    /// `task->seccomp.mode`
-    TaskSeccompMode: u32 = task_struct_seccomp_mode;
-    /// `cred->uid.val` and the other ids
-    CredUid: u32 = cred_uid;
-    CredEuid: u32 = cred_euid;
-    CredSuid: u32 = cred_suid;
-    CredFsuid: u32 = cred_fsuid;
-    CredGid: u32 = cred_gid;
-    CredEgid: u32 = cred_egid;
-    CredSgid: u32 = cred_sgid;
-    CredFsgid: u32 = cred_fsgid;
-    /// `task->tgid`
-    TaskTgid: u32 = task_struct_tgid;
-    /// `file->f_owner` where it is a pointer (Linux 6.12+)
-    FileOwner: u64 = file_f_owner;
-    /// `dentry->d_fsdata`
-    DentryFsdata: u64 = dentry_d_fsdata;
-    /// `tty->session`
-    TtySession: u64 = tty_struct_session;
-    /// `task->signal`
-    TaskSignal: u64 = task_struct_signal;
-    /// `signal->pids[PIDTYPE_SID]`
-    SignalSession: u64 = signal_struct_session;
-    /// `mount->mnt_ns`
-    MountNs: u64 = mount_mnt_ns;
-    /// `mnt_namespace->seq`
-    MntNamespaceSeq: u64 = mnt_namespace_seq;
-    /// `mnt_namespace->is_anon` (Linux 7.x)
-    MntNamespaceIsAnon: u8 = mnt_namespace_is_anon;
-    /// `msghdr->msg_control`
-    MsghdrControl: u64 = msghdr_msg_control;
-    /// `msghdr->msg_controllen`
-    MsghdrControllen: u64 = msghdr_msg_controllen;
-    /// `dentry->d_name.len`
-    DentryNameLen: u32 = dentry_d_name_len;
-    /// `task->fs`
-    TaskFs: u64 = task_struct_fs;
-    /// `fs_struct->root.mnt`
-    FsRootMnt: u64 = fs_struct_root_mnt;
-}
+enforcer_common::kernel_fields!(fields);
 
 pub trait Read {
     /// Reads field `F` of the struct at `base`, zero-extended; a fault

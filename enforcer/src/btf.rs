@@ -48,6 +48,11 @@ pub enum BtfError {
          this kernel's layout is not supported yet; please report it with `uname -r`"
     )]
     Layout(&'static str),
+    #[error(
+        "the kernel field `{0}` is left to the loader in enforcer-common's kernel_fields!, but \
+         enforcer/src/kernel.rs does not compute it"
+    )]
+    Uncomputed(&'static str),
 }
 
 struct Member {

@@ -26,8 +26,9 @@ pub enum FieldLoadError {
     )]
     UnknownField { index: usize },
     #[error(
-        "field {index} of KernelOffsets is at offset {offset} in this kernel, too far for a BPF load \
-         instruction (at most {}); this kernel's layout is not supported",
+        "the kernel field `{}` is at offset {offset} in this kernel, too far for a BPF load instruction (at \
+         most {}); this kernel's layout is not supported",
+        KernelOffsets::NAMES[*index],
         FIELD_LOAD_MARK - 1
     )]
     TooFar { index: usize, offset: u32 },

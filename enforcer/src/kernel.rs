@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use enforcer_common::KernelOffsets;
+use enforcer_common::{KernelOffsets, Source};
 
 use crate::btf::{Btf, BtfError};
 
@@ -100,89 +100,66 @@ fn rdonly_cast_ids(btf: &Btf) -> [u32; 3] {
     }
 }
 
+/// Every field where its [`Source`] says (`enforcer_common::kernel_fields!`).
 fn read_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
-    let path_dentry = btf.field_offset("path", &["dentry"])?;
-    let [rdonly_cast, dentry_btf_id, mount_btf_id] = rdonly_cast_ids(btf);
-    Ok(KernelOffsets {
-        rdonly_cast,
-        dentry_btf_id,
-        mount_btf_id,
-        vfsmount_mnt_sb: btf.field_offset("vfsmount", &["mnt_sb"])?,
-        file_f_mode: btf.field_offset("file", &["f_mode"])?,
-        file_f_flags: btf.field_offset("file", &["f_flags"])?,
-        file_f_path_dentry: btf.field_offset("file", &["f_path", "dentry"])?,
-        file_f_path_mnt: btf.field_offset("file", &["f_path", "mnt"])?,
-        file_f_inode: btf.field_offset("file", &["f_inode"])?,
-        inode_i_sb: btf.field_offset("inode", &["i_sb"])?,
-        path_mnt: btf.field_offset("path", &["mnt"])?,
-        path_dentry,
-        dentry_d_parent: btf.field_offset("dentry", &["d_parent"])?,
-        dentry_d_inode: btf.field_offset("dentry", &["d_inode"])?,
-        dentry_d_name_ptr: btf.field_offset("dentry", &["d_name", "name"])?,
-        inode_i_ino: btf.field_offset("inode", &["i_ino"])?,
-        super_block_s_dev: btf.field_offset("super_block", &["s_dev"])?,
-        mount_mnt: btf.field_offset("mount", &["mnt"])?,
-        mount_mnt_parent: btf.field_offset("mount", &["mnt_parent"])?,
-        mount_mnt_mountpoint: btf.field_offset("mount", &["mnt_mountpoint"])?,
-        vfsmount_mnt_root: btf.field_offset("vfsmount", &["mnt_root"])?,
-        iattr_ia_valid: btf.field_offset("iattr", &["ia_valid"])?,
-        inode_setattr_dentry_arg: btf.param_index("bpf_lsm_inode_setattr", "dentry")?,
-        inode_xattr_dentry_arg: btf.param_index("bpf_lsm_inode_setxattr", "dentry")?,
-        task_struct_mm: btf.field_offset("task_struct", &["mm"])?,
-        mm_struct_exe_file: btf.field_offset("mm_struct", &["exe_file"])?,
-        inode_i_mode: btf.field_offset("inode", &["i_mode"])?,
-        task_struct_cgroups: btf.field_offset("task_struct", &["cgroups"])?,
-        css_set_dfl_cgrp: btf.field_offset("css_set", &["dfl_cgrp"])?,
-        cgroup_level: btf.field_offset("cgroup", &["level"])?,
-        cgroup_kn: btf.field_offset("cgroup", &["kn"])?,
-        cgroup_root: btf.field_offset("cgroup", &["root"])?,
-        // Renamed `__parent` in Linux 6.15 (it became RCU-protected).
-        kernfs_node_parent: btf
-            .field_offset("kernfs_node", &["parent"])
-            .or_else(|_| btf.field_offset("kernfs_node", &["__parent"]))?,
-        kernfs_node_id: btf.field_offset("kernfs_node", &["id"])?,
-        dentry_d_sb: btf.field_offset("dentry", &["d_sb"])?,
-        unix_sock_addr: btf.field_offset("unix_sock", &["addr"])?,
-        unix_address_len: btf.field_offset("unix_address", &["len"])?,
-        unix_address_name: btf.field_offset("unix_address", &["name"])?,
-        socket_sk: btf.field_offset("socket", &["sk"])?,
-        linux_binprm_file: btf.field_offset("linux_binprm", &["file"])?,
-        inode_i_nlink: btf.field_offset("inode", &["__i_nlink"])?,
-        inode_i_rdev: btf.field_offset("inode", &["i_rdev"])?,
-        super_block_s_magic: btf.field_offset("super_block", &["s_magic"])?,
-        task_struct_seccomp_mode: btf.field_offset("task_struct", &["seccomp", "mode"])?,
-        cred_uid: btf.field_offset("cred", &["uid"])?,
-        cred_euid: btf.field_offset("cred", &["euid"])?,
-        cred_suid: btf.field_offset("cred", &["suid"])?,
-        cred_fsuid: btf.field_offset("cred", &["fsuid"])?,
-        cred_gid: btf.field_offset("cred", &["gid"])?,
-        cred_egid: btf.field_offset("cred", &["egid"])?,
-        cred_sgid: btf.field_offset("cred", &["sgid"])?,
-        cred_fsgid: btf.field_offset("cred", &["fsgid"])?,
-        task_struct_tgid: btf.field_offset("task_struct", &["tgid"])?,
-        file_f_owner: btf.field_offset("file", &["f_owner"])?,
-        file_f_owner_is_ptr: u32::from(btf.field_is_pointer("file", "f_owner")?),
-        dentry_d_fsdata: btf.field_offset("dentry", &["d_fsdata"])?,
-        // Inside `ctrl` since Linux 5.12.
-        tty_struct_session: btf
-            .field_offset("tty_struct", &["ctrl", "session"])
-            .or_else(|_| btf.field_offset("tty_struct", &["session"]))?,
-        task_struct_signal: btf.field_offset("task_struct", &["signal"])?,
-        mount_mnt_ns: btf.field_offset("mount", &["mnt_ns"])?,
-        // Linux 6.15 numbers namespaces in `ns.ns_id` instead (0 still
-        // marks an anonymous one).
-        mnt_namespace_seq: btf
-            .field_offset("mnt_namespace", &["seq"])
-            .or_else(|_| btf.field_offset("mnt_namespace", &["ns", "ns_id"]))?,
-        // Linux 7.x numbers anonymous namespaces as well and flags them.
-        mnt_namespace_is_anon: btf.field_offset("mnt_namespace", &["is_anon"]).unwrap_or(KernelOffsets::ABSENT),
-        dentry_d_name_len: btf.field_offset("dentry", &["d_name", "len"])?,
-        task_struct_fs: btf.field_offset("task_struct", &["fs"])?,
-        fs_struct_root_mnt: btf.field_offset("fs_struct", &["root", "mnt"])?,
-        msghdr_msg_control: btf.field_offset("msghdr", &["msg_control"])?,
-        msghdr_msg_controllen: btf.field_offset("msghdr", &["msg_controllen"])?,
-        signal_struct_session: btf.field_offset("signal_struct", &["pids"])? + PIDTYPE_SID * 8,
-        cgroup_ancestor_ids: btf.field_offset("cgroup", &["ancestor_ids"]).unwrap_or(KernelOffsets::ABSENT),
-        cgroup_ancestors: btf.field_offset("cgroup", &["ancestors"]).unwrap_or(KernelOffsets::ABSENT),
-    })
+    let mut all = [0; KernelOffsets::FIELDS];
+    for ((value, source), name) in all.iter_mut().zip(KernelOffsets::SOURCES).zip(KernelOffsets::NAMES) {
+        *value = match source {
+            Source::Btf(places) => first_offset(btf, places)?,
+            Source::OptionalBtf(places) => first_offset(btf, places).unwrap_or(KernelOffsets::ABSENT),
+            Source::Loader => computed(name).ok_or(BtfError::Uncomputed(name))?(btf)?,
+        };
+    }
+    Ok(bytemuck::cast(all))
+}
+
+/// The offset of the first of `places` (struct, field path) the kernel has.
+fn first_offset(btf: &Btf, places: &[(&str, &[&str])]) -> Result<u32, BtfError> {
+    let mut last_error = BtfError::Malformed("a field with no place to look for it");
+    for (strukt, path) in places {
+        match btf.field_offset(strukt, path) {
+            Ok(offset) => return Ok(offset),
+            Err(e) => last_error = e,
+        }
+    }
+    Err(last_error)
+}
+
+/// Computes a `(loader)` field from the kernel's BTF.
+type Compute = fn(&Btf) -> Result<u32, BtfError>;
+
+/// How the loader computes a `(loader)` field.
+fn computed(field: &str) -> Option<Compute> {
+    let compute: Compute = match field {
+        "inode_setattr_dentry_arg" => |btf| btf.param_index("bpf_lsm_inode_setattr", "dentry"),
+        "inode_xattr_dentry_arg" => |btf| btf.param_index("bpf_lsm_inode_setxattr", "dentry"),
+        "file_f_owner_is_ptr" => |btf| btf.field_is_pointer("file", "f_owner").map(u32::from),
+        "signal_struct_session" => |btf| Ok(btf.field_offset("signal_struct", &["pids"])? + PIDTYPE_SID * 8),
+        "rdonly_cast" => |btf| Ok(rdonly_cast_ids(btf)[0]),
+        "dentry_btf_id" => |btf| Ok(rdonly_cast_ids(btf)[1]),
+        "mount_btf_id" => |btf| Ok(rdonly_cast_ids(btf)[2]),
+        _ => return None,
+    };
+    Some(compute)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loader_computes_every_field_the_list_leaves_to_it() {
+        let loader = KernelOffsets::NAMES.iter().zip(KernelOffsets::SOURCES).filter(|(_, s)| *s == Source::Loader);
+        for (name, _) in loader {
+            assert!(computed(name).is_some(), "`{name}` is `(loader)` in kernel_fields!, but `computed` has no arm");
+        }
+    }
+
+    #[test]
+    fn the_list_names_fields_in_the_order_of_the_struct() {
+        let offsets = KernelOffsets { cgroup_level: 7, ..KernelOffsets::default() };
+        let index = KernelOffsets::NAMES.iter().position(|n| *n == "cgroup_level").unwrap();
+        assert_eq!(offsets.get(index), Some(7));
+        assert_eq!(KernelOffsets::SOURCES[index], Source::Btf(&[("cgroup", &["level"])]));
+    }
 }
