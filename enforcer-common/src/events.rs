@@ -213,7 +213,9 @@ pub struct EventHeader {
     pub cgroup_id: u64,
     pub pid: u32,
     pub tgid: u32,
-    pub policy_id: u32,
+    pub policy_id: crate::policy::PolicyId,
+    /// Zero.
+    pub reserved: u16,
     pub errno: u32,
     pub path_len: u16,
     pub exe_len: u16,

@@ -1,6 +1,8 @@
 //! Network policy as the kernel sees it: destination rules in an LPM trie,
 //! allowed unix socket names in a hash map, socket classes in tag flags.
 
+use crate::policy::PolicyId;
+
 /// Destination rules: an LPM trie keyed by [`NetKey`], valued [`NetPorts`].
 pub const NET_RULES_MAP: &str = "NET_RULES";
 /// Allowed unix socket names: a hash map keyed by [`UnixKey`].
@@ -76,10 +78,27 @@ pub struct NetKey {
 const _: () = assert!(core::mem::size_of::<NetKey>() == 20);
 
 impl NetKey {
-    /// The policy the entry belongs to (without [`NET_KEY_INBOUND`]).
+    /// The key of `addr` (IPv6 or IPv4-mapped) in `policy_id`'s outbound
+    /// (`connect`, `sendmsg`) or `inbound` (`listen`) entries.
+    #[inline]
     #[must_use]
-    pub fn policy(&self) -> u32 {
-        u32::from_be_bytes(self.policy_id) & !NET_KEY_INBOUND
+    pub fn new(policy_id: PolicyId, inbound: bool, addr: [u8; 16]) -> Self {
+        Self::from_word(u32::from(policy_id.0), inbound, addr)
+    }
+
+    /// [`Self::new`] with the policy id as a `u32`.
+    #[inline]
+    #[must_use]
+    pub(crate) fn from_word(policy: u32, inbound: bool, addr: [u8; 16]) -> Self {
+        let direction = if inbound { NET_KEY_INBOUND } else { 0 };
+        Self { policy_id: (policy | direction).to_be_bytes(), addr }
+    }
+
+    /// The policy the entry belongs to.
+    #[must_use]
+    #[expect(clippy::cast_possible_truncation, reason = "the id is the low 16 bits")]
+    pub fn policy(&self) -> PolicyId {
+        PolicyId(u32::from_be_bytes(self.policy_id) as u16)
     }
 }
 
@@ -140,7 +159,9 @@ pub const UNIX_PATH_BYTES: usize = 108;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct UnixKey {
-    pub policy_id: u32,
+    pub policy_id: PolicyId,
+    /// Zero.
+    pub reserved: u16,
     /// Bytes of `path` in the bound address.
     pub len: u32,
     pub path: [u8; UNIX_PATH_BYTES],

@@ -25,6 +25,29 @@ pub const MAX_TAG_LEVEL: u32 = 63;
 // new one and swaps it into the array-of-maps, so the kernel's RCU hands each
 // program run one consistent table, old or new.
 
+/// A policy version's id, as every kernel table, tag and event names it:
+/// from 1 (`enforcer run` uses 1; the daemon gives each version its own) to
+/// 65 534; [`PolicyId::NONE`] marks an empty slot and [`PolicyId::LOCKED`]
+/// the tag of cgroups whose path the kernel could not read whole.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PolicyId(pub u16);
+
+impl PolicyId {
+    /// No policy: an empty table slot, an untagged selector slot.
+    pub const NONE: Self = Self(0);
+    /// The tag of cgroups a selector may match but whose path the kernel
+    /// could not read whole: no rules carry it, so nothing is allowed.
+    pub const LOCKED: Self = Self(u16::MAX);
+}
+
+impl core::fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 const SECOND: u64 = 0xC2B2_AE3D_27D4_EB4F;
 
@@ -43,8 +66,8 @@ pub const fn tag_homes(cgroup_id: u64, seed: u64) -> [usize; 2] {
 /// The part of a file key's hash shared by one walk segment (one
 /// filesystem, one policy), computed once per mount rather than per level.
 #[must_use]
-pub const fn file_hash_base(dev: u32, policy_id: u16, seed: u64) -> u64 {
-    ((dev as u64) << 16 | policy_id as u64).wrapping_mul(SECOND).rotate_left(29) ^ seed
+pub const fn file_hash_base(dev: u32, policy_id: PolicyId, seed: u64) -> u64 {
+    ((dev as u64) << 16 | policy_id.0 as u64).wrapping_mul(SECOND).rotate_left(29) ^ seed
 }
 
 /// Home slots of an inode in a [`FileTable`], given [`file_hash_base`].
@@ -147,7 +170,7 @@ pub struct TagTable {
 pub struct FileSlot {
     pub ino: u64,
     pub dev: u32,
-    pub policy_id: u16,
+    pub policy_id: PolicyId,
     /// `FILE_*` bits.
     pub flags: u16,
 }
@@ -158,14 +181,14 @@ impl FileSlot {
     /// lie): where a root is (`dev`) and whose (`policy_id`), one value to
     /// compare.
     #[must_use]
-    pub const fn place(dev: u32, policy_id: u16) -> u64 {
-        dev as u64 | (policy_id as u64) << 32
+    pub const fn place(dev: u32, policy_id: PolicyId) -> u64 {
+        dev as u64 | (policy_id.0 as u64) << 32
     }
 
     /// The slot's flags if it holds the root `ino` on `dev` of `policy_id`.
     #[inline]
     #[must_use]
-    pub fn flags_if_holds(&self, ino: u64, dev: u32, policy_id: u16) -> Option<u16> {
+    pub fn flags_if_holds(&self, ino: u64, dev: u32, policy_id: PolicyId) -> Option<u16> {
         (self.ino == ino && self.dev == dev && self.policy_id == policy_id).then_some(self.flags)
     }
 }
@@ -287,10 +310,59 @@ pub const TAG_NO_REGULAR_FILE_ROOTS: u32 = 1 << 7;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct TagInfo {
-    pub policy_id: u32,
+    /// The [`PolicyId`], widened: the programs keep a tag in two 32-bit
+    /// registers (as `u16` and `u16` fields, LLVM packs it into one 64-bit
+    /// register and every flag test pays for it).
+    policy: u32,
     pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<TagInfo>() == 8);
+
+impl TagInfo {
+    #[inline]
+    #[must_use]
+    pub const fn new(policy_id: PolicyId, flags: u32) -> Self {
+        Self { policy: policy_id.0 as u32, flags }
+    }
+
+    #[inline]
+    #[must_use]
+    #[expect(clippy::cast_possible_truncation, reason = "`new` widened a `u16`")]
+    pub const fn policy_id(&self) -> PolicyId {
+        PolicyId(self.policy as u16)
+    }
+
+    /// Whether it names a policy (an unused selector slot's does not).
+    #[inline]
+    #[must_use]
+    pub const fn has_policy(&self) -> bool {
+        self.policy != PolicyId::NONE.0 as u32
+    }
+
+    /// The tag as one word (`policy_id | flags << 32`), for a global
+    /// function's return value.
+    #[inline]
+    #[must_use]
+    pub const fn to_bits(self) -> u64 {
+        self.policy as u64 | (self.flags as u64) << 32
+    }
+
+    /// The tag [`Self::to_bits`] gave.
+    #[inline]
+    #[must_use]
+    #[expect(clippy::cast_possible_truncation, reason = "the two halves")]
+    pub const fn from_bits(bits: u64) -> Self {
+        Self { policy: bits as u32, flags: (bits >> 32) as u32 }
+    }
+
+    /// The key of `addr` in this tag's policy's network rules (see
+    /// [`crate::net::NetKey::new`]).
+    #[inline]
+    #[must_use]
+    pub fn net_key(&self, inbound: bool, addr: [u8; 16]) -> crate::net::NetKey {
+        crate::net::NetKey::from_word(self.policy, inbound, addr)
+    }
+}
 
 /// A tree root: the inode of a directory (or file) named in a policy, on the
 /// filesystem whose superblock has device number `dev` (kernel encoding,
@@ -300,7 +372,7 @@ const _: () = assert!(core::mem::size_of::<TagInfo>() == 8);
 pub struct FileRuleKey {
     pub ino: u64,
     pub dev: u32,
-    pub policy_id: u16,
+    pub policy_id: PolicyId,
 }
 
 /// Writing below this root is allowed.
@@ -365,7 +437,7 @@ pub fn name_words(name: &[u8]) -> [u64; NAME_KEY_BYTES / 8] {
 }
 
 #[cfg(feature = "user")]
-aya_pod!(TagFilter, Tables, Protected);
+aya_pod!(PolicyId, TagFilter, Tables, Protected);
 
 #[cfg(test)]
 mod tests {

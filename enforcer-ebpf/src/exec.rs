@@ -35,7 +35,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         Some(Reason::NoSeccomp)
     } else if flags & TAG_EXEC != 0 {
         let question = Question {
-            policy_id: tag.info.policy_id as u16,
+            policy_id: tag.info.policy_id(),
             needs_tree: true,
             allow_self: true,
             read_deny: false,

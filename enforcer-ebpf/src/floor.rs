@@ -288,7 +288,7 @@ pub fn open_refused(dentry: *const u8, inode: *const u8, file_type: u32, writes:
 /// Whether the policy's `[devices]` names the node or its directory.
 #[inline(always)]
 fn policy_allows_device(tag: &Tagged, dentry: *const u8) -> bool {
-    let policy_id = tag.info.policy_id as u16;
+    let policy_id = tag.info.policy_id();
     let parent = unsafe { Direct::ptr::<DentryParent>(dentry) };
     (walk::node_flags(tag.files, policy_id, dentry) | walk::node_flags(tag.files, policy_id, parent)) & FILE_DEVICE != 0
 }

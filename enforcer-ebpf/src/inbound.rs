@@ -29,8 +29,7 @@ use aya_ebpf::{
 use enforcer_common::{
     events::Action,
     net::{
-        AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, NET_KEY_INBOUND, NET_KEY_POLICY_BITS, NetKey, PROTO_TCP,
-        PROTO_UDP, SOCK_DGRAM, SOCK_STREAM,
+        AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, NET_KEY_POLICY_BITS, PROTO_TCP, PROTO_UDP, SOCK_DGRAM, SOCK_STREAM,
     },
     policy::{TAG_AUDIT, TAG_NET, TagInfo},
 };
@@ -125,7 +124,7 @@ fn judge(ctx: &SkBuffContext) -> i32 {
 fn refuse(info: &TagInfo, skb: *mut __sk_buff, flow: &Flow, local_port: u16, proto: u8) -> i32 {
     let audit = info.flags & TAG_AUDIT != 0;
     report_inbound(&InboundDenial {
-        policy_id: info.policy_id,
+        policy_id: info.policy_id(),
         errno: if audit { 0 } else { EPERM },
         action: if audit { Action::Audit } else { Action::Deny },
         cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
@@ -227,7 +226,7 @@ fn from_own_agent(ctx: &SkBuffContext, flow: &Flow, proto: u8, agent: u64) -> bo
 /// Whether a `listen` entry of the policy allows `source` to reach `port`.
 #[inline(always)]
 fn listen_allows(info: &TagInfo, source: &[u32; 4], port: u16, proto: u8) -> bool {
-    let key = NetKey { policy_id: (info.policy_id | NET_KEY_INBOUND).to_be_bytes(), addr: words_to_bytes(source) };
+    let key = info.net_key(true, words_to_bytes(source));
     net::rule_allows(&key, NET_KEY_POLICY_BITS + 128, port, proto)
 }
 
@@ -240,10 +239,10 @@ fn is_reply(info: &TagInfo, flow: &Flow) -> bool {
         return false;
     }
     let from_loopback = flow.source == [0, 0, MAPPED, LOOPBACK4] || flow.source == LOOPBACK6;
-    if from_loopback && net::resolver_port(info.policy_id) == Some(port) {
+    if from_loopback && net::resolver_port(info.policy_id()) == Some(port) {
         return true;
     }
-    let key = NetKey { policy_id: info.policy_id.to_be_bytes(), addr: words_to_bytes(&flow.source) };
+    let key = info.net_key(false, words_to_bytes(&flow.source));
     net::destination_allows(&key, port, PROTO_UDP, unsafe { bpf_ktime_get_boot_ns() })
 }
 

@@ -24,7 +24,7 @@ use enforcer_common::{
         IPPROTO_TCP, IPPROTO_UDP, NET_KEY_POLICY_BITS, NET_RULES_MAX, NetKey, NetPorts, PROTO_TCP, PROTO_UDP,
         RESOLVERS_MAX, Resolver, SOCK_DGRAM, SOCK_STREAM, UNIX_PATH_BYTES, UNIX_RULES_MAX, UnixKey, socket_class,
     },
-    policy::{TAG_AUDIT, TAG_NET, TagInfo},
+    policy::{PolicyId, TAG_AUDIT, TAG_NET, TagInfo},
 };
 
 use crate::{
@@ -48,7 +48,7 @@ static UNIX_RULES: HashMap<UnixKey, u8> = HashMap::with_max_entries(UNIX_RULES_M
 static DNS_GRANTS: HashMap<NetKey, DnsGrant> = HashMap::with_max_entries(DNS_GRANTS_MAX, 0);
 
 #[map]
-static RESOLVERS: HashMap<u32, Resolver> = HashMap::with_max_entries(RESOLVERS_MAX, 0);
+static RESOLVERS: HashMap<PolicyId, Resolver> = HashMap::with_max_entries(RESOLVERS_MAX, 0);
 
 /// The IPv4 and IPv6 sockets agents created, by socket cookie: the socket
 /// programs also run for untagged tasks (below a selector root, or given an
@@ -96,7 +96,7 @@ pub(crate) fn destination_allows(key: &NetKey, port: u16, proto: u8, now_boot_ns
 
 /// The port of the resolver that answers `policy_id`'s DNS, if it has one.
 #[inline(always)]
-pub(crate) fn resolver_port(policy_id: u32) -> Option<u16> {
+pub(crate) fn resolver_port(policy_id: PolicyId) -> Option<u16> {
     // SAFETY: the value is only read, while the program runs.
     unsafe { RESOLVERS.get(&policy_id) }.map(|resolver| resolver.port)
 }
@@ -129,7 +129,7 @@ fn refuse(
     let audit = tag.is_some_and(|t| t.flags & TAG_AUDIT != 0);
     let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EPERM) };
     report_net(&NetDenial {
-        policy_id: tag.map_or(0, |t| t.policy_id),
+        policy_id: tag.map_or(PolicyId::NONE, TagInfo::policy_id),
         errno: errno as u32,
         kind,
         reason,
@@ -210,14 +210,14 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     }
     if detail.port == DNS_PORT
         // SAFETY: the value is only read, while the program runs.
-        && let Some(resolver) = unsafe { RESOLVERS.get(&info.policy_id) }
+        && let Some(resolver) = unsafe { RESOLVERS.get(&info.policy_id()) }
     {
         redirect_dns(ctx, v6, &addr, resolver, proto == PROTO_UDP);
         return ALLOW;
     }
     // SAFETY: sixteen bytes either way.
     let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(addr) };
-    let key = NetKey { policy_id: info.policy_id.to_be_bytes(), addr };
+    let key = info.net_key(false, addr);
     if destination_allows(&key, detail.port, proto, unsafe { bpf_ktime_get_boot_ns() }) {
         return ALLOW;
     }
@@ -402,7 +402,7 @@ static UNIX_KEY: aya_ebpf::maps::PerCpuArray<UnixKey> = aya_ebpf::maps::PerCpuAr
 /// is compared up to its NUL; an abstract name (leading NUL) byte for byte,
 /// its length included.
 #[inline(always)]
-fn unix_allowed(policy_id: u32, name: &UnixName) -> bool {
+fn unix_allowed(policy_id: PolicyId, name: &UnixName) -> bool {
     let Some(key) = UNIX_KEY.get_ptr_mut(0) else { return false };
     let key = unsafe { &mut *key };
     let words = key.path.as_mut_ptr().cast::<u32>();
@@ -418,6 +418,7 @@ fn unix_allowed(policy_id: u32, name: &UnixName) -> bool {
         return false;
     }
     key.policy_id = policy_id;
+    key.reserved = 0;
     if key.path[0] == 0 {
         key.len = len;
     } else {
@@ -462,7 +463,7 @@ fn judge_unix(other: *const u8) -> i32 {
     }
     // An unbound peer was never reachable by name: a socketpair's other end.
     let Some(name) = UnixName::of(other) else { return 0 };
-    if unix_allowed(info.policy_id, &name) {
+    if unix_allowed(info.policy_id(), &name) {
         return 0;
     }
     let zero = opaque_zero() as u16;

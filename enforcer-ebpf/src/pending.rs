@@ -18,7 +18,7 @@ use core::ffi::c_void;
 
 use enforcer_common::{
     events::MAX_PATH_DEPTH,
-    policy::{FILE_PENDING, FILE_READ_DENY, FileTable, PENDING_ON_FILESYSTEM},
+    policy::{FILE_PENDING, FILE_READ_DENY, FileTable, PENDING_ON_FILESYSTEM, PolicyId},
 };
 
 use crate::{
@@ -46,7 +46,7 @@ struct Climb<T> {
 /// Whether a name on the way from `dentry` up to `mnt_root` is a `read_deny`
 /// tree the policy named before it existed.
 #[inline(always)]
-pub fn named_later(table: *const FileTable, policy_id: u16, start: Start, mnt_root: *const u8) -> bool {
+pub fn named_later(table: *const FileTable, policy_id: PolicyId, start: Start, mnt_root: *const u8) -> bool {
     let dentry = start.dentry;
     let (place, hash_base) = filesystem_of::<Direct>(start.sb, policy_id, table);
     // No pending directory on this filesystem: the climb would find none.

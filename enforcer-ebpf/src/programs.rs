@@ -81,7 +81,7 @@ fn judge_object(
     inline_more: bool,
 ) -> Option<Denial> {
     let question = Question {
-        policy_id: tag.info.policy_id as u16,
+        policy_id: tag.info.policy_id(),
         needs_tree: check.kind == Kind::FileWrite,
         allow_self: check.allow_self,
         read_deny: tag.info.flags & TAG_READ_DENY != 0,

@@ -17,7 +17,7 @@ use enforcer_common::{
         EventHeader, FLOOR_DETAIL_BYTES, FloorDetail, Kind, MAX_PATH_DEPTH, NAME_BYTES, NET_DETAIL_BYTES, NetDetail,
         Op, PATH_BYTES, Reason,
     },
-    policy::TagInfo,
+    policy::{PolicyId, TagInfo},
 };
 
 use crate::kernel::{
@@ -107,7 +107,7 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
     // name before the helper fills it) compiles to a `memset` call, a byte
     // loop in BPF.
     let header = &mut buf.header;
-    fill_header(header, tag.policy_id, errno);
+    fill_header(header, tag.policy_id(), errno);
     header.path_len = path_len as u16;
     header.exe_len = total.wrapping_sub(path_len) as u16;
     header.kind = denial.kind as u8;
@@ -132,7 +132,7 @@ pub fn report(tag: &TagInfo, denial: &Denial, action: Action, errno: u32) {
 
 /// A network refusal to report.
 pub struct NetDenial {
-    pub policy_id: u32,
+    pub policy_id: PolicyId,
     pub errno: u32,
     pub kind: Kind,
     pub reason: Reason,
@@ -194,7 +194,7 @@ pub fn report_net(denial: &NetDenial) {
 
 /// An inbound connection or datagram refused (or audited).
 pub struct InboundDenial {
-    pub policy_id: u32,
+    pub policy_id: PolicyId,
     pub errno: u32,
     pub action: Action,
     /// The receiving socket's cgroup (the task that runs the program is
@@ -235,6 +235,7 @@ pub fn report_inbound(denial: &InboundDenial) {
         (&raw mut (*header).pid).write(0);
         (&raw mut (*header).tgid).write(0);
         (&raw mut (*header).policy_id).write(denial.policy_id);
+        (&raw mut (*header).reserved).write(0);
         (&raw mut (*header).errno).write(denial.errno);
         (&raw mut (*header).path_len).write(NET_DETAIL_BYTES as u16);
         (&raw mut (*header).exe_len).write(0);
@@ -282,7 +283,7 @@ pub fn report_floor(tag: &TagInfo, denial: &FloorDenial, action: Action, errno: 
         (&raw mut (*detail).value).write(denial.value);
     }
     let head = DetailHead {
-        policy_id: tag.policy_id,
+        policy_id: tag.policy_id(),
         errno,
         kind: Kind::Floor,
         op: denial.op as u8,
@@ -294,7 +295,7 @@ pub fn report_floor(tag: &TagInfo, denial: &FloorDenial, action: Action, errno: 
 
 /// The header fields of an event whose path slot holds a fixed-size detail.
 struct DetailHead {
-    policy_id: u32,
+    policy_id: PolicyId,
     errno: u32,
     kind: Kind,
     op: u8,
@@ -351,7 +352,7 @@ fn finish_detail_event(buf: &mut EventBuf, head: &DetailHead, detail: u32) {
 
 /// The header fields every event fills the same way.
 #[inline(always)]
-fn fill_header(header: &mut EventHeader, policy_id: u32, errno: u32) {
+fn fill_header(header: &mut EventHeader, policy_id: PolicyId, errno: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // Straight into the event (aya's wrapper zeroes a copy on the stack).
     unsafe { helper::bpf_get_current_comm((&raw mut header.comm).cast(), size_of::<[u8; 16]>() as u32) };
@@ -360,6 +361,7 @@ fn fill_header(header: &mut EventHeader, policy_id: u32, errno: u32) {
     header.pid = pid_tgid as u32;
     header.tgid = (pid_tgid >> 32) as u32;
     header.policy_id = policy_id;
+    header.reserved = 0;
     header.errno = errno;
 }
 

@@ -51,7 +51,7 @@ pub fn tag_of(id: u64, tables: &Tables) -> Option<TagInfo> {
     // SAFETY: the value is copied out at once.
     let selected = unsafe { SELECTED.get(&id) }?;
     let tag = tables.selectors.tags[selected.slot as usize & (SELECTOR_SLOTS - 1)];
-    (tag.policy_id != 0).then_some(tag)
+    tag.has_policy().then_some(tag)
 }
 
 /// Runs as the kernel creates a cgroup: with `cgroup_mutex` held, before

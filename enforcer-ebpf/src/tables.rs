@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::{bpf_map_lookup_elem, bpf_probe_read_kernel},
     macros::btf_map,
 };
-use enforcer_common::policy::{FILE_SLOTS, FileSlot, FileTable, Tables};
+use enforcer_common::policy::{FILE_SLOTS, FileSlot, FileTable, PolicyId, Tables};
 
 /// Slot 0 holds the current tables; userspace swaps in new ones per change.
 #[btf_map]
@@ -85,7 +85,7 @@ fn holds(slot: &FileSlot, ino: u64, place: u64) -> Option<u16> {
         );
     };
     if crate::COMPAT {
-        return slot.flags_if_holds(ino, place as u32, (place >> 32) as u16);
+        return slot.flags_if_holds(ino, place as u32, PolicyId((place >> 32) as u16));
     }
     // SAFETY: `dev` is 8-aligned and the slot's last 8 bytes start there.
     let word = unsafe { (&raw const slot.dev).cast::<u64>().read() };

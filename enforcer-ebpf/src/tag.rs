@@ -309,7 +309,7 @@ fn tag_of_task(task: *const u8) -> Option<(Tagged, u64)> {
             // The tables again (a global function cannot return the map
             // pointer), as the climb of the main build does.
             let agent = ancestor_id(cgroup, at as i32);
-            let info = TagInfo { policy_id: tag as u32, flags: (tag >> 32) as u32 };
+            let info = TagInfo::from_bits(tag);
             return Some((Tagged { info, files: tables::current_files(), agent }, agent));
         }
     }
@@ -329,7 +329,7 @@ pub extern "C" fn enforcer_tag_at_level(cgroup: u64, level: u32) -> u64 {
     if id == 0 || !may_be_tagged(id) {
         return NOT_TAGGED;
     }
-    table_lookup(id).map_or(NOT_TAGGED, |tagged| u64::from(tagged.info.policy_id) | u64::from(tagged.info.flags) << 32)
+    table_lookup(id).map_or(NOT_TAGGED, |tagged| tagged.info.to_bits())
 }
 
 /// `task`'s cgroup and its level, read with [`Task`]; `None` if it has

@@ -32,7 +32,7 @@ use enforcer_common::{
     KernelOffsets,
     events::{MAX_PATH_DEPTH, Reason},
     policy::{
-        FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_WRITE, FileSlot, FileTable, NAME_KEY_BYTES,
+        FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_WRITE, FileSlot, FileTable, NAME_KEY_BYTES, PolicyId,
         file_hash_base, file_homes, name_key,
     },
 };
@@ -52,7 +52,7 @@ use crate::tables::{FileTableAt, TableAddress, UNREADABLE_SLOT};
     reason = "each flag is a constant the verifier sees per hook; bits would be masked at run time"
 )]
 pub struct Question {
-    pub policy_id: u16,
+    pub policy_id: PolicyId,
     /// The operation needs a tree flagged with the walk's `NEED` above it
     /// (a write, an exec); false for reads, where only `read_deny` matters.
     pub needs_tree: bool,
@@ -205,13 +205,13 @@ pub fn name_key_of(dir_ino: u64, child: *const u8) -> u64 {
 /// Where `dentry`'s filesystem keys `policy_id`'s roots
 /// (`FileSlot::place`), and `file_hash_base` of it.
 #[inline(always)]
-pub fn filesystem<R: Read>(dentry: *const u8, policy_id: u16, table: *const FileTable) -> (u64, u64) {
+pub fn filesystem<R: Read>(dentry: *const u8, policy_id: PolicyId, table: *const FileTable) -> (u64, u64) {
     filesystem_of::<R>(unsafe { R::ptr::<DentrySb>(dentry) }, policy_id, table)
 }
 
 /// [`filesystem`] by the superblock `sb`.
 #[inline(always)]
-pub fn filesystem_of<R: Read>(sb: *const u8, policy_id: u16, table: *const FileTable) -> (u64, u64) {
+pub fn filesystem_of<R: Read>(sb: *const u8, policy_id: PolicyId, table: *const FileTable) -> (u64, u64) {
     let dev = unsafe { R::get::<SuperBlockDev>(sb) as u32 };
     (FileSlot::place(dev, policy_id), file_hash_base(dev, policy_id, unsafe { (*table).seed }))
 }
@@ -248,7 +248,7 @@ impl Start {
 /// The rule flags of `dentry`'s own inode, without a walk: for checks of
 /// one node (a device and its directory).
 #[inline(always)]
-pub fn node_flags(table: *const FileTable, policy_id: u16, dentry: *const u8) -> u16 {
+pub fn node_flags(table: *const FileTable, policy_id: PolicyId, dentry: *const u8) -> u16 {
     if table.is_null() || dentry.is_null() {
         return 0;
     }

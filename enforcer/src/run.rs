@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use enforcer_common::net::Resolver;
+use enforcer_common::{net::Resolver, policy::PolicyId};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -110,7 +110,7 @@ impl RunError {
     }
 }
 
-const POLICY_ID: u16 = 1;
+const POLICY_ID: PolicyId = PolicyId(1);
 
 /// Runs the command under the policy; returns the command's exit code.
 pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
@@ -162,7 +162,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let mut names = Names::new(hierarchy);
     names.add_root(cgroup);
     let label = PolicyLabel { name: policy.name.clone(), version: None };
-    let labels = Labels { policies: [(u32::from(POLICY_ID), label)].into(), names };
+    let labels = Labels { policies: [(POLICY_ID, label)].into(), names };
     let mut stream = EventStream::new(ring, sink, Arc::new(Mutex::new(labels)))
         .map_err(|e| RunError::Events { path: "ring buffer".into(), source: e })?;
     if let Some(resolver) = &resolver {
@@ -296,7 +296,7 @@ async fn start_resolver(
     let grants =
         Arc::new(Mutex::new(Grants::new(enforcer.take_dns_grants().ok_or(LoadError::MissingMap("DNS_GRANTS"))?)));
     let resolver = dns::Resolver {
-        policy_id: u32::from(POLICY_ID),
+        policy_id: POLICY_ID,
         audit: policy.mode == Mode::Audit,
         rules: HostRules::of(network)?,
         upstream,
@@ -304,7 +304,7 @@ async fn start_resolver(
         grants: grants.clone(),
         events,
     };
-    enforcer.set_resolver(u32::from(POLICY_ID), Resolver { port: listeners.port, v6: u16::from(listeners.v6) })?;
+    enforcer.set_resolver(POLICY_ID, Resolver { port: listeners.port, v6: u16::from(listeners.v6) })?;
     let task = tokio::spawn(dns::serve(resolver, listeners));
     Ok(RunningResolver { task, grants })
 }

@@ -8,6 +8,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use enforcer_common::policy::PolicyId;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -121,7 +122,7 @@ pub struct PolicyLabel {
 /// Names for the ids in kernel records, shared with whoever tags and loads
 /// policies (the daemon changes them while the stream runs).
 pub struct Labels {
-    pub policies: HashMap<u32, PolicyLabel>,
+    pub policies: HashMap<PolicyId, PolicyLabel>,
     pub names: Names,
 }
 

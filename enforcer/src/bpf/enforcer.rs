@@ -19,7 +19,7 @@ use enforcer_common::{
         DnsGrant, NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver, UNIX_RULES_MAP,
         UnixKey,
     },
-    policy::{FileRuleKey, MAX_TAG_LEVEL, PROTECTED_MAP, Protected, TagFilter, TagInfo},
+    policy::{FileRuleKey, MAX_TAG_LEVEL, PROTECTED_MAP, PolicyId, Protected, TagFilter, TagInfo},
     select::{SELECTED_MAP, Selected, SelectedBloom, SelectorTable},
 };
 
@@ -45,7 +45,7 @@ pub struct Enforcer {
     lsm_links: Vec<LsmLink>,
     net_rules: LpmTrie<MapData, NetKey, NetPorts>,
     unix_rules: BpfHashMap<MapData, UnixKey, u8>,
-    resolvers: BpfHashMap<MapData, u32, Resolver>,
+    resolvers: BpfHashMap<MapData, PolicyId, Resolver>,
     dns_grants: Option<BpfHashMap<MapData, NetKey, DnsGrant>>,
     /// Why BPF LSM programs are not loaded (`None`: they are): only the
     /// cgroup socket programs enforce then.
@@ -177,7 +177,7 @@ impl Enforcer {
 
     /// Sends the DNS of tagged cgroups under policy `policy_id` to the
     /// resolver at `resolver`.
-    pub fn set_resolver(&mut self, policy_id: u32, resolver: Resolver) -> Result<(), LoadError> {
+    pub fn set_resolver(&mut self, policy_id: PolicyId, resolver: Resolver) -> Result<(), LoadError> {
         self.resolvers.insert(policy_id, resolver, 0).map_err(map_err(RESOLVERS_MAP))
     }
 
@@ -308,7 +308,7 @@ impl Enforcer {
     }
 
     /// Removes the network rules of every policy id not in `live`.
-    pub fn retain_net_rules(&mut self, live: &std::collections::HashSet<u32>) -> Result<(), LoadError> {
+    pub fn retain_net_rules(&mut self, live: &std::collections::HashSet<PolicyId>) -> Result<(), LoadError> {
         let stale: Vec<Key<NetKey>> =
             self.net_rules.keys().filter_map(Result::ok).filter(|key| !live.contains(&key.data().policy())).collect();
         for key in stale {
@@ -319,7 +319,8 @@ impl Enforcer {
         for key in stale {
             self.unix_rules.remove(&key).map_err(map_err(UNIX_RULES_MAP))?;
         }
-        let stale: Vec<u32> = self.resolvers.keys().filter_map(Result::ok).filter(|id| !live.contains(id)).collect();
+        let stale: Vec<PolicyId> =
+            self.resolvers.keys().filter_map(Result::ok).filter(|id| !live.contains(id)).collect();
         for id in stale {
             self.resolvers.remove(&id).map_err(map_err(RESOLVERS_MAP))?;
         }

@@ -10,7 +10,7 @@ use enforcer_common::{
     net::{
         DNS_GRANTS_MAP, DnsGrant, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver, UNIX_RULES_MAP, UnixKey,
     },
-    policy::{PROTECTED_MAP, Protected, TABLES_MAP, TAG_FILTER_MAP, Tables, TagFilter},
+    policy::{PROTECTED_MAP, PolicyId, Protected, TABLES_MAP, TAG_FILTER_MAP, Tables, TagFilter},
     select::{SELECTED_BLOOM_MAP, SELECTED_MAP, Selected, SelectedBloom},
 };
 
@@ -27,7 +27,7 @@ pub(super) struct Maps {
     pub(super) events: RingBuf<MapData>,
     pub(super) net_rules: LpmTrie<MapData, NetKey, NetPorts>,
     pub(super) unix_rules: BpfHashMap<MapData, UnixKey, u8>,
-    pub(super) resolvers: BpfHashMap<MapData, u32, Resolver>,
+    pub(super) resolvers: BpfHashMap<MapData, PolicyId, Resolver>,
     pub(super) dns_grants: BpfHashMap<MapData, NetKey, DnsGrant>,
     pub(super) protected: Array<MapData, Protected>,
     pub(super) selected: BpfHashMap<MapData, u64, Selected>,

@@ -226,7 +226,7 @@ fn filter_of(tags: &HashMap<u64, (u32, TagInfo)>) -> TagFilter {
 mod tests {
     use std::collections::BTreeMap;
 
-    use enforcer_common::policy::FILE_WRITE;
+    use enforcer_common::policy::{FILE_WRITE, PolicyId};
 
     use super::*;
 
@@ -264,7 +264,7 @@ mod tests {
             // table only says which ids are tagged.
             let ids = tables.tags.slots.iter().map(|slot| slot.cgroup_id).filter(|&id| id != 0);
             self.tagged = ids.map(|id| (id, level_of(id))).collect();
-            self.file_keys = tables.files.slots.iter().filter(|slot| slot.policy_id != 0).count();
+            self.file_keys = tables.files.slots.iter().filter(|slot| slot.policy_id != PolicyId::NONE).count();
             self.tables_published += 1;
             self.check();
             Ok(())
@@ -282,8 +282,8 @@ mod tests {
         u32::try_from(id / 100).unwrap()
     }
 
-    fn tag(policy_id: u32) -> TagInfo {
-        TagInfo { policy_id, flags: 0 }
+    fn tag(policy_id: u16) -> TagInfo {
+        TagInfo::new(PolicyId(policy_id), 0)
     }
 
     fn swap() -> Swap<Programs> {
@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn a_refused_file_table_leaves_the_rules_as_they_were() {
         let mut swap = swap();
-        let key = |ino| (FileRuleKey { ino, dev: 1, policy_id: 1 }, FILE_WRITE);
+        let key = |ino| (FileRuleKey { ino, dev: 1, policy_id: PolicyId(1) }, FILE_WRITE);
         swap.add_file_rules(&[key(10)]).unwrap();
         swap.target.refuse = true;
         assert!(swap.add_file_rules(&[key(11)]).is_err());

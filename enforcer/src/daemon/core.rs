@@ -9,14 +9,14 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use enforcer_common::policy::FileRuleKey;
+use enforcer_common::policy::{FileRuleKey, PolicyId};
 use serde::{Deserialize, Serialize};
 
 use super::{
     config::Config,
     policies::{self, Ids, Loaded, Rejected},
     reload::{self, Plan},
-    selection::{LOCKED_POLICY_ID, SelectedCgroup, Selection},
+    selection::{SelectedCgroup, Selection},
     tagging,
     wire::Tag,
 };
@@ -33,6 +33,7 @@ use crate::{
 struct SavedPolicy {
     name: String,
     file: PathBuf,
+    /// The `PolicyId`.
     id: u16,
     version: u32,
     hash: String,
@@ -150,8 +151,9 @@ impl Core {
         }
         core.selection.slots = state.slots;
         for saved in state.policies {
-            let source = std::fs::read_to_string(core.version_file(saved.id, &saved.hash)).unwrap_or_default();
-            match policies::compile_file(&saved.file, &source, saved.id, saved.version) {
+            let source =
+                std::fs::read_to_string(core.version_file(PolicyId(saved.id), &saved.hash)).unwrap_or_default();
+            match policies::compile_file(&saved.file, &source, PolicyId(saved.id), saved.version) {
                 Ok(loaded) => _ = core.policies.insert(loaded.name.clone(), loaded),
                 Err(e) => report.warnings.push(format!(
                     "the saved version {} of policy `{}` no longer compiles: {e}",
@@ -170,7 +172,7 @@ impl Core {
                 core.tags.insert(tag.cgroup_id, tag);
             }
         }
-        let max_id = core.policies.values().map(|p| p.id).max().unwrap_or(0);
+        let max_id = core.policies.values().map(|p| p.id).max().unwrap_or(PolicyId::NONE);
         core.ids = Ids::after(max_id);
         let mut reload = core.reload_inner(true);
         reload.warnings.splice(0..0, report.warnings);
@@ -238,7 +240,7 @@ impl Core {
         }
         let tags: HashMap<_, _> =
             self.tags.values().filter_map(|t| in_force(&t.policy).map(|p| (t.cgroup_id, (t.level, p.tag)))).collect();
-        let live: HashSet<u32> = names.iter().filter_map(|n| in_force(n)).map(|p| u32::from(p.id)).collect();
+        let live: HashSet<PolicyId> = names.iter().filter_map(|n| in_force(n)).map(|p| p.id).collect();
         let recorded = self.enforcer.selected();
         let built = self.selection.table(names.iter().filter_map(|n| in_force(n)), &self.orphaned, &recorded)?;
         // Recorded cgroups stay visible to the tag check through the swap.
@@ -246,7 +248,7 @@ impl Core {
         for (id, selected) in recorded {
             extra_filter.insert(id, selected.level);
         }
-        let old_live: HashSet<u32> = self.policies.values().map(|p| u32::from(p.id)).collect();
+        let old_live: HashSet<PolicyId> = self.policies.values().map(|p| p.id).collect();
         let timing = crate::bpf::debug_load().then(std::time::Instant::now);
         // New versions' network rules go in beside the old ones first.
         for loaded in fresh.values() {
@@ -275,10 +277,10 @@ impl Core {
             for loaded in names.iter().filter_map(|n| in_force(n)) {
                 let label =
                     PolicyLabel { name: loaded.name.clone(), version: Some((loaded.version, loaded.hash.clone())) };
-                labels.policies.insert(u32::from(loaded.id), label);
+                labels.policies.insert(loaded.id, label);
             }
             let locked = PolicyLabel { name: "(unresolved selector)".to_owned(), version: None };
-            labels.policies.insert(u32::from(LOCKED_POLICY_ID), locked);
+            labels.policies.insert(PolicyId::LOCKED, locked);
         }
         Ok(())
     }
@@ -512,7 +514,7 @@ impl Core {
         self.config.state_dir.join("state.json")
     }
 
-    fn version_file(&self, id: u16, hash: &str) -> PathBuf {
+    fn version_file(&self, id: PolicyId, hash: &str) -> PathBuf {
         self.config.state_dir.join("versions").join(format!("{id}-{hash}.toml"))
     }
 
@@ -573,7 +575,7 @@ impl Core {
                 .map(|p| SavedPolicy {
                     name: p.name.clone(),
                     file: p.file.clone(),
-                    id: p.id,
+                    id: p.id.0,
                     version: p.version,
                     hash: p.hash.clone(),
                 })

@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use enforcer_common::policy::{FileRuleKey, TagInfo};
+use enforcer_common::policy::{FileRuleKey, PolicyId, TagInfo};
 
 use crate::events::PolicyVersion;
 use crate::policy::{self, Policy, compile::compile, destinations::Target, network::NetRules};
@@ -18,7 +18,7 @@ pub struct Loaded {
     pub name: String,
     pub file: PathBuf,
     /// The kernel's id for this version (ids are not reused while in use).
-    pub id: u16,
+    pub id: PolicyId,
     /// 1 for the first version the daemon loaded, +1 for each change.
     pub version: u32,
     pub hash: String,
@@ -58,7 +58,7 @@ pub fn hash(text: &str) -> String {
 pub type PolicyFile = (PathBuf, String);
 
 /// Compiles `text` (read from `file`) as version `version` with id `id`.
-pub fn compile_file(file: &Path, text: &str, id: u16, version: u32) -> Result<Loaded, String> {
+pub fn compile_file(file: &Path, text: &str, id: PolicyId, version: u32) -> Result<Loaded, String> {
     let (policy, warnings) = policy::parse(text, file).map_err(|e| e.to_string())?;
     compile_parsed(file, text, policy, &warnings, id, version)
 }
@@ -69,7 +69,7 @@ pub fn compile_parsed(
     text: &str,
     policy: Policy,
     warnings: &[policy::Warning],
-    id: u16,
+    id: PolicyId,
     version: u32,
 ) -> Result<Loaded, String> {
     let mut warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
@@ -106,8 +106,8 @@ pub fn compile_parsed(
 }
 
 /// The last id handed out: the one after it is the selectors' locked tag's
-/// (`selection::LOCKED_POLICY_ID`).
-const LAST_ID: u16 = u16::MAX - 1;
+/// ([`PolicyId::LOCKED`]).
+const LAST_ID: u16 = PolicyId::LOCKED.0 - 1;
 
 /// Hands out policy ids: never one in use, and not soon one just freed
 /// (events in flight still name it).
@@ -123,17 +123,17 @@ impl Ids {
 
     /// Ids handed out from the one after `id` on.
     #[must_use]
-    pub fn after(id: u16) -> Self {
-        Self { next: id.checked_add(1).unwrap_or(1) }
+    pub fn after(id: PolicyId) -> Self {
+        Self { next: id.0.checked_add(1).unwrap_or(1) }
     }
 
     /// An id not in `used` (`None`: all 65 534 are).
-    pub fn allocate(&mut self, used: &BTreeSet<u16>) -> Option<u16> {
+    pub fn allocate(&mut self, used: &BTreeSet<PolicyId>) -> Option<PolicyId> {
         for _ in 0..u16::MAX {
             let id = self.next;
             self.next = if self.next >= LAST_ID { 1 } else { self.next + 1 };
-            if !used.contains(&id) && id <= LAST_ID {
-                return Some(id);
+            if !used.contains(&PolicyId(id)) && id <= LAST_ID {
+                return Some(PolicyId(id));
             }
         }
         None

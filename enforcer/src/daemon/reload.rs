@@ -7,6 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use enforcer_common::policy::PolicyId;
+
 use super::{
     core::ReloadReport,
     policies::{self, Ids, Loaded, PolicyFile, Rejected},
@@ -105,7 +107,7 @@ pub fn plan(scan: Scan, in_force: &BTreeMap<String, Loaded>, users: &dyn Fn(&str
             plan.report.unchanged.push(name);
             continue;
         }
-        let used: BTreeSet<u16> = in_force.values().chain(plan.fresh.values()).map(|p| p.id).collect();
+        let used: BTreeSet<PolicyId> = in_force.values().chain(plan.fresh.values()).map(|p| p.id).collect();
         let Some(id) = ids.allocate(&used) else {
             plan.report.rejected.push(Rejected { file: file.clone(), error: "every policy id is in use".to_owned() });
             continue;

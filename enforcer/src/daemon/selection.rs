@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use enforcer_common::{
-    policy::{TAG_EXEC, TAG_FILES, TAG_NET, TagFilter, TagInfo},
+    policy::{PolicyId, TAG_EXEC, TAG_FILES, TAG_NET, TagFilter, TagInfo},
     select::{SELECTOR_SLOTS, SLOT_UNRESOLVED, Selected, SelectorTable},
 };
 use serde::Serialize;
@@ -17,10 +17,6 @@ use crate::{
     cgroups::Hierarchy,
     policy::selectors::{self, SelectorError},
 };
-
-/// The policy id of the tag a cgroup whose path the kernel could not read
-/// whole is judged by: no rules under it, so no writes, connects or execs.
-pub const LOCKED_POLICY_ID: u16 = u16::MAX;
 
 /// A cgroup a selector tagged.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, schemars::JsonSchema)]
@@ -98,8 +94,7 @@ impl Selection {
                 table.tags[slot as usize % SELECTOR_SLOTS] = policy.tag;
             }
         }
-        table.tags[SLOT_UNRESOLVED as usize] =
-            TagInfo { policy_id: u32::from(LOCKED_POLICY_ID), flags: TAG_FILES | TAG_NET | TAG_EXEC };
+        table.tags[SLOT_UNRESOLVED as usize] = TagInfo::new(PolicyId::LOCKED, TAG_FILES | TAG_NET | TAG_EXEC);
         let levels = selectors::levels_filter(globs.values().flatten().map(String::as_str));
         Ok(Built { table, levels, choice: Choice { slots, globs } })
     }
@@ -269,7 +264,7 @@ mod tests {
     fn policy(name: &str, id: u16, globs: &[&str]) -> Loaded {
         let globs: Vec<String> = globs.iter().map(|g| format!("\"{g}\"")).collect();
         let text = format!("name = \"{name}\"\nmode = \"enforce\"\ncgroups = [{}]\n", globs.join(", "));
-        compile_file(Path::new(&format!("{name}.toml")), &text, id, 1).unwrap()
+        compile_file(Path::new(&format!("{name}.toml")), &text, PolicyId(id), 1).unwrap()
     }
 
     fn found(name: &str, id: u64) -> Found {
@@ -315,7 +310,7 @@ mod tests {
     fn cgroups_whose_path_was_not_read_whole_are_judged_by_the_locked_tag() {
         let (_, table) = committed(&[]);
         let locked = table.tags[SLOT_UNRESOLVED as usize];
-        assert_eq!(locked.policy_id, u32::from(LOCKED_POLICY_ID));
+        assert_eq!(locked.policy_id(), PolicyId::LOCKED);
         assert_eq!(locked.flags, TAG_FILES | TAG_NET | TAG_EXEC);
     }
 

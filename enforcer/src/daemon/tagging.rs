@@ -94,6 +94,8 @@ pub fn outermost(mut points: Vec<Cgroup>) -> Vec<Cgroup> {
 
 #[cfg(test)]
 mod tests {
+    use enforcer_common::policy::PolicyId;
+
     use super::*;
     use crate::daemon::policies::compile_file;
 
@@ -134,9 +136,10 @@ mod tests {
 
     #[test]
     fn a_tag_names_a_loaded_policy_and_a_cgroup_below_the_root() {
-        let loaded = compile_file(Path::new("agent.toml"), "name = \"agent\"\nmode = \"enforce\"\n", 1, 1).unwrap();
+        let loaded =
+            compile_file(Path::new("agent.toml"), "name = \"agent\"\nmode = \"enforce\"\n", PolicyId(1), 1).unwrap();
         let policies = BTreeMap::from([("agent".to_owned(), loaded)]);
-        assert_eq!(policy_to_tag(&policies, "agent", Path::new("/etc/enforcer/policies")).unwrap().id, 1);
+        assert_eq!(policy_to_tag(&policies, "agent", Path::new("/etc/enforcer/policies")).unwrap().id, PolicyId(1));
         let Err(unknown) = policy_to_tag(&policies, "other", Path::new("/etc/enforcer/policies")) else { panic!() };
         assert!(matches!(&unknown, OpError::NotFound(m)
             if m.contains("(loaded: agent); add its file to /etc/enforcer/policies")));

@@ -9,7 +9,10 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
-use enforcer_common::net::{DnsGrant, NetKey, NetPorts};
+use enforcer_common::{
+    net::{DnsGrant, NetKey, NetPorts},
+    policy::PolicyId,
+};
 
 use super::names::merge_ports;
 
@@ -33,7 +36,7 @@ const HISTORY_MAX: usize = 1 << 17;
 
 pub struct Grants {
     map: BpfHashMap<MapData, NetKey, DnsGrant>,
-    by_address: HashMap<(u32, Ipv6Addr), Vec<NameGrant>>,
+    by_address: HashMap<(PolicyId, Ipv6Addr), Vec<NameGrant>>,
     /// The last name each address was resolved from (expired or not), for
     /// the `resolved_from` of a denied connect.
     history: HashMap<Ipv6Addr, String>,
@@ -49,7 +52,7 @@ impl Grants {
     /// `name` resolved to it. The map holds it when this returns.
     pub fn grant(
         &mut self,
-        policy_id: u32,
+        policy_id: PolicyId,
         addr: IpAddr,
         name: &str,
         ports: NetPorts,
@@ -98,8 +101,8 @@ impl Grants {
     }
 
     /// Writes the merged entry of one address (or removes it).
-    fn write(&mut self, policy_id: u32, addr: Ipv6Addr) -> Result<(), MapError> {
-        let key = NetKey { policy_id: policy_id.to_be_bytes(), addr: addr.octets() };
+    fn write(&mut self, policy_id: PolicyId, addr: Ipv6Addr) -> Result<(), MapError> {
+        let key = NetKey::new(policy_id, false, addr.octets());
         let list = self.by_address.get(&(policy_id, addr)).map(Vec::as_slice).unwrap_or_default();
         if list.is_empty() {
             return match self.map.remove(&key) {

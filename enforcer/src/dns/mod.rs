@@ -46,7 +46,7 @@ pub struct DnsEvent {
 
 /// What one resolver serves: one policy.
 pub struct Resolver {
-    pub policy_id: u32,
+    pub policy_id: enforcer_common::policy::PolicyId,
     /// Answer names the policy does not allow too, and report them.
     pub audit: bool,
     pub rules: HostRules,

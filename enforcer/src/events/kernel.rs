@@ -316,6 +316,8 @@ fn net_fields(kind: Option<Kind>, net: &NetDetail) -> NetFields {
 
 #[cfg(test)]
 mod tests {
+    use enforcer_common::policy::PolicyId;
+
     use super::*;
 
     #[test]
@@ -332,7 +334,8 @@ mod tests {
             cgroup_id: 42,
             pid: 7,
             tgid: 7,
-            policy_id: 1,
+            policy_id: PolicyId(1),
+            reserved: 0,
             errno: 1,
             path_len: 13,
             exe_len: 13,

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use enforcer_common::{
     net::SOCKET_CLASSES,
-    policy::{FileRuleKey, TAG_AUDIT, TAG_EXEC, TAG_FILES, TAG_NET, TAG_READ_DENY, TAG_REQUIRE_SECCOMP, TagInfo},
+    policy::{
+        FileRuleKey, PolicyId, TAG_AUDIT, TAG_EXEC, TAG_FILES, TAG_NET, TAG_READ_DENY, TAG_REQUIRE_SECCOMP, TagInfo,
+    },
 };
 
 use super::{
@@ -40,7 +42,7 @@ pub enum CompileError {
 
 /// Compiles `policy` for `policy_id`. Reads the mount table when the policy
 /// names trees (`[files]`, `[exec]`, `[devices]`).
-pub fn compile(policy: &Policy, policy_id: u16) -> Result<Compiled, CompileError> {
+pub fn compile(policy: &Policy, policy_id: PolicyId) -> Result<Compiled, CompileError> {
     let mut tag = tag_for(policy, policy_id);
     let (mut file_rules, mut missing) = (Vec::new(), Vec::new());
     if policy.files.is_some() || policy.exec.is_some() || policy.devices.is_some() {
@@ -48,7 +50,7 @@ pub fn compile(policy: &Policy, policy_id: u16) -> Result<Compiled, CompileError
         tag.flags |= resolved.tag_flags();
         (file_rules, missing) = (resolved.entries, resolved.missing);
     }
-    let net = policy.network.as_ref().map(|n| network::build(n, u32::from(policy_id))).transpose()?;
+    let net = policy.network.as_ref().map(|n| network::build(n, policy_id)).transpose()?;
     Ok(Compiled { tag, file_rules, missing, net })
 }
 
@@ -62,7 +64,7 @@ impl Compiled {
 }
 
 /// The tag of a policy's cgroups, before its file rules add theirs.
-fn tag_for(policy: &Policy, policy_id: u16) -> TagInfo {
+fn tag_for(policy: &Policy, policy_id: PolicyId) -> TagInfo {
     let mut flags = 0;
     if policy.mode == Mode::Audit {
         flags |= TAG_AUDIT;
@@ -85,7 +87,7 @@ fn tag_for(policy: &Policy, policy_id: u16) -> TagInfo {
             flags |= SOCKET_CLASSES.iter().find(|c| c.0 == *class).map_or(0, |c| c.1);
         }
     }
-    TagInfo { policy_id: u32::from(policy_id), flags }
+    TagInfo::new(policy_id, flags)
 }
 
 /// What a tree that does not exist yet means for the key naming it.
@@ -145,12 +147,12 @@ mod tests {
             "name = \"p\"\nmode = \"audit\"\n[files]\nwrite = [\"{d}\"]\nread_deny = [\"{d}/absent\"]\n\
              [network]\nallow = [\"10.0.0.0/8:443\"]\nsockets = [\"raw\"]\n"
         ));
-        let compiled = compile(&policy, 9).unwrap();
-        assert_eq!(compiled.tag.policy_id, 9);
+        let compiled = compile(&policy, PolicyId(9)).unwrap();
+        assert_eq!(compiled.tag.policy_id(), PolicyId(9));
         let expected = TAG_AUDIT | TAG_FILES | TAG_READ_DENY | TAG_NET | TAG_NO_REGULAR_FILE_ROOTS;
         assert_eq!(compiled.tag.flags & expected, expected, "flags {:#x}", compiled.tag.flags);
         assert_eq!(compiled.tag.flags & (TAG_EXEC | TAG_REQUIRE_SECCOMP), 0);
-        assert!(compiled.file_rules.iter().any(|(key, flags)| key.policy_id == 9 && flags & FILE_WRITE != 0));
+        assert!(compiled.file_rules.iter().any(|(key, flags)| key.policy_id == PolicyId(9) && flags & FILE_WRITE != 0));
         assert!(compiled.file_rules.iter().any(|(_, flags)| flags & FILE_READ_DENY != 0), "pending by name");
         let missing: Vec<String> = compiled.missing_trees().collect();
         assert_eq!(missing.len(), 1);
@@ -162,7 +164,7 @@ mod tests {
 
     #[test]
     fn a_policy_without_trees_has_no_file_rules_or_their_flags() {
-        let compiled = compile(&parsed("name = \"p\"\n[network]\nallow = []\n"), 1).unwrap();
+        let compiled = compile(&parsed("name = \"p\"\n[network]\nallow = []\n"), PolicyId(1)).unwrap();
         assert!(compiled.file_rules.is_empty() && compiled.missing.is_empty());
         assert_eq!(compiled.tag.flags & (TAG_FILES | TAG_NO_REGULAR_FILE_ROOTS), 0);
         assert_eq!(compiled.tag.flags & TAG_NET, TAG_NET);

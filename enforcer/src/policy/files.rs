@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use enforcer_common::policy::{
     FILE_DEVICE, FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_PENDING, FILE_READ_DENY, FILE_WRITE, FileRuleKey,
-    PENDING_ON_FILESYSTEM, TAG_NO_REGULAR_FILE_ROOTS, TAG_PENDING, name_key, name_words,
+    PENDING_ON_FILESYSTEM, PolicyId, TAG_NO_REGULAR_FILE_ROOTS, TAG_PENDING, name_key, name_words,
 };
 
 use crate::{
@@ -30,7 +30,7 @@ pub struct FileRules {
 }
 
 /// The trees of `[files]` and `[exec]`, and the nodes of `[devices]`.
-pub fn resolve(policy: &Policy, policy_id: u16) -> Result<FileRules, MountError> {
+pub fn resolve(policy: &Policy, policy_id: PolicyId) -> Result<FileRules, MountError> {
     let mounts = mounts::mount_table()?;
     let mut rules = FileRules::default();
     let none: &[PathBuf] = &[];
@@ -119,7 +119,7 @@ impl FileRules {
     }
 
     /// A rule keyed by an inode, whose kind `tag_flags` answers for.
-    fn add_inode(&mut self, id: &InodeId, policy_id: u16, flag: u16) {
+    fn add_inode(&mut self, id: &InodeId, policy_id: PolicyId, flag: u16) {
         self.regular_file_keys |= id.regular_file;
         self.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, flag);
     }
@@ -143,7 +143,7 @@ fn pending_read_deny(
     rules: &mut FileRules,
     path: &Path,
     mounts: &[procfs::process::MountInfo],
-    policy_id: u16,
+    policy_id: PolicyId,
 ) -> Result<(), MountError> {
     let mut name = path.file_name();
     let mut dir = path.parent();
@@ -179,10 +179,10 @@ mod tests {
              [devices]\nallow = [\"{d}\"]\n"
         );
         let (policy, _) = crate::policy::parse(&text, std::path::Path::new("p.toml")).unwrap();
-        let rules = resolve(&policy, 7).unwrap();
+        let rules = resolve(&policy, PolicyId(7)).unwrap();
         assert_eq!(rules.entries.len(), 1, "one inode, flags merged");
         assert_eq!(rules.entries[0].1, FILE_WRITE | FILE_READ_DENY | FILE_EXEC | FILE_DEVICE);
-        assert_eq!(rules.entries[0].0.policy_id, 7);
+        assert_eq!(rules.entries[0].0.policy_id, PolicyId(7));
         assert_eq!(rules.missing, vec![(dir.path().join("absent"), "files.write")]);
     }
 
@@ -201,7 +201,7 @@ mod tests {
             d.display()
         );
         let (policy, _) = crate::policy::parse(&text, Path::new("p.toml")).unwrap();
-        let rules = resolve(&policy, 1).unwrap();
+        let rules = resolve(&policy, PolicyId(1)).unwrap();
         let flags_of = |sub: &str| {
             let ino = std::fs::metadata(d.join(sub)).unwrap().ino();
             rules.entries.iter().find(|(k, _)| k.ino == ino).map(|(_, f)| *f).unwrap()
@@ -222,10 +222,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let text = format!("name = \"p\"\n[files]\nread_deny = [\"{}/.aws\"]\n", dir.path().display());
         let (policy, _) = crate::policy::parse(&text, std::path::Path::new("p.toml")).unwrap();
-        let rules = resolve(&policy, 3).unwrap();
+        let rules = resolve(&policy, PolicyId(3)).unwrap();
         let meta = std::fs::metadata(dir.path()).unwrap();
         let flags_of = |ino: u64| {
-            rules.entries.iter().filter(|(k, _)| k.ino == ino && k.policy_id == 3).map(|(_, f)| *f).collect::<Vec<_>>()
+            rules
+                .entries
+                .iter()
+                .filter(|(k, _)| k.ino == ino && k.policy_id == PolicyId(3))
+                .map(|(_, f)| *f)
+                .collect::<Vec<_>>()
         };
         assert_eq!(flags_of(meta.ino()), vec![FILE_PENDING], "the nearest existing directory");
         assert_eq!(flags_of(name_key(meta.ino(), name_words(b".aws"), 4)), vec![FILE_READ_DENY], "the missing name");
@@ -241,7 +246,7 @@ mod tests {
         let flags = |write: &str| {
             let text = format!("name = \"p\"\n[files]\nwrite = [\"{}/{write}\"]\n", dir.path().display());
             let (policy, _) = crate::policy::parse(&text, std::path::Path::new("p.toml")).unwrap();
-            resolve(&policy, 1).unwrap().tag_flags()
+            resolve(&policy, PolicyId(1)).unwrap().tag_flags()
         };
         assert_eq!(
             flags("."),

@@ -8,7 +8,10 @@
 
 use std::{collections::HashMap, net::Ipv6Addr};
 
-use enforcer_common::net::{NET_KEY_INBOUND, NET_PORT_RANGES, NetKey, NetPorts, PortRange, UNIX_PATH_BYTES, UnixKey};
+use enforcer_common::{
+    net::{NET_PORT_RANGES, NetKey, NetPorts, PortRange, UNIX_PATH_BYTES, UnixKey},
+    policy::PolicyId,
+};
 
 use crate::{
     policy::destinations::{Destination, Target, mask, prefix_text},
@@ -38,17 +41,18 @@ pub struct NetRules {
 /// Builds the entries of `network` for policy `policy_id`: destinations,
 /// then `listen` sources (under `NET_KEY_INBOUND`). Host name entries are
 /// not here: their addresses come from the resolver.
-pub fn build(network: &Network, policy_id: u32) -> Result<NetRules, TooManyRanges> {
-    let mut prefixes = prefixes(&network.allow, policy_id, "allow")?;
-    prefixes.extend(self::prefixes(&network.listen, policy_id | NET_KEY_INBOUND, "listen")?);
+pub fn build(network: &Network, policy_id: PolicyId) -> Result<NetRules, TooManyRanges> {
+    let mut prefixes = prefixes(&network.allow, policy_id, false, "allow")?;
+    prefixes.extend(self::prefixes(&network.listen, policy_id, true, "listen")?);
     let unix = network.unix.iter().map(|name| unix_key(name, policy_id)).collect();
     Ok(NetRules { prefixes, unix })
 }
 
-/// The trie entries of `entries`, keyed by `key_policy`.
+/// The trie entries of `entries`, keyed by `policy_id` and direction.
 fn prefixes(
     entries: &[(Destination, Location)],
-    key_policy: u32,
+    policy_id: PolicyId,
+    inbound: bool,
     key: &'static str,
 ) -> Result<Vec<(u32, NetKey, NetPorts)>, TooManyRanges> {
     // (address, prefix) -> ranges, and where the prefix was first written.
@@ -76,7 +80,7 @@ fn prefixes(
         }
         let mut ports = NetPorts::default();
         ports.ranges[..merged.len()].copy_from_slice(&merged);
-        prefixes.push((u32::from(prefix), NetKey { policy_id: key_policy.to_be_bytes(), addr: addr.octets() }, ports));
+        prefixes.push((u32::from(prefix), NetKey::new(policy_id, inbound, addr.octets()), ports));
     }
     Ok(prefixes)
 }
@@ -101,8 +105,8 @@ fn merge(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
 /// `net::UnixKey`): a path up to its end, zero-padded; an abstract name
 /// (`@name`: NUL then the name) with its length.
 #[must_use]
-pub fn unix_key(name: &str, policy_id: u32) -> UnixKey {
-    let mut key = UnixKey { policy_id, len: 0, path: [0; UNIX_PATH_BYTES] };
+pub fn unix_key(name: &str, policy_id: PolicyId) -> UnixKey {
+    let mut key = UnixKey { policy_id, reserved: 0, len: 0, path: [0; UNIX_PATH_BYTES] };
     match name.strip_prefix('@') {
         Some(abstract_name) => {
             let bytes = abstract_name.as_bytes();
@@ -128,7 +132,7 @@ mod tests {
         let text =
             format!("name = \"x\"\n[network]\nallow = [{}]\nunix = [\"/run/a.sock\", \"@bus\"]\n", list.join(", "));
         let (policy, _) = policy::parse(&text, Path::new("p.toml")).unwrap();
-        build(&policy.network.unwrap(), 7)
+        build(&policy.network.unwrap(), PolicyId(7))
     }
 
     fn ports_of(rules: &NetRules, addr: &str, prefix: u32) -> NetPorts {

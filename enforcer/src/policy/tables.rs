@@ -138,7 +138,7 @@ fn zeroed<T: bytemuck::Zeroable>() -> Box<T> {
 
 #[cfg(test)]
 mod tests {
-    use enforcer_common::policy::FILE_WRITE;
+    use enforcer_common::policy::{FILE_WRITE, PolicyId};
 
     use super::*;
 
@@ -151,22 +151,24 @@ mod tests {
     #[test]
     fn a_full_file_table_finds_every_root_and_nothing_else() {
         let rules: HashMap<FileRuleKey, u16> = (0..FILE_RULES_MAX as u64)
-            .map(|i| (FileRuleKey { ino: 1000 + i, dev: 0x80_0001, policy_id: (i % 3) as u16 + 1 }, FILE_WRITE))
+            .map(|i| {
+                (FileRuleKey { ino: 1000 + i, dev: 0x80_0001, policy_id: PolicyId((i % 3) as u16 + 1) }, FILE_WRITE)
+            })
             .collect();
         let table = file_table(&rules).expect("half load fits");
         for key in rules.keys() {
             assert_eq!(probe_file(&table, *key), Some(FILE_WRITE), "{key:?}");
         }
-        let other_policy = FileRuleKey { ino: 1000, dev: 0x80_0001, policy_id: 9 };
+        let other_policy = FileRuleKey { ino: 1000, dev: 0x80_0001, policy_id: PolicyId(9) };
         assert_eq!(probe_file(&table, other_policy), None);
-        let other_dev = FileRuleKey { ino: 1000, dev: 0x80_0002, policy_id: 1 };
+        let other_dev = FileRuleKey { ino: 1000, dev: 0x80_0002, policy_id: PolicyId(1) };
         assert_eq!(probe_file(&table, other_dev), None);
     }
 
     #[test]
     fn too_many_rules_is_an_error_that_says_the_limit() {
         let rules: HashMap<FileRuleKey, u16> = (0..=FILE_RULES_MAX as u64)
-            .map(|i| (FileRuleKey { ino: i + 1, dev: 1, policy_id: 1 }, FILE_WRITE))
+            .map(|i| (FileRuleKey { ino: i + 1, dev: 1, policy_id: PolicyId(1) }, FILE_WRITE))
             .collect();
         let err = file_table(&rules).unwrap_err().to_string();
         assert!(err.contains(&FILE_RULES_MAX.to_string()), "{err}");
@@ -175,7 +177,7 @@ mod tests {
     #[test]
     fn tag_table_finds_each_tag() {
         let tags: HashMap<u64, (u32, TagInfo)> =
-            (1..=TAGGED_MAX as u64).map(|id| (id * 7, ((id % 5) as u32, TagInfo { policy_id: 1, flags: 2 }))).collect();
+            (1..=TAGGED_MAX as u64).map(|id| (id * 7, ((id % 5) as u32, TagInfo::new(PolicyId(1), 2)))).collect();
         let table = tag_table(&tags).expect("half load fits");
         for (&id, &(_, tag)) in &tags {
             let found = tag_homes(id, table.seed).map(|home| table.slots[home]);
