@@ -14,17 +14,17 @@ pub fn run_empty(command: &[OsString]) -> i32 {
     let empty = match bpf::load_empty_programs() {
         Ok(empty) => empty,
         Err(e) => {
-            eprintln!("enforcer: error: cannot attach the empty programs: {e}");
+            tracing::error!("cannot attach the empty programs: {e}");
             return 125;
         }
     };
     if !empty.missing_hooks.is_empty() {
-        eprintln!("enforcer: bench-empty: this kernel has no {} hook(s)", empty.missing_hooks.join(", "));
+        tracing::info!("bench-empty: this kernel has no {} hook(s)", empty.missing_hooks.join(", "));
     }
     let status = match Command::new(&command[0]).args(&command[1..]).status() {
         Ok(status) => status,
         Err(e) => {
-            eprintln!("enforcer: error: cannot run `{}`: {e}", command[0].to_string_lossy());
+            tracing::error!("cannot run `{}`: {e}", command[0].to_string_lossy());
             return if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
         }
     };

@@ -17,6 +17,7 @@ use clap::Parser as _;
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::log::init();
     let code = match cli.command {
         Command::Run { policy, events, degraded, dns_upstream, command } => {
             run_command(RunOptions { policy, events, degraded, dns_upstream, command })
@@ -45,14 +46,14 @@ fn run_command(opts: RunOptions) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("enforcer: error: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
             return 125;
         }
     };
     match runtime.block_on(run::run(opts)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("enforcer: error: {e}");
+            tracing::error!("{e}");
             e.exit_code()
         }
     }
@@ -141,7 +142,7 @@ fn export_seccomp(file: &std::path::Path, format: SeccompFormat) -> i32 {
         SeccompFormat::Oci => match export::oci(syscalls) {
             Ok(json) => json,
             Err(e) => {
-                eprintln!("enforcer: error: {e}");
+                tracing::error!("{e}");
                 return 1;
             }
         },

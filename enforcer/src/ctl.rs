@@ -19,14 +19,14 @@ pub fn run(future: impl Future<Output = Result<i32, ClientError>>) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("enforcer: error: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
             return 1;
         }
     };
     match runtime.block_on(future) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("enforcer: error: {e}");
+            tracing::error!("{e}");
             1
         }
     }
@@ -35,7 +35,7 @@ pub fn run(future: impl Future<Output = Result<i32, ClientError>>) -> i32 {
 /// Prints the daemon's error answer; the exit code for it.
 fn failed(status: StatusCode, answer: &Value) -> i32 {
     let message = answer["error"].as_str().map_or_else(|| answer.to_string(), str::to_owned);
-    eprintln!("enforcer: error: {message}");
+    tracing::error!("{message}");
     if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST { 2 } else { 1 }
 }
 
@@ -80,7 +80,7 @@ pub async fn reload(socket: &Path) -> Result<i32, ClientError> {
         eprintln!("{}", rejected.error);
     }
     if status == StatusCode::UNPROCESSABLE_ENTITY {
-        eprintln!("enforcer: some files were rejected; the policies that were in force for them stay");
+        tracing::warn!("some files were rejected; the policies that were in force for them stay");
         return Ok(2);
     }
     Ok(0)

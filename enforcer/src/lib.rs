@@ -14,6 +14,7 @@ pub(crate) mod dns;
 pub(crate) mod events;
 pub(crate) mod field_loads;
 pub(crate) mod kernel;
+pub(crate) mod log;
 pub(crate) mod mounts;
 pub mod policy;
 pub(crate) mod ring_fill;

@@ -116,17 +116,17 @@ const POLICY_ID: PolicyId = PolicyId(1);
 pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let (policy, warnings) = policy::load(&opts.policy)?;
     for warning in warnings {
-        eprintln!("enforcer: {warning}");
+        tracing::warn!("{}: {}", warning.at, warning.message);
     }
     if !policy.cgroups.is_empty() {
-        eprintln!(
-            "enforcer: warning: `cgroups` selectors are applied by `enforcer daemon`; `enforcer run` judges its own command only"
+        tracing::warn!(
+            "`cgroups` selectors are applied by `enforcer daemon`; `enforcer run` judges its own command only"
         );
     }
     let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
     let compiled = compile(&policy, POLICY_ID)?;
     for missing in compiled.missing_trees() {
-        eprintln!("enforcer: warning: {missing}");
+        tracing::warn!("{missing}");
     }
     let mut enforcer = Enforcer::load()?;
     check_enforceable(&enforcer, &policy, opts.degraded)?;
@@ -134,7 +134,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     // Neither the supervisor nor its watchdog may be the OOM killer's choice;
     // the command gets the caller's value back.
     let oom_score_adj = watchdog::set_oom_score_adj(-1000).unwrap_or_else(|e| {
-        eprintln!("enforcer: warning: cannot set oom_score_adj: {e} (the OOM killer may pick the supervisor)");
+        tracing::warn!("cannot set oom_score_adj: {e} (the OOM killer may pick the supervisor)");
         0
     });
 
@@ -224,7 +224,7 @@ fn open_events(chosen: Option<&std::path::Path>) -> Result<(PathBuf, Sink), RunE
     };
     let sink = Sink::open(Some(&path)).map_err(|source| RunError::Events { path: path.clone(), source })?;
     if chosen.is_none() {
-        eprintln!("enforcer: events go to {}", path.display());
+        tracing::info!("events go to {}", path.display());
     }
     Ok((path, sink))
 }
@@ -259,14 +259,14 @@ fn check_enforceable(enforcer: &Enforcer, policy: &Policy, degraded: bool) -> Re
             if !degraded {
                 return Err(RunError::Unenforceable { why, parts });
             }
-            eprintln!("enforcer: warning: --degraded: this kernel cannot run BPF LSM programs ({why})");
+            tracing::warn!("--degraded: this kernel cannot run BPF LSM programs ({why})");
             for part in parts {
-                eprintln!("enforcer: warning: --degraded: NOT enforced: {part}");
+                tracing::warn!("--degraded: NOT enforced: {part}");
             }
         }
     }
     for part in enforcer.not_enforced_for_missing_hooks() {
-        eprintln!("enforcer: warning: this kernel lacks a hook: NOT enforced: {part}");
+        tracing::warn!("this kernel lacks a hook: NOT enforced: {part}");
     }
     Ok(())
 }

@@ -88,7 +88,7 @@ impl Sink {
                 line.push(b'\n');
                 // An auditor's pipe closing must not stop enforcement; report once.
                 if let Err(e) = writer.write_all(&line).and_then(|()| writer.flush()) {
-                    eprintln!("enforcer: warning: cannot write event: {e}");
+                    tracing::warn!("cannot write event: {e}");
                 }
             }
             Out::Lines(out) => {
@@ -233,7 +233,7 @@ fn write_records(
         let record = match events::decode(&item) {
             Ok(record) => record,
             Err(e) => {
-                eprintln!("enforcer: warning: {e}");
+                tracing::warn!("{e}");
                 continue;
             }
         };

@@ -29,8 +29,9 @@ use error::{chain, map_err};
 pub use object::load_empty_programs;
 pub use pinned::{Start, adopted_build, build_id, remove_pins, short_sha256};
 
-/// Whether `ENFORCER_DEBUG_LOAD` asks for load timings, verifier counts and
-/// whole verifier logs (read once).
+/// Whether `ENFORCER_DEBUG_LOAD` asks for whole verifier logs, and (as the
+/// `debug` log level, see `log.rs`) load timings and verifier counts (read
+/// once).
 #[must_use]
 pub fn debug_load() -> bool {
     static DEBUG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -62,8 +62,8 @@ impl Programs {
 
 fn programs_for(offsets: &KernelOffsets) -> Result<Programs, field_loads::FieldLoadError> {
     let (compat, object) = build_for_kernel();
-    if debug_load() {
-        eprintln!("enforcer: loading the {} build of the programs", if compat { "compat" } else { "main" });
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        tracing::debug!("loading the {} build of the programs", if compat { "compat" } else { "main" });
     }
     let mut words = vec![0u64; object.len().div_ceil(8)];
     // SAFETY: `words` spans at least `object.len()` bytes.
@@ -123,9 +123,9 @@ fn debug_loaded(
     started: std::time::Instant,
     info: impl FnOnce() -> Result<aya::programs::ProgramInfo, ProgramError>,
 ) {
-    if debug_load() {
+    if tracing::enabled!(tracing::Level::DEBUG) {
         let insns = info().ok().and_then(|i| i.verified_instruction_count());
-        eprintln!("enforcer: loaded {name} in {:?}, verifier processed {insns:?} insns", started.elapsed());
+        tracing::debug!("loaded {name} in {:?}, verifier processed {insns:?} insns", started.elapsed());
     }
 }
 

@@ -21,7 +21,7 @@ use aya::{
 use sha2::Digest as _;
 
 use super::{
-    Enforcer, LoadError, chain, debug_load,
+    Enforcer, LoadError, chain,
     hooks::{HOOKS, INBOUND_PROGRAM, SELECTOR_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM},
     maps::{MAP_NAMES, Maps},
     object::{LsmLink, PROGRAMS, attach_selector_program, load_everything, program_of},
@@ -188,9 +188,7 @@ impl Enforcer {
         if dir.exists() {
             return Ok(());
         }
-        if debug_load() {
-            eprintln!("enforcer: attaching the socket programs to {} (id {})", cgroup.name, cgroup.id);
-        }
+        tracing::debug!("attaching the socket programs to {} (id {})", cgroup.name, cgroup.id);
         let attach_err = |detail: String| PinError::Attach { cgroup: cgroup.name.clone(), detail };
         let file = std::fs::File::open(&cgroup.path)
             .map_err(|source| LoadError::OpenCgroup { path: cgroup.path.clone(), source })?;
@@ -234,9 +232,7 @@ impl Enforcer {
         let pinned = self.pinned.as_ref().ok_or(LoadError::Adopted("not a daemon: nothing is pinned"))?;
         let dir = pinned.dir.join("net").join(cgroup_id.to_string());
         if dir.exists() {
-            if debug_load() {
-                eprintln!("enforcer: detaching the socket programs from cgroup id {cgroup_id}");
-            }
+            tracing::debug!("detaching the socket programs from cgroup id {cgroup_id}");
             remove_pins(&dir)?;
         }
         Ok(())

@@ -281,7 +281,7 @@ async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Follow>)
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     f.shared.metrics.follower_cuts.fetch_add(1, Ordering::Relaxed);
                     f.shared.metrics.follower_dropped.fetch_add(missed, Ordering::Relaxed);
-                    eprintln!("enforcer: a follower fell {missed} lines behind and was cut off");
+                    tracing::warn!("a follower fell {missed} lines behind and was cut off");
                     let message = DaemonLine::now(DaemonEvent::FollowerCut {
                         missed,
                         message: format!(

@@ -194,8 +194,8 @@ impl Core {
         let plan = reload::plan(scan, &self.policies, &users, &mut self.ids);
         let Plan { mut fresh, mut unload, orphaned, mut report } = plan;
         self.orphaned = orphaned;
-        if crate::bpf::debug_load() {
-            eprintln!("enforcer: reload: compiled after {:?}", started.elapsed());
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!("reload: compiled after {:?}", started.elapsed());
         }
         if (!fresh.is_empty() || !unload.is_empty() || publish_always)
             && let Err(e) = self.apply(&fresh, &unload)
@@ -249,7 +249,7 @@ impl Core {
             extra_filter.insert(id, selected.level);
         }
         let old_live: HashSet<PolicyId> = self.policies.values().map(|p| p.id).collect();
-        let timing = crate::bpf::debug_load().then(std::time::Instant::now);
+        let timing = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
         // New versions' network rules go in beside the old ones first.
         for loaded in fresh.values() {
             if let Some(net) = &loaded.net
@@ -268,8 +268,8 @@ impl Core {
         let published = timing.map(|t| t.elapsed());
         self.enforcer.retain_net_rules(&live)?;
         if let Some(t) = timing {
-            eprintln!(
-                "enforcer: apply: rules in after {inserted:?}, published after {published:?}, old rules out after {:?}",
+            tracing::debug!(
+                "apply: rules in after {inserted:?}, published after {published:?}, old rules out after {:?}",
                 t.elapsed()
             );
         }
@@ -304,12 +304,12 @@ impl Core {
         let cgroup = self.cgroup(cgroup)?;
         tagging::check_taggable(&cgroup)?;
         // The socket programs go on first: once tagged, all is judged.
-        let timing = crate::bpf::debug_load().then(std::time::Instant::now);
+        let timing = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
         self.sync_net(Some(&cgroup))?;
         let attached = timing.map(|t| t.elapsed());
         self.enforcer.tag(&cgroup, tag_info)?;
         if let Some(t) = timing {
-            eprintln!("enforcer: tag: socket programs after {attached:?}, tagged after {:?}", t.elapsed());
+            tracing::debug!("tag: socket programs after {attached:?}, tagged after {:?}", t.elapsed());
         }
         let tag = Tag {
             cgroup: cgroup.name.clone(),
@@ -387,7 +387,7 @@ impl Core {
         let gone: Vec<u64> = self.tags.values().filter(|t| !self.still_there(t)).map(|t| t.cgroup_id).collect();
         let dropped = gone.into_iter().filter_map(|id| self.drop_tag(id).ok()).collect();
         if let Err(e) = self.reconcile() {
-            eprintln!("enforcer: warning: cannot bring the selected cgroups up to date: {e}");
+            tracing::warn!("cannot bring the selected cgroups up to date: {e}");
         }
         dropped
     }
@@ -547,7 +547,7 @@ impl Core {
         match serde_json::from_str::<State>(&text) {
             Ok(state) => state,
             Err(e) => {
-                eprintln!("enforcer: warning: {}: unreadable saved state, starting without it: {e}", path.display());
+                tracing::warn!("{}: unreadable saved state, starting without it: {e}", path.display());
                 State::default()
             }
         }
@@ -557,8 +557,8 @@ impl Core {
     /// returned (for the callers that have nothing to undo).
     pub fn save(&self) {
         if let Err(e) = self.try_save() {
-            eprintln!(
-                "enforcer: warning: cannot save state to {}: {e} (a restarted daemon would not adopt it)",
+            tracing::warn!(
+                "cannot save state to {}: {e} (a restarted daemon would not adopt it)",
                 self.state_file().display()
             );
         }

@@ -74,7 +74,7 @@ impl LineOut for Fanout {
             && let Err(e) = file.write(&line)
         {
             self.metrics.count_sink_error();
-            eprintln!("enforcer: warning: cannot write the events file: {e}");
+            tracing::warn!("cannot write the events file: {e}");
         }
         if let Some(stdout) = &mut self.stdout {
             let _ = stdout.write_all(&line);

@@ -86,14 +86,14 @@ pub fn main(opts: DaemonOptions) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("enforcer: error: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
             return 1;
         }
     };
     match runtime.block_on(run(opts)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("enforcer: error: {e}");
+            tracing::error!("{e}");
             match e {
                 DaemonError::Config(_) => 2,
                 _ => 1,
@@ -113,14 +113,14 @@ fn not_enforced(enforcer: &Enforcer, start: &Start, degraded: bool) -> Result<Ve
             }
             return Err(DaemonError::Unenforceable { why });
         }
-        eprintln!("enforcer: warning: --degraded: this kernel cannot run BPF LSM programs ({why})");
+        tracing::warn!("--degraded: this kernel cannot run BPF LSM programs ({why})");
         for part in NOT_ENFORCED_WITHOUT_LSM {
-            eprintln!("enforcer: warning: --degraded: NOT enforced: {part}");
+            tracing::warn!("--degraded: NOT enforced: {part}");
         }
         not_enforced = NOT_ENFORCED_WITHOUT_LSM.to_vec();
     }
     for part in enforcer.not_enforced_for_missing_hooks() {
-        eprintln!("enforcer: warning: this kernel lacks a hook: NOT enforced: {part}");
+        tracing::warn!("this kernel lacks a hook: NOT enforced: {part}");
         not_enforced.push(part);
     }
     Ok(not_enforced)
@@ -182,13 +182,14 @@ pub fn release_free_memory() {
 /// Sends a reload's outcome to the stream (and the log).
 pub fn announce_reload(notices: &mpsc::UnboundedSender<DaemonLine>, report: &ReloadReport) {
     for rejected in &report.rejected {
-        eprintln!("enforcer: policy rejected, what was in force stays: {}", rejected.error);
+        tracing::warn!("policy rejected, what was in force stays: {}", rejected.error);
     }
     for warning in &report.warnings {
-        eprintln!("enforcer: {warning}");
+        // A policy file's warnings name their place: `file: warning: ...`.
+        tracing::warn!("{}", warning.replacen(": warning: ", ": ", 1));
     }
     for (name, version, hash) in &report.applied {
-        eprintln!("enforcer: policy `{name}` version {version} ({hash}) in force");
+        tracing::info!("policy `{name}` version {version} ({hash}) in force");
     }
     if report.applied.is_empty() && report.rejected.is_empty() && report.unloaded.is_empty() {
         return;
@@ -264,8 +265,8 @@ fn uninstall(config: &Config) -> Result<(), DaemonError> {
             Err(e) => return Err(io_err(&file)(e)),
         }
     }
-    eprintln!(
-        "enforcer: uninstalled: removed the pins of {} build(s) under {}; no cgroup is enforced now",
+    tracing::info!(
+        "uninstalled: removed the pins of {} build(s) under {}; no cgroup is enforced now",
         builds.len(),
         config.bpffs.display()
     );

@@ -63,7 +63,7 @@ impl Daemon {
             // Our tables are published: the other builds' programs may go.
             for build in other_builds {
                 if let Err(e) = crate::bpf::remove_pins(&config.bpffs.join(build)) {
-                    eprintln!("enforcer: warning: cannot remove the pins of build {build}: {e}");
+                    tracing::warn!("cannot remove the pins of build {build}: {e}");
                 }
             }
         }
@@ -71,9 +71,7 @@ impl Daemon {
         match crate::ring_fill::RingFill::new(&ring, u64::from(enforcer_common::events::EVENTS_BYTES)) {
             Ok(fill) => core.ring_fill = Some(fill),
             Err(e) => {
-                eprintln!(
-                    "enforcer: warning: cannot map the ring buffer's positions, its fill is not in the metrics: {e}"
-                );
+                tracing::warn!("cannot map the ring buffer's positions, its fill is not in the metrics: {e}");
             }
         }
         let metrics = Arc::new(Metrics::default());
@@ -93,8 +91,8 @@ impl Daemon {
             not_enforced: core.not_enforced.clone(),
             errors: attach_errors,
         });
-        eprintln!(
-            "enforcer: daemon {} ({}): {} policies, {} tagged cgroups, pins in {}",
+        tracing::info!(
+            "daemon {} ({}): {} policies, {} tagged cgroups, pins in {}",
             if adopted { "adopted the pinned programs" } else { "loaded the programs" },
             crate::bpf::build_id(),
             core.policies().count(),
@@ -139,10 +137,7 @@ impl Daemon {
         stream.sink().flush();
         core.save();
         let _ = std::fs::remove_file(&self.config.socket);
-        eprintln!(
-            "enforcer: daemon stopped; {} tagged cgroups stay enforced by the pinned programs",
-            core.tags().len()
-        );
+        tracing::info!("daemon stopped; {} tagged cgroups stay enforced by the pinned programs", core.tags().len());
         Ok(())
     }
 }
@@ -186,7 +181,7 @@ async fn housekeeping(shared: Arc<Shared>) {
         tick.tick().await;
         let mut core = shared.core.lock().await;
         if let Err(e) = core.protect_own_files() {
-            eprintln!("enforcer: warning: cannot update the protected files: {e}");
+            tracing::warn!("cannot update the protected files: {e}");
         }
         for tag in core.sweep() {
             let removed =
@@ -214,13 +209,13 @@ async fn serve(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            eprintln!("enforcer: API connection refused: {API_CONNECTIONS_MAX} connections are open");
+            tracing::warn!("API connection refused: {API_CONNECTIONS_MAX} connections are open");
             continue;
         };
         let service = match api::refuse_peer(&shared, stream.peer_cred().ok()).await {
             None => router.clone(),
             Some(why) => {
-                eprintln!("enforcer: API request refused: {why}");
+                tracing::warn!("API request refused: {why}");
                 api::refusing(why)
             }
         };

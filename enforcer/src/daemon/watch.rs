@@ -22,10 +22,7 @@ pub async fn policies(dir: PathBuf, shared: Arc<Shared>) {
     let fd = match watcher.map_err(std::io::Error::from).and_then(|fd| unsafe { Ok(AsyncFd::register(fd)?) }) {
         Ok(fd) => fd,
         Err(e) => {
-            eprintln!(
-                "enforcer: warning: cannot watch {} ({e}): policy changes apply only with `enforcer reload`",
-                dir.display()
-            );
+            tracing::warn!("cannot watch {} ({e}): policy changes apply only with `enforcer reload`", dir.display());
             return;
         }
     };

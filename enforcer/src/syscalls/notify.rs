@@ -79,7 +79,7 @@ impl Supervisor {
                 Ok(0) | Err(rustix::io::Errno::INTR) => continue,
                 Ok(_) => {}
                 Err(e) => {
-                    eprintln!("enforcer: error: cannot wait for seccomp notifications: {e}");
+                    tracing::error!("cannot wait for seccomp notifications: {e}");
                     return;
                 }
             }
@@ -93,7 +93,7 @@ impl Supervisor {
                     }
                     // The task was interrupted before we read it: nothing to answer.
                     Err(e) if e.errno().is_some_and(|e| e == libseccomp::error::SeccompErrno::ENOENT) => {}
-                    Err(e) => eprintln!("enforcer: warning: cannot read a seccomp notification: {e}"),
+                    Err(e) => tracing::warn!("cannot read a seccomp notification: {e}"),
                 }
             } else if revents.intersects(rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR) {
                 // No task carries the filter any more.
