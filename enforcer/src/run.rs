@@ -144,14 +144,14 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let cgroup = &run_cgroup.cgroup;
 
     if !compiled.file_rules.is_empty() {
-        enforcer.add_file_rules(&compiled.file_rules)?;
+        enforcer.tables.add_file_rules(&compiled.file_rules)?;
     }
     let (dns_tx, dns_events) = tokio::sync::mpsc::unbounded_channel::<DnsEvent>();
     let mut resolver = None;
     let net = match &policy.network {
         Some(network) => {
             if let Some(rules) = &compiled.net {
-                enforcer.add_net_rules(rules)?;
+                enforcer.net.add(rules)?;
             }
             resolver = Some(start_resolver(&mut enforcer, &policy, network, opts.dns_upstream, dns_tx).await?);
             Some(enforcer.attach_net(cgroup)?)
@@ -168,7 +168,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     if let Some(resolver) = &resolver {
         stream.set_grants(resolver.grants.clone());
     }
-    enforcer.set_protected(&run_protected(&events_path))?;
+    enforcer.protected.set(&run_protected(&events_path))?;
     enforcer.tag(cgroup, compiled.tag)?;
     let watchdog = watchdog::Watchdog::start(&cgroup.path).map_err(RunError::Watchdog)?;
     // After the watchdog: it must not hold the command's terminal open.
@@ -205,7 +205,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         denials.finish(&mut stream);
     }
     stream.drain();
-    stream.report_lost(enforcer.lost_events()?);
+    stream.report_lost(enforcer.lost.total()?);
     enforcer.untag(cgroup)?;
     if let Some(net) = net {
         enforcer.detach_net(net)?;
@@ -304,7 +304,7 @@ async fn start_resolver(
         grants: grants.clone(),
         events,
     };
-    enforcer.set_resolver(POLICY_ID, Resolver { port: listeners.port, v6: u16::from(listeners.v6) })?;
+    enforcer.net.set_resolver(POLICY_ID, Resolver { port: listeners.port, v6: u16::from(listeners.v6) })?;
     let task = tokio::spawn(dns::serve(resolver, listeners));
     Ok(RunningResolver { task, grants })
 }
@@ -456,7 +456,7 @@ async fn spawn_and_wait(
             status = child.wait() => return Ok((status.map_err(RunError::Wait)?, denials)),
             result = stream.next_batch() => result.map_err(RunError::Wait)?,
             _ = lost_tick.tick() => {
-                stream.report_lost(enforcer.lost_events().unwrap_or(0));
+                stream.report_lost(enforcer.lost.total().unwrap_or(0));
                 if let Some(grants) = &dns.grants
                     && let Ok(mut grants) = grants.lock()
                 {

@@ -4,17 +4,19 @@
 //!   its field offsets, loaded; the BPF LSM programs attached.
 //! - `hooks`: every program by name (one table of BPF LSM hooks), held to
 //!   the compiled objects by a test.
-//! - `maps`: the maps userspace works with, from the object or from pins.
+//! - `maps`: the maps userspace works with, from the object or from pins;
+//!   `handles`: one small handle per map, with its operations.
 //! - `swap`: the table-swap protocol (tags, tree roots, selectors, and the
 //!   tag check's filter), unit-tested without a kernel.
-//! - `enforcer`: [`Enforcer`], the handle that keeps it all attached and
-//!   fills the maps.
+//! - `enforcer`: [`Enforcer`], which keeps it all attached and holds the
+//!   map handles.
 //! - `pinned`: the daemon's pins under bpffs, and adopting them.
 //! - `table_map`: creating the inner map of a table swap, with BTF (6.1 matches
 //!   it against the programs' template).
 
 mod enforcer;
 mod error;
+mod handles;
 mod hooks;
 mod jit_dump;
 mod maps;

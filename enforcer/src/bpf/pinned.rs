@@ -170,7 +170,7 @@ impl Enforcer {
         let pinned = Pinned::open(dir)?;
         let mut enforcer = Self::from_maps(None, Some(pinned), maps, lsm_missing, missing_hooks)?;
         // The filter in force is the earlier daemon's: keep it a superset.
-        enforcer.swap.keep_filter_in_force()?;
+        enforcer.tables.keep_filter_in_force()?;
         Ok(enforcer)
     }
 

@@ -22,7 +22,7 @@ use crate::policy::tables;
 
 /// Where the tables and the filter go: the programs' maps, or a recorder in
 /// the tests.
-pub(super) trait Target {
+pub trait Target {
     /// Makes `tables` the ones programs look in from now on, whole.
     fn publish(&mut self, tables: &Tables) -> Result<(), LoadError>;
     /// Makes `filter` the tag check's pre-filter.
@@ -31,7 +31,7 @@ pub(super) trait Target {
 
 /// The programs' `TABLES` (an array of maps, slot 0 the tables in force) and
 /// `TAG_FILTER`.
-pub(super) struct KernelTables {
+pub struct KernelTables {
     pub(super) tables: TableMaps,
     pub(super) tag_filter: Array<MapData, TagFilter>,
 }
@@ -61,7 +61,7 @@ impl Target for KernelTables {
 }
 
 /// The tables in force and what they are built from.
-pub(super) struct Swap<T: Target> {
+pub struct Swap<T: Target> {
     target: T,
     /// Tagged cgroup id -> (level, tag): what the tag table is built from.
     tags: HashMap<u64, (u32, TagInfo)>,
@@ -121,7 +121,7 @@ impl<T: Target> Swap<T> {
     /// swap: each tagged cgroup goes from its old policy to its new one with
     /// nothing in between. `extra_filter` (the levels the selectors can
     /// select at) replaces the published one with it.
-    pub(super) fn replace_all(
+    pub fn replace_all(
         &mut self,
         file_rules: HashMap<FileRuleKey, u16>,
         tags: HashMap<u64, (u32, TagInfo)>,
@@ -143,22 +143,15 @@ impl<T: Target> Swap<T> {
 
     /// Adds tree roots (of a policy loaded before it is tagged). Nothing
     /// changes if publishing fails.
-    pub(super) fn add_file_rules(&mut self, rules: &[(FileRuleKey, u16)]) -> Result<(), LoadError> {
+    pub fn add_file_rules(&mut self, rules: &[(FileRuleKey, u16)]) -> Result<(), LoadError> {
         let before = self.file_rules.clone();
         self.file_rules.extend(rules.iter().copied());
         self.publish_files().inspect_err(|_| self.file_rules = before)
     }
 
-    pub(super) fn remove_file_rules(&mut self, rules: &[(FileRuleKey, u16)]) -> Result<(), LoadError> {
-        for (key, _) in rules {
-            self.file_rules.remove(key);
-        }
-        self.publish_files()
-    }
-
     /// Lets the tag check look for more selected cgroups (before they go in
     /// `SELECTED`), or fewer (after they left it).
-    pub(super) fn set_extra_filter(&mut self, extra_filter: &TagFilter) -> Result<(), LoadError> {
+    pub fn set_extra_filter(&mut self, extra_filter: &TagFilter) -> Result<(), LoadError> {
         self.extra_filter = *extra_filter;
         let filter = filter_of(&self.tags).union(extra_filter);
         if filter == self.published_filter {
@@ -167,16 +160,12 @@ impl<T: Target> Swap<T> {
         self.set_filter(&filter)
     }
 
-    pub(super) fn selector_table(&self) -> &SelectorTable {
+    pub fn selector_table(&self) -> &SelectorTable {
         &self.selector_table
     }
 
-    pub(super) fn extra_filter(&self) -> TagFilter {
+    pub fn extra_filter(&self) -> TagFilter {
         self.extra_filter
-    }
-
-    pub(super) fn tagged_count(&self) -> usize {
-        self.tags.len()
     }
 
     fn publish_tags(&mut self) -> Result<(), LoadError> {
@@ -314,7 +303,7 @@ mod tests {
         swap.tag(301, 3, tag(1)).unwrap();
         swap.target.refuse = true;
         assert!(swap.tag(402, 4, tag(1)).is_err());
-        assert_eq!(swap.tagged_count(), 1);
+        assert_eq!(swap.tags.len(), 1);
         swap.tag(503, 5, tag(1)).unwrap();
         assert_eq!(swap.target.tagged.keys().copied().collect::<Vec<_>>(), [301, 503], "402 never reached a table");
     }
@@ -328,8 +317,6 @@ mod tests {
         assert!(swap.add_file_rules(&[key(11)]).is_err());
         swap.add_file_rules(&[key(12)]).unwrap();
         assert_eq!(swap.target.file_keys, 2);
-        swap.remove_file_rules(&[key(10)]).unwrap();
-        assert_eq!(swap.target.file_keys, 1);
     }
 
     #[test]

@@ -92,11 +92,11 @@ pub fn snapshot(core: &Core) -> Snapshot {
         tagged_cgroups: core.tags().len(),
         selected_cgroups: core.selected().count(),
         #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "0 to 1000")]
-        selected_filter_fill: (core.enforcer.selected_bloom_fill() * 1000.0).round() as u64,
+        selected_filter_fill: (core.enforcer.selected.bloom_fill() * 1000.0).round() as u64,
         policies: core.policies().map(|p| (p.name.clone(), p.version, p.hash.clone(), core.users(&p.name))).collect(),
         reloads: core.reloads,
         reload_failures: core.reload_failures,
-        lost_events: core.enforcer.lost_events().unwrap_or(0),
+        lost_events: core.enforcer.lost.total().unwrap_or(0),
         ring: core.ring_fill.as_ref().map(crate::ring_fill::RingFill::used),
         lsm_enforced: core.enforcer.lsm_missing().is_none(),
         not_enforced: core.not_enforced.len(),
@@ -127,7 +127,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         tags: core.tags(),
         selected: core.selected().cloned().collect(),
         counters: Counters {
-            lost_events: core.enforcer.lost_events().unwrap_or(0),
+            lost_events: core.enforcer.lost.total().unwrap_or(0),
             reloads: core.reloads,
             reload_failures: core.reload_failures,
             followers: shared.metrics.followers.load(Ordering::Relaxed),

@@ -241,7 +241,7 @@ impl Core {
         let tags: HashMap<_, _> =
             self.tags.values().filter_map(|t| in_force(&t.policy).map(|p| (t.cgroup_id, (t.level, p.tag)))).collect();
         let live: HashSet<PolicyId> = names.iter().filter_map(|n| in_force(n)).map(|p| p.id).collect();
-        let recorded = self.enforcer.selected();
+        let recorded = self.enforcer.selected.all();
         let built = self.selection.table(names.iter().filter_map(|n| in_force(n)), &self.orphaned, &recorded)?;
         // Recorded cgroups stay visible to the tag check through the swap.
         let mut extra_filter = built.levels;
@@ -253,20 +253,20 @@ impl Core {
         // New versions' network rules go in beside the old ones first.
         for loaded in fresh.values() {
             if let Some(net) = &loaded.net
-                && let Err(e) = self.enforcer.add_net_rules(net)
+                && let Err(e) = self.enforcer.net.add(net)
             {
-                let _ = self.enforcer.retain_net_rules(&old_live);
+                let _ = self.enforcer.net.retain(&old_live);
                 return Err(e);
             }
         }
         let inserted = timing.map(|t| t.elapsed());
-        if let Err(e) = self.enforcer.replace_all(file_rules, tags, built.table, &extra_filter) {
-            let _ = self.enforcer.retain_net_rules(&old_live);
+        if let Err(e) = self.enforcer.tables.replace_all(file_rules, tags, built.table, &extra_filter) {
+            let _ = self.enforcer.net.retain(&old_live);
             return Err(e);
         }
         self.selection.commit(built.choice);
         let published = timing.map(|t| t.elapsed());
-        self.enforcer.retain_net_rules(&live)?;
+        self.enforcer.net.retain(&live)?;
         if let Some(t) = timing {
             tracing::debug!(
                 "apply: rules in after {inserted:?}, published after {published:?}, old rules out after {:?}",
@@ -490,7 +490,7 @@ impl Core {
     /// replaced by rename has a new inode).
     pub fn protect_own_files(&mut self) -> Result<(), LoadError> {
         let protected = protected_inodes(&self.config, self.config_file.as_deref());
-        self.enforcer.set_protected(&protected)
+        self.enforcer.protected.set(&protected)
     }
 
     /// Whether a process in cgroup `path` (from /proc/PID/cgroup) is in or
@@ -506,7 +506,8 @@ impl Core {
         let mut dir = self.hierarchy.mount_point.clone();
         path.split('/').filter(|c| !c.is_empty()).any(|component| {
             dir.push(component);
-            std::fs::metadata(&dir).is_ok_and(|m| self.enforcer.is_selected(std::os::unix::fs::MetadataExt::ino(&m)))
+            std::fs::metadata(&dir)
+                .is_ok_and(|m| self.enforcer.selected.contains(std::os::unix::fs::MetadataExt::ino(&m)))
         })
     }
 

@@ -134,26 +134,26 @@ impl Selection {
     ) -> Result<(Vec<SelectedCgroup>, Vec<SelectedCgroup>), LoadError> {
         let started = monotonic_ns();
         let found = walk(hierarchy, &self.roots());
-        let recorded: HashMap<u64, Selected> = enforcer.selected().into_iter().collect();
-        let changes = changes(&found, enforcer.selector_table(), &recorded, started);
+        let recorded: HashMap<u64, Selected> = enforcer.selected.all().into_iter().collect();
+        let changes = changes(&found, enforcer.tables.selector_table(), &recorded, started);
         // The filter lets a cgroup through before it is recorded.
-        let mut filter = enforcer.extra_filter();
+        let mut filter = enforcer.tables.extra_filter();
         for (id, selected) in &changes.select {
             filter.insert(*id, selected.level);
         }
-        enforcer.set_extra_filter(&filter)?;
+        enforcer.tables.set_extra_filter(&filter)?;
         for &(id, selected) in &changes.select {
-            enforcer.select(id, selected)?;
+            enforcer.selected.insert(id, selected)?;
         }
         for &id in &changes.unselect {
-            enforcer.unselect(id)?;
+            enforcer.selected.remove(id)?;
         }
         let mut filter = self.levels();
-        let now = enforcer.selected();
+        let now = enforcer.selected.all();
         for (id, selected) in &now {
             filter.insert(*id, selected.level);
         }
-        enforcer.set_extra_filter(&filter)?;
+        enforcer.tables.set_extra_filter(&filter)?;
         Ok(self.take_listing(&now, &found, tagged))
     }
 

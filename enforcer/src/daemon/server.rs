@@ -131,7 +131,7 @@ impl Daemon {
         let stream = &mut self.stream;
         stream.drain();
         let mut core = shared.core.lock().await;
-        stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
+        stream.report_lost(core.enforcer.lost.total().unwrap_or(0));
         core.lost_reported = stream.lost_reported();
         stream.sink().daemon_line(&DaemonLine::now(DaemonEvent::DaemonStopped { pid: std::process::id() }));
         stream.sink().flush();
@@ -160,7 +160,7 @@ async fn stream_until(
             }
             _ = tick.tick() => {
                 let mut core = shared.core.lock().await;
-                stream.report_lost(core.enforcer.lost_events().unwrap_or(0));
+                stream.report_lost(core.enforcer.lost.total().unwrap_or(0));
                 stream.sink().flush();
                 if stream.lost_reported() != core.lost_reported {
                     core.lost_reported = stream.lost_reported();

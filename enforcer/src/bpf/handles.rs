@@ -1,0 +1,134 @@
+//! One small handle per map userspace writes or reads (the policy tables
+//! have theirs in `swap.rs`): each knows its map's name for errors and
+//! offers the operations the daemon and `enforcer run` need.
+
+use std::collections::HashSet;
+
+use aya::maps::{
+    Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray,
+    lpm_trie::{Key, LpmTrie},
+};
+use enforcer_common::{
+    events::LOST_MAP,
+    net::{NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver, UNIX_RULES_MAP, UnixKey},
+    policy::{PROTECTED_MAP, PolicyId, Protected, TAG_BLOOM_BITS},
+    select::{SELECTED_MAP, Selected, SelectedBloom},
+};
+
+use super::{LoadError, map_err};
+use crate::policy::network::NetRules;
+
+/// Each policy's network rules: destinations (`NET_RULES`), unix socket
+/// names (`UNIX_RULES`) and its resolver (`RESOLVERS`), all keyed by policy.
+pub struct NetRuleMaps {
+    pub(super) destinations: LpmTrie<MapData, NetKey, NetPorts>,
+    pub(super) unix: BpfHashMap<MapData, UnixKey, u8>,
+    pub(super) resolvers: BpfHashMap<MapData, PolicyId, Resolver>,
+}
+
+impl NetRuleMaps {
+    /// Installs a policy's rules (before a cgroup is tagged with it).
+    pub fn add(&mut self, rules: &NetRules) -> Result<(), LoadError> {
+        for (prefix, key, ports) in &rules.prefixes {
+            let key = Key::new(NET_KEY_POLICY_BITS + prefix, *key);
+            self.destinations.insert(&key, ports, 0).map_err(map_err(NET_RULES_MAP))?;
+        }
+        for key in &rules.unix {
+            self.unix.insert(key, 1, 0).map_err(map_err(UNIX_RULES_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// Sends the DNS of cgroups tagged with `policy_id` to `resolver`.
+    pub fn set_resolver(&mut self, policy_id: PolicyId, resolver: Resolver) -> Result<(), LoadError> {
+        self.resolvers.insert(policy_id, resolver, 0).map_err(map_err(RESOLVERS_MAP))
+    }
+
+    /// Removes the rules of every policy not in `live`.
+    pub fn retain(&mut self, live: &HashSet<PolicyId>) -> Result<(), LoadError> {
+        let stale: Vec<Key<NetKey>> = self
+            .destinations
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !live.contains(&key.data().policy()))
+            .collect();
+        for key in stale {
+            self.destinations.remove(&key).map_err(map_err(NET_RULES_MAP))?;
+        }
+        let stale: Vec<UnixKey> =
+            self.unix.keys().filter_map(Result::ok).filter(|key| !live.contains(&key.policy_id)).collect();
+        for key in stale {
+            self.unix.remove(&key).map_err(map_err(UNIX_RULES_MAP))?;
+        }
+        let stale: Vec<PolicyId> =
+            self.resolvers.keys().filter_map(Result::ok).filter(|id| !live.contains(id)).collect();
+        for id in stale {
+            self.resolvers.remove(&id).map_err(map_err(RESOLVERS_MAP))?;
+        }
+        Ok(())
+    }
+}
+
+/// The cgroups selectors tagged (`SELECTED`), and the kernel's half of
+/// their bloom filter (`SELECTED_BLOOM`, which only the kernel sets).
+pub struct SelectedCgroups {
+    pub(super) records: BpfHashMap<MapData, u64, Selected>,
+    pub(super) bloom: Array<MapData, SelectedBloom>,
+}
+
+impl SelectedCgroups {
+    /// Whether cgroup `id` is recorded.
+    #[must_use]
+    pub fn contains(&self, id: u64) -> bool {
+        self.records.get(&id, 0).is_ok()
+    }
+
+    /// Every recorded cgroup.
+    #[must_use]
+    pub fn all(&self) -> Vec<(u64, Selected)> {
+        self.records.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Records a selected cgroup (its id must pass the tag check's filter
+    /// first: see `Swap::set_extra_filter`).
+    pub fn insert(&mut self, cgroup_id: u64, selected: Selected) -> Result<(), LoadError> {
+        self.records.insert(cgroup_id, selected, 0).map_err(map_err(SELECTED_MAP))
+    }
+
+    pub fn remove(&mut self, cgroup_id: u64) -> Result<(), LoadError> {
+        match self.records.remove(&cgroup_id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(SELECTED_MAP)(e)),
+        }
+    }
+
+    /// How full the bloom filter is (0 to 1): it only fills, and past about
+    /// a half it lets many untagged cgroups through to a map lookup.
+    #[must_use]
+    pub fn bloom_fill(&self) -> f64 {
+        let Ok(bloom) = self.bloom.get(&0, 0) else { return 0.0 };
+        let set: u32 = bloom.bloom.iter().map(|w| w.count_ones()).sum();
+        f64::from(set) / f64::from(u32::try_from(TAG_BLOOM_BITS).unwrap_or(u32::MAX))
+    }
+}
+
+/// The inodes no tagged task may change (`PROTECTED`: the daemon's own
+/// files).
+pub struct ProtectedInodes(pub(super) Array<MapData, Protected>);
+
+impl ProtectedInodes {
+    pub fn set(&mut self, protected: &Protected) -> Result<(), LoadError> {
+        self.0.set(0, protected, 0).map_err(map_err(PROTECTED_MAP))
+    }
+}
+
+/// Events the ring buffer could not take (`LOST`, per CPU).
+pub struct LostEvents(pub(super) PerCpuArray<MapData, u64>);
+
+impl LostEvents {
+    /// Since load, over all CPUs.
+    pub fn total(&self) -> Result<u64, LoadError> {
+        let per_cpu = self.0.get(&0, 0).map_err(map_err(LOST_MAP))?;
+        Ok(per_cpu.iter().sum())
+    }
+}
