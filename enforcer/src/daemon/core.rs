@@ -80,6 +80,21 @@ pub struct ReloadReport {
     pub warnings: Vec<String>,
 }
 
+/// What the daemon's core starts from.
+pub struct Setup {
+    pub config: Config,
+    /// The configuration file read, if any (protected with the rest).
+    pub config_file: Option<PathBuf>,
+    pub enforcer: Enforcer,
+    pub hierarchy: Hierarchy,
+    /// Whether the programs were adopted from an earlier daemon's pins.
+    pub adopted: bool,
+    /// What the kernel cannot enforce (`--degraded`, missing hooks).
+    pub not_enforced: Vec<&'static str>,
+    /// The events ring buffer's positions, if they could be mapped.
+    pub ring_fill: Option<crate::ring_fill::RingFill>,
+}
+
 pub struct Core {
     pub enforcer: Enforcer,
     pub hierarchy: Hierarchy,
@@ -115,13 +130,8 @@ impl Core {
     /// had in force), then loads the policy directory; publishes it all in
     /// one swap.
     #[must_use]
-    pub fn start(
-        config: Config,
-        enforcer: Enforcer,
-        hierarchy: Hierarchy,
-        adopted: bool,
-        notices: tokio::sync::mpsc::UnboundedSender<DaemonLine>,
-    ) -> (Self, ReloadReport) {
+    pub fn start(setup: Setup, notices: tokio::sync::mpsc::UnboundedSender<DaemonLine>) -> (Self, ReloadReport) {
+        let Setup { config, config_file, enforcer, hierarchy, adopted, not_enforced, ring_fill } = setup;
         let labels = Labels { policies: HashMap::new(), names: crate::cgroups::Names::new(hierarchy.clone()) };
         let mut core = Self {
             enforcer,
@@ -135,14 +145,14 @@ impl Core {
             reload_failures: 0,
             lost_reported: 0,
             labels: Arc::new(Mutex::new(labels)),
-            not_enforced: Vec::new(),
+            not_enforced,
             started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             adopted,
-            config_file: None,
+            config_file,
             selection: Selection::default(),
             orphaned: HashSet::new(),
             notices,
-            ring_fill: None,
+            ring_fill,
         };
         let mut report = ReloadReport::default();
         let state = core.read_state();

@@ -15,7 +15,7 @@ use super::{
     DaemonError, DaemonOptions, announce_reload, api,
     api::Shared,
     config::{self, Config},
-    core::Core,
+    core::{Core, Setup},
     fanout::{Fanout, Feed},
     io_err,
     metrics::Metrics,
@@ -45,19 +45,32 @@ impl Daemon {
         if !config.policies.exists() {
             std::fs::create_dir_all(&config.policies).map_err(io_err(&config.policies))?;
         }
-        let (enforcer, start) = Enforcer::load_pinned(&config.bpffs)?;
+        let (mut enforcer, start) = Enforcer::load_pinned(&config.bpffs)?;
         let not_enforced = not_enforced(&enforcer, &start, opts.degraded)?;
-        let hierarchy = Hierarchy::find()?;
-        let adopted = start == Start::Adopted;
-        // Every daemon line goes through this channel to the stream task.
-        let (notices, notice_rx) = mpsc::unbounded_channel();
-        let (mut core, report) = Core::start(config.clone(), enforcer, hierarchy, adopted, notices.clone());
-        core.not_enforced = not_enforced;
-        release_free_memory();
-        core.config_file = opts.config.clone().or_else(|| {
+        let ring = enforcer.take_events().ok_or(LoadError::MissingMap("EVENTS"))?;
+        let ring_fill = crate::ring_fill::RingFill::new(&ring, u64::from(enforcer_common::events::EVENTS_BYTES))
+            .inspect_err(|e| {
+                tracing::warn!("cannot map the ring buffer's positions, its fill is not in the metrics: {e}");
+            })
+            .ok();
+        let config_file = opts.config.clone().or_else(|| {
             let default = PathBuf::from(config::DEFAULT_CONFIG);
             default.exists().then_some(default)
         });
+        let adopted = start == Start::Adopted;
+        let setup = Setup {
+            config: config.clone(),
+            config_file,
+            enforcer,
+            hierarchy: Hierarchy::find()?,
+            adopted,
+            not_enforced,
+            ring_fill,
+        };
+        // Every daemon line goes through this channel to the stream task.
+        let (notices, notice_rx) = mpsc::unbounded_channel();
+        let (mut core, report) = Core::start(setup, notices.clone());
+        release_free_memory();
         let attach_errors = core.attach_all_net();
         if let Start::Fresh { other_builds } = &start {
             // Our tables are published: the other builds' programs may go.
@@ -65,13 +78,6 @@ impl Daemon {
                 if let Err(e) = crate::bpf::remove_pins(&config.bpffs.join(build)) {
                     tracing::warn!("cannot remove the pins of build {build}: {e}");
                 }
-            }
-        }
-        let ring = core.enforcer.take_events().ok_or(LoadError::MissingMap("EVENTS"))?;
-        match crate::ring_fill::RingFill::new(&ring, u64::from(enforcer_common::events::EVENTS_BYTES)) {
-            Ok(fill) => core.ring_fill = Some(fill),
-            Err(e) => {
-                tracing::warn!("cannot map the ring buffer's positions, its fill is not in the metrics: {e}");
             }
         }
         let metrics = Arc::new(Metrics::default());
