@@ -8,8 +8,9 @@
 //! loops (`enforcer-bench`, one line per loop). The host parses those lines and prints,
 //! per scenario and loop, the median over rounds of scenario/baseline.
 //!
-//! Scenarios: (f) empty BPF LSM programs on the enforcer's hooks (`enforcer
-//! bench-empty`); (a) enforcer loaded with another cgroup tagged, bench untagged, in the
+//! Scenarios: (e) empty BPF LSM programs on the enforcer's hooks (`enforcer
+//! bench-empty`: what any BPF LSM program costs, the yardstick the others
+//! are counted from, in points above (e)); (a) enforcer loaded with another cgroup tagged, bench untagged, in the
 //! root cgroup, in a cgroup as deep as the tagged one and one level deeper (there the
 //! screen tests the cgroup or its parent against the bloom filter); (b) bench tagged, operations allowed, 1 / 100 /
 //! 10 000 `files.write` rules; (b') 1 write rule plus a `read_deny` tree elsewhere (the
@@ -51,7 +52,7 @@ enum What {
     /// ratios to a no-enforcer baseline measured in the same run.
     Net(crate::bench_net::NetOptions),
     /// A getpid loop and a fork+exec loop under the syscall filter, exec control and the
-    /// floor, natively on the host (filter only) and in the VMs, as ratios to a
+    /// built-in floor, natively on the host (filter only) and in the VMs, as ratios to a
     /// no-enforcer baseline measured in the same run.
     Syscalls(crate::bench_syscalls::SyscallsOptions),
     /// Instructions per call of each BPF program on the file hot path (untagged, tagged,
@@ -102,7 +103,7 @@ pub(crate) struct Scenario {
     pub(crate) baseline: &'static str,
     /// Loops that mean something here (the others print n/a).
     loops: &'static [&'static str],
-    /// At most this many points above the floor, on every loop.
+    /// At most this many points above the empty programs (e), on every loop.
     target: Option<f64>,
     /// Every open is expected to fail with EPERM.
     denied: bool,
@@ -112,9 +113,9 @@ const ALL: &[&str] = &["open", "write", "stat", "read", "open-read"];
 
 pub(crate) const SCENARIOS: &[Scenario] = &[
     Scenario {
-        key: "f",
-        label: "(f)  floor: empty LSM programs",
-        baseline: "base-f",
+        key: "e",
+        label: "(e)  empty LSM programs",
+        baseline: "base-e",
         loops: ALL,
         target: None,
         denied: false,
@@ -301,8 +302,8 @@ sh /tmp/loops.sh 0 warm-up $DENIED open > /dev/null
 r=1
 while [ $r -le $ROUNDS ]; do
     echo "BENCH-PHASE round $r of $ROUNDS ($(cut -d' ' -f1 /proc/uptime)s guest uptime)"
-    sh /tmp/loops.sh $r base-f $FILE $LOOPS
-    enforcer bench-empty -- sh /tmp/loops.sh $r f $FILE $LOOPS || fail "round=$r: enforcer bench-empty exited $?"
+    sh /tmp/loops.sh $r base-e $FILE $LOOPS
+    enforcer bench-empty -- sh /tmp/loops.sh $r e $FILE $LOOPS || fail "round=$r: enforcer bench-empty exited $?"
     sh /tmp/loops.sh $r base-b1 $FILE $LOOPS
     in_cgroup untagged /tmp/loops.sh $r base-a2 $FILE $LOOPS
     in_cgroup untagged/deeper /tmp/loops.sh $r base-a3 $FILE $LOOPS
@@ -518,14 +519,14 @@ fn report(series: &str, run: &vm::VmRun, opts: &FilesOptions, log: &str) -> (Str
          rounds, {} iterations per loop",
         opts.rounds, opts.iterations
     );
-    let _ = writeln!(out, "file {FILE} (tmpfs; the denied open: {DENIED}); points = 100 x (ratio - floor ratio)");
+    let _ = writeln!(out, "file {FILE} (tmpfs; the denied open: {DENIED}); points = 100 x (ratio - ratio of (e))");
     let _ = writeln!(out);
 
     let mut header = format!("{:<33}", "scenario");
     for (_, title) in LOOPS {
         let _ = write!(header, "{title:>11}");
     }
-    let _ = write!(header, "   points above floor (o/w/s/r/or) target");
+    let _ = write!(header, "   points above (e) (o/w/s/r/or) target");
     let _ = writeln!(out, "{}", header.trim_end());
 
     let mut line = format!("{:<33}", "baseline, ns/op");
@@ -542,12 +543,12 @@ fn report(series: &str, run: &vm::VmRun, opts: &FilesOptions, log: &str) -> (Str
     }
     let _ = writeln!(out, "{}", line.trim_end());
 
-    let floor = SCENARIOS.iter().find(|s| s.key == "f").expect("floor scenario");
-    let floor_cells: BTreeMap<&str, Cell> =
-        LOOPS.iter().filter_map(|(op, _)| Some((*op, samples.cell(floor, op)?))).collect();
+    let empty = SCENARIOS.iter().find(|s| s.key == "e").expect("the empty programs' scenario");
+    let empty_cells: BTreeMap<&str, Cell> =
+        LOOPS.iter().filter_map(|(op, _)| Some((*op, samples.cell(empty, op)?))).collect();
     let mut widest: Option<(f64, String)> = None;
     for scenario in SCENARIOS {
-        let line = scenario_row(&samples, scenario, &floor_cells, opts, &mut problems, &mut widest);
+        let line = scenario_row(&samples, scenario, &empty_cells, opts, &mut problems, &mut widest);
         let _ = writeln!(out, "{}", line.trim_end());
     }
     if let Some(ns) = samples.baseline_ns(&["base-c"], "open") {
@@ -582,11 +583,11 @@ fn report(series: &str, run: &vm::VmRun, opts: &FilesOptions, log: &str) -> (Str
     (out, problems.is_empty())
 }
 
-/// One scenario's line of the table: ratios, points above the floor, target.
+/// One scenario's line of the table: ratios, points above (e), target.
 fn scenario_row(
     samples: &Samples,
     scenario: &Scenario,
-    floor: &BTreeMap<&str, Cell>,
+    empty: &BTreeMap<&str, Cell>,
     opts: &FilesOptions,
     problems: &mut Vec<String>,
     widest: &mut Option<(f64, String)>,
@@ -612,7 +613,7 @@ fn scenario_row(
         if widest.as_ref().is_none_or(|(w, _)| cell.spread > *w) {
             *widest = Some((cell.spread, format!("{name} {op}")));
         }
-        if let Some(f) = floor.get(op).filter(|_| scenario.key != "f") {
+        if let Some(f) = empty.get(op).filter(|_| scenario.key != "e") {
             points.push(100.0 * (cell.ratio - f.ratio));
         }
     }
@@ -620,7 +621,7 @@ fn scenario_row(
         problems.push(format!("{name}: measurements missing"));
     }
     check_errors(samples, scenario, problems);
-    if scenario.key == "f" || scenario.denied {
+    if scenario.key == "e" || scenario.denied {
         return line;
     }
     let shown: Vec<String> = points.iter().map(|p| format!("{p:+.1}")).collect();
@@ -670,12 +671,12 @@ mod tests {
 
     #[test]
     fn ratios_are_medians_of_same_round_ratios() {
-        let output = "BENCH round=1 scenario=base-f open ns_per_op=100 failures=0 first_errno=0\n\
-                      BENCH round=1 scenario=f open ns_per_op=102 failures=0 first_errno=0\n\
-                      BENCH round=2 scenario=base-f open ns_per_op=200 failures=0 first_errno=0\n\
-                      BENCH round=2 scenario=f open ns_per_op=206 failures=0 first_errno=0\n\
-                      BENCH round=3 scenario=base-f open ns_per_op=100 failures=0 first_errno=0\n\
-                      BENCH round=3 scenario=f open ns_per_op=104 failures=0 first_errno=0\n";
+        let output = "BENCH round=1 scenario=base-e open ns_per_op=100 failures=0 first_errno=0\n\
+                      BENCH round=1 scenario=e open ns_per_op=102 failures=0 first_errno=0\n\
+                      BENCH round=2 scenario=base-e open ns_per_op=200 failures=0 first_errno=0\n\
+                      BENCH round=2 scenario=e open ns_per_op=206 failures=0 first_errno=0\n\
+                      BENCH round=3 scenario=base-e open ns_per_op=100 failures=0 first_errno=0\n\
+                      BENCH round=3 scenario=e open ns_per_op=104 failures=0 first_errno=0\n";
         let samples = Samples::parse(output);
         let cell = samples.cell(&SCENARIOS[0], "open").unwrap();
         assert!((cell.ratio - 1.03).abs() < 1e-9, "{}", cell.ratio);

@@ -73,7 +73,7 @@ measure() {
 }
 sleep 3
 /bin/enforcer-bench open $W/file $N > /dev/null
-measure floor inside enforcer bench-empty
+measure empty inside enforcer bench-empty
 measure untagged outside enforcer run --policy /tmp/b1.toml --events /dev/null
 measure tagged inside enforcer run --policy /tmp/b1.toml --events /dev/null
 measure read_deny inside enforcer run --policy /tmp/brd.toml --events /dev/null
@@ -81,7 +81,7 @@ echo PROGRAMS-DONE
 "#;
 
 const SCENARIOS: [(&str, &str); 4] = [
-    ("floor", "empty programs (stats upkeep)"),
+    ("empty", "empty programs (stats upkeep)"),
     ("untagged", "untagged, root cgroup"),
     ("tagged", "tagged, 1 write rule"),
     ("read_deny", "tagged, 1 rule + read_deny"),

@@ -1,4 +1,4 @@
-//! `cargo xtask bench syscalls`: what the syscall filter, exec control and the floor cost.
+//! `cargo xtask bench syscalls`: what the syscall filter, exec control and the built-in floor cost.
 //!
 //! Two loops of `enforcer-bench`: `getpid` (the raw syscall: allowed by `@default-agent`,
 //! so the kernel's per-number seccomp cache answers it) and `fork-exec` (fork, execve
@@ -6,7 +6,7 @@
 //! after a no-enforcer baseline in the same round: (a) untagged, while an `enforcer run`
 //! holds another cgroup tagged (its BPF LSM programs are loaded; untagged processes carry
 //! no filter); (b) tagged: inside `enforcer run` with `@default-agent`, `[exec]` trees and
-//! the floor. The host kernel runs natively (`--degraded`: the filter only, wall clock);
+//! the built-in floor. The host kernel runs natively (`--degraded`: the filter only, wall clock);
 //! the VMs under `-icount` (every hook, instruction-exact).
 
 use std::fmt::Write as _;
@@ -44,7 +44,7 @@ const LOOPS: [(&str, &str); 2] = [("getpid", "getpid"), ("fork-exec", "fork+exec
 
 /// (key, label, baseline).
 const SCENARIOS: [(&str, &str, &str); 2] =
-    [("a", "(a) untagged", "base-a"), ("b", "(b) tagged, filter + exec + floor", "base-b")];
+    [("a", "(a) untagged", "base-a"), ("b", "(b) tagged, filter + exec + built-in floor", "base-b")];
 
 const SCRIPT: &str = r#"
 # cargo xtask bench syscalls (xtask/src/bench_syscalls.rs)
