@@ -80,7 +80,9 @@ macro_rules! field {
                         concat!("{value} = *(", stringify!($size), " *)({base} - {mark})"),
                         value = lateout(reg) value,
                         base = in(reg) base,
-                        mark = const -(enforcer_common::field_load_mark(core::mem::offset_of!(KernelOffsets, $entry)) as i32),
+                        mark = const -(enforcer_common::field_load_mark(
+                            core::mem::offset_of!(KernelOffsets, $entry),
+                        ) as i32),
                         options(pure, nomem, nostack, preserves_flags),
                     );
                 }

@@ -81,7 +81,12 @@ fn tagged_at(level: u64) -> bool {
     // BPF shifts by the count's low six bits (the x86 JIT's `shrx` too);
     // in Rust, the compiler would mask the count first.
     unsafe {
-        core::arch::asm!("{bits} >>= {level}", bits = inout(reg) bits, level = in(reg) level, options(pure, nomem, nostack));
+        core::arch::asm!(
+            "{bits} >>= {level}",
+            bits = inout(reg) bits,
+            level = in(reg) level,
+            options(pure, nomem, nostack),
+        );
     };
     bits & 1 != 0
 }

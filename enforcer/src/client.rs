@@ -9,7 +9,8 @@ use hyper_util::rt::TokioIo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the enforcer daemon at {}: {source}\n  hint: is `enforcer daemon` running? (--socket or ENFORCER_SOCKET name another socket)", socket.display())]
+    #[error("cannot reach the enforcer daemon at {}: {source}\n  hint: is `enforcer daemon` running? (--socket or \
+             ENFORCER_SOCKET name another socket)", socket.display())]
     Connect { socket: PathBuf, source: std::io::Error },
     #[error("the daemon's connection failed: {0}")]
     Http(#[from] hyper::Error),

@@ -59,7 +59,8 @@ pub fn run(opts: &DaemonOptions) -> Result<ExitCode> {
     std::fs::write(
         base.join("enforcer.toml"),
         format!(
-            "policies = \"{BASE}/policies\"\nsocket = \"{BASE}/enforcer.sock\"\nstate_dir = \"{BASE}/state\"\nbpffs = \"{PINS}\"\n\
+            "policies = \"{BASE}/policies\"\nsocket = \"{BASE}/enforcer.sock\"\nstate_dir = \"{BASE}/state\"\nbpffs \
+             = \"{PINS}\"\n\
              [events]\nfile = \"{BASE}/events.jsonl\"\nfile_max_bytes = 1073741824\n"
         ),
     )?;
@@ -231,7 +232,8 @@ fn storm(opts: &DaemonOptions, daemon: &Daemon, cgroups: &Cgroups, bench: &Path,
     let per_cpu = if cpu > 0.0 { delivered as f64 / cpu } else { 0.0 };
     let _ = writeln!(
         out,
-        "storm (2 processes, {secs:.1} s, {} cgroups tagged): {delivered} events delivered ({rate:.0}/s), {dropped} lost \
+        "storm (2 processes, {secs:.1} s, {} cgroups tagged): {delivered} events delivered ({rate:.0}/s), {dropped} \
+         lost \
          (counted); daemon CPU {cpu:.2} s = {per_cpu:.0} events per CPU-second (target 1 000 000/s); RSS after: {}",
         opts.cgroups + 3,
         mib(daemon.rss_kib()?)
@@ -373,7 +375,8 @@ impl Daemon {
         let mut stream = UnixStream::connect(&self.socket)?;
         write!(
             stream,
-            "{method} {path} HTTP/1.1\r\nHost: enforcer\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: enforcer\r\nContent-Type: application/json\r\nContent-Length: \
+             {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )?;
         let mut answer = String::new();

@@ -179,7 +179,8 @@ fn report(mode: &str, output: &str, rounds: u32, iterations: u64, log: &str) -> 
     let _ = writeln!(out, "{mode}");
     let _ = writeln!(
         out,
-        "ratio = ns/op / no-enforcer baseline of the same round; median of {rounds} interleaved rounds, {iterations} iterations per loop"
+        "ratio = ns/op / no-enforcer baseline of the same round; median of {rounds} interleaved rounds, \
+         {iterations} iterations per loop"
     );
     let mut header = format!("{:<30}", "scenario");
     for (_, title) in LOOPS {

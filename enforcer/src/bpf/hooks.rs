@@ -112,7 +112,8 @@ pub(super) const COMPAT_JUDGED_ELSEWHERE: &[&str] = &["path_chown"];
 pub(super) fn lost_without(hook: &str) -> Option<&'static str> {
     match hook {
         "userns_create" => Some(
-            "creating user namespaces (the floor's `userns_create` hook is Linux 6.1+; a `[syscalls]` rule on clone and unshare still applies)",
+            "creating user namespaces (the floor's `userns_create` hook is Linux 6.1+; a `[syscalls]` rule on clone \
+             and unshare still applies)",
         ),
         _ => None,
     }

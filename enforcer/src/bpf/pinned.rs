@@ -35,7 +35,8 @@ pub enum PinError {
     #[error("cannot pin {what} at {}: {source}", path.display())]
     Pin { what: &'static str, path: PathBuf, source: aya::pin::PinError },
     #[error(
-        "cannot open the pinned {what} at {}: {detail}\n  hint: `enforcer daemon --uninstall` removes the pins (the agents \
+        "cannot open the pinned {what} at {}: {detail}\n  hint: `enforcer daemon --uninstall` removes the pins (the \
+         agents \
          are not enforced until a daemon starts again)",
         path.display()
     )]

@@ -112,7 +112,7 @@ impl Metrics {
         metric(
             "enforcer_selected_filter_fill_permille",
             "gauge",
-            "How full the kernel's filter of selected cgroups is (it only fills; past 500 untagged tasks pay a map lookup).",
+            "How full the kernel's filter of selected cgroups is (it only fills; past 500, untagged tasks look up).",
             &unlabeled(fill),
         );
         let policies: Vec<(String, u64)> = s

@@ -77,7 +77,8 @@ pub fn compile_parsed(
     warnings.extend(compiled.missing_trees().map(|line| format!("{}: warning: {line}", file.display())));
     if policy.network.as_ref().is_some_and(|n| n.allow.iter().any(|(d, _)| matches!(d.target, Target::Host { .. }))) {
         warnings.push(format!(
-            "{}: warning: network.allow names hosts: the daemon does not resolve host names yet, so connections to them \
+            "{}: warning: network.allow names hosts: the daemon does not resolve host names yet, so connections to \
+             them \
              are denied (use `enforcer run`, or name addresses)",
             file.display()
         ));

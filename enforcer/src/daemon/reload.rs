@@ -133,7 +133,8 @@ pub fn plan(scan: Scan, in_force: &BTreeMap<String, Loaded>, users: &dyn Fn(&str
                 plan.report.rejected.push(Rejected {
                     file: current.file.clone(),
                     error: format!(
-                        "{}: policy `{name}` was removed, but {users} cgroup(s) are tagged with it: version {} stays in \
+                        "{}: policy `{name}` was removed, but {users} cgroup(s) are tagged with it: version {} \
+                         stays in \
                          force until they are untagged (its selectors are not)",
                         current.file.display(),
                         current.version

@@ -175,7 +175,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let text = format!(
-            "name = \"p\"\n[files]\nwrite = [\"{d}\", \"{d}/absent\"]\nread_deny = [\"{d}\"]\n[exec]\nallow = [\"{d}\"]\n\
+            "name = \"p\"\n[files]\nwrite = [\"{d}\", \"{d}/absent\"]\nread_deny = [\"{d}\"]\n[exec]\nallow = \
+             [\"{d}\"]\n\
              [devices]\nallow = [\"{d}\"]\n"
         );
         let (policy, _) = crate::policy::parse(&text, std::path::Path::new("p.toml")).unwrap();
@@ -196,7 +197,8 @@ mod tests {
         }
         std::os::unix::fs::symlink(d.join("secret"), d.join("link")).unwrap();
         let text = format!(
-            "name = \"p\"\n[files]\nwrite = [\"{0}/work\", \"{0}/secret/inner\"]\nread_deny = [\"{0}/work/.aws\", \"{0}/link\"]\n\
+            "name = \"p\"\n[files]\nwrite = [\"{0}/work\", \"{0}/secret/inner\"]\nread_deny = [\"{0}/work/.aws\", \
+             \"{0}/link\"]\n\
              [exec]\nallow = [\"{0}/bin\"]\n",
             d.display()
         );

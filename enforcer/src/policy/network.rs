@@ -21,7 +21,8 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 #[error(
     "{at}: error: network.{key}: the prefix {prefix} ends up with more than {NET_PORT_RANGES} separate port ranges \
-     (its own and those of wider prefixes that cover it)\n  hint: merge ports into ranges, or allow fewer separate ports for it"
+     (its own and those of wider prefixes that cover it)\n  hint: merge ports into ranges, or allow fewer separate \
+     ports for it"
 )]
 pub struct TooManyRanges {
     pub at: Location,

@@ -195,7 +195,8 @@ struct RawFiles {
     read_deny: Vec<Spanned<String>>,
 }
 
-const KEYS_HINT: &str = "a policy has `name`, `mode`, `cgroups` (selectors), a `[files]` table with `write` and `read_deny`, a \
+const KEYS_HINT: &str = "a policy has `name`, `mode`, `cgroups` (selectors), a `[files]` table with `write` and \
+                         `read_deny`, a \
 `[network]` table with `allow`, `unix`, `sockets` and `dns_min_ttl`, a `[syscalls]` table with `allow`, \
 `deny_action` and `require_seccomp`, an `[exec]` table with `allow`, and a `[devices]` table with `allow`; see \
 policies/coding-agent.toml";
@@ -389,7 +390,8 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
     }
     for entry in &raw.unix {
         let name = entry.get_ref();
-        let hint = "write the path the socket is bound to, e.g. \"/run/user/1000/agent.sock\", or \"@name\" for an abstract socket";
+        let hint = "write the path the socket is bound to, e.g. \"/run/user/1000/agent.sock\", or \"@name\" for an \
+                    abstract socket";
         let body = name.strip_prefix('@').unwrap_or(name);
         if !(name.starts_with('/') || name.starts_with('@')) || body.is_empty() {
             return Err(ctx.invalid(
@@ -427,7 +429,10 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
         if matches!(class, "sctp" | "mptcp" | "raw" | "icmp" | "packet") {
             warnings.push(ctx.warning(
                 entry.span(),
-                format!("network.sockets `{class}`: the destinations of these sockets are not judged (only TCP and UDP ones are)"),
+                format!(
+                    "network.sockets `{class}`: the destinations of these sockets are not judged (only TCP and \
+                         UDP ones are)"
+                ),
             ));
         }
     }
@@ -573,7 +578,8 @@ mod tests {
     #[test]
     fn parses_the_contract_keys() {
         let (policy, warnings) = check(
-            "name = \"coding-agent\"\nmode = \"audit\"\n[files]\nwrite = [\"/workspace/\", \"/tmp\"]\nread_deny = [\"/root/.aws\"]\n",
+            "name = \"coding-agent\"\nmode = \"audit\"\n[files]\nwrite = [\"/workspace/\", \"/tmp\"]\nread_deny = \
+             [\"/root/.aws\"]\n",
         )
         .unwrap();
         assert_eq!(policy.name, "coding-agent");
@@ -617,7 +623,8 @@ mod tests {
     #[test]
     fn parses_the_network_section() {
         let (policy, _) = check(
-            "name = \"x\"\n[network]\nallow = [\"10.0.0.0/8:1-1024/tcp\", \"api.github.com:443\"]\nunix = [\"/run/a.sock\", \"@bus\"]\nsockets = [\"raw\"]\n",
+            "name = \"x\"\n[network]\nallow = [\"10.0.0.0/8:1-1024/tcp\", \"api.github.com:443\"]\nunix = \
+             [\"/run/a.sock\", \"@bus\"]\nsockets = [\"raw\"]\n",
         )
         .unwrap();
         let network = policy.network.unwrap();

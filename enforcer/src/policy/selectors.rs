@@ -25,11 +25,13 @@ use regex_automata::{
 #[derive(Debug, thiserror::Error)]
 pub enum SelectorError {
     #[error(
-        "the selectors in force need {states} DFA states; the kernel holds at most {SELECTOR_STATES}: use fewer or simpler globs"
+        "the selectors in force need {states} DFA states; the kernel holds at most {SELECTOR_STATES}: use fewer or \
+         simpler globs"
     )]
     TooManyStates { states: usize },
     #[error(
-        "the selectors in force tell {classes} kinds of characters apart; the kernel holds at most {SELECTOR_CLASSES}: use fewer or simpler globs"
+        "the selectors in force tell {classes} kinds of characters apart; the kernel holds at most \
+         {SELECTOR_CLASSES}: use fewer or simpler globs"
     )]
     TooManyClasses { classes: usize },
     #[error("{count} policies have selectors; at most {} can", SELECTOR_SLOTS - 1)]

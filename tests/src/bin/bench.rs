@@ -176,7 +176,8 @@ fn main() {
         (args.get(1), args.get(2), args.get(3).map(|n| n.parse::<u64>()))
     else {
         eprintln!(
-            "usage: enforcer-bench open|open-read|write|stat|read|connect|sendto|listen|getpid|fork-exec|until-denied PATH ITERATIONS"
+            "usage: enforcer-bench open|open-read|write|stat|read|connect|sendto|listen|getpid|fork-exec|until-denied \
+             PATH ITERATIONS"
         );
         std::process::exit(2);
     };
@@ -261,7 +262,8 @@ fn main() {
         }
         other => {
             eprintln!(
-                "enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, listen, getpid, fork-exec, until-denied)"
+                "enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, listen, getpid, \
+                 fork-exec, until-denied)"
             );
             std::process::exit(2);
         }

@@ -43,7 +43,10 @@ impl Suite {
         download(&format!("{dists}/InRelease"), &release)?;
         let verified = cmd::output(Command::new("gpgv").args(["--keyring", KEYRING, "--output", "-"]).arg(&release))
             .with_context(|| {
-                format!("the signature of {dists}/InRelease does not verify against {KEYRING} (package debian-archive-keyring)")
+                format!(
+                    "the signature of {dists}/InRelease does not verify against {KEYRING} (package \
+                         debian-archive-keyring)"
+                )
             })?;
         let sha256 =
             index_sha256(&verified).with_context(|| format!("{dists}/InRelease lists no SHA-256 for {INDEX}"))?;
@@ -131,7 +134,8 @@ mod tests {
 
     #[test]
     fn finds_the_index_hash_in_the_sha256_section() {
-        let release = "Suite: x\nMD5Sum:\n 00 1 main/binary-amd64/Packages.xz\nSHA256:\n aa 10 main/binary-amd64/Packages\n bb 20 main/binary-amd64/Packages.xz\nOther: y\n";
+        let release = "Suite: x\nMD5Sum:\n 00 1 main/binary-amd64/Packages.xz\nSHA256:\n aa 10 \
+                       main/binary-amd64/Packages\n bb 20 main/binary-amd64/Packages.xz\nOther: y\n";
         assert_eq!(index_sha256(release).as_deref(), Some("bb"));
     }
 

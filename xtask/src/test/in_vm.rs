@@ -22,7 +22,8 @@ const TIMEOUT: Duration = Duration::from_mins(55);
 /// of its own tagged, and every daemon after the first adopts the programs
 /// the first pinned, so the kernel verifies them once per boot; the tests of
 /// `enforcer run` itself (`Sandbox::under_enforcer_run`) load them each time.
-const SCRIPT: &str = "ENFORCER_BIN=/bin/enforcer ENFORCER_PROBE_BIN=/bin/enforcer-probe ENFORCER_TESTS_VIA=daemon /bin/lsm-tests --test-threads=1";
+const SCRIPT: &str = "ENFORCER_BIN=/bin/enforcer ENFORCER_PROBE_BIN=/bin/enforcer-probe ENFORCER_TESTS_VIA=daemon \
+                      /bin/lsm-tests --test-threads=1";
 
 /// Rough minutes a tier takes here, for starting the longest first
 /// (measured side by side on 2026-12-05, every test on every kernel: 5.10
