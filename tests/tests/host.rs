@@ -213,7 +213,12 @@ fn the_kubernetes_manifests_parse_and_mount_what_the_daemon_needs() {
         let volume = volumes.iter().find(|v| v["name"] == mount["name"])?;
         volume["hostPath"]["path"].as_str().map(str::to_owned)
     };
-    for path in ["/sys/fs/bpf", "/sys/fs/cgroup", "/sys/kernel/security", "/sys/kernel/btf", "/run/enforcer"] {
+    // The events file's directory too: denials outlive the pod.
+    let events_dir = std::path::Path::new(enforcer::daemon::config::DEFAULT_EVENTS_FILE).parent().unwrap();
+    let events_dir = events_dir.to_str().unwrap();
+    for path in
+        ["/sys/fs/bpf", "/sys/fs/cgroup", "/sys/kernel/security", "/sys/kernel/btf", "/run/enforcer", events_dir]
+    {
         assert_eq!(host_path(path).as_deref(), Some(path), "the host's {path} is mounted at {path}");
     }
     let bpffs = mounts.iter().find(|m| m["mountPath"].as_str() == Some("/sys/fs/bpf")).unwrap();

@@ -37,7 +37,10 @@ pub struct Config {
 pub struct Events {
     /// Every event on stdout as well (the journal, under systemd).
     pub stdout: bool,
-    /// A JSON-lines file, rotated by size.
+    /// A JSON-lines file, rotated by size: by default
+    /// [`DEFAULT_EVENTS_FILE`], so denials outlive the daemon and whoever
+    /// followed them; `file = ""` writes none.
+    #[serde(deserialize_with = "no_file_if_empty")]
     pub file: Option<PathBuf>,
     /// Rotate the file when it reaches this size.
     pub file_max_bytes: u64,
@@ -76,13 +79,22 @@ impl Default for Events {
     fn default() -> Self {
         Self {
             stdout: false,
-            file: None,
+            file: Some(DEFAULT_EVENTS_FILE.into()),
             file_max_bytes: 100 << 20,
             file_keep: 5,
             follower_buffer: 4096,
             history: 10_000,
         }
     }
+}
+
+/// Where the daemon writes its event lines unless configured otherwise.
+pub const DEFAULT_EVENTS_FILE: &str = "/var/log/enforcer/events.jsonl";
+
+/// `events.file`: a path, or `""` for none.
+fn no_file_if_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {
+    let path = PathBuf::deserialize(deserializer)?;
+    Ok((!path.as_os_str().is_empty()).then_some(path))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +213,16 @@ mod tests {
         let config = Config::parse("", Path::new("c.toml")).unwrap();
         assert_eq!(config.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(config.events.file_keep, 5);
+    }
+
+    #[test]
+    fn denials_go_to_a_file_unless_told_otherwise() {
+        let config = Config::parse("", Path::new("c.toml")).unwrap();
+        assert_eq!(config.events.file.as_deref(), Some(Path::new(DEFAULT_EVENTS_FILE)));
+        let none = Config::parse("[events]\nfile = \"\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(none.events.file, None);
+        let other = Config::parse("[events]\nfile = \"/srv/audit/enforcer.jsonl\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(other.events.file.as_deref(), Some(Path::new("/srv/audit/enforcer.jsonl")));
     }
 
     #[test]

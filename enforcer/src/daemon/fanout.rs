@@ -6,6 +6,7 @@
 use std::{
     collections::VecDeque,
     io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::SystemTime,
@@ -125,7 +126,8 @@ impl RotatingFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        // Root's and its group's: the lines name the files and addresses agents tried.
+        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(&path)?;
         let size = file.metadata()?.len();
         Ok(Self { path, max_bytes, keep, file: std::io::BufWriter::new(file), size })
     }

@@ -57,6 +57,8 @@ fn daemon_tags_and_untags_through_the_cli_and_the_http_api() {
     assert_eq!(event["cgroup"], cgroup.as_str(), "{event}");
     assert!(event["seq"].as_u64().is_some_and(|s| s > 0), "every line is numbered: {event}");
     assert!(connects(&d, 81).is_empty(), "an allowed connect is not an event");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&d.events).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o640, "the events file is root's and its group's alone");
 
     // The API is plain HTTP on the socket (curl --unix-socket works the same).
     let (code, status) = d.api("GET", "/v1/status", None);
