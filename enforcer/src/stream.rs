@@ -21,7 +21,8 @@ use crate::{
 /// What a line is about, for those who route or count lines (the daemon).
 #[derive(Clone, Copy)]
 pub struct LineMeta<'a> {
-    /// Per-daemon sequence number (`enforcer run`: none).
+    /// The daemon's sequence number, continued across restarts from its
+    /// events file (`enforcer run`: none).
     pub seq: u64,
     pub kind: &'a str,
     pub action: &'a str,
@@ -75,10 +76,10 @@ impl Sink {
         Ok(Self { out: Out::Writer(writer), next_seq: None })
     }
 
-    /// Numbered lines (from 1) to `out`.
+    /// Lines numbered from `first` to `out`.
     #[must_use]
-    pub fn numbered(out: Box<dyn LineOut>) -> Self {
-        Self { out: Out::Lines(out), next_seq: Some(1) }
+    pub fn numbered(out: Box<dyn LineOut>, first: u64) -> Self {
+        Self { out: Out::Lines(out), next_seq: Some(first) }
     }
 
     fn line(&mut self, meta: &LineMeta<'_>, value: &impl serde::Serialize) {

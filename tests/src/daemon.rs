@@ -100,6 +100,39 @@ impl Daemon {
         }
     }
 
+    /// The first `count` lines `enforcer tail ARGS` prints within 20 s.
+    #[must_use]
+    pub fn tail(&self, args: &[&str], count: usize) -> Vec<Value> {
+        let mut tail = Command::new(enforcer_bin())
+            .arg("tail")
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn enforcer tail");
+        let out = tail.stdout.take().expect("tail's stdout");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while got.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = lines.recv_timeout(left) else { break };
+            got.push(serde_json::from_str(&line).expect("tail prints JSON lines"));
+        }
+        let _ = tail.kill();
+        let _ = tail.wait();
+        got
+    }
+
     #[must_use]
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()

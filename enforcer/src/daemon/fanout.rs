@@ -52,12 +52,21 @@ pub struct Fanout {
 }
 
 impl Fanout {
+    /// Opens the sinks; the history starts with the recent lines of the
+    /// events file (a restarted daemon's followers can replay the lines
+    /// written before it started).
     pub fn new(events: &config::Events, feed: Feed, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let file = events
             .file
             .as_ref()
             .map(|path| RotatingFile::open(path.clone(), events.file_max_bytes, events.file_keep))
             .transpose()?;
+        if let Some(path) = &events.file
+            && let Ok(mut history) = feed.history.lock()
+        {
+            // At least the last line, for its `seq`.
+            history.extend(recent_lines(path, events.file_keep, events.history.max(1)));
+        }
         Ok(Self {
             feed,
             history_max: events.history,
@@ -65,6 +74,14 @@ impl Fanout {
             file,
             metrics,
         })
+    }
+}
+
+impl Fanout {
+    /// The `seq` of the newest line in the history (0: none).
+    #[must_use]
+    pub fn last_seq(&self) -> u64 {
+        self.feed.history.lock().ok().and_then(|h| h.back().map(|line| line.seq)).unwrap_or(0)
     }
 }
 
@@ -89,7 +106,7 @@ impl LineOut for Fanout {
             bytes: line.into(),
         });
         if let Ok(mut history) = self.feed.history.lock() {
-            if history.len() >= self.history_max {
+            while history.len() >= self.history_max.max(1) {
                 history.pop_front();
             }
             if self.history_max > 0 {
@@ -111,6 +128,82 @@ impl LineOut for Fanout {
     }
 }
 
+/// Bytes read from the end of a file per line wanted (lines are about half
+/// a KiB; a longer one only leaves the history shorter).
+const TAIL_BYTES_PER_LINE: u64 = 1024;
+
+/// The last `max` lines of the events file `path` and its rotations,
+/// oldest first, read from their ends; lines that do not parse are left out.
+fn recent_lines(path: &std::path::Path, keep: u32, max: usize) -> Vec<Arc<Line>> {
+    let mut newest_first: Vec<Arc<Line>> = Vec::new();
+    let files = std::iter::once(path.to_owned()).chain((1..=keep).map(|n| rotated(path, n)));
+    for file in files {
+        let wanted = max.saturating_sub(newest_first.len());
+        if wanted == 0 {
+            break;
+        }
+        let Ok(text) = read_end(&file, wanted as u64 * TAIL_BYTES_PER_LINE) else { continue };
+        let parsed = text.split(|&b| b == b'\n').rev().filter_map(parse_line).take(wanted);
+        newest_first.extend(parsed);
+    }
+    newest_first.reverse();
+    newest_first
+}
+
+/// The last `bytes` of `file`, from the start of a line.
+fn read_end(file: &std::path::Path, bytes: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read as _, Seek as _};
+    let mut file = std::fs::File::open(file)?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(bytes);
+    file.seek(std::io::SeekFrom::Start(start))?;
+    let mut text = Vec::new();
+    file.read_to_end(&mut text)?;
+    if start > 0 {
+        // Cut inside a line: it starts after the first newline.
+        let first = text.iter().position(|&b| b == b'\n').map_or(text.len(), |i| i + 1);
+        text.drain(..first);
+    }
+    Ok(text)
+}
+
+/// A history line from a line of the events file.
+fn parse_line(raw: &[u8]) -> Option<Arc<Line>> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        seq: u64,
+        ts: String,
+        kind: String,
+        action: Option<String>,
+        policy: Option<String>,
+        cgroup: Option<String>,
+    }
+    let head: Head = serde_json::from_slice(raw).ok()?;
+    // Followers filter the daemon's own lines by kind alone (as when live).
+    let judged = head.action.is_some();
+    let mut bytes = raw.to_vec();
+    bytes.push(b'\n');
+    Some(Arc::new(Line {
+        seq: head.seq,
+        kind: head.kind,
+        policy: if judged { head.policy.unwrap_or_default() } else { String::new() },
+        cgroup: if judged { head.cgroup } else { None },
+        at: humantime::parse_rfc3339_weak(&head.ts).ok()?,
+        bytes: bytes.into(),
+    }))
+}
+
+/// The `n`th rotation of the events file `path`.
+fn rotated(path: &std::path::Path, n: u32) -> PathBuf {
+    PathBuf::from(format!("{}.{n}", path.display()))
+}
+
+/// Opens (creating) the events file: root's and its group's, as its lines
+/// name the files and addresses agents tried.
+fn open_events_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+}
+
 /// A JSON-lines file rotated at a size: `events.jsonl` is current,
 /// `events.jsonl.1` the newest rotated, up to `.keep`.
 pub struct RotatingFile {
@@ -126,8 +219,7 @@ impl RotatingFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        // Root's and its group's: the lines name the files and addresses agents tried.
-        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(&path)?;
+        let file = open_events_file(&path)?;
         let size = file.metadata()?.len();
         Ok(Self { path, max_bytes, keep, file: std::io::BufWriter::new(file), size })
     }
@@ -147,13 +239,12 @@ impl RotatingFile {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
-        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
-        let _ = std::fs::remove_file(numbered(self.keep));
+        let _ = std::fs::remove_file(rotated(&self.path, self.keep));
         for n in (1..self.keep).rev() {
-            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+            let _ = std::fs::rename(rotated(&self.path, n), rotated(&self.path, n + 1));
         }
-        std::fs::rename(&self.path, numbered(1))?;
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        let file = open_events_file(&self.path)?;
         self.file = std::io::BufWriter::new(file);
         self.size = 0;
         Ok(())
@@ -185,5 +276,42 @@ mod tests {
         for line in [current, first, second].concat().lines() {
             serde_json::from_str::<serde_json::Value>(line).unwrap();
         }
+    }
+
+    #[test]
+    fn a_restarted_daemon_starts_with_the_files_recent_lines_and_goes_on_numbering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let line = |seq: u32, kind: &str| {
+            let judged = if kind == "connect" { r#","action":"deny","policy":"agent","cgroup":"/a""# } else { "" };
+            format!("{{\"seq\":{seq},\"ts\":\"2026-12-06T05:00:{seq:02}.000000Z\",\"kind\":\"{kind}\"{judged}}}\n")
+        };
+        let older: String = (1..=3).map(|n| line(n, "connect")).collect();
+        let newer = format!("{}not json\n{}", line(4, "tagged"), line(5, "connect"));
+        std::fs::write(rotated(&path, 1), older).unwrap();
+        std::fs::write(&path, newer).unwrap();
+
+        let seqs = |lines: &[Arc<Line>]| lines.iter().map(|l| l.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&recent_lines(&path, 5, 10)), [1, 2, 3, 4, 5], "oldest first, across the rotation");
+        assert_eq!(seqs(&recent_lines(&path, 5, 2)), [4, 5], "the newest `max`");
+        let lines = recent_lines(&path, 5, 10);
+        assert_eq!((lines[3].kind.as_str(), lines[3].policy.as_str()), ("tagged", ""), "a daemon line");
+        assert_eq!((lines[4].policy.as_str(), lines[4].cgroup.as_deref()), ("agent", Some("/a")));
+        assert!(lines[4].bytes.ends_with(b"}\n"));
+
+        let events = config::Events { file: Some(path), history: 3, ..config::Events::default() };
+        let feed = Feed::new(16);
+        let fanout = Fanout::new(&events, feed.clone(), Arc::new(Metrics::default())).unwrap();
+        assert_eq!(fanout.last_seq(), 5);
+        assert_eq!(seqs(&feed.history.lock().unwrap().iter().cloned().collect::<Vec<_>>()), [3, 4, 5]);
+    }
+
+    #[test]
+    fn reading_a_files_end_starts_at_a_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "first line\nsecond\nthird\n").unwrap();
+        assert_eq!(read_end(&path, 10).unwrap(), b"third\n");
+        assert_eq!(read_end(&path, 1000).unwrap(), b"first line\nsecond\nthird\n");
     }
 }

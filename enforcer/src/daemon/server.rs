@@ -84,7 +84,10 @@ impl Daemon {
         let feed = Feed::new(config.events.follower_buffer);
         let fanout = Fanout::new(&config.events, feed.clone(), metrics.clone())
             .map_err(io_err(config.events.file.as_deref().unwrap_or(Path::new("events"))))?;
-        let mut stream = EventStream::new(ring, Sink::numbered(Box::new(fanout)), core.labels.clone())
+        // Numbering goes on from the last line written before (history
+        // starts with the file's recent lines).
+        let first_seq = fanout.last_seq() + 1;
+        let mut stream = EventStream::new(ring, Sink::numbered(Box::new(fanout), first_seq), core.labels.clone())
             .map_err(io_err(Path::new("ring buffer")))?;
         stream.set_lost_reported(core.lost_reported);
         let started = DaemonLine::now(DaemonEvent::DaemonStarted {

@@ -131,6 +131,12 @@ fn a_killed_daemon_leaves_enforcement_and_a_restart_adopts_it() {
     d.spawn();
     let (_, status) = d.api("GET", "/v1/status", None);
     assert_eq!(status["daemon"]["adopted"], true, "{status}");
+    // A follower of the restarted daemon replays what the killed one wrote
+    // (from the events file), and the numbering goes on.
+    let started = d.tail(&["--since", "1h", "--kind", "daemon_started"], 2);
+    assert_eq!(started.len(), 2, "both daemons' starts: {started:#?}\n{}", d.log());
+    assert_eq!(started[1]["adopted"], true, "{started:#?}");
+    assert!(started[0]["seq"].as_u64() < started[1]["seq"].as_u64(), "numbered on: {started:#?}");
     assert!(status["tags"].as_array().is_some_and(|t| t.iter().any(|t| t["cgroup"] == cgroup.as_str())), "{status}");
     // The denial made while no daemon ran is delivered now.
     d.wait_event("connect", |e| e["kind"] == "connect" && e["dport"] == 82);
