@@ -62,9 +62,7 @@ impl Programs {
 
 fn programs_for(offsets: &KernelOffsets) -> Result<Programs, field_loads::FieldLoadError> {
     let (compat, object) = build_for_kernel();
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        tracing::debug!("loading the {} build of the programs", if compat { "compat" } else { "main" });
-    }
+    tracing::debug!("loading the {} build of the programs", if compat { "compat" } else { "main" });
     let mut words = vec![0u64; object.len().div_ceil(8)];
     // SAFETY: `words` spans at least `object.len()` bytes.
     let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), object.len()) };

@@ -204,9 +204,7 @@ impl Core {
         let plan = reload::plan(scan, &self.policies, &users, &mut self.ids);
         let Plan { mut fresh, mut unload, orphaned, mut report } = plan;
         self.orphaned = orphaned;
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            tracing::debug!("reload: compiled after {:?}", started.elapsed());
-        }
+        tracing::debug!("reload: compiled after {:?}", started.elapsed());
         if (!fresh.is_empty() || !unload.is_empty() || publish_always)
             && let Err(e) = self.apply(&fresh, &unload)
         {

@@ -49,6 +49,8 @@ pub struct Fanout {
     stdout: Option<std::io::BufWriter<std::io::Stdout>>,
     file: Option<RotatingFile>,
     metrics: Arc<Metrics>,
+    /// See [`Fanout::resumed_from`].
+    resumed_from: u64,
 }
 
 impl Fanout {
@@ -61,13 +63,17 @@ impl Fanout {
             .as_ref()
             .map(|path| RotatingFile::open(path.clone(), events.file_max_bytes, events.file_keep))
             .transpose()?;
-        if let Some(path) = &events.file
-            && let Ok(mut history) = feed.history.lock()
-        {
-            // At least the last line, for its `seq`.
-            history.extend(recent_lines(path, events.file_keep, events.history.max(1)));
+        // At least the last line, for its `seq`.
+        let recent = events
+            .file
+            .as_deref()
+            .map_or_else(Vec::new, |path| recent_lines(path, events.file_keep, events.history.max(1)));
+        let resumed_from = recent.last().map_or(0, |line| line.seq);
+        if let Ok(mut history) = feed.history.lock() {
+            history.extend(recent.into_iter().rev().take(events.history).rev());
         }
         Ok(Self {
+            resumed_from,
             feed,
             history_max: events.history,
             stdout: events.stdout.then(|| std::io::BufWriter::new(std::io::stdout())),
@@ -75,13 +81,12 @@ impl Fanout {
             metrics,
         })
     }
-}
 
-impl Fanout {
-    /// The `seq` of the newest line in the history (0: none).
+    /// The `seq` of the events file's last line when the daemon started
+    /// (0: none): the stream numbers on from it.
     #[must_use]
-    pub fn last_seq(&self) -> u64 {
-        self.feed.history.lock().ok().and_then(|h| h.back().map(|line| line.seq)).unwrap_or(0)
+    pub fn resumed_from(&self) -> u64 {
+        self.resumed_from
     }
 }
 
@@ -106,7 +111,7 @@ impl LineOut for Fanout {
             bytes: line.into(),
         });
         if let Ok(mut history) = self.feed.history.lock() {
-            while history.len() >= self.history_max.max(1) {
+            if history.len() >= self.history_max {
                 history.pop_front();
             }
             if self.history_max > 0 {
@@ -302,8 +307,14 @@ mod tests {
         let events = config::Events { file: Some(path), history: 3, ..config::Events::default() };
         let feed = Feed::new(16);
         let fanout = Fanout::new(&events, feed.clone(), Arc::new(Metrics::default())).unwrap();
-        assert_eq!(fanout.last_seq(), 5);
+        assert_eq!(fanout.resumed_from(), 5);
         assert_eq!(seqs(&feed.history.lock().unwrap().iter().cloned().collect::<Vec<_>>()), [3, 4, 5]);
+        // No history kept: nothing to replay, but the numbering still goes on.
+        let events = config::Events { history: 0, ..events };
+        let feed = Feed::new(16);
+        let fanout = Fanout::new(&events, feed.clone(), Arc::new(Metrics::default())).unwrap();
+        assert_eq!(fanout.resumed_from(), 5);
+        assert!(feed.history.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl Daemon {
             .map_err(io_err(config.events.file.as_deref().unwrap_or(Path::new("events"))))?;
         // Numbering goes on from the last line written before (history
         // starts with the file's recent lines).
-        let first_seq = fanout.last_seq() + 1;
+        let first_seq = fanout.resumed_from() + 1;
         let mut stream = EventStream::new(ring, Sink::numbered(Box::new(fanout), first_seq), core.labels.clone())
             .map_err(io_err(Path::new("ring buffer")))?;
         stream.set_lost_reported(core.lost_reported);
