@@ -153,7 +153,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
             if let Some(rules) = &compiled.net {
                 enforcer.net.add(rules)?;
             }
-            resolver = Some(start_resolver(&mut enforcer, &policy, network, opts.dns_upstream, dns_tx).await?);
+            resolver = Some(start_resolver(&mut enforcer, &policy, network, opts.dns_upstream, dns_tx)?);
             Some(enforcer.attach_net(cgroup)?)
         }
         None => None,
@@ -284,7 +284,7 @@ impl Drop for RunningResolver {
 }
 
 /// Starts the policy's resolver and sends the cgroup's DNS to it.
-async fn start_resolver(
+fn start_resolver(
     enforcer: &mut Enforcer,
     policy: &Policy,
     network: &Network,
@@ -292,7 +292,7 @@ async fn start_resolver(
     events: tokio::sync::mpsc::UnboundedSender<DnsEvent>,
 ) -> Result<RunningResolver, RunError> {
     let upstream = upstream.unwrap_or_else(dns::system_upstream);
-    let listeners = dns::Listeners::bind().await?;
+    let listeners = dns::Listeners::bind()?;
     let grants =
         Arc::new(Mutex::new(Grants::new(enforcer.take_dns_grants().ok_or(LoadError::MissingMap("DNS_GRANTS"))?)));
     let resolver = dns::Resolver {

@@ -178,6 +178,19 @@ impl EventStream {
         self.sink.line(&meta, &DnsLine { ts: Clock::now(), policy, cgroup, cgroup_id, event });
     }
 
+    /// Writes a `dns` event of one of the daemon's resolvers, naming its
+    /// policy and the asking cgroup (`(unknown)`, id 0, if the kernel
+    /// could not say which).
+    pub fn resolver_event(&mut self, event: &DnsEvent) {
+        let Ok(mut labels) = self.labels.lock() else { return };
+        let policy =
+            labels.policies.get(&event.policy_id).map_or_else(|| event.policy_id.to_string(), |l| l.name.clone());
+        let cgroup = event.asker.and_then(|id| labels.names.name(id));
+        drop(labels);
+        let cgroup_id = if cgroup.is_some() { event.asker.unwrap_or(0) } else { 0 };
+        self.dns_event(event, &policy, cgroup.as_deref().unwrap_or("(unknown)"), cgroup_id);
+    }
+
     /// Writes a `syscall` event of the seccomp supervisor.
     pub fn syscall_event(&mut self, event: &SyscallEvent, policy: &str) {
         let meta = LineMeta { seq: 0, kind: "syscall", action: event.action, policy, cgroup: event.cgroup.as_deref() };

@@ -37,7 +37,7 @@ impl Daemon {
     /// A daemon with `config_extra` appended to its configuration (e.g. an
     /// `[events]` table) and the policy files `policies` (name, text).
     #[must_use]
-    pub fn start(name: &str, degraded: bool, policies: &[(&str, &str)], events_extra: &str) -> Self {
+    pub fn start(name: &str, degraded: bool, policies: &[(&str, &str)], config_extra: &str) -> Self {
         let base = Path::new("/tmp/enforcer-tests").join(name);
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(base.join("policies")).expect("create daemon dirs");
@@ -53,7 +53,7 @@ impl Daemon {
             cgroups: Vec::new(),
         };
         let config = format!(
-            "policies = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n[events]\nfile = \"{}\"\n{events_extra}\n",
+            "policies = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n[events]\nfile = \"{}\"\n{config_extra}\n",
             daemon.policies.display(),
             daemon.socket.display(),
             daemon.base.join("state").display(),
@@ -237,10 +237,25 @@ impl Daemon {
     /// `cgroup` now comes after them in the ring buffer (one queue, in the
     /// order events were made) and so in the file. The marker itself is
     /// left out.
+    ///
+    /// A degraded daemon (no BPF LSM: no `bpf` events) marks with a connect
+    /// to [`SYNC_ADDRESS`] instead, which needs a policy with a network
+    /// section that does not allow it.
     #[must_use]
     pub fn agent_events(&self, cgroup: &str) -> Vec<Value> {
-        let marker = format!("bpf-cmd:{SYNC_BPF_CMD}");
-        let is_marker = |e: &Value| e["op"] == "bpf" && e["bpf_cmd"] == SYNC_BPF_CMD;
+        let marker = if self.degraded {
+            format!("tcp-connect:{SYNC_ADDRESS}:{SYNC_PORT}")
+        } else {
+            format!("bpf-cmd:{SYNC_BPF_CMD}")
+        };
+        let degraded = self.degraded;
+        let is_marker = |e: &Value| {
+            if degraded {
+                e["kind"] == "connect" && e["daddr"] == SYNC_ADDRESS && e["dport"] == SYNC_PORT
+            } else {
+                e["op"] == "bpf" && e["bpf_cmd"] == SYNC_BPF_CMD
+            }
+        };
         let inside = format!("{cgroup}/");
         // The kernel's events (the daemon's own lines, such as `tagged`, carry no cgroup id).
         let below = |e: &Value| {
@@ -301,6 +316,11 @@ fn whole_lines(text: &str) -> &str {
 /// The `bpf` command of [`Daemon::agent_events`]'s marker: no such command
 /// exists, so it does nothing even where a policy's audit mode allows it.
 const SYNC_BPF_CMD: u32 = 0x5e17;
+
+/// The marker of a degraded daemon's [`Daemon::agent_events`]: a loopback
+/// address nothing listens on, which no test policy allows.
+const SYNC_ADDRESS: &str = "127.0.94.23";
+const SYNC_PORT: u16 = 9;
 
 /// Removes `dir` and the cgroups below it, deepest first, killing what runs
 /// in them (a test may have made cgroups below the one it was given).

@@ -76,9 +76,10 @@ pub struct Sandbox {
     /// The enforcer's stderr (a file, not a pipe: a long error must not
     /// block it while a test waits on stdout).
     pub stderr: PathBuf,
-    /// Pass `--degraded` (the host kernel: no BPF LSM).
+    /// Pass `--degraded` (the host kernel: no BPF LSM), to `enforcer run` or
+    /// the daemon.
     pub degraded: bool,
-    /// `--dns-upstream` for the run.
+    /// `--dns-upstream` for the run; the daemon's `[dns] upstream`.
     pub dns_upstream: Option<std::net::SocketAddr>,
     pub via: Via,
     /// The daemon of the command started last, [`Via::Daemon`].
@@ -100,6 +101,13 @@ impl Sandbox {
     #[must_use]
     pub fn under_enforcer_run(name: &str) -> Self {
         Self::new_via(name, Via::Run)
+    }
+
+    /// A sandbox whose commands always run in a cgroup a daemon tagged:
+    /// for tests of what the daemon itself serves (its resolvers).
+    #[must_use]
+    pub fn under_daemon(name: &str) -> Self {
+        Self::new_via(name, Via::Daemon)
     }
 
     fn new_via(name: &str, via: Via) -> Self {
@@ -192,10 +200,6 @@ impl Sandbox {
     /// [`Via::Daemon`]: a daemon with the sandbox's policy, a cgroup it tags
     /// with it, and `command` started in that cgroup.
     fn spawn_tagged(&self, command: &[std::ffi::OsString]) -> Child {
-        assert!(
-            !self.degraded && self.dns_upstream.is_none(),
-            "--degraded and --dns-upstream are `enforcer run` options: use Sandbox::under_enforcer_run"
-        );
         let text = std::fs::read_to_string(&self.policy).expect("read policy");
         let policy = enforcer::policy::parse(&text, &self.policy)
             .unwrap_or_else(|e| panic!("the test's policy does not parse: {e}"))
@@ -203,7 +207,9 @@ impl Sandbox {
         let name = self.base.file_name().expect("sandbox name").to_string_lossy().into_owned();
         // Dropped (stopped, its cgroups removed) before the next one starts.
         drop(self.tagged.borrow_mut().take());
-        let mut daemon = daemon::Daemon::start(&format!("{name}.daemon"), false, &[("policy.toml", &text)], "");
+        let dns = self.dns_upstream.map(|a| format!("[dns]\nupstream = \"{a}\"\n")).unwrap_or_default();
+        let mut daemon =
+            daemon::Daemon::start(&format!("{name}.daemon"), self.degraded, &[("policy.toml", &text)], &dns);
         let cgroup = daemon.cgroup(&name);
         let tag = daemon.ctl(&["tag", &cgroup, "--policy", &policy.name]);
         assert!(tag.status.success(), "tag {cgroup}: {}\n{}", String::from_utf8_lossy(&tag.stderr), daemon.log());

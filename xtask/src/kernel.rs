@@ -41,7 +41,14 @@ pub struct Kernel {
     pub package: String,
     /// That package's full version, e.g. `6.1.158-1`.
     pub version: String,
+    /// [`DIAG_MODULES`], uncompressed, in load order.
+    pub modules: Vec<PathBuf>,
 }
+
+/// The socket-diagnostics modules (Debian builds them as modules) the
+/// daemon's resolvers use to learn which cgroup asked: the test VMs load
+/// them, as a host's modprobe would on the first request.
+pub const DIAG_MODULES: [&str; 3] = ["inet_diag", "tcp_diag", "udp_diag"];
 
 /// The cache root.
 pub fn cache_dir() -> Result<PathBuf> {
@@ -70,8 +77,14 @@ pub fn cached(series: &str) -> Result<Kernel> {
     if !vmlinuz.is_file() {
         bail!("no kernel cached for {series} (looked for {}); run `cargo xtask setup`", vmlinuz.display());
     }
+    let modules: Vec<PathBuf> =
+        DIAG_MODULES.iter().map(|name| dir.join("modules").join(format!("{name}.ko"))).collect();
+    if let Some(missing) = modules.iter().find(|m| !m.is_file()) {
+        bail!("kernel {series} is cached without {}; run `cargo xtask setup`", missing.display());
+    }
     let read = |name: &str| fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string());
     Ok(Kernel {
+        modules,
         series: series.to_string(),
         vmlinuz,
         package: read("package").unwrap_or_else(|_| "unknown package".to_string()),

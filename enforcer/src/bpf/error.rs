@@ -34,6 +34,8 @@ pub enum LoadError {
     FieldLoads(#[from] field_loads::FieldLoadError),
     #[error("cannot create a table map for `{name}`: {source}")]
     TableMap { name: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Resolver(#[from] crate::dns::DnsError),
     #[error("BPF map `{0}` is missing from the programs")]
     MissingMap(&'static str),
     #[error("the kernel refused the program `{name}`: {}", chain(source))]

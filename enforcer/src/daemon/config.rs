@@ -30,6 +30,16 @@ pub struct Config {
     pub bpffs: PathBuf,
     pub events: Events,
     pub metrics: Metrics,
+    pub dns: Dns,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// The resolver asked for the names policies allow (default: the first
+    /// `nameserver` of `/etc/resolv.conf`, read when a policy's resolver
+    /// starts).
+    pub upstream: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -71,6 +81,7 @@ impl Default for Config {
             bpffs: "/sys/fs/bpf/enforcer".into(),
             events: Events::default(),
             metrics: Metrics::default(),
+            dns: Dns::default(),
         }
     }
 }
@@ -107,7 +118,7 @@ pub enum ConfigError {
 
 const HINT: &str = "the configuration has `policies`, `socket`, `socket_group`, `state_dir`, `bpffs`, an \
 [events] table with `stdout`, `file`, `file_max_bytes`, `file_keep`, `follower_buffer` and `history`, and a \
-[metrics] table with `address`; see packaging/enforcer.toml";
+[metrics] table with `address`, and a [dns] table with `upstream`; see packaging/enforcer.toml";
 
 impl Config {
     /// Reads `path`, or the default file if `path` is `None` (defaults if

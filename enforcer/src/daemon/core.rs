@@ -16,6 +16,7 @@ use super::{
     config::Config,
     policies::{self, Ids, Loaded, Rejected},
     reload::{self, Plan},
+    resolvers::Resolvers,
     selection::{SelectedCgroup, Selection},
     tagging,
     wire::Tag,
@@ -93,6 +94,8 @@ pub struct Setup {
     pub not_enforced: Vec<&'static str>,
     /// The events ring buffer's positions, if they could be mapped.
     pub ring_fill: Option<crate::ring_fill::RingFill>,
+    /// Where the resolvers' refusals go (the stream task).
+    pub dns_events: tokio::sync::mpsc::UnboundedSender<crate::dns::DnsEvent>,
 }
 
 pub struct Core {
@@ -123,15 +126,23 @@ pub struct Core {
     notices: tokio::sync::mpsc::UnboundedSender<DaemonLine>,
     /// The events ring buffer's positions (metrics).
     pub ring_fill: Option<crate::ring_fill::RingFill>,
+    /// The policies' resolvers and the grants of what they answered.
+    pub resolvers: Resolvers,
 }
 
 impl Core {
     /// Restores the saved state (the policies and tags an earlier daemon
     /// had in force), then loads the policy directory; publishes it all in
     /// one swap.
-    #[must_use]
-    pub fn start(setup: Setup, notices: tokio::sync::mpsc::UnboundedSender<DaemonLine>) -> (Self, ReloadReport) {
-        let Setup { config, config_file, enforcer, hierarchy, adopted, not_enforced, ring_fill } = setup;
+    pub fn start(
+        setup: Setup,
+        notices: tokio::sync::mpsc::UnboundedSender<DaemonLine>,
+    ) -> Result<(Self, ReloadReport), LoadError> {
+        let Setup { config, config_file, mut enforcer, hierarchy, adopted, not_enforced, ring_fill, dns_events } =
+            setup;
+        // Taken once: the loader hands the map out a single time.
+        let grants = enforcer.take_dns_grants().ok_or(LoadError::MissingMap("DNS_GRANTS"))?;
+        let resolvers = Resolvers::new(grants, config.dns.upstream, dns_events);
         let labels = Labels { policies: HashMap::new(), names: crate::cgroups::Names::new(hierarchy.clone()) };
         let mut core = Self {
             enforcer,
@@ -153,6 +164,7 @@ impl Core {
             orphaned: HashSet::new(),
             notices,
             ring_fill,
+            resolvers,
         };
         let mut report = ReloadReport::default();
         let state = core.read_state();
@@ -182,11 +194,19 @@ impl Core {
                 core.tags.insert(tag.cgroup_id, tag);
             }
         }
+        // What the pinned maps hold for versions not restored (a lost state
+        // directory, another daemon's pins) must not serve the new version
+        // that gets the same id: rules, resolvers and grants go.
+        let restored: HashSet<PolicyId> = core.policies.values().map(|p| p.id).collect();
+        core.resolvers.retire(&restored);
+        if let Err(e) = core.enforcer.net.retain(&restored) {
+            report.warnings.push(format!("cannot remove the network rules of versions no longer in force: {e}"));
+        }
         let max_id = core.policies.values().map(|p| p.id).max().unwrap_or(PolicyId::NONE);
         core.ids = Ids::after(max_id);
         let mut reload = core.reload_inner(true);
         reload.warnings.splice(0..0, report.warnings);
-        (core, reload)
+        Ok((core, reload))
     }
 
     /// Loads the policy directory again: changed files become new versions,
@@ -267,13 +287,25 @@ impl Core {
                 return Err(e);
             }
         }
+        // Then their resolvers (and those a restarted daemon serves again),
+        // with the grants of the versions they replace.
+        let replaced: Vec<(PolicyId, &Loaded)> =
+            fresh.values().filter_map(|new| self.policies.get(&new.name).map(|old| (old.id, new))).collect();
+        let in_force_now = names.iter().filter_map(|n| in_force(n));
+        if let Err(e) = self.resolvers.prepare(in_force_now, &replaced, &mut self.enforcer.net) {
+            self.resolvers.retire(&old_live);
+            let _ = self.enforcer.net.retain(&old_live);
+            return Err(e);
+        }
         let inserted = timing.map(|t| t.elapsed());
         if let Err(e) = self.enforcer.tables.replace_all(file_rules, tags, built.table, &extra_filter) {
+            self.resolvers.retire(&old_live);
             let _ = self.enforcer.net.retain(&old_live);
             return Err(e);
         }
         self.selection.commit(built.choice);
         let published = timing.map(|t| t.elapsed());
+        self.resolvers.retire(&live);
         self.enforcer.net.retain(&live)?;
         if let Some(t) = timing {
             tracing::debug!(

@@ -11,7 +11,10 @@ use std::{
 use enforcer_common::policy::{FileRuleKey, PolicyId, TagInfo};
 
 use crate::events::PolicyVersion;
-use crate::policy::{self, Policy, compile::compile, destinations::Target, network::NetRules};
+use crate::{
+    dns::names::HostRules,
+    policy::{self, Policy, compile::compile, network::NetRules},
+};
 
 /// One version of a policy, compiled.
 pub struct Loaded {
@@ -29,6 +32,9 @@ pub struct Loaded {
     pub tag: TagInfo,
     pub file_rules: Vec<(FileRuleKey, u16)>,
     pub net: Option<NetRules>,
+    /// The host names its agents may resolve (a policy with a network
+    /// section: its resolver serves them).
+    pub hosts: Option<HostRules>,
     pub warnings: Vec<String>,
     pub loaded_at: String,
 }
@@ -75,14 +81,8 @@ pub fn compile_parsed(
     let mut warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
     let compiled = compile(&policy, id).map_err(|e| format!("{}: {e}", file.display()))?;
     warnings.extend(compiled.missing_trees().map(|line| format!("{}: warning: {line}", file.display())));
-    if policy.network.as_ref().is_some_and(|n| n.allow.iter().any(|(d, _)| matches!(d.target, Target::Host { .. }))) {
-        warnings.push(format!(
-            "{}: warning: network.allow names hosts: the daemon does not resolve host names yet, so connections to \
-             them \
-             are denied (use `enforcer run`, or name addresses)",
-            file.display()
-        ));
-    }
+    // Policies with a network section get a resolver, as under `enforcer run`.
+    let hosts = policy.network.as_ref().map(HostRules::of).transpose().map_err(|e| e.to_string())?;
     if policy.syscalls.is_some() {
         warnings.push(format!(
             "{}: warning: [syscalls]: the daemon cannot install a seccomp filter in processes it did not start; apply \
@@ -101,6 +101,7 @@ pub fn compile_parsed(
         policy,
         file_rules: compiled.file_rules,
         net: compiled.net,
+        hosts,
         warnings,
         loaded_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     })

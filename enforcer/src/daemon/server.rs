@@ -26,6 +26,7 @@ use super::{
 use crate::{
     bpf::{Enforcer, LoadError, Start},
     cgroups::Hierarchy,
+    dns::DnsEvent,
     events::{DaemonEvent, DaemonLine},
     stream::{EventStream, Sink},
 };
@@ -36,6 +37,7 @@ pub struct Daemon {
     shared: Arc<Shared>,
     stream: EventStream,
     notice_rx: mpsc::UnboundedReceiver<DaemonLine>,
+    dns_rx: mpsc::UnboundedReceiver<DnsEvent>,
 }
 
 impl Daemon {
@@ -58,6 +60,7 @@ impl Daemon {
             default.exists().then_some(default)
         });
         let adopted = start == Start::Adopted;
+        let (dns_events, dns_rx) = mpsc::unbounded_channel();
         let setup = Setup {
             config: config.clone(),
             config_file,
@@ -66,10 +69,11 @@ impl Daemon {
             adopted,
             not_enforced,
             ring_fill,
+            dns_events,
         };
         // Every daemon line goes through this channel to the stream task.
         let (notices, notice_rx) = mpsc::unbounded_channel();
-        let (mut core, report) = Core::start(setup, notices.clone());
+        let (mut core, report) = Core::start(setup, notices.clone())?;
         release_free_memory();
         let attach_errors = core.attach_all_net();
         if let Start::Fresh { other_builds } = &start {
@@ -90,6 +94,7 @@ impl Daemon {
         let mut stream = EventStream::new(ring, Sink::numbered(Box::new(fanout), first_seq), core.labels.clone())
             .map_err(io_err(Path::new("ring buffer")))?;
         stream.set_lost_reported(core.lost_reported);
+        stream.set_grants(core.resolvers.grants());
         let started = DaemonLine::now(DaemonEvent::DaemonStarted {
             pid: std::process::id(),
             build: crate::bpf::build_id(),
@@ -112,7 +117,7 @@ impl Daemon {
         announce_reload(&notices, &report);
         let socket_gid = config.socket_gid();
         let shared = Arc::new(Shared { core: tokio::sync::Mutex::new(core), feed, metrics, notices, socket_gid });
-        Ok(Self { config, shared, stream, notice_rx })
+        Ok(Self { config, shared, stream, notice_rx, dns_rx })
     }
 
     /// Serves the API on `listener` (and metrics, if configured), watches
@@ -136,7 +141,8 @@ impl Daemon {
         tokio::spawn(watch::policies(self.config.policies.clone(), shared.clone()));
         tokio::spawn(housekeeping(shared.clone()));
 
-        stream_until(&mut self.stream, &shared, &mut self.notice_rx, shutdown).await?;
+        let channels = Channels { notices: &mut self.notice_rx, dns: &mut self.dns_rx };
+        stream_until(&mut self.stream, &shared, channels, shutdown).await?;
         let stream = &mut self.stream;
         stream.drain();
         let mut core = shared.core.lock().await;
@@ -151,11 +157,18 @@ impl Daemon {
     }
 }
 
-/// Streams events, the daemon's lines and lost counts until `shutdown`.
+/// What the stream task writes besides the kernel's events.
+struct Channels<'a> {
+    notices: &'a mut mpsc::UnboundedReceiver<DaemonLine>,
+    dns: &'a mut mpsc::UnboundedReceiver<DnsEvent>,
+}
+
+/// Streams events, the daemon's lines, the resolvers' refusals and lost
+/// counts until `shutdown`.
 async fn stream_until(
     stream: &mut EventStream,
     shared: &Shared,
-    notice_rx: &mut mpsc::UnboundedReceiver<DaemonLine>,
+    channels: Channels<'_>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -163,8 +176,12 @@ async fn stream_until(
     loop {
         tokio::select! {
             result = stream.next_batch() => result.map_err(io_err(Path::new("ring buffer")))?,
-            Some(notice) = notice_rx.recv() => {
+            Some(notice) = channels.notices.recv() => {
                 stream.sink().daemon_line(&notice);
+                stream.sink().flush();
+            }
+            Some(refused) = channels.dns.recv() => {
+                stream.resolver_event(&refused);
                 stream.sink().flush();
             }
             _ = tick.tick() => {
@@ -192,6 +209,7 @@ async fn housekeeping(shared: Arc<Shared>) {
         if let Err(e) = core.protect_own_files() {
             tracing::warn!("cannot update the protected files: {e}");
         }
+        core.resolvers.sweep();
         for tag in core.sweep() {
             let removed =
                 DaemonEvent::Untagged { cgroup: tag.cgroup, policy: tag.policy, reason: Some("cgroup removed") };

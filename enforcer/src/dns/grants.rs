@@ -48,6 +48,68 @@ impl Grants {
         Self { map, by_address: HashMap::new(), history: HashMap::new() }
     }
 
+    /// Takes over the grants an earlier daemon left in the (pinned) map:
+    /// they keep their expiry and ports, under a name this daemon does not
+    /// know, and are swept as they expire.
+    #[must_use]
+    pub fn adopting(map: BpfHashMap<MapData, NetKey, DnsGrant>) -> Self {
+        let mut grants = Self::new(map);
+        let left: Vec<(NetKey, DnsGrant)> = grants.map.iter().filter_map(Result::ok).collect();
+        for (key, grant) in left {
+            let earlier = NameGrant { name: String::new(), ports: grant.ports, expires_boot_ns: grant.expires_boot_ns };
+            grants.by_address.entry((key.policy(), Ipv6Addr::from(key.addr))).or_default().push(earlier);
+        }
+        grants
+    }
+
+    /// Gives policy `to` the grants `from` has for names `ports_for` still
+    /// allows, with the ports it allows them now and their expiry: a new
+    /// version of a policy keeps the answers its agents already hold.
+    /// Grants adopted from an earlier daemon (no name) are not carried.
+    pub fn carry_over(
+        &mut self,
+        from: PolicyId,
+        to: PolicyId,
+        ports_for: impl Fn(&str) -> Option<NetPorts>,
+    ) -> Result<(), MapError> {
+        let carried: Vec<(Ipv6Addr, Vec<NameGrant>)> = self
+            .by_address
+            .iter()
+            .filter(|((policy, _), _)| *policy == from)
+            .map(|((_, addr), list)| {
+                let kept = list
+                    .iter()
+                    .filter(|g| !g.name.is_empty())
+                    .filter_map(|g| ports_for(&g.name).map(|ports| NameGrant { ports, ..g.clone() }))
+                    .collect();
+                (*addr, kept)
+            })
+            .collect();
+        for (addr, list) in carried.into_iter().filter(|(_, list): &(_, Vec<_>)| !list.is_empty()) {
+            self.by_address.insert((to, addr), list);
+            self.write(to, addr)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every grant of `policy_id` (a version no longer in force).
+    pub fn forget(&mut self, policy_id: PolicyId) {
+        let addrs: Vec<Ipv6Addr> =
+            self.by_address.keys().filter(|(policy, _)| *policy == policy_id).map(|(_, addr)| *addr).collect();
+        for addr in addrs {
+            self.by_address.remove(&(policy_id, addr));
+            // A failed removal leaves an entry no tag can reach (the id is
+            // not in force), which expires in the kernel by itself.
+            let _ = self.write(policy_id, addr);
+        }
+    }
+
+    /// The policies that hold grants.
+    #[must_use]
+    pub fn policies(&self) -> std::collections::BTreeSet<PolicyId> {
+        self.by_address.keys().map(|(policy, _)| *policy).collect()
+    }
+
     /// Allows `addr` for `ports` under policy `policy_id` for `ttl`, because
     /// `name` resolved to it. The map holds it when this returns.
     pub fn grant(

@@ -6,6 +6,7 @@
 //! TTL (bounded below), before the answer is released: the first connection
 //! never races the map. Other names get NXDOMAIN and a `dns` denial event.
 
+pub mod asker;
 pub mod grants;
 pub mod names;
 
@@ -42,6 +43,12 @@ pub struct DnsEvent {
     pub qname: String,
     pub qtype: String,
     pub reason: &'static str,
+    /// The policy whose resolver refused it.
+    #[serde(skip)]
+    pub policy_id: enforcer_common::policy::PolicyId,
+    /// The cgroup the asking socket was made in, if the kernel could say.
+    #[serde(skip)]
+    pub asker: Option<u64>,
 }
 
 /// What one resolver serves: one policy.
@@ -74,17 +81,18 @@ pub enum DnsError {
 
 impl Listeners {
     /// Binds UDP and TCP on 127.0.0.1 (one free port, both protocols), and
-    /// on `[::1]` at the same port when the host has IPv6 loopback.
-    pub async fn bind() -> Result<Self, DnsError> {
+    /// on `[::1]` at the same port when the host has IPv6 loopback. Needs a
+    /// Tokio runtime (not a task: the daemon binds while it holds its core).
+    pub fn bind() -> Result<Self, DnsError> {
         // A port free for UDP may be taken for TCP: try a few.
         let mut last = None;
         for _ in 0..16 {
-            let udp4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(DnsError::Listen)?;
+            let udp4 = udp((Ipv4Addr::LOCALHOST, 0).into()).map_err(DnsError::Listen)?;
             let port = udp4.local_addr().map_err(DnsError::Listen)?.port();
-            match TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
+            match tcp((Ipv4Addr::LOCALHOST, port).into()) {
                 Ok(tcp4) => {
-                    let v6 = (Ipv6Addr::LOCALHOST, port);
-                    let v6_sockets = match (UdpSocket::bind(v6).await, TcpListener::bind(v6).await) {
+                    let v6 = (Ipv6Addr::LOCALHOST, port).into();
+                    let v6_sockets = match (udp(v6), tcp(v6)) {
                         (Ok(udp), Ok(tcp)) => Some((udp, tcp)),
                         _ => None,
                     };
@@ -95,6 +103,18 @@ impl Listeners {
         }
         Err(DnsError::Listen(last.unwrap_or_else(|| std::io::Error::other("no free port"))))
     }
+}
+
+fn udp(at: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind(at)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+fn tcp(at: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = std::net::TcpListener::bind(at)?;
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
 }
 
 /// The first `nameserver` of `/etc/resolv.conf`, port 53; like the C
@@ -132,6 +152,7 @@ const TCP_CONNECTIONS_MAX: usize = 64;
 
 async fn serve_udp(resolver: Arc<Resolver>, socket: UdpSocket) {
     let socket = Arc::new(socket);
+    let Ok(local) = socket.local_addr() else { return };
     let slots = Arc::new(tokio::sync::Semaphore::new(UDP_QUERIES_MAX));
     let mut buf = vec![0u8; UDP_MESSAGE_MAX];
     loop {
@@ -139,8 +160,9 @@ async fn serve_udp(resolver: Arc<Resolver>, socket: UdpSocket) {
         let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
         let query = buf[..len].to_vec();
         let (resolver, socket) = (resolver.clone(), socket.clone());
+        let peer = Peer { addr: from, local, transport: Transport::Udp };
         tokio::spawn(async move {
-            if let Some(reply) = resolver.answer(&query, Transport::Udp).await {
+            if let Some(reply) = resolver.answer(&query, peer).await {
                 let _ = socket.send_to(&reply, from).await;
             }
             drop(slot);
@@ -151,21 +173,23 @@ async fn serve_udp(resolver: Arc<Resolver>, socket: UdpSocket) {
 async fn serve_tcp(resolver: Arc<Resolver>, listener: TcpListener) {
     let slots = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS_MAX));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, from)) = listener.accept().await else { continue };
         let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+        let Ok(local) = stream.local_addr() else { continue };
         let resolver = resolver.clone();
+        let peer = Peer { addr: from, local, transport: Transport::Tcp };
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(30), serve_connection(&resolver, stream)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(30), serve_connection(&resolver, stream, peer)).await;
             drop(slot);
         });
     }
 }
 
 /// DNS over TCP: two-byte length, message; as many as the client sends.
-async fn serve_connection(resolver: &Resolver, mut stream: TcpStream) -> std::io::Result<()> {
+async fn serve_connection(resolver: &Resolver, mut stream: TcpStream, peer: Peer) -> std::io::Result<()> {
     loop {
         let query = read_framed(&mut stream).await?;
-        if let Some(reply) = resolver.answer(&query, Transport::Tcp).await {
+        if let Some(reply) = resolver.answer(&query, peer).await {
             write_framed(&mut stream, &reply).await?;
         }
     }
@@ -183,15 +207,24 @@ async fn write_framed(stream: &mut TcpStream, message: &[u8]) -> std::io::Result
     stream.write_all(&[&len.to_be_bytes()[..], message].concat()).await
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Transport {
     Udp,
     Tcp,
 }
 
+/// Who sent a query, and to which of the resolver's sockets.
+#[derive(Clone, Copy)]
+struct Peer {
+    addr: SocketAddr,
+    local: SocketAddr,
+    transport: Transport,
+}
+
 impl Resolver {
     /// The reply to one query, or `None` to stay silent (not a DNS query).
-    async fn answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    async fn answer(&self, query: &[u8], peer: Peer) -> Option<Vec<u8>> {
+        let transport = peer.transport;
         let request = Message::from_vec(query).ok()?;
         if request.metadata.message_type != MessageType::Query {
             return None;
@@ -204,18 +237,18 @@ impl Resolver {
         let qname = asked.to_ascii_lowercase();
         let qtype = question.query_type();
         let Some(ports) = self.rules.ports_for(&qname) else {
-            self.report(&asked, qtype, "not_allowed");
+            self.report(&asked, qtype, "not_allowed", peer);
             if self.audit {
                 return self.ask_upstream(query, transport).await.ok();
             }
             return refusal(&request, ResponseCode::NXDomain);
         };
         let Ok(reply) = self.ask_upstream(query, transport).await else {
-            self.report(&qname, qtype, "upstream_failed");
+            self.report(&qname, qtype, "upstream_failed", peer);
             return refusal(&request, ResponseCode::ServFail);
         };
         let Ok(response) = Message::from_vec(&reply) else {
-            self.report(&qname, qtype, "upstream_failed");
+            self.report(&qname, qtype, "upstream_failed", peer);
             return refusal(&request, ResponseCode::ServFail);
         };
         // The grants go in before the answer goes out.
@@ -233,7 +266,7 @@ impl Resolver {
                 .and_then(|mut grants| grants.grant(self.policy_id, addr, &qname, ports, ttl).map_err(|_| ()));
             if granted.is_err() {
                 // Without the grant the connect would be denied: say so now.
-                self.report(&qname, qtype, "grant_table_full");
+                self.report(&qname, qtype, "grant_table_full", peer);
                 return refusal(&request, ResponseCode::ServFail);
             }
         }
@@ -270,9 +303,18 @@ impl Resolver {
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
     }
 
-    fn report(&self, qname: &str, qtype: RecordType, reason: &'static str) {
+    fn report(&self, qname: &str, qtype: RecordType, reason: &'static str, peer: Peer) {
         let action = if self.audit { "audit" } else { "deny" };
-        let event = DnsEvent { kind: "dns", action, qname: qname.to_owned(), qtype: qtype.to_string(), reason };
+        let asker = asker::cgroup_of(peer.addr, peer.local, peer.transport == Transport::Tcp);
+        let event = DnsEvent {
+            kind: "dns",
+            action,
+            qname: qname.to_owned(),
+            qtype: qtype.to_string(),
+            reason,
+            policy_id: self.policy_id,
+            asker,
+        };
         let _ = self.events.send(event);
     }
 }

@@ -171,6 +171,62 @@ fn a_killed_daemon_leaves_enforcement_and_a_restart_adopts_it() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// The daemon's resolver across what a fleet does to it: a reload keeps
+/// the addresses agents resolved for names the new version still allows
+/// (and only those); with the daemon down, lookups fail closed while the
+/// grants made keep their TTL; a restarted daemon answers again without
+/// anything tagged anew.
+#[test]
+fn host_names_outlive_a_reload_and_a_restart_and_fail_closed_in_between() {
+    let listener = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dns = enforcer_tests::DnsServer::start(&[
+        ("api.allowed.test", "127.0.0.3".parse().unwrap(), 300),
+        ("evil.test", "127.0.0.5".parse().unwrap(), 300),
+    ]);
+    let policy = |extra: &str| format!("name = \"agent\"\n[network]\nallow = [\"api.allowed.test:{port}\"{extra}]\n");
+    let upstream = format!("[dns]\nupstream = \"{}\"\n", dns.addr);
+    let mut d = Daemon::start("daemon-dns", DEGRADED, &[("agent.toml", &policy(""))], &upstream);
+    let cgroup = d.cgroup("dns");
+    ok(&d.ctl(&["tag", &cgroup, "--policy", "agent"]));
+    let resolve = format!("resolve-connect:api.allowed.test:{port}");
+    let connect = format!("tcp-connect:127.0.0.3:{port}");
+    let results = d.run_probe(&cgroup, std::slice::from_ref(&resolve));
+    assert_eq!(errno_of(&results, &resolve), 0, "resolved and connected: {results:?}\n{}", d.log());
+
+    // Version 2 still allows the name: the address it resolved to connects
+    // with no new lookup.
+    d.write_policy("agent.toml", &policy(", \"127.0.0.1/32:81\""));
+    d.wait_event("policy_reload", |e| e["kind"] == "policy_reload" && e["applied"][0]["version"] == 2);
+    let results = d.run_probe(&cgroup, std::slice::from_ref(&connect));
+    assert_eq!(errno_of(&results, &connect), 0, "the grant came along with the reload");
+
+    // No daemon: what was granted still connects; no name resolves.
+    d.kill9();
+    let ask_tcp = "dns-tcp:api.allowed.test@127.0.0.77:53".to_owned();
+    let results = d.run_probe(&cgroup, &[connect.clone(), ask_tcp.clone(), resolve.clone()]);
+    assert_eq!(errno_of(&results, &connect), 0, "a grant keeps its TTL with the daemon gone");
+    assert_eq!(errno_of(&results, &ask_tcp), ECONNREFUSED, "lookups fail closed: {results:?}");
+    assert_eq!(errno_of(&results, &resolve), 1000, "nothing resolves: {results:?}");
+
+    // Restarted: it answers again, for the same tag.
+    d.spawn();
+    let refused = "dns-udp:evil.test@127.0.0.77:53".to_owned();
+    let results = d.run_probe(&cgroup, &[resolve.clone(), refused.clone()]);
+    assert_eq!(errno_of(&results, &resolve), 0, "served again: {results:?}\n{}", d.log());
+    assert_eq!(errno_of(&results, &refused), 103, "NXDOMAIN for a name not allowed");
+    let event = d.wait_event("dns", |e| e["kind"] == "dns" && e["qname"] == "evil.test");
+    assert_eq!(event["cgroup"], cgroup.as_str(), "names the asking cgroup: {event}");
+    assert_eq!(event["policy"], "agent", "{event}");
+
+    // Version 3 drops the name: its address no longer connects.
+    d.write_policy("agent.toml", "name = \"agent\"\n[network]\nallow = [\"127.0.0.1/32:81\"]\n");
+    d.wait_event("policy_reload", |e| e["kind"] == "policy_reload" && e["applied"][0]["version"] == 3);
+    let results = d.run_probe(&cgroup, std::slice::from_ref(&connect));
+    assert_eq!(errno_of(&results, &connect), EPERM, "a name no longer allowed keeps no address");
+    drop(listener);
+}
+
 #[test]
 fn a_hot_reload_applies_to_a_running_process_and_a_bad_file_changes_nothing() {
     let tree = "/tmp/enforcer-tests/daemon-reload/allowed";

@@ -61,11 +61,14 @@ fn sandbox(name: &str) -> Sandbox {
     sb
 }
 
-/// Host names are resolved by `enforcer run` (the daemon does not yet).
-fn sandbox_under_enforcer_run(name: &str) -> Sandbox {
-    let mut sb = Sandbox::under_enforcer_run(name);
-    sb.degraded = super::DEGRADED;
-    sb
+/// Host names are resolved by `enforcer run` and by the daemon, each its
+/// own way: the tests of names run under both.
+fn sandboxes_resolving(name: &str) -> [Sandbox; 2] {
+    let mut run = Sandbox::under_enforcer_run(&format!("{name}-run"));
+    let mut daemon = Sandbox::under_daemon(&format!("{name}-daemon"));
+    run.degraded = super::DEGRADED;
+    daemon.degraded = super::DEGRADED;
+    [run, daemon]
 }
 
 fn mapped(addr: SocketAddr) -> String {
@@ -208,7 +211,12 @@ const OTHER_RESOLVER: &str = "127.0.0.77:53";
 
 #[test]
 fn host_names_resolve_through_the_enforcer_and_only_their_answers_connect() {
-    let mut sb = sandbox_under_enforcer_run("net-dns");
+    for sb in sandboxes_resolving("net-dns") {
+        host_names_resolve(sb);
+    }
+}
+
+fn host_names_resolve(mut sb: Sandbox) {
     let names = Names::new(300);
     sb.dns_upstream = Some(names.dns.addr);
     sb.write_policy_with("enforce", &names.policy(30));
@@ -250,13 +258,23 @@ fn host_names_resolve_through_the_enforcer_and_only_their_answers_connect() {
         "{refused:#?}"
     );
     assert!(refused.iter().all(|e| e["policy"] == "test-policy" && e["reason"] == "not_allowed"), "{refused:#?}");
+    // The asking cgroup, as the kernel named it (the daemon's resolver
+    // serves every cgroup of the policy on one port).
+    let cgroup = out.cgroup.clone().unwrap_or_default();
+    assert!(refused.iter().all(|e| e["cgroup_id"] != 0 && e["cgroup"].as_str() > Some("")), "{refused:#?}");
+    assert!(out.cgroup.is_none() || refused.iter().all(|e| e["cgroup"] == cgroup.as_str()), "{refused:#?}");
     assert!(!names.dns.queries().contains(&"evil.test".to_owned()), "refused names never reach upstream");
     assert_eq!(out.events.len(), 3 + refused.len(), "{:#?}", out.events);
 }
 
 #[test]
 fn resolved_addresses_expire_after_the_ttl() {
-    let mut sb = sandbox_under_enforcer_run("net-dns-ttl");
+    for sb in sandboxes_resolving("net-dns-ttl") {
+        resolved_addresses_expire(sb);
+    }
+}
+
+fn resolved_addresses_expire(mut sb: Sandbox) {
     let names = Names::new(1);
     sb.dns_upstream = Some(names.dns.addr);
     sb.write_policy_with("enforce", &names.policy(1));

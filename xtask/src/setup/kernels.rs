@@ -34,7 +34,8 @@ fn origin(series: &str) -> Origin {
             suite: Suite { mirror: "http://deb.debian.org/debian-security", name: "bullseye-security" },
             image_prefix: "linux-image-",
         },
-        // Debian 13 splits the image: `linux-binary-*` holds vmlinuz, `linux-base-*` the config.
+        // Debian 13 splits the image: `linux-binary-*` holds vmlinuz, `linux-base-*` the
+        // config, `linux-modules-*` the modules.
         s if s.starts_with("7.") => Origin::Suite {
             suite: Suite { mirror: "http://deb.debian.org/debian", name: "trixie-backports" },
             image_prefix: "linux-binary-",
@@ -89,6 +90,12 @@ fn download(series: &str) -> Result<()> {
     fs::set_permissions(out.join("vmlinuz"), fs::Permissions::from_mode(0o644))?;
     if let Some(config) = kernel_file(&tree, "config")? {
         fs::copy(config, out.join("config"))?;
+    }
+    let modules = out.join("modules");
+    fs::create_dir(&modules)?;
+    for name in kernel::DIAG_MODULES {
+        let found = module_file(&tree, name)?.with_context(|| format!("{package} has no {name} module"))?;
+        uncompressed_copy(&found, &modules.join(format!("{name}.ko")))?;
     }
     fs::write(out.join("version"), format!("{version}\n"))?;
     fs::write(out.join("package"), format!("{package}\n"))?;
@@ -147,8 +154,8 @@ fn from_apt(series: &str, scratch: &Path) -> Result<(String, String, Vec<PathBuf
     Ok((package, version, vec![deb]))
 }
 
-/// The newest image of `series` in `suite`, and the package with its config when the
-/// image has none (Debian 13's `linux-base-*`).
+/// The newest image of `series` in `suite`, and the packages with its config and
+/// modules when the image has neither (Debian 13's `linux-base-*`, `linux-modules-*`).
 fn from_suite(
     series: &str,
     suite: &Suite,
@@ -169,11 +176,13 @@ fn from_suite(
     println!("setup: downloading kernel {series} ({} {} from {})", image.name, image.version, suite.name);
     let mut debs = vec![suite.fetch(&image, scratch)?];
     if let Some(rest) = image.name.strip_prefix("linux-binary-") {
-        let base_name = format!("linux-base-{rest}");
-        let base = index.exact(&base_name, &image.version).with_context(|| {
-            format!("{} has {} but not {base_name} {} (its config)", suite.name, image.name, image.version)
-        })?;
-        debs.push(suite.fetch(base, scratch)?);
+        for (kind, what) in [("base", "its config"), ("modules", "its modules")] {
+            let name = format!("linux-{kind}-{rest}");
+            let package = index.exact(&name, &image.version).with_context(|| {
+                format!("{} has {} but not {name} {} ({what})", suite.name, image.name, image.version)
+            })?;
+            debs.push(suite.fetch(package, scratch)?);
+        }
     }
     Ok((image.name, image.version, debs))
 }
@@ -197,6 +206,36 @@ fn kernel_file(tree: &Path, name: &str) -> Result<Option<PathBuf>> {
         }
     }
     Ok(None)
+}
+
+/// `<name>.ko` (or `.ko.xz`, `.ko.zst`) under `[usr/]lib/modules/*/kernel/net/ipv4`.
+fn module_file(tree: &Path, name: &str) -> Result<Option<PathBuf>> {
+    for root in ["lib/modules", "usr/lib/modules"].map(|r| tree.join(r)).iter().filter(|r| r.is_dir()) {
+        for entry in fs::read_dir(root).with_context(|| format!("could not list {}", root.display()))? {
+            let dir = entry?.path().join("kernel/net/ipv4");
+            for suffix in ["ko", "ko.xz", "ko.zst"] {
+                let path = dir.join(format!("{name}.{suffix}"));
+                if path.is_file() {
+                    return Ok(Some(path));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Copies a module, uncompressed (busybox's `insmod` takes plain `.ko`).
+fn uncompressed_copy(from: &Path, to: &Path) -> Result<()> {
+    let tool = match from.extension().and_then(|e| e.to_str()) {
+        Some("xz") => "xz",
+        Some("zst") => "zstd",
+        _ => {
+            fs::copy(from, to).with_context(|| format!("could not copy {}", from.display()))?;
+            return Ok(());
+        }
+    };
+    let out = fs::File::create(to).with_context(|| format!("could not create {}", to.display()))?;
+    cmd::run(Command::new(tool).arg("-dc").arg(from).stdout(out))
 }
 
 fn no_package(series: &str) -> String {

@@ -12,6 +12,8 @@ use super::host::{build_binaries, build_test};
 use super::{Outcome, Tier, ran};
 use crate::libtest::Summary;
 use crate::vm::{self, VmSpec};
+use std::fmt::Write as _;
+
 use crate::{cmd, kernel};
 
 // A tier takes 10 to 25 minutes under TCG (one load of the programs for the
@@ -123,10 +125,17 @@ fn run_tests(
     // ENFORCER_VM_ENV="NAME=VALUE ..." sets variables for the tests (e.g.
     // ENFORCER_PROGRAMS=compat, to try the compat build on a newer kernel).
     let env = std::env::var("ENFORCER_VM_ENV").unwrap_or_default();
+    let mut files = files;
+    let mut insmod = String::new();
+    for module in &kernel.modules {
+        let guest = format!("/enforcer-vm/modules/{}", module.file_name().unwrap_or_default().to_string_lossy());
+        let _ = write!(insmod, "insmod {guest} || echo 'vm: cannot load {guest}'; ");
+        files.push((module.clone(), guest));
+    }
     let spec = VmSpec {
         kernel,
         files,
-        script: format!("{env} {SCRIPT} {filter}"),
+        script: format!("{insmod}{env} {SCRIPT} {filter}"),
         icount: false,
         timeout: TIMEOUT,
         echo: Some(prefix),
