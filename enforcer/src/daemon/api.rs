@@ -29,6 +29,7 @@ use super::{
     core::{Core, OpError},
     fanout::{Feed, Line},
     metrics::{Metrics, Snapshot},
+    replay::FileBacklog,
     wire::{
         Counters, DaemonInfo, ErrorAnswer, KernelInfo, PoliciesAnswer, PolicyInfo, StatusAnswer, TagRequest, TagsAnswer,
     },
@@ -227,6 +228,8 @@ fn parse_since(text: &str) -> Option<SystemTime> {
 struct Follower {
     shared: Arc<Shared>,
     filter: Follow,
+    /// Lines older than the history, from the events file (`--since`).
+    file: Option<FileBacklog>,
     backlog: std::collections::VecDeque<Arc<Line>>,
     live: broadcast::Receiver<Arc<Line>>,
     last_seq: u64,
@@ -252,21 +255,41 @@ async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Follow>)
     };
     // Subscribe before reading history: nothing falls between the two.
     let live = shared.feed.live.subscribe();
-    let backlog = match since {
-        Some(since) => shared
-            .feed
-            .history
-            .lock()
-            .map(|h| h.iter().filter(|l| l.at >= since && filter.wants(l)).cloned().collect())
-            .unwrap_or_default(),
-        None => std::collections::VecDeque::new(),
+    let (backlog, file) = match since {
+        Some(since) => {
+            let (backlog, oldest) = shared
+                .feed
+                .history
+                .lock()
+                .map(|h| {
+                    let backlog = h.iter().filter(|l| l.at >= since && filter.wants(l)).cloned().collect();
+                    (backlog, h.front().map(|l| (l.seq, l.at)))
+                })
+                .unwrap_or_default();
+            // Older than the history reaches: from the file, up to the
+            // history's first line (or, with none, the live feed's).
+            let file = match (oldest, &shared.feed.archive) {
+                (Some((_, at)), _) if at <= since => None,
+                (oldest, Some(archive)) => Some(FileBacklog::new(archive, since, oldest.map_or(u64::MAX, |o| o.0))),
+                (_, None) => None,
+            };
+            (backlog, file)
+        }
+        None => (std::collections::VecDeque::new(), None),
     };
     shared.metrics.followers.fetch_add(1, Ordering::Relaxed);
-    let follower = Follower { shared, filter, backlog, live, last_seq: 0, done: false };
+    let follower = Follower { shared, filter, file, backlog, live, last_seq: 0, done: false };
     let stream = futures_util::stream::unfold(follower, |mut f| async move {
         if f.done {
             return None;
         }
+        while let Some(line) = f.file.as_mut().and_then(FileBacklog::next_line) {
+            if f.filter.wants(&line) {
+                f.last_seq = line.seq;
+                return Some((Ok::<_, std::convert::Infallible>(line.bytes.clone()), f));
+            }
+        }
+        f.file = None;
         if let Some(line) = f.backlog.pop_front() {
             f.last_seq = line.seq;
             return Some((Ok::<_, std::convert::Infallible>(line.bytes.clone()), f));

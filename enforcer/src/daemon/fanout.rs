@@ -14,7 +14,7 @@ use std::{
 
 use tokio::sync::broadcast;
 
-use super::{config, metrics::Metrics};
+use super::{config, metrics::Metrics, replay::Archive};
 use crate::stream::{LineMeta, LineOut};
 
 /// One event line and what followers filter on.
@@ -28,17 +28,19 @@ pub struct Line {
     pub bytes: bytes::Bytes,
 }
 
-/// What followers subscribe to: live lines and the recent past.
+/// What followers subscribe to: live lines, the recent past, and the
+/// events file for what is older.
 #[derive(Clone)]
 pub struct Feed {
     pub live: broadcast::Sender<Arc<Line>>,
     pub history: Arc<Mutex<VecDeque<Arc<Line>>>>,
+    pub archive: Option<Archive>,
 }
 
 impl Feed {
     #[must_use]
-    pub fn new(buffer: usize) -> Self {
-        Self { live: broadcast::channel(buffer).0, history: Arc::new(Mutex::new(VecDeque::new())) }
+    pub fn new(buffer: usize, archive: Option<Archive>) -> Self {
+        Self { live: broadcast::channel(buffer).0, history: Arc::new(Mutex::new(VecDeque::new())), archive }
     }
 }
 
@@ -173,7 +175,7 @@ fn read_end(file: &std::path::Path, bytes: u64) -> std::io::Result<Vec<u8>> {
 }
 
 /// A history line from a line of the events file.
-fn parse_line(raw: &[u8]) -> Option<Arc<Line>> {
+pub(super) fn parse_line(raw: &[u8]) -> Option<Arc<Line>> {
     #[derive(serde::Deserialize)]
     struct Head {
         seq: u64,
@@ -199,7 +201,7 @@ fn parse_line(raw: &[u8]) -> Option<Arc<Line>> {
 }
 
 /// The `n`th rotation of the events file `path`.
-fn rotated(path: &std::path::Path, n: u32) -> PathBuf {
+pub(super) fn rotated(path: &std::path::Path, n: u32) -> PathBuf {
     PathBuf::from(format!("{}.{n}", path.display()))
 }
 
@@ -305,13 +307,13 @@ mod tests {
         assert!(lines[4].bytes.ends_with(b"}\n"));
 
         let events = config::Events { file: Some(path), history: 3, ..config::Events::default() };
-        let feed = Feed::new(16);
+        let feed = Feed::new(16, None);
         let fanout = Fanout::new(&events, feed.clone(), Arc::new(Metrics::default())).unwrap();
         assert_eq!(fanout.resumed_from(), 5);
         assert_eq!(seqs(&feed.history.lock().unwrap().iter().cloned().collect::<Vec<_>>()), [3, 4, 5]);
         // No history kept: nothing to replay, but the numbering still goes on.
         let events = config::Events { history: 0, ..events };
-        let feed = Feed::new(16);
+        let feed = Feed::new(16, None);
         let fanout = Fanout::new(&events, feed.clone(), Arc::new(Metrics::default())).unwrap();
         assert_eq!(fanout.resumed_from(), 5);
         assert!(feed.history.lock().unwrap().is_empty());

@@ -10,6 +10,7 @@ pub mod fanout;
 pub mod metrics;
 pub mod policies;
 mod reload;
+mod replay;
 mod resolvers;
 mod selection;
 mod server;

@@ -21,7 +21,9 @@ use super::{
     metrics::Metrics,
     not_enforced,
     policies::Loaded,
-    release_free_memory, watch,
+    release_free_memory,
+    replay::Archive,
+    watch,
 };
 use crate::{
     bpf::{Enforcer, LoadError, Start},
@@ -85,7 +87,8 @@ impl Daemon {
             }
         }
         let metrics = Arc::new(Metrics::default());
-        let feed = Feed::new(config.events.follower_buffer);
+        let archive = config.events.file.clone().map(|path| Archive { path, keep: config.events.file_keep });
+        let feed = Feed::new(config.events.follower_buffer, archive);
         let fanout = Fanout::new(&config.events, feed.clone(), metrics.clone())
             .map_err(io_err(config.events.file.as_deref().unwrap_or(Path::new("events"))))?;
         // Numbering goes on from the last line written before (history
