@@ -31,6 +31,8 @@ pub struct Daemon {
     degraded: bool,
     child: Option<Child>,
     cgroups: Vec<PathBuf>,
+    /// A pipe nobody reads, given as stdout and named as the journal.
+    stalled_journal: Option<(std::io::PipeReader, std::io::PipeWriter)>,
 }
 
 impl Daemon {
@@ -38,10 +40,27 @@ impl Daemon {
     /// `[events]` table) and the policy files `policies` (name, text).
     #[must_use]
     pub fn start(name: &str, degraded: bool, policies: &[(&str, &str)], config_extra: &str) -> Self {
+        let mut daemon = Self::prepare(name, degraded, policies, config_extra);
+        daemon.spawn();
+        daemon
+    }
+
+    /// [`Self::start`], with stdout a pipe nobody reads that
+    /// `JOURNAL_STREAM` names, as systemd names the journal's: a journal
+    /// that stopped reading.
+    #[must_use]
+    pub fn start_with_stalled_journal(name: &str, degraded: bool, policies: &[(&str, &str)], extra: &str) -> Self {
+        let mut daemon = Self::prepare(name, degraded, policies, extra);
+        daemon.stalled_journal = Some(std::io::pipe().expect("a pipe"));
+        daemon.spawn();
+        daemon
+    }
+
+    fn prepare(name: &str, degraded: bool, policies: &[(&str, &str)], config_extra: &str) -> Self {
         let base = Path::new("/tmp/enforcer-tests").join(name);
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(base.join("policies")).expect("create daemon dirs");
-        let mut daemon = Self {
+        let daemon = Self {
             config: base.join("enforcer.toml"),
             policies: base.join("policies"),
             socket: base.join("enforcer.sock"),
@@ -51,6 +70,7 @@ impl Daemon {
             degraded,
             child: None,
             cgroups: Vec::new(),
+            stalled_journal: None,
         };
         let config = format!(
             "policies = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n[events]\nfile = \"{}\"\n{config_extra}\n",
@@ -63,7 +83,6 @@ impl Daemon {
         for (file, text) in policies {
             daemon.write_policy(file, text);
         }
-        daemon.spawn();
         daemon
     }
 
@@ -77,15 +96,16 @@ impl Daemon {
     /// Starts the daemon and waits until its API answers.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr).expect("daemon log");
-        let child = Command::new(enforcer_bin())
-            .args(["daemon", "--config"])
-            .arg(&self.config)
-            .args(self.degraded.then_some("--degraded"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn enforcer daemon");
+        let mut command = Command::new(enforcer_bin());
+        command.args(["daemon", "--config"]).arg(&self.config).args(self.degraded.then_some("--degraded"));
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        if let Some((_, writer)) = &self.stalled_journal {
+            use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+            let stat = std::fs::metadata(format!("/proc/self/fd/{}", writer.as_raw_fd())).expect("stat the pipe");
+            command.env("JOURNAL_STREAM", format!("{}:{}", stat.dev(), stat.ino()));
+            command.stdout(writer.try_clone().expect("the pipe's write end"));
+        }
+        let child = command.spawn().expect("spawn enforcer daemon");
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {

@@ -45,8 +45,12 @@ pub struct Dns {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Events {
-    /// Every event on stdout as well (the journal, under systemd).
+    /// Every event on stdout as well.
     pub stdout: bool,
+    /// Every event in the journal as well when stdout is the journal
+    /// (systemd's `JOURNAL_STREAM`). Neither blocks the stream: lines the
+    /// journal is too slow for are dropped and counted.
+    pub journal: bool,
     /// A JSON-lines file, rotated by size: by default
     /// [`DEFAULT_EVENTS_FILE`], so denials outlive the daemon and whoever
     /// followed them; `file = ""` writes none.
@@ -90,6 +94,7 @@ impl Default for Events {
     fn default() -> Self {
         Self {
             stdout: false,
+            journal: true,
             file: Some(DEFAULT_EVENTS_FILE.into()),
             file_max_bytes: 100 << 20,
             file_keep: 5,
@@ -117,7 +122,7 @@ pub enum ConfigError {
 }
 
 const HINT: &str = "the configuration has `policies`, `socket`, `socket_group`, `state_dir`, `bpffs`, an \
-[events] table with `stdout`, `file`, `file_max_bytes`, `file_keep`, `follower_buffer` and `history`, and a \
+[events] table with `stdout`, `journal`, `file`, `file_max_bytes`, `file_keep`, `follower_buffer` and `history`, and a \
 [metrics] table with `address`, and a [dns] table with `upstream`; see packaging/enforcer.toml";
 
 impl Config {

@@ -14,7 +14,12 @@ use std::{
 
 use tokio::sync::broadcast;
 
-use super::{config, metrics::Metrics, replay::Archive};
+use super::{
+    config,
+    metrics::Metrics,
+    replay::Archive,
+    stdout_lines::{StdoutLines, stdout_is_journal},
+};
 use crate::stream::{LineMeta, LineOut};
 
 /// One event line and what followers filter on.
@@ -48,7 +53,7 @@ impl Feed {
 pub struct Fanout {
     feed: Feed,
     history_max: usize,
-    stdout: Option<std::io::BufWriter<std::io::Stdout>>,
+    stdout: Option<StdoutLines>,
     file: Option<RotatingFile>,
     metrics: Arc<Metrics>,
     /// See [`Fanout::resumed_from`].
@@ -78,7 +83,9 @@ impl Fanout {
             resumed_from,
             feed,
             history_max: events.history,
-            stdout: events.stdout.then(|| std::io::BufWriter::new(std::io::stdout())),
+            stdout: (events.stdout || (events.journal && stdout_is_journal()))
+                .then(|| StdoutLines::start(metrics.clone()))
+                .transpose()?,
             file,
             metrics,
         })
@@ -101,8 +108,8 @@ impl LineOut for Fanout {
             self.metrics.count_sink_error();
             tracing::warn!("cannot write the events file: {e}");
         }
-        if let Some(stdout) = &mut self.stdout {
-            let _ = stdout.write_all(&line);
+        if let Some(stdout) = &self.stdout {
+            stdout.line(&line);
         }
         let line = Arc::new(Line {
             seq: meta.seq,
@@ -128,9 +135,6 @@ impl LineOut for Fanout {
     fn flush(&mut self) {
         if let Some(file) = &mut self.file {
             let _ = file.flush();
-        }
-        if let Some(stdout) = &mut self.stdout {
-            let _ = stdout.flush();
         }
     }
 }

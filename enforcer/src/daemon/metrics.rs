@@ -19,6 +19,7 @@ pub struct Metrics {
     pub follower_dropped: AtomicU64,
     pub followers: AtomicU64,
     sink_errors: AtomicU64,
+    stdout_dropped: AtomicU64,
 }
 
 /// What the daemon knows at scrape time.
@@ -55,6 +56,39 @@ impl Metrics {
         self.sink_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn count_stdout_dropped(&self) {
+        self.stdout_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The sinks' counters: followers, the file, stdout.
+    fn render_sinks(&self, metric: &mut impl FnMut(&str, &str, &str, &[(String, u64)])) {
+        let cuts = self.follower_cuts.load(Ordering::Relaxed);
+        metric("enforcer_follower_cuts_total", "counter", "Followers cut off for falling behind.", &unlabeled(cuts));
+        let dropped = self.follower_dropped.load(Ordering::Relaxed);
+        metric(
+            "enforcer_follower_dropped_lines_total",
+            "counter",
+            "Lines cut-off followers did not get.",
+            &unlabeled(dropped),
+        );
+        let followers = self.followers.load(Ordering::Relaxed);
+        metric("enforcer_followers", "gauge", "Followers of the event stream now.", &unlabeled(followers));
+        let sink_errors = self.sink_errors.load(Ordering::Relaxed);
+        metric(
+            "enforcer_sink_errors_total",
+            "counter",
+            "Lines the events file could not take.",
+            &unlabeled(sink_errors),
+        );
+        let stdout_dropped = self.stdout_dropped.load(Ordering::Relaxed);
+        metric(
+            "enforcer_stdout_dropped_lines_total",
+            "counter",
+            "Lines stdout (the journal) was too slow to take.",
+            &unlabeled(stdout_dropped),
+        );
+    }
+
     /// The exposition text.
     #[must_use]
     pub fn render(&self, s: &Snapshot) -> String {
@@ -83,24 +117,7 @@ impl Metrics {
             "Events the kernel could not put in the full ring buffer.",
             &unlabeled(s.lost_events),
         );
-        let cuts = self.follower_cuts.load(Ordering::Relaxed);
-        metric("enforcer_follower_cuts_total", "counter", "Followers cut off for falling behind.", &unlabeled(cuts));
-        let dropped = self.follower_dropped.load(Ordering::Relaxed);
-        metric(
-            "enforcer_follower_dropped_lines_total",
-            "counter",
-            "Lines cut-off followers did not get.",
-            &unlabeled(dropped),
-        );
-        let followers = self.followers.load(Ordering::Relaxed);
-        metric("enforcer_followers", "gauge", "Followers of the event stream now.", &unlabeled(followers));
-        let sink_errors = self.sink_errors.load(Ordering::Relaxed);
-        metric(
-            "enforcer_sink_errors_total",
-            "counter",
-            "Lines the events file could not take.",
-            &unlabeled(sink_errors),
-        );
+        self.render_sinks(&mut metric);
         metric("enforcer_tagged_cgroups", "gauge", "Tagged agent cgroups.", &unlabeled(s.tagged_cgroups as u64));
         metric(
             "enforcer_selected_cgroups",

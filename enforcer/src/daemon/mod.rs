@@ -14,6 +14,7 @@ mod replay;
 mod resolvers;
 mod selection;
 mod server;
+mod stdout_lines;
 mod tagging;
 mod watch;
 pub mod wire;

@@ -279,8 +279,14 @@ fn followers_get_every_line_and_a_stalled_one_is_cut_off() {
     // of the stalled follower (about 700 lines), but a buffer a reader keeps
     // within even under TCG.
     const STORM: u64 = 5000;
-    let mut d =
-        Daemon::start("daemon-tail", DEGRADED, &[("agent.toml", &policy("81", "/tmp/none"))], "follower_buffer = 2048");
+    // Its journal stopped reading too: the stream must not wait for it.
+    let agent = policy("81", "/tmp/none");
+    let mut d = Daemon::start_with_stalled_journal(
+        "daemon-tail",
+        DEGRADED,
+        &[("agent.toml", &agent)],
+        "follower_buffer = 2048",
+    );
     let cgroup = d.cgroup("tail");
     ok(&d.ctl(&["tag", &cgroup, "--policy", "agent"]));
     let tail = |kind: &str| {
@@ -337,6 +343,12 @@ fn followers_get_every_line_and_a_stalled_one_is_cut_off() {
     let (code, metrics) = d.http("GET", "/metrics", None);
     assert_eq!(code, 200, "{metrics}");
     assert!(metrics.contains("enforcer_follower_cuts_total 1"), "{metrics}");
+    // The journal took a pipe's worth and the queue, the rest was counted.
+    let journal_dropped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("enforcer_stdout_dropped_lines_total "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(journal_dropped > Some(0), "{metrics}");
     assert!(metrics.contains("enforcer_ring_buffer_size_bytes 4194304"), "{metrics}");
     assert!(
         metrics.contains(&format!(
