@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use enforcer_common::{
-    net::{DnsGrant, NetKey, NetPorts},
+    net::{DNS_GRANTS_MAX, DnsGrant, NetKey, NetPorts},
     policy::PolicyId,
 };
 
@@ -34,18 +34,34 @@ struct NameGrant {
 /// Names remembered per address for events, at most (then forgotten whole).
 const HISTORY_MAX: usize = 1 << 17;
 
+/// Addresses one policy version may hold grants for: an eighth of the table
+/// every policy shares, so an agent resolving names it controls under an
+/// allowed wildcard (each answer full of distinct addresses) fills its own
+/// share, not every agent's table.
+pub const GRANTS_PER_POLICY: usize = DNS_GRANTS_MAX as usize / 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("policy {0} holds grants for {GRANTS_PER_POLICY} addresses already")]
+    ShareFull(PolicyId),
+    #[error(transparent)]
+    Map(#[from] MapError),
+}
+
 pub struct Grants {
     map: BpfHashMap<MapData, NetKey, DnsGrant>,
     by_address: HashMap<(PolicyId, Ipv6Addr), Vec<NameGrant>>,
     /// The last name each address was resolved from (expired or not), for
     /// the `resolved_from` of a denied connect.
     history: HashMap<Ipv6Addr, String>,
+    /// Addresses granted per policy (see [`GRANTS_PER_POLICY`]).
+    held: HashMap<PolicyId, usize>,
 }
 
 impl Grants {
     #[must_use]
     pub fn new(map: BpfHashMap<MapData, NetKey, DnsGrant>) -> Self {
-        Self { map, by_address: HashMap::new(), history: HashMap::new() }
+        Self { map, by_address: HashMap::new(), history: HashMap::new(), held: HashMap::new() }
     }
 
     /// Takes over the grants an earlier daemon left in the (pinned) map:
@@ -59,7 +75,16 @@ impl Grants {
             let earlier = NameGrant { name: String::new(), ports: grant.ports, expires_boot_ns: grant.expires_boot_ns };
             grants.by_address.entry((key.policy(), Ipv6Addr::from(key.addr))).or_default().push(earlier);
         }
+        grants.recount();
         grants
+    }
+
+    /// Counts the addresses each policy holds anew (after removals).
+    fn recount(&mut self) {
+        self.held.clear();
+        for (policy, _) in self.by_address.keys() {
+            *self.held.entry(*policy).or_default() += 1;
+        }
     }
 
     /// Gives policy `to` the grants `from` has for names `ports_for` still
@@ -89,6 +114,7 @@ impl Grants {
             self.by_address.insert((to, addr), list);
             self.write(to, addr)?;
         }
+        self.recount();
         Ok(())
     }
 
@@ -102,6 +128,7 @@ impl Grants {
             // not in force), which expires in the kernel by itself.
             let _ = self.write(policy_id, addr);
         }
+        self.held.remove(&policy_id);
     }
 
     /// The policies that hold grants.
@@ -119,9 +146,16 @@ impl Grants {
         name: &str,
         ports: NetPorts,
         ttl: Duration,
-    ) -> Result<(), MapError> {
+    ) -> Result<(), GrantError> {
         let addr = as_v6(addr);
         let expires_boot_ns = boot_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
+        if !self.by_address.contains_key(&(policy_id, addr)) {
+            let held = self.held.entry(policy_id).or_default();
+            if *held >= GRANTS_PER_POLICY {
+                return Err(GrantError::ShareFull(policy_id));
+            }
+            *held += 1;
+        }
         let list = self.by_address.entry((policy_id, addr)).or_default();
         list.retain(|g| g.name != name);
         list.push(NameGrant { name: name.to_owned(), ports, expires_boot_ns });
@@ -129,7 +163,7 @@ impl Grants {
             self.history.clear();
         }
         self.history.insert(addr, name.to_owned());
-        self.write(policy_id, addr)
+        Ok(self.write(policy_id, addr)?)
     }
 
     /// Removes what has expired; returns how many addresses lost every grant.
@@ -153,6 +187,7 @@ impl Grants {
             let _ = self.write(policy_id, addr);
         }
         self.by_address.retain(|_, list| !list.is_empty());
+        self.recount();
         emptied
     }
 
@@ -183,5 +218,47 @@ fn as_v6(addr: IpAddr) -> Ipv6Addr {
     match addr {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6, |v4| v4.to_ipv6_mapped()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::FromRawFd as _;
+
+    use aya::maps::Map;
+
+    use super::*;
+
+    /// A kernel hash map shaped like the programs' `DNS_GRANTS` (the test
+    /// runs as root, as the unit tier does).
+    fn grants_map() -> BpfHashMap<MapData, NetKey, DnsGrant> {
+        let mut attr = [0u32; 18];
+        attr[0] = 1; // BPF_MAP_TYPE_HASH
+        attr[1] = u32::try_from(size_of::<NetKey>()).unwrap();
+        attr[2] = u32::try_from(size_of::<DnsGrant>()).unwrap();
+        attr[3] = DNS_GRANTS_MAX;
+        // SAFETY: bpf(BPF_MAP_CREATE) with a zero-filled attribute prefix.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), size_of_val(&attr)) };
+        assert!(fd >= 0, "cannot create a BPF map (root?): {}", std::io::Error::last_os_error());
+        // SAFETY: a new descriptor nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(i32::try_from(fd).unwrap()) };
+        BpfHashMap::try_from(Map::HashMap(MapData::from_fd(fd).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn one_policy_fills_its_share_of_the_grants_not_the_others() {
+        let mut grants = Grants::new(grants_map());
+        let ttl = Duration::from_mins(1);
+        let ports = NetPorts::default();
+        let addr = |i: usize| IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | i as u128));
+        for i in 0..GRANTS_PER_POLICY {
+            grants.grant(PolicyId(1), addr(i), "x.evil.example", ports, ttl).unwrap();
+        }
+        let full = grants.grant(PolicyId(1), addr(GRANTS_PER_POLICY), "y.evil.example", ports, ttl);
+        assert!(matches!(full, Err(GrantError::ShareFull(PolicyId(1)))), "{full:?}");
+        grants.grant(PolicyId(1), addr(0), "z.evil.example", ports, ttl).expect("an address it holds takes more names");
+        grants.grant(PolicyId(2), addr(0), "api.example", ports, ttl).expect("another policy still gets grants");
+        grants.forget(PolicyId(1));
+        grants.grant(PolicyId(1), addr(1), "x.evil.example", ports, ttl).expect("a share freed");
     }
 }
