@@ -239,6 +239,12 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Whether the socket programs are pinned on the cgroup `cgroup_id`.
+    #[must_use]
+    pub fn net_attached_at(&self, cgroup_id: u64) -> bool {
+        self.pinned.as_ref().is_some_and(|pinned| pinned.dir.join("net").join(cgroup_id.to_string()).exists())
+    }
+
     /// Cgroup ids whose socket programs are pinned.
     #[must_use]
     pub fn net_attached(&self) -> Vec<u64> {

@@ -18,7 +18,7 @@ use super::{
     reload::{self, Plan},
     resolvers::Resolvers,
     selection::{SelectedCgroup, Selection},
-    tagging,
+    tagging::{self, NetStep},
     wire::Tag,
 };
 use crate::{
@@ -345,7 +345,18 @@ impl Core {
         tagging::check_taggable(&cgroup)?;
         // The socket programs go on first: once tagged, all is judged.
         let timing = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
-        self.sync_net(Some(&cgroup))?;
+        let tagged = self.tags.values().map(|t| t.cgroup.as_str());
+        match tagging::net_step(&cgroup.name, tagged, &self.selection.roots()) {
+            NetStep::Covered => {}
+            NetStep::AttachHere if self.enforcer.net_attached_at(cgroup.id) => {}
+            NetStep::AttachHere => {
+                self.enforcer.attach_net_pinned(&cgroup)?;
+                if let Ok(mut labels) = self.labels.lock() {
+                    labels.names.add_root(&cgroup);
+                }
+            }
+            NetStep::Resync => _ = self.sync_net(Some(&cgroup))?,
+        }
         let attached = timing.map(|t| t.elapsed());
         self.enforcer.tag(&cgroup, tag_info)?;
         if let Some(t) = timing {

@@ -73,6 +73,41 @@ pub fn tagged_id<'a>(
     Err(OpError::NotFound(format!("cgroup `{arg}` is not tagged")))
 }
 
+/// What tagging one cgroup needs of the socket programs, which sit on the
+/// outermost of the tagged cgroups and the selectors' roots.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NetStep {
+    /// A tagged cgroup at or above it has them: nothing to do.
+    Covered,
+    /// Nothing at, above or below it has them: on it, and only there.
+    AttachHere,
+    /// Points below it would be judged twice, or a selector's root is
+    /// involved: work the whole set out again.
+    Resync,
+}
+
+/// [`NetStep`] for tagging `cgroup`, given the tagged cgroups and the
+/// selectors' roots (all names below the mount): the common case (a new
+/// cgroup beside the others) costs no walk of the kernel's attachments.
+pub fn net_step<'a>(cgroup: &str, tagged: impl IntoIterator<Item = &'a str>, selector_roots: &[String]) -> NetStep {
+    let within = |outer: &str, inner: &str| {
+        let outer = outer.trim_end_matches('/');
+        inner == outer || outer.is_empty() || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/'))
+    };
+    if selector_roots.iter().any(|root| within(root, cgroup) || within(cgroup, root)) {
+        return NetStep::Resync;
+    }
+    let mut covered = false;
+    for tag in tagged {
+        if within(tag, cgroup) {
+            covered = true;
+        } else if within(cgroup, tag) {
+            return NetStep::Resync;
+        }
+    }
+    if covered { NetStep::Covered } else { NetStep::AttachHere }
+}
+
 /// The outermost of `points`: one below another needs no programs of its
 /// own (those above already judge it; a second set would judge each
 /// operation again, silently).
@@ -178,5 +213,18 @@ mod tests {
         assert_eq!(names(&outermost(points)), ["/other", "/agents/a", "/agents/ab"]);
         let under_root = vec![cgroup("/agents", 2), cgroup("/", 1)];
         assert_eq!(names(&outermost(under_root)), ["/"]);
+    }
+
+    #[test]
+    fn a_tag_beside_the_others_attaches_only_there_and_a_tag_above_others_resyncs() {
+        let tagged = ["/agents/a", "/agents/b/c"];
+        let roots = ["/pods/*".to_owned()];
+        assert_eq!(net_step("/agents/d", tagged, &roots), NetStep::AttachHere);
+        assert_eq!(net_step("/agents/ab", tagged, &roots), NetStep::AttachHere, "a name prefix is not a parent");
+        assert_eq!(net_step("/agents/a", tagged, &roots), NetStep::Covered, "tagged again");
+        assert_eq!(net_step("/agents/a/x", tagged, &roots), NetStep::Covered);
+        assert_eq!(net_step("/agents/b", tagged, &roots), NetStep::Resync, "/agents/b/c would be judged twice");
+        assert_eq!(net_step("/pods", tagged, &roots), NetStep::Resync);
+        assert_eq!(net_step("/pods/*/x", tagged, &roots), NetStep::Resync);
     }
 }
