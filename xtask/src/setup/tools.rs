@@ -14,6 +14,8 @@ const MIN_QEMU_MAJOR: u32 = 10;
 /// systemd-analyze for the units (tool, Debian package).
 const WORKLOAD_TOOLS: [(&str, &str); 5] =
     [("git", "git"), ("cc", "gcc"), ("python3", "python3"), ("node", "nodejs"), ("systemd-analyze", "systemd")];
+/// What setup unpacks compressed kernel modules with (Debian 13's are `.ko.xz`).
+const MODULE_TOOLS: [(&str, &str); 2] = [("xz", "xz-utils"), ("zstd", "zstd")];
 const BUSYBOX: &str = "/bin/busybox";
 
 /// qemu-system-x86 from bookworm-backports (Debian 12's QEMU 7.2 corrupts 6.12 guests),
@@ -34,8 +36,12 @@ pub fn debian_packages() -> Result<()> {
     // block drivers (535 MB) a headless VM booted by SeaBIOS from an initramfs never uses.
     apt::install(&["-t", "bookworm-backports", "--no-install-recommends", "qemu-system-x86"])?;
     apt::install(&["busybox-static", "cpio", "libseccomp-dev", "pkg-config"])?;
-    let workload: Vec<&str> =
-        WORKLOAD_TOOLS.iter().filter(|(tool, _)| !cmd::on_path(tool)).map(|&(_, pkg)| pkg).collect();
+    let workload: Vec<&str> = WORKLOAD_TOOLS
+        .iter()
+        .chain(&MODULE_TOOLS)
+        .filter(|(tool, _)| !cmd::on_path(tool))
+        .map(|&(_, pkg)| pkg)
+        .collect();
     if !workload.is_empty() {
         apt::install(&workload)?;
     }
@@ -67,7 +73,7 @@ fn missing_packages() -> Vec<String> {
     if !libseccomp_dev_present() {
         missing.push("libseccomp-dev".to_string());
     }
-    for (tool, package) in WORKLOAD_TOOLS {
+    for (tool, package) in WORKLOAD_TOOLS.iter().chain(&MODULE_TOOLS) {
         if !cmd::on_path(tool) {
             missing.push(format!("{tool} (package {package})"));
         }
