@@ -18,7 +18,7 @@ use crate::{
     bpf::{Enforcer, LoadError},
     cgroups::{self, CgroupError, Hierarchy, Names, RunCgroup},
     dns::{
-        self, DnsError, DnsEvent,
+        self, DnsError, DnsEvent, Refusals,
         grants::Grants,
         names::{HostRules, TooManyHostRanges},
     },
@@ -146,14 +146,14 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     if !compiled.file_rules.is_empty() {
         enforcer.tables.add_file_rules(&compiled.file_rules)?;
     }
-    let (dns_tx, dns_events) = tokio::sync::mpsc::unbounded_channel::<DnsEvent>();
+    let (refusals, dns_events) = Refusals::channel();
     let mut resolver = None;
     let net = match &policy.network {
         Some(network) => {
             if let Some(rules) = &compiled.net {
                 enforcer.net.add(rules)?;
             }
-            resolver = Some(start_resolver(&mut enforcer, &policy, network, opts.dns_upstream, dns_tx)?);
+            resolver = Some(start_resolver(&mut enforcer, &policy, network, opts.dns_upstream, refusals.clone())?);
             Some(enforcer.attach_net(cgroup)?)
         }
         None => None,
@@ -177,6 +177,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let mut dns = Dns {
         events: dns_events,
         grants: resolver.as_ref().map(|r| r.grants.clone()),
+        refusals,
         cgroup: cgroup.name.clone(),
         policy: policy.name.clone(),
     };
@@ -187,6 +188,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let child = Child { command: &opts.command, seccomp, oom_score_adj, terminal: terminal.as_mut() };
     let status = spawn_and_wait(child, cgroup, &mut stream, &enforcer, &mut dns).await;
     drop(resolver);
+    let refusals_dropped = dns.refusals.dropped();
 
     // Nothing of the agent may outlive the run unenforced: kill what is left
     // while still tagged, then collect the last events.
@@ -205,7 +207,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         denials.finish(&mut stream);
     }
     stream.drain();
-    stream.report_lost(enforcer.lost.total()?);
+    stream.report_lost(enforcer.lost.total()? + refusals_dropped);
     enforcer.untag(cgroup)?;
     if let Some(net) = net {
         enforcer.detach_net(net)?;
@@ -289,7 +291,7 @@ fn start_resolver(
     policy: &Policy,
     network: &Network,
     upstream: Option<std::net::SocketAddr>,
-    events: tokio::sync::mpsc::UnboundedSender<DnsEvent>,
+    events: Refusals,
 ) -> Result<RunningResolver, RunError> {
     let upstream = upstream.unwrap_or_else(dns::system_upstream);
     let listeners = dns::Listeners::bind()?;
@@ -312,8 +314,10 @@ fn start_resolver(
 /// What the run loop needs of the resolver: its events, and its grants to
 /// sweep.
 struct Dns {
-    events: tokio::sync::mpsc::UnboundedReceiver<DnsEvent>,
+    events: tokio::sync::mpsc::Receiver<DnsEvent>,
     grants: Option<Arc<Mutex<Grants>>>,
+    /// Counts the refusals the stream had no room for (they count as lost).
+    refusals: Refusals,
     cgroup: String,
     policy: String,
 }
@@ -456,7 +460,7 @@ async fn spawn_and_wait(
             status = child.wait() => return Ok((status.map_err(RunError::Wait)?, denials)),
             result = stream.next_batch() => result.map_err(RunError::Wait)?,
             _ = lost_tick.tick() => {
-                stream.report_lost(enforcer.lost.total().unwrap_or(0));
+                stream.report_lost(enforcer.lost.total().unwrap_or(0) + dns.refusals.dropped());
                 if let Some(grants) = &dns.grants
                     && let Ok(mut grants) = grants.lock()
                 {

@@ -98,6 +98,7 @@ pub fn snapshot(core: &Core) -> Snapshot {
         reloads: core.reloads,
         reload_failures: core.reload_failures,
         lost_events: core.enforcer.lost.total().unwrap_or(0),
+        dns_refusals_dropped: core.resolvers.refusals_dropped(),
         ring: core.ring_fill.as_ref().map(crate::ring_fill::RingFill::used),
         lsm_enforced: core.enforcer.lsm_missing().is_none(),
         not_enforced: core.not_enforced.len(),

@@ -95,7 +95,7 @@ pub struct Setup {
     /// The events ring buffer's positions, if they could be mapped.
     pub ring_fill: Option<crate::ring_fill::RingFill>,
     /// Where the resolvers' refusals go (the stream task).
-    pub dns_events: tokio::sync::mpsc::UnboundedSender<crate::dns::DnsEvent>,
+    pub dns_events: crate::dns::Refusals,
 }
 
 pub struct Core {

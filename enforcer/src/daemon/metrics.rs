@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub reloads: u64,
     pub reload_failures: u64,
     pub lost_events: u64,
+    /// Resolver refusals the stream had no room for.
+    pub dns_refusals_dropped: u64,
     /// Bytes waiting in the ring buffer, and its size.
     pub ring: Option<(u64, u64)>,
     pub lsm_enforced: bool,
@@ -116,6 +118,12 @@ impl Metrics {
             "counter",
             "Events the kernel could not put in the full ring buffer.",
             &unlabeled(s.lost_events),
+        );
+        metric(
+            "enforcer_dns_refusals_dropped_total",
+            "counter",
+            "Resolver refusals (dns events) the stream had no room for.",
+            &unlabeled(s.dns_refusals_dropped),
         );
         self.render_sinks(&mut metric);
         metric("enforcer_tagged_cgroups", "gauge", "Tagged agent cgroups.", &unlabeled(s.tagged_cgroups as u64));

@@ -18,18 +18,16 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use super::policies::Loaded;
+use crate::{
+    bpf::{LoadError, NetRuleMaps},
+    dns::{self, Refusals, grants::Grants},
+    policy::Mode,
+};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use enforcer_common::{
     net::{DnsGrant, NetKey, Resolver as ResolverPort},
     policy::PolicyId,
-};
-use tokio::sync::mpsc;
-
-use super::policies::Loaded;
-use crate::{
-    bpf::{LoadError, NetRuleMaps},
-    dns::{self, DnsEvent, grants::Grants},
-    policy::Mode,
 };
 
 pub struct Resolvers {
@@ -37,7 +35,7 @@ pub struct Resolvers {
     /// `[dns] upstream`; `None`: the system's resolver.
     upstream: Option<SocketAddr>,
     running: HashMap<PolicyId, Running>,
-    events: mpsc::UnboundedSender<DnsEvent>,
+    events: Refusals,
 }
 
 /// A resolver's task, stopped when dropped.
@@ -53,11 +51,7 @@ impl Resolvers {
     /// Resolvers writing to `grants` (the programs' map, with what an
     /// earlier daemon left in it), their refusals sent to `events`.
     #[must_use]
-    pub fn new(
-        grants: BpfHashMap<MapData, NetKey, DnsGrant>,
-        upstream: Option<SocketAddr>,
-        events: mpsc::UnboundedSender<DnsEvent>,
-    ) -> Self {
+    pub fn new(grants: BpfHashMap<MapData, NetKey, DnsGrant>, upstream: Option<SocketAddr>, events: Refusals) -> Self {
         let grants = Arc::new(Mutex::new(Grants::adopting(grants)));
         Self { grants, upstream, running: HashMap::new(), events }
     }
@@ -124,6 +118,12 @@ impl Resolvers {
                 grants.forget(id);
             }
         }
+    }
+
+    /// Refusals the stream had no room for (metrics).
+    #[must_use]
+    pub fn refusals_dropped(&self) -> u64 {
+        self.events.dropped()
     }
 
     /// Removes the grants whose TTL ran out (the programs already ignore

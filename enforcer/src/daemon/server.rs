@@ -28,7 +28,7 @@ use super::{
 use crate::{
     bpf::{Enforcer, LoadError, Start},
     cgroups::Hierarchy,
-    dns::DnsEvent,
+    dns::{DnsEvent, Refusals},
     events::{DaemonEvent, DaemonLine},
     stream::{EventStream, Sink},
 };
@@ -39,7 +39,7 @@ pub struct Daemon {
     shared: Arc<Shared>,
     stream: EventStream,
     notice_rx: mpsc::UnboundedReceiver<DaemonLine>,
-    dns_rx: mpsc::UnboundedReceiver<DnsEvent>,
+    dns_rx: mpsc::Receiver<DnsEvent>,
 }
 
 impl Daemon {
@@ -62,7 +62,7 @@ impl Daemon {
             default.exists().then_some(default)
         });
         let adopted = start == Start::Adopted;
-        let (dns_events, dns_rx) = mpsc::unbounded_channel();
+        let (dns_events, dns_rx) = Refusals::channel();
         let setup = Setup {
             config: config.clone(),
             config_file,
@@ -163,7 +163,7 @@ impl Daemon {
 /// What the stream task writes besides the kernel's events.
 struct Channels<'a> {
     notices: &'a mut mpsc::UnboundedReceiver<DaemonLine>,
-    dns: &'a mut mpsc::UnboundedReceiver<DnsEvent>,
+    dns: &'a mut mpsc::Receiver<DnsEvent>,
 }
 
 /// Streams events, the daemon's lines, the resolvers' refusals and lost

@@ -12,7 +12,10 @@ pub mod names;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -51,6 +54,39 @@ pub struct DnsEvent {
     pub asker: Option<u64>,
 }
 
+/// Refusals queued for the event stream at most; past that they are
+/// dropped and counted (a flood of refused names cannot take the memory).
+const REFUSALS_QUEUED_MAX: usize = 4096;
+
+/// Where resolvers send their refusals: a bounded queue to the stream, and
+/// the count of those it had no room for.
+#[derive(Clone)]
+pub struct Refusals {
+    queue: mpsc::Sender<DnsEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Refusals {
+    /// The sending side and the stream's receiving side.
+    #[must_use]
+    pub fn channel() -> (Self, mpsc::Receiver<DnsEvent>) {
+        let (queue, events) = mpsc::channel(REFUSALS_QUEUED_MAX);
+        (Self { queue, dropped: Arc::new(AtomicU64::new(0)) }, events)
+    }
+
+    fn send(&self, event: DnsEvent) {
+        if self.queue.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Refusals dropped because the stream was behind.
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
 /// What one resolver serves: one policy.
 pub struct Resolver {
     pub policy_id: enforcer_common::policy::PolicyId,
@@ -60,7 +96,7 @@ pub struct Resolver {
     pub upstream: SocketAddr,
     pub min_ttl: Duration,
     pub grants: Arc<Mutex<Grants>>,
-    pub events: mpsc::UnboundedSender<DnsEvent>,
+    pub events: Refusals,
 }
 
 /// The loopback sockets a resolver listens on.
@@ -315,7 +351,7 @@ impl Resolver {
             policy_id: self.policy_id,
             asker,
         };
-        let _ = self.events.send(event);
+        self.events.send(event);
     }
 }
 
@@ -326,4 +362,30 @@ fn refusal(request: &Message, code: ResponseCode) -> Option<Vec<u8>> {
     reply.metadata.recursion_available = true;
     reply.add_queries(request.queries.iter().cloned());
     reply.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_past_the_queue_are_dropped_and_counted() {
+        let (refusals, mut events) = Refusals::channel();
+        let refusal = || DnsEvent {
+            kind: "dns",
+            action: "deny",
+            qname: "x.evil.example".to_owned(),
+            qtype: "A".to_owned(),
+            reason: "not_allowed",
+            policy_id: enforcer_common::policy::PolicyId(1),
+            asker: None,
+        };
+        for _ in 0..=REFUSALS_QUEUED_MAX {
+            refusals.send(refusal());
+        }
+        assert_eq!(refusals.dropped(), 1, "the stream is behind: the one past the queue is counted");
+        assert!(events.try_recv().is_ok());
+        refusals.send(refusal());
+        assert_eq!(refusals.dropped(), 1, "room again");
+    }
 }
