@@ -95,7 +95,7 @@ pub struct Setup {
     /// The events ring buffer's positions, if they could be mapped.
     pub ring_fill: Option<crate::ring_fill::RingFill>,
     /// Where the resolvers' refusals go (the stream task).
-    pub dns_events: crate::dns::Refusals,
+    pub refusals: crate::dns::Refusals,
 }
 
 pub struct Core {
@@ -138,11 +138,10 @@ impl Core {
         setup: Setup,
         notices: tokio::sync::mpsc::UnboundedSender<DaemonLine>,
     ) -> Result<(Self, ReloadReport), LoadError> {
-        let Setup { config, config_file, mut enforcer, hierarchy, adopted, not_enforced, ring_fill, dns_events } =
-            setup;
+        let Setup { config, config_file, mut enforcer, hierarchy, adopted, not_enforced, ring_fill, refusals } = setup;
         // Taken once: the loader hands the map out a single time.
         let grants = enforcer.take_dns_grants().ok_or(LoadError::MissingMap("DNS_GRANTS"))?;
-        let resolvers = Resolvers::new(grants, config.dns.upstream, dns_events);
+        let resolvers = Resolvers::new(grants, config.dns.upstream, refusals);
         let labels = Labels { policies: HashMap::new(), names: crate::cgroups::Names::new(hierarchy.clone()) };
         let mut core = Self {
             enforcer,

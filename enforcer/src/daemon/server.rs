@@ -62,7 +62,7 @@ impl Daemon {
             default.exists().then_some(default)
         });
         let adopted = start == Start::Adopted;
-        let (dns_events, dns_rx) = Refusals::channel();
+        let (refusals, dns_rx) = Refusals::channel();
         let setup = Setup {
             config: config.clone(),
             config_file,
@@ -71,7 +71,7 @@ impl Daemon {
             adopted,
             not_enforced,
             ring_fill,
-            dns_events,
+            refusals,
         };
         // Every daemon line goes through this channel to the stream task.
         let (notices, notice_rx) = mpsc::unbounded_channel();
