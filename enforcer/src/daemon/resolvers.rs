@@ -75,12 +75,13 @@ impl Resolvers {
         replaced: &[(PolicyId, &Loaded)],
         net: &mut NetRuleMaps,
     ) -> Result<(), LoadError> {
-        let upstream = self.upstream.unwrap_or_else(dns::system_upstream);
         for loaded in in_force {
             let (Some(hosts), Some(network)) = (&loaded.hosts, &loaded.policy.network) else { continue };
             if self.running.contains_key(&loaded.id) {
                 continue;
             }
+            // Read when a resolver starts, not on every reload.
+            let upstream = self.upstream.unwrap_or_else(dns::system_upstream);
             let listeners = dns::Listeners::bind()?;
             let resolver = dns::Resolver {
                 policy_id: loaded.id,
