@@ -299,6 +299,15 @@ pub const TAG_REQUIRE_SECCOMP: u32 = 1 << 5;
 /// was loaded; they are keyed by name (`FILE_PENDING`), and judged by a
 /// second, short walk.
 pub const TAG_PENDING: u32 = 1 << 6;
+/// `TagInfo::flags` of one tag (not a policy's): the tag judges nothing
+/// until a process of the cgroup executes a program (`enforcer oci-hook`:
+/// the runtime still sets the container up in it). The programs record the
+/// armed cgroups in `ARMED`.
+pub const TAG_FROM_EXEC: u32 = 1 << 31;
+/// The map of armed cgroups: as many as the tag table holds.
+pub const ARMED_MAP: &str = "ARMED";
+#[expect(clippy::cast_possible_truncation, reason = "16 384")]
+pub const ARMED_MAX: u32 = TAG_SLOTS as u32;
 /// `TagInfo::flags`: no inode the policy's file table keys is a regular
 /// file (its trees are directories, its devices device nodes), so the walk
 /// of an open of a regular file starts at its directory: one table probe

@@ -1,5 +1,6 @@
 // The programs, shared by the two crate roots (`main.rs`, `compat.rs`).
 
+mod arm;
 mod boundary;
 mod empty_hooks;
 mod exec;

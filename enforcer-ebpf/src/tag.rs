@@ -21,10 +21,11 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_ancestor_cgroup_id};
 use enforcer_common::{
     KernelOffsets,
-    policy::{FileTable, MAX_TAG_LEVEL, TAG_SLOTS, TagFilter, TagInfo, tag_bloom_bit, tag_homes},
+    policy::{FileTable, MAX_TAG_LEVEL, TAG_FROM_EXEC, TAG_SLOTS, Tables, TagFilter, TagInfo, tag_bloom_bit, tag_homes},
 };
 
 use crate::{
+    arm,
     kernel::{
         CgroupKn, CgroupLevel, CssSetDflCgrp, KernfsId, KernfsParent, Probe, Read, Task, TaskCgroups, current_task, off,
     },
@@ -435,15 +436,37 @@ fn table_lookup(id: u64) -> Option<Tagged> {
         return None;
     }
     let tables = tables::current()?;
+    let files = &raw const tables.files;
+    if let Some(info) = slot_tag(id, tables) {
+        // A tag that waits for the cgroup's first exec judges nothing yet.
+        if info.flags & TAG_FROM_EXEC != 0 && !arm::armed(id) {
+            return None;
+        }
+        return Some(Tagged { info, files, agent: id });
+    }
+    select::tag_of(id, tables).map(|info| Tagged { info, files, agent: id })
+}
+
+/// Cgroup `id`'s tag in the tag table (tags by name), armed or not.
+#[inline(always)]
+fn slot_tag(id: u64, tables: &Tables) -> Option<TagInfo> {
     let table = &tables.tags;
     let [first, second] = tag_homes(id, table.seed);
-    let files = &raw const tables.files;
     // Home by home: picking the slot first compared the first home twice.
     for home in [first, second] {
         let slot = &table.slots[home & (TAG_SLOTS - 1)];
         if slot.cgroup_id == id {
-            return Some(Tagged { info: slot.tag, files, agent: id });
+            return Some(slot.tag);
         }
     }
-    select::tag_of(id, tables).map(|info| Tagged { info, files, agent: id })
+    None
+}
+
+/// Cgroup `id`'s own tag by name, armed or not, for [`arm`].
+#[inline(always)]
+pub fn own_slot_tag(id: u64) -> Option<TagInfo> {
+    if id == 0 || !may_be_tagged(id) {
+        return None;
+    }
+    slot_tag(id, tables::current()?)
 }

@@ -65,6 +65,20 @@ pub enum Command {
         /// A label kept with the tag (`--label team=infra`), repeatable.
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Judge nothing until a process of the cgroup executes a program,
+        /// then everything (for runtimes that still set the cgroup's first
+        /// process up; a cgroup tagged already stays judged).
+        #[arg(long)]
+        from_exec: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// An OCI runtime hook (stage `createRuntime`): tags the container's
+    /// cgroup with the policy its `enforcer.dev/policy` annotation names,
+    /// before its program starts; fails (so the runtime refuses the
+    /// container) if it cannot. Reads the container's state on stdin.
+    #[command(name = "oci-hook")]
+    OciHook {
         #[command(flatten)]
         socket: SocketArg,
     },

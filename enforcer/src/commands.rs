@@ -6,7 +6,7 @@ use crate::{
     bench,
     cli::{Cli, Command, ExportCommand, PolicyCommand, SeccompFormat, SyscallsCommand},
     ctl,
-    daemon::{self, DaemonOptions},
+    daemon::{self, DaemonOptions, wire::TagRequest},
     policy,
     run::{self, RunOptions},
     syscalls::{export, groups},
@@ -23,9 +23,11 @@ pub fn main() -> ExitCode {
             run_command(RunOptions { policy, events, degraded, dns_upstream, command })
         }
         Command::Daemon { config, degraded, uninstall } => daemon::main(DaemonOptions { config, degraded, uninstall }),
-        Command::Tag { cgroup, policy, labels, socket } => {
-            ctl::run(ctl::tag(&socket.socket, &cgroup, &policy, &labels))
+        Command::Tag { cgroup, policy, labels, from_exec, socket } => {
+            let labels = labels.into_iter().collect();
+            ctl::run(ctl::tag(&socket.socket, TagRequest { cgroup, policy, labels, from_exec }))
         }
+        Command::OciHook { socket } => crate::oci_hook::main(&socket.socket),
         Command::Untag { cgroup, socket } => ctl::run(ctl::untag(&socket.socket, &cgroup)),
         Command::Status { json, socket } => ctl::run(ctl::status(&socket.socket, json)),
         Command::Policies { socket } => ctl::run(ctl::policies(&socket.socket)),

@@ -39,9 +39,7 @@ fn failed(status: StatusCode, answer: &Value) -> i32 {
     if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST { 2 } else { 1 }
 }
 
-pub async fn tag(socket: &Path, cgroup: &str, policy: &str, labels: &[(String, String)]) -> Result<i32, ClientError> {
-    let request =
-        TagRequest { cgroup: cgroup.to_owned(), policy: policy.to_owned(), labels: labels.iter().cloned().collect() };
+pub async fn tag(socket: &Path, request: TagRequest) -> Result<i32, ClientError> {
     let body = serde_json::to_value(&request).unwrap_or_default();
     let (status, answer) = Client::new(socket).request(Method::POST, TAGS, Some(&body)).await?;
     if !status.is_success() {

@@ -16,6 +16,7 @@ pub(crate) mod field_loads;
 pub(crate) mod kernel;
 pub(crate) mod log;
 pub(crate) mod mounts;
+pub mod oci_hook;
 pub mod policy;
 pub(crate) mod ring_fill;
 pub(crate) mod run;

@@ -9,6 +9,7 @@ use enforcer_tests::enforcer_bin;
 
 /// The host kernel runs the cgroup programs but not BPF LSM ones.
 const DEGRADED: bool = true;
+mod containers;
 mod daemon;
 mod fleet;
 mod network;

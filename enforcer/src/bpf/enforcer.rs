@@ -15,7 +15,7 @@ use enforcer_common::{
 
 use super::{
     LoadError,
-    handles::{LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups},
+    handles::{ArmedCgroups, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups},
     hooks::{INBOUND_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, lost_without},
     maps::Maps,
     object::{LsmLink, load_everything, program_of},
@@ -44,6 +44,7 @@ pub struct Enforcer {
     pub tables: Swap<KernelTables>,
     /// The cgroups selectors tagged.
     pub selected: SelectedCgroups,
+    pub armed: ArmedCgroups,
     /// Events the ring buffer could not take.
     pub lost: LostEvents,
     events: Option<RingBuf<MapData>>,
@@ -86,7 +87,7 @@ impl Enforcer {
         lsm_missing: Option<LoadError>,
         missing_hooks: Vec<&'static str>,
     ) -> Result<Self, LoadError> {
-        let Maps { tables, tag_filter, lost, events, net, dns_grants, protected, selected } = maps;
+        let Maps { tables, tag_filter, lost, events, net, dns_grants, protected, selected, armed } = maps;
         Ok(Self {
             ebpf,
             pinned,
@@ -96,6 +97,7 @@ impl Enforcer {
             lsm_missing,
             tables: Swap::new(KernelTables { tables, tag_filter })?,
             selected,
+            armed,
             lost,
             events: Some(events),
             protected,

@@ -11,7 +11,7 @@ use aya::maps::{
 use enforcer_common::{
     events::LOST_MAP,
     net::{NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver, UNIX_RULES_MAP, UnixKey},
-    policy::{PROTECTED_MAP, PolicyId, Protected, TAG_BLOOM_BITS},
+    policy::{ARMED_MAP, PROTECTED_MAP, PolicyId, Protected, TAG_BLOOM_BITS},
     select::{SELECTED_MAP, Selected, SelectedBloom},
 };
 
@@ -71,6 +71,35 @@ impl NetRuleMaps {
 
 /// The cgroups selectors tagged (`SELECTED`), and the kernel's half of
 /// their bloom filter (`SELECTED_BLOOM`, which only the kernel sets).
+/// The cgroups whose tag waits for an exec (`TAG_FROM_EXEC`) and had one.
+pub struct ArmedCgroups(pub(super) BpfHashMap<MapData, u64, u8>);
+
+impl ArmedCgroups {
+    /// Whether cgroup `id` had its first exec.
+    #[must_use]
+    pub fn contains(&self, id: u64) -> bool {
+        self.0.get(&id, 0).is_ok()
+    }
+
+    /// Arms cgroup `id` now (a cgroup judged already stays judged).
+    pub fn arm(&mut self, id: u64) -> Result<(), LoadError> {
+        self.0.insert(id, 1, 0).map_err(map_err(ARMED_MAP))
+    }
+
+    /// Forgets every cgroup but those `keep` says to keep (a tag that goes
+    /// and comes back waits for an exec again).
+    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) -> Result<(), LoadError> {
+        let gone: Vec<u64> = self.0.keys().filter_map(Result::ok).filter(|&id| !keep(id)).collect();
+        for id in gone {
+            match self.0.remove(&id) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(ARMED_MAP)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
 pub struct SelectedCgroups {
     pub(super) records: BpfHashMap<MapData, u64, Selected>,
     pub(super) bloom: Array<MapData, SelectedBloom>,

@@ -119,8 +119,9 @@ pub(super) fn lost_without(hook: &str) -> Option<&'static str> {
     }
 }
 
-/// The `cgroup_mkdir` tracepoint program (daemon only).
-pub(super) const SELECTOR_PROGRAM: &str = "cgroup_mkdir";
+/// The tracepoint programs (daemon only): `cgroup_mkdir` tags new cgroups a
+/// selector matches, `sched_process_exec` arms tags that wait for an exec.
+pub(super) const TRACEPOINT_PROGRAMS: &[&str] = &["cgroup_mkdir", "sched_process_exec"];
 
 /// The cgroup socket programs, attached to each tagged cgroup (and, in the
 /// daemon, each selector root).
@@ -135,7 +136,7 @@ mod tests {
     use object::{Object, ObjectSection, ObjectSymbol};
 
     use super::{
-        COMPAT_JUDGED_ELSEWHERE, HOOKS, INBOUND_PROGRAM, SELECTOR_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM,
+        COMPAT_JUDGED_ELSEWHERE, HOOKS, INBOUND_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, TRACEPOINT_PROGRAMS,
         file_hooks,
     };
     use crate::bpf::object::{COMPAT_PROGRAMS, PROGRAMS};
@@ -160,7 +161,8 @@ mod tests {
         let hooks = HOOKS.iter().map(|hook| hook.name.to_string());
         // `enforcer bench-empty` loads empty programs on the file hooks.
         let empty = file_hooks().map(|hook| format!("empty_{}", hook.name));
-        let others = SOCK_ADDR_PROGRAMS.iter().chain(&[SOCK_CREATE_PROGRAM, INBOUND_PROGRAM, SELECTOR_PROGRAM]);
+        let others =
+            SOCK_ADDR_PROGRAMS.iter().chain(&[SOCK_CREATE_PROGRAM, INBOUND_PROGRAM]).chain(TRACEPOINT_PROGRAMS);
         hooks.chain(empty).chain(others.map(|name| (*name).to_string())).collect()
     }
 

@@ -8,13 +8,13 @@ use aya::{
 use enforcer_common::{
     events::{EVENTS_MAP, LOST_MAP},
     net::{DNS_GRANTS_MAP, DnsGrant, NET_RULES_MAP, NetKey, RESOLVERS_MAP, UNIX_RULES_MAP},
-    policy::{PROTECTED_MAP, TABLES_MAP, TAG_FILTER_MAP, Tables, TagFilter},
+    policy::{ARMED_MAP, PROTECTED_MAP, TABLES_MAP, TAG_FILTER_MAP, Tables, TagFilter},
     select::{SELECTED_BLOOM_MAP, SELECTED_MAP},
 };
 
 use super::{
     LoadError,
-    handles::{LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups},
+    handles::{ArmedCgroups, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups},
     map_err,
 };
 
@@ -31,6 +31,7 @@ pub(super) struct Maps {
     pub(super) dns_grants: BpfHashMap<MapData, NetKey, DnsGrant>,
     pub(super) protected: ProtectedInodes,
     pub(super) selected: SelectedCgroups,
+    pub(super) armed: ArmedCgroups,
 }
 
 /// The maps userspace works with, by their names in the object.
@@ -46,6 +47,7 @@ pub(super) const MAP_NAMES: &[&str] = &[
     PROTECTED_MAP,
     SELECTED_MAP,
     SELECTED_BLOOM_MAP,
+    ARMED_MAP,
 ];
 
 impl Maps {
@@ -72,6 +74,7 @@ impl Maps {
                 records: BpfHashMap::try_from(take(SELECTED_MAP)?).map_err(map_err(SELECTED_MAP))?,
                 bloom: Array::try_from(take(SELECTED_BLOOM_MAP)?).map_err(map_err(SELECTED_BLOOM_MAP))?,
             },
+            armed: ArmedCgroups(BpfHashMap::try_from(take(ARMED_MAP)?).map_err(map_err(ARMED_MAP))?),
         })
     }
 }

@@ -11,8 +11,7 @@ use enforcer_common::KernelOffsets;
 use super::{
     LoadError, debug_load,
     hooks::{
-        COMPAT_JUDGED_ELSEWHERE, HOOKS, Hook, INBOUND_PROGRAM, SELECTOR_PROGRAM, SOCK_ADDR_PROGRAMS,
-        SOCK_CREATE_PROGRAM, file_hooks,
+        COMPAT_JUDGED_ELSEWHERE, HOOKS, Hook, INBOUND_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, file_hooks,
     },
     jit_dump,
 };
@@ -178,11 +177,13 @@ pub(super) fn load_everything() -> Result<(Ebpf, Option<LoadError>, Vec<&'static
     Ok((ebpf, lsm_missing, missing_hooks, links))
 }
 
-/// The program on the `cgroup_mkdir` tracepoint that tags new cgroups a
-/// selector matches (see `enforcer-ebpf/src/select.rs`), for the daemon to
-/// pin: loaded and attached, its link returned.
-pub(super) fn attach_selector_program(ebpf: &mut Ebpf) -> Result<aya::programs::links::FdLink, LoadError> {
-    let name = SELECTOR_PROGRAM;
+/// A tracepoint program of [`TRACEPOINT_PROGRAMS`] (see
+/// `enforcer-ebpf/src/select.rs` and `arm.rs`), for the daemon to pin:
+/// loaded and attached, its link returned.
+pub(super) fn attach_tracepoint_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<aya::programs::links::FdLink, LoadError> {
     let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Object(e.into()))?;
     let program: &mut aya::programs::BtfTracePoint = program_of(ebpf, name)?;
     program.load(name, &btf).map_err(|source| LoadError::SockProgram { name, source })?;

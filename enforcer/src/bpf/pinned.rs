@@ -7,7 +7,8 @@
 //! `maps/<NAME>`, `links/<hook>` (BPF LSM), `progs/<name>` (the cgroup socket
 //! programs, to attach to cgroups tagged later) and `net/<cgroup id>/<name>`
 //! (their links on each tagged cgroup and selector root), and
-//! `tracing/cgroup_mkdir` (the selectors' tracepoint link).
+//! `tracing/<name>` (the tracepoint links: `cgroup_mkdir` for selectors,
+//! `sched_process_exec` for tags armed at exec).
 
 use std::path::{Path, PathBuf};
 
@@ -22,9 +23,9 @@ use sha2::Digest as _;
 
 use super::{
     Enforcer, LoadError, chain,
-    hooks::{HOOKS, INBOUND_PROGRAM, SELECTOR_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM},
+    hooks::{HOOKS, INBOUND_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, TRACEPOINT_PROGRAMS},
     maps::{MAP_NAMES, Maps},
-    object::{LsmLink, PROGRAMS, attach_selector_program, load_everything, program_of},
+    object::{LsmLink, PROGRAMS, attach_tracepoint_program, load_everything, program_of},
 };
 use crate::cgroups::Cgroup;
 
@@ -128,7 +129,7 @@ impl Enforcer {
             std::fs::create_dir_all(dir.join(sub)).map_err(io(&dir))?;
         }
         let result = pin_all(&mut ebpf, &dir, links)
-            .and_then(|()| pin_selector_program(&mut ebpf, &dir))
+            .and_then(|()| pin_tracepoint_programs(&mut ebpf, &dir))
             .and_then(|()| Maps::take(&mut ebpf));
         let maps = match result {
             Ok(maps) => maps,
@@ -299,11 +300,14 @@ fn pin_all(ebpf: &mut aya::Ebpf, dir: &Path, links: Vec<LsmLink>) -> Result<(), 
     Ok(())
 }
 
-/// Attaches the selectors' `cgroup_mkdir` program and pins its link.
-fn pin_selector_program(ebpf: &mut aya::Ebpf, dir: &Path) -> Result<(), LoadError> {
-    let link = attach_selector_program(ebpf)?;
-    let path = dir.join("tracing").join(SELECTOR_PROGRAM);
-    link.pin(&path).map(drop).map_err(|source| PinError::Pin { what: "tracepoint link", path, source }.into())
+/// Attaches the tracepoint programs and pins their links.
+fn pin_tracepoint_programs(ebpf: &mut aya::Ebpf, dir: &Path) -> Result<(), LoadError> {
+    for &name in TRACEPOINT_PROGRAMS {
+        let link = attach_tracepoint_program(ebpf, name)?;
+        let path = dir.join("tracing").join(name);
+        link.pin(&path).map_err(|source| PinError::Pin { what: "tracepoint link", path, source })?;
+    }
+    Ok(())
 }
 
 /// Removes a directory of pins: each program and map is freed (and each link

@@ -150,7 +150,7 @@ async fn tags(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn tag(State(shared): State<Arc<Shared>>, Json(request): Json<TagRequest>) -> Response {
-    let result = shared.core.lock().await.tag(&request.cgroup, &request.policy, request.labels);
+    let result = shared.core.lock().await.tag(request);
     match result {
         Ok(tag) => {
             let tagged = DaemonEvent::Tagged {

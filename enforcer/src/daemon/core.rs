@@ -19,7 +19,7 @@ use super::{
     resolvers::Resolvers,
     selection::{SelectedCgroup, Selection},
     tagging::{self, NetStep},
-    wire::Tag,
+    wire::{Tag, TagRequest},
 };
 use crate::{
     bpf::{Enforcer, LoadError},
@@ -198,6 +198,10 @@ impl Core {
         // that gets the same id: rules, resolvers and grants go.
         let restored: HashSet<PolicyId> = core.policies.values().map(|p| p.id).collect();
         core.resolvers.retire(&restored);
+        let tagged: HashSet<u64> = core.tags.keys().copied().collect();
+        if let Err(e) = core.enforcer.armed.retain(|id| tagged.contains(&id)) {
+            report.warnings.push(format!("cannot forget the armed cgroups no longer tagged: {e}"));
+        }
         if let Err(e) = core.enforcer.net.retain(&restored) {
             report.warnings.push(format!("cannot remove the network rules of versions no longer in force: {e}"));
         }
@@ -265,8 +269,11 @@ impl Core {
                 *file_rules.entry(key).or_default() |= flags;
             }
         }
-        let tags: HashMap<_, _> =
-            self.tags.values().filter_map(|t| in_force(&t.policy).map(|p| (t.cgroup_id, (t.level, p.tag)))).collect();
+        let tags: HashMap<_, _> = self
+            .tags
+            .values()
+            .filter_map(|t| in_force(&t.policy).map(|p| (t.cgroup_id, (t.level, tagging::tag_info(p.tag, t)))))
+            .collect();
         let live: HashSet<PolicyId> = names.iter().filter_map(|n| in_force(n)).map(|p| p.id).collect();
         let recorded = self.enforcer.selected.all();
         let built = self.selection.table(names.iter().filter_map(|n| in_force(n)), &self.orphaned, &recorded)?;
@@ -338,10 +345,16 @@ impl Core {
     }
 
     /// Tags a cgroup with a loaded policy (again: switches its policy).
-    pub fn tag(&mut self, cgroup: &str, policy: &str, labels: BTreeMap<String, String>) -> Result<Tag, OpError> {
-        let tag_info = tagging::policy_to_tag(&self.policies, policy, &self.config.policies)?.tag;
-        let cgroup = self.cgroup(cgroup)?;
+    /// `from_exec`: judged from the first exec in it on; a cgroup tagged
+    /// already stays judged.
+    pub fn tag(&mut self, request: TagRequest) -> Result<Tag, OpError> {
+        let TagRequest { cgroup, policy, labels, from_exec } = request;
+        let policy_tag = tagging::policy_to_tag(&self.policies, &policy, &self.config.policies)?.tag;
+        let cgroup = self.cgroup(&cgroup)?;
         tagging::check_taggable(&cgroup)?;
+        if from_exec && self.tags.contains_key(&cgroup.id) {
+            self.enforcer.armed.arm(cgroup.id)?;
+        }
         // The socket programs go on first: once tagged, all is judged.
         let timing = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
         let tagged = self.tags.values().map(|t| t.cgroup.as_str());
@@ -357,18 +370,19 @@ impl Core {
             NetStep::Resync => _ = self.sync_net(Some(&cgroup))?,
         }
         let attached = timing.map(|t| t.elapsed());
-        self.enforcer.tag(&cgroup, tag_info)?;
-        if let Some(t) = timing {
-            tracing::debug!("tag: socket programs after {attached:?}, tagged after {:?}", t.elapsed());
-        }
         let tag = Tag {
             cgroup: cgroup.name.clone(),
             cgroup_id: cgroup.id,
             level: cgroup.level,
-            policy: policy.to_owned(),
+            policy,
             labels,
             tagged_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            from_exec,
         };
+        self.enforcer.tag(&cgroup, tagging::tag_info(policy_tag, &tag))?;
+        if let Some(t) = timing {
+            tracing::debug!("tag: socket programs after {attached:?}, tagged after {:?}", t.elapsed());
+        }
         if let Ok(mut labels) = self.labels.lock() {
             labels.names.add_root(&cgroup);
         }
@@ -391,7 +405,7 @@ impl Core {
         if let Some((tag_info, previous)) =
             previous.and_then(|p| self.policies.get(&p.policy).map(|loaded| (loaded.tag, p)))
         {
-            self.enforcer.tag(cgroup, tag_info)?;
+            self.enforcer.tag(cgroup, tagging::tag_info(tag_info, &previous))?;
             self.tags.insert(cgroup.id, previous);
         } else {
             self.enforcer.untag(cgroup)?;
@@ -415,6 +429,7 @@ impl Core {
         let cgroup = Cgroup { path: PathBuf::new(), name: tag.cgroup.clone(), id, level: tag.level };
         self.enforcer.untag(&cgroup)?;
         self.tags.remove(&id);
+        self.enforcer.armed.retain(|armed| armed != id)?;
         self.sync_net(None)?;
         self.save();
         Ok(tag)

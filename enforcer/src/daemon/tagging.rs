@@ -8,6 +8,8 @@ use std::{
 };
 
 use super::{core::OpError, policies::Loaded, selection::SelectedCgroup, wire::Tag};
+use enforcer_common::policy::{TAG_FROM_EXEC, TagInfo};
+
 use crate::cgroups::Cgroup;
 
 /// The directory a cgroup argument names: a path below the cgroup2 mount
@@ -45,6 +47,12 @@ pub fn policy_to_tag<'a>(
 }
 
 /// Refuses a cgroup no tag may go on.
+/// What the kernel judges a tagged cgroup by: its policy's tag, waiting for
+/// an exec if the tag says so.
+pub fn tag_info(policy: TagInfo, tag: &Tag) -> TagInfo {
+    if tag.from_exec { TagInfo::new(policy.policy_id(), policy.flags | TAG_FROM_EXEC) } else { policy }
+}
+
 pub fn check_taggable(cgroup: &Cgroup) -> Result<(), OpError> {
     if cgroup.level == 0 {
         return Err(OpError::Invalid("the root cgroup cannot be tagged: tag the agent's own cgroup".to_owned()));
@@ -150,6 +158,7 @@ mod tests {
             policy: "agent".to_owned(),
             labels: BTreeMap::new(),
             tagged_at: String::new(),
+            from_exec: false,
         }
     }
 

@@ -22,6 +22,9 @@ pub struct Tag {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub tagged_at: String,
+    /// Judged from the first exec in the cgroup on (see [`TagRequest`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_exec: bool,
 }
 
 /// `POST /v1/tags`.
@@ -33,6 +36,11 @@ pub struct TagRequest {
     pub policy: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Judge nothing until a process of the cgroup executes a program, then
+    /// everything: for a container runtime that still sets the container
+    /// up in its cgroup (mounts, `pivot_root`) when it tags it.
+    #[serde(default)]
+    pub from_exec: bool,
 }
 
 /// Any error answer.

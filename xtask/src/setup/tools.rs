@@ -10,10 +10,17 @@ use crate::cmd;
 use crate::vm::initramfs;
 
 const MIN_QEMU_MAJOR: u32 = 10;
-/// What the host tier runs: the agent workload under `@default-agent`, and
-/// systemd-analyze for the units (tool, Debian package).
-const WORKLOAD_TOOLS: [(&str, &str); 5] =
-    [("git", "git"), ("cc", "gcc"), ("python3", "python3"), ("node", "nodejs"), ("systemd-analyze", "systemd")];
+/// What the host tier runs: the agent workload under `@default-agent`,
+/// systemd-analyze for the units, and runc for containers tagged by the OCI
+/// hook (tool, Debian package).
+const WORKLOAD_TOOLS: [(&str, &str); 6] = [
+    ("git", "git"),
+    ("cc", "gcc"),
+    ("python3", "python3"),
+    ("node", "nodejs"),
+    ("systemd-analyze", "systemd"),
+    ("runc", "runc"),
+];
 /// What setup unpacks compressed kernel modules with (Debian 13's are `.ko.xz`).
 const MODULE_TOOLS: [(&str, &str); 2] = [("xz", "xz-utils"), ("zstd", "zstd")];
 const BUSYBOX: &str = "/bin/busybox";

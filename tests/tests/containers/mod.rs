@@ -1,0 +1,236 @@
+//! Containers tagged by the OCI hook, in both tiers: Debian's `runc` runs a
+//! container (a busybox root filesystem, the probe bound in) whose
+//! `createRuntime` hook is `enforcer oci-hook`. The hook tags the container's
+//! cgroup through the daemon with the policy its annotation names, armed at
+//! the container's first exec: runc's own setup in the cgroup (mounts,
+//! `pivot_root`) passes, and the container's first instruction is judged.
+//! A container the hook cannot tag does not start. The VM tier adds file
+//! writes and the floor.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use enforcer_tests::{
+    EPERM,
+    daemon::{Daemon, errno_of},
+    enforcer_bin, probe_bin,
+};
+use serde_json::{Value, json};
+
+use super::DEGRADED;
+
+const ECONNREFUSED: i64 = 111;
+const ALLOWED: &str = "tcp-connect:127.0.0.1:81";
+const DENIED: &str = "tcp-connect:127.0.0.1:82";
+const POLICY_ANNOTATION: &str = "enforcer.dev/policy";
+
+/// A runc bundle and state directory under the daemon's test directory.
+struct Container {
+    id: String,
+    bundle: PathBuf,
+    runc_root: PathBuf,
+    /// Its cgroup, below the cgroup2 mount.
+    cgroup: String,
+}
+
+impl Container {
+    /// A container `name` that runs the probe with `steps` as its first
+    /// program, with `annotations`, the daemon's socket in its hook, and
+    /// `writable` (a host directory) bound at `/work`.
+    fn new(daemon: &Daemon, name: &str, annotations: &[(&str, &str)], writable: &Path, steps: &[String]) -> Self {
+        let id = format!("enforcer-test-{name}");
+        let bundle = daemon.base.join("containers").join(name);
+        let rootfs = bundle.join("rootfs");
+        for dir in ["bin", "etc", "proc", "dev", "tmp", "work", "mnt"] {
+            std::fs::create_dir_all(rootfs.join(dir)).expect("create the root filesystem");
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
+        std::fs::write(rootfs.join("probe"), b"").expect("the probe's mount point");
+        let cgroup = format!("/enforcer-tests/ctr-{name}");
+        let config = config(&cgroup, annotations, writable, steps, &daemon.socket);
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).expect("config.json");
+        let runc_root = daemon.base.join("runc");
+        let container = Self { id, bundle, runc_root, cgroup };
+        container.delete();
+        container
+    }
+
+    /// `runc run`: creates the container (running the hook), starts it and
+    /// waits for it.
+    fn run(&self) -> Output {
+        let mut command = Command::new("runc");
+        command.arg("--root").arg(&self.runc_root).arg("run");
+        // An initramfs root (the VMs') cannot be pivoted away from.
+        if root_is_initramfs() {
+            command.arg("--no-pivot");
+        }
+        command.arg("--bundle").arg(&self.bundle).arg(&self.id);
+        command.output().expect("run runc")
+    }
+
+    fn delete(&self) {
+        let _ = Command::new("runc").arg("--root").arg(&self.runc_root).args(["delete", "--force", &self.id]).output();
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+/// The runtime spec: the probe as the container's program, the host's
+/// libraries for it, a createRuntime hook, and `CAP_SYS_ADMIN`, so that a
+/// refused mount is the enforcer's refusal and not the capability's.
+fn config(cgroup: &str, annotations: &[(&str, &str)], writable: &Path, steps: &[String], socket: &Path) -> Value {
+    let caps = ["CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_KILL", "CAP_AUDIT_WRITE"];
+    let mut args = vec!["/probe".to_owned()];
+    args.extend(steps.iter().cloned());
+    let bind_ro = |path: &str| json!({"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro"]});
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}),
+        json!({"destination": "/probe", "type": "bind", "source": probe_bin(), "options": ["bind", "ro"]}),
+        json!({"destination": "/work", "type": "bind", "source": writable, "options": ["rbind", "rw"]}),
+    ];
+    mounts.extend(["/lib", "/lib64", "/usr"].into_iter().filter(|p| Path::new(p).exists()).map(bind_ro));
+    let annotations: serde_json::Map<String, Value> =
+        annotations.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect();
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "agent",
+        "mounts": mounts,
+        "annotations": annotations,
+        "hooks": {
+            "createRuntime": [{
+                "path": enforcer_bin(),
+                "args": ["enforcer", "oci-hook", "--socket", socket],
+                "timeout": 30
+            }]
+        },
+        "linux": {
+            "cgroupsPath": cgroup,
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/kcore", "/proc/keys"],
+            "readonlyPaths": ["/proc/sys"]
+        }
+    })
+}
+
+fn root_is_initramfs() -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"/") && matches!(fields.get(2), Some(&"rootfs" | &"ramfs" | &"tmpfs"))
+    })
+}
+
+fn probe_results(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("step").is_some())
+        .collect()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn policy(writable: &Path) -> String {
+    format!(
+        "name = \"container\"\n[files]\nwrite = [\"{}\"]\n[network]\nallow = [\"127.0.0.1/32:81\"]\n",
+        writable.display()
+    )
+}
+
+#[test]
+fn the_oci_hook_tags_a_container_before_its_first_instruction() {
+    let d = Daemon::start("containers-tag", DEGRADED, &[], "");
+    let writable = d.base.join("work");
+    std::fs::create_dir_all(&writable).unwrap();
+    d.write_policy("container.toml", &policy(&writable));
+    assert!(d.ctl(&["reload"]).status.success(), "{}", d.log());
+
+    // The program's first instruction is judged: its first step is refused.
+    let mut steps = vec![DENIED.to_owned(), ALLOWED.to_owned()];
+    if !DEGRADED {
+        steps.extend([
+            "write:/work/allowed".to_owned(),
+            "write:/etc/outside".to_owned(),
+            // Root in the container, with CAP_SYS_ADMIN, tries what runc did
+            // before its first exec: the floor refuses it now.
+            "mount:/mnt".to_owned(),
+        ]);
+    }
+    let annotations = [(POLICY_ANNOTATION, "container"), ("io.kubernetes.pod.name", "agent-7")];
+    let container = Container::new(&d, "tagged", &annotations, &writable, &steps);
+    let out = container.run();
+    assert!(out.status.success(), "runc: {}\ndaemon log:\n{}", text(&out), d.log());
+    let results = probe_results(&out);
+    assert_eq!(errno_of(&results, DENIED), EPERM, "{results:?}");
+    assert_eq!(errno_of(&results, ALLOWED), ECONNREFUSED, "{results:?}");
+
+    let tagged = d.wait_event("tagged", |e| e["kind"] == "tagged" && e["cgroup"] == container.cgroup.as_str());
+    assert_eq!(tagged["policy"], "container", "{tagged}");
+    assert_eq!(tagged["labels"]["container"], container.id.as_str(), "{tagged}");
+    assert_eq!(tagged["labels"]["pod"], "agent-7", "{tagged}");
+    let connect = d.wait_event("connect", |e| e["kind"] == "connect" && e["dport"] == 82);
+    assert_eq!(connect["cgroup"], container.cgroup.as_str(), "{connect}");
+    assert_eq!(connect["policy"], "container", "{connect}");
+    assert_eq!(connect["action"], "deny", "{connect}");
+
+    if !DEGRADED {
+        assert_eq!(errno_of(&results, "write:/work/allowed"), 0, "{results:?}");
+        assert_eq!(errno_of(&results, "write:/etc/outside"), EPERM, "{results:?}");
+        assert_eq!(errno_of(&results, "mount:/mnt"), EPERM, "{results:?}");
+        let write = d.wait_event("file write", |e| {
+            e["cgroup"] == container.cgroup.as_str() && e["path"].as_str().is_some_and(|p| p.ends_with("/outside"))
+        });
+        assert_eq!(write["action"], "deny", "{write}");
+        d.wait_event("mount", |e| e["cgroup"] == container.cgroup.as_str() && e["op"] == "mount");
+    }
+}
+
+#[test]
+fn a_container_the_hook_cannot_tag_never_starts_and_one_without_the_annotation_is_not_an_agent() {
+    let mut d = Daemon::start("containers-refused", DEGRADED, &[], "");
+    let writable = d.base.join("work");
+    std::fs::create_dir_all(&writable).unwrap();
+    d.write_policy("container.toml", &policy(&writable));
+    assert!(d.ctl(&["reload"]).status.success(), "{}", d.log());
+    let steps = [DENIED.to_owned()];
+
+    // A policy the daemon does not have: the runtime refuses the container.
+    let unknown = Container::new(&d, "unknown", &[(POLICY_ANNOTATION, "no-such-policy")], &writable, &steps);
+    let out = unknown.run();
+    assert!(!out.status.success(), "the container ran: {}", text(&out));
+    assert!(probe_results(&out).is_empty(), "its program ran: {}", text(&out));
+    assert!(text(&out).contains("no-such-policy"), "runc shows the hook's reason: {}", text(&out));
+
+    // No annotation: the hook lets it start untagged.
+    let plain = Container::new(&d, "plain", &[], &writable, &steps);
+    let out = plain.run();
+    assert!(out.status.success(), "runc: {}", text(&out));
+    assert_eq!(errno_of(&probe_results(&out), DENIED), ECONNREFUSED, "{}", text(&out));
+
+    // No daemon: an agent container does not start unenforced.
+    d.stop();
+    let orphan = Container::new(&d, "no-daemon", &[(POLICY_ANNOTATION, "container")], &writable, &steps);
+    let out = orphan.run();
+    assert!(!out.status.success(), "the container ran: {}", text(&out));
+    assert!(probe_results(&out).is_empty(), "its program ran: {}", text(&out));
+    assert!(text(&out).contains("cannot reach the enforcer daemon"), "{}", text(&out));
+}
