@@ -21,7 +21,9 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_ancestor_cgroup_id};
 use enforcer_common::{
     KernelOffsets,
-    policy::{FileTable, MAX_TAG_LEVEL, TAG_FROM_EXEC, TAG_SLOTS, Tables, TagFilter, TagInfo, tag_bloom_bit, tag_homes},
+    policy::{
+        FileTable, MAX_TAG_LEVEL, TAG_FROM_EXEC, TAG_SLOTS, Tables, TagFilter, TagInfo, tag_bloom_bit, tag_homes,
+    },
 };
 
 use crate::{
