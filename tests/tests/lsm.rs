@@ -8,6 +8,7 @@ use enforcer_tests::{EPERM, Sandbox, release, wait_ready};
 /// BPF LSM works here: nothing is enforced in a degraded way.
 const DEGRADED: bool = false;
 mod boundary;
+mod containers;
 mod daemon;
 mod floor;
 mod network;

@@ -77,7 +77,7 @@ pub fn run_all(series: &[String]) -> Vec<Tier> {
 }
 
 /// What every VM gets: the enforcer, the probe, the `lsm` test binary and
-/// the example policies. Built once, before any VM starts: a build while
+/// the example policies, runc. Built once, before any VM starts: a build while
 /// another VM's initramfs is being staged could replace a binary under it.
 fn guest_files() -> Result<Vec<(PathBuf, String)>> {
     let bins = build_binaries()?;
@@ -91,6 +91,8 @@ fn guest_files() -> Result<Vec<(PathBuf, String)>> {
     if policies.is_dir() {
         files.push((policies, "/policies".to_string()));
     }
+    // The containers tests run Debian's runc (with its libraries) in the guest.
+    files.push((runc()?, "/bin/runc".to_string()));
     Ok(files)
 }
 
@@ -159,4 +161,14 @@ fn run_tests(
         run.elapsed.as_secs_f64()
     );
     Ok((run.kernel_release, outcome))
+}
+
+/// Where runc is on the host.
+fn runc() -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join("runc"))
+        .find(|runc| runc.is_file())
+        .ok_or_else(|| anyhow::anyhow!("runc is not installed: run `cargo xtask setup`"))
 }
