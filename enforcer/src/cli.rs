@@ -175,6 +175,11 @@ pub enum ExportCommand {
         /// CRI-O, Kubernetes `localhost` profiles); `systemd`: unit settings.
         #[arg(long, value_enum)]
         format: SeccompFormat,
+        /// `oci` only: hand syscalls outside the allowlist to the daemon's
+        /// seccomp agent on this socket (`[seccomp] listener` of its
+        /// configuration), which refuses them and streams each refusal.
+        #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = crate::daemon::config::DEFAULT_SECCOMP_LISTENER)]
+        listener: Option<PathBuf>,
     },
 }
 

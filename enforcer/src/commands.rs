@@ -37,7 +37,9 @@ pub fn main() -> ExitCode {
         }
         Command::Policy { command: PolicyCommand::Check { file } } => check_policy(&file),
         Command::BenchEmpty { command } => bench::run_empty(&command),
-        Command::Export { command: ExportCommand::Seccomp { policy, format } } => export_seccomp(&policy, format),
+        Command::Export { command: ExportCommand::Seccomp { policy, format, listener } } => {
+            export_seccomp(&policy, format, listener.as_deref())
+        }
         Command::Syscalls { command: SyscallsCommand::Groups } => list_groups(),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -124,7 +126,7 @@ fn check_policy(file: &std::path::Path) -> i32 {
     }
 }
 
-fn export_seccomp(file: &std::path::Path, format: SeccompFormat) -> i32 {
+fn export_seccomp(file: &std::path::Path, format: SeccompFormat, listener: Option<&std::path::Path>) -> i32 {
     let policy = match policy::load(file) {
         Ok((policy, _)) => policy,
         Err(e) => {
@@ -141,13 +143,20 @@ fn export_seccomp(file: &std::path::Path, format: SeccompFormat) -> i32 {
         return 2;
     };
     let text = match format {
-        SeccompFormat::Oci => match export::oci(syscalls) {
+        SeccompFormat::Oci => match export::oci(syscalls, listener.map(|path| (path, policy.name.as_str()))) {
             Ok(json) => json,
             Err(e) => {
                 tracing::error!("{e}");
                 return 1;
             }
         },
+        SeccompFormat::Systemd if listener.is_some() => {
+            eprintln!(
+                "error: --listener is for --format oci (an OCI runtime hands the listener over); systemd installs \
+                 the filter itself\n  hint: drop --listener"
+            );
+            return 2;
+        }
         SeccompFormat::Systemd => export::systemd(syscalls, &policy.name),
     };
     print!("{text}");

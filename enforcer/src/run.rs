@@ -351,7 +351,7 @@ struct SyscallDenials {
     events: tokio::sync::mpsc::UnboundedReceiver<SyscallEvent>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<()>,
-    policy: String,
+    policy: PolicyLabel,
 }
 
 /// The command to start and how.
@@ -425,8 +425,9 @@ fn spawn(
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let supervisor = Supervisor::new(listener, &seccomp.syscalls, seccomp.audit, seccomp.cgroup_root);
-    let thread = supervisor.spawn(tx, stop.clone()).map_err(RunError::Wait)?;
-    Ok((child, Some(SyscallDenials { events, stop, thread, policy: seccomp.policy })))
+    let thread = supervisor.spawn(move |event| _ = tx.send(event), stop.clone()).map_err(RunError::Wait)?;
+    let policy = PolicyLabel { name: seccomp.policy, version: None };
+    Ok((child, Some(SyscallDenials { events, stop, thread, policy })))
 }
 
 async fn spawn_and_wait(
@@ -469,7 +470,7 @@ async fn spawn_and_wait(
             }
             Some(event) = dns.events.recv() => stream.dns_event(&event, &dns.policy, &dns.cgroup, cgroup.id),
             Some(event) = syscall_event => {
-                let policy = denials.as_ref().map_or("", |d| d.policy.as_str()).to_owned();
+                let policy = denials.as_ref().map(|d| d.policy.clone()).unwrap_or_default();
                 stream.syscall_event(&event, &policy);
             }
             _ = terminate.recv() => forward(&child, libc::SIGTERM),

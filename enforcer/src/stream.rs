@@ -113,7 +113,7 @@ impl Sink {
 }
 
 /// What names a policy in events.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PolicyLabel {
     pub name: String,
     /// Daemon: the version and hash.
@@ -191,10 +191,15 @@ impl EventStream {
         self.dns_event(event, &policy, cgroup.as_deref().unwrap_or("(unknown)"), cgroup_id);
     }
 
-    /// Writes a `syscall` event of the seccomp supervisor.
-    pub fn syscall_event(&mut self, event: &SyscallEvent, policy: &str) {
-        let meta = LineMeta { seq: 0, kind: "syscall", action: event.action, policy, cgroup: event.cgroup.as_deref() };
-        self.sink.line(&meta, &SyscallLine { ts: Clock::now(), policy, event });
+    /// Writes a `syscall` event of a seccomp supervisor, judged by `policy`.
+    pub fn syscall_event(&mut self, event: &SyscallEvent, policy: &PolicyLabel) {
+        let name = policy.name.as_str();
+        let meta =
+            LineMeta { seq: 0, kind: "syscall", action: event.action, policy: name, cgroup: event.cgroup.as_deref() };
+        let (policy_version, policy_hash) = policy.version.as_ref().map(|(v, h)| (v, h.as_str())).unzip();
+        let line =
+            SyscallLine { ts: Clock::now(), policy: name, policy_version: policy_version.copied(), policy_hash, event };
+        self.sink.line(&meta, &line);
     }
 
     /// Waits until records are available, then writes at most

@@ -329,25 +329,46 @@ async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Follow>)
 pub async fn refuse_peer(shared: &Shared, cred: Option<tokio::net::unix::UCred>) -> Option<String> {
     let Some(cred) = cred else { return Some("the peer's credentials are unknown".to_owned()) };
     let Some(pid) = cred.pid() else { return Some("the peer's pid is unknown".to_owned()) };
+    let path = match peer_cgroup(shared.socket_gid, cred.uid(), cred.gid(), pid) {
+        Ok(path) => path,
+        Err(why) => return Some(why),
+    };
+    shared.core.lock().await.is_agent(&path).then(|| agent_refused(pid, &path))
+}
+
+/// [`refuse_peer`] for a thread outside the async runtime.
+pub fn refuse_peer_blocking(shared: &Shared, uid: u32, gid: u32, pid: i32) -> Option<String> {
+    let path = match peer_cgroup(shared.socket_gid, uid, gid, pid) {
+        Ok(path) => path,
+        Err(why) => return Some(why),
+    };
+    shared.core.blocking_lock().is_agent(&path).then(|| agent_refused(pid, &path))
+}
+
+/// The cgroup of a peer that is root or in the socket group, or why it
+/// may not use the daemon's sockets.
+fn peer_cgroup(socket_gid: Option<u32>, uid: u32, gid: u32, pid: i32) -> Result<String, String> {
     let groups = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let in_group = shared.socket_gid.is_some_and(|gid| {
-        cred.gid() == gid
+    let in_group = socket_gid.is_some_and(|socket_gid| {
+        gid == socket_gid
             || groups
                 .lines()
                 .find_map(|l| l.strip_prefix("Groups:"))
-                .is_some_and(|g| g.split_whitespace().any(|g| g.parse() == Ok(gid)))
+                .is_some_and(|g| g.split_whitespace().any(|g| g.parse() == Ok(socket_gid)))
     });
-    if cred.uid() != 0 && !in_group {
-        return Some(format!("uid {} may not use the enforcer's API (root or the socket group only)", cred.uid()));
+    if uid != 0 && !in_group {
+        return Err(format!("uid {uid} may not use the enforcer's API (root or the socket group only)"));
     }
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let Some(path) = cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
-        return Some(format!("cannot tell the cgroup of pid {pid}"));
-    };
-    if shared.core.lock().await.is_agent(path) {
-        return Some(format!("pid {pid} is in a tagged agent cgroup ({path}): agents may not use the enforcer's API"));
-    }
-    None
+    cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("cannot tell the cgroup of pid {pid}"))
+}
+
+fn agent_refused(pid: i32, path: &str) -> String {
+    format!("pid {pid} is in a tagged agent cgroup ({path}): agents may not use the enforcer's API")
 }
 
 /// The router a refused peer gets: every request answers 403 with why.

@@ -13,6 +13,8 @@ use crate::policy::Location;
 pub const DEFAULT_CONFIG: &str = "/etc/enforcer/enforcer.toml";
 /// Where the CLI finds the daemon when `--socket` is not given.
 pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcer.sock";
+/// Where OCI runtimes hand the daemon containers' seccomp listeners.
+pub const DEFAULT_SECCOMP_LISTENER: &str = "/run/enforcer/seccomp.sock";
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +33,23 @@ pub struct Config {
     pub events: Events,
     pub metrics: Metrics,
     pub dns: Dns,
+    pub seccomp: Seccomp,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Seccomp {
+    /// The seccomp agent's socket, where OCI runtimes hand over the
+    /// listeners of filters `enforcer export seccomp --listener` wrote
+    /// (`linux.seccomp.listenerPath`); `""` serves none.
+    #[serde(deserialize_with = "no_file_if_empty")]
+    pub listener: Option<PathBuf>,
+}
+
+impl Default for Seccomp {
+    fn default() -> Self {
+        Self { listener: Some(DEFAULT_SECCOMP_LISTENER.into()) }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -86,6 +105,7 @@ impl Default for Config {
             events: Events::default(),
             metrics: Metrics::default(),
             dns: Dns::default(),
+            seccomp: Seccomp::default(),
         }
     }
 }
@@ -123,7 +143,8 @@ pub enum ConfigError {
 
 const HINT: &str = "the configuration has `policies`, `socket`, `socket_group`, `state_dir`, `bpffs`, an \
 [events] table with `stdout`, `journal`, `file`, `file_max_bytes`, `file_keep`, `follower_buffer` and `history`, and a \
-[metrics] table with `address`, and a [dns] table with `upstream`; see packaging/enforcer.toml";
+[metrics] table with `address`, a [dns] table with `upstream`, and a [seccomp] table with `listener`; see \
+packaging/enforcer.toml";
 
 impl Config {
     /// Reads `path`, or the default file if `path` is `None` (defaults if

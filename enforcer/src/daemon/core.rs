@@ -669,5 +669,6 @@ pub fn protected_inodes(config: &Config, config_file: Option<&Path>) -> enforcer
     paths.extend(config_file.map(Path::to_owned));
     paths.extend([config.policies.clone(), config.state_dir.clone(), config.socket.clone()]);
     paths.extend(config.events.file.as_ref().and_then(|f| f.parent()).map(Path::to_owned));
+    paths.extend(config.seccomp.listener.clone());
     crate::mounts::protected_inodes(&paths)
 }

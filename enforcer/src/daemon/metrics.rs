@@ -20,6 +20,10 @@ pub struct Metrics {
     pub followers: AtomicU64,
     sink_errors: AtomicU64,
     stdout_dropped: AtomicU64,
+    /// Seccomp listeners runtimes handed over (containers supervised).
+    pub seccomp_listeners: AtomicU64,
+    /// Syscall refusals of the seccomp agent the stream had no room for.
+    pub seccomp_dropped: AtomicU64,
 }
 
 /// What the daemon knows at scrape time.
@@ -81,6 +85,20 @@ impl Metrics {
             "counter",
             "Lines the events file could not take.",
             &unlabeled(sink_errors),
+        );
+        let listeners = self.seccomp_listeners.load(Ordering::Relaxed);
+        metric(
+            "enforcer_seccomp_listeners_total",
+            "counter",
+            "Seccomp listeners OCI runtimes handed to the daemon (containers whose syscalls it judges).",
+            &unlabeled(listeners),
+        );
+        let dropped = self.seccomp_dropped.load(Ordering::Relaxed);
+        metric(
+            "enforcer_seccomp_refusals_dropped_total",
+            "counter",
+            "Syscall refusals of containers (syscall events) the stream had no room for.",
+            &unlabeled(dropped),
         );
         let stdout_dropped = self.stdout_dropped.load(Ordering::Relaxed);
         metric(

@@ -12,6 +12,7 @@ pub mod policies;
 mod reload;
 mod replay;
 mod resolvers;
+mod seccomp_agent;
 mod selection;
 mod server;
 mod stdout_lines;
@@ -145,6 +146,8 @@ async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     }
     let daemon = Daemon::start(&opts, config)?;
     let listener = bind_socket(&daemon.config.socket, daemon.config.socket_gid())?;
+    listener.set_nonblocking(true).map_err(io_err(&daemon.config.socket))?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(io_err(&daemon.config.socket))?;
     daemon.run(listener, shutdown_signal()?).await
 }
 
@@ -207,8 +210,9 @@ pub fn announce_reload(notices: &mpsc::UnboundedSender<DaemonLine>, report: &Rel
     let _ = notices.send(DaemonLine::now(reload));
 }
 
-/// The API socket: root's, and the socket group's if one is configured.
-fn bind_socket(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListener, DaemonError> {
+/// A socket of the daemon's (the API's, the seccomp agent's): root's, and
+/// the socket group's if `gid` is given.
+fn bind_socket(path: &Path, gid: Option<u32>) -> Result<std::os::unix::net::UnixListener, DaemonError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
@@ -216,7 +220,7 @@ fn bind_socket(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListener
     if path.exists() {
         std::fs::remove_file(path).map_err(io_err(path))?;
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(io_err(path))?;
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err(path))?;
     let mode = if gid.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
     if let Some(gid) = gid {

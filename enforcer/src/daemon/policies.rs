@@ -85,8 +85,10 @@ pub fn compile_parsed(
     let hosts = policy.network.as_ref().map(HostRules::of).transpose().map_err(|e| e.to_string())?;
     if policy.syscalls.is_some() {
         warnings.push(format!(
-            "{}: warning: [syscalls]: the daemon cannot install a seccomp filter in processes it did not start; apply \
-             `enforcer export seccomp` in the orchestrator (require_seccomp is enforced)",
+            "{}: warning: [syscalls]: the daemon puts no seccomp filter into the processes it tags; containers get \
+             theirs from their runtime (`enforcer export seccomp --format oci --listener`: the daemon then answers \
+             and streams the refusals), other orchestrators from `enforcer export seccomp` (require_seccomp is \
+             enforced)",
             file.display()
         ));
     }

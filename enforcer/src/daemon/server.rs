@@ -23,7 +23,7 @@ use super::{
     policies::Loaded,
     release_free_memory,
     replay::Archive,
-    watch,
+    seccomp_agent, watch,
 };
 use crate::{
     bpf::{Enforcer, LoadError, Start},
@@ -143,8 +143,13 @@ impl Daemon {
         }
         tokio::spawn(watch::policies(self.config.policies.clone(), shared.clone()));
         tokio::spawn(housekeeping(shared.clone()));
+        let (refusals, mut syscalls) = mpsc::channel(seccomp_agent::QUEUE);
+        if let Some(path) = &self.config.seccomp.listener {
+            let listener = super::bind_socket(path, None)?;
+            seccomp_agent::spawn(listener, shared.clone(), refusals).map_err(io_err(path))?;
+        }
 
-        let channels = Channels { notices: &mut self.notice_rx, dns: &mut self.dns_rx };
+        let channels = Channels { notices: &mut self.notice_rx, dns: &mut self.dns_rx, syscalls: &mut syscalls };
         stream_until(&mut self.stream, &shared, channels, shutdown).await?;
         let stream = &mut self.stream;
         stream.drain();
@@ -164,6 +169,8 @@ impl Daemon {
 struct Channels<'a> {
     notices: &'a mut mpsc::UnboundedReceiver<DaemonLine>,
     dns: &'a mut mpsc::Receiver<DnsEvent>,
+    /// Containers' syscalls the seccomp agent refused.
+    syscalls: &'a mut mpsc::Receiver<seccomp_agent::Refusal>,
 }
 
 /// Streams events, the daemon's lines, the resolvers' refusals and lost
@@ -185,6 +192,10 @@ async fn stream_until(
             }
             Some(refused) = channels.dns.recv() => {
                 stream.resolver_event(&refused);
+                stream.sink().flush();
+            }
+            Some((refused, policy)) = channels.syscalls.recv() => {
+                stream.syscall_event(&refused, &policy);
                 stream.sink().flush();
             }
             _ = tick.tick() => {

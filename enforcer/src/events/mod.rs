@@ -38,6 +38,12 @@ pub struct DnsLine<'a> {
 pub struct SyscallLine<'a> {
     pub ts: String,
     pub policy: &'a str,
+    /// Daemon: the version of the policy (see `Event::policy_version`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u32>,
+    /// Daemon: the SHA-256 of that version's file (first 16 hex digits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<&'a str>,
     #[serde(flatten)]
     pub event: &'a SyscallEvent,
 }

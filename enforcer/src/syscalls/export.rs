@@ -7,23 +7,57 @@
 //! enforcer. Both keep the filter's other decisions: namespace flags of
 //! `clone`/`unshare`, `clone3` as ENOSYS, `mknod` without devices.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeSet, fmt::Write as _, path::Path};
 
 use oci_spec::runtime::{
     Arch as OciArch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
     LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
 };
 
-use super::{DenyAction, FALLBACK_ENOSYS, Syscalls, arg_rules, groups::GROUPS_VERSION};
+use super::{Arch, DenyAction, FALLBACK_ENOSYS, Syscalls, arg_rules, groups::GROUPS_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the OCI seccomp profile: {0}")]
 pub struct ExportError(#[from] oci_spec::OciSpecError);
 
-/// The OCI `linux.seccomp` object, as pretty JSON.
-pub fn oci(syscalls: &Syscalls) -> Result<String, ExportError> {
-    let profile = oci_profile(syscalls)?;
+/// The OCI `linux.seccomp` object, as pretty JSON. With `agent` (the
+/// daemon's seccomp agent socket, and the policy's name), the syscalls
+/// outside the allowlist are not refused by the kernel but handed to the
+/// agent (`SCMP_ACT_NOTIFY`), which refuses them as the policy says and
+/// streams each refusal; if the agent is gone, the kernel fails them with
+/// ENOSYS. Runtimes take `SCMP_ACT_NOTIFY` by name only (runc: never as the
+/// default action, never for `write`, which they need once the filter is
+/// on): every syscall the two architectures have is named, and `write`, a
+/// syscall newer than this enforcer, or an allowed one with arguments it is
+/// not allowed with, is refused by the kernel unreported.
+pub fn oci(syscalls: &Syscalls, agent: Option<(&Path, &str)>) -> Result<String, ExportError> {
+    let mut profile = oci_profile(syscalls)?;
+    if let Some((listener, policy)) = agent {
+        let handed_over: Vec<String> = every_syscall()
+            .into_iter()
+            .filter(|name| {
+                !syscalls.allow.contains(name) && !FALLBACK_ENOSYS.contains(&name.as_str()) && name != "write"
+            })
+            .collect();
+        let notify =
+            LinuxSyscallBuilder::default().names(handed_over).action(LinuxSeccompAction::ScmpActNotify).build()?;
+        let mut rules = profile.syscalls().clone().unwrap_or_default();
+        rules.push(notify);
+        profile.set_syscalls(Some(rules));
+        profile.set_listener_path(Some(listener.to_owned()));
+        profile.set_listener_metadata(Some(policy.to_owned()));
+    }
     Ok(serde_json::to_string_pretty(&profile).unwrap_or_default() + "\n")
+}
+
+/// Every syscall name the profile's architectures have (libseccomp's tables).
+fn every_syscall() -> BTreeSet<String> {
+    Arch::ALL
+        .iter()
+        .flat_map(|arch| {
+            (0..1024).filter_map(move |nr| libseccomp::ScmpSyscall::from(nr).get_name_by_arch(arch.scmp()).ok())
+        })
+        .collect()
 }
 
 fn oci_profile(syscalls: &Syscalls) -> Result<LinuxSeccomp, ExportError> {

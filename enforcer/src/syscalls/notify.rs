@@ -61,16 +61,17 @@ impl Supervisor {
         Self { listener, allow: syscalls.allow.clone(), deny_action: syscalls.deny_action, audit, cgroup_root }
     }
 
-    /// Serves until every task carrying the filter is gone or `stop` is set.
+    /// Serves until every task carrying the filter is gone or `stop` is set;
+    /// each answer's event goes to `report`.
     pub fn spawn(
         self,
-        events: tokio::sync::mpsc::UnboundedSender<SyscallEvent>,
+        mut report: impl FnMut(SyscallEvent) + Send + 'static,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new().name("enforcer-seccomp".into()).spawn(move || self.serve(&events, &stop))
+        std::thread::Builder::new().name("enforcer-seccomp".into()).spawn(move || self.serve(&mut report, &stop))
     }
 
-    fn serve(&self, events: &tokio::sync::mpsc::UnboundedSender<SyscallEvent>, stop: &AtomicBool) {
+    fn serve(&self, report: &mut impl FnMut(SyscallEvent), stop: &AtomicBool) {
         let fd = self.listener.as_raw_fd();
         while !stop.load(Ordering::Relaxed) {
             let mut poll = [rustix::event::PollFd::new(&self.listener, rustix::event::PollFlags::IN)];
@@ -88,7 +89,7 @@ impl Supervisor {
                 match ScmpNotifReq::receive(fd) {
                     Ok(req) => {
                         if let Some(event) = self.answer(&req) {
-                            let _ = events.send(event);
+                            report(event);
                         }
                     }
                     // The task was interrupted before we read it: nothing to answer.

@@ -4,8 +4,10 @@
 //! cgroup through the daemon with the policy its annotation names, armed at
 //! the container's first exec: runc's own setup in the cgroup (mounts,
 //! `pivot_root`) passes, and the container's first instruction is judged.
-//! A container the hook cannot tag does not start. The VM tier adds file
-//! writes and the floor.
+//! A container the hook cannot tag does not start. A container whose
+//! seccomp profile `enforcer export seccomp --listener` wrote has its
+//! syscalls outside the allowlist judged by the daemon (its seccomp agent).
+//! The VM tier adds file writes and the floor.
 
 use std::{
     path::{Path, PathBuf},
@@ -40,6 +42,18 @@ impl Container {
     /// program, with `annotations`, the daemon's socket in its hook, and
     /// `writable` (a host directory) bound at `/work`.
     fn new(daemon: &Daemon, name: &str, annotations: &[(&str, &str)], writable: &Path, steps: &[String]) -> Self {
+        Self::with_seccomp(daemon, name, annotations, writable, steps, None)
+    }
+
+    /// [`Self::new`], with `seccomp` as the spec's `linux.seccomp`.
+    fn with_seccomp(
+        daemon: &Daemon,
+        name: &str,
+        annotations: &[(&str, &str)],
+        writable: &Path,
+        steps: &[String],
+        seccomp: Option<Value>,
+    ) -> Self {
         let id = format!("enforcer-test-{name}");
         let bundle = daemon.base.join("containers").join(name);
         let rootfs = bundle.join("rootfs");
@@ -49,7 +63,10 @@ impl Container {
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
         std::fs::write(rootfs.join("probe"), b"").expect("the probe's mount point");
         let cgroup = format!("/enforcer-tests/ctr-{name}");
-        let config = config(&cgroup, annotations, writable, steps, &daemon.socket);
+        let mut config = config(&cgroup, annotations, writable, steps, &daemon.socket);
+        if let Some(seccomp) = seccomp {
+            config["linux"]["seccomp"] = seccomp;
+        }
         std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).expect("config.json");
         let runc_root = daemon.base.join("runc");
         let container = Self { id, bundle, runc_root, cgroup };
@@ -145,7 +162,7 @@ fn probe_results(out: &Output) -> Vec<Value> {
         .collect()
 }
 
-fn text(out: &Output) -> String {
+fn text_of(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
@@ -178,7 +195,7 @@ fn the_oci_hook_tags_a_container_before_its_first_instruction() {
     let annotations = [(POLICY_ANNOTATION, "container"), ("io.kubernetes.pod.name", "agent-7")];
     let container = Container::new(&d, "tagged", &annotations, &writable, &steps);
     let out = container.run();
-    assert!(out.status.success(), "runc: {}\ndaemon log:\n{}", text(&out), d.log());
+    assert!(out.status.success(), "runc: {}\ndaemon log:\n{}", text_of(&out), d.log());
     let results = probe_results(&out);
     assert_eq!(errno_of(&results, DENIED), EPERM, "{results:?}");
     assert_eq!(errno_of(&results, ALLOWED), ECONNREFUSED, "{results:?}");
@@ -216,21 +233,67 @@ fn a_container_the_hook_cannot_tag_never_starts_and_one_without_the_annotation_i
     // A policy the daemon does not have: the runtime refuses the container.
     let unknown = Container::new(&d, "unknown", &[(POLICY_ANNOTATION, "no-such-policy")], &writable, &steps);
     let out = unknown.run();
-    assert!(!out.status.success(), "the container ran: {}", text(&out));
-    assert!(probe_results(&out).is_empty(), "its program ran: {}", text(&out));
-    assert!(text(&out).contains("no-such-policy"), "runc shows the hook's reason: {}", text(&out));
+    assert!(!out.status.success(), "the container ran: {}", text_of(&out));
+    assert!(probe_results(&out).is_empty(), "its program ran: {}", text_of(&out));
+    assert!(text_of(&out).contains("no-such-policy"), "runc shows the hook's reason: {}", text_of(&out));
 
     // No annotation: the hook lets it start untagged.
     let plain = Container::new(&d, "plain", &[], &writable, &steps);
     let out = plain.run();
-    assert!(out.status.success(), "runc: {}", text(&out));
-    assert_eq!(errno_of(&probe_results(&out), DENIED), ECONNREFUSED, "{}", text(&out));
+    assert!(out.status.success(), "runc: {}", text_of(&out));
+    assert_eq!(errno_of(&probe_results(&out), DENIED), ECONNREFUSED, "{}", text_of(&out));
 
     // No daemon: an agent container does not start unenforced.
     d.stop();
     let orphan = Container::new(&d, "no-daemon", &[(POLICY_ANNOTATION, "container")], &writable, &steps);
     let out = orphan.run();
-    assert!(!out.status.success(), "the container ran: {}", text(&out));
-    assert!(probe_results(&out).is_empty(), "its program ran: {}", text(&out));
-    assert!(text(&out).contains("cannot reach the enforcer daemon"), "{}", text(&out));
+    assert!(!out.status.success(), "the container ran: {}", text_of(&out));
+    assert!(probe_results(&out).is_empty(), "its program ran: {}", text_of(&out));
+    assert!(text_of(&out).contains("cannot reach the enforcer daemon"), "{}", text_of(&out));
+}
+
+#[test]
+fn the_daemon_judges_a_containers_syscalls_through_its_seccomp_listener() {
+    let listener = Path::new("/tmp/enforcer-tests/containers-seccomp/seccomp.sock");
+    let extra = format!("[seccomp]\nlistener = \"{}\"\n", listener.display());
+    let d = Daemon::start("containers-seccomp", DEGRADED, &[], &extra);
+    let writable = d.base.join("work");
+    std::fs::create_dir_all(&writable).unwrap();
+    let text = format!("{}[syscalls]\nallow = [\"@default-agent\"]\n", policy(&writable));
+    d.write_policy("container.toml", &text);
+    assert!(d.ctl(&["reload"]).status.success(), "{}", d.log());
+
+    // The profile an operator installs: what `export` writes, unchanged.
+    let policy_file = d.policies.join("container.toml");
+    let export = Command::new(enforcer_bin())
+        .args(["export", "seccomp", "--format", "oci", "--policy"])
+        .arg(&policy_file)
+        .arg("--listener")
+        .arg(listener)
+        .output()
+        .expect("run enforcer export");
+    assert!(export.status.success(), "{}", text_of(&export));
+    let profile: Value = serde_json::from_slice(&export.stdout).expect("the profile is JSON");
+    let notified = profile["syscalls"].as_array().unwrap().iter().find(|r| r["action"] == "SCMP_ACT_NOTIFY");
+    assert!(notified.is_some_and(|r| r["names"].as_array().unwrap().iter().any(|n| n == "keyctl")), "{profile}");
+    assert_eq!(profile["listenerMetadata"], "container", "{profile}");
+
+    let steps = ["getpid".to_owned(), "keyctl".to_owned(), DENIED.to_owned()];
+    let annotations = [(POLICY_ANNOTATION, "container")];
+    let container = Container::with_seccomp(&d, "seccomp", &annotations, &writable, &steps, Some(profile));
+    let out = container.run();
+    assert!(out.status.success(), "runc: {}\ndaemon log:\n{}", text_of(&out), d.log());
+    let results = probe_results(&out);
+    assert_eq!(errno_of(&results, "getpid"), 0, "{results:?}");
+    assert_eq!(errno_of(&results, "keyctl"), EPERM, "{results:?}\ndaemon log:\n{}", d.log());
+    assert_eq!(errno_of(&results, DENIED), EPERM, "the tag judges it as well: {results:?}");
+
+    let refused = d.wait_event("syscall", |e| e["kind"] == "syscall" && e["syscall"] == "keyctl");
+    assert_eq!(refused["action"], "deny", "{refused}");
+    assert_eq!(refused["reason"], "not_allowed", "{refused}");
+    assert_eq!(refused["cgroup"], container.cgroup.as_str(), "{refused}");
+    assert_eq!(refused["policy"], "container", "{refused}");
+    assert_eq!(refused["policy_version"], 1, "{refused}");
+    assert_eq!(refused["policy_hash"].as_str().map(str::len), Some(16), "{refused}");
+    assert!(refused["seq"].as_u64().is_some(), "{refused}");
 }
