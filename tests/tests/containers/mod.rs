@@ -130,13 +130,7 @@ fn config(cgroup: &str, annotations: &[(&str, &str)], writable: &Path, steps: &[
         "hostname": "agent",
         "mounts": mounts,
         "annotations": annotations,
-        "hooks": {
-            "createRuntime": [{
-                "path": enforcer_bin(),
-                "args": ["enforcer", "oci-hook", "--socket", socket],
-                "timeout": 30
-            }]
-        },
+        "hooks": {"createRuntime": [packaged_hook(socket)]},
         "linux": {
             "cgroupsPath": cgroup,
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
@@ -144,6 +138,21 @@ fn config(cgroup: &str, annotations: &[(&str, &str)], writable: &Path, steps: &[
             "readonlyPaths": ["/proc/sys"]
         }
     })
+}
+
+/// The hook as `packaging/oci-hooks.d/enforcer.json` registers it (for
+/// CRI-O and podman), with this build's binary and the test daemon's socket.
+fn packaged_hook(socket: &Path) -> Value {
+    let text = include_str!("../../../packaging/oci-hooks.d/enforcer.json");
+    let packaged: Value = serde_json::from_str(text).expect("the packaged hook is JSON");
+    assert_eq!(packaged["stages"], json!(["createRuntime"]), "{packaged}");
+    let when = packaged["when"]["annotations"].as_object().expect("it runs for an annotation");
+    let pattern = when.keys().next().expect("one annotation");
+    assert_eq!(pattern.trim_start_matches('^').trim_end_matches('$').replace("\\.", "."), POLICY_ANNOTATION);
+    let mut hook = packaged["hook"].clone();
+    hook["path"] = json!(enforcer_bin());
+    hook["args"].as_array_mut().expect("args").extend([json!("--socket"), json!(socket)]);
+    hook
 }
 
 fn root_is_initramfs() -> bool {
