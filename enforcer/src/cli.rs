@@ -79,6 +79,12 @@ pub enum Command {
     /// container) if it cannot. Reads the container's state on stdin.
     #[command(name = "oci-hook")]
     OciHook {
+        /// The policy for a container whose state has no annotation (a hook
+        /// registered for one policy's pods: CRI-O matches a hook against
+        /// the pod's annotations, which it does not always copy into the
+        /// container's).
+        #[arg(long)]
+        policy: Option<String>,
         #[command(flatten)]
         socket: SocketArg,
     },

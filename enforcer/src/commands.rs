@@ -27,7 +27,7 @@ pub fn main() -> ExitCode {
             let labels = labels.into_iter().collect();
             ctl::run(ctl::tag(&socket.socket, TagRequest { cgroup, policy, labels, from_exec }))
         }
-        Command::OciHook { socket } => crate::oci_hook::main(&socket.socket),
+        Command::OciHook { policy, socket } => crate::oci_hook::main(&socket.socket, policy.as_deref()),
         Command::Untag { cgroup, socket } => ctl::run(ctl::untag(&socket.socket, &cgroup)),
         Command::Status { json, socket } => ctl::run(ctl::status(&socket.socket, json)),
         Command::Policies { socket } => ctl::run(ctl::policies(&socket.socket)),

@@ -45,6 +45,11 @@ pub enum HookError {
     Cgroup { id: String, pid: i32, reason: String },
     #[error("container {id}: {source}")]
     Daemon { id: String, source: crate::client::ClientError },
+    #[error(
+        "container {id}: its {POLICY_ANNOTATION} annotation names policy `{named}`, but this hook is registered for \
+         `{registered}` (--policy)\n  hint: fix the annotation or the hook's registration"
+    )]
+    Conflict { id: String, named: String, registered: String },
     #[error("container {id}: the daemon did not answer within {} s", DAEMON_TIMEOUT.as_secs())]
     Timeout { id: String },
     #[error("the daemon refused to tag container {id}'s cgroup {cgroup} with policy `{policy}`: {message}")]
@@ -71,10 +76,11 @@ struct Config {
     annotations: BTreeMap<String, String>,
 }
 
-/// Reads the state from stdin and tags the container; returns the exit code.
+/// Reads the state from stdin and tags the container with the policy its
+/// annotation names, else `registered_for`; returns the exit code.
 #[must_use]
-pub fn main(socket: &Path) -> i32 {
-    match tag_from_stdin(socket) {
+pub fn main(socket: &Path, registered_for: Option<&str>) -> i32 {
+    match tag_from_stdin(socket, registered_for) {
         Ok(()) => 0,
         Err(e) => {
             // On stderr, which the runtime shows with its refusal.
@@ -84,14 +90,21 @@ pub fn main(socket: &Path) -> i32 {
     }
 }
 
-fn tag_from_stdin(socket: &Path) -> Result<(), HookError> {
+fn tag_from_stdin(socket: &Path, registered_for: Option<&str>) -> Result<(), HookError> {
     let mut text = String::new();
     std::io::stdin().take(MAX_STATE_BYTES).read_to_string(&mut text).map_err(|e| HookError::State(e.to_string()))?;
     let state: State = serde_json::from_str(&text).map_err(|e| HookError::State(e.to_string()))?;
     let annotations = annotations(&state);
-    let Some(policy) = annotations.get(POLICY_ANNOTATION) else {
-        tracing::debug!("container {}: no {POLICY_ANNOTATION} annotation, not an agent", state.id);
-        return Ok(());
+    let policy = match (annotations.get(POLICY_ANNOTATION), registered_for) {
+        (Some(named), Some(registered)) if named != registered => {
+            return Err(HookError::Conflict { id: state.id, named: named.clone(), registered: registered.to_owned() });
+        }
+        (Some(named), _) => named.clone(),
+        (None, Some(registered)) => registered.to_owned(),
+        (None, None) => {
+            tracing::debug!("container {}: no {POLICY_ANNOTATION} annotation, not an agent", state.id);
+            return Ok(());
+        }
     };
     let pid = state.pid.filter(|&pid| pid > 0).ok_or_else(|| HookError::NoPid(format!("at `{}`", state.status)))?;
     let cgroup = cgroup_of(pid).map_err(|reason| HookError::Cgroup { id: state.id.clone(), pid, reason })?;
@@ -100,7 +113,7 @@ fn tag_from_stdin(socket: &Path) -> Result<(), HookError> {
         .filter_map(|&(annotation, label)| annotations.get(annotation).map(|v| (label.to_owned(), v.clone())))
         .collect();
     labels.insert("container".to_owned(), state.id.clone());
-    let request = TagRequest { cgroup: cgroup.clone(), policy: policy.clone(), labels, from_exec: true };
+    let request = TagRequest { cgroup, policy, labels, from_exec: true };
     tag(socket, &state.id, &request)
 }
 

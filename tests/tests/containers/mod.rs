@@ -87,6 +87,17 @@ impl Container {
         command.output().expect("run runc")
     }
 
+    /// Registers its hook for one policy (`oci-hook --policy`), as a
+    /// per-policy hooks.d file does.
+    fn hook_registered_for(self, policy: &str) -> Self {
+        let path = self.bundle.join("config.json");
+        let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let args = config["hooks"]["createRuntime"][0]["args"].as_array_mut().unwrap();
+        args.extend([json!("--policy"), json!(policy)]);
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        self
+    }
+
     fn delete(&self) {
         let _ = Command::new("runc").arg("--root").arg(&self.runc_root).args(["delete", "--force", &self.id]).output();
     }
@@ -251,6 +262,20 @@ fn a_container_the_hook_cannot_tag_never_starts_and_one_without_the_annotation_i
     let out = plain.run();
     assert!(out.status.success(), "runc: {}", text_of(&out));
     assert_eq!(errno_of(&probe_results(&out), DENIED), ECONNREFUSED, "{}", text_of(&out));
+
+    // A hook registered for one policy (CRI-O matches the pod's annotations,
+    // which it may not copy into the container's): it tags a container
+    // without the annotation, and refuses one whose annotation names another.
+    let registered = Container::new(&d, "registered", &[], &writable, &steps).hook_registered_for("container");
+    let out = registered.run();
+    assert!(out.status.success(), "runc: {}", text_of(&out));
+    assert_eq!(errno_of(&probe_results(&out), DENIED), EPERM, "{}", text_of(&out));
+    let other = [(POLICY_ANNOTATION, "other")];
+    let conflict = Container::new(&d, "conflict", &other, &writable, &steps).hook_registered_for("container");
+    let out = conflict.run();
+    assert!(!out.status.success(), "the container ran: {}", text_of(&out));
+    assert!(probe_results(&out).is_empty(), "its program ran: {}", text_of(&out));
+    assert!(text_of(&out).contains("registered for `container`"), "{}", text_of(&out));
 
     // No daemon: an agent container does not start unenforced.
     d.stop();
