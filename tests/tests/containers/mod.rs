@@ -10,14 +10,15 @@
 //! The VM tier adds file writes and the floor.
 
 use std::{
+    io::BufRead as _,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
 };
 
 use enforcer_tests::{
     EPERM,
     daemon::{Daemon, errno_of},
-    enforcer_bin, probe_bin,
+    enforcer_bin, probe_bin, release, wait_ready,
 };
 use serde_json::{Value, json};
 
@@ -77,14 +78,9 @@ impl Container {
     /// `runc run`: creates the container (running the hook), starts it and
     /// waits for it.
     fn run(&self) -> Output {
-        let mut command = Command::new("runc");
-        command.arg("--root").arg(&self.runc_root).arg("run");
-        // An initramfs root (the VMs') cannot be pivoted away from.
-        if root_is_initramfs() {
-            command.arg("--no-pivot");
-        }
-        command.arg("--bundle").arg(&self.bundle).arg(&self.id);
-        command.output().expect("run runc")
+        let mut child = self.spawn();
+        drop(child.stdin.take());
+        child.wait_with_output().expect("wait for runc")
     }
 
     /// Registers its hook for one policy (`oci-hook --policy`), as a
@@ -96,6 +92,17 @@ impl Container {
         args.extend([json!("--policy"), json!(policy)]);
         std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         self
+    }
+
+    /// `runc run` with the container's stdin, stdout and stderr piped.
+    fn spawn(&self) -> std::process::Child {
+        let mut command = Command::new("runc");
+        command.arg("--root").arg(&self.runc_root).arg("run");
+        if root_is_initramfs() {
+            command.arg("--no-pivot");
+        }
+        command.arg("--bundle").arg(&self.bundle).arg(&self.id);
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run runc")
     }
 
     fn delete(&self) {
@@ -166,6 +173,7 @@ fn packaged_hook(socket: &Path) -> Value {
     hook
 }
 
+/// An initramfs root (the VMs') cannot be pivoted away from.
 fn root_is_initramfs() -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     mounts.lines().any(|line| {
@@ -330,4 +338,40 @@ fn the_daemon_judges_a_containers_syscalls_through_its_seccomp_listener() {
     assert_eq!(refused["policy_version"], 1, "{refused}");
     assert_eq!(refused["policy_hash"].as_str().map(str::len), Some(16), "{refused}");
     assert!(refused["seq"].as_u64().is_some(), "{refused}");
+}
+
+#[test]
+fn a_container_stays_judged_when_the_daemon_is_killed_restarted_and_reloaded() {
+    let mut d = Daemon::start("containers-restart", DEGRADED, &[], "");
+    let writable = d.base.join("work");
+    std::fs::create_dir_all(&writable).unwrap();
+    d.write_policy("container.toml", &policy(&writable));
+    assert!(d.ctl(&["reload"]).status.success(), "{}", d.log());
+    let later = "tcp-connect:127.0.0.1:83";
+    let newly_allowed = "tcp-connect:127.0.0.1:84";
+    let steps = [DENIED.to_owned(), "wait-stdin".to_owned(), later.to_owned(), newly_allowed.to_owned()];
+    let container = Container::new(&d, "restart", &[(POLICY_ANNOTATION, "container")], &writable, &steps);
+    let mut runc = container.spawn();
+    let (_, mut stdout) = wait_ready(&mut runc);
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["errno"], EPERM, "judged from its first step: {first}");
+
+    // The agent's cgroup outlives the daemon; the restarted daemon adopts
+    // the tag (still armed) and a new version of the policy reaches it.
+    d.kill9();
+    d.spawn();
+    let (_, status) = d.api("GET", "/v1/status", None);
+    let tag = status["tags"].as_array().unwrap().iter().find(|t| t["cgroup"] == container.cgroup.as_str()).cloned();
+    assert!(tag.is_some_and(|t| t["from_exec"] == true), "{status}");
+    let text = policy(&writable).replace("\"127.0.0.1/32:81\"", "\"127.0.0.1/32:81\", \"127.0.0.1/32:84\"");
+    d.write_policy("container.toml", &text);
+    assert!(d.ctl(&["reload"]).status.success(), "{}", d.log());
+
+    release(&mut runc);
+    let rest: Vec<Value> = stdout.lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    assert!(runc.wait().unwrap().success());
+    assert_eq!(errno_of(&rest, later), EPERM, "still judged: {rest:?}\n{}", d.log());
+    assert_eq!(errno_of(&rest, newly_allowed), ECONNREFUSED, "by the new version: {rest:?}");
 }
