@@ -179,7 +179,7 @@ impl Drop for RunCgroup {
 }
 
 /// Removes a cgroup and its child cgroups, deepest first.
-fn remove_tree(path: &Path) -> Result<(), CgroupError> {
+pub fn remove_tree(path: &Path) -> Result<(), CgroupError> {
     for entry in std::fs::read_dir(path).map_err(io_err(path))? {
         let entry = entry.map_err(io_err(path))?;
         if entry.file_type().map_err(io_err(path))?.is_dir() {

@@ -33,6 +33,14 @@ pub enum Command {
         /// first nameserver in /etc/resolv.conf).
         #[arg(long, value_name = "ADDRESS:PORT")]
         dns_upstream: Option<std::net::SocketAddr>,
+        /// Load the programs for this run, even where the daemon runs (by
+        /// default a run goes through the daemon answering on --socket:
+        /// no second copy of the programs, and its refusals are in the
+        /// daemon's stream).
+        #[arg(long)]
+        standalone: bool,
+        #[command(flatten)]
+        socket: SocketArg,
         /// The command and its arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
         command: Vec<OsString>,

@@ -42,6 +42,12 @@ impl Client {
         Self { socket: socket.to_owned() }
     }
 
+    /// The daemon's socket.
+    #[must_use]
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     async fn connect(&self) -> Result<Sender, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await

@@ -19,8 +19,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::log::init();
     let code = match cli.command {
-        Command::Run { policy, events, degraded, dns_upstream, command } => {
-            run_command(RunOptions { policy, events, degraded, dns_upstream, command })
+        Command::Run { policy, events, degraded, dns_upstream, standalone, socket, command } => {
+            let socket = socket.socket;
+            run_command(RunOptions { policy, events, degraded, dns_upstream, command, standalone, socket })
         }
         Command::Daemon { config, degraded, uninstall } => daemon::main(DaemonOptions { config, degraded, uninstall }),
         Command::Tag { cgroup, policy, labels, from_exec, socket } => {

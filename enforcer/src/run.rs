@@ -1,10 +1,12 @@
 //! `enforcer run`: one command in a fresh agent cgroup, no daemon needed.
 
 pub mod terminal;
+mod via_daemon;
 pub mod watchdog;
 
 use std::{
     ffi::OsString,
+    os::fd::OwnedFd,
     path::PathBuf,
     process::ExitStatus,
     sync::{Arc, Mutex},
@@ -46,6 +48,10 @@ pub struct RunOptions {
     /// nameserver of /etc/resolv.conf).
     pub dns_upstream: Option<std::net::SocketAddr>,
     pub command: Vec<OsString>,
+    /// Load the programs for this run even where the daemon runs.
+    pub standalone: bool,
+    /// The daemon's socket: a run goes through the daemon answering there.
+    pub socket: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +82,11 @@ pub enum RunError {
     Filter(#[from] FilterError),
     #[error("cannot install the syscall filter in `{}`, so it was not run: {source}", command.to_string_lossy())]
     Seccomp { command: OsString, source: std::io::Error },
+    #[error(
+        "the enforcer daemon refused the run, so the command was not run: {0}\n  hint: fix what it says, or pass \
+             --standalone to load the programs for this run alone"
+    )]
+    Daemon(String),
     #[error("cannot run `{}`: {source}", command.to_string_lossy())]
     Spawn { command: OsString, source: std::io::Error },
     #[error("waiting for the command failed: {0}")]
@@ -114,6 +125,12 @@ const POLICY_ID: PolicyId = PolicyId(1);
 
 /// Runs the command under the policy; returns the command's exit code.
 pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
+    if !opts.standalone && opts.socket.exists() {
+        if let Some(code) = via_daemon::run(&opts, &opts.socket).await? {
+            return Ok(code);
+        }
+        tracing::info!("no daemon answers at {}: this run loads the programs itself", opts.socket.display());
+    }
     let (policy, warnings) = policy::load(&opts.policy)?;
     for warning in warnings {
         tracing::warn!("{}: {}", warning.at, warning.message);
@@ -364,11 +381,28 @@ struct Child<'a> {
     terminal: Option<&'a mut Terminal>,
 }
 
-/// Starts the command; with a filter, waits for it to hand over its listener.
+/// Starts the command; with a filter, waits for it to hand over its
+/// listener, which a supervisor thread then serves.
 fn spawn(
-    Child { command, seccomp, oom_score_adj, terminal }: Child<'_>,
+    child: Child<'_>,
     cgroup: &cgroups::Cgroup,
 ) -> Result<(tokio::process::Child, Option<SyscallDenials>), RunError> {
+    let (child, listener) = start(child, cgroup)?;
+    let Some((listener, seccomp)) = listener else { return Ok((child, None)) };
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let supervisor = Supervisor::new(listener, &seccomp.syscalls, seccomp.audit, seccomp.cgroup_root);
+    let thread = supervisor.spawn(move |event| _ = tx.send(event), stop.clone()).map_err(RunError::Wait)?;
+    let policy = PolicyLabel { name: seccomp.policy, version: None };
+    Ok((child, Some(SyscallDenials { events, stop, thread, policy })))
+}
+
+/// Starts the command in `cgroup`; with a filter, waits for it to hand over
+/// its listener, and returns that.
+fn start(
+    Child { command, seccomp, oom_score_adj, terminal }: Child<'_>,
+    cgroup: &cgroups::Cgroup,
+) -> Result<(tokio::process::Child, Option<(OwnedFd, Seccomp)>), RunError> {
     let procs = cgroup.procs_file()?;
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
@@ -414,20 +448,14 @@ fn spawn(
     let listener = taker.join().unwrap_or_else(|_| Err(std::io::Error::other("listener thread panicked")));
     let mut child = child.map_err(|source| RunError::Spawn { command: command[0].clone(), source })?;
     started(terminal)?;
-    let listener = match listener {
-        Ok(listener) => listener,
+    match listener {
+        Ok(listener) => Ok((child, Some((listener, seccomp)))),
         Err(source) => {
             // It may be spinning, waiting for us: it must not live on.
             let _ = child.start_kill();
-            return Err(RunError::Seccomp { command: command[0].clone(), source });
+            Err(RunError::Seccomp { command: command[0].clone(), source })
         }
-    };
-    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let supervisor = Supervisor::new(listener, &seccomp.syscalls, seccomp.audit, seccomp.cgroup_root);
-    let thread = supervisor.spawn(move |event| _ = tx.send(event), stop.clone()).map_err(RunError::Wait)?;
-    let policy = PolicyLabel { name: seccomp.policy, version: None };
-    Ok((child, Some(SyscallDenials { events, stop, thread, policy })))
+    }
 }
 
 async fn spawn_and_wait(

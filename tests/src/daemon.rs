@@ -72,8 +72,14 @@ impl Daemon {
             cgroups: Vec::new(),
             stalled_journal: None,
         };
+        // The seccomp agent's socket of its own, unless the test names one.
+        let seccomp = if config_extra.contains("[seccomp]") {
+            String::new()
+        } else {
+            format!("[seccomp]\nlistener = \"{}\"\n", daemon.seccomp_listener().display())
+        };
         let config = format!(
-            "policies = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n[events]\nfile = \"{}\"\n{config_extra}\n",
+            "policies = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{seccomp}[events]\nfile = \"{}\"\n{config_extra}\n",
             daemon.policies.display(),
             daemon.socket.display(),
             daemon.base.join("state").display(),
@@ -84,6 +90,12 @@ impl Daemon {
             daemon.write_policy(file, text);
         }
         daemon
+    }
+
+    /// Where its seccomp agent listens.
+    #[must_use]
+    pub fn seccomp_listener(&self) -> PathBuf {
+        self.base.join("seccomp.sock")
     }
 
     pub fn write_policy(&self, file: &str, text: &str) {

@@ -15,7 +15,7 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Body,
     extract::{Query, State},
     http::{StatusCode, header},
@@ -31,7 +31,8 @@ use super::{
     metrics::{Metrics, Snapshot},
     replay::FileBacklog,
     wire::{
-        Counters, DaemonInfo, ErrorAnswer, KernelInfo, PoliciesAnswer, PolicyInfo, StatusAnswer, TagRequest, TagsAnswer,
+        Counters, DaemonInfo, ErrorAnswer, KernelInfo, PoliciesAnswer, PolicyInfo, RunRequest, StatusAnswer,
+        TagRequest, TagsAnswer,
     },
 };
 use crate::events::{DaemonEvent, DaemonLine};
@@ -52,6 +53,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/policies", get(policies))
         .route("/v1/tags", get(tags).post(tag).delete(untag))
         .route("/v1/reload", post(reload))
+        .route("/v1/runs", post(start_run).delete(end_run))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .with_state(shared)
@@ -168,6 +170,42 @@ async fn tag(State(shared): State<Arc<Shared>>, Json(request): Json<TagRequest>)
 #[derive(Deserialize)]
 struct UntagQuery {
     cgroup: String,
+}
+
+/// The process at the other end of an API connection.
+#[derive(Clone, Copy)]
+pub struct Peer {
+    pub pid: i32,
+}
+
+async fn start_run(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Json(request): Json<RunRequest>,
+) -> Response {
+    let result = shared.core.lock().await.start_run(&request, peer.pid);
+    match result {
+        Ok(run) => {
+            let labels = [("run".to_owned(), peer.pid.to_string())].into();
+            let tagged = DaemonEvent::Tagged { cgroup: run.cgroup.clone(), policy: run.policy.clone(), labels };
+            let _ = shared.notices.send(DaemonLine::now(tagged));
+            Json(run).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn end_run(State(shared): State<Arc<Shared>>, Query(query): Query<UntagQuery>) -> Response {
+    let result = shared.core.lock().await.end_run(&query.cgroup);
+    match result {
+        Ok(run) => {
+            let reason = Some("the run ended");
+            let untagged = DaemonEvent::Untagged { cgroup: run.cgroup.clone(), policy: run.policy, reason };
+            let _ = shared.notices.send(DaemonLine::now(untagged));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn untag(State(shared): State<Arc<Shared>>, Query(query): Query<UntagQuery>) -> Response {

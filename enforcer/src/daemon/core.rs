@@ -17,9 +17,10 @@ use super::{
     policies::{self, Ids, Loaded, Rejected},
     reload::{self, Plan},
     resolvers::Resolvers,
+    runs::{self, RunRecord},
     selection::{SelectedCgroup, Selection},
     tagging::{self, NetStep},
-    wire::{Tag, TagRequest},
+    wire::{RunAnswer, RunRequest, Tag, TagRequest},
 };
 use crate::{
     bpf::{Enforcer, LoadError},
@@ -38,6 +39,9 @@ struct SavedPolicy {
     id: u16,
     version: u32,
     hash: String,
+    /// An `enforcer run`'s own policy.
+    #[serde(default)]
+    run: bool,
 }
 
 /// What a restarted daemon adopts.
@@ -50,6 +54,9 @@ struct State {
     /// Selector slots by policy name (the kernel records cgroups by slot).
     #[serde(default)]
     slots: BTreeMap<String, u32>,
+    /// The runs served, by cgroup id.
+    #[serde(default)]
+    runs: BTreeMap<u64, RunRecord>,
 }
 
 /// An error of an API operation, with the HTTP status it maps to.
@@ -128,6 +135,8 @@ pub struct Core {
     pub ring_fill: Option<crate::ring_fill::RingFill>,
     /// The policies' resolvers and the grants of what they answered.
     pub resolvers: Resolvers,
+    /// `enforcer run`s served, by their cgroup's id.
+    runs: BTreeMap<u64, RunRecord>,
 }
 
 impl Core {
@@ -164,6 +173,7 @@ impl Core {
             notices,
             ring_fill,
             resolvers,
+            runs: BTreeMap::new(),
         };
         let mut report = ReloadReport::default();
         let state = core.read_state();
@@ -175,13 +185,19 @@ impl Core {
             let source =
                 std::fs::read_to_string(core.version_file(PolicyId(saved.id), &saved.hash)).unwrap_or_default();
             match policies::compile_file(&saved.file, &source, PolicyId(saved.id), saved.version) {
-                Ok(loaded) => _ = core.policies.insert(loaded.name.clone(), loaded),
+                Ok(mut loaded) => {
+                    // A run's own policy keeps its name (the file's says less).
+                    loaded.run = saved.run;
+                    loaded.name.clone_from(&saved.name);
+                    core.policies.insert(saved.name.clone(), loaded);
+                }
                 Err(e) => report.warnings.push(format!(
                     "the saved version {} of policy `{}` no longer compiles: {e}",
                     saved.version, saved.name
                 )),
             }
         }
+        core.runs = state.runs;
         for tag in state.tags {
             if !core.still_there(&tag) {
                 report.warnings.push(format!("cgroup {} is gone: its tag is dropped", tag.cgroup));
@@ -446,11 +462,124 @@ impl Core {
         std::fs::metadata(self.dir_of(tag)).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == tag.cgroup_id)
     }
 
-    /// Drops the tags of cgroups that were removed, and brings the selected
-    /// cgroups up to date.
+    /// Serves an `enforcer run` (process `pid`): its policy in force, and a
+    /// new cgroup tagged with it.
+    pub fn start_run(&mut self, request: &RunRequest, pid: i32) -> Result<RunAnswer, OpError> {
+        let started = runs::start_time(pid).ok_or_else(|| OpError::Invalid(format!("process {pid} is gone")))?;
+        let name = self.run_policy(request)?;
+        let dir = self.hierarchy.mount_point.join(runs::RUNS_CGROUP.trim_start_matches('/')).join(format!("run-{pid}"));
+        let created = std::fs::create_dir_all(&dir)
+            .map_err(|e| OpError::Failed(format!("cannot create the run's cgroup {}: {e}", dir.display())));
+        let cgroup = self.hierarchy.name_of(&dir);
+        let labels = BTreeMap::from([("run".to_owned(), pid.to_string())]);
+        let tagged = created.and_then(|()| {
+            self.tag(TagRequest { cgroup: cgroup.clone(), policy: name.clone(), labels, from_exec: false })
+        });
+        let tag = match tagged {
+            Ok(tag) => tag,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                self.unload_unused_run_policies();
+                return Err(e);
+            }
+        };
+        self.runs.insert(tag.cgroup_id, RunRecord { cgroup: cgroup.clone(), policy: name.clone(), pid, started });
+        self.save();
+        let loaded = &self.policies[&name];
+        Ok(RunAnswer {
+            cgroup,
+            cgroup_id: tag.cgroup_id,
+            policy: name,
+            policy_version: loaded.version,
+            policy_hash: loaded.hash.clone(),
+            seccomp_listener: self.config.seccomp.listener.clone(),
+            not_enforced: self.not_enforced.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    /// The policy a run's text is: the policy in force with its name if the
+    /// text is the same, else the run's own, loaded now unless another run
+    /// loaded it. A run's selectors select nothing.
+    fn run_policy(&mut self, request: &RunRequest) -> Result<String, OpError> {
+        let (file, text) = (&request.policy_file, &request.policy_text);
+        let hash = policies::hash(text);
+        let (mut policy, warnings) = crate::policy::parse(text, file).map_err(|e| OpError::Invalid(e.to_string()))?;
+        if self.policies.get(&policy.name).is_some_and(|p| p.hash == hash) {
+            return Ok(policy.name);
+        }
+        let name = runs::own_policy_name(&policy.name, &hash);
+        if self.policies.contains_key(&name) {
+            return Ok(name);
+        }
+        policy.cgroups.clear();
+        let used: BTreeSet<PolicyId> = self.policies.values().map(|p| p.id).collect();
+        let id = self.ids.allocate(&used).ok_or_else(|| OpError::Failed("every policy id is in use".to_owned()))?;
+        let mut loaded = policies::compile_parsed(file, text, policy, &warnings, id, 1).map_err(OpError::Invalid)?;
+        loaded.run = true;
+        loaded.name.clone_from(&name);
+        let fresh = BTreeMap::from([(name.clone(), loaded)]);
+        self.apply(&fresh, &[])?;
+        self.policies.extend(fresh);
+        Ok(name)
+    }
+
+    /// Ends the run whose cgroup is `cgroup`.
+    pub fn end_run(&mut self, cgroup: &str) -> Result<RunRecord, OpError> {
+        let id = self.runs.iter().find(|(_, r)| r.cgroup == cgroup).map(|(&id, _)| id);
+        let id = id.ok_or_else(|| OpError::NotFound(format!("no run of the daemon's has cgroup {cgroup}")))?;
+        self.finish_run(id)
+    }
+
+    /// Kills what is left of a run while it is still tagged (nothing of it
+    /// runs unjudged), removes its cgroup and tag, and the run's own policy
+    /// if no other run uses it.
+    fn finish_run(&mut self, id: u64) -> Result<RunRecord, OpError> {
+        let record = self.runs.get(&id).cloned().ok_or_else(|| OpError::NotFound(format!("no run has id {id}")))?;
+        let dir = self.hierarchy.mount_point.join(record.cgroup.trim_start_matches('/'));
+        if dir.exists() {
+            let cgroup = Cgroup::open(&self.hierarchy, &dir).map_err(|e| OpError::Failed(e.to_string()))?;
+            cgroup.kill_all().map_err(|e| OpError::Failed(e.to_string()))?;
+            crate::cgroups::remove_tree(&dir).map_err(|e| OpError::Failed(e.to_string()))?;
+        }
+        if self.tags.contains_key(&id) {
+            self.drop_tag(id)?;
+        }
+        self.runs.remove(&id);
+        self.unload_unused_run_policies();
+        self.save();
+        Ok(record)
+    }
+
+    /// Unloads the runs' own policies no cgroup is tagged with any more.
+    fn unload_unused_run_policies(&mut self) {
+        let unused: Vec<String> =
+            self.policies.values().filter(|p| p.run && self.users(&p.name) == 0).map(|p| p.name.clone()).collect();
+        if unused.is_empty() {
+            return;
+        }
+        if let Err(e) = self.apply(&BTreeMap::new(), &unused) {
+            tracing::warn!("cannot unload the runs' policies {unused:?}: {e}");
+            return;
+        }
+        for name in unused {
+            self.policies.remove(&name);
+        }
+    }
+
+    /// Drops the tags of cgroups that were removed, ends the runs whose
+    /// `enforcer run` is gone, and brings the selected cgroups up to date.
     pub fn sweep(&mut self) -> Vec<Tag> {
+        let abandoned: Vec<u64> = self.runs.iter().filter(|(_, r)| !r.caller_alive()).map(|(&id, _)| id).collect();
+        let mut dropped = Vec::new();
+        for id in abandoned {
+            let tag = self.tags.get(&id).cloned();
+            match self.finish_run(id) {
+                Ok(_) => dropped.extend(tag),
+                Err(e) => tracing::warn!("cannot end a run whose `enforcer run` is gone: {e}"),
+            }
+        }
         let gone: Vec<u64> = self.tags.values().filter(|t| !self.still_there(t)).map(|t| t.cgroup_id).collect();
-        let dropped = gone.into_iter().filter_map(|id| self.drop_tag(id).ok()).collect();
+        dropped.extend(gone.into_iter().filter_map(|id| self.drop_tag(id).ok()));
         if let Err(e) = self.reconcile() {
             tracing::warn!("cannot bring the selected cgroups up to date: {e}");
         }
@@ -644,10 +773,12 @@ impl Core {
                     id: p.id.0,
                     version: p.version,
                     hash: p.hash.clone(),
+                    run: p.run,
                 })
                 .collect(),
             tags: self.tags.values().cloned().collect(),
             slots: self.selection.slots.clone(),
+            runs: self.runs.clone(),
         };
         let path = self.state_file();
         let tmp = path.with_extension("json.new");

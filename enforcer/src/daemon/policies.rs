@@ -37,6 +37,9 @@ pub struct Loaded {
     pub hosts: Option<HostRules>,
     pub warnings: Vec<String>,
     pub loaded_at: String,
+    /// An `enforcer run`'s own policy (no file of the policy directory):
+    /// reloads leave it alone; it goes when its last run ends.
+    pub run: bool,
 }
 
 impl Loaded {
@@ -106,6 +109,7 @@ pub fn compile_parsed(
         hosts,
         warnings,
         loaded_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        run: false,
     })
 }
 

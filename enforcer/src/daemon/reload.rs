@@ -123,7 +123,7 @@ pub fn plan(scan: Scan, in_force: &BTreeMap<String, Loaded>, users: &dyn Fn(&str
     }
     let rejected_files: HashSet<PathBuf> = plan.report.rejected.iter().map(|r| r.file.clone()).collect();
     for (name, current) in in_force {
-        if seen.contains_key(name) || rejected_files.contains(&current.file) || scan.unreadable {
+        if current.run || seen.contains_key(name) || rejected_files.contains(&current.file) || scan.unreadable {
             continue;
         }
         match users(name) {

@@ -14,12 +14,13 @@
 
 use std::{
     collections::BTreeMap,
-    io::IoSliceMut,
+    io::{IoSlice, IoSliceMut},
     mem::MaybeUninit,
     os::{
         fd::{AsFd as _, OwnedFd},
         unix::net::{UnixListener, UnixStream},
     },
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -27,7 +28,9 @@ use std::{
     time::Duration,
 };
 
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -177,4 +180,31 @@ fn supervise(state: ProcessState, fd: OwnedFd, shared: &Arc<Shared>, refusals: &
         }
         Err(e) => tracing::error!("seccomp agent: container {id}: cannot start serving its listener: {e}"),
     }
+}
+
+/// Hands a listener to the agent on `socket` as a runtime does
+/// (`enforcer run` through the daemon): `id` names the run, `pid` its
+/// command, `policy` the policy (as the daemon names it) to judge by.
+pub fn hand_over(socket: &Path, listener: &OwnedFd, id: &str, pid: u32, policy: &str) -> std::io::Result<()> {
+    let state = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "fds": ["seccompFd"],
+        "pid": pid,
+        "metadata": policy,
+        "state": {"ociVersion": "1.0.2", "id": id, "status": "running", "pid": pid, "bundle": ""},
+    });
+    let bytes = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
+    let connection = UnixStream::connect(socket)?;
+    let fds = [listener.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    if !ancillary.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(std::io::Error::other("no room for the listener in the message"));
+    }
+    let sent = rustix::net::sendmsg(&connection, &[IoSlice::new(&bytes)], &mut ancillary, SendFlags::empty())?;
+    if sent < bytes.len() {
+        // The descriptor went with the first bytes: the rest follows plainly.
+        std::io::Write::write_all(&mut &connection, &bytes[sent..])?;
+    }
+    Ok(())
 }

@@ -253,8 +253,12 @@ async fn serve(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
             tracing::warn!("API connection refused: {API_CONNECTIONS_MAX} connections are open");
             continue;
         };
-        let service = match api::refuse_peer(&shared, stream.peer_cred().ok()).await {
-            None => router.clone(),
+        let cred = stream.peer_cred().ok();
+        let service = match api::refuse_peer(&shared, cred).await {
+            None => {
+                let pid = cred.and_then(|c| c.pid()).unwrap_or(0);
+                router.clone().layer(axum::Extension(api::Peer { pid }))
+            }
             Some(why) => {
                 tracing::warn!("API request refused: {why}");
                 api::refusing(why)

@@ -43,6 +43,31 @@ pub struct TagRequest {
     pub from_exec: bool,
 }
 
+/// `POST /v1/runs`: what `enforcer run` asks the daemon for.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The policy file (for messages and events).
+    pub policy_file: PathBuf,
+    /// Its text, as the caller read it.
+    pub policy_text: String,
+}
+
+/// The daemon's answer to `POST /v1/runs`: the run's cgroup, tagged.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RunAnswer {
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    /// The policy as the daemon names it (`NAME@run-HASH` for a run's own).
+    pub policy: String,
+    pub policy_version: u32,
+    pub policy_hash: String,
+    /// Where to hand the run's seccomp listener (none: the daemon serves none).
+    pub seccomp_listener: Option<PathBuf>,
+    /// What the daemon's kernel does not enforce (`--degraded`).
+    pub not_enforced: Vec<String>,
+}
+
 /// Any error answer.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorAnswer {
@@ -138,6 +163,8 @@ enum Api {
     Tags(TagsAnswer),
     Status(StatusAnswer),
     Reload(ReloadReport),
+    RunRequest(RunRequest),
+    Run(RunAnswer),
 }
 
 /// The JSON Schema of the API's requests and answers (each in `$defs` by its

@@ -296,9 +296,8 @@ fn a_container_the_hook_cannot_tag_never_starts_and_one_without_the_annotation_i
 
 #[test]
 fn the_daemon_judges_a_containers_syscalls_through_its_seccomp_listener() {
-    let listener = Path::new("/tmp/enforcer-tests/containers-seccomp/seccomp.sock");
-    let extra = format!("[seccomp]\nlistener = \"{}\"\n", listener.display());
-    let d = Daemon::start("containers-seccomp", DEGRADED, &[], &extra);
+    let d = Daemon::start("containers-seccomp", DEGRADED, &[], "");
+    let listener = d.seccomp_listener();
     let writable = d.base.join("work");
     std::fs::create_dir_all(&writable).unwrap();
     let text = format!("{}[syscalls]\nallow = [\"@default-agent\"]\n", policy(&writable));
@@ -311,7 +310,7 @@ fn the_daemon_judges_a_containers_syscalls_through_its_seccomp_listener() {
         .args(["export", "seccomp", "--format", "oci", "--policy"])
         .arg(&policy_file)
         .arg("--listener")
-        .arg(listener)
+        .arg(&listener)
         .output()
         .expect("run enforcer export");
     assert!(export.status.success(), "{}", text_of(&export));

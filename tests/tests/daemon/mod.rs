@@ -545,3 +545,87 @@ fn connect_taken_socket(pid: u32, to: &str) -> i64 {
         errno
     }
 }
+
+/// A run's policy file, outside the daemon's directory: the run's own.
+fn run_policy(d: &Daemon) -> std::path::PathBuf {
+    let file = d.base.join("run-policy.toml");
+    let text = format!("{}[syscalls]\nallow = [\"@default-agent\"]\n", policy("81", "/tmp/enforcer-tests/daemon-run"));
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn enforcer_run(d: &Daemon, policy: &std::path::Path, events: &std::path::Path, steps: &[&str]) -> Command {
+    let mut command = Command::new(enforcer_bin());
+    command.arg("run").arg("--policy").arg(policy).arg("--socket").arg(&d.socket).arg("--events").arg(events);
+    command.args(DEGRADED.then_some("--degraded")).arg("--").arg(enforcer_tests::probe_bin()).args(steps);
+    command
+}
+
+#[test]
+fn enforcer_run_goes_through_the_daemon_which_answers_and_streams_its_refusals() {
+    let d = Daemon::start("daemon-run", DEGRADED, &[], "");
+    let policy = run_policy(&d);
+    let events = d.base.join("run-events.jsonl");
+    let out = enforcer_run(&d, &policy, &events, &[DENIED, "keyctl"]).output().expect("enforcer run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", d.log());
+    assert!(stderr.contains("the daemon at"), "went through the daemon: {stderr}");
+    let results: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(errno_of(&results, DENIED), EPERM, "{results:?}");
+    assert_eq!(errno_of(&results, "keyctl"), EPERM, "{results:?}");
+
+    // The daemon answered the syscall and streamed it, under the run's own
+    // policy, with the run's cgroup.
+    let refused = d.wait_event("syscall", |e| e["kind"] == "syscall" && e["syscall"] == "keyctl");
+    let name = refused["policy"].as_str().expect("policy").to_owned();
+    assert!(name.starts_with("agent@run-"), "{refused}");
+    assert_eq!(refused["policy_version"], 1, "{refused}");
+    let cgroup = refused["cgroup"].as_str().expect("cgroup").to_owned();
+    assert!(cgroup.starts_with("/enforcer/runs/run-"), "{refused}");
+    let connect = d.wait_event("connect", |e| e["kind"] == "connect" && e["dport"] == 82);
+    assert_eq!(connect["cgroup"], cgroup.as_str(), "{connect}");
+    assert_eq!(connect["policy"], name.as_str(), "{connect}");
+    // The run's file has its lines of the daemon's stream.
+    let copied = std::fs::read_to_string(&events).unwrap_or_default();
+    assert!(copied.lines().any(|l| l.contains("\"syscall\":\"keyctl\"")), "{copied}");
+
+    // Ended: no tag, no cgroup, no policy of its own left.
+    let (_, status) = d.api("GET", "/v1/status", None);
+    assert!(status["tags"].as_array().unwrap().iter().all(|t| t["cgroup"] != cgroup.as_str()), "{status}");
+    let hierarchy = enforcer::cgroups::Hierarchy::find().unwrap();
+    assert!(!hierarchy.mount_point.join(cgroup.trim_start_matches('/')).exists(), "the run's cgroup is removed");
+    let (_, policies) = d.api("GET", "/v1/policies", None);
+    assert!(!policies.to_string().contains(&name), "{policies}");
+}
+
+#[test]
+fn a_killed_enforcer_run_leaves_nothing_of_its_command_and_the_daemon_ends_the_run() {
+    let d = Daemon::start("daemon-run-kill", DEGRADED, &[], "");
+    let policy = run_policy(&d);
+    let events = d.base.join("run-events.jsonl");
+    let mut run = enforcer_run(&d, &policy, &events, &["wait-stdin", DENIED])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("enforcer run");
+    let (probe, _) = wait_ready(&mut run);
+    let cgroup = std::fs::read_to_string(format!("/proc/{probe}/cgroup")).unwrap();
+    let cgroup = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap().to_owned();
+    assert!(cgroup.starts_with("/enforcer/runs/"), "{cgroup}");
+
+    // The attacker kills the supervising `enforcer run`.
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let hierarchy = enforcer::cgroups::Hierarchy::find().unwrap();
+    let dir = hierarchy.mount_point.join(cgroup.trim_start_matches('/'));
+    while (std::path::Path::new(&format!("/proc/{probe}")).exists() || dir.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!std::path::Path::new(&format!("/proc/{probe}")).exists(), "the command died with its supervisor");
+    assert!(!dir.exists(), "the daemon ended the run:\n{}", d.log());
+    let untagged = d.wait_event("untagged", |e| e["kind"] == "untagged" && e["cgroup"] == cgroup.as_str());
+    assert_eq!(untagged["kind"], "untagged");
+}

@@ -1,0 +1,191 @@
+//! `enforcer run` on a host where the daemon runs: the daemon loads the
+//! run's policy into the programs it already has (no second copy, no
+//! verifier run per command), creates and tags the run's cgroup, and takes
+//! the command's seccomp listener, so its syscall refusals are answered and
+//! streamed by the daemon and outlive this process. The run's lines of the
+//! daemon's stream are copied to the run's events file; the daemon's stream
+//! (its file, `enforcer tail --cgroup`) is the record.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use hyper::{Method, StatusCode};
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{Child, RunError, RunOptions, Seccomp, default_events_path, exit_code, forward, start, terminal::Terminal};
+use crate::{
+    cgroups::{Cgroup, Hierarchy},
+    client::{Client, ClientError, read},
+    daemon::{
+        seccomp_agent,
+        wire::{RunAnswer, RunRequest},
+    },
+    policy::{self, compile::needs_lsm},
+    syscalls::{Arch, filter::Program},
+};
+
+const RUNS: &str = "/v1/runs";
+/// After the command exits, how long the run waits for its last lines to
+/// come through the daemon's stream: until none came for `QUIET`, at most
+/// `LAST_LINES`.
+const QUIET: Duration = Duration::from_millis(300);
+const LAST_LINES: Duration = Duration::from_secs(2);
+
+/// Runs the command through the daemon on `socket`. `Ok(None)`: no daemon
+/// answers there (the caller loads the programs itself).
+pub async fn run(opts: &RunOptions, socket: &Path) -> Result<Option<i32>, RunError> {
+    let (policy, warnings) = policy::load(&opts.policy)?;
+    for warning in warnings {
+        tracing::warn!("{}: {}", warning.at, warning.message);
+    }
+    let text = std::fs::read_to_string(&opts.policy)
+        .map_err(|source| RunError::Events { path: opts.policy.clone(), source })?;
+    let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
+    let client = Client::new(socket);
+    let request = RunRequest { policy_file: opts.policy.clone(), policy_text: text };
+    let body = serde_json::to_value(&request).unwrap_or_default();
+    let answer = match client.request(Method::POST, RUNS, Some(&body)).await {
+        Err(ClientError::Connect { .. }) => return Ok(None),
+        Err(e) => return Err(RunError::Daemon(e.to_string())),
+        Ok((status, answer)) if !status.is_success() => {
+            let message = answer["error"].as_str().map_or_else(|| answer.to_string(), str::to_owned);
+            return Err(RunError::Daemon(message));
+        }
+        Ok((_, answer)) => answer,
+    };
+    let run: RunAnswer = read(RUNS, answer).map_err(|e| RunError::Daemon(e.to_string()))?;
+    tracing::info!("the daemon at {} runs this under policy `{}` in {}", socket.display(), run.policy, run.cgroup);
+    if opts.dns_upstream.is_some() {
+        tracing::warn!("--dns-upstream is the daemon's to choose ([dns] upstream in its configuration)");
+    }
+    let result = run_in(opts, &policy, filter, &client, &run).await;
+    let end = format!("{RUNS}?cgroup={}", crate::ctl::encode(&run.cgroup));
+    match client.request(Method::DELETE, &end, None).await {
+        Ok((status, _)) if status == StatusCode::NO_CONTENT => {}
+        Ok((status, answer)) => tracing::warn!("the daemon could not end the run ({status}): {answer}"),
+        Err(e) => tracing::warn!("the daemon could not end the run: {e}"),
+    }
+    result.map(Some)
+}
+
+/// The run in the daemon's cgroup: the command, its listener handed to the
+/// daemon, the run's lines copied to its events file.
+async fn run_in(
+    opts: &RunOptions,
+    policy: &policy::Policy,
+    filter: Option<Program>,
+    client: &Client,
+    run: &RunAnswer,
+) -> Result<i32, RunError> {
+    let parts = needs_lsm(policy);
+    if !run.not_enforced.is_empty() && !parts.is_empty() {
+        if !opts.degraded {
+            let why = format!("the daemon's kernel does not enforce: {}", run.not_enforced.join("; "));
+            return Err(RunError::Unenforceable { why, parts });
+        }
+        for part in parts {
+            tracing::warn!("--degraded: NOT enforced: {part}");
+        }
+    }
+    let hierarchy = Hierarchy::find()?;
+    let dir = hierarchy.mount_point.join(run.cgroup.trim_start_matches('/'));
+    let cgroup = Cgroup::open(&hierarchy, &dir)?;
+    let events = events_file(opts.events.as_deref())?;
+    let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(1)).to_string();
+    let follow = format!("/v1/events?cgroup={}&since={since}", crate::ctl::encode(&run.cgroup));
+    let (copied_tx, mut copied) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let follower = {
+        let client = Client::new(client.socket());
+        let mut events = events;
+        tokio::spawn(async move {
+            client
+                .follow(&follow, move |chunk| {
+                    let _ = events.write_all(chunk);
+                    let _ = copied_tx.send(());
+                })
+                .await
+        })
+    };
+    let oom_score_adj = super::watchdog::set_oom_score_adj(-1000).unwrap_or(0);
+    let watchdog = super::watchdog::Watchdog::start(&cgroup.path).map_err(RunError::Watchdog)?;
+    let mut terminal = Terminal::for_caller().map_err(RunError::Terminal)?;
+    let seccomp = filter
+        .map(|program| Seccomp::new(program, policy, hierarchy.mount_point.clone()))
+        .transpose()
+        .map_err(|source| RunError::Seccomp { command: opts.command[0].clone(), source })?;
+    let child = Child { command: &opts.command, seccomp, oom_score_adj, terminal: terminal.as_mut() };
+    let (mut child, listener) = start(child, &cgroup)?;
+    if let Some((listener, _)) = listener {
+        let handed = run.seccomp_listener.as_deref().map_or_else(
+            || Err(std::io::Error::other("the daemon serves no seccomp listener ([seccomp] listener = \"\")")),
+            |agent| {
+                let pid = child.id().unwrap_or(0);
+                seccomp_agent::hand_over(agent, &listener, &format!("run-{}", std::process::id()), pid, &run.policy)
+            },
+        );
+        if let Err(source) = handed {
+            // Its refused syscalls would wait for an answer that never comes.
+            let _ = child.start_kill();
+            return Err(RunError::Seccomp { command: opts.command[0].clone(), source });
+        }
+    }
+    let status = wait(&mut child, terminal.as_ref()).await;
+    // Nothing of the agent may outlive the run: the daemon also kills what
+    // is left when the run ends, while it is still tagged.
+    let cleanup = cgroup.kill_all();
+    if cleanup.is_ok() {
+        drop(watchdog);
+    } else {
+        std::mem::forget(watchdog);
+    }
+    let deadline = Instant::now() + LAST_LINES;
+    while Instant::now() < deadline && tokio::time::timeout(QUIET, copied.recv()).await.is_ok_and(|l| l.is_some()) {}
+    follower.abort();
+    cleanup?;
+    Ok(exit_code(status?))
+}
+
+/// Waits for the command, forwarding SIGTERM and window sizes.
+async fn wait(
+    child: &mut tokio::process::Child,
+    terminal: Option<&Terminal>,
+) -> Result<std::process::ExitStatus, RunError> {
+    let mut resize = terminal.map(|_| signal(SignalKind::window_change())).transpose().map_err(RunError::Wait)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Wait)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Wait)?;
+    loop {
+        let resized = async {
+            match resize.as_mut() {
+                Some(resize) => resize.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = child.wait() => return status.map_err(RunError::Wait),
+            _ = terminate.recv() => forward(child, libc::SIGTERM),
+            _ = resized => terminal.iter().for_each(|t| t.resized()),
+            // The terminal already sent SIGINT to the command; do not die first.
+            _ = interrupt.recv() => {}
+        }
+    }
+}
+
+/// The run's events file (`--events`, else the default), for the lines
+/// copied from the daemon's stream.
+fn events_file(chosen: Option<&Path>) -> Result<std::fs::File, RunError> {
+    let path: PathBuf = match chosen {
+        Some(path) => path.to_owned(),
+        None => default_events_path().map_err(|(path, source)| RunError::Events { path, source })?,
+    };
+    if chosen.is_none() {
+        tracing::info!("events go to {} (and the daemon's stream)", path.display());
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|source| RunError::Events { path, source })
+}
