@@ -200,9 +200,9 @@ async fn end_run(State(shared): State<Arc<Shared>>, Query(query): Query<UntagQue
     match result {
         Ok(run) => {
             let reason = Some("the run ended");
-            let untagged = DaemonEvent::Untagged { cgroup: run.cgroup.clone(), policy: run.policy, reason };
+            let untagged = DaemonEvent::Untagged { cgroup: run.cgroup.clone(), policy: run.policy.clone(), reason };
             let _ = shared.notices.send(DaemonLine::now(untagged));
-            StatusCode::NO_CONTENT.into_response()
+            Json(run).into_response()
         }
         Err(e) => e.into_response(),
     }

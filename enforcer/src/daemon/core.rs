@@ -493,6 +493,7 @@ impl Core {
             policy_version: loaded.version,
             policy_hash: loaded.hash.clone(),
             seccomp_listener: self.config.seccomp.listener.clone(),
+            lsm_enforced: self.enforcer.lsm_missing().is_none(),
             not_enforced: self.not_enforced.iter().map(ToString::to_string).collect(),
         })
     }

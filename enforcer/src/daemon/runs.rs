@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A run the daemon serves, by its cgroup's id.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A run the daemon serves (`DELETE /v1/runs` answers with it).
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunRecord {
     /// The run's cgroup, below the cgroup2 mount.
     pub cgroup: String,

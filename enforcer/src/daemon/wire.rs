@@ -64,7 +64,11 @@ pub struct RunAnswer {
     pub policy_hash: String,
     /// Where to hand the run's seccomp listener (none: the daemon serves none).
     pub seccomp_listener: Option<PathBuf>,
-    /// What the daemon's kernel does not enforce (`--degraded`).
+    /// Whether the daemon's kernel runs the BPF LSM programs (a daemon
+    /// started `--degraded` on a kernel without them does not).
+    pub lsm_enforced: bool,
+    /// What the daemon's kernel does not enforce (`--degraded`, hooks the
+    /// kernel lacks).
     pub not_enforced: Vec<String>,
 }
 
@@ -165,6 +169,7 @@ enum Api {
     Reload(ReloadReport),
     RunRequest(RunRequest),
     Run(RunAnswer),
+    RunEnded(super::runs::RunRecord),
 }
 
 /// The JSON Schema of the API's requests and answers (each in `$defs` by its

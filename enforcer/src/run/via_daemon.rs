@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::{Method, StatusCode};
+use hyper::Method;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{Child, RunError, RunOptions, Seccomp, default_events_path, exit_code, forward, start, terminal::Terminal};
@@ -64,7 +64,7 @@ pub async fn run(opts: &RunOptions, socket: &Path) -> Result<Option<i32>, RunErr
     let result = run_in(opts, &policy, filter, &client, &run).await;
     let end = format!("{RUNS}?cgroup={}", crate::ctl::encode(&run.cgroup));
     match client.request(Method::DELETE, &end, None).await {
-        Ok((status, _)) if status == StatusCode::NO_CONTENT => {}
+        Ok((status, _)) if status.is_success() => {}
         Ok((status, answer)) => tracing::warn!("the daemon could not end the run ({status}): {answer}"),
         Err(e) => tracing::warn!("the daemon could not end the run: {e}"),
     }
@@ -81,13 +81,17 @@ async fn run_in(
     run: &RunAnswer,
 ) -> Result<i32, RunError> {
     let parts = needs_lsm(policy);
-    if !run.not_enforced.is_empty() && !parts.is_empty() {
+    if !run.lsm_enforced && !parts.is_empty() {
         if !opts.degraded {
-            let why = format!("the daemon's kernel does not enforce: {}", run.not_enforced.join("; "));
+            let why = "the daemon runs without BPF LSM (--degraded)".to_owned();
             return Err(RunError::Unenforceable { why, parts });
         }
         for part in parts {
             tracing::warn!("--degraded: NOT enforced: {part}");
+        }
+    } else {
+        for part in &run.not_enforced {
+            tracing::warn!("the daemon's kernel lacks a hook: NOT enforced: {part}");
         }
     }
     let hierarchy = Hierarchy::find()?;
