@@ -108,7 +108,7 @@ impl Sink {
 
     /// A line the daemon writes itself (`daemon` events: reloads, starts).
     pub fn daemon_line(&mut self, line: &DaemonLine) {
-        self.line(&LineMeta { seq: 0, kind: line.kind(), action: "", policy: "", cgroup: None }, line);
+        self.line(&LineMeta { seq: 0, kind: line.kind(), action: "", policy: "", cgroup: line.cgroup() }, line);
     }
 }
 

@@ -190,7 +190,8 @@ pub(super) fn parse_line(raw: &[u8]) -> Option<Arc<Line>> {
         cgroup: Option<String>,
     }
     let head: Head = serde_json::from_slice(raw).ok()?;
-    // Followers filter the daemon's own lines by kind alone (as when live).
+    // Followers filter the daemon's own lines by kind, and those about a
+    // cgroup by cgroup too, never by policy (as when live).
     let judged = head.action.is_some();
     let mut bytes = raw.to_vec();
     bytes.push(b'\n');
@@ -198,7 +199,7 @@ pub(super) fn parse_line(raw: &[u8]) -> Option<Arc<Line>> {
         seq: head.seq,
         kind: head.kind,
         policy: if judged { head.policy.unwrap_or_default() } else { String::new() },
-        cgroup: if judged { head.cgroup } else { None },
+        cgroup: head.cgroup,
         at: humantime::parse_rfc3339_weak(&head.ts).ok()?,
         bytes: bytes.into(),
     }))

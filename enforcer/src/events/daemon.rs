@@ -97,6 +97,19 @@ impl DaemonLine {
         Self { ts: super::Clock::now(), what }
     }
 
+    /// The cgroup a line about a tag or a selection is about (followers'
+    /// `cgroup` filter takes it).
+    #[must_use]
+    pub fn cgroup(&self) -> Option<&str> {
+        match &self.what {
+            DaemonEvent::Tagged { cgroup, .. }
+            | DaemonEvent::Untagged { cgroup, .. }
+            | DaemonEvent::Selected { cgroup, .. }
+            | DaemonEvent::Unselected { cgroup, .. } => Some(cgroup),
+            _ => None,
+        }
+    }
+
     /// The line's `kind`.
     #[must_use]
     pub fn kind(&self) -> &'static str {

@@ -9,7 +9,7 @@
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use hyper::Method;
@@ -28,11 +28,11 @@ use crate::{
 };
 
 const RUNS: &str = "/v1/runs";
-/// After the command exits, how long the run waits for its last lines to
-/// come through the daemon's stream: until none came for `QUIET`, at most
-/// `LAST_LINES`.
-const QUIET: Duration = Duration::from_millis(300);
+/// Once the daemon ended the run, how long the run waits for the daemon's
+/// `untagged` line of it, after the lines of the command (at most).
 const LAST_LINES: Duration = Duration::from_secs(2);
+/// After that line, for kernel events the daemon was still decoding.
+const GRACE: Duration = Duration::from_millis(50);
 
 /// Runs the command through the daemon on `socket`. `Ok(None)`: no daemon
 /// answers there (the caller loads the programs itself).
@@ -62,13 +62,21 @@ pub async fn run(opts: &RunOptions, socket: &Path) -> Result<Option<i32>, RunErr
         tracing::warn!("--dns-upstream is the daemon's to choose ([dns] upstream in its configuration)");
     }
     let result = run_in(opts, &policy, filter, &client, &run).await;
-    let end = format!("{RUNS}?cgroup={}", crate::ctl::encode(&run.cgroup));
-    match client.request(Method::DELETE, &end, None).await {
+    if result.is_err() {
+        end(&client, &run).await;
+    }
+    result.map(Some)
+}
+
+/// Asks the daemon to end the run: it kills what is left, untags and
+/// removes the cgroup.
+async fn end(client: &Client, run: &RunAnswer) {
+    let path = format!("{RUNS}?cgroup={}", crate::ctl::encode(&run.cgroup));
+    match client.request(Method::DELETE, &path, None).await {
         Ok((status, _)) if status.is_success() => {}
         Ok((status, answer)) => tracing::warn!("the daemon could not end the run ({status}): {answer}"),
         Err(e) => tracing::warn!("the daemon could not end the run: {e}"),
     }
-    result.map(Some)
 }
 
 /// The run in the daemon's cgroup: the command, its listener handed to the
@@ -100,18 +108,11 @@ async fn run_in(
     let events = events_file(opts.events.as_deref())?;
     let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(1)).to_string();
     let follow = format!("/v1/events?cgroup={}&since={since}", crate::ctl::encode(&run.cgroup));
-    let (copied_tx, mut copied) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
     let follower = {
         let client = Client::new(client.socket());
-        let mut events = events;
-        tokio::spawn(async move {
-            client
-                .follow(&follow, move |chunk| {
-                    let _ = events.write_all(chunk);
-                    let _ = copied_tx.send(());
-                })
-                .await
-        })
+        let mut copy = Copy { events, partial: Vec::new(), cgroup: run.cgroup.clone(), ended: Some(ended_tx) };
+        tokio::spawn(async move { client.follow(&follow, move |chunk| copy.take(chunk)).await })
     };
     let oom_score_adj = super::watchdog::set_oom_score_adj(-1000).unwrap_or(0);
     let watchdog = super::watchdog::Watchdog::start(&cgroup.path).map_err(RunError::Watchdog)?;
@@ -145,11 +146,38 @@ async fn run_in(
     } else {
         std::mem::forget(watchdog);
     }
-    let deadline = Instant::now() + LAST_LINES;
-    while Instant::now() < deadline && tokio::time::timeout(QUIET, copied.recv()).await.is_ok_and(|l| l.is_some()) {}
+    end(client, run).await;
+    if tokio::time::timeout(LAST_LINES, ended).await.is_ok() {
+        tokio::time::sleep(GRACE).await;
+    }
     follower.abort();
     cleanup?;
     Ok(exit_code(status?))
+}
+
+/// Copies the run's lines of the daemon's stream to its events file, and
+/// says when the daemon's `untagged` line of the run came.
+struct Copy {
+    events: std::fs::File,
+    /// A line the last chunk ended in the middle of.
+    partial: Vec<u8>,
+    cgroup: String,
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Copy {
+    fn take(&mut self, chunk: &[u8]) {
+        let _ = self.events.write_all(chunk);
+        self.partial.extend_from_slice(chunk);
+        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else { return };
+        let lines: Vec<u8> = self.partial.drain(..=end).collect();
+        for line in lines.split(|&b| b == b'\n') {
+            let Ok(line) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+            if line["kind"] == "untagged" && line["cgroup"] == self.cgroup.as_str() {
+                self.ended.take().map(|ended| ended.send(()));
+            }
+        }
+    }
 }
 
 /// Waits for the command, forwarding SIGTERM and window sizes.
