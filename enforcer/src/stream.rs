@@ -71,7 +71,7 @@ impl Sink {
     pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
         let writer: Box<dyn Write + Send> = match path {
             None => Box::new(std::io::stderr()),
-            Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+            Some(path) => Box::new(open_events_file(path)?),
         };
         Ok(Self { out: Out::Writer(writer), next_seq: None })
     }
@@ -110,6 +110,13 @@ impl Sink {
     pub fn daemon_line(&mut self, line: &DaemonLine) {
         self.line(&LineMeta { seq: 0, kind: line.kind(), action: "", policy: "", cgroup: line.cgroup() }, line);
     }
+}
+
+/// A run's events file, appended to; created readable by its owner only
+/// (denials name the paths and addresses an agent tried).
+pub fn open_events_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)
 }
 
 /// What names a policy in events.

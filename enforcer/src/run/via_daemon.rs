@@ -215,9 +215,5 @@ fn events_file(chosen: Option<&Path>) -> Result<std::fs::File, RunError> {
     if chosen.is_none() {
         tracing::info!("events go to {} (and the daemon's stream)", path.display());
     }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|source| RunError::Events { path, source })
+    crate::stream::open_events_file(&path).map_err(|source| RunError::Events { path, source })
 }

@@ -589,6 +589,8 @@ fn enforcer_run_goes_through_the_daemon_which_answers_and_streams_its_refusals()
     // The run's file has its lines of the daemon's stream.
     let copied = std::fs::read_to_string(&events).unwrap_or_default();
     assert!(copied.lines().any(|l| l.contains("\"syscall\":\"keyctl\"")), "{copied}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&events).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the run's events are root's alone");
 
     // Ended: no tag, no cgroup, no policy of its own left.
     let (_, status) = d.api("GET", "/v1/status", None);
