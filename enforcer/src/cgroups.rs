@@ -112,6 +112,11 @@ impl Cgroup {
         Ok(file.into())
     }
 
+    /// Kills every process in it, then removes it and the cgroups below it.
+    pub fn kill_and_remove(&self) -> Result<(), CgroupError> {
+        self.kill_all().and_then(|()| remove_tree(&self.path))
+    }
+
     /// Kills every process in the cgroup (and its descendants) and waits for
     /// it to empty.
     pub fn kill_all(&self) -> Result<(), CgroupError> {
@@ -171,7 +176,7 @@ impl RunCgroup {
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
-        let result = self.cgroup.kill_all().and_then(|()| remove_tree(&self.cgroup.path));
+        let result = self.cgroup.kill_and_remove();
         if let Err(e) = result {
             let _ = writeln!(std::io::stderr(), "enforcer: warning: could not remove cgroup: {e}");
         }
@@ -179,7 +184,7 @@ impl Drop for RunCgroup {
 }
 
 /// Removes a cgroup and its child cgroups, deepest first.
-pub fn remove_tree(path: &Path) -> Result<(), CgroupError> {
+fn remove_tree(path: &Path) -> Result<(), CgroupError> {
     for entry in std::fs::read_dir(path).map_err(io_err(path))? {
         let entry = entry.map_err(io_err(path))?;
         if entry.file_type().map_err(io_err(path))?.is_dir() {

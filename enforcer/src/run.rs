@@ -125,15 +125,15 @@ const POLICY_ID: PolicyId = PolicyId(1);
 
 /// Runs the command under the policy; returns the command's exit code.
 pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
-    if !opts.standalone && opts.socket.exists() {
-        if let Some(code) = via_daemon::run(&opts, &opts.socket).await? {
-            return Ok(code);
-        }
-        tracing::info!("no daemon answers at {}: this run loads the programs itself", opts.socket.display());
-    }
     let (policy, warnings) = policy::load(&opts.policy)?;
     for warning in warnings {
         tracing::warn!("{}: {}", warning.at, warning.message);
+    }
+    if !opts.standalone && opts.socket.exists() {
+        if let Some(code) = via_daemon::run(&opts, &policy, &opts.socket).await? {
+            return Ok(code);
+        }
+        tracing::info!("no daemon answers at {}: this run loads the programs itself", opts.socket.display());
     }
     if !policy.cgroups.is_empty() {
         tracing::warn!(
@@ -237,15 +237,20 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
 /// The run's events file: `--events`, else [`default_events_path`] (said
 /// on stderr).
 fn open_events(chosen: Option<&std::path::Path>) -> Result<(PathBuf, Sink), RunError> {
-    let path = match chosen {
-        Some(path) => path.to_owned(),
-        None => default_events_path().map_err(|(path, source)| RunError::Events { path, source })?,
-    };
+    let path = events_path(chosen, "")?;
     let sink = Sink::open(Some(&path)).map_err(|source| RunError::Events { path: path.clone(), source })?;
-    if chosen.is_none() {
-        tracing::info!("events go to {}", path.display());
-    }
     Ok((path, sink))
+}
+
+/// `--events`, else [`default_events_path`], which is said on stderr
+/// (followed by `also`).
+fn events_path(chosen: Option<&std::path::Path>, also: &str) -> Result<PathBuf, RunError> {
+    if let Some(path) = chosen {
+        return Ok(path.to_owned());
+    }
+    let path = default_events_path().map_err(|(path, source)| RunError::Events { path, source })?;
+    tracing::info!("events go to {}{also}", path.display());
+    Ok(path)
 }
 
 /// Where a run's events go without `--events`: a file of its own in a

@@ -539,8 +539,7 @@ impl Core {
         let dir = self.hierarchy.mount_point.join(record.cgroup.trim_start_matches('/'));
         if dir.exists() {
             let cgroup = Cgroup::open(&self.hierarchy, &dir).map_err(|e| OpError::Failed(e.to_string()))?;
-            cgroup.kill_all().map_err(|e| OpError::Failed(e.to_string()))?;
-            crate::cgroups::remove_tree(&dir).map_err(|e| OpError::Failed(e.to_string()))?;
+            cgroup.kill_and_remove().map_err(|e| OpError::Failed(e.to_string()))?;
         }
         if self.tags.contains_key(&id) {
             self.drop_tag(id)?;

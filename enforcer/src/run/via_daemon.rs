@@ -6,16 +6,12 @@
 //! daemon's stream are copied to the run's events file; the daemon's stream
 //! (its file, `enforcer tail --cgroup`) is the record.
 
-use std::{
-    io::Write as _,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{io::Write as _, path::Path, time::Duration};
 
 use hyper::Method;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{Child, RunError, RunOptions, Seccomp, default_events_path, exit_code, forward, start, terminal::Terminal};
+use super::{Child, RunError, RunOptions, Seccomp, events_path, exit_code, forward, start, terminal::Terminal};
 use crate::{
     cgroups::{Cgroup, Hierarchy},
     client::{Client, ClientError, read},
@@ -34,13 +30,10 @@ const LAST_LINES: Duration = Duration::from_secs(2);
 /// After that line, for kernel events the daemon was still decoding.
 const GRACE: Duration = Duration::from_millis(50);
 
-/// Runs the command through the daemon on `socket`. `Ok(None)`: no daemon
-/// answers there (the caller loads the programs itself).
-pub async fn run(opts: &RunOptions, socket: &Path) -> Result<Option<i32>, RunError> {
-    let (policy, warnings) = policy::load(&opts.policy)?;
-    for warning in warnings {
-        tracing::warn!("{}: {}", warning.at, warning.message);
-    }
+/// Runs the command through the daemon on `socket`, under `policy` (read
+/// from `opts.policy`). `Ok(None)`: no daemon answers there (the caller
+/// loads the programs itself).
+pub async fn run(opts: &RunOptions, policy: &policy::Policy, socket: &Path) -> Result<Option<i32>, RunError> {
     let text = std::fs::read_to_string(&opts.policy)
         .map_err(|source| RunError::Events { path: opts.policy.clone(), source })?;
     let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
@@ -61,7 +54,7 @@ pub async fn run(opts: &RunOptions, socket: &Path) -> Result<Option<i32>, RunErr
     if opts.dns_upstream.is_some() {
         tracing::warn!("--dns-upstream is the daemon's to choose ([dns] upstream in its configuration)");
     }
-    let result = run_in(opts, &policy, filter, &client, &run).await;
+    let result = run_in(opts, policy, filter, &client, &run).await;
     if result.is_err() {
         end(&client, &run).await;
     }
@@ -208,12 +201,6 @@ async fn wait(
 /// The run's events file (`--events`, else the default), for the lines
 /// copied from the daemon's stream.
 fn events_file(chosen: Option<&Path>) -> Result<std::fs::File, RunError> {
-    let path: PathBuf = match chosen {
-        Some(path) => path.to_owned(),
-        None => default_events_path().map_err(|(path, source)| RunError::Events { path, source })?,
-    };
-    if chosen.is_none() {
-        tracing::info!("events go to {} (and the daemon's stream)", path.display());
-    }
+    let path = events_path(chosen, " (and the daemon's stream)")?;
     crate::stream::open_events_file(&path).map_err(|source| RunError::Events { path, source })
 }

@@ -201,13 +201,20 @@ fn policy(writable: &Path) -> String {
     )
 }
 
-#[test]
-fn the_oci_hook_tags_a_container_before_its_first_instruction() {
-    let d = Daemon::start("containers-tag", DEGRADED, &[], "");
+/// A daemon `name` with the `container` policy (plus `extra`) in force, and
+/// the directory that policy lets containers write (bound at `/work`).
+fn daemon_with_policy(name: &str, extra: &str) -> (Daemon, PathBuf) {
+    let d = Daemon::start(name, DEGRADED, &[], "");
     let writable = d.base.join("work");
     std::fs::create_dir_all(&writable).unwrap();
-    d.write_policy("container.toml", &policy(&writable));
+    d.write_policy("container.toml", &format!("{}{extra}", policy(&writable)));
     assert!(d.ctl(&["reload"]).status.success(), "{}", d.log());
+    (d, writable)
+}
+
+#[test]
+fn the_oci_hook_tags_a_container_before_its_first_instruction() {
+    let (d, writable) = daemon_with_policy("containers-tag", "");
 
     // The program's first instruction is judged: its first step is refused.
     let mut steps = vec![DENIED.to_owned(), ALLOWED.to_owned()];
@@ -251,11 +258,7 @@ fn the_oci_hook_tags_a_container_before_its_first_instruction() {
 
 #[test]
 fn a_container_the_hook_cannot_tag_never_starts_and_one_without_the_annotation_is_not_an_agent() {
-    let mut d = Daemon::start("containers-refused", DEGRADED, &[], "");
-    let writable = d.base.join("work");
-    std::fs::create_dir_all(&writable).unwrap();
-    d.write_policy("container.toml", &policy(&writable));
-    assert!(d.ctl(&["reload"]).status.success(), "{}", d.log());
+    let (mut d, writable) = daemon_with_policy("containers-refused", "");
     let steps = [DENIED.to_owned()];
 
     // A policy the daemon does not have: the runtime refuses the container.
@@ -296,13 +299,8 @@ fn a_container_the_hook_cannot_tag_never_starts_and_one_without_the_annotation_i
 
 #[test]
 fn the_daemon_judges_a_containers_syscalls_through_its_seccomp_listener() {
-    let d = Daemon::start("containers-seccomp", DEGRADED, &[], "");
+    let (d, writable) = daemon_with_policy("containers-seccomp", "[syscalls]\nallow = [\"@default-agent\"]\n");
     let listener = d.seccomp_listener();
-    let writable = d.base.join("work");
-    std::fs::create_dir_all(&writable).unwrap();
-    let text = format!("{}[syscalls]\nallow = [\"@default-agent\"]\n", policy(&writable));
-    d.write_policy("container.toml", &text);
-    assert!(d.ctl(&["reload"]).status.success(), "{}", d.log());
 
     // The profile an operator installs: what `export` writes, unchanged.
     let policy_file = d.policies.join("container.toml");
@@ -341,11 +339,7 @@ fn the_daemon_judges_a_containers_syscalls_through_its_seccomp_listener() {
 
 #[test]
 fn a_container_stays_judged_when_the_daemon_is_killed_restarted_and_reloaded() {
-    let mut d = Daemon::start("containers-restart", DEGRADED, &[], "");
-    let writable = d.base.join("work");
-    std::fs::create_dir_all(&writable).unwrap();
-    d.write_policy("container.toml", &policy(&writable));
-    assert!(d.ctl(&["reload"]).status.success(), "{}", d.log());
+    let (mut d, writable) = daemon_with_policy("containers-restart", "");
     let later = "tcp-connect:127.0.0.1:83";
     let newly_allowed = "tcp-connect:127.0.0.1:84";
     let steps = [DENIED.to_owned(), "wait-stdin".to_owned(), later.to_owned(), newly_allowed.to_owned()];
