@@ -95,7 +95,7 @@ impl Enforcer {
             net,
             dns_grants: Some(dns_grants),
             lsm_missing,
-            tables: Swap::new(KernelTables { tables, tag_filter })?,
+            tables: Swap::new(KernelTables { tables, tag_filter, spare: None })?,
             selected,
             armed,
             lost,

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use aya::maps::{Array, MapData};
 use enforcer_common::{
-    policy::{FileRuleKey, FileTable, MAX_TAG_LEVEL, TABLES_MAP, TAG_FILTER_MAP, Tables, TagFilter, TagInfo, TagTable},
+    policy::{FileRuleKey, MAX_TAG_LEVEL, TABLES_MAP, TAG_FILTER_MAP, Tables, TagFilter, TagInfo},
     select::SelectorTable,
 };
 
@@ -34,6 +34,10 @@ pub trait Target {
 pub struct KernelTables {
     pub(super) tables: TableMaps,
     pub(super) tag_filter: Array<MapData, TagFilter>,
+    /// An empty table map made after the last swap, for the next: creating
+    /// one (2.5 MiB for the kernel to zero) is off a change's way to the
+    /// programs.
+    pub(super) spare: Option<Array<MapData, Tables>>,
 }
 
 impl KernelTables {
@@ -50,9 +54,17 @@ impl Target for KernelTables {
     /// Never a half-written table.
     fn publish(&mut self, tables: &Tables) -> Result<(), LoadError> {
         let name = TABLES_MAP;
-        let mut inner = table_map::create::<Tables>(name).map_err(|source| LoadError::TableMap { name, source })?;
+        let create = || table_map::create::<Tables>(name).map_err(|source| LoadError::TableMap { name, source });
+        let mut inner = match self.spare.take() {
+            Some(spare) => spare,
+            None => create()?,
+        };
         inner.set(0, tables, 0).map_err(map_err(name))?;
-        self.tables.set(0, &inner, 0).map_err(map_err(name))
+        // Returns once no program runs with the old tables (the kernel waits
+        // an RCU grace period); the new ones are in force before that.
+        self.tables.set(0, &inner, 0).map_err(map_err(name))?;
+        self.spare = create().ok();
+        Ok(())
     }
 
     fn set_filter(&mut self, filter: &TagFilter) -> Result<(), LoadError> {
@@ -67,11 +79,10 @@ pub struct Swap<T: Target> {
     tags: HashMap<u64, (u32, TagInfo)>,
     /// Every loaded policy's tree roots: what the file table is built from.
     file_rules: HashMap<FileRuleKey, u16>,
-    /// What the published tables hold.
-    tag_table: Box<TagTable>,
-    file_table: Box<FileTable>,
-    /// The published selectors (the daemon's).
-    selector_table: Box<SelectorTable>,
+    /// The published tables (selectors: the daemon's), kept whole: a change
+    /// swaps its part in and publishes this, with no 2.5 MiB table built
+    /// anew (a fresh allocation's page faults cost a millisecond).
+    published: Box<Tables>,
     /// The filter in force: the tags' entries and `extra_filter`'s (the
     /// levels selectors can select at, and the ids the daemon put in
     /// `SELECTED`).
@@ -87,9 +98,11 @@ impl<T: Target> Swap<T> {
             target,
             tags: HashMap::new(),
             file_rules: HashMap::new(),
-            tag_table: tables::tag_table(&HashMap::new())?,
-            file_table: tables::file_table(&HashMap::new())?,
-            selector_table: tables::no_selectors(),
+            published: tables::combine(
+                &*tables::tag_table(&HashMap::new())?,
+                &*tables::file_table(&HashMap::new())?,
+                &tables::no_selectors(),
+            ),
             published_filter: TagFilter::EMPTY,
             extra_filter: TagFilter::EMPTY,
         })
@@ -98,7 +111,7 @@ impl<T: Target> Swap<T> {
     /// Publishes the empty tables and filter: until tables are in place
     /// nothing is tagged.
     pub(super) fn publish_empty(&mut self) -> Result<(), LoadError> {
-        self.target.publish(&tables::combine(&self.tag_table, &self.file_table, &self.selector_table))?;
+        self.target.publish(&self.published)?;
         self.set_filter(&TagFilter::EMPTY)
     }
 
@@ -106,7 +119,7 @@ impl<T: Target> Swap<T> {
     /// judged by `tag`. Nothing changes if publishing fails.
     pub(super) fn tag(&mut self, id: u64, level: u32, tag: TagInfo) -> Result<(), LoadError> {
         let previous = self.tags.insert(id, (level, tag));
-        self.publish_tags().inspect_err(|_| match previous {
+        self.publish_tags(id).inspect_err(|_| match previous {
             Some(previous) => _ = self.tags.insert(id, previous),
             None => _ = self.tags.remove(&id),
         })
@@ -114,7 +127,7 @@ impl<T: Target> Swap<T> {
 
     pub(super) fn untag(&mut self, id: u64) -> Result<(), LoadError> {
         self.tags.remove(&id);
-        self.publish_tags()
+        self.publish_tags(id)
     }
 
     /// Replaces every tag, tree root and selector at once, in one table
@@ -131,13 +144,18 @@ impl<T: Target> Swap<T> {
         if let Some((&id, &(level, _))) = tags.iter().find(|(_, (level, _))| *level > MAX_TAG_LEVEL) {
             return Err(LoadError::TooDeep { name: format!("id {id}"), level });
         }
-        let file_table = tables::file_table(&file_rules)?;
-        let tag_table = tables::tag_table(&tags)?;
+        let mut file_table = tables::file_table(&file_rules)?;
+        let mut tag_table = tables::tag_table(&tags)?;
+        let mut selectors = selectors;
         let filter = filter_of(&tags).union(extra_filter);
         self.set_filter(&self.published_filter.union(&filter))?;
-        self.target.publish(&tables::combine(&tag_table, &file_table, &selectors))?;
-        (self.file_rules, self.tags, self.file_table, self.tag_table) = (file_rules, tags, file_table, tag_table);
-        (self.selector_table, self.extra_filter) = (selectors, *extra_filter);
+        let swap_in = |published: &mut Tables| {
+            swap_whole(&mut published.tags, &mut tag_table);
+            swap_whole(&mut published.files, &mut file_table);
+            swap_whole(&mut published.selectors, &mut selectors);
+        };
+        self.publish_swapped(swap_in)?;
+        (self.file_rules, self.tags, self.extra_filter) = (file_rules, tags, *extra_filter);
         self.set_filter(&filter)
     }
 
@@ -161,29 +179,40 @@ impl<T: Target> Swap<T> {
     }
 
     pub fn selector_table(&self) -> &SelectorTable {
-        &self.selector_table
+        &self.published.selectors
     }
 
     pub fn extra_filter(&self) -> TagFilter {
         self.extra_filter
     }
 
-    fn publish_tags(&mut self) -> Result<(), LoadError> {
-        let table = tables::tag_table(&self.tags)?;
+    /// Publishes the tags after cgroup `changed`'s changed.
+    fn publish_tags(&mut self, changed: u64) -> Result<(), LoadError> {
+        let tag = self.tags.get(&changed).map(|&(_, tag)| tag);
+        let table = match tables::retagged(&self.published.tags, changed, tag) {
+            Some(table) => table,
+            None => tables::tag_table(&self.tags)?,
+        };
         let filter = filter_of(&self.tags).union(&self.extra_filter);
         // A filter bit goes up before the table that needs it, and down only
         // after the table without it: a task the table tags always passes.
         self.set_filter(&self.published_filter.union(&filter))?;
-        self.target.publish(&tables::combine(&table, &self.file_table, &self.selector_table))?;
-        self.tag_table = table;
+        let mut table = table;
+        self.publish_swapped(|published| swap_whole(&mut published.tags, &mut table))?;
         self.set_filter(&filter)
     }
 
     fn publish_files(&mut self) -> Result<(), LoadError> {
-        let table = tables::file_table(&self.file_rules)?;
-        self.target.publish(&tables::combine(&self.tag_table, &table, &self.selector_table))?;
-        self.file_table = table;
-        Ok(())
+        let mut table = tables::file_table(&self.file_rules)?;
+        self.publish_swapped(|published| swap_whole(&mut published.files, &mut table))
+    }
+
+    /// Publishes the tables with `swap_in`'s parts swapped in; if that
+    /// fails, swaps them back out (`swap_in` is its own inverse), so the
+    /// tables kept are the ones in force.
+    fn publish_swapped(&mut self, mut swap_in: impl FnMut(&mut Tables)) -> Result<(), LoadError> {
+        swap_in(&mut self.published);
+        self.target.publish(&self.published).inspect_err(|_| swap_in(&mut self.published))
     }
 
     fn set_filter(&mut self, filter: &TagFilter) -> Result<(), LoadError> {
@@ -200,6 +229,12 @@ impl Swap<KernelTables> {
         self.published_filter = self.target.filter_in_force()?;
         Ok(())
     }
+}
+
+/// Swaps two tables in place, byte slice by byte slice (`mem::swap` would
+/// put megabytes on the stack in a debug build).
+fn swap_whole<T: bytemuck::Pod>(a: &mut T, b: &mut T) {
+    bytemuck::bytes_of_mut(a).swap_with_slice(bytemuck::bytes_of_mut(b));
 }
 
 /// The pre-filter entries of `tags`.

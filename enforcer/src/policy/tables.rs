@@ -1,6 +1,7 @@
 //! Builds the policy tables the programs look in: cuckoo hash tables in
-//! plain array memory (see `enforcer_common::policy::TagTable`), rebuilt
-//! whole on every change and swapped in by the loader.
+//! plain array memory (see `enforcer_common::policy::TagTable`), built
+//! anew for every change (a tag changed in a copy of its table) and swapped
+//! in by the loader.
 
 use std::collections::HashMap;
 
@@ -44,6 +45,47 @@ pub fn tag_table(tags: &HashMap<u64, (u32, TagInfo)>) -> Result<Box<TagTable>, T
         table.slots[position] = TagSlot { cgroup_id, tag };
     }
     Ok(table)
+}
+
+/// `table` with cgroup `id` tagged `tag` (or untagged: `None`), changed
+/// in place under its seed: a copy of a quarter-full table and a cuckoo
+/// insert, where [`tag_table`] places every tag anew. `None` if the insert
+/// found no place (then build the table with [`tag_table`]).
+pub fn retagged(table: &TagTable, id: u64, tag: Option<TagInfo>) -> Option<Box<TagTable>> {
+    let mut table = copied(table);
+    let homes = tag_homes(id, table.seed);
+    if let Some(&home) = homes.iter().find(|&&h| table.slots[h].cgroup_id == id) {
+        table.slots[home] = tag.map_or_else(TagSlot::default, |tag| TagSlot { cgroup_id: id, tag });
+        return Some(table);
+    }
+    let Some(tag) = tag else { return Some(table) };
+    if table.slots.iter().filter(|s| s.cgroup_id != 0).count() >= TAGGED_MAX {
+        return None;
+    }
+    let (mut moving, mut slot) = (TagSlot { cgroup_id: id, tag }, homes[0]);
+    for _ in 0..MAX_KICKS {
+        if table.slots[slot].cgroup_id == 0 {
+            table.slots[slot] = moving;
+            return Some(table);
+        }
+        let [first, second] = tag_homes(moving.cgroup_id, table.seed);
+        if slot == first && table.slots[second].cgroup_id == 0 {
+            table.slots[second] = moving;
+            return Some(table);
+        }
+        // Take the slot and send its owner to the owner's other home.
+        moving = std::mem::replace(&mut table.slots[slot], moving);
+        let [a, b] = tag_homes(moving.cgroup_id, table.seed);
+        slot = if a == slot { b } else { a };
+    }
+    None
+}
+
+/// A heap copy of `table` (a `Box::new` of it would pass through the stack).
+fn copied<T: bytemuck::Pod>(table: &T) -> Box<T> {
+    let mut copy = zeroed::<T>();
+    bytemuck::bytes_of_mut(&mut *copy).copy_from_slice(bytemuck::bytes_of(table));
+    copy
 }
 
 /// The file table for every loaded policy's tree roots (key -> `FILE_*`).
@@ -183,5 +225,28 @@ mod tests {
             let found = tag_homes(id, table.seed).map(|home| table.slots[home]);
             assert!(found.contains(&TagSlot { cgroup_id: id, tag }), "{id}");
         }
+    }
+
+    #[test]
+    fn retagging_one_cgroup_at_a_time_keeps_every_other_tag_and_fills_to_the_limit() {
+        let tag = |p| TagInfo::new(PolicyId(p), 0);
+        let find = |table: &TagTable, id: u64| {
+            let found = tag_homes(id, table.seed).map(|home| table.slots[home]);
+            found.iter().find(|s| s.cgroup_id == id).map(|s| s.tag)
+        };
+        let mut table = tag_table(&HashMap::new()).unwrap();
+        let mut ids = Vec::new();
+        while let Some(next) = retagged(&table, ids.len() as u64 * 13 + 5, Some(tag(1))) {
+            ids.push(ids.len() as u64 * 13 + 5);
+            table = next;
+        }
+        assert_eq!(ids.len(), TAGGED_MAX, "an insert is refused at the limit, not before");
+        assert!(ids.iter().all(|&id| find(&table, id) == Some(tag(1))));
+        // A new tag for one, another untagged: the rest stay.
+        table = retagged(&table, ids[7], Some(tag(2))).unwrap();
+        table = retagged(&table, ids[8], None).unwrap();
+        assert_eq!((find(&table, ids[7]), find(&table, ids[8])), (Some(tag(2)), None));
+        assert!(ids.iter().skip(9).all(|&id| find(&table, id) == Some(tag(1))));
+        assert_eq!(table.slots.iter().filter(|s| s.cgroup_id != 0).count(), TAGGED_MAX - 1);
     }
 }
