@@ -82,6 +82,7 @@ pub fn retagged(table: &TagTable, id: u64, tag: Option<TagInfo>) -> Option<Box<T
 }
 
 /// A heap copy of `table` (a `Box::new` of it would pass through the stack).
+#[expect(clippy::unnecessary_box_returns, reason = "a table: the point is not to have it on the stack")]
 fn copied<T: bytemuck::Pod>(table: &T) -> Box<T> {
     let mut copy = zeroed::<T>();
     bytemuck::bytes_of_mut(&mut *copy).copy_from_slice(bytemuck::bytes_of(table));
