@@ -3,6 +3,9 @@
 /// The policy tables, as one [`Tables`] (an array-of-maps holding one
 /// single-entry array).
 pub const TABLES_MAP: &str = "TABLES";
+/// The table maps' flags: `BPF_F_MMAPABLE`, so userspace writes a new table
+/// straight into the map's memory (a map update copies its 2.5 MiB twice).
+pub const TABLE_MAP_FLAGS: usize = 1 << 10;
 /// The programs' `.bss`: their [`TagFilter`], `TAG_FILTER`.
 pub const TAG_FILTER_MAP: &str = ".bss";
 

@@ -9,11 +9,11 @@ use aya_ebpf::{
     helpers::{bpf_map_lookup_elem, bpf_probe_read_kernel},
     macros::btf_map,
 };
-use enforcer_common::policy::{FILE_SLOTS, FileSlot, FileTable, PolicyId, Tables};
+use enforcer_common::policy::{FILE_SLOTS, FileSlot, FileTable, PolicyId, TABLE_MAP_FLAGS, Tables};
 
 /// Slot 0 holds the current tables; userspace swaps in new ones per change.
 #[btf_map]
-static TABLES: ArrayOfMaps<Array<Tables, 1>, 1> = ArrayOfMaps::new();
+static TABLES: ArrayOfMaps<Array<Tables, 1, TABLE_MAP_FLAGS>, 1> = ArrayOfMaps::new();
 
 /// The current tables; none before userspace publishes the first.
 ///

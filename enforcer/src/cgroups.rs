@@ -225,13 +225,13 @@ impl Names {
         }
     }
 
-    pub fn name(&mut self, id: u64) -> Option<String> {
+    pub fn name(&mut self, id: u64) -> Option<&str> {
         if !self.known.contains_key(&id) {
             let Self { hierarchy, roots, known } = self;
             for root in roots.iter() {
                 hierarchy.for_each_below(root, &mut |path, id| _ = known.insert(id, hierarchy.name_of(path)));
             }
         }
-        self.known.get(&id).cloned()
+        self.known.get(&id).map(String::as_str)
     }
 }

@@ -53,19 +53,26 @@ enum Out {
 /// `value` as a JSON line with `"seq":N` first (spliced in: serde's
 /// `flatten` goes through a map and costs a third of the line's time).
 fn numbered_line(seq: u64, value: &impl serde::Serialize) -> Vec<u8> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut line = Vec::with_capacity(body.len() + 24);
-    line.extend_from_slice(format!("{{\"seq\":{seq}").as_bytes());
-    match body.get(1..) {
-        Some(rest) if rest != b"}" => {
-            line.push(b',');
-            line.extend_from_slice(rest);
-        }
-        _ => line.push(b'}'),
+    // One buffer: `{"seq":N` and then the value's members, its opening brace
+    // turned into a comma (or dropped, for an empty object).
+    let mut line = Vec::with_capacity(LINE_CAPACITY);
+    let _ = write!(line, "{{\"seq\":{seq}");
+    let body = line.len();
+    if serde_json::to_writer(&mut line, value).is_err() || line.get(body) != Some(&b'{') {
+        line.truncate(body);
+        line.push(b'}');
+    } else if line.len() == body + 2 {
+        line.truncate(body + 1);
+        line[body] = b'}';
+    } else {
+        line[body] = b',';
     }
     line.push(b'\n');
     line
 }
+
+/// Room for a typical event line, so building one seldom reallocates.
+const LINE_CAPACITY: usize = 640;
 
 impl Sink {
     pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
@@ -143,6 +150,8 @@ pub struct EventStream {
     lost_reported: u64,
     /// The resolver's grants: which name a denied address was resolved from.
     grants: Option<Arc<Mutex<Grants>>>,
+    /// The last drain was a storm's (see [`STORM_BATCH`]).
+    pause: bool,
 }
 
 impl EventStream {
@@ -156,6 +165,7 @@ impl EventStream {
             labels,
             lost_reported: 0,
             grants: None,
+            pause: false,
         })
     }
 
@@ -192,7 +202,7 @@ impl EventStream {
         let Ok(mut labels) = self.labels.lock() else { return };
         let policy =
             labels.policies.get(&event.policy_id).map_or_else(|| event.policy_id.to_string(), |l| l.name.clone());
-        let cgroup = event.asker.and_then(|id| labels.names.name(id));
+        let cgroup = event.asker.and_then(|id| labels.names.name(id)).map(str::to_owned);
         drop(labels);
         let cgroup_id = if cgroup.is_some() { event.asker.unwrap_or(0) } else { 0 };
         self.dns_event(event, &policy, cgroup.as_deref().unwrap_or("(unknown)"), cgroup_id);
@@ -214,10 +224,15 @@ impl EventStream {
     /// loop (and the labels lock, which tagging needs) for itself. Records
     /// left over keep the ring buffer ready for the next call.
     pub async fn next_batch(&mut self) -> std::io::Result<()> {
+        if std::mem::take(&mut self.pause) {
+            tokio::time::sleep(STORM_PAUSE).await;
+        }
         let Self { ring, sink, clock, labels, grants, .. } = self;
         let mut guard = ring.readable_mut().await?;
-        if write_records(guard.get_inner_mut(), sink, clock, labels, grants.as_ref()) {
+        let (written, empty) = write_records(guard.get_inner_mut(), sink, clock, labels, grants.as_ref());
+        if empty {
             guard.clear_ready();
+            self.pause = written >= STORM_BATCH;
         }
         Ok(())
     }
@@ -225,7 +240,7 @@ impl EventStream {
     /// Writes every record available now (at the end of a run, at shutdown).
     pub fn drain(&mut self) {
         let Self { ring, sink, clock, labels, grants, .. } = self;
-        while !write_records(ring.get_mut(), sink, clock, labels, grants.as_ref()) {}
+        while !write_records(ring.get_mut(), sink, clock, labels, grants.as_ref()).1 {}
     }
 
     /// Reports events lost since the last report (`total` counts since load).
@@ -241,20 +256,27 @@ impl EventStream {
 /// Records written per batch (one hold of the labels lock).
 pub const DRAIN_BATCH: usize = 1024;
 
-/// Writes up to [`DRAIN_BATCH`] records; whether the ring buffer is empty.
+/// A drain this long means a storm: the next waits [`STORM_PAUSE`] for
+/// records to gather rather than waking for each (a wakeup costs about as
+/// much as writing a line).
+const STORM_BATCH: usize = 64;
+const STORM_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Writes up to [`DRAIN_BATCH`] records: how many, and whether the ring
+/// buffer is empty.
 fn write_records(
     ring: &mut RingBuf<MapData>,
     sink: &mut Sink,
     clock: &Clock,
     labels: &Mutex<Labels>,
     grants: Option<&Arc<Mutex<Grants>>>,
-) -> bool {
-    let Ok(mut labels) = labels.lock() else { return true };
+) -> (usize, bool) {
+    let Ok(mut labels) = labels.lock() else { return (0, true) };
     let Labels { policies, names } = &mut *labels;
-    for _ in 0..DRAIN_BATCH {
+    for written in 0..DRAIN_BATCH {
         let Some(item) = ring.next() else {
             sink.flush();
-            return true;
+            return (written, true);
         };
         let record = match events::decode(&item) {
             Ok(record) => record,
@@ -274,17 +296,12 @@ fn write_records(
         {
             net.resolved_from = Some(grants.resolved_from(daddr).map(str::to_owned));
         }
-        let meta = LineMeta {
-            seq: 0,
-            kind: event.kind,
-            action: event.action,
-            policy: &event.policy,
-            cgroup: event.cgroup.as_deref(),
-        };
+        let meta =
+            LineMeta { seq: 0, kind: event.kind, action: event.action, policy: event.policy, cgroup: event.cgroup };
         sink.line(&meta, &event);
     }
     sink.flush();
-    false
+    (DRAIN_BATCH, false)
 }
 
 #[cfg(test)]

@@ -50,10 +50,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
     move |source| PinError::Io { path: path.to_owned(), source }
 }
 
-/// This build's programs: the first 16 hex digits of their SHA-256.
+/// This build's programs: the first 16 hex digits of their SHA-256
+/// (hashed once: every save of the daemon's state names it).
 #[must_use]
 pub fn build_id() -> String {
-    short_sha256(PROGRAMS)
+    static BUILD_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILD_ID.get_or_init(|| short_sha256(PROGRAMS)).clone()
 }
 
 /// The first 16 hex digits of the SHA-256 of `bytes`.

@@ -16,7 +16,7 @@ use enforcer_common::{
     select::SelectorTable,
 };
 
-use super::table_map;
+use super::table_map::MappedTable;
 use super::{LoadError, map_err, maps::TableMaps};
 use crate::policy::tables;
 
@@ -34,10 +34,10 @@ pub trait Target {
 pub struct KernelTables {
     pub(super) tables: TableMaps,
     pub(super) tag_filter: Array<MapData, TagFilter>,
-    /// An empty table map made after the last swap, for the next: creating
-    /// one (2.5 MiB for the kernel to zero) is off a change's way to the
-    /// programs.
-    pub(super) spare: Option<Array<MapData, Tables>>,
+    /// A table map made after the last swap, for the next: creating one
+    /// (2.5 MiB for the kernel to zero and map in) is off a change's way to
+    /// the programs.
+    pub(super) spare: Option<MappedTable<Tables>>,
 }
 
 impl KernelTables {
@@ -54,15 +54,16 @@ impl Target for KernelTables {
     /// Never a half-written table.
     fn publish(&mut self, tables: &Tables) -> Result<(), LoadError> {
         let name = TABLES_MAP;
-        let create = || table_map::create::<Tables>(name).map_err(|source| LoadError::TableMap { name, source });
+        let create = || MappedTable::create(name).map_err(|source| LoadError::TableMap { name, source });
         let mut inner = match self.spare.take() {
             Some(spare) => spare,
             None => create()?,
         };
-        inner.set(0, tables, 0).map_err(map_err(name))?;
+        // No program has this map yet: it is written whole before the swap.
+        inner.write(tables);
         // Returns once no program runs with the old tables (the kernel waits
         // an RCU grace period); the new ones are in force before that.
-        self.tables.set(0, &inner, 0).map_err(map_err(name))?;
+        self.tables.set(0, inner.map(), 0).map_err(map_err(name))?;
         self.spare = create().ok();
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! Creating the map that holds one policy table.
+//! Creating the map that holds one policy table, mapped into the daemon.
 //!
 //! The kernel lets a map into an array-of-maps only if it matches the
 //! template the programs were loaded with, and aya creates that template with
@@ -10,9 +10,11 @@
 use std::{
     io,
     os::fd::{FromRawFd as _, OwnedFd},
+    ptr::NonNull,
 };
 
 use aya::maps::{Array, Map, MapData};
+use enforcer_common::policy::TABLE_MAP_FLAGS;
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_BTF_LOAD: libc::c_long = 18;
@@ -20,24 +22,87 @@ const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BTF_KIND_INT: u32 = 1;
 const BTF_KIND_STRUCT: u32 = 4;
 
-/// A one-entry array map whose value is a `T`, ready to be filled and swapped
-/// into an array-of-maps.
-pub fn create<T: aya::Pod>(name: &str) -> io::Result<Array<MapData, T>> {
-    let value_size = u32::try_from(size_of::<T>()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let btf = load_btf(&table_btf(value_size))?;
-    let mut attr = [0u8; 72];
-    put(&mut attr, 0, BPF_MAP_TYPE_ARRAY);
-    put(&mut attr, 4, 4); // key_size
-    put(&mut attr, 8, value_size);
-    put(&mut attr, 12, 1); // max_entries
-    let name = name.as_bytes();
-    attr[28..28 + name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
-    put(&mut attr, 48, fd_number(&btf));
-    put(&mut attr, 52, 1); // btf_key_type_id: the u32
-    put(&mut attr, 56, 2); // btf_value_type_id: the struct
-    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
-    let data = MapData::from_fd(fd).map_err(io::Error::other)?;
-    Array::try_from(Map::Array(data)).map_err(io::Error::other)
+/// A one-entry array map whose value is a `T`, mapped into this process
+/// (`BPF_F_MMAPABLE`): a table is written straight into the map's memory,
+/// then the map is swapped into an array-of-maps.
+pub struct MappedTable<T: aya::Pod> {
+    map: Array<MapData, T>,
+    mapping: Mapping,
+}
+
+impl<T: aya::Pod + bytemuck::Pod> MappedTable<T> {
+    /// A new map named `name`, zeroed, its pages mapped in already.
+    pub fn create(name: &str) -> io::Result<Self> {
+        let value_size = u32::try_from(size_of::<T>()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let btf = load_btf(&table_btf(value_size))?;
+        let mut attr = [0u8; 72];
+        put(&mut attr, 0, BPF_MAP_TYPE_ARRAY);
+        put(&mut attr, 4, 4); // key_size
+        put(&mut attr, 8, value_size);
+        put(&mut attr, 12, 1); // max_entries
+        put(&mut attr, 16, u32::try_from(TABLE_MAP_FLAGS).unwrap_or(u32::MAX)); // map_flags
+        let name = name.as_bytes();
+        attr[28..28 + name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
+        put(&mut attr, 48, fd_number(&btf));
+        put(&mut attr, 52, 1); // btf_key_type_id: the u32
+        put(&mut attr, 56, 2); // btf_value_type_id: the struct
+        let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+        let mapping = Mapping::new(&fd, size_of::<T>())?;
+        let data = MapData::from_fd(fd).map_err(io::Error::other)?;
+        let map = Array::try_from(Map::Array(data)).map_err(io::Error::other)?;
+        Ok(Self { map, mapping })
+    }
+
+    /// Makes `value` the map's value (programs that hold the map read it
+    /// as it is written: write only to a map not in use).
+    pub fn write(&mut self, value: &T) {
+        let bytes = bytemuck::bytes_of(value);
+        // SAFETY: the mapping is at least `size_of::<T>()` bytes long, owned
+        // by this value, and `&mut self` makes this the only access.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.mapping.memory.as_ptr().cast(), bytes.len()) };
+    }
+
+    pub fn map(&self) -> &Array<MapData, T> {
+        &self.map
+    }
+}
+
+/// A shared mapping of a map's value area, unmapped on drop.
+struct Mapping {
+    memory: NonNull<std::ffi::c_void>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by one `MappedTable` alone (nothing else has
+// its address) and only written through `&mut`.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    fn new(fd: &OwnedFd, size: usize) -> io::Result<Self> {
+        use rustix::mm::{MapFlags, ProtFlags};
+        let len = size.next_multiple_of(rustix::param::page_size());
+        // SAFETY: a new mapping, at an address the kernel picks, of the
+        // map's value area (which the kernel sizes to whole pages).
+        let memory = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::POPULATE,
+                fd,
+                0,
+            )
+        }?;
+        let memory = NonNull::new(memory).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+        Ok(Self { memory, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made; nothing uses it after this.
+        let _ = unsafe { rustix::mm::munmap(self.memory.as_ptr(), self.len) };
+    }
 }
 
 /// BTF with type 1 = `u32` and type 2 = `struct table` of `size` bytes.

@@ -251,8 +251,8 @@ impl Follow {
             line.cgroup.as_deref().is_some_and(|c| c == want || c.starts_with(&format!("{want}/")))
         });
         cgroup_ok
-            && self.policy.as_deref().is_none_or(|p| line.policy == p)
-            && self.kind.as_deref().is_none_or(|k| line.kind == k)
+            && self.policy.as_deref().is_none_or(|p| *line.policy == *p)
+            && self.kind.as_deref().is_none_or(|k| *line.kind == *k)
     }
 }
 

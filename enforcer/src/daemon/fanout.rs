@@ -26,9 +26,9 @@ use crate::stream::{LineMeta, LineOut};
 #[derive(Debug)]
 pub struct Line {
     pub seq: u64,
-    pub kind: String,
-    pub policy: String,
-    pub cgroup: Option<String>,
+    pub kind: Arc<str>,
+    pub policy: Arc<str>,
+    pub cgroup: Option<Arc<str>>,
     pub at: SystemTime,
     pub bytes: bytes::Bytes,
 }
@@ -58,6 +58,28 @@ pub struct Fanout {
     metrics: Arc<Metrics>,
     /// See [`Fanout::resumed_from`].
     resumed_from: u64,
+    /// The last lines' kind, policy and cgroup: a storm's lines share them.
+    recent: RecentNames,
+}
+
+#[derive(Default)]
+struct RecentNames {
+    kind: Recent,
+    policy: Recent,
+    cgroup: Recent,
+}
+
+/// The last name a line had, shared by the next line with that name.
+#[derive(Default)]
+struct Recent(Option<Arc<str>>);
+
+impl Recent {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        match &self.0 {
+            Some(last) if **last == *name => last.clone(),
+            _ => self.0.insert(Arc::from(name)).clone(),
+        }
+    }
 }
 
 impl Fanout {
@@ -88,6 +110,7 @@ impl Fanout {
                 .transpose()?,
             file,
             metrics,
+            recent: RecentNames::default(),
         })
     }
 
@@ -113,9 +136,9 @@ impl LineOut for Fanout {
         }
         let line = Arc::new(Line {
             seq: meta.seq,
-            kind: meta.kind.to_owned(),
-            policy: meta.policy.to_owned(),
-            cgroup: meta.cgroup.map(str::to_owned),
+            kind: self.recent.kind.get(meta.kind),
+            policy: self.recent.policy.get(meta.policy),
+            cgroup: meta.cgroup.map(|c| self.recent.cgroup.get(c)),
             at: SystemTime::now(),
             bytes: line.into(),
         });
@@ -197,9 +220,9 @@ pub(super) fn parse_line(raw: &[u8]) -> Option<Arc<Line>> {
     bytes.push(b'\n');
     Some(Arc::new(Line {
         seq: head.seq,
-        kind: head.kind,
-        policy: if judged { head.policy.unwrap_or_default() } else { String::new() },
-        cgroup: head.cgroup,
+        kind: head.kind.into(),
+        policy: if judged { head.policy.unwrap_or_default() } else { String::new() }.into(),
+        cgroup: head.cgroup.map(Into::into),
         at: humantime::parse_rfc3339_weak(&head.ts).ok()?,
         bytes: bytes.into(),
     }))
@@ -215,6 +238,10 @@ pub(super) fn rotated(path: &std::path::Path, n: u32) -> PathBuf {
 fn open_events_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(path)
 }
+
+/// The events file's write buffer: a storm's batch goes out in a few
+/// writes (it is flushed after every batch anyway).
+const FILE_BUFFER: usize = 256 << 10;
 
 /// A JSON-lines file rotated at a size: `events.jsonl` is current,
 /// `events.jsonl.1` the newest rotated, up to `.keep`.
@@ -233,7 +260,7 @@ impl RotatingFile {
         }
         let file = open_events_file(&path)?;
         let size = file.metadata()?.len();
-        Ok(Self { path, max_bytes, keep, file: std::io::BufWriter::new(file), size })
+        Ok(Self { path, max_bytes, keep, file: std::io::BufWriter::with_capacity(FILE_BUFFER, file), size })
     }
 
     pub fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
@@ -257,7 +284,7 @@ impl RotatingFile {
         }
         std::fs::rename(&self.path, rotated(&self.path, 1))?;
         let file = open_events_file(&self.path)?;
-        self.file = std::io::BufWriter::new(file);
+        self.file = std::io::BufWriter::with_capacity(FILE_BUFFER, file);
         self.size = 0;
         Ok(())
     }
@@ -307,8 +334,8 @@ mod tests {
         assert_eq!(seqs(&recent_lines(&path, 5, 10)), [1, 2, 3, 4, 5], "oldest first, across the rotation");
         assert_eq!(seqs(&recent_lines(&path, 5, 2)), [4, 5], "the newest `max`");
         let lines = recent_lines(&path, 5, 10);
-        assert_eq!((lines[3].kind.as_str(), lines[3].policy.as_str()), ("tagged", ""), "a daemon line");
-        assert_eq!((lines[4].policy.as_str(), lines[4].cgroup.as_deref()), ("agent", Some("/a")));
+        assert_eq!((&*lines[3].kind, &*lines[3].policy), ("tagged", ""), "a daemon line");
+        assert_eq!((&*lines[4].policy, lines[4].cgroup.as_deref()), ("agent", Some("/a")));
         assert!(lines[4].bytes.ends_with(b"}\n"));
 
         let events = config::Events { file: Some(path), history: 3, ..config::Events::default() };

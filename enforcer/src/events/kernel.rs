@@ -1,9 +1,11 @@
 //! The kernel's lines: decoding ring-buffer records into the denials (and
 //! audited operations) auditors read, and the count of those lost.
 
-use std::time::{Duration, SystemTime};
-
-use std::net::Ipv6Addr;
+use std::{
+    borrow::Cow,
+    net::Ipv6Addr,
+    time::{Duration, SystemTime},
+};
 
 use enforcer_common::{
     events::{
@@ -17,7 +19,7 @@ use serde::Serialize;
 
 /// One denial (or audited operation), as written out.
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct Event {
+pub struct Event<'a> {
     pub ts: String,
     pub kind: &'static str,
     pub action: &'static str,
@@ -26,15 +28,15 @@ pub struct Event {
     pub comm: String,
     pub exe: Option<String>,
     pub cgroup_id: u64,
-    pub cgroup: Option<String>,
-    pub policy: String,
+    pub cgroup: Option<&'a str>,
+    pub policy: &'a str,
     /// Daemon: the version of the policy the event was judged by (counts
     /// the changes the daemon applied to that policy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_version: Option<u32>,
     /// Daemon: the SHA-256 of that version's file (first 16 hex digits).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy_hash: Option<String>,
+    pub policy_hash: Option<&'a str>,
     /// File events: the operation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub op: Option<&'static str>,
@@ -60,10 +62,10 @@ pub struct Event {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct NetFields {
     /// The address family the caller used: `inet`, `inet6`, `unix`, ...
-    pub family: String,
+    pub family: Cow<'static, str>,
     /// `tcp`, `udp`, or the protocol number.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub proto: Option<String>,
+    pub proto: Option<Cow<'static, str>>,
     /// The destination; an IPv4-mapped IPv6 address as the IPv4 address it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daddr: Option<String>,
@@ -197,25 +199,35 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
 
 /// Leaf-first NUL-terminated names to a `/`-separated path.
 fn join_path(names: &[u8], truncated: bool) -> String {
-    let mut parts: Vec<String> =
-        names.split(|&b| b == 0).filter(|n| !n.is_empty()).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
-    parts.reverse();
-    let joined = parts.join("/");
-    if truncated { format!("…/{joined}") } else { format!("/{joined}") }
+    // One allocation: every event has a path or an exe, a storm thousands.
+    let mut path = String::with_capacity(names.len() + 4);
+    if truncated {
+        path.push('…');
+    }
+    let start = path.len();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()).rev() {
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(name));
+    }
+    if path.len() == start {
+        path.push('/');
+    }
+    path
 }
 
 /// What userspace knows that the kernel record does not.
+#[derive(Clone, Copy)]
 pub struct Context<'a> {
     pub clock: &'a Clock,
     pub policy: &'a str,
     /// Daemon: the policy's version and hash.
     pub version: Option<(u32, &'a str)>,
-    pub cgroup: Option<String>,
+    pub cgroup: Option<&'a str>,
 }
 
 impl Record {
     #[must_use]
-    pub fn into_event(self, ctx: Context<'_>) -> Event {
+    pub fn into_event(self, ctx: Context<'_>) -> Event<'_> {
         let h = self.header;
         let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
         Event {
@@ -228,9 +240,9 @@ impl Record {
             exe: self.exe,
             cgroup_id: h.cgroup_id,
             cgroup: ctx.cgroup,
-            policy: ctx.policy.to_owned(),
+            policy: ctx.policy,
             policy_version: ctx.version.map(|(version, _)| version),
-            policy_hash: ctx.version.map(|(_, hash)| hash.to_owned()),
+            policy_hash: ctx.version.map(|(_, hash)| hash),
             op: self.net.is_none().then(|| Op::from_u8(h.op).map_or("unknown", Op::name)),
             path: match (&self.net, &self.floor) {
                 (Some(net), _) => unix_name(net),
@@ -273,32 +285,35 @@ fn unix_name(net: &NetDetail) -> Option<String> {
 
 fn net_fields(kind: Option<Kind>, net: &NetDetail) -> NetFields {
     let family = match net.family {
-        net::AF_UNIX => "unix".to_owned(),
-        net::AF_INET => "inet".to_owned(),
-        net::AF_INET6 => "inet6".to_owned(),
-        net::AF_NETLINK => "netlink".to_owned(),
-        net::AF_PACKET => "packet".to_owned(),
-        other => other.to_string(),
+        net::AF_UNIX => "unix".into(),
+        net::AF_INET => "inet".into(),
+        net::AF_INET6 => "inet6".into(),
+        net::AF_NETLINK => "netlink".into(),
+        net::AF_PACKET => "packet".into(),
+        other => other.to_string().into(),
     };
     let proto = match (net.family, net.protocol) {
         (net::AF_UNIX, _) => None,
-        (net::AF_INET | net::AF_INET6, net::IPPROTO_TCP) => Some("tcp".to_owned()),
-        (net::AF_INET | net::AF_INET6, net::IPPROTO_UDP) => Some("udp".to_owned()),
-        (net::AF_INET | net::AF_INET6, net::IPPROTO_ICMP) => Some("icmp".to_owned()),
-        (net::AF_INET | net::AF_INET6, net::IPPROTO_ICMPV6) => Some("icmpv6".to_owned()),
-        (_, protocol) => Some(protocol.to_string()),
+        (net::AF_INET | net::AF_INET6, net::IPPROTO_TCP) => Some("tcp".into()),
+        (net::AF_INET | net::AF_INET6, net::IPPROTO_UDP) => Some("udp".into()),
+        (net::AF_INET | net::AF_INET6, net::IPPROTO_ICMP) => Some("icmp".into()),
+        (net::AF_INET | net::AF_INET6, net::IPPROTO_ICMPV6) => Some("icmpv6".into()),
+        (_, protocol) => Some(protocol.to_string().into()),
     };
     let destination = matches!(kind, Some(Kind::Connect | Kind::Sendmsg));
     let inbound = kind == Some(Kind::Inbound);
-    let addr = Ipv6Addr::from(net.addr);
-    let addr = addr.to_ipv4_mapped().map_or_else(|| addr.to_string(), |v4| v4.to_string());
+    let addr = (destination || inbound).then(|| {
+        let addr = Ipv6Addr::from(net.addr);
+        addr.to_ipv4_mapped().map_or_else(|| addr.to_string(), |v4| v4.to_string())
+    });
+    let (daddr, saddr) = if destination { (addr, None) } else { (None, addr) };
     let socket = matches!(kind, Some(Kind::Socket));
     let class_bit = net::socket_class(net.family, net.sock_type, net.protocol);
     NetFields {
         family,
         proto,
-        daddr: destination.then(|| addr.clone()),
-        saddr: inbound.then_some(addr),
+        daddr,
+        saddr,
         dport: (destination || inbound).then_some(net.port),
         sock_type: socket.then_some(match net.sock_type {
             net::SOCK_STREAM => "stream",
@@ -354,7 +369,7 @@ mod tests {
             clock: &clock,
             policy: "p",
             version: None,
-            cgroup: Some("/x".into()),
+            cgroup: Some("/x"),
         });
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["kind"], "file_write");

@@ -56,7 +56,7 @@ pub struct SyscallLine<'a> {
 #[serde(untagged)]
 #[expect(dead_code, clippy::large_enum_variant, reason = "never built: only its schema is used")]
 enum Line<'a> {
-    Denial(Event),
+    Denial(Event<'a>),
     Lost(Lost),
     Dns(DnsLine<'a>),
     Syscall(SyscallLine<'a>),
