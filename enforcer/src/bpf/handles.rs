@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use aya::maps::{
-    Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray,
+    Array, HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuArray,
     lpm_trie::{Key, LpmTrie},
 };
 use enforcer_common::{
@@ -15,7 +15,7 @@ use enforcer_common::{
     select::{SELECTED_MAP, Selected, SelectedBloom},
 };
 
-use super::{LoadError, map_err};
+use super::{LoadError, batch, map_err};
 use crate::policy::network::NetRules;
 
 /// Each policy's network rules: destinations (`NET_RULES`), unix socket
@@ -29,9 +29,14 @@ pub struct NetRuleMaps {
 impl NetRuleMaps {
     /// Installs a policy's rules (before a cgroup is tagged with it).
     pub fn add(&mut self, rules: &NetRules) -> Result<(), LoadError> {
-        for (prefix, key, ports) in &rules.prefixes {
-            let key = Key::new(NET_KEY_POLICY_BITS + prefix, *key);
-            self.destinations.insert(&key, ports, 0).map_err(map_err(NET_RULES_MAP))?;
+        let keys: Vec<Key<NetKey>> =
+            rules.prefixes.iter().map(|(prefix, key, _)| Key::new(NET_KEY_POLICY_BITS + prefix, *key)).collect();
+        let ports: Vec<NetPorts> = rules.prefixes.iter().map(|(_, _, ports)| *ports).collect();
+        // One call for all; from where it stopped, one by one (which names
+        // the failure).
+        let done = batch::update(self.destinations.map().fd(), &keys, &ports).map_or_else(|done| done, |()| keys.len());
+        for (key, ports) in keys.iter().zip(&ports).skip(done) {
+            self.destinations.insert(key, ports, 0).map_err(map_err(NET_RULES_MAP))?;
         }
         for key in &rules.unix {
             self.unix.insert(key, 1, 0).map_err(map_err(UNIX_RULES_MAP))?;
@@ -44,6 +49,38 @@ impl NetRuleMaps {
         self.resolvers.insert(policy_id, resolver, 0).map_err(map_err(RESOLVERS_MAP))
     }
 
+    /// Removes policy `id`'s rules (`rules`: those [`Self::add`] put in)
+    /// and its resolver.
+    pub fn remove(&mut self, id: PolicyId, rules: Option<&NetRules>) -> Result<(), LoadError> {
+        if let Some(rules) = rules {
+            let keys: Vec<Key<NetKey>> =
+                rules.prefixes.iter().map(|(prefix, key, _)| Key::new(NET_KEY_POLICY_BITS + prefix, *key)).collect();
+            self.remove_destinations(&keys)?;
+            for key in &rules.unix {
+                match self.unix.remove(key) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(UNIX_RULES_MAP)(e)),
+                }
+            }
+        }
+        match self.resolvers.remove(&id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(RESOLVERS_MAP)(e)),
+        }
+    }
+
+    /// Removes `keys` from the destinations (those missing already too).
+    fn remove_destinations(&mut self, keys: &[Key<NetKey>]) -> Result<(), LoadError> {
+        let done = batch::delete(self.destinations.map().fd(), keys).map_or_else(|done| done, |()| keys.len());
+        for key in keys.iter().skip(done) {
+            match self.destinations.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(NET_RULES_MAP)(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the rules of every policy not in `live`.
     pub fn retain(&mut self, live: &HashSet<PolicyId>) -> Result<(), LoadError> {
         let stale: Vec<Key<NetKey>> = self
@@ -52,9 +89,7 @@ impl NetRuleMaps {
             .filter_map(Result::ok)
             .filter(|key| !live.contains(&key.data().policy()))
             .collect();
-        for key in stale {
-            self.destinations.remove(&key).map_err(map_err(NET_RULES_MAP))?;
-        }
+        self.remove_destinations(&stale)?;
         let stale: Vec<UnixKey> =
             self.unix.keys().filter_map(Result::ok).filter(|key| !live.contains(&key.policy_id)).collect();
         for key in stale {
@@ -69,8 +104,6 @@ impl NetRuleMaps {
     }
 }
 
-/// The cgroups selectors tagged (`SELECTED`), and the kernel's half of
-/// their bloom filter (`SELECTED_BLOOM`, which only the kernel sets).
 /// The cgroups whose tag waits for an exec (`TAG_FROM_EXEC`) and had one.
 pub struct ArmedCgroups(pub(super) BpfHashMap<MapData, u64, u8>);
 
@@ -100,6 +133,8 @@ impl ArmedCgroups {
     }
 }
 
+/// The cgroups selectors tagged (`SELECTED`), and the kernel's half of
+/// their bloom filter (`SELECTED_BLOOM`, which only the kernel sets).
 pub struct SelectedCgroups {
     pub(super) records: BpfHashMap<MapData, u64, Selected>,
     pub(super) bloom: Array<MapData, SelectedBloom>,

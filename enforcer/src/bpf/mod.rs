@@ -14,6 +14,7 @@
 //! - `table_map`: creating the inner map of a table swap, with BTF (6.1 matches
 //!   it against the programs' template).
 
+mod batch;
 mod enforcer;
 mod error;
 mod handles;

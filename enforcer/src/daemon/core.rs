@@ -328,10 +328,16 @@ impl Core {
         self.selection.commit(built.choice);
         let published = timing.map(|t| t.elapsed());
         self.resolvers.retire(&live);
-        self.enforcer.net.retain(&live)?;
+        let retired = timing.map(|t| t.elapsed());
+        // The versions out of force take their rules along, by key (a walk
+        // of the whole trie costs a system call per entry of every policy).
+        for gone in self.policies.values().filter(|p| !live.contains(&p.id)) {
+            self.enforcer.net.remove(gone.id, gone.net.as_ref())?;
+        }
         if let Some(t) = timing {
             tracing::debug!(
-                "apply: rules in after {inserted:?}, published after {published:?}, old rules out after {:?}",
+                "apply: rules in after {inserted:?}, published after {published:?}, resolvers retired after \
+                 {retired:?}, old rules out after {:?}",
                 t.elapsed()
             );
         }
