@@ -307,6 +307,17 @@ pub const TAG_PENDING: u32 = 1 << 6;
 /// the runtime still sets the container up in it). The programs record the
 /// armed cgroups in `ARMED`.
 pub const TAG_FROM_EXEC: u32 = 1 << 31;
+/// The tag table key of a tag that waits for an exec: the cgroup id with
+/// this bit (no cgroup id has it), so the lookup of a tagged cgroup by its
+/// id finds only tags in force and tests no flag; the programs look for
+/// this key only where that lookup missed.
+pub const TAG_PENDING_KEY: u64 = 1 << 63;
+
+/// The tag table key of cgroup `id` tagged `tag`.
+#[must_use]
+pub const fn tag_key(id: u64, tag: TagInfo) -> u64 {
+    if tag.flags & TAG_FROM_EXEC != 0 { id | TAG_PENDING_KEY } else { id }
+}
 /// The map of armed cgroups: as many as the tag table holds.
 pub const ARMED_MAP: &str = "ARMED";
 #[expect(clippy::cast_possible_truncation, reason = "16 384")]

@@ -2,9 +2,11 @@
 //! a container runtime's hook asks for. The runtime tags the container's
 //! cgroup while its own init still has mounts and a `pivot_root` to make in
 //! it; until a process of the cgroup executes a program, the tag check
-//! passes the cgroup by. The first exec there arms it, on the
-//! `sched_process_exec` tracepoint (after the exec can no longer fail, before
-//! the new program's first instruction), and from then on it is judged.
+//! passes the cgroup by (the tag is keyed apart: `TAG_PENDING_KEY`). The
+//! first exec there arms it, on the `sched_process_exec` tracepoint (after
+//! the exec can no longer fail, before the new program's first
+//! instruction), and from then on it is judged. The daemon later re-keys an
+//! armed tag by the plain id, where the tag check finds it first.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -13,7 +15,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::BtfTracePointContext,
 };
-use enforcer_common::policy::{ARMED_MAX, TAG_FROM_EXEC};
+use enforcer_common::policy::ARMED_MAX;
 
 /// Cgroup ids whose `TAG_FROM_EXEC` tag a first exec armed. The daemon
 /// removes a cgroup's entry with its tag.
@@ -38,8 +40,7 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn arm_current() {
     let id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(tag) = crate::tag::own_slot_tag(id) else { return };
-    if tag.flags & TAG_FROM_EXEC == 0 || armed(id) {
+    if !crate::tag::waits_for_exec(id) || armed(id) {
         return;
     }
     if ARMED.insert(&id, &1, u64::from(BPF_NOEXIST)).is_err() && !armed(id) {

@@ -22,7 +22,7 @@ use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_current_ancest
 use enforcer_common::{
     KernelOffsets,
     policy::{
-        FileTable, MAX_TAG_LEVEL, TAG_FROM_EXEC, TAG_SLOTS, Tables, TagFilter, TagInfo, tag_bloom_bit, tag_homes,
+        FileTable, MAX_TAG_LEVEL, TAG_PENDING_KEY, TAG_SLOTS, Tables, TagFilter, TagInfo, tag_bloom_bit, tag_homes,
     },
 };
 
@@ -440,35 +440,37 @@ fn table_lookup(id: u64) -> Option<Tagged> {
     let tables = tables::current()?;
     let files = &raw const tables.files;
     if let Some(info) = slot_tag(id, tables) {
-        // A tag that waits for the cgroup's first exec judges nothing yet.
-        if info.flags & TAG_FROM_EXEC != 0 && !arm::armed(id) {
-            return None;
-        }
         return Some(Tagged { info, files, agent: id });
+    }
+    // A tag that waits for the cgroup's first exec judges nothing until
+    // then (and wins over a selector, as any tag by name).
+    if let Some(info) = slot_tag(id | TAG_PENDING_KEY, tables) {
+        return arm::armed(id).then_some(Tagged { info, files, agent: id });
     }
     select::tag_of(id, tables).map(|info| Tagged { info, files, agent: id })
 }
 
-/// Cgroup `id`'s tag in the tag table (tags by name), armed or not.
+/// The tag under `key` in the tag table (tags by name).
 #[inline(always)]
-fn slot_tag(id: u64, tables: &Tables) -> Option<TagInfo> {
+fn slot_tag(key: u64, tables: &Tables) -> Option<TagInfo> {
     let table = &tables.tags;
-    let [first, second] = tag_homes(id, table.seed);
+    let [first, second] = tag_homes(key, table.seed);
     // Home by home: picking the slot first compared the first home twice.
     for home in [first, second] {
         let slot = &table.slots[home & (TAG_SLOTS - 1)];
-        if slot.cgroup_id == id {
+        if slot.cgroup_id == key {
             return Some(slot.tag);
         }
     }
     None
 }
 
-/// Cgroup `id`'s own tag by name, armed or not, for [`arm`].
+/// Whether cgroup `id` has a tag by name that waits for an exec, for
+/// [`arm`].
 #[inline(always)]
-pub fn own_slot_tag(id: u64) -> Option<TagInfo> {
+pub fn waits_for_exec(id: u64) -> bool {
     if id == 0 || !may_be_tagged(id) {
-        return None;
+        return false;
     }
-    slot_tag(id, tables::current()?)
+    tables::current().is_some_and(|tables| slot_tag(id | TAG_PENDING_KEY, tables).is_some())
 }

@@ -1,5 +1,5 @@
 //! Many map entries in one `bpf()` call (`BPF_MAP_UPDATE_BATCH`,
-//! `BPF_MAP_DELETE_BATCH`; Linux 5.6 for LPM tries): a policy's 10 000
+//! `BPF_MAP_DELETE_BATCH`; LPM tries have them after 5.10): a policy's 10 000
 //! destinations are one system call, not 10 000. aya has no batch
 //! operations, so the call is made here.
 
@@ -11,24 +11,27 @@ use std::{
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
-/// Puts `keys[i]` -> `values[i]` in the map, in order. On error, how many
-/// went in before it (the caller goes on one by one, which reports the
-/// entry that fails, or does what a kernel without batches cannot).
-pub fn update<K: aya::Pod, V: aya::Pod>(map: impl AsFd, keys: &[K], values: &[V]) -> Result<(), usize> {
+/// Puts `keys[i]` -> `values[i]` in the map, in order. On error, the
+/// caller does it all again one by one (an update or a delete done twice
+/// is harmless): that reports the entry that fails, or does what a kernel
+/// without batches for the map (LPM tries on 5.10) cannot. How far a
+/// failed batch got is not known: a kernel without the command leaves the
+/// count it was given.
+pub fn update<K: aya::Pod, V: aya::Pod>(map: impl AsFd, keys: &[K], values: &[V]) -> io::Result<()> {
     assert_eq!(keys.len(), values.len(), "a value per key");
     call(BPF_MAP_UPDATE_BATCH, map, keys, values.as_ptr() as u64)
 }
 
-/// Removes `keys` from the map. On error, how many went before it.
-pub fn delete<K: aya::Pod>(map: impl AsFd, keys: &[K]) -> Result<(), usize> {
+/// Removes `keys` from the map (on error, as [`update`]).
+pub fn delete<K: aya::Pod>(map: impl AsFd, keys: &[K]) -> io::Result<()> {
     call(BPF_MAP_DELETE_BATCH, map, keys, 0)
 }
 
-fn call<K>(command: libc::c_long, map: impl AsFd, keys: &[K], values: u64) -> Result<(), usize> {
+fn call<K>(command: libc::c_long, map: impl AsFd, keys: &[K], values: u64) -> io::Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
-    let count = u32::try_from(keys.len()).map_err(|_| 0_usize)?;
+    let count = u32::try_from(keys.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // `union bpf_attr`'s `batch`: in_batch, out_batch, keys, values,
     // count, map_fd, elem_flags, flags.
     let mut attr = [0u8; 56];
@@ -41,11 +44,9 @@ fn call<K>(command: libc::c_long, map: impl AsFd, keys: &[K], values: u64) -> Re
     // entries of the map's key (value) size and outlive the call.
     let result = unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_mut_ptr(), attr.len()) };
     if result < 0 {
-        // The kernel writes back how many entries it processed.
-        let done = u32::from_le_bytes([attr[32], attr[33], attr[34], attr[35]]);
         let error = io::Error::last_os_error();
-        tracing::debug!("batch map operation stopped after {done} of {count} entries: {error}");
-        return Err(usize::try_from(done).unwrap_or(0).min(keys.len()));
+        tracing::debug!("batch map operation of {count} entries failed: {error}");
+        return Err(error);
     }
     Ok(())
 }

@@ -32,11 +32,12 @@ impl NetRuleMaps {
         let keys: Vec<Key<NetKey>> =
             rules.prefixes.iter().map(|(prefix, key, _)| Key::new(NET_KEY_POLICY_BITS + prefix, *key)).collect();
         let ports: Vec<NetPorts> = rules.prefixes.iter().map(|(_, _, ports)| *ports).collect();
-        // One call for all; from where it stopped, one by one (which names
-        // the failure).
-        let done = batch::update(self.destinations.map().fd(), &keys, &ports).map_or_else(|done| done, |()| keys.len());
-        for (key, ports) in keys.iter().zip(&ports).skip(done) {
-            self.destinations.insert(key, ports, 0).map_err(map_err(NET_RULES_MAP))?;
+        // One call for all; if that fails, one by one (which names the
+        // failure).
+        if batch::update(self.destinations.map().fd(), &keys, &ports).is_err() {
+            for (key, ports) in keys.iter().zip(&ports) {
+                self.destinations.insert(key, ports, 0).map_err(map_err(NET_RULES_MAP))?;
+            }
         }
         for key in &rules.unix {
             self.unix.insert(key, 1, 0).map_err(map_err(UNIX_RULES_MAP))?;
@@ -71,8 +72,10 @@ impl NetRuleMaps {
 
     /// Removes `keys` from the destinations (those missing already too).
     fn remove_destinations(&mut self, keys: &[Key<NetKey>]) -> Result<(), LoadError> {
-        let done = batch::delete(self.destinations.map().fd(), keys).map_or_else(|done| done, |()| keys.len());
-        for key in keys.iter().skip(done) {
+        if batch::delete(self.destinations.map().fd(), keys).is_ok() {
+            return Ok(());
+        }
+        for key in keys {
             match self.destinations.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(NET_RULES_MAP)(e)),

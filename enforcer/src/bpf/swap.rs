@@ -179,6 +179,12 @@ impl<T: Target> Swap<T> {
         self.set_filter(&filter)
     }
 
+    /// The tag cgroup `id` has in the tables.
+    #[must_use]
+    pub fn tag_info(&self, id: u64) -> Option<TagInfo> {
+        self.tags.get(&id).map(|&(_, tag)| tag)
+    }
+
     pub fn selector_table(&self) -> &SelectorTable {
         &self.published.selectors
     }
@@ -251,7 +257,7 @@ fn filter_of(tags: &HashMap<u64, (u32, TagInfo)>) -> TagFilter {
 mod tests {
     use std::collections::BTreeMap;
 
-    use enforcer_common::policy::{FILE_WRITE, PolicyId};
+    use enforcer_common::policy::{FILE_WRITE, PolicyId, TAG_PENDING_KEY};
 
     use super::*;
 
@@ -287,7 +293,7 @@ mod tests {
             }
             // The levels come from the filter the test gave the swap; the
             // table only says which ids are tagged.
-            let ids = tables.tags.slots.iter().map(|slot| slot.cgroup_id).filter(|&id| id != 0);
+            let ids = tables.tags.slots.iter().map(|slot| slot.cgroup_id & !TAG_PENDING_KEY).filter(|&id| id != 0);
             self.tagged = ids.map(|id| (id, level_of(id))).collect();
             self.file_keys = tables.files.slots.iter().filter(|slot| slot.policy_id != PolicyId::NONE).count();
             self.tables_published += 1;

@@ -9,7 +9,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use enforcer_common::policy::{FileRuleKey, PolicyId};
+use enforcer_common::policy::{FileRuleKey, PolicyId, TAG_FROM_EXEC, TagInfo};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -288,7 +288,10 @@ impl Core {
         let tags: HashMap<_, _> = self
             .tags
             .values()
-            .filter_map(|t| in_force(&t.policy).map(|p| (t.cgroup_id, (t.level, tagging::tag_info(p.tag, t)))))
+            .filter_map(|t| {
+                let armed = t.from_exec && self.enforcer.armed.contains(t.cgroup_id);
+                in_force(&t.policy).map(|p| (t.cgroup_id, (t.level, tagging::tag_info(p.tag, t, armed))))
+            })
             .collect();
         let live: HashSet<PolicyId> = names.iter().filter_map(|n| in_force(n)).map(|p| p.id).collect();
         let recorded = self.enforcer.selected.all();
@@ -331,8 +334,17 @@ impl Core {
         let retired = timing.map(|t| t.elapsed());
         // The versions out of force take their rules along, by key (a walk
         // of the whole trie costs a system call per entry of every policy).
+        // The new tables are in force: a failure here only leaves entries no
+        // tag names, which the next start removes.
         for gone in self.policies.values().filter(|p| !live.contains(&p.id)) {
-            self.enforcer.net.remove(gone.id, gone.net.as_ref())?;
+            if let Err(e) = self.enforcer.net.remove(gone.id, gone.net.as_ref()) {
+                tracing::warn!(
+                    "cannot remove the network rules of policy `{}` version {}: {e} (they stay unused until the \
+                     daemon restarts)",
+                    gone.name,
+                    gone.version
+                );
+            }
         }
         if let Some(t) = timing {
             tracing::debug!(
@@ -401,7 +413,8 @@ impl Core {
             tagged_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             from_exec,
         };
-        self.enforcer.tag(&cgroup, tagging::tag_info(policy_tag, &tag))?;
+        let armed = from_exec && self.enforcer.armed.contains(cgroup.id);
+        self.enforcer.tag(&cgroup, tagging::tag_info(policy_tag, &tag, armed))?;
         if let Some(t) = timing {
             tracing::debug!("tag: socket programs after {attached:?}, tagged after {:?}", t.elapsed());
         }
@@ -427,7 +440,8 @@ impl Core {
         if let Some((tag_info, previous)) =
             previous.and_then(|p| self.policies.get(&p.policy).map(|loaded| (loaded.tag, p)))
         {
-            self.enforcer.tag(cgroup, tagging::tag_info(tag_info, &previous))?;
+            let armed = previous.from_exec && self.enforcer.armed.contains(cgroup.id);
+            self.enforcer.tag(cgroup, tagging::tag_info(tag_info, &previous, armed))?;
             self.tags.insert(cgroup.id, previous);
         } else {
             self.enforcer.untag(cgroup)?;
@@ -572,9 +586,36 @@ impl Core {
         }
     }
 
+    /// Keys the tags an exec armed since the last sweep by their plain id
+    /// (see [`tagging::tag_info`]): the tag check finds them first, without
+    /// looking in `ARMED`. They are judged either way.
+    fn promote_armed(&mut self) {
+        let armed: Vec<(Cgroup, TagInfo)> = self
+            .tags
+            .values()
+            .filter(|t| t.from_exec && self.enforcer.armed.contains(t.cgroup_id))
+            .filter_map(|t| {
+                let info = self.enforcer.tables.tag_info(t.cgroup_id)?;
+                let cgroup = Cgroup { path: self.dir_of(t), name: t.cgroup.clone(), id: t.cgroup_id, level: t.level };
+                (info.flags & TAG_FROM_EXEC != 0)
+                    .then(|| (cgroup, TagInfo::new(info.policy_id(), info.flags & !TAG_FROM_EXEC)))
+            })
+            .collect();
+        for (cgroup, info) in armed {
+            match self.enforcer.tag(&cgroup, info) {
+                Ok(()) => tracing::info!("{}: a first exec armed its tag; keyed by the cgroup's id now", cgroup.name),
+                Err(e) => {
+                    tracing::warn!("cannot key the armed tag of {} by its id (it stays judged): {e}", cgroup.name);
+                }
+            }
+        }
+    }
+
     /// Drops the tags of cgroups that were removed, ends the runs whose
-    /// `enforcer run` is gone, and brings the selected cgroups up to date.
+    /// `enforcer run` is gone, keys armed tags by their id, and brings the
+    /// selected cgroups up to date.
     pub fn sweep(&mut self) -> Vec<Tag> {
+        self.promote_armed();
         let abandoned: Vec<u64> = self.runs.iter().filter(|(_, r)| !r.caller_alive()).map(|(&id, _)| id).collect();
         let mut dropped = Vec::new();
         for id in abandoned {

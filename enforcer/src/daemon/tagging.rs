@@ -46,13 +46,14 @@ pub fn policy_to_tag<'a>(
     })
 }
 
-/// Refuses a cgroup no tag may go on.
 /// What the kernel judges a tagged cgroup by: its policy's tag, waiting for
-/// an exec if the tag says so.
-pub fn tag_info(policy: TagInfo, tag: &Tag) -> TagInfo {
-    if tag.from_exec { TagInfo::new(policy.policy_id(), policy.flags | TAG_FROM_EXEC) } else { policy }
+/// an exec if the tag says so and no exec `armed` it yet (an armed tag is
+/// keyed by the plain id, where the tag check looks first).
+pub fn tag_info(policy: TagInfo, tag: &Tag, armed: bool) -> TagInfo {
+    if tag.from_exec && !armed { TagInfo::new(policy.policy_id(), policy.flags | TAG_FROM_EXEC) } else { policy }
 }
 
+/// Refuses a cgroup no tag may go on.
 pub fn check_taggable(cgroup: &Cgroup) -> Result<(), OpError> {
     if cgroup.level == 0 {
         return Err(OpError::Invalid("the root cgroup cannot be tagged: tag the agent's own cgroup".to_owned()));

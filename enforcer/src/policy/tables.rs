@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use enforcer_common::policy::{
-    FILE_RULES_MAX, FILE_SLOTS, FileRuleKey, FileSlot, FileTable, TAG_SLOTS, TAGGED_MAX, Tables, TagInfo, TagSlot,
-    TagTable, file_hash_base, file_homes, tag_homes,
+    FILE_RULES_MAX, FILE_SLOTS, FileRuleKey, FileSlot, FileTable, TAG_PENDING_KEY, TAG_SLOTS, TAGGED_MAX, Tables,
+    TagInfo, TagSlot, TagTable, file_hash_base, file_homes, tag_homes, tag_key,
 };
 use enforcer_common::select::SelectorTable;
 
@@ -36,33 +36,37 @@ pub fn tag_table(tags: &HashMap<u64, (u32, TagInfo)>) -> Result<Box<TagTable>, T
     if tags.len() > TAGGED_MAX {
         return Err(TableError::TooManyTags { count: tags.len() });
     }
-    let keys: Vec<_> = tags.iter().collect();
-    let homes = |seed| keys.iter().map(|&(&id, _)| tag_homes(id, seed)).collect();
+    let keys: Vec<(u64, TagInfo)> = tags.iter().map(|(&id, &(_, tag))| (tag_key(id, tag), tag)).collect();
+    let homes = |seed| keys.iter().map(|&(key, _)| tag_homes(key, seed)).collect();
     let (seed, positions) = place_seeded(homes, TAG_SLOTS).ok_or(TableError::Unplaceable { what: "tagged cgroup" })?;
     let mut table = zeroed::<TagTable>();
     table.seed = seed;
-    for ((&cgroup_id, &(_, tag)), position) in keys.into_iter().zip(positions) {
-        table.slots[position] = TagSlot { cgroup_id, tag };
+    for ((key, tag), position) in keys.into_iter().zip(positions) {
+        table.slots[position] = TagSlot { cgroup_id: key, tag };
     }
     Ok(table)
 }
 
 /// `table` with cgroup `id` tagged `tag` (or untagged: `None`), changed
 /// in place under its seed: a copy of a quarter-full table and a cuckoo
-/// insert, where [`tag_table`] places every tag anew. `None` if the insert
-/// found no place (then build the table with [`tag_table`]).
+/// insert, where [`tag_table`] places every tag anew. A tag goes in under
+/// its key ([`tag_key`]: apart while it waits for an exec). `None` if the
+/// insert found no place (then build the table with [`tag_table`]).
+#[must_use]
 pub fn retagged(table: &TagTable, id: u64, tag: Option<TagInfo>) -> Option<Box<TagTable>> {
     let mut table = copied(table);
-    let homes = tag_homes(id, table.seed);
-    if let Some(&home) = homes.iter().find(|&&h| table.slots[h].cgroup_id == id) {
-        table.slots[home] = tag.map_or_else(TagSlot::default, |tag| TagSlot { cgroup_id: id, tag });
-        return Some(table);
+    // Out under either key (waiting for an exec or not), in under its own.
+    for key in [id, id | TAG_PENDING_KEY] {
+        if let Some(&home) = tag_homes(key, table.seed).iter().find(|&&h| table.slots[h].cgroup_id == key) {
+            table.slots[home] = TagSlot::default();
+        }
     }
     let Some(tag) = tag else { return Some(table) };
     if table.slots.iter().filter(|s| s.cgroup_id != 0).count() >= TAGGED_MAX {
         return None;
     }
-    let (mut moving, mut slot) = (TagSlot { cgroup_id: id, tag }, homes[0]);
+    let key = tag_key(id, tag);
+    let (mut moving, mut slot) = (TagSlot { cgroup_id: key, tag }, tag_homes(key, table.seed)[0]);
     for _ in 0..MAX_KICKS {
         if table.slots[slot].cgroup_id == 0 {
             table.slots[slot] = moving;
@@ -249,5 +253,26 @@ mod tests {
         assert_eq!((find(&table, ids[7]), find(&table, ids[8])), (Some(tag(2)), None));
         assert!(ids.iter().skip(9).all(|&id| find(&table, id) == Some(tag(1))));
         assert_eq!(table.slots.iter().filter(|s| s.cgroup_id != 0).count(), TAGGED_MAX - 1);
+    }
+
+    #[test]
+    fn a_tag_that_waits_for_an_exec_is_keyed_apart_until_it_is_tagged_again_without() {
+        use enforcer_common::policy::TAG_FROM_EXEC;
+        let waiting = TagInfo::new(PolicyId(1), 2 | TAG_FROM_EXEC);
+        let in_force = TagInfo::new(PolicyId(1), 2);
+        let keys = |table: &TagTable| {
+            let mut keys: Vec<u64> = table.slots.iter().map(|s| s.cgroup_id).filter(|&k| k != 0).collect();
+            keys.sort_unstable();
+            keys
+        };
+        let built = tag_table(&HashMap::from([(7, (1, waiting)), (8, (1, in_force))])).unwrap();
+        assert_eq!(keys(&built), [8, 7 | TAG_PENDING_KEY]);
+        // Armed and re-keyed: one entry, under the plain id.
+        let table = retagged(&built, 7, Some(in_force)).unwrap();
+        assert_eq!(keys(&table), [7, 8]);
+        // Waiting again (a new tag), and untagged: no entry is left behind.
+        let table = retagged(&table, 7, Some(waiting)).unwrap();
+        assert_eq!(keys(&table), [8, 7 | TAG_PENDING_KEY]);
+        assert_eq!(keys(&retagged(&table, 7, None).unwrap()), [8]);
     }
 }

@@ -13,6 +13,7 @@ use std::{
     io::BufRead as _,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
 use enforcer_tests::{
@@ -342,14 +343,29 @@ fn a_container_stays_judged_when_the_daemon_is_killed_restarted_and_reloaded() {
     let (mut d, writable) = daemon_with_policy("containers-restart", "");
     let later = "tcp-connect:127.0.0.1:83";
     let newly_allowed = "tcp-connect:127.0.0.1:84";
-    let steps = [DENIED.to_owned(), "wait-stdin".to_owned(), later.to_owned(), newly_allowed.to_owned()];
+    let after_sweep = "tcp-connect:127.0.0.1:85";
+    let steps = [DENIED, "wait-stdin", after_sweep, "wait-stdin", later, newly_allowed].map(str::to_owned);
     let container = Container::new(&d, "restart", &[(POLICY_ANNOTATION, "container")], &writable, &steps);
     let mut runc = container.spawn();
     let (_, mut stdout) = wait_ready(&mut runc);
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let first: Value = serde_json::from_str(&first).unwrap();
+    let mut next_line = || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    let first = next_line();
     assert_eq!(first["errno"], EPERM, "judged from its first step: {first}");
+
+    // The daemon's sweep (every 5 s) keys the armed tag by the cgroup's id,
+    // where the tag check looks first: still judged.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.log().contains(&format!("{}: a first exec armed its tag", container.cgroup)) {
+        assert!(Instant::now() < deadline, "the sweep did not key the armed tag by its id:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    release(&mut runc);
+    let (_, swept) = (next_line(), next_line());
+    assert_eq!(swept["errno"], EPERM, "judged once keyed by its id: {swept}");
 
     // The agent's cgroup outlives the daemon; the restarted daemon adopts
     // the tag (still armed) and a new version of the policy reaches it.
