@@ -29,8 +29,7 @@ pub struct NetRuleMaps {
 impl NetRuleMaps {
     /// Installs a policy's rules (before a cgroup is tagged with it).
     pub fn add(&mut self, rules: &NetRules) -> Result<(), LoadError> {
-        let keys: Vec<Key<NetKey>> =
-            rules.prefixes.iter().map(|(prefix, key, _)| Key::new(NET_KEY_POLICY_BITS + prefix, *key)).collect();
+        let keys = destination_keys(rules);
         let ports: Vec<NetPorts> = rules.prefixes.iter().map(|(_, _, ports)| *ports).collect();
         // One call for all; if that fails, one by one (which names the
         // failure).
@@ -54,9 +53,7 @@ impl NetRuleMaps {
     /// and its resolver.
     pub fn remove(&mut self, id: PolicyId, rules: Option<&NetRules>) -> Result<(), LoadError> {
         if let Some(rules) = rules {
-            let keys: Vec<Key<NetKey>> =
-                rules.prefixes.iter().map(|(prefix, key, _)| Key::new(NET_KEY_POLICY_BITS + prefix, *key)).collect();
-            self.remove_destinations(&keys)?;
+            self.remove_destinations(&destination_keys(rules))?;
             for key in &rules.unix {
                 match self.unix.remove(key) {
                     Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -105,6 +102,11 @@ impl NetRuleMaps {
         }
         Ok(())
     }
+}
+
+/// The destination trie's keys of `rules`.
+fn destination_keys(rules: &NetRules) -> Vec<Key<NetKey>> {
+    rules.prefixes.iter().map(|(prefix, key, _)| Key::new(NET_KEY_POLICY_BITS + prefix, *key)).collect()
 }
 
 /// The cgroups whose tag waits for an exec (`TAG_FROM_EXEC`) and had one.

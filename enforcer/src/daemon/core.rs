@@ -590,15 +590,18 @@ impl Core {
     /// (see [`tagging::tag_info`]): the tag check finds them first, without
     /// looking in `ARMED`. They are judged either way.
     fn promote_armed(&mut self) {
+        // Still keyed apart (in memory) first, then armed (a map lookup).
+        let waiting =
+            |t: &&Tag| self.enforcer.tables.tag_info(t.cgroup_id).is_some_and(|i| i.flags & TAG_FROM_EXEC != 0);
         let armed: Vec<(Cgroup, TagInfo)> = self
             .tags
             .values()
-            .filter(|t| t.from_exec && self.enforcer.armed.contains(t.cgroup_id))
+            .filter(waiting)
+            .filter(|t| self.enforcer.armed.contains(t.cgroup_id))
             .filter_map(|t| {
-                let info = self.enforcer.tables.tag_info(t.cgroup_id)?;
+                let policy = self.policies.get(&t.policy)?;
                 let cgroup = Cgroup { path: self.dir_of(t), name: t.cgroup.clone(), id: t.cgroup_id, level: t.level };
-                (info.flags & TAG_FROM_EXEC != 0)
-                    .then(|| (cgroup, TagInfo::new(info.policy_id(), info.flags & !TAG_FROM_EXEC)))
+                Some((cgroup, tagging::tag_info(policy.tag, t, true)))
             })
             .collect();
         for (cgroup, info) in armed {

@@ -65,24 +65,9 @@ pub fn retagged(table: &TagTable, id: u64, tag: Option<TagInfo>) -> Option<Box<T
     if table.slots.iter().filter(|s| s.cgroup_id != 0).count() >= TAGGED_MAX {
         return None;
     }
-    let key = tag_key(id, tag);
-    let (mut moving, mut slot) = (TagSlot { cgroup_id: key, tag }, tag_homes(key, table.seed)[0]);
-    for _ in 0..MAX_KICKS {
-        if table.slots[slot].cgroup_id == 0 {
-            table.slots[slot] = moving;
-            return Some(table);
-        }
-        let [first, second] = tag_homes(moving.cgroup_id, table.seed);
-        if slot == first && table.slots[second].cgroup_id == 0 {
-            table.slots[second] = moving;
-            return Some(table);
-        }
-        // Take the slot and send its owner to the owner's other home.
-        moving = std::mem::replace(&mut table.slots[slot], moving);
-        let [a, b] = tag_homes(moving.cgroup_id, table.seed);
-        slot = if a == slot { b } else { a };
-    }
-    None
+    let (seed, moving) = (table.seed, TagSlot { cgroup_id: tag_key(id, tag), tag });
+    let empty = |slot: &TagSlot| slot.cgroup_id == 0;
+    cuckoo_insert(&mut table.slots, moving, empty, |slot| tag_homes(slot.cgroup_id, seed)).then_some(table)
 }
 
 /// A heap copy of `table` (a `Box::new` of it would pass through the stack).
@@ -123,27 +108,9 @@ fn place_seeded(homes: impl Fn(u64) -> Vec<[usize; 2]>, size: usize) -> Option<(
 /// `MAX_KICKS` evictions.
 fn place(homes: &[[usize; 2]], size: usize) -> Option<Vec<usize>> {
     let mut owner: Vec<Option<usize>> = vec![None; size];
+    let homes_of = |owner: &Option<usize>| homes[owner.expect("only keys move: an empty slot takes one")];
     for key in 0..homes.len() {
-        let (mut moving, mut slot) = (key, homes[key][0]);
-        let mut placed = false;
-        for _ in 0..MAX_KICKS {
-            if owner[slot].is_none() {
-                owner[slot] = Some(moving);
-                placed = true;
-                break;
-            }
-            let [first, second] = homes[moving];
-            if slot == first && owner[second].is_none() {
-                owner[second] = Some(moving);
-                placed = true;
-                break;
-            }
-            // Take the slot and send its owner to the owner's other home.
-            let evicted = owner[slot].replace(moving).expect("checked occupied");
-            let [a, b] = homes[evicted];
-            (moving, slot) = (evicted, if a == slot { b } else { a });
-        }
-        if !placed {
+        if !cuckoo_insert(&mut owner, Some(key), Option::is_none, homes_of) {
             return None;
         }
     }
@@ -154,6 +121,35 @@ fn place(homes: &[[usize; 2]], size: usize) -> Option<Vec<usize>> {
         }
     }
     Some(positions)
+}
+
+/// Puts `moving` in one of its two home slots (`homes`), evicting the
+/// occupant of the first to its other home, and so on; false if no place
+/// was found within `MAX_KICKS` evictions (then an evicted entry is out of
+/// `slots`: the caller gives the attempt up).
+fn cuckoo_insert<S: Copy>(
+    slots: &mut [S],
+    mut moving: S,
+    empty: impl Fn(&S) -> bool,
+    homes: impl Fn(&S) -> [usize; 2],
+) -> bool {
+    let mut slot = homes(&moving)[0];
+    for _ in 0..MAX_KICKS {
+        if empty(&slots[slot]) {
+            slots[slot] = moving;
+            return true;
+        }
+        let [first, second] = homes(&moving);
+        if slot == first && empty(&slots[second]) {
+            slots[second] = moving;
+            return true;
+        }
+        // Take the slot and send its owner to the owner's other home.
+        moving = std::mem::replace(&mut slots[slot], moving);
+        let [a, b] = homes(&moving);
+        slot = if a == slot { b } else { a };
+    }
+    false
 }
 
 /// The tables the programs get: `tags`, `files` and `selectors`, copied in
