@@ -60,6 +60,9 @@ pub struct Fanout {
     resumed_from: u64,
     /// The last lines' kind, policy and cgroup: a storm's lines share them.
     recent: RecentNames,
+    /// When this batch's lines were written (one clock read per batch: a
+    /// follower's `--since` counts in seconds).
+    batch_at: Option<SystemTime>,
 }
 
 #[derive(Default)]
@@ -111,6 +114,7 @@ impl Fanout {
             file,
             metrics,
             recent: RecentNames::default(),
+            batch_at: None,
         })
     }
 
@@ -139,7 +143,7 @@ impl LineOut for Fanout {
             kind: self.recent.kind.get(meta.kind),
             policy: self.recent.policy.get(meta.policy),
             cgroup: meta.cgroup.map(|c| self.recent.cgroup.get(c)),
-            at: SystemTime::now(),
+            at: *self.batch_at.get_or_insert_with(SystemTime::now),
             bytes: line.into(),
         });
         if let Ok(mut history) = self.feed.history.lock() {
@@ -156,6 +160,7 @@ impl LineOut for Fanout {
     }
 
     fn flush(&mut self) {
+        self.batch_at = None;
         if let Some(file) = &mut self.file {
             let _ = file.flush();
         }

@@ -3,8 +3,9 @@
 
 use std::{
     borrow::Cow,
-    net::Ipv6Addr,
-    time::{Duration, SystemTime},
+    cell::Cell,
+    net::{IpAddr, Ipv6Addr},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use enforcer_common::{
@@ -20,7 +21,8 @@ use serde::Serialize;
 /// One denial (or audited operation), as written out.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Event<'a> {
-    pub ts: String,
+    #[schemars(with = "String")]
+    pub ts: Timestamp,
     pub kind: &'static str,
     pub action: &'static str,
     pub pid: u32,
@@ -68,10 +70,12 @@ pub struct NetFields {
     pub proto: Option<Cow<'static, str>>,
     /// The destination; an IPv4-mapped IPv6 address as the IPv4 address it is.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub daddr: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub daddr: Option<IpAddr>,
     /// Inbound events: where the connection or datagram came from.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub saddr: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub saddr: Option<IpAddr>,
     /// Connect and sendmsg events: the destination port; inbound events:
     /// the agent's local port it was sent to.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,7 +126,41 @@ pub struct Lost {
 
 /// Converts `bpf_ktime_get_boot_ns` stamps to wall-clock time.
 pub struct Clock {
-    boot_epoch: SystemTime,
+    /// The wall-clock time at boot, in nanoseconds since the Unix epoch.
+    boot_epoch_ns: u64,
+    /// The last second stamped and its text up to the fraction
+    /// (`2026-12-06T18:05:12.`): a storm's events share their second.
+    second: Cell<(u64, [u8; SECOND_BYTES])>,
+}
+
+/// `2026-12-06T18:05:12.`
+const SECOND_BYTES: usize = 20;
+/// `2026-12-06T18:05:12.123456Z`
+const TIMESTAMP_BYTES: usize = SECOND_BYTES + 7;
+
+/// An event's time: RFC 3339, UTC, to the microsecond, without an
+/// allocation (a storm stamps hundreds of thousands a second).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp([u8; TIMESTAMP_BYTES]);
+
+impl Timestamp {
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and punctuation are ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 impl Clock {
@@ -131,12 +169,40 @@ impl Clock {
         let boot = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
         let since_boot =
             Duration::new(u64::try_from(boot.tv_sec).unwrap_or(0), u32::try_from(boot.tv_nsec).unwrap_or(0));
-        Self { boot_epoch: SystemTime::now() - since_boot }
+        let boot_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().saturating_sub(since_boot);
+        Self {
+            boot_epoch_ns: u64::try_from(boot_epoch.as_nanos()).unwrap_or(0),
+            second: Cell::new((u64::MAX, [0; SECOND_BYTES])),
+        }
     }
 
+    /// The wall-clock time of a kernel stamp (truncated to the microsecond).
     #[must_use]
-    pub fn format(&self, boot_ns: u64) -> String {
-        humantime::format_rfc3339_micros(self.boot_epoch + Duration::from_nanos(boot_ns)).to_string()
+    pub fn stamp(&self, boot_ns: u64) -> Timestamp {
+        let ns = self.boot_epoch_ns.saturating_add(boot_ns);
+        let (secs, micros) = (ns / 1_000_000_000, ns % 1_000_000_000 / 1000);
+        let (cached, mut prefix) = self.second.get();
+        if cached != secs {
+            let text = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+            prefix[..SECOND_BYTES - 1].copy_from_slice(&text.as_bytes()[..SECOND_BYTES - 1]);
+            prefix[SECOND_BYTES - 1] = b'.';
+            self.second.set((secs, prefix));
+        }
+        let mut text = [0; TIMESTAMP_BYTES];
+        text[..SECOND_BYTES].copy_from_slice(&prefix);
+        let mut rest = micros;
+        for digit in text[SECOND_BYTES..TIMESTAMP_BYTES - 1].iter_mut().rev() {
+            *digit = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+            rest /= 10;
+        }
+        text[TIMESTAMP_BYTES - 1] = b'Z';
+        Timestamp(text)
+    }
+
+    /// The wall-clock time of a kernel stamp, for tests of [`Clock::stamp`].
+    #[cfg(test)]
+    pub fn wall(&self, boot_ns: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.boot_epoch_ns + boot_ns)
     }
 
     #[must_use]
@@ -207,7 +273,10 @@ fn join_path(names: &[u8], truncated: bool) -> String {
     let start = path.len();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()).rev() {
         path.push('/');
-        path.push_str(&String::from_utf8_lossy(name));
+        match std::str::from_utf8(name) {
+            Ok(name) => path.push_str(name),
+            Err(_) => path.push_str(&String::from_utf8_lossy(name)),
+        }
     }
     if path.len() == start {
         path.push('/');
@@ -231,7 +300,7 @@ impl Record {
         let h = self.header;
         let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
         Event {
-            ts: ctx.clock.format(h.boot_ns),
+            ts: ctx.clock.stamp(h.boot_ns),
             kind: Kind::from_u8(h.kind).map_or("unknown", Kind::name),
             action: Action::from_u8(h.action).map_or("unknown", Action::name),
             pid: h.pid,
@@ -304,7 +373,7 @@ fn net_fields(kind: Option<Kind>, net: &NetDetail) -> NetFields {
     let inbound = kind == Some(Kind::Inbound);
     let addr = (destination || inbound).then(|| {
         let addr = Ipv6Addr::from(net.addr);
-        addr.to_ipv4_mapped().map_or_else(|| addr.to_string(), |v4| v4.to_string())
+        addr.to_ipv4_mapped().map_or(IpAddr::V6(addr), IpAddr::V4)
     });
     let (daddr, saddr) = if destination { (addr, None) } else { (None, addr) };
     let socket = matches!(kind, Some(Kind::Socket));
@@ -340,6 +409,7 @@ mod tests {
         assert_eq!(join_path(b"credentials\0.aws\0root\0", false), "/root/.aws/credentials");
         assert_eq!(join_path(b"", false), "/");
         assert_eq!(join_path(b"c\0b\0", true), "…/b/c");
+        assert_eq!(join_path(b"a\xff\0b\0", false), "/b/a\u{fffd}");
     }
 
     #[test]

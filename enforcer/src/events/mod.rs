@@ -13,9 +13,11 @@
 //! validate every line they read against it.
 
 pub mod daemon;
+mod json;
 mod kernel;
 
 pub use daemon::{DaemonEvent, DaemonLine, PolicyVersion};
+pub use json::write_event;
 pub use kernel::{Clock, Context, Event, Lost, decode};
 use schemars::JsonSchema;
 use serde::Serialize;
