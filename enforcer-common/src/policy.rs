@@ -333,9 +333,11 @@ pub const TAG_NO_REGULAR_FILE_ROOTS: u32 = 1 << 7;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct TagInfo {
-    /// The [`PolicyId`], widened: the programs keep a tag in two 32-bit
-    /// registers (as `u16` and `u16` fields, LLVM packs it into one 64-bit
-    /// register and every flag test pays for it).
+    /// The [`PolicyId`] (low half) and the id its destinations are keyed
+    /// by in the network rules (high half, see [`Self::with_net_id`]): one
+    /// word, as the programs keep a tag in two 32-bit registers (as `u16`
+    /// fields, LLVM packs it into one 64-bit register and every flag test
+    /// pays for it).
     policy: u32,
     pub flags: u32,
 }
@@ -345,12 +347,35 @@ impl TagInfo {
     #[inline]
     #[must_use]
     pub const fn new(policy_id: PolicyId, flags: u32) -> Self {
-        Self { policy: policy_id.0 as u32, flags }
+        Self { policy: policy_id.0 as u32 | (policy_id.0 as u32) << 16, flags }
+    }
+
+    /// The tag with its destinations keyed by `net_id` (by default its own
+    /// id). The daemon keys every version of a policy's destinations by
+    /// one id, so a new version changes only the entries that differ.
+    #[inline]
+    #[must_use]
+    pub const fn with_net_id(self, net_id: PolicyId) -> Self {
+        Self { policy: self.policy & 0xffff | (net_id.0 as u32) << 16, flags: self.flags }
+    }
+
+    /// The id the policy's destinations are keyed by.
+    #[inline]
+    #[must_use]
+    pub const fn net_id(&self) -> PolicyId {
+        PolicyId((self.policy >> 16) as u16)
+    }
+
+    /// The tag with other flags.
+    #[inline]
+    #[must_use]
+    pub const fn with_flags(self, flags: u32) -> Self {
+        Self { policy: self.policy, flags }
     }
 
     #[inline]
     #[must_use]
-    #[expect(clippy::cast_possible_truncation, reason = "`new` widened a `u16`")]
+    #[expect(clippy::cast_possible_truncation, reason = "the low half")]
     pub const fn policy_id(&self) -> PolicyId {
         PolicyId(self.policy as u16)
     }
@@ -359,7 +384,7 @@ impl TagInfo {
     #[inline]
     #[must_use]
     pub const fn has_policy(&self) -> bool {
-        self.policy != PolicyId::NONE.0 as u32
+        self.policy & 0xffff != PolicyId::NONE.0 as u32
     }
 
     /// The tag as one word (`policy_id | flags << 32`), for a global
@@ -379,11 +404,19 @@ impl TagInfo {
     }
 
     /// The key of `addr` in this tag's policy's network rules (see
-    /// [`crate::net::NetKey::new`]).
+    /// [`crate::net::NetKey::new`]): by its net id.
     #[inline]
     #[must_use]
     pub fn net_key(&self, inbound: bool, addr: [u8; 16]) -> crate::net::NetKey {
-        crate::net::NetKey::from_word(self.policy, inbound, addr)
+        crate::net::NetKey::from_word(self.policy >> 16, inbound, addr)
+    }
+
+    /// The key of `addr` in the resolver's grants: by the policy id (each
+    /// version has its resolver).
+    #[inline]
+    #[must_use]
+    pub fn grant_key(&self, addr: [u8; 16]) -> crate::net::NetKey {
+        crate::net::NetKey::from_word(self.policy & 0xffff, false, addr)
     }
 }
 

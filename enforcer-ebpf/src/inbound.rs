@@ -242,8 +242,7 @@ fn is_reply(info: &TagInfo, flow: &Flow) -> bool {
     if from_loopback && net::resolver_port(info.policy_id()) == Some(port) {
         return true;
     }
-    let key = info.net_key(false, words_to_bytes(&flow.source));
-    net::destination_allows(&key, port, PROTO_UDP, unsafe { bpf_ktime_get_boot_ns() })
+    net::destination_allows(info, words_to_bytes(&flow.source), port, PROTO_UDP, unsafe { bpf_ktime_get_boot_ns() })
 }
 
 #[inline(always)]

@@ -82,15 +82,15 @@ pub(crate) fn rule_allows(key: &NetKey, bits: u32, port: u16, proto: u8) -> bool
     NET_RULES.get(&Key::new(bits, *key)).is_some_and(|ports| ports.allows(port, proto))
 }
 
-/// Whether the policy of `key` may send to its address at `port`: a static
+/// Whether the policy of `info` may send to `addr` at `port`: a static
 /// rule, or an address its resolver granted that has not expired.
 #[inline(always)]
-pub(crate) fn destination_allows(key: &NetKey, port: u16, proto: u8, now_boot_ns: u64) -> bool {
-    if rule_allows(key, NET_KEY_POLICY_BITS + 128, port, proto) {
+pub(crate) fn destination_allows(info: &TagInfo, addr: [u8; 16], port: u16, proto: u8, now_boot_ns: u64) -> bool {
+    if rule_allows(&info.net_key(false, addr), NET_KEY_POLICY_BITS + 128, port, proto) {
         return true;
     }
     // SAFETY: the value is only read, while the program runs.
-    unsafe { DNS_GRANTS.get(key) }
+    unsafe { DNS_GRANTS.get(&info.grant_key(addr)) }
         .is_some_and(|grant| grant.ports.allows(port, proto) && grant.expires_boot_ns > now_boot_ns)
 }
 
@@ -217,8 +217,7 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     }
     // SAFETY: sixteen bytes either way.
     let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(addr) };
-    let key = info.net_key(false, addr);
-    if destination_allows(&key, detail.port, proto, unsafe { bpf_ktime_get_boot_ns() }) {
+    if destination_allows(&info, addr, detail.port, proto, unsafe { bpf_ktime_get_boot_ns() }) {
         return ALLOW;
     }
     refuse(Some(&info), kind, Reason::NotAllowed, &detail, None, ALLOW, REFUSE)

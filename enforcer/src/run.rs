@@ -141,7 +141,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
         );
     }
     let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
-    let compiled = compile(&policy, POLICY_ID)?;
+    let compiled = compile(&policy, POLICY_ID, POLICY_ID)?;
     for missing in compiled.missing_trees() {
         tracing::warn!("{missing}");
     }

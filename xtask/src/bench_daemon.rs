@@ -95,10 +95,17 @@ fn policy(name: &str, rules: u32, allow_target: bool) -> String {
 }
 
 fn write_policy(base: &Path, file: &str, text: &str) -> Result<()> {
+    let (tmp, path) = stage_policy(base, file, text)?;
+    std::fs::rename(tmp, path)?;
+    Ok(())
+}
+
+/// Writes a policy file beside the directory: the rename that puts it in
+/// (as editors and configuration tools do) is the change the daemon sees.
+fn stage_policy(base: &Path, file: &str, text: &str) -> Result<(PathBuf, PathBuf)> {
     let tmp = base.join(format!("{file}.tmp"));
     std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, base.join("policies").join(file))?;
-    Ok(())
+    Ok((tmp, base.join("policies").join(file)))
 }
 
 fn measure(opts: &DaemonOptions, daemon: &Daemon, cgroups: &Cgroups, bench: &Path, base: &Path) -> Result<String> {
@@ -160,8 +167,9 @@ fn reload_latencies(
         let mut looper = spawn_in(&cgroup.1, Command::new(bench).args(["until-denied", DENIED, "100000000"]))?;
         let mut lines = BufReader::new(looper.stdout.take().context("looper stdout")?).lines();
         lines.next().context("looper did not start")??;
+        let (tmp, path) = stage_policy(base, "reload.toml", &policy("reload", opts.rules, false))?;
         let started = now_ns();
-        write_policy(base, "reload.toml", &policy("reload", opts.rules, false))?;
+        std::fs::rename(tmp, path)?;
         let denied_at = denied_at(&lines.next().context("looper ended")??)?;
         let _ = looper.wait();
         reload_us.push(micros(denied_at.saturating_sub(started)));

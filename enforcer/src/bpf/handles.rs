@@ -16,7 +16,7 @@ use enforcer_common::{
 };
 
 use super::{LoadError, batch, map_err};
-use crate::policy::network::NetRules;
+use crate::policy::network::{NetChange, NetRules};
 
 /// Each policy's network rules: destinations (`NET_RULES`), unix socket
 /// names (`UNIX_RULES`) and its resolver (`RESOLVERS`), all keyed by policy.
@@ -29,19 +29,38 @@ pub struct NetRuleMaps {
 impl NetRuleMaps {
     /// Installs a policy's rules (before a cgroup is tagged with it).
     pub fn add(&mut self, rules: &NetRules) -> Result<(), LoadError> {
-        let keys = destination_keys(rules);
-        let ports: Vec<NetPorts> = rules.prefixes.iter().map(|(_, _, ports)| *ports).collect();
-        // One call for all; if that fails, one by one (which names the
-        // failure).
-        if batch::update(self.destinations.map().fd(), &keys, &ports).is_err() {
-            for (key, ports) in keys.iter().zip(&ports) {
-                self.destinations.insert(key, ports, 0).map_err(map_err(NET_RULES_MAP))?;
-            }
-        }
+        self.put(&rules.prefixes)?;
+        self.add_unix(rules)
+    }
+
+    /// Installs a version's unix socket names (keyed by its own id; its
+    /// destinations are its net id's, see [`Self::narrow`]).
+    pub fn add_unix(&mut self, rules: &NetRules) -> Result<(), LoadError> {
         for key in &rules.unix {
             self.unix.insert(key, 1, 0).map_err(map_err(UNIX_RULES_MAP))?;
         }
         Ok(())
+    }
+
+    /// The first step of `change`, before the swap: dropped entries go,
+    /// changed ones allow only what both versions allow.
+    pub fn narrow(&mut self, change: &NetChange) -> Result<(), LoadError> {
+        self.delete(&change.removed)?;
+        let both: Vec<_> = change.narrowed.iter().map(|&(prefix, key, both, _)| (prefix, key, both)).collect();
+        self.put(&both)
+    }
+
+    /// Undoes [`Self::narrow`] (the swap failed).
+    pub fn undo_narrow(&mut self, change: &NetChange) -> Result<(), LoadError> {
+        let old: Vec<_> = change.narrowed.iter().map(|&(prefix, key, _, old)| (prefix, key, old)).collect();
+        self.put(&old)?;
+        self.put(&change.removed)
+    }
+
+    /// The second step of `change`, after the swap: the new version's
+    /// ports and entries.
+    pub fn widen(&mut self, change: &NetChange) -> Result<(), LoadError> {
+        self.put(&change.widened)
     }
 
     /// Sends the DNS of cgroups tagged with `policy_id` to `resolver`.
@@ -49,16 +68,18 @@ impl NetRuleMaps {
         self.resolvers.insert(policy_id, resolver, 0).map_err(map_err(RESOLVERS_MAP))
     }
 
-    /// Removes policy `id`'s rules (`rules`: those [`Self::add`] put in)
-    /// and its resolver.
-    pub fn remove(&mut self, id: PolicyId, rules: Option<&NetRules>) -> Result<(), LoadError> {
-        if let Some(rules) = rules {
-            self.remove_destinations(&destination_keys(rules))?;
-            for key in &rules.unix {
-                match self.unix.remove(key) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(UNIX_RULES_MAP)(e)),
-                }
+    /// Removes a policy's destinations (`rules`: those [`Self::add`] put in).
+    pub fn remove_destinations(&mut self, rules: &NetRules) -> Result<(), LoadError> {
+        self.delete(&rules.prefixes)
+    }
+
+    /// Removes what version `id` has of its own: its unix socket names
+    /// (`rules`: those [`Self::add`] put in) and its resolver.
+    pub fn remove_version(&mut self, id: PolicyId, rules: Option<&NetRules>) -> Result<(), LoadError> {
+        for key in rules.map(|r| r.unix.as_slice()).unwrap_or_default() {
+            match self.unix.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(UNIX_RULES_MAP)(e)),
             }
         }
         match self.resolvers.remove(&id) {
@@ -67,8 +88,26 @@ impl NetRuleMaps {
         }
     }
 
-    /// Removes `keys` from the destinations (those missing already too).
-    fn remove_destinations(&mut self, keys: &[Key<NetKey>]) -> Result<(), LoadError> {
+    /// Writes destination entries: one call for all; if that fails, one by
+    /// one (which names the failure).
+    fn put(&mut self, entries: &[(u32, NetKey, NetPorts)]) -> Result<(), LoadError> {
+        let keys = trie_keys(entries);
+        let ports: Vec<NetPorts> = entries.iter().map(|&(_, _, ports)| ports).collect();
+        if batch::update(self.destinations.map().fd(), &keys, &ports).is_ok() {
+            return Ok(());
+        }
+        for (key, ports) in keys.iter().zip(&ports) {
+            self.destinations.insert(key, ports, 0).map_err(map_err(NET_RULES_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// Removes destination entries (those missing already too).
+    fn delete(&mut self, entries: &[(u32, NetKey, NetPorts)]) -> Result<(), LoadError> {
+        self.delete_keys(&trie_keys(entries))
+    }
+
+    fn delete_keys(&mut self, keys: &[Key<NetKey>]) -> Result<(), LoadError> {
         if batch::delete(self.destinations.map().fd(), keys).is_ok() {
             return Ok(());
         }
@@ -81,22 +120,23 @@ impl NetRuleMaps {
         Ok(())
     }
 
-    /// Removes the rules of every policy not in `live`.
-    pub fn retain(&mut self, live: &HashSet<PolicyId>) -> Result<(), LoadError> {
+    /// Removes the destinations of every net id not in `nets`, and the unix
+    /// socket names and resolvers of every version not in `versions`.
+    pub fn retain(&mut self, versions: &HashSet<PolicyId>, nets: &HashSet<PolicyId>) -> Result<(), LoadError> {
         let stale: Vec<Key<NetKey>> = self
             .destinations
             .keys()
             .filter_map(Result::ok)
-            .filter(|key| !live.contains(&key.data().policy()))
+            .filter(|key| !nets.contains(&key.data().policy()))
             .collect();
-        self.remove_destinations(&stale)?;
+        self.delete_keys(&stale)?;
         let stale: Vec<UnixKey> =
-            self.unix.keys().filter_map(Result::ok).filter(|key| !live.contains(&key.policy_id)).collect();
+            self.unix.keys().filter_map(Result::ok).filter(|key| !versions.contains(&key.policy_id)).collect();
         for key in stale {
             self.unix.remove(&key).map_err(map_err(UNIX_RULES_MAP))?;
         }
         let stale: Vec<PolicyId> =
-            self.resolvers.keys().filter_map(Result::ok).filter(|id| !live.contains(id)).collect();
+            self.resolvers.keys().filter_map(Result::ok).filter(|id| !versions.contains(id)).collect();
         for id in stale {
             self.resolvers.remove(&id).map_err(map_err(RESOLVERS_MAP))?;
         }
@@ -104,9 +144,9 @@ impl NetRuleMaps {
     }
 }
 
-/// The destination trie's keys of `rules`.
-fn destination_keys(rules: &NetRules) -> Vec<Key<NetKey>> {
-    rules.prefixes.iter().map(|(prefix, key, _)| Key::new(NET_KEY_POLICY_BITS + prefix, *key)).collect()
+/// The destination trie's keys of `entries`.
+fn trie_keys(entries: &[(u32, NetKey, NetPorts)]) -> Vec<Key<NetKey>> {
+    entries.iter().map(|&(prefix, key, _)| Key::new(NET_KEY_POLICY_BITS + prefix, key)).collect()
 }
 
 /// The cgroups whose tag waits for an exec (`TAG_FROM_EXEC`) and had one.

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     config::Config,
-    policies::{self, Ids, Loaded, Rejected},
+    net_versions,
+    policies::{self, Ids, Loaded, Rejected, VersionIds},
     reload::{self, Plan},
     resolvers::Resolvers,
     runs::{self, RunRecord},
@@ -23,9 +24,11 @@ use super::{
     wire::{RunAnswer, RunRequest, Tag, TagRequest},
 };
 use crate::{
+    bpf::NetRuleMaps,
     bpf::{Enforcer, LoadError},
     cgroups::{Cgroup, Hierarchy},
     events::{DaemonEvent, DaemonLine},
+    policy::network::NetChange,
     stream::{Labels, PolicyLabel},
 };
 
@@ -37,6 +40,10 @@ struct SavedPolicy {
     file: PathBuf,
     /// The `PolicyId`.
     id: u16,
+    /// The id its destinations are keyed by (states written before there
+    /// was one: `id`).
+    #[serde(default)]
+    net_id: Option<u16>,
     version: u32,
     hash: String,
     /// An `enforcer run`'s own policy.
@@ -184,7 +191,12 @@ impl Core {
         for saved in state.policies {
             let source =
                 std::fs::read_to_string(core.version_file(PolicyId(saved.id), &saved.hash)).unwrap_or_default();
-            match policies::compile_file(&saved.file, &source, PolicyId(saved.id), saved.version) {
+            let ids = VersionIds {
+                id: PolicyId(saved.id),
+                net_id: PolicyId(saved.net_id.unwrap_or(saved.id)),
+                version: saved.version,
+            };
+            match policies::compile_file(&saved.file, &source, ids) {
                 Ok(mut loaded) => {
                     // A run's own policy keeps its name (the file's says less).
                     loaded.run = saved.run;
@@ -218,10 +230,11 @@ impl Core {
         if let Err(e) = core.enforcer.armed.retain(|id| tagged.contains(&id)) {
             report.warnings.push(format!("cannot forget the armed cgroups no longer tagged: {e}"));
         }
-        if let Err(e) = core.enforcer.net.retain(&restored) {
+        let restored_nets: HashSet<PolicyId> = core.policies.values().map(|p| p.net_id).collect();
+        if let Err(e) = core.enforcer.net.retain(&restored, &restored_nets) {
             report.warnings.push(format!("cannot remove the network rules of versions no longer in force: {e}"));
         }
-        let max_id = core.policies.values().map(|p| p.id).max().unwrap_or(PolicyId::NONE);
+        let max_id = policies::ids_in_use(core.policies.values()).last().copied().unwrap_or(PolicyId::NONE);
         core.ids = Ids::after(max_id);
         let mut reload = core.reload_inner(true);
         reload.warnings.splice(0..0, report.warnings);
@@ -238,6 +251,7 @@ impl Core {
         let started = std::time::Instant::now();
         self.reloads += 1;
         let scan = reload::scan(&self.config.policies);
+        tracing::debug!("reload: files read after {:?}", started.elapsed());
         let tags = &self.tags;
         let users = |name: &str| tags.values().filter(|t| t.policy == name).count();
         let plan = reload::plan(scan, &self.policies, &users, &mut self.ids);
@@ -276,6 +290,7 @@ impl Core {
     /// Publishes the policies in force with `fresh` replacing (or joining)
     /// them and `unload` gone; on error nothing changed in the kernel.
     fn apply(&mut self, fresh: &BTreeMap<String, Loaded>, unload: &[String]) -> Result<(), LoadError> {
+        let timing = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
         let in_force = |name: &String| fresh.get(name).or_else(|| self.policies.get(name));
         let names: BTreeSet<&String> =
             self.policies.keys().chain(fresh.keys()).filter(|n| !unload.contains(n)).collect();
@@ -302,15 +317,19 @@ impl Core {
             extra_filter.insert(id, selected.level);
         }
         let old_live: HashSet<PolicyId> = self.policies.values().map(|p| p.id).collect();
-        let timing = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
-        // New versions' network rules go in beside the old ones first.
-        for loaded in fresh.values() {
-            if let Some(net) = &loaded.net
-                && let Err(e) = self.enforcer.net.add(net)
-            {
-                let _ = self.enforcer.net.retain(&old_live);
-                return Err(e);
-            }
+        let old_nets: HashSet<PolicyId> = self.policies.values().map(|p| p.net_id).collect();
+        let planned = timing.map(|t| t.elapsed());
+        // New policies' destinations go in first; new versions' change in
+        // place, narrowed now and widened after the swap.
+        let net = &mut self.enforcer.net;
+        let undo = |net: &mut NetRuleMaps, resolvers: &mut Resolvers, changes: &[NetChange], error| {
+            net_versions::undo(net, changes, &old_nets, &old_live);
+            resolvers.retire(&old_live);
+            error
+        };
+        let mut changes = Vec::new();
+        if let Err(e) = net_versions::before_swap(net, &self.policies, fresh, &mut changes) {
+            return Err(undo(net, &mut self.resolvers, &changes, e));
         }
         // Then their resolvers (and those a restarted daemon serves again),
         // with the grants of the versions they replace.
@@ -318,38 +337,21 @@ impl Core {
             fresh.values().filter_map(|new| self.policies.get(&new.name).map(|old| (old.id, new))).collect();
         let in_force_now = names.iter().filter_map(|n| in_force(n));
         if let Err(e) = self.resolvers.prepare(in_force_now, &replaced, &mut self.enforcer.net) {
-            self.resolvers.retire(&old_live);
-            let _ = self.enforcer.net.retain(&old_live);
-            return Err(e);
+            return Err(undo(&mut self.enforcer.net, &mut self.resolvers, &changes, e));
         }
         let inserted = timing.map(|t| t.elapsed());
         if let Err(e) = self.enforcer.tables.replace_all(file_rules, tags, built.table, &extra_filter) {
-            self.resolvers.retire(&old_live);
-            let _ = self.enforcer.net.retain(&old_live);
-            return Err(e);
+            return Err(undo(&mut self.enforcer.net, &mut self.resolvers, &changes, e));
         }
         self.selection.commit(built.choice);
         let published = timing.map(|t| t.elapsed());
+        net_versions::after_swap(&mut self.enforcer.net, &self.policies, fresh, &changes, &live);
         self.resolvers.retire(&live);
         let retired = timing.map(|t| t.elapsed());
-        // The versions out of force take their rules along, by key (a walk
-        // of the whole trie costs a system call per entry of every policy).
-        // The new tables are in force: a failure here only leaves entries no
-        // tag names, which the next start removes.
-        for gone in self.policies.values().filter(|p| !live.contains(&p.id)) {
-            if let Err(e) = self.enforcer.net.remove(gone.id, gone.net.as_ref()) {
-                tracing::warn!(
-                    "cannot remove the network rules of policy `{}` version {}: {e} (they stay unused until the \
-                     daemon restarts)",
-                    gone.name,
-                    gone.version
-                );
-            }
-        }
         if let Some(t) = timing {
             tracing::debug!(
-                "apply: rules in after {inserted:?}, published after {published:?}, resolvers retired after \
-                 {retired:?}, old rules out after {:?}",
+                "apply: tables planned after {planned:?}, rules in after {inserted:?}, published after {published:?}, rules widened and resolvers \
+                 retired after {retired:?}, old rules out after {:?}",
                 t.elapsed()
             );
         }
@@ -533,9 +535,10 @@ impl Core {
             return Ok(name);
         }
         policy.cgroups.clear();
-        let used: BTreeSet<PolicyId> = self.policies.values().map(|p| p.id).collect();
+        let used = policies::ids_in_use(self.policies.values());
         let id = self.ids.allocate(&used).ok_or_else(|| OpError::Failed("every policy id is in use".to_owned()))?;
-        let mut loaded = policies::compile_parsed(file, text, policy, &warnings, id, 1).map_err(OpError::Invalid)?;
+        let mut loaded =
+            policies::compile_parsed(file, text, policy, &warnings, VersionIds::first(id)).map_err(OpError::Invalid)?;
         loaded.run = true;
         loaded.name.clone_from(&name);
         let fresh = BTreeMap::from([(name.clone(), loaded)]);
@@ -821,6 +824,7 @@ impl Core {
                     name: p.name.clone(),
                     file: p.file.clone(),
                     id: p.id.0,
+                    net_id: Some(p.net_id.0),
                     version: p.version,
                     hash: p.hash.clone(),
                     run: p.run,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod core;
 pub mod fanout;
 pub mod metrics;
+mod net_versions;
 pub mod policies;
 mod reload;
 mod replay;

@@ -1,7 +1,10 @@
 //! The daemon's policies: the `*.toml` files of its policy directory, each
 //! compiled into kernel rules under a policy id of its own per version, so a
 //! reload installs the new version beside the old one and switches tagged
-//! cgroups over in one table swap.
+//! cgroups over in one table swap. Destinations are the exception: every
+//! version of a policy keys them by the policy's net id, so a reload changes
+//! only the entries that differ (a policy can hold 10 000), around the swap
+//! (see `policy::network::NetChange`).
 
 use std::{
     collections::BTreeSet,
@@ -22,6 +25,9 @@ pub struct Loaded {
     pub file: PathBuf,
     /// The kernel's id for this version (ids are not reused while in use).
     pub id: PolicyId,
+    /// The id its destinations are keyed by: the first version's id, kept
+    /// by every later version (and not reused while in use).
+    pub net_id: PolicyId,
     /// 1 for the first version the daemon loaded, +1 for each change.
     pub version: u32,
     pub hash: String,
@@ -66,10 +72,31 @@ pub fn hash(text: &str) -> String {
 /// A policy file's path and text.
 pub type PolicyFile = (PathBuf, String);
 
-/// Compiles `text` (read from `file`) as version `version` with id `id`.
-pub fn compile_file(file: &Path, text: &str, id: PolicyId, version: u32) -> Result<Loaded, String> {
+/// Which version a compiled policy is: its id, net id and number.
+#[derive(Clone, Copy, Debug)]
+pub struct VersionIds {
+    pub id: PolicyId,
+    pub net_id: PolicyId,
+    pub version: u32,
+}
+
+impl VersionIds {
+    /// The first version of a policy: its destinations keyed by its own id.
+    #[must_use]
+    pub fn first(id: PolicyId) -> Self {
+        Self { id, net_id: id, version: 1 }
+    }
+}
+
+/// Every id `loaded` holds: versions' and net ids (none is handed out again).
+pub fn ids_in_use<'a>(loaded: impl IntoIterator<Item = &'a Loaded>) -> BTreeSet<PolicyId> {
+    loaded.into_iter().flat_map(|p| [p.id, p.net_id]).collect()
+}
+
+/// Compiles `text` (read from `file`) as the version `ids` names.
+pub fn compile_file(file: &Path, text: &str, ids: VersionIds) -> Result<Loaded, String> {
     let (policy, warnings) = policy::parse(text, file).map_err(|e| e.to_string())?;
-    compile_parsed(file, text, policy, &warnings, id, version)
+    compile_parsed(file, text, policy, &warnings, ids)
 }
 
 /// Compiles a policy parsed from `text` (read from `file`).
@@ -78,11 +105,11 @@ pub fn compile_parsed(
     text: &str,
     policy: Policy,
     warnings: &[policy::Warning],
-    id: PolicyId,
-    version: u32,
+    ids: VersionIds,
 ) -> Result<Loaded, String> {
+    let VersionIds { id, net_id, version } = ids;
     let mut warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-    let compiled = compile(&policy, id).map_err(|e| format!("{}: {e}", file.display()))?;
+    let compiled = compile(&policy, id, net_id).map_err(|e| format!("{}: {e}", file.display()))?;
     warnings.extend(compiled.missing_trees().map(|line| format!("{}: warning: {line}", file.display())));
     // Policies with a network section get a resolver, as under `enforcer run`.
     let hosts = policy.network.as_ref().map(HostRules::of).transpose().map_err(|e| e.to_string())?;
@@ -99,6 +126,7 @@ pub fn compile_parsed(
         name: policy.name.clone(),
         file: file.to_owned(),
         id,
+        net_id,
         version,
         hash: hash(text),
         source: text.to_owned(),

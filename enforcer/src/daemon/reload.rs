@@ -3,15 +3,13 @@
 //! applies the plan in one table swap (`Core::apply`).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, HashSet},
     path::{Path, PathBuf},
 };
 
-use enforcer_common::policy::PolicyId;
-
 use super::{
     core::ReloadReport,
-    policies::{self, Ids, Loaded, PolicyFile, Rejected},
+    policies::{self, Ids, Loaded, PolicyFile, Rejected, VersionIds},
 };
 
 /// The policy directory as read.
@@ -107,13 +105,15 @@ pub fn plan(scan: Scan, in_force: &BTreeMap<String, Loaded>, users: &dyn Fn(&str
             plan.report.unchanged.push(name);
             continue;
         }
-        let used: BTreeSet<PolicyId> = in_force.values().chain(plan.fresh.values()).map(|p| p.id).collect();
+        let used = policies::ids_in_use(in_force.values().chain(plan.fresh.values()));
         let Some(id) = ids.allocate(&used) else {
             plan.report.rejected.push(Rejected { file: file.clone(), error: "every policy id is in use".to_owned() });
             continue;
         };
-        let version = current.map_or(1, |c| c.version + 1);
-        match policies::compile_parsed(file, text, policy, &warnings, id, version) {
+        // A new version keys its destinations as the one it replaces.
+        let ids =
+            current.map_or(VersionIds::first(id), |c| VersionIds { id, net_id: c.net_id, version: c.version + 1 });
+        match policies::compile_parsed(file, text, policy, &warnings, ids) {
             Ok(loaded) => {
                 plan.report.warnings.extend(loaded.warnings.iter().cloned());
                 plan.fresh.insert(name, loaded);

@@ -269,12 +269,12 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::daemon::policies::compile_file;
+    use crate::daemon::policies::{VersionIds, compile_file};
 
     fn policy(name: &str, id: u16, globs: &[&str]) -> Loaded {
         let globs: Vec<String> = globs.iter().map(|g| format!("\"{g}\"")).collect();
         let text = format!("name = \"{name}\"\nmode = \"enforce\"\ncgroups = [{}]\n", globs.join(", "));
-        compile_file(Path::new(&format!("{name}.toml")), &text, PolicyId(id), 1).unwrap()
+        compile_file(Path::new(&format!("{name}.toml")), &text, VersionIds::first(PolicyId(id))).unwrap()
     }
 
     fn found(name: &str, id: u64) -> Found {

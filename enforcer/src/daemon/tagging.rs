@@ -50,7 +50,7 @@ pub fn policy_to_tag<'a>(
 /// an exec if the tag says so and no exec `armed` it yet (an armed tag is
 /// keyed by the plain id, where the tag check looks first).
 pub fn tag_info(policy: TagInfo, tag: &Tag, armed: bool) -> TagInfo {
-    if tag.from_exec && !armed { TagInfo::new(policy.policy_id(), policy.flags | TAG_FROM_EXEC) } else { policy }
+    if tag.from_exec && !armed { policy.with_flags(policy.flags | TAG_FROM_EXEC) } else { policy }
 }
 
 /// Refuses a cgroup no tag may go on.
@@ -141,7 +141,7 @@ mod tests {
     use enforcer_common::policy::PolicyId;
 
     use super::*;
-    use crate::daemon::policies::compile_file;
+    use crate::daemon::policies::{VersionIds, compile_file};
 
     const MOUNT: &str = "/sys/fs/cgroup";
 
@@ -181,8 +181,12 @@ mod tests {
 
     #[test]
     fn a_tag_names_a_loaded_policy_and_a_cgroup_below_the_root() {
-        let loaded =
-            compile_file(Path::new("agent.toml"), "name = \"agent\"\nmode = \"enforce\"\n", PolicyId(1), 1).unwrap();
+        let loaded = compile_file(
+            Path::new("agent.toml"),
+            "name = \"agent\"\nmode = \"enforce\"\n",
+            VersionIds::first(PolicyId(1)),
+        )
+        .unwrap();
         let policies = BTreeMap::from([("agent".to_owned(), loaded)]);
         assert_eq!(policy_to_tag(&policies, "agent", Path::new("/etc/enforcer/policies")).unwrap().id, PolicyId(1));
         let Err(unknown) = policy_to_tag(&policies, "other", Path::new("/etc/enforcer/policies")) else { panic!() };

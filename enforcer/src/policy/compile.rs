@@ -40,17 +40,18 @@ pub enum CompileError {
     Network(#[from] TooManyRanges),
 }
 
-/// Compiles `policy` for `policy_id`. Reads the mount table when the policy
+/// Compiles `policy` for `policy_id`, its destinations keyed by `net_id`
+/// (see [`TagInfo::with_net_id`]). Reads the mount table when the policy
 /// names trees (`[files]`, `[exec]`, `[devices]`).
-pub fn compile(policy: &Policy, policy_id: PolicyId) -> Result<Compiled, CompileError> {
-    let mut tag = tag_for(policy, policy_id);
+pub fn compile(policy: &Policy, policy_id: PolicyId, net_id: PolicyId) -> Result<Compiled, CompileError> {
+    let mut tag = tag_for(policy, policy_id).with_net_id(net_id);
     let (mut file_rules, mut missing) = (Vec::new(), Vec::new());
     if policy.files.is_some() || policy.exec.is_some() || policy.devices.is_some() {
         let resolved = files::resolve(policy, policy_id)?;
         tag.flags |= resolved.tag_flags();
         (file_rules, missing) = (resolved.entries, resolved.missing);
     }
-    let net = policy.network.as_ref().map(|n| network::build(n, policy_id)).transpose()?;
+    let net = policy.network.as_ref().map(|n| network::build(n, policy_id, net_id)).transpose()?;
     Ok(Compiled { tag, file_rules, missing, net })
 }
 
@@ -147,7 +148,7 @@ mod tests {
             "name = \"p\"\nmode = \"audit\"\n[files]\nwrite = [\"{d}\"]\nread_deny = [\"{d}/absent\"]\n\
              [network]\nallow = [\"10.0.0.0/8:443\"]\nsockets = [\"raw\"]\n"
         ));
-        let compiled = compile(&policy, PolicyId(9)).unwrap();
+        let compiled = compile(&policy, PolicyId(9), PolicyId(9)).unwrap();
         assert_eq!(compiled.tag.policy_id(), PolicyId(9));
         let expected = TAG_AUDIT | TAG_FILES | TAG_READ_DENY | TAG_NET | TAG_NO_REGULAR_FILE_ROOTS;
         assert_eq!(compiled.tag.flags & expected, expected, "flags {:#x}", compiled.tag.flags);
@@ -164,7 +165,7 @@ mod tests {
 
     #[test]
     fn a_policy_without_trees_has_no_file_rules_or_their_flags() {
-        let compiled = compile(&parsed("name = \"p\"\n[network]\nallow = []\n"), PolicyId(1)).unwrap();
+        let compiled = compile(&parsed("name = \"p\"\n[network]\nallow = []\n"), PolicyId(1), PolicyId(1)).unwrap();
         assert!(compiled.file_rules.is_empty() && compiled.missing.is_empty());
         assert_eq!(compiled.tag.flags & (TAG_FILES | TAG_NO_REGULAR_FILE_ROOTS), 0);
         assert_eq!(compiled.tag.flags & TAG_NET, TAG_NET);

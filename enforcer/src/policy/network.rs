@@ -6,7 +6,7 @@
 //! that covers it: `10.0.0.0/8:80` and `10.1.0.0/16:443` make the /16 allow
 //! both 80 and 443.
 
-use std::{collections::HashMap, net::Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use enforcer_common::{
     net::{NET_PORT_RANGES, NetKey, NetPorts, PortRange, UNIX_PATH_BYTES, UnixKey},
@@ -34,54 +34,169 @@ pub struct TooManyRanges {
 /// The map entries of one policy.
 #[derive(Debug, Default)]
 pub struct NetRules {
-    /// Prefix length (of the address, 0..=128) and key, with what it allows.
+    /// Prefix length (of the address, 0..=128) and key, with what it
+    /// allows; sorted by key and length (see [`NetChange::between`]).
     pub prefixes: Vec<(u32, NetKey, NetPorts)>,
     pub unix: Vec<UnixKey>,
 }
 
 /// Builds the entries of `network` for policy `policy_id`: destinations,
-/// then `listen` sources (under `NET_KEY_INBOUND`). Host name entries are
-/// not here: their addresses come from the resolver.
-pub fn build(network: &Network, policy_id: PolicyId) -> Result<NetRules, TooManyRanges> {
-    let mut prefixes = prefixes(&network.allow, policy_id, false, "allow")?;
-    prefixes.extend(self::prefixes(&network.listen, policy_id, true, "listen")?);
+/// then `listen` sources (under `NET_KEY_INBOUND`), keyed by `net_id`;
+/// unix socket names keyed by `policy_id`. Host name entries are not here:
+/// their addresses come from the resolver.
+pub fn build(network: &Network, policy_id: PolicyId, net_id: PolicyId) -> Result<NetRules, TooManyRanges> {
+    let mut prefixes = prefixes(&network.allow, net_id, false, "allow")?;
+    // Sorted already: `listen` keys have the direction bit set.
+    prefixes.extend(self::prefixes(&network.listen, net_id, true, "listen")?);
+    debug_assert!(prefixes.is_sorted_by_key(order));
     let unix = network.unix.iter().map(|name| unix_key(name, policy_id)).collect();
     Ok(NetRules { prefixes, unix })
 }
 
-/// The trie entries of `entries`, keyed by `policy_id` and direction.
+/// The order of [`NetRules::prefixes`].
+fn order(&(prefix, key, _): &(u32, NetKey, NetPorts)) -> ([u8; 4], [u8; 16], u32) {
+    (key.policy_id, key.addr, prefix)
+}
+
+/// How the destinations of one net id go from one version's rules to the
+/// next's in place, in two steps around the table swap:
+///
+/// - before it, `narrow`: entries the new version drops go, and entries it
+///   changes allow only what both versions allow;
+/// - after it, `widen`: changed entries get the new version's ports, new
+///   entries go in.
+///
+/// Every address sees at most what both versions allow in between (fail
+/// closed): its longest match is then an entry both have, whose ports are
+/// cut to what both allow, and each version's own answer for the address
+/// carries that entry's ports, as a longer prefix carries those of the
+/// prefixes covering it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NetChange {
+    /// Entries to remove, with their old ports (to put back on a rollback).
+    pub removed: Vec<(u32, NetKey, NetPorts)>,
+    /// Changed entries: the ports both allow, and the old ones.
+    pub narrowed: Vec<(u32, NetKey, NetPorts, NetPorts)>,
+    /// Changed and new entries, with the new ports.
+    pub widened: Vec<(u32, NetKey, NetPorts)>,
+}
+
+impl NetChange {
+    /// The change from `old` to `new` (both sorted, as [`build`] makes them).
+    #[must_use]
+    pub fn between(old: &[(u32, NetKey, NetPorts)], new: &[(u32, NetKey, NetPorts)]) -> Self {
+        let mut change = Self::default();
+        let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+        loop {
+            match (old.peek(), new.peek()) {
+                (None, None) => return change,
+                (Some(&&gone), None) => {
+                    change.removed.push(gone);
+                    old.next();
+                }
+                (None, Some(&&added)) => {
+                    change.widened.push(added);
+                    new.next();
+                }
+                (Some(&&was), Some(&&now)) => match order(&was).cmp(&order(&now)) {
+                    std::cmp::Ordering::Less => {
+                        change.removed.push(was);
+                        old.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        change.widened.push(now);
+                        new.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if was.2 != now.2 {
+                            change.narrowed.push((was.0, was.1, both_allow(&was.2, &now.2), was.2));
+                            change.widened.push(now);
+                        }
+                        old.next();
+                        new.next();
+                    }
+                },
+            }
+        }
+    }
+
+    /// Whether nothing changes.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.narrowed.is_empty() && self.widened.is_empty()
+    }
+}
+
+/// What both `a` and `b` allow, as far as it fits an entry: the ranges left
+/// out only make it allow less.
+fn both_allow(a: &NetPorts, b: &NetPorts) -> NetPorts {
+    let used = |ports: &NetPorts| ports.ranges.iter().take_while(|r| r.protos != 0).copied().collect::<Vec<_>>();
+    let mut both = Vec::new();
+    for x in used(a) {
+        for y in used(b) {
+            let (first, last, protos) = (x.first.max(y.first), x.last.min(y.last), x.protos & y.protos);
+            if first <= last && protos != 0 {
+                both.push(PortRange { first, last, protos, pad: [0; 3] });
+            }
+        }
+    }
+    let both = merge(both);
+    let mut ports = NetPorts::default();
+    for (slot, range) in ports.ranges.iter_mut().zip(both) {
+        *slot = range;
+    }
+    ports
+}
+
+/// A range an entry gives its prefix, and where the entry was written.
+type OwnRange<'a> = ((Ipv6Addr, u8), PortRange, &'a Location);
+
+/// The trie entries of `entries`, keyed by `net_id` and direction, sorted
+/// by address and length. A reload compiles every entry of a changed file
+/// (10 000 and more), so this allocates per prefix only when it has more
+/// than one range.
 fn prefixes(
     entries: &[(Destination, Location)],
-    policy_id: PolicyId,
+    net_id: PolicyId,
     inbound: bool,
     key: &'static str,
 ) -> Result<Vec<(u32, NetKey, NetPorts)>, TooManyRanges> {
-    // (address, prefix) -> ranges, and where the prefix was first written.
-    let mut own: HashMap<(Ipv6Addr, u8), (Vec<PortRange>, &Location)> = HashMap::new();
-    for (destination, at) in entries {
-        let Target::Net { addr, prefix } = destination.target else { continue };
-        let (first, last) = (*destination.ports.start(), *destination.ports.end());
-        let range = PortRange { first, last, protos: destination.protos, pad: [0; 3] };
-        own.entry((addr, prefix)).or_insert_with(|| (Vec::new(), at)).0.push(range);
-    }
-    let mut lengths: Vec<u8> = own.keys().map(|&(_, prefix)| prefix).collect();
+    // Sorted by prefix: a prefix's ranges are neighbours, the first written
+    // first.
+    let mut own: Vec<OwnRange<'_>> = entries
+        .iter()
+        .filter_map(|(destination, at)| {
+            let Target::Net { addr, prefix } = destination.target else { return None };
+            let (first, last) = (*destination.ports.start(), *destination.ports.end());
+            Some(((addr, prefix), PortRange { first, last, protos: destination.protos, pad: [0; 3] }, at))
+        })
+        .collect();
+    own.sort_by_key(|&(prefix, _, _)| prefix);
+    let groups: Vec<&[OwnRange<'_>]> = own.chunk_by(|a, b| a.0 == b.0).collect();
+    let ranges_of = |prefix: (Ipv6Addr, u8)| {
+        let group = groups.binary_search_by_key(&prefix, |group| group[0].0).ok()?;
+        Some(groups[group].iter().map(|&(_, range, _)| range))
+    };
+    let mut lengths: Vec<u8> = groups.iter().map(|group| group[0].0.1).collect();
     lengths.sort_unstable();
     lengths.dedup();
-    let mut prefixes = Vec::with_capacity(own.len());
-    for (&(addr, prefix), (ranges, at)) in &own {
-        let mut all = ranges.clone();
-        for &shorter in lengths.iter().take_while(|&&l| l < prefix) {
-            if let Some((covering, _)) = own.get(&(mask(addr, shorter), shorter)) {
-                all.extend_from_slice(covering);
-            }
-        }
-        let merged = merge(all);
-        if merged.len() > NET_PORT_RANGES {
-            return Err(TooManyRanges { at: (*at).clone(), key, prefix: prefix_text(addr, prefix) });
-        }
+    let mut prefixes = Vec::with_capacity(groups.len());
+    for group in &groups {
+        let ((addr, prefix), first_range, at) = group[0];
+        let covering = lengths.iter().take_while(|&&l| l < prefix).filter_map(|&l| ranges_of((mask(addr, l), l)));
+        let mut covering = covering.peekable();
         let mut ports = NetPorts::default();
-        ports.ranges[..merged.len()].copy_from_slice(&merged);
-        prefixes.push((u32::from(prefix), NetKey::new(policy_id, inbound, addr.octets()), ports));
+        if group.len() == 1 && covering.peek().is_none() {
+            ports.ranges[0] = first_range;
+        } else {
+            let all: Vec<PortRange> = group.iter().map(|&(_, range, _)| range).chain(covering.flatten()).collect();
+            let merged = merge(all);
+            if merged.len() > NET_PORT_RANGES {
+                return Err(TooManyRanges { at: at.clone(), key, prefix: prefix_text(addr, prefix) });
+            }
+            ports.ranges[..merged.len()].copy_from_slice(&merged);
+        }
+        prefixes.push((u32::from(prefix), NetKey::new(net_id, inbound, addr.octets()), ports));
     }
     Ok(prefixes)
 }
@@ -133,7 +248,7 @@ mod tests {
         let text =
             format!("name = \"x\"\n[network]\nallow = [{}]\nunix = [\"/run/a.sock\", \"@bus\"]\n", list.join(", "));
         let (policy, _) = policy::parse(&text, Path::new("p.toml")).unwrap();
-        build(&policy.network.unwrap(), PolicyId(7))
+        build(&policy.network.unwrap(), PolicyId(7), PolicyId(7))
     }
 
     fn ports_of(rules: &NetRules, addr: &str, prefix: u32) -> NetPorts {
@@ -170,6 +285,97 @@ mod tests {
             e.starts_with("p.toml:3:10: error: network.allow: the prefix 1.2.3.4/32 ends up with more than 16"),
             "{e}"
         );
+    }
+
+    /// What the trie answers for `addr`: the ports of its longest prefix.
+    fn trie_answer(entries: &[(u32, NetKey, NetPorts)], addr: Ipv6Addr) -> NetPorts {
+        let hit = entries.iter().filter(|(prefix, key, _)| {
+            let prefix = u8::try_from(*prefix).unwrap();
+            mask(addr, prefix).octets() == key.addr
+        });
+        hit.max_by_key(|(prefix, _, _)| *prefix).map(|&(_, _, ports)| ports).unwrap_or_default()
+    }
+
+    /// The trie after [`NetRules::narrow`]'s step.
+    fn narrowed(old: &[(u32, NetKey, NetPorts)], change: &NetChange) -> Vec<(u32, NetKey, NetPorts)> {
+        let mut entries: Vec<_> = old.iter().filter(|entry| !change.removed.contains(entry)).copied().collect();
+        for &(prefix, key, both, _) in &change.narrowed {
+            let entry = entries.iter_mut().find(|(p, k, _)| *p == prefix && *k == key).unwrap();
+            entry.2 = both;
+        }
+        entries
+    }
+
+    fn widened(mut entries: Vec<(u32, NetKey, NetPorts)>, change: &NetChange) -> Vec<(u32, NetKey, NetPorts)> {
+        for &(prefix, key, ports) in &change.widened {
+            match entries.iter_mut().find(|(p, k, _)| *p == prefix && *k == key) {
+                Some(entry) => entry.2 = ports,
+                None => entries.push((prefix, key, ports)),
+            }
+        }
+        entries.sort_unstable_by_key(order);
+        entries
+    }
+
+    #[test]
+    fn a_new_version_changes_only_the_entries_that_differ() {
+        let old = rules(&["10.0.0.0/8:80", "10.1.2.3:443", "10.9.9.9:22", "10.5.5.5:53/udp"]).unwrap();
+        let new = rules(&["10.0.0.0/8:80", "10.1.2.3:443-444", "10.7.7.7:22", "10.5.5.5:53/udp"]).unwrap();
+        let change = NetChange::between(&old.prefixes, &new.prefixes);
+        assert_eq!(change.removed.len(), 1, "{change:?}");
+        assert_eq!(change.removed[0].1.addr, ports_key(&old, "10.9.9.9").addr);
+        assert_eq!(change.narrowed.len(), 1, "{change:?}");
+        let both = change.narrowed[0].2;
+        assert!(both.allows(443, PROTO_TCP) && both.allows(80, PROTO_TCP) && !both.allows(444, PROTO_TCP));
+        assert_eq!(change.widened.len(), 2, "the changed entry and the new one: {change:?}");
+        assert!(NetChange::between(&new.prefixes, &new.prefixes).is_empty());
+        assert_eq!(widened(narrowed(&old.prefixes, &change), &change), new.prefixes);
+    }
+
+    fn ports_key(rules: &NetRules, addr: &str) -> NetKey {
+        let addr = addr.parse::<std::net::Ipv4Addr>().unwrap().to_ipv6_mapped();
+        rules.prefixes.iter().find(|(_, k, _)| k.addr == addr.octets()).unwrap().1
+    }
+
+    /// Between the two steps, every address is allowed at most what both
+    /// versions allow it: prefixes nested, dropped, added and changed.
+    #[test]
+    fn between_the_steps_an_address_gets_at_most_what_both_versions_allow() {
+        let old = rules(&[
+            "10.0.0.0/8:80",
+            "10.1.0.0/16:443",
+            "10.1.2.0/24:8000-8100",
+            "10.1.2.3:22",
+            "10.2.0.0/16:25",
+            "0.0.0.0/0:53/udp",
+        ])
+        .unwrap();
+        let new = rules(&[
+            "10.0.0.0/8:80-81",
+            "10.1.2.0/24:8050-8200",
+            "10.1.2.3:22/tcp",
+            "10.1.2.4:9000",
+            "10.2.0.0/16:25",
+            "10.2.3.0/24:587",
+        ])
+        .unwrap();
+        let change = NetChange::between(&old.prefixes, &new.prefixes);
+        let between = narrowed(&old.prefixes, &change);
+        assert_eq!(widened(between.clone(), &change), new.prefixes);
+        let probes = ["10.1.2.3", "10.1.2.4", "10.1.2.9", "10.1.9.9", "10.2.3.4", "10.2.9.9", "10.9.9.9", "8.8.8.8"];
+        let ports = [22, 25, 53, 80, 81, 443, 587, 8000, 8060, 8150, 9000];
+        for probe in probes {
+            let addr = probe.parse::<std::net::Ipv4Addr>().unwrap().to_ipv6_mapped();
+            let (was, now, mid) =
+                (trie_answer(&old.prefixes, addr), trie_answer(&new.prefixes, addr), trie_answer(&between, addr));
+            for port in ports {
+                for proto in [PROTO_TCP, PROTO_UDP] {
+                    if mid.allows(port, proto) {
+                        assert!(was.allows(port, proto) && now.allows(port, proto), "{probe}:{port}/{proto}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::{
     fmt,
     ops::Range,
     path::{Component, Path, PathBuf},
+    sync::Arc,
 };
 
 use enforcer_common::net::{SOCKET_CLASSES, UNIX_PATH_BYTES};
@@ -102,7 +103,8 @@ pub struct Policy {
 /// Where in a policy file something was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Location {
-    pub file: PathBuf,
+    /// Shared: every entry of a policy carries its location.
+    pub file: Arc<Path>,
     pub line: usize,
     pub column: usize,
 }
@@ -304,7 +306,7 @@ fn hint_for(message: &str) -> String {
 
 struct Ctx<'a> {
     text: &'a str,
-    file: &'a Path,
+    file: Arc<Path>,
     /// Byte offset of each line's start: locating an entry is a search, not
     /// a scan (a policy can hold 100 000 entries).
     line_starts: Vec<usize>,
@@ -313,7 +315,7 @@ struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     fn new(text: &'a str, file: &'a Path) -> Self {
         let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        Self { text, file, line_starts }
+        Self { text, file: Arc::from(file), line_starts }
     }
 
     fn locate(&self, span: &Range<usize>) -> Location {
@@ -321,7 +323,7 @@ impl<'a> Ctx<'a> {
         let line = self.line_starts.partition_point(|&start| start <= offset);
         let line_start = self.line_starts[line - 1];
         let column = self.text.get(line_start..offset).map_or(0, |s| s.chars().count()) + 1;
-        Location { file: self.file.to_owned(), line, column }
+        Location { file: self.file.clone(), line, column }
     }
 
     fn invalid(&self, span: Range<usize>, message: String, hint: impl Into<String>) -> PolicyError {

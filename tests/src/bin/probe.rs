@@ -198,8 +198,25 @@ fn connect_repeatedly(count: &str, interval: Option<Duration>, to: &str) -> i32 
     last
 }
 
+/// The `tcp-loop-bg` thread: a connect to `to` every millisecond, counted.
+fn tcp_loop_bg(to: SocketAddr) -> i32 {
+    std::thread::spawn(move || {
+        loop {
+            if io_errno(TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(drop)) == libc::EPERM {
+                TCP_LOOP_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            TCP_LOOP_TRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    0
+}
+
 /// Datagrams received by `udp-bind-bg` sockets.
 static UDP_RECEIVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// Connects the `tcp-loop-bg` thread made, and how many were refused (EPERM).
+static TCP_LOOP_TRIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static TCP_LOOP_REFUSED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Network steps; `None` if `op` is not one.
 fn net_step(op: &str, address: &str) -> Option<i32> {
@@ -300,6 +317,11 @@ fn net_step(op: &str, address: &str) -> Option<i32> {
         },
         // How many datagrams the `udp-bind-bg` sockets received so far.
         "udp-received" => i32::try_from(UDP_RECEIVED.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(-1),
+        // A thread that connects to ADDRESS every millisecond until the
+        // probe ends, counting the refusals.
+        "tcp-loop-bg" => tcp_loop_bg(socket_addr()),
+        "tcp-loop-tries" => i32::try_from(TCP_LOOP_TRIES.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(-1),
+        "tcp-loop-refused" => i32::try_from(TCP_LOOP_REFUSED.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(-1),
         "unix-connect" => io_errno(unix_addr(address).and_then(|a| net::UnixStream::connect_addr(&a)).map(drop)),
         "unix-sendto" => {
             io_errno(unix_addr(address).and_then(|a| net::UnixDatagram::unbound()?.send_to_addr(b"ping", &a)).map(drop))

@@ -273,6 +273,55 @@ fn a_hot_reload_applies_to_a_running_process_and_a_bad_file_changes_nothing() {
     let _ = probe.wait();
 }
 
+/// A reload changes a policy's destinations in place, entry by entry: a
+/// destination both versions allow is never refused while versions change
+/// under a connect loop (its entry's ports change, the entries around it
+/// do not), one the new version drops is refused as soon as the reload is
+/// reported, one it adds is allowed by then.
+#[test]
+fn a_reload_changes_destinations_in_place_and_never_refuses_what_both_versions_allow() {
+    let version = |odd: bool| {
+        let mut allow: Vec<String> = (0..300).map(|i| format!("\"10.9.{}.{}/32:443\"", i / 256, i % 256)).collect();
+        allow.push("\"127.0.0.0/8:83\"".to_owned());
+        allow.push("\"127.0.0.1/32:82\"".to_owned());
+        if !odd {
+            allow.push("\"127.0.0.1/32:90\"".to_owned());
+        }
+        allow.push(format!("\"127.0.0.{}/32:82\"", if odd { 3 } else { 4 }));
+        format!("name = \"agent\"\n[network]\nallow = [{}]\n", allow.join(", "))
+    };
+    let mut d = Daemon::start("daemon-in-place", DEGRADED, &[("agent.toml", &version(true))], "");
+    let cgroup = d.cgroup("in-place");
+    ok(&d.ctl(&["tag", &cgroup, "--policy", "agent"]));
+    let steps = ["tcp-loop-bg:127.0.0.1:82", "wait-stdin:", "tcp-loop-tries:", "tcp-loop-refused:"].map(String::from);
+    let mut looper = d.spawn_probe(&cgroup, &steps);
+    let (_, mut stdout) = wait_ready(&mut looper);
+    let mut next_errno = || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("probe result");
+        serde_json::from_str::<Value>(&line).expect("result JSON")["errno"].as_i64().expect("errno")
+    };
+    assert_eq!(next_errno(), 0, "the loop started");
+    let (dropped, added) = ("tcp-connect:127.0.0.3:82".to_owned(), "tcp-connect:127.0.0.4:82".to_owned());
+    for n in 2..=7 {
+        let odd = n % 2 == 1;
+        d.write_policy("agent.toml", &version(odd));
+        d.wait_event("policy_reload", |e| e["kind"] == "policy_reload" && e["applied"][0]["version"] == n);
+        let results = d.run_probe(&cgroup, &[dropped.clone(), added.clone(), "tcp-connect:127.0.0.1:90".to_owned()]);
+        let (was_dropped, was_added) = if odd { (&added, &dropped) } else { (&dropped, &added) };
+        assert_eq!(errno_of(&results, was_dropped), EPERM, "version {n} dropped {was_dropped}");
+        assert_eq!(errno_of(&results, was_added), ECONNREFUSED, "version {n} added {was_added}");
+        let port_90 = errno_of(&results, "tcp-connect:127.0.0.1:90");
+        assert_eq!(port_90, if odd { EPERM } else { ECONNREFUSED }, "version {n}: its entry's ports changed");
+    }
+    release(&mut looper);
+    assert_eq!(next_errno(), 0, "wait-stdin");
+    let tries = next_errno();
+    assert!(tries > 6, "the loop ran through the reloads ({tries} connects)");
+    assert_eq!(next_errno(), 0, "a destination both versions allow was refused while they changed");
+    let _ = looper.wait();
+}
+
 #[test]
 fn followers_get_every_line_and_a_stalled_one_is_cut_off() {
     // More lines than the follower buffer plus the socket and pipe buffers

@@ -1,0 +1,95 @@
+//! The destinations of a policy's versions, changed in place across a
+//! reload. Every version of a policy keys its destinations by the policy's
+//! net id, so a new version of a 10 000-destination policy touches only the
+//! entries that differ, in two steps around the table swap (see
+//! [`NetChange`]): the versions' own parts (unix socket names, resolver)
+//! are keyed by their ids and go in beside the old ones, as the tables do.
+
+use std::collections::{BTreeMap, HashSet};
+
+use enforcer_common::policy::PolicyId;
+
+use super::policies::Loaded;
+use crate::{
+    bpf::{LoadError, NetRuleMaps},
+    policy::network::NetChange,
+};
+
+/// The first step, before the swap: a new policy's destinations go in whole,
+/// a new version's entries that change are narrowed. `changes` gets each
+/// change as it is made (on error, what [`undo`] undoes).
+pub fn before_swap(
+    net: &mut NetRuleMaps,
+    in_force: &BTreeMap<String, Loaded>,
+    fresh: &BTreeMap<String, Loaded>,
+    changes: &mut Vec<NetChange>,
+) -> Result<(), LoadError> {
+    for new in fresh.values() {
+        // A version after one without destinations is new to its net id:
+        // no tag judges by its entries before the swap.
+        let before = in_force.get(&new.name).filter(|old| old.net_id == new.net_id && old.net.is_some());
+        match before {
+            None => new.net.as_ref().map_or(Ok(()), |rules| net.add(rules))?,
+            Some(old) => {
+                changes.push(NetChange::between(prefixes(old), prefixes(new)));
+                net.narrow(&changes[changes.len() - 1])?;
+                new.net.as_ref().map_or(Ok(()), |rules| net.add_unix(rules))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Puts the destinations back as they were (the swap did not happen): the
+/// narrowed entries get their ports back, and what is not of the net ids
+/// `nets` and versions `versions` in force goes.
+pub fn undo(net: &mut NetRuleMaps, changes: &[NetChange], nets: &HashSet<PolicyId>, versions: &HashSet<PolicyId>) {
+    for change in changes {
+        if let Err(e) = net.undo_narrow(change) {
+            tracing::warn!("cannot put back the destinations a failed change cut: {e} (they stay denied)");
+        }
+    }
+    if let Err(e) = net.retain(versions, nets) {
+        tracing::warn!("cannot remove the network rules of a failed change: {e} (no tag names them)");
+    }
+}
+
+/// The second step, once the new tables are in force: new versions' entries
+/// widened, and what versions out of force (`live`: the ids in force) had of
+/// their own removed by key (a walk of the whole trie costs a system call
+/// per entry of every policy). A failure leaves entries no tag names
+/// (removed at the next start) or destinations denied (until the policy
+/// changes again): it is logged.
+pub fn after_swap(
+    net: &mut NetRuleMaps,
+    in_force: &BTreeMap<String, Loaded>,
+    fresh: &BTreeMap<String, Loaded>,
+    changes: &[NetChange],
+    live: &HashSet<PolicyId>,
+) {
+    for change in changes {
+        if let Err(e) = net.widen(change) {
+            tracing::warn!("cannot add the new destinations of a policy: {e} (they stay denied until it changes)");
+        }
+    }
+    let live_nets: HashSet<PolicyId> =
+        in_force.values().chain(fresh.values()).filter(|p| live.contains(&p.id)).map(|p| p.net_id).collect();
+    for gone in in_force.values().filter(|p| !live.contains(&p.id)) {
+        let mut removed = net.remove_version(gone.id, gone.net.as_ref());
+        if let Some(rules) = gone.net.as_ref().filter(|_| !live_nets.contains(&gone.net_id)) {
+            removed = removed.and_then(|()| net.remove_destinations(rules));
+        }
+        if let Err(e) = removed {
+            tracing::warn!(
+                "cannot remove the network rules of policy `{}` version {}: {e} (they stay unused until the daemon \
+                 restarts)",
+                gone.name,
+                gone.version
+            );
+        }
+    }
+}
+
+fn prefixes(loaded: &Loaded) -> &[(u32, enforcer_common::net::NetKey, enforcer_common::net::NetPorts)] {
+    loaded.net.as_ref().map(|rules| rules.prefixes.as_slice()).unwrap_or_default()
+}
