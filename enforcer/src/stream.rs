@@ -32,7 +32,7 @@ pub struct LineMeta<'a> {
 
 /// Where the daemon's lines go (its file, stdout and followers).
 pub trait LineOut: Send {
-    fn line(&mut self, meta: &LineMeta<'_>, line: Vec<u8>);
+    fn line(&mut self, meta: &LineMeta<'_>, line: bytes::Bytes);
     /// After a batch: push buffered lines out.
     fn flush(&mut self) {}
 }
@@ -47,20 +47,44 @@ pub struct Sink {
 
 enum Out {
     Writer(Box<dyn Write + Send>),
-    Lines(Box<dyn LineOut>),
+    Lines(Box<dyn LineOut>, LineBuffers),
 }
 
-/// A JSON object (written by `object`) as a line with `"seq":N` first
-/// (spliced in: serde's `flatten` goes through a map and costs a third of
-/// the line's time).
-fn numbered_line(seq: u64, object: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    // One buffer: `{"seq":N` and then the object's members, its opening
-    // brace turned into a comma (or dropped, for an empty object).
-    let mut line = Vec::with_capacity(LINE_CAPACITY);
+/// Where numbered lines are built, and the memory they are handed out in:
+/// lines share chunks, so a storm's lines cost no allocation each (a chunk
+/// is freed when the last line in it is).
+#[derive(Default)]
+struct LineBuffers {
+    building: Vec<u8>,
+    chunk: bytes::BytesMut,
+}
+
+impl LineBuffers {
+    /// The line built, in the current chunk (a new one if it does not fit).
+    fn share(&mut self) -> bytes::Bytes {
+        let Self { building, chunk } = self;
+        if chunk.capacity() < building.len() {
+            *chunk = bytes::BytesMut::with_capacity(LINE_CHUNK.max(building.len()));
+        }
+        chunk.extend_from_slice(building);
+        chunk.split().freeze()
+    }
+}
+
+/// The memory numbered lines are handed out in, at a time.
+const LINE_CHUNK: usize = 64 << 10;
+
+/// A JSON object (written by `object`) as a line with `"seq":N` first, in
+/// `line` (spliced in: serde's `flatten` goes through a map and costs a
+/// third of the line's time).
+fn numbered_line(line: &mut Vec<u8>, seq: u64, object: impl FnOnce(&mut Vec<u8>)) {
+    // `{"seq":N` and then the object's members, its opening brace turned
+    // into a comma (or dropped, for an empty object).
+    line.clear();
     line.extend_from_slice(b"{\"seq\":");
     line.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
     let body = line.len();
-    object(&mut line);
+    object(line);
     if line.get(body) != Some(&b'{') {
         line.truncate(body);
         line.push(b'}');
@@ -71,7 +95,6 @@ fn numbered_line(seq: u64, object: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
         line[body] = b',';
     }
     line.push(b'\n');
-    line
 }
 
 /// `value`'s JSON object; left empty if it cannot be serialized.
@@ -99,7 +122,7 @@ impl Sink {
     /// Lines numbered from `first` to `out`.
     #[must_use]
     pub fn numbered(out: Box<dyn LineOut>, first: u64) -> Self {
-        Self { out: Out::Lines(out), next_seq: Some(first) }
+        Self { out: Out::Lines(out, LineBuffers::default()), next_seq: Some(first) }
     }
 
     fn line(&mut self, meta: &LineMeta<'_>, value: &impl serde::Serialize) {
@@ -123,16 +146,17 @@ impl Sink {
                     tracing::warn!("cannot write event: {e}");
                 }
             }
-            Out::Lines(out) => {
+            Out::Lines(out, buffers) => {
                 let seq = self.next_seq.unwrap_or(1);
                 self.next_seq = Some(seq + 1);
-                out.line(&LineMeta { seq, ..*meta }, numbered_line(seq, object));
+                numbered_line(&mut buffers.building, seq, object);
+                out.line(&LineMeta { seq, ..*meta }, buffers.share());
             }
         }
     }
 
     pub fn flush(&mut self) {
-        if let Out::Lines(out) = &mut self.out {
+        if let Out::Lines(out, _) = &mut self.out {
             out.flush();
         }
     }
@@ -313,7 +337,7 @@ fn write_records(
         let policy = label.map_or("unknown", |l| l.name.as_str());
         let version = label.and_then(|l| l.version.as_ref()).map(|(v, h)| (*v, h.as_str()));
         let cgroup = names.name(record.header.cgroup_id);
-        let mut event = record.into_event(Context { clock, policy, version, cgroup });
+        let mut event = record.event(Context { clock, policy, version, cgroup });
         if let (Some(net), Some(grants)) = (event.net.as_mut(), grants)
             && let Some(daddr) = net.daddr
             && let Ok(grants) = grants.lock()
@@ -334,11 +358,23 @@ mod tests {
 
     #[test]
     fn the_sequence_number_comes_first() {
-        let line = numbered_line(7, super::serialized(&serde_json::json!({"kind": "lost", "count": 2})));
-        assert_eq!(String::from_utf8(line).unwrap(), "{\"seq\":7,\"count\":2,\"kind\":\"lost\"}\n");
-        assert_eq!(
-            String::from_utf8(numbered_line(8, super::serialized(&serde_json::json!({})))).unwrap(),
-            "{\"seq\":8}\n"
-        );
+        let mut line = Vec::new();
+        numbered_line(&mut line, 7, super::serialized(&serde_json::json!({"kind": "lost", "count": 2})));
+        assert_eq!(String::from_utf8_lossy(&line), "{\"seq\":7,\"count\":2,\"kind\":\"lost\"}\n");
+        numbered_line(&mut line, 8, super::serialized(&serde_json::json!({})));
+        assert_eq!(String::from_utf8_lossy(&line), "{\"seq\":8}\n");
+    }
+
+    #[test]
+    fn lines_share_chunks_and_keep_their_bytes() {
+        let mut buffers = super::LineBuffers::default();
+        let mut share = |text: &[u8]| {
+            buffers.building = text.to_vec();
+            buffers.share()
+        };
+        let lines: Vec<_> = (0..5000).map(|i| share(format!("line {i}\n").as_bytes())).collect();
+        assert!(lines.iter().enumerate().all(|(i, line)| **line == *format!("line {i}\n").as_bytes()));
+        let big = vec![b'x'; super::LINE_CHUNK + 1];
+        assert_eq!(*share(&big), *big);
     }
 }

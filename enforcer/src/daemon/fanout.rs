@@ -127,7 +127,7 @@ impl Fanout {
 }
 
 impl LineOut for Fanout {
-    fn line(&mut self, meta: &LineMeta<'_>, line: Vec<u8>) {
+    fn line(&mut self, meta: &LineMeta<'_>, line: bytes::Bytes) {
         self.metrics.count_event(meta.kind, meta.policy, meta.action);
         if let Some(file) = &mut self.file
             && let Err(e) = file.write(&line)
@@ -144,7 +144,7 @@ impl LineOut for Fanout {
             policy: self.recent.policy.get(meta.policy),
             cgroup: meta.cgroup.map(|c| self.recent.cgroup.get(c)),
             at: *self.batch_at.get_or_insert_with(SystemTime::now),
-            bytes: line.into(),
+            bytes: line,
         });
         if let Ok(mut history) = self.feed.history.lock() {
             if history.len() >= self.history_max {

@@ -115,9 +115,7 @@ fn nullable(out: &mut Vec<u8>, value: Option<&str>) {
 }
 
 fn string(out: &mut Vec<u8>, value: &str) {
-    // serde_json escapes exactly these; anything else is copied as it is.
-    // (Counted, not `any`: a loop without an early exit is vectorized.)
-    if value.bytes().filter(|&b| b < 0x20 || b == b'"' || b == b'\\').count() > 0 {
+    if needs_escape(value.as_bytes()) {
         let _ = serde_json::to_writer(&mut *out, value);
         return;
     }
@@ -125,6 +123,25 @@ fn string(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
     out.extend_from_slice(value.as_bytes());
     out.push(b'"');
+}
+
+/// Whether `bytes` hold one that `serde_json` escapes: a control character,
+/// `"` or `\\`. Eight bytes at a time (the classic "has a byte less than
+/// n" word tests, exact for n up to 128).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS != 0;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let word = u64::from_ne_bytes(word.try_into().unwrap_or_default());
+        let found =
+            below(word, 0x20) | below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1);
+        if found {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 fn number(out: &mut Vec<u8>, value: impl itoa::Integer) {
@@ -156,7 +173,7 @@ mod tests {
     use super::*;
     use crate::events::kernel::Clock;
 
-    fn file_event<'a>(clock: &Clock, path: &str, cgroup: Option<&'a str>) -> Event<'a> {
+    fn file_event<'a>(clock: &Clock, path: &'a str, cgroup: Option<&'a str>) -> Event<'a> {
         Event {
             ts: clock.stamp(123_456_789),
             kind: "file_write",
@@ -215,7 +232,7 @@ mod tests {
         let mut truncated = file_event(&clock, "…/b/c", Some("x"));
         (truncated.path_truncated, truncated.path_from_fs_root) = (true, true);
         (truncated.policy_version, truncated.policy_hash) = (Some(3), Some("0a86a14ef85b855d"));
-        truncated.exe = Some("/usr/bin/bash".into());
+        truncated.exe = Some("/usr/bin/bash");
         events.push(truncated);
         for (daddr, saddr, resolved) in [
             (Some("127.0.0.1".parse().unwrap()), None, Some(None)),
@@ -248,6 +265,23 @@ mod tests {
         for event in &events {
             assert_eq!(our_line(event), serde_line(event));
         }
+    }
+
+    #[test]
+    fn finds_every_byte_that_needs_escaping_wherever_it_is() {
+        for len in 0..24 {
+            let clean = "a".repeat(len);
+            assert!(!needs_escape(clean.as_bytes()));
+            for at in 0..len {
+                for byte in 0..=0xff_u8 {
+                    let mut text = clean.clone().into_bytes();
+                    text[at] = byte;
+                    let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
+                    assert_eq!(needs_escape(&text), expected, "byte {byte:#x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(!needs_escape("café ☕ 日本".as_bytes()), "bytes past ASCII need no escape");
     }
 
     #[test]

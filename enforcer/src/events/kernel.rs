@@ -27,8 +27,8 @@ pub struct Event<'a> {
     pub action: &'static str,
     pub pid: u32,
     pub tgid: u32,
-    pub comm: String,
-    pub exe: Option<String>,
+    pub comm: Cow<'a, str>,
+    pub exe: Option<&'a str>,
     pub cgroup_id: u64,
     pub cgroup: Option<&'a str>,
     pub policy: &'a str,
@@ -45,7 +45,7 @@ pub struct Event<'a> {
     /// File events: the file; unix socket events: the socket's bound name
     /// (`@name` for an abstract one).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<Cow<'a, str>>,
     #[serde(flatten)]
     pub net: Option<NetFields>,
     #[serde(flatten)]
@@ -296,8 +296,8 @@ pub struct Context<'a> {
 
 impl Record {
     #[must_use]
-    pub fn into_event(self, ctx: Context<'_>) -> Event<'_> {
-        let h = self.header;
+    pub fn event<'a>(&'a self, ctx: Context<'a>) -> Event<'a> {
+        let h = &self.header;
         let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(h.comm.len());
         Event {
             ts: ctx.clock.stamp(h.boot_ns),
@@ -305,8 +305,8 @@ impl Record {
             action: Action::from_u8(h.action).map_or("unknown", Action::name),
             pid: h.pid,
             tgid: h.tgid,
-            comm: String::from_utf8_lossy(&h.comm[..comm_len]).into_owned(),
-            exe: self.exe,
+            comm: String::from_utf8_lossy(&h.comm[..comm_len]),
+            exe: self.exe.as_deref(),
             cgroup_id: h.cgroup_id,
             cgroup: ctx.cgroup,
             policy: ctx.policy,
@@ -314,9 +314,9 @@ impl Record {
             policy_hash: ctx.version.map(|(_, hash)| hash),
             op: self.net.is_none().then(|| Op::from_u8(h.op).map_or("unknown", Op::name)),
             path: match (&self.net, &self.floor) {
-                (Some(net), _) => unix_name(net),
+                (Some(net), _) => unix_name(net).map(Cow::Owned),
                 (None, Some(_)) => None,
-                (None, None) => Some(self.path),
+                (None, None) => Some(Cow::Borrowed(&self.path)),
             },
             net: self.net.as_ref().map(|net| net_fields(Kind::from_u8(h.kind), net)),
             floor: self.floor.map(|floor| floor_fields(Op::from_u8(h.op), floor)),
@@ -435,12 +435,8 @@ mod tests {
         let mut bytes = bytemuck::bytes_of(&header).to_vec();
         bytes.extend_from_slice(b".bashrc\0root\0bash\0bin\0usr\0");
         let clock = Clock::new();
-        let event = decode(&bytes).unwrap().into_event(Context {
-            clock: &clock,
-            policy: "p",
-            version: None,
-            cgroup: Some("/x"),
-        });
+        let record = decode(&bytes).unwrap();
+        let event = record.event(Context { clock: &clock, policy: "p", version: None, cgroup: Some("/x") });
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["kind"], "file_write");
         assert_eq!(json["action"], "deny");

@@ -310,17 +310,26 @@ struct Ctx<'a> {
     /// Byte offset of each line's start: locating an entry is a search, not
     /// a scan (a policy can hold 100 000 entries).
     line_starts: Vec<usize>,
+    /// The line [`Ctx::locate`] found last (1-based).
+    last_line: std::cell::Cell<usize>,
 }
 
 impl<'a> Ctx<'a> {
     fn new(text: &'a str, file: &'a Path) -> Self {
         let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        Self { text, file: Arc::from(file), line_starts }
+        Self { text, file: Arc::from(file), line_starts, last_line: std::cell::Cell::new(1) }
     }
 
     fn locate(&self, span: &Range<usize>) -> Location {
         let offset = span.start.min(self.text.len());
-        let line = self.line_starts.partition_point(|&start| start <= offset);
+        // Entries come in order, mostly one per line: try the line after
+        // the last one found before searching.
+        let last = self.last_line.get();
+        let line = match self.line_starts.get(last..last + 2) {
+            Some(&[start, next]) if start <= offset && offset < next => last + 1,
+            _ => self.line_starts.partition_point(|&start| start <= offset),
+        };
+        self.last_line.set(line);
         let line_start = self.line_starts[line - 1];
         let column = self.text.get(line_start..offset).map_or(0, |s| s.chars().count()) + 1;
         Location { file: self.file.clone(), line, column }
