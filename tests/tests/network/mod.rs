@@ -301,7 +301,7 @@ fn free_port(udp: bool) -> u16 {
 /// Inbound: an agent listens and something outside connects (or sends a
 /// datagram) to it. Its own processes reach its listeners; from outside
 /// only the ports a `listen` entry names are reachable. The refused
-/// connection and datagram each make one `inbound` event.
+/// connection (each SYN of it) and datagram each make an `inbound` event.
 #[test]
 fn connections_and_datagrams_from_outside_need_a_listen_entry() {
     use std::{io::BufRead as _, time::Duration};
@@ -355,9 +355,13 @@ fn connections_and_datagrams_from_outside_need_a_listen_entry() {
     let about = |port: u16, proto: &str| {
         inbound.iter().filter(|e| e["dport"] == port && e["proto"] == proto && e["saddr"] == "127.0.0.1").count()
     };
-    assert_eq!(about(private, "tcp"), 1, "{inbound:#?}");
+    // Each SYN is refused and reported: one, or two when the client's kernel
+    // retransmitted it before the client gave up (its first retry is due
+    // after a second, which a guest under TCG can reach within the 700 ms).
+    let syns = about(private, "tcp");
+    assert!((1..=2).contains(&syns), "{inbound:#?}");
     assert_eq!(about(udp, "udp"), 1, "{inbound:#?}");
-    assert_eq!(inbound.len(), 2, "{inbound:#?}");
+    assert_eq!(inbound.len(), syns + 1, "nothing else came in: {inbound:#?}");
     assert!(
         inbound.iter().all(|e| e["action"] == "deny" && e["reason"] == "not_allowed" && e["policy"] == "test-policy"),
         "{inbound:#?}"
