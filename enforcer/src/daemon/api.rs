@@ -272,7 +272,55 @@ struct Follower {
     backlog: std::collections::VecDeque<Arc<Line>>,
     live: broadcast::Receiver<Arc<Line>>,
     last_seq: u64,
+    /// Lines lost while batching (see [`Follower::with_ready_lines`]): the
+    /// next item is the cut.
+    lagged: Option<u64>,
     done: bool,
+}
+
+/// How much a follower's write may gather from the lines ready at once.
+const FOLLOWER_BATCH_BYTES: usize = 64 << 10;
+
+impl Follower {
+    /// `first` and the lines ready right after it (up to
+    /// [`FOLLOWER_BATCH_BYTES`]) in one chunk: a storm reaches a follower in
+    /// few writes, not one per line, so a reading follower keeps up.
+    fn with_ready_lines(&mut self, first: &bytes::Bytes) -> bytes::Bytes {
+        let mut batch: Option<bytes::BytesMut> = None;
+        while batch.as_ref().map_or(first.len(), bytes::BytesMut::len) < FOLLOWER_BATCH_BYTES {
+            match self.live.try_recv() {
+                Ok(next) if next.seq > self.last_seq && self.filter.wants(&next) => {
+                    self.last_seq = next.seq;
+                    batch.get_or_insert_with(|| bytes::BytesMut::from(&first[..])).extend_from_slice(&next.bytes);
+                }
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                    self.lagged = Some(missed);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        batch.map_or_else(|| first.clone(), bytes::BytesMut::freeze)
+    }
+
+    /// The last item of a follower that fell `missed` lines behind.
+    fn cut(&mut self, missed: u64) -> bytes::Bytes {
+        self.shared.metrics.follower_cuts.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.follower_dropped.fetch_add(missed, Ordering::Relaxed);
+        tracing::warn!("a follower fell {missed} lines behind and was cut off");
+        let message = DaemonLine::now(DaemonEvent::FollowerCut {
+            missed,
+            message: format!(
+                "this follower fell {missed} lines behind and was cut off; follow again (--since to replay recent \
+                 lines)"
+            ),
+        });
+        self.done = true;
+        let mut text = serde_json::to_vec(&message).unwrap_or_default();
+        text.push(b'\n');
+        text.into()
+    }
 }
 
 impl Drop for Follower {
@@ -317,7 +365,7 @@ async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Follow>)
         None => (std::collections::VecDeque::new(), None),
     };
     shared.metrics.followers.fetch_add(1, Ordering::Relaxed);
-    let follower = Follower { shared, filter, file, backlog, live, last_seq: 0, done: false };
+    let follower = Follower { shared, filter, file, backlog, live, last_seq: 0, lagged: None, done: false };
     let stream = futures_util::stream::unfold(follower, |mut f| async move {
         if f.done {
             return None;
@@ -333,28 +381,21 @@ async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Follow>)
             f.last_seq = line.seq;
             return Some((Ok::<_, std::convert::Infallible>(line.bytes.clone()), f));
         }
+        if let Some(missed) = f.lagged.take() {
+            let cut = f.cut(missed);
+            return Some((Ok(cut), f));
+        }
         loop {
             match f.live.recv().await {
                 Ok(next) if next.seq > f.last_seq && f.filter.wants(&next) => {
                     f.last_seq = next.seq;
-                    return Some((Ok(next.bytes.clone()), f));
+                    let lines = f.with_ready_lines(&next.bytes);
+                    return Some((Ok(lines), f));
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    f.shared.metrics.follower_cuts.fetch_add(1, Ordering::Relaxed);
-                    f.shared.metrics.follower_dropped.fetch_add(missed, Ordering::Relaxed);
-                    tracing::warn!("a follower fell {missed} lines behind and was cut off");
-                    let message = DaemonLine::now(DaemonEvent::FollowerCut {
-                        missed,
-                        message: format!(
-                            "this follower fell {missed} lines behind and was cut off; follow again (--since to replay \
-                             recent lines)"
-                        ),
-                    });
-                    f.done = true;
-                    let mut text = serde_json::to_vec(&message).unwrap_or_default();
-                    text.push(b'\n');
-                    return Some((Ok(text.into()), f));
+                    let cut = f.cut(missed);
+                    return Some((Ok(cut), f));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }

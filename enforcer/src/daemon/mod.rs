@@ -178,7 +178,7 @@ fn keep_memory_returnable() {
 }
 
 /// Gives freed heap memory back to the kernel (after loading, whose BTF
-/// parsing and verifier logs are transient, and after reloads).
+/// parsing and verifier logs are transient, and once reloads stop).
 pub fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory.

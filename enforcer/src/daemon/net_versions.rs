@@ -15,6 +15,13 @@ use crate::{
     policy::network::NetChange,
 };
 
+/// A new version's change to its policy's destinations.
+pub struct Change {
+    pub policy: String,
+    pub version: u32,
+    pub net: NetChange,
+}
+
 /// The first step, before the swap: a new policy's destinations go in whole,
 /// a new version's entries that change are narrowed. `changes` gets each
 /// change as it is made (on error, what [`undo`] undoes).
@@ -22,17 +29,20 @@ pub fn before_swap(
     net: &mut NetRuleMaps,
     in_force: &BTreeMap<String, Loaded>,
     fresh: &BTreeMap<String, Loaded>,
-    changes: &mut Vec<NetChange>,
+    changes: &mut Vec<Change>,
 ) -> Result<(), LoadError> {
     for new in fresh.values() {
         // A version after one without destinations is new to its net id:
-        // no tag judges by its entries before the swap.
+        // no tag judges by its entries before the swap. One without
+        // destinations leaves the old ones to go after it (`after_swap`).
         let before = in_force.get(&new.name).filter(|old| old.net_id == new.net_id && old.net.is_some());
         match before {
             None => new.net.as_ref().map_or(Ok(()), |rules| net.add(rules))?,
+            Some(_) if new.net.is_none() => {}
             Some(old) => {
-                changes.push(NetChange::between(prefixes(old), prefixes(new)));
-                net.narrow(&changes[changes.len() - 1])?;
+                let change = NetChange::between(prefixes(old), prefixes(new));
+                changes.push(Change { policy: new.name.clone(), version: new.version, net: change });
+                net.narrow(&changes[changes.len() - 1].net)?;
                 new.net.as_ref().map_or(Ok(()), |rules| net.add_unix(rules))?;
             }
         }
@@ -43,9 +53,9 @@ pub fn before_swap(
 /// Puts the destinations back as they were (the swap did not happen): the
 /// narrowed entries get their ports back, and what is not of the net ids
 /// `nets` and versions `versions` in force goes.
-pub fn undo(net: &mut NetRuleMaps, changes: &[NetChange], nets: &HashSet<PolicyId>, versions: &HashSet<PolicyId>) {
+pub fn undo(net: &mut NetRuleMaps, changes: &[Change], nets: &HashSet<PolicyId>, versions: &HashSet<PolicyId>) {
     for change in changes {
-        if let Err(e) = net.undo_narrow(change) {
+        if let Err(e) = net.undo_narrow(&change.net) {
             tracing::warn!("cannot put back the destinations a failed change cut: {e} (they stay denied)");
         }
     }
@@ -57,37 +67,47 @@ pub fn undo(net: &mut NetRuleMaps, changes: &[NetChange], nets: &HashSet<PolicyI
 /// The second step, once the new tables are in force: new versions' entries
 /// widened, and what versions out of force (`live`: the ids in force) had of
 /// their own removed by key (a walk of the whole trie costs a system call
-/// per entry of every policy). A failure leaves entries no tag names
-/// (removed at the next start) or destinations denied (until the policy
-/// changes again): it is logged.
+/// per entry of every policy). What fails is returned, for the reload's
+/// report: entries no tag names stay (removed at the next start), or
+/// destinations stay denied (until the policy changes again).
+#[must_use]
 pub fn after_swap(
     net: &mut NetRuleMaps,
     in_force: &BTreeMap<String, Loaded>,
     fresh: &BTreeMap<String, Loaded>,
-    changes: &[NetChange],
+    changes: &[Change],
     live: &HashSet<PolicyId>,
-) {
-    for change in changes {
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for Change { policy, version, net: change } in changes {
         if let Err(e) = net.widen(change) {
-            tracing::warn!("cannot add the new destinations of a policy: {e} (they stay denied until it changes)");
+            warnings.push(format!(
+                "policy `{policy}` version {version}: cannot add its new destinations: {e} (they stay denied until \
+                 the file changes again)"
+            ));
         }
     }
-    let live_nets: HashSet<PolicyId> =
-        in_force.values().chain(fresh.values()).filter(|p| live.contains(&p.id)).map(|p| p.net_id).collect();
+    // Net ids whose version in force has destinations: the others' go.
+    let live_nets: HashSet<PolicyId> = in_force
+        .values()
+        .chain(fresh.values())
+        .filter(|p| live.contains(&p.id) && p.net.is_some())
+        .map(|p| p.net_id)
+        .collect();
     for gone in in_force.values().filter(|p| !live.contains(&p.id)) {
         let mut removed = net.remove_version(gone.id, gone.net.as_ref());
         if let Some(rules) = gone.net.as_ref().filter(|_| !live_nets.contains(&gone.net_id)) {
             removed = removed.and_then(|()| net.remove_destinations(rules));
         }
         if let Err(e) = removed {
-            tracing::warn!(
-                "cannot remove the network rules of policy `{}` version {}: {e} (they stay unused until the daemon \
-                 restarts)",
-                gone.name,
-                gone.version
-            );
+            warnings.push(format!(
+                "policy `{}` version {}: cannot remove its network rules: {e} (no tag names them; the next start \
+                 removes them)",
+                gone.name, gone.version
+            ));
         }
     }
+    warnings
 }
 
 fn prefixes(loaded: &Loaded) -> &[(u32, enforcer_common::net::NetKey, enforcer_common::net::NetPorts)] {

@@ -214,7 +214,8 @@ async fn stream_until(
 }
 
 /// Every few seconds: protects the daemon's files anew (a config or events
-/// file replaced has a new inode) and drops the tags of removed cgroups.
+/// file replaced has a new inode), drops the tags of removed cgroups and
+/// gives back the memory of reloads once they stop.
 async fn housekeeping(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -224,6 +225,7 @@ async fn housekeeping(shared: Arc<Shared>) {
             tracing::warn!("cannot update the protected files: {e}");
         }
         core.resolvers.sweep();
+        core.release_memory_when_quiet();
         for tag in core.sweep() {
             let removed =
                 DaemonEvent::Untagged { cgroup: tag.cgroup, policy: tag.policy, reason: Some("cgroup removed") };

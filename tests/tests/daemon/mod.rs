@@ -277,7 +277,8 @@ fn a_hot_reload_applies_to_a_running_process_and_a_bad_file_changes_nothing() {
 /// destination both versions allow is never refused while versions change
 /// under a connect loop (its entry's ports change, the entries around it
 /// do not), one the new version drops is refused as soon as the reload is
-/// reported, one it adds is allowed by then.
+/// reported, one it adds is allowed by then; a version without
+/// `[network]` and the one after it start clean.
 #[test]
 fn a_reload_changes_destinations_in_place_and_never_refuses_what_both_versions_allow() {
     let version = |odd: bool| {
@@ -314,6 +315,15 @@ fn a_reload_changes_destinations_in_place_and_never_refuses_what_both_versions_a
         let port_90 = errno_of(&results, "tcp-connect:127.0.0.1:90");
         assert_eq!(port_90, if odd { EPERM } else { ECONNREFUSED }, "version {n}: its entry's ports changed");
     }
+    // A version without [network] judges no connect; the next one with it
+    // starts from its own entries, none left of the versions before.
+    d.write_policy("agent.toml", "name = \"agent\"\n");
+    d.wait_event("policy_reload", |e| e["kind"] == "policy_reload" && e["applied"][0]["version"] == 8);
+    assert_eq!(errno_of(&d.run_probe(&cgroup, std::slice::from_ref(&dropped)), &dropped), ECONNREFUSED);
+    d.write_policy("agent.toml", &version(false));
+    d.wait_event("policy_reload", |e| e["kind"] == "policy_reload" && e["applied"][0]["version"] == 9);
+    let results = d.run_probe(&cgroup, &[dropped.clone(), added.clone()]);
+    assert_eq!((errno_of(&results, &dropped), errno_of(&results, &added)), (EPERM, ECONNREFUSED));
     release(&mut looper);
     assert_eq!(next_errno(), 0, "wait-stdin");
     let tries = next_errno();
