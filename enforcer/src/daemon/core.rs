@@ -24,8 +24,7 @@ use super::{
     wire::{RunAnswer, RunRequest, Tag, TagRequest},
 };
 use crate::{
-    bpf::NetRuleMaps,
-    bpf::{Enforcer, LoadError},
+    bpf::{Enforcer, LoadError, NetRuleMaps},
     cgroups::{Cgroup, Hierarchy},
     events::{DaemonEvent, DaemonLine},
     stream::{Labels, PolicyLabel},
