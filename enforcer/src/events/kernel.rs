@@ -273,6 +273,7 @@ fn join_path(names: &[u8], truncated: bool) -> String {
     let start = path.len();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()).rev() {
         path.push('/');
+        // `from_utf8_lossy` walks valid names chunk by chunk: check first.
         match std::str::from_utf8(name) {
             Ok(name) => path.push_str(name),
             Err(_) => path.push_str(&String::from_utf8_lossy(name)),

@@ -6,7 +6,7 @@
 //! that covers it: `10.0.0.0/8:80` and `10.1.0.0/16:443` make the /16 allow
 //! both 80 and 443.
 
-use std::net::Ipv6Addr;
+use std::{cmp::Ordering, net::Ipv6Addr};
 
 use enforcer_common::{
     net::{NET_PORT_RANGES, NetKey, NetPorts, PortRange, UNIX_PATH_BYTES, UnixKey},
@@ -88,34 +88,24 @@ impl NetChange {
         let mut change = Self::default();
         let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
         loop {
-            match (old.peek(), new.peek()) {
+            // Which list's next entry comes first (an exhausted list's never).
+            let first = match (old.peek(), new.peek()) {
                 (None, None) => return change,
-                (Some(&&gone), None) => {
-                    change.removed.push(gone);
-                    old.next();
-                }
-                (None, Some(&&added)) => {
-                    change.widened.push(added);
-                    new.next();
-                }
-                (Some(&&was), Some(&&now)) => match order(&was).cmp(&order(&now)) {
-                    std::cmp::Ordering::Less => {
-                        change.removed.push(was);
-                        old.next();
-                    }
-                    std::cmp::Ordering::Greater => {
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(was), Some(now)) => order(was).cmp(&order(now)),
+            };
+            match first {
+                Ordering::Less => change.removed.extend(old.next()),
+                Ordering::Greater => change.widened.extend(new.next()),
+                Ordering::Equal => {
+                    if let (Some(&was), Some(&now)) = (old.next(), new.next())
+                        && was.2 != now.2
+                    {
+                        change.narrowed.push((was.0, was.1, both_allow(&was.2, &now.2), was.2));
                         change.widened.push(now);
-                        new.next();
                     }
-                    std::cmp::Ordering::Equal => {
-                        if was.2 != now.2 {
-                            change.narrowed.push((was.0, was.1, both_allow(&was.2, &now.2), was.2));
-                            change.widened.push(now);
-                        }
-                        old.next();
-                        new.next();
-                    }
-                },
+                }
             }
         }
     }

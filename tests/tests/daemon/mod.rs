@@ -4,7 +4,7 @@
 //! ones (enforced on the host too); the VM tier adds file denials.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead, BufReader, Read as _},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -23,6 +23,13 @@ const ECONNREFUSED: i64 = 111;
 /// (ECONNREFUSED), a denied one by the enforcer (EPERM).
 const ALLOWED: &str = "tcp-connect:127.0.0.1:81";
 const DENIED: &str = "tcp-connect:127.0.0.1:82";
+
+/// The errno of a running probe's next step.
+fn read_errno(stdout: &mut impl BufRead) -> i64 {
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("probe result");
+    serde_json::from_str::<Value>(&line).expect("result JSON")["errno"].as_i64().expect("errno")
+}
 
 fn policy(ports: &str, write_tree: &str) -> String {
     format!("name = \"agent\"\n[files]\nwrite = [\"{write_tree}\"]\n[network]\nallow = [\"127.0.0.1/32:{ports}\"]\n")
@@ -239,11 +246,7 @@ fn a_hot_reload_applies_to_a_running_process_and_a_bad_file_changes_nothing() {
     let steps = [DENIED.to_owned(), wait.clone(), DENIED.to_owned(), wait, DENIED.to_owned()];
     let mut probe = d.spawn_probe(&cgroup, &steps);
     let (_, mut stdout) = wait_ready(&mut probe);
-    let mut next_errno = || {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("probe result");
-        serde_json::from_str::<Value>(&line).expect("result JSON")["errno"].as_i64().expect("errno")
-    };
+    let mut next_errno = || read_errno(&mut stdout);
     assert_eq!(next_errno(), ECONNREFUSED, "version 1 allows port 82");
 
     // Tighten: the same running process is denied on its next connect.
@@ -297,11 +300,7 @@ fn a_reload_changes_destinations_in_place_and_never_refuses_what_both_versions_a
     let steps = ["tcp-loop-bg:127.0.0.1:82", "wait-stdin:", "tcp-loop-tries:", "tcp-loop-refused:"].map(String::from);
     let mut looper = d.spawn_probe(&cgroup, &steps);
     let (_, mut stdout) = wait_ready(&mut looper);
-    let mut next_errno = || {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("probe result");
-        serde_json::from_str::<Value>(&line).expect("result JSON")["errno"].as_i64().expect("errno")
-    };
+    let mut next_errno = || read_errno(&mut stdout);
     assert_eq!(next_errno(), 0, "the loop started");
     let (dropped, added) = ("tcp-connect:127.0.0.3:82".to_owned(), "tcp-connect:127.0.0.4:82".to_owned());
     for n in 2..=7 {
