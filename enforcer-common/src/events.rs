@@ -41,6 +41,14 @@ pub enum Kind {
     /// its sockets; the [`NetDetail`] holds the source address and the local
     /// port.
     Inbound = 9,
+    /// Opening a file below a `files.sensitive` tree for reading: allowed,
+    /// and from then on the agent's egress is judged by
+    /// `network.after_sensitive_read`.
+    SensitiveRead = 10,
+    /// A [`Self::SensitiveRead`] that locked the agent's egress (the first
+    /// one): userspace writes it as a `sensitive_read` line and an
+    /// `egress_locked` line.
+    EgressLocked = 11,
 }
 
 impl Kind {
@@ -130,6 +138,8 @@ pub enum Op {
 pub enum Action {
     Deny = 1,
     Audit = 2,
+    /// Allowed, and reported: a sensitive read.
+    Allow = 3,
 }
 
 /// Why the operation was refused.
@@ -172,6 +182,19 @@ pub enum Reason {
     /// that many walks preempted mid-walk on one CPU at once; the
     /// operation can be retried.
     Interrupted = 14,
+    /// Not a refusal: the file is below a `files.sensitive` tree (the reason
+    /// of `sensitive_read` and `egress_locked` events).
+    Sensitive = 15,
+    /// A process of the agent read a sensitive file, and the destination is
+    /// not in `network.after_sensitive_read`.
+    EgressLocked = 16,
+    /// A sensitive file could not be read: the record that locks the
+    /// agent's egress could not be made (every slot of the lock map held),
+    /// so the read is refused rather than let through unrecorded.
+    LockTableFull = 17,
+    /// A rename or link would give a file below a `files.sensitive` tree a
+    /// name outside every one, where reading it would lock nothing.
+    SensitiveMoved = 18,
 }
 
 /// What a network event is about, after its header.
@@ -243,6 +266,8 @@ impl Kind {
             7 => Self::Exec,
             8 => Self::Floor,
             9 => Self::Inbound,
+            10 => Self::SensitiveRead,
+            11 => Self::EgressLocked,
             _ => return None,
         })
     }
@@ -260,6 +285,8 @@ impl Kind {
             Kind::Exec => "exec",
             Kind::Floor => "floor",
             Kind::Inbound => "inbound",
+            Kind::SensitiveRead => "sensitive_read",
+            Kind::EgressLocked => "egress_locked",
         }
     }
 }
@@ -270,6 +297,7 @@ impl Action {
         Some(match v {
             1 => Self::Deny,
             2 => Self::Audit,
+            3 => Self::Allow,
             _ => return None,
         })
     }
@@ -280,6 +308,7 @@ impl Action {
         match self {
             Self::Deny => "deny",
             Self::Audit => "audit",
+            Self::Allow => "allow",
         }
     }
 }
@@ -302,6 +331,10 @@ impl Reason {
             12 => Self::Protected,
             13 => Self::Disconnected,
             14 => Self::Interrupted,
+            15 => Self::Sensitive,
+            16 => Self::EgressLocked,
+            17 => Self::LockTableFull,
+            18 => Self::SensitiveMoved,
             _ => return None,
         })
     }
@@ -324,6 +357,10 @@ impl Reason {
             Reason::Protected => "enforcer_protected",
             Reason::Disconnected => "path_disconnected",
             Reason::Interrupted => "walk_interrupted",
+            Reason::Sensitive => "sensitive",
+            Reason::EgressLocked => "egress_locked",
+            Reason::LockTableFull => "lock_table_full",
+            Reason::SensitiveMoved => "sensitive_moved_out",
         }
     }
 }

@@ -40,13 +40,17 @@ pub struct DnsGrant {
 }
 
 /// Where a policy's DNS goes: the enforcer's resolver on loopback
-/// (127.0.0.1, and `::1` when `v6`), at `port`.
+/// (127.0.0.1, and `::1` when `v6`), at `port`; an agent whose egress is
+/// locked (a sensitive read) asks at `locked_port`, where only names in
+/// `after_sensitive_read` are answered.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Resolver {
     pub port: u16,
     pub v6: u16,
+    pub locked_port: u16,
+    pub pad: u16,
 }
 
 /// Destination prefixes at most, over all policies.
@@ -63,6 +67,10 @@ pub const NET_KEY_POLICY_BITS: u32 = 32;
 /// Set in a [`NetKey`]'s policy id for the policy's `listen` entries: the
 /// address is a source allowed to connect in, the ports are local ones.
 pub const NET_KEY_INBOUND: u32 = 1 << 31;
+/// Set in a [`NetKey`]'s policy id for the policy's `after_sensitive_read`
+/// entries (and the grants of names there): what an agent whose egress is
+/// locked may still reach.
+pub const NET_KEY_LOCKED: u32 = 1 << 30;
 
 /// The data part of an LPM trie key: the policy id (always matched whole),
 /// then the address as IPv6, IPv4 as `::ffff:a.b.c.d`, so an IPv4-mapped
@@ -84,6 +92,19 @@ impl NetKey {
     #[must_use]
     pub fn new(policy_id: PolicyId, inbound: bool, addr: [u8; 16]) -> Self {
         Self::from_word(u32::from(policy_id.0), inbound, addr)
+    }
+
+    /// The key of `addr` in `policy_id`'s `after_sensitive_read` entries.
+    #[inline]
+    #[must_use]
+    pub fn locked(policy_id: PolicyId, addr: [u8; 16]) -> Self {
+        Self::from_word(u32::from(policy_id.0) | NET_KEY_LOCKED, false, addr)
+    }
+
+    /// Whether it is one of the `after_sensitive_read` entries.
+    #[must_use]
+    pub fn is_locked(&self) -> bool {
+        u32::from_be_bytes(self.policy_id) & NET_KEY_LOCKED != 0
     }
 
     /// [`Self::new`] with the policy id as a `u32`.

@@ -286,7 +286,8 @@ pub const fn protected_bit(ino: u64) -> (usize, u64) {
 pub const TAG_AUDIT: u32 = 1 << 0;
 /// `TagInfo::flags`: the policy has a `[files]` section.
 pub const TAG_FILES: u32 = 1 << 1;
-/// `TagInfo::flags`: the policy has `read_deny` trees (every open is judged).
+/// `TagInfo::flags`: the policy has `read_deny` or `sensitive` trees
+/// (every open is judged).
 pub const TAG_READ_DENY: u32 = 1 << 2;
 /// `TagInfo::flags`: the policy has a `[network]` section (destinations,
 /// unix sockets and socket classes are judged). Bits from 8 up are the
@@ -327,6 +328,33 @@ pub const ARMED_MAX: u32 = TAG_SLOTS as u32;
 /// of an open of a regular file starts at its directory: one table probe
 /// fewer on the hot path.
 pub const TAG_NO_REGULAR_FILE_ROOTS: u32 = 1 << 7;
+
+/// `TagInfo::flags`: the policy has `sensitive` trees: a read below one
+/// locks the agent's egress (`LOCKED`), and the network programs look the
+/// agent up there.
+pub const TAG_SENSITIVE: u32 = 1 << 15;
+
+/// The agents whose egress is locked: tagged cgroup id -> [`EgressLock`].
+/// Pinned, so a lock outlives the daemon that saw it made.
+pub const LOCKED_MAP: &str = "LOCKED";
+/// Locked agents at most: every tagged cgroup, four times over (entries of
+/// cgroups that are gone are removed by the daemon, not at once).
+#[expect(clippy::cast_possible_truncation, reason = "16 384")]
+pub const LOCKED_MAX: u32 = TAG_SLOTS as u32;
+
+/// The read that locked an agent's egress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct EgressLock {
+    /// `bpf_ktime_get_boot_ns()` at the read.
+    pub boot_ns: u64,
+    /// The file read: its inode number and device (kernel encoding).
+    pub ino: u64,
+    pub dev: u32,
+    /// The process that read it.
+    pub tgid: u32,
+}
 
 /// What a tagged cgroup is judged by.
 #[repr(C)]
@@ -418,6 +446,22 @@ impl TagInfo {
     pub fn grant_key(&self, addr: [u8; 16]) -> crate::net::NetKey {
         crate::net::NetKey::from_word(self.policy & 0xffff, false, addr)
     }
+
+    /// [`Self::net_key`] of an outbound `addr` in the rules that judge the
+    /// agent after a sensitive read (`after_sensitive_read`).
+    #[inline]
+    #[must_use]
+    pub fn locked_net_key(&self, addr: [u8; 16]) -> crate::net::NetKey {
+        crate::net::NetKey::from_word(self.policy >> 16 | crate::net::NET_KEY_LOCKED, false, addr)
+    }
+
+    /// [`Self::grant_key`] of `addr` among the grants of names in
+    /// `after_sensitive_read`.
+    #[inline]
+    #[must_use]
+    pub fn locked_grant_key(&self, addr: [u8; 16]) -> crate::net::NetKey {
+        crate::net::NetKey::from_word(self.policy & 0xffff | crate::net::NET_KEY_LOCKED, false, addr)
+    }
 }
 
 /// A tree root: the inode of a directory (or file) named in a policy, on the
@@ -443,6 +487,12 @@ pub const FILE_DEVICE: u16 = 1 << 3;
 /// `FileSlot::flags`: a directory some of whose entries do not exist yet but
 /// are `read_deny` trees already; they are keyed by [`name_key`].
 pub const FILE_PENDING: u16 = 1 << 4;
+/// `FileSlot::flags`, always with `FILE_READ_DENY`: the tree may be read,
+/// but holds secrets (`files.sensitive`): reading below it locks the
+/// agent's egress. The walk meets it as a `read_deny` tree (so every rule
+/// about where a walk may stop holds for both) and tells them apart only
+/// there, off the common path. A root that is both is `read_deny` alone.
+pub const FILE_SENSITIVE: u16 = 1 << 6;
 /// `FileSlot::flags`: a `write` or `exec` root that no `read_deny` tree
 /// holds (none is the root itself or above it). A walk that has its answer
 /// by here (the root allows, or the question is only a read's) stops: the
@@ -493,7 +543,7 @@ pub fn name_words(name: &[u8]) -> [u64; NAME_KEY_BYTES / 8] {
 }
 
 #[cfg(feature = "user")]
-aya_pod!(PolicyId, TagFilter, Tables, Protected);
+aya_pod!(PolicyId, TagFilter, Tables, Protected, EgressLock);
 
 #[cfg(test)]
 mod tests {

@@ -239,7 +239,7 @@ fn is_reply(info: &TagInfo, flow: &Flow) -> bool {
         return false;
     }
     let from_loopback = flow.source == [0, 0, MAPPED, LOOPBACK4] || flow.source == LOOPBACK6;
-    if from_loopback && net::resolver_port(info.policy_id()) == Some(port) {
+    if from_loopback && net::is_resolver_port(info.policy_id(), port) {
         return true;
     }
     net::destination_allows(info, words_to_bytes(&flow.source), port, PROTO_UDP, unsafe { bpf_ktime_get_boot_ns() })

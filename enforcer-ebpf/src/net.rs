@@ -30,6 +30,7 @@ use enforcer_common::{
 use crate::{
     kernel::{Probe, Read, UnixAddressLen, UnixSockAddr, off},
     report::{NetDenial, report_net},
+    sensitive,
     tag::{self, Tagged},
 };
 
@@ -94,11 +95,26 @@ pub(crate) fn destination_allows(info: &TagInfo, addr: [u8; 16], port: u16, prot
         .is_some_and(|grant| grant.ports.allows(port, proto) && grant.expires_boot_ns > now_boot_ns)
 }
 
-/// The port of the resolver that answers `policy_id`'s DNS, if it has one.
+/// Whether an agent whose egress is locked (see `sensitive`) may send to
+/// `addr` at `port`: its policy's `after_sensitive_read` entries, or an
+/// address the resolver granted for a name there.
 #[inline(always)]
-pub(crate) fn resolver_port(policy_id: PolicyId) -> Option<u16> {
+pub(crate) fn locked_allows(info: &TagInfo, addr: [u8; 16], port: u16, proto: u8, now_boot_ns: u64) -> bool {
+    if rule_allows(&info.locked_net_key(addr), NET_KEY_POLICY_BITS + 128, port, proto) {
+        return true;
+    }
     // SAFETY: the value is only read, while the program runs.
-    unsafe { RESOLVERS.get(&policy_id) }.map(|resolver| resolver.port)
+    unsafe { DNS_GRANTS.get(&info.locked_grant_key(addr)) }
+        .is_some_and(|grant| grant.ports.allows(port, proto) && grant.expires_boot_ns > now_boot_ns)
+}
+
+/// Whether `port` is one of the ports of the resolver that answers
+/// `policy_id`'s DNS.
+#[inline(always)]
+pub(crate) fn is_resolver_port(policy_id: PolicyId, port: u16) -> bool {
+    // SAFETY: the value is only read, while the program runs.
+    unsafe { RESOLVERS.get(&policy_id) }
+        .is_some_and(|resolver| resolver.port == port || (resolver.locked_port == port && port != 0))
 }
 
 /// What the event says about the socket.
@@ -208,27 +224,39 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     if proto == 0 {
         return ALLOW;
     }
+    let locked = sensitive::locked(&tag);
     if detail.port == DNS_PORT
         // SAFETY: the value is only read, while the program runs.
         && let Some(resolver) = unsafe { RESOLVERS.get(&info.policy_id()) }
     {
-        redirect_dns(ctx, v6, &addr, resolver, proto == PROTO_UDP);
+        // A locked agent asks the resolver that answers only names in
+        // `after_sensitive_read`.
+        let port = if locked { resolver.locked_port } else { resolver.port };
+        redirect_dns(ctx, v6, &addr, port, resolver.v6 != 0, proto == PROTO_UDP);
         return ALLOW;
     }
     // SAFETY: sixteen bytes either way.
     let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(addr) };
-    if destination_allows(&info, addr, detail.port, proto, unsafe { bpf_ktime_get_boot_ns() }) {
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if locked {
+        if locked_allows(&info, addr, detail.port, proto, now) {
+            return ALLOW;
+        }
+        return refuse(Some(&info), kind, Reason::EgressLocked, &detail, None, ALLOW, REFUSE);
+    }
+    if destination_allows(&info, addr, detail.port, proto, now) {
         return ALLOW;
     }
     refuse(Some(&info), kind, Reason::NotAllowed, &detail, None, ALLOW, REFUSE)
 }
 
-/// Sends a DNS connect or datagram to the policy's resolver instead; for
-/// UDP, remembers where it was headed so replies seem to come from there.
+/// Sends a DNS connect or datagram to the policy's resolver instead (at
+/// `port`, on `::1` if it listens there, `resolver_v6`); for UDP, remembers
+/// where it was headed so replies seem to come from there.
 #[inline(always)]
-fn redirect_dns(ctx: &SockAddrContext, v6: bool, addr: &[u32; 4], resolver: &Resolver, udp: bool) {
+fn redirect_dns(ctx: &SockAddrContext, v6: bool, addr: &[u32; 4], port: u16, resolver_v6: bool, udp: bool) {
     let sa = ctx.sock_addr;
-    let port = u32::from(resolver.port.to_be());
+    let port = u32::from(port.to_be());
     if udp {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
         let user_port = unsafe { core::ptr::read_volatile(&raw const (*sa).user_port) };
@@ -237,7 +265,7 @@ fn redirect_dns(ctx: &SockAddrContext, v6: bool, addr: &[u32; 4], resolver: &Res
     }
     unsafe {
         if v6 {
-            let words = if resolver.v6 != 0 { LOOPBACK6 } else { [0, 0, MAPPED, LOOPBACK4] };
+            let words = if resolver_v6 { LOOPBACK6 } else { [0, 0, MAPPED, LOOPBACK4] };
             let ip6 = (&raw mut (*sa).user_ip6).cast::<u32>();
             for (i, word) in words.iter().enumerate() {
                 ip6.add(i).write_volatile(*word);

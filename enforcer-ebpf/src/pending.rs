@@ -18,7 +18,7 @@ use core::ffi::c_void;
 
 use enforcer_common::{
     events::MAX_PATH_DEPTH,
-    policy::{FILE_PENDING, FILE_READ_DENY, FileTable, PENDING_ON_FILESYSTEM, PolicyId},
+    policy::{FILE_PENDING, FILE_READ_DENY, FILE_SENSITIVE, FileTable, PENDING_ON_FILESYSTEM, PolicyId},
 };
 
 use crate::{
@@ -40,18 +40,21 @@ struct Climb<T> {
     mnt_root: *const u8,
     /// Where the filesystem keys the policy's roots (`FileSlot::place`).
     place: u64,
+    /// `FILE_READ_DENY` for a `read_deny` name, with `FILE_SENSITIVE` for a
+    /// `sensitive` one (only if no `read_deny` name is above it).
     found: u16,
 }
 
-/// Whether a name on the way from `dentry` up to `mnt_root` is a `read_deny`
-/// tree the policy named before it existed.
+/// Whether a name on the way from `dentry` up to `mnt_root` is a tree the
+/// policy named before it existed: the flags of the name found
+/// (`FILE_READ_DENY`, with `FILE_SENSITIVE` for a `sensitive` tree), or 0.
 #[inline(always)]
-pub fn named_later(table: *const FileTable, policy_id: PolicyId, start: Start, mnt_root: *const u8) -> bool {
+pub fn named_later(table: *const FileTable, policy_id: PolicyId, start: Start, mnt_root: *const u8) -> u16 {
     let dentry = start.dentry;
     let (place, hash_base) = filesystem_of::<Direct>(start.sb, policy_id, table);
     // No pending directory on this filesystem: the climb would find none.
     if slot_flags(table, place, hash_base, PENDING_ON_FILESYSTEM).unwrap_or(0) & FILE_PENDING == 0 {
-        return false;
+        return 0;
     }
     if crate::COMPAT {
         return named_later_in_slot(Climb {
@@ -65,22 +68,22 @@ pub fn named_later(table: *const FileTable, policy_id: PolicyId, start: Start, m
     }
     let mut climb = Climb { table, hash_base, dentry, mnt_root, place, found: 0 };
     repeat::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, step, (&raw mut climb).cast());
-    climb.found != 0
+    climb.found
 }
 
 /// The compat build's climb: its state in a claimed walk slot (see
 /// `walk::in_slot`), each level a call of [`enforcer_pending_step`]. With
 /// every slot of the CPU held, the name is taken to be a `read_deny` tree.
 #[inline(always)]
-fn named_later_in_slot(start: Climb<TableAddress>) -> bool {
+fn named_later_in_slot(start: Climb<TableAddress>) -> u16 {
     in_slot(|climb: *mut Climb<TableAddress>, index| unsafe {
         // A pointer (the dentry) into map memory: the verifier allows it
         // to a privileged loader.
         climb.write_volatile(start);
         repeat_calls::<COMPAT_PATH_DEPTH>(MAX_PATH_DEPTH, || enforcer_pending_step(index));
-        (&raw const (*climb).found).read_volatile() != 0
+        (&raw const (*climb).found).read_volatile()
     })
-    .unwrap_or(true)
+    .unwrap_or(FILE_READ_DENY)
 }
 
 /// The `bpf_loop` step: [`climb_level`].
@@ -124,8 +127,12 @@ fn climb_level<R: Read, T: FileTableAt>(climb: &mut Climb<T>) -> i64 {
     }
     let named = slot_flags(climb.table, climb.place, climb.hash_base, name_key_of(dir_ino, d)).unwrap_or(0);
     if named & FILE_READ_DENY != 0 {
-        climb.found = 1;
-        return 1;
+        if named & FILE_SENSITIVE == 0 {
+            climb.found = FILE_READ_DENY;
+            return 1;
+        }
+        // A `read_deny` name further up still denies.
+        climb.found = FILE_READ_DENY | FILE_SENSITIVE;
     }
     0
 }

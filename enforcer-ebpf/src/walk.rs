@@ -32,8 +32,8 @@ use enforcer_common::{
     KernelOffsets,
     events::{MAX_PATH_DEPTH, Reason},
     policy::{
-        FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_WRITE, FileSlot, FileTable, NAME_KEY_BYTES, PolicyId,
-        file_hash_base, file_homes, name_key,
+        FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_SENSITIVE, FILE_WRITE, FileSlot, FileTable,
+        NAME_KEY_BYTES, PolicyId, file_hash_base, file_homes, name_key,
     },
 };
 
@@ -107,6 +107,8 @@ struct Walk<const NEED: u16> {
     hash_base: u64,
     question: Question,
     allowed: bool,
+    /// A `sensitive` tree is above the dentry (see `FILE_SENSITIVE`).
+    sensitive: bool,
     verdict: u32,
 }
 
@@ -157,7 +159,12 @@ impl<const NEED: u16> Walk<NEED> {
             return Some(self.decide(Err(Reason::Unreadable)));
         }
         if flags & FILE_READ_DENY != 0 {
-            return Some(self.decide(Err(Reason::ReadDenied)));
+            if flags & FILE_SENSITIVE == 0 {
+                return Some(self.decide(Err(Reason::ReadDenied)));
+            }
+            // A tree that may be read: the walk goes on (a `read_deny`
+            // tree above it still denies), remembering it.
+            self.sensitive = true;
         }
         // Allowed, and nothing above can deny: the walk ends.
         if flags & NEED != 0 && (level > 0 || self.question.allow_self) {
@@ -702,6 +709,7 @@ fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, mount: MountFields, table
         walk.verdict = (&raw const (*state).verdict).read_volatile();
         walk.mount = (&raw const (*state).mount).read_volatile();
         walk.allowed = (&raw const (*state).allowed).read_volatile();
+        walk.sensitive = (&raw const (*state).sensitive).read_volatile();
         release(&raw mut (*slot).busy);
     }
 }
@@ -728,6 +736,7 @@ unsafe fn copy_walk<const NEED: u16>(to: *mut Walk<NEED>, from: &Walk<NEED>) {
     copy!(question.pending);
     copy!(question.object_may_be_root);
     copy!(allowed);
+    copy!(sensitive);
     copy!(verdict);
 }
 
@@ -740,6 +749,7 @@ unsafe fn walk_from<const NEED: u16>(to: &mut Walk<NEED>, from: *const Walk<NEED
         to.dentry = (&raw const (*from).dentry).read_volatile();
         to.mount = (&raw const (*from).mount).read_volatile();
         to.allowed = (&raw const (*from).allowed).read_volatile();
+        to.sensitive = (&raw const (*from).sensitive).read_volatile();
         to.verdict = (&raw const (*from).verdict).read_volatile();
     }
 }
@@ -776,6 +786,7 @@ pub fn judge<const NEED: u16>(
         hash_base,
         question: *question,
         allowed: !question.needs_tree,
+        sensitive: false,
         verdict: UNDECIDED,
     };
     let first = if question.object_may_be_root {
@@ -824,14 +835,21 @@ pub fn judge<const NEED: u16>(
             walk.disconnected();
         }
     }
-    // Names that became `read_deny` trees: only where the walk allowed.
-    if question.pending
-        && walk.verdict == ALLOWED
-        && crate::pending::named_later(table, question.policy_id, start, mnt_root)
-    {
-        return Err(Reason::ReadDenied);
+    // Names that became `read_deny` (or `sensitive`) trees: only where the
+    // walk allowed.
+    if question.pending && walk.verdict == ALLOWED {
+        let named = crate::pending::named_later(table, question.policy_id, start, mnt_root);
+        if named & FILE_READ_DENY != 0 {
+            if named & FILE_SENSITIVE == 0 {
+                return Err(Reason::ReadDenied);
+            }
+            walk.sensitive = true;
+        }
     }
     match walk.verdict {
+        // Allowed, below a `sensitive` tree: the caller decides what that
+        // means for its operation.
+        ALLOWED if walk.sensitive => Err(Reason::Sensitive),
         ALLOWED => Ok(()),
         UNDECIDED => Err(Reason::TooDeep),
         v => Err(Reason::from_u8((v - DENIED) as u8).unwrap_or(Reason::Unreadable)),

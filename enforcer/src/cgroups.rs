@@ -49,6 +49,39 @@ impl Hierarchy {
         Ok(Self { mount_point: mount.mount_point, root_level })
     }
 
+    /// Whether the cgroup with id `id` may still exist: false only when the
+    /// kernel says its handle is stale (the id of a removed cgroup is never
+    /// given to another). Any other failure answers true.
+    #[must_use]
+    pub fn may_have(&self, id: u64) -> bool {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _};
+        /// `struct file_handle` with a cgroup's handle: its 64-bit id
+        /// (`FILEID_KERNFS`).
+        #[repr(C)]
+        struct CgroupHandle {
+            bytes: u32,
+            kind: i32,
+            id: u64,
+        }
+        const FILEID_KERNFS: i32 = 0xfe;
+        let Ok(mount) = std::fs::File::open(&self.mount_point) else { return true };
+        let mut handle = CgroupHandle { bytes: 8, kind: FILEID_KERNFS, id };
+        // SAFETY: `handle` is a `file_handle` header followed by its 8 bytes.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                (&raw mut handle).cast(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a new descriptor nothing else owns.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            return true;
+        }
+        !matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ESTALE | libc::ENOENT))
+    }
+
     /// A cgroup directory's path relative to the mount, as shown in events.
     #[must_use]
     pub fn name_of(&self, dir: &Path) -> String {

@@ -71,10 +71,9 @@ fn check_policy(file: &std::path::Path) -> i32 {
                 eprintln!("{warning}");
             }
             if let Some(files) = &policy.files {
-                for path in files.read_deny.iter().filter(|p| !p.exists()) {
+                for path in files.read_deny.iter().chain(&files.sensitive).filter(|p| !p.exists()) {
                     eprintln!(
-                        "{}: warning: read_deny tree {} does not exist here: nothing is protected there \
-                         unless it exists when the policy is loaded",
+                        "{}: note: {} does not exist here: it is judged by name from the moment it is created",
                         file.display(),
                         path.display()
                     );
@@ -82,7 +81,14 @@ fn check_policy(file: &std::path::Path) -> i32 {
             }
             let files = policy.files.as_ref().map_or_else(
                 || "files unrestricted".to_owned(),
-                |f| format!("{} write trees, {} read_deny trees", f.write.len(), f.read_deny.len()),
+                |f| {
+                    format!(
+                        "{} write trees, {} read_deny trees, {} sensitive trees",
+                        f.write.len(),
+                        f.read_deny.len(),
+                        f.sensitive.len()
+                    )
+                },
             );
             let network = policy.network.as_ref().map_or_else(
                 || "network unrestricted".to_owned(),

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use enforcer_common::{net::Resolver, policy::PolicyId};
+use enforcer_common::policy::PolicyId;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -316,20 +316,21 @@ fn start_resolver(
     events: Refusals,
 ) -> Result<RunningResolver, RunError> {
     let upstream = upstream.unwrap_or_else(dns::system_upstream);
-    let listeners = dns::Listeners::bind()?;
+    let sockets = dns::Sockets::bind(policy.has_sensitive_trees())?;
     let grants =
         Arc::new(Mutex::new(Grants::new(enforcer.take_dns_grants().ok_or(LoadError::MissingMap("DNS_GRANTS"))?)));
     let resolver = dns::Resolver {
         policy_id: POLICY_ID,
         audit: policy.mode == Mode::Audit,
         rules: HostRules::of(network)?,
+        locked_port: sockets.locked_port(),
         upstream,
         min_ttl: network.dns_min_ttl,
         grants: grants.clone(),
         events,
     };
-    enforcer.net.set_resolver(POLICY_ID, Resolver { port: listeners.port, v6: u16::from(listeners.v6) })?;
-    let task = tokio::spawn(dns::serve(resolver, listeners));
+    enforcer.net.set_resolver(POLICY_ID, sockets.entry())?;
+    let task = tokio::spawn(dns::serve(resolver, sockets));
     Ok(RunningResolver { task, grants })
 }
 

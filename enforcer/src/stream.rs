@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use enforcer_common::policy::PolicyId;
+use enforcer_common::{events::Kind, policy::PolicyId};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -343,6 +343,15 @@ fn write_records(
             && let Ok(grants) = grants.lock()
         {
             net.resolved_from = Some(grants.resolved_from(daddr).map(str::to_owned));
+        }
+        if record.header.kind == Kind::EgressLocked as u8 {
+            // The read that locked the agent's egress: a `sensitive_read`
+            // line like every such read, then the `egress_locked` one.
+            event.kind = Kind::SensitiveRead.name();
+            let meta =
+                LineMeta { seq: 0, kind: event.kind, action: event.action, policy: event.policy, cgroup: event.cgroup };
+            sink.event(&meta, &event);
+            event.kind = Kind::EgressLocked.name();
         }
         let meta =
             LineMeta { seq: 0, kind: event.kind, action: event.action, policy: event.policy, cgroup: event.cgroup };

@@ -10,6 +10,7 @@ const DEGRADED: bool = false;
 mod boundary;
 mod containers;
 mod daemon;
+mod exfiltration;
 mod floor;
 mod network;
 mod syscalls;

@@ -15,7 +15,7 @@ use enforcer_common::{
 
 use super::{
     LoadError,
-    handles::{ArmedCgroups, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups},
+    handles::{ArmedCgroups, LockedAgents, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups},
     hooks::{INBOUND_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, lost_without},
     maps::Maps,
     object::{LsmLink, load_everything, program_of},
@@ -45,6 +45,8 @@ pub struct Enforcer {
     /// The cgroups selectors tagged.
     pub selected: SelectedCgroups,
     pub armed: ArmedCgroups,
+    /// The agents whose egress a sensitive read locked.
+    pub locked: LockedAgents,
     /// Events the ring buffer could not take.
     pub lost: LostEvents,
     events: Option<RingBuf<MapData>>,
@@ -87,7 +89,7 @@ impl Enforcer {
         lsm_missing: Option<LoadError>,
         missing_hooks: Vec<&'static str>,
     ) -> Result<Self, LoadError> {
-        let Maps { tables, tag_filter, lost, events, net, dns_grants, protected, selected, armed } = maps;
+        let Maps { tables, tag_filter, lost, events, net, dns_grants, protected, selected, armed, locked } = maps;
         Ok(Self {
             ebpf,
             pinned,
@@ -98,6 +100,7 @@ impl Enforcer {
             tables: Swap::new(KernelTables { tables, tag_filter, spare: None })?,
             selected,
             armed,
+            locked,
             lost,
             events: Some(events),
             protected,

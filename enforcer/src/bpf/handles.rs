@@ -11,7 +11,7 @@ use aya::maps::{
 use enforcer_common::{
     events::LOST_MAP,
     net::{NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver, UNIX_RULES_MAP, UnixKey},
-    policy::{ARMED_MAP, PROTECTED_MAP, PolicyId, Protected, TAG_BLOOM_BITS},
+    policy::{ARMED_MAP, EgressLock, LOCKED_MAP, PROTECTED_MAP, PolicyId, Protected, TAG_BLOOM_BITS},
     select::{SELECTED_MAP, Selected, SelectedBloom},
 };
 
@@ -172,6 +172,30 @@ impl ArmedCgroups {
             match self.0.remove(&id) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(ARMED_MAP)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The agents whose egress a sensitive read locked (`LOCKED`): only the
+/// kernel adds to it; userspace reads it and forgets cgroups that are gone.
+pub struct LockedAgents(pub(super) BpfHashMap<MapData, u64, EgressLock>);
+
+impl LockedAgents {
+    /// Every locked agent (tagged cgroup id) and the read that locked it.
+    #[must_use]
+    pub fn all(&self) -> Vec<(u64, EgressLock)> {
+        self.0.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Forgets the agents `keep` says are gone.
+    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) -> Result<(), LoadError> {
+        let gone: Vec<u64> = self.0.keys().filter_map(Result::ok).filter(|&id| !keep(id)).collect();
+        for id in gone {
+            match self.0.remove(&id) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(LOCKED_MAP)(e)),
             }
         }
         Ok(())

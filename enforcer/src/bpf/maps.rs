@@ -8,13 +8,13 @@ use aya::{
 use enforcer_common::{
     events::{EVENTS_MAP, LOST_MAP},
     net::{DNS_GRANTS_MAP, DnsGrant, NET_RULES_MAP, NetKey, RESOLVERS_MAP, UNIX_RULES_MAP},
-    policy::{ARMED_MAP, PROTECTED_MAP, TABLES_MAP, TAG_FILTER_MAP, Tables, TagFilter},
+    policy::{ARMED_MAP, LOCKED_MAP, PROTECTED_MAP, TABLES_MAP, TAG_FILTER_MAP, Tables, TagFilter},
     select::{SELECTED_BLOOM_MAP, SELECTED_MAP},
 };
 
 use super::{
     LoadError,
-    handles::{ArmedCgroups, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups},
+    handles::{ArmedCgroups, LockedAgents, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups},
     map_err,
 };
 
@@ -32,6 +32,7 @@ pub(super) struct Maps {
     pub(super) protected: ProtectedInodes,
     pub(super) selected: SelectedCgroups,
     pub(super) armed: ArmedCgroups,
+    pub(super) locked: LockedAgents,
 }
 
 /// The maps userspace works with, by their names in the object.
@@ -48,6 +49,7 @@ pub(super) const MAP_NAMES: &[&str] = &[
     SELECTED_MAP,
     SELECTED_BLOOM_MAP,
     ARMED_MAP,
+    LOCKED_MAP,
 ];
 
 impl Maps {
@@ -75,6 +77,7 @@ impl Maps {
                 bloom: Array::try_from(take(SELECTED_BLOOM_MAP)?).map_err(map_err(SELECTED_BLOOM_MAP))?,
             },
             armed: ArmedCgroups(BpfHashMap::try_from(take(ARMED_MAP)?).map_err(map_err(ARMED_MAP))?),
+            locked: LockedAgents(BpfHashMap::try_from(take(LOCKED_MAP)?).map_err(map_err(LOCKED_MAP))?),
         })
     }
 }

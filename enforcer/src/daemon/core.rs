@@ -662,6 +662,11 @@ impl Core {
         }
         let gone: Vec<u64> = self.tags.values().filter(|t| !self.still_there(t)).map(|t| t.cgroup_id).collect();
         dropped.extend(gone.into_iter().filter_map(|id| self.drop_tag(id).ok()));
+        // A lock lasts the agent's life: it goes with the cgroup only.
+        let hierarchy = &self.hierarchy;
+        if let Err(e) = self.enforcer.locked.retain(|id| hierarchy.may_have(id)) {
+            tracing::warn!("cannot forget the locked agents whose cgroups are gone: {e}");
+        }
         if let Err(e) = self.reconcile() {
             tracing::warn!("cannot bring the selected cgroups up to date: {e}");
         }

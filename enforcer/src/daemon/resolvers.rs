@@ -26,7 +26,7 @@ use crate::{
 };
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use enforcer_common::{
-    net::{DnsGrant, NetKey, Resolver as ResolverPort},
+    net::{DnsGrant, NetKey},
     policy::PolicyId,
 };
 
@@ -82,23 +82,26 @@ impl Resolvers {
             }
             // Read when a resolver starts, not on every reload.
             let upstream = self.upstream.unwrap_or_else(dns::system_upstream);
-            let listeners = dns::Listeners::bind()?;
+            let sockets = dns::Sockets::bind(loaded.policy.has_sensitive_trees())?;
             let resolver = dns::Resolver {
                 policy_id: loaded.id,
                 audit: loaded.policy.mode == Mode::Audit,
                 rules: hosts.clone(),
+                locked_port: sockets.locked_port(),
                 upstream,
                 min_ttl: network.dns_min_ttl,
                 grants: self.grants.clone(),
                 events: self.events.clone(),
             };
-            net.set_resolver(loaded.id, ResolverPort { port: listeners.port, v6: u16::from(listeners.v6) })?;
-            self.running.insert(loaded.id, Running(tokio::spawn(dns::serve(resolver, listeners))));
+            net.set_resolver(loaded.id, sockets.entry())?;
+            self.running.insert(loaded.id, Running(tokio::spawn(dns::serve(resolver, sockets))));
         }
         let Ok(mut grants) = self.grants.lock() else { return Ok(()) };
         for (old, new) in replaced {
             let Some(hosts) = &new.hosts else { continue };
-            if let Err(e) = grants.carry_over(*old, new.id, |name| hosts.ports_for(name)) {
+            let ports_for =
+                |name: &str, locked: bool| if locked { hosts.locked_ports_for(name) } else { hosts.ports_for(name) };
+            if let Err(e) = grants.carry_over(*old, new.id, ports_for) {
                 tracing::warn!(
                     "policy `{}` version {}: cannot keep the addresses its agents resolved before (they resolve \
                      again): {e}",

@@ -48,13 +48,31 @@ pub enum GrantError {
     Map(#[from] MapError),
 }
 
+/// Whose grant: a policy version's agents', or (`locked`) those of its
+/// agents whose egress is locked (names in `after_sensitive_read`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Grantee {
+    pub policy: PolicyId,
+    pub locked: bool,
+}
+
+impl Grantee {
+    fn key(self, addr: Ipv6Addr) -> NetKey {
+        if self.locked {
+            NetKey::locked(self.policy, addr.octets())
+        } else {
+            NetKey::new(self.policy, false, addr.octets())
+        }
+    }
+}
+
 pub struct Grants {
     map: BpfHashMap<MapData, NetKey, DnsGrant>,
-    by_address: HashMap<(PolicyId, Ipv6Addr), Vec<NameGrant>>,
+    by_address: HashMap<(Grantee, Ipv6Addr), Vec<NameGrant>>,
     /// The last name each address was resolved from (expired or not), for
     /// the `resolved_from` of a denied connect.
     history: HashMap<Ipv6Addr, String>,
-    /// Addresses granted per policy (see [`GRANTS_PER_POLICY`]).
+    /// Addresses granted per policy, both grantees (see [`GRANTS_PER_POLICY`]).
     held: HashMap<PolicyId, usize>,
 }
 
@@ -73,7 +91,8 @@ impl Grants {
         let left: Vec<(NetKey, DnsGrant)> = grants.map.iter().filter_map(Result::ok).collect();
         for (key, grant) in left {
             let earlier = NameGrant { name: String::new(), ports: grant.ports, expires_boot_ns: grant.expires_boot_ns };
-            grants.by_address.entry((key.policy(), Ipv6Addr::from(key.addr))).or_default().push(earlier);
+            let grantee = Grantee { policy: key.policy(), locked: key.is_locked() };
+            grants.by_address.entry((grantee, Ipv6Addr::from(key.addr))).or_default().push(earlier);
         }
         grants.recount();
         grants
@@ -82,37 +101,38 @@ impl Grants {
     /// Counts the addresses each policy holds anew (after removals).
     fn recount(&mut self) {
         self.held.clear();
-        for (policy, _) in self.by_address.keys() {
-            *self.held.entry(*policy).or_default() += 1;
+        for (grantee, _) in self.by_address.keys() {
+            *self.held.entry(grantee.policy).or_default() += 1;
         }
     }
 
     /// Gives policy `to` the grants `from` has for names `ports_for` still
-    /// allows, with the ports it allows them now and their expiry: a new
-    /// version of a policy keeps the answers its agents already hold.
-    /// Grants adopted from an earlier daemon (no name) are not carried.
+    /// allows (told whether the grant is for locked agents), with the ports
+    /// it allows them now and their expiry: a new version of a policy keeps
+    /// the answers its agents already hold. Grants adopted from an earlier
+    /// daemon (no name) are not carried.
     pub fn carry_over(
         &mut self,
         from: PolicyId,
         to: PolicyId,
-        ports_for: impl Fn(&str) -> Option<NetPorts>,
+        ports_for: impl Fn(&str, bool) -> Option<NetPorts>,
     ) -> Result<(), MapError> {
-        let carried: Vec<(Ipv6Addr, Vec<NameGrant>)> = self
+        let carried: Vec<(Grantee, Ipv6Addr, Vec<NameGrant>)> = self
             .by_address
             .iter()
-            .filter(|((policy, _), _)| *policy == from)
-            .map(|((_, addr), list)| {
+            .filter(|((grantee, _), _)| grantee.policy == from)
+            .map(|((grantee, addr), list)| {
                 let kept = list
                     .iter()
                     .filter(|g| !g.name.is_empty())
-                    .filter_map(|g| ports_for(&g.name).map(|ports| NameGrant { ports, ..g.clone() }))
+                    .filter_map(|g| ports_for(&g.name, grantee.locked).map(|ports| NameGrant { ports, ..g.clone() }))
                     .collect();
-                (*addr, kept)
+                (Grantee { policy: to, ..*grantee }, *addr, kept)
             })
             .collect();
-        for (addr, list) in carried.into_iter().filter(|(_, list): &(_, Vec<_>)| !list.is_empty()) {
-            self.by_address.insert((to, addr), list);
-            self.write(to, addr)?;
+        for (grantee, addr, list) in carried.into_iter().filter(|(_, _, list): &(_, _, Vec<_>)| !list.is_empty()) {
+            self.by_address.insert((grantee, addr), list);
+            self.write(grantee, addr)?;
         }
         self.recount();
         Ok(())
@@ -120,13 +140,13 @@ impl Grants {
 
     /// Removes every grant of `policy_id` (a version no longer in force).
     pub fn forget(&mut self, policy_id: PolicyId) {
-        let addrs: Vec<Ipv6Addr> =
-            self.by_address.keys().filter(|(policy, _)| *policy == policy_id).map(|(_, addr)| *addr).collect();
-        for addr in addrs {
-            self.by_address.remove(&(policy_id, addr));
+        let held: Vec<(Grantee, Ipv6Addr)> =
+            self.by_address.keys().filter(|(grantee, _)| grantee.policy == policy_id).copied().collect();
+        for (grantee, addr) in held {
+            self.by_address.remove(&(grantee, addr));
             // A failed removal leaves an entry no tag can reach (the id is
             // not in force), which expires in the kernel by itself.
-            let _ = self.write(policy_id, addr);
+            let _ = self.write(grantee, addr);
         }
         self.held.remove(&policy_id);
     }
@@ -134,14 +154,14 @@ impl Grants {
     /// The policies that hold grants.
     #[must_use]
     pub fn policies(&self) -> std::collections::BTreeSet<PolicyId> {
-        self.by_address.keys().map(|(policy, _)| *policy).collect()
+        self.by_address.keys().map(|(grantee, _)| grantee.policy).collect()
     }
 
-    /// Allows `addr` for `ports` under policy `policy_id` for `ttl`, because
-    /// `name` resolved to it. The map holds it when this returns.
+    /// Allows `addr` for `ports` to `grantee` for `ttl`, because `name`
+    /// resolved to it. The map holds it when this returns.
     pub fn grant(
         &mut self,
-        policy_id: PolicyId,
+        grantee: Grantee,
         addr: IpAddr,
         name: &str,
         ports: NetPorts,
@@ -149,21 +169,21 @@ impl Grants {
     ) -> Result<(), GrantError> {
         let addr = as_v6(addr);
         let expires_boot_ns = boot_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
-        if !self.by_address.contains_key(&(policy_id, addr)) {
-            let held = self.held.entry(policy_id).or_default();
+        if !self.by_address.contains_key(&(grantee, addr)) {
+            let held = self.held.entry(grantee.policy).or_default();
             if *held >= GRANTS_PER_POLICY {
-                return Err(GrantError::ShareFull(policy_id));
+                return Err(GrantError::ShareFull(grantee.policy));
             }
             *held += 1;
         }
-        let list = self.by_address.entry((policy_id, addr)).or_default();
+        let list = self.by_address.entry((grantee, addr)).or_default();
         list.retain(|g| g.name != name);
         list.push(NameGrant { name: name.to_owned(), ports, expires_boot_ns });
         if self.history.len() >= HISTORY_MAX {
             self.history.clear();
         }
         self.history.insert(addr, name.to_owned());
-        Ok(self.write(policy_id, addr)?)
+        Ok(self.write(grantee, addr)?)
     }
 
     /// Removes what has expired; returns how many addresses lost every grant.
@@ -178,13 +198,13 @@ impl Grants {
             }
         }
         let mut emptied = 0;
-        for (policy_id, addr) in changed {
-            if self.by_address.get(&(policy_id, addr)).is_some_and(Vec::is_empty) {
+        for (grantee, addr) in changed {
+            if self.by_address.get(&(grantee, addr)).is_some_and(Vec::is_empty) {
                 emptied += 1;
             }
             // A failed rewrite leaves the older entry, which expires in the
             // kernel by itself.
-            let _ = self.write(policy_id, addr);
+            let _ = self.write(grantee, addr);
         }
         self.by_address.retain(|_, list| !list.is_empty());
         self.recount();
@@ -198,9 +218,9 @@ impl Grants {
     }
 
     /// Writes the merged entry of one address (or removes it).
-    fn write(&mut self, policy_id: PolicyId, addr: Ipv6Addr) -> Result<(), MapError> {
-        let key = NetKey::new(policy_id, false, addr.octets());
-        let list = self.by_address.get(&(policy_id, addr)).map(Vec::as_slice).unwrap_or_default();
+    fn write(&mut self, grantee: Grantee, addr: Ipv6Addr) -> Result<(), MapError> {
+        let key = grantee.key(addr);
+        let list = self.by_address.get(&(grantee, addr)).map(Vec::as_slice).unwrap_or_default();
         if list.is_empty() {
             return match self.map.remove(&key) {
                 Err(MapError::KeyNotFound) => Ok(()),
@@ -251,14 +271,20 @@ mod tests {
         let ttl = Duration::from_mins(1);
         let ports = NetPorts::default();
         let addr = |i: usize| IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | i as u128));
-        for i in 0..GRANTS_PER_POLICY {
-            grants.grant(PolicyId(1), addr(i), "x.evil.example", ports, ttl).unwrap();
+        let (one, two) =
+            (Grantee { policy: PolicyId(1), locked: false }, Grantee { policy: PolicyId(2), locked: false });
+        let one_locked = Grantee { locked: true, ..one };
+        for i in 0..GRANTS_PER_POLICY - 1 {
+            grants.grant(one, addr(i), "x.evil.example", ports, ttl).unwrap();
         }
-        let full = grants.grant(PolicyId(1), addr(GRANTS_PER_POLICY), "y.evil.example", ports, ttl);
+        grants.grant(one_locked, addr(0), "x.evil.example", ports, ttl).expect("the last of the share");
+        let full = grants.grant(one, addr(GRANTS_PER_POLICY), "y.evil.example", ports, ttl);
         assert!(matches!(full, Err(GrantError::ShareFull(PolicyId(1)))), "{full:?}");
-        grants.grant(PolicyId(1), addr(0), "z.evil.example", ports, ttl).expect("an address it holds takes more names");
-        grants.grant(PolicyId(2), addr(0), "api.example", ports, ttl).expect("another policy still gets grants");
+        grants.grant(one, addr(0), "z.evil.example", ports, ttl).expect("an address it holds takes more names");
+        grants.grant(two, addr(0), "api.example", ports, ttl).expect("another policy still gets grants");
         grants.forget(PolicyId(1));
-        grants.grant(PolicyId(1), addr(1), "x.evil.example", ports, ttl).expect("a share freed");
+        let left: Vec<NetKey> = grants.map.keys().filter_map(Result::ok).collect();
+        assert_eq!(left, [NetKey::new(PolicyId(2), false, as_v6(addr(0)).octets())], "both of its grantees forgotten");
+        grants.grant(one, addr(1), "x.evil.example", ports, ttl).expect("a share freed");
     }
 }

@@ -30,7 +30,10 @@ use tokio::{
     sync::mpsc,
 };
 
-use self::{grants::Grants, names::HostRules};
+use self::{
+    grants::{Grantee, Grants},
+    names::HostRules,
+};
 
 /// How long the upstream resolver gets to answer one query.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(4);
@@ -93,10 +96,46 @@ pub struct Resolver {
     /// Answer names the policy does not allow too, and report them.
     pub audit: bool,
     pub rules: HostRules,
+    /// Where agents whose egress is locked ask (`Sockets::locked`): there
+    /// only names in `after_sensitive_read` are answered.
+    pub locked_port: Option<u16>,
     pub upstream: SocketAddr,
     pub min_ttl: Duration,
     pub grants: Arc<Mutex<Grants>>,
     pub events: Refusals,
+}
+
+/// Every socket of one resolver: where agents ask, and where the programs
+/// send the DNS of agents whose egress is locked (policies with
+/// `files.sensitive`), a port of its own so the kernel, not the resolver,
+/// tells the two apart.
+pub struct Sockets {
+    pub open: Listeners,
+    pub locked: Option<Listeners>,
+}
+
+impl Sockets {
+    /// Binds the sockets (`locked`: the second set too); see [`Listeners::bind`].
+    pub fn bind(locked: bool) -> Result<Self, DnsError> {
+        Ok(Self { open: Listeners::bind()?, locked: locked.then(Listeners::bind).transpose()? })
+    }
+
+    /// The programs' `RESOLVERS` entry for them.
+    #[must_use]
+    pub fn entry(&self) -> enforcer_common::net::Resolver {
+        let v6 = self.open.v6 && self.locked.as_ref().is_none_or(|l| l.v6);
+        enforcer_common::net::Resolver {
+            port: self.open.port,
+            v6: u16::from(v6),
+            locked_port: self.locked.as_ref().map_or(0, |l| l.port),
+            pad: 0,
+        }
+    }
+
+    #[must_use]
+    pub fn locked_port(&self) -> Option<u16> {
+        self.locked.as_ref().map(|l| l.port)
+    }
 }
 
 /// The loopback sockets a resolver listens on.
@@ -166,16 +205,16 @@ pub fn system_upstream() -> SocketAddr {
     SocketAddr::new(ip, 53)
 }
 
-/// Serves queries on `listeners` until the task is dropped.
-pub async fn serve(resolver: Resolver, listeners: Listeners) {
+/// Serves queries on `sockets` until the task is dropped.
+pub async fn serve(resolver: Resolver, sockets: Sockets) {
     let resolver = Arc::new(resolver);
-    let Listeners { udp4, tcp4, v6_sockets, .. } = listeners;
     let mut tasks = tokio::task::JoinSet::new();
-    let mut sockets = vec![(udp4, tcp4)];
-    sockets.extend(v6_sockets);
-    for (udp, tcp) in sockets {
-        tasks.spawn(serve_udp(resolver.clone(), udp));
-        tasks.spawn(serve_tcp(resolver.clone(), tcp));
+    for listeners in std::iter::once(sockets.open).chain(sockets.locked) {
+        let Listeners { udp4, tcp4, v6_sockets, .. } = listeners;
+        for (udp, tcp) in std::iter::once((udp4, tcp4)).chain(v6_sockets) {
+            tasks.spawn(serve_udp(resolver.clone(), udp));
+            tasks.spawn(serve_tcp(resolver.clone(), tcp));
+        }
     }
     while tasks.join_next().await.is_some() {}
 }
@@ -272,13 +311,22 @@ impl Resolver {
         let asked = question.name().to_ascii().trim_end_matches('.').to_owned();
         let qname = asked.to_ascii_lowercase();
         let qtype = question.query_type();
-        let Some(ports) = self.rules.ports_for(&qname) else {
-            self.report(&asked, qtype, "not_allowed", peer);
+        // The programs sent a locked agent's query to the locked port.
+        let locked_asker = self.locked_port == Some(peer.local.port());
+        let ports = if locked_asker { None } else { self.rules.ports_for(&qname) };
+        let locked_ports = self.locked_port.and_then(|_| self.rules.locked_ports_for(&qname));
+        if ports.is_none() && locked_ports.is_none() {
+            let reason = if locked_asker { "egress_locked" } else { "not_allowed" };
+            self.report(&asked, qtype, reason, peer);
             if self.audit {
                 return self.ask_upstream(query, transport).await.ok();
             }
             return refusal(&request, ResponseCode::NXDomain);
-        };
+        }
+        let grantees = [
+            ports.map(|ports| (Grantee { policy: self.policy_id, locked: false }, ports)),
+            locked_ports.map(|ports| (Grantee { policy: self.policy_id, locked: true }, ports)),
+        ];
         let Ok(reply) = self.ask_upstream(query, transport).await else {
             self.report(&qname, qtype, "upstream_failed", peer);
             return refusal(&request, ResponseCode::ServFail);
@@ -295,11 +343,12 @@ impl Resolver {
                 _ => continue,
             };
             let ttl = Duration::from_secs(u64::from(record.ttl)).max(self.min_ttl);
-            let granted = self
-                .grants
-                .lock()
-                .map_err(|_| ())
-                .and_then(|mut grants| grants.grant(self.policy_id, addr, &qname, ports, ttl).map_err(|_| ()));
+            let granted = self.grants.lock().map_err(|_| ()).and_then(|mut grants| {
+                grantees
+                    .iter()
+                    .flatten()
+                    .try_for_each(|&(grantee, ports)| grants.grant(grantee, addr, &qname, ports, ttl).map_err(|_| ()))
+            });
             if granted.is_err() {
                 // Without the grant the connect would be denied: say so now.
                 self.report(&qname, qtype, "grant_table_full", peer);

@@ -3,7 +3,7 @@
 use enforcer_common::net::{NET_PORT_RANGES, NetPorts, PortRange};
 
 use crate::{
-    policy::destinations::Target,
+    policy::destinations::{Destination, Target},
     policy::{Location, Network},
 };
 
@@ -15,19 +15,28 @@ struct HostRule {
     range: PortRange,
 }
 
-/// The host name entries of one policy.
+/// The host name entries of one policy: of `network.allow`, and of
+/// `network.after_sensitive_read` (`locked`).
 #[derive(Clone, Debug, Default)]
 pub struct HostRules {
+    rules: NameList,
+    locked: NameList,
+}
+
+/// The host name entries of one list.
+#[derive(Clone, Debug, Default)]
+struct NameList {
     rules: Vec<HostRule>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{at}: error: network.allow: host name `{name}` ends up with more than {NET_PORT_RANGES} separate port ranges\n  \
+    "{at}: error: network.{key}: host name `{name}` ends up with more than {NET_PORT_RANGES} separate port ranges\n  \
      hint: merge its ports into ranges"
 )]
 pub struct TooManyHostRanges {
     at: Location,
+    key: &'static str,
     name: String,
 }
 
@@ -35,8 +44,30 @@ impl HostRules {
     /// The host name entries of `network`; refused if a name could match
     /// more separate port ranges than a grant holds.
     pub fn of(network: &Network) -> Result<Self, TooManyHostRanges> {
+        Ok(Self {
+            rules: NameList::of(&network.allow, "allow")?,
+            locked: NameList::of(&network.after_sensitive_read, "after_sensitive_read")?,
+        })
+    }
+
+    /// What the policy allows for addresses of `qname` (lower case, no
+    /// trailing dot); `None` if the name is not allowed at all.
+    #[must_use]
+    pub fn ports_for(&self, qname: &str) -> Option<NetPorts> {
+        self.rules.ports_for(qname)
+    }
+
+    /// What `after_sensitive_read` allows for addresses of `qname`.
+    #[must_use]
+    pub fn locked_ports_for(&self, qname: &str) -> Option<NetPorts> {
+        self.locked.ports_for(qname)
+    }
+}
+
+impl NameList {
+    fn of(entries: &[(Destination, Location)], key: &'static str) -> Result<Self, TooManyHostRanges> {
         let mut rules = Vec::new();
-        for (destination, at) in &network.allow {
+        for (destination, at) in entries {
             let Target::Host { name, wildcard } = &destination.target else { continue };
             let (first, last) = (*destination.ports.start(), *destination.ports.end());
             let range = PortRange { first, last, protos: destination.protos, pad: [0; 3] };
@@ -48,16 +79,13 @@ impl HostRules {
         for (rule, at) in &rules {
             let probe = if rule.wildcard { format!("x.{}", rule.name) } else { rule.name.clone() };
             if checked.insert(probe.clone()) && this.ranges(&probe).len() > NET_PORT_RANGES {
-                return Err(TooManyHostRanges { at: (*at).clone(), name: rule.name.clone() });
+                return Err(TooManyHostRanges { at: (*at).clone(), key, name: rule.name.clone() });
             }
         }
         Ok(this)
     }
 
-    /// What the policy allows for addresses of `qname` (lower case, no
-    /// trailing dot); `None` if the name is not allowed at all.
-    #[must_use]
-    pub fn ports_for(&self, qname: &str) -> Option<NetPorts> {
+    fn ports_for(&self, qname: &str) -> Option<NetPorts> {
         let ranges = self.ranges(qname);
         if ranges.is_empty() {
             return None;
@@ -116,6 +144,16 @@ mod tests {
     fn rules(allow: &str) -> HostRules {
         let text = format!("name = \"x\"\n[network]\nallow = [{allow}]\n");
         HostRules::of(&policy::parse(&text, Path::new("p.toml")).unwrap().0.network.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn names_after_a_sensitive_read_are_their_own_list() {
+        let text = "name = \"x\"\n[files]\nsensitive = [\"/e\"]\n[network]\nallow = [\"github.com:443\", \
+                    \"*.pypi.org:443\"]\nafter_sensitive_read = [\"pypi.org:443\"]\n";
+        let rules = HostRules::of(&policy::parse(text, Path::new("p.toml")).unwrap().0.network.unwrap()).unwrap();
+        assert!(rules.ports_for("github.com").is_some() && rules.locked_ports_for("github.com").is_none());
+        assert!(rules.ports_for("pypi.org").is_none());
+        assert!(rules.locked_ports_for("pypi.org").is_some_and(|p| p.allows(443, PROTO_TCP)));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use enforcer_common::{
     net::SOCKET_CLASSES,
     policy::{
-        FileRuleKey, PolicyId, TAG_AUDIT, TAG_EXEC, TAG_FILES, TAG_NET, TAG_READ_DENY, TAG_REQUIRE_SECCOMP, TagInfo,
+        FileRuleKey, PolicyId, TAG_AUDIT, TAG_EXEC, TAG_FILES, TAG_NET, TAG_READ_DENY, TAG_REQUIRE_SECCOMP,
+        TAG_SENSITIVE, TagInfo,
     },
 };
 
@@ -72,8 +73,11 @@ fn tag_for(policy: &Policy, policy_id: PolicyId) -> TagInfo {
     }
     if let Some(files) = &policy.files {
         flags |= TAG_FILES;
-        if !files.read_deny.is_empty() {
+        if !files.read_deny.is_empty() || !files.sensitive.is_empty() {
             flags |= TAG_READ_DENY;
+        }
+        if !files.sensitive.is_empty() {
+            flags |= TAG_SENSITIVE;
         }
     }
     if policy.exec.is_some() {
@@ -97,6 +101,10 @@ fn missing_effect(key: &str) -> &'static str {
         "files.write" => "writes there are denied until it exists and the policy is loaded again",
         "exec.allow" => "programs there are denied until it exists and the policy is loaded again",
         "devices.allow" => "the device stays refused until it exists and the policy is loaded again",
+        "files.sensitive" => {
+            "reading it locks the agent's egress from the moment it is created (with everything below the first \
+             missing directory)"
+        }
         _ => {
             "it is protected by name from the moment it is created (with everything below the first missing directory)"
         }
@@ -111,8 +119,11 @@ pub fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
          limits, scheduling and SIGIO aimed outside the agent, leaving the cgroup (CLONE_INTO_CGROUP), terminal \
          injection, kernel interfaces in /sys and /proc/sys, devices, fileless execution (BPF LSM)",
     ];
-    if policy.files.is_some() {
+    if let Some(files) = &policy.files {
         parts.push("[files]: file writes and reads (BPF LSM file hooks)");
+        if !files.sensitive.is_empty() {
+            parts.push("files.sensitive: locking the egress down after a secret read (BPF LSM file_open)");
+        }
     }
     if policy.network.is_some() {
         parts.push("network.unix: connecting and sending to unix sockets (BPF LSM unix hooks)");

@@ -10,9 +10,13 @@
 use std::path::{Path, PathBuf};
 
 use enforcer_common::policy::{
-    FILE_DEVICE, FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_PENDING, FILE_READ_DENY, FILE_WRITE, FileRuleKey,
-    PENDING_ON_FILESYSTEM, PolicyId, TAG_NO_REGULAR_FILE_ROOTS, TAG_PENDING, name_key, name_words,
+    FILE_DEVICE, FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_PENDING, FILE_READ_DENY, FILE_SENSITIVE, FILE_WRITE,
+    FileRuleKey, PENDING_ON_FILESYSTEM, PolicyId, TAG_NO_REGULAR_FILE_ROOTS, TAG_PENDING, name_key, name_words,
 };
+
+/// The flags of a `sensitive` root: a `read_deny` one to every rule about
+/// where a walk may stop, told apart where the walk meets it.
+const SENSITIVE: u16 = FILE_READ_DENY | FILE_SENSITIVE;
 
 use crate::{
     mounts::{self, InodeId, MountError},
@@ -35,9 +39,10 @@ pub fn resolve(policy: &Policy, policy_id: PolicyId) -> Result<FileRules, MountE
     let mut rules = FileRules::default();
     let none: &[PathBuf] = &[];
     let (files, exec, devices) = (policy.files.as_ref(), policy.exec.as_ref(), policy.devices.as_ref());
-    let lists: [(&[PathBuf], u16, &'static str); 4] = [
+    let lists: [(&[PathBuf], u16, &'static str); 5] = [
         (files.map_or(none, |f| &f.write), FILE_WRITE, "files.write"),
         (files.map_or(none, |f| &f.read_deny), FILE_READ_DENY, "files.read_deny"),
+        (files.map_or(none, |f| &f.sensitive), SENSITIVE, "files.sensitive"),
         (exec.map_or(none, |e| &e.allow), FILE_EXEC, "exec.allow"),
         (devices.map_or(none, |d| &d.allow), FILE_DEVICE, "devices.allow"),
     ];
@@ -45,22 +50,25 @@ pub fn resolve(policy: &Policy, policy_id: PolicyId) -> Result<FileRules, MountE
         for path in paths {
             let Some(id) = mounts::inode_id(path, &mounts)? else {
                 rules.missing.push((path.clone(), key));
-                if flag == FILE_READ_DENY {
-                    pending_read_deny(&mut rules, path, &mounts, policy_id)?;
+                if flag & FILE_READ_DENY != 0 {
+                    pending_read_deny(&mut rules, path, &mounts, policy_id, flag)?;
                 }
                 continue;
             };
             // A `read_deny` there would deny more, never less; the others
-            // would allow in every subvolume.
-            if id.subvolume_root && flag != FILE_READ_DENY {
+            // would allow in every subvolume (a `sensitive` one would lock
+            // for reads in every subvolume, which is more: it may stay).
+            if id.subvolume_root && flag & FILE_READ_DENY == 0 {
                 return Err(MountError::SubvolumeRoot { path: path.clone(), key });
             }
             rules.add_inode(&id, policy_id, flag);
         }
     }
-    let read_deny = files.map_or(none, |f| &f.read_deny);
+    // Both kinds hold the roots below them: a walk from there goes on up.
+    let read_deny: Vec<PathBuf> =
+        files.map(|f| f.read_deny.iter().chain(&f.sensitive).cloned().collect()).unwrap_or_default();
     if !read_deny.is_empty() {
-        let held = read_deny_ids(read_deny, &mounts)?;
+        let held = read_deny_ids(&read_deny, &mounts)?;
         for path in lists
             .iter()
             .filter(|(_, flag, _)| *flag & (FILE_WRITE | FILE_EXEC) != 0)
@@ -124,18 +132,28 @@ impl FileRules {
         self.add(FileRuleKey { ino: id.ino, dev: id.dev, policy_id }, flag);
     }
 
+    /// Adds `flag` to the rule of `key`. A root both `read_deny` and
+    /// `sensitive` is `read_deny` alone: it may not be read at all.
     fn add(&mut self, key: FileRuleKey, flag: u16) {
         match self.entries.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, flags)) => *flags |= flag,
+            Some((_, flags)) => {
+                let read_deny = (*flags | flag) & FILE_READ_DENY != 0;
+                let only_sensitive = |f: u16| f & FILE_READ_DENY == 0 || f & FILE_SENSITIVE != 0;
+                let sensitive = read_deny && only_sensitive(*flags) && only_sensitive(flag);
+                *flags |= flag;
+                if !sensitive {
+                    *flags &= !FILE_SENSITIVE;
+                }
+            }
             None => self.entries.push((key, flag)),
         }
     }
 }
 
-/// A `read_deny` tree that does not exist yet (`aws configure` and `gcloud
-/// auth` make theirs later): its nearest existing directory gets
-/// `FILE_PENDING`, and the first missing name below it a `read_deny` rule
-/// keyed by that name. The walk judges the name wherever the entry is
+/// A `read_deny` (or `sensitive`: `flag`) tree that does not exist yet
+/// (`aws configure` and `gcloud auth` make theirs later): its nearest
+/// existing directory gets `FILE_PENDING`, and the first missing name below
+/// it a rule with `flag` keyed by that name. The walk judges the name wherever the entry is
 /// created or opened, so the tree is protected from the moment it exists.
 /// Everything below that first missing name is protected, even beside the
 /// named path (`/a/b/c` missing from `/a` protects all of `/a/b`).
@@ -144,6 +162,7 @@ fn pending_read_deny(
     path: &Path,
     mounts: &[procfs::process::MountInfo],
     policy_id: PolicyId,
+    flag: u16,
 ) -> Result<(), MountError> {
     let mut name = path.file_name();
     let mut dir = path.parent();
@@ -154,10 +173,7 @@ fn pending_read_deny(
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
             rules.add_inode(&id, policy_id, FILE_PENDING);
             rules.add(FileRuleKey { ino: PENDING_ON_FILESYSTEM, dev: id.dev, policy_id }, FILE_PENDING);
-            rules.add(
-                FileRuleKey { ino: name_key(id.ino, name_words(bytes), len), dev: id.dev, policy_id },
-                FILE_READ_DENY,
-            );
+            rules.add(FileRuleKey { ino: name_key(id.ino, name_words(bytes), len), dev: id.dev, policy_id }, flag);
             return Ok(());
         }
         name = parent.file_name();
@@ -239,6 +255,52 @@ mod tests {
         assert_eq!(flags_of(PENDING_ON_FILESYSTEM), vec![FILE_PENDING], "its filesystem");
         assert_eq!(rules.entries.len(), 3);
         assert_eq!(rules.tag_flags(), TAG_PENDING | TAG_NO_REGULAR_FILE_ROOTS);
+    }
+
+    #[test]
+    fn sensitive_trees_are_read_deny_trees_that_may_be_read() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["home", "home/.aws", "home/work"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        std::fs::write(d.join("home/work/.netrc"), b"").unwrap();
+        let text = format!(
+            "name = \"p\"\n[files]\nwrite = [\"{0}/home/work\"]\nread_deny = [\"{0}/home/.aws\"]\nsensitive = \
+             [\"{0}/home\", \"{0}/home/work/.netrc\", \"{0}/home/work/.env\"]\n[network]\n",
+            d.display()
+        );
+        let (policy, _) = crate::policy::parse(&text, Path::new("p.toml")).unwrap();
+        let rules = resolve(&policy, PolicyId(1)).unwrap();
+        let flags_of = |ino: u64| rules.entries.iter().find(|(k, _)| k.ino == ino).map(|(_, f)| *f).unwrap();
+        let ino = |sub: &str| std::fs::metadata(d.join(sub)).unwrap().ino();
+        assert_eq!(flags_of(ino("home")), SENSITIVE);
+        assert_eq!(flags_of(ino("home/.aws")), FILE_READ_DENY);
+        let work = flags_of(ino("home/work"));
+        assert_eq!(work, FILE_WRITE | FILE_PENDING, "below a sensitive tree: no early end of the walk");
+        assert_eq!(flags_of(ino("home/work/.netrc")), SENSITIVE);
+        let env = name_key(ino("home/work"), name_words(b".env"), 4);
+        assert_eq!(flags_of(env), SENSITIVE, "a missing sensitive file is keyed by its name");
+        assert_eq!(rules.tag_flags() & TAG_PENDING, TAG_PENDING);
+        assert_eq!(rules.tag_flags() & TAG_NO_REGULAR_FILE_ROOTS, 0, ".netrc is a file root");
+    }
+
+    #[test]
+    fn a_root_both_read_deny_and_sensitive_is_read_deny() {
+        let key = FileRuleKey { ino: 5, dev: 1, policy_id: PolicyId(1) };
+        for order in [[FILE_READ_DENY, SENSITIVE], [SENSITIVE, FILE_READ_DENY]] {
+            let mut rules = FileRules::default();
+            for flag in order {
+                rules.add(key, flag);
+            }
+            assert_eq!(rules.entries, [(key, FILE_READ_DENY)], "{order:?}");
+        }
+        let mut rules = FileRules::default();
+        rules.add(key, FILE_WRITE);
+        rules.add(key, SENSITIVE);
+        rules.add(key, FILE_NO_READ_DENY_ABOVE);
+        assert_eq!(rules.entries, [(key, FILE_WRITE | SENSITIVE | FILE_NO_READ_DENY_ABOVE)]);
     }
 
     #[test]

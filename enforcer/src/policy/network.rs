@@ -26,7 +26,7 @@ use crate::{
 )]
 pub struct TooManyRanges {
     pub at: Location,
-    /// `allow` or `listen`.
+    /// `allow`, `after_sensitive_read` or `listen`.
     pub key: &'static str,
     pub prefix: String,
 }
@@ -45,9 +45,11 @@ pub struct NetRules {
 /// unix socket names keyed by `policy_id`. Host name entries are not here:
 /// their addresses come from the resolver.
 pub fn build(network: &Network, policy_id: PolicyId, net_id: PolicyId) -> Result<NetRules, TooManyRanges> {
-    let mut prefixes = prefixes(&network.allow, net_id, false, "allow")?;
-    // Sorted already: `listen` keys have the direction bit set.
-    prefixes.extend(self::prefixes(&network.listen, net_id, true, "listen")?);
+    let mut prefixes = prefixes(&network.allow, net_id, Set::Allow)?;
+    // Sorted already: `after_sensitive_read` keys have `NET_KEY_LOCKED`
+    // set, `listen` keys the direction bit above it.
+    prefixes.extend(self::prefixes(&network.after_sensitive_read, net_id, Set::AfterSensitiveRead)?);
+    prefixes.extend(self::prefixes(&network.listen, net_id, Set::Listen)?);
     debug_assert!(prefixes.is_sorted_by_key(order));
     let unix = network.unix.iter().map(|name| unix_key(name, policy_id)).collect();
     Ok(NetRules { prefixes, unix })
@@ -141,15 +143,40 @@ fn both_allow(a: &NetPorts, b: &NetPorts) -> NetPorts {
 /// A range an entry gives its prefix, and where the entry was written.
 type OwnRange<'a> = ((Ipv6Addr, u8), PortRange, &'a Location);
 
-/// The trie entries of `entries`, keyed by `net_id` and direction, sorted
-/// by address and length. A reload compiles every entry of a changed file
-/// (10 000 and more), so this allocates per prefix only when it has more
-/// than one range.
+/// Which of a policy's lists of destinations.
+#[derive(Clone, Copy)]
+enum Set {
+    Allow,
+    AfterSensitiveRead,
+    Listen,
+}
+
+impl Set {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::AfterSensitiveRead => "after_sensitive_read",
+            Self::Listen => "listen",
+        }
+    }
+
+    fn net_key(self, net_id: PolicyId, addr: [u8; 16]) -> NetKey {
+        match self {
+            Self::Allow => NetKey::new(net_id, false, addr),
+            Self::AfterSensitiveRead => NetKey::locked(net_id, addr),
+            Self::Listen => NetKey::new(net_id, true, addr),
+        }
+    }
+}
+
+/// The trie entries of `entries`, keyed by `net_id` and the list they are
+/// in, sorted by address and length. A reload compiles every entry of a
+/// changed file (10 000 and more), so this allocates per prefix only when
+/// it has more than one range.
 fn prefixes(
     entries: &[(Destination, Location)],
     net_id: PolicyId,
-    inbound: bool,
-    key: &'static str,
+    set: Set,
 ) -> Result<Vec<(u32, NetKey, NetPorts)>, TooManyRanges> {
     // Sorted by prefix: a prefix's ranges are neighbours, the first written
     // first.
@@ -182,11 +209,11 @@ fn prefixes(
             let all: Vec<PortRange> = group.iter().map(|&(_, range, _)| range).chain(covering.flatten()).collect();
             let merged = merge(all);
             if merged.len() > NET_PORT_RANGES {
-                return Err(TooManyRanges { at: at.clone(), key, prefix: prefix_text(addr, prefix) });
+                return Err(TooManyRanges { at: at.clone(), key: set.key(), prefix: prefix_text(addr, prefix) });
             }
             ports.ranges[..merged.len()].copy_from_slice(&merged);
         }
-        prefixes.push((u32::from(prefix), NetKey::new(net_id, inbound, addr.octets()), ports));
+        prefixes.push((u32::from(prefix), set.net_key(net_id, addr.octets()), ports));
     }
     Ok(prefixes)
 }
@@ -261,6 +288,21 @@ mod tests {
         let wide = ports_of(&rules, "10.0.0.0", 104);
         assert!(wide.allows(80, PROTO_TCP) && !wide.allows(443, PROTO_TCP));
         assert_eq!(rules.prefixes[0].1.policy_id, 7u32.to_be_bytes());
+    }
+
+    #[test]
+    fn after_sensitive_read_entries_are_keyed_apart_and_sorted() {
+        let text = "name = \"x\"\n[files]\nsensitive = [\"/e\"]\n[network]\nallow = [\"10.0.0.0/8:443\"]\n\
+                    after_sensitive_read = [\"10.1.0.0/16:443\", \"9.9.9.9:53\"]\nlisten = [\"*:8080\"]\n";
+        let (policy, _) = policy::parse(text, Path::new("p.toml")).unwrap();
+        let rules = build(&policy.network.unwrap(), PolicyId(7), PolicyId(9)).unwrap();
+        let words: Vec<u32> = rules.prefixes.iter().map(|(_, k, _)| u32::from_be_bytes(k.policy_id)).collect();
+        let locked = 9 | enforcer_common::net::NET_KEY_LOCKED;
+        assert_eq!(words, [9, locked, locked, 9 | enforcer_common::net::NET_KEY_INBOUND]);
+        assert!(rules.prefixes.is_sorted_by_key(order), "NetChange::between needs them sorted");
+        let (_, key, ports) = rules.prefixes[2];
+        assert!(key.is_locked() && ports.allows(443, PROTO_TCP) && !ports.allows(53, PROTO_UDP));
+        assert_eq!(key, NetKey::locked(PolicyId(9), "::ffff:10.1.0.0".parse::<Ipv6Addr>().unwrap().octets()));
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct Files {
     pub write: Vec<PathBuf>,
     /// Trees that may be neither read nor written (wins over `write`).
     pub read_deny: Vec<PathBuf>,
+    /// Trees that may be read but hold secrets: reading below one locks the
+    /// agent's egress down to `network.after_sensitive_read`.
+    pub sensitive: Vec<PathBuf>,
 }
 
 /// The `[network]` section.
@@ -64,6 +67,9 @@ pub struct Network {
     /// Shortest time an address resolved from an allowed name stays allowed
     /// (answers with a shorter TTL get this one).
     pub dns_min_ttl: std::time::Duration,
+    /// Destinations an agent may still reach once one of its processes has
+    /// read a `files.sensitive` file (entries as in `allow`; none: nothing).
+    pub after_sensitive_read: Vec<(Destination, Location)>,
 }
 
 /// The `[devices]` section: device nodes (or directories of them, e.g.
@@ -186,6 +192,7 @@ struct RawNetwork {
     #[serde(default)]
     sockets: Vec<Spanned<String>>,
     dns_min_ttl: Option<Spanned<i64>>,
+    after_sensitive_read: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -195,13 +202,24 @@ struct RawFiles {
     write: Vec<Spanned<String>>,
     #[serde(default)]
     read_deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    sensitive: Vec<Spanned<String>>,
 }
 
-const KEYS_HINT: &str = "a policy has `name`, `mode`, `cgroups` (selectors), a `[files]` table with `write` and \
-                         `read_deny`, a \
-`[network]` table with `allow`, `unix`, `sockets` and `dns_min_ttl`, a `[syscalls]` table with `allow`, \
+const KEYS_HINT: &str = "a policy has `name`, `mode`, `cgroups` (selectors), a `[files]` table with `write`, \
+                         `read_deny` and `sensitive`, a \
+`[network]` table with `allow`, `listen`, `unix`, `sockets`, `dns_min_ttl` and `after_sensitive_read`, a `[syscalls]` table with `allow`, \
 `deny_action` and `require_seccomp`, an `[exec]` table with `allow`, and a `[devices]` table with `allow`; see \
 policies/coding-agent.toml";
+
+impl Policy {
+    /// Whether it names `files.sensitive` trees (reading one locks the
+    /// agent's egress down).
+    #[must_use]
+    pub fn has_sensitive_trees(&self) -> bool {
+        self.files.as_ref().is_some_and(|f| !f.sensitive.is_empty())
+    }
+}
 
 /// Reads and validates the policy file at `file`.
 pub fn load(file: &Path) -> Result<(Policy, Vec<Warning>), PolicyError> {
@@ -234,6 +252,7 @@ pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyEr
             }
         },
     };
+    let sensitive_at = raw.files.as_ref().and_then(|f| f.get_ref().sensitive.first()).map(Spanned::span);
     let files = match raw.files {
         None => {
             warnings.push(
@@ -243,17 +262,7 @@ pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyEr
         }
         Some(files) => Some(validate_files(&ctx, files, &mut warnings)?),
     };
-    let network =
-        match raw.network {
-            None => {
-                warnings.push(ctx.warning(
-                    0..0,
-                    "no [network] section: this policy does not restrict network access at all".to_owned(),
-                ));
-                None
-            }
-            Some(network) => Some(validate_network(&ctx, network.get_ref(), &mut warnings)?),
-        };
+    let network = network_section(&ctx, raw.network, sensitive_at, &mut warnings)?;
     let syscalls =
         match raw.syscalls {
             None => {
@@ -291,6 +300,41 @@ pub fn parse(text: &str, file: &Path) -> Result<(Policy, Vec<Warning>), PolicyEr
         cgroups.push(glob.get_ref().clone());
     }
     Ok((Policy { name, mode, files, network, syscalls, exec, devices, cgroups }, warnings))
+}
+
+/// The `[network]` section, if any (`sensitive_at`: where the first
+/// `files.sensitive` entry is, if there is one).
+fn network_section(
+    ctx: &Ctx<'_>,
+    raw: Option<Spanned<RawNetwork>>,
+    sensitive_at: Option<Range<usize>>,
+    warnings: &mut Vec<Warning>,
+) -> Result<Option<Network>, PolicyError> {
+    let Some(network) = raw else {
+        if let Some(at) = sensitive_at {
+            return Err(ctx.invalid(
+                at,
+                "files.sensitive needs a [network] section: reading a sensitive file locks the agent's egress down \
+                 to network.after_sensitive_read"
+                    .to_owned(),
+                "add a [network] section with `allow` (before a sensitive read) and `after_sensitive_read` (after \
+                 it; empty: nothing)",
+            ));
+        }
+        warnings.push(
+            ctx.warning(0..0, "no [network] section: this policy does not restrict network access at all".to_owned()),
+        );
+        return Ok(None);
+    };
+    let network = network.get_ref();
+    if let (Some(after), None) = (&network.after_sensitive_read, sensitive_at) {
+        return Err(ctx.invalid(
+            after.span(),
+            "network.after_sensitive_read without files.sensitive: no read ever locks the egress down".to_owned(),
+            "name the trees that hold secrets in [files] sensitive, e.g. [\"/home/agent/.netrc\"]",
+        ));
+    }
+    Ok(Some(validate_network(ctx, network, warnings)?))
 }
 
 fn hint_for(message: &str) -> String {
@@ -361,10 +405,20 @@ fn validate_name(ctx: &Ctx<'_>, name: &Spanned<String>) -> Result<String, Policy
 }
 
 fn validate_files(ctx: &Ctx<'_>, files: Spanned<RawFiles>, warnings: &mut Vec<Warning>) -> Result<Files, PolicyError> {
-    let RawFiles { write, read_deny } = files.into_inner();
+    let RawFiles { write, read_deny, sensitive: sensitive_entries } = files.into_inner();
     let write = validate_paths(ctx, "files.write", &write, warnings)?;
     let read_deny = validate_paths(ctx, "files.read_deny", &read_deny, warnings)?;
-    Ok(Files { write, read_deny })
+    let mut sensitive = validate_paths(ctx, "files.sensitive", &sensitive_entries, warnings)?;
+    for (entry, path) in sensitive_entries.iter().zip(sensitive.clone()) {
+        if read_deny.contains(&path) {
+            warnings.push(ctx.warning(
+                entry.span(),
+                format!("`{}` is in files.read_deny too: it may not be read at all", path.display()),
+            ));
+            sensitive.retain(|p| *p != path);
+        }
+    }
+    Ok(Files { write, read_deny, sensitive })
 }
 
 fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>) -> Result<Network, PolicyError> {
@@ -384,17 +438,11 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
         unix: Vec::new(),
         sockets: Vec::new(),
         dns_min_ttl: std::time::Duration::from_secs(dns_min_ttl),
+        after_sensitive_read: Vec::new(),
     };
-    for entry in &raw.allow {
-        let destination: Destination = entry
-            .get_ref()
-            .parse()
-            .map_err(|e: EntryError| ctx.invalid(entry.span(), format!("network.allow: {}", e.message), e.hint))?;
-        if let Target::Net { prefix: 0 | 96, .. } = destination.target {
-            warnings
-                .push(ctx.warning(entry.span(), format!("network.allow `{}` allows every address", entry.get_ref())));
-        }
-        network.allow.push((destination, ctx.locate(&entry.span())));
+    network.allow = destinations(ctx, "network.allow", &raw.allow, warnings)?;
+    if let Some(after) = &raw.after_sensitive_read {
+        network.after_sensitive_read = destinations(ctx, "network.after_sensitive_read", after.get_ref(), warnings)?;
     }
     for entry in &raw.listen {
         network.listen.push((parse_listen(ctx, entry)?, ctx.locate(&entry.span())));
@@ -448,6 +496,27 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
         }
     }
     Ok(network)
+}
+
+/// The destinations of `entries` (`key`: where they are, for messages).
+fn destinations(
+    ctx: &Ctx<'_>,
+    key: &str,
+    entries: &[Spanned<String>],
+    warnings: &mut Vec<Warning>,
+) -> Result<Vec<(Destination, Location)>, PolicyError> {
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let destination: Destination = entry
+            .get_ref()
+            .parse()
+            .map_err(|e: EntryError| ctx.invalid(entry.span(), format!("{key}: {}", e.message), e.hint))?;
+        if let Target::Net { prefix: 0 | 96, .. } = destination.target {
+            warnings.push(ctx.warning(entry.span(), format!("{key} `{}` allows every address", entry.get_ref())));
+        }
+        out.push((destination, ctx.locate(&entry.span())));
+    }
+    Ok(out)
 }
 
 /// A `network.listen` entry: `SOURCE:PORTS[/PROTO]`, where `SOURCE` is an
@@ -599,6 +668,35 @@ mod tests {
         assert_eq!(files.write, vec![PathBuf::from("/workspace"), PathBuf::from("/tmp")]);
         assert_eq!(files.read_deny, vec![PathBuf::from("/root/.aws")]);
         assert_eq!(warnings.len(), 2, "only the absent [network] and [syscalls] sections: {warnings:?}");
+    }
+
+    #[test]
+    fn sensitive_trees_and_the_egress_after_a_read() {
+        let (policy, warnings) = check(
+            "name = \"x\"\n[files]\nread_deny = [\"/root/.aws\"]\nsensitive = [\"/work/.env\", \"/root/.aws\"]\n\
+             [network]\nallow = [\"github.com:443\"]\nafter_sensitive_read = [\"10.0.0.0/8:443\"]\n",
+        )
+        .unwrap();
+        assert!(policy.has_sensitive_trees());
+        assert_eq!(policy.files.unwrap().sensitive, [PathBuf::from("/work/.env")], "read_deny wins");
+        assert!(warnings.iter().any(|w| w.to_string().contains("is in files.read_deny too")), "{warnings:?}");
+        assert_eq!(policy.network.unwrap().after_sensitive_read.len(), 1);
+        let (policy, _) =
+            check("name = \"x\"\n[files]\nsensitive = [\"/work/.env\"]\n[network]\nallow = [\"github.com:443\"]\n")
+                .unwrap();
+        assert!(policy.network.unwrap().after_sensitive_read.is_empty(), "absent: nothing after a sensitive read");
+
+        let error = error_of("name = \"x\"\n[files]\nsensitive = [\"/work/.env\"]\n");
+        assert!(error.starts_with("p.toml:3:14: error: files.sensitive needs a [network] section"), "{error}");
+        let error = error_of("name = \"x\"\n[network]\nafter_sensitive_read = [\"10.0.0.0/8:443\"]\n");
+        assert!(
+            error.starts_with("p.toml:3:24: error: network.after_sensitive_read without files.sensitive"),
+            "{error}"
+        );
+        let error = error_of(
+            "name = \"x\"\n[files]\nsensitive = [\"/e\"]\n[network]\nafter_sensitive_read = [\"10.0.0.0/33:443\"]\n",
+        );
+        assert!(error.starts_with("p.toml:5:25: error: network.after_sensitive_read: "), "{error}");
     }
 
     #[test]

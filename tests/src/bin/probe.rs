@@ -844,6 +844,14 @@ fn step(op: &str, a: &str, b: &str) -> i32 {
                 }
                 last
             }
+            // Waits (up to 60 s) until `a` exists: another process's signal.
+            "wait-file" => {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
+                while !std::path::Path::new(a).exists() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                if std::path::Path::new(a).exists() { 0 } else { libc::ETIMEDOUT }
+            }
             "sleep-ms" => {
                 std::thread::sleep(std::time::Duration::from_millis(a.parse().unwrap_or(0)));
                 0

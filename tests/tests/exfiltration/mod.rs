@@ -1,0 +1,259 @@
+//! Exfiltration through allowed places, attacked from inside the agent: a
+//! secret read locks the whole agent's egress down to
+//! `network.after_sensitive_read`, for processes that existed before the
+//! read and those started after it, by name and by address; moving the
+//! secret out of its tree first is refused. The lock is decided in the
+//! kernel at the open (BPF LSM), so these run in the VM tier only.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+
+use enforcer_tests::{EPERM, Outcome, Sandbox};
+use serde_json::Value;
+
+/// What the agent may reach before a secret read (`open`, `udp`) and after
+/// it too (`kept`), as real listeners the test holds.
+struct Places {
+    open: SocketAddr,
+    kept: SocketAddr,
+    udp: SocketAddr,
+    _held: (Vec<TcpListener>, UdpSocket),
+}
+
+impl Places {
+    fn new() -> Self {
+        let tcp = [TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap()];
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self {
+            open: tcp[0].local_addr().unwrap(),
+            kept: tcp[1].local_addr().unwrap(),
+            udp: udp.local_addr().unwrap(),
+            _held: (tcp.into(), udp),
+        }
+    }
+
+    /// The sandbox's policy with `sensitive` trees (continuing its
+    /// `[files]` table) and a `[network]` section.
+    fn write_policy(&self, sb: &Sandbox, mode: &str, sensitive: &[String]) {
+        let quoted: Vec<String> = sensitive.iter().map(|p| format!("\"{p}\"")).collect();
+        sb.write_policy_with(
+            mode,
+            &format!(
+                "sensitive = [{}]\n[network]\nallow = [\"127.0.0.1:{}/tcp\", \"127.0.0.1:{}/tcp\", \
+                 \"127.0.0.1:{}/udp\"]\nafter_sensitive_read = [\"127.0.0.1:{}/tcp\"]\n",
+                quoted.join(", "),
+                self.open.port(),
+                self.kept.port(),
+                self.udp.port(),
+                self.kept.port()
+            ),
+        );
+    }
+}
+
+/// The same destination in another spelling, so each step of a test is
+/// its own string.
+fn mapped(addr: SocketAddr) -> String {
+    format!("[::ffff:{}]:{}", addr.ip(), addr.port())
+}
+
+fn probe() -> String {
+    enforcer_tests::probe_bin().display().to_string()
+}
+
+/// The one event of `kind` about `path`.
+fn event_for<'a>(out: &'a Outcome, kind: &str, path: &str) -> &'a Value {
+    let events: Vec<&Value> = out.events.iter().filter(|e| e["kind"] == kind && e["path"] == path).collect();
+    assert_eq!(events.len(), 1, "one {kind} event for {path}: {events:#?}\n{out:#?}");
+    events[0]
+}
+
+#[test]
+fn a_secret_read_locks_every_process_of_the_agent_down_to_the_reduced_set() {
+    let sb = Sandbox::new("exfil-lock");
+    let places = Places::new();
+    let vault = sb.base.join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    std::fs::write(vault.join("token"), "ghp_secret\n").unwrap();
+    places.write_policy(&sb, "enforce", &[vault.display().to_string()]);
+    let token = Sandbox::path(&vault, "token");
+    let go = Sandbox::path(&sb.allowed, "go");
+    let (open, kept, udp) = (places.open, places.kept, places.udp);
+    // A process that was running before the read, one that reads, one
+    // started after it.
+    let before = [
+        format!("tcp-connect:{open}"),
+        format!("wait-file:{go}"),
+        format!("tcp-connect:{}", mapped(open)),
+        format!("tcp-connect:{kept}"),
+        format!("udp-sendto:{udp}"),
+    ];
+    let reader = [format!("tcp-connect:{}", mapped(kept)), format!("read:{token}"), format!("write:{go}")];
+    let after = [format!("udp-connect:{udp}"), format!("tcp-connect:{}", mapped(udp))];
+    let script =
+        format!("{p} {} & {p} {}; wait; {p} {}", before.join(" "), reader.join(" "), after.join(" "), p = probe());
+    let out = sb.finish(sb.spawn_command(&["/bin/sh".into(), "-c".into(), script.into()]));
+
+    for step in [&before[0], &before[1], &before[3], &reader[0], &reader[1], &reader[2]] {
+        out.assert_succeeded(step);
+    }
+    let read = event_for(&out, "sensitive_read", &token);
+    assert!(read["action"] == "allow" && read["reason"] == "sensitive" && read["op"] == "open", "{read}");
+    assert_eq!(read["errno"], 0, "{read}");
+    let locked = event_for(&out, "egress_locked", &token);
+    assert_eq!(locked["pid"], read["pid"], "the read that locked it: {locked}");
+    let refusals = [
+        (&before[2], "connect", open.port(), "inet6"),
+        (&before[4], "sendmsg", udp.port(), "inet"),
+        (&after[0], "connect", udp.port(), "inet"),
+    ];
+    for (step, kind, port, family) in refusals {
+        let about = |e: &Value| e["dport"] == port && e["family"] == family && e["reason"] == "egress_locked";
+        let refused = out.assert_denied_net(step, kind, about);
+        assert_eq!(refused["daddr"], "127.0.0.1", "{refused}");
+    }
+    assert_eq!(out.errno(&after[1]), EPERM, "TCP to the UDP destination: refused either way");
+    let others: Vec<&Value> = out
+        .events
+        .iter()
+        .filter(|e| !["sensitive_read", "egress_locked"].contains(&e["kind"].as_str().unwrap_or_default()))
+        .filter(|e| e["reason"] != "egress_locked")
+        .collect();
+    assert!(others.is_empty(), "every refusal says the egress is locked: {others:#?}");
+}
+
+#[test]
+fn a_secret_named_before_it_exists_is_one_from_its_creation_and_cannot_be_moved_out() {
+    let sb = Sandbox::new("exfil-later");
+    let places = Places::new();
+    let vault = sb.allowed.join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    std::fs::write(vault.join("token"), "ghp_secret\n").unwrap();
+    let env = Sandbox::path(&sb.allowed, ".env");
+    places.write_policy(&sb, "enforce", &[env.clone(), vault.display().to_string()]);
+    let a = |name: &str| Sandbox::path(&sb.allowed, name);
+    let steps = [
+        // Writing a secret (write-only) locks nothing.
+        format!("write:{env}"),
+        format!("tcp-connect:{}", places.open),
+        // Laundering: a name outside every sensitive tree.
+        format!("rename:{env}:{}", a("notes")),
+        format!("link:{env}:{}", a("hardlink")),
+        format!("rename:{}:{}", Sandbox::path(&vault, "token"), a("token")),
+        // Within the tree, or into it: fine.
+        format!("rename:{}:{}", Sandbox::path(&vault, "token"), Sandbox::path(&vault, "token2")),
+        format!("write:{}", a("draft")),
+        format!("rename:{}:{}", a("draft"), Sandbox::path(&vault, "draft")),
+        // Reading it locks.
+        format!("read:{env}"),
+        format!("tcp-connect:{}", mapped(places.open)),
+        format!("tcp-connect:{}", places.kept),
+    ];
+    let out = sb.run(&steps);
+    for step in [&steps[0], &steps[1], &steps[5], &steps[6], &steps[7], &steps[8], &steps[10]] {
+        out.assert_succeeded(step);
+    }
+    for (step, op, path) in [(&steps[2], "rename", &env), (&steps[3], "link", &env)] {
+        let refused = out.events.iter().find(|e| e["op"] == op && e["path"] == path.as_str());
+        let refused = refused.unwrap_or_else(|| panic!("no {op} refusal: {out:#?}"));
+        assert_eq!(out.errno(step), EPERM, "{step}");
+        assert!(refused["reason"] == "sensitive_moved_out" && refused["action"] == "deny", "{refused}");
+    }
+    assert_eq!(out.errno(&steps[4]), EPERM, "a file below a sensitive directory stays there: {out:#?}");
+    event_for(&out, "egress_locked", &env);
+    out.assert_denied_net(&steps[9], "connect", |e| e["reason"] == "egress_locked");
+    assert_eq!(
+        out.events.iter().filter(|e| e["kind"] == "sensitive_read").count(),
+        1,
+        "only the read of .env: {:#?}",
+        out.events
+    );
+}
+
+#[test]
+fn audit_mode_locks_and_reports_what_it_would_refuse() {
+    let sb = Sandbox::new("exfil-audit");
+    let places = Places::new();
+    let vault = sb.base.join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    std::fs::write(vault.join("token"), "ghp_secret\n").unwrap();
+    places.write_policy(&sb, "audit", &[vault.display().to_string()]);
+    let token = Sandbox::path(&vault, "token");
+    let steps = [format!("read:{token}"), format!("read:{token}"), format!("tcp-connect:{}", places.open)];
+    let out = sb.run(&steps);
+    for step in &steps {
+        out.assert_succeeded(step);
+    }
+    event_for(&out, "egress_locked", &token);
+    let reads = out.events.iter().filter(|e| e["kind"] == "sensitive_read").count();
+    assert_eq!(reads, 2, "every sensitive read is on record: {:#?}", out.events);
+    let audited: Vec<&Value> = out.events.iter().filter(|e| e["kind"] == "connect").collect();
+    assert_eq!(audited.len(), 1, "{audited:#?}");
+    assert!(audited[0]["action"] == "audit" && audited[0]["reason"] == "egress_locked", "{:?}", audited[0]);
+}
+
+/// Names, through the enforcer's resolver (`enforcer run`'s and the
+/// daemon's): once locked, a name outside `after_sensitive_read` no longer
+/// resolves (its query never leaves: DNS is a channel too), a name in it
+/// still resolves and connects.
+#[test]
+fn a_locked_agent_resolves_only_the_names_left_to_it() {
+    for via in ["run", "daemon"] {
+        let mut sb = if via == "run" {
+            Sandbox::under_enforcer_run("exfil-dns-run")
+        } else {
+            Sandbox::under_daemon("exfil-dns-daemon")
+        };
+        let api = TcpListener::bind("127.0.0.3:0").unwrap();
+        let port = api.local_addr().unwrap().port();
+        let upload = TcpListener::bind(("127.0.0.4", port)).unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let dns = enforcer_tests::DnsServer::start(&[
+            ("api.allowed.test", ip("127.0.0.3"), 300),
+            ("upload.allowed.test", ip("127.0.0.4"), 300),
+        ]);
+        sb.dns_upstream = Some(dns.addr);
+        let vault = sb.base.join("vault");
+        std::fs::create_dir_all(&vault).unwrap();
+        std::fs::write(vault.join("token"), "ghp_secret\n").unwrap();
+        sb.write_policy_with(
+            "enforce",
+            &format!(
+                "sensitive = [\"{}\"]\n[network]\nallow = [\"*.allowed.test:{port}\"]\nafter_sensitive_read = \
+                 [\"api.allowed.test:{port}\"]\n",
+                vault.display()
+            ),
+        );
+        let steps = [
+            format!("resolve-connect:upload.allowed.test:{port}"),
+            format!("read:{}", Sandbox::path(&vault, "token")),
+            // Data in a name under the allowed wildcard: DNS is a channel too.
+            "dns-udp:c2VjcmV0.allowed.test@127.0.0.77:53".to_owned(),
+            // Its address, resolved before the read: not for a locked agent.
+            format!("tcp-connect:127.0.0.4:{port}"),
+            format!("resolve-connect:api.allowed.test:{port}"),
+            format!("tcp-connect:127.0.0.3:{port}"),
+        ];
+        let out = sb.run(&steps);
+        for step in [&steps[0], &steps[1], &steps[4], &steps[5]] {
+            out.assert_succeeded(step);
+        }
+        assert_eq!(out.errno(&steps[2]), 103, "{via}: NXDOMAIN once locked: {out:#?}");
+        let refused = out.assert_denied_net(&steps[3], "connect", |e| e["daddr"] == "127.0.0.4");
+        assert_eq!(
+            (refused["reason"].as_str(), refused["resolved_from"].as_str()),
+            (Some("egress_locked"), Some("upload.allowed.test"))
+        );
+        let refused: Vec<&Value> = out.events.iter().filter(|e| e["kind"] == "dns").collect();
+        assert!(
+            !refused.is_empty()
+                && refused.iter().all(|e| e["qname"] == "c2VjcmV0.allowed.test" && e["reason"] == "egress_locked"),
+            "{via}: {refused:#?}"
+        );
+        let queries = dns.queries();
+        assert!(
+            !queries.iter().any(|q| q.to_ascii_lowercase().starts_with("c2vjcmv0")),
+            "{via}: the query never left: {queries:?}"
+        );
+        drop((api, upload));
+    }
+}
