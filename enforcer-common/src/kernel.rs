@@ -130,6 +130,18 @@ macro_rules! kernel_fields {
             rdonly_cast: [] = (loader);
             dentry_btf_id: [] = (loader);
             mount_btf_id: [] = (loader);
+            /// A socket's peer, for sends on a connected socket of an agent
+            /// whose egress is locked: `sock->__sk_common` fields (family,
+            /// IPv4 address, port in network order, IPv6 address), and its
+            /// type and protocol.
+            sock_skc_family: [SkFamily: u16] = (sock: __sk_common.skc_family);
+            sock_skc_daddr: [SkDaddr: u32] = (sock: __sk_common.skc_daddr);
+            sock_skc_dport: [SkDport: u16] = (sock: __sk_common.skc_dport);
+            sock_skc_v6_daddr: [] = (optional sock: __sk_common.skc_v6_daddr);
+            sock_sk_type: [SkType: u16] = (sock: sk_type);
+            sock_sk_protocol: [SkProtocol: u16] = (sock: sk_protocol);
+            /// `msghdr->msg_name`: the address `sendto` gave (null for `send`).
+            msghdr_msg_name: [MsghdrName: u64] = (msghdr: msg_name);
         }
     };
 }

@@ -20,7 +20,7 @@ use enforcer_common::{events::Op, policy::TagInfo};
 use crate::{
     floor::{outside, refuse, refuse_tagged, tgid_of},
     kernel::{Direct, FileOwner, MsghdrControl, MsghdrControllen, Probe, Read, off},
-    tag,
+    net, sensitive, tag,
 };
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7): `clone3` puts the child in the cgroup
@@ -190,32 +190,50 @@ pub fn socket_setsockopt(ctx: LsmContext) -> i32 {
 /// that many).
 const CMSGS_MAX: usize = 8;
 
-/// A source route as a control message of `sendmsg` (the kernel copied
-/// them: `msg_control` is kernel memory here).
+/// A send: a source route as a control message (the floor), and, for an
+/// agent whose egress a secret read locked, where it goes
+/// (`net::judge_locked_send`). A task in no agent pays one load, or three
+/// once some agent on the host was locked.
 #[lsm(hook = "socket_sendmsg")]
 pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     let msg: *const u8 = ctx.arg(1);
-    let mut left = unsafe { Direct::get::<MsghdrControllen>(msg) };
-    if left == 0 {
+    let control = unsafe { Direct::get::<MsghdrControllen>(msg) };
+    if control == 0 && !sensitive::any_locked() {
         return 0;
     }
     let Some(tag) = tag::current_tag() else { return 0 };
+    if control != 0
+        && let Some(refused) = source_route(&tag, msg, control)
+    {
+        return refused;
+    }
+    if !sensitive::locked(&tag) {
+        return 0;
+    }
+    net::judge_locked_send(&tag, ctx.arg(0), msg)
+}
+
+/// The refusal of a `sendmsg` whose control messages (`left` bytes of
+/// them, copied by the kernel: `msg_control` is kernel memory here) hold a
+/// source route, if they do.
+#[inline(always)]
+fn source_route(tag: &tag::Tagged, msg: *const u8, mut left: u64) -> Option<i32> {
     let mut at = unsafe { Direct::get::<MsghdrControl>(msg) };
     for _ in 0..CMSGS_MAX {
         // struct cmsghdr: size_t cmsg_len; int cmsg_level; int cmsg_type.
         let Ok(head) = (unsafe { bpf_probe_read_kernel(at as *const [u64; 2]) }) else {
-            return refuse(&tag, Op::SourceRoute, 0, 0); // unreadable: cannot judge
+            return Some(refuse(tag, Op::SourceRoute, 0, 0)); // unreadable: cannot judge
         };
         let (len, level, name) = (head[0], head[1] as u32 as i32, (head[1] >> 32) as u32 as i32);
         if source_routes(level, name) {
-            return refuse(&tag, Op::SourceRoute, 0, name as u32);
+            return Some(refuse(tag, Op::SourceRoute, 0, name as u32));
         }
         let step = (len + 7) & !7;
         if len < 16 || step >= left {
-            return 0;
+            return None;
         }
         left -= step;
         at += step;
     }
-    refuse(&tag, Op::SourceRoute, 0, 0)
+    Some(refuse(tag, Op::SourceRoute, 0, 0))
 }

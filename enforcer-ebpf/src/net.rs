@@ -28,7 +28,10 @@ use enforcer_common::{
 };
 
 use crate::{
-    kernel::{Probe, Read, UnixAddressLen, UnixSockAddr, off},
+    kernel::{
+        Direct, MsghdrName, Probe, Read, SkDaddr, SkDport, SkFamily, SkProtocol, SkType, SocketSk, UnixAddressLen,
+        UnixSockAddr, off,
+    },
     report::{NetDenial, report_net},
     sensitive,
     tag::{self, Tagged},
@@ -248,6 +251,49 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
         return ALLOW;
     }
     refuse(Some(&info), kind, Reason::NotAllowed, &detail, None, ALLOW, REFUSE)
+}
+
+/// A send on a connected IPv4 or IPv6 socket by an agent whose egress is
+/// locked (the `socket_sendmsg` hook, for every way bytes are sent: `send`,
+/// `write`, `sendmmsg`, io_uring; `sendfile` and `splice` from Linux 6.5):
+/// its peer must be one `after_sensitive_read` allows, or a connection
+/// opened before the secret read would carry it out. A datagram given an
+/// address is judged by `sendmsg4`/`sendmsg6` instead.
+#[inline(always)]
+pub(crate) fn judge_locked_send(tag: &Tagged, socket: *const u8, msg: *const u8) -> i32 {
+    let sk = unsafe { Direct::ptr::<SocketSk>(socket) };
+    if sk.is_null() {
+        return 0;
+    }
+    let family = unsafe { Direct::get::<SkFamily>(sk) } as u16;
+    if family != AF_INET && family != AF_INET6 {
+        return 0;
+    }
+    let (sock_type, protocol) = unsafe { (Direct::get::<SkType>(sk) as u16, Direct::get::<SkProtocol>(sk) as u16) };
+    let proto = proto_bit(sock_type, protocol);
+    if proto == 0 || (proto == PROTO_UDP && !unsafe { Direct::ptr::<MsghdrName>(msg) }.is_null()) {
+        return 0;
+    }
+    let port = u16::from_be(unsafe { Direct::get::<SkDport>(sk) } as u16);
+    let mut addr = [0, 0, MAPPED, unsafe { Direct::get::<SkDaddr>(sk) } as u32];
+    if family == AF_INET6 {
+        let at = sk.wrapping_add(off!(sock_skc_v6_daddr));
+        let read = unsafe { bpf_probe_read_kernel(addr.as_mut_ptr().cast(), 16, at.cast()) };
+        if read != 0 {
+            addr = [opaque_zero(); 4]; // unreadable: judged as `::`, which nothing allows
+        }
+    }
+    let info = tag.info;
+    let to_resolver = (addr == [0, 0, MAPPED, LOOPBACK4] || addr == LOOPBACK6)
+        // SAFETY: the value is only read, while the program runs.
+        && unsafe { RESOLVERS.get(&info.policy_id()) }.is_some_and(|r| r.locked_port == port && port != 0);
+    // SAFETY: sixteen bytes either way.
+    let bytes = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(addr) };
+    if to_resolver || locked_allows(&info, bytes, port, proto, unsafe { bpf_ktime_get_boot_ns() }) {
+        return 0;
+    }
+    let detail = Detail { addr, port, family, sock_type, protocol };
+    refuse(Some(&info), Kind::Sendmsg, Reason::EgressLocked, &detail, None, 0, -EPERM)
 }
 
 /// Sends a DNS connect or datagram to the policy's resolver instead (at

@@ -29,6 +29,13 @@ use crate::{
 #[map]
 static LOCKED: HashMap<u64, EgressLock> = HashMap::with_max_entries(LOCKED_MAX, 0);
 
+/// Set (never cleared) once some agent was locked: until then, a send
+/// whose task is in no agent ends at one load (`boundary::socket_sendmsg`).
+/// In a section of its own: userspace writes `.bss` (the tag filter) whole.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.locked")]
+static mut ANY_LOCKED: u64 = 0;
+
 const EEXIST: i32 = 17;
 
 /// Locks the egress of `tag`'s agent for a read of the file at `start`
@@ -48,11 +55,20 @@ pub fn read(tag: &Tagged, start: &Start, read: Denial) -> Denial {
         }
     };
     let (kind, reason) = match LOCKED.insert(&tag.agent, &lock, u64::from(BPF_NOEXIST)) {
-        Ok(()) => (Kind::EgressLocked, Reason::Sensitive),
+        Ok(()) => {
+            unsafe { (&raw mut ANY_LOCKED).write_volatile(1) };
+            (Kind::EgressLocked, Reason::Sensitive)
+        }
         Err(e) if e == -EEXIST => (Kind::SensitiveRead, Reason::Sensitive),
         Err(_) => (Kind::FileRead, Reason::LockTableFull),
     };
     Denial { kind, reason, ..read }
+}
+
+/// Whether some agent was locked since the programs were loaded.
+#[inline(always)]
+pub fn any_locked() -> bool {
+    unsafe { (&raw const ANY_LOCKED).read_volatile() != 0 }
 }
 
 /// Whether `tag`'s agent read a sensitive file: only looked up for a

@@ -218,6 +218,64 @@ static UDP_RECEIVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32
 static TCP_LOOP_TRIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 static TCP_LOOP_REFUSED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
+/// Connected sockets `tcp-keep` and `udp-keep` hold open, by the order
+/// they were made in, for the `kept-*` steps.
+static KEPT: std::sync::Mutex<Vec<std::os::fd::OwnedFd>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps a connected socket for the `kept-*` steps.
+fn keep(socket: std::io::Result<impl Into<std::os::fd::OwnedFd>>) -> i32 {
+    match socket {
+        Ok(socket) => {
+            KEPT.lock().expect("kept sockets").push(socket.into());
+            0
+        }
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// The kept socket `n` (`kept-send:N`, `kept-sendfile:N:FILE`).
+fn kept(n: &str) -> i32 {
+    use std::os::fd::AsRawFd;
+    let kept = KEPT.lock().expect("kept sockets");
+    kept.get(n.parse::<usize>().expect("a kept socket's number")).map_or(-1, AsRawFd::as_raw_fd)
+}
+
+/// Steps on connected sockets kept open for later sends; `None` if `op` is
+/// not one.
+fn kept_step(op: &str, address: &str) -> Option<i32> {
+    let socket_addr = || address.parse::<SocketAddr>().unwrap_or_else(|_| panic!("bad address `{address}`"));
+    Some(match op {
+        // Connected sockets kept for later sends (by `kept-send:N`...).
+        "tcp-keep" => keep(TcpStream::connect_timeout(&socket_addr(), Duration::from_secs(5))),
+        "udp-keep" => {
+            let to = socket_addr();
+            keep(
+                UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+                    .and_then(|s| s.connect(to).map(|()| s)),
+            )
+        }
+        // `send(2)` of one byte on kept socket N.
+        "kept-send" => {
+            // SAFETY: one byte from a static buffer, on a descriptor we hold.
+            check(unsafe { libc::send(kept(address), b"x".as_ptr().cast(), 1, 0) } as libc::c_long)
+        }
+        // `sendfile(2)` of FILE to kept socket N.
+        "kept-sendfile" => {
+            let (n, file) = address.split_once(':').expect("kept-sendfile:N:FILE");
+            match open(file, libc::O_RDONLY) {
+                Ok(fd) => {
+                    // SAFETY: sendfile between two descriptors we hold.
+                    let r = check(unsafe { libc::sendfile(kept(n), fd, std::ptr::null_mut(), 64) } as libc::c_long);
+                    close(fd);
+                    r
+                }
+                Err(e) => e,
+            }
+        }
+        _ => return None,
+    })
+}
+
 /// Network steps; `None` if `op` is not one.
 fn net_step(op: &str, address: &str) -> Option<i32> {
     let socket_addr = || address.parse::<SocketAddr>().unwrap_or_else(|_| panic!("bad address `{address}`"));
@@ -868,6 +926,7 @@ fn main() {
     for arg in std::env::args().skip(1) {
         let (op, rest) = arg.split_once(':').unwrap_or((&arg, ""));
         let errno = net_step(op, rest)
+            .or_else(|| kept_step(op, rest))
             .or_else(|| syscall_step(op, rest))
             .or_else(|| boundary_step(op, rest))
             .unwrap_or_else(|| {
