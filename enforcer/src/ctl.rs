@@ -122,7 +122,8 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
         println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
         return Ok(0);
     }
-    let StatusAnswer { daemon: d, kernel: k, policies, rejected, tags, selected, counters: c } = read(path, answer)?;
+    let StatusAnswer { daemon: d, kernel: k, policies, rejected, tags, selected, egress_locked, counters: c } =
+        read(path, answer)?;
     println!(
         "daemon: pid {}, version {}, build {}, started {}{}",
         d.pid,
@@ -149,6 +150,19 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
     }
     for t in &selected {
         println!("  {}  policy {}  (selector)", t.cgroup, t.policy);
+    }
+    if !egress_locked.is_empty() {
+        println!("egress locked (a sensitive read):");
+    }
+    for l in &egress_locked {
+        println!(
+            "  {}  since {}  by pid {}  (file {} inode {})",
+            l.cgroup.as_deref().unwrap_or(&format!("cgroup id {}", l.cgroup_id)),
+            l.locked_at,
+            l.pid,
+            l.dev,
+            l.ino
+        );
     }
     println!(
         "counters: lost events {}, reloads {} ({} with rejected files), followers {}, followers cut off {}",

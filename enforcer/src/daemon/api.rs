@@ -104,6 +104,7 @@ pub fn snapshot(core: &Core) -> Snapshot {
         ring: core.ring_fill.as_ref().map(crate::ring_fill::RingFill::used),
         lsm_enforced: core.enforcer.lsm_missing().is_none(),
         not_enforced: core.not_enforced.len(),
+        egress_locked: core.enforcer.locked.all().len(),
     }
 }
 
@@ -130,6 +131,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         rejected: core.rejected.clone(),
         tags: core.tags(),
         selected: core.selected().cloned().collect(),
+        egress_locked: core.locked_agents(),
         counters: Counters {
             lost_events: core.enforcer.lost.total().unwrap_or(0),
             reloads: core.reloads,

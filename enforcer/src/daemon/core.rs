@@ -746,6 +746,30 @@ impl Core {
         }
     }
 
+    /// The agents whose egress is locked, named where they are tagged or
+    /// selected.
+    #[must_use]
+    pub fn locked_agents(&self) -> Vec<crate::daemon::wire::LockedAgent> {
+        let clock = crate::events::Clock::new();
+        let name = |id: u64| {
+            let selected = || self.selected().find(|s| s.cgroup_id == id).map(|s| s.cgroup.clone());
+            self.tags.get(&id).map(|t| t.cgroup.clone()).or_else(selected)
+        };
+        self.enforcer
+            .locked
+            .all()
+            .into_iter()
+            .map(|(id, lock)| crate::daemon::wire::LockedAgent {
+                cgroup_id: id,
+                cgroup: name(id),
+                locked_at: clock.stamp(lock.boot_ns).as_str().to_owned(),
+                pid: lock.tgid,
+                dev: format!("{}:{}", lock.dev >> 20, lock.dev & 0xfffff),
+                ino: lock.ino,
+            })
+            .collect()
+    }
+
     #[must_use]
     pub fn tags(&self) -> Vec<Tag> {
         self.tags.values().cloned().collect()

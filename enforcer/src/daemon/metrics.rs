@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub ring: Option<(u64, u64)>,
     pub lsm_enforced: bool,
     pub not_enforced: usize,
+    /// Agents whose egress a sensitive read locked.
+    pub egress_locked: usize,
 }
 
 impl Metrics {
@@ -199,6 +201,12 @@ impl Metrics {
             "gauge",
             "Policy parts this kernel cannot enforce (--degraded).",
             &unlabeled(s.not_enforced as u64),
+        );
+        metric(
+            "enforcer_agents_egress_locked",
+            "gauge",
+            "Agents whose egress a sensitive read locked down to after_sensitive_read.",
+            &unlabeled(s.egress_locked as u64),
         );
         out
     }

@@ -117,7 +117,25 @@ pub struct StatusAnswer {
     pub rejected: Vec<Rejected>,
     pub tags: Vec<Tag>,
     pub selected: Vec<SelectedCgroup>,
+    /// Agents whose egress a sensitive read locked (for their cgroup's life).
+    #[serde(default)]
+    pub egress_locked: Vec<LockedAgent>,
     pub counters: Counters,
+}
+
+/// An agent whose egress is locked down to its policy's
+/// `after_sensitive_read`, and the read that locked it.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct LockedAgent {
+    pub cgroup_id: u64,
+    /// Its path, if it is tagged or selected now.
+    pub cgroup: Option<String>,
+    pub locked_at: String,
+    /// The process that read the sensitive file.
+    pub pid: u32,
+    /// The file: its device (`major:minor`) and inode number.
+    pub dev: String,
+    pub ino: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]

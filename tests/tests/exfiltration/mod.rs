@@ -326,3 +326,48 @@ fn connections_opened_before_a_secret_read_send_nothing_after_it() {
     assert_eq!(tcp.len(), 1 + usize::from(sendfile_judged), "{tcp:#?}");
     assert!(tcp.iter().all(|e| e["proto"] == "tcp" && e["action"] == "deny"), "{tcp:#?}");
 }
+
+/// The lock is the kernel's, in a pinned map: it holds with the daemon
+/// killed and after a new daemon adopted the programs, which lists it.
+#[test]
+fn a_lock_outlives_the_daemon_that_saw_it_made() {
+    use enforcer_tests::daemon::{Daemon, errno_of};
+    let places = Places::new();
+    let files = std::path::Path::new("/tmp/enforcer-tests/exfil-restart-files");
+    let _ = std::fs::remove_dir_all(files);
+    std::fs::create_dir_all(files.join("vault")).unwrap();
+    std::fs::write(files.join("vault/token"), "ghp_secret\n").unwrap();
+    let policy = format!(
+        "name = \"agent\"\n[files]\nwrite = [\"{0}\"]\nsensitive = [\"{0}/vault\"]\n[network]\nallow = \
+         [\"127.0.0.1:{1}/tcp\", \"127.0.0.1:{2}/tcp\"]\nafter_sensitive_read = [\"127.0.0.1:{2}/tcp\"]\n",
+        files.display(),
+        places.open.port(),
+        places.kept.port()
+    );
+    let mut d = Daemon::start("exfil-restart", false, &[("agent.toml", &policy)], "");
+    let cgroup = d.cgroup("agent");
+    let tag = d.ctl(&["tag", &cgroup, "--policy", "agent"]);
+    assert!(tag.status.success(), "{}", String::from_utf8_lossy(&tag.stderr));
+    let (open, kept) = (format!("tcp-connect:{}", places.open), format!("tcp-connect:{}", places.kept));
+    let read = format!("read:{}/vault/token", files.display());
+    let results = d.run_probe(&cgroup, &[open.clone(), read.clone(), open.clone()]);
+    assert_eq!(results.iter().map(|r| r["errno"].as_i64().unwrap()).collect::<Vec<_>>(), [0, 0, EPERM]);
+    let locked = d.wait_event("egress_locked", |e| e["kind"] == "egress_locked");
+    assert_eq!(locked["cgroup"], cgroup.as_str(), "{locked}");
+
+    d.kill9();
+    let results = d.run_probe(&cgroup, &[open.clone(), kept.clone()]);
+    assert_eq!(errno_of(&results, &open), EPERM, "locked with no daemon running");
+    assert_eq!(errno_of(&results, &kept), 0);
+
+    d.spawn();
+    let results = d.run_probe(&cgroup, std::slice::from_ref(&open));
+    assert_eq!(errno_of(&results, &open), EPERM, "locked under the daemon that adopted the programs");
+    let (_, status) = d.api("GET", "/v1/status", None);
+    let listed = status["egress_locked"].as_array().cloned().unwrap_or_default();
+    assert!(listed.len() == 1 && listed[0]["cgroup"] == cgroup.as_str(), "{status}");
+    assert!(listed[0]["pid"].as_u64() > Some(0) && listed[0]["ino"].as_u64() > Some(0), "{status}");
+    let metrics = d.http("GET", "/metrics", None).1;
+    assert!(metrics.contains("enforcer_agents_egress_locked 1"), "{metrics}");
+    let _ = std::fs::remove_dir_all(files);
+}
