@@ -488,11 +488,17 @@ pub const FILE_DEVICE: u16 = 1 << 3;
 /// are `read_deny` trees already; they are keyed by [`name_key`].
 pub const FILE_PENDING: u16 = 1 << 4;
 /// `FileSlot::flags`, always with `FILE_READ_DENY`: the tree may be read,
-/// but holds secrets (`files.sensitive`): reading below it locks the
+/// but holds secrets (`files.sensitive`): opening a file below it locks the
 /// agent's egress. The walk meets it as a `read_deny` tree (so every rule
 /// about where a walk may stop holds for both) and tells them apart only
-/// there, off the common path. A root that is both is `read_deny` alone.
+/// there, off the common path, where it ends: userspace keeps no such root
+/// below a `read_deny` tree, and gives it the write and exec trees above it
+/// (`FILE_ABOVE_SHIFT`). A root that is both is `read_deny` alone.
 pub const FILE_SENSITIVE: u16 = 1 << 6;
+/// A `FILE_SENSITIVE` root's flags for the trees strictly above it:
+/// `FILE_WRITE << FILE_ABOVE_SHIFT` if a write tree holds it,
+/// `FILE_EXEC << FILE_ABOVE_SHIFT` if an exec tree does.
+pub const FILE_ABOVE_SHIFT: u16 = 7;
 /// `FileSlot::flags`: a `write` or `exec` root that no `read_deny` tree
 /// holds (none is the root itself or above it). A walk that has its answer
 /// by here (the root allows, or the question is only a read's) stops: the

@@ -43,7 +43,9 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
             object_may_be_root: true,
             inline_more: false,
         };
-        judge::<FILE_EXEC>(&question, tag.files, start, vfsmount).err()
+        // Below a `sensitive` tree is no refusal (the open of the program,
+        // before this hook, judged the read).
+        judge::<FILE_EXEC>(&question, tag.files, start, vfsmount).err().filter(|r| *r != Reason::Sensitive)
     } else {
         None
     };

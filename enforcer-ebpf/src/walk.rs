@@ -32,8 +32,8 @@ use enforcer_common::{
     KernelOffsets,
     events::{MAX_PATH_DEPTH, Reason},
     policy::{
-        FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_SENSITIVE, FILE_WRITE, FileSlot, FileTable,
-        NAME_KEY_BYTES, PolicyId, file_hash_base, file_homes, name_key,
+        FILE_ABOVE_SHIFT, FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_READ_DENY, FILE_SENSITIVE, FILE_WRITE, FileSlot,
+        FileTable, NAME_KEY_BYTES, PolicyId, file_hash_base, file_homes, name_key,
     },
 };
 
@@ -87,6 +87,8 @@ const AT_MOUNT_ROOT: u32 = 2;
 const AT_TOP_IN_MOUNT: u32 = 3;
 /// A mount without a parent: a namespace's root or a detached mount.
 const AT_TOP_MOUNT: u32 = 4;
+/// Allowed, below a `sensitive` root.
+const SENSITIVE: u32 = 5;
 const DENIED: u32 = 16; // + Reason
 
 /// The walk's state, shared with the `bpf_loop` step callbacks.
@@ -107,8 +109,6 @@ struct Walk<const NEED: u16> {
     hash_base: u64,
     question: Question,
     allowed: bool,
-    /// A `sensitive` tree is above the dentry (see `FILE_SENSITIVE`).
-    sensitive: bool,
     verdict: u32,
 }
 
@@ -133,6 +133,20 @@ impl<const NEED: u16> Walk<NEED> {
         let outside = if NEED == FILE_EXEC { Reason::OutsideExecTrees } else { Reason::OutsideWriteTrees };
         let verdict = if self.allowed { Ok(()) } else { Err(outside) };
         self.decide(verdict)
+    }
+
+    /// A `sensitive` root ends the walk: userspace keeps none below a
+    /// `read_deny` tree, and gives each the flags of the write and exec
+    /// trees above it (`FILE_ABOVE_SHIFT`), so nothing above is left to
+    /// look at. Off the common path: no state is carried for it.
+    #[inline(always)]
+    fn at_sensitive_root(&mut self, flags: u16, level: u32) -> i64 {
+        let here = flags & NEED != 0 && (level > 0 || self.question.allow_self);
+        if self.allowed || here || flags & (NEED << FILE_ABOVE_SHIFT) != 0 {
+            self.verdict = SENSITIVE;
+            return 1;
+        }
+        self.at_fs_root()
     }
 
     /// The rule flags of `inode` (the current dentry's), if it is a tree root.
@@ -162,9 +176,7 @@ impl<const NEED: u16> Walk<NEED> {
             if flags & FILE_SENSITIVE == 0 {
                 return Some(self.decide(Err(Reason::ReadDenied)));
             }
-            // A tree that may be read: the walk goes on (a `read_deny`
-            // tree above it still denies), remembering it.
-            self.sensitive = true;
+            return Some(self.at_sensitive_root(flags, level));
         }
         // Allowed, and nothing above can deny: the walk ends.
         if flags & NEED != 0 && (level > 0 || self.question.allow_self) {
@@ -709,7 +721,6 @@ fn above_mount<const NEED: u16>(walk: &mut Walk<NEED>, mount: MountFields, table
         walk.verdict = (&raw const (*state).verdict).read_volatile();
         walk.mount = (&raw const (*state).mount).read_volatile();
         walk.allowed = (&raw const (*state).allowed).read_volatile();
-        walk.sensitive = (&raw const (*state).sensitive).read_volatile();
         release(&raw mut (*slot).busy);
     }
 }
@@ -736,7 +747,6 @@ unsafe fn copy_walk<const NEED: u16>(to: *mut Walk<NEED>, from: &Walk<NEED>) {
     copy!(question.pending);
     copy!(question.object_may_be_root);
     copy!(allowed);
-    copy!(sensitive);
     copy!(verdict);
 }
 
@@ -749,7 +759,6 @@ unsafe fn walk_from<const NEED: u16>(to: &mut Walk<NEED>, from: *const Walk<NEED
         to.dentry = (&raw const (*from).dentry).read_volatile();
         to.mount = (&raw const (*from).mount).read_volatile();
         to.allowed = (&raw const (*from).allowed).read_volatile();
-        to.sensitive = (&raw const (*from).sensitive).read_volatile();
         to.verdict = (&raw const (*from).verdict).read_volatile();
     }
 }
@@ -786,7 +795,6 @@ pub fn judge<const NEED: u16>(
         hash_base,
         question: *question,
         allowed: !question.needs_tree,
-        sensitive: false,
         verdict: UNDECIDED,
     };
     let first = if question.object_may_be_root {
@@ -837,20 +845,20 @@ pub fn judge<const NEED: u16>(
     }
     // Names that became `read_deny` (or `sensitive`) trees: only where the
     // walk allowed.
-    if question.pending && walk.verdict == ALLOWED {
+    if question.pending && (walk.verdict == ALLOWED || walk.verdict == SENSITIVE) {
         let named = crate::pending::named_later(table, question.policy_id, start, mnt_root);
         if named & FILE_READ_DENY != 0 {
             if named & FILE_SENSITIVE == 0 {
                 return Err(Reason::ReadDenied);
             }
-            walk.sensitive = true;
+            walk.verdict = SENSITIVE;
         }
     }
     match walk.verdict {
+        ALLOWED => Ok(()),
         // Allowed, below a `sensitive` tree: the caller decides what that
         // means for its operation.
-        ALLOWED if walk.sensitive => Err(Reason::Sensitive),
-        ALLOWED => Ok(()),
+        SENSITIVE => Err(Reason::Sensitive),
         UNDECIDED => Err(Reason::TooDeep),
         v => Err(Reason::from_u8((v - DENIED) as u8).unwrap_or(Reason::Unreadable)),
     }

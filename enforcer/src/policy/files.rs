@@ -10,8 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use enforcer_common::policy::{
-    FILE_DEVICE, FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_PENDING, FILE_READ_DENY, FILE_SENSITIVE, FILE_WRITE,
-    FileRuleKey, PENDING_ON_FILESYSTEM, PolicyId, TAG_NO_REGULAR_FILE_ROOTS, TAG_PENDING, name_key, name_words,
+    FILE_ABOVE_SHIFT, FILE_DEVICE, FILE_EXEC, FILE_NO_READ_DENY_ABOVE, FILE_PENDING, FILE_READ_DENY, FILE_SENSITIVE,
+    FILE_WRITE, FileRuleKey, PENDING_ON_FILESYSTEM, PolicyId, TAG_NO_REGULAR_FILE_ROOTS, TAG_PENDING, name_key,
+    name_words,
 };
 
 /// The flags of a `sensitive` root: a `read_deny` one to every rule about
@@ -46,6 +47,7 @@ pub fn resolve(policy: &Policy, policy_id: PolicyId) -> Result<FileRules, MountE
         (exec.map_or(none, |e| &e.allow), FILE_EXEC, "exec.allow"),
         (devices.map_or(none, |d| &d.allow), FILE_DEVICE, "devices.allow"),
     ];
+    let trees = Trees::of(files, exec, &mounts)?;
     for (paths, flag, key) in lists {
         for path in paths {
             let Some(id) = mounts::inode_id(path, &mounts)? else {
@@ -61,6 +63,14 @@ pub fn resolve(policy: &Policy, policy_id: PolicyId) -> Result<FileRules, MountE
             if id.subvolume_root && flag & FILE_READ_DENY == 0 {
                 return Err(MountError::SubvolumeRoot { path: path.clone(), key });
             }
+            let flag = if flag == SENSITIVE {
+                match trees.sensitive_flags(path, &id, &mounts)? {
+                    Some(flags) => flags,
+                    None => continue,
+                }
+            } else {
+                flag
+            };
             rules.add_inode(&id, policy_id, flag);
         }
     }
@@ -84,7 +94,61 @@ pub fn resolve(policy: &Policy, policy_id: PolicyId) -> Result<FileRules, MountE
     Ok(rules)
 }
 
-/// The inodes of the `read_deny` trees that exist.
+/// The inodes of the trees a `sensitive` root may be below.
+struct Trees {
+    read_deny: Vec<(u64, u32)>,
+    write: Vec<(u64, u32)>,
+    exec: Vec<(u64, u32)>,
+}
+
+impl Trees {
+    fn of(
+        files: Option<&crate::policy::Files>,
+        exec: Option<&crate::policy::Exec>,
+        mounts: &[procfs::process::MountInfo],
+    ) -> Result<Self, MountError> {
+        let none: &[PathBuf] = &[];
+        Ok(Self {
+            read_deny: read_deny_ids(files.map_or(none, |f| &f.read_deny), mounts)?,
+            write: read_deny_ids(files.map_or(none, |f| &f.write), mounts)?,
+            exec: read_deny_ids(exec.map_or(none, |e| &e.allow), mounts)?,
+        })
+    }
+
+    /// The flags of the `sensitive` root at `path` (inode `id`): the walk
+    /// ends there (`FILE_SENSITIVE`), so it carries the write and exec
+    /// trees strictly above it (`FILE_ABOVE_SHIFT`). `None` below a
+    /// `read_deny` tree, which denies it whole. A path whose directories
+    /// cannot be resolved gets no tree above it: writes below it are denied.
+    fn sensitive_flags(
+        &self,
+        path: &Path,
+        id: &InodeId,
+        mounts: &[procfs::process::MountInfo],
+    ) -> Result<Option<u16>, MountError> {
+        let mut above = Vec::new();
+        if let Ok(resolved) = std::fs::canonicalize(path) {
+            for dir in resolved.ancestors().skip(1) {
+                if let Some(dir) = mounts::inode_id(dir, mounts)? {
+                    above.push((dir.ino, dir.dev));
+                }
+            }
+        }
+        if std::iter::once(&(id.ino, id.dev)).chain(&above).any(|i| self.read_deny.contains(i)) {
+            return Ok(None);
+        }
+        let mut flags = SENSITIVE;
+        if above.iter().any(|i| self.write.contains(i)) {
+            flags |= FILE_WRITE << FILE_ABOVE_SHIFT;
+        }
+        if above.iter().any(|i| self.exec.contains(i)) {
+            flags |= FILE_EXEC << FILE_ABOVE_SHIFT;
+        }
+        Ok(Some(flags))
+    }
+}
+
+/// The inodes of the trees at `paths` that exist.
 fn read_deny_ids(paths: &[PathBuf], mounts: &[procfs::process::MountInfo]) -> Result<Vec<(u64, u32)>, MountError> {
     let mut ids = Vec::new();
     for path in paths {
@@ -262,24 +326,29 @@ mod tests {
         use std::os::unix::fs::MetadataExt as _;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        for sub in ["home", "home/.aws", "home/work"] {
+        for sub in ["home", "home/.aws", "home/.aws/sso", "home/work"] {
             std::fs::create_dir(d.join(sub)).unwrap();
         }
         std::fs::write(d.join("home/work/.netrc"), b"").unwrap();
         let text = format!(
             "name = \"p\"\n[files]\nwrite = [\"{0}/home/work\"]\nread_deny = [\"{0}/home/.aws\"]\nsensitive = \
-             [\"{0}/home\", \"{0}/home/work/.netrc\", \"{0}/home/work/.env\"]\n[network]\n",
+             [\"{0}/home\", \"{0}/home/work/.netrc\", \"{0}/home/work/.env\", \"{0}/home/.aws/sso\"]\n\
+             [exec]\nallow = [\"{0}\"]\n[network]\n",
             d.display()
         );
         let (policy, _) = crate::policy::parse(&text, Path::new("p.toml")).unwrap();
         let rules = resolve(&policy, PolicyId(1)).unwrap();
         let flags_of = |ino: u64| rules.entries.iter().find(|(k, _)| k.ino == ino).map(|(_, f)| *f).unwrap();
         let ino = |sub: &str| std::fs::metadata(d.join(sub)).unwrap().ino();
-        assert_eq!(flags_of(ino("home")), SENSITIVE);
+        let exec_above = FILE_EXEC << FILE_ABOVE_SHIFT;
+        assert_eq!(flags_of(ino("home")), SENSITIVE | exec_above, "the walk ends there: it carries the trees above");
         assert_eq!(flags_of(ino("home/.aws")), FILE_READ_DENY);
+        let sso = ino("home/.aws/sso");
+        assert!(rules.entries.iter().all(|(k, _)| k.ino != sso), "below a read_deny tree: denied whole");
         let work = flags_of(ino("home/work"));
         assert_eq!(work, FILE_WRITE | FILE_PENDING, "below a sensitive tree: no early end of the walk");
-        assert_eq!(flags_of(ino("home/work/.netrc")), SENSITIVE);
+        let netrc = SENSITIVE | FILE_WRITE << FILE_ABOVE_SHIFT | exec_above;
+        assert_eq!(flags_of(ino("home/work/.netrc")), netrc, "in a write tree");
         let env = name_key(ino("home/work"), name_words(b".env"), 4);
         assert_eq!(flags_of(env), SENSITIVE, "a missing sensitive file is keyed by its name");
         assert_eq!(rules.tag_flags() & TAG_PENDING, TAG_PENDING);

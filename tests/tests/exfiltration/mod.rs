@@ -138,9 +138,11 @@ fn a_secret_named_before_it_exists_is_one_from_its_creation_and_cannot_be_moved_
     places.write_policy(&sb, "enforce", &[env.clone(), vault.display().to_string()]);
     let a = |name: &str| Sandbox::path(&sb.allowed, name);
     let steps = [
-        // Writing a secret (write-only) locks nothing.
-        format!("write:{env}"),
         format!("tcp-connect:{}", places.open),
+        // Creating it is opening it: the agent holds a secret now.
+        format!("write:{env}"),
+        format!("tcp-connect:{}", mapped(places.open)),
+        format!("tcp-connect:{}", places.kept),
         // Laundering: a name outside every sensitive tree.
         format!("rename:{env}:{}", a("notes")),
         format!("link:{env}:{}", a("hardlink")),
@@ -149,30 +151,24 @@ fn a_secret_named_before_it_exists_is_one_from_its_creation_and_cannot_be_moved_
         format!("rename:{}:{}", Sandbox::path(&vault, "token"), Sandbox::path(&vault, "token2")),
         format!("write:{}", a("draft")),
         format!("rename:{}:{}", a("draft"), Sandbox::path(&vault, "draft")),
-        // Reading it locks.
         format!("read:{env}"),
-        format!("tcp-connect:{}", mapped(places.open)),
-        format!("tcp-connect:{}", places.kept),
     ];
     let out = sb.run(&steps);
-    for step in [&steps[0], &steps[1], &steps[5], &steps[6], &steps[7], &steps[8], &steps[10]] {
-        out.assert_succeeded(step);
+    for i in [0, 1, 3, 7, 8, 9, 10] {
+        out.assert_succeeded(&steps[i]);
     }
-    for (step, op, path) in [(&steps[2], "rename", &env), (&steps[3], "link", &env)] {
+    let locked = event_for(&out, "egress_locked", &env);
+    assert_eq!(locked["op"], "open", "{locked}");
+    out.assert_denied_net(&steps[2], "connect", |e| e["reason"] == "egress_locked");
+    for (step, op, path) in [(&steps[4], "rename", &env), (&steps[5], "link", &env)] {
         let refused = out.events.iter().find(|e| e["op"] == op && e["path"] == path.as_str());
         let refused = refused.unwrap_or_else(|| panic!("no {op} refusal: {out:#?}"));
         assert_eq!(out.errno(step), EPERM, "{step}");
         assert!(refused["reason"] == "sensitive_moved_out" && refused["action"] == "deny", "{refused}");
     }
-    assert_eq!(out.errno(&steps[4]), EPERM, "a file below a sensitive directory stays there: {out:#?}");
-    event_for(&out, "egress_locked", &env);
-    out.assert_denied_net(&steps[9], "connect", |e| e["reason"] == "egress_locked");
-    assert_eq!(
-        out.events.iter().filter(|e| e["kind"] == "sensitive_read").count(),
-        1,
-        "only the read of .env: {:#?}",
-        out.events
-    );
+    assert_eq!(out.errno(&steps[6]), EPERM, "a file below a sensitive directory stays there: {out:#?}");
+    let opens = out.events.iter().filter(|e| e["kind"] == "sensitive_read").count();
+    assert_eq!(opens, 2, "the write and the read of .env: {:#?}", out.events);
 }
 
 #[test]
@@ -296,6 +292,8 @@ fn connections_opened_before_a_secret_read_send_nothing_after_it() {
         "kept-send:2".to_owned(),
         format!("kept-sendfile:0:{notes}"),
         format!("kept-sendfile:2:{notes}"),
+        // A sensitive tree outside every write tree takes no writes.
+        format!("write:{}", Sandbox::path(&vault, "planted")),
     ];
     let out = sb.run(&steps);
     let errno = |i: usize| {
@@ -325,6 +323,8 @@ fn connections_opened_before_a_secret_read_send_nothing_after_it() {
     let tcp = refused(places.open.port()).collect::<Vec<_>>();
     assert_eq!(tcp.len(), 1 + usize::from(sendfile_judged), "{tcp:#?}");
     assert!(tcp.iter().all(|e| e["proto"] == "tcp" && e["action"] == "deny"), "{tcp:#?}");
+    let planted = out.assert_denied(&steps[11], "create", &Sandbox::path(&vault, "planted"));
+    assert_eq!(planted["reason"], "outside_write_trees", "{planted}");
 }
 
 /// The lock is the kernel's, in a pinned map: it holds with the daemon
