@@ -255,7 +255,7 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
 
 /// A send on a connected IPv4 or IPv6 socket by an agent whose egress is
 /// locked (the `socket_sendmsg` hook, for every way bytes are sent: `send`,
-/// `write`, `sendmmsg`, io_uring; `sendfile` and `splice` from Linux 6.5):
+/// `write`, `sendmmsg`, `io_uring`; `sendfile` and `splice` from Linux 6.5):
 /// its peer must be one `after_sensitive_read` allows, or a connection
 /// opened before the secret read would carry it out. A datagram given an
 /// address is judged by `sendmsg4`/`sendmsg6` instead.
@@ -275,6 +275,11 @@ pub(crate) fn judge_locked_send(tag: &Tagged, socket: *const u8, msg: *const u8)
         return 0;
     }
     let port = u16::from_be(unsafe { Direct::get::<SkDport>(sk) } as u16);
+    // Not connected: the send fails, or is TCP Fast Open's connect, which
+    // `connect4`/`connect6` judge.
+    if port == 0 {
+        return 0;
+    }
     let mut addr = [0, 0, MAPPED, unsafe { Direct::get::<SkDaddr>(sk) } as u32];
     if family == AF_INET6 {
         let at = sk.wrapping_add(off!(sock_skc_v6_daddr));

@@ -94,7 +94,13 @@ fn a_secret_read_locks_every_process_of_the_agent_down_to_the_reduced_set() {
         format!("read:{token}"),
         format!("write:{go}"),
     ];
-    let after = [format!("udp-connect:{udp}"), format!("tcp-connect:{}", mapped(udp))];
+    let after = [
+        format!("udp-connect:{udp}"),
+        format!("tcp-connect:{}", mapped(udp)),
+        // TCP Fast Open: the connect rides on the send, judged as a connect.
+        format!("tcp-fastopen:{kept}"),
+        format!("tcp-fastopen:{open}"),
+    ];
     let script =
         format!("{p} {} & {p} {}; wait; {p} {}", before.join(" "), reader.join(" "), after.join(" "), p = probe());
     let out = sb.finish(sb.spawn_command(&["/bin/sh".into(), "-c".into(), script.into()]));
@@ -118,6 +124,8 @@ fn a_secret_read_locks_every_process_of_the_agent_down_to_the_reduced_set() {
         assert_eq!(refused["daddr"], "127.0.0.1", "{refused}");
     }
     assert_eq!(out.errno(&after[1]), EPERM, "TCP to the UDP destination: refused either way");
+    out.assert_succeeded(&after[2]);
+    out.assert_denied_net(&after[3], "connect", |e| e["dport"] == open.port() && e["family"] == "inet");
     let others: Vec<&Value> = out
         .events
         .iter()
