@@ -41,8 +41,8 @@ pub enum Kind {
     /// its sockets; the [`NetDetail`] holds the source address and the local
     /// port.
     Inbound = 9,
-    /// Opening a file below a `files.sensitive` tree for reading: allowed,
-    /// and from then on the agent's egress is judged by
+    /// Opening a file below a `files.sensitive` tree (to read or to write
+    /// it): allowed, and from then on the agent's egress is judged by
     /// `network.after_sensitive_read`.
     SensitiveRead = 10,
     /// A [`Self::SensitiveRead`] that locked the agent's egress (the first

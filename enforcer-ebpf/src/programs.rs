@@ -73,7 +73,7 @@ fn judge_check(tag: &Tagged, check: Check) -> Option<Denial> {
 }
 
 /// The refusal a verdict on `check` is, if any: below a `sensitive` tree
-/// is allowed (only an open for reading makes something of it).
+/// is allowed (only an open makes something of it: it locks the egress).
 #[inline(always)]
 fn refusal(verdict: Result<(), Reason>, check: Check) -> Option<Denial> {
     match verdict {

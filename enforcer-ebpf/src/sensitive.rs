@@ -1,5 +1,6 @@
 //! Secret reads lock egress down: when a process of an agent opens a file
-//! below a `files.sensitive` tree for reading, its agent (the tagged
+//! below a `files.sensitive` tree (to read it, or to write it: `O_RDWR`
+//! reads too), its agent (the tagged
 //! cgroup its tag was found at, every process in it and below, existing and
 //! future) is recorded in `LOCKED`, in the same hook, before the open
 //! returns. From then on the network programs judge the agent's
@@ -38,12 +39,12 @@ static mut ANY_LOCKED: u64 = 0;
 
 const EEXIST: i32 = 17;
 
-/// Locks the egress of `tag`'s agent for a read of the file at `start`
+/// Locks the egress of `tag`'s agent for an open of the file at `start`
 /// (the open `read` describes, judged below a `sensitive` tree): the event
-/// to report,
-/// `egress_locked` for the read that locked it, `sensitive_read` for those
-/// after. Where the lock cannot be recorded (the map is full), the read is
-/// refused: a secret read the lock does not follow would be the escape.
+/// to report, `egress_locked` for the open that locked it, `sensitive_read`
+/// for those after. Where the lock cannot be recorded (the map is full),
+/// the open is refused: a secret read the lock does not follow would be
+/// the escape.
 #[inline(always)]
 pub fn read(tag: &Tagged, start: &Start, read: Denial) -> Denial {
     let lock = unsafe {
