@@ -167,14 +167,7 @@ impl ArmedCgroups {
     /// Forgets every cgroup but those `keep` says to keep (a tag that goes
     /// and comes back waits for an exec again).
     pub fn retain(&mut self, keep: impl Fn(u64) -> bool) -> Result<(), LoadError> {
-        let gone: Vec<u64> = self.0.keys().filter_map(Result::ok).filter(|&id| !keep(id)).collect();
-        for id in gone {
-            match self.0.remove(&id) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(ARMED_MAP)(e)),
-            }
-        }
-        Ok(())
+        retain_cgroups(&mut self.0, ARMED_MAP, keep)
     }
 }
 
@@ -191,15 +184,25 @@ impl LockedAgents {
 
     /// Forgets the agents `keep` says are gone.
     pub fn retain(&mut self, keep: impl Fn(u64) -> bool) -> Result<(), LoadError> {
-        let gone: Vec<u64> = self.0.keys().filter_map(Result::ok).filter(|&id| !keep(id)).collect();
-        for id in gone {
-            match self.0.remove(&id) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(LOCKED_MAP)(e)),
-            }
-        }
-        Ok(())
+        retain_cgroups(&mut self.0, LOCKED_MAP, keep)
     }
+}
+
+/// Removes the entries of a map keyed by cgroup id (`name`, for errors)
+/// that `keep` does not keep.
+fn retain_cgroups<V: aya::Pod>(
+    map: &mut BpfHashMap<MapData, u64, V>,
+    name: &'static str,
+    keep: impl Fn(u64) -> bool,
+) -> Result<(), LoadError> {
+    let gone: Vec<u64> = map.keys().filter_map(Result::ok).filter(|&id| !keep(id)).collect();
+    for id in gone {
+        match map.remove(&id) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(())
 }
 
 /// The cgroups selectors tagged (`SELECTED`), and the kernel's half of

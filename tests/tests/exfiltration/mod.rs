@@ -60,6 +60,14 @@ fn probe() -> String {
     enforcer_tests::probe_bin().display().to_string()
 }
 
+/// `dir/vault`, a tree of secrets: `token`.
+fn vault(dir: &std::path::Path) -> std::path::PathBuf {
+    let vault = dir.join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    std::fs::write(vault.join("token"), "ghp_secret\n").unwrap();
+    vault
+}
+
 /// The one event of `kind` about `path`.
 fn event_for<'a>(out: &'a Outcome, kind: &str, path: &str) -> &'a Value {
     let events: Vec<&Value> = out.events.iter().filter(|e| e["kind"] == kind && e["path"] == path).collect();
@@ -71,9 +79,7 @@ fn event_for<'a>(out: &'a Outcome, kind: &str, path: &str) -> &'a Value {
 fn a_secret_read_locks_every_process_of_the_agent_down_to_the_reduced_set() {
     let sb = Sandbox::new("exfil-lock");
     let places = Places::new();
-    let vault = sb.base.join("vault");
-    std::fs::create_dir_all(&vault).unwrap();
-    std::fs::write(vault.join("token"), "ghp_secret\n").unwrap();
+    let vault = vault(&sb.base);
     places.write_policy(&sb, "enforce", &[vault.display().to_string()]);
     let token = Sandbox::path(&vault, "token");
     let (ready, go) = (Sandbox::path(&sb.allowed, "ready"), Sandbox::path(&sb.allowed, "go"));
@@ -139,9 +145,7 @@ fn a_secret_read_locks_every_process_of_the_agent_down_to_the_reduced_set() {
 fn a_secret_named_before_it_exists_is_one_from_its_creation_and_cannot_be_moved_out() {
     let sb = Sandbox::new("exfil-later");
     let places = Places::new();
-    let vault = sb.allowed.join("vault");
-    std::fs::create_dir_all(&vault).unwrap();
-    std::fs::write(vault.join("token"), "ghp_secret\n").unwrap();
+    let vault = vault(&sb.allowed);
     let env = Sandbox::path(&sb.allowed, ".env");
     places.write_policy(&sb, "enforce", &[env.clone(), vault.display().to_string()]);
     let a = |name: &str| Sandbox::path(&sb.allowed, name);
@@ -183,9 +187,7 @@ fn a_secret_named_before_it_exists_is_one_from_its_creation_and_cannot_be_moved_
 fn audit_mode_locks_and_reports_what_it_would_refuse() {
     let sb = Sandbox::new("exfil-audit");
     let places = Places::new();
-    let vault = sb.base.join("vault");
-    std::fs::create_dir_all(&vault).unwrap();
-    std::fs::write(vault.join("token"), "ghp_secret\n").unwrap();
+    let vault = vault(&sb.base);
     places.write_policy(&sb, "audit", &[vault.display().to_string()]);
     let token = Sandbox::path(&vault, "token");
     let steps = [format!("read:{token}"), format!("read:{token}"), format!("tcp-connect:{}", places.open)];
@@ -222,9 +224,7 @@ fn a_locked_agent_resolves_only_the_names_left_to_it() {
             ("upload.allowed.test", ip("127.0.0.4"), 300),
         ]);
         sb.dns_upstream = Some(dns.addr);
-        let vault = sb.base.join("vault");
-        std::fs::create_dir_all(&vault).unwrap();
-        std::fs::write(vault.join("token"), "ghp_secret\n").unwrap();
+        let vault = vault(&sb.base);
         sb.write_policy_with(
             "enforce",
             &format!(
@@ -282,9 +282,7 @@ fn kernel_version() -> (u32, u32) {
 fn connections_opened_before_a_secret_read_send_nothing_after_it() {
     let sb = Sandbox::new("exfil-kept");
     let places = Places::new();
-    let vault = sb.base.join("vault");
-    std::fs::create_dir_all(&vault).unwrap();
-    std::fs::write(vault.join("token"), "ghp_secret\n").unwrap();
+    let vault = vault(&sb.base);
     places.write_policy(&sb, "enforce", &[vault.display().to_string()]);
     let token = Sandbox::path(&vault, "token");
     let notes = sb.outside_file("notes");
