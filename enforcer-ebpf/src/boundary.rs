@@ -192,8 +192,8 @@ const CMSGS_MAX: usize = 8;
 
 /// A send: a source route as a control message (the floor), and, for an
 /// agent whose egress a secret read locked, where it goes
-/// (`net::judge_locked_send`). A task in no agent pays one load, or three
-/// once some agent on the host was locked.
+/// (`net::judge_locked_send`). A task in no agent pays one load, then,
+/// once some agent on the host was locked, the tag screen too.
 #[lsm(hook = "socket_sendmsg")]
 pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     let msg: *const u8 = ctx.arg(1);
