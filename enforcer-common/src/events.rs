@@ -49,15 +49,43 @@ pub enum Kind {
     /// one): userspace writes it as a `sensitive_read` line and an
     /// `egress_locked` line.
     EgressLocked = 11,
+    /// A send past an upload budget (`network.upload`): refused with
+    /// `EDQUOT`; a [`BudgetDetail`] follows the [`NetDetail`].
+    BudgetExceeded = 12,
 }
 
 impl Kind {
     /// Whether the record carries a [`NetDetail`] rather than paths.
     #[must_use]
     pub const fn is_net(self) -> bool {
-        matches!(self, Self::Connect | Self::Sendmsg | Self::Socket | Self::UnixConnect | Self::Inbound)
+        matches!(
+            self,
+            Self::Connect | Self::Sendmsg | Self::Socket | Self::UnixConnect | Self::Inbound | Self::BudgetExceeded
+        )
     }
 }
+
+/// What a `budget_exceeded` event says about the budget, after its
+/// [`NetDetail`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct BudgetDetail {
+    /// Bytes sent under the budget in its current window, before this send.
+    pub used: u64,
+    /// The budget: bytes per window.
+    pub limit: u64,
+    pub window_ns: u64,
+    /// Bytes the refused send carried.
+    pub size: u64,
+    /// The budget's index in the policy's `network.upload` (0: `*`).
+    pub index: u16,
+    /// Zero (two fields: an array would be filled by a `memset` call).
+    pub pad: u16,
+    pub pad2: u32,
+}
+pub const BUDGET_DETAIL_BYTES: usize = 40;
+const _: () = assert!(core::mem::size_of::<BudgetDetail>() == BUDGET_DETAIL_BYTES);
 
 /// What a floor event is about, after its header (in the place of a path).
 #[repr(C)]
@@ -195,6 +223,12 @@ pub enum Reason {
     /// A rename or link would give a file below a `files.sensitive` tree a
     /// name outside every one, where reading it would lock nothing.
     SensitiveMoved = 18,
+    /// The agent sent its upload budget's bytes for the window already
+    /// (`network.upload`).
+    BudgetExceeded = 19,
+    /// A send could not be counted against its budget: every slot of the
+    /// usage map was held, so it is refused rather than sent uncounted.
+    BudgetTableFull = 20,
 }
 
 /// What a network event is about, after its header.
@@ -268,6 +302,7 @@ impl Kind {
             9 => Self::Inbound,
             10 => Self::SensitiveRead,
             11 => Self::EgressLocked,
+            12 => Self::BudgetExceeded,
             _ => return None,
         })
     }
@@ -287,6 +322,7 @@ impl Kind {
             Kind::Inbound => "inbound",
             Kind::SensitiveRead => "sensitive_read",
             Kind::EgressLocked => "egress_locked",
+            Kind::BudgetExceeded => "budget_exceeded",
         }
     }
 }
@@ -335,6 +371,8 @@ impl Reason {
             16 => Self::EgressLocked,
             17 => Self::LockTableFull,
             18 => Self::SensitiveMoved,
+            19 => Self::BudgetExceeded,
+            20 => Self::BudgetTableFull,
             _ => return None,
         })
     }
@@ -361,6 +399,8 @@ impl Reason {
             Reason::EgressLocked => "egress_locked",
             Reason::LockTableFull => "lock_table_full",
             Reason::SensitiveMoved => "sensitive_moved_out",
+            Reason::BudgetExceeded => "budget_exceeded",
+            Reason::BudgetTableFull => "budget_table_full",
         }
     }
 }

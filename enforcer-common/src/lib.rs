@@ -19,6 +19,7 @@ macro_rules! aya_pod {
     )*};
 }
 
+pub mod budget;
 pub mod events;
 pub mod kernel;
 pub mod net;

@@ -333,6 +333,9 @@ pub const TAG_NO_REGULAR_FILE_ROOTS: u32 = 1 << 7;
 /// locks the agent's egress (`LOCKED`), and the network programs look the
 /// agent up there.
 pub const TAG_SENSITIVE: u32 = 1 << 15;
+/// `TagInfo::flags`: the policy has upload budgets (`network.upload`):
+/// every send of its agents is counted (`crate::budget`).
+pub const TAG_BUDGET: u32 = 1 << 16;
 
 /// The agents whose egress is locked: tagged cgroup id -> [`EgressLock`].
 /// Pinned, so a lock outlives the daemon that saw it made.

@@ -15,9 +15,13 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::LsmContext,
 };
-use enforcer_common::{events::Op, policy::TagInfo};
+use enforcer_common::{
+    events::Op,
+    policy::{TAG_BUDGET, TagInfo},
+};
 
 use crate::{
+    budget,
     floor::{outside, refuse, refuse_tagged, tgid_of},
     kernel::{Direct, FileOwner, MsghdrControl, MsghdrControllen, Probe, Read, off},
     net, sensitive, tag,
@@ -190,15 +194,16 @@ pub fn socket_setsockopt(ctx: LsmContext) -> i32 {
 /// that many).
 const CMSGS_MAX: usize = 8;
 
-/// A send: a source route as a control message (the floor), and, for an
-/// agent whose egress a secret read locked, where it goes
-/// (`net::judge_locked_send`). A task in no agent pays one load, then,
-/// once some agent on the host was locked, the tag screen too.
+/// A send: a source route as a control message (the floor); for an agent
+/// whose egress a secret read locked, where it goes
+/// (`net::judge_locked_send`); and the upload budgets (`budget::check`). A
+/// task in no agent pays two loads, then, once some agent on the host was
+/// locked or a policy with budgets was loaded, the tag screen too.
 #[lsm(hook = "socket_sendmsg")]
 pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     let msg: *const u8 = ctx.arg(1);
     let control = unsafe { Direct::get::<MsghdrControllen>(msg) };
-    if control == 0 && !sensitive::any_locked() {
+    if control == 0 && !sensitive::any_locked() && !budget::in_force() {
         return 0;
     }
     let Some(tag) = tag::current_tag() else { return 0 };
@@ -207,10 +212,18 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     {
         return refused;
     }
-    if !sensitive::locked(&tag) {
+    let locked = sensitive::locked(&tag);
+    if !locked && tag.info.flags & TAG_BUDGET == 0 {
         return 0;
     }
-    net::judge_locked_send(&tag, ctx.arg(0), msg)
+    let Some(send) = net::Send::of(ctx.arg(0), msg) else { return 0 };
+    if locked {
+        let refused = net::judge_locked_send(&tag, &send);
+        if refused != 0 {
+            return refused;
+        }
+    }
+    budget::check(&tag, &send, ctx.arg(2))
 }
 
 /// The refusal of a `sendmsg` whose control messages (`left` bytes of

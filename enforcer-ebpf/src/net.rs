@@ -120,17 +120,24 @@ pub(crate) fn is_resolver_port(policy_id: PolicyId, port: u16) -> bool {
         .is_some_and(|resolver| resolver.port == port || (resolver.locked_port == port && port != 0))
 }
 
+/// Whether `port` is where the resolver answers `policy_id`'s locked agents.
+#[inline(always)]
+fn is_locked_resolver_port(policy_id: PolicyId, port: u16) -> bool {
+    // SAFETY: the value is only read, while the program runs.
+    unsafe { RESOLVERS.get(&policy_id) }.is_some_and(|resolver| resolver.locked_port == port && port != 0)
+}
+
 /// What the event says about the socket.
 #[derive(Clone, Copy)]
-struct Detail {
+pub(crate) struct Detail {
     /// The destination as IPv6 words, in network order (IPv4 as
     /// `::ffff:a.b.c.d`); words, not bytes: zeroing a byte array compiles
     /// to a `memset` call, a byte loop in BPF.
-    addr: [u32; 4],
-    port: u16,
-    family: u16,
-    sock_type: u16,
-    protocol: u16,
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub family: u16,
+    pub sock_type: u16,
+    pub protocol: u16,
 }
 
 /// Reports a refusal and turns it into the answer: `refused` unless the
@@ -160,6 +167,9 @@ fn refuse(
         protocol: detail.protocol,
         unix_path: unix.map_or(core::ptr::null(), |u| u.path),
         unix_len: unix.map_or(0, |u| u.len),
+        // A null the compiler cannot see: next to the other zeros it
+        // would make a `memset`.
+        budget: opaque_zero() as usize as *const _,
     });
     if audit { allow } else { refused }
 }
@@ -253,6 +263,85 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     refuse(Some(&info), kind, Reason::NotAllowed, &detail, None, ALLOW, REFUSE)
 }
 
+/// Where a send on an IPv4 or IPv6 socket goes, as the `socket_sendmsg`
+/// hook and the send counters (`budget`) see it.
+#[derive(Clone, Copy)]
+pub(crate) struct Send {
+    pub detail: Detail,
+    /// `PROTO_TCP`, `PROTO_UDP`, or 0 for a socket the destination rules do
+    /// not judge (raw, ICMP, SCTP).
+    pub proto: u8,
+    /// The destination is the address the send names (a UDP datagram's, a
+    /// TCP Fast Open connect's), not the socket's peer.
+    pub named: bool,
+}
+
+impl Send {
+    /// The send of `msg` on `socket` (a `struct socket`); `None` for a
+    /// socket of another family. The destination is all zeros where there is
+    /// none (an unconnected socket, a name of an unknown family: the send
+    /// fails, or is judged by `connect4`/`connect6`, `sendmsg4`/`sendmsg6`).
+    #[inline(always)]
+    pub(crate) fn of(socket: *const u8, msg: *const u8) -> Option<Self> {
+        let sk = unsafe { Direct::ptr::<SocketSk>(socket) };
+        if sk.is_null() {
+            return None;
+        }
+        let family = unsafe { Direct::get::<SkFamily>(sk) } as u16;
+        if family != AF_INET && family != AF_INET6 {
+            return None;
+        }
+        let (sock_type, protocol) = unsafe { (Direct::get::<SkType>(sk) as u16, Direct::get::<SkProtocol>(sk) as u16) };
+        let proto = proto_bit(sock_type, protocol);
+        let port = u16::from_be(unsafe { Direct::get::<SkDport>(sk) } as u16);
+        let name = unsafe { Direct::ptr::<MsghdrName>(msg) };
+        // A connected TCP socket ignores a name; UDP sends to it instead.
+        let named = !name.is_null() && (proto == PROTO_UDP || port == 0);
+        let zero = opaque_zero();
+        let mut detail = Detail { addr: [zero; 4], port: zero as u16, family, sock_type, protocol };
+        if named {
+            (detail.addr, detail.port) = read_name(name);
+        } else if port != 0 {
+            detail.port = port;
+            detail.addr = [0, 0, MAPPED, unsafe { Direct::get::<SkDaddr>(sk) } as u32];
+            if family == AF_INET6 {
+                let at = sk.wrapping_add(off!(sock_skc_v6_daddr));
+                let read = unsafe { bpf_probe_read_kernel(detail.addr.as_mut_ptr().cast(), 16, at.cast()) };
+                if read != 0 {
+                    detail.addr = [zero; 4]; // unreadable: judged as `::`, which nothing allows
+                }
+            }
+        }
+        Some(Self { detail, proto, named })
+    }
+
+    /// The destination as the rules key it.
+    #[inline(always)]
+    pub(crate) fn addr_bytes(&self) -> [u8; 16] {
+        // SAFETY: sixteen bytes either way.
+        unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(self.detail.addr) }
+    }
+}
+
+/// The address and port in a send's name (`msg_name`: the kernel's copy of
+/// the caller's `sockaddr_in` or `sockaddr_in6`); zeros for another family
+/// or an unreadable one.
+#[inline(always)]
+fn read_name(name: *const u8) -> ([u32; 4], u16) {
+    // family, port | flowinfo | address (IPv6), or family, port | address (IPv4)
+    let mut words = [opaque_zero(); 6];
+    if unsafe { bpf_probe_read_kernel(words.as_mut_ptr().cast(), 24, name.cast()) } != 0 {
+        return ([opaque_zero(); 4], 0);
+    }
+    let family = words[0] as u16;
+    let port = u16::from_be((words[0] >> 16) as u16);
+    match family {
+        AF_INET => ([0, 0, MAPPED, words[1]], port),
+        AF_INET6 => ([words[2], words[3], words[4], words[5]], port),
+        _ => ([opaque_zero(); 4], 0),
+    }
+}
+
 /// A send on a connected IPv4 or IPv6 socket by an agent whose egress is
 /// locked (the `socket_sendmsg` hook, for every way bytes are sent: `send`,
 /// `write`, `sendmmsg`, `io_uring`; `sendfile` and `splice` from Linux 6.5):
@@ -260,45 +349,20 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
 /// opened before the secret read would carry it out. A datagram given an
 /// address is judged by `sendmsg4`/`sendmsg6` instead.
 #[inline(always)]
-pub(crate) fn judge_locked_send(tag: &Tagged, socket: *const u8, msg: *const u8) -> i32 {
-    let sk = unsafe { Direct::ptr::<SocketSk>(socket) };
-    if sk.is_null() {
-        return 0;
-    }
-    let family = unsafe { Direct::get::<SkFamily>(sk) } as u16;
-    if family != AF_INET && family != AF_INET6 {
-        return 0;
-    }
-    let (sock_type, protocol) = unsafe { (Direct::get::<SkType>(sk) as u16, Direct::get::<SkProtocol>(sk) as u16) };
-    let proto = proto_bit(sock_type, protocol);
-    if proto == 0 || (proto == PROTO_UDP && !unsafe { Direct::ptr::<MsghdrName>(msg) }.is_null()) {
-        return 0;
-    }
-    let port = u16::from_be(unsafe { Direct::get::<SkDport>(sk) } as u16);
+pub(crate) fn judge_locked_send(tag: &Tagged, send: &Send) -> i32 {
+    let (detail, proto) = (&send.detail, send.proto);
     // Not connected: the send fails, or is TCP Fast Open's connect, which
     // `connect4`/`connect6` judge.
-    if port == 0 {
+    if proto == 0 || send.named || detail.port == 0 {
         return 0;
-    }
-    let mut addr = [0, 0, MAPPED, unsafe { Direct::get::<SkDaddr>(sk) } as u32];
-    if family == AF_INET6 {
-        let at = sk.wrapping_add(off!(sock_skc_v6_daddr));
-        let read = unsafe { bpf_probe_read_kernel(addr.as_mut_ptr().cast(), 16, at.cast()) };
-        if read != 0 {
-            addr = [opaque_zero(); 4]; // unreadable: judged as `::`, which nothing allows
-        }
     }
     let info = tag.info;
-    let to_resolver = (addr == [0, 0, MAPPED, LOOPBACK4] || addr == LOOPBACK6)
-        // SAFETY: the value is only read, while the program runs.
-        && unsafe { RESOLVERS.get(&info.policy_id()) }.is_some_and(|r| r.locked_port == port && port != 0);
-    // SAFETY: sixteen bytes either way.
-    let bytes = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(addr) };
-    if to_resolver || locked_allows(&info, bytes, port, proto, unsafe { bpf_ktime_get_boot_ns() }) {
+    let to_resolver = (detail.addr == [0, 0, MAPPED, LOOPBACK4] || detail.addr == LOOPBACK6)
+        && is_locked_resolver_port(info.policy_id(), detail.port);
+    if to_resolver || locked_allows(&info, send.addr_bytes(), detail.port, proto, unsafe { bpf_ktime_get_boot_ns() }) {
         return 0;
     }
-    let detail = Detail { addr, port, family, sock_type, protocol };
-    refuse(Some(&info), Kind::Sendmsg, Reason::EgressLocked, &detail, None, 0, -EPERM)
+    refuse(Some(&info), Kind::Sendmsg, Reason::EgressLocked, detail, None, 0, -EPERM)
 }
 
 /// Sends a DNS connect or datagram to the policy's resolver instead (at
@@ -509,7 +573,7 @@ fn unix_allowed(policy_id: PolicyId, name: &UnixName) -> bool {
 /// Zero the compiler cannot see as a constant: a struct with a run of
 /// known zeros compiles to a `memset` call, a byte loop in BPF.
 #[inline(always)]
-fn opaque_zero() -> u32 {
+pub(crate) fn opaque_zero() -> u32 {
     let zero: u64;
     unsafe { core::arch::asm!("{0} = 0", out(reg) zero, options(pure, nomem, nostack)) };
     zero as u32

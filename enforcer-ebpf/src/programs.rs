@@ -2,6 +2,7 @@
 
 mod arm;
 mod boundary;
+mod budget;
 mod empty_hooks;
 mod exec;
 mod floor;

@@ -13,9 +13,9 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     events::{
-        Action, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EVENTS_BYTES,
-        EventHeader, FLOOR_DETAIL_BYTES, FloorDetail, Kind, MAX_PATH_DEPTH, NAME_BYTES, NET_DETAIL_BYTES, NetDetail,
-        Op, PATH_BYTES, Reason,
+        Action, BUDGET_DETAIL_BYTES, BudgetDetail, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT,
+        EVENT_PATH_TRUNCATED, EVENTS_BYTES, EventHeader, FLOOR_DETAIL_BYTES, FloorDetail, Kind, MAX_PATH_DEPTH,
+        NAME_BYTES, NET_DETAIL_BYTES, NetDetail, Op, PATH_BYTES, Reason,
     },
     policy::{PolicyId, TagInfo},
 };
@@ -147,6 +147,8 @@ pub struct NetDenial {
     /// A unix socket's bound name (kernel memory), or null.
     pub unix_path: *const u8,
     pub unix_len: u32,
+    /// The budget a `budget_exceeded` event is about, or null.
+    pub budget: *const BudgetDetail,
 }
 
 /// Emits one network event: the header, a [`NetDetail`] (in the place of a
@@ -181,6 +183,17 @@ pub fn report_net(denial: &NetDenial) {
             detail.unix_len = unix_len as u16;
         }
     }
+    let mut len = NET_DETAIL_BYTES as u32;
+    if !denial.budget.is_null() {
+        const { assert!(NET_DETAIL_BYTES + BUDGET_DETAIL_BYTES <= NAME_BYTES && NET_DETAIL_BYTES.is_multiple_of(4)) };
+        // Word by word: a struct copy is a `memcpy` call.
+        let from = denial.budget.cast::<u32>();
+        let to = unsafe { buf.path.as_mut_ptr().add(NET_DETAIL_BYTES) }.cast::<u32>();
+        for i in 0..BUDGET_DETAIL_BYTES / 4 {
+            unsafe { to.add(i).write_unaligned(from.add(i).read()) };
+        }
+        len += BUDGET_DETAIL_BYTES as u32;
+    }
     let head = DetailHead {
         policy_id: denial.policy_id,
         errno: denial.errno,
@@ -189,7 +202,7 @@ pub fn report_net(denial: &NetDenial) {
         reason: denial.reason,
         action: denial.action,
     };
-    finish_detail_event(buf, &head, NET_DETAIL_BYTES as u32);
+    finish_detail_event(buf, &head, len);
 }
 
 /// An inbound connection or datagram refused (or audited).

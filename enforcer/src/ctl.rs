@@ -122,8 +122,17 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
         println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
         return Ok(0);
     }
-    let StatusAnswer { daemon: d, kernel: k, policies, rejected, tags, selected, egress_locked, counters: c } =
-        read(path, answer)?;
+    let StatusAnswer {
+        daemon: d,
+        kernel: k,
+        policies,
+        rejected,
+        tags,
+        selected,
+        egress_locked,
+        upload_budgets,
+        counters: c,
+    } = read(path, answer)?;
     println!(
         "daemon: pid {}, version {}, build {}, started {}{}",
         d.pid,
@@ -162,6 +171,20 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
             l.pid,
             l.dev,
             l.ino
+        );
+    }
+    if !upload_budgets.is_empty() {
+        println!("upload budgets (bytes sent in the current window):");
+    }
+    for b in &upload_budgets {
+        println!(
+            "  {}  {}  {} of {} per {}s  (policy {})",
+            b.cgroup.as_deref().unwrap_or(&format!("cgroup id {}", b.cgroup_id)),
+            b.budget,
+            b.bytes_used,
+            b.bytes_limit,
+            b.window_s,
+            b.policy
         );
     }
     println!(

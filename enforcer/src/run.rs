@@ -26,7 +26,7 @@ use crate::{
     },
     mounts::MountError,
     policy::{
-        self, Mode, Network, Policy, PolicyError,
+        self, Mode, Network, Policy, PolicyError, budgets,
         compile::{CompileError, compile, needs_lsm},
         network::TooManyRanges,
     },
@@ -178,7 +178,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let ring = enforcer.take_events().ok_or(LoadError::MissingMap("EVENTS"))?;
     let mut names = Names::new(hierarchy);
     names.add_root(cgroup);
-    let label = PolicyLabel { name: policy.name.clone(), version: None };
+    let label = PolicyLabel { name: policy.name.clone(), version: None, budgets: budgets::names(&policy) };
     let labels = Labels { policies: [(POLICY_ID, label)].into(), names };
     let mut stream = EventStream::new(ring, sink, Arc::new(Mutex::new(labels)))
         .map_err(|e| RunError::Events { path: "ring buffer".into(), source: e })?;
@@ -399,7 +399,7 @@ fn spawn(
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let supervisor = Supervisor::new(listener, &seccomp.syscalls, seccomp.audit, seccomp.cgroup_root);
     let thread = supervisor.spawn(move |event| _ = tx.send(event), stop.clone()).map_err(RunError::Wait)?;
-    let policy = PolicyLabel { name: seccomp.policy, version: None };
+    let policy = PolicyLabel { name: seccomp.policy, ..PolicyLabel::default() };
     Ok((child, Some(SyscallDenials { events, stop, thread, policy })))
 }
 

@@ -180,6 +180,8 @@ pub struct PolicyLabel {
     pub name: String,
     /// Daemon: the version and hash.
     pub version: Option<(u32, String)>,
+    /// Its upload budgets by index, as `network.upload` names them.
+    pub budgets: Vec<(u16, String)>,
 }
 
 /// Names for the ids in kernel records, shared with whoever tags and loads
@@ -337,7 +339,9 @@ fn write_records(
         let policy = label.map_or("unknown", |l| l.name.as_str());
         let version = label.and_then(|l| l.version.as_ref()).map(|(v, h)| (*v, h.as_str()));
         let cgroup = names.name(record.header.cgroup_id);
-        let mut event = record.event(Context { clock, policy, version, cgroup });
+        let budget_name =
+            |index: u16| label.and_then(|l| l.budgets.iter().find(|(i, _)| *i == index)).map(|(_, name)| name.clone());
+        let mut event = record.event(Context { clock, policy, version, cgroup, budget_name: Some(&budget_name) });
         if let (Some(net), Some(grants)) = (event.net.as_mut(), grants)
             && let Some(daddr) = net.daddr
             && let Ok(grants) = grants.lock()

@@ -5,17 +5,16 @@
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, RingBuf},
+    maps::{MapData, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError},
 };
-use enforcer_common::{
-    net::{DnsGrant, NetKey},
-    policy::{MAX_TAG_LEVEL, TagInfo},
-};
+use enforcer_common::policy::{MAX_TAG_LEVEL, TagInfo};
 
 use super::{
     LoadError,
-    handles::{ArmedCgroups, LockedAgents, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups},
+    handles::{
+        ArmedCgroups, BudgetUsage, GrantMaps, LockedAgents, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups,
+    },
     hooks::{INBOUND_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, lost_without},
     maps::Maps,
     object::{LsmLink, load_everything, program_of},
@@ -35,7 +34,7 @@ pub struct Enforcer {
     lsm_links: Vec<LsmLink>,
     /// Each policy's network rules.
     pub net: NetRuleMaps,
-    dns_grants: Option<BpfHashMap<MapData, NetKey, DnsGrant>>,
+    grants: Option<GrantMaps>,
     /// Why BPF LSM programs are not loaded (`None`: they are): only the
     /// cgroup socket programs enforce then.
     lsm_missing: Option<LoadError>,
@@ -47,6 +46,8 @@ pub struct Enforcer {
     pub armed: ArmedCgroups,
     /// The agents whose egress a sensitive read locked.
     pub locked: LockedAgents,
+    /// What each agent sent under each upload budget.
+    pub budget_usage: BudgetUsage,
     /// Events the ring buffer could not take.
     pub lost: LostEvents,
     events: Option<RingBuf<MapData>>,
@@ -89,18 +90,20 @@ impl Enforcer {
         lsm_missing: Option<LoadError>,
         missing_hooks: Vec<&'static str>,
     ) -> Result<Self, LoadError> {
-        let Maps { tables, tag_filter, lost, events, net, dns_grants, protected, selected, armed, locked } = maps;
+        let Maps { tables, tag_filter, lost, events, net, grants, protected, selected, armed, locked, budget_usage } =
+            maps;
         Ok(Self {
             ebpf,
             pinned,
             lsm_links: Vec::new(),
             net,
-            dns_grants: Some(dns_grants),
+            grants: Some(grants),
             lsm_missing,
             tables: Swap::new(KernelTables { tables, tag_filter, spare: None })?,
             selected,
             armed,
             locked,
+            budget_usage,
             lost,
             events: Some(events),
             protected,
@@ -126,8 +129,8 @@ impl Enforcer {
     }
 
     /// The grants of resolved addresses (taken once, by the resolver).
-    pub fn take_dns_grants(&mut self) -> Option<BpfHashMap<MapData, NetKey, DnsGrant>> {
-        self.dns_grants.take()
+    pub fn take_dns_grants(&mut self) -> Option<GrantMaps> {
+        self.grants.take()
     }
 
     /// Attaches the cgroup socket programs to `cgroup`: from now on its

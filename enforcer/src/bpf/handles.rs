@@ -9,8 +9,12 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use enforcer_common::{
+    budget::{BUDGET_USE_MAP, BUDGETS_IN_FORCE_MAP, BUDGETS_MAP, Budget, BudgetUse, BudgetUseKey, split_budget_key},
     events::LOST_MAP,
-    net::{NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver, UNIX_RULES_MAP, UnixKey},
+    net::{
+        DnsGrant, NET_KEY_POLICY_BITS, NET_RULES_MAP, NetKey, NetPorts, RESOLVERS_MAP, Resolver, UNIX_RULES_MAP,
+        UnixKey,
+    },
     policy::{ARMED_MAP, EgressLock, LOCKED_MAP, PROTECTED_MAP, PolicyId, Protected, TAG_BLOOM_BITS},
     select::{SELECTED_MAP, Selected, SelectedBloom},
 };
@@ -24,20 +28,32 @@ pub struct NetRuleMaps {
     pub(super) destinations: LpmTrie<MapData, NetKey, NetPorts>,
     pub(super) unix: BpfHashMap<MapData, UnixKey, u8>,
     pub(super) resolvers: BpfHashMap<MapData, PolicyId, Resolver>,
+    pub(super) budgets: BpfHashMap<MapData, u32, Budget>,
+    /// The programs' `BUDGETS_IN_FORCE`: set once a policy with budgets is
+    /// installed (never cleared: a send by a task in no agent then costs
+    /// the tag screen).
+    pub(super) budgets_in_force: Array<MapData, u64>,
 }
 
 impl NetRuleMaps {
     /// Installs a policy's rules (before a cgroup is tagged with it).
     pub fn add(&mut self, rules: &NetRules) -> Result<(), LoadError> {
         self.put(&rules.prefixes)?;
-        self.add_unix(rules)
+        self.add_own(rules)
     }
 
-    /// Installs a version's unix socket names (keyed by its own id; its
-    /// destinations are its net id's, see [`Self::narrow`]).
-    pub fn add_unix(&mut self, rules: &NetRules) -> Result<(), LoadError> {
+    /// Installs what a version has of its own, keyed by its own id: unix
+    /// socket names and upload budgets (its destinations are its net id's,
+    /// see [`Self::narrow`]).
+    pub fn add_own(&mut self, rules: &NetRules) -> Result<(), LoadError> {
         for key in &rules.unix {
             self.unix.insert(key, 1, 0).map_err(map_err(UNIX_RULES_MAP))?;
+        }
+        for (key, budget) in &rules.budgets {
+            self.budgets.insert(key, budget, 0).map_err(map_err(BUDGETS_MAP))?;
+        }
+        if !rules.budgets.is_empty() {
+            self.budgets_in_force.set(0, 1, 0).map_err(map_err(BUDGETS_IN_FORCE_MAP))?;
         }
         Ok(())
     }
@@ -80,6 +96,12 @@ impl NetRuleMaps {
             match self.unix.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(UNIX_RULES_MAP)(e)),
+            }
+        }
+        for (key, _) in rules.map(|r| r.budgets.as_slice()).unwrap_or_default() {
+            match self.budgets.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(BUDGETS_MAP)(e)),
             }
         }
         match self.resolvers.remove(&id) {
@@ -139,6 +161,47 @@ impl NetRuleMaps {
             self.resolvers.keys().filter_map(Result::ok).filter(|id| !versions.contains(id)).collect();
         for id in stale {
             self.resolvers.remove(&id).map_err(map_err(RESOLVERS_MAP))?;
+        }
+        let stale: Vec<u32> = self
+            .budgets
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|&key| !versions.contains(&split_budget_key(key).0))
+            .collect();
+        for key in stale {
+            self.budgets.remove(&key).map_err(map_err(BUDGETS_MAP))?;
+        }
+        Ok(())
+    }
+}
+
+/// The maps the resolver writes: the grants of resolved addresses, and the
+/// upload budget each address of a budgeted name counts against.
+pub struct GrantMaps {
+    pub grants: BpfHashMap<MapData, NetKey, DnsGrant>,
+    pub budget_addrs: BpfHashMap<MapData, NetKey, u16>,
+}
+
+/// What each agent sent under each upload budget (`BUDGET_USE`): only the
+/// kernel adds to it; userspace reads it and forgets cgroups that are gone.
+pub struct BudgetUsage(pub(super) BpfHashMap<MapData, BudgetUseKey, BudgetUse>);
+
+impl BudgetUsage {
+    /// Every (agent, budget) pair with what it sent in its current window.
+    #[must_use]
+    pub fn all(&self) -> Vec<(BudgetUseKey, BudgetUse)> {
+        self.0.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Forgets the pairs `keep` does not keep (agents gone, versions out
+    /// of force).
+    pub fn retain(&mut self, keep: impl Fn(&BudgetUseKey) -> bool) -> Result<(), LoadError> {
+        let gone: Vec<BudgetUseKey> = self.0.keys().filter_map(Result::ok).filter(|key| !keep(key)).collect();
+        for key in gone {
+            match self.0.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(BUDGET_USE_MAP)(e)),
+            }
         }
         Ok(())
     }

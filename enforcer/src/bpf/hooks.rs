@@ -123,6 +123,13 @@ pub(super) fn lost_without(hook: &str) -> Option<&'static str> {
 /// selector matches, `sched_process_exec` arms tags that wait for an exec.
 pub(super) const TRACEPOINT_PROGRAMS: &[&str] = &["cgroup_mkdir", "sched_process_exec"];
 
+/// The programs that count what each IPv4 and IPv6 send carried against
+/// the sender's upload budgets (`enforcer-ebpf/src/budget.rs`): fexit on
+/// the kernel function each runs after, loaded with the BPF LSM hooks (the
+/// `socket_sendmsg` hook judges the budgets).
+pub const SEND_COUNTERS: &[(&str, &str)] =
+    &[("count_inet_sendmsg", "inet_sendmsg"), ("count_inet6_sendmsg", "inet6_sendmsg")];
+
 /// The cgroup socket programs, attached to each tagged cgroup (and, in the
 /// daemon, each selector root).
 pub(super) const SOCK_ADDR_PROGRAMS: &[&str] =
@@ -136,8 +143,8 @@ mod tests {
     use object::{Object, ObjectSection, ObjectSymbol};
 
     use super::{
-        COMPAT_JUDGED_ELSEWHERE, HOOKS, INBOUND_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, TRACEPOINT_PROGRAMS,
-        file_hooks,
+        COMPAT_JUDGED_ELSEWHERE, HOOKS, INBOUND_PROGRAM, SEND_COUNTERS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM,
+        TRACEPOINT_PROGRAMS, file_hooks,
     };
     use crate::bpf::object::{COMPAT_PROGRAMS, PROGRAMS};
 
@@ -161,8 +168,12 @@ mod tests {
         let hooks = HOOKS.iter().map(|hook| hook.name.to_string());
         // `enforcer bench-empty` loads empty programs on the file hooks.
         let empty = file_hooks().map(|hook| format!("empty_{}", hook.name));
-        let others =
-            SOCK_ADDR_PROGRAMS.iter().chain(&[SOCK_CREATE_PROGRAM, INBOUND_PROGRAM]).chain(TRACEPOINT_PROGRAMS);
+        let counters = SEND_COUNTERS.iter().map(|(name, _)| name);
+        let others = SOCK_ADDR_PROGRAMS
+            .iter()
+            .chain(&[SOCK_CREATE_PROGRAM, INBOUND_PROGRAM])
+            .chain(TRACEPOINT_PROGRAMS)
+            .chain(counters);
         hooks.chain(empty).chain(others.map(|name| (*name).to_string())).collect()
     }
 

@@ -6,15 +6,18 @@ use aya::{
     maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, lpm_trie::LpmTrie},
 };
 use enforcer_common::{
+    budget::{BUDGET_ADDRS_MAP, BUDGET_USE_MAP, BUDGETS_IN_FORCE_MAP, BUDGETS_MAP},
     events::{EVENTS_MAP, LOST_MAP},
-    net::{DNS_GRANTS_MAP, DnsGrant, NET_RULES_MAP, NetKey, RESOLVERS_MAP, UNIX_RULES_MAP},
+    net::{DNS_GRANTS_MAP, NET_RULES_MAP, RESOLVERS_MAP, UNIX_RULES_MAP},
     policy::{ARMED_MAP, LOCKED_MAP, PROTECTED_MAP, TABLES_MAP, TAG_FILTER_MAP, Tables, TagFilter},
     select::{SELECTED_BLOOM_MAP, SELECTED_MAP},
 };
 
 use super::{
     LoadError,
-    handles::{ArmedCgroups, LockedAgents, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups},
+    handles::{
+        ArmedCgroups, BudgetUsage, GrantMaps, LockedAgents, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups,
+    },
     map_err,
 };
 
@@ -28,11 +31,12 @@ pub(super) struct Maps {
     pub(super) lost: LostEvents,
     pub(super) events: RingBuf<MapData>,
     pub(super) net: NetRuleMaps,
-    pub(super) dns_grants: BpfHashMap<MapData, NetKey, DnsGrant>,
+    pub(super) grants: GrantMaps,
     pub(super) protected: ProtectedInodes,
     pub(super) selected: SelectedCgroups,
     pub(super) armed: ArmedCgroups,
     pub(super) locked: LockedAgents,
+    pub(super) budget_usage: BudgetUsage,
 }
 
 /// The maps userspace works with, by their names in the object.
@@ -50,6 +54,10 @@ pub(super) const MAP_NAMES: &[&str] = &[
     SELECTED_BLOOM_MAP,
     ARMED_MAP,
     LOCKED_MAP,
+    BUDGETS_MAP,
+    BUDGETS_IN_FORCE_MAP,
+    BUDGET_ADDRS_MAP,
+    BUDGET_USE_MAP,
 ];
 
 impl Maps {
@@ -69,8 +77,14 @@ impl Maps {
                 destinations: LpmTrie::try_from(take(NET_RULES_MAP)?).map_err(map_err(NET_RULES_MAP))?,
                 unix: BpfHashMap::try_from(take(UNIX_RULES_MAP)?).map_err(map_err(UNIX_RULES_MAP))?,
                 resolvers: BpfHashMap::try_from(take(RESOLVERS_MAP)?).map_err(map_err(RESOLVERS_MAP))?,
+                budgets: BpfHashMap::try_from(take(BUDGETS_MAP)?).map_err(map_err(BUDGETS_MAP))?,
+                budgets_in_force: Array::try_from(take(BUDGETS_IN_FORCE_MAP)?)
+                    .map_err(map_err(BUDGETS_IN_FORCE_MAP))?,
             },
-            dns_grants: BpfHashMap::try_from(take(DNS_GRANTS_MAP)?).map_err(map_err(DNS_GRANTS_MAP))?,
+            grants: GrantMaps {
+                grants: BpfHashMap::try_from(take(DNS_GRANTS_MAP)?).map_err(map_err(DNS_GRANTS_MAP))?,
+                budget_addrs: BpfHashMap::try_from(take(BUDGET_ADDRS_MAP)?).map_err(map_err(BUDGET_ADDRS_MAP))?,
+            },
             protected: ProtectedInodes(Array::try_from(take(PROTECTED_MAP)?).map_err(map_err(PROTECTED_MAP))?),
             selected: SelectedCgroups {
                 records: BpfHashMap::try_from(take(SELECTED_MAP)?).map_err(map_err(SELECTED_MAP))?,
@@ -78,6 +92,7 @@ impl Maps {
             },
             armed: ArmedCgroups(BpfHashMap::try_from(take(ARMED_MAP)?).map_err(map_err(ARMED_MAP))?),
             locked: LockedAgents(BpfHashMap::try_from(take(LOCKED_MAP)?).map_err(map_err(LOCKED_MAP))?),
+            budget_usage: BudgetUsage(BpfHashMap::try_from(take(BUDGET_USE_MAP)?).map_err(map_err(BUDGET_USE_MAP))?),
         })
     }
 }

@@ -4,14 +4,15 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, Lsm, ProgramError},
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, FExit, Lsm, ProgramError},
 };
 use enforcer_common::KernelOffsets;
 
 use super::{
     LoadError, debug_load,
     hooks::{
-        COMPAT_JUDGED_ELSEWHERE, HOOKS, Hook, INBOUND_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, file_hooks,
+        COMPAT_JUDGED_ELSEWHERE, HOOKS, Hook, INBOUND_PROGRAM, SEND_COUNTERS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM,
+        file_hooks,
     },
     jit_dump,
 };
@@ -165,7 +166,11 @@ struct LoadedObject {
 pub(super) fn load_everything() -> Result<(Ebpf, Option<LoadError>, Vec<&'static str>, Vec<LsmLink>), LoadError> {
     let mut object = load_object()?;
     let lsm = object.lsm.take().map_or(Ok(()), Err);
-    let (lsm_missing, missing_hooks, links) = match lsm.and_then(|()| object.load_lsm("", HOOKS.iter())) {
+    let loaded = lsm.and_then(|()| object.load_lsm("", HOOKS.iter())).and_then(|(missing_hooks, mut links)| {
+        links.extend(object.load_send_counters()?);
+        Ok((missing_hooks, links))
+    });
+    let (lsm_missing, missing_hooks, links) = match loaded {
         Ok((missing_hooks, links)) => (None, missing_hooks, links),
         Err(e @ (LoadError::TrampolineRefused { .. } | LoadError::Kernel(KernelError::BpfLsmInactive { .. }))) => {
             (Some(e), Vec::new(), Vec::new())
@@ -246,7 +251,7 @@ impl LoadedObject {
             let link = program.attach().map_err(|source| LoadError::Program { hook, source })?;
             links.push(LsmLink {
                 hook,
-                link: program.take_link(link).map_err(|source| LoadError::Program { hook, source })?,
+                link: program.take_link(link).map_err(|source| LoadError::Program { hook, source })?.into(),
             });
             debug_loaded(&format_args!("{prefix}{hook}"), started, || program.info());
             if let Some(dir) = std::env::var_os("ENFORCER_DUMP_JIT")
@@ -257,13 +262,30 @@ impl LoadedObject {
         }
         Ok((missing_hooks, links))
     }
+
+    /// Loads and attaches the programs that count sends against upload
+    /// budgets ([`SEND_COUNTERS`]), with the BPF LSM hooks: without them the
+    /// budgets `socket_sendmsg` judges would never fill.
+    fn load_send_counters(&mut self) -> Result<Vec<LsmLink>, LoadError> {
+        let mut links = Vec::new();
+        for &(hook, function) in SEND_COUNTERS {
+            let program: &mut FExit = program_of(&mut self.ebpf, hook)?;
+            let started = std::time::Instant::now();
+            program.load(function, &self.aya_btf).map_err(|source| classify(hook, source))?;
+            let link = program.attach().map_err(|source| LoadError::Program { hook, source })?;
+            let link = program.take_link(link).map_err(|source| LoadError::Program { hook, source })?;
+            links.push(LsmLink { hook, link: link.into() });
+            debug_loaded(&format_args!("{hook}"), started, || program.info());
+        }
+        Ok(links)
+    }
 }
 
-/// An attached BPF LSM program's link (dropping it detaches the program,
-/// unless it is pinned).
+/// An attached BPF LSM (or send counter) program's link: dropping it
+/// detaches the program, unless it is pinned.
 pub struct LsmLink {
     pub hook: &'static str,
-    pub link: aya::programs::lsm::LsmLink,
+    pub link: aya::programs::links::FdLink,
 }
 
 /// Turns the kernel's refusal into a message that says what to do.

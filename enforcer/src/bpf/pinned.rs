@@ -81,6 +81,7 @@ fn pin_name(map: &str) -> &str {
         enforcer_common::policy::TAG_FILTER_MAP => "TAG_FILTER",
         enforcer_common::select::SELECTED_BLOOM_MAP => "SELECTED_BLOOM",
         enforcer_common::policy::PROTECTED_MAP => "PROTECTED",
+        enforcer_common::budget::BUDGETS_IN_FORCE_MAP => "BUDGETS_IN_FORCE",
         other => other,
     }
 }
@@ -286,7 +287,7 @@ fn pin_all(ebpf: &mut aya::Ebpf, dir: &Path, links: Vec<LsmLink>) -> Result<(), 
     }
     for LsmLink { hook, link } in links {
         let path = dir.join("links").join(hook);
-        FdLink::from(link).pin(&path).map_err(|source| PinError::Pin { what: "BPF LSM link", path, source })?;
+        link.pin(&path).map_err(|source| PinError::Pin { what: "BPF LSM link", path, source })?;
     }
     for &name in SOCK_ADDR_PROGRAMS {
         let path = dir.join("progs").join(name);

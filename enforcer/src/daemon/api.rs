@@ -105,6 +105,7 @@ pub fn snapshot(core: &Core) -> Snapshot {
         lsm_enforced: core.enforcer.lsm_missing().is_none(),
         not_enforced: core.not_enforced.len(),
         egress_locked: core.enforcer.locked.all().len(),
+        upload_budgets: core.budget_usage(),
     }
 }
 
@@ -132,6 +133,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         tags: core.tags(),
         selected: core.selected().cloned().collect(),
         egress_locked: core.locked_agents(),
+        upload_budgets: core.budget_usage(),
         counters: Counters {
             lost_events: core.enforcer.lost.total().unwrap_or(0),
             reloads: core.reloads,

@@ -9,7 +9,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use enforcer_common::policy::{FileRuleKey, PolicyId, TAG_FROM_EXEC, TagInfo};
+use enforcer_common::{
+    budget::{BudgetUseKey, split_budget_key},
+    policy::{FileRuleKey, PolicyId, TAG_FROM_EXEC, TagInfo},
+};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -27,6 +30,7 @@ use crate::{
     bpf::{Enforcer, LoadError, NetRuleMaps},
     cgroups::{Cgroup, Hierarchy},
     events::{DaemonEvent, DaemonLine},
+    policy::budgets,
     stream::{Labels, PolicyLabel},
 };
 
@@ -381,11 +385,14 @@ impl Core {
         }
         if let Ok(mut labels) = self.labels.lock() {
             for loaded in names.iter().filter_map(|n| in_force(n)) {
-                let label =
-                    PolicyLabel { name: loaded.name.clone(), version: Some((loaded.version, loaded.hash.clone())) };
+                let label = PolicyLabel {
+                    name: loaded.name.clone(),
+                    version: Some((loaded.version, loaded.hash.clone())),
+                    budgets: budgets::names(&loaded.policy),
+                };
                 labels.policies.insert(loaded.id, label);
             }
-            let locked = PolicyLabel { name: "(unresolved selector)".to_owned(), version: None };
+            let locked = PolicyLabel { name: "(unresolved selector)".to_owned(), ..PolicyLabel::default() };
             labels.policies.insert(PolicyId::LOCKED, locked);
         }
         Ok(warnings)
@@ -667,6 +674,12 @@ impl Core {
         if let Err(e) = self.enforcer.locked.retain(|id| hierarchy.may_have(id)) {
             tracing::warn!("cannot forget the locked agents whose cgroups are gone: {e}");
         }
+        let versions: std::collections::HashSet<PolicyId> = self.policies.values().map(|p| p.id).collect();
+        let kept =
+            |key: &BudgetUseKey| versions.contains(&split_budget_key(key.budget).0) && hierarchy.may_have(key.agent);
+        if let Err(e) = self.enforcer.budget_usage.retain(kept) {
+            tracing::warn!("cannot forget the upload budgets of agents or policy versions that are gone: {e}");
+        }
         if let Err(e) = self.reconcile() {
             tracing::warn!("cannot bring the selected cgroups up to date: {e}");
         }
@@ -751,23 +764,58 @@ impl Core {
     #[must_use]
     pub fn locked_agents(&self) -> Vec<crate::daemon::wire::LockedAgent> {
         let clock = crate::events::Clock::new();
-        let name = |id: u64| {
-            let selected = || self.selected().find(|s| s.cgroup_id == id).map(|s| s.cgroup.clone());
-            self.tags.get(&id).map(|t| t.cgroup.clone()).or_else(selected)
-        };
         self.enforcer
             .locked
             .all()
             .into_iter()
             .map(|(id, lock)| crate::daemon::wire::LockedAgent {
                 cgroup_id: id,
-                cgroup: name(id),
+                cgroup: self.cgroup_name(id),
                 locked_at: clock.stamp(lock.boot_ns).as_str().to_owned(),
                 pid: lock.tgid,
                 dev: format!("{}:{}", lock.dev >> 20, lock.dev & 0xfffff),
                 ino: lock.ino,
             })
             .collect()
+    }
+
+    /// What each agent sent under each upload budget in its current window.
+    #[must_use]
+    pub fn budget_usage(&self) -> Vec<crate::daemon::wire::BudgetUsed> {
+        let clock = crate::events::Clock::new();
+        let now = crate::dns::grants::boot_ns();
+        let mut used: Vec<_> = self
+            .enforcer
+            .budget_usage
+            .all()
+            .into_iter()
+            .filter_map(|(key, usage)| {
+                let (id, index) = split_budget_key(key.budget);
+                let loaded = self.policies.values().find(|p| p.id == id)?;
+                let upload = loaded.policy.network.as_ref().map(|n| n.upload.as_slice()).unwrap_or_default();
+                let budget = budgets::by_index(upload, index)?;
+                let window_ns = u64::try_from(budget.window.as_nanos()).unwrap_or(u64::MAX);
+                let current = now.saturating_sub(usage.window_start_ns) < window_ns;
+                Some(crate::daemon::wire::BudgetUsed {
+                    cgroup_id: key.agent,
+                    cgroup: self.cgroup_name(key.agent),
+                    policy: loaded.name.clone(),
+                    budget: budget.destination(),
+                    bytes_used: if current { usage.bytes } else { 0 },
+                    bytes_limit: budget.bytes,
+                    window_s: budget.window.as_secs(),
+                    window_started_at: current.then(|| clock.stamp(usage.window_start_ns).as_str().to_owned()),
+                })
+            })
+            .collect();
+        used.sort_by(|a, b| (a.cgroup_id, &a.budget).cmp(&(b.cgroup_id, &b.budget)));
+        used
+    }
+
+    /// The path of agent cgroup `id`, if it is tagged or selected now.
+    fn cgroup_name(&self, id: u64) -> Option<String> {
+        let selected = || self.selected().find(|s| s.cgroup_id == id).map(|s| s.cgroup.clone());
+        self.tags.get(&id).map(|t| t.cgroup.clone()).or_else(selected)
     }
 
     #[must_use]

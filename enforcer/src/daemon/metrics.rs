@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub not_enforced: usize,
     /// Agents whose egress a sensitive read locked.
     pub egress_locked: usize,
+    /// What each agent sent under each upload budget.
+    pub upload_budgets: Vec<crate::daemon::wire::BudgetUsed>,
 }
 
 impl Metrics {
@@ -208,8 +210,29 @@ impl Metrics {
             "Agents whose egress a sensitive read locked down to after_sensitive_read.",
             &unlabeled(s.egress_locked as u64),
         );
+        budget_metrics(&mut metric, &s.upload_budgets);
         out
     }
+}
+
+/// The upload budgets' gauges: used and allowed bytes per agent and budget.
+fn budget_metrics(
+    metric: &mut impl FnMut(&str, &str, &str, &[(String, u64)]),
+    budgets: &[crate::daemon::wire::BudgetUsed],
+) {
+    let label = |b: &crate::daemon::wire::BudgetUsed| {
+        let cgroup = b.cgroup.clone().unwrap_or_else(|| b.cgroup_id.to_string());
+        format!("{{cgroup=\"{}\",policy=\"{}\",budget=\"{}\"}}", esc(&cgroup), esc(&b.policy), esc(&b.budget))
+    };
+    let used: Vec<(String, u64)> = budgets.iter().map(|b| (label(b), b.bytes_used)).collect();
+    metric(
+        "enforcer_upload_budget_used_bytes",
+        "gauge",
+        "Bytes an agent sent under an upload budget in its current window.",
+        &used,
+    );
+    let limits: Vec<(String, u64)> = budgets.iter().map(|b| (label(b), b.bytes_limit)).collect();
+    metric("enforcer_upload_budget_limit_bytes", "gauge", "Bytes an upload budget allows per window.", &limits);
 }
 
 /// The one sample of a metric without labels.

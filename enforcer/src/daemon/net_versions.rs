@@ -43,7 +43,7 @@ pub fn before_swap(
                 let change = NetChange::between(prefixes(old), prefixes(new));
                 changes.push(Change { policy: new.name.clone(), version: new.version, net: change });
                 net.narrow(&changes[changes.len() - 1].net)?;
-                new.net.as_ref().map_or(Ok(()), |rules| net.add_unix(rules))?;
+                new.net.as_ref().map_or(Ok(()), |rules| net.add_own(rules))?;
             }
         }
     }

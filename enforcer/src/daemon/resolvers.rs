@@ -20,15 +20,11 @@ use std::{
 
 use super::policies::Loaded;
 use crate::{
-    bpf::{LoadError, NetRuleMaps},
+    bpf::{GrantMaps, LoadError, NetRuleMaps},
     dns::{self, Refusals, grants::Grants},
     policy::Mode,
 };
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use enforcer_common::{
-    net::{DnsGrant, NetKey},
-    policy::PolicyId,
-};
+use enforcer_common::policy::PolicyId;
 
 pub struct Resolvers {
     grants: Arc<Mutex<Grants>>,
@@ -51,7 +47,7 @@ impl Resolvers {
     /// Resolvers writing to `grants` (the programs' map, with what an
     /// earlier daemon left in it), their refusals sent to `events`.
     #[must_use]
-    pub fn new(grants: BpfHashMap<MapData, NetKey, DnsGrant>, upstream: Option<SocketAddr>, events: Refusals) -> Self {
+    pub fn new(grants: GrantMaps, upstream: Option<SocketAddr>, events: Refusals) -> Self {
         let grants = Arc::new(Mutex::new(Grants::adopting(grants)));
         Self { grants, upstream, running: HashMap::new(), events }
     }
@@ -101,7 +97,7 @@ impl Resolvers {
             let Some(hosts) = &new.hosts else { continue };
             let ports_for =
                 |name: &str, locked: bool| if locked { hosts.locked_ports_for(name) } else { hosts.ports_for(name) };
-            if let Err(e) = grants.carry_over(*old, new.id, ports_for) {
+            if let Err(e) = grants.carry_over(*old, new.id, ports_for, |name| hosts.budget_for(name)) {
                 tracing::warn!(
                     "policy `{}` version {}: cannot keep the addresses its agents resolved before (they resolve \
                      again): {e}",

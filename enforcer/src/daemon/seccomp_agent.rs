@@ -153,7 +153,11 @@ fn supervise(state: ProcessState, fd: OwnedFd, shared: &Arc<Shared>, refusals: &
     };
     let core = shared.core.blocking_lock();
     let found = core.policies().find(|p| p.name == name).and_then(|loaded| {
-        let label = PolicyLabel { name: loaded.name.clone(), version: Some((loaded.version, loaded.hash.clone())) };
+        let label = PolicyLabel {
+            name: loaded.name.clone(),
+            version: Some((loaded.version, loaded.hash.clone())),
+            budgets: Vec::new(),
+        };
         loaded.policy.syscalls.clone().map(|syscalls| (syscalls, loaded.policy.mode == Mode::Audit, label))
     });
     let cgroup_root = core.hierarchy.mount_point.clone();

@@ -120,7 +120,27 @@ pub struct StatusAnswer {
     /// Agents whose egress a sensitive read locked (for their cgroup's life).
     #[serde(default)]
     pub egress_locked: Vec<LockedAgent>,
+    /// What each agent sent under each of its policy's upload budgets.
+    #[serde(default)]
+    pub upload_budgets: Vec<BudgetUsed>,
     pub counters: Counters,
+}
+
+/// One agent under one upload budget (`network.upload`).
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct BudgetUsed {
+    pub cgroup_id: u64,
+    /// Its path, if it is tagged or selected now.
+    pub cgroup: Option<String>,
+    pub policy: String,
+    /// The budget as the policy names it: `*` or a host name.
+    pub budget: String,
+    /// Bytes sent in the current window (0: none open).
+    pub bytes_used: u64,
+    pub bytes_limit: u64,
+    pub window_s: u64,
+    /// When the current window started (none open: null).
+    pub window_started_at: Option<String>,
 }
 
 /// An agent whose egress is locked down to its policy's

@@ -15,6 +15,7 @@ use enforcer_common::{
 };
 
 use super::names::merge_ports;
+use crate::bpf::GrantMaps;
 
 /// `CLOCK_BOOTTIME` in nanoseconds: the clock the programs compare with.
 #[must_use]
@@ -68,6 +69,13 @@ impl Grantee {
 
 pub struct Grants {
     map: BpfHashMap<MapData, NetKey, DnsGrant>,
+    /// The programs' `BUDGET_ADDRS`: the upload budget of each address a
+    /// budgeted name resolved to, kept while the version is in force (a
+    /// connection outlives its grant and goes on counting).
+    budget_addrs: BpfHashMap<MapData, NetKey, u16>,
+    /// What `budget_addrs` holds, with the name that put it there (empty:
+    /// an earlier daemon's).
+    budgeted: HashMap<(PolicyId, Ipv6Addr), (String, u16)>,
     by_address: HashMap<(Grantee, Ipv6Addr), Vec<NameGrant>>,
     /// The last name each address was resolved from (expired or not), for
     /// the `resolved_from` of a denied connect.
@@ -78,21 +86,32 @@ pub struct Grants {
 
 impl Grants {
     #[must_use]
-    pub fn new(map: BpfHashMap<MapData, NetKey, DnsGrant>) -> Self {
-        Self { map, by_address: HashMap::new(), history: HashMap::new(), held: HashMap::new() }
+    pub fn new(maps: GrantMaps) -> Self {
+        Self {
+            map: maps.grants,
+            budget_addrs: maps.budget_addrs,
+            budgeted: HashMap::new(),
+            by_address: HashMap::new(),
+            history: HashMap::new(),
+            held: HashMap::new(),
+        }
     }
 
     /// Takes over the grants an earlier daemon left in the (pinned) map:
     /// they keep their expiry and ports, under a name this daemon does not
     /// know, and are swept as they expire.
     #[must_use]
-    pub fn adopting(map: BpfHashMap<MapData, NetKey, DnsGrant>) -> Self {
-        let mut grants = Self::new(map);
+    pub fn adopting(maps: GrantMaps) -> Self {
+        let mut grants = Self::new(maps);
         let left: Vec<(NetKey, DnsGrant)> = grants.map.iter().filter_map(Result::ok).collect();
         for (key, grant) in left {
             let earlier = NameGrant { name: String::new(), ports: grant.ports, expires_boot_ns: grant.expires_boot_ns };
             let grantee = Grantee { policy: key.policy(), locked: key.is_locked() };
             grants.by_address.entry((grantee, Ipv6Addr::from(key.addr))).or_default().push(earlier);
+        }
+        let budgeted: Vec<(NetKey, u16)> = grants.budget_addrs.iter().filter_map(Result::ok).collect();
+        for (key, index) in budgeted {
+            grants.budgeted.insert((key.policy(), Ipv6Addr::from(key.addr)), (String::new(), index));
         }
         grants.recount();
         grants
@@ -116,7 +135,18 @@ impl Grants {
         from: PolicyId,
         to: PolicyId,
         ports_for: impl Fn(&str, bool) -> Option<NetPorts>,
-    ) -> Result<(), MapError> {
+        budget_for: impl Fn(&str) -> Option<u16>,
+    ) -> Result<(), GrantError> {
+        // The budgets first: no address is allowed before its budget counts.
+        let budgeted: Vec<(Ipv6Addr, String, u16)> = self
+            .budgeted
+            .iter()
+            .filter(|((policy, _), (name, _))| *policy == from && !name.is_empty())
+            .filter_map(|((_, addr), (name, _))| budget_for(name).map(|index| (*addr, name.clone(), index)))
+            .collect();
+        for (addr, name, index) in budgeted {
+            self.set_budget(to, addr, &name, index)?;
+        }
         let carried: Vec<(Grantee, Ipv6Addr, Vec<NameGrant>)> = self
             .by_address
             .iter()
@@ -140,6 +170,13 @@ impl Grants {
 
     /// Removes every grant of `policy_id` (a version no longer in force).
     pub fn forget(&mut self, policy_id: PolicyId) {
+        let budgeted: Vec<Ipv6Addr> =
+            self.budgeted.keys().filter(|(policy, _)| *policy == policy_id).map(|&(_, addr)| addr).collect();
+        for addr in budgeted {
+            self.budgeted.remove(&(policy_id, addr));
+            // A failed removal leaves an entry no tag can reach.
+            let _ = self.budget_addrs.remove(&NetKey::new(policy_id, false, addr.octets()));
+        }
         let held: Vec<(Grantee, Ipv6Addr)> =
             self.by_address.keys().filter(|(grantee, _)| grantee.policy == policy_id).copied().collect();
         for (grantee, addr) in held {
@@ -158,7 +195,8 @@ impl Grants {
     }
 
     /// Allows `addr` for `ports` to `grantee` for `ttl`, because `name`
-    /// resolved to it. The map holds it when this returns.
+    /// resolved to it; sends to it count against upload budget `budget`
+    /// from then on. The maps hold it when this returns.
     pub fn grant(
         &mut self,
         grantee: Grantee,
@@ -166,8 +204,12 @@ impl Grants {
         name: &str,
         ports: NetPorts,
         ttl: Duration,
+        budget: Option<u16>,
     ) -> Result<(), GrantError> {
         let addr = as_v6(addr);
+        if let Some(index) = budget {
+            self.set_budget(grantee.policy, addr, name, index)?;
+        }
         let expires_boot_ns = boot_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
         if !self.by_address.contains_key(&(grantee, addr)) {
             let held = self.held.entry(grantee.policy).or_default();
@@ -184,6 +226,22 @@ impl Grants {
         }
         self.history.insert(addr, name.to_owned());
         Ok(self.write(grantee, addr)?)
+    }
+
+    /// Makes sends of `policy`'s agents to `addr` count against budget
+    /// `index` (`name` resolved to it). Where two budgeted names share an
+    /// address, the budget declared first counts it.
+    fn set_budget(&mut self, policy: PolicyId, addr: Ipv6Addr, name: &str, index: u16) -> Result<(), GrantError> {
+        let earlier = self.budgeted.get(&(policy, addr)).map(|&(_, index)| index);
+        if earlier.is_some_and(|earlier| earlier <= index) {
+            return Ok(());
+        }
+        if earlier.is_none() && self.budgeted.keys().filter(|(p, _)| *p == policy).count() >= GRANTS_PER_POLICY {
+            return Err(GrantError::ShareFull(policy));
+        }
+        self.budget_addrs.insert(NetKey::new(policy, false, addr.octets()), index, 0)?;
+        self.budgeted.insert((policy, addr), (name.to_owned(), index));
+        Ok(())
     }
 
     /// Removes what has expired; returns how many addresses lost every grant.
@@ -249,14 +307,14 @@ mod tests {
 
     use super::*;
 
-    /// A kernel hash map shaped like the programs' `DNS_GRANTS` (the test
-    /// runs as root, as the unit tier does).
-    fn grants_map() -> BpfHashMap<MapData, NetKey, DnsGrant> {
+    /// A kernel hash map of `K` to `V` (the test runs as root, as the unit
+    /// tier does).
+    fn hash_map<K: aya::Pod, V: aya::Pod>(max_entries: u32) -> BpfHashMap<MapData, K, V> {
         let mut attr = [0u32; 18];
         attr[0] = 1; // BPF_MAP_TYPE_HASH
-        attr[1] = u32::try_from(size_of::<NetKey>()).unwrap();
-        attr[2] = u32::try_from(size_of::<DnsGrant>()).unwrap();
-        attr[3] = DNS_GRANTS_MAX;
+        attr[1] = u32::try_from(size_of::<K>()).unwrap();
+        attr[2] = u32::try_from(size_of::<V>()).unwrap();
+        attr[3] = max_entries;
         // SAFETY: bpf(BPF_MAP_CREATE) with a zero-filled attribute prefix.
         let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), size_of_val(&attr)) };
         assert!(fd >= 0, "cannot create a BPF map (root?): {}", std::io::Error::last_os_error());
@@ -265,9 +323,14 @@ mod tests {
         BpfHashMap::try_from(Map::HashMap(MapData::from_fd(fd).unwrap())).unwrap()
     }
 
+    /// Maps shaped like the programs' `DNS_GRANTS` and `BUDGET_ADDRS`.
+    fn grant_maps() -> GrantMaps {
+        GrantMaps { grants: hash_map(DNS_GRANTS_MAX), budget_addrs: hash_map(DNS_GRANTS_MAX) }
+    }
+
     #[test]
     fn one_policy_fills_its_share_of_the_grants_not_the_others() {
-        let mut grants = Grants::new(grants_map());
+        let mut grants = Grants::new(grant_maps());
         let ttl = Duration::from_mins(1);
         let ports = NetPorts::default();
         let addr = |i: usize| IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | i as u128));
@@ -275,16 +338,36 @@ mod tests {
             (Grantee { policy: PolicyId(1), locked: false }, Grantee { policy: PolicyId(2), locked: false });
         let one_locked = Grantee { locked: true, ..one };
         for i in 0..GRANTS_PER_POLICY - 1 {
-            grants.grant(one, addr(i), "x.evil.example", ports, ttl).unwrap();
+            grants.grant(one, addr(i), "x.evil.example", ports, ttl, None).unwrap();
         }
-        grants.grant(one_locked, addr(0), "x.evil.example", ports, ttl).expect("the last of the share");
-        let full = grants.grant(one, addr(GRANTS_PER_POLICY), "y.evil.example", ports, ttl);
+        grants.grant(one_locked, addr(0), "x.evil.example", ports, ttl, None).expect("the last of the share");
+        let full = grants.grant(one, addr(GRANTS_PER_POLICY), "y.evil.example", ports, ttl, None);
         assert!(matches!(full, Err(GrantError::ShareFull(PolicyId(1)))), "{full:?}");
-        grants.grant(one, addr(0), "z.evil.example", ports, ttl).expect("an address it holds takes more names");
-        grants.grant(two, addr(0), "api.example", ports, ttl).expect("another policy still gets grants");
+        grants.grant(one, addr(0), "z.evil.example", ports, ttl, None).expect("an address it holds takes more names");
+        grants.grant(two, addr(0), "api.example", ports, ttl, None).expect("another policy still gets grants");
         grants.forget(PolicyId(1));
         let left: Vec<NetKey> = grants.map.keys().filter_map(Result::ok).collect();
         assert_eq!(left, [NetKey::new(PolicyId(2), false, as_v6(addr(0)).octets())], "both of its grantees forgotten");
-        grants.grant(one, addr(1), "x.evil.example", ports, ttl).expect("a share freed");
+        grants.grant(one, addr(1), "x.evil.example", ports, ttl, None).expect("a share freed");
+    }
+
+    #[test]
+    fn a_budgeted_address_keeps_its_budget_past_its_grant_and_into_the_next_version() {
+        let mut grants = Grants::new(grant_maps());
+        let one = Grantee { policy: PolicyId(1), locked: false };
+        let addr = IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | 7));
+        let key = |policy| NetKey::new(PolicyId(policy), false, as_v6(addr).octets());
+        let ports = NetPorts::default();
+        grants.grant(one, addr, "uploads.example", ports, Duration::ZERO, Some(3)).unwrap();
+        grants.grant(one, addr, "cdn.example", ports, Duration::ZERO, Some(5)).unwrap();
+        assert_eq!(grants.budget_addrs.get(&key(1), 0).ok(), Some(3), "the budget declared first counts it");
+        grants.sweep();
+        assert!(grants.map.get(&key(1), 0).is_err(), "the grant expired");
+        assert_eq!(grants.budget_addrs.get(&key(1), 0).ok(), Some(3), "the budget stays");
+        let budget_for = |name: &str| (name == "uploads.example").then_some(4);
+        grants.carry_over(PolicyId(1), PolicyId(2), |_, _| Some(ports), budget_for).unwrap();
+        assert_eq!(grants.budget_addrs.get(&key(2), 0).ok(), Some(4), "the next version's index for the name");
+        grants.forget(PolicyId(1));
+        assert!(grants.budget_addrs.get(&key(1), 0).is_err());
     }
 }

@@ -323,6 +323,7 @@ impl Resolver {
             }
             return refusal(&request, ResponseCode::NXDomain);
         }
+        let budget = self.rules.budget_for(&qname);
         let grantees = [
             ports.map(|ports| (Grantee { policy: self.policy_id, locked: false }, ports)),
             locked_ports.map(|ports| (Grantee { policy: self.policy_id, locked: true }, ports)),
@@ -344,10 +345,9 @@ impl Resolver {
             };
             let ttl = Duration::from_secs(u64::from(record.ttl)).max(self.min_ttl);
             let granted = self.grants.lock().map_err(|_| ()).and_then(|mut grants| {
-                grantees
-                    .iter()
-                    .flatten()
-                    .try_for_each(|&(grantee, ports)| grants.grant(grantee, addr, &qname, ports, ttl).map_err(|_| ()))
+                grantees.iter().flatten().try_for_each(|&(grantee, ports)| {
+                    grants.grant(grantee, addr, &qname, ports, ttl, budget).map_err(|_| ())
+                })
             });
             if granted.is_err() {
                 // Without the grant the connect would be denied: say so now.

@@ -3,7 +3,8 @@
 use enforcer_common::net::{NET_PORT_RANGES, NetPorts, PortRange};
 
 use crate::{
-    policy::destinations::{Destination, Target},
+    policy::budgets::{self, Located},
+    policy::destinations::{Destination, Target, host_matches},
     policy::{Location, Network},
 };
 
@@ -21,6 +22,8 @@ struct HostRule {
 pub struct HostRules {
     rules: NameList,
     locked: NameList,
+    /// `network.upload`: the budget each name's addresses count against.
+    budgets: Vec<Located>,
 }
 
 /// The host name entries of one list.
@@ -47,7 +50,15 @@ impl HostRules {
         Ok(Self {
             rules: NameList::of(&network.allow, "allow")?,
             locked: NameList::of(&network.after_sensitive_read, "after_sensitive_read")?,
+            budgets: network.upload.clone(),
         })
+    }
+
+    /// The upload budget beyond `*` that the addresses of `qname` count
+    /// against, if any.
+    #[must_use]
+    pub fn budget_for(&self, qname: &str) -> Option<u16> {
+        budgets::index_for(&self.budgets, qname)
     }
 
     /// What the policy allows for addresses of `qname` (lower case, no
@@ -106,15 +117,8 @@ impl NameList {
 }
 
 impl HostRule {
-    /// `*.pypi.org` matches exactly one label in front of `pypi.org`.
     fn matches(&self, qname: &str) -> bool {
-        if !self.wildcard {
-            return qname == self.name;
-        }
-        qname
-            .strip_suffix(self.name.as_str())
-            .and_then(|front| front.strip_suffix('.'))
-            .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+        host_matches(&self.name, self.wildcard, qname)
     }
 }
 

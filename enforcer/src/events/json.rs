@@ -7,7 +7,7 @@
 
 use std::{io::Write as _, net::IpAddr};
 
-use super::kernel::{Event, FloorFields, NetFields};
+use super::kernel::{BudgetFields, Event, FloorFields, NetFields};
 
 /// `event` as a JSON object, exactly as `serde_json` writes its `Serialize`.
 pub fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
@@ -28,6 +28,7 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
         path,
         net,
         floor,
+        budget,
         errno,
         reason,
         path_truncated,
@@ -54,6 +55,9 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
     if let Some(floor) = floor {
         floor_members(out, floor);
     }
+    if let Some(budget) = budget {
+        budget_members(out, budget);
+    }
     member(out, "errno", |out| number(out, *errno));
     member(out, "reason", |out| string(out, reason));
     if *path_truncated {
@@ -75,6 +79,16 @@ fn net_members(out: &mut Vec<u8>, net: &NetFields) {
     optional(out, "sock_type", sock_type.as_ref(), |out, t| string(out, t));
     optional(out, "class", class.as_ref(), |out, class| string(out, class));
     optional(out, "resolved_from", resolved_from.as_ref(), |out, name| nullable(out, name.as_deref()));
+}
+
+fn budget_members(out: &mut Vec<u8>, budget: &BudgetFields) {
+    let BudgetFields { budget, bytes_used, bytes_limit, window_s, send_bytes } = budget;
+    member(out, "budget", |out| nullable(out, budget.as_deref()));
+    for (name, value) in
+        [("bytes_used", bytes_used), ("bytes_limit", bytes_limit), ("window_s", window_s), ("send_bytes", send_bytes)]
+    {
+        member(out, name, |out| number(out, *value));
+    }
 }
 
 fn floor_members(out: &mut Vec<u8>, floor: &FloorFields) {
@@ -191,6 +205,7 @@ mod tests {
             path: Some(path.into()),
             net: None,
             floor: None,
+            budget: None,
             errno: 1,
             reason: "outside_write_trees",
             path_truncated: false,
@@ -262,6 +277,19 @@ mod tests {
             option: Some(0),
         });
         events.push(floor);
+        for name in [Some("*.pypi.org".to_owned()), None] {
+            let mut budget = file_event(&clock, "", None);
+            (budget.op, budget.path, budget.kind) = (None, None, "budget_exceeded");
+            budget.net = Some(net(Some("10.0.0.1".parse().unwrap()), None, Some(None)));
+            budget.budget = Some(BudgetFields {
+                budget: name,
+                bytes_used: 1 << 20,
+                bytes_limit: u64::MAX,
+                window_s: 600,
+                send_bytes: 65536,
+            });
+            events.push(budget);
+        }
         for event in &events {
             assert_eq!(our_line(event), serde_line(event));
         }

@@ -10,8 +10,9 @@ use std::{
 
 use enforcer_common::{
     events::{
-        Action, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT, EVENT_PATH_TRUNCATED, EventHeader,
-        FLOOR_DETAIL_BYTES, FloorDetail, Kind, NET_DETAIL_BYTES, NetDetail, Op, Reason,
+        Action, BUDGET_DETAIL_BYTES, BudgetDetail, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT,
+        EVENT_PATH_TRUNCATED, EventHeader, FLOOR_DETAIL_BYTES, FloorDetail, Kind, NET_DETAIL_BYTES, NetDetail, Op,
+        Reason,
     },
     net::{self, SOCKET_CLASSES},
 };
@@ -50,6 +51,8 @@ pub struct Event<'a> {
     pub net: Option<NetFields>,
     #[serde(flatten)]
     pub floor: Option<FloorFields>,
+    #[serde(flatten)]
+    pub budget: Option<BudgetFields>,
     pub errno: u32,
     pub reason: &'static str,
     /// The path did not fit the programs' buffers; the part near the root is missing.
@@ -91,6 +94,22 @@ pub struct NetFields {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[expect(clippy::option_option, reason = "absent (not a connect or sendmsg), null (never resolved), or the name")]
     pub resolved_from: Option<Option<String>>,
+}
+
+/// What a `budget_exceeded` event says about the budget.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BudgetFields {
+    /// The budget as `network.upload` names it: `*`, or the host name
+    /// (`null` if the policy is no longer known).
+    pub budget: Option<String>,
+    /// Bytes sent under it in its current window, before this send.
+    pub bytes_used: u64,
+    /// Bytes it allows per window.
+    pub bytes_limit: u64,
+    /// Its window, in seconds.
+    pub window_s: u64,
+    /// Bytes the refused send carried.
+    pub send_bytes: u64,
 }
 
 /// What a floor event says beyond its operation.
@@ -229,6 +248,8 @@ pub struct Record {
     pub net: Option<NetDetail>,
     /// Floor events.
     pub floor: Option<FloorDetail>,
+    /// `budget_exceeded` events.
+    pub budget: Option<BudgetDetail>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,21 +267,27 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
     let exe = &rest[..(header.exe_len as usize).min(rest.len())];
     let exe = (!exe.is_empty()).then(|| join_path(exe, header.flags & EVENT_EXE_TRUNCATED != 0));
     // A network event carries its NetDetail where a file event has its path.
-    if Kind::from_u8(header.kind).is_some_and(Kind::is_net) {
-        if path.len() != NET_DETAIL_BYTES {
+    let kind = Kind::from_u8(header.kind);
+    if kind.is_some_and(Kind::is_net) {
+        // A budget event's BudgetDetail follows.
+        let budget_bytes = if kind == Some(Kind::BudgetExceeded) { BUDGET_DETAIL_BYTES } else { 0 };
+        if path.len() != NET_DETAIL_BYTES + budget_bytes {
             return Err(Malformed(bytes.len()));
         }
-        let net: NetDetail = bytemuck::pod_read_unaligned(path);
-        return Ok(Record { header, path: String::new(), exe, net: Some(net), floor: None });
+        let (net, budget) = path.split_at(NET_DETAIL_BYTES);
+        let net: NetDetail = bytemuck::pod_read_unaligned(net);
+        let budget = (budget_bytes != 0).then(|| bytemuck::pod_read_unaligned(budget));
+        return Ok(Record { header, path: String::new(), exe, net: Some(net), floor: None, budget });
     }
-    if Kind::from_u8(header.kind) == Some(Kind::Floor) {
+    if kind == Some(Kind::Floor) {
         if path.len() != FLOOR_DETAIL_BYTES {
             return Err(Malformed(bytes.len()));
         }
         let floor: FloorDetail = bytemuck::pod_read_unaligned(path);
-        return Ok(Record { header, path: String::new(), exe, net: None, floor: Some(floor) });
+        return Ok(Record { header, path: String::new(), exe, net: None, floor: Some(floor), budget: None });
     }
-    Ok(Record { header, path: join_path(path, header.flags & EVENT_PATH_TRUNCATED != 0), exe, net: None, floor: None })
+    let path = join_path(path, header.flags & EVENT_PATH_TRUNCATED != 0);
+    Ok(Record { header, path, exe, net: None, floor: None, budget: None })
 }
 
 /// Leaf-first NUL-terminated names to a `/`-separated path.
@@ -293,6 +320,8 @@ pub struct Context<'a> {
     /// Daemon: the policy's version and hash.
     pub version: Option<(u32, &'a str)>,
     pub cgroup: Option<&'a str>,
+    /// The policy's name for its upload budget of an index, if known.
+    pub budget_name: Option<&'a dyn Fn(u16) -> Option<String>>,
 }
 
 impl Record {
@@ -321,6 +350,13 @@ impl Record {
             },
             net: self.net.as_ref().map(|net| net_fields(Kind::from_u8(h.kind), net)),
             floor: self.floor.map(|floor| floor_fields(Op::from_u8(h.op), floor)),
+            budget: self.budget.map(|budget| BudgetFields {
+                budget: ctx.budget_name.and_then(|name| name(budget.index)),
+                bytes_used: budget.used,
+                bytes_limit: budget.limit,
+                window_s: budget.window_ns / 1_000_000_000,
+                send_bytes: budget.size,
+            }),
             errno: h.errno,
             reason: Reason::from_u8(h.reason).map_or("unknown", Reason::name),
             path_truncated: h.flags & EVENT_PATH_TRUNCATED != 0,
@@ -370,7 +406,7 @@ fn net_fields(kind: Option<Kind>, net: &NetDetail) -> NetFields {
         (net::AF_INET | net::AF_INET6, net::IPPROTO_ICMPV6) => Some("icmpv6".into()),
         (_, protocol) => Some(protocol.to_string().into()),
     };
-    let destination = matches!(kind, Some(Kind::Connect | Kind::Sendmsg));
+    let destination = matches!(kind, Some(Kind::Connect | Kind::Sendmsg | Kind::BudgetExceeded));
     let inbound = kind == Some(Kind::Inbound);
     let addr = (destination || inbound).then(|| {
         let addr = Ipv6Addr::from(net.addr);
@@ -437,7 +473,8 @@ mod tests {
         bytes.extend_from_slice(b".bashrc\0root\0bash\0bin\0usr\0");
         let clock = Clock::new();
         let record = decode(&bytes).unwrap();
-        let event = record.event(Context { clock: &clock, policy: "p", version: None, cgroup: Some("/x") });
+        let event =
+            record.event(Context { clock: &clock, policy: "p", version: None, cgroup: Some("/x"), budget_name: None });
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["kind"], "file_write");
         assert_eq!(json["action"], "deny");

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use enforcer_common::{
     net::SOCKET_CLASSES,
     policy::{
-        FileRuleKey, PolicyId, TAG_AUDIT, TAG_EXEC, TAG_FILES, TAG_NET, TAG_READ_DENY, TAG_REQUIRE_SECCOMP,
+        FileRuleKey, PolicyId, TAG_AUDIT, TAG_BUDGET, TAG_EXEC, TAG_FILES, TAG_NET, TAG_READ_DENY, TAG_REQUIRE_SECCOMP,
         TAG_SENSITIVE, TagInfo,
     },
 };
@@ -90,6 +90,9 @@ fn tag_for(policy: &Policy, policy_id: PolicyId) -> TagInfo {
         flags |= TAG_NET;
         for class in &network.sockets {
             flags |= SOCKET_CLASSES.iter().find(|c| c.0 == *class).map_or(0, |c| c.1);
+        }
+        if !network.upload.is_empty() {
+            flags |= TAG_BUDGET;
         }
     }
     TagInfo::new(policy_id, flags)

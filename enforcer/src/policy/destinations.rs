@@ -173,7 +173,8 @@ pub fn mask(addr: Ipv6Addr, prefix: u8) -> Ipv6Addr {
     Ipv6Addr::from(bits & mask)
 }
 
-fn parse_host(host: &str) -> Result<Target, EntryError> {
+/// A host name or `*.domain` wildcard as a policy writes it.
+pub(crate) fn parse_host(host: &str) -> Result<Target, EntryError> {
     let name = host.trim_end_matches('.').to_ascii_lowercase();
     let (wildcard, name) = match name.strip_prefix("*.") {
         Some(rest) => (true, rest.to_owned()),
@@ -206,6 +207,20 @@ fn parse_host(host: &str) -> Result<Target, EntryError> {
         );
     }
     Ok(Target::Host { name, wildcard })
+}
+
+/// Whether host `name` (a wildcard: `*.name`) covers `qname` (lower case,
+/// no trailing dot): `*.pypi.org` matches exactly one label in front of
+/// `pypi.org`.
+#[must_use]
+pub fn host_matches(name: &str, wildcard: bool, qname: &str) -> bool {
+    if !wildcard {
+        return qname == name;
+    }
+    qname
+        .strip_suffix(name)
+        .and_then(|front| front.strip_suffix('.'))
+        .is_some_and(|label| !label.is_empty() && !label.contains('.'))
 }
 
 /// A prefix as a policy writes it: `10.0.0.0/8` for IPv4 (kept as

@@ -11,6 +11,7 @@
 //!    cgroups, as the hash tables the programs look in; [`selectors`]
 //!    compiles the daemon's cgroup globs into the kernel's DFA.
 
+pub mod budgets;
 pub mod compile;
 pub mod destinations;
 pub mod files;

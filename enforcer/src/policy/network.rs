@@ -9,6 +9,7 @@
 use std::{cmp::Ordering, net::Ipv6Addr};
 
 use enforcer_common::{
+    budget::Budget,
     net::{NET_PORT_RANGES, NetKey, NetPorts, PortRange, UNIX_PATH_BYTES, UnixKey},
     policy::PolicyId,
 };
@@ -38,6 +39,8 @@ pub struct NetRules {
     /// allows; sorted by key and length (see [`NetChange::between`]).
     pub prefixes: Vec<(u32, NetKey, NetPorts)>,
     pub unix: Vec<UnixKey>,
+    /// Upload budgets, by `budget_key` (of the version's own id).
+    pub budgets: Vec<(u32, Budget)>,
 }
 
 /// Builds the entries of `network` for policy `policy_id`: destinations,
@@ -52,7 +55,8 @@ pub fn build(network: &Network, policy_id: PolicyId, net_id: PolicyId) -> Result
     prefixes.extend(self::prefixes(&network.listen, net_id, Set::Listen)?);
     debug_assert!(prefixes.is_sorted_by_key(order));
     let unix = network.unix.iter().map(|name| unix_key(name, policy_id)).collect();
-    Ok(NetRules { prefixes, unix })
+    let budgets = crate::policy::budgets::kernel_entries(&network.upload, policy_id);
+    Ok(NetRules { prefixes, unix, budgets })
 }
 
 /// The order of [`NetRules::prefixes`].

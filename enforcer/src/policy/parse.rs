@@ -70,6 +70,9 @@ pub struct Network {
     /// Destinations an agent may still reach once one of its processes has
     /// read a `files.sensitive` file (entries as in `allow`; none: nothing).
     pub after_sensitive_read: Vec<(Destination, Location)>,
+    /// Upload budgets: bytes per window, in all (`*`) and to the addresses
+    /// of names.
+    pub upload: Vec<super::budgets::Located>,
 }
 
 /// The `[devices]` section: device nodes (or directories of them, e.g.
@@ -193,6 +196,8 @@ struct RawNetwork {
     sockets: Vec<Spanned<String>>,
     dns_min_ttl: Option<Spanned<i64>>,
     after_sensitive_read: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    upload: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -208,7 +213,7 @@ struct RawFiles {
 
 const KEYS_HINT: &str = "a policy has `name`, `mode`, `cgroups` (selectors), a `[files]` table with `write`, \
                          `read_deny` and `sensitive`, a \
-`[network]` table with `allow`, `listen`, `unix`, `sockets`, `dns_min_ttl` and `after_sensitive_read`, a `[syscalls]` table with `allow`, \
+`[network]` table with `allow`, `listen`, `unix`, `sockets`, `dns_min_ttl`, `after_sensitive_read` and `upload`, a `[syscalls]` table with `allow`, \
 `deny_action` and `require_seccomp`, an `[exec]` table with `allow`, and a `[devices]` table with `allow`; see \
 policies/coding-agent.toml";
 
@@ -439,11 +444,13 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
         sockets: Vec::new(),
         dns_min_ttl: std::time::Duration::from_secs(dns_min_ttl),
         after_sensitive_read: Vec::new(),
+        upload: Vec::new(),
     };
     network.allow = destinations(ctx, "network.allow", &raw.allow, warnings)?;
     if let Some(after) = &raw.after_sensitive_read {
         network.after_sensitive_read = destinations(ctx, "network.after_sensitive_read", after.get_ref(), warnings)?;
     }
+    network.upload = upload_budgets(ctx, &raw.upload, &network, warnings)?;
     for entry in &raw.listen {
         network.listen.push((parse_listen(ctx, entry)?, ctx.locate(&entry.span())));
     }
@@ -496,6 +503,55 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
         }
     }
     Ok(network)
+}
+
+/// The `network.upload` budgets; `network`: the destinations they count.
+fn upload_budgets(
+    ctx: &Ctx<'_>,
+    entries: &[Spanned<String>],
+    network: &Network,
+    warnings: &mut Vec<Warning>,
+) -> Result<Vec<super::budgets::Located>, PolicyError> {
+    use super::budgets::{BudgetTo, MAX, UploadBudget};
+    if entries.len() > MAX {
+        return Err(ctx.invalid(
+            entries[MAX].span(),
+            format!("network.upload: more than {MAX} budgets"),
+            "budget a wildcard (`*.example.com`) rather than each name under it",
+        ));
+    }
+    let mut out: Vec<super::budgets::Located> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let budget: UploadBudget = entry
+            .get_ref()
+            .parse()
+            .map_err(|e: EntryError| ctx.invalid(entry.span(), format!("network.upload: {}", e.message), e.hint))?;
+        if out.iter().any(|(earlier, _)| earlier.to == budget.to) {
+            return Err(ctx.invalid(
+                entry.span(),
+                format!("network.upload: a second budget for `{}`", budget.destination()),
+                "keep one budget per destination",
+            ));
+        }
+        if let BudgetTo::Host { name, wildcard } = &budget.to {
+            let probe = if *wildcard { format!("x.{name}") } else { name.clone() };
+            let reached = network.allow.iter().chain(&network.after_sensitive_read).any(|(d, _)| {
+                matches!(&d.target, Target::Host { name, wildcard } if crate::policy::destinations::host_matches(name, *wildcard, &probe))
+            });
+            if !reached {
+                warnings.push(ctx.warning(
+                    entry.span(),
+                    format!(
+                        "network.upload `{}`: no host entry of network.allow or after_sensitive_read allows it, so \
+                         only `*` could count its bytes",
+                        budget.destination()
+                    ),
+                ));
+            }
+        }
+        out.push((budget, ctx.locate(&entry.span())));
+    }
+    Ok(out)
 }
 
 /// The destinations of `entries` (`key`: where they are, for messages).

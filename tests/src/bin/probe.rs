@@ -259,6 +259,21 @@ fn kept_step(op: &str, address: &str) -> Option<i32> {
             // SAFETY: one byte from a static buffer, on a descriptor we hold.
             check(unsafe { libc::send(kept(address), b"x".as_ptr().cast(), 1, 0) } as libc::c_long)
         }
+        // `kept-upload:N:BYTES`: BYTES sent on kept socket N in `write(2)`s of
+        // up to 16 KiB, as an upload does; the errno of the first that fails.
+        "kept-upload" => {
+            let (n, bytes) = address.split_once(':').expect("kept-upload:N:BYTES");
+            let (fd, mut left) = (kept(n), bytes.parse::<usize>().expect("kept-upload:N:BYTES"));
+            let chunk = [b'u'; 16 * 1024];
+            let mut failed = 0;
+            while left > 0 && failed == 0 {
+                // SAFETY: writing from a local buffer of at least that many bytes.
+                let wrote = unsafe { libc::write(fd, chunk.as_ptr().cast(), left.min(chunk.len())) };
+                failed = check(wrote as libc::c_long);
+                left -= usize::try_from(wrote).unwrap_or(0);
+            }
+            failed
+        }
         // `sendfile(2)` of FILE to kept socket N.
         "kept-sendfile" => {
             let (n, file) = address.split_once(':').expect("kept-sendfile:N:FILE");

@@ -5,6 +5,8 @@
 //! secret out of its tree first is refused. The lock is decided in the
 //! kernel at the open (BPF LSM), so these run in the VM tier only.
 
+mod budgets;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 
 use enforcer_tests::{EPERM, Outcome, Sandbox};
