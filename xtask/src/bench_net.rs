@@ -4,14 +4,18 @@
 //! programs work there: `enforcer run --degraded`, wall-clock time, so more rounds) and
 //! in each BPF LSM kernel under qemu (`-icount`, instruction-exact). Loops of
 //! `enforcer-bench`: `connect` (TCP socket + connect + close to a loopback listener that
-//! accepts and closes) and `sendto` (64-byte UDP datagrams on one unconnected socket).
+//! accepts and closes), `sendto` (64-byte UDP datagrams on one unconnected socket) and
+//! `upload` (64 KiB writes on one TCP connection to a reader that discards them).
 //! Each scenario runs right after a no-enforcer baseline of the same loops, in the same
 //! round; the table shows the median over rounds of scenario / baseline.
 //!
-//! Scenarios: (a) untagged (an `enforcer run` holds another cgroup tagged); (b) tagged,
+//! Scenarios: (a) untagged (an `enforcer run` holds another cgroup tagged), with no
+//! upload budget loaded and with one (every send then passes the tag screen); (b) tagged,
 //! destinations allowed, with 1 / 100 / 10 000 / 100 000 CIDR rules (the others are
 //! other /32s); (c) tagged, destinations denied (EPERM and an event each time, events to
-//! /dev/null; its baseline is the same loops to ports nobody listens on).
+//! /dev/null; its baseline is the same loops to ports nobody listens on); (d) tagged, 1
+//! rule and an upload budget (`*`, never reached: every send is checked and counted).
+//! `upload` runs where its ratio is asked for (a, b1, d).
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -49,24 +53,69 @@ struct Scenario {
     key: &'static str,
     label: &'static str,
     baseline: &'static str,
-    /// At most this ratio, per loop (`connect`, `sendto`).
-    targets: [Option<f64>; 2],
+    /// At most this ratio, per loop (`connect`, `sendto`, `upload`).
+    targets: [Option<f64>; 3],
+    /// Whether the scenario runs the `upload` loop.
+    uploads: bool,
 }
 
-const LOOPS: [(&str, &str); 2] = [("connect", "connect+close"), ("sendto", "UDP sendto")];
+const LOOPS: [(&str, &str); 3] = [("connect", "connect+close"), ("sendto", "UDP sendto"), ("upload", "64KiB write")];
+
+/// A bulk upload under a budget keeps 0.95 of the untagged throughput: time per write at
+/// most 1 / 0.95 of the baseline's.
+const UPLOAD_TARGET: f64 = 1.0 / 0.95;
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario { key: "a", label: "(a) untagged", baseline: "base-b1", targets: [Some(1.00), Some(1.00)] },
-    Scenario { key: "b1", label: "(b) tagged, 1 rule", baseline: "base-b1", targets: [Some(1.02), None] },
-    Scenario { key: "b100", label: "(b) tagged, 100 rules", baseline: "base-b100", targets: [Some(1.02), None] },
-    Scenario { key: "b10k", label: "(b) tagged, 10 000 rules", baseline: "base-b10k", targets: [Some(1.02), None] },
+    Scenario {
+        key: "a",
+        label: "(a) untagged",
+        baseline: "base-b1",
+        targets: [Some(1.00), Some(1.00), Some(1.01)],
+        uploads: true,
+    },
+    Scenario {
+        key: "a-budget",
+        label: "(a) untagged, budgets loaded",
+        baseline: "base-b1",
+        targets: [None, None, Some(1.01)],
+        uploads: true,
+    },
+    Scenario {
+        key: "b1",
+        label: "(b) tagged, 1 rule",
+        baseline: "base-b1",
+        targets: [Some(1.02), None, None],
+        uploads: true,
+    },
+    Scenario {
+        key: "b100",
+        label: "(b) tagged, 100 rules",
+        baseline: "base-b100",
+        targets: [Some(1.02), None, None],
+        uploads: false,
+    },
+    Scenario {
+        key: "b10k",
+        label: "(b) tagged, 10 000 rules",
+        baseline: "base-b10k",
+        targets: [Some(1.02), None, None],
+        uploads: false,
+    },
     Scenario {
         key: "b100k",
         label: "(b) tagged, 100 000 rules",
         baseline: "base-b100k",
-        targets: [Some(1.02), Some(1.05)],
+        targets: [Some(1.02), Some(1.05), None],
+        uploads: false,
     },
-    Scenario { key: "c", label: "(c) tagged, denied", baseline: "base-c", targets: [None, None] },
+    Scenario { key: "c", label: "(c) tagged, denied", baseline: "base-c", targets: [None, None, None], uploads: false },
+    Scenario {
+        key: "d",
+        label: "(d) tagged, upload budget",
+        baseline: "base-b1",
+        targets: [Some(1.02), None, Some(UPLOAD_TARGET)],
+        uploads: true,
+    },
 ];
 
 /// The script, for the host (`sh`) and the guest (busybox `sh`). `@...@` are filled in.
@@ -79,59 +128,74 @@ ROUNDS=@ROUNDS@ BENCH=@BENCH@ ENFORCER=@ENFORCER@ DEGRADED="@DEGRADED@"
 LOOP_CPU="@LOOP_CPU@" LISTEN_CPU="@LISTEN_CPU@"
 fail() { echo "BENCH-ERROR $*"; }
 T=$(mktemp -d /tmp/enforcer-bench-net.XXXXXX)
-OK=127.0.0.1:47001 OK_UDP=127.0.0.1:47002 NO=127.0.0.1:47003 NO_UDP=127.0.0.1:47004
+OK=127.0.0.1:47001 OK_UDP=127.0.0.1:47002 OK_UP=127.0.0.1:47003 NO=127.0.0.1:47004 NO_UDP=127.0.0.1:47005
+# Upload writes per loop: a twentieth (each moves 64 KiB).
+UP_N=$((N / 20))
 
-# policy NAME COUNT: the bench destinations plus COUNT - 1 other /32s.
+# policy NAME COUNT [UPLOAD]: the bench destinations plus COUNT - 1 other /32s.
 policy() {
     {
         echo "name = \"bench-$1\""
         echo "[network]"
-        echo "allow = [\"$OK/tcp\", \"$OK_UDP/udp\","
+        [ -z "$3" ] || echo "upload = [\"$3\"]"
+        echo "allow = [\"$OK/tcp\", \"$OK_UDP/udp\", \"$OK_UP/tcp\","
         awk -v n=$2 'BEGIN { for (i = 1; i < n; i++) printf "  \"10.%d.%d.%d/32:443\",\n", int(i / 65536) % 256, int(i / 256) % 256, i % 256 }'
         echo "]"
     } > $T/policy-$1.toml
 }
 for p in "b1 1" "b100 100" "b10k 10000" "b100k 100000"; do policy $p; done
+policy d 1 "*: 1000GiB/1h"
 
 $LISTEN_CPU $BENCH listen $OK 0 &
 LISTENER=$!
-# loops ROUND SCENARIO TCP_TO UDP_TO: one line per loop.
+# loops ROUND SCENARIO TCP_TO UDP_TO [UPLOAD_TO]: one line per loop.
 cat > $T/loops.sh <<EOF
 sleep 1
 out=\$($LOOP_CPU $BENCH connect \$3 \$N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 connect failed"
 out=\$($LOOP_CPU $BENCH sendto \$4 \$N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 sendto failed"
+[ -z "\$5" ] || { out=\$($LOOP_CPU $BENCH upload \$5 $UP_N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 upload failed"; }
 EOF
+# inside.sh ROUND [SCENARIO TCP_TO UDP_TO UPLOAD_TO]...: the tagged loops, once told to go
+# (UPLOAD_TO `-`: none).
 cat > $T/inside.sh <<EOF
 echo ready > $T/ready
 read x < $T/go
-sh $T/loops.sh \$1 b1 $OK $OK_UDP
-sh $T/loops.sh \$1 c $NO $NO_UDP
+r=\$1; shift
+while [ \$# -ge 4 ]; do
+    up=\$4; [ "\$up" = - ] && up=
+    sh $T/loops.sh \$r \$1 \$2 \$3 \$up
+    shift 4
+done
 EOF
 
-# One tagged session: (a) runs outside it while the tagged shell waits, then (b) 1 rule and (c) inside.
-session_b1() {
+# session ROUND POLICY UNTAGGED [SCENARIO TCP_TO UDP_TO UPLOAD_TO]...: the untagged loops
+# (scenario UNTAGGED) run outside while the tagged shell waits, then the tagged ones inside.
+session() {
+    r=$1 p=$2 a=$3
+    shift 3
     rm -f $T/ready $T/go
     mkfifo $T/ready $T/go
     exec 3<>$T/ready 4<>$T/go
-    $ENFORCER run $DEGRADED --policy $T/policy-b1.toml --events /dev/null -- sh $T/inside.sh $1 2>$T/err &
+    $ENFORCER run $DEGRADED --policy $T/policy-$p.toml --events /dev/null -- sh $T/inside.sh $r "$@" 2>$T/err &
     pid=$!
     if read -t 300 x <&3; then
-        sh $T/loops.sh $1 a $OK $OK_UDP
+        sh $T/loops.sh $r $a $OK $OK_UDP $OK_UP
     else
-        fail "round=$1: the tagged shell never started: $(cat $T/err)"
+        fail "round=$r: the tagged shell never started: $(cat $T/err)"
     fi
     echo go >&4
-    wait $pid || fail "round=$1: enforcer run (policy b1) exited $?: $(cat $T/err)"
+    wait $pid || fail "round=$r: enforcer run (policy $p) exited $?: $(cat $T/err)"
     exec 3<&- 4<&-
 }
 
-sh $T/loops.sh 0 warm-up $OK $OK_UDP > /dev/null
+sh $T/loops.sh 0 warm-up $OK $OK_UDP $OK_UP > /dev/null
 r=1
 while [ $r -le $ROUNDS ]; do
     echo "BENCH-PHASE round $r of $ROUNDS"
-    sh $T/loops.sh $r base-b1 $OK $OK_UDP
+    sh $T/loops.sh $r base-b1 $OK $OK_UDP $OK_UP
     sh $T/loops.sh $r base-c $NO $NO_UDP
-    session_b1 $r
+    session $r b1 a b1 $OK $OK_UDP $OK_UP c $NO $NO_UDP -
+    session $r d a-budget d $OK $OK_UDP $OK_UP
     for p in b100 b10k b100k; do
         sh $T/loops.sh $r base-$p $OK $OK_UDP
         $ENFORCER run $DEGRADED --policy $T/policy-$p.toml --events /dev/null -- sh $T/loops.sh $r $p $OK $OK_UDP 2>$T/err \
@@ -204,6 +268,10 @@ fn report(mode: &str, output: &str, rounds: u32, iterations: u64, log: &str) -> 
         let mut line = format!("{:<30}", scenario.label);
         let mut verdicts = Vec::new();
         for ((op, _), target) in LOOPS.iter().zip(scenario.targets) {
+            if *op == "upload" && !scenario.uploads {
+                let _ = write!(line, "{:>15}", "");
+                continue;
+            }
             let Some(cell) = samples.ratio(scenario.key, scenario.baseline, op) else {
                 let _ = write!(line, "{:>15}", "-");
                 problems.push(format!("no samples for {} {op}", scenario.key));
@@ -233,6 +301,7 @@ fn report(mode: &str, output: &str, rounds: u32, iterations: u64, log: &str) -> 
         let _ = writeln!(out, "{line}   {}", verdicts.join(", "));
     }
     let _ = writeln!(out, "(c) is relative to the same loops to ports nobody listens on (TCP: refused; UDP: sent)");
+    let _ = writeln!(out, "upload target {UPLOAD_TARGET:.3}: 0.95 of the untagged throughput");
     for line in output.lines().filter(|l| l.contains("BENCH-ERROR")) {
         problems.push(line.trim().to_string());
     }

@@ -128,8 +128,11 @@ pub fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
             parts.push("files.sensitive: locking the egress down after a secret read (BPF LSM file_open)");
         }
     }
-    if policy.network.is_some() {
+    if let Some(network) = &policy.network {
         parts.push("network.unix: connecting and sending to unix sockets (BPF LSM unix hooks)");
+        if !network.upload.is_empty() {
+            parts.push("network.upload: upload budgets (BPF LSM socket_sendmsg)");
+        }
         parts.push(
             "socket classes of families other than IPv4/IPv6 (packet, netlink, vsock...): only raw, ICMP, SCTP \
              and MPTCP IP sockets are refused (BPF LSM socket_create)",

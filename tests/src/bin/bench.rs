@@ -11,7 +11,10 @@
 //!   (with `SO_LINGER` 0: a reset, so no `TIME_WAIT` socket is left to use
 //!   up the ephemeral ports);
 //! - `sendto` (PATH is `ADDRESS:PORT`): `sendto` of 64 bytes on an unbound,
-//!   unconnected UDP socket made once.
+//!   unconnected UDP socket made once;
+//! - `upload` (PATH is `ADDRESS:PORT`): `write` of 64 KiB on a TCP
+//!   connection made once, to a reader that discards (a bulk upload); a
+//!   connection that cannot be made fails every write (`EBADF`).
 //!
 //! `enforcer-bench until-denied ADDRESS:PORT MAX` (for `cargo xtask bench
 //! daemon`): prints `looping`, then connects (as `connect`) until one fails
@@ -19,7 +22,8 @@
 //! (`T`: `CLOCK_MONOTONIC` when the first EPERM came back; 0 if none did).
 //!
 //! `enforcer-bench listen ADDRESS:PORT 0` serves the `connect` loop (accepts
-//! and closes, forever) and binds UDP at port + 1 for `sendto`.
+//! and closes, forever), binds UDP at port + 1 for `sendto`, and reads and
+//! discards what each connection to port + 2 sends, for `upload`.
 //!
 //! Prints one line, `LOOP ns_per_op=N failures=F first_errno=E`, timed with
 //! `CLOCK_MONOTONIC` (under qemu's `-icount` one guest ns is one
@@ -135,9 +139,47 @@ fn listen(text: &str) -> ! {
     let mut udp_addr = tcp.local_addr().expect("bound address");
     udp_addr.set_port(udp_addr.port() + 1);
     let _udp = std::net::UdpSocket::bind(udp_addr).expect("bind the UDP sink");
+    let mut sink_addr = udp_addr;
+    sink_addr.set_port(udp_addr.port() + 1);
+    let sink = std::net::TcpListener::bind(sink_addr).expect("bind the upload sink");
+    std::thread::spawn(move || {
+        for mut connection in sink.incoming().flatten() {
+            std::thread::spawn(move || std::io::copy(&mut connection, &mut std::io::sink()));
+        }
+    });
     loop {
         drop(tcp.accept());
     }
+}
+
+/// A connected TCP socket for the `upload` loop (-1 and errno if the connect failed).
+fn connect_for_upload(to: &libc::sockaddr_in) -> i32 {
+    // SAFETY: socket(2) and connect(2) with a sockaddr_in of its length.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if libc::connect(fd, std::ptr::from_ref(to).cast(), SOCKADDR_IN_LEN) < 0 {
+            let e = errno();
+            libc::close(fd);
+            *libc::__errno_location() = e;
+            return -1;
+        }
+        fd
+    }
+}
+
+/// One `write` of the `upload` loop: the whole 64 KiB (a short write
+/// continues), or -1.
+fn upload_once(fd: i32, chunk: &[u8]) -> isize {
+    let mut sent = 0;
+    while sent < chunk.len() {
+        // SAFETY: writing from a slice of the buffer.
+        let r = unsafe { libc::write(fd, chunk[sent..].as_ptr().cast(), chunk.len() - sent) };
+        if r < 0 {
+            return r;
+        }
+        sent += r.unsigned_abs();
+    }
+    isize::try_from(sent).unwrap_or(-1)
 }
 
 /// One `connect` of the `connect` loop; its return value.
@@ -240,6 +282,14 @@ fn main() {
                 libc::sendto(fd, buf.0.as_ptr().cast(), buf.0.len(), 0, (&raw const to).cast(), SOCKADDR_IN_LEN)
             })
         }
+        "upload" => {
+            let fd = connect_for_upload(&sockaddr(&path.to_string_lossy()));
+            if fd < 0 {
+                eprintln!("enforcer-bench: upload: cannot connect: {}", std::io::Error::last_os_error());
+            }
+            let chunk = vec![0x75u8; 64 * 1024];
+            timed(&mut || upload_once(fd, &chunk))
+        }
         // PATH is ignored: the raw syscall (libc may not cache, but be sure).
         "getpid" => timed(&mut || unsafe { libc::syscall(libc::SYS_getpid) }.try_into().unwrap_or(-1)),
         // fork, exec PATH (with no arguments), wait; fails if PATH does not exit 0.
@@ -262,8 +312,8 @@ fn main() {
         }
         other => {
             eprintln!(
-                "enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, listen, getpid, \
-                 fork-exec, until-denied)"
+                "enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, upload, listen, \
+                 getpid, fork-exec, until-denied)"
             );
             std::process::exit(2);
         }
