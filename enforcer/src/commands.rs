@@ -99,8 +99,10 @@ fn check_policy(file: &std::path::Path) -> i32 {
                         .filter(|(d, _)| matches!(d.target, crate::policy::destinations::Target::Host { .. }))
                         .count();
                     format!(
-                        "{} destinations ({hosts} by host name), {} unix sockets, extra socket classes: {}",
+                        "{} destinations ({hosts} by host name), {} upload budgets, {} unix sockets, extra socket \
+                         classes: {}",
                         n.allow.len(),
+                        n.upload.len(),
                         n.unix.len(),
                         if n.sockets.is_empty() { "none".to_owned() } else { n.sockets.join(", ") }
                     )

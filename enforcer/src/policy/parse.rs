@@ -756,6 +756,27 @@ mod tests {
     }
 
     #[test]
+    fn upload_budgets_name_hosts_the_policy_reaches_once_each() {
+        let (policy, warnings) = check(
+            "name = \"x\"\n[network]\nallow = [\"*.pypi.org:443\"]\nupload = [\"files.pypi.org: 1MiB/10m\", \
+             \"*: 20MiB/1h\",\n  \"evil.example: 1KiB/1h\"]\n",
+        )
+        .unwrap();
+        assert_eq!(policy.network.unwrap().upload.len(), 3);
+        let unreached: Vec<String> =
+            warnings.iter().map(ToString::to_string).filter(|w| w.contains("network.upload")).collect();
+        assert!(
+            unreached.len() == 1 && unreached[0].starts_with("p.toml:5:3: warning: network.upload `evil.example`"),
+            "{unreached:?}"
+        );
+        let e = error_of("name = \"x\"\n[network]\nupload = [\"*: 1MiB/1h\", \"*: 2MiB/1h\"]\n");
+        assert!(e.starts_with("p.toml:3:25: error: network.upload: a second budget for `*`"), "{e}");
+        let e = error_of("name = \"x\"\n[network]\nupload = [\"github.com 1MiB\"]\n");
+        assert!(e.starts_with("p.toml:3:11: error: network.upload: `github.com 1MiB` has no `:`"), "{e}");
+        assert!(e.contains("hint: write `DESTINATION: SIZE/WINDOW`"), "{e}");
+    }
+
+    #[test]
     fn listen_entries_name_sources_and_local_ports() {
         let (policy, warnings) =
             check("name = \"x\"\n[network]\nlisten = [\"*:8080/tcp\", \"10.0.0.0/8:22\"]\nsockets = [\"sctp\"]\n")

@@ -12,6 +12,11 @@ use super::{Places, kernel_version, probe};
 
 const EDQUOT: i64 = 122;
 
+/// The errno of each step, in order.
+fn errnos(out: &Outcome) -> Vec<i64> {
+    out.results.iter().map(|r| r["errno"].as_i64().unwrap_or(-1)).collect()
+}
+
 /// The one `budget_exceeded` event of `out`, checked against the budget.
 fn exceeded<'a>(out: &'a Outcome, budget: &str, used: u64, limit: u64, send: u64) -> &'a Value {
     let events: Vec<&Value> = out.events.iter().filter(|e| e["kind"] == "budget_exceeded").collect();
@@ -60,14 +65,14 @@ fn an_upload_budget_holds_for_every_process_of_the_agent_and_every_way_bytes_lea
         ];
         let script = format!("{p} {}; {p} {}", first.join(" "), second.join(" "), p = probe());
         let out = sb.finish(sb.spawn_command(&["/bin/sh".into(), "-c".into(), script.into()]));
-        let errnos: Vec<i64> = out.results.iter().map(|r| r["errno"].as_i64().unwrap_or(-1)).collect();
+        let errnos_of_steps = errnos(&out);
         // 40000, then 16384 more would be 56384 of 49152; 40000 + 1 + 9000
         // + 64 (sendfile, counted from 6.5) + 100 crosses it from 6.5 only.
         let sendfile_counted = kernel_version() >= (6, 5);
-        let last_fits = if sendfile_counted { EDQUOT } else { 0 };
+        let hundred_more = if sendfile_counted { EDQUOT } else { 0 };
         let refused = if mode == "enforce" { EDQUOT } else { 0 };
-        let expected = [0, 0, 0, refused, 0, 0, 0, 0, if mode == "enforce" { last_fits } else { 0 }, 0];
-        assert_eq!(errnos, expected, "{mode} on {:?}: {out:#?}", kernel_version());
+        let expected = [0, 0, 0, refused, 0, 0, 0, 0, if mode == "enforce" { hundred_more } else { 0 }, 0];
+        assert_eq!(errnos_of_steps, expected, "{mode} on {:?}: {out:#?}", kernel_version());
         let events: Vec<&Value> = out.events.iter().filter(|e| e["kind"] == "budget_exceeded").collect();
         let first_refusal = events.first().unwrap_or_else(|| panic!("{mode}: no budget_exceeded event: {out:#?}"));
         assert_eq!(
@@ -129,8 +134,7 @@ fn a_names_budget_counts_its_addresses_only() {
         "kept-upload:0:3616".to_owned(),
     ];
     let out = sb.run(&steps);
-    let errnos: Vec<i64> = out.results.iter().map(|r| r["errno"].as_i64().unwrap_or(-1)).collect();
-    assert_eq!(errnos, [0, 0, 0, 0, 0, 0, 0, EDQUOT, 0], "{out:#?}");
+    assert_eq!(errnos(&out), [0, 0, 0, 0, 0, 0, 0, EDQUOT, 0], "{out:#?}");
     let e = exceeded(&out, "upload.allowed.test", 16384, 20000, 4000);
     assert_eq!((e["daddr"].as_str(), e["resolved_from"].as_str()), (Some("127.0.0.4"), Some("upload.allowed.test")));
 }
@@ -172,4 +176,34 @@ fn an_upload_budget_outlives_the_daemon_and_is_listed() {
     assert_eq!(errno_of(&results, "kept-upload:0:4000"), EDQUOT, "{results:?}");
     let refused = d.wait_event("budget_exceeded", |e| e["kind"] == "budget_exceeded");
     assert_eq!((refused["bytes_used"].as_u64(), refused["cgroup"].as_str()), (Some(30000), Some(cgroup.as_str())));
+}
+
+/// A window starts at the first send after the last one ended: a send
+/// refused at the end of one goes in the next.
+#[test]
+fn a_new_window_starts_after_the_last_one_ended() {
+    let sb = Sandbox::new("budget-window");
+    let places = Places::new();
+    sb.write_policy_with(
+        "enforce",
+        &format!("[network]\nallow = [\"127.0.0.1:{}/tcp\"]\nupload = [\"*: 20000B/2s\"]\n", places.open.port()),
+    );
+    let steps = [
+        format!("tcp-keep:{}", places.open),
+        "kept-upload:0:16384".to_owned(),
+        "kept-upload:0:16383".to_owned(),
+        "sleep-ms:2100".to_owned(),
+        "kept-upload:0:16382".to_owned(),
+        "kept-upload:0:3618".to_owned(),
+        "kept-upload:0:1".to_owned(),
+    ];
+    let out = sb.run(&steps);
+    assert_eq!(errnos(&out), [0, 0, EDQUOT, 0, 0, 0, EDQUOT], "{out:#?}");
+    let refused: Vec<(Option<u64>, Option<u64>)> = out
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "budget_exceeded")
+        .map(|e| (e["bytes_used"].as_u64(), e["send_bytes"].as_u64()))
+        .collect();
+    assert_eq!(refused, [(Some(16384), Some(16383)), (Some(20000), Some(1))], "{out:#?}");
 }
