@@ -328,6 +328,7 @@ fn start_resolver(
         min_ttl: network.dns_min_ttl,
         grants: grants.clone(),
         events,
+        names_asked: dns::names_asked::NamesAsked::default(),
     };
     enforcer.net.set_resolver(POLICY_ID, sockets.entry())?;
     let task = tokio::spawn(dns::serve(resolver, sockets));

@@ -88,6 +88,7 @@ impl Resolvers {
                 min_ttl: network.dns_min_ttl,
                 grants: self.grants.clone(),
                 events: self.events.clone(),
+                names_asked: dns::names_asked::NamesAsked::default(),
             };
             net.set_resolver(loaded.id, sockets.entry())?;
             self.running.insert(loaded.id, Running(tokio::spawn(dns::serve(resolver, sockets))));

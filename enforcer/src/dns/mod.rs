@@ -9,6 +9,7 @@
 pub mod asker;
 pub mod grants;
 pub mod names;
+pub mod names_asked;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -33,6 +34,7 @@ use tokio::{
 use self::{
     grants::{Grantee, Grants},
     names::HostRules,
+    names_asked::NamesAsked,
 };
 
 /// How long the upstream resolver gets to answer one query.
@@ -103,6 +105,8 @@ pub struct Resolver {
     pub min_ttl: Duration,
     pub grants: Arc<Mutex<Grants>>,
     pub events: Refusals,
+    /// The names asked per agent, for `network.dns_names`.
+    pub names_asked: NamesAsked,
 }
 
 /// Every socket of one resolver: where agents ask, and where the programs
@@ -322,6 +326,16 @@ impl Resolver {
                 return self.ask_upstream(query, transport).await.ok();
             }
             return refusal(&request, ResponseCode::NXDomain);
+        }
+        if let Some(names) = self.rules.dns_names() {
+            // Counted as asked: letter case carries data too.
+            let agent = asker::cgroup_of(peer.addr, peer.local, peer.transport == Transport::Tcp);
+            if self.names_asked.admit(agent, &asked, names).is_err() {
+                self.report(&asked, qtype, "dns_names_exceeded", peer);
+                if !self.audit {
+                    return refusal(&request, ResponseCode::Refused);
+                }
+            }
         }
         let budget = self.rules.budget_for(&qname);
         let grantees = [

@@ -3,7 +3,7 @@
 use enforcer_common::net::{NET_PORT_RANGES, NetPorts, PortRange};
 
 use crate::{
-    policy::budgets::{self, Located},
+    policy::budgets::{self, Located, NamesBudget},
     policy::destinations::{Destination, Target, host_matches},
     policy::{Location, Network},
 };
@@ -24,6 +24,8 @@ pub struct HostRules {
     locked: NameList,
     /// `network.upload`: the budget each name's addresses count against.
     budgets: Vec<Located>,
+    /// `network.dns_names`.
+    dns_names: Option<NamesBudget>,
 }
 
 /// The host name entries of one list.
@@ -51,7 +53,14 @@ impl HostRules {
             rules: NameList::of(&network.allow, "allow")?,
             locked: NameList::of(&network.after_sensitive_read, "after_sensitive_read")?,
             budgets: network.upload.clone(),
+            dns_names: network.dns_names,
         })
+    }
+
+    /// How many distinct names one agent may have asked upstream per window.
+    #[must_use]
+    pub fn dns_names(&self) -> Option<NamesBudget> {
+        self.dns_names
     }
 
     /// The upload budget beyond `*` that the addresses of `qname` count

@@ -68,21 +68,52 @@ impl FromStr for UploadBudget {
         let Some((size, window)) = rest.trim().split_once('/') else {
             return fail(format!("`{entry}`: no window after the size"), FORM);
         };
-        let bytes = parse_size(size.trim())?;
-        let window = humantime::parse_duration(window.trim())
-            .ok()
-            .filter(|w| w.subsec_nanos() == 0 && *w >= Duration::from_secs(1) && *w <= Duration::from_hours(24 * 31))
-            .map_or_else(
-                || {
-                    fail(
-                        format!("`{}` is not a window of whole seconds, 1s to 31d", window.trim()),
-                        "write a duration such as 30s, 10m, 1h or 1d",
-                    )
-                },
-                Ok,
-            )?;
-        Ok(Self { to, bytes, window })
+        Ok(Self { to, bytes: parse_size(size.trim())?, window: parse_window(window.trim())? })
     }
+}
+
+/// `network.dns_names`: at most `names` distinct names per `window` that
+/// the resolver asks upstream for one agent (`"300/1h"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NamesBudget {
+    pub names: usize,
+    pub window: Duration,
+}
+
+/// Most names a `dns_names` budget may allow per window (each is kept until
+/// its window ends).
+pub const NAMES_MAX: usize = 100_000;
+
+impl FromStr for NamesBudget {
+    type Err = EntryError;
+
+    fn from_str(entry: &str) -> Result<Self, EntryError> {
+        let hint = "write `NAMES/WINDOW`, e.g. \"300/1h\": distinct names the resolver asks upstream for one agent";
+        let Some((names, window)) = entry.split_once('/') else {
+            return fail(format!("`{entry}` has no `/` before its window"), hint);
+        };
+        let names = names.trim().parse::<usize>().ok().filter(|n| (1..=NAMES_MAX).contains(n));
+        let Some(names) = names else {
+            return fail(format!("`{entry}`: the number of names is not 1 to {NAMES_MAX}"), hint);
+        };
+        Ok(Self { names, window: parse_window(window.trim())? })
+    }
+}
+
+/// A window of whole seconds, `1s` to `31d`.
+fn parse_window(window: &str) -> Result<Duration, EntryError> {
+    humantime::parse_duration(window)
+        .ok()
+        .filter(|w| w.subsec_nanos() == 0 && *w >= Duration::from_secs(1) && *w <= Duration::from_hours(24 * 31))
+        .map_or_else(
+            || {
+                fail(
+                    format!("`{window}` is not a window of whole seconds, 1s to 31d"),
+                    "write a duration such as 30s, 10m, 1h or 1d",
+                )
+            },
+            Ok,
+        )
 }
 
 /// `512`, `64KiB`, `1MiB`, `2GiB` (powers of 1024), `1kB`, `5MB`, `1GB`
@@ -203,6 +234,16 @@ mod tests {
             ("ex*.com: 1MiB/1h", "wildcard"),
         ] {
             let error = entry.parse::<UploadBudget>().expect_err(entry);
+            assert!(error.message.contains(says), "{entry}: {}", error.message);
+        }
+    }
+
+    #[test]
+    fn a_names_budget_is_a_count_per_window() {
+        assert_eq!("300/1h".parse(), Ok(NamesBudget { names: 300, window: Duration::from_hours(1) }));
+        for (entry, says) in [("300", "no `/`"), ("0/1h", "not 1 to"), ("x/1h", "not 1 to"), ("5/1ms", "not a window")]
+        {
+            let error = entry.parse::<NamesBudget>().expect_err(entry);
             assert!(error.message.contains(says), "{entry}: {}", error.message);
         }
     }

@@ -73,6 +73,8 @@ pub struct Network {
     /// Upload budgets: bytes per window, in all (`*`) and to the addresses
     /// of names.
     pub upload: Vec<super::budgets::Located>,
+    /// Distinct names the resolver asks upstream for one agent per window.
+    pub dns_names: Option<super::budgets::NamesBudget>,
 }
 
 /// The `[devices]` section: device nodes (or directories of them, e.g.
@@ -198,6 +200,7 @@ struct RawNetwork {
     after_sensitive_read: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     upload: Vec<Spanned<String>>,
+    dns_names: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -213,7 +216,7 @@ struct RawFiles {
 
 const KEYS_HINT: &str = "a policy has `name`, `mode`, `cgroups` (selectors), a `[files]` table with `write`, \
                          `read_deny` and `sensitive`, a \
-`[network]` table with `allow`, `listen`, `unix`, `sockets`, `dns_min_ttl`, `after_sensitive_read` and `upload`, a `[syscalls]` table with `allow`, \
+`[network]` table with `allow`, `listen`, `unix`, `sockets`, `dns_min_ttl`, `after_sensitive_read`, `upload` and `dns_names`, a `[syscalls]` table with `allow`, \
 `deny_action` and `require_seccomp`, an `[exec]` table with `allow`, and a `[devices]` table with `allow`; see \
 policies/coding-agent.toml";
 
@@ -445,12 +448,20 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
         dns_min_ttl: std::time::Duration::from_secs(dns_min_ttl),
         after_sensitive_read: Vec::new(),
         upload: Vec::new(),
+        dns_names: None,
     };
     network.allow = destinations(ctx, "network.allow", &raw.allow, warnings)?;
     if let Some(after) = &raw.after_sensitive_read {
         network.after_sensitive_read = destinations(ctx, "network.after_sensitive_read", after.get_ref(), warnings)?;
     }
     network.upload = upload_budgets(ctx, &raw.upload, &network, warnings)?;
+    if let Some(entry) = &raw.dns_names {
+        let budget = entry
+            .get_ref()
+            .parse()
+            .map_err(|e: EntryError| ctx.invalid(entry.span(), format!("network.dns_names: {}", e.message), e.hint))?;
+        network.dns_names = Some(budget);
+    }
     for entry in &raw.listen {
         network.listen.push((parse_listen(ctx, entry)?, ctx.locate(&entry.span())));
     }
@@ -771,6 +782,10 @@ mod tests {
         );
         let e = error_of("name = \"x\"\n[network]\nupload = [\"*: 1MiB/1h\", \"*: 2MiB/1h\"]\n");
         assert!(e.starts_with("p.toml:3:25: error: network.upload: a second budget for `*`"), "{e}");
+        let (policy, _) = check("name = \"x\"\n[network]\ndns_names = \"300/1h\"\n").unwrap();
+        assert_eq!(policy.network.unwrap().dns_names.map(|b| b.names), Some(300));
+        let e = error_of("name = \"x\"\n[network]\ndns_names = \"300\"\n");
+        assert!(e.starts_with("p.toml:3:13: error: network.dns_names: `300` has no `/`"), "{e}");
         let e = error_of("name = \"x\"\n[network]\nupload = [\"github.com 1MiB\"]\n");
         assert!(e.starts_with("p.toml:3:11: error: network.upload: `github.com 1MiB` has no `:`"), "{e}");
         assert!(e.contains("hint: write `DESTINATION: SIZE/WINDOW`"), "{e}");

@@ -207,3 +207,51 @@ fn a_new_window_starts_after_the_last_one_ended() {
         .collect();
     assert_eq!(refused, [(Some(16384), Some(16383)), (Some(20000), Some(1))], "{out:#?}");
 }
+
+/// Data in names under an allowed wildcard leaves one query at a time:
+/// `dns_names` cuts the tunnel after its count of distinct names per
+/// window (a name asked again is answered; letter case makes a new name),
+/// under `enforcer run`'s resolver and the daemon's (which tells agents
+/// apart by the asking socket's cgroup).
+#[test]
+fn a_tunnel_of_distinct_names_is_cut_at_the_names_budget() {
+    for via in ["run", "daemon"] {
+        let mut sb = if via == "run" {
+            Sandbox::under_enforcer_run("budget-names-run")
+        } else {
+            Sandbox::under_daemon("budget-names-daemon")
+        };
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let dns = enforcer_tests::DnsServer::start(&[("api.allowed.test", ip("127.0.0.3"), 300)]);
+        sb.dns_upstream = Some(dns.addr);
+        sb.write_policy_with("enforce", "[network]\nallow = [\"*.allowed.test:443\"]\ndns_names = \"3/1h\"\n");
+        let ask = |name: &str| format!("dns-udp:{name}@127.0.0.77:53");
+        let steps = [
+            ask("c2VjcmV0.allowed.test"),
+            ask("dG9rZW4.allowed.test"),
+            ask("api.allowed.test"),
+            ask("Z2hwXw.allowed.test"),
+            ask("c2VjcmV0.allowed.test"),
+            ask("C2VjcmV0.allowed.test"),
+        ];
+        let out = sb.run(&steps);
+        // 103: NXDOMAIN from upstream; 105: REFUSED by the budget.
+        assert_eq!(errnos(&out), [103, 103, 0, 105, 103, 105], "{via}: {out:#?}");
+        let queries = dns.queries();
+        // The upstream sees names in lower case: the first one twice (asked
+        // again), its upper-case variant and the fourth name never.
+        let asked = |name: &str| queries.iter().filter(|q| *q == name).count();
+        assert_eq!(
+            (asked("c2vjcmv0.allowed.test"), asked("z2hwxw.allowed.test")),
+            (2, 0),
+            "{via}: refused names never leave: {queries:?}"
+        );
+        let refused: Vec<&str> = out
+            .events
+            .iter()
+            .filter(|e| e["kind"] == "dns" && e["reason"] == "dns_names_exceeded")
+            .filter_map(|e| e["qname"].as_str())
+            .collect();
+        assert_eq!(refused, ["Z2hwXw.allowed.test", "C2VjcmV0.allowed.test"], "{via}: {out:#?}");
+    }
+}
