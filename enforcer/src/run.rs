@@ -168,7 +168,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     let net = match &policy.network {
         Some(network) => {
             if let Some(rules) = &compiled.net {
-                enforcer.net.add(rules)?;
+                enforcer.add_net_rules(rules)?;
             }
             resolver = Some(start_resolver(&mut enforcer, &policy, network, opts.dns_upstream, refusals.clone())?);
             Some(enforcer.attach_net(cgroup)?)

@@ -6,7 +6,7 @@
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, FExit, ProgramError},
 };
 use enforcer_common::policy::{MAX_TAG_LEVEL, TagInfo};
 
@@ -15,7 +15,7 @@ use super::{
     handles::{
         ArmedCgroups, BudgetUsage, GrantMaps, LockedAgents, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups,
     },
-    hooks::{INBOUND_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, lost_without},
+    hooks::{INBOUND_PROGRAM, SEND_COUNTERS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, lost_without},
     maps::Maps,
     object::{LsmLink, load_everything, program_of},
     pinned,
@@ -171,6 +171,38 @@ impl Enforcer {
             program.detach(link).map_err(|source| LoadError::SockProgram { name: INBOUND_PROGRAM, source })?;
         }
         Ok(())
+    }
+
+    /// Attaches the programs that count sends against upload budgets
+    /// (`SEND_COUNTERS`), once: before the first policy with budgets is in
+    /// force (until then a send pays no trampoline). Without BPF LSM no
+    /// budget is judged, and nothing is counted.
+    pub fn count_sends(&mut self) -> Result<(), LoadError> {
+        if self.lsm_missing.is_some() {
+            return Ok(());
+        }
+        if let Some(pinned) = self.pinned.as_mut() {
+            return pinned.attach_send_counters();
+        }
+        for &(hook, _) in SEND_COUNTERS {
+            if self.lsm_links.iter().any(|link| link.hook == hook) {
+                continue;
+            }
+            let program: &mut FExit = program_of(self.object()?, hook)?;
+            let id = program.attach().map_err(|source| LoadError::Program { hook, source })?;
+            let link = program.take_link(id).map_err(|source| LoadError::Program { hook, source })?;
+            self.lsm_links.push(LsmLink { hook, link: link.into() });
+        }
+        Ok(())
+    }
+
+    /// Installs a policy's network rules (`enforcer run`), counting sends
+    /// first if it has upload budgets.
+    pub fn add_net_rules(&mut self, rules: &crate::policy::network::NetRules) -> Result<(), LoadError> {
+        if !rules.budgets.is_empty() {
+            self.count_sends()?;
+        }
+        self.net.add(rules)
     }
 
     fn object(&mut self) -> Result<&mut Ebpf, LoadError> {

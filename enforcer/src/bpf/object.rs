@@ -166,9 +166,9 @@ struct LoadedObject {
 pub(super) fn load_everything() -> Result<(Ebpf, Option<LoadError>, Vec<&'static str>, Vec<LsmLink>), LoadError> {
     let mut object = load_object()?;
     let lsm = object.lsm.take().map_or(Ok(()), Err);
-    let loaded = lsm.and_then(|()| object.load_lsm("", HOOKS.iter())).and_then(|(missing_hooks, mut links)| {
-        links.extend(object.load_send_counters()?);
-        Ok((missing_hooks, links))
+    let loaded = lsm.and_then(|()| object.load_lsm("", HOOKS.iter())).and_then(|loaded| {
+        object.load_send_counters()?;
+        Ok(loaded)
     });
     let (lsm_missing, missing_hooks, links) = match loaded {
         Ok((missing_hooks, links)) => (None, missing_hooks, links),
@@ -263,21 +263,18 @@ impl LoadedObject {
         Ok((missing_hooks, links))
     }
 
-    /// Loads and attaches the programs that count sends against upload
-    /// budgets ([`SEND_COUNTERS`]), with the BPF LSM hooks: without them the
-    /// budgets `socket_sendmsg` judges would never fill.
-    fn load_send_counters(&mut self) -> Result<Vec<LsmLink>, LoadError> {
-        let mut links = Vec::new();
+    /// Loads (does not attach) the programs that count sends against upload
+    /// budgets ([`SEND_COUNTERS`]), with the BPF LSM hooks: the kernel
+    /// checks them now; `Enforcer::count_sends` attaches them once a policy
+    /// has budgets.
+    fn load_send_counters(&mut self) -> Result<(), LoadError> {
         for &(hook, function) in SEND_COUNTERS {
             let program: &mut FExit = program_of(&mut self.ebpf, hook)?;
             let started = std::time::Instant::now();
             program.load(function, &self.aya_btf).map_err(|source| classify(hook, source))?;
-            let link = program.attach().map_err(|source| LoadError::Program { hook, source })?;
-            let link = program.take_link(link).map_err(|source| LoadError::Program { hook, source })?;
-            links.push(LsmLink { hook, link: link.into() });
             debug_loaded(&format_args!("{hook}"), started, || program.info());
         }
-        Ok(links)
+        Ok(())
     }
 }
 

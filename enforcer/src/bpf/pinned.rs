@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     maps::{Map, MapData},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, FExit,
         cgroup_sock::CgroupSockAttachType, cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
     },
 };
@@ -23,7 +23,7 @@ use sha2::Digest as _;
 
 use super::{
     Enforcer, LoadError, chain,
-    hooks::{HOOKS, INBOUND_PROGRAM, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, TRACEPOINT_PROGRAMS},
+    hooks::{HOOKS, INBOUND_PROGRAM, SEND_COUNTERS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, TRACEPOINT_PROGRAMS},
     maps::{MAP_NAMES, Maps},
     object::{LsmLink, PROGRAMS, attach_tracepoint_program, load_everything, program_of},
 };
@@ -101,6 +101,9 @@ pub struct Pinned {
     sock_addr: Vec<(&'static str, CgroupSockAddr)>,
     sock_create: CgroupSock,
     inbound: CgroupSkb,
+    /// The send counters (BPF LSM kernels), attached once a policy has
+    /// upload budgets.
+    send_counters: Vec<(&'static str, FExit)>,
 }
 
 /// How the daemon got its programs.
@@ -259,6 +262,22 @@ impl Enforcer {
 }
 
 impl Pinned {
+    /// Attaches the send counters and pins their links, if that is not done
+    /// (see `Enforcer::count_sends`).
+    pub(super) fn attach_send_counters(&mut self) -> Result<(), LoadError> {
+        for (hook, program) in &mut self.send_counters {
+            let path = self.dir.join("links").join(*hook);
+            if path.exists() {
+                continue;
+            }
+            let hook = *hook;
+            let id = program.attach().map_err(|source| LoadError::Program { hook, source })?;
+            let link: FdLink = program.take_link(id).map_err(|source| LoadError::Program { hook, source })?.into();
+            link.pin(&path).map_err(|source| PinError::Pin { what: "send counter link", path, source })?;
+        }
+        Ok(())
+    }
+
     fn open(dir: &Path) -> Result<Self, PinError> {
         let open_err = |path: PathBuf, detail: String| PinError::Open { what: "program", path, detail };
         let mut sock_addr = Vec::new();
@@ -274,7 +293,15 @@ impl Pinned {
         let path = dir.join("progs").join(INBOUND_PROGRAM);
         let inbound =
             CgroupSkb::from_pin(&path, CgroupSkbAttachType::Ingress).map_err(|e| open_err(path.clone(), chain(&e)))?;
-        Ok(Self { dir: dir.to_owned(), sock_addr, sock_create, inbound })
+        let mut send_counters = Vec::new();
+        for &(name, _) in SEND_COUNTERS {
+            let path = dir.join("progs").join(name);
+            // Pinned where BPF LSM is (see `pin_all`).
+            if path.exists() {
+                send_counters.push((name, FExit::from_pin(&path).map_err(|e| open_err(path.clone(), chain(&e)))?));
+            }
+        }
+        Ok(Self { dir: dir.to_owned(), sock_addr, sock_create, inbound, send_counters })
     }
 }
 
@@ -284,6 +311,14 @@ fn pin_all(ebpf: &mut aya::Ebpf, dir: &Path, links: Vec<LsmLink>) -> Result<(), 
         let path = dir.join("maps").join(pin_name(name));
         let map = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
         map.pin(&path).map_err(|source| PinError::Pin { what: "map", path, source })?;
+    }
+    // The send counters were loaded with the BPF LSM programs, if they were.
+    if !links.is_empty() {
+        for &(name, _) in SEND_COUNTERS {
+            let path = dir.join("progs").join(name);
+            let program: &mut FExit = program_of(ebpf, name)?;
+            program.pin(&path).map_err(|source| PinError::Pin { what: "program", path, source })?;
+        }
     }
     for LsmLink { hook, link } in links {
         let path = dir.join("links").join(hook);

@@ -347,6 +347,10 @@ impl Core {
         let old_live: HashSet<PolicyId> = self.policies.values().map(|p| p.id).collect();
         let old_nets: HashSet<PolicyId> = self.policies.values().map(|p| p.net_id).collect();
         let planned = timing.map(|t| t.elapsed());
+        // Sends are counted before a budget is in force (a no-op once done).
+        if fresh.values().any(|p| p.net.as_ref().is_some_and(|net| !net.budgets.is_empty())) {
+            self.enforcer.count_sends()?;
+        }
         // New policies' destinations go in first; new versions' change in
         // place, narrowed now and widened after the swap.
         let net = &mut self.enforcer.net;
