@@ -1,15 +1,16 @@
 //! Upload budgets (`network.upload`): the bytes an agent may send per
 //! window, in all (`*`) and to the addresses of a name. The
 //! `socket_sendmsg` hook refuses a send its budgets have no room for, with
-//! `EDQUOT` (the sender sees an error, nothing hangs); the programs after
-//! `inet_sendmsg` and `inet6_sendmsg` count what each send carried (their
-//! return value: a partial send counts what left). Every way bytes leave an
-//! IPv4 or IPv6 socket passes both: `write`, `send*`, `sendmmsg`, `io_uring`,
-//! and `sendfile` and `splice` from Linux 6.5 (before, `sendpage` passes
-//! neither).
+//! `EDQUOT` (the sender sees an error, nothing hangs), and reserves the
+//! bytes of one that fits; the programs after `inet_sendmsg` and
+//! `inet6_sendmsg` give back what a send did not carry (a partial or failed
+//! send). Every way bytes leave an IPv4 or IPv6 socket passes both:
+//! `write`, `send*`, `sendmmsg`, `io_uring`, and `sendfile` and `splice`
+//! from Linux 6.5 (before, `sendpage` passes neither).
 //!
-//! The check and the count are two steps: sends in flight when a budget
-//! runs out can take it past its limit by what they carry, never further.
+//! Reserving at the check, not counting after the send, bounds sends in
+//! flight together (a blocking write can wait seconds): only checks that
+//! run at the same instant can both pass on the same room.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -77,14 +78,16 @@ struct NoRoom {
 }
 
 /// Whether budget `index` of the agent's policy has room for `size` bytes
-/// more (a policy without that budget: yes), starting a new window where
-/// the last one ended.
+/// more, starting a new window where the last one ended: its count to
+/// reserve them in (null for a policy without that budget).
 #[inline(always)]
-fn room(tag: &Tagged, index: u16, size: u64, now: u64) -> Result<(), NoRoom> {
+fn room(tag: &Tagged, index: u16, size: u64, now: u64) -> Result<*mut BudgetUse, NoRoom> {
     let zero = opaque_zero();
     let key = BudgetUseKey { agent: tag.agent, budget: budget_key(tag.info.policy_id(), index), pad: zero };
     // SAFETY: the value is copied out.
-    let Some(budget) = (unsafe { BUDGETS.get(&key.budget) }).copied() else { return Ok(()) };
+    let Some(budget) = (unsafe { BUDGETS.get(&key.budget) }).copied() else {
+        return Ok(core::ptr::null_mut());
+    };
     let (limit, window_ns) = (budget.limit, budget.window_ns);
     // Zeros the compiler cannot see: a run of them would make a `memset`.
     let mut detail = BudgetDetail { used: 0, limit, window_ns, size, index, pad: zero as u16, pad2: zero };
@@ -102,22 +105,36 @@ fn room(tag: &Tagged, index: u16, size: u64, now: u64) -> Result<(), NoRoom> {
         };
         usage
     };
-    let usage = unsafe { &mut *usage };
+    let count = unsafe { &mut *usage };
     // Two sends starting a window at once both write it: the same values,
-    // within nanoseconds.
-    if now.wrapping_sub(usage.window_start_ns) >= budget.window_ns {
-        usage.window_start_ns = now;
-        usage.bytes = 0;
+    // within nanoseconds. A send in flight across it gives back what it
+    // reserved in the last one: the count can go below zero, read as zero.
+    if now.wrapping_sub(count.window_start_ns) >= budget.window_ns {
+        count.window_start_ns = now;
+        count.bytes = 0;
     }
-    detail.used = usage.bytes;
+    detail.used = (count.bytes as i64).max(0) as u64;
     if detail.used.saturating_add(size) > budget.limit {
         return Err(NoRoom { reason: Reason::BudgetExceeded, detail });
     }
-    Ok(())
+    Ok(usage)
+}
+
+/// Adds `bytes` (two's complement: a negative amount gives back) to a count.
+#[inline(always)]
+fn add(usage: *mut BudgetUse, bytes: u64) {
+    if usage.is_null() {
+        return;
+    }
+    // An atomic add whose result is unused (`BPF_XADD`), which every
+    // kernel's verifier takes; the target has no atomic read-modify-write.
+    let at = unsafe { &raw mut (*usage).bytes };
+    unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) at, in(reg) bytes, options(nostack)) };
 }
 
 /// Judges a send of `size` bytes by a tagged task against its budgets (the
-/// `socket_sendmsg` hook): 0, or `-EDQUOT` where one has no room left.
+/// `socket_sendmsg` hook) and reserves them: 0, or `-EDQUOT` where one has
+/// no room left (in audit mode, reported, and reserved all the same).
 #[inline(always)]
 pub fn check(tag: &Tagged, send: &Send, size: i32) -> i32 {
     let info = tag.info;
@@ -126,14 +143,20 @@ pub fn check(tag: &Tagged, send: &Send, size: i32) -> i32 {
     }
     let size = size.max(0) as u64;
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let mut verdict = room(tag, BUDGET_ALL, size, now);
-    if verdict.is_ok()
-        && let Some(index) = destination_budget(&info, send)
-    {
-        verdict = room(tag, index, size, now);
-    }
-    let Err(no_room) = verdict else { return 0 };
     let audit = info.flags & TAG_AUDIT != 0;
+    let all = room(tag, BUDGET_ALL, size, now);
+    let destination = match (&all, destination_budget(&info, send)) {
+        (Ok(_), Some(index)) => room(tag, index, size, now),
+        _ => Ok(core::ptr::null_mut()),
+    };
+    let no_room = match (all, destination) {
+        (Ok(all), Ok(destination)) => {
+            add(all, size);
+            add(destination, size);
+            return 0;
+        }
+        (Err(no_room), _) | (_, Err(no_room)) => no_room,
+    };
     let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EDQUOT) };
     let detail = &send.detail;
     report_net(&NetDenial {
@@ -151,26 +174,32 @@ pub fn check(tag: &Tagged, send: &Send, size: i32) -> i32 {
         unix_len: opaque_zero(),
         budget: &raw const no_room.detail,
     });
-    if audit { 0 } else { -EDQUOT }
+    if !audit {
+        return -EDQUOT;
+    }
+    add_to(tag, BUDGET_ALL, size);
+    if let Some(index) = destination_budget(&info, send) {
+        add_to(tag, index, size);
+    }
+    0
 }
 
-/// Adds `sent` bytes to budget `index` of the agent (a slot `check` made).
+/// Adds `bytes` to the agent's count of budget `index`, if it has one.
 #[inline(always)]
-fn add(tag: &Tagged, index: u16, sent: u64) {
+fn add_to(tag: &Tagged, index: u16, bytes: u64) {
     let key = BudgetUseKey { agent: tag.agent, budget: budget_key(tag.info.policy_id(), index), pad: 0 };
     if let Some(usage) = BUDGET_USE.get_ptr_mut(&key) {
-        // An atomic add whose result is unused (`BPF_XADD`), which every
-        // kernel's verifier takes; the target has no atomic read-modify-write.
-        let bytes = unsafe { &raw mut (*usage).bytes };
-        unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) bytes, in(reg) sent, options(nostack)) };
+        add(usage, bytes);
     }
 }
 
-/// Counts what a send carried out (after `inet_sendmsg`/`inet6_sendmsg`
-/// returned `sent`) against the sender's budgets.
+/// Settles a send of `size` bytes that `inet_sendmsg`/`inet6_sendmsg`
+/// answered with `returned`: a whole send (nearly every one) took what it
+/// reserved, a partial or failed one gives the rest back.
 #[inline(always)]
-fn count(socket: *const u8, msg: *const u8, returned: i32) -> i32 {
-    if returned <= 0 || !in_force() {
+fn settle(socket: *const u8, msg: *const u8, size: u64, returned: i32) -> i32 {
+    let sent = returned.max(0) as u64;
+    if sent >= size || !in_force() {
         return 0;
     }
     let Some(tag) = tag::current_tag() else { return 0 };
@@ -178,20 +207,21 @@ fn count(socket: *const u8, msg: *const u8, returned: i32) -> i32 {
         return 0;
     }
     let Some(sent_to) = Send::of(socket, msg) else { return 0 };
-    let bytes = returned as u64;
-    add(&tag, BUDGET_ALL, bytes);
+    // A negative amount: what it reserved and did not carry.
+    let unsent = sent.wrapping_sub(size);
+    add_to(&tag, BUDGET_ALL, unsent);
     if let Some(index) = destination_budget(&tag.info, &sent_to) {
-        add(&tag, index, bytes);
+        add_to(&tag, index, unsent);
     }
     0
 }
 
 #[fexit(function = "inet_sendmsg")]
 pub fn count_inet_sendmsg(ctx: FExitContext) -> i32 {
-    count(ctx.arg(0), ctx.arg(1), ctx.arg(3))
+    settle(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3))
 }
 
 #[fexit(function = "inet6_sendmsg")]
 pub fn count_inet6_sendmsg(ctx: FExitContext) -> i32 {
-    count(ctx.arg(0), ctx.arg(1), ctx.arg(3))
+    settle(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3))
 }

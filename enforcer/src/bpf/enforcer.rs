@@ -181,6 +181,9 @@ impl Enforcer {
         if self.lsm_missing.is_some() {
             return Ok(());
         }
+        if SEND_COUNTERS.iter().any(|(name, _)| self.missing_hooks.contains(name)) {
+            return Err(LoadError::NoSendCounters);
+        }
         if let Some(pinned) = self.pinned.as_mut() {
             return pinned.attach_send_counters();
         }

@@ -53,6 +53,12 @@ pub enum LoadError {
          {MAX_TAG_LEVEL}: tag a shallower ancestor"
     )]
     TooDeep { name: String, level: u32 },
+    #[error(
+        "this kernel refused the programs that count sends (fexit on `inet_sendmsg` and `inet6_sendmsg`), so \
+         upload budgets cannot be enforced: remove `network.upload` from the policy, or see the log of the start \
+         for why"
+    )]
+    NoSendCounters,
 }
 
 /// An error and its sources, `: `-separated (aya's say "`call` failed" and

@@ -115,6 +115,7 @@ pub(super) fn lost_without(hook: &str) -> Option<&'static str> {
             "creating user namespaces (the floor's `userns_create` hook is Linux 6.1+; a `[syscalls]` rule on clone \
              and unshare still applies)",
         ),
+        "count_inet_sendmsg" => Some("network.upload: upload budgets (the kernel refused the send counters)"),
         _ => None,
     }
 }

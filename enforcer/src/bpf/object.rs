@@ -166,9 +166,13 @@ struct LoadedObject {
 pub(super) fn load_everything() -> Result<(Ebpf, Option<LoadError>, Vec<&'static str>, Vec<LsmLink>), LoadError> {
     let mut object = load_object()?;
     let lsm = object.lsm.take().map_or(Ok(()), Err);
-    let loaded = lsm.and_then(|()| object.load_lsm("", HOOKS.iter())).and_then(|loaded| {
-        object.load_send_counters()?;
-        Ok(loaded)
+    let loaded = lsm.and_then(|()| object.load_lsm("", HOOKS.iter())).map(|(mut missing_hooks, links)| {
+        // Without them only policies with upload budgets are refused.
+        if let Err(e) = object.load_send_counters() {
+            tracing::warn!("upload budgets cannot be enforced on this kernel: {e}");
+            missing_hooks.extend(SEND_COUNTERS.iter().map(|&(name, _)| name));
+        }
+        (missing_hooks, links)
     });
     let (lsm_missing, missing_hooks, links) = match loaded {
         Ok((missing_hooks, links)) => (None, missing_hooks, links),

@@ -265,6 +265,10 @@ impl Pinned {
     /// Attaches the send counters and pins their links, if that is not done
     /// (see `Enforcer::count_sends`).
     pub(super) fn attach_send_counters(&mut self) -> Result<(), LoadError> {
+        // Not pinned: the kernel refused them when the programs were loaded.
+        if self.send_counters.len() != SEND_COUNTERS.len() {
+            return Err(LoadError::NoSendCounters);
+        }
         for (hook, program) in &mut self.send_counters {
             let path = self.dir.join("links").join(*hook);
             if path.exists() {
@@ -312,11 +316,11 @@ fn pin_all(ebpf: &mut aya::Ebpf, dir: &Path, links: Vec<LsmLink>) -> Result<(), 
         let map = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
         map.pin(&path).map_err(|source| PinError::Pin { what: "map", path, source })?;
     }
-    // The send counters were loaded with the BPF LSM programs, if they were.
-    if !links.is_empty() {
-        for &(name, _) in SEND_COUNTERS {
-            let path = dir.join("progs").join(name);
-            let program: &mut FExit = program_of(ebpf, name)?;
+    // The send counters, where the kernel took them (with BPF LSM).
+    for &(name, _) in SEND_COUNTERS {
+        let path = dir.join("progs").join(name);
+        let program: &mut FExit = program_of(ebpf, name)?;
+        if program.fd().is_ok() {
             program.pin(&path).map_err(|source| PinError::Pin { what: "program", path, source })?;
         }
     }

@@ -805,7 +805,9 @@ impl Core {
                     cgroup: self.cgroup_name(key.agent),
                     policy: loaded.name.clone(),
                     budget: budget.destination(),
-                    bytes_used: if current { usage.bytes } else { 0 },
+                    // Below zero (a send in flight across a window's start gave
+                    // back what it reserved in the last one): none.
+                    bytes_used: if current { u64::try_from(usage.bytes.cast_signed()).unwrap_or(0) } else { 0 },
                     bytes_limit: budget.bytes,
                     window_s: budget.window.as_secs(),
                     window_started_at: current.then(|| clock.stamp(usage.window_start_ns).as_str().to_owned()),

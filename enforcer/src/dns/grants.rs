@@ -138,11 +138,20 @@ impl Grants {
         budget_for: impl Fn(&str) -> Option<u16>,
     ) -> Result<(), GrantError> {
         // The budgets first: no address is allowed before its budget counts.
-        let budgeted: Vec<(Ipv6Addr, String, u16)> = self
-            .budgeted
+        // Those the names of carried grants have under the new version (it
+        // may budget a name the old one did not), and those the old version
+        // kept past their grants.
+        let granted = self
+            .by_address
             .iter()
-            .filter(|((policy, _), (name, _))| *policy == from && !name.is_empty())
-            .filter_map(|((_, addr), (name, _))| budget_for(name).map(|index| (*addr, name.clone(), index)))
+            .filter(|((grantee, _), _)| grantee.policy == from)
+            .flat_map(|((_, addr), list)| list.iter().map(move |g| (*addr, g.name.as_str())));
+        let kept =
+            self.budgeted.iter().filter(|((policy, _), _)| *policy == from).map(|((_, a), (n, _))| (*a, n.as_str()));
+        let budgeted: Vec<(Ipv6Addr, String, u16)> = granted
+            .chain(kept)
+            .filter(|(_, name)| !name.is_empty())
+            .filter_map(|(addr, name)| budget_for(name).map(|index| (addr, name.to_owned(), index)))
             .collect();
         for (addr, name, index) in budgeted {
             self.set_budget(to, addr, &name, index)?;
@@ -364,9 +373,17 @@ mod tests {
         grants.sweep();
         assert!(grants.map.get(&key(1), 0).is_err(), "the grant expired");
         assert_eq!(grants.budget_addrs.get(&key(1), 0).ok(), Some(3), "the budget stays");
-        let budget_for = |name: &str| (name == "uploads.example").then_some(4);
+        let plain = IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | 8));
+        grants.grant(one, plain, "plain.example", ports, Duration::from_mins(5), None).unwrap();
+        let budget_for = |name: &str| match name {
+            "uploads.example" => Some(4),
+            "plain.example" => Some(6),
+            _ => None,
+        };
         grants.carry_over(PolicyId(1), PolicyId(2), |_, _| Some(ports), budget_for).unwrap();
         assert_eq!(grants.budget_addrs.get(&key(2), 0).ok(), Some(4), "the next version's index for the name");
+        let plain_key = NetKey::new(PolicyId(2), false, as_v6(plain).octets());
+        assert_eq!(grants.budget_addrs.get(&plain_key, 0).ok(), Some(6), "a budget the new version adds");
         grants.forget(PolicyId(1));
         assert!(grants.budget_addrs.get(&key(1), 0).is_err());
     }

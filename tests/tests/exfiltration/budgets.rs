@@ -179,26 +179,33 @@ fn an_upload_budget_outlives_the_daemon_and_is_listed() {
 }
 
 /// A window starts at the first send after the last one ended: a send
-/// refused at the end of one goes in the next.
+/// refused at the end of one goes in the next. IPv6 sends count the same
+/// (after `inet6_sendmsg`).
 #[test]
 fn a_new_window_starts_after_the_last_one_ended() {
     let sb = Sandbox::new("budget-window");
     let places = Places::new();
+    let v6 = TcpListener::bind("[::1]:0").unwrap();
+    let v6_port = v6.local_addr().unwrap().port();
     sb.write_policy_with(
         "enforce",
-        &format!("[network]\nallow = [\"127.0.0.1:{}/tcp\"]\nupload = [\"*: 20000B/2s\"]\n", places.open.port()),
+        &format!(
+            "[network]\nallow = [\"127.0.0.1:{}/tcp\", \"[::1]:{v6_port}/tcp\"]\nupload = [\"*: 20000B/2s\"]\n",
+            places.open.port()
+        ),
     );
     let steps = [
         format!("tcp-keep:{}", places.open),
+        format!("tcp-keep:[::1]:{v6_port}"),
         "kept-upload:0:16384".to_owned(),
-        "kept-upload:0:16383".to_owned(),
+        "kept-upload:1:16383".to_owned(),
         "sleep-ms:2100".to_owned(),
-        "kept-upload:0:16382".to_owned(),
-        "kept-upload:0:3618".to_owned(),
+        "kept-upload:1:16382".to_owned(),
+        "kept-upload:1:3618".to_owned(),
         "kept-upload:0:1".to_owned(),
     ];
     let out = sb.run(&steps);
-    assert_eq!(errnos(&out), [0, 0, EDQUOT, 0, 0, 0, EDQUOT], "{out:#?}");
+    assert_eq!(errnos(&out), [0, 0, 0, EDQUOT, 0, 0, 0, EDQUOT], "{out:#?}");
     let refused: Vec<(Option<u64>, Option<u64>)> = out
         .events
         .iter()
