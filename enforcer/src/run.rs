@@ -223,6 +223,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, RunError> {
     if let Some(denials) = denials {
         denials.finish(&mut stream);
     }
+    dns.finish(&mut stream, cgroup.id);
     stream.drain();
     stream.report_lost(enforcer.lost.total()? + refusals_dropped);
     enforcer.untag(cgroup)?;
@@ -344,6 +345,16 @@ struct Dns {
     refusals: Refusals,
     cgroup: String,
     policy: String,
+}
+
+impl Dns {
+    /// Reports the refusals still queued: the resolver queues each before
+    /// it answers, so the last ones may wait here when the command exits.
+    fn finish(&mut self, stream: &mut EventStream, cgroup_id: u64) {
+        while let Ok(event) = self.events.try_recv() {
+            stream.dns_event(&event, &self.policy, &self.cgroup, cgroup_id);
+        }
+    }
 }
 
 /// The syscall filter of a run: installed by the command on itself between
