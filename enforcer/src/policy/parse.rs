@@ -546,6 +546,20 @@ fn upload_budgets(
         }
         if let BudgetTo::Host { name, wildcard } = &budget.to {
             let probe = if *wildcard { format!("x.{name}") } else { name.clone() };
+            let shadowing = out.iter().find(|(earlier, _)| {
+                matches!(&earlier.to, BudgetTo::Host { name, wildcard } if crate::policy::destinations::host_matches(name, *wildcard, &probe))
+            });
+            if let Some((earlier, _)) = shadowing.filter(|_| !*wildcard) {
+                warnings.push(ctx.warning(
+                    entry.span(),
+                    format!(
+                        "network.upload `{}`: the earlier `{}` matches it first, so this budget never counts (write \
+                         narrower names first)",
+                        budget.destination(),
+                        earlier.destination()
+                    ),
+                ));
+            }
             let reached = network.allow.iter().chain(&network.after_sensitive_read).any(|(d, _)| {
                 matches!(&d.target, Target::Host { name, wildcard } if crate::policy::destinations::host_matches(name, *wildcard, &probe))
             });
@@ -782,6 +796,15 @@ mod tests {
         );
         let e = error_of("name = \"x\"\n[network]\nupload = [\"*: 1MiB/1h\", \"*: 2MiB/1h\"]\n");
         assert!(e.starts_with("p.toml:3:25: error: network.upload: a second budget for `*`"), "{e}");
+        let (_, warnings) = check(
+            "name = \"x\"\n[network]\nallow = [\"*.github.com:443\"]\nupload = [\"*.github.com: 9MiB/1h\", \
+             \"api.github.com: 1MiB/1h\"]\n",
+        )
+        .unwrap();
+        assert!(
+            warnings.iter().any(|w| w.to_string().contains("the earlier `*.github.com` matches it first")),
+            "{warnings:?}"
+        );
         let (policy, _) = check("name = \"x\"\n[network]\ndns_names = \"300/1h\"\n").unwrap();
         assert_eq!(policy.network.unwrap().dns_names.map(|b| b.names), Some(300));
         let e = error_of("name = \"x\"\n[network]\ndns_names = \"300\"\n");
