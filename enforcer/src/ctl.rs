@@ -166,7 +166,7 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
     for l in &egress_locked {
         println!(
             "  {}  since {}  by pid {}  (file {} inode {})",
-            l.cgroup.as_deref().unwrap_or(&format!("cgroup id {}", l.cgroup_id)),
+            agent_label(l.cgroup.as_deref(), l.cgroup_id),
             l.locked_at,
             l.pid,
             l.dev,
@@ -179,7 +179,7 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
     for b in &upload_budgets {
         println!(
             "  {}  {}  {} of {} per {}s  (policy {})",
-            b.cgroup.as_deref().unwrap_or(&format!("cgroup id {}", b.cgroup_id)),
+            agent_label(b.cgroup.as_deref(), b.cgroup_id),
             b.budget,
             b.bytes_used,
             b.bytes_limit,
@@ -192,6 +192,12 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
         c.lost_events, c.reloads, c.reload_failures, c.followers, c.follower_cuts
     );
     Ok(0)
+}
+
+/// An agent cgroup as status lists it: its path, or its id when the daemon
+/// no longer knows where it is.
+fn agent_label(cgroup: Option<&str>, id: u64) -> String {
+    cgroup.map_or_else(|| format!("cgroup id {id}"), str::to_owned)
 }
 
 pub async fn tail(

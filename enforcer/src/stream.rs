@@ -339,9 +339,8 @@ fn write_records(
         let policy = label.map_or("unknown", |l| l.name.as_str());
         let version = label.and_then(|l| l.version.as_ref()).map(|(v, h)| (*v, h.as_str()));
         let cgroup = names.name(record.header.cgroup_id);
-        let budget_name =
-            |index: u16| label.and_then(|l| l.budgets.iter().find(|(i, _)| *i == index)).map(|(_, name)| name.clone());
-        let mut event = record.event(Context { clock, policy, version, cgroup, budget_name: Some(&budget_name) });
+        let budgets = label.map(|l| l.budgets.as_slice()).unwrap_or_default();
+        let mut event = record.event(Context { clock, policy, version, cgroup, budgets });
         if let (Some(net), Some(grants)) = (event.net.as_mut(), grants)
             && let Some(daddr) = net.daddr
             && let Ok(grants) = grants.lock()

@@ -196,14 +196,7 @@ impl BudgetUsage {
     /// Forgets the pairs `keep` does not keep (agents gone, versions out
     /// of force).
     pub fn retain(&mut self, keep: impl Fn(&BudgetUseKey) -> bool) -> Result<(), LoadError> {
-        let gone: Vec<BudgetUseKey> = self.0.keys().filter_map(Result::ok).filter(|key| !keep(key)).collect();
-        for key in gone {
-            match self.0.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(BUDGET_USE_MAP)(e)),
-            }
-        }
-        Ok(())
+        retain_keys(&mut self.0, BUDGET_USE_MAP, keep)
     }
 }
 
@@ -230,7 +223,7 @@ impl ArmedCgroups {
     /// Forgets every cgroup but those `keep` says to keep (a tag that goes
     /// and comes back waits for an exec again).
     pub fn retain(&mut self, keep: impl Fn(u64) -> bool) -> Result<(), LoadError> {
-        retain_cgroups(&mut self.0, ARMED_MAP, keep)
+        retain_keys(&mut self.0, ARMED_MAP, |&id| keep(id))
     }
 }
 
@@ -247,20 +240,20 @@ impl LockedAgents {
 
     /// Forgets the agents `keep` says are gone.
     pub fn retain(&mut self, keep: impl Fn(u64) -> bool) -> Result<(), LoadError> {
-        retain_cgroups(&mut self.0, LOCKED_MAP, keep)
+        retain_keys(&mut self.0, LOCKED_MAP, |&id| keep(id))
     }
 }
 
-/// Removes the entries of a map keyed by cgroup id (`name`, for errors)
-/// that `keep` does not keep.
-fn retain_cgroups<V: aya::Pod>(
-    map: &mut BpfHashMap<MapData, u64, V>,
+/// Removes the entries of a hash map (`name`, for errors) whose keys `keep`
+/// does not keep.
+fn retain_keys<K: aya::Pod, V: aya::Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
     name: &'static str,
-    keep: impl Fn(u64) -> bool,
+    keep: impl Fn(&K) -> bool,
 ) -> Result<(), LoadError> {
-    let gone: Vec<u64> = map.keys().filter_map(Result::ok).filter(|&id| !keep(id)).collect();
-    for id in gone {
-        match map.remove(&id) {
+    let gone: Vec<K> = map.keys().filter_map(Result::ok).filter(|key| !keep(key)).collect();
+    for key in gone {
+        match map.remove(&key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err(name)(e)),
         }

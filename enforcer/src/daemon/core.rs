@@ -798,8 +798,7 @@ impl Core {
                 let loaded = self.policies.values().find(|p| p.id == id)?;
                 let upload = loaded.policy.network.as_ref().map(|n| n.upload.as_slice()).unwrap_or_default();
                 let budget = budgets::by_index(upload, index)?;
-                let window_ns = u64::try_from(budget.window.as_nanos()).unwrap_or(u64::MAX);
-                let current = now.saturating_sub(usage.window_start_ns) < window_ns;
+                let current = now.saturating_sub(usage.window_start_ns) < budget.kernel().window_ns;
                 Some(crate::daemon::wire::BudgetUsed {
                     cgroup_id: key.agent,
                     cgroup: self.cgroup_name(key.agent),

@@ -320,8 +320,8 @@ pub struct Context<'a> {
     /// Daemon: the policy's version and hash.
     pub version: Option<(u32, &'a str)>,
     pub cgroup: Option<&'a str>,
-    /// The policy's name for its upload budget of an index, if known.
-    pub budget_name: Option<&'a dyn Fn(u16) -> Option<String>>,
+    /// The policy's upload budgets by index, as `network.upload` names them.
+    pub budgets: &'a [(u16, String)],
 }
 
 impl Record {
@@ -351,7 +351,7 @@ impl Record {
             net: self.net.as_ref().map(|net| net_fields(Kind::from_u8(h.kind), net)),
             floor: self.floor.map(|floor| floor_fields(Op::from_u8(h.op), floor)),
             budget: self.budget.map(|budget| BudgetFields {
-                budget: ctx.budget_name.and_then(|name| name(budget.index)),
+                budget: ctx.budgets.iter().find(|(index, _)| *index == budget.index).map(|(_, name)| name.clone()),
                 bytes_used: budget.used,
                 bytes_limit: budget.limit,
                 window_s: budget.window_ns / 1_000_000_000,
@@ -474,7 +474,7 @@ mod tests {
         let clock = Clock::new();
         let record = decode(&bytes).unwrap();
         let event =
-            record.event(Context { clock: &clock, policy: "p", version: None, cgroup: Some("/x"), budget_name: None });
+            record.event(Context { clock: &clock, policy: "p", version: None, cgroup: Some("/x"), budgets: &[] });
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["kind"], "file_write");
         assert_eq!(json["action"], "deny");

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use enforcer_tests::{Outcome, Sandbox};
 use serde_json::Value;
 
-use super::{Places, kernel_version, probe};
+use super::{Places, TwoNames, kernel_version, probe, sandbox_via};
 
 const EDQUOT: i64 = 122;
 
@@ -109,15 +109,8 @@ fn an_upload_budget_holds_for_every_process_of_the_agent_and_every_way_bytes_lea
 #[test]
 fn a_names_budget_counts_its_addresses_only() {
     let mut sb = Sandbox::under_daemon("budget-name");
-    let api = TcpListener::bind("127.0.0.3:0").unwrap();
-    let port = api.local_addr().unwrap().port();
-    let _upload = TcpListener::bind(("127.0.0.4", port)).unwrap();
-    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-    let dns = enforcer_tests::DnsServer::start(&[
-        ("api.allowed.test", ip("127.0.0.3"), 300),
-        ("upload.allowed.test", ip("127.0.0.4"), 300),
-    ]);
-    sb.dns_upstream = Some(dns.addr);
+    let names = TwoNames::serve(&mut sb);
+    let port = names.port;
     sb.write_policy_with(
         "enforce",
         &format!("[network]\nallow = [\"*.allowed.test:{port}\"]\nupload = [\"upload.allowed.test: 20000B/10m\"]\n"),
@@ -223,14 +216,8 @@ fn a_new_window_starts_after_the_last_one_ended() {
 #[test]
 fn a_tunnel_of_distinct_names_is_cut_at_the_names_budget() {
     for via in ["run", "daemon"] {
-        let mut sb = if via == "run" {
-            Sandbox::under_enforcer_run("budget-names-run")
-        } else {
-            Sandbox::under_daemon("budget-names-daemon")
-        };
-        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        let dns = enforcer_tests::DnsServer::start(&[("api.allowed.test", ip("127.0.0.3"), 300)]);
-        sb.dns_upstream = Some(dns.addr);
+        let mut sb = sandbox_via(via, "budget-names");
+        let names = TwoNames::serve(&mut sb);
         sb.write_policy_with("enforce", "[network]\nallow = [\"*.allowed.test:443\"]\ndns_names = \"3/1h\"\n");
         let ask = |name: &str| format!("dns-udp:{name}@127.0.0.77:53");
         let steps = [
@@ -244,7 +231,7 @@ fn a_tunnel_of_distinct_names_is_cut_at_the_names_budget() {
         let out = sb.run(&steps);
         // 103: NXDOMAIN from upstream; 105: REFUSED by the budget.
         assert_eq!(errnos(&out), [103, 103, 0, 105, 103, 105], "{via}: {out:#?}");
-        let queries = dns.queries();
+        let queries = names.dns.queries();
         // The upstream sees names in lower case: the first one twice (asked
         // again), its upper-case variant and the fourth name never.
         let asked = |name: &str| queries.iter().filter(|q| *q == name).count();

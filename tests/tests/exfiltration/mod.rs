@@ -70,6 +70,40 @@ fn vault(dir: &std::path::Path) -> std::path::PathBuf {
     vault
 }
 
+/// A sandbox whose commands run under `enforcer run` (`via` is `run`) or in
+/// a cgroup a daemon tagged: the two resolvers.
+fn sandbox_via(via: &str, name: &str) -> Sandbox {
+    if via == "run" {
+        Sandbox::under_enforcer_run(&format!("{name}-run"))
+    } else {
+        Sandbox::under_daemon(&format!("{name}-daemon"))
+    }
+}
+
+/// Two names on one port, `api.allowed.test` (127.0.0.3) and
+/// `upload.allowed.test` (127.0.0.4), each with a listener the test holds,
+/// answered to the sandbox's resolver by a fake upstream.
+struct TwoNames {
+    port: u16,
+    dns: enforcer_tests::DnsServer,
+    _held: [TcpListener; 2],
+}
+
+impl TwoNames {
+    fn serve(sb: &mut Sandbox) -> Self {
+        let api = TcpListener::bind("127.0.0.3:0").unwrap();
+        let port = api.local_addr().unwrap().port();
+        let upload = TcpListener::bind(("127.0.0.4", port)).unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let dns = enforcer_tests::DnsServer::start(&[
+            ("api.allowed.test", ip("127.0.0.3"), 300),
+            ("upload.allowed.test", ip("127.0.0.4"), 300),
+        ]);
+        sb.dns_upstream = Some(dns.addr);
+        Self { port, dns, _held: [api, upload] }
+    }
+}
+
 /// The one event of `kind` about `path`.
 fn event_for<'a>(out: &'a Outcome, kind: &str, path: &str) -> &'a Value {
     let events: Vec<&Value> = out.events.iter().filter(|e| e["kind"] == kind && e["path"] == path).collect();
@@ -212,20 +246,9 @@ fn audit_mode_locks_and_reports_what_it_would_refuse() {
 #[test]
 fn a_locked_agent_resolves_only_the_names_left_to_it() {
     for via in ["run", "daemon"] {
-        let mut sb = if via == "run" {
-            Sandbox::under_enforcer_run("exfil-dns-run")
-        } else {
-            Sandbox::under_daemon("exfil-dns-daemon")
-        };
-        let api = TcpListener::bind("127.0.0.3:0").unwrap();
-        let port = api.local_addr().unwrap().port();
-        let upload = TcpListener::bind(("127.0.0.4", port)).unwrap();
-        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        let dns = enforcer_tests::DnsServer::start(&[
-            ("api.allowed.test", ip("127.0.0.3"), 300),
-            ("upload.allowed.test", ip("127.0.0.4"), 300),
-        ]);
-        sb.dns_upstream = Some(dns.addr);
+        let mut sb = sandbox_via(via, "exfil-dns");
+        let names = TwoNames::serve(&mut sb);
+        let port = names.port;
         let vault = vault(&sb.base);
         sb.write_policy_with(
             "enforce",
@@ -261,12 +284,11 @@ fn a_locked_agent_resolves_only_the_names_left_to_it() {
                 && refused.iter().all(|e| e["qname"] == "c2VjcmV0.allowed.test" && e["reason"] == "egress_locked"),
             "{via}: {refused:#?}"
         );
-        let queries = dns.queries();
+        let queries = names.dns.queries();
         assert!(
             !queries.iter().any(|q| q.to_ascii_lowercase().starts_with("c2vjcmv0")),
             "{via}: the query never left: {queries:?}"
         );
-        drop((api, upload));
     }
 }
 
