@@ -52,6 +52,11 @@ pub enum Kind {
     /// A send past an upload budget (`network.upload`): refused with
     /// `EDQUOT`; a [`BudgetDetail`] follows the [`NetDetail`].
     BudgetExceeded = 12,
+    /// The first bytes of a connection to an address granted by name did
+    /// not name one of the names granted it (`network.allow` `tls`): refused
+    /// with `EACCES`; a `TlsDetail` (the name sent) follows the
+    /// [`NetDetail`].
+    SniMismatch = 13,
 }
 
 impl Kind {
@@ -60,7 +65,13 @@ impl Kind {
     pub const fn is_net(self) -> bool {
         matches!(
             self,
-            Self::Connect | Self::Sendmsg | Self::Socket | Self::UnixConnect | Self::Inbound | Self::BudgetExceeded
+            Self::Connect
+                | Self::Sendmsg
+                | Self::Socket
+                | Self::UnixConnect
+                | Self::Inbound
+                | Self::BudgetExceeded
+                | Self::SniMismatch
         )
     }
 }
@@ -229,6 +240,22 @@ pub enum Reason {
     /// A send could not be counted against its budget: every slot of the
     /// usage map was held, so it is refused rather than sent uncounted.
     BudgetTableFull = 20,
+    /// A ClientHello named a name the resolver did not grant the address
+    /// (another site behind the same address).
+    SniMismatch = 21,
+    /// The connection did not open with a ClientHello that names a name,
+    /// and its host entry says `tls = "require"`.
+    TlsNoName = 22,
+    /// The first bytes start a TLS record that cannot be read: a
+    /// ClientHello over more than one record, or malformed.
+    TlsUnparsable = 23,
+    /// Bytes sent where they cannot be judged: before the connection was
+    /// established (TCP Fast Open), or on a connection the judge could not
+    /// take (no memory for its state, its table full).
+    TlsUncheckable = 24,
+    /// UDP to an address granted by a name whose TLS name is checked: a
+    /// QUIC handshake there cannot be judged.
+    QuicRefused = 25,
 }
 
 /// What a network event is about, after its header.
@@ -303,6 +330,7 @@ impl Kind {
             10 => Self::SensitiveRead,
             11 => Self::EgressLocked,
             12 => Self::BudgetExceeded,
+            13 => Self::SniMismatch,
             _ => return None,
         })
     }
@@ -323,6 +351,7 @@ impl Kind {
             Kind::SensitiveRead => "sensitive_read",
             Kind::EgressLocked => "egress_locked",
             Kind::BudgetExceeded => "budget_exceeded",
+            Kind::SniMismatch => "sni_mismatch",
         }
     }
 }
@@ -373,6 +402,11 @@ impl Reason {
             18 => Self::SensitiveMoved,
             19 => Self::BudgetExceeded,
             20 => Self::BudgetTableFull,
+            21 => Self::SniMismatch,
+            22 => Self::TlsNoName,
+            23 => Self::TlsUnparsable,
+            24 => Self::TlsUncheckable,
+            25 => Self::QuicRefused,
             _ => return None,
         })
     }
@@ -401,6 +435,11 @@ impl Reason {
             Reason::SensitiveMoved => "sensitive_moved_out",
             Reason::BudgetExceeded => "budget_exceeded",
             Reason::BudgetTableFull => "budget_table_full",
+            Reason::SniMismatch => "sni_mismatch",
+            Reason::TlsNoName => "tls_no_name",
+            Reason::TlsUnparsable => "tls_unparsable",
+            Reason::TlsUncheckable => "tls_uncheckable",
+            Reason::QuicRefused => "quic_refused",
         }
     }
 }

@@ -25,5 +25,6 @@ pub mod kernel;
 pub mod net;
 pub mod policy;
 pub mod select;
+pub mod tls;
 
 pub use kernel::{FIELD_LOAD_MARK, KernelOffsets, RDONLY_CAST_CALL, Source, field_load_mark};

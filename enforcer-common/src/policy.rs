@@ -336,6 +336,10 @@ pub const TAG_SENSITIVE: u32 = 1 << 15;
 /// `TagInfo::flags`: the policy has upload budgets (`network.upload`):
 /// every send of its agents is counted (`crate::budget`).
 pub const TAG_BUDGET: u32 = 1 << 16;
+/// `TagInfo::flags`: the policy checks the TLS names of connections to
+/// addresses granted by name (`tls` on a host entry of `network.allow`, see
+/// `crate::tls`).
+pub const TAG_TLS: u32 = 1 << 17;
 
 /// The agents whose egress is locked: tagged cgroup id -> [`EgressLock`].
 /// Pinned, so a lock outlives the daemon that saw it made.

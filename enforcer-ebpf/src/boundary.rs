@@ -16,15 +16,16 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use enforcer_common::{
-    events::Op,
-    policy::{TAG_BUDGET, TagInfo},
+    events::{Op, Reason},
+    net::PROTO_TCP,
+    policy::{TAG_BUDGET, TAG_TLS, TagInfo},
 };
 
 use crate::{
     budget,
     floor::{outside, refuse, refuse_tagged, tgid_of},
-    kernel::{Direct, FileOwner, MsghdrControl, MsghdrControllen, Probe, Read, off},
-    net, sensitive, tag,
+    kernel::{Direct, FileOwner, MsghdrControl, MsghdrControllen, MsghdrName, Probe, Read, SocketSk, off},
+    net, sensitive, tag, tls,
 };
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7): `clone3` puts the child in the cgroup
@@ -203,7 +204,7 @@ const CMSGS_MAX: usize = 8;
 pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     let msg: *const u8 = ctx.arg(1);
     let control = unsafe { Direct::get::<MsghdrControllen>(msg) };
-    if control == 0 && !sensitive::any_locked() && !budget::in_force() {
+    if control == 0 && !sensitive::any_locked() && !budget::in_force() && !tls::in_force() {
         return 0;
     }
     let Some(tag) = tag::current_tag() else { return 0 };
@@ -211,6 +212,12 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
         && let Some(refused) = source_route(&tag, msg, control)
     {
         return refused;
+    }
+    if tag.info.flags & TAG_TLS != 0 {
+        let refused = tls_unjudged(&tag, ctx.arg(0), msg);
+        if refused != 0 {
+            return refused;
+        }
     }
     let locked = sensitive::locked(&tag);
     if !locked && tag.info.flags & TAG_BUDGET == 0 {
@@ -224,6 +231,28 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
         }
     }
     budget::check(&tag, &send, ctx.arg(2))
+}
+
+/// The refusal of a send on a connection whose first bytes must be judged
+/// (`tls`) but cannot be yet: TCP Fast Open data (its connect comes after
+/// this hook, or before the connection is established), a write racing the
+/// end of the connect.
+#[inline(always)]
+fn tls_unjudged(tag: &tag::Tagged, socket: *const u8, msg: *const u8) -> i32 {
+    let sk = unsafe { Direct::ptr::<SocketSk>(socket) };
+    if sk.is_null() {
+        return 0;
+    }
+    let pending = tls::send_unjudged(sk);
+    if !pending && unsafe { Direct::ptr::<MsghdrName>(msg) }.is_null() {
+        return 0;
+    }
+    let Some(send) = net::Send::of(socket, msg) else { return 0 };
+    let fast_open = send.named && send.proto == PROTO_TCP && tls::checks(tag, send.addr_bytes());
+    if !pending && !fast_open {
+        return 0;
+    }
+    net::refuse_send(&tag.info, Reason::TlsUncheckable, &send.detail)
 }
 
 /// The refusal of a `sendmsg` whose control messages (`left` bytes of

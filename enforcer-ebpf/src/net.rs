@@ -24,7 +24,7 @@ use enforcer_common::{
         IPPROTO_TCP, IPPROTO_UDP, NET_KEY_POLICY_BITS, NET_RULES_MAX, NetKey, NetPorts, PROTO_TCP, PROTO_UDP,
         RESOLVERS_MAX, Resolver, SOCK_DGRAM, SOCK_STREAM, UNIX_PATH_BYTES, UNIX_RULES_MAX, UnixKey, socket_class,
     },
-    policy::{PolicyId, TAG_AUDIT, TAG_NET, TagInfo},
+    policy::{PolicyId, TAG_AUDIT, TAG_NET, TAG_TLS, TagInfo},
 };
 
 use crate::{
@@ -35,6 +35,7 @@ use crate::{
     report::{NetDenial, report_net},
     sensitive,
     tag::{self, Tagged},
+    tls,
 };
 
 const EPERM: i32 = 1;
@@ -86,16 +87,21 @@ pub(crate) fn rule_allows(key: &NetKey, bits: u32, port: u16, proto: u8) -> bool
     NET_RULES.get(&Key::new(bits, *key)).is_some_and(|ports| ports.allows(port, proto))
 }
 
+/// Whether the resolver granted `key` (a grant key) for `port`, and the
+/// grant has not expired.
+#[inline(always)]
+fn grant_allows(key: &NetKey, port: u16, proto: u8, now_boot_ns: u64) -> bool {
+    // SAFETY: the value is only read, while the program runs.
+    unsafe { DNS_GRANTS.get(key) }
+        .is_some_and(|grant| grant.ports.allows(port, proto) && grant.expires_boot_ns > now_boot_ns)
+}
+
 /// Whether the policy of `info` may send to `addr` at `port`: a static
 /// rule, or an address its resolver granted that has not expired.
 #[inline(always)]
 pub(crate) fn destination_allows(info: &TagInfo, addr: [u8; 16], port: u16, proto: u8, now_boot_ns: u64) -> bool {
-    if rule_allows(&info.net_key(false, addr), NET_KEY_POLICY_BITS + 128, port, proto) {
-        return true;
-    }
-    // SAFETY: the value is only read, while the program runs.
-    unsafe { DNS_GRANTS.get(&info.grant_key(addr)) }
-        .is_some_and(|grant| grant.ports.allows(port, proto) && grant.expires_boot_ns > now_boot_ns)
+    rule_allows(&info.net_key(false, addr), NET_KEY_POLICY_BITS + 128, port, proto)
+        || grant_allows(&info.grant_key(addr), port, proto, now_boot_ns)
 }
 
 /// Whether an agent whose egress is locked (see `sensitive`) may send to
@@ -103,12 +109,8 @@ pub(crate) fn destination_allows(info: &TagInfo, addr: [u8; 16], port: u16, prot
 /// address the resolver granted for a name there.
 #[inline(always)]
 pub(crate) fn locked_allows(info: &TagInfo, addr: [u8; 16], port: u16, proto: u8, now_boot_ns: u64) -> bool {
-    if rule_allows(&info.locked_net_key(addr), NET_KEY_POLICY_BITS + 128, port, proto) {
-        return true;
-    }
-    // SAFETY: the value is only read, while the program runs.
-    unsafe { DNS_GRANTS.get(&info.locked_grant_key(addr)) }
-        .is_some_and(|grant| grant.ports.allows(port, proto) && grant.expires_boot_ns > now_boot_ns)
+    rule_allows(&info.locked_net_key(addr), NET_KEY_POLICY_BITS + 128, port, proto)
+        || grant_allows(&info.locked_grant_key(addr), port, proto, now_boot_ns)
 }
 
 /// Whether `port` is one of the ports of the resolver that answers
@@ -250,17 +252,25 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     }
     // SAFETY: sixteen bytes either way.
     let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(addr) };
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    if locked {
-        if locked_allows(&info, addr, detail.port, proto, now) {
-            return ALLOW;
+    let (rule, grant, refusal) = if locked {
+        (info.locked_net_key(addr), info.locked_grant_key(addr), Reason::EgressLocked)
+    } else {
+        (info.net_key(false, addr), info.grant_key(addr), Reason::NotAllowed)
+    };
+    if rule_allows(&rule, NET_KEY_POLICY_BITS + 128, detail.port, proto) {
+        if info.flags & TAG_TLS != 0 {
+            tls::forget(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk });
         }
-        return refuse(Some(&info), kind, Reason::EgressLocked, &detail, None, ALLOW, REFUSE);
-    }
-    if destination_allows(&info, addr, detail.port, proto, now) {
         return ALLOW;
     }
-    refuse(Some(&info), kind, Reason::NotAllowed, &detail, None, ALLOW, REFUSE)
+    if !grant_allows(&grant, detail.port, proto, unsafe { bpf_ktime_get_boot_ns() }) {
+        return refuse(Some(&info), kind, refusal, &detail, None, ALLOW, REFUSE);
+    }
+    // Granted for a name: its TLS name may be checked.
+    match tls::judge_connect(ctx, &info, &grant, proto) {
+        Some(reason) => refuse(Some(&info), kind, reason, &detail, None, ALLOW, REFUSE),
+        None => ALLOW,
+    }
 }
 
 /// Where a send on an IPv4 or IPv6 socket goes, as the `socket_sendmsg`
@@ -362,7 +372,13 @@ pub(crate) fn judge_locked_send(tag: &Tagged, send: &Send) -> i32 {
     if to_resolver || locked_allows(&info, send.addr_bytes(), detail.port, proto, unsafe { bpf_ktime_get_boot_ns() }) {
         return 0;
     }
-    refuse(Some(&info), Kind::Sendmsg, Reason::EgressLocked, detail, None, 0, -EPERM)
+    refuse_send(&info, Reason::EgressLocked, detail)
+}
+
+/// Refuses (or, auditing, reports) a send from the `socket_sendmsg` hook.
+#[inline(always)]
+pub(crate) fn refuse_send(info: &TagInfo, reason: Reason, detail: &Detail) -> i32 {
+    refuse(Some(info), Kind::Sendmsg, reason, detail, None, 0, -EPERM)
 }
 
 /// Sends a DNS connect or datagram to the policy's resolver instead (at

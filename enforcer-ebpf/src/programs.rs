@@ -17,6 +17,7 @@ mod select;
 mod sensitive;
 mod tables;
 mod tag;
+mod tls;
 mod walk;
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};

@@ -17,8 +17,12 @@ use enforcer_common::{
         EVENT_PATH_TRUNCATED, EVENTS_BYTES, EventHeader, FLOOR_DETAIL_BYTES, FloorDetail, Kind, MAX_PATH_DEPTH,
         NAME_BYTES, NET_DETAIL_BYTES, NetDetail, Op, PATH_BYTES, Reason,
     },
+    net::{IPPROTO_TCP, SOCK_STREAM},
     policy::{PolicyId, TagInfo},
+    tls::{TLS_DETAIL_BYTES, TLS_NAME_BYTES, TlsDetail, TlsNameKey, TlsSocket},
 };
+
+const EACCES: u32 = 13;
 
 use crate::kernel::{
     DentryName, DentryParent, MmExeFile, MountMountpoint, MountParent, Probe, Read, Task, TaskMm, VfsmountRoot,
@@ -271,6 +275,81 @@ pub fn report_inbound(denial: &InboundDenial) {
         (&raw mut (*detail).sock_type).write(denial.sock_type);
         (&raw mut (*detail).protocol).write(denial.protocol);
         (&raw mut (*detail).unix_len).write(0);
+    }
+    entry.submit(0);
+}
+
+/// A ClientHello refused (or audited): `tls::tls_hello`.
+pub struct TlsDenial<'a> {
+    pub state: &'a TlsSocket,
+    pub reason: Reason,
+    /// The name it sent (`len` 0: none).
+    pub name: *const TlsNameKey,
+}
+
+/// A `sni_mismatch` event as it goes into the ring buffer.
+#[repr(C)]
+struct TlsRecord {
+    header: EventHeader,
+    detail: NetDetail,
+    tls: TlsDetail,
+}
+
+/// Emits one `sni_mismatch` event: the header (no program path, no comm:
+/// the `sk_msg` program gets no task), a [`NetDetail`] and a [`TlsDetail`].
+#[inline(never)]
+pub fn report_tls(denial: &TlsDenial) {
+    let Some(mut entry) = EVENTS.reserve::<TlsRecord>(0) else {
+        count_lost();
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    let state = denial.state;
+    let audit = state.audit != 0;
+    let action = if audit { Action::Audit } else { Action::Deny };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Field by field (a struct literal with zeroed runs becomes a `memset`).
+    unsafe {
+        let header = &raw mut (*record).header;
+        (&raw mut (*header).boot_ns).write(bpf_ktime_get_boot_ns());
+        (&raw mut (*header).cgroup_id).write(state.cgroup_id);
+        (&raw mut (*header).pid).write(pid_tgid as u32);
+        (&raw mut (*header).tgid).write((pid_tgid >> 32) as u32);
+        (&raw mut (*header).policy_id).write(state.policy_id);
+        (&raw mut (*header).reserved).write(0);
+        (&raw mut (*header).errno).write(if audit { 0 } else { EACCES });
+        (&raw mut (*header).path_len).write((NET_DETAIL_BYTES + TLS_DETAIL_BYTES) as u16);
+        (&raw mut (*header).exe_len).write(0);
+        (&raw mut (*header).kind).write(Kind::SniMismatch as u8);
+        (&raw mut (*header).op).write(0);
+        (&raw mut (*header).action).write(action as u8);
+        (&raw mut (*header).reason).write(denial.reason as u8);
+        // Volatile: three zero stores in a row would become a `memset` call.
+        (&raw mut (*header).flags).cast::<u64>().write_volatile(0);
+        let comm = (&raw mut (*header).comm).cast::<u64>();
+        comm.write_volatile(0);
+        comm.add(1).write_volatile(0);
+        let detail = &raw mut (*record).detail;
+        let from = state.grant.addr.as_ptr().cast::<u32>();
+        let words = (&raw mut (*detail).addr).cast::<u32>();
+        for i in 0..4 {
+            words.add(i).write_unaligned(from.add(i).read_unaligned());
+        }
+        (&raw mut (*detail).port).write(state.port);
+        (&raw mut (*detail).family).write(u16::from(state.family));
+        (&raw mut (*detail).sock_type).write(SOCK_STREAM);
+        (&raw mut (*detail).protocol).write(IPPROTO_TCP);
+        (&raw mut (*detail).unix_len).write(0);
+        let tls = &raw mut (*record).tls;
+        let name = denial.name;
+        let len = if name.is_null() { 0 } else { (*name).len };
+        (&raw mut (*tls).len).write(len);
+        (&raw mut (*tls).pad).write(0);
+        let to = (&raw mut (*tls).name).cast::<u64>();
+        for i in 0..TLS_NAME_BYTES / 8 {
+            let word = if name.is_null() { 0 } else { (&raw const (*name).name).cast::<u64>().add(i).read_unaligned() };
+            to.add(i).write_volatile(word);
+        }
     }
     entry.submit(0);
 }

@@ -357,8 +357,14 @@ impl DnsServer {
     /// Serves `records`: (name, address, TTL seconds).
     #[must_use]
     pub fn start(records: &[(&str, std::net::IpAddr, u32)]) -> Self {
+        Self::start_at("127.0.0.1:0", records)
+    }
+
+    /// [`Self::start`] at `bind` (UDP and TCP).
+    #[must_use]
+    pub fn start_at(bind: &str, records: &[(&str, std::net::IpAddr, u32)]) -> Self {
         use std::sync::{Arc, Mutex, atomic::AtomicBool};
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind DNS server");
+        let udp = std::net::UdpSocket::bind(bind).expect("bind DNS server");
         let addr = udp.local_addr().expect("DNS server address");
         let tcp = std::net::TcpListener::bind(addr).expect("bind DNS server (TCP)");
         udp.set_read_timeout(Some(std::time::Duration::from_millis(100))).expect("timeout");
@@ -532,4 +538,29 @@ fn validator(schema: &str, definition: Option<&str>) -> jsonschema::Validator {
 fn check(validator: &jsonschema::Validator, value: &Value, what: &str) {
     let errors: Vec<String> = validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
     assert!(errors.is_empty(), "{what} does not match the published schema: {value}\n{}", errors.join("\n"));
+}
+
+/// The smallest TLS 1.3 ClientHello that names `name`: one cipher suite,
+/// the server name extension only (what the TLS name check reads).
+#[must_use]
+pub fn client_hello(name: &str) -> Vec<u8> {
+    let be16 = |n: usize| u16::try_from(n).expect("short").to_be_bytes();
+    let mut sni = vec![0, 0];
+    sni.extend(be16(name.len() + 5));
+    sni.extend(be16(name.len() + 3));
+    sni.push(0);
+    sni.extend(be16(name.len()));
+    sni.extend(name.as_bytes());
+    let mut body = vec![3, 3];
+    body.extend([7u8; 32]);
+    body.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend(be16(sni.len()));
+    body.extend(sni);
+    let mut handshake = vec![1, 0];
+    handshake.extend(be16(body.len()));
+    handshake.extend(body);
+    let mut record = vec![0x16, 3, 1];
+    record.extend(be16(handshake.len()));
+    record.extend(handshake);
+    record
 }

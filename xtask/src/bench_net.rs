@@ -14,8 +14,12 @@
 //! destinations allowed, with 1 / 100 / 10 000 / 100 000 CIDR rules (the others are
 //! other /32s); (c) tagged, destinations denied (EPERM and an event each time, events to
 //! /dev/null; its baseline is the same loops to ports nobody listens on); (d) tagged, 1
-//! rule and an upload budget (`*`, never reached: every send is checked and counted).
-//! `upload` runs where its ratio is asked for (a, b1, d).
+//! rule and an upload budget (`*`, never reached: every send is checked and counted);
+//! (e) tagged, as (d) with a host entry whose TLS names are required: the upload goes
+//! to an address granted for `bench.test` (resolved through the enforcer's resolver,
+//! from `enforcer-bench listen`'s DNS server) on a connection that opened with a
+//! ClientHello naming it, judged in the kernel.
+//! `upload` runs where its ratio is asked for (a, b1, d, e).
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -116,6 +120,13 @@ const SCENARIOS: &[Scenario] = &[
         targets: [Some(1.02), None, Some(UPLOAD_TARGET)],
         uploads: true,
     },
+    Scenario {
+        key: "e",
+        label: "(e) tagged, TLS name + budget",
+        baseline: "base-b1",
+        targets: [Some(1.02), None, Some(UPLOAD_TARGET)],
+        uploads: true,
+    },
 ];
 
 /// The script, for the host (`sh`) and the guest (busybox `sh`). `@...@` are filled in.
@@ -132,19 +143,22 @@ OK=127.0.0.1:47001 OK_UDP=127.0.0.1:47002 OK_UP=127.0.0.1:47003 NO=127.0.0.1:470
 # Upload writes per loop: a twentieth (each moves 64 KiB).
 UP_N=$((N / 20))
 
-# policy NAME COUNT [UPLOAD]: the bench destinations plus COUNT - 1 other /32s.
+# policy NAME COUNT [UPLOAD [HOST]]: the bench destinations plus COUNT - 1 other /32s
+# (and HOST, its TLS names required).
 policy() {
     {
         echo "name = \"bench-$1\""
         echo "[network]"
         [ -z "$3" ] || echo "upload = [\"$3\"]"
         echo "allow = [\"$OK/tcp\", \"$OK_UDP/udp\", \"$OK_UP/tcp\","
+        [ -z "$4" ] || echo "  { to = \"$4\", tls = \"require\" },"
         awk -v n=$2 'BEGIN { for (i = 1; i < n; i++) printf "  \"10.%d.%d.%d/32:443\",\n", int(i / 65536) % 256, int(i / 256) % 256, i % 256 }'
         echo "]"
     } > $T/policy-$1.toml
 }
 for p in "b1 1" "b100 100" "b10k 10000" "b100k 100000"; do policy $p; done
 policy d 1 "*: 1000GiB/1h"
+policy e 1 "*: 1000GiB/1h" bench.test:47003/tcp
 
 $LISTEN_CPU $BENCH listen $OK 0 &
 LISTENER=$!
@@ -153,7 +167,9 @@ cat > $T/loops.sh <<EOF
 sleep 1
 out=\$($LOOP_CPU $BENCH connect \$3 \$N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 connect failed"
 out=\$($LOOP_CPU $BENCH sendto \$4 \$N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 sendto failed"
-[ -z "\$5" ] || { out=\$($LOOP_CPU $BENCH upload \$5 $UP_N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 upload failed"; }
+# An upload to a name opens with a ClientHello naming it.
+case "\$5" in [0-9]*) up=upload ;; *) up=upload-tls ;; esac
+[ -z "\$5" ] || { out=\$($LOOP_CPU $BENCH \$up \$5 $UP_N) && echo "BENCH round=\$1 scenario=\$2 \$out" || echo "BENCH-ERROR round=\$1 scenario=\$2 upload failed"; }
 EOF
 # inside.sh ROUND [SCENARIO TCP_TO UDP_TO UPLOAD_TO]...: the tagged loops, once told to go
 # (UPLOAD_TO `-`: none).
@@ -196,6 +212,8 @@ while [ $r -le $ROUNDS ]; do
     sh $T/loops.sh $r base-c $NO $NO_UDP
     session $r b1 a b1 $OK $OK_UDP $OK_UP c $NO $NO_UDP -
     session $r d a-budget d $OK $OK_UDP $OK_UP
+    $ENFORCER run $DEGRADED --dns-upstream 127.0.0.1:47010 --policy $T/policy-e.toml --events /dev/null \
+        -- sh $T/loops.sh $r e $OK $OK_UDP bench.test:47003 2>$T/err || fail "round=$r: enforcer run (policy e) exited $?: $(cat $T/err)"
     for p in b100 b10k b100k; do
         sh $T/loops.sh $r base-$p $OK $OK_UDP
         $ENFORCER run $DEGRADED --policy $T/policy-$p.toml --events /dev/null -- sh $T/loops.sh $r $p $OK $OK_UDP 2>$T/err \

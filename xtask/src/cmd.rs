@@ -57,10 +57,13 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 
 /// Whether a program of this name is found on PATH.
 pub fn on_path(program: impl AsRef<OsStr>) -> bool {
-    let Some(path) = std::env::var_os("PATH") else {
-        return false;
-    };
-    std::env::split_paths(&path).any(|dir| dir.join(program.as_ref()).is_file())
+    which(program).is_some()
+}
+
+/// Where on PATH a program of this name is.
+pub fn which(program: impl AsRef<OsStr>) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program.as_ref())).find(|p| p.is_file())
 }
 
 /// The workspace root (the xtask crate lives in `<root>/xtask`).

@@ -6,7 +6,9 @@
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, FExit, ProgramError},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, FExit, ProgramError, SockOps,
+    },
 };
 use enforcer_common::policy::{MAX_TAG_LEVEL, TagInfo};
 
@@ -15,7 +17,9 @@ use super::{
     handles::{
         ArmedCgroups, BudgetUsage, GrantMaps, LockedAgents, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups,
     },
-    hooks::{INBOUND_PROGRAM, SEND_COUNTERS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, lost_without},
+    hooks::{
+        INBOUND_PROGRAM, SEND_COUNTERS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, TLS_SOCK_OPS_PROGRAM, lost_without,
+    },
     maps::Maps,
     object::{LsmLink, load_everything, program_of},
     pinned,
@@ -90,8 +94,24 @@ impl Enforcer {
         lsm_missing: Option<LoadError>,
         missing_hooks: Vec<&'static str>,
     ) -> Result<Self, LoadError> {
-        let Maps { tables, tag_filter, lost, events, net, grants, protected, selected, armed, locked, budget_usage } =
-            maps;
+        let Maps {
+            tables,
+            tag_filter,
+            lost,
+            events,
+            mut net,
+            mut grants,
+            protected,
+            selected,
+            armed,
+            locked,
+            budget_usage,
+        } = maps;
+        // No judge, no names checked: policies keep their other rules.
+        if lsm_missing.is_some() || missing_hooks.contains(&TLS_SOCK_OPS_PROGRAM) {
+            grants.tls = None;
+            net.tls_in_force = None;
+        }
         Ok(Self {
             ebpf,
             pinned,
@@ -154,7 +174,18 @@ impl Enforcer {
         attachment.sock_create.push(program.attach(&dir, mode).map_err(attach_err)?);
         let program: &mut CgroupSkb = program_of(self.object()?, INBOUND_PROGRAM)?;
         attachment.inbound.push(program.attach(&dir, CgroupSkbAttachType::Ingress, mode).map_err(attach_err)?);
+        if self.tls_judged() {
+            let program: &mut SockOps = program_of(self.object()?, TLS_SOCK_OPS_PROGRAM)?;
+            attachment.sock_ops.push(program.attach(&dir, mode).map_err(attach_err)?);
+        }
         Ok(attachment)
+    }
+
+    /// Whether TLS names are checked here (BPF LSM, and the kernel took the
+    /// judge).
+    #[must_use]
+    pub fn tls_judged(&self) -> bool {
+        self.lsm_missing.is_none() && !self.missing_hooks.contains(&TLS_SOCK_OPS_PROGRAM)
     }
 
     pub fn detach_net(&mut self, attachment: NetAttachment) -> Result<(), LoadError> {
@@ -169,6 +200,10 @@ impl Enforcer {
         for link in attachment.inbound {
             let program: &mut CgroupSkb = program_of(self.object()?, INBOUND_PROGRAM)?;
             program.detach(link).map_err(|source| LoadError::SockProgram { name: INBOUND_PROGRAM, source })?;
+        }
+        for link in attachment.sock_ops {
+            let program: &mut SockOps = program_of(self.object()?, TLS_SOCK_OPS_PROGRAM)?;
+            program.detach(link).map_err(|source| LoadError::SockProgram { name: TLS_SOCK_OPS_PROGRAM, source })?;
         }
         Ok(())
     }
@@ -234,4 +269,5 @@ pub struct NetAttachment {
     sock_addr: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
     sock_create: Vec<aya::programs::cgroup_sock::CgroupSockLinkId>,
     inbound: Vec<aya::programs::cgroup_skb::CgroupSkbLinkId>,
+    sock_ops: Vec<aya::programs::sock_ops::SockOpsLinkId>,
 }

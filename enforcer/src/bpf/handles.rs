@@ -17,6 +17,7 @@ use enforcer_common::{
     },
     policy::{ARMED_MAP, EgressLock, LOCKED_MAP, PROTECTED_MAP, PolicyId, Protected, TAG_BLOOM_BITS},
     select::{SELECTED_MAP, Selected, SelectedBloom},
+    tls::{TLS_IN_FORCE_MAP, TlsNameKey},
 };
 
 use super::{LoadError, batch, map_err};
@@ -33,6 +34,9 @@ pub struct NetRuleMaps {
     /// installed (never cleared: a send by a task in no agent then costs
     /// the tag screen).
     pub(super) budgets_in_force: Array<MapData, u64>,
+    /// The programs' `TLS_IN_FORCE`, alike for checked TLS names; none
+    /// where the TLS judge is not attached.
+    pub(super) tls_in_force: Option<Array<MapData, u64>>,
 }
 
 impl NetRuleMaps {
@@ -54,6 +58,11 @@ impl NetRuleMaps {
         }
         if !rules.budgets.is_empty() {
             self.budgets_in_force.set(0, 1, 0).map_err(map_err(BUDGETS_IN_FORCE_MAP))?;
+        }
+        if rules.tls
+            && let Some(in_force) = &mut self.tls_in_force
+        {
+            in_force.set(0, 1, 0).map_err(map_err(TLS_IN_FORCE_MAP))?;
         }
         Ok(())
     }
@@ -180,6 +189,15 @@ impl NetRuleMaps {
 pub struct GrantMaps {
     pub grants: BpfHashMap<MapData, NetKey, DnsGrant>,
     pub budget_addrs: BpfHashMap<MapData, NetKey, u16>,
+    /// None where the TLS judge is not attached (no BPF LSM).
+    pub tls: Option<TlsMaps>,
+}
+
+/// The names each granted address may be named by in a ClientHello
+/// (`TLS_NAMES`), and how strictly (`TLS_ADDRS`).
+pub struct TlsMaps {
+    pub addrs: BpfHashMap<MapData, NetKey, u8>,
+    pub names: BpfHashMap<MapData, TlsNameKey, u8>,
 }
 
 /// What each agent sent under each upload budget (`BUDGET_USE`): only the

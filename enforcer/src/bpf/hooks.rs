@@ -116,6 +116,7 @@ pub(super) fn lost_without(hook: &str) -> Option<&'static str> {
              and unshare still applies)",
         ),
         "count_inet_sendmsg" => Some("network.upload: upload budgets (the kernel refused the send counters)"),
+        TLS_SOCK_OPS_PROGRAM => Some("network.allow `tls`: TLS names (the kernel refused the TLS name judge)"),
         _ => None,
     }
 }
@@ -138,6 +139,12 @@ pub(super) const SOCK_ADDR_PROGRAMS: &[&str] =
 pub(super) const SOCK_CREATE_PROGRAM: &str = "sock_create";
 /// Inbound connections and datagrams (`enforcer-ebpf/src/inbound.rs`).
 pub(super) const INBOUND_PROGRAM: &str = "inbound";
+/// The TLS name judge (`enforcer-ebpf/src/tls.rs`), loaded with the BPF LSM
+/// hooks: the `sock_ops` program (attached to each tagged cgroup, like the
+/// socket programs) puts checked connections in `TLS_HELLO`, whose `sk_msg`
+/// program judges their first bytes.
+pub const TLS_SOCK_OPS_PROGRAM: &str = "tls_established";
+pub(super) const TLS_HELLO_PROGRAM: &str = "tls_hello";
 
 #[cfg(test)]
 mod tests {
@@ -145,20 +152,21 @@ mod tests {
 
     use super::{
         COMPAT_JUDGED_ELSEWHERE, HOOKS, INBOUND_PROGRAM, SEND_COUNTERS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM,
-        TRACEPOINT_PROGRAMS, file_hooks,
+        TLS_HELLO_PROGRAM, TLS_SOCK_OPS_PROGRAM, TRACEPOINT_PROGRAMS, file_hooks,
     };
     use crate::bpf::object::{COMPAT_PROGRAMS, PROGRAMS};
 
     /// The programs an object holds: its functions in program sections
-    /// (`lsm/file_open`, `cgroup/connect4`, ...; helpers and global functions
-    /// live in `.text`).
+    /// (`lsm/file_open`, `cgroup/connect4`, `sk_msg`, `sockops`, ...; helpers
+    /// and global functions live in `.text`).
     fn programs_in(object: &[u8]) -> std::collections::BTreeSet<String> {
         let file = object::File::parse(object).unwrap();
         file.symbols()
             .filter(|s| s.kind() == object::SymbolKind::Text && s.is_global())
             .filter(|s| {
                 let section = s.section_index().and_then(|i| file.section_by_index(i).ok());
-                section.and_then(|section| section.name().ok().map(|name| name.contains('/'))).unwrap_or(false)
+                let name = section.and_then(|section| section.name().ok());
+                name.is_some_and(|name| name.contains('/') || name == "sk_msg" || name == "sockops")
             })
             .map(|s| s.name().unwrap().to_string())
             .collect()
@@ -172,7 +180,7 @@ mod tests {
         let counters = SEND_COUNTERS.iter().map(|(name, _)| name);
         let others = SOCK_ADDR_PROGRAMS
             .iter()
-            .chain(&[SOCK_CREATE_PROGRAM, INBOUND_PROGRAM])
+            .chain(&[SOCK_CREATE_PROGRAM, INBOUND_PROGRAM, TLS_SOCK_OPS_PROGRAM, TLS_HELLO_PROGRAM])
             .chain(TRACEPOINT_PROGRAMS)
             .chain(counters);
         hooks.chain(empty).chain(others.map(|name| (*name).to_string())).collect()

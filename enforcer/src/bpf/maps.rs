@@ -11,12 +11,14 @@ use enforcer_common::{
     net::{DNS_GRANTS_MAP, NET_RULES_MAP, RESOLVERS_MAP, UNIX_RULES_MAP},
     policy::{ARMED_MAP, LOCKED_MAP, PROTECTED_MAP, TABLES_MAP, TAG_FILTER_MAP, Tables, TagFilter},
     select::{SELECTED_BLOOM_MAP, SELECTED_MAP},
+    tls::{TLS_ADDRS_MAP, TLS_IN_FORCE_MAP, TLS_NAMES_MAP},
 };
 
 use super::{
     LoadError,
     handles::{
         ArmedCgroups, BudgetUsage, GrantMaps, LockedAgents, LostEvents, NetRuleMaps, ProtectedInodes, SelectedCgroups,
+        TlsMaps,
     },
     map_err,
 };
@@ -58,6 +60,9 @@ pub(super) const MAP_NAMES: &[&str] = &[
     BUDGETS_IN_FORCE_MAP,
     BUDGET_ADDRS_MAP,
     BUDGET_USE_MAP,
+    TLS_ADDRS_MAP,
+    TLS_NAMES_MAP,
+    TLS_IN_FORCE_MAP,
 ];
 
 impl Maps {
@@ -80,10 +85,15 @@ impl Maps {
                 budgets: BpfHashMap::try_from(take(BUDGETS_MAP)?).map_err(map_err(BUDGETS_MAP))?,
                 budgets_in_force: Array::try_from(take(BUDGETS_IN_FORCE_MAP)?)
                     .map_err(map_err(BUDGETS_IN_FORCE_MAP))?,
+                tls_in_force: Some(Array::try_from(take(TLS_IN_FORCE_MAP)?).map_err(map_err(TLS_IN_FORCE_MAP))?),
             },
             grants: GrantMaps {
                 grants: BpfHashMap::try_from(take(DNS_GRANTS_MAP)?).map_err(map_err(DNS_GRANTS_MAP))?,
                 budget_addrs: BpfHashMap::try_from(take(BUDGET_ADDRS_MAP)?).map_err(map_err(BUDGET_ADDRS_MAP))?,
+                tls: Some(TlsMaps {
+                    addrs: BpfHashMap::try_from(take(TLS_ADDRS_MAP)?).map_err(map_err(TLS_ADDRS_MAP))?,
+                    names: BpfHashMap::try_from(take(TLS_NAMES_MAP)?).map_err(map_err(TLS_NAMES_MAP))?,
+                }),
             },
             protected: ProtectedInodes(Array::try_from(take(PROTECTED_MAP)?).map_err(map_err(PROTECTED_MAP))?),
             selected: SelectedCgroups {

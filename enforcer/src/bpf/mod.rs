@@ -29,7 +29,7 @@ mod table_map;
 pub use enforcer::Enforcer;
 pub use error::LoadError;
 use error::{chain, map_err};
-pub use handles::{GrantMaps, NetRuleMaps};
+pub use handles::{GrantMaps, NetRuleMaps, TlsMaps};
 pub use object::load_empty_programs;
 pub use pinned::{Start, adopted_build, build_id, remove_pins, short_sha256};
 

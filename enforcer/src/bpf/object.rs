@@ -4,17 +4,18 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, FExit, Lsm, ProgramError},
+    maps::SockHash,
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, FExit, Lsm, ProgramError, SkMsg, SockOps},
 };
-use enforcer_common::KernelOffsets;
+use enforcer_common::{KernelOffsets, tls::TLS_HELLO_MAP};
 
 use super::{
     LoadError, debug_load,
     hooks::{
         COMPAT_JUDGED_ELSEWHERE, HOOKS, Hook, INBOUND_PROGRAM, SEND_COUNTERS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM,
-        file_hooks,
+        TLS_HELLO_PROGRAM, TLS_SOCK_OPS_PROGRAM, file_hooks,
     },
-    jit_dump,
+    jit_dump, map_err,
 };
 use crate::{
     btf::Btf,
@@ -100,6 +101,32 @@ fn load_sock_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     )
 }
 
+/// Loads the TLS name judge: the `sock_ops` program (attached per tagged
+/// cgroup later) and the `sk_msg` program, attached to `TLS_HELLO` while a
+/// descriptor or pin of the map is held (this object's; the daemon's pin).
+///
+/// The judge first: the daemon pins the `sock_ops` program only where it
+/// loaded, and a later daemon that adopts it takes the judge as present.
+fn load_tls_judge(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let name = TLS_HELLO_PROGRAM;
+    let map = ebpf.map(TLS_HELLO_MAP).ok_or(LoadError::MissingMap(TLS_HELLO_MAP))?;
+    let fd = SockHash::<_, u64>::try_from(map).map_err(map_err(TLS_HELLO_MAP))?.fd().try_clone();
+    let fd = fd.map_err(|e| LoadError::SockProgram { name, source: ProgramError::IOError(e) })?;
+    let program = program_of::<SkMsg>(ebpf, name)?;
+    load_sock_program(name, program, SkMsg::load, SkMsg::info)?;
+    let id = program.attach(&fd).map_err(|source| LoadError::SockProgram { name, source })?;
+    // Kept attached past this object (the daemon pins the map, not the
+    // link): the map holds the program.
+    let link = program.take_link(id).map_err(|source| LoadError::SockProgram { name, source })?;
+    std::mem::forget(link);
+    load_sock_program(
+        TLS_SOCK_OPS_PROGRAM,
+        program_of::<SockOps>(ebpf, TLS_SOCK_OPS_PROGRAM)?,
+        SockOps::load,
+        SockOps::info,
+    )
+}
+
 /// Loads one socket program (`load`), then [`debug_loaded`] (`info`).
 fn load_sock_program<P>(
     name: &'static str,
@@ -171,6 +198,11 @@ pub(super) fn load_everything() -> Result<(Ebpf, Option<LoadError>, Vec<&'static
         if let Err(e) = object.load_send_counters() {
             tracing::warn!("upload budgets cannot be enforced on this kernel: {e}");
             missing_hooks.extend(SEND_COUNTERS.iter().map(|&(name, _)| name));
+        }
+        // Without it no TLS name is checked (and said so).
+        if let Err(e) = load_tls_judge(&mut object.ebpf) {
+            tracing::warn!("TLS names cannot be checked on this kernel: {e}");
+            missing_hooks.push(TLS_SOCK_OPS_PROGRAM);
         }
         (missing_hooks, links)
     });

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     maps::{Map, MapData},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, FExit,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, FExit, SockOps,
         cgroup_sock::CgroupSockAttachType, cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
     },
 };
@@ -23,7 +23,10 @@ use sha2::Digest as _;
 
 use super::{
     Enforcer, LoadError, chain,
-    hooks::{HOOKS, INBOUND_PROGRAM, SEND_COUNTERS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, TRACEPOINT_PROGRAMS},
+    hooks::{
+        HOOKS, INBOUND_PROGRAM, SEND_COUNTERS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM, TLS_SOCK_OPS_PROGRAM,
+        TRACEPOINT_PROGRAMS,
+    },
     maps::{MAP_NAMES, Maps},
     object::{LsmLink, PROGRAMS, attach_tracepoint_program, load_everything, program_of},
 };
@@ -82,6 +85,7 @@ fn pin_name(map: &str) -> &str {
         enforcer_common::select::SELECTED_BLOOM_MAP => "SELECTED_BLOOM",
         enforcer_common::policy::PROTECTED_MAP => "PROTECTED",
         enforcer_common::budget::BUDGETS_IN_FORCE_MAP => "BUDGETS_IN_FORCE",
+        enforcer_common::tls::TLS_IN_FORCE_MAP => "TLS_IN_FORCE",
         other => other,
     }
 }
@@ -104,6 +108,8 @@ pub struct Pinned {
     /// The send counters (BPF LSM kernels), attached once a policy has
     /// upload budgets.
     send_counters: Vec<(&'static str, FExit)>,
+    /// The TLS name judge's `sock_ops` program, where the kernel took it.
+    tls_sock_ops: Option<SockOps>,
 }
 
 /// How the daemon got its programs.
@@ -166,7 +172,7 @@ impl Enforcer {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        let (lsm_missing, missing_hooks) = if linked.is_empty() {
+        let (lsm_missing, mut missing_hooks) = if linked.is_empty() {
             let why = crate::kernel::check_bpf_lsm().err().map_or(
                 LoadError::Adopted("the daemon that pinned these programs ran without BPF LSM (--degraded)"),
                 LoadError::from,
@@ -176,6 +182,9 @@ impl Enforcer {
             (None, HOOKS.iter().map(|hook| hook.name).filter(|name| !linked.iter().any(|l| l == name)).collect())
         };
         let pinned = Pinned::open(dir)?;
+        if pinned.tls_sock_ops.is_none() {
+            missing_hooks.push(TLS_SOCK_OPS_PROGRAM);
+        }
         let mut enforcer = Self::from_maps(None, Some(pinned), maps, lsm_missing, missing_hooks)?;
         // The filter in force is the earlier daemon's: keep it a superset.
         enforcer.tables.keep_filter_in_force()?;
@@ -224,6 +233,11 @@ impl Enforcer {
                 .map_err(|e| attach_err(chain(&e)))?;
             let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
             pin(INBOUND_PROGRAM, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
+            if let Some(program) = &mut pinned.tls_sock_ops {
+                let id = program.attach(&file, CgroupAttachMode::Single).map_err(|e| attach_err(chain(&e)))?;
+                let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
+                pin(TLS_SOCK_OPS_PROGRAM, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
+            }
             Ok(())
         })();
         if let Err(e) = result {
@@ -305,13 +319,22 @@ impl Pinned {
                 send_counters.push((name, FExit::from_pin(&path).map_err(|e| open_err(path.clone(), chain(&e)))?));
             }
         }
-        Ok(Self { dir: dir.to_owned(), sock_addr, sock_create, inbound, send_counters })
+        let path = dir.join("progs").join(TLS_SOCK_OPS_PROGRAM);
+        // Pinned where the kernel took the judge (see `pin_all`).
+        let tls_sock_ops = if path.exists() {
+            Some(SockOps::from_pin(&path).map_err(|e| open_err(path.clone(), chain(&e)))?)
+        } else {
+            None
+        };
+        Ok(Self { dir: dir.to_owned(), sock_addr, sock_create, inbound, send_counters, tls_sock_ops })
     }
 }
 
 /// Pins every map, BPF LSM link and socket program of a fresh load.
 fn pin_all(ebpf: &mut aya::Ebpf, dir: &Path, links: Vec<LsmLink>) -> Result<(), LoadError> {
-    for &name in MAP_NAMES {
+    // `TLS_HELLO` too: a sockhash lets go of its programs (the TLS name
+    // judge) when the last descriptor or pin of it goes.
+    for &name in MAP_NAMES.iter().chain(&[enforcer_common::tls::TLS_HELLO_MAP]) {
         let path = dir.join("maps").join(pin_name(name));
         let map = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
         map.pin(&path).map_err(|source| PinError::Pin { what: "map", path, source })?;
@@ -339,6 +362,11 @@ fn pin_all(ebpf: &mut aya::Ebpf, dir: &Path, links: Vec<LsmLink>) -> Result<(), 
     let path = dir.join("progs").join(INBOUND_PROGRAM);
     let program: &mut CgroupSkb = program_of(ebpf, INBOUND_PROGRAM)?;
     program.pin(&path).map_err(|source| PinError::Pin { what: "program", path, source })?;
+    let path = dir.join("progs").join(TLS_SOCK_OPS_PROGRAM);
+    let program: &mut SockOps = program_of(ebpf, TLS_SOCK_OPS_PROGRAM)?;
+    if program.fd().is_ok() {
+        program.pin(&path).map_err(|source| PinError::Pin { what: "program", path, source })?;
+    }
     Ok(())
 }
 

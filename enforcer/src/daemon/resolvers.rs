@@ -96,8 +96,10 @@ impl Resolvers {
         let Ok(mut grants) = self.grants.lock() else { return Ok(()) };
         for (old, new) in replaced {
             let Some(hosts) = &new.hosts else { continue };
-            let ports_for =
-                |name: &str, locked: bool| if locked { hosts.locked_ports_for(name) } else { hosts.ports_for(name) };
+            let ports_for = |name: &str, locked: bool| {
+                let ports = if locked { hosts.locked_ports_for(name) } else { hosts.ports_for(name) };
+                ports.map(|ports| (ports, hosts.tls_for(name, locked)))
+            };
             if let Err(e) = grants.carry_over(*old, new.id, ports_for, |name| hosts.budget_for(name)) {
                 tracing::warn!(
                     "policy `{}` version {}: cannot keep the addresses its agents resolved before (they resolve \

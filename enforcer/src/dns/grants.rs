@@ -12,6 +12,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use enforcer_common::{
     net::{DNS_GRANTS_MAX, DnsGrant, NetKey, NetPorts},
     policy::PolicyId,
+    tls::{TLS_NAME_BYTES, TlsNameKey},
 };
 
 use super::names::merge_ports;
@@ -29,7 +30,20 @@ pub fn boot_ns() -> u64 {
 struct NameGrant {
     name: String,
     ports: NetPorts,
+    /// How connections' TLS names are checked (`enforcer_common::tls`).
+    tls: u8,
     expires_boot_ns: u64,
+}
+
+/// What a name's answer grants an address.
+#[derive(Clone, Copy, Debug)]
+pub struct Granted {
+    pub ports: NetPorts,
+    /// How connections' TLS names are checked (`enforcer_common::tls`; 0: not).
+    pub tls: u8,
+    pub ttl: Duration,
+    /// The upload budget sends to it count against (beyond `*`).
+    pub budget: Option<u16>,
 }
 
 /// Names remembered per address for events, at most (then forgotten whole).
@@ -82,6 +96,11 @@ pub struct Grants {
     history: HashMap<Ipv6Addr, String>,
     /// Addresses granted per policy, both grantees (see [`GRANTS_PER_POLICY`]).
     held: HashMap<PolicyId, usize>,
+    /// The programs' `TLS_ADDRS` and `TLS_NAMES` (none where the TLS judge
+    /// is not attached: no name is checked).
+    tls: Option<crate::bpf::TlsMaps>,
+    /// The names `TLS_NAMES` holds per address.
+    tls_names: HashMap<(Grantee, Ipv6Addr), Vec<String>>,
 }
 
 impl Grants {
@@ -94,6 +113,8 @@ impl Grants {
             by_address: HashMap::new(),
             history: HashMap::new(),
             held: HashMap::new(),
+            tls: maps.tls,
+            tls_names: HashMap::new(),
         }
     }
 
@@ -103,11 +124,29 @@ impl Grants {
     #[must_use]
     pub fn adopting(maps: GrantMaps) -> Self {
         let mut grants = Self::new(maps);
+        // The names an earlier daemon checked TLS names against: they keep
+        // granting their addresses (with the merged expiry).
+        let mut checked: HashMap<NetKey, (u8, Vec<String>)> = HashMap::new();
+        if let Some(tls) = &grants.tls {
+            for (key, _) in tls.names.iter().filter_map(Result::ok) {
+                let len = (key.len as usize).min(TLS_NAME_BYTES);
+                let name = String::from_utf8_lossy(&key.name[..len]).into_owned();
+                let mode = tls.addrs.get(&key.grant, 0).unwrap_or(0);
+                checked.entry(key.grant).or_insert((mode, Vec::new())).1.push(name);
+            }
+        }
         let left: Vec<(NetKey, DnsGrant)> = grants.map.iter().filter_map(Result::ok).collect();
         for (key, grant) in left {
-            let earlier = NameGrant { name: String::new(), ports: grant.ports, expires_boot_ns: grant.expires_boot_ns };
             let grantee = Grantee { policy: key.policy(), locked: key.is_locked() };
-            grants.by_address.entry((grantee, Ipv6Addr::from(key.addr))).or_default().push(earlier);
+            let addr = Ipv6Addr::from(key.addr);
+            let (mode, names) = checked.remove(&key).unwrap_or((0, vec![String::new()]));
+            if mode != 0 {
+                grants.tls_names.insert((grantee, addr), names.clone());
+            }
+            for name in names {
+                let earlier = NameGrant { name, ports: grant.ports, tls: mode, expires_boot_ns: grant.expires_boot_ns };
+                grants.by_address.entry((grantee, addr)).or_default().push(earlier);
+            }
         }
         let budgeted: Vec<(NetKey, u16)> = grants.budget_addrs.iter().filter_map(Result::ok).collect();
         for (key, index) in budgeted {
@@ -134,7 +173,7 @@ impl Grants {
         &mut self,
         from: PolicyId,
         to: PolicyId,
-        ports_for: impl Fn(&str, bool) -> Option<NetPorts>,
+        ports_for: impl Fn(&str, bool) -> Option<(NetPorts, u8)>,
         budget_for: impl Fn(&str) -> Option<u16>,
     ) -> Result<(), GrantError> {
         // The budgets first: no address is allowed before its budget counts.
@@ -164,7 +203,9 @@ impl Grants {
                 let kept = list
                     .iter()
                     .filter(|g| !g.name.is_empty())
-                    .filter_map(|g| ports_for(&g.name, grantee.locked).map(|ports| NameGrant { ports, ..g.clone() }))
+                    .filter_map(|g| {
+                        ports_for(&g.name, grantee.locked).map(|(ports, tls)| NameGrant { ports, tls, ..g.clone() })
+                    })
                     .collect();
                 (Grantee { policy: to, ..*grantee }, *addr, kept)
             })
@@ -203,18 +244,10 @@ impl Grants {
         self.by_address.keys().map(|(grantee, _)| grantee.policy).collect()
     }
 
-    /// Allows `addr` for `ports` to `grantee` for `ttl`, because `name`
-    /// resolved to it; sends to it count against upload budget `budget`
-    /// from then on. The maps hold it when this returns.
-    pub fn grant(
-        &mut self,
-        grantee: Grantee,
-        addr: IpAddr,
-        name: &str,
-        ports: NetPorts,
-        ttl: Duration,
-        budget: Option<u16>,
-    ) -> Result<(), GrantError> {
+    /// Allows `addr` to `grantee` as `granted` says, because `name`
+    /// resolved to it. The maps hold it when this returns.
+    pub fn grant(&mut self, grantee: Grantee, addr: IpAddr, name: &str, answer: Granted) -> Result<(), GrantError> {
+        let Granted { ports, tls, ttl, budget } = answer;
         let addr = as_v6(addr);
         if let Some(index) = budget {
             self.set_budget(grantee.policy, addr, name, index)?;
@@ -229,7 +262,7 @@ impl Grants {
         }
         let list = self.by_address.entry((grantee, addr)).or_default();
         list.retain(|g| g.name != name);
-        list.push(NameGrant { name: name.to_owned(), ports, expires_boot_ns });
+        list.push(NameGrant { name: name.to_owned(), ports, tls, expires_boot_ns });
         if self.history.len() >= HISTORY_MAX {
             self.history.clear();
         }
@@ -286,13 +319,11 @@ impl Grants {
 
     /// Writes the merged entry of one address (or removes it).
     fn write(&mut self, grantee: Grantee, addr: Ipv6Addr) -> Result<(), MapError> {
+        self.write_tls(grantee, addr)?;
         let key = grantee.key(addr);
         let list = self.by_address.get(&(grantee, addr)).map(Vec::as_slice).unwrap_or_default();
         if list.is_empty() {
-            return match self.map.remove(&key) {
-                Err(MapError::KeyNotFound) => Ok(()),
-                other => other,
-            };
+            return ignore_missing(self.map.remove(&key));
         }
         let ports = list.iter().fold(NetPorts::default(), |all, g| merge_ports(&all, &g.ports));
         let expires_boot_ns = list.iter().map(|g| g.expires_boot_ns).max().unwrap_or(0);
@@ -301,6 +332,61 @@ impl Grants {
 }
 
 /// IPv4 as the programs key it: `::ffff:a.b.c.d`.
+impl Grants {
+    /// Writes which names may be named in a ClientHello to one address, and
+    /// how strictly (the strictest mode of its names): every name granted
+    /// it, while one of them is checked.
+    fn write_tls(&mut self, grantee: Grantee, addr: Ipv6Addr) -> Result<(), MapError> {
+        let Some(tls) = &mut self.tls else { return Ok(()) };
+        let key = grantee.key(addr);
+        let list = self.by_address.get(&(grantee, addr)).map(Vec::as_slice).unwrap_or_default();
+        let mode = list.iter().map(|g| g.tls).max().unwrap_or(0);
+        let wanted: Vec<String> = if mode == 0 {
+            Vec::new()
+        } else {
+            list.iter().map(|g| g.name.clone()).filter(|n| !n.is_empty()).collect()
+        };
+        let held = self.tls_names.remove(&(grantee, addr)).unwrap_or_default();
+        // Names in before the mode: a connect never sees a mode without them.
+        for name in wanted.iter().filter(|n| !held.contains(n)) {
+            tls.names.insert(tls_name_key(key, name), 1, 0)?;
+        }
+        if mode == 0 {
+            ignore_missing(tls.addrs.remove(&key))?;
+        } else {
+            tls.addrs.insert(key, mode, 0)?;
+        }
+        for name in held.iter().filter(|n| !wanted.contains(n)) {
+            ignore_missing(tls.names.remove(&tls_name_key(key, name)))?;
+        }
+        if !wanted.is_empty() {
+            self.tls_names.insert((grantee, addr), wanted);
+        }
+        Ok(())
+    }
+}
+
+/// A removal that found nothing to remove is done.
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// The `TLS_NAMES` key of `name` granted `grant` (names longer than a key
+/// holds are never matched: a ClientHello cannot carry them either).
+#[must_use]
+pub fn tls_name_key(grant: NetKey, name: &str) -> TlsNameKey {
+    let mut key = TlsNameKey { grant, len: 0, name: [0; TLS_NAME_BYTES] };
+    let bytes = name.as_bytes();
+    let len = bytes.len().min(TLS_NAME_BYTES - 1);
+    key.name[..len].copy_from_slice(&bytes[..len]);
+    key.len = u32::try_from(len).unwrap_or(0);
+    key
+}
+
 fn as_v6(addr: IpAddr) -> Ipv6Addr {
     match addr {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
@@ -315,6 +401,7 @@ mod tests {
     use aya::maps::Map;
 
     use super::*;
+    use enforcer_common::tls::{TLS_CHECK, TLS_REQUIRE};
 
     /// A kernel hash map of `K` to `V` (the test runs as root, as the unit
     /// tier does).
@@ -334,30 +421,34 @@ mod tests {
 
     /// Maps shaped like the programs' `DNS_GRANTS` and `BUDGET_ADDRS`.
     fn grant_maps() -> GrantMaps {
-        GrantMaps { grants: hash_map(DNS_GRANTS_MAX), budget_addrs: hash_map(DNS_GRANTS_MAX) }
+        GrantMaps { grants: hash_map(DNS_GRANTS_MAX), budget_addrs: hash_map(DNS_GRANTS_MAX), tls: None }
+    }
+
+    /// What an answer grants: all ports, no TLS check.
+    fn granted(ttl: Duration, budget: Option<u16>) -> Granted {
+        Granted { ports: NetPorts::default(), tls: 0, ttl, budget }
     }
 
     #[test]
     fn one_policy_fills_its_share_of_the_grants_not_the_others() {
         let mut grants = Grants::new(grant_maps());
         let ttl = Duration::from_mins(1);
-        let ports = NetPorts::default();
         let addr = |i: usize| IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | i as u128));
         let (one, two) =
             (Grantee { policy: PolicyId(1), locked: false }, Grantee { policy: PolicyId(2), locked: false });
         let one_locked = Grantee { locked: true, ..one };
         for i in 0..GRANTS_PER_POLICY - 1 {
-            grants.grant(one, addr(i), "x.evil.example", ports, ttl, None).unwrap();
+            grants.grant(one, addr(i), "x.evil.example", granted(ttl, None)).unwrap();
         }
-        grants.grant(one_locked, addr(0), "x.evil.example", ports, ttl, None).expect("the last of the share");
-        let full = grants.grant(one, addr(GRANTS_PER_POLICY), "y.evil.example", ports, ttl, None);
+        grants.grant(one_locked, addr(0), "x.evil.example", granted(ttl, None)).expect("the last of the share");
+        let full = grants.grant(one, addr(GRANTS_PER_POLICY), "y.evil.example", granted(ttl, None));
         assert!(matches!(full, Err(GrantError::ShareFull(PolicyId(1)))), "{full:?}");
-        grants.grant(one, addr(0), "z.evil.example", ports, ttl, None).expect("an address it holds takes more names");
-        grants.grant(two, addr(0), "api.example", ports, ttl, None).expect("another policy still gets grants");
+        grants.grant(one, addr(0), "z.evil.example", granted(ttl, None)).expect("an address it holds takes more names");
+        grants.grant(two, addr(0), "api.example", granted(ttl, None)).expect("another policy still gets grants");
         grants.forget(PolicyId(1));
         let left: Vec<NetKey> = grants.map.keys().filter_map(Result::ok).collect();
         assert_eq!(left, [NetKey::new(PolicyId(2), false, as_v6(addr(0)).octets())], "both of its grantees forgotten");
-        grants.grant(one, addr(1), "x.evil.example", ports, ttl, None).expect("a share freed");
+        grants.grant(one, addr(1), "x.evil.example", granted(ttl, None)).expect("a share freed");
     }
 
     #[test]
@@ -367,24 +458,60 @@ mod tests {
         let addr = IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | 7));
         let key = |policy| NetKey::new(PolicyId(policy), false, as_v6(addr).octets());
         let ports = NetPorts::default();
-        grants.grant(one, addr, "uploads.example", ports, Duration::ZERO, Some(3)).unwrap();
-        grants.grant(one, addr, "cdn.example", ports, Duration::ZERO, Some(5)).unwrap();
+        grants.grant(one, addr, "uploads.example", granted(Duration::ZERO, Some(3))).unwrap();
+        grants.grant(one, addr, "cdn.example", granted(Duration::ZERO, Some(5))).unwrap();
         assert_eq!(grants.budget_addrs.get(&key(1), 0).ok(), Some(3), "the budget declared first counts it");
         grants.sweep();
         assert!(grants.map.get(&key(1), 0).is_err(), "the grant expired");
         assert_eq!(grants.budget_addrs.get(&key(1), 0).ok(), Some(3), "the budget stays");
         let plain = IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | 8));
-        grants.grant(one, plain, "plain.example", ports, Duration::from_mins(5), None).unwrap();
+        grants.grant(one, plain, "plain.example", granted(Duration::from_mins(5), None)).unwrap();
         let budget_for = |name: &str| match name {
             "uploads.example" => Some(4),
             "plain.example" => Some(6),
             _ => None,
         };
-        grants.carry_over(PolicyId(1), PolicyId(2), |_, _| Some(ports), budget_for).unwrap();
+        grants.carry_over(PolicyId(1), PolicyId(2), |_, _| Some((ports, 0)), budget_for).unwrap();
         assert_eq!(grants.budget_addrs.get(&key(2), 0).ok(), Some(4), "the next version's index for the name");
         let plain_key = NetKey::new(PolicyId(2), false, as_v6(plain).octets());
         assert_eq!(grants.budget_addrs.get(&plain_key, 0).ok(), Some(6), "a budget the new version adds");
         grants.forget(PolicyId(1));
         assert!(grants.budget_addrs.get(&key(1), 0).is_err());
+    }
+
+    /// The TLS names of an address: every name granted it while one of them
+    /// is checked, the strictest mode; gone with the grants (expiry, a
+    /// version no longer in force).
+    #[test]
+    fn the_names_a_clienthello_may_carry_follow_the_grants() {
+        let mut maps = grant_maps();
+        maps.tls = Some(crate::bpf::TlsMaps { addrs: hash_map(DNS_GRANTS_MAX), names: hash_map(1024) });
+        let mut grants = Grants::new(maps);
+        let one = Grantee { policy: PolicyId(1), locked: false };
+        let addr = IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | 9));
+        let key = NetKey::new(PolicyId(1), false, as_v6(addr).octets());
+        let with = |tls, ttl| Granted { ports: NetPorts::default(), tls, ttl, budget: None };
+        let names = |grants: &Grants| {
+            let tls = grants.tls.as_ref().unwrap();
+            let mut names: Vec<String> = tls
+                .names
+                .keys()
+                .filter_map(Result::ok)
+                .map(|k| String::from_utf8_lossy(&k.name[..k.len as usize]).into_owned())
+                .collect();
+            names.sort();
+            (tls.addrs.get(&key, 0).ok(), names)
+        };
+        grants.grant(one, addr, "plain.example", with(0, Duration::from_mins(5))).unwrap();
+        assert_eq!(names(&grants), (None, vec![]), "no checked name: nothing");
+        grants.grant(one, addr, "api.example", with(TLS_CHECK, Duration::ZERO)).unwrap();
+        grants.grant(one, addr, "www.example", with(TLS_REQUIRE, Duration::from_mins(5))).unwrap();
+        let all = vec!["api.example".to_owned(), "plain.example".to_owned(), "www.example".to_owned()];
+        assert_eq!(names(&grants), (Some(TLS_REQUIRE), all), "every name, the strictest mode");
+        grants.sweep();
+        let left = vec!["plain.example".to_owned(), "www.example".to_owned()];
+        assert_eq!(names(&grants), (Some(TLS_REQUIRE), left), "an expired name goes");
+        grants.forget(PolicyId(1));
+        assert_eq!(names(&grants), (None, vec![]), "a version no longer in force");
     }
 }

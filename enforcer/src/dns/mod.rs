@@ -32,7 +32,7 @@ use tokio::{
 };
 
 use self::{
-    grants::{Grantee, Grants},
+    grants::{Granted, Grantee, Grants},
     names::HostRules,
     names_asked::NamesAsked,
 };
@@ -342,6 +342,7 @@ impl Resolver {
             ports.map(|ports| (Grantee { policy: self.policy_id, locked: false }, ports)),
             locked_ports.map(|ports| (Grantee { policy: self.policy_id, locked: true }, ports)),
         ];
+        let tls = |grantee: Grantee| self.rules.tls_for(&qname, grantee.locked);
         let Ok(reply) = self.ask_upstream(query, transport).await else {
             self.report(&qname, qtype, "upstream_failed", peer);
             return refusal(&request, ResponseCode::ServFail);
@@ -360,7 +361,8 @@ impl Resolver {
             let ttl = Duration::from_secs(u64::from(record.ttl)).max(self.min_ttl);
             let granted = self.grants.lock().map_err(|_| ()).and_then(|mut grants| {
                 grantees.iter().flatten().try_for_each(|&(grantee, ports)| {
-                    grants.grant(grantee, addr, &qname, ports, ttl, budget).map_err(|_| ())
+                    let granted = Granted { ports, tls: tls(grantee), ttl, budget };
+                    grants.grant(grantee, addr, &qname, granted).map_err(|_| ())
                 })
             });
             if granted.is_err() {

@@ -14,6 +14,8 @@ struct HostRule {
     name: String,
     wildcard: bool,
     range: PortRange,
+    /// `Destination::tls`.
+    tls: u8,
 }
 
 /// The host name entries of one policy: of `network.allow`, and of
@@ -77,6 +79,20 @@ impl HostRules {
         self.rules.ports_for(qname)
     }
 
+    /// How the TLS names of connections to addresses of `qname` are checked
+    /// (`locked`: under `after_sensitive_read`): the strictest mode of the
+    /// entries that match it.
+    #[must_use]
+    pub fn tls_for(&self, qname: &str, locked: bool) -> u8 {
+        let list = if locked { &self.locked } else { &self.rules };
+        list.rules
+            .iter()
+            .filter(|rule| host_matches(&rule.name, rule.wildcard, qname))
+            .map(|r| r.tls)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// What `after_sensitive_read` allows for addresses of `qname`.
     #[must_use]
     pub fn locked_ports_for(&self, qname: &str) -> Option<NetPorts> {
@@ -91,7 +107,8 @@ impl NameList {
             let Target::Host { name, wildcard } = &destination.target else { continue };
             let (first, last) = (*destination.ports.start(), *destination.ports.end());
             let range = PortRange { first, last, protos: destination.protos, pad: [0; 3] };
-            rules.push((HostRule { name: name.clone(), wildcard: *wildcard, range }, at));
+            let rule = HostRule { name: name.clone(), wildcard: *wildcard, range, tls: destination.tls };
+            rules.push((rule, at));
         }
         let this = Self { rules: rules.iter().map(|(rule, _)| rule.clone()).collect() };
         // Checked per distinct name (a policy may list thousands of names).

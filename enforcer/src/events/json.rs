@@ -7,7 +7,7 @@
 
 use std::{io::Write as _, net::IpAddr};
 
-use super::kernel::{BudgetFields, Event, FloorFields, NetFields};
+use super::kernel::{BudgetFields, Event, FloorFields, NetFields, TlsFields};
 
 /// `event` as a JSON object, exactly as `serde_json` writes its `Serialize`.
 pub fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
@@ -29,6 +29,7 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
         net,
         floor,
         budget,
+        tls,
         errno,
         reason,
         path_truncated,
@@ -57,6 +58,9 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
     }
     if let Some(budget) = budget {
         budget_members(out, budget);
+    }
+    if let Some(TlsFields { sni }) = tls {
+        member(out, "sni", |out| nullable(out, sni.as_deref()));
     }
     member(out, "errno", |out| number(out, *errno));
     member(out, "reason", |out| string(out, reason));
@@ -206,6 +210,7 @@ mod tests {
             net: None,
             floor: None,
             budget: None,
+            tls: None,
             errno: 1,
             reason: "outside_write_trees",
             path_truncated: false,

@@ -15,6 +15,7 @@ use enforcer_common::{
         Reason,
     },
     net::{self, SOCKET_CLASSES},
+    tls::{TLS_DETAIL_BYTES, TlsDetail},
 };
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -53,6 +54,8 @@ pub struct Event<'a> {
     pub floor: Option<FloorFields>,
     #[serde(flatten)]
     pub budget: Option<BudgetFields>,
+    #[serde(flatten)]
+    pub tls: Option<TlsFields>,
     pub errno: u32,
     pub reason: &'static str,
     /// The path did not fit the programs' buffers; the part near the root is missing.
@@ -110,6 +113,15 @@ pub struct BudgetFields {
     pub window_s: u64,
     /// Bytes the refused send carried.
     pub send_bytes: u64,
+}
+
+/// What a `sni_mismatch` event says about the ClientHello (the name granted
+/// is its `resolved_from`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TlsFields {
+    /// The server name the ClientHello sent; `null` if none was read (no
+    /// ClientHello, one without a name, or one that could not be read).
+    pub sni: Option<String>,
 }
 
 /// What a floor event says beyond its operation.
@@ -250,6 +262,8 @@ pub struct Record {
     pub floor: Option<FloorDetail>,
     /// `budget_exceeded` events.
     pub budget: Option<BudgetDetail>,
+    /// `sni_mismatch` events.
+    pub tls: Option<TlsDetail>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,25 +283,30 @@ pub fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
     // A network event carries its NetDetail where a file event has its path.
     let kind = Kind::from_u8(header.kind);
     if kind.is_some_and(Kind::is_net) {
-        // A budget event's BudgetDetail follows.
-        let budget_bytes = if kind == Some(Kind::BudgetExceeded) { BUDGET_DETAIL_BYTES } else { 0 };
-        if path.len() != NET_DETAIL_BYTES + budget_bytes {
+        // A budget event's BudgetDetail follows, a TLS event's TlsDetail.
+        let more = match kind {
+            Some(Kind::BudgetExceeded) => BUDGET_DETAIL_BYTES,
+            Some(Kind::SniMismatch) => TLS_DETAIL_BYTES,
+            _ => 0,
+        };
+        if path.len() != NET_DETAIL_BYTES + more {
             return Err(Malformed(bytes.len()));
         }
-        let (net, budget) = path.split_at(NET_DETAIL_BYTES);
+        let (net, more) = path.split_at(NET_DETAIL_BYTES);
         let net: NetDetail = bytemuck::pod_read_unaligned(net);
-        let budget = (budget_bytes != 0).then(|| bytemuck::pod_read_unaligned(budget));
-        return Ok(Record { header, path: String::new(), exe, net: Some(net), floor: None, budget });
+        let budget = (kind == Some(Kind::BudgetExceeded)).then(|| bytemuck::pod_read_unaligned(more));
+        let tls = (kind == Some(Kind::SniMismatch)).then(|| bytemuck::pod_read_unaligned(more));
+        return Ok(Record { header, path: String::new(), exe, net: Some(net), floor: None, budget, tls });
     }
     if kind == Some(Kind::Floor) {
         if path.len() != FLOOR_DETAIL_BYTES {
             return Err(Malformed(bytes.len()));
         }
         let floor: FloorDetail = bytemuck::pod_read_unaligned(path);
-        return Ok(Record { header, path: String::new(), exe, net: None, floor: Some(floor), budget: None });
+        return Ok(Record { header, path: String::new(), exe, net: None, floor: Some(floor), budget: None, tls: None });
     }
     let path = join_path(path, header.flags & EVENT_PATH_TRUNCATED != 0);
-    Ok(Record { header, path, exe, net: None, floor: None, budget: None })
+    Ok(Record { header, path, exe, net: None, floor: None, budget: None, tls: None })
 }
 
 /// Leaf-first NUL-terminated names to a `/`-separated path.
@@ -357,6 +376,10 @@ impl Record {
                 window_s: budget.window_ns / 1_000_000_000,
                 send_bytes: budget.size,
             }),
+            tls: self.tls.as_ref().map(|tls| {
+                let len = (tls.len as usize).min(tls.name.len());
+                TlsFields { sni: (len != 0).then(|| String::from_utf8_lossy(&tls.name[..len]).into_owned()) }
+            }),
             errno: h.errno,
             reason: Reason::from_u8(h.reason).map_or("unknown", Reason::name),
             path_truncated: h.flags & EVENT_PATH_TRUNCATED != 0,
@@ -406,7 +429,7 @@ fn net_fields(kind: Option<Kind>, net: &NetDetail) -> NetFields {
         (net::AF_INET | net::AF_INET6, net::IPPROTO_ICMPV6) => Some("icmpv6".into()),
         (_, protocol) => Some(protocol.to_string().into()),
     };
-    let destination = matches!(kind, Some(Kind::Connect | Kind::Sendmsg | Kind::BudgetExceeded));
+    let destination = matches!(kind, Some(Kind::Connect | Kind::Sendmsg | Kind::BudgetExceeded | Kind::SniMismatch));
     let inbound = kind == Some(Kind::Inbound);
     let addr = (destination || inbound).then(|| {
         let addr = Ipv6Addr::from(net.addr);

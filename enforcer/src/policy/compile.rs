@@ -10,7 +10,7 @@ use enforcer_common::{
     net::SOCKET_CLASSES,
     policy::{
         FileRuleKey, PolicyId, TAG_AUDIT, TAG_BUDGET, TAG_EXEC, TAG_FILES, TAG_NET, TAG_READ_DENY, TAG_REQUIRE_SECCOMP,
-        TAG_SENSITIVE, TagInfo,
+        TAG_SENSITIVE, TAG_TLS, TagInfo,
     },
 };
 
@@ -94,6 +94,9 @@ fn tag_for(policy: &Policy, policy_id: PolicyId) -> TagInfo {
         if !network.upload.is_empty() {
             flags |= TAG_BUDGET;
         }
+        if network.allow.iter().chain(&network.after_sensitive_read).any(|(d, _)| d.tls != 0) {
+            flags |= TAG_TLS;
+        }
     }
     TagInfo::new(policy_id, flags)
 }
@@ -132,6 +135,9 @@ pub fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
         parts.push("network.unix: connecting and sending to unix sockets (BPF LSM unix hooks)");
         if !network.upload.is_empty() {
             parts.push("network.upload: upload budgets (BPF LSM socket_sendmsg)");
+        }
+        if network.allow.iter().chain(&network.after_sensitive_read).any(|(d, _)| d.tls != 0) {
+            parts.push("network.allow `tls`: TLS names on addresses granted by name (BPF LSM socket_sendmsg)");
         }
         parts.push(
             "socket classes of families other than IPv4/IPv6 (packet, netlink, vsock...): only raw, ICMP, SCTP \

@@ -1,5 +1,6 @@
 //! The entries of `network.allow`: `CIDR:PORTS[/PROTO]`, `[IPv6-CIDR]:PORTS`,
-//! `HOST:PORTS` with an optional `*.` wildcard label. Parsing only; each
+//! `HOST:PORTS` with an optional `*.` wildcard label, alone or as the `to` of
+//! a table with a `tls` mode. Parsing only; each
 //! error is a message and a hint (the policy module adds the location).
 
 use std::{
@@ -9,7 +10,10 @@ use std::{
     ops::RangeInclusive,
 };
 
-use enforcer_common::net::{PROTO_TCP, PROTO_UDP};
+use enforcer_common::{
+    net::{PROTO_TCP, PROTO_UDP},
+    tls::{TLS_CHECK, TLS_REQUIRE},
+};
 
 /// Where an entry allows traffic to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +31,26 @@ pub struct Destination {
     pub ports: RangeInclusive<u16>,
     /// `PROTO_*` bits: both unless the entry names one.
     pub protos: u8,
+    /// How the TLS names of connections to a host's addresses are checked
+    /// (`enforcer_common::tls`): `TLS_CHECK` unless the entry says; 0 (off)
+    /// for an address prefix.
+    pub tls: u8,
+}
+
+/// The `tls` of a host entry: `check` (a ClientHello must name a name
+/// granted the address), `require` (and the connection must open with one),
+/// or `off`.
+pub fn parse_tls(mode: &str) -> Result<u8, EntryError> {
+    match mode {
+        "check" => Ok(TLS_CHECK),
+        "require" => Ok(TLS_REQUIRE),
+        "off" => Ok(0),
+        other => fail(
+            format!("tls `{other}` is not a mode"),
+            "write tls = \"check\" (the default: a ClientHello must name a name that resolved to the address), \
+             \"require\" (and every connection must open with one) or \"off\"",
+        ),
+    }
 }
 
 /// Why an entry is not valid, and what to write instead.
@@ -53,7 +77,9 @@ impl std::str::FromStr for Destination {
             Some((ports, proto)) => (ports, parse_proto(proto)?),
             None => (rest, PROTO_TCP | PROTO_UDP),
         };
-        Ok(Self { target: parse_target(target)?, ports: parse_ports(ports)?, protos })
+        let target = parse_target(target)?;
+        let tls = if matches!(target, Target::Host { .. }) { TLS_CHECK } else { 0 };
+        Ok(Self { target, ports: parse_ports(ports)?, protos, tls })
     }
 }
 

@@ -41,6 +41,8 @@ pub struct NetRules {
     pub unix: Vec<UnixKey>,
     /// Upload budgets, by `budget_key` (of the version's own id).
     pub budgets: Vec<(u32, Budget)>,
+    /// Some host entry has its TLS names checked (`tls`).
+    pub tls: bool,
 }
 
 /// Builds the entries of `network` for policy `policy_id`: destinations,
@@ -56,7 +58,8 @@ pub fn build(network: &Network, policy_id: PolicyId, net_id: PolicyId) -> Result
     debug_assert!(prefixes.is_sorted_by_key(order));
     let unix = network.unix.iter().map(|name| unix_key(name, policy_id)).collect();
     let budgets = crate::policy::budgets::kernel_entries(&network.upload, policy_id);
-    Ok(NetRules { prefixes, unix, budgets })
+    let tls = network.allow.iter().chain(&network.after_sensitive_read).any(|(d, _)| d.tls != 0);
+    Ok(NetRules { prefixes, unix, budgets, tls })
 }
 
 /// The order of [`NetRules::prefixes`].

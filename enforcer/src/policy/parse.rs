@@ -16,7 +16,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    policy::destinations::{Destination, EntryError, Target},
+    policy::destinations::{self, Destination, EntryError, Target},
     syscalls::{self, DenyAction, Syscalls},
 };
 
@@ -185,11 +185,20 @@ struct RawExec {
     allow: Vec<Spanned<String>>,
 }
 
+/// A `network.allow` (or `after_sensitive_read`) entry: the destination
+/// alone, or a table that adds its TLS mode.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawAllow {
+    Entry(String),
+    Rule { to: String, tls: Option<String> },
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
     #[serde(default)]
-    allow: Vec<Spanned<String>>,
+    allow: Vec<Spanned<RawAllow>>,
     #[serde(default)]
     listen: Vec<Spanned<String>>,
     #[serde(default)]
@@ -197,7 +206,7 @@ struct RawNetwork {
     #[serde(default)]
     sockets: Vec<Spanned<String>>,
     dns_min_ttl: Option<Spanned<i64>>,
-    after_sensitive_read: Option<Spanned<Vec<Spanned<String>>>>,
+    after_sensitive_read: Option<Spanned<Vec<Spanned<RawAllow>>>>,
     #[serde(default)]
     upload: Vec<Spanned<String>>,
     dns_names: Option<Spanned<String>>,
@@ -583,17 +592,30 @@ fn upload_budgets(
 fn destinations(
     ctx: &Ctx<'_>,
     key: &str,
-    entries: &[Spanned<String>],
+    entries: &[Spanned<RawAllow>],
     warnings: &mut Vec<Warning>,
 ) -> Result<Vec<(Destination, Location)>, PolicyError> {
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
-        let destination: Destination = entry
-            .get_ref()
-            .parse()
-            .map_err(|e: EntryError| ctx.invalid(entry.span(), format!("{key}: {}", e.message), e.hint))?;
+        let invalid = |e: EntryError| ctx.invalid(entry.span(), format!("{key}: {}", e.message), e.hint);
+        let (text, tls) = match entry.get_ref() {
+            RawAllow::Entry(text) => (text, None),
+            RawAllow::Rule { to, tls } => (to, tls.as_deref()),
+        };
+        let mut destination: Destination = text.parse().map_err(invalid)?;
+        if let Some(mode) = tls {
+            if let Target::Net { .. } = destination.target {
+                return Err(ctx.invalid(
+                    entry.span(),
+                    format!("{key}: `{text}` is an address prefix; tls is checked on host names"),
+                    "a TLS name is checked on the addresses a name resolved to: leave `tls` out here, or allow \
+                     the host name",
+                ));
+            }
+            destination.tls = destinations::parse_tls(mode).map_err(invalid)?;
+        }
         if let Target::Net { prefix: 0 | 96, .. } = destination.target {
-            warnings.push(ctx.warning(entry.span(), format!("{key} `{}` allows every address", entry.get_ref())));
+            warnings.push(ctx.warning(entry.span(), format!("{key} `{text}` allows every address")));
         }
         out.push((destination, ctx.locate(&entry.span())));
     }
@@ -727,6 +749,7 @@ fn validate_path(ctx: &Ctx<'_>, key: &str, entry: &Spanned<String>) -> Result<Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use enforcer_common::tls::{TLS_CHECK, TLS_REQUIRE};
 
     fn check(text: &str) -> Result<(Policy, Vec<Warning>), PolicyError> {
         parse(text, Path::new("p.toml"))
@@ -856,6 +879,23 @@ mod tests {
         assert_eq!(network.allow[1].1.line, 3);
         assert_eq!(network.unix, ["/run/a.sock", "@bus"]);
         assert_eq!(network.sockets, ["raw"]);
+    }
+
+    #[test]
+    fn host_entries_check_tls_names_unless_a_table_says_otherwise() {
+        let (policy, _) = check(
+            "name = \"x\"\n[network]\nallow = [\"a.example:443\", { to = \"b.example:443\", tls = \"require\" },\n  \
+             { to = \"c.example:22\", tls = \"off\" }, \"10.0.0.0/8:443\", { to = \"d.example:443\" }]\n",
+        )
+        .unwrap();
+        let allow = policy.network.unwrap().allow;
+        let modes: Vec<u8> = allow.iter().map(|(d, _)| d.tls).collect();
+        assert_eq!(modes, [TLS_CHECK, TLS_REQUIRE, 0, 0, TLS_CHECK]);
+        assert_eq!((allow[2].1.line, allow[2].1.column), (4, 3), "a table is located like a string");
+        let e = error_of("name = \"x\"\n[network]\nallow = [{ to = \"10.0.0.0/8:443\", tls = \"require\" }]\n");
+        assert!(e.starts_with("p.toml:3:10: error: network.allow: `10.0.0.0/8:443` is an address prefix"), "{e}");
+        let e = error_of("name = \"x\"\n[network]\nallow = [{ to = \"a.example:443\", tls = \"strict\" }]\n");
+        assert!(e.contains("tls `strict` is not a mode") && e.contains("\"require\""), "{e}");
     }
 
     #[test]

@@ -129,9 +129,17 @@ const SOCKADDR_IN_LEN: libc::socklen_t = size_of::<libc::sockaddr_in>() as libc:
 #[expect(clippy::cast_possible_truncation, reason = "8 bytes")]
 const LINGER_LEN: libc::socklen_t = size_of::<libc::linger>() as libc::socklen_t;
 
+/// Where `listen` answers DNS (the `upload-tls` loop's name, `bench.test`, is
+/// 127.0.0.1).
+const BENCH_DNS: &str = "127.0.0.1:47010";
+
 /// Accepts and closes TCP connections at `text`, and holds a UDP socket at
-/// the next port (datagrams past its buffer are dropped), forever.
+/// the next port (datagrams past its buffer are dropped), a reader that
+/// discards what it gets at the one after, and a DNS server at
+/// [`BENCH_DNS`], forever.
 fn listen(text: &str) -> ! {
+    let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
+    let _dns = enforcer_tests::DnsServer::start_at(BENCH_DNS, &[("bench.test", localhost, 3600)]);
     let tcp = std::net::TcpListener::bind(text).unwrap_or_else(|e| {
         eprintln!("enforcer-bench: cannot listen on {text}: {e}");
         std::process::exit(2);
@@ -165,6 +173,37 @@ fn connect_for_upload(to: &libc::sockaddr_in) -> i32 {
         }
         fd
     }
+}
+
+/// A TCP connection to `name:port` (resolved by the system's resolver, the
+/// enforcer's when tagged) that opened with a TLS ClientHello naming
+/// `name`, for the `upload-tls` loop: the uploads after it pass the TLS
+/// name check of a policy that allows the name.
+fn connect_named_for_upload(target: &str) -> i32 {
+    use std::net::ToSocketAddrs as _;
+    let (name, _) = target.rsplit_once(':').unwrap_or((target, ""));
+    let Some(std::net::SocketAddr::V4(to)) =
+        target.to_socket_addrs().ok().and_then(|mut a| a.find(std::net::SocketAddr::is_ipv4))
+    else {
+        eprintln!("enforcer-bench: upload-tls: cannot resolve {target}");
+        return -1;
+    };
+    let fd = connect_for_upload(&sockaddr(&to.to_string()));
+    let hello = enforcer_tests::client_hello(name);
+    if fd >= 0 && upload_once(fd, &hello) < 0 {
+        return -1;
+    }
+    fd
+}
+
+/// The connection the `upload` (to an address) or `upload-tls` (to a name)
+/// loop writes to.
+fn upload_connection(kind: &str, target: &str) -> i32 {
+    let fd = if kind == "upload" { connect_for_upload(&sockaddr(target)) } else { connect_named_for_upload(target) };
+    if fd < 0 {
+        eprintln!("enforcer-bench: {kind}: cannot connect: {}", std::io::Error::last_os_error());
+    }
+    fd
 }
 
 /// One `write` of the `upload` loop: the whole 64 KiB (a short write
@@ -218,7 +257,7 @@ fn main() {
         (args.get(1), args.get(2), args.get(3).map(|n| n.parse::<u64>()))
     else {
         eprintln!(
-            "usage: enforcer-bench open|open-read|write|stat|read|connect|sendto|listen|getpid|fork-exec|until-denied \
+            "usage: enforcer-bench open|open-read|write|stat|read|connect|sendto|upload|upload-tls|listen|getpid|fork-exec|until-denied \
              PATH ITERATIONS"
         );
         std::process::exit(2);
@@ -282,11 +321,8 @@ fn main() {
                 libc::sendto(fd, buf.0.as_ptr().cast(), buf.0.len(), 0, (&raw const to).cast(), SOCKADDR_IN_LEN)
             })
         }
-        "upload" => {
-            let fd = connect_for_upload(&sockaddr(&path.to_string_lossy()));
-            if fd < 0 {
-                eprintln!("enforcer-bench: upload: cannot connect: {}", std::io::Error::last_os_error());
-            }
+        "upload" | "upload-tls" => {
+            let fd = upload_connection(kind, &path.to_string_lossy());
             let chunk = vec![0x75u8; 64 * 1024];
             timed(&mut || upload_once(fd, &chunk))
         }
@@ -312,11 +348,13 @@ fn main() {
         }
         other => {
             eprintln!(
-                "enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, upload, listen, \
-                 getpid, fork-exec, until-denied)"
+                "enforcer-bench: unknown loop `{other}` (open, write, stat, read, connect, sendto, upload, \
+                 upload-tls, listen, getpid, fork-exec, until-denied)"
             );
             std::process::exit(2);
         }
     };
+    // `upload-tls` is the `upload` loop on another connection.
+    let kind = kind.trim_end_matches("-tls");
     println!("{kind} ns_per_op={elapsed:.2} failures={} first_errno={}", failures.count, failures.first_errno);
 }

@@ -274,6 +274,22 @@ fn kept_step(op: &str, address: &str) -> Option<i32> {
             }
             failed
         }
+        // `kept-hello:N:NAME`: a TLS ClientHello naming NAME on kept socket
+        // N, a `write(2)` per byte; the errno of the first that fails.
+        "kept-hello" => {
+            let (n, name) = address.split_once(':').expect("kept-hello:N:NAME");
+            let fd = kept(n);
+            let hello = enforcer_tests::client_hello(name);
+            let mut failed = 0;
+            for byte in &hello {
+                // SAFETY: one byte of a local buffer, on a descriptor we hold.
+                failed = check(unsafe { libc::write(fd, std::ptr::from_ref(byte).cast(), 1) } as libc::c_long);
+                if failed != 0 {
+                    break;
+                }
+            }
+            failed
+        }
         // `sendfile(2)` of FILE to kept socket N.
         "kept-sendfile" => {
             let (n, file) = address.split_once(':').expect("kept-sendfile:N:FILE");
@@ -285,6 +301,48 @@ fn kept_step(op: &str, address: &str) -> Option<i32> {
                     r
                 }
                 Err(e) => e,
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// TCP Fast Open steps; `None` if `op` is not one.
+fn fast_open_step(op: &str, address: &str) -> Option<i32> {
+    let socket_addr = || address.parse::<SocketAddr>().unwrap_or_else(|_| panic!("bad address `{address}`"));
+    Some(match op {
+        // TCP Fast Open: the connect rides on the first sendto.
+        "tcp-fastopen" => {
+            let to = socket_addr();
+            let to = socket2_addr(&to);
+            // SAFETY: a TCP socket, sendto(2) with a sockaddr of its length, close(2).
+            unsafe {
+                let fd = libc::socket(i32::from(to.0.ss_family), libc::SOCK_STREAM, 0);
+                let r = libc::sendto(fd, b"x".as_ptr().cast(), 1, libc::MSG_FASTOPEN, (&raw const to.0).cast(), to.1);
+                let result = if r < 0 { errno() } else { 0 };
+                close(fd);
+                result
+            }
+        }
+        // TCP Fast Open by socket option: `connect` returns at once, the
+        // first write sends the SYN (with its data where a cookie is known).
+        "tcp-fastopen-connect" => {
+            const TCP_FASTOPEN_CONNECT: i32 = 30;
+            let to = socket2_addr(&socket_addr());
+            let one: i32 = 1;
+            // SAFETY: a TCP socket, setsockopt(2) with an int, connect(2) with a
+            // sockaddr of its length, write(2) of one byte, close(2).
+            unsafe {
+                let fd = libc::socket(i32::from(to.0.ss_family), libc::SOCK_STREAM, 0);
+                let size = libc::socklen_t::try_from(size_of::<i32>()).unwrap_or(4);
+                libc::setsockopt(fd, libc::IPPROTO_TCP, TCP_FASTOPEN_CONNECT, (&raw const one).cast(), size);
+                let mut r = libc::connect(fd, (&raw const to.0).cast(), to.1) as isize;
+                if r == 0 {
+                    r = libc::write(fd, b"x".as_ptr().cast(), 1);
+                }
+                let result = if r < 0 { errno() } else { 0 };
+                close(fd);
+                result
             }
         }
         _ => return None,
@@ -307,19 +365,6 @@ fn net_step(op: &str, address: &str) -> Option<i32> {
             let (count, rest) = address.split_once(':').expect("tcp-rate:N:PER_SECOND:ADDRESS");
             let (rate, to) = rest.split_once(':').expect("tcp-rate:N:PER_SECOND:ADDRESS");
             connect_repeatedly(count, Some(Duration::from_secs(1) / rate.parse::<u32>().expect("rate")), to)
-        }
-        // TCP Fast Open: the connect rides on the first sendto.
-        "tcp-fastopen" => {
-            let to = socket_addr();
-            let to = socket2_addr(&to);
-            // SAFETY: a TCP socket, sendto(2) with a sockaddr of its length, close(2).
-            unsafe {
-                let fd = libc::socket(i32::from(to.0.ss_family), libc::SOCK_STREAM, 0);
-                let r = libc::sendto(fd, b"x".as_ptr().cast(), 1, libc::MSG_FASTOPEN, (&raw const to.0).cast(), to.1);
-                let result = if r < 0 { errno() } else { 0 };
-                close(fd);
-                result
-            }
         }
         "udp-sendto" => {
             let to = socket_addr();
@@ -941,6 +986,7 @@ fn main() {
     for arg in std::env::args().skip(1) {
         let (op, rest) = arg.split_once(':').unwrap_or((&arg, ""));
         let errno = net_step(op, rest)
+            .or_else(|| fast_open_step(op, rest))
             .or_else(|| kept_step(op, rest))
             .or_else(|| syscall_step(op, rest))
             .or_else(|| boundary_step(op, rest))

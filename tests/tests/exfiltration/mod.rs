@@ -6,6 +6,7 @@
 //! kernel at the open (BPF LSM), so these run in the VM tier only.
 
 mod budgets;
+mod tls;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 

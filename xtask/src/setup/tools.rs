@@ -11,9 +11,11 @@ use crate::vm::initramfs;
 
 const MIN_QEMU_MAJOR: u32 = 10;
 /// What the host tier runs: the agent workload under `@default-agent`,
-/// systemd-analyze for the units, and runc for containers tagged by the OCI
-/// hook (tool, Debian package).
-const WORKLOAD_TOOLS: [(&str, &str); 6] = [
+/// systemd-analyze for the units, runc for containers tagged by the OCI
+/// hook, and curl and openssl for the TLS name tests (tool, Debian package).
+const WORKLOAD_TOOLS: [(&str, &str); 8] = [
+    ("curl", "curl"),
+    ("openssl", "openssl"),
     ("git", "git"),
     ("cc", "gcc"),
     ("python3", "python3"),

@@ -93,6 +93,12 @@ fn guest_files() -> Result<Vec<(PathBuf, String)>> {
     }
     // The containers tests run Debian's runc (with its libraries) in the guest.
     files.push((runc()?, "/bin/runc".to_string()));
+    // The TLS name tests: a real TLS server and client.
+    for tool in ["curl", "openssl"] {
+        let path =
+            cmd::which(tool).ok_or_else(|| anyhow::anyhow!("{tool} is not installed: run `cargo xtask setup`"))?;
+        files.push((path, format!("/bin/{tool}")));
+    }
     Ok(files)
 }
 
