@@ -226,6 +226,47 @@ pub struct InboundDenial {
     pub protocol: u16,
 }
 
+/// The header of an event from a program that gets no task to read (no
+/// comm, no program path): inbound packets, the TLS name judge.
+struct TasklessHead {
+    cgroup_id: u64,
+    /// 0 where there is no process (a packet's softirq).
+    pid_tgid: u64,
+    policy_id: PolicyId,
+    errno: u32,
+    /// Bytes of detail records after the header.
+    detail_len: u16,
+    kind: Kind,
+    action: Action,
+    reason: Reason,
+}
+
+/// Writes `head` into a header in the ring buffer, field by field (a struct
+/// literal with zeroed runs becomes a `memset`).
+#[inline(always)]
+unsafe fn fill_taskless_header(header: *mut EventHeader, head: &TasklessHead) {
+    unsafe {
+        (&raw mut (*header).boot_ns).write(bpf_ktime_get_boot_ns());
+        (&raw mut (*header).cgroup_id).write(head.cgroup_id);
+        (&raw mut (*header).pid).write(head.pid_tgid as u32);
+        (&raw mut (*header).tgid).write((head.pid_tgid >> 32) as u32);
+        (&raw mut (*header).policy_id).write(head.policy_id);
+        (&raw mut (*header).reserved).write(0);
+        (&raw mut (*header).errno).write(head.errno);
+        (&raw mut (*header).path_len).write(head.detail_len);
+        (&raw mut (*header).exe_len).write(0);
+        (&raw mut (*header).kind).write(head.kind as u8);
+        (&raw mut (*header).op).write(0);
+        (&raw mut (*header).action).write(head.action as u8);
+        (&raw mut (*header).reason).write(head.reason as u8);
+        // Volatile: three zero stores in a row would become a `memset` call.
+        (&raw mut (*header).flags).cast::<u64>().write_volatile(0);
+        let comm = (&raw mut (*header).comm).cast::<u64>();
+        comm.write_volatile(0);
+        comm.add(1).write_volatile(0);
+    }
+}
+
 /// An inbound event as it goes into the ring buffer.
 #[repr(C)]
 struct InboundRecord {
@@ -244,27 +285,19 @@ pub fn report_inbound(denial: &InboundDenial) {
         return;
     };
     let record = entry.as_mut_ptr();
+    let head = TasklessHead {
+        cgroup_id: denial.cgroup_id,
+        pid_tgid: 0,
+        policy_id: denial.policy_id,
+        errno: denial.errno,
+        detail_len: NET_DETAIL_BYTES as u16,
+        kind: Kind::Inbound,
+        action: denial.action,
+        reason: Reason::NotAllowed,
+    };
     // Field by field (a struct literal with zeroed runs becomes a `memset`).
     unsafe {
-        let header = &raw mut (*record).header;
-        (&raw mut (*header).boot_ns).write(bpf_ktime_get_boot_ns());
-        (&raw mut (*header).cgroup_id).write(denial.cgroup_id);
-        (&raw mut (*header).pid).write(0);
-        (&raw mut (*header).tgid).write(0);
-        (&raw mut (*header).policy_id).write(denial.policy_id);
-        (&raw mut (*header).reserved).write(0);
-        (&raw mut (*header).errno).write(denial.errno);
-        (&raw mut (*header).path_len).write(NET_DETAIL_BYTES as u16);
-        (&raw mut (*header).exe_len).write(0);
-        (&raw mut (*header).kind).write(Kind::Inbound as u8);
-        (&raw mut (*header).op).write(0);
-        (&raw mut (*header).action).write(denial.action as u8);
-        (&raw mut (*header).reason).write(Reason::NotAllowed as u8);
-        // Volatile: three zero stores in a row would become a `memset` call.
-        (&raw mut (*header).flags).cast::<u64>().write_volatile(0);
-        let comm = (&raw mut (*header).comm).cast::<u64>();
-        comm.write_volatile(0);
-        comm.add(1).write_volatile(0);
+        fill_taskless_header(&raw mut (*record).header, &head);
         let detail = &raw mut (*record).detail;
         let words = (&raw mut (*detail).addr).cast::<u32>();
         for (i, word) in denial.addr.iter().enumerate() {
@@ -307,28 +340,18 @@ pub fn report_tls(denial: &TlsDenial) {
     let state = denial.state;
     let audit = state.audit != 0;
     let action = if audit { Action::Audit } else { Action::Deny };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // Field by field (a struct literal with zeroed runs becomes a `memset`).
+    let head = TasklessHead {
+        cgroup_id: state.cgroup_id,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        policy_id: state.policy_id,
+        errno: if audit { 0 } else { EACCES },
+        detail_len: (NET_DETAIL_BYTES + TLS_DETAIL_BYTES) as u16,
+        kind: Kind::SniMismatch,
+        action,
+        reason: denial.reason,
+    };
     unsafe {
-        let header = &raw mut (*record).header;
-        (&raw mut (*header).boot_ns).write(bpf_ktime_get_boot_ns());
-        (&raw mut (*header).cgroup_id).write(state.cgroup_id);
-        (&raw mut (*header).pid).write(pid_tgid as u32);
-        (&raw mut (*header).tgid).write((pid_tgid >> 32) as u32);
-        (&raw mut (*header).policy_id).write(state.policy_id);
-        (&raw mut (*header).reserved).write(0);
-        (&raw mut (*header).errno).write(if audit { 0 } else { EACCES });
-        (&raw mut (*header).path_len).write((NET_DETAIL_BYTES + TLS_DETAIL_BYTES) as u16);
-        (&raw mut (*header).exe_len).write(0);
-        (&raw mut (*header).kind).write(Kind::SniMismatch as u8);
-        (&raw mut (*header).op).write(0);
-        (&raw mut (*header).action).write(action as u8);
-        (&raw mut (*header).reason).write(denial.reason as u8);
-        // Volatile: three zero stores in a row would become a `memset` call.
-        (&raw mut (*header).flags).cast::<u64>().write_volatile(0);
-        let comm = (&raw mut (*header).comm).cast::<u64>();
-        comm.write_volatile(0);
-        comm.add(1).write_volatile(0);
+        fill_taskless_header(&raw mut (*record).header, &head);
         let detail = &raw mut (*record).detail;
         let from = state.grant.addr.as_ptr().cast::<u32>();
         let words = (&raw mut (*detail).addr).cast::<u32>();
