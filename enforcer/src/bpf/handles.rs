@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use aya::maps::{
-    Array, HashMap as BpfHashMap, IterableMap as _, MapData, MapError, PerCpuArray,
+    Array, HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray,
     lpm_trie::{Key, LpmTrie},
 };
 use enforcer_common::{
@@ -102,21 +102,12 @@ impl NetRuleMaps {
     /// (`rules`: those [`Self::add`] put in) and its resolver.
     pub fn remove_version(&mut self, id: PolicyId, rules: Option<&NetRules>) -> Result<(), LoadError> {
         for key in rules.map(|r| r.unix.as_slice()).unwrap_or_default() {
-            match self.unix.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(UNIX_RULES_MAP)(e)),
-            }
+            super::ignore_missing(self.unix.remove(key)).map_err(map_err(UNIX_RULES_MAP))?;
         }
         for (key, _) in rules.map(|r| r.budgets.as_slice()).unwrap_or_default() {
-            match self.budgets.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(BUDGETS_MAP)(e)),
-            }
+            super::ignore_missing(self.budgets.remove(key)).map_err(map_err(BUDGETS_MAP))?;
         }
-        match self.resolvers.remove(&id) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(RESOLVERS_MAP)(e)),
-        }
+        super::ignore_missing(self.resolvers.remove(&id)).map_err(map_err(RESOLVERS_MAP))
     }
 
     /// Writes destination entries: one call for all; if that fails, one by
@@ -143,10 +134,7 @@ impl NetRuleMaps {
             return Ok(());
         }
         for key in keys {
-            match self.destinations.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(NET_RULES_MAP)(e)),
-            }
+            super::ignore_missing(self.destinations.remove(key)).map_err(map_err(NET_RULES_MAP))?;
         }
         Ok(())
     }
@@ -271,10 +259,7 @@ fn retain_keys<K: aya::Pod, V: aya::Pod>(
 ) -> Result<(), LoadError> {
     let gone: Vec<K> = map.keys().filter_map(Result::ok).filter(|key| !keep(key)).collect();
     for key in gone {
-        match map.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(name)(e)),
-        }
+        super::ignore_missing(map.remove(&key)).map_err(map_err(name))?;
     }
     Ok(())
 }
@@ -306,10 +291,7 @@ impl SelectedCgroups {
     }
 
     pub fn remove(&mut self, cgroup_id: u64) -> Result<(), LoadError> {
-        match self.records.remove(&cgroup_id) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(SELECTED_MAP)(e)),
-        }
+        super::ignore_missing(self.records.remove(&cgroup_id)).map_err(map_err(SELECTED_MAP))
     }
 
     /// How full the bloom filter is (0 to 1): it only fills, and past about

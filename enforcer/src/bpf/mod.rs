@@ -33,6 +33,17 @@ pub use handles::{GrantMaps, NetRuleMaps, TlsMaps};
 pub use object::load_empty_programs;
 pub use pinned::{Start, adopted_build, build_id, remove_pins, short_sha256};
 
+/// A map removal that found nothing to remove is done. aya reports it as
+/// `ENOENT` from `bpf_map_delete_elem`, not as `KeyNotFound` (which only a
+/// lookup returns): both are taken.
+pub fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
 /// Whether `ENFORCER_DEBUG_LOAD` asks for whole verifier logs, and (as the
 /// `debug` log level, see `log.rs`) load timings and verifier counts (read
 /// once).

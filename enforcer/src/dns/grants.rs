@@ -16,7 +16,7 @@ use enforcer_common::{
 };
 
 use super::names::merge_ports;
-use crate::bpf::GrantMaps;
+use crate::bpf::{GrantMaps, ignore_missing};
 
 /// `CLOCK_BOOTTIME` in nanoseconds: the clock the programs compare with.
 #[must_use]
@@ -363,15 +363,6 @@ impl Grants {
             self.tls_names.insert((grantee, addr), wanted);
         }
         Ok(())
-    }
-}
-
-/// A removal that found nothing to remove is done.
-fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
-    match result {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other,
     }
 }
 

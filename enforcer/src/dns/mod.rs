@@ -338,11 +338,10 @@ impl Resolver {
             }
         }
         let budget = self.rules.budget_for(&qname);
-        let grantees = [
-            ports.map(|ports| (Grantee { policy: self.policy_id, locked: false }, ports)),
-            locked_ports.map(|ports| (Grantee { policy: self.policy_id, locked: true }, ports)),
-        ];
-        let tls = |grantee: Grantee| self.rules.tls_for(&qname, grantee.locked);
+        let grantee_of = |locked: bool, ports| {
+            (Grantee { policy: self.policy_id, locked }, ports, self.rules.tls_for(&qname, locked))
+        };
+        let grantees = [ports.map(|ports| grantee_of(false, ports)), locked_ports.map(|ports| grantee_of(true, ports))];
         let Ok(reply) = self.ask_upstream(query, transport).await else {
             self.report(&qname, qtype, "upstream_failed", peer);
             return refusal(&request, ResponseCode::ServFail);
@@ -360,8 +359,8 @@ impl Resolver {
             };
             let ttl = Duration::from_secs(u64::from(record.ttl)).max(self.min_ttl);
             let granted = self.grants.lock().map_err(|_| ()).and_then(|mut grants| {
-                grantees.iter().flatten().try_for_each(|&(grantee, ports)| {
-                    let granted = Granted { ports, tls: tls(grantee), ttl, budget };
+                grantees.iter().flatten().try_for_each(|&(grantee, ports, tls)| {
+                    let granted = Granted { ports, tls, ttl, budget };
                     grants.grant(grantee, addr, &qname, granted).map_err(|_| ())
                 })
             });

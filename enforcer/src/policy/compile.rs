@@ -94,7 +94,7 @@ fn tag_for(policy: &Policy, policy_id: PolicyId) -> TagInfo {
         if !network.upload.is_empty() {
             flags |= TAG_BUDGET;
         }
-        if network.allow.iter().chain(&network.after_sensitive_read).any(|(d, _)| d.tls != 0) {
+        if network.checks_tls_names() {
             flags |= TAG_TLS;
         }
     }
@@ -136,7 +136,7 @@ pub fn needs_lsm(policy: &Policy) -> Vec<&'static str> {
         if !network.upload.is_empty() {
             parts.push("network.upload: upload budgets (BPF LSM socket_sendmsg)");
         }
-        if network.allow.iter().chain(&network.after_sensitive_read).any(|(d, _)| d.tls != 0) {
+        if network.checks_tls_names() {
             parts.push("network.allow `tls`: TLS names on addresses granted by name (BPF LSM socket_sendmsg)");
         }
         parts.push(

@@ -58,8 +58,7 @@ pub fn build(network: &Network, policy_id: PolicyId, net_id: PolicyId) -> Result
     debug_assert!(prefixes.is_sorted_by_key(order));
     let unix = network.unix.iter().map(|name| unix_key(name, policy_id)).collect();
     let budgets = crate::policy::budgets::kernel_entries(&network.upload, policy_id);
-    let tls = network.allow.iter().chain(&network.after_sensitive_read).any(|(d, _)| d.tls != 0);
-    Ok(NetRules { prefixes, unix, budgets, tls })
+    Ok(NetRules { prefixes, unix, budgets, tls: network.checks_tls_names() })
 }
 
 /// The order of [`NetRules::prefixes`].

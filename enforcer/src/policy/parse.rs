@@ -77,6 +77,15 @@ pub struct Network {
     pub dns_names: Option<super::budgets::NamesBudget>,
 }
 
+impl Network {
+    /// Whether a host entry (of `allow` or `after_sensitive_read`) has its
+    /// TLS names checked.
+    #[must_use]
+    pub fn checks_tls_names(&self) -> bool {
+        self.allow.iter().chain(&self.after_sensitive_read).any(|(d, _)| d.tls != 0)
+    }
+}
+
 /// The `[devices]` section: device nodes (or directories of them, e.g.
 /// `/dev/dri`) an agent may open besides `/dev/null`, `zero`, `full`,
 /// `random`, `urandom`, `tty`, `ptmx` and its own terminal.

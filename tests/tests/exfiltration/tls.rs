@@ -72,8 +72,8 @@ impl TlsServer {
         Self { port, cert: cert.display().to_string(), child, _dns: dns }
     }
 
-    /// A `curl` of `name` that prints `NAME=EXIT`; `to` forces the address
-    /// (`--resolve`), `insecure` skips the certificate (a bare address).
+    /// A `curl` of `https://URL_HOST:PORT/` that prints `LABEL=EXIT`;
+    /// `resolve` (`NAME:PORT:ADDRESS`) forces the address.
     fn curl(&self, label: &str, url_host: &str, resolve: Option<&str>) -> String {
         let resolve = resolve.map(|r| format!("--resolve {r} ")).unwrap_or_default();
         format!(
