@@ -27,6 +27,29 @@ pub const BUDGETS_PER_POLICY: usize = 255;
 
 /// The index of a policy's `*` budget: every byte its agents send.
 pub const BUDGET_ALL: u16 = 0;
+/// The index of a policy's budget of new destinations
+/// (`network.new_destinations`): its `BUDGET_USE` counts are of distinct
+/// destinations reached in the window, its limit one of destinations.
+pub const BUDGET_NEW_DESTINATIONS: u16 = u16::MAX;
+
+/// The destinations each agent reached: [`SeenKey`] -> boot ns when last
+/// counted. LRU: an entry pushed out counts again when next reached
+/// (stricter, never looser).
+pub const DESTINATIONS_SEEN_MAP: &str = "DESTINATIONS_SEEN";
+pub const DESTINATIONS_SEEN_MAX: u32 = 1 << 16;
+
+/// One destination of one agent: an address (IPv4 as `::ffff:a.b.c.d`) and
+/// port, whichever the protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SeenKey {
+    pub agent: u64,
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub pad: u16,
+    pub pad2: u32,
+}
 
 /// The `BUDGETS` key of budget `index` of `policy_id`.
 #[inline]
@@ -75,4 +98,4 @@ pub struct BudgetUse {
 }
 
 #[cfg(feature = "user")]
-aya_pod!(Budget, BudgetUseKey, BudgetUse);
+aya_pod!(Budget, BudgetUseKey, BudgetUse, SeenKey);

@@ -49,8 +49,10 @@ pub enum Kind {
     /// one): userspace writes it as a `sensitive_read` line and an
     /// `egress_locked` line.
     EgressLocked = 11,
-    /// A send past an upload budget (`network.upload`): refused with
-    /// `EDQUOT`; a [`BudgetDetail`] follows the [`NetDetail`].
+    /// A send past an upload budget (`network.upload`), refused with
+    /// `EDQUOT`, or a connect or datagram to one destination more than
+    /// `network.new_destinations` allows, refused with `EPERM`; a
+    /// [`BudgetDetail`] follows the [`NetDetail`].
     BudgetExceeded = 12,
     /// The first bytes of a connection to an address granted by name did
     /// not name one of the names granted it (`network.allow` `tls`): refused
@@ -82,14 +84,16 @@ impl Kind {
 #[derive(Clone, Copy, Debug, Default)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct BudgetDetail {
-    /// Bytes sent under the budget in its current window, before this send.
+    /// Bytes sent under the budget in its current window, before this send
+    /// (destinations reached, for the budget of new destinations).
     pub used: u64,
-    /// The budget: bytes per window.
+    /// The budget: bytes (destinations) per window.
     pub limit: u64,
     pub window_ns: u64,
-    /// Bytes the refused send carried.
+    /// Bytes the refused send carried (1: one destination).
     pub size: u64,
-    /// The budget's index in the policy's `network.upload` (0: `*`).
+    /// The budget's index in the policy's `network.upload` (0: `*`;
+    /// `BUDGET_NEW_DESTINATIONS`: the budget of new destinations).
     pub index: u16,
     /// Zero (two fields: an array would be filled by a `memset` call).
     pub pad: u16,
@@ -256,6 +260,9 @@ pub enum Reason {
     /// UDP to an address granted by a name whose TLS name is checked: a
     /// QUIC handshake there cannot be judged.
     QuicRefused = 25,
+    /// The agent reached as many distinct destinations in the window as
+    /// `network.new_destinations` allows, and this one is not among them.
+    NewDestinationsExceeded = 26,
 }
 
 /// What a network event is about, after its header.
@@ -407,6 +414,7 @@ impl Reason {
             23 => Self::TlsUnparsable,
             24 => Self::TlsUncheckable,
             25 => Self::QuicRefused,
+            26 => Self::NewDestinationsExceeded,
             _ => return None,
         })
     }
@@ -440,6 +448,7 @@ impl Reason {
             Reason::TlsUnparsable => "tls_unparsable",
             Reason::TlsUncheckable => "tls_uncheckable",
             Reason::QuicRefused => "quic_refused",
+            Reason::NewDestinationsExceeded => "new_destinations_exceeded",
         }
     }
 }

@@ -340,6 +340,10 @@ pub const TAG_BUDGET: u32 = 1 << 16;
 /// addresses granted by name (`tls` on a host entry of `network.allow`, see
 /// `crate::tls`).
 pub const TAG_TLS: u32 = 1 << 17;
+/// `TagInfo::flags`: the policy has a budget of new destinations
+/// (`network.new_destinations`): every destination its agents connect or
+/// send to is counted once per window.
+pub const TAG_NEW_DESTINATIONS: u32 = 1 << 18;
 
 /// The agents whose egress is locked: tagged cgroup id -> [`EgressLock`].
 /// Pinned, so a lock outlives the daemon that saw it made.

@@ -71,29 +71,37 @@ fn destination_budget(info: &TagInfo, send: &Send) -> Option<u16> {
     unsafe { BUDGET_ADDRS.get(&info.grant_key(send.addr_bytes())) }.copied()
 }
 
-/// Why a send has no room.
-struct NoRoom {
-    reason: Reason,
-    detail: BudgetDetail,
+/// Why a send (or a destination) has no room.
+pub(crate) struct NoRoom {
+    pub reason: Reason,
+    pub detail: BudgetDetail,
 }
 
-/// Whether budget `index` of the agent's policy has room for `size` bytes
-/// more, starting a new window where the last one ended: its count to
-/// reserve them in (null for a policy without that budget).
+/// The agent's count under budget `index` of its policy, in a window that
+/// holds `now` (a new one starts where the last one ended), and the budget;
+/// `None` for a policy without that budget. The detail of a refusal is
+/// filled but for `used` and `size`.
 #[inline(always)]
-fn room(tag: &Tagged, index: u16, size: u64, now: u64) -> Result<*mut BudgetUse, NoRoom> {
+pub(crate) fn current_window(tag: &Tagged, index: u16, now: u64) -> Result<Option<(*mut BudgetUse, Budget)>, NoRoom> {
     let zero = opaque_zero();
     let key = BudgetUseKey { agent: tag.agent, budget: budget_key(tag.info.policy_id(), index), pad: zero };
     // SAFETY: the value is copied out.
     let Some(budget) = (unsafe { BUDGETS.get(&key.budget) }).copied() else {
-        return Ok(core::ptr::null_mut());
+        return Ok(None);
     };
-    let (limit, window_ns) = (budget.limit, budget.window_ns);
-    // Zeros the compiler cannot see: a run of them would make a `memset`.
-    let mut detail = BudgetDetail { used: 0, limit, window_ns, size, index, pad: zero as u16, pad2: zero };
     let usage = if let Some(usage) = BUDGET_USE.get_ptr_mut(&key) {
         usage
     } else {
+        // Zeros the compiler cannot see: a run of them would make a `memset`.
+        let detail = BudgetDetail {
+            used: 0,
+            limit: budget.limit,
+            window_ns: budget.window_ns,
+            size: u64::from(zero),
+            index,
+            pad: zero as u16,
+            pad2: zero,
+        };
         let fresh = BudgetUse { window_start_ns: now, bytes: 0 };
         match BUDGET_USE.insert(&key, &fresh, u64::from(BPF_NOEXIST)) {
             Ok(()) => {}
@@ -107,14 +115,36 @@ fn room(tag: &Tagged, index: u16, size: u64, now: u64) -> Result<*mut BudgetUse,
     };
     let count = unsafe { &mut *usage };
     // Two sends starting a window at once both write it: the same values,
-    // within nanoseconds. A send in flight across it gives back what it
-    // reserved in the last one: the count can go below zero, read as zero.
+    // within nanoseconds.
     if now.wrapping_sub(count.window_start_ns) >= budget.window_ns {
         count.window_start_ns = now;
         count.bytes = 0;
     }
-    detail.used = (count.bytes as i64).max(0) as u64;
-    if detail.used.saturating_add(size) > budget.limit {
+    Ok(Some((usage, budget)))
+}
+
+/// Whether budget `index` of the agent's policy has room for `size` bytes
+/// more: its count to reserve them in (null for a policy without that
+/// budget).
+#[inline(always)]
+fn room(tag: &Tagged, index: u16, size: u64, now: u64) -> Result<*mut BudgetUse, NoRoom> {
+    let Some((usage, budget)) = current_window(tag, index, now)? else {
+        return Ok(core::ptr::null_mut());
+    };
+    // A send in flight across a window's start gives back what it reserved
+    // in the last one: the count can go below zero, read as zero.
+    let used = (unsafe { (*usage).bytes } as i64).max(0) as u64;
+    if used.saturating_add(size) > budget.limit {
+        let zero = opaque_zero();
+        let detail = BudgetDetail {
+            used,
+            limit: budget.limit,
+            window_ns: budget.window_ns,
+            size,
+            index,
+            pad: zero as u16,
+            pad2: zero,
+        };
         return Err(NoRoom { reason: Reason::BudgetExceeded, detail });
     }
     Ok(usage)
@@ -122,7 +152,7 @@ fn room(tag: &Tagged, index: u16, size: u64, now: u64) -> Result<*mut BudgetUse,
 
 /// Adds `bytes` (two's complement: a negative amount gives back) to a count.
 #[inline(always)]
-fn add(usage: *mut BudgetUse, bytes: u64) {
+pub(crate) fn add(usage: *mut BudgetUse, bytes: u64) {
     if usage.is_null() {
         return;
     }

@@ -28,6 +28,7 @@ use enforcer_common::{
 };
 
 use crate::{
+    destinations,
     kernel::{
         Direct, MsghdrName, Probe, Read, SkDaddr, SkDport, SkFamily, SkProtocol, SkType, SocketSk, UnixAddressLen,
         UnixSockAddr, off,
@@ -258,6 +259,9 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
         (info.net_key(false, addr), info.grant_key(addr), Reason::NotAllowed)
     };
     if rule_allows(&rule, NET_KEY_POLICY_BITS + 128, detail.port, proto) {
+        if !destinations::admit(&tag, &detail) {
+            return REFUSE;
+        }
         if info.flags & TAG_TLS != 0 {
             tls::forget(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk });
         }
@@ -265,6 +269,9 @@ fn judge_destination(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     }
     if !grant_allows(&grant, detail.port, proto, unsafe { bpf_ktime_get_boot_ns() }) {
         return refuse(Some(&info), kind, refusal, &detail, None, ALLOW, REFUSE);
+    }
+    if !destinations::admit(&tag, &detail) {
+        return REFUSE;
     }
     // Granted for a name: its TLS name may be checked.
     match tls::judge_connect(ctx, &info, &grant, proto) {

@@ -3,6 +3,7 @@
 mod arm;
 mod boundary;
 mod budget;
+mod destinations;
 mod empty_hooks;
 mod exec;
 mod floor;

@@ -131,6 +131,7 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
         selected,
         egress_locked,
         upload_budgets,
+        new_destinations,
         counters: c,
     } = read(path, answer)?;
     println!(
@@ -185,6 +186,19 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<i32, ClientError> {
             b.bytes_limit,
             b.window_s,
             b.policy
+        );
+    }
+    if !new_destinations.is_empty() {
+        println!("new destinations (distinct destinations reached in the current window):");
+    }
+    for d in &new_destinations {
+        println!(
+            "  {}  {} of {} per {}s  (policy {})",
+            agent_label(d.cgroup.as_deref(), d.cgroup_id),
+            d.used,
+            d.limit,
+            d.window_s,
+            d.policy
         );
     }
     println!(

@@ -14,7 +14,8 @@
 //! destinations allowed, with 1 / 100 / 10 000 / 100 000 CIDR rules (the others are
 //! other /32s); (c) tagged, destinations denied (EPERM and an event each time, events to
 //! /dev/null; its baseline is the same loops to ports nobody listens on); (d) tagged, 1
-//! rule and an upload budget (`*`, never reached: every send is checked and counted);
+//! rule, an upload budget (`*`, never reached: every send is checked and counted) and a
+//! budget of new destinations (never reached: every connect and `sendto` is checked);
 //! (e) tagged, as (d) with a host entry whose TLS names are required: the upload goes
 //! to an address granted for `bench.test` (resolved through the enforcer's resolver,
 //! from `enforcer-bench listen`'s DNS server) on a connection that opened with a
@@ -115,14 +116,14 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { key: "c", label: "(c) tagged, denied", baseline: "base-c", targets: [None, None, None], uploads: false },
     Scenario {
         key: "d",
-        label: "(d) tagged, upload budget",
+        label: "(d) tagged, budgets",
         baseline: "base-b1",
         targets: [Some(1.02), None, Some(UPLOAD_TARGET)],
         uploads: true,
     },
     Scenario {
         key: "e",
-        label: "(e) tagged, TLS name + budget",
+        label: "(e) tagged, TLS name + budgets",
         baseline: "base-b1",
         targets: [Some(1.02), None, Some(UPLOAD_TARGET)],
         uploads: true,
@@ -144,12 +145,13 @@ OK=127.0.0.1:47001 OK_UDP=127.0.0.1:47002 OK_UP=127.0.0.1:47003 NO=127.0.0.1:470
 UP_N=$((N / 20))
 
 # policy NAME COUNT [UPLOAD [HOST]]: the bench destinations plus COUNT - 1 other /32s
-# (and HOST, its TLS names required).
+# (and HOST, its TLS names required); with UPLOAD, a budget of new destinations too.
 policy() {
     {
         echo "name = \"bench-$1\""
         echo "[network]"
         [ -z "$3" ] || echo "upload = [\"$3\"]"
+        [ -z "$3" ] || echo "new_destinations = \"100000/1h\""
         echo "allow = [\"$OK/tcp\", \"$OK_UDP/udp\", \"$OK_UP/tcp\","
         [ -z "$4" ] || echo "  { to = \"$4\", tls = \"require\" },"
         awk -v n=$2 'BEGIN { for (i = 1; i < n; i++) printf "  \"10.%d.%d.%d/32:443\",\n", int(i / 65536) % 256, int(i / 256) % 256, i % 256 }'

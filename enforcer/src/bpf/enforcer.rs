@@ -174,18 +174,11 @@ impl Enforcer {
         attachment.sock_create.push(program.attach(&dir, mode).map_err(attach_err)?);
         let program: &mut CgroupSkb = program_of(self.object()?, INBOUND_PROGRAM)?;
         attachment.inbound.push(program.attach(&dir, CgroupSkbAttachType::Ingress, mode).map_err(attach_err)?);
-        if self.tls_judged() {
+        if self.net.tls_in_force() {
             let program: &mut SockOps = program_of(self.object()?, TLS_SOCK_OPS_PROGRAM)?;
             attachment.sock_ops.push(program.attach(&dir, mode).map_err(attach_err)?);
         }
         Ok(attachment)
-    }
-
-    /// Whether TLS names are checked here (BPF LSM, and the kernel took the
-    /// judge).
-    #[must_use]
-    pub fn tls_judged(&self) -> bool {
-        self.lsm_missing.is_none() && !self.missing_hooks.contains(&TLS_SOCK_OPS_PROGRAM)
     }
 
     pub fn detach_net(&mut self, attachment: NetAttachment) -> Result<(), LoadError> {
@@ -234,11 +227,26 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Turns the TLS name judge on (`TLS_IN_FORCE`), once: before the first
+    /// policy with checked names is in force. Its `sock_ops` program runs
+    /// at each TCP callback of a socket of the cgroups it is on, and once
+    /// one is attached anywhere every TCP callback on the host looks for
+    /// one: so it goes on the socket programs' cgroups from then on, not
+    /// before (the daemon then adds it where they are already, see
+    /// [`Self::attach_tls_pinned`]). False where the judge is not loaded.
+    pub fn judge_tls(&mut self) -> Result<bool, LoadError> {
+        self.net.set_tls_in_force()
+    }
+
     /// Installs a policy's network rules (`enforcer run`), counting sends
-    /// first if it has upload budgets.
+    /// first if it has upload budgets, and turning the TLS judge on if it
+    /// checks names.
     pub fn add_net_rules(&mut self, rules: &crate::policy::network::NetRules) -> Result<(), LoadError> {
-        if !rules.budgets.is_empty() {
+        if rules.counts_sends() {
             self.count_sends()?;
+        }
+        if rules.tls {
+            self.judge_tls()?;
         }
         self.net.add(rules)
     }

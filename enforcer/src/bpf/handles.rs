@@ -56,15 +56,25 @@ impl NetRuleMaps {
         for (key, budget) in &rules.budgets {
             self.budgets.insert(key, budget, 0).map_err(map_err(BUDGETS_MAP))?;
         }
-        if !rules.budgets.is_empty() {
+        if rules.counts_sends() {
             self.budgets_in_force.set(0, 1, 0).map_err(map_err(BUDGETS_IN_FORCE_MAP))?;
         }
-        if rules.tls
-            && let Some(in_force) = &mut self.tls_in_force
-        {
-            in_force.set(0, 1, 0).map_err(map_err(TLS_IN_FORCE_MAP))?;
-        }
         Ok(())
+    }
+
+    /// Whether a policy with checked TLS names was loaded (`TLS_IN_FORCE`):
+    /// from then on the judge's `sock_ops` program is on every cgroup the
+    /// socket programs are on.
+    #[must_use]
+    pub fn tls_in_force(&self) -> bool {
+        self.tls_in_force.as_ref().is_some_and(|in_force| in_force.get(&0, 0).is_ok_and(|v| v != 0))
+    }
+
+    /// Sets `TLS_IN_FORCE`; false where the judge is not loaded.
+    pub(super) fn set_tls_in_force(&mut self) -> Result<bool, LoadError> {
+        let Some(in_force) = &mut self.tls_in_force else { return Ok(false) };
+        in_force.set(0, 1, 0).map_err(map_err(TLS_IN_FORCE_MAP))?;
+        Ok(true)
     }
 
     /// The first step of `change`, before the swap: dropped entries go,

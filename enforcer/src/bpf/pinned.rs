@@ -200,6 +200,7 @@ impl Enforcer {
     /// Attaches the cgroup socket programs to `cgroup` and pins the links:
     /// they stay attached without the daemon. Idempotent.
     pub fn attach_net_pinned(&mut self, cgroup: &Cgroup) -> Result<(), LoadError> {
+        let judge_tls = self.net.tls_in_force();
         let pinned = self.pinned.as_mut().ok_or(LoadError::Adopted("not a daemon: nothing is pinned"))?;
         let dir = pinned.dir.join("net").join(cgroup.id.to_string());
         if dir.exists() {
@@ -233,10 +234,8 @@ impl Enforcer {
                 .map_err(|e| attach_err(chain(&e)))?;
             let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
             pin(INBOUND_PROGRAM, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
-            if let Some(program) = &mut pinned.tls_sock_ops {
-                let id = program.attach(&file, CgroupAttachMode::Single).map_err(|e| attach_err(chain(&e)))?;
-                let link = program.take_link(id).map_err(|e| attach_err(chain(&e)))?;
-                pin(TLS_SOCK_OPS_PROGRAM, FdLink::try_from(link).map_err(|e| attach_err(chain(&e)))?)?;
+            if judge_tls && let Some(program) = &mut pinned.tls_sock_ops {
+                pin(TLS_SOCK_OPS_PROGRAM, attach_sock_ops(program, &file).map_err(attach_err)?)?;
             }
             Ok(())
         })();
@@ -245,6 +244,24 @@ impl Enforcer {
             return Err(e.into());
         }
         std::fs::rename(&staging, &dir).map_err(io(&dir))?;
+        Ok(())
+    }
+
+    /// Adds the TLS judge's `sock_ops` program to `cgroup`, whose socket
+    /// programs are attached already, once the judge is on (see
+    /// `Enforcer::judge_tls`). Idempotent.
+    pub fn attach_tls_pinned(&mut self, cgroup: &Cgroup) -> Result<(), LoadError> {
+        let pinned = self.pinned.as_mut().ok_or(LoadError::Adopted("not a daemon: nothing is pinned"))?;
+        let path = pinned.dir.join("net").join(cgroup.id.to_string()).join(TLS_SOCK_OPS_PROGRAM);
+        let Some(program) = &mut pinned.tls_sock_ops else { return Ok(()) };
+        if path.exists() || !path.parent().is_some_and(Path::exists) {
+            return Ok(());
+        }
+        let file = std::fs::File::open(&cgroup.path)
+            .map_err(|source| LoadError::OpenCgroup { path: cgroup.path.clone(), source })?;
+        let link = attach_sock_ops(program, &file)
+            .map_err(|detail| PinError::Attach { cgroup: cgroup.name.clone(), detail })?;
+        link.pin(&path).map_err(|source| PinError::Pin { what: "cgroup link", path, source })?;
         Ok(())
     }
 
@@ -273,6 +290,13 @@ impl Enforcer {
         let Ok(entries) = std::fs::read_dir(pinned.dir.join("net")) else { return Vec::new() };
         entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
     }
+}
+
+/// Attaches `program` to the cgroup open as `file`, as a link to pin.
+fn attach_sock_ops(program: &mut SockOps, file: &std::fs::File) -> Result<FdLink, String> {
+    let id = program.attach(file, CgroupAttachMode::Single).map_err(|e| chain(&e))?;
+    let link = program.take_link(id).map_err(|e| chain(&e))?;
+    FdLink::try_from(link).map_err(|e| chain(&e))
 }
 
 impl Pinned {

@@ -91,6 +91,7 @@ fn policy_list(core: &Core) -> Vec<PolicyInfo> {
 
 #[must_use]
 pub fn snapshot(core: &Core) -> Snapshot {
+    let (upload_budgets, new_destinations) = core.budget_usage();
     Snapshot {
         tagged_cgroups: core.tags().len(),
         selected_cgroups: core.selected().count(),
@@ -105,12 +106,14 @@ pub fn snapshot(core: &Core) -> Snapshot {
         lsm_enforced: core.enforcer.lsm_missing().is_none(),
         not_enforced: core.not_enforced.len(),
         egress_locked: core.enforcer.locked.all().len(),
-        upload_budgets: core.budget_usage(),
+        upload_budgets,
+        new_destinations,
     }
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let core = shared.core.lock().await;
+    let (upload_budgets, new_destinations) = core.budget_usage();
     Json(StatusAnswer {
         daemon: DaemonInfo {
             pid: std::process::id(),
@@ -133,7 +136,8 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         tags: core.tags(),
         selected: core.selected().cloned().collect(),
         egress_locked: core.locked_agents(),
-        upload_budgets: core.budget_usage(),
+        upload_budgets,
+        new_destinations,
         counters: Counters {
             lost_events: core.enforcer.lost.total().unwrap_or(0),
             reloads: core.reloads,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use enforcer_common::{
-    budget::{BudgetUseKey, split_budget_key},
+    budget::{BUDGET_NEW_DESTINATIONS, BudgetUseKey, split_budget_key},
     policy::{FileRuleKey, PolicyId, TAG_FROM_EXEC, TagInfo},
 };
 use serde::{Deserialize, Serialize};
@@ -347,9 +347,15 @@ impl Core {
         let old_live: HashSet<PolicyId> = self.policies.values().map(|p| p.id).collect();
         let old_nets: HashSet<PolicyId> = self.policies.values().map(|p| p.net_id).collect();
         let planned = timing.map(|t| t.elapsed());
-        // Sends are counted before a budget is in force (a no-op once done).
-        if fresh.values().any(|p| p.net.as_ref().is_some_and(|net| !net.budgets.is_empty())) {
+        // Sends are counted before a budget is in force, and TLS names
+        // judged before a policy that checks them is (no-ops once done).
+        if fresh.values().any(|p| p.net.as_ref().is_some_and(crate::policy::network::NetRules::counts_sends)) {
             self.enforcer.count_sends()?;
+        }
+        if fresh.values().any(|p| p.net.as_ref().is_some_and(|net| net.tls)) && self.enforcer.judge_tls()? {
+            for point in self.net_points(None) {
+                self.enforcer.attach_tls_pinned(&point)?;
+            }
         }
         // New policies' destinations go in first; new versions' change in
         // place, narrowed now and widened after the swap.
@@ -783,38 +789,61 @@ impl Core {
             .collect()
     }
 
-    /// What each agent sent under each upload budget in its current window.
+    /// What each agent sent under each upload budget in its current window,
+    /// and how many destinations it reached under its budget of new
+    /// destinations.
     #[must_use]
-    pub fn budget_usage(&self) -> Vec<crate::daemon::wire::BudgetUsed> {
+    pub fn budget_usage(&self) -> (Vec<crate::daemon::wire::BudgetUsed>, Vec<crate::daemon::wire::DestinationsUsed>) {
         let clock = crate::events::Clock::new();
         let now = crate::dns::grants::boot_ns();
-        let mut used: Vec<_> = self
-            .enforcer
-            .budget_usage
-            .all()
-            .into_iter()
-            .filter_map(|(key, usage)| {
-                let (id, index) = split_budget_key(key.budget);
-                let loaded = self.policies.values().find(|p| p.id == id)?;
-                let upload = loaded.policy.network.as_ref().map(|n| n.upload.as_slice()).unwrap_or_default();
-                let budget = budgets::by_index(upload, index)?;
-                let current = now.saturating_sub(usage.window_start_ns) < budget.kernel().window_ns;
-                Some(crate::daemon::wire::BudgetUsed {
-                    cgroup_id: key.agent,
-                    cgroup: self.cgroup_name(key.agent),
-                    policy: loaded.name.clone(),
-                    budget: budget.destination(),
-                    // Below zero (a send in flight across a window's start gave
-                    // back what it reserved in the last one): none.
-                    bytes_used: if current { u64::try_from(usage.bytes.cast_signed()).unwrap_or(0) } else { 0 },
-                    bytes_limit: budget.bytes,
-                    window_s: budget.window.as_secs(),
-                    window_started_at: current.then(|| clock.stamp(usage.window_start_ns).as_str().to_owned()),
-                })
-            })
-            .collect();
-        used.sort_by(|a, b| (a.cgroup_id, &a.budget).cmp(&(b.cgroup_id, &b.budget)));
-        used
+        let (mut bytes, mut destinations) = (Vec::new(), Vec::new());
+        for (key, usage) in self.enforcer.budget_usage.all() {
+            let (id, index) = split_budget_key(key.budget);
+            let Some(loaded) = self.policies.values().find(|p| p.id == id) else { continue };
+            let Some(network) = loaded.policy.network.as_ref() else { continue };
+            // An upload budget has the destination it counts, the budget of
+            // new destinations none.
+            let (limit, window, upload) = if index == BUDGET_NEW_DESTINATIONS {
+                let Some(budget) = network.new_destinations else { continue };
+                (budget.count as u64, budget.window, None)
+            } else {
+                let Some(budget) = budgets::by_index(&network.upload, index) else { continue };
+                (budget.bytes, budget.window, Some(budget.destination()))
+            };
+            let current =
+                now.saturating_sub(usage.window_start_ns) < u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+            // Below zero (a send in flight across a window's start gave back
+            // what it reserved in the last one): none.
+            let used = if current { u64::try_from(usage.bytes.cast_signed()).unwrap_or(0) } else { 0 };
+            let window_started_at = current.then(|| clock.stamp(usage.window_start_ns).as_str().to_owned());
+            let (cgroup_id, cgroup, policy) = (key.agent, self.cgroup_name(key.agent), loaded.name.clone());
+            let window_s = window.as_secs();
+            if let Some(budget) = upload {
+                bytes.push(crate::daemon::wire::BudgetUsed {
+                    cgroup_id,
+                    cgroup,
+                    policy,
+                    budget,
+                    bytes_used: used,
+                    bytes_limit: limit,
+                    window_s,
+                    window_started_at,
+                });
+            } else {
+                destinations.push(crate::daemon::wire::DestinationsUsed {
+                    cgroup_id,
+                    cgroup,
+                    policy,
+                    used,
+                    limit,
+                    window_s,
+                    window_started_at,
+                });
+            }
+        }
+        bytes.sort_by(|a, b| (a.cgroup_id, &a.budget).cmp(&(b.cgroup_id, &b.budget)));
+        destinations.sort_by_key(|d| d.cgroup_id);
+        (bytes, destinations)
     }
 
     /// The path of agent cgroup `id`, if it is tagged or selected now.

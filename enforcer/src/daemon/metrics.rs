@@ -48,6 +48,9 @@ pub struct Snapshot {
     pub egress_locked: usize,
     /// What each agent sent under each upload budget.
     pub upload_budgets: Vec<crate::daemon::wire::BudgetUsed>,
+    /// How many destinations each agent reached under its budget of new
+    /// destinations.
+    pub new_destinations: Vec<crate::daemon::wire::DestinationsUsed>,
 }
 
 impl Metrics {
@@ -211,6 +214,7 @@ impl Metrics {
             &unlabeled(s.egress_locked as u64),
         );
         budget_metrics(&mut metric, &s.upload_budgets);
+        destinations_metrics(&mut metric, &s.new_destinations);
         out
     }
 }
@@ -233,6 +237,32 @@ fn budget_metrics(
     );
     let limits: Vec<(String, u64)> = budgets.iter().map(|b| (label(b), b.bytes_limit)).collect();
     metric("enforcer_upload_budget_limit_bytes", "gauge", "Bytes an upload budget allows per window.", &limits);
+}
+
+/// The budgets of new destinations' gauges: destinations reached and
+/// allowed per agent.
+fn destinations_metrics(
+    metric: &mut impl FnMut(&str, &str, &str, &[(String, u64)]),
+    agents: &[crate::daemon::wire::DestinationsUsed],
+) {
+    let label = |d: &crate::daemon::wire::DestinationsUsed| {
+        let cgroup = d.cgroup.clone().unwrap_or_else(|| d.cgroup_id.to_string());
+        format!("{{cgroup=\"{}\",policy=\"{}\"}}", esc(&cgroup), esc(&d.policy))
+    };
+    let used: Vec<(String, u64)> = agents.iter().map(|d| (label(d), d.used)).collect();
+    metric(
+        "enforcer_new_destinations_used",
+        "gauge",
+        "Distinct destinations an agent reached in the current window of its network.new_destinations budget.",
+        &used,
+    );
+    let limits: Vec<(String, u64)> = agents.iter().map(|d| (label(d), d.limit)).collect();
+    metric(
+        "enforcer_new_destinations_limit",
+        "gauge",
+        "Distinct destinations per window network.new_destinations allows.",
+        &limits,
+    );
 }
 
 /// The one sample of a metric without labels.

@@ -123,6 +123,10 @@ pub struct StatusAnswer {
     /// What each agent sent under each of its policy's upload budgets.
     #[serde(default)]
     pub upload_budgets: Vec<BudgetUsed>,
+    /// How many distinct destinations each agent reached under its
+    /// policy's `network.new_destinations`.
+    #[serde(default)]
+    pub new_destinations: Vec<DestinationsUsed>,
     pub counters: Counters,
 }
 
@@ -138,6 +142,22 @@ pub struct BudgetUsed {
     /// Bytes sent in the current window (0: none open).
     pub bytes_used: u64,
     pub bytes_limit: u64,
+    pub window_s: u64,
+    /// When the current window started (none open: null).
+    pub window_started_at: Option<String>,
+}
+
+/// One agent under its policy's budget of new destinations
+/// (`network.new_destinations`).
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct DestinationsUsed {
+    pub cgroup_id: u64,
+    /// Its path, if it is tagged or selected now.
+    pub cgroup: Option<String>,
+    pub policy: String,
+    /// Distinct destinations reached in the current window (0: none open).
+    pub used: u64,
+    pub limit: u64,
     pub window_s: u64,
     /// When the current window started (none open: null).
     pub window_started_at: Option<String>,

@@ -3,7 +3,7 @@
 use enforcer_common::net::{NET_PORT_RANGES, NetPorts, PortRange};
 
 use crate::{
-    policy::budgets::{self, Located, NamesBudget},
+    policy::budgets::{self, CountBudget, Located},
     policy::destinations::{Destination, Target, host_matches},
     policy::{Location, Network},
 };
@@ -27,7 +27,7 @@ pub struct HostRules {
     /// `network.upload`: the budget each name's addresses count against.
     budgets: Vec<Located>,
     /// `network.dns_names`.
-    dns_names: Option<NamesBudget>,
+    dns_names: Option<CountBudget>,
 }
 
 /// The host name entries of one list.
@@ -61,7 +61,7 @@ impl HostRules {
 
     /// How many distinct names one agent may have asked upstream per window.
     #[must_use]
-    pub fn dns_names(&self) -> Option<NamesBudget> {
+    pub fn dns_names(&self) -> Option<CountBudget> {
         self.dns_names
     }
 

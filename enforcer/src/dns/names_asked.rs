@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use crate::policy::budgets::NamesBudget;
+use crate::policy::budgets::CountBudget;
 
 /// Askers kept before windows that ended are dropped.
 const ASKERS_KEPT: usize = 4096;
@@ -33,8 +33,8 @@ pub struct OverBudget(pub usize);
 impl NamesAsked {
     /// Whether `qname` may be asked for `asker` under `budget`: a name
     /// asked in the current window may, a new one while fewer than
-    /// `budget.names` were (it is then counted).
-    pub fn admit(&self, asker: Option<u64>, qname: &str, budget: NamesBudget) -> Result<(), OverBudget> {
+    /// `budget.count` were (it is then counted).
+    pub fn admit(&self, asker: Option<u64>, qname: &str, budget: CountBudget) -> Result<(), OverBudget> {
         let Ok(mut askers) = self.0.lock() else { return Err(OverBudget(0)) };
         let now = Instant::now();
         if askers.len() >= ASKERS_KEPT {
@@ -47,7 +47,7 @@ impl NamesAsked {
         if window.names.contains(qname) {
             return Ok(());
         }
-        if window.names.len() >= budget.names {
+        if window.names.len() >= budget.count {
             return Err(OverBudget(window.names.len()));
         }
         window.names.insert(qname.to_owned());
@@ -64,13 +64,13 @@ mod tests {
     #[test]
     fn new_names_past_the_budget_are_refused_names_asked_already_are_not() {
         let asked = NamesAsked::default();
-        let budget = NamesBudget { names: 2, window: Duration::from_hours(1) };
+        let budget = CountBudget { count: 2, window: Duration::from_hours(1) };
         assert_eq!(asked.admit(Some(7), "a.example.com", budget), Ok(()));
         assert_eq!(asked.admit(Some(7), "b.example.com", budget), Ok(()));
         assert_eq!(asked.admit(Some(7), "c.example.com", budget), Err(OverBudget(2)));
         assert_eq!(asked.admit(Some(7), "a.example.com", budget), Ok(()), "asked already");
         assert_eq!(asked.admit(Some(8), "c.example.com", budget), Ok(()), "another agent counts apart");
-        let short = NamesBudget { names: 2, window: Duration::ZERO };
+        let short = CountBudget { count: 2, window: Duration::ZERO };
         assert_eq!(asked.admit(Some(7), "c.example.com", short), Ok(()), "a window that ended starts again");
     }
 }

@@ -86,13 +86,19 @@ fn net_members(out: &mut Vec<u8>, net: &NetFields) {
 }
 
 fn budget_members(out: &mut Vec<u8>, budget: &BudgetFields) {
-    let BudgetFields { budget, bytes_used, bytes_limit, window_s, send_bytes } = budget;
+    let BudgetFields { budget, bytes_used, bytes_limit, destinations_used, destinations_limit, window_s, send_bytes } =
+        budget;
     member(out, "budget", |out| nullable(out, budget.as_deref()));
-    for (name, value) in
-        [("bytes_used", bytes_used), ("bytes_limit", bytes_limit), ("window_s", window_s), ("send_bytes", send_bytes)]
-    {
-        member(out, name, |out| number(out, *value));
+    for (name, value) in [
+        ("bytes_used", bytes_used),
+        ("bytes_limit", bytes_limit),
+        ("destinations_used", destinations_used),
+        ("destinations_limit", destinations_limit),
+    ] {
+        optional(out, name, value.as_ref(), |out, v| number(out, *v));
     }
+    member(out, "window_s", |out| number(out, *window_s));
+    optional(out, "send_bytes", send_bytes.as_ref(), |out, v| number(out, *v));
 }
 
 fn floor_members(out: &mut Vec<u8>, floor: &FloorFields) {
@@ -188,6 +194,8 @@ fn address(out: &mut Vec<u8>, addr: &IpAddr) {
 mod tests {
     use std::borrow::Cow;
 
+    use enforcer_common::{budget::BUDGET_NEW_DESTINATIONS, events::BudgetDetail};
+
     use super::*;
     use crate::events::kernel::Clock;
 
@@ -282,17 +290,30 @@ mod tests {
             option: Some(0),
         });
         events.push(floor);
-        for name in [Some("*.pypi.org".to_owned()), None] {
+        let upload = BudgetDetail {
+            used: 1 << 20,
+            limit: u64::MAX,
+            window_ns: 600_000_000_000,
+            size: 65536,
+            ..Default::default()
+        };
+        let destinations = BudgetDetail {
+            used: 20,
+            limit: 20,
+            window_ns: 3_600_000_000_000,
+            size: 1,
+            index: BUDGET_NEW_DESTINATIONS,
+            ..Default::default()
+        };
+        for (detail, name) in [
+            (upload, Some("*.pypi.org".to_owned())),
+            (upload, None),
+            (destinations, Some("new_destinations".to_owned())),
+        ] {
             let mut budget = file_event(&clock, "", None);
             (budget.op, budget.path, budget.kind) = (None, None, "budget_exceeded");
             budget.net = Some(net(Some("10.0.0.1".parse().unwrap()), None, Some(None)));
-            budget.budget = Some(BudgetFields {
-                budget: name,
-                bytes_used: 1 << 20,
-                bytes_limit: u64::MAX,
-                window_s: 600,
-                send_bytes: 65536,
-            });
+            budget.budget = Some(BudgetFields::of(&detail, name));
             events.push(budget);
         }
         for event in &events {

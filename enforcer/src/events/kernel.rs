@@ -9,6 +9,7 @@ use std::{
 };
 
 use enforcer_common::{
+    budget::BUDGET_NEW_DESTINATIONS,
     events::{
         Action, BUDGET_DETAIL_BYTES, BudgetDetail, EVENT_EXE_TRUNCATED, EVENT_HEADER_BYTES, EVENT_PATH_FROM_FS_ROOT,
         EVENT_PATH_TRUNCATED, EventHeader, FLOOR_DETAIL_BYTES, FloorDetail, Kind, NET_DETAIL_BYTES, NetDetail, Op,
@@ -99,20 +100,59 @@ pub struct NetFields {
     pub resolved_from: Option<Option<String>>,
 }
 
-/// What a `budget_exceeded` event says about the budget.
+/// What a `budget_exceeded` event says about the budget: bytes for an
+/// upload budget, destinations for the budget of new destinations.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct BudgetFields {
-    /// The budget as `network.upload` names it: `*`, or the host name
-    /// (`null` if the policy is no longer known).
+    /// The budget as the policy names it: `*` or the host name of a
+    /// `network.upload` entry, or `new_destinations` (`null` if the policy
+    /// is no longer known).
     pub budget: Option<String>,
     /// Bytes sent under it in its current window, before this send.
-    pub bytes_used: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_used: Option<u64>,
     /// Bytes it allows per window.
-    pub bytes_limit: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_limit: Option<u64>,
+    /// Distinct destinations reached in its current window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destinations_used: Option<u64>,
+    /// Distinct destinations it allows per window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destinations_limit: Option<u64>,
     /// Its window, in seconds.
     pub window_s: u64,
     /// Bytes the refused send carried.
-    pub send_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_bytes: Option<u64>,
+}
+
+impl BudgetFields {
+    /// The fields of `budget`, named `name` (if known).
+    #[must_use]
+    pub fn of(budget: &BudgetDetail, name: Option<String>) -> Self {
+        let window_s = budget.window_ns / 1_000_000_000;
+        if budget.index == BUDGET_NEW_DESTINATIONS {
+            return Self {
+                budget: name,
+                bytes_used: None,
+                bytes_limit: None,
+                destinations_used: Some(budget.used),
+                destinations_limit: Some(budget.limit),
+                window_s,
+                send_bytes: None,
+            };
+        }
+        Self {
+            budget: name,
+            bytes_used: Some(budget.used),
+            bytes_limit: Some(budget.limit),
+            destinations_used: None,
+            destinations_limit: None,
+            window_s,
+            send_bytes: Some(budget.size),
+        }
+    }
 }
 
 /// What a `sni_mismatch` event says about the ClientHello (the name granted
@@ -369,12 +409,9 @@ impl Record {
             },
             net: self.net.as_ref().map(|net| net_fields(Kind::from_u8(h.kind), net)),
             floor: self.floor.map(|floor| floor_fields(Op::from_u8(h.op), floor)),
-            budget: self.budget.map(|budget| BudgetFields {
-                budget: ctx.budgets.iter().find(|(index, _)| *index == budget.index).map(|(_, name)| name.clone()),
-                bytes_used: budget.used,
-                bytes_limit: budget.limit,
-                window_s: budget.window_ns / 1_000_000_000,
-                send_bytes: budget.size,
+            budget: self.budget.map(|budget| {
+                let name = ctx.budgets.iter().find(|(index, _)| *index == budget.index).map(|(_, name)| name.clone());
+                BudgetFields::of(&budget, name)
             }),
             tls: self.tls.as_ref().map(|tls| {
                 let len = (tls.len as usize).min(tls.name.len());

@@ -8,7 +8,7 @@
 use std::{str::FromStr, time::Duration};
 
 use enforcer_common::{
-    budget::{BUDGET_ALL, BUDGETS_PER_POLICY, Budget, budget_key},
+    budget::{BUDGET_ALL, BUDGET_NEW_DESTINATIONS, BUDGETS_PER_POLICY, Budget, budget_key},
     policy::PolicyId,
 };
 
@@ -72,31 +72,40 @@ impl FromStr for UploadBudget {
     }
 }
 
-/// `network.dns_names`: at most `names` distinct names per `window` that
-/// the resolver asks upstream for one agent (`"300/1h"`).
+/// A budget of distinct things per window for one agent (`"300/1h"`):
+/// `network.dns_names` counts the names the resolver asks upstream,
+/// `network.new_destinations` the destinations (address and port) reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NamesBudget {
-    pub names: usize,
+pub struct CountBudget {
+    pub count: usize,
     pub window: Duration,
 }
 
-/// Most names a `dns_names` budget may allow per window (each is kept until
-/// its window ends).
-pub const NAMES_MAX: usize = 100_000;
+/// Most a count budget may allow per window (each name or destination is
+/// kept until its window ends).
+pub const COUNT_MAX: usize = 100_000;
 
-impl FromStr for NamesBudget {
+impl FromStr for CountBudget {
     type Err = EntryError;
 
     fn from_str(entry: &str) -> Result<Self, EntryError> {
-        let hint = "write `NAMES/WINDOW`, e.g. \"300/1h\": distinct names the resolver asks upstream for one agent";
-        let Some((names, window)) = entry.split_once('/') else {
+        let hint = "write `COUNT/WINDOW`, e.g. \"300/1h\": at most COUNT distinct ones per window for one agent";
+        let Some((count, window)) = entry.split_once('/') else {
             return fail(format!("`{entry}` has no `/` before its window"), hint);
         };
-        let names = names.trim().parse::<usize>().ok().filter(|n| (1..=NAMES_MAX).contains(n));
-        let Some(names) = names else {
-            return fail(format!("`{entry}`: the number of names is not 1 to {NAMES_MAX}"), hint);
+        let count = count.trim().parse::<usize>().ok().filter(|n| (1..=COUNT_MAX).contains(n));
+        let Some(count) = count else {
+            return fail(format!("`{entry}`: the count is not 1 to {COUNT_MAX}"), hint);
         };
-        Ok(Self { names, window: parse_window(window.trim())? })
+        Ok(Self { count, window: parse_window(window.trim())? })
+    }
+}
+
+impl CountBudget {
+    /// The budget as the programs hold it.
+    #[must_use]
+    pub fn kernel(&self) -> Budget {
+        Budget { limit: self.count as u64, window_ns: u64::try_from(self.window.as_nanos()).unwrap_or(u64::MAX) }
     }
 }
 
@@ -190,12 +199,20 @@ pub fn by_index(budgets: &[Located], index: u16) -> Option<&UploadBudget> {
     budgets.iter().enumerate().find(|(i, (b, _))| b.index(*i) == index).map(|(_, (b, _))| b)
 }
 
-/// The budgets of `policy` by index, as `network.upload` names them (for
-/// events).
+/// The name the budget of new destinations goes by in events and status.
+pub const NEW_DESTINATIONS: &str = "new_destinations";
+
+/// The budgets of `policy` by index, as the policy names them (for events):
+/// `network.upload` entries by their destination, and `new_destinations`.
 #[must_use]
 pub fn names(policy: &crate::policy::Policy) -> Vec<(u16, String)> {
-    let budgets = policy.network.as_ref().map(|n| n.upload.as_slice()).unwrap_or_default();
-    budgets.iter().enumerate().map(|(i, (b, _))| (b.index(i), b.destination())).collect()
+    let Some(network) = &policy.network else { return Vec::new() };
+    let mut names: Vec<_> =
+        network.upload.iter().enumerate().map(|(i, (b, _))| (b.index(i), b.destination())).collect();
+    if network.new_destinations.is_some() {
+        names.push((BUDGET_NEW_DESTINATIONS, NEW_DESTINATIONS.to_owned()));
+    }
+    names
 }
 
 /// Budgets one policy may have (checked when it is parsed).
@@ -239,11 +256,11 @@ mod tests {
     }
 
     #[test]
-    fn a_names_budget_is_a_count_per_window() {
-        assert_eq!("300/1h".parse(), Ok(NamesBudget { names: 300, window: Duration::from_hours(1) }));
+    fn a_count_budget_is_a_count_per_window() {
+        assert_eq!("300/1h".parse(), Ok(CountBudget { count: 300, window: Duration::from_hours(1) }));
         for (entry, says) in [("300", "no `/`"), ("0/1h", "not 1 to"), ("x/1h", "not 1 to"), ("5/1ms", "not a window")]
         {
-            let error = entry.parse::<NamesBudget>().expect_err(entry);
+            let error = entry.parse::<CountBudget>().expect_err(entry);
             assert!(error.message.contains(says), "{entry}: {}", error.message);
         }
     }

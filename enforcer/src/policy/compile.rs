@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use enforcer_common::{
     net::SOCKET_CLASSES,
     policy::{
-        FileRuleKey, PolicyId, TAG_AUDIT, TAG_BUDGET, TAG_EXEC, TAG_FILES, TAG_NET, TAG_READ_DENY, TAG_REQUIRE_SECCOMP,
-        TAG_SENSITIVE, TAG_TLS, TagInfo,
+        FileRuleKey, PolicyId, TAG_AUDIT, TAG_BUDGET, TAG_EXEC, TAG_FILES, TAG_NET, TAG_NEW_DESTINATIONS,
+        TAG_READ_DENY, TAG_REQUIRE_SECCOMP, TAG_SENSITIVE, TAG_TLS, TagInfo,
     },
 };
 
@@ -96,6 +96,9 @@ fn tag_for(policy: &Policy, policy_id: PolicyId) -> TagInfo {
         }
         if network.checks_tls_names() {
             flags |= TAG_TLS;
+        }
+        if network.new_destinations.is_some() {
+            flags |= TAG_NEW_DESTINATIONS;
         }
     }
     TagInfo::new(policy_id, flags)

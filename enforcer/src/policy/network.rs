@@ -9,7 +9,7 @@
 use std::{cmp::Ordering, net::Ipv6Addr};
 
 use enforcer_common::{
-    budget::Budget,
+    budget::{BUDGET_NEW_DESTINATIONS, Budget, budget_key, split_budget_key},
     net::{NET_PORT_RANGES, NetKey, NetPorts, PortRange, UNIX_PATH_BYTES, UnixKey},
     policy::PolicyId,
 };
@@ -39,7 +39,8 @@ pub struct NetRules {
     /// allows; sorted by key and length (see [`NetChange::between`]).
     pub prefixes: Vec<(u32, NetKey, NetPorts)>,
     pub unix: Vec<UnixKey>,
-    /// Upload budgets, by `budget_key` (of the version's own id).
+    /// Upload budgets and the budget of new destinations, by `budget_key`
+    /// (of the version's own id).
     pub budgets: Vec<(u32, Budget)>,
     /// Some host entry has its TLS names checked (`tls`).
     pub tls: bool,
@@ -57,8 +58,19 @@ pub fn build(network: &Network, policy_id: PolicyId, net_id: PolicyId) -> Result
     prefixes.extend(self::prefixes(&network.listen, net_id, Set::Listen)?);
     debug_assert!(prefixes.is_sorted_by_key(order));
     let unix = network.unix.iter().map(|name| unix_key(name, policy_id)).collect();
-    let budgets = crate::policy::budgets::kernel_entries(&network.upload, policy_id);
+    let mut budgets = crate::policy::budgets::kernel_entries(&network.upload, policy_id);
+    if let Some(budget) = &network.new_destinations {
+        budgets.push((budget_key(policy_id, BUDGET_NEW_DESTINATIONS), budget.kernel()));
+    }
     Ok(NetRules { prefixes, unix, budgets, tls: network.checks_tls_names() })
+}
+
+impl NetRules {
+    /// Whether it has upload budgets: every send of its agents is counted.
+    #[must_use]
+    pub fn counts_sends(&self) -> bool {
+        self.budgets.iter().any(|&(key, _)| split_budget_key(key).1 != BUDGET_NEW_DESTINATIONS)
+    }
 }
 
 /// The order of [`NetRules::prefixes`].

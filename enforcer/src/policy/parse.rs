@@ -74,7 +74,10 @@ pub struct Network {
     /// of names.
     pub upload: Vec<super::budgets::Located>,
     /// Distinct names the resolver asks upstream for one agent per window.
-    pub dns_names: Option<super::budgets::NamesBudget>,
+    pub dns_names: Option<super::budgets::CountBudget>,
+    /// Distinct destinations (address and port) one agent may reach per
+    /// window.
+    pub new_destinations: Option<super::budgets::CountBudget>,
 }
 
 impl Network {
@@ -219,6 +222,7 @@ struct RawNetwork {
     #[serde(default)]
     upload: Vec<Spanned<String>>,
     dns_names: Option<Spanned<String>>,
+    new_destinations: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -234,7 +238,8 @@ struct RawFiles {
 
 const KEYS_HINT: &str = "a policy has `name`, `mode`, `cgroups` (selectors), a `[files]` table with `write`, \
                          `read_deny` and `sensitive`, a \
-`[network]` table with `allow`, `listen`, `unix`, `sockets`, `dns_min_ttl`, `after_sensitive_read`, `upload` and `dns_names`, a `[syscalls]` table with `allow`, \
+`[network]` table with `allow`, `listen`, `unix`, `sockets`, `dns_min_ttl`, `after_sensitive_read`, `upload`, `dns_names` and \
+`new_destinations`, a `[syscalls]` table with `allow`, \
 `deny_action` and `require_seccomp`, an `[exec]` table with `allow`, and a `[devices]` table with `allow`; see \
 policies/coding-agent.toml";
 
@@ -467,19 +472,15 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
         after_sensitive_read: Vec::new(),
         upload: Vec::new(),
         dns_names: None,
+        new_destinations: None,
     };
     network.allow = destinations(ctx, "network.allow", &raw.allow, warnings)?;
     if let Some(after) = &raw.after_sensitive_read {
         network.after_sensitive_read = destinations(ctx, "network.after_sensitive_read", after.get_ref(), warnings)?;
     }
     network.upload = upload_budgets(ctx, &raw.upload, &network, warnings)?;
-    if let Some(entry) = &raw.dns_names {
-        let budget = entry
-            .get_ref()
-            .parse()
-            .map_err(|e: EntryError| ctx.invalid(entry.span(), format!("network.dns_names: {}", e.message), e.hint))?;
-        network.dns_names = Some(budget);
-    }
+    network.dns_names = count_budget(ctx, "network.dns_names", raw.dns_names.as_ref())?;
+    network.new_destinations = count_budget(ctx, "network.new_destinations", raw.new_destinations.as_ref())?;
     for entry in &raw.listen {
         network.listen.push((parse_listen(ctx, entry)?, ctx.locate(&entry.span())));
     }
@@ -532,6 +533,20 @@ fn validate_network(ctx: &Ctx<'_>, raw: &RawNetwork, warnings: &mut Vec<Warning>
         }
     }
     Ok(network)
+}
+
+/// A `COUNT/WINDOW` budget (`network.dns_names`, `network.new_destinations`).
+fn count_budget(
+    ctx: &Ctx<'_>,
+    key: &str,
+    entry: Option<&Spanned<String>>,
+) -> Result<Option<super::budgets::CountBudget>, PolicyError> {
+    let Some(entry) = entry else { return Ok(None) };
+    let budget = entry
+        .get_ref()
+        .parse()
+        .map_err(|e: EntryError| ctx.invalid(entry.span(), format!("{key}: {}", e.message), e.hint))?;
+    Ok(Some(budget))
 }
 
 /// The `network.upload` budgets; `network`: the destinations they count.
@@ -838,9 +853,14 @@ mod tests {
             "{warnings:?}"
         );
         let (policy, _) = check("name = \"x\"\n[network]\ndns_names = \"300/1h\"\n").unwrap();
-        assert_eq!(policy.network.unwrap().dns_names.map(|b| b.names), Some(300));
+        assert_eq!(policy.network.unwrap().dns_names.map(|b| b.count), Some(300));
         let e = error_of("name = \"x\"\n[network]\ndns_names = \"300\"\n");
         assert!(e.starts_with("p.toml:3:13: error: network.dns_names: `300` has no `/`"), "{e}");
+        let (policy, _) = check("name = \"x\"\n[network]\nnew_destinations = \"20/10m\"\n").unwrap();
+        let budget = policy.network.unwrap().new_destinations.unwrap();
+        assert_eq!((budget.count, budget.window.as_secs()), (20, 600));
+        let e = error_of("name = \"x\"\n[network]\nnew_destinations = \"0/1h\"\n");
+        assert!(e.starts_with("p.toml:3:20: error: network.new_destinations: `0/1h`: the count is not 1 to"), "{e}");
         let e = error_of("name = \"x\"\n[network]\nupload = [\"github.com 1MiB\"]\n");
         assert!(e.starts_with("p.toml:3:11: error: network.upload: `github.com 1MiB` has no `:`"), "{e}");
         assert!(e.contains("hint: write `DESTINATION: SIZE/WINDOW`"), "{e}");

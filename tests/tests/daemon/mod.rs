@@ -160,9 +160,9 @@ fn a_killed_daemon_leaves_enforcement_and_a_restart_adopts_it() {
         .clone();
     let links = std::fs::read_dir(pins.join("net").join(id.to_string())).unwrap().count();
     // Six address programs, `sock_create` (socket classes without BPF
-    // LSM; agents' sockets always), `inbound`, and with BPF LSM the TLS name
-    // judge's sock_ops program.
-    assert_eq!(links, if DEGRADED { 8 } else { 9 }, "the socket programs are attached once");
+    // LSM; agents' sockets always) and `inbound` (the TLS name judge's
+    // sock_ops program joins them once a policy checks names).
+    assert_eq!(links, 8, "the socket programs are attached once");
     let results = d.run_probe(&cgroup, &[DENIED.to_owned()]);
     assert_eq!(errno_of(&results, DENIED), EPERM);
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -230,3 +230,47 @@ fn udp_split_hellos_and_fast_open_do_not_get_around_the_judge() {
     assert!(reasons.contains(&(Some("connect"), Some("quic_refused"))), "{reasons:?}");
     assert!(reasons.contains(&(Some("sni_mismatch"), Some("sni_mismatch"))), "{reasons:?}");
 }
+
+/// The judge's `sock_ops` program runs at every TCP callback of the cgroups
+/// it is on (and, once on any, every TCP callback on the host looks for
+/// one), so it goes on only once a policy checks names: a cgroup tagged
+/// before is given it when such a version is loaded, and the check holds.
+#[test]
+fn a_cgroup_tagged_before_a_policy_checks_names_is_judged_once_one_does() {
+    use enforcer_tests::daemon::{Daemon, errno_of};
+    let listener = TcpListener::bind("127.0.0.3:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dns = enforcer_tests::DnsServer::start(&[("api.allowed.test", "127.0.0.3".parse().unwrap(), 300)]);
+    let policy = |to: &str| format!("name = \"agent\"\n[network]\nallow = [\"{to}:{port}/tcp\"]\n");
+    let upstream = format!("[dns]\nupstream = \"{}\"\n", dns.addr);
+    let mut d = Daemon::start("tls-late", false, &[("agent.toml", &policy("127.0.0.3"))], &upstream);
+    let cgroup = d.cgroup("agent");
+    let tag = d.ctl(&["tag", &cgroup, "--policy", "agent"]);
+    assert!(tag.status.success(), "{}", String::from_utf8_lossy(&tag.stderr));
+    let links = |d: &Daemon| {
+        let (_, status) = d.api("GET", "/v1/status", None);
+        let pins = std::path::PathBuf::from(status["daemon"]["pins"].as_str().expect("pins"));
+        let tags = status["tags"].as_array().cloned().unwrap_or_default();
+        let id = tags.iter().find(|t| t["cgroup"] == cgroup.as_str()).expect("tagged")["cgroup_id"].clone();
+        let names = std::fs::read_dir(pins.join("net").join(id.to_string())).unwrap();
+        names.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()
+    };
+    assert!(!links(&d).iter().any(|l| l == "tls_established"), "no judge before names are checked: {:?}", links(&d));
+
+    d.write_policy("agent.toml", &policy("api.allowed.test"));
+    d.wait_event("policy_reload", |e| e["kind"] == "policy_reload" && e["applied"][0]["version"] == 2);
+    assert!(links(&d).iter().any(|l| l == "tls_established"), "the judge joined: {:?}", links(&d));
+    let steps = [
+        format!("resolve-connect:api.allowed.test:{port}"),
+        format!("tcp-keep:127.0.0.3:{port}"),
+        "kept-hello:0:other.test".to_owned(),
+        format!("tcp-keep:127.0.0.3:{port}"),
+        "kept-hello:1:api.allowed.test".to_owned(),
+    ];
+    let results = d.run_probe(&cgroup, &steps);
+    assert_eq!(errno_of(&results, &steps[0]), 0, "resolved: {results:?}\n{}", d.log());
+    assert_eq!(errno_of(&results, "kept-hello:0:other.test"), EACCES, "{results:?}");
+    assert_eq!(errno_of(&results, "kept-hello:1:api.allowed.test"), 0, "{results:?}");
+    d.wait_event("sni_mismatch", |e| e["kind"] == "sni_mismatch" && e["sni"] == "other.test");
+    drop(listener);
+}

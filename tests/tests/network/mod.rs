@@ -3,6 +3,8 @@
 //! and the BPF LSM kernels (everything, no `--degraded`). The including
 //! test binary says which with `super::DEGRADED`.
 
+mod new_destinations;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 
 use enforcer_tests::{Outcome, Sandbox};

@@ -1,0 +1,101 @@
+//! The budget of new destinations (`network.new_destinations`): how many
+//! distinct destinations (address and port) an agent may reach per window,
+//! whatever the rules allow. Data can leave in the choice of destination
+//! alone (a connect to one of 65 536 allowed addresses carries 16 bits),
+//! and a scan walks them; an agent that reaches the same few places again
+//! and again is never refused.
+//!
+//! Judged where a destination is: `connect4`/`connect6` (TCP, connected UDP,
+//! TCP Fast Open's connect) and `sendmsg4`/`sendmsg6` (a datagram given an
+//! address). The count is the policy's `BUDGET_USE` entry under
+//! `BUDGET_NEW_DESTINATIONS`, so it survives a daemon restart and `enforcer
+//! status` shows it like the upload budgets.
+
+use aya_ebpf::{helpers::generated::bpf_ktime_get_boot_ns, macros::map, maps::LruHashMap};
+use enforcer_common::{
+    budget::{BUDGET_NEW_DESTINATIONS, BudgetUse, DESTINATIONS_SEEN_MAX, SeenKey},
+    events::{Action, BudgetDetail, Kind, Reason},
+    policy::{TAG_AUDIT, TAG_NEW_DESTINATIONS},
+};
+
+use crate::{
+    budget::{self, NoRoom},
+    net::{Detail, opaque_zero},
+    report::{NetDenial, report_net},
+    tag::Tagged,
+};
+
+/// When each agent last had each destination counted (boot ns): a
+/// destination counted since its window started is not new.
+#[map]
+static DESTINATIONS_SEEN: LruHashMap<SeenKey, u64> = LruHashMap::with_max_entries(DESTINATIONS_SEEN_MAX, 0);
+
+const EPERM: i32 = 1;
+
+/// Whether the agent may reach `detail`'s destination, which its rules
+/// allow: `true`, or `false` when it is new and the window holds the
+/// budget's count of destinations already (reported; in audit mode
+/// reported and allowed). A new destination allowed is counted.
+#[inline(always)]
+pub(crate) fn admit(tag: &Tagged, detail: &Detail) -> bool {
+    if tag.info.flags & TAG_NEW_DESTINATIONS == 0 {
+        return true;
+    }
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let zero = opaque_zero();
+    let key = SeenKey { agent: tag.agent, addr: detail.addr, port: detail.port, pad: zero as u16, pad2: zero };
+    let (no_room, count) = match budget::current_window(tag, BUDGET_NEW_DESTINATIONS, now) {
+        Ok(None) => return true,
+        Ok(Some((count, budget))) => {
+            let window_start = unsafe { (*count).window_start_ns };
+            // SAFETY: the value is copied out.
+            if unsafe { DESTINATIONS_SEEN.get(&key) }.is_some_and(|&at| at >= window_start) {
+                return true;
+            }
+            let used = unsafe { (*count).bytes };
+            if used < budget.limit {
+                count_new(count, &key, now);
+                return true;
+            }
+            let detail = BudgetDetail {
+                used,
+                limit: budget.limit,
+                window_ns: budget.window_ns,
+                size: 1,
+                index: BUDGET_NEW_DESTINATIONS,
+                pad: zero as u16,
+                pad2: zero,
+            };
+            (NoRoom { reason: Reason::NewDestinationsExceeded, detail }, count)
+        }
+        Err(table_full) => (table_full, core::ptr::null_mut()),
+    };
+    let audit = tag.info.flags & TAG_AUDIT != 0;
+    let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EPERM) };
+    report_net(&NetDenial {
+        policy_id: tag.info.policy_id(),
+        errno: errno as u32,
+        kind: Kind::BudgetExceeded,
+        reason: no_room.reason,
+        action,
+        addr: detail.addr,
+        port: detail.port,
+        family: detail.family,
+        sock_type: detail.sock_type,
+        protocol: detail.protocol,
+        unix_path: opaque_zero() as usize as *const u8,
+        unix_len: opaque_zero(),
+        budget: &raw const no_room.detail,
+    });
+    if audit && !count.is_null() {
+        count_new(count, &key, now);
+    }
+    audit
+}
+
+/// Counts a destination new in the window.
+#[inline(always)]
+fn count_new(count: *mut BudgetUse, key: &SeenKey, now: u64) {
+    budget::add(count, 1);
+    let _ = DESTINATIONS_SEEN.insert(key, &now, 0);
+}
