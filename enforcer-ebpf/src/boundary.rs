@@ -248,7 +248,7 @@ fn tls_unjudged(tag: &tag::Tagged, socket: *const u8, msg: *const u8) -> i32 {
         return 0;
     }
     let Some(send) = net::Send::of(socket, msg) else { return 0 };
-    let fast_open = send.named && send.proto == PROTO_TCP && tls::checks(tag, send.addr_bytes());
+    let fast_open = send.named && send.proto == PROTO_TCP && tls::checks(tag, send.addr_bytes(), send.detail.port);
     if !pending && !fast_open {
         return 0;
     }

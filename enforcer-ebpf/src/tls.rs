@@ -38,7 +38,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     events::Reason,
-    net::{DNS_GRANTS_MAX, NetKey, PROTO_UDP},
+    net::{DNS_GRANTS_MAX, NET_KEY_POLICY_BITS, NetKey, PROTO_TCP, PROTO_UDP},
     policy::{TAG_AUDIT, TAG_TLS, TagInfo},
     tls::{
         TLS_HELLO_MAX, TLS_JUDGING, TLS_NAME_BYTES, TLS_NAMES_MAX, TLS_PASSED, TLS_PENDING, TLS_RECORD_MAX,
@@ -47,6 +47,7 @@ use enforcer_common::{
 };
 
 use crate::{
+    net,
     report::{TlsDenial, report_tls},
     sensitive,
     tag::Tagged,
@@ -149,15 +150,20 @@ pub(crate) fn send_unjudged(sk: *const u8) -> bool {
     state_of(sk.cast_mut().cast(), false).is_some_and(|state| state.state == TLS_PENDING)
 }
 
-/// Whether connections to `addr` by the agent of `tag` have their TLS
-/// names checked: TCP Fast Open's connect, which `connect4`/`connect6` mark
-/// only after the `socket_sendmsg` hook ran.
+/// Whether TCP connections to `addr`:`port` by the agent of `tag` have
+/// their TLS names checked: TCP Fast Open's connect, which
+/// `connect4`/`connect6` mark only after the `socket_sendmsg` hook ran.
+/// As there, a static rule that allows it comes first: it marks nothing.
 #[inline(always)]
-pub(crate) fn checks(tag: &Tagged, addr: [u8; 16]) -> bool {
+pub(crate) fn checks(tag: &Tagged, addr: [u8; 16], port: u16) -> bool {
     let info = &tag.info;
-    let grant = if sensitive::locked(tag) { info.locked_grant_key(addr) } else { info.grant_key(addr) };
+    let (rule, grant) = if sensitive::locked(tag) {
+        (info.locked_net_key(addr), info.locked_grant_key(addr))
+    } else {
+        (info.net_key(false, addr), info.grant_key(addr))
+    };
     // SAFETY: the value is only read, while the program runs.
-    unsafe { TLS_ADDRS.get(&grant) }.is_some()
+    unsafe { TLS_ADDRS.get(&grant) }.is_some() && !net::rule_allows(&rule, NET_KEY_POLICY_BITS + 128, port, PROTO_TCP)
 }
 
 /// Puts an established checked connection in `TLS_HELLO`; takes it out

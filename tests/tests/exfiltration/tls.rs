@@ -195,14 +195,21 @@ fn require_refuses_connections_without_a_name_and_off_checks_nothing() {
 /// place) is refused at the send; a ClientHello written a byte at a time is
 /// held until it is whole, then judged; TCP Fast Open data would leave in
 /// the SYN, before the judge sees the connection: refused, by `sendto`
-/// (`MSG_FASTOPEN`) and by socket option (`TCP_FASTOPEN_CONNECT`).
+/// (`MSG_FASTOPEN`) and by socket option (`TCP_FASTOPEN_CONNECT`). Fast
+/// Open to a port of the same address that a static rule allows (no name is
+/// checked there) goes.
 #[test]
 fn udp_split_hellos_and_fast_open_do_not_get_around_the_judge() {
     let mut sb = sandbox_via("daemon", "tls-around");
     let server = TlsServer::start(&mut sb);
     let port = server.port;
     let udp = UdpSocket::bind(("127.0.0.3", port)).unwrap();
-    sb.write_policy_with("enforce", &format!("[network]\nallow = [\"*.allowed.test:{port}\"]\n"));
+    let unchecked = TcpListener::bind("127.0.0.3:0").unwrap();
+    let static_port = unchecked.local_addr().unwrap().port();
+    sb.write_policy_with(
+        "enforce",
+        &format!("[network]\nallow = [\"*.allowed.test:{port}\", \"127.0.0.3:{static_port}/tcp\"]\n"),
+    );
     let steps = [
         format!("resolve-connect:api.allowed.test:{port}"),
         format!("udp-keep:127.0.0.3:{port}"),
@@ -210,6 +217,7 @@ fn udp_split_hellos_and_fast_open_do_not_get_around_the_judge() {
         "kept-hello:0:other.test".to_owned(),
         format!("tcp-fastopen:127.0.0.3:{port}"),
         format!("tcp-fastopen-connect:127.0.0.3:{port}"),
+        format!("tcp-fastopen:127.0.0.3:{static_port}"),
     ];
     let mut command = vec![probe().into()];
     command.extend(steps.iter().map(Into::into));
@@ -226,6 +234,8 @@ fn udp_split_hellos_and_fast_open_do_not_get_around_the_judge() {
     assert_eq!(out.errno(&steps[3]), EACCES, "a ClientHello a byte at a time: {out:#?}");
     assert_eq!(out.errno(&steps[4]), 1, "TCP Fast Open data to a checked address (EPERM): {out:#?}");
     assert_eq!(out.errno(&steps[5]), 1, "the first write after TCP_FASTOPEN_CONNECT (EPERM): {out:#?}");
+    assert_eq!(out.errno(&steps[6]), 0, "Fast Open where a static rule allows it: {out:#?}");
+    drop(unchecked);
     let reasons: Vec<_> = out.events.iter().map(|e| (e["kind"].as_str(), e["reason"].as_str())).collect();
     assert!(reasons.contains(&(Some("connect"), Some("quic_refused"))), "{reasons:?}");
     assert!(reasons.contains(&(Some("sni_mismatch"), Some("sni_mismatch"))), "{reasons:?}");
