@@ -32,14 +32,14 @@ pub const BUDGET_ALL: u16 = 0;
 /// destinations reached in the window, its limit one of destinations.
 pub const BUDGET_NEW_DESTINATIONS: u16 = u16::MAX;
 
-/// The destinations each agent reached: [`SeenKey`] -> boot ns when last
-/// counted. LRU: an entry pushed out counts again when next reached
-/// (stricter, never looser).
+/// The destinations each agent reached: [`SeenKey`] -> [`SeenWindow`], the
+/// window it was last counted in. LRU: an entry pushed out counts again
+/// when next reached (stricter, never looser).
 pub const DESTINATIONS_SEEN_MAP: &str = "DESTINATIONS_SEEN";
 pub const DESTINATIONS_SEEN_MAX: u32 = 1 << 16;
 
-/// One destination of one agent: an address (IPv4 as `::ffff:a.b.c.d`) and
-/// port, whichever the protocol.
+/// One destination of one agent under one policy version: an address
+/// (IPv4 as `::ffff:a.b.c.d`) and port, whichever the protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -47,8 +47,19 @@ pub struct SeenKey {
     pub agent: u64,
     pub addr: [u32; 4],
     pub port: u16,
-    pub pad: u16,
-    pub pad2: u32,
+    /// The version's id: a new version starts a new window.
+    pub policy_id: u16,
+    pub pad: u32,
+}
+
+/// The window a destination was last counted in: while it lasts, the
+/// destination is not new (known from this one lookup).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SeenWindow {
+    pub window_start_ns: u64,
+    pub window_ns: u64,
 }
 
 /// The `BUDGETS` key of budget `index` of `policy_id`.
@@ -98,4 +109,4 @@ pub struct BudgetUse {
 }
 
 #[cfg(feature = "user")]
-aya_pod!(Budget, BudgetUseKey, BudgetUse, SeenKey);
+aya_pod!(Budget, BudgetUseKey, BudgetUse, SeenKey, SeenWindow);

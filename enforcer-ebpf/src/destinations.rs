@@ -13,7 +13,7 @@
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_boot_ns, macros::map, maps::LruHashMap};
 use enforcer_common::{
-    budget::{BUDGET_NEW_DESTINATIONS, BudgetUse, DESTINATIONS_SEEN_MAX, SeenKey},
+    budget::{BUDGET_NEW_DESTINATIONS, BudgetUse, DESTINATIONS_SEEN_MAX, SeenKey, SeenWindow},
     events::{Action, BudgetDetail, Kind, Reason},
     policy::{TAG_AUDIT, TAG_NEW_DESTINATIONS},
 };
@@ -25,10 +25,9 @@ use crate::{
     tag::Tagged,
 };
 
-/// When each agent last had each destination counted (boot ns): a
-/// destination counted since its window started is not new.
+/// The window each agent last had each destination counted in.
 #[map]
-static DESTINATIONS_SEEN: LruHashMap<SeenKey, u64> = LruHashMap::with_max_entries(DESTINATIONS_SEEN_MAX, 0);
+static DESTINATIONS_SEEN: LruHashMap<SeenKey, SeenWindow> = LruHashMap::with_max_entries(DESTINATIONS_SEEN_MAX, 0);
 
 const EPERM: i32 = 1;
 
@@ -43,18 +42,27 @@ pub(crate) fn admit(tag: &Tagged, detail: &Detail) -> bool {
     }
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let zero = opaque_zero();
-    let key = SeenKey { agent: tag.agent, addr: detail.addr, port: detail.port, pad: zero as u16, pad2: zero };
+    let key = SeenKey {
+        agent: tag.agent,
+        addr: detail.addr,
+        port: detail.port,
+        policy_id: tag.info.policy_id().0,
+        pad: zero,
+    };
+    // Counted in a window that has not ended: the agent's current one (a
+    // window starts only after the last one ended), so not new.
+    // SAFETY: the value is copied out.
+    if let Some(seen) = unsafe { DESTINATIONS_SEEN.get(&key) }.copied()
+        && now.wrapping_sub(seen.window_start_ns) < seen.window_ns
+    {
+        return true;
+    }
     let (no_room, count) = match budget::current_window(tag, BUDGET_NEW_DESTINATIONS, now) {
         Ok(None) => return true,
         Ok(Some((count, budget))) => {
-            let window_start = unsafe { (*count).window_start_ns };
-            // SAFETY: the value is copied out.
-            if unsafe { DESTINATIONS_SEEN.get(&key) }.is_some_and(|&at| at >= window_start) {
-                return true;
-            }
             let used = unsafe { (*count).bytes };
             if used < budget.limit {
-                count_new(count, &key, now);
+                count_new(count, &key, budget.window_ns);
                 return true;
             }
             let detail = BudgetDetail {
@@ -88,14 +96,15 @@ pub(crate) fn admit(tag: &Tagged, detail: &Detail) -> bool {
         budget: &raw const no_room.detail,
     });
     if audit && !count.is_null() {
-        count_new(count, &key, now);
+        count_new(count, &key, no_room.detail.window_ns);
     }
     audit
 }
 
-/// Counts a destination new in the window.
+/// Counts a destination new in the agent's current window (`count`'s).
 #[inline(always)]
-fn count_new(count: *mut BudgetUse, key: &SeenKey, now: u64) {
+fn count_new(count: *mut BudgetUse, key: &SeenKey, window_ns: u64) {
     budget::add(count, 1);
-    let _ = DESTINATIONS_SEEN.insert(key, &now, 0);
+    let seen = SeenWindow { window_start_ns: unsafe { (*count).window_start_ns }, window_ns };
+    let _ = DESTINATIONS_SEEN.insert(key, &seen, 0);
 }

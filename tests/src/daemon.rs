@@ -36,8 +36,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// A daemon with `config_extra` appended to its configuration (e.g. an
-    /// `[events]` table) and the policy files `policies` (name, text).
+    /// A daemon with `config_extra` appended to its configuration (after its
+    /// `[events]` table: keys alone are events keys, e.g. `history`; keys
+    /// before a table of `config_extra`, e.g. `bpffs`, go first, as the
+    /// configuration's own) and the policy files `policies` (name, text).
     #[must_use]
     pub fn start(name: &str, degraded: bool, policies: &[(&str, &str)], config_extra: &str) -> Self {
         let mut daemon = Self::prepare(name, degraded, policies, config_extra);
@@ -78,8 +80,12 @@ impl Daemon {
         } else {
             format!("[seccomp]\nlistener = \"{}\"\n", daemon.seccomp_listener().display())
         };
+        // Keys before the first table of `config_extra` go before ours.
+        let tables_at = config_extra.find("\n[").map_or(0, |at| at + 1);
+        let tables_at = if config_extra.starts_with('[') { 0 } else { tables_at };
+        let (own_keys, config_extra) = config_extra.split_at(tables_at);
         let config = format!(
-            "policies = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{seccomp}[events]\nfile = \"{}\"\n{config_extra}\n",
+            "{own_keys}policies = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n{seccomp}[events]\nfile = \"{}\"\n{config_extra}\n",
             daemon.policies.display(),
             daemon.socket.display(),
             daemon.base.join("state").display(),

@@ -252,8 +252,12 @@ fn a_cgroup_tagged_before_a_policy_checks_names_is_judged_once_one_does() {
     let port = listener.local_addr().unwrap().port();
     let dns = enforcer_tests::DnsServer::start(&[("api.allowed.test", "127.0.0.3".parse().unwrap(), 300)]);
     let policy = |to: &str| format!("name = \"agent\"\n[network]\nallow = [\"{to}:{port}/tcp\"]\n");
-    let upstream = format!("[dns]\nupstream = \"{}\"\n", dns.addr);
-    let mut d = Daemon::start("tls-late", false, &[("agent.toml", &policy("127.0.0.3"))], &upstream);
+    // Pins of its own: the judge is on for good once any daemon of the
+    // shared pins loaded a policy that checks names (earlier tests did).
+    let bpffs = "/sys/fs/bpf/enforcer-tls-late";
+    let _ = std::fs::remove_dir_all(bpffs);
+    let config = format!("bpffs = \"{bpffs}\"\n[dns]\nupstream = \"{}\"\n", dns.addr);
+    let mut d = Daemon::start("tls-late", false, &[("agent.toml", &policy("127.0.0.3"))], &config);
     let cgroup = d.cgroup("agent");
     let tag = d.ctl(&["tag", &cgroup, "--policy", "agent"]);
     assert!(tag.status.success(), "{}", String::from_utf8_lossy(&tag.stderr));
@@ -282,5 +286,8 @@ fn a_cgroup_tagged_before_a_policy_checks_names_is_judged_once_one_does() {
     assert_eq!(errno_of(&results, "kept-hello:0:other.test"), EACCES, "{results:?}");
     assert_eq!(errno_of(&results, "kept-hello:1:api.allowed.test"), 0, "{results:?}");
     d.wait_event("sni_mismatch", |e| e["kind"] == "sni_mismatch" && e["sni"] == "other.test");
+    // Its programs go with their pins.
+    d.kill9();
+    let _ = std::fs::remove_dir_all(bpffs);
     drop(listener);
 }
