@@ -27,7 +27,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    net::{Send, opaque_zero},
+    net::{Detail, Send, opaque_zero},
     report::{NetDenial, report_net},
     tag::{self, Tagged},
 };
@@ -150,6 +150,31 @@ fn room(tag: &Tagged, index: u16, size: u64, now: u64) -> Result<*mut BudgetUse,
     Ok(usage)
 }
 
+/// Reports a `budget_exceeded` event about `detail`'s destination, refused
+/// with `errno` unless the policy only audits: whether it audits (the
+/// caller then lets it through).
+#[inline(always)]
+pub(crate) fn report_no_room(info: &TagInfo, detail: &Detail, no_room: &NoRoom, errno: i32) -> bool {
+    let audit = info.flags & TAG_AUDIT != 0;
+    let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, errno) };
+    report_net(&NetDenial {
+        policy_id: info.policy_id(),
+        errno: errno as u32,
+        kind: Kind::BudgetExceeded,
+        reason: no_room.reason,
+        action,
+        addr: detail.addr,
+        port: detail.port,
+        family: detail.family,
+        sock_type: detail.sock_type,
+        protocol: detail.protocol,
+        unix_path: opaque_zero() as usize as *const u8,
+        unix_len: opaque_zero(),
+        budget: &raw const no_room.detail,
+    });
+    audit
+}
+
 /// Adds `bytes` (two's complement: a negative amount gives back) to a count.
 #[inline(always)]
 pub(crate) fn add(usage: *mut BudgetUse, bytes: u64) {
@@ -173,7 +198,6 @@ pub fn check(tag: &Tagged, send: &Send, size: i32) -> i32 {
     }
     let size = size.max(0) as u64;
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let audit = info.flags & TAG_AUDIT != 0;
     let all = room(tag, BUDGET_ALL, size, now);
     let destination = match (&all, destination_budget(&info, send)) {
         (Ok(_), Some(index)) => room(tag, index, size, now),
@@ -187,24 +211,7 @@ pub fn check(tag: &Tagged, send: &Send, size: i32) -> i32 {
         }
         (Err(no_room), _) | (_, Err(no_room)) => no_room,
     };
-    let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EDQUOT) };
-    let detail = &send.detail;
-    report_net(&NetDenial {
-        policy_id: info.policy_id(),
-        errno: errno as u32,
-        kind: Kind::BudgetExceeded,
-        reason: no_room.reason,
-        action,
-        addr: detail.addr,
-        port: detail.port,
-        family: detail.family,
-        sock_type: detail.sock_type,
-        protocol: detail.protocol,
-        unix_path: opaque_zero() as usize as *const u8,
-        unix_len: opaque_zero(),
-        budget: &raw const no_room.detail,
-    });
-    if !audit {
+    if !report_no_room(&info, &send.detail, &no_room, EDQUOT) {
         return -EDQUOT;
     }
     add_to(tag, BUDGET_ALL, size);

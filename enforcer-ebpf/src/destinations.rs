@@ -14,14 +14,13 @@
 use aya_ebpf::{helpers::generated::bpf_ktime_get_boot_ns, macros::map, maps::LruHashMap};
 use enforcer_common::{
     budget::{BUDGET_NEW_DESTINATIONS, BudgetUse, DESTINATIONS_SEEN_MAX, SeenKey, SeenWindow},
-    events::{Action, BudgetDetail, Kind, Reason},
-    policy::{TAG_AUDIT, TAG_NEW_DESTINATIONS},
+    events::{BudgetDetail, Reason},
+    policy::TAG_NEW_DESTINATIONS,
 };
 
 use crate::{
     budget::{self, NoRoom},
     net::{Detail, opaque_zero},
-    report::{NetDenial, report_net},
     tag::Tagged,
 };
 
@@ -78,23 +77,7 @@ pub(crate) fn admit(tag: &Tagged, detail: &Detail) -> bool {
         }
         Err(table_full) => (table_full, core::ptr::null_mut()),
     };
-    let audit = tag.info.flags & TAG_AUDIT != 0;
-    let (action, errno) = if audit { (Action::Audit, 0) } else { (Action::Deny, EPERM) };
-    report_net(&NetDenial {
-        policy_id: tag.info.policy_id(),
-        errno: errno as u32,
-        kind: Kind::BudgetExceeded,
-        reason: no_room.reason,
-        action,
-        addr: detail.addr,
-        port: detail.port,
-        family: detail.family,
-        sock_type: detail.sock_type,
-        protocol: detail.protocol,
-        unix_path: opaque_zero() as usize as *const u8,
-        unix_len: opaque_zero(),
-        budget: &raw const no_room.detail,
-    });
+    let audit = budget::report_no_room(&tag.info, detail, &no_room, EPERM);
     if audit && !count.is_null() {
         count_new(count, &key, no_room.detail.window_ns);
     }
