@@ -161,6 +161,27 @@ pub enum Command {
         #[command(subcommand)]
         command: SyscallsCommand,
     },
+    /// Check the daemon's event files: the hash chain through every line
+    /// and each signed head. Reports the first line changed, removed or
+    /// moved, or a cut tail; exits 1 if there is one.
+    Verify {
+        /// The host's public key (the .pub of `events.signing_key`): heads must be
+        /// signed by it (without it, heads are checked with the key they
+        /// name, which proves nothing about who wrote them).
+        #[arg(long, value_name = "PUBLIC_KEY")]
+        key: Option<PathBuf>,
+        /// The events file and its rotations, in any order
+        /// (`/var/log/enforcer/events.jsonl*`); FILE.head, the copy of the
+        /// last signed head, is read beside the current file.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Make an Ed25519 key pair: FILE (private, PKCS#8 PEM, mode 0600) and
+    /// FILE.pub, to sign policies (or as the daemon's host key).
+    Keygen {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// Where the daemon's API is.
@@ -215,5 +236,18 @@ pub enum PolicyCommand {
     Check {
         /// The policy file (TOML).
         file: PathBuf,
+        /// Also check its signature (FILE.sig) against this public key
+        /// (repeatable: any of them), as a daemon with `policy_keys` does.
+        #[arg(long = "key", value_name = "PUBLIC_KEY")]
+        keys: Vec<PathBuf>,
+    },
+    /// Sign policy files: writes FILE.sig beside each (a daemon with
+    /// `policy_keys` loads only policies signed by one of them).
+    Sign {
+        /// The private key (`enforcer keygen`).
+        #[arg(long, value_name = "PRIVATE_KEY")]
+        key: PathBuf,
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
     },
 }

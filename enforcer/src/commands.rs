@@ -7,7 +7,7 @@ use crate::{
     cli::{Cli, Command, ExportCommand, PolicyCommand, SeccompFormat, SyscallsCommand},
     ctl,
     daemon::{self, DaemonOptions, wire::TagRequest},
-    policy,
+    evidence, policy,
     run::{self, RunOptions},
     syscalls::{export, groups},
 };
@@ -36,7 +36,13 @@ pub fn main() -> ExitCode {
         Command::Tail { cgroup, policy, kind, since, socket } => {
             ctl::run(ctl::tail(&socket.socket, cgroup.as_deref(), policy.as_deref(), kind.as_deref(), since.as_deref()))
         }
-        Command::Policy { command: PolicyCommand::Check { file } } => check_policy(&file),
+        Command::Policy { command: PolicyCommand::Check { file, keys } } => {
+            let code = check_policy(&file);
+            if code == 0 && !keys.is_empty() { evidence::commands::check_signature(&file, &keys) } else { code }
+        }
+        Command::Policy { command: PolicyCommand::Sign { key, files } } => evidence::commands::sign(&key, &files),
+        Command::Verify { key, files } => evidence::commands::verify(key.as_deref(), &files),
+        Command::Keygen { file } => evidence::commands::keygen(&file),
         Command::BenchEmpty { command } => bench::run_empty(&command),
         Command::Export { command: ExportCommand::Seccomp { policy, format, listener } } => {
             export_seccomp(&policy, format, listener.as_deref())

@@ -12,6 +12,7 @@ pub(crate) mod ctl;
 pub mod daemon;
 pub(crate) mod dns;
 pub(crate) mod events;
+pub(crate) mod evidence;
 pub(crate) mod field_loads;
 pub(crate) mod kernel;
 pub(crate) mod log;

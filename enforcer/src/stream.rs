@@ -14,7 +14,8 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     cgroups::Names,
     dns::{DnsEvent, grants::Grants},
-    events::{self, Clock, Context, DaemonLine, DnsLine, Lost, SyscallLine},
+    events::{self, Clock, Context, DaemonEvent, DaemonLine, DnsLine, Lost, SyscallLine},
+    evidence::chain::{self, Chain, Hash},
     syscalls::notify::SyscallEvent,
 };
 
@@ -35,6 +36,11 @@ pub trait LineOut: Send {
     fn line(&mut self, meta: &LineMeta<'_>, line: bytes::Bytes);
     /// After a batch: push buffered lines out.
     fn flush(&mut self) {}
+    /// Whether the chain's head should be signed before the next flush
+    /// (the events file is about to rotate).
+    fn wants_head(&self) -> bool {
+        false
+    }
 }
 
 /// Where JSON lines go: a file (appended) or stderr (`enforcer run`), or
@@ -43,6 +49,8 @@ pub struct Sink {
     out: Out,
     /// The next sequence number, for numbered lines.
     next_seq: Option<u64>,
+    /// Numbered lines: the hash chain through them.
+    chain: Option<Chain>,
 }
 
 enum Out {
@@ -74,15 +82,20 @@ impl LineBuffers {
 /// The memory numbered lines are handed out in, at a time.
 const LINE_CHUNK: usize = 64 << 10;
 
-/// A JSON object (written by `object`) as a line with `"seq":N` first, in
-/// `line` (spliced in: serde's `flatten` goes through a map and costs a
+/// A JSON object (written by `object`) as a line with `"seq":N` and
+/// `"prev_hash":"…"` (the chain's, see [`crate::evidence::chain`]) first,
+/// in `line` (spliced in: serde's `flatten` goes through a map and costs a
 /// third of the line's time).
-fn numbered_line(line: &mut Vec<u8>, seq: u64, object: impl FnOnce(&mut Vec<u8>)) {
-    // `{"seq":N` and then the object's members, its opening brace turned
-    // into a comma (or dropped, for an empty object).
+fn numbered_line(line: &mut Vec<u8>, seq: u64, prev: &Hash, object: impl FnOnce(&mut Vec<u8>)) {
+    // `{"seq":N,"prev_hash":"…"` and then the object's members, its opening
+    // brace turned into a comma (or dropped, for an empty object).
     line.clear();
     line.extend_from_slice(b"{\"seq\":");
     line.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    line.push(b',');
+    line.extend_from_slice(chain::PREV_FIELD);
+    line.extend_from_slice(&chain::to_hex(prev));
+    line.push(b'"');
     let body = line.len();
     object(line);
     if line.get(body) != Some(&b'{') {
@@ -116,13 +129,13 @@ impl Sink {
             None => Box::new(std::io::stderr()),
             Some(path) => Box::new(open_events_file(path)?),
         };
-        Ok(Self { out: Out::Writer(writer), next_seq: None })
+        Ok(Self { out: Out::Writer(writer), next_seq: None, chain: None })
     }
 
-    /// Lines numbered from `first` to `out`.
+    /// Lines numbered from `first` to `out`, chained on from `chain`.
     #[must_use]
-    pub fn numbered(out: Box<dyn LineOut>, first: u64) -> Self {
-        Self { out: Out::Lines(out, LineBuffers::default()), next_seq: Some(first) }
+    pub fn numbered(out: Box<dyn LineOut>, first: u64, chain: Chain) -> Self {
+        Self { out: Out::Lines(out, LineBuffers::default()), next_seq: Some(first), chain: Some(chain) }
     }
 
     fn line(&mut self, meta: &LineMeta<'_>, value: &impl serde::Serialize) {
@@ -149,15 +162,37 @@ impl Sink {
             Out::Lines(out, buffers) => {
                 let seq = self.next_seq.unwrap_or(1);
                 self.next_seq = Some(seq + 1);
-                numbered_line(&mut buffers.building, seq, object);
+                let chain = self.chain.get_or_insert_with(|| Chain::resume(chain::GENESIS, None));
+                numbered_line(&mut buffers.building, seq, &chain.prev, object);
+                chain.advance(buffers.building.strip_suffix(b"\n").unwrap_or(&buffers.building));
                 out.line(&LineMeta { seq, ..*meta }, buffers.share());
             }
         }
     }
 
+    /// Pushes the lines out, signing the chain's head first when it is
+    /// time or the events file is about to rotate.
     pub fn flush(&mut self) {
+        if let Out::Lines(out, _) = &self.out {
+            let rotating = out.wants_head();
+            if self.chain.as_ref().is_some_and(|c| c.head_due(rotating)) {
+                self.sign_head();
+            }
+        }
         if let Out::Lines(out, _) = &mut self.out {
             out.flush();
+        }
+    }
+
+    /// Writes a `chain_head` line signing the last line, if any line is
+    /// unsigned and a key signs (the daemon does at stop).
+    pub fn sign_head(&mut self) {
+        let Some(last) = self.next_seq.map(|next| next - 1) else { return };
+        let Some(chain) = self.chain.as_mut().filter(|c| c.head_due(true)) else { return };
+        if let Some(head) = chain.sign(last) {
+            let head =
+                DaemonEvent::ChainHead { head_seq: head.seq, head_hash: head.hash, key: head.key, sig: head.sig };
+            self.daemon_line(&DaemonLine::now(head));
         }
     }
 
@@ -371,10 +406,15 @@ mod tests {
     #[test]
     fn the_sequence_number_comes_first() {
         let mut line = Vec::new();
-        numbered_line(&mut line, 7, super::serialized(&serde_json::json!({"kind": "lost", "count": 2})));
-        assert_eq!(String::from_utf8_lossy(&line), "{\"seq\":7,\"count\":2,\"kind\":\"lost\"}\n");
-        numbered_line(&mut line, 8, super::serialized(&serde_json::json!({})));
-        assert_eq!(String::from_utf8_lossy(&line), "{\"seq\":8}\n");
+        let prev = crate::evidence::chain::GENESIS;
+        let zeros = "0".repeat(64);
+        numbered_line(&mut line, 7, &prev, super::serialized(&serde_json::json!({"kind": "lost", "count": 2})));
+        assert_eq!(
+            String::from_utf8_lossy(&line),
+            format!("{{\"seq\":7,\"prev_hash\":\"{zeros}\",\"count\":2,\"kind\":\"lost\"}}\n")
+        );
+        numbered_line(&mut line, 8, &prev, super::serialized(&serde_json::json!({})));
+        assert_eq!(String::from_utf8_lossy(&line), format!("{{\"seq\":8,\"prev_hash\":\"{zeros}\"}}\n"));
     }
 
     #[test]

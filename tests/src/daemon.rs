@@ -58,7 +58,10 @@ impl Daemon {
         daemon
     }
 
-    fn prepare(name: &str, degraded: bool, policies: &[(&str, &str)], config_extra: &str) -> Self {
+    /// [`Self::start`] without starting it: the test writes files first,
+    /// then calls [`Self::spawn`].
+    #[must_use]
+    pub fn prepare(name: &str, degraded: bool, policies: &[(&str, &str)], config_extra: &str) -> Self {
         let base = Path::new("/tmp/enforcer-tests").join(name);
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(base.join("policies")).expect("create daemon dirs");

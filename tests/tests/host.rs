@@ -11,6 +11,7 @@ use enforcer_tests::enforcer_bin;
 const DEGRADED: bool = true;
 mod containers;
 mod daemon;
+mod evidence;
 mod fleet;
 mod network;
 mod syscalls;

@@ -34,6 +34,10 @@ pub struct Config {
     pub metrics: Metrics,
     pub dns: Dns,
     pub seccomp: Seccomp,
+    /// Public keys (PEM) of whoever may sign policies: when any is given,
+    /// a policy file is loaded only with a `.sig` beside it made by one of
+    /// them (`enforcer policy sign`), and so is a run's own policy.
+    pub policy_keys: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -84,6 +88,15 @@ pub struct Events {
     pub follower_buffer: usize,
     /// Recent lines kept for `enforcer tail --since`.
     pub history: usize,
+    /// The host key (Ed25519, PKCS#8 PEM) that signs the event chain's
+    /// head, made with its `.pub` if it does not exist; `""` signs nothing
+    /// (lines are still chained).
+    #[serde(deserialize_with = "no_file_if_empty")]
+    pub signing_key: Option<PathBuf>,
+    /// How often the head is signed while lines come (also at every
+    /// rotation and at stop): a duration such as `"30s"`.
+    #[serde(deserialize_with = "duration")]
+    pub sign_every: std::time::Duration,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -106,6 +119,7 @@ impl Default for Config {
             metrics: Metrics::default(),
             dns: Dns::default(),
             seccomp: Seccomp::default(),
+            policy_keys: Vec::new(),
         }
     }
 }
@@ -120,12 +134,23 @@ impl Default for Events {
             file_keep: 5,
             follower_buffer: 4096,
             history: 10_000,
+            signing_key: Some(DEFAULT_SIGNING_KEY.into()),
+            sign_every: std::time::Duration::from_mins(1),
         }
     }
 }
 
 /// Where the daemon writes its event lines unless configured otherwise.
 pub const DEFAULT_EVENTS_FILE: &str = "/var/log/enforcer/events.jsonl";
+
+/// The host key unless configured otherwise.
+pub const DEFAULT_SIGNING_KEY: &str = "/var/lib/enforcer/host.key";
+
+/// A duration written as humans do (`"30s"`, `"5m"`).
+fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("`{text}` is no duration ({e})")))
+}
 
 /// `events.file`: a path, or `""` for none.
 fn no_file_if_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {
@@ -141,8 +166,9 @@ pub enum ConfigError {
     Invalid { at: Location, message: String, hint: String },
 }
 
-const HINT: &str = "the configuration has `policies`, `socket`, `socket_group`, `state_dir`, `bpffs`, an \
-[events] table with `stdout`, `journal`, `file`, `file_max_bytes`, `file_keep`, `follower_buffer` and `history`, and a \
+const HINT: &str = "the configuration has `policies`, `socket`, `socket_group`, `state_dir`, `bpffs`, \
+`policy_keys`, an [events] table with `stdout`, `journal`, `file`, `file_max_bytes`, `file_keep`, `follower_buffer`, \
+`history`, `signing_key` and `sign_every`, and a \
 [metrics] table with `address`, a [dns] table with `upstream`, and a [seccomp] table with `listener`; see \
 packaging/enforcer.toml";
 
@@ -200,6 +226,22 @@ impl Config {
                 at("file_max_bytes"),
                 "events.file_max_bytes is below 4096".to_owned(),
                 "rotate at 4096 bytes or more",
+            ));
+        }
+        if let Some(key) = &config.events.signing_key
+            && !key.is_absolute()
+        {
+            return Err(invalid(
+                at("signing_key"),
+                format!("events.signing_key must be an absolute path, not `{}`", key.display()),
+                HINT,
+            ));
+        }
+        if config.events.sign_every < std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                at("sign_every"),
+                "events.sign_every is below a second".to_owned(),
+                "sign every second or less often",
             ));
         }
         if config.events.file_keep == 0 {

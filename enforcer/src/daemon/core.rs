@@ -9,6 +9,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use ed25519_dalek::VerifyingKey;
 use enforcer_common::{
     budget::{BUDGET_NEW_DESTINATIONS, BudgetUseKey, split_budget_key},
     policy::{FileRuleKey, PolicyId, TAG_FROM_EXEC, TagInfo},
@@ -30,6 +31,7 @@ use crate::{
     bpf::{Enforcer, LoadError, NetRuleMaps},
     cgroups::{Cgroup, Hierarchy},
     events::{DaemonEvent, DaemonLine},
+    evidence::policy_sig,
     policy::budgets,
     stream::{Labels, PolicyLabel},
 };
@@ -115,10 +117,14 @@ pub struct Setup {
     pub ring_fill: Option<crate::ring_fill::RingFill>,
     /// Where the resolvers' refusals go (the stream task).
     pub refusals: crate::dns::Refusals,
+    /// The keys trusted to sign policies (`policy_keys`; none: any policy).
+    pub policy_keys: Vec<VerifyingKey>,
 }
 
 pub struct Core {
     pub enforcer: Enforcer,
+    /// See [`Setup::policy_keys`].
+    policy_keys: Vec<VerifyingKey>,
     pub hierarchy: Hierarchy,
     pub config: Config,
     policies: BTreeMap<String, Loaded>,
@@ -162,7 +168,17 @@ impl Core {
         setup: Setup,
         notices: tokio::sync::mpsc::UnboundedSender<DaemonLine>,
     ) -> Result<(Self, ReloadReport), LoadError> {
-        let Setup { config, config_file, mut enforcer, hierarchy, adopted, not_enforced, ring_fill, refusals } = setup;
+        let Setup {
+            config,
+            config_file,
+            mut enforcer,
+            hierarchy,
+            adopted,
+            not_enforced,
+            ring_fill,
+            refusals,
+            policy_keys,
+        } = setup;
         // Taken once: the loader hands the map out a single time.
         let grants = enforcer.take_dns_grants().ok_or(LoadError::MissingMap("DNS_GRANTS"))?;
         let resolvers = Resolvers::new(grants, config.dns.upstream, refusals);
@@ -190,6 +206,7 @@ impl Core {
             ring_fill,
             resolvers,
             runs: BTreeMap::new(),
+            policy_keys,
         };
         let mut report = ReloadReport::default();
         let state = core.read_state();
@@ -259,7 +276,7 @@ impl Core {
     fn reload_inner(&mut self, publish_always: bool) -> ReloadReport {
         let started = std::time::Instant::now();
         self.reloads += 1;
-        let scan = reload::scan(&self.config.policies);
+        let scan = reload::scan(&self.config.policies, &self.policy_keys);
         tracing::debug!("reload: files read after {:?}", started.elapsed());
         let tags = &self.tags;
         let users = |name: &str| tags.values().filter(|t| t.policy == name).count();
@@ -570,6 +587,11 @@ impl Core {
         let (mut policy, warnings) = crate::policy::parse(text, file).map_err(|e| OpError::Invalid(e.to_string()))?;
         if self.policies.get(&policy.name).is_some_and(|p| p.hash == hash) {
             return Ok(policy.name);
+        }
+        if !self.policy_keys.is_empty() {
+            let sig = request.policy_signature.as_deref();
+            policy_sig::check(file, text.as_bytes(), sig, &self.policy_keys)
+                .map_err(|e| OpError::Invalid(format!("{}: {e}", file.display())))?;
         }
         let name = runs::own_policy_name(&policy.name, &hash);
         if self.policies.contains_key(&name) {
@@ -995,5 +1017,9 @@ pub fn protected_inodes(config: &Config, config_file: Option<&Path>) -> enforcer
     paths.extend([config.policies.clone(), config.state_dir.clone(), config.socket.clone()]);
     paths.extend(config.events.file.as_ref().and_then(|f| f.parent()).map(Path::to_owned));
     paths.extend(config.seccomp.listener.clone());
+    // The host key's directory (no agent may swap the key or its .pub),
+    // and the keys trusted to sign policies.
+    paths.extend(config.events.signing_key.as_ref().and_then(|k| k.parent()).map(Path::to_owned));
+    paths.extend(config.policy_keys.iter().cloned());
     crate::mounts::protected_inodes(&paths)
 }

@@ -20,7 +20,10 @@ use super::{
     replay::Archive,
     stdout_lines::{StdoutLines, stdout_is_journal},
 };
-use crate::stream::{LineMeta, LineOut};
+use crate::{
+    evidence::chain::{self, Hash},
+    stream::{LineMeta, LineOut},
+};
 
 /// One event line and what followers filter on.
 #[derive(Debug)]
@@ -58,6 +61,11 @@ pub struct Fanout {
     metrics: Arc<Metrics>,
     /// See [`Fanout::resumed_from`].
     resumed_from: u64,
+    /// See [`Fanout::resumed_hash`].
+    resumed_hash: Hash,
+    /// A `chain_head` line written in this batch: copied beside the events
+    /// file once the batch is on disk (see [`chain::head_path`]).
+    pending_head: Option<bytes::Bytes>,
     /// The last lines' kind, policy and cgroup: a storm's lines share them.
     recent: RecentNames,
     /// When this batch's lines were written (one clock read per batch: a
@@ -101,11 +109,16 @@ impl Fanout {
             .as_deref()
             .map_or_else(Vec::new, |path| recent_lines(path, events.file_keep, events.history.max(1)));
         let resumed_from = recent.last().map_or(0, |line| line.seq);
+        let resumed_hash = recent
+            .last()
+            .map_or(chain::GENESIS, |line| chain::hash_line(line.bytes.strip_suffix(b"\n").unwrap_or(&line.bytes)));
         if let Ok(mut history) = feed.history.lock() {
             history.extend(recent.into_iter().rev().take(events.history).rev());
         }
         Ok(Self {
             resumed_from,
+            resumed_hash,
+            pending_head: None,
             feed,
             history_max: events.history,
             stdout: (events.stdout || (events.journal && stdout_is_journal()))
@@ -124,11 +137,41 @@ impl Fanout {
     pub fn resumed_from(&self) -> u64 {
         self.resumed_from
     }
+
+    /// The hash of that line ([`chain::GENESIS`]: none): the chain goes on
+    /// from it.
+    #[must_use]
+    pub fn resumed_hash(&self) -> Hash {
+        self.resumed_hash
+    }
+
+    /// Copies the last signed head beside the events file, replacing the
+    /// copy before (`enforcer verify` finds a cut tail with it).
+    fn save_head(&mut self) {
+        let (Some(head), Some(file)) = (self.pending_head.take(), &self.file) else { return };
+        let path = chain::head_path(&file.path);
+        let temporary = PathBuf::from(format!("{}.tmp", path.display()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&temporary)
+            .and_then(|mut f| f.write_all(&head))
+            .and_then(|()| std::fs::rename(&temporary, &path));
+        if let Err(e) = written {
+            self.metrics.count_sink_error();
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
 }
 
 impl LineOut for Fanout {
     fn line(&mut self, meta: &LineMeta<'_>, line: bytes::Bytes) {
         self.metrics.count_event(meta.kind, meta.policy, meta.action);
+        if meta.kind == chain::HEAD_KIND {
+            self.pending_head = Some(line.clone());
+        }
         if let Some(file) = &mut self.file
             && let Err(e) = file.write(&line)
         {
@@ -161,9 +204,23 @@ impl LineOut for Fanout {
 
     fn flush(&mut self) {
         self.batch_at = None;
-        if let Some(file) = &mut self.file {
-            let _ = file.flush();
+        let Some(file) = &mut self.file else { return };
+        if let Err(e) = file.flush() {
+            self.metrics.count_sink_error();
+            tracing::warn!("cannot write the events file: {e}");
+            return;
         }
+        self.save_head();
+        if let Some(file) = &mut self.file
+            && let Err(e) = file.rotate_if_full()
+        {
+            self.metrics.count_sink_error();
+            tracing::warn!("cannot rotate the events file: {e}");
+        }
+    }
+
+    fn wants_head(&self) -> bool {
+        self.file.as_ref().is_some_and(RotatingFile::full)
     }
 }
 
@@ -238,6 +295,18 @@ pub(super) fn rotated(path: &std::path::Path, n: u32) -> PathBuf {
     PathBuf::from(format!("{}.{n}", path.display()))
 }
 
+/// Whether the file's last byte is a newline.
+fn ends_with_newline(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut last = [b'\n'];
+    if len > 0 {
+        file.read_exact_at(&mut last, len - 1)?;
+    }
+    Ok(last[0] == b'\n')
+}
+
 /// Opens (creating) the events file: root's and its group's, as its lines
 /// name the files and addresses agents tried.
 fn open_events_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
@@ -249,7 +318,8 @@ fn open_events_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
 const FILE_BUFFER: usize = 256 << 10;
 
 /// A JSON-lines file rotated at a size: `events.jsonl` is current,
-/// `events.jsonl.1` the newest rotated, up to `.keep`.
+/// `events.jsonl.1` the newest rotated, up to `.keep`. It rotates after the
+/// batch that fills it (whose last line is then a signed head).
 pub struct RotatingFile {
     path: PathBuf,
     max_bytes: u64,
@@ -263,15 +333,18 @@ impl RotatingFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = open_events_file(&path)?;
-        let size = file.metadata()?.len();
+        let mut file = open_events_file(&path)?;
+        let mut size = file.metadata()?.len();
+        if size > 0 && !ends_with_newline(&path)? {
+            // A line cut short (the daemon died mid-write) is ended here,
+            // or the next line would join it; `enforcer verify` reports it.
+            file.write_all(b"\n")?;
+            size += 1;
+        }
         Ok(Self { path, max_bytes, keep, file: std::io::BufWriter::with_capacity(FILE_BUFFER, file), size })
     }
 
     pub fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
-        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
-            self.rotate()?;
-        }
         self.file.write_all(line)?;
         self.size += line.len() as u64;
         Ok(())
@@ -279,6 +352,17 @@ impl RotatingFile {
 
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
+    }
+
+    /// Whether the file has reached its size.
+    #[must_use]
+    pub fn full(&self) -> bool {
+        self.size >= self.max_bytes
+    }
+
+    /// Rotates if full (after a flush).
+    pub fn rotate_if_full(&mut self) -> std::io::Result<()> {
+        if self.full() { self.rotate() } else { Ok(()) }
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
@@ -306,14 +390,18 @@ mod tests {
         let mut file = RotatingFile::open(path.clone(), 100, 2).unwrap();
         for i in 0..10 {
             file.write(format!("{{\"seq\":{i},\"pad\":\"{}\"}}\n", "x".repeat(20)).as_bytes()).unwrap();
+            file.flush().unwrap();
+            file.rotate_if_full().unwrap();
         }
-        file.flush().unwrap();
         let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
         let current = read(&path);
         let first = read(&dir.path().join("events.jsonl.1"));
         let second = read(&dir.path().join("events.jsonl.2"));
         assert!(!dir.path().join("events.jsonl.3").exists(), "keeps 2");
-        assert!(current.len() <= 100 && first.len() <= 100 && second.len() <= 100);
+        // It rotates after the line that fills it.
+        let line = 36;
+        assert!(current.len() < 100 + line && first.len() < 100 + line && second.len() < 100 + line);
+        assert!(first.len() >= 100 && second.len() >= 100, "rotated when full");
         assert!(current.contains("\"seq\":9"), "{current}");
         assert!(first.contains("\"seq\":") && second.contains("\"seq\":"));
         // Lines are whole: every line in every file parses.

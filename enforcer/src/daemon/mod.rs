@@ -70,6 +70,8 @@ pub enum DaemonError {
     Running { path: PathBuf },
     #[error("the daemon needs root (it loads BPF programs)")]
     NotRoot,
+    #[error(transparent)]
+    Key(#[from] crate::evidence::keys::KeyError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {

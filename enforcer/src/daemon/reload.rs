@@ -7,10 +7,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use ed25519_dalek::VerifyingKey;
+
 use super::{
     core::ReloadReport,
     policies::{self, Ids, Loaded, PolicyFile, Rejected, VersionIds},
 };
+use crate::evidence::policy_sig;
 
 /// The policy directory as read.
 pub struct Scan {
@@ -22,9 +25,10 @@ pub struct Scan {
 }
 
 /// Reads the policy directory `dir`: its `*.toml` files (sorted) with their
-/// text; unreadable ones are rejected.
+/// text; unreadable ones are rejected, and so are those without a valid
+/// signature by one of `trusted` when any is given.
 #[must_use]
-pub fn scan(dir: &Path) -> Scan {
+pub fn scan(dir: &Path, trusted: &[VerifyingKey]) -> Scan {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -45,7 +49,10 @@ pub fn scan(dir: &Path) -> Scan {
     let mut scan = Scan { files: Vec::new(), rejected: Vec::new(), unreadable: false };
     for file in paths {
         match std::fs::read_to_string(&file) {
-            Ok(text) => scan.files.push((file, text)),
+            Ok(text) => match signed(&file, &text, trusted) {
+                Ok(()) => scan.files.push((file, text)),
+                Err(error) => scan.rejected.push(Rejected { file, error }),
+            },
             Err(e) => {
                 let error = format!("{}: cannot read: {e}", file.display());
                 scan.rejected.push(Rejected { file, error });
@@ -53,6 +60,19 @@ pub fn scan(dir: &Path) -> Scan {
         }
     }
     scan
+}
+
+/// Whether `text`, read from `file`, is signed by one of `trusted` (any
+/// file is, when none is given).
+fn signed(file: &Path, text: &str, trusted: &[VerifyingKey]) -> Result<(), String> {
+    if trusted.is_empty() {
+        return Ok(());
+    }
+    let sig = policy_sig::read_sig(file)
+        .map_err(|e| format!("{}: cannot read: {e}", policy_sig::sig_path(file).display()))?;
+    policy_sig::check(file, text.as_bytes(), sig.as_deref(), trusted)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", file.display()))
 }
 
 /// What a reload changes.
@@ -238,10 +258,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ids = Ids::new();
         let in_force = loaded(vec![file(dir.path(), "a.toml", "a", "")], &mut ids);
-        let gone = scan(&dir.path().join("absent"));
+        let gone = scan(&dir.path().join("absent"), &[]);
         assert!(gone.unreadable);
         let next = plan(gone, &in_force, NO_USERS, &mut ids);
         assert!(next.unload.is_empty() && next.fresh.is_empty());
         assert!(next.report.rejected[0].error.contains("cannot read the policy directory"));
+    }
+
+    #[test]
+    fn with_trusted_keys_only_files_they_signed_are_read() {
+        use crate::evidence::{keys, policy_sig};
+        let dir = tempfile::tempdir().unwrap();
+        let key = keys::generate().unwrap();
+        let text = "name = \"a\"\n";
+        for name in ["signed.toml", "unsigned.toml", "changed.toml"] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        std::fs::write(policy_sig::sig_path(&dir.path().join("signed.toml")), policy_sig::sign(&key, text.as_bytes()))
+            .unwrap();
+        let changed = dir.path().join("changed.toml");
+        std::fs::write(policy_sig::sig_path(&changed), policy_sig::sign(&key, b"name = \"b\"\n")).unwrap();
+
+        let read = scan(dir.path(), &[key.verifying_key()]);
+        let files: Vec<_> = read.files.iter().map(|(f, _)| f.file_name().unwrap().to_owned()).collect();
+        assert_eq!(files, ["signed.toml"]);
+        let errors: Vec<&str> = read.rejected.iter().map(|r| r.error.as_str()).collect();
+        assert!(errors[0].contains("changed.toml: its signature by key") && errors[0].contains("does not match"));
+        assert!(errors[1].contains("unsigned.toml: is not signed"), "{}", errors[1]);
+        assert_eq!(scan(dir.path(), &[]).files.len(), 3, "no keys: every file");
     }
 }

@@ -30,6 +30,10 @@ use crate::{
     cgroups::Hierarchy,
     dns::{DnsEvent, Refusals},
     events::{DaemonEvent, DaemonLine},
+    evidence::{
+        chain::{Chain, HeadSigner},
+        keys,
+    },
     stream::{EventStream, Sink},
 };
 
@@ -72,6 +76,7 @@ impl Daemon {
             not_enforced,
             ring_fill,
             refusals,
+            policy_keys: config.policy_keys.iter().map(|k| keys::load_public(k)).collect::<Result<_, _>>()?,
         };
         // Every daemon line goes through this channel to the stream task.
         let (notices, notice_rx) = mpsc::unbounded_channel();
@@ -94,8 +99,10 @@ impl Daemon {
         // Numbering goes on from the last line written before (history
         // starts with the file's recent lines).
         let first_seq = fanout.resumed_from() + 1;
-        let mut stream = EventStream::new(ring, Sink::numbered(Box::new(fanout), first_seq), core.labels.clone())
-            .map_err(io_err(Path::new("ring buffer")))?;
+        let chain = Chain::resume(fanout.resumed_hash(), head_signer(&config.events)?);
+        let mut stream =
+            EventStream::new(ring, Sink::numbered(Box::new(fanout), first_seq, chain), core.labels.clone())
+                .map_err(io_err(Path::new("ring buffer")))?;
         stream.set_lost_reported(core.lost_reported);
         stream.set_grants(core.resolvers.grants());
         let started = DaemonLine::now(DaemonEvent::DaemonStarted {
@@ -157,12 +164,28 @@ impl Daemon {
         stream.report_lost(core.enforcer.lost.total().unwrap_or(0));
         core.lost_reported = stream.lost_reported();
         stream.sink().daemon_line(&DaemonLine::now(DaemonEvent::DaemonStopped { pid: std::process::id() }));
+        stream.sink().sign_head();
         stream.sink().flush();
         core.save();
         let _ = std::fs::remove_file(&self.config.socket);
         tracing::info!("daemon stopped; {} tagged cgroups stay enforced by the pinned programs", core.tags().len());
         Ok(())
     }
+}
+
+/// The host key that signs the event chain, as configured (made on first
+/// start).
+fn head_signer(events: &config::Events) -> Result<Option<HeadSigner>, DaemonError> {
+    let Some(path) = &events.signing_key else { return Ok(None) };
+    let (key, created) = keys::load_or_create(path)?;
+    if created {
+        tracing::info!(
+            "made the host key {} (its public key, for `enforcer verify --key`: {})",
+            path.display(),
+            keys::public_path(path).display()
+        );
+    }
+    Ok(Some(HeadSigner { key, every: events.sign_every }))
 }
 
 /// What the stream task writes besides the kernel's events.

@@ -51,6 +51,10 @@ pub struct RunRequest {
     pub policy_file: PathBuf,
     /// Its text, as the caller read it.
     pub policy_text: String,
+    /// Its signature file's text (`POLICY.sig`), if it has one: a daemon
+    /// with `policy_keys` loads a run's own policy only if signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_signature: Option<String>,
 }
 
 /// The daemon's answer to `POST /v1/runs`: the run's cgroup, tagged.

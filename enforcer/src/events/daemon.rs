@@ -72,6 +72,18 @@ pub enum DaemonEvent {
         /// Files not applied; what was in force stays.
         rejected: Vec<Rejected>,
     },
+    /// The host key's signature of the event chain's head: the line before
+    /// this one (see `enforcer verify`).
+    ChainHead {
+        /// The signed line's `seq`.
+        head_seq: u64,
+        /// Its hash (this line's `prev_hash`).
+        head_hash: String,
+        /// The host's public key (Ed25519, base64).
+        key: String,
+        /// The signature (Ed25519, base64) of the head.
+        sig: String,
+    },
     /// Sent to one follower only, as its last line.
     FollowerCut {
         /// Lines it did not get.
@@ -121,6 +133,7 @@ impl DaemonLine {
             DaemonEvent::Selected { .. } => "selected",
             DaemonEvent::Unselected { .. } => "unselected",
             DaemonEvent::PolicyReload { .. } => "policy_reload",
+            DaemonEvent::ChainHead { .. } => crate::evidence::chain::HEAD_KIND,
             DaemonEvent::FollowerCut { .. } => "follower_cut",
         }
     }

@@ -6,7 +6,9 @@
 //!   the seccomp filter refused;
 //! - [`daemon`]: the daemon's own lines ([`DaemonLine`]).
 //!
-//! The daemon puts `"seq":N` (its line number) first in each line it writes.
+//! The daemon puts `"seq":N` (its line number) and `"prev_hash"` (the
+//! SHA-256 of the line before, see `evidence::chain`) first in each line it
+//! writes.
 //! Field names are a contract other tools parse: add fields, never rename.
 //! `schemas/events.schema.json` (in this crate) is the JSON Schema of a line,
 //! published for consumers; a unit test keeps it current and the test tiers
@@ -53,7 +55,8 @@ pub struct SyscallLine<'a> {
 /// One line of the enforcer's event stream: a denial or audited operation
 /// the kernel reported, a count of lost events, a name the resolver refused,
 /// a syscall the seccomp filter refused, or a line of the daemon's. The
-/// daemon puts `"seq":N`, its line number, first in each line it writes.
+/// daemon puts `"seq":N`, its line number, and `"prev_hash"`, the SHA-256
+/// (hex) of the line before it, first in each line it writes.
 #[derive(JsonSchema)]
 #[serde(untagged)]
 #[expect(dead_code, clippy::large_enum_variant, reason = "never built: only its schema is used")]

@@ -38,7 +38,9 @@ pub async fn run(opts: &RunOptions, policy: &policy::Policy, socket: &Path) -> R
         .map_err(|source| RunError::Events { path: opts.policy.clone(), source })?;
     let filter = policy.syscalls.as_ref().map(|s| Program::build(s, Arch::native())).transpose()?;
     let client = Client::new(socket);
-    let request = RunRequest { policy_file: opts.policy.clone(), policy_text: text };
+    // Sent as it is: the daemon judges it (if it trusts signers at all).
+    let policy_signature = crate::evidence::policy_sig::read_sig(&opts.policy).ok().flatten();
+    let request = RunRequest { policy_file: opts.policy.clone(), policy_text: text, policy_signature };
     let body = serde_json::to_value(&request).unwrap_or_default();
     let answer = match client.request(Method::POST, RUNS, Some(&body)).await {
         Err(ClientError::Connect { .. }) => return Ok(None),

@@ -7,6 +7,9 @@ use std::{os::unix::fs::PermissionsExt as _, process::Command};
 use enforcer_tests::{EPERM, Outcome, Sandbox, probe_bin, release, wait_ready};
 use serde_json::Value;
 
+/// The daemon's host key where test daemons that name none keep it.
+const HOST_KEY: &str = "/var/lib/enforcer/host.key";
+
 /// The events of `kind` for which `about` holds.
 fn events<'a>(out: &'a Outcome, kind: &str, about: impl Fn(&Value) -> bool) -> Vec<&'a Value> {
     out.events.iter().filter(|e| e["kind"] == kind && about(e)).collect()
@@ -150,6 +153,10 @@ fn the_daemon_and_its_files_are_out_of_an_agents_reach() {
         // chmod: a running binary cannot be opened for writing anyway (ETXTBSY).
         (format!("chmod:{}", enforcer_tests::enforcer_bin().display()), "file_write", "enforcer_protected"),
         (format!("unlink:{pins}/maps/EVENTS"), "file_write", "enforcer_protected"),
+        // The evidence: the events file, and the host key that signs it.
+        (format!("overwrite:{}", path(&d.events)), "file_write", "enforcer_protected"),
+        (format!("overwrite:{HOST_KEY}"), "file_write", "enforcer_protected"),
+        (format!("rename:{HOST_KEY}.pub:{}/forged.pub", path(&d.base)), "file_write", "enforcer_protected"),
         (format!("overwrite:{}/cgroup.procs", cgroup_root.display()), "file_write", "floor"),
         (format!("kill:{daemon_pid}:9"), "floor", "floor"),
         (format!("ptrace-attach:{daemon_pid}"), "floor", "floor"),
