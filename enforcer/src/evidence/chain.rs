@@ -56,19 +56,31 @@ pub fn hex_string(hash: &Hash) -> String {
 /// A hash from 64 lowercase hex digits (as [`to_hex`] writes them).
 #[must_use]
 pub fn from_hex(hex: &[u8]) -> Option<Hash> {
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+    // A digit's value, or 0xff: one table load per digit (verify decodes
+    // a hash per line).
+    const VALUES: [u8; 256] = {
+        let mut values = [0xff; 256];
+        let mut c: u8 = 0;
+        while c < 10 {
+            values[(b'0' + c) as usize] = c;
+            c += 1;
+        }
+        let mut c: u8 = 0;
+        while c < 6 {
+            values[(b'a' + c) as usize] = 10 + c;
+            c += 1;
+        }
+        values
     };
+    let hex: &[u8; 64] = hex.try_into().ok()?;
     let mut hash = [0u8; 32];
-    if hex.len() != 64 {
-        return None;
-    }
+    let mut bad = 0;
     for (i, pair) in hex.chunks_exact(2).enumerate() {
-        hash[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+        let (high, low) = (VALUES[usize::from(pair[0])], VALUES[usize::from(pair[1])]);
+        bad |= high | low;
+        hash[i] = high << 4 | low;
     }
-    Some(hash)
+    (bad & 0xf0 == 0).then_some(hash)
 }
 
 /// What a head's signature signs: a label (so it is no signature of

@@ -186,8 +186,9 @@ fn signed_head(line: &[u8], key: Option<&VerifyingKey>) -> Result<Option<(HeadLi
 /// Whether a line may be a head: `"kind":"chain_head"` cannot occur inside
 /// a JSON string (its quotes would be escaped), so only a member matches.
 fn may_be_head(line: &[u8]) -> bool {
-    let wanted = format!("\"kind\":\"{HEAD_KIND}\"");
-    line.windows(wanted.len()).any(|w| w == wanted.as_bytes())
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"kind\":\"chain_head\""));
+    FINDER.find(line).is_some()
 }
 
 /// The walk along the chain.
@@ -254,7 +255,7 @@ impl<'a> Walk<'a> {
         };
         self.follows(seq, prev, &at)?;
         if let Some(torn) = self.torn.take() {
-            if !line.windows(16).any(|w| w == b"\"daemon_started\"") {
+            if memchr::memmem::find(line, b"\"kind\":\"daemon_started\"").is_none() {
                 return Err(Break::new(torn, "a line that is not whole".to_owned()));
             }
             self.report.torn.push(torn);
@@ -401,7 +402,9 @@ impl Report {
         }
         let whose =
             if key_given { "the key given" } else { "not checked against a trusted key: pass --key HOST_KEY.pub" };
-        lines.push(format!("{} signed heads, by key {} ({whose})", self.heads, self.signers.join(", ")));
+        if self.heads > 0 {
+            lines.push(format!("{} signed heads, by key {} ({whose})", self.heads, self.signers.join(", ")));
+        }
         lines.push(match (self.signed_through, self.last_seq) {
             (Some(signed), Some(last)) if last > signed => format!(
                 "signed through seq {signed}; the {} lines after it are not signed yet (nothing shows if they are cut)",
