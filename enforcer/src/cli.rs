@@ -176,6 +176,30 @@ pub enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// A digest of the event files for auditors: per policy and agent what
+    /// was refused, grouped by reason and target, what is new, the top
+    /// talkers, and (HTML) a timeline.
+    Report {
+        /// Only refusals since then: a duration (`24h`) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only refusals judged by this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// `md` (Markdown), `html` (one self-contained page) or `json`.
+        #[arg(long, value_enum, default_value = "md")]
+        format: crate::report::Format,
+        /// A JSON report from before (`--format json`): rows already in it
+        /// are not marked new (by default a row is new if the files hold
+        /// no earlier such refusal).
+        #[arg(long, value_name = "REPORT.json")]
+        previous: Option<PathBuf>,
+        /// The event files: the daemon's and its rotations, or an
+        /// `enforcer run --events` file (default: the daemon's,
+        /// /var/log/enforcer/events.jsonl*).
+        #[arg(value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
     /// Make an Ed25519 key pair: FILE (private, PKCS#8 PEM, mode 0600) and
     /// FILE.pub, to sign policies (or as the daemon's host key).
     Keygen {

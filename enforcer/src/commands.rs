@@ -43,6 +43,9 @@ pub fn main() -> ExitCode {
         Command::Policy { command: PolicyCommand::Sign { key, files } } => evidence::commands::sign(&key, &files),
         Command::Verify { key, files } => evidence::commands::verify(key.as_deref(), &files),
         Command::Keygen { file } => evidence::commands::keygen(&file),
+        Command::Report { since, policy, format, previous, files } => {
+            crate::report::main(&crate::report::Options { files, since, policy, previous, format })
+        }
         Command::BenchEmpty { command } => bench::run_empty(&command),
         Command::Export { command: ExportCommand::Seccomp { policy, format, listener } } => {
             export_seccomp(&policy, format, listener.as_deref())

@@ -19,6 +19,7 @@ pub(crate) mod log;
 pub(crate) mod mounts;
 pub mod oci_hook;
 pub mod policy;
+pub(crate) mod report;
 pub(crate) mod ring_fill;
 pub(crate) mod run;
 pub(crate) mod stream;

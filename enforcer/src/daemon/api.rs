@@ -11,7 +11,6 @@
 use std::{
     path::Path,
     sync::{Arc, atomic::Ordering},
-    time::SystemTime,
 };
 
 use axum::{
@@ -264,13 +263,6 @@ impl Follow {
     }
 }
 
-fn parse_since(text: &str) -> Option<SystemTime> {
-    humantime::parse_duration(text)
-        .ok()
-        .and_then(|ago| SystemTime::now().checked_sub(ago))
-        .or_else(|| humantime::parse_rfc3339_weak(text).ok())
-}
-
 /// A follower's progress through history, then the live feed.
 struct Follower {
     shared: Arc<Shared>,
@@ -338,7 +330,7 @@ impl Drop for Follower {
 }
 
 async fn events(State(shared): State<Arc<Shared>>, Query(filter): Query<Follow>) -> Response {
-    let since = match filter.since.as_deref().map(|s| (s, parse_since(s))) {
+    let since = match filter.since.as_deref().map(|s| (s, crate::events::parse_since(s))) {
         Some((text, None)) => {
             return error(
                 StatusCode::BAD_REQUEST,

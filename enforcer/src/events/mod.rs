@@ -26,6 +26,15 @@ use serde::Serialize;
 
 use crate::{dns::DnsEvent, syscalls::notify::SyscallEvent};
 
+/// A moment given as a duration ago (`24h`) or an RFC 3339 time (`--since`).
+#[must_use]
+pub fn parse_since(text: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_duration(text)
+        .ok()
+        .and_then(|ago| std::time::SystemTime::now().checked_sub(ago))
+        .or_else(|| humantime::parse_rfc3339_weak(text).ok())
+}
+
 /// A `dns` line: the resolver's event, plus the common fields.
 #[derive(Serialize, JsonSchema)]
 pub struct DnsLine<'a> {

@@ -131,6 +131,18 @@ fn the_event_files_verify_against_the_host_key_and_every_edit_is_found() {
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(text(&out).starts_with("BROKEN at ") && text(&out).contains(says), "{says}: {}", text(&out));
     }
+    // The digest of the same files: the 30 denials are one row.
+    let mut args = vec!["report".to_owned(), "--format".to_owned(), "json".to_owned()];
+    args.extend(event_files(base));
+    let out = Command::new(enforcer_bin()).args(&args).output().expect("enforcer report");
+    assert!(out.status.success(), "{}", text(&out));
+    let digest: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON digest");
+    let agent = &digest["policies"][0]["agents"][0];
+    assert_eq!((agent["cgroup"].as_str(), agent["refusals"].as_u64()), (Some(cgroup.as_str()), Some(30)), "{digest}");
+    let row = &agent["groups"][0];
+    assert_eq!((row["target"].as_str(), row["count"].as_u64()), (Some("127.0.0.1:82"), Some(30)), "{digest}");
+    assert_eq!((row["kind"].as_str(), row["reason"].as_str()), (Some("connect"), Some("not_allowed")), "{digest}");
+
     // Heads are the host key's: another key is refused.
     let other = base.join("keys/other.key");
     assert!(enforcer(&["keygen", &other.display().to_string()]).status.success());
