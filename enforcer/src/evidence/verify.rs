@@ -413,8 +413,16 @@ impl Report {
             (Some(signed), _) => format!("signed through seq {signed}, the last line"),
             (None, _) => "no signed head: nothing shows a cut tail".to_owned(),
         });
-        if let Some((path, seq)) = &self.sidecar {
-            lines.push(format!("the last signed head, copied in {}: seq {seq}, present", path.display()));
+        match &self.sidecar {
+            Some((path, seq)) => {
+                lines.push(format!("the last signed head, copied in {}: seq {seq}, present", path.display()));
+            }
+            None if self.heads > 0 => lines.push(
+                "no copy of the last signed head (FILE.head) beside the files: lines cut after the last head in them \
+                 would not show"
+                    .to_owned(),
+            ),
+            None => {}
         }
         let mut out = String::new();
         for line in lines {
