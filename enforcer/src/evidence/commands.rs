@@ -19,7 +19,7 @@ pub fn verify(key: Option<&Path>, files: &[PathBuf]) -> i32 {
     let outcome = match verify::verify(files, key.as_ref()) {
         Ok(outcome) => outcome,
         Err(e) => {
-            eprintln!("enforcer verify: cannot read the files: {e}");
+            eprintln!("enforcer verify: {e}");
             return 2;
         }
     };

@@ -87,14 +87,26 @@ pub struct Outcome {
     pub broken: Option<Break>,
 }
 
+/// A file that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot read: {source}", path.display())]
+pub struct ReadError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReadError + '_ {
+    move |source| ReadError { path: path.to_owned(), source }
+}
+
 /// Checks `paths` (event files and, named `*.head`, copies of the last
 /// signed head; the current file's copy is found beside it); heads must be
 /// signed by `key` when it is given.
-pub fn verify(paths: &[PathBuf], key: Option<&VerifyingKey>) -> std::io::Result<Outcome> {
+pub fn verify(paths: &[PathBuf], key: Option<&VerifyingKey>) -> Result<Outcome, ReadError> {
     let (heads, files): (Vec<&PathBuf>, Vec<&PathBuf>) =
         paths.iter().partition(|p| p.extension().is_some_and(|e| e == "head"));
     let sidecar = match heads.first() {
-        Some(path) => Some(((*path).clone(), std::fs::read(path)?)),
+        Some(path) => Some(((*path).clone(), std::fs::read(path).map_err(read_err(path))?)),
         None => files.iter().map(|f| chain::head_path(f)).find_map(|p| {
             let text = std::fs::read(&p).ok()?;
             Some((p, text))
@@ -102,15 +114,15 @@ pub fn verify(paths: &[PathBuf], key: Option<&VerifyingKey>) -> std::io::Result<
     };
     let mut ordered = Vec::new();
     for file in files {
-        ordered.push((first_seq(file)?, file.clone()));
+        ordered.push((first_seq(file).map_err(read_err(file))?, file.clone()));
     }
     ordered.sort_by_key(|(seq, _)| *seq);
     let mut walk = Walk::new(key, sidecar.as_ref().map(|(p, t)| (p.as_path(), t.as_slice())));
     let count = ordered.len();
     for (i, (_, file)) in ordered.iter().enumerate() {
-        if let Err(mut broken) = walk.file(file, i + 1 == count)? {
+        if let Err(mut broken) = walk.file(file, i + 1 == count).map_err(read_err(file))? {
             if let Some(missing) = broken.missing
-                && let Some(found) = find_seq(ordered.iter().map(|(_, f)| f.as_path()), missing)?
+                && let Some(found) = find_seq(ordered.iter().map(|(_, f)| f.as_path()), missing)
             {
                 broken.what = format!("seq {missing} is not here but at {found}: lines were moved");
             }
@@ -121,17 +133,19 @@ pub fn verify(paths: &[PathBuf], key: Option<&VerifyingKey>) -> std::io::Result<
     Ok(Outcome { report: walk.report, broken })
 }
 
-/// Where the line numbered `seq` is in `files`, if anywhere.
-fn find_seq<'p>(files: impl Iterator<Item = &'p Path>, seq: u64) -> std::io::Result<Option<Place>> {
+/// Where the line numbered `seq` is in `files`, if anywhere (they were
+/// read once already: one unreadable now is skipped).
+fn find_seq<'p>(files: impl Iterator<Item = &'p Path>, seq: u64) -> Option<Place> {
     for file in files {
-        let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
-        for (i, line) in reader.split(b'\n').enumerate() {
-            if line_head(&line?).is_some_and(|(s, _)| s == seq) {
-                return Ok(Some(Place { file: file.to_owned(), line: i as u64 + 1 }));
+        let Ok(opened) = std::fs::File::open(file) else { continue };
+        let reader = std::io::BufReader::with_capacity(1 << 20, opened);
+        for (i, line) in reader.split(b'\n').map_while(Result::ok).enumerate() {
+            if line_head(&line).is_some_and(|(s, _)| s == seq) {
+                return Some(Place { file: file.to_owned(), line: i as u64 + 1 });
             }
         }
     }
-    Ok(None)
+    None
 }
 
 /// The `seq` of a file's first line (`u64::MAX` for an empty file: last).
