@@ -49,13 +49,13 @@ pub struct Sink {
     out: Out,
     /// The next sequence number, for numbered lines.
     next_seq: Option<u64>,
-    /// Numbered lines: the hash chain through them.
-    chain: Option<Chain>,
 }
 
+#[expect(clippy::large_enum_variant, reason = "one sink per stream: its size does not matter")]
 enum Out {
     Writer(Box<dyn Write + Send>),
-    Lines(Box<dyn LineOut>, LineBuffers),
+    /// Numbered lines, and the hash chain through them.
+    Lines(Box<dyn LineOut>, LineBuffers, Chain),
 }
 
 /// Where numbered lines are built, and the memory they are handed out in:
@@ -129,13 +129,13 @@ impl Sink {
             None => Box::new(std::io::stderr()),
             Some(path) => Box::new(open_events_file(path)?),
         };
-        Ok(Self { out: Out::Writer(writer), next_seq: None, chain: None })
+        Ok(Self { out: Out::Writer(writer), next_seq: None })
     }
 
     /// Lines numbered from `first` to `out`, chained on from `chain`.
     #[must_use]
     pub fn numbered(out: Box<dyn LineOut>, first: u64, chain: Chain) -> Self {
-        Self { out: Out::Lines(out, LineBuffers::default()), next_seq: Some(first), chain: Some(chain) }
+        Self { out: Out::Lines(out, LineBuffers::default(), chain), next_seq: Some(first) }
     }
 
     fn line(&mut self, meta: &LineMeta<'_>, value: &impl serde::Serialize) {
@@ -159,10 +159,9 @@ impl Sink {
                     tracing::warn!("cannot write event: {e}");
                 }
             }
-            Out::Lines(out, buffers) => {
+            Out::Lines(out, buffers, chain) => {
                 let seq = self.next_seq.unwrap_or(1);
                 self.next_seq = Some(seq + 1);
-                let chain = self.chain.get_or_insert_with(|| Chain::resume(chain::GENESIS, None));
                 numbered_line(&mut buffers.building, seq, &chain.prev, object);
                 chain.advance(buffers.building.strip_suffix(b"\n").unwrap_or(&buffers.building));
                 out.line(&LineMeta { seq, ..*meta }, buffers.share());
@@ -173,13 +172,11 @@ impl Sink {
     /// Pushes the lines out, signing the chain's head first when it is
     /// time or the events file is about to rotate.
     pub fn flush(&mut self) {
-        if let Out::Lines(out, _) = &self.out {
-            let rotating = out.wants_head();
-            if self.chain.as_ref().is_some_and(|c| c.head_due(rotating)) {
-                self.sign_head();
-            }
+        let Out::Lines(out, _, chain) = &self.out else { return };
+        if chain.head_due(out.wants_head()) {
+            self.write_head();
         }
-        if let Out::Lines(out, _) = &mut self.out {
+        if let Out::Lines(out, ..) = &mut self.out {
             out.flush();
         }
     }
@@ -187,13 +184,16 @@ impl Sink {
     /// Writes a `chain_head` line signing the last line, if any line is
     /// unsigned and a key signs (the daemon does at stop).
     pub fn sign_head(&mut self) {
-        let Some(last) = self.next_seq.map(|next| next - 1) else { return };
-        let Some(chain) = self.chain.as_mut().filter(|c| c.head_due(true)) else { return };
-        if let Some(head) = chain.sign(last) {
-            let head =
-                DaemonEvent::ChainHead { head_seq: head.seq, head_hash: head.hash, key: head.key, sig: head.sig };
-            self.daemon_line(&DaemonLine::now(head));
+        if matches!(&self.out, Out::Lines(.., chain) if chain.head_due(true)) {
+            self.write_head();
         }
+    }
+
+    fn write_head(&mut self) {
+        let (Out::Lines(.., chain), Some(next)) = (&mut self.out, self.next_seq) else { return };
+        let Some(head) = chain.sign(next - 1) else { return };
+        let head = DaemonEvent::ChainHead { head_seq: head.seq, head_hash: head.hash, key: head.key, sig: head.sig };
+        self.daemon_line(&DaemonLine::now(head));
     }
 
     /// A line the daemon writes itself (`daemon` events: reloads, starts).

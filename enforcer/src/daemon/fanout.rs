@@ -291,7 +291,7 @@ pub(super) fn parse_line(raw: &[u8]) -> Option<Arc<Line>> {
 }
 
 /// The `n`th rotation of the events file `path`.
-pub(super) fn rotated(path: &std::path::Path, n: u32) -> PathBuf {
+pub(crate) fn rotated(path: &std::path::Path, n: u32) -> PathBuf {
     PathBuf::from(format!("{}.{n}", path.display()))
 }
 

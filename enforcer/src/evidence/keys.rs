@@ -17,7 +17,6 @@ use ed25519_dalek::{
         spki::der::pem::LineEnding,
     },
 };
-use sha2::Digest as _;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -144,9 +143,7 @@ pub fn decode_signature(text: &str) -> Option<ed25519_dalek::Signature> {
 /// SHA-256 of its bytes.
 #[must_use]
 pub fn fingerprint(key: &VerifyingKey) -> String {
-    let mut hex = super::chain::hex_string(&sha2::Sha256::digest(key.as_bytes()).into());
-    hex.truncate(16);
-    hex
+    crate::bpf::short_sha256(key.as_bytes())
 }
 
 #[cfg(test)]

@@ -100,8 +100,8 @@ pub fn digest(opts: &Options) -> Result<Digest, ReportError> {
 /// The daemon's events file and its rotations, oldest first.
 fn daemon_files() -> Result<Vec<PathBuf>, ReportError> {
     let current = PathBuf::from(crate::daemon::config::DEFAULT_EVENTS_FILE);
-    let mut files: Vec<PathBuf> =
-        (1..100).map(|n| PathBuf::from(format!("{}.{n}", current.display()))).take_while(|f| f.exists()).collect();
+    let rotated = |n| crate::daemon::fanout::rotated(&current, n);
+    let mut files: Vec<PathBuf> = (1..100).map(rotated).take_while(|f| f.exists()).collect();
     files.reverse();
     if current.exists() {
         files.push(current);
