@@ -386,6 +386,7 @@ fn run_files(opts: &FilesOptions) -> Result<ExitCode> {
             timeout: TIMEOUT,
             echo: (!opts.quiet).then(String::new),
             exec_log: None,
+            disk: None,
         };
         let report = match vm::run(&spec) {
             Ok(run) => {

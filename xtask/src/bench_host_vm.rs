@@ -80,6 +80,7 @@ pub fn run(bench: &Bench<'_>, targets: &Targets<'_>) -> Result<ExitCode> {
             timeout: TIMEOUT,
             echo: None,
             exec_log: None,
+            disk: None,
         };
         let table = match vm::run(&spec) {
             Ok(run) => {

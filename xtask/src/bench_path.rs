@@ -87,6 +87,7 @@ pub fn run(opts: &PathOptions) -> Result<ExitCode> {
         timeout: TIMEOUT,
         echo: None,
         exec_log: Some((MODULE_AREA.to_string(), log.clone())),
+        disk: None,
     };
     println!(
         "== bench path: kernel {}, {scenario}, {} opens (TCG, every block in the module area logged) ==",

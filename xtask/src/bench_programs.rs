@@ -101,6 +101,7 @@ pub fn run(opts: &ProgramsOptions) -> Result<ExitCode> {
             timeout: TIMEOUT,
             echo: None,
             exec_log: None,
+            disk: None,
         };
         let run = vm::run(&spec)?;
         println!(

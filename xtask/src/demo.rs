@@ -73,6 +73,7 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
         timeout: TIMEOUT,
         echo: Some(String::new()),
         exec_log: None,
+        disk: None,
     };
     let run = vm::run(&spec)?;
     match run.exit_code {

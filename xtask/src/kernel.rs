@@ -50,6 +50,24 @@ pub struct Kernel {
 /// them, as a host's modprobe would on the first request.
 pub const DIAG_MODULES: [&str; 3] = ["inet_diag", "tcp_diag", "udp_diag"];
 
+/// What a VM needs to mount a root filesystem image as a virtio disk, in load
+/// order: the PCI transport (built in on 6.12 and later, and its helpers absent
+/// before 5.14) and the block driver. Setup copies those the package has.
+pub const DISK_MODULES: [&str; 4] = ["virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk"];
+
+/// Written into a kernel's `modules` directory once [`DISK_MODULES`] were looked
+/// for in its package (caches made before they were have none).
+pub const DISK_MODULES_DONE: &str = "disk-modules.done";
+
+/// The [`DISK_MODULES`] a cached kernel needs loaded to mount a disk, in load order.
+pub fn disk_modules(series: &str) -> Result<Vec<PathBuf>> {
+    let dir = series_dir(series)?.join("modules");
+    if !dir.join(DISK_MODULES_DONE).is_file() {
+        bail!("kernel {series} is cached without its virtio disk modules; run `cargo xtask setup --kernel {series}`");
+    }
+    Ok(DISK_MODULES.iter().map(|name| dir.join(format!("{name}.ko"))).filter(|m| m.is_file()).collect())
+}
+
 /// The cache root.
 pub fn cache_dir() -> Result<PathBuf> {
     let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);

@@ -100,12 +100,23 @@ impl Summary {
             }
             return;
         }
-        // "test policy::tests::denies_home ... FAILED"
-        if let Some(name) =
-            line.find("test ").map(|i| &line[i + 5..]).and_then(|rest| rest.trim_end().strip_suffix(" ... FAILED"))
+        // "test policy::tests::denies_home ... FAILED", or with `--report-time`
+        // "test policy::tests::denies_home ... FAILED <1.234s>"
+        if let Some(name) = line
+            .find("test ")
+            .map(|i| &line[i + 5..])
+            .and_then(|rest| without_time(rest.trim_end()).strip_suffix(" ... FAILED"))
         {
             self.failed_tests.push(name.to_string());
         }
+    }
+}
+
+/// `line` without the ` <1.234s>` that `--report-time` adds to a test's outcome.
+fn without_time(line: &str) -> &str {
+    match line.rsplit_once(" <") {
+        Some((rest, time)) if time.ends_with("s>") => rest,
+        _ => line,
     }
 }
 
@@ -119,14 +130,15 @@ mod tests {
 running 3 tests
 test a ... ok
 test b::c ... FAILED
+test d ... FAILED <12.345s>
 [   12.3] some kernel line
-test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s
+test result: FAILED. 2 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s
 
 test result: ok. 5 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 1.00s
 ";
         let s = Summary::parse(out);
-        assert_eq!((s.passed, s.failed, s.ignored, s.results), (7, 1, 2, 2));
-        assert_eq!(s.failed_tests, ["b::c"]);
+        assert_eq!((s.passed, s.failed, s.ignored, s.results), (7, 2, 2, 2));
+        assert_eq!(s.failed_tests, ["b::c", "d"]);
     }
 
     #[test]

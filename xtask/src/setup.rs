@@ -6,6 +6,7 @@
 mod apt;
 mod debian_index;
 mod kernels;
+mod rootfs;
 mod tools;
 
 use anyhow::{Result, bail};
@@ -33,6 +34,9 @@ pub fn run(opts: &Options) -> Result<()> {
         opts.kernels.clone()
     };
     ensure(true, &series)?;
+    if series.iter().any(|s| s == crate::test::WORKLOAD_SERIES) {
+        ensure_workload(crate::test::WORKLOAD_SERIES)?;
+    }
     println!("setup: done");
     Ok(())
 }
@@ -52,4 +56,17 @@ pub fn ensure(vm_tools: bool, kernel_series: &[String]) -> Result<()> {
         bail!("{}", failures.join("\n"));
     }
     Ok(())
+}
+
+/// What the workload VM needs beyond [`ensure`]: the root filesystem image and
+/// the kernel's virtio disk modules.
+pub fn ensure_workload(series: &str) -> Result<()> {
+    kernels::ensure(series)?;
+    kernels::ensure_disk_modules(series)?;
+    rootfs::ensure()
+}
+
+/// The cached root filesystem image of the workload VM.
+pub fn rootfs_image() -> Result<std::path::PathBuf> {
+    rootfs::image()
 }

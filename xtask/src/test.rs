@@ -3,9 +3,12 @@
 //! 1. lint: `cargo fmt --check` and clippy with warnings as errors (`test/lint.rs`).
 //! 2. unit: `cargo test` of the workspace (no privileges).
 //! 3. host: the `host` integration tests, as root, on the host kernel.
-//! 4. vm: the `lsm` integration tests in a qemu VM per kernel series (BPF LSM enabled),
-//!    two VMs side by side.
+//! 4. vm: the `lsm` integration tests in a qemu VM per kernel series (BPF LSM enabled).
 //! 5. gate: the file hot path's cost under icount, against fixed bounds (`test/gate.rs`).
+//! 6. workload: a real coding session in a Debian root filesystem, on one kernel,
+//!    with no refusal, and the demo's attacks refused (`test/workload.rs`).
+//!
+//! Tiers 4 to 6 are VMs, run two side by side, longest first (`test/in_vm.rs`).
 //!
 //! The last line is `N passed, M failed` over all tiers (`, K skipped` when a tier did
 //! not run). A tier that failed without a failing test (build error, crash, no results,
@@ -17,6 +20,10 @@ mod host;
 mod in_vm;
 mod lint;
 mod unit;
+mod workload;
+
+/// The kernel the workload tier boots.
+pub const WORKLOAD_SERIES: &str = workload::SERIES;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -35,8 +42,8 @@ pub struct Options {
     /// Kernel series for the VM tier; repeatable (default: 5.10, 6.1, 6.12 and 7.3).
     #[arg(long = "kernel", value_name = "SERIES")]
     kernels: Vec<String>,
-    /// Run only these tiers (lint, unit, host, vm, gate); repeatable (default: all).
-    #[arg(long = "tier", value_name = "TIER", value_parser = ["lint", "unit", "host", "vm", "gate"])]
+    /// Run only these tiers (lint, unit, host, vm, gate, workload); repeatable (default: all).
+    #[arg(long = "tier", value_name = "TIER", value_parser = ["lint", "unit", "host", "vm", "gate", "workload"])]
     tiers: Vec<String>,
 }
 
@@ -108,12 +115,21 @@ pub fn run(opts: &Options) -> ExitCode {
     if opts.skip_vm {
         tiers.push(timed(&|| Tier { name: "vm".into(), outcome: Outcome::Skipped("--skip-vm".into()) }));
     } else {
+        // Every VM tier, the gate and the workload side by side, longest first.
+        let mut jobs = Vec::new();
         if wanted("vm") {
-            tiers.extend(in_vm::run_all(&series));
+            jobs.extend(in_vm::jobs(&series));
         }
         if wanted("gate") {
-            tiers.push(timed(&gate::run));
+            jobs.push(in_vm::Job { name: "gate".into(), minutes: gate::MINUTES, run: Box::new(|_| gate::run()) });
         }
+        if wanted("workload") {
+            // Its image and test binary before any VM starts (a build under a VM
+            // being staged could replace what it stages); errors show in its tier.
+            let _ = workload::prepare();
+            jobs.push(in_vm::Job { name: "workload".into(), minutes: workload::MINUTES, run: Box::new(workload::run) });
+        }
+        tiers.extend(in_vm::run_side_by_side(jobs));
     }
 
     println!("\nsummary:");

@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 
 use crate::kernel::{self, Kernel};
+use crate::setup;
 
 /// What to run in a VM.
 #[derive(Debug, Clone)]
@@ -38,6 +39,20 @@ pub struct VmSpec {
     /// Log every block of guest code run in an address range (`qemu -dfilter` syntax)
     /// to a file, with its instructions: see `bench path`. Slows the guest down.
     pub exec_log: Option<(String, PathBuf)>,
+    /// Boot into this root filesystem instead of staying in the initramfs.
+    pub disk: Option<Disk>,
+}
+
+/// A root filesystem image the initramfs mounts and switches to. The spec's files
+/// are copied into it (their shared libraries only where the image has none) and
+/// the script runs there; the image itself is opened with `snapshot=on`, so what
+/// the VM writes is gone when it stops.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    /// An ext4 image (`setup::rootfs`).
+    pub image: PathBuf,
+    /// Kernel modules to load, in order, before the disk appears (`kernel::disk_modules`).
+    pub modules: Vec<PathBuf>,
 }
 
 /// What a VM run produced.
@@ -59,7 +74,8 @@ pub struct VmRun {
 
 /// Boot the VM and run the script (see the module docs).
 pub fn run(spec: &VmSpec) -> Result<VmRun> {
-    let initrd = initramfs::build(&spec.files, &spec.script).context("could not build the initramfs")?;
+    let initrd =
+        initramfs::build(&spec.files, &spec.script, spec.disk.as_ref()).context("could not build the initramfs")?;
     let kernel = &spec.kernel;
     let mut failures = Vec::new();
     for attempt in 1..=2 {
@@ -118,6 +134,10 @@ pub struct Options {
     /// Copy a host file or directory into the guest, e.g. target/debug/enforcer:/bin/enforcer.
     #[arg(long = "file", value_name = "HOST:GUEST")]
     files: Vec<String>,
+    /// Boot into the workload tier's Debian root filesystem (`cargo xtask setup`
+    /// builds it), where the command runs with Debian's tools.
+    #[arg(long)]
+    rootfs: bool,
     /// Shell command run in the guest (busybox sh, in /workspace).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -140,6 +160,11 @@ pub fn run_command(opts: &Options) -> Result<ExitCode> {
         timeout: Duration::from_secs(opts.timeout),
         echo: Some(String::new()),
         exec_log: None,
+        disk: if opts.rootfs {
+            Some(Disk { image: setup::rootfs_image()?, modules: kernel::disk_modules(&opts.kernel)? })
+        } else {
+            None
+        },
     };
     let run = run(&spec)?;
     let release = run.kernel_release.as_deref().unwrap_or("?");

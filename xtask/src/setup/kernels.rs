@@ -97,6 +97,7 @@ fn download(series: &str) -> Result<()> {
         let found = module_file(&tree, name)?.with_context(|| format!("{package} has no {name} module"))?;
         uncompressed_copy(&found, &modules.join(format!("{name}.ko")))?;
     }
+    copy_disk_modules(&tree, &modules)?;
     fs::write(out.join("version"), format!("{version}\n"))?;
     fs::write(out.join("package"), format!("{package}\n"))?;
 
@@ -115,42 +116,100 @@ fn download(series: &str) -> Result<()> {
     Ok(())
 }
 
-/// The image package from this host's apt sources (bookworm, bookworm-backports).
-fn from_apt(series: &str, scratch: &Path) -> Result<(String, String, Vec<PathBuf>)> {
-    apt::require_apt(&format!("downloading kernel {series}"))?;
-    let mut refreshed = false;
-    if apt::ensure_backports_source()? {
-        apt::update()?;
-        refreshed = true;
-    }
-    let (package, version) = match find_package(series) {
-        Some(found) => found,
-        None if !refreshed => {
-            apt::update()?;
-            refreshed = true;
-            find_package(series).with_context(|| no_package(series))?
+/// The [`kernel::DISK_MODULES`] the unpacked packages in `tree` have, into `modules`,
+/// then the marker that they were looked for.
+fn copy_disk_modules(tree: &Path, modules: &Path) -> Result<()> {
+    for name in kernel::DISK_MODULES {
+        if let Some(found) = module_file(tree, name)? {
+            uncompressed_copy(&found, &modules.join(format!("{name}.ko")))?;
         }
-        None => bail!(no_package(series)),
+    }
+    fs::write(modules.join(kernel::DISK_MODULES_DONE), "")
+        .with_context(|| format!("could not write into {}", modules.display()))
+}
+
+/// Make sure a cached kernel has its virtio disk modules (for the VMs that boot a
+/// root filesystem image); a cache made before they were copied gets them from the
+/// same package version again.
+pub fn ensure_disk_modules(series: &str) -> Result<()> {
+    if kernel::disk_modules(series).is_ok() {
+        return Ok(());
+    }
+    let cached = kernel::cached(series)?;
+    let dir = kernel::series_dir(series)?;
+    println!(
+        "setup: kernel {series} is cached without its disk modules; fetching {} {} again",
+        cached.package, cached.version
+    );
+    let scratch = TempDir::new_in(dir.parent().expect("series dir has a parent"), &format!(".partial-{series}-disk"))?;
+    let debs = match origin(series) {
+        Origin::Apt => vec![apt_download(&cached.package, &cached.version, scratch.path())?],
+        Origin::Suite { suite, .. } => {
+            let index = suite.index(scratch.path())?;
+            let mut names = vec![cached.package.clone()];
+            if let Some(rest) = cached.package.strip_prefix("linux-binary-") {
+                names.push(format!("linux-modules-{rest}"));
+            }
+            let mut debs = Vec::new();
+            for name in names {
+                let package = index.exact(&name, &cached.version).with_context(|| {
+                    format!(
+                        "{} no longer has {name} {}: delete {} and run `cargo xtask setup` for a newer kernel",
+                        suite.name,
+                        cached.version,
+                        dir.display()
+                    )
+                })?;
+                debs.push(suite.fetch(package, scratch.path())?);
+            }
+            debs
+        }
     };
-    println!("setup: downloading kernel {series} ({package} {version})");
+    let tree = scratch.path().join("tree");
+    for deb in &debs {
+        cmd::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tree))?;
+    }
+    copy_disk_modules(&tree, &dir.join("modules"))?;
+    println!("setup: kernel {series} disk modules cached");
+    Ok(())
+}
+
+/// `apt-get download package=version` into `dir`; the .deb it wrote.
+fn apt_download(package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
     let fetch = || {
         cmd::run(
             Command::new("apt-get")
                 .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
                 .arg(format!("{package}={version}"))
-                .current_dir(scratch),
+                .current_dir(dir),
         )
     };
     if fetch().is_err() {
-        if refreshed {
-            bail!("apt-get download {package}={version} failed; check the network");
-        }
         println!("setup: download failed; the package lists may be stale, refreshing them");
         apt::update()?;
-        fetch()?;
+        fetch().with_context(|| format!("apt-get download {package}={version} failed; check the network"))?;
     }
-    let deb = find_file(scratch, |n| Path::new(n).extension().is_some_and(|e| e == "deb"))?
-        .context("apt-get download produced no .deb file")?;
+    find_file(dir, |n| Path::new(n).extension().is_some_and(|e| e == "deb"))?
+        .context("apt-get download produced no .deb file")
+}
+
+/// The image package from this host's apt sources (bookworm, bookworm-backports).
+fn from_apt(series: &str, scratch: &Path) -> Result<(String, String, Vec<PathBuf>)> {
+    apt::require_apt(&format!("downloading kernel {series}"))?;
+    let refreshed = apt::ensure_backports_source()?;
+    if refreshed {
+        apt::update()?;
+    }
+    let (package, version) = match find_package(series) {
+        Some(found) => found,
+        None if !refreshed => {
+            apt::update()?;
+            find_package(series).with_context(|| no_package(series))?
+        }
+        None => bail!(no_package(series)),
+    };
+    println!("setup: downloading kernel {series} ({package} {version})");
+    let deb = apt_download(&package, &version, scratch)?;
     Ok((package, version, vec![deb]))
 }
 
@@ -208,17 +267,33 @@ fn kernel_file(tree: &Path, name: &str) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// `<name>.ko` (or `.ko.xz`, `.ko.zst`) under `[usr/]lib/modules/*/kernel/net/ipv4`.
+/// `<name>.ko` (or `.ko.xz`, `.ko.zst`) under `[usr/]lib/modules/*/kernel`.
 fn module_file(tree: &Path, name: &str) -> Result<Option<PathBuf>> {
+    let names = ["ko", "ko.xz", "ko.zst"].map(|suffix| format!("{name}.{suffix}"));
     for root in ["lib/modules", "usr/lib/modules"].map(|r| tree.join(r)).iter().filter(|r| r.is_dir()) {
         for entry in fs::read_dir(root).with_context(|| format!("could not list {}", root.display()))? {
-            let dir = entry?.path().join("kernel/net/ipv4");
-            for suffix in ["ko", "ko.xz", "ko.zst"] {
-                let path = dir.join(format!("{name}.{suffix}"));
-                if path.is_file() {
-                    return Ok(Some(path));
-                }
+            if let Some(found) = find_below(&entry?.path().join("kernel"), &names)? {
+                return Ok(Some(found));
             }
+        }
+    }
+    Ok(None)
+}
+
+/// The first file named one of `names` in `dir` or below it.
+fn find_below(dir: &Path, names: &[String]) -> Result<Option<PathBuf>> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    for entry in fs::read_dir(dir).with_context(|| format!("could not list {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            if let Some(found) = find_below(&path, names)? {
+                return Ok(Some(found));
+            }
+        } else if names.iter().any(|n| entry.file_name() == n.as_str()) {
+            return Ok(Some(path));
         }
     }
     Ok(None)

@@ -19,6 +19,8 @@ const SERIES: &str = "6.12";
 const ITERATIONS: u64 = 4_000;
 /// Boot, 10 000 mkdirs, five enforcer loads under icount: 7 to 11 minutes here.
 const TIMEOUT: Duration = Duration::from_mins(20);
+/// Minutes it takes here beside another VM (to schedule the VMs).
+pub const MINUTES: u32 = 13;
 
 /// Points above the empty programs (bench scenario (e)) each gated scenario may cost on `SERIES`, and the loop
 /// measured (`open`: open for writing + close; `open-read`: the same read-only).
@@ -80,6 +82,7 @@ fn gate() -> Result<Outcome> {
         timeout: TIMEOUT,
         echo: None,
         exec_log: None,
+        disk: None,
     };
     let run = vm::run(&spec)?;
     cmd::save_bench_output(&format!("gate-{SERIES}.log"), &run.output);

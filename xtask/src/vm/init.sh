@@ -4,9 +4,44 @@
 #   ENFORCER-VM-USERSPACE   the kernel booted and started init
 #   ENFORCER-VM-READY ...   mounts done, about to run the script
 #   ENFORCER-VM-EXIT <code> the script finished with <code>
-/bin/busybox echo ENFORCER-VM-USERSPACE
-/bin/busybox --install -s /bin
-export PATH=/bin:/usr/bin:/sbin HOME=/root
+# With a root filesystem image (/enforcer-vm/disk), it runs twice: in the
+# initramfs, where it mounts the image, copies the VM's files into it and
+# switches to it, then from the image (ENFORCER_VM_ON_DISK set), with the
+# image's own tools and busybox's mount and poweroff.
+if [ -n "$ENFORCER_VM_ON_DISK" ]; then
+    export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+    # (The image need not have mount: Debian's minimal variant lacks it.)
+    mount() { /enforcer-vm/busybox mount "$@"; }
+    poweroff() { /enforcer-vm/busybox poweroff "$@"; }
+else
+    /bin/busybox echo ENFORCER-VM-USERSPACE
+    /bin/busybox --install -s /bin
+    export PATH=/bin:/usr/bin:/sbin HOME=/root
+fi
+
+if [ -d /enforcer-vm/disk ] && [ -z "$ENFORCER_VM_ON_DISK" ]; then
+    mount -t devtmpfs devtmpfs /dev
+    for module in /enforcer-vm/disk/modules/*.ko; do
+        [ -e "$module" ] && { insmod "$module" || echo "init: cannot load $module"; }
+    done
+    waited=0
+    while [ ! -b /dev/vda ] && [ $waited -lt 100 ]; do sleep 0.1; waited=$((waited + 1)); done
+    mkdir -p /newroot
+    if ! mount -t ext4 /dev/vda /newroot; then
+        echo "init: cannot mount the root filesystem image (/dev/vda)"
+        poweroff -f
+    fi
+    [ -d /enforcer-vm/disk/files ] && cp -a /enforcer-vm/disk/files/. /newroot/
+    # The libraries of the staged programs, where the image has none of its own.
+    [ -d /enforcer-vm/disk/libs ] && cp -an /enforcer-vm/disk/libs/. /newroot/
+    mkdir -p /newroot/enforcer-vm
+    cp /bin/busybox /newroot/enforcer-vm/busybox
+    cp /init /newroot/enforcer-vm/init
+    cp /enforcer-vm/script.sh /newroot/enforcer-vm/script.sh
+    umount /dev
+    export ENFORCER_VM_ON_DISK=1
+    exec switch_root /newroot /enforcer-vm/busybox sh /enforcer-vm/init
+fi
 
 try() { "$@" || echo "init: warning: '$*' failed"; }
 try mount -t proc proc /proc

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
+use super::Disk;
 use crate::cmd::{self, TempDir};
 
 const INIT: &str = include_str!("init.sh");
@@ -28,9 +29,15 @@ impl Initramfs {
     }
 }
 
+/// With a disk, what init copies into it before switching to it (`init.sh`):
+/// `files/` over the image, `libs/` where the image has no such file, and
+/// `modules/` loaded in name order first.
+const DISK: &str = "enforcer-vm/disk";
+
 /// Stage `files` (host path, absolute guest path) plus busybox, `/init` and `script`.
-/// A host directory is copied with its contents.
-pub fn build(files: &[(PathBuf, String)], script: &str) -> Result<Initramfs> {
+/// A host directory is copied with its contents. With a `disk`, the files go
+/// where init copies them into the disk from.
+pub fn build(files: &[(PathBuf, String)], script: &str, disk: Option<&Disk>) -> Result<Initramfs> {
     cmd::remove_abandoned(&std::env::temp_dir(), "enforcer-vm-");
     let dir = TempDir::new("enforcer-vm")?;
     let stage = dir.path().join("root");
@@ -44,17 +51,27 @@ pub fn build(files: &[(PathBuf, String)], script: &str) -> Result<Initramfs> {
     write(&stage, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
     write(&stage, "etc/group", "root:x:0:\n", 0o644)?;
 
+    let (files_root, libs_root) = match disk {
+        Some(disk) => {
+            for (index, module) in disk.modules.iter().enumerate() {
+                let name = module.file_name().unwrap_or_default().to_string_lossy();
+                copy_file(module, &stage.join(format!("{DISK}/modules/{index:02}-{name}")))?;
+            }
+            (stage.join(DISK).join("files"), stage.join(DISK).join("libs"))
+        }
+        None => (stage.clone(), stage.clone()),
+    };
     let mut libraries = BTreeSet::new();
     for (host, guest) in files {
         if !guest.starts_with('/') {
             bail!("guest path {guest:?} (for {}) must be absolute", host.display());
         }
-        let dest = stage.join(guest.trim_start_matches('/'));
+        let dest = files_root.join(guest.trim_start_matches('/'));
         stage_path(host, &dest, &mut libraries)
             .with_context(|| format!("could not stage {} as {guest} in the VM", host.display()))?;
     }
     for lib in &libraries {
-        let dest = stage.join(lib.strip_prefix("/").unwrap_or(lib));
+        let dest = libs_root.join(lib.strip_prefix("/").unwrap_or(lib));
         if !dest.exists() {
             copy_file(lib, &dest)?;
         }

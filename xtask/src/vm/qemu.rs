@@ -113,6 +113,11 @@ fn command(spec: &VmSpec, initrd: &Path) -> Result<Command> {
         // Every block run in the range, with its instructions (`nochain`: one line per run).
         qemu.args(["-d", "nochain,exec,in_asm", "-dfilter", range, "-D"]).arg(log);
     }
+    if let Some(disk) = &spec.disk {
+        let mut drive = std::ffi::OsString::from("if=virtio,format=raw,snapshot=on,file=");
+        drive.push(&disk.image);
+        qemu.arg("-drive").arg(drive);
+    }
     // No NIC: the guest needs only loopback, and it spares the iPXE option ROM at boot.
     qemu.args(["-m", "2048", "-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
