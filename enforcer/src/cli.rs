@@ -200,6 +200,44 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Learn a policy from what a command does: run it under the learning
+    /// policy (audit mode, nothing allowed, so everything it does is
+    /// reported) and write a minimal policy that lets exactly that pass,
+    /// each entry explained. Or learn from a daemon's events (--from) for a
+    /// cgroup tagged with the learning policy (--print-learning-policy).
+    Learn {
+        /// Write the learned policy here (default: standard output).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The learned policy's name.
+        #[arg(long, default_value = "learned")]
+        name: String,
+        /// An existing policy: print what the run needs beyond it, each
+        /// addition with what the run did that needs it.
+        #[arg(long, value_name = "POLICY")]
+        policy: Option<PathBuf>,
+        /// The workspace: everything written below it is one write tree
+        /// (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        workspace: Option<PathBuf>,
+        /// Learn from these audit-mode event files (the daemon's, or an
+        /// `enforcer run --events` file) instead of running a command.
+        #[arg(long = "from", value_name = "FILE")]
+        from: Vec<PathBuf>,
+        /// With --from: only the events of this cgroup and those below it.
+        #[arg(long, requires = "from")]
+        cgroup: Option<String>,
+        /// The resolver the run's names are asked of (`enforcer run --dns-upstream`).
+        #[arg(long, value_name = "ADDR:PORT")]
+        dns_upstream: Option<String>,
+        /// Print the learning policy (to tag a cgroup with under a daemon, then
+        /// learn --from its events) and exit.
+        #[arg(long)]
+        print_learning_policy: bool,
+        /// The command to learn from, and its arguments.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Make an Ed25519 key pair: FILE (private, PKCS#8 PEM, mode 0600) and
     /// FILE.pub, to sign policies (or as the daemon's host key).
     Keygen {

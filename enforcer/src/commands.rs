@@ -43,6 +43,27 @@ pub fn main() -> ExitCode {
         Command::Policy { command: PolicyCommand::Sign { key, files } } => evidence::commands::sign(&key, &files),
         Command::Verify { key, files } => evidence::commands::verify(key.as_deref(), &files),
         Command::Keygen { file } => evidence::commands::keygen(&file),
+        Command::Learn {
+            output,
+            name,
+            policy,
+            workspace,
+            from,
+            cgroup,
+            dns_upstream,
+            print_learning_policy,
+            command,
+        } => crate::learn::main(&crate::learn::Options {
+            command,
+            from,
+            cgroup,
+            existing: policy,
+            output,
+            name,
+            workspace,
+            dns_upstream,
+            print_learning_policy,
+        }),
         Command::Report { since, policy, format, previous, files } => {
             crate::report::main(&crate::report::Options { files, since, policy, previous, format })
         }

@@ -15,6 +15,7 @@ pub(crate) mod events;
 pub(crate) mod evidence;
 pub(crate) mod field_loads;
 pub(crate) mod kernel;
+pub(crate) mod learn;
 pub(crate) mod log;
 pub(crate) mod mounts;
 pub mod oci_hook;

@@ -225,7 +225,7 @@ def main():
     sources, state = sys.argv[1], sys.argv[2]
     os.makedirs(state)
     for address in HOSTS.values():
-        run("ip", "addr", "add", f"{address}/32", "dev", "lo")
+        run("ip", "addr", "replace", f"{address}/32", "dev", "lo")
     cert, key = make_certificates(state)
     git_root = make_repository(sources, state)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -64,6 +64,9 @@ enum What {
     /// The daemon on the host kernel: tag and policy file write to the first changed
     /// verdict, a denial storm's delivery, memory with many tagged cgroups.
     Daemon(crate::bench_daemon::DaemonOptions),
+    /// The workload tier's coding session (clone, pip, npm, build, test, push) in the
+    /// Debian root filesystem under icount, per phase, enforced against no enforcer.
+    Workload(crate::bench_workload::WorkloadOptions),
 }
 
 #[derive(Debug, Parser)]
@@ -341,6 +344,7 @@ pub fn run(opts: &Options) -> Result<ExitCode> {
         What::Programs(programs) => crate::bench_programs::run(programs),
         What::Path(path) => crate::bench_path::run(path),
         What::Daemon(daemon) => crate::bench_daemon::run(daemon),
+        What::Workload(workload) => crate::bench_workload::run(workload),
     }
 }
 

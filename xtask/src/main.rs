@@ -11,6 +11,7 @@ mod bench_net;
 mod bench_path;
 mod bench_programs;
 mod bench_syscalls;
+mod bench_workload;
 mod cargo;
 mod cmd;
 mod demo;

@@ -20,7 +20,7 @@ mod host;
 mod in_vm;
 mod lint;
 mod unit;
-mod workload;
+pub mod workload;
 
 /// The kernel the workload tier boots.
 pub const WORKLOAD_SERIES: &str = workload::SERIES;

@@ -51,6 +51,11 @@ pub struct DnsEvent {
     pub qname: String,
     pub qtype: String,
     pub reason: &'static str,
+    /// Audit mode: the addresses upstream answered with (the query was
+    /// answered, not refused), so an address connected to later can be
+    /// named by the name it was resolved from (`enforcer learn` does).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<IpAddr>,
     /// The policy whose resolver refused it.
     #[serde(skip)]
     pub policy_id: enforcer_common::policy::PolicyId,
@@ -321,10 +326,13 @@ impl Resolver {
         let locked_ports = self.locked_port.and_then(|_| self.rules.locked_ports_for(&qname));
         if ports.is_none() && locked_ports.is_none() {
             let reason = if locked_asker { "egress_locked" } else { "not_allowed" };
-            self.report(&asked, qtype, reason, peer);
             if self.audit {
-                return self.ask_upstream(query, transport).await.ok();
+                let reply = self.ask_upstream(query, transport).await.ok();
+                let answers = reply.as_deref().map(answered_addresses).unwrap_or_default();
+                self.report_answered(&asked, qtype, reason, peer, answers);
+                return reply;
             }
+            self.report(&asked, qtype, reason, peer);
             return refusal(&request, ResponseCode::NXDomain);
         }
         if let Some(names) = self.rules.dns_names() {
@@ -404,6 +412,10 @@ impl Resolver {
     }
 
     fn report(&self, qname: &str, qtype: RecordType, reason: &'static str, peer: Peer) {
+        self.report_answered(qname, qtype, reason, peer, Vec::new());
+    }
+
+    fn report_answered(&self, qname: &str, qtype: RecordType, reason: &'static str, peer: Peer, answers: Vec<IpAddr>) {
         let action = if self.audit { "audit" } else { "deny" };
         let asker = asker::cgroup_of(peer.addr, peer.local, peer.transport == Transport::Tcp);
         let event = DnsEvent {
@@ -412,11 +424,26 @@ impl Resolver {
             qname: qname.to_owned(),
             qtype: qtype.to_string(),
             reason,
+            answers,
             policy_id: self.policy_id,
             asker,
         };
         self.events.send(event);
     }
+}
+
+/// The A and AAAA addresses of a reply (none if it does not parse).
+fn answered_addresses(reply: &[u8]) -> Vec<IpAddr> {
+    let Ok(message) = Message::from_vec(reply) else { return Vec::new() };
+    message
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// An answer with no records and `code`, for `request`.
@@ -441,6 +468,7 @@ mod tests {
             qname: "x.evil.example".to_owned(),
             qtype: "A".to_owned(),
             reason: "not_allowed",
+            answers: Vec::new(),
             policy_id: enforcer_common::policy::PolicyId(1),
             asker: None,
         };

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use super::host::{build_binaries, build_test};
 use super::{Outcome, Tier, ran};
@@ -23,7 +23,13 @@ pub const SERIES: &str = "6.12";
 /// the attacks; the limit only catches a hang.
 const TIMEOUT: Duration = Duration::from_mins(30);
 /// In the image, /bin is /usr/bin (merged /usr): the test's programs go here.
-const BIN: &str = "/usr/local/bin";
+pub const BIN: &str = "/usr/local/bin";
+/// Where the VM has policies/coding-agent.toml adapted to the company's hosts.
+pub const ADAPTED_POLICY: &str = "/enforcer-workload-policy/coding-agent.toml";
+/// The company's hosts (as tests/workload/servers.py serves them).
+const FORGE: &str = "git.corp.test";
+const INDEX: &str = "pypi.corp.test";
+const REGISTRY: &str = "npm.corp.test";
 
 /// Minutes it takes here beside another VM (to schedule the VMs).
 pub const MINUTES: u32 = 6;
@@ -70,6 +76,7 @@ pub fn spec(extra: Vec<(PathBuf, String)>, env: &str) -> Result<VmSpec> {
         (test, format!("{BIN}/enforcer-workload-tests")),
         (root.join("policies"), "/policies".to_string()),
         (root.join("tests/workload"), "/enforcer-workload".to_string()),
+        (adapted_policy()?, ADAPTED_POLICY.to_string()),
     ];
     files.extend(extra);
     let mut modules = kernel::disk_modules(SERIES)?;
@@ -89,4 +96,31 @@ pub fn spec(extra: Vec<(PathBuf, String)>, env: &str) -> Result<VmSpec> {
         exec_log: None,
         disk: Some(Disk { image: setup::rootfs_image()?, modules }),
     })
+}
+
+/// policies/coding-agent.toml with the company's hosts where GitHub's and the
+/// public registries' are, everything else as shipped, written under target/;
+/// its path.
+pub fn adapted_policy() -> Result<PathBuf> {
+    let shipped = cmd::workspace_root().join("policies/coding-agent.toml");
+    let text = std::fs::read_to_string(&shipped).with_context(|| format!("cannot read {}", shipped.display()))?;
+    let mut policy: toml::Table = text.parse().with_context(|| format!("{} does not parse", shipped.display()))?;
+    let network = policy
+        .get_mut("network")
+        .and_then(toml::Value::as_table_mut)
+        .with_context(|| format!("{} has no [network] table", shipped.display()))?;
+    let forge = toml::Table::from_iter([
+        ("to".to_string(), toml::Value::from(format!("{FORGE}:443"))),
+        ("tls".to_string(), toml::Value::from("require")),
+    ]);
+    let names = [format!("{INDEX}:443"), format!("{REGISTRY}:443")].map(toml::Value::from);
+    network.insert("allow".into(), toml::Value::Array([toml::Value::Table(forge)].into_iter().chain(names).collect()));
+    network.insert("after_sensitive_read".into(), toml::Value::Array(vec![toml::Value::from(format!("{FORGE}:443"))]));
+    let upload = [format!("{FORGE}: 2MiB/10m"), "*: 500MiB/1h".to_string()].map(toml::Value::from);
+    network.insert("upload".into(), toml::Value::Array(upload.into()));
+    let out = cmd::bench_dir()?.join("workload-coding-agent.toml");
+    let header = "# policies/coding-agent.toml with the workload's hosts (xtask/src/test/workload.rs)\n";
+    std::fs::write(&out, format!("{header}{}", toml::to_string(&policy)?))
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(out)
 }
