@@ -95,6 +95,16 @@ impl Sandbox {
         Self::new_via(name, Via::from_env())
     }
 
+    /// The ways a test that judges a command both ways runs it: `run`
+    /// (`enforcer run`'s own loader and resolver) and `daemon`. The VM
+    /// tiers of kernels that leave `enforcer run`'s own loader to other
+    /// kernels (each of its loads verifies every program: a minute under
+    /// TCG) set `ENFORCER_TESTS_STANDALONE=0`: then `daemon` only.
+    #[must_use]
+    pub fn ways() -> &'static [&'static str] {
+        if std::env::var("ENFORCER_TESTS_STANDALONE").as_deref() == Ok("0") { &["daemon"] } else { &["run", "daemon"] }
+    }
+
     /// A sandbox whose commands always run under `enforcer run`: for tests
     /// of `enforcer run` itself (its exit codes, messages, seccomp filter,
     /// resolver, event accounting, the cgroup it makes).

@@ -215,7 +215,7 @@ fn a_new_window_starts_after_the_last_one_ended() {
 /// apart by the asking socket's cgroup).
 #[test]
 fn a_tunnel_of_distinct_names_is_cut_at_the_names_budget() {
-    for via in ["run", "daemon"] {
+    for &via in Sandbox::ways() {
         let mut sb = sandbox_via(via, "budget-names");
         let names = TwoNames::serve(&mut sb);
         sb.write_policy_with("enforce", "[network]\nallow = [\"*.allowed.test:443\"]\ndns_names = \"3/1h\"\n");

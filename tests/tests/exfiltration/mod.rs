@@ -246,7 +246,7 @@ fn audit_mode_locks_and_reports_what_it_would_refuse() {
 /// still resolves and connects.
 #[test]
 fn a_locked_agent_resolves_only_the_names_left_to_it() {
-    for via in ["run", "daemon"] {
+    for &via in Sandbox::ways() {
         let mut sb = sandbox_via(via, "exfil-dns");
         let names = TwoNames::serve(&mut sb);
         let port = names.port;

@@ -119,7 +119,8 @@ fn the_kernel_takes_the_tls_name_judge() {
 /// passes. Audit mode reports the mismatch and lets it through.
 #[test]
 fn a_clienthello_must_name_a_name_that_resolved_to_the_address() {
-    for (via, mode) in [("daemon", "enforce"), ("run", "enforce"), ("daemon", "audit")] {
+    let ways = [("daemon", "enforce"), ("run", "enforce"), ("daemon", "audit")];
+    for (via, mode) in ways.into_iter().filter(|(via, _)| Sandbox::ways().contains(via)) {
         let mut sb = sandbox_via(via, &format!("tls-check-{mode}"));
         let server = TlsServer::start(&mut sb);
         let port = server.port;

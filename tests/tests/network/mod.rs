@@ -65,12 +65,16 @@ fn sandbox(name: &str) -> Sandbox {
 
 /// Host names are resolved by `enforcer run` and by the daemon, each its
 /// own way: the tests of names run under both.
-fn sandboxes_resolving(name: &str) -> [Sandbox; 2] {
-    let mut run = Sandbox::under_enforcer_run(&format!("{name}-run"));
-    let mut daemon = Sandbox::under_daemon(&format!("{name}-daemon"));
-    run.degraded = super::DEGRADED;
-    daemon.degraded = super::DEGRADED;
-    [run, daemon]
+fn sandboxes_resolving(name: &str) -> Vec<Sandbox> {
+    Sandbox::ways()
+        .iter()
+        .map(|&via| {
+            let name = format!("{name}-{via}");
+            let mut sb = if via == "run" { Sandbox::under_enforcer_run(&name) } else { Sandbox::under_daemon(&name) };
+            sb.degraded = super::DEGRADED;
+            sb
+        })
+        .collect()
 }
 
 fn mapped(addr: SocketAddr) -> String {
