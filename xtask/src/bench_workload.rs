@@ -53,6 +53,8 @@ for round in $(seq @ROUNDS@); do
 done
 refusals=$(grep -c '"action":"deny"' /var/log/enforcer/events.jsonl 2>/dev/null)
 echo "BENCH-REFUSALS ${refusals:-0}"
+grep '"action":"deny"' /var/log/enforcer/events.jsonl | head -20 | sed 's/^/BENCH-REFUSAL /'
+
 echo BENCH-DONE
 "#;
 
@@ -105,5 +107,8 @@ pub fn run(opts: &WorkloadOptions) -> Result<ExitCode> {
     }
     println!("| all | {:.0} | {:.0} | {:.3} |", base_total / 1e6, enforced_total / 1e6, enforced_total / base_total);
     println!("\nrefusals under the policy: {refusals}; raw output: {}", saved.display());
+    for line in run.output.lines().filter_map(|l| l.split("BENCH-REFUSAL ").nth(1)) {
+        println!("  {line}");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,8 +17,10 @@ use crate::{cmd, kernel};
 
 const SERIES: &str = "6.12";
 const ITERATIONS: u64 = 4_000;
-/// Boot, 10 000 mkdirs, five enforcer loads under icount: 7 to 11 minutes here.
-const TIMEOUT: Duration = Duration::from_mins(20);
+/// Boot, 10 000 mkdirs, five enforcer loads under icount: 7 to 11 minutes here
+/// alone, 20 and more beside two other VMs (a benchmark run meanwhile). The
+/// figures count instructions, so only this limit feels a slow host.
+const TIMEOUT: Duration = Duration::from_mins(40);
 /// Minutes it takes here beside another VM (to schedule the VMs).
 pub const MINUTES: u32 = 13;
 
