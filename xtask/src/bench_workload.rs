@@ -33,8 +33,9 @@ const SCRIPT: &str = r#"
 python3 /enforcer-workload/servers.py /enforcer-workload /tmp/world > /tmp/servers.log 2>&1 &
 until grep -q 'servers: ready' /tmp/servers.log 2>/dev/null; do sleep 1; done
 echo 'nameserver 127.0.0.1' > /etc/resolv.conf
-session() { # KIND ROUND
-    sh /enforcer-workload/session.sh > /tmp/session.log 2>&1 || { echo "BENCH-ERROR $1 session failed"; cat /tmp/session.log; }
+session() { # KIND ROUND [CGROUP]: the session, in CGROUP if given
+    sh -c '[ -z "$1" ] || echo $$ > "$1/cgroup.procs" && exec sh /enforcer-workload/session.sh' sh "$3" \
+        > /tmp/session.log 2>&1 || { echo "BENCH-ERROR $1 session failed"; cat /tmp/session.log; }
     awk -v kind=$1 -v round=$2 '/^phase: / { if ($3 == "start") s[$2] = $4; else print "BENCH-PHASE", kind, round, $2, $4 - s[$2] }' /tmp/session.log
 }
 session warmup 0 > /dev/null
@@ -47,10 +48,7 @@ mkdir -p /run
 until @BIN@/enforcer status --socket /run/enforcer.sock > /dev/null 2>&1; do sleep 1; done
 mkdir /sys/fs/cgroup/agent
 @BIN@/enforcer tag /agent --policy coding-agent --socket /run/enforcer.sock > /dev/null || echo "BENCH-ERROR tag failed"
-for round in $(seq @ROUNDS@); do
-    sh -c 'echo $$ > /sys/fs/cgroup/agent/cgroup.procs && exec sh /enforcer-workload/session.sh' > /tmp/session.log 2>&1 || { echo "BENCH-ERROR enforced session failed"; cat /tmp/session.log; }
-    awk -v round=$round '/^phase: / { if ($3 == "start") s[$2] = $4; else print "BENCH-PHASE enforced", round, $2, $4 - s[$2] }' /tmp/session.log
-done
+for round in $(seq @ROUNDS@); do session enforced $round /sys/fs/cgroup/agent; done
 refusals=$(grep -c '"action":"deny"' /var/log/enforcer/events.jsonl 2>/dev/null)
 echo "BENCH-REFUSALS ${refusals:-0}"
 grep '"action":"deny"' /var/log/enforcer/events.jsonl | head -20 | sed 's/^/BENCH-REFUSAL /'

@@ -89,13 +89,10 @@ pub fn policy(name: &str, observed: &Observed, secret_trees: &[PathBuf], source:
         })
         .collect();
     // A name asked but never connected to: refused in enforce mode unless listed.
-    let ports: std::collections::BTreeSet<u16> = observed.destinations.keys().map(|d| d.port).collect();
     for name in &observed.names_only {
-        for port in ports.iter().copied().chain(ports.is_empty().then_some(443)) {
-            allow.push((
-                quoted(&format!("{name}:{port}/tcp")),
-                "resolved, never connected to: the port is a guess".into(),
-            ));
+        for port in guessed_ports(observed) {
+            let entry = quoted(&format!("{name}:{port}/tcp"));
+            allow.push((entry, "resolved, never connected to: the port is a guess".into()));
         }
     }
     array(&mut out, "allow", &allow);
@@ -179,7 +176,10 @@ pub fn additions(existing: &Policy, observed: &Observed) -> Vec<String> {
             )
         };
         if !network.is_some_and(asked) {
-            needed.push(format!("network.allow += {}  (resolved, never connected to)", quoted(&format!("{name}:443"))));
+            for port in guessed_ports(observed) {
+                let entry = quoted(&format!("{name}:{port}/tcp"));
+                needed.push(format!("network.allow += {entry}  (resolved, never connected to: the port is a guess)"));
+            }
         }
     }
     for (path, seen) in &observed.unix {
@@ -205,6 +205,13 @@ pub fn additions(existing: &Policy, observed: &Observed) -> Vec<String> {
         }
     }
     needed
+}
+
+/// The ports for a name the run resolved but never connected to: those it
+/// connected to elsewhere, or 443.
+fn guessed_ports(observed: &Observed) -> std::collections::BTreeSet<u16> {
+    let ports: std::collections::BTreeSet<u16> = observed.destinations.keys().map(|d| d.port).collect();
+    if ports.is_empty() { [443].into() } else { ports }
 }
 
 /// Whether an `allow` list lets `destination` through.
